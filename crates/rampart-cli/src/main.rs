@@ -1,0 +1,44 @@
+//! The `rampart` binary: argument parsing and wiring only. Each subcommand lives in
+//! `cmd/<name>.rs` and calls into the library crate that owns the concern.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Rampart: a self-hostable Security Service Edge (gateway, policy, events, agent).
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the all-in-one server: gateway listeners, API and event store.
+    Server(cmd::server::ServerArgs),
+    /// Run the gateway role only (for scale-out behind an L4 balancer).
+    Gateway(cmd::server::GatewayArgs),
+    /// Print a password hash for `[[proxy.users]]` (reads the password from stdin).
+    HashPassword(cmd::hash_password::HashPasswordArgs),
+}
+
+fn main() -> ExitCode {
+    // One crypto provider for the whole process: feature unification can pull in
+    // both aws-lc-rs and ring, and rustls then refuses to pick one on its own.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(args) => cmd::server::run_server(args),
+        Command::Gateway(args) => cmd::server::run_gateway(args),
+        Command::HashPassword(args) => cmd::hash_password::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("rampart: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

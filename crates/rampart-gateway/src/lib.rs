@@ -1,0 +1,1 @@
+//! Rampart gateway (being written).
