@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Turn bench/run.sh's raw results (TSV) into Markdown tables of medians and ratios.
+
+Input lines: scenario, metric, target, run, value, note (tab-separated).
+A value of "fail" is a run that did not produce a figure (its note says why).
+"""
+
+import statistics
+import sys
+from collections import defaultdict
+
+# metric -> (title, unit, higher_is_better, decimals)
+METRICS = {
+    "plain_rps": ("Plain HTTP, keep-alive, 1 KiB, 50 conns (wrk)", "req/s", True, 0),
+    "https_rps": ("HTTPS through CONNECT, keep-alive, 1 KiB, 50 conns (oha)", "req/s", True, 0),
+    "big_mbps": ("Download of the big object through CONNECT (curl)", "MB/s", True, 0),
+    "p99_ms": ("p99 latency at 500 req/s, plain HTTP (oha -q 500)", "ms", False, 3),
+    "p99_added_ms": ("Added p99 latency over direct at 500 req/s, plain HTTP", "ms", False, 3),
+    "rss_rest_mib": ("RSS at rest", "MiB", False, 1),
+    "rss_tunnel_kib": ("RSS per idle CONNECT tunnel (1,000 held)", "KiB", False, 1),
+    "i_rps_ka": ("Intercepted HTTPS, keep-alive, 1 KiB, 50 conns (oha)", "req/s", True, 0),
+    "i_rps_new": ("Intercepted HTTPS, new TLS connection per request (oha)", "req/s", True, 0),
+    "i_big_mbps": ("Intercepted download of the big object (curl)", "MB/s", True, 0),
+    "i_p99_ms": ("p99 latency at 500 req/s, intercepted HTTPS", "ms", False, 3),
+    "i_p99_added_ms": ("Added p99 latency over direct HTTPS at 500 req/s", "ms", False, 3),
+}
+
+TABLES = [
+    (
+        "Forward proxy (issue 2)",
+        ["direct", "squid", "tinyproxy", "mitmproxy", "rampart"],
+        {"direct": "direct", "squid": "Squid", "tinyproxy": "tinyproxy",
+         "mitmproxy": "mitmproxy", "rampart": "Rampart"},
+        "squid",
+        ["plain_rps", "https_rps", "big_mbps", "p99_ms", "p99_added_ms",
+         "rss_rest_mib", "rss_tunnel_kib"],
+    ),
+    (
+        "TLS interception (issue 3)",
+        ["direct", "squid-bump", "mitmproxy-mitm", "rampart-mitm"],
+        {"direct": "direct", "squid-bump": "Squid ssl_bump",
+         "mitmproxy-mitm": "mitmproxy", "rampart-mitm": "Rampart"},
+        "squid-bump",
+        ["i_rps_ka", "i_rps_new", "i_big_mbps", "i_p99_ms", "i_p99_added_ms"],
+    ),
+]
+
+# (metric, rampart target, kind, reference, bound, text)
+TARGETS = [
+    ("plain_rps", "rampart", "ratio", "squid", 2.8, "plain HTTP req/s ≥ 2.8 × Squid"),
+    ("plain_rps", "rampart", "ratio", "direct", 0.85, "plain HTTP req/s ≥ 0.85 × direct"),
+    ("https_rps", "rampart", "ratio", "squid", 1.05, "CONNECT keep-alive HTTPS req/s ≥ 1.05 × Squid"),
+    ("big_mbps", "rampart", "ratio", "squid", 1.05, "CONNECT bulk download MB/s ≥ 1.05 × Squid"),
+    ("p99_added_ms", "rampart", "max", None, 0.15, "added p99 at 500 req/s ≤ 0.15 ms over direct"),
+    ("rss_rest_mib", "rampart", "max", None, 20.0, "RSS at rest ≤ 20 MiB"),
+    ("rss_tunnel_kib", "rampart", "max", None, 16.0, "≤ 16 KiB per idle CONNECT tunnel"),
+    ("i_rps_ka", "rampart-mitm", "ratio", "squid-bump", 2.4, "intercepted keep-alive req/s ≥ 2.4 × Squid ssl_bump"),
+    ("i_rps_ka", "rampart-mitm", "ratio", "direct", 0.85, "intercepted keep-alive req/s ≥ 0.85 × direct"),
+    ("i_rps_new", "rampart-mitm", "ratio", "squid-bump", 5.0, "intercepted new-connection req/s ≥ 5 × Squid ssl_bump"),
+    ("i_big_mbps", "rampart-mitm", "ratio", "squid-bump", 2.6, "intercepted bulk MB/s ≥ 2.6 × Squid ssl_bump"),
+    ("i_p99_added_ms", "rampart-mitm", "max", None, 0.30, "intercepted p99 at 500 req/s ≤ 0.30 ms (read as added over direct HTTPS)"),
+]
+
+
+def load(path):
+    values = defaultdict(list)  # (metric, target) -> [float]
+    notes = defaultdict(list)
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 5:
+                continue
+            _scenario, metric, target, _run, value = parts[:5]
+            note = parts[5] if len(parts) > 5 else ""
+            if value == "fail":
+                notes[(metric, target)].append(note or "failed")
+                continue
+            try:
+                values[(metric, target)].append(float(value))
+            except ValueError:
+                notes[(metric, target)].append(f"bad value {value!r}")
+            if note:
+                notes[(metric, target)].append(note)
+    return values, notes
+
+
+def medians(values):
+    return {k: statistics.median(v) for k, v in values.items() if v}
+
+
+def derive(med, values):
+    """Added latency = a target's p99 minus direct's median p99."""
+    for base, added in (("p99_ms", "p99_added_ms"), ("i_p99_ms", "i_p99_added_ms")):
+        direct = med.get((base, "direct"))
+        if direct is None:
+            continue
+        for (metric, target), v in list(med.items()):
+            if metric == base and target != "direct":
+                med[(added, target)] = v - direct
+                values[(added, target)] = [x - direct for x in values[(base, target)]]
+
+
+def fmt(v, decimals):
+    if v is None:
+        return "—"
+    return f"{v:,.{decimals}f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def render(values, notes, ran_targets):
+    med = medians(values)
+    derive(med, values)
+    out = []
+    for title, cols, names, main_peer, rows in TABLES:
+        if not any(m in {k[0] for k in med} for m in rows):
+            continue
+        rampart = cols[-1]
+        peers = [c for c in cols if c not in ("direct", rampart)]
+        out.append(f"### {title}\n")
+        head = ["Metric", "unit"] + [names[c] for c in cols]
+        head += [f"Rampart / {names[main_peer]}", "Rampart / best peer", "Rampart / direct"]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        for m in rows:
+            if not any((m, c) in med for c in cols):
+                continue
+            mtitle, unit, higher, dec = METRICS[m]
+            cells = [mtitle, unit]
+            for c in cols:
+                v = med.get((m, c))
+                if v is None:
+                    if c == rampart and c not in ran_targets:
+                        cells.append("pending")
+                    elif notes.get((m, c)):
+                        cells.append("fail")
+                    else:
+                        cells.append("—")
+                else:
+                    cells.append(fmt(v, dec))
+            r = med.get((m, rampart))
+            peer_vals = [med[(m, p)] for p in peers if (m, p) in med]
+            best = (max(peer_vals) if higher else min(peer_vals)) if peer_vals else None
+            if m.endswith("added_ms"):
+                # Ratios of differences mean little; the target is absolute.
+                cells += ["—", "—", "—"]
+            else:
+                for ref in (med.get((m, main_peer)), best, med.get((m, "direct"))):
+                    q = ratio(r, ref)
+                    cells.append("—" if q is None else f"{q:.2f}×")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+        out.append("Ratios are Rampart's figure over the other one's: above 1 is better for "
+                   "req/s and MB/s, below 1 is better for latency and memory.")
+        out.append("")
+
+    out.append("### Targets\n")
+    out.append("| Target | Rampart | Met? | Margin |")
+    out.append("|---|---|---|---|")
+    for m, tgt, kind, ref, bound, text in TARGETS:
+        r = med.get((m, tgt))
+        if r is None:
+            state = "pending" if tgt not in ran_targets else "no figure"
+            out.append(f"| {text} | — | {state} | — |")
+            continue
+        dec = METRICS[m][3]
+        if kind == "ratio":
+            refv = med.get((m, ref))
+            q = ratio(r, refv)
+            if q is None:
+                out.append(f"| {text} | {fmt(r, dec)} | no reference | — |")
+                continue
+            met = q >= bound
+            margin = (q / bound - 1) * 100
+            out.append(f"| {text} | {q:.2f}× | {'yes' if met else 'NO'} | {margin:+.0f} % |")
+        else:
+            met = r <= bound
+            margin = (bound - r) / bound * 100
+            out.append(f"| {text} | {fmt(r, max(dec, 2))} | {'yes' if met else 'NO'} | {margin:+.0f} % headroom |")
+    out.append("")
+
+    problems = [(k, v) for k, v in sorted(notes.items()) if v]
+    if problems:
+        out.append("### Notes from the runs\n")
+        for (m, t), ns in problems:
+            uniq = sorted(set(ns))
+            out.append(f"- {m} / {t}: " + "; ".join(uniq[:3]))
+        out.append("")
+    spread = []
+    for (m, t), vs in sorted(values.items()):
+        if len(vs) >= 2 and not m.endswith("added_ms"):
+            lo, hi = min(vs), max(vs)
+            md = statistics.median(vs)
+            if md and (hi - lo) / abs(md) > 0.15:
+                spread.append(f"{m} / {t}: runs {', '.join(fmt(v, METRICS[m][3]) for v in vs)}")
+    if spread:
+        out.append("Runs spread by more than 15 % around the median (noisy machine?):\n")
+        out.extend(f"- {s}" for s in spread)
+        out.append("")
+    return "\n".join(out)
+
+
+def main():
+    if len(sys.argv) < 2:
+        print("usage: report.py RESULTS.tsv [TARGETS_RUN...]", file=sys.stderr)
+        return 2
+    values, notes = load(sys.argv[1])
+    ran = set(sys.argv[2:])
+    print(render(values, notes, ran))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
