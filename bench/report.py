@@ -164,7 +164,13 @@ def render(values, notes, ran_targets):
     for m, tgt, kind, ref, bound, text in TARGETS:
         r = med.get((m, tgt))
         if r is None:
-            state = "pending" if tgt not in ran_targets else "no figure"
+            measured = any(k[0] == m for k in list(med) + list(notes))
+            if not measured:
+                state = "not run"
+            elif tgt not in ran_targets:
+                state = "pending"
+            else:
+                state = "no figure"
             out.append(f"| {text} | — | {state} | — |")
             continue
         dec = METRICS[m][3]

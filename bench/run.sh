@@ -480,11 +480,12 @@ p = d.get("latencyPercentiles", {})
 codes = d.get("statusCodeDistribution", {}) or {}
 ok = sum(v for k, v in codes.items() if str(k).startswith("2"))
 total = sum(codes.values())
-errs = sum((d.get("errorDistribution") or {}).values())
-rps = s.get("requestsPerSec")
-# Count only 2xx answers as served requests.
-if rps is not None and total:
-    rps = rps * ok / total
+# oha cuts in-flight requests when -z runs out; those are not failures.
+errs = sum(v for k, v in (d.get("errorDistribution") or {}).items()
+           if "deadline" not in k)
+elapsed = s.get("total")
+# Only 2xx answers count as served requests.
+rps = ok / elapsed if elapsed else None
 p99 = p.get("p99")
 print(f"{rps if rps is not None else 'fail'} {p99 * 1000 if p99 is not None else 'fail'} {errs} {total - ok}")
 EOF
