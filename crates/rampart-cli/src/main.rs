@@ -2,6 +2,7 @@
 //! `cmd/<name>.rs` and calls into the library crate that owns the concern.
 
 mod cmd;
+mod logging;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -1,1 +1,24 @@
-//! Rampart gateway (being written).
+//! Rampart's gateway: the forward-proxy data path.
+//!
+//! A request flows listener → admission → CONNECT tunnel or absolute-form
+//! forwarding → connector (direct or egress upstream) → access log. The
+//! configuration is compiled into an immutable [`state::GatewayState`] that a
+//! reload swaps atomically.
+
+pub mod access_log;
+pub mod admission;
+pub mod config;
+pub mod connector;
+pub mod destination;
+pub mod error;
+pub mod gateway;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod relay;
+pub mod resolver;
+pub mod state;
+
+pub use config::GatewayConfig;
+pub use gateway::{raise_fd_limit, Gateway, GatewayError, GatewayHandle};
+pub use metrics::Metrics;

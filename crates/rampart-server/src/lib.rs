@@ -1,1 +1,10 @@
-//! Rampart server (being written).
+//! Rampart's server: the all-in-one process (gateway listeners, API, and as
+//! they land event store, enrollment and agent configuration), its
+//! configuration file and its lifecycle (signals, reload, drain).
+
+pub mod api;
+pub mod config;
+pub mod run;
+
+pub use config::{Overrides, RampartConfig};
+pub use run::{run, Role};

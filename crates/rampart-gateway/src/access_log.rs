@@ -1,0 +1,240 @@
+//! The access log: one line per proxied request or tunnel, as JSON lines (the
+//! default) or in Squid's native format so existing Squid tooling keeps
+//! working. The data path only hands a finished `FlowRecord` to a bounded
+//! channel; a writer task formats and writes, so a slow disk never stalls
+//! proxying (records beyond the channel's capacity are counted as dropped).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::{AccessLogConfig, AccessLogFormat};
+
+/// Records waiting to be written before new ones are counted as dropped.
+const QUEUE_CAPACITY: usize = 64 * 1024;
+
+/// What happened to one request or tunnel, built up along the flow and logged once at its end.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowRecord {
+    /// Unix time of the start of the request, with milliseconds.
+    #[serde(serialize_with = "serialize_time")]
+    pub time: SystemTime,
+    pub client: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<Arc<str>>,
+    pub method: String,
+    /// Absolute URL, or `host:port` for CONNECT.
+    pub target: String,
+    pub status: u16,
+    /// Request body bytes from the client (for tunnels: all bytes client → origin).
+    pub bytes_from_client: u64,
+    /// Response body bytes to the client (for tunnels: all bytes origin → client).
+    pub bytes_to_client: u64,
+    #[serde(serialize_with = "serialize_millis")]
+    pub duration_ms: Duration,
+    /// `direct`, `direct@SOURCE-IP` or `GROUP/PROXY:PORT`; absent when nothing was connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Arc<str>>,
+    /// The origin (or upstream proxy) address connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<SocketAddr>,
+    /// Short reason for denials and failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let dt = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let text = dt
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    s.serialize_str(&text)
+}
+
+fn serialize_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+impl FlowRecord {
+    pub fn new(client: SocketAddr, method: &str, target: String) -> Self {
+        FlowRecord {
+            time: SystemTime::now(),
+            client,
+            user: None,
+            method: method.to_string(),
+            target,
+            status: 0,
+            bytes_from_client: 0,
+            bytes_to_client: 0,
+            duration_ms: Duration::ZERO,
+            egress: None,
+            server: None,
+            error: None,
+            content_type: None,
+        }
+    }
+
+    /// One JSON object, no trailing newline.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"unserialisable record: {e}\"}}"))
+    }
+
+    /// Squid's native format (`logformat squid`):
+    /// `time elapsed client code/status bytes method URL user hierarchy/peer type`.
+    pub fn to_squid(&self) -> String {
+        let secs = self
+            .time
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let code = match (self.status, self.error.is_some()) {
+            (403 | 407, _) => "TCP_DENIED",
+            (_, true) if self.status >= 500 => "TCP_MISS_ABORTED",
+            _ if self.method == "CONNECT" => "TCP_TUNNEL",
+            _ => "TCP_MISS",
+        };
+        let hierarchy = match (&self.egress, &self.server) {
+            (Some(e), Some(server)) if e.starts_with("direct") => format!("HIER_DIRECT/{}", server.ip()),
+            (Some(_), Some(server)) => format!("FIRSTUP_PARENT/{}", server.ip()),
+            _ => "HIER_NONE/-".to_string(),
+        };
+        format!(
+            "{secs:.3} {elapsed:>6} {client} {code}/{status:03} {bytes} {method} {url} {user} {hierarchy} {ctype}",
+            elapsed = self.duration_ms.as_millis(),
+            client = self.client.ip(),
+            status = self.status,
+            bytes = self.bytes_to_client,
+            method = self.method,
+            url = self.target,
+            user = self.user.as_deref().unwrap_or("-"),
+            ctype = self.content_type.as_deref().unwrap_or("-"),
+        )
+    }
+}
+
+/// The sending side, cloned into every flow.
+#[derive(Clone)]
+pub struct AccessLog {
+    sender: Option<mpsc::Sender<FlowRecord>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// A log that discards everything (access logging disabled).
+    pub fn disabled() -> Self {
+        AccessLog {
+            sender: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Opens the destination and starts the writer task.
+    pub fn start(config: &AccessLogConfig, data_dir: &std::path::Path) -> std::io::Result<Self> {
+        if !config.enabled {
+            return Ok(Self::disabled());
+        }
+        let mut out: Box<dyn std::io::Write + Send> = if config.path == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            let mut path = PathBuf::from(&config.path);
+            if path.is_relative() {
+                path = data_dir.join(path);
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("opening access log {}: {e}", path.display())))?;
+            Box::new(file)
+        };
+        let format = config.format;
+        let (sender, mut receiver) = mpsc::channel::<FlowRecord>(QUEUE_CAPACITY);
+        // A plain thread: file writes block, and this keeps them off the runtime.
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut buf = std::io::BufWriter::with_capacity(64 * 1024, &mut out);
+                while let Some(record) = receiver.blocking_recv() {
+                    let mut write = |r: &FlowRecord| {
+                        let line = match format {
+                            AccessLogFormat::Json => r.to_json(),
+                            AccessLogFormat::Squid => r.to_squid(),
+                        };
+                        let _ = buf.write_all(line.as_bytes());
+                        let _ = buf.write_all(b"\n");
+                    };
+                    write(&record);
+                    while let Ok(more) = receiver.try_recv() {
+                        write(&more);
+                    }
+                    if let Err(e) = buf.flush() {
+                        tracing::error!(error = %e, "writing the access log failed");
+                    }
+                }
+            })?;
+        Ok(AccessLog {
+            sender: Some(sender),
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn log(&self, record: FlowRecord) {
+        if let Some(sender) = &self.sender {
+            if sender.try_send(record).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> FlowRecord {
+        let mut r = FlowRecord::new("10.0.0.5:5555".parse().unwrap(), "GET", "http://a.example/x".into());
+        r.time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        r.status = 200;
+        r.bytes_to_client = 1024;
+        r.duration_ms = Duration::from_millis(12);
+        r.egress = Some("direct".into());
+        r.server = Some("192.0.2.1:80".parse().unwrap());
+        r.user = Some("alice".into());
+        r.content_type = Some("text/html".into());
+        r
+    }
+
+    #[test]
+    fn squid_format_matches_squid_native_layout() {
+        assert_eq!(
+            record().to_squid(),
+            "1700000000.123     12 10.0.0.5 TCP_MISS/200 1024 GET http://a.example/x alice HIER_DIRECT/192.0.2.1 text/html"
+        );
+    }
+
+    #[test]
+    fn json_has_every_field_name() {
+        let v: serde_json::Value = serde_json::from_str(&record().to_json()).unwrap();
+        assert_eq!(v["time"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(v["client"], "10.0.0.5:5555");
+        assert_eq!(v["user"], "alice");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["bytes_to_client"], 1024);
+        assert_eq!(v["duration_ms"], 12);
+        assert_eq!(v["egress"], "direct");
+    }
+}

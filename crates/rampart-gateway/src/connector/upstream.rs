@@ -1,0 +1,215 @@
+//! Egress through upstream proxies: an ordered group with failover, passive
+//! health (down after N consecutive failures, for T seconds) and active checks.
+//! HTTPS and tunnels chain with CONNECT; plain HTTP is forwarded absolute-form
+//! by the forwarding client over a connection to the chosen proxy.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::{UpstreamGroupConfig, UpstreamProxyUrl};
+use crate::error::ConnectError;
+
+/// Largest CONNECT response head we accept from an upstream proxy.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+/// One upstream proxy and its health state.
+#[derive(Debug)]
+pub struct UpstreamProxy {
+    pub url: UpstreamProxyUrl,
+    consecutive_failures: AtomicU32,
+    /// Unix milliseconds until which the proxy is skipped; 0 when up.
+    down_until_ms: AtomicU64,
+    ever_failed: AtomicBool,
+}
+
+impl UpstreamProxy {
+    fn new(url: UpstreamProxyUrl) -> Self {
+        UpstreamProxy {
+            url,
+            consecutive_failures: AtomicU32::new(0),
+            down_until_ms: AtomicU64::new(0),
+            ever_failed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// `Proxy-Authorization` value for this upstream, if it has credentials.
+    pub fn authorization(&self) -> Option<String> {
+        let user = self.url.username.as_deref()?;
+        let pass = self.url.password.as_deref().unwrap_or("");
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        Some(format!("Basic {token}"))
+    }
+}
+
+/// A named, ordered list of upstream proxies.
+#[derive(Debug)]
+pub struct UpstreamGroup {
+    pub name: String,
+    pub proxies: Vec<UpstreamProxy>,
+    failure_threshold: u32,
+    down_for: Duration,
+    pub health_check_interval: Duration,
+    pub health_check_target: Option<String>,
+}
+
+impl UpstreamGroup {
+    pub fn new(name: &str, config: &UpstreamGroupConfig) -> Self {
+        UpstreamGroup {
+            name: name.to_string(),
+            proxies: config.proxies.iter().cloned().map(UpstreamProxy::new).collect(),
+            failure_threshold: config.failure_threshold.max(1),
+            down_for: config.down_for,
+            health_check_interval: config.health_check_interval,
+            health_check_target: config.health_check_target.clone(),
+        }
+    }
+
+    /// Proxies in the order to try them: healthy ones in configured order,
+    /// then (as a last resort, so the group recovers without waiting) the ones
+    /// marked down.
+    pub fn candidates(&self) -> impl Iterator<Item = &UpstreamProxy> {
+        let up = self.proxies.iter().filter(|p| p.is_up());
+        let down = self.proxies.iter().filter(|p| !p.is_up());
+        up.chain(down)
+    }
+
+    pub fn record_success(&self, proxy: &UpstreamProxy) {
+        proxy.consecutive_failures.store(0, Ordering::Relaxed);
+        if proxy.down_until_ms.swap(0, Ordering::Relaxed) != 0 {
+            tracing::info!(group = %self.name, proxy = %proxy.url, "upstream proxy is up again");
+        }
+    }
+
+    pub fn record_failure(&self, proxy: &UpstreamProxy, error: &ConnectError) {
+        proxy.ever_failed.store(true, Ordering::Relaxed);
+        let failures = proxy.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.failure_threshold {
+            let until = now_ms() + self.down_for.as_millis() as u64;
+            let was = proxy.down_until_ms.swap(until, Ordering::Relaxed);
+            if was <= now_ms() {
+                tracing::warn!(group = %self.name, proxy = %proxy.url, %error, failures,
+                    down_for = ?self.down_for, "upstream proxy marked down");
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Sends `CONNECT target` on `stream` (already connected to `proxy`) and waits
+/// for a 2xx. Returns any bytes the proxy sent after its response head.
+pub async fn connect_handshake(
+    stream: &mut TcpStream,
+    proxy: &UpstreamProxy,
+    target: &str,
+) -> Result<Bytes, ConnectError> {
+    let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some(auth) = proxy.authorization() {
+        request.push_str("Proxy-Authorization: ");
+        request.push_str(&auth);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    let protocol_error = |detail: String| ConnectError::UpstreamProtocol {
+        proxy: proxy.url.to_string(),
+        detail,
+    };
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| protocol_error(format!("writing CONNECT: {e}")))?;
+
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err(protocol_error("CONNECT response head too large".into()));
+        }
+        let n = stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| protocol_error(format!("reading CONNECT response: {e}")))?;
+        if n == 0 {
+            return Err(protocol_error("closed the connection during CONNECT".into()));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let status = response.code.unwrap_or(0);
+                if !(200..300).contains(&status) {
+                    return Err(ConnectError::UpstreamStatus {
+                        proxy: proxy.url.to_string(),
+                        status,
+                    });
+                }
+                return Ok(buf.split_off(head_len).freeze());
+            }
+            Ok(httparse::Status::Partial) => continue,
+            Err(e) => return Err(protocol_error(format!("malformed CONNECT response: {e}"))),
+        }
+    }
+}
+
+/// Runs active health checks for `group` until the returned handle is dropped
+/// or aborted. A check is a TCP connect (and a CONNECT to the configured target).
+pub fn spawn_health_checks(
+    group: Arc<UpstreamGroup>,
+    resolver: crate::resolver::Resolver,
+    timeout: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if group.health_check_interval.is_zero() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(group.health_check_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            for proxy in &group.proxies {
+                let result = check_once(proxy, &group, &resolver, timeout).await;
+                match result {
+                    Ok(()) => group.record_success(proxy),
+                    Err(e) => {
+                        tracing::debug!(group = %group.name, proxy = %proxy.url, error = %e, "health check failed");
+                        group.record_failure(proxy, &e);
+                    }
+                }
+            }
+        }
+    }))
+}
+
+async fn check_once(
+    proxy: &UpstreamProxy,
+    group: &UpstreamGroup,
+    resolver: &crate::resolver::Resolver,
+    timeout: Duration,
+) -> Result<(), ConnectError> {
+    let ips = resolver.resolve(&proxy.url.host).await?;
+    let addrs: Vec<_> = ips.iter().map(|ip| std::net::SocketAddr::new(*ip, proxy.url.port)).collect();
+    let mut stream =
+        super::direct::connect_happy_eyeballs(&addrs, None, timeout, &proxy.url.authority()).await?;
+    if let Some(target) = &group.health_check_target {
+        tokio::time::timeout(timeout, connect_handshake(&mut stream, proxy, target))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                target: proxy.url.authority(),
+            })??;
+    }
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The gateway as a whole: binds the proxy listener, owns the current
+//! configuration generation, reloads it atomically and drains on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access_log::AccessLog;
+use crate::config::GatewayConfig;
+use crate::error::ConfigError;
+use crate::metrics::{KindLabels, Metrics};
+use crate::proxy::Shared;
+use crate::state::GatewayState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// A bound, not yet running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    instance_id: String,
+}
+
+/// Cheap handle for reloads and metrics while the gateway runs.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    shared: Arc<Shared>,
+    instance_id: String,
+    listen: SocketAddr,
+}
+
+impl Gateway {
+    /// Validates `config`, opens the access log and binds the proxy listener.
+    pub async fn bind(config: GatewayConfig, metrics: Arc<Metrics>) -> Result<Self, GatewayError> {
+        let instance_id = random_instance_id();
+        let requested = config.proxy.listen;
+        let listener = crate::listener::bind(requested).map_err(|source| GatewayError::Bind {
+            addr: requested,
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+            addr: requested,
+            source,
+        })?;
+        let mut config = config;
+        // With port 0 the real port is only known now; loop protection needs it.
+        config.proxy.listen = local_addr;
+        let access_log = AccessLog::start(&config.access_log, &config.data_dir).map_err(GatewayError::AccessLog)?;
+        let state = GatewayState::new(config, &instance_id)?;
+        let shared = Arc::new(Shared {
+            state: ArcSwap::from_pointee(state),
+            metrics,
+            access_log,
+            tunnels: TaskTracker::new(),
+        });
+        Ok(Gateway {
+            shared,
+            listener,
+            local_addr,
+            instance_id,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle {
+            shared: self.shared.clone(),
+            instance_id: self.instance_id.clone(),
+            listen: self.local_addr,
+        }
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains requests and tunnels
+    /// for up to `[limits] shutdown_grace`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let started = tokio::time::Instant::now();
+        crate::listener::serve(self.listener, self.shared.clone(), shutdown).await;
+        let grace = self.shared.state.load().config.limits.shutdown_grace;
+        let remaining = grace.saturating_sub(started.elapsed().min(grace));
+        self.shared.tunnels.close();
+        let tunnels = self.shared.tunnels.len();
+        if tunnels > 0 {
+            tracing::info!(tunnels, "waiting for open tunnels to finish");
+            if tokio::time::timeout(remaining, self.shared.tunnels.wait()).await.is_err() {
+                tracing::warn!(tunnels = self.shared.tunnels.len(), "closing tunnels still open at the end of the grace period");
+            }
+        }
+    }
+}
+
+impl GatewayHandle {
+    /// Compiles `config` and swaps it in. On error nothing changes and the
+    /// current configuration keeps serving.
+    pub fn reload(&self, mut config: GatewayConfig) -> Result<(), ConfigError> {
+        if config.proxy.listen != self.listen && !(config.proxy.listen.port() == 0 && config.proxy.listen.ip() == self.listen.ip()) {
+            tracing::warn!(old = %self.listen, new = %config.proxy.listen,
+                "proxy.listen changed: a new listen address takes effect only after a restart");
+        }
+        config.proxy.listen = self.listen;
+        match GatewayState::new(config, &self.instance_id) {
+            Ok(state) => {
+                self.shared.state.store(Arc::new(state));
+                self.shared.metrics.config_reloads.get_or_create(&KindLabels { kind: "ok".into() }).inc();
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.metrics.config_reloads.get_or_create(&KindLabels { kind: "rejected".into() }).inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Brings state-derived gauges up to date; call before encoding metrics.
+    pub fn refresh_metrics(&self) {
+        let state = self.shared.state.load();
+        self.shared.metrics.refresh_upstreams(state.connector.groups());
+        self.shared.metrics.access_log_dropped.set(self.shared.access_log.dropped());
+    }
+
+    pub fn tunnels_open(&self) -> usize {
+        self.shared.tunnels.len()
+    }
+}
+
+fn random_instance_id() -> String {
+    let mut bytes = [0u8; 4];
+    if getrandom_fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        bytes = (nanos ^ std::process::id()).to_le_bytes();
+    }
+    hex::encode(bytes)
+}
+
+fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: every tunnel holds two
+/// sockets and two pipes, so the usual 1024 runs out fast.
+pub fn raise_fd_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    }
+    Some(hard)
+}

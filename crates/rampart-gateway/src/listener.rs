@@ -1,0 +1,155 @@
+//! The proxy listener's accept loop: connection caps (global and per source),
+//! HTTP/1.1 connection settings (header size and time limits against
+//! oversized heads and slowloris clients), and graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio_util::task::TaskTracker;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::KindLabels;
+use crate::proxy::{self, Shared};
+
+/// Open-connection counters behind the `[limits]` caps.
+#[derive(Default)]
+pub struct ConnectionCounts {
+    total: AtomicUsize,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Held by a connection while it is open; releases its slot on drop.
+pub struct ConnectionSlot {
+    counts: Arc<ConnectionCounts>,
+    source: IpAddr,
+}
+
+impl ConnectionCounts {
+    fn try_acquire(self: &Arc<Self>, source: IpAddr, max_total: usize, max_per_source: usize) -> Result<ConnectionSlot, &'static str> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err("max_connections");
+        }
+        let mut per_source = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let count = per_source.entry(source).or_insert(0);
+        if *count >= max_per_source {
+            drop(per_source);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err("max_connections_per_source");
+        }
+        *count += 1;
+        Ok(ConnectionSlot {
+            counts: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.counts.total.fetch_sub(1, Ordering::AcqRel);
+        let mut per_source = self.counts.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = per_source.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Binds a listening socket with a deep backlog and SO_REUSEADDR (restarts do
+/// not wait for TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Accepts and serves proxy connections until `shutdown` is cancelled, then
+/// lets in-flight requests finish for up to `grace`.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let counts = Arc::new(ConnectionCounts::default());
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = shared.state.load();
+        let limits = &state.config.limits;
+        let slot = match counts.try_acquire(peer.ip(), limits.max_connections, limits.max_connections_per_source) {
+            Ok(slot) => slot,
+            Err(cap) => {
+                shared
+                    .metrics
+                    .connections_rejected
+                    .get_or_create(&KindLabels { kind: cap.to_string() })
+                    .inc();
+                tracing::debug!(%peer, cap, "connection refused by cap");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        drop(state);
+
+        let conn_shared = shared.clone();
+        let service = service_fn(move |req| proxy::handle(req, peer, conn_shared.clone()));
+        let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let metrics = shared.metrics.clone();
+        metrics.connections_accepted.inc();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            metrics.connections_active.inc();
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = shutdown.cancelled() => {
+                    // Finish the request in flight, then close; idle keep-alive
+                    // connections close at once.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+            metrics.connections_active.dec();
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let grace = shared.state.load().config.limits.shutdown_grace;
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        tracing::warn!(?grace, "requests still in flight at the end of the shutdown grace period");
+    }
+}

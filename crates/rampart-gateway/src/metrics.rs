@@ -1,0 +1,169 @@
+//! Prometheus metrics of the data path, served on the API listener's `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::access_log::FlowRecord;
+use crate::connector::upstream::UpstreamGroup;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum FlowKind {
+    Http,
+    Connect,
+}
+
+impl EncodeLabelValue for FlowKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            FlowKind::Http => "http",
+            FlowKind::Connect => "connect",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub kind: FlowKind,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    ClientToOrigin,
+    OriginToClient,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Direction::ClientToOrigin => "client_to_origin",
+            Direction::OriginToClient => "origin_to_client",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub group: String,
+    pub proxy: String,
+}
+
+pub struct Metrics {
+    pub connections_accepted: Counter,
+    pub connections_active: Gauge,
+    pub connections_rejected: Family<KindLabels, Counter>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub bytes: Family<DirectionLabels, Counter>,
+    pub errors: Family<KindLabels, Counter>,
+    pub upstream_up: Family<UpstreamLabels, Gauge>,
+    pub access_log_dropped: Gauge<u64, AtomicU64>,
+    pub config_reloads: Family<KindLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics {
+            connections_accepted: Counter::default(),
+            connections_active: Gauge::default(),
+            connections_rejected: Family::default(),
+            requests: Family::default(),
+            bytes: Family::default(),
+            errors: Family::default(),
+            upstream_up: Family::default(),
+            access_log_dropped: Gauge::default(),
+            config_reloads: Family::default(),
+        }
+    }
+
+    /// Registers every metric under the `rampart_` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("rampart");
+        r.register("connections_accepted", "Client connections accepted", self.connections_accepted.clone());
+        r.register("connections_active", "Client connections open now", self.connections_active.clone());
+        r.register(
+            "connections_rejected",
+            "Client connections refused by a connection cap, by cap",
+            self.connections_rejected.clone(),
+        );
+        r.register("requests", "Proxied requests and tunnels, by kind and status", self.requests.clone());
+        r.register("bytes", "Body and tunnel bytes moved, by direction", self.bytes.clone());
+        r.register("errors", "Failures by kind (dns, refused, timeout, tls, upstream, ...)", self.errors.clone());
+        r.register("upstream_up", "1 when an upstream proxy is considered healthy", self.upstream_up.clone());
+        r.register(
+            "access_log_dropped",
+            "Access log records dropped because the writer fell behind",
+            self.access_log_dropped.clone(),
+        );
+        r.register("config_reloads", "Configuration reloads, by result", self.config_reloads.clone());
+    }
+
+    pub fn record_flow(&self, record: &FlowRecord) {
+        let kind = if record.method == "CONNECT" {
+            FlowKind::Connect
+        } else {
+            FlowKind::Http
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                kind,
+                code: record.status,
+            })
+            .inc();
+        if record.bytes_from_client > 0 {
+            self.bytes
+                .get_or_create(&DirectionLabels {
+                    direction: Direction::ClientToOrigin,
+                })
+                .inc_by(record.bytes_from_client);
+        }
+        if record.bytes_to_client > 0 {
+            self.bytes
+                .get_or_create(&DirectionLabels {
+                    direction: Direction::OriginToClient,
+                })
+                .inc_by(record.bytes_to_client);
+        }
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors.get_or_create(&KindLabels { kind: kind.to_string() }).inc();
+    }
+
+    /// Refreshes gauges computed from state, right before a scrape.
+    pub fn refresh_upstreams<'a>(&self, groups: impl Iterator<Item = &'a std::sync::Arc<UpstreamGroup>>) {
+        self.upstream_up.clear();
+        for group in groups {
+            for proxy in &group.proxies {
+                self.upstream_up
+                    .get_or_create(&UpstreamLabels {
+                        group: group.name.clone(),
+                        proxy: proxy.url.authority(),
+                    })
+                    .set(i64::from(proxy.is_up()));
+            }
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

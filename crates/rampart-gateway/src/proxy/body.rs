@@ -1,0 +1,158 @@
+//! Body wrappers that count bytes as they stream (nothing is buffered), and
+//! the flow log that is written once, when the response body is dropped.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+
+use crate::access_log::{AccessLog, FlowRecord};
+use crate::metrics::Metrics;
+
+pin_project_lite::pin_project! {
+    /// A client's request body on its way to the origin, counted.
+    pub struct MeteredBody {
+        #[pin]
+        inner: Incoming,
+        counter: Arc<AtomicU64>,
+    }
+}
+
+impl MeteredBody {
+    pub fn new(inner: Incoming, counter: Arc<AtomicU64>) -> Self {
+        MeteredBody { inner, counter }
+    }
+}
+
+impl Body for MeteredBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One flow's access-log record, written when this value is dropped: after the
+/// last response byte, or when the client goes away mid-body.
+pub struct FlowLog {
+    pub record: FlowRecord,
+    started: Instant,
+    request_bytes: Option<Arc<AtomicU64>>,
+    sink: AccessLog,
+    metrics: Arc<Metrics>,
+}
+
+impl FlowLog {
+    pub fn new(record: FlowRecord, sink: AccessLog, metrics: Arc<Metrics>) -> Self {
+        FlowLog {
+            record,
+            started: Instant::now(),
+            request_bytes: None,
+            sink,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counter the request body wrapper adds to.
+    pub fn request_counter(&mut self) -> Arc<AtomicU64> {
+        self.request_bytes.get_or_insert_with(|| Arc::new(AtomicU64::new(0))).clone()
+    }
+}
+
+impl Drop for FlowLog {
+    fn drop(&mut self) {
+        if let Some(counter) = &self.request_bytes {
+            self.record.bytes_from_client = counter.load(Ordering::Relaxed);
+        }
+        self.record.duration_ms = self.started.elapsed();
+        self.metrics.record_flow(&self.record);
+        let client = self.record.client;
+        let record = std::mem::replace(&mut self.record, FlowRecord::new(client, "", String::new()));
+        self.sink.log(record);
+    }
+}
+
+type Inner = Either<Incoming, Either<Full<Bytes>, Empty<Bytes>>>;
+
+pin_project_lite::pin_project! {
+    /// Every response the proxy sends: an origin's streamed body or a body of
+    /// its own, carrying the flow log.
+    pub struct ProxyBody {
+        #[pin]
+        inner: Inner,
+        log: Option<FlowLog>,
+    }
+}
+
+impl ProxyBody {
+    pub fn origin(inner: Incoming, log: FlowLog) -> Self {
+        ProxyBody {
+            inner: Either::Left(inner),
+            log: Some(log),
+        }
+    }
+
+    pub fn full(bytes: impl Into<Bytes>, log: Option<FlowLog>) -> Self {
+        ProxyBody {
+            inner: Either::Right(Either::Left(Full::new(bytes.into()))),
+            log,
+        }
+    }
+
+    pub fn empty(log: Option<FlowLog>) -> Self {
+        ProxyBody {
+            inner: Either::Right(Either::Right(Empty::new())),
+            log,
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(data), Some(log)) = (frame.data_ref(), this.log.as_mut()) {
+                log.record.bytes_to_client += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

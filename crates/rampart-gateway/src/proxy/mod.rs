@@ -1,0 +1,103 @@
+//! The HTTP proxy service: one call per request on a client connection.
+//! Phases, in order: admit (source ACL, loop check, authentication) →
+//! CONNECT tunnel or absolute-form forwarding → log (when the flow ends).
+
+pub mod body;
+mod connect;
+mod forward;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio_util::task::TaskTracker;
+
+use crate::access_log::{AccessLog, FlowRecord};
+use crate::admission::AuthFailure;
+use crate::metrics::Metrics;
+use crate::state::GatewayState;
+use body::{FlowLog, ProxyBody};
+
+/// What every connection of the listener shares.
+pub struct Shared {
+    pub state: ArcSwap<GatewayState>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+    /// Tunnels outlive the hyper connection that upgraded them; shutdown waits for them here.
+    pub tunnels: TaskTracker,
+}
+
+/// Handles one request from `client`.
+pub async fn handle(
+    req: Request<Incoming>,
+    client: SocketAddr,
+    shared: Arc<Shared>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let state = shared.state.load_full();
+    let target = if req.method() == Method::CONNECT {
+        req.uri().authority().map(|a| a.to_string()).unwrap_or_else(|| req.uri().to_string())
+    } else {
+        req.uri().to_string()
+    };
+    let mut log = FlowLog::new(
+        FlowRecord::new(client, req.method().as_str(), target),
+        shared.access_log.clone(),
+        shared.metrics.clone(),
+    );
+
+    if !state.admission.source_allowed(client.ip()) {
+        return Ok(deny(StatusCode::FORBIDDEN, "access denied: source address not allowed", log));
+    }
+    if headers::is_loop(req.headers(), &state.loop_token) {
+        return Ok(deny(StatusCode::LOOP_DETECTED, "forwarding loop detected (Via)", log));
+    }
+    match state.admission.authenticate(req.headers().get(header::PROXY_AUTHORIZATION)) {
+        Ok(user) => log.record.user = user.map(|u| Arc::from(u.name.as_str())),
+        Err(failure) => return Ok(auth_required(failure, log)),
+    }
+
+    let response = if req.method() == Method::CONNECT {
+        connect::tunnel(req, &state, &shared, log).await
+    } else {
+        forward::forward(req, &state, log).await
+    };
+    Ok(response)
+}
+
+/// A response of the proxy's own: short reason in a text/plain body.
+pub fn error_response(status: StatusCode, reason: &str, mut log: FlowLog, metrics_kind: Option<&str>) -> Response<ProxyBody> {
+    log.record.status = status.as_u16();
+    log.record.error = Some(reason.to_string());
+    if let Some(kind) = metrics_kind {
+        log.metrics().error(kind);
+    }
+    let body = format!("{} {}: {reason}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let mut response = Response::new(ProxyBody::full(body, Some(log)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn deny(status: StatusCode, reason: &str, log: FlowLog) -> Response<ProxyBody> {
+    error_response(status, reason, log, Some("denied"))
+}
+
+fn auth_required(failure: AuthFailure, log: FlowLog) -> Response<ProxyBody> {
+    let mut response = error_response(
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        failure.reason(),
+        log,
+        Some("auth"),
+    );
+    response.headers_mut().insert(
+        header::PROXY_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"rampart\", Bearer realm=\"rampart\""),
+    );
+    response
+}

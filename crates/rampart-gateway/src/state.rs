@@ -1,0 +1,122 @@
+//! One generation of the gateway's configuration, compiled: admission rules,
+//! connectors, forwarding clients and health checks. A reload builds a new
+//! `GatewayState` off the data path and swaps it in atomically; requests in
+//! flight keep the generation they started with.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use http::HeaderValue;
+
+use crate::admission::Admission;
+use crate::config::GatewayConfig;
+use crate::connector::forward::{self, ForwardClient};
+use crate::connector::upstream::spawn_health_checks;
+use crate::connector::{Connector, EgressRoute};
+use crate::destination::DestinationGuard;
+use crate::error::ConfigError;
+use crate::resolver::Resolver;
+
+pub struct GatewayState {
+    pub config: GatewayConfig,
+    pub admission: Admission,
+    pub connector: Arc<Connector>,
+    /// `Via` value this gateway adds, e.g. `1.1 rampart (rampart/3f9a1c02)`.
+    pub via: HeaderValue,
+    /// The unique token that marks requests that already passed through this process.
+    pub loop_token: String,
+    clients: Mutex<HashMap<String, ForwardClient>>,
+    health_checks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl GatewayState {
+    /// Validates and compiles `config`. Must run inside a tokio runtime (health checks).
+    pub fn new(config: GatewayConfig, instance_id: &str) -> Result<Self, ConfigError> {
+        validate(&config)?;
+        let admission = Admission::new(&config.proxy)?;
+        let mut listeners = config.own_listeners.clone();
+        listeners.push(config.proxy.listen);
+        let guard = DestinationGuard::new(config.proxy.allow_loopback_destinations, listeners);
+        let resolver = Resolver::new(&config.resolve);
+        let connector = Arc::new(Connector::new(&config, resolver.clone(), guard)?);
+        let health_checks = connector
+            .groups()
+            .filter_map(|group| spawn_health_checks(group.clone(), resolver.clone(), config.limits.connect_timeout))
+            .collect();
+        let loop_token = format!("rampart/{instance_id}");
+        let via = HeaderValue::from_str(&format!("1.1 {} ({loop_token})", config.proxy.via_name)).map_err(|_| {
+            ConfigError::Invalid {
+                key: "proxy.via_name".into(),
+                reason: "must be printable ASCII".into(),
+            }
+        })?;
+        Ok(GatewayState {
+            config,
+            admission,
+            connector,
+            via,
+            loop_token,
+            clients: Mutex::new(HashMap::new()),
+            health_checks,
+        })
+    }
+
+    /// The pooled forwarding client of `route`, created on first use.
+    pub fn client(&self, route: &EgressRoute) -> ForwardClient {
+        let key = route.key();
+        let mut clients = match self.clients.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        clients
+            .entry(key)
+            .or_insert_with(|| forward::client(self.connector.clone(), route.clone(), self.config.limits.idle_timeout))
+            .clone()
+    }
+}
+
+impl Drop for GatewayState {
+    fn drop(&mut self) {
+        for task in &self.health_checks {
+            task.abort();
+        }
+    }
+}
+
+/// Checks that cannot be expressed in the types: never an open proxy.
+fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
+    let listen = config.proxy.listen;
+    if !listen.ip().is_loopback() && config.proxy.allow_networks.is_empty() && !config.proxy.requires_authentication() {
+        return Err(ConfigError::OpenProxy { listen });
+    }
+    if config.proxy.connect_ports.to_string().is_empty() {
+        return Err(ConfigError::Invalid {
+            key: "proxy.connect_ports".into(),
+            reason: "must list at least one port".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_open_proxy_on_a_public_address() {
+        let mut config = GatewayConfig::default();
+        config.proxy.listen = "0.0.0.0:3128".parse().unwrap();
+        let err = GatewayState::new(config.clone(), "t").err().unwrap();
+        assert!(err.to_string().contains("refusing to start an open proxy"), "{err}");
+        config.proxy.allow_networks = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(GatewayState::new(config, "t").is_ok());
+    }
+
+    #[tokio::test]
+    async fn unknown_default_egress_group_is_named() {
+        let mut config = GatewayConfig::default();
+        config.egress.default = Some("aws-squid".into());
+        let err = GatewayState::new(config, "t").err().unwrap().to_string();
+        assert!(err.contains("egress.default") && err.contains("aws-squid"), "{err}");
+    }
+}

@@ -1,0 +1,125 @@
+//! Process lifecycle: data dir, listeners, signals (SIGTERM/SIGINT drain,
+//! SIGHUP reload) and orderly shutdown.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use rampart_gateway::{Gateway, GatewayHandle, Metrics};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::{Overrides, RampartConfig};
+
+/// Which parts of Rampart this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Gateway listeners, API and everything else on one machine.
+    AllInOne,
+    /// Gateway listeners plus health/metrics only (scale-out).
+    Gateway,
+}
+
+/// Runs until SIGTERM/SIGINT, then drains.
+pub async fn run(config: RampartConfig, config_path: Option<PathBuf>, overrides: Overrides, role: Role) -> anyhow::Result<()> {
+    prepare_data_dir(&config.data_dir)?;
+
+    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
+    let api_addr = api_listener.local_addr()?;
+
+    let metrics = Arc::new(Metrics::new());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let gateway = Gateway::bind(config.gateway_config(vec![api_addr]), metrics)
+        .await
+        .context("starting the gateway")?;
+    let proxy_addr = gateway.local_addr();
+    let handle = gateway.handle();
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_handlers(shutdown.clone(), handle.clone(), config_path, overrides, api_addr)?;
+
+    let api = api::router(ApiState {
+        registry: Arc::new(registry),
+        gateway: handle.clone(),
+    });
+    let api_shutdown = shutdown.clone();
+    let api_task = tokio::spawn(async move {
+        axum::serve(api_listener, api)
+            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
+            .await
+    });
+
+    tracing::info!(
+        proxy = %proxy_addr,
+        api = %api_addr,
+        data_dir = %config.data_dir.display(),
+        role = ?role,
+        "rampart is ready"
+    );
+    gateway.run(shutdown.clone()).await;
+    shutdown.cancel();
+    match api_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "API listener ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "API task failed"),
+    }
+    tracing::info!("rampart stopped");
+    Ok(())
+}
+
+/// Creates the data dir, readable by the owner only: it holds keys and logs.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("setting permissions of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn spawn_signal_handlers(
+    shutdown: CancellationToken,
+    handle: GatewayHandle,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+    api_addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: draining"); shutdown.cancel(); return; }
+                _ = int.recv() => { tracing::info!("SIGINT: draining"); shutdown.cancel(); return; }
+                _ = hup.recv() => reload(&handle, config_path.as_deref(), &overrides, api_addr),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Re-reads the configuration file; a broken file is logged and ignored.
+fn reload(handle: &GatewayHandle, path: Option<&Path>, overrides: &Overrides, api_addr: std::net::SocketAddr) {
+    let Some(path) = path else {
+        tracing::info!("SIGHUP: running on embedded defaults, nothing to reload");
+        return;
+    };
+    let config = match RampartConfig::load(path) {
+        Ok(config) => config.with_overrides(overrides),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: configuration rejected, the previous one keeps serving");
+            return;
+        }
+    };
+    match handle.reload(config.gateway_config(vec![api_addr])) {
+        Ok(()) => tracing::info!(path = %path.display(), "SIGHUP: configuration reloaded"),
+        Err(e) => tracing::error!(error = %e, "SIGHUP: configuration rejected, the previous one keeps serving"),
+    }
+}
