@@ -1,1 +1,37 @@
-//! See the crate description in Cargo.toml; this crate is being built up issue by issue.
+//! The Rampart endpoint agent (Linux first).
+//!
+//! Steers this host's outbound connections to the gateway, directly, or nowhere, per
+//! process and host: [`attribution`] finds the process behind a connection,
+//! [`SteeringPolicy`] decides, [`GatewayTunnel`] carries steered flows, and the
+//! [`AgentLog`] records every decision in stable wording. Entry point: [`run`].
+
+pub mod agent_log;
+pub mod attribution;
+pub mod client_hello;
+pub mod config;
+pub mod connector;
+pub mod error;
+pub mod flow;
+pub mod glob;
+pub mod http_head;
+mod local_proxy;
+pub mod process;
+mod runtime;
+pub mod steering;
+pub mod steering_table;
+mod transparent;
+pub mod tunnel;
+
+pub use agent_log::AgentLog;
+pub use attribution::{Attributor, ProcessAttribution};
+pub use config::{AgentConfig, SteeringMode};
+pub use connector::Destination;
+pub use error::AgentError;
+pub use flow::CounterSnapshot;
+pub use process::{ProcessInfo, UNKNOWN_PROCESS};
+pub use runtime::{run, AgentBuilder, RunningAgent};
+pub use steering::{
+    ExceptionPolicy, FailMode, FailPolicy, SteeringAction, SteeringDecision, SteeringPolicy,
+};
+pub use steering_table::{SteeringTable, TableSpec};
+pub use tunnel::{BoxFuture, BoxedStream, FlowRequest, GatewayTunnel, HttpProxyTunnel};

@@ -1,0 +1,62 @@
+//! The agent's error type: one variant per failure a user or operator would recognise.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the agent, each carrying the input that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent configuration file could not be read.
+    #[error("cannot read agent config {path}: {source}")]
+    ConfigRead { path: PathBuf, source: io::Error },
+    /// The agent configuration is syntactically or semantically invalid.
+    #[error("{origin}: {message}")]
+    ConfigInvalid { origin: String, message: String },
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source} (is another agent running?)")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    /// `nft` could not be started at all.
+    #[error("cannot run `nft` (install the Debian package `nftables`): {0}")]
+    NftSpawn(io::Error),
+    /// `nft` ran and refused the transaction.
+    #[error("nft could not {action} table inet {table}: {stderr}")]
+    Nft {
+        action: &'static str,
+        table: String,
+        stderr: String,
+    },
+    /// The agent log could not be opened or written.
+    #[error("cannot write agent log {path}: {source}")]
+    Log { path: PathBuf, source: io::Error },
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: io::Error },
+    /// A redirected connection carried no original destination (not redirected by our table).
+    #[error("connection from {peer} has no original destination: {source}")]
+    OriginalDst { peer: SocketAddr, source: io::Error },
+    /// The gateway could not be reached (triggers the fail mode).
+    #[error("gateway {gateway} unreachable: {source}")]
+    GatewayUnreachable { gateway: String, source: io::Error },
+    /// The gateway answered the tunnel request with something other than success.
+    #[error("gateway {gateway} refused tunnel to {target}: {status}")]
+    GatewayRefused {
+        gateway: String,
+        target: String,
+        status: String,
+    },
+    /// A direct (bypass) connection to the destination failed.
+    #[error("direct connection to {target} failed: {source}")]
+    Direct { target: String, source: io::Error },
+}
+
+impl AgentError {
+    /// True when the failure means the gateway is down, so the fail mode applies.
+    pub fn is_gateway_unreachable(&self) -> bool {
+        matches!(self, AgentError::GatewayUnreachable { .. })
+    }
+}

@@ -1,0 +1,187 @@
+//! One flow from decision to bytes: decide, log, then connect directly, through the
+//! gateway, or not at all. Shared by the local proxy and the transparent listener.
+
+use crate::agent_log::AgentLog;
+use crate::attribution::ProcessAttribution;
+use crate::connector::{Connector, Destination};
+use crate::error::AgentError;
+use crate::process::ProcessInfo;
+use crate::steering::{FailMode, FailPolicy, SteeringAction, SteeringPolicy};
+use crate::tunnel::{BoxedStream, FlowRequest, GatewayTunnel};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Relay buffer per direction. Large enough for bulk throughput, small enough that
+/// 1,000 concurrent flows stay within the agent's memory budget (pages of an idle
+/// buffer are never touched, so they cost no RSS).
+const RELAY_BUFFER: usize = 32 * 1024;
+
+/// Counters for `rampart agent status`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub steered: AtomicU64,
+    pub bypassed: AtomicU64,
+    pub tunnel_bypassed: AtomicU64,
+    pub blocked: AtomicU64,
+    pub fail_mode: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub steered: u64,
+    pub bypassed: u64,
+    pub tunnel_bypassed: u64,
+    pub blocked: u64,
+    /// Flows decided by the fail mode because the gateway was unreachable.
+    pub fail_mode: u64,
+    pub errors: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            steered: self.steered.load(Ordering::Relaxed),
+            bypassed: self.bypassed.load(Ordering::Relaxed),
+            tunnel_bypassed: self.tunnel_bypassed.load(Ordering::Relaxed),
+            blocked: self.blocked.load(Ordering::Relaxed),
+            fail_mode: self.fail_mode.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, action: SteeringAction) {
+        let counter = match action {
+            SteeringAction::Steer => &self.steered,
+            SteeringAction::Bypass => &self.bypassed,
+            SteeringAction::TunnelBypass => &self.tunnel_bypassed,
+            SteeringAction::Block => &self.blocked,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What became of a flow.
+pub enum Outcome {
+    /// A stream to the destination (direct or through the gateway).
+    Connected(BoxedStream),
+    /// Refused by policy or by the closed fail mode; already logged.
+    Blocked,
+    /// The chosen path failed (already logged to tracing).
+    Failed(AgentError),
+}
+
+/// Everything a listener needs to handle flows.
+pub struct FlowContext {
+    pub policy: Arc<dyn SteeringPolicy>,
+    pub tunnel: Arc<dyn GatewayTunnel>,
+    pub attribution: Arc<dyn ProcessAttribution>,
+    pub log: Arc<AgentLog>,
+    pub fail: FailPolicy,
+    pub connector: Connector,
+    pub counters: Counters,
+}
+
+impl FlowContext {
+    /// Decide and open the flow. `host` is the name from SNI, Host header or the proxy
+    /// request; without one the destination address is used for matching and logging.
+    pub async fn open(
+        &self,
+        destination: Destination,
+        host: Option<String>,
+        process: ProcessInfo,
+    ) -> Outcome {
+        let label = match (&host, &destination) {
+            (Some(host), _) => host.clone(),
+            (None, Destination::Addr(addr)) => addr.ip().to_string(),
+            (None, Destination::Name(name, _)) => name.clone(),
+        };
+        let decision = self.policy.decide(&process, &label, destination.port());
+        match decision.action {
+            SteeringAction::Block => {
+                self.counters.count(SteeringAction::Block);
+                self.log.decision(SteeringAction::Block, &process, &label, None);
+                Outcome::Blocked
+            }
+            SteeringAction::Bypass => {
+                self.counters.count(SteeringAction::Bypass);
+                self.log.decision(SteeringAction::Bypass, &process, &label, None);
+                self.direct(&destination).await
+            }
+            action @ (SteeringAction::Steer | SteeringAction::TunnelBypass) => {
+                let flow = FlowRequest {
+                    destination,
+                    host,
+                    process,
+                    action,
+                };
+                match self.tunnel.open(&flow).await {
+                    Ok(stream) => {
+                        self.counters.count(action);
+                        self.log.decision(action, &flow.process, &label, None);
+                        Outcome::Connected(stream)
+                    }
+                    Err(err) if err.is_gateway_unreachable() => {
+                        self.fail_mode(flow, &label, err).await
+                    }
+                    Err(err) => {
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%err, process = %flow.process, host = %label, "gateway refused flow");
+                        Outcome::Failed(err)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fail_mode(&self, flow: FlowRequest, label: &str, err: AgentError) -> Outcome {
+        self.counters.fail_mode.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%err, "gateway unreachable, applying fail mode");
+        if self.fail.allows_direct(label) {
+            let note = match self.fail.mode {
+                FailMode::Open => "gateway unreachable, fail-open",
+                FailMode::Closed => "gateway unreachable, fail-closed allowlist",
+            };
+            self.counters.count(SteeringAction::Bypass);
+            self.log
+                .decision(SteeringAction::Bypass, &flow.process, label, Some(note));
+            self.direct(&flow.destination).await
+        } else {
+            self.counters.count(SteeringAction::Block);
+            self.log.decision(
+                SteeringAction::Block,
+                &flow.process,
+                label,
+                Some("gateway unreachable, fail-closed"),
+            );
+            Outcome::Blocked
+        }
+    }
+
+    async fn direct(&self, destination: &Destination) -> Outcome {
+        match self.connector.direct(destination).await {
+            Ok(stream) => Outcome::Connected(Box::new(stream)),
+            Err(err) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%err, "direct connection failed");
+                Outcome::Failed(err)
+            }
+        }
+    }
+}
+
+/// Copy both directions until both sides close.
+pub async fn relay<A, B>(client: &mut A, upstream: &mut B)
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    if let Err(err) =
+        tokio::io::copy_bidirectional_with_sizes(client, upstream, RELAY_BUFFER, RELAY_BUFFER)
+            .await
+    {
+        tracing::debug!(%err, "relay ended with an error");
+    }
+}
