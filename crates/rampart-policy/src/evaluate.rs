@@ -1,0 +1,347 @@
+//! Evaluation: resolve the facts to policy ids once, then walk only the rules indexed
+//! under them, in order; the first rule that matches decides.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use crate::action::{AccessAction, DecryptionAction, Egress, EvalPoint, Stage, SteeringAction};
+use crate::domain::normalize_host;
+use crate::facts::*;
+use crate::policy::Policy;
+use crate::rule::{process_matches, CondKind, Conds, Ctx, Rule, RuleAction, Tri};
+use crate::verdict::*;
+
+/// The result of walking one stage's rules.
+pub(crate) enum Walk<'p> {
+    Rule(&'p Rule),
+    Default,
+    Pending(&'p Rule, EvalPoint),
+}
+
+impl Policy {
+    /// Connection stage: decryption (always decided), plus access and egress when no
+    /// earlier-ordered rule needs the URL or method.
+    pub fn evaluate_connection(&self, facts: &ConnectionFacts<'_>) -> ConnectionVerdict {
+        let ctx = self.context(facts, None, None, None, EvalPoint::Connection);
+        ConnectionVerdict {
+            decryption: self.decide_now(Stage::Decryption, &ctx, decryption_of),
+            access: self.outcome(Stage::Access, &ctx, access_of),
+            egress: self.outcome(Stage::Egress, &ctx, egress_of),
+        }
+    }
+
+    /// Request stage: access (pending only on file-type rules) and egress.
+    pub fn evaluate_request(&self, facts: &RequestFacts<'_>) -> RequestVerdict {
+        let ctx = self.context(&facts.connection, Some(facts.path), Some(facts.method), None, EvalPoint::Request);
+        RequestVerdict {
+            access: self.outcome(Stage::Access, &ctx, access_of),
+            egress: self.decide_now(Stage::Egress, &ctx, egress_of),
+        }
+    }
+
+    /// Response stage: the final access decision, with the inspected file type.
+    pub fn evaluate_response(&self, facts: &ResponseFacts<'_>) -> Decision<AccessAction> {
+        let r = &facts.request;
+        let ctx = self.context(&r.connection, Some(r.path), Some(r.method), facts.file_type, EvalPoint::Response);
+        self.decide_now(Stage::Access, &ctx, access_of)
+    }
+
+    /// Agent steering: steer, bypass, tunnel-bypass or block, and whether to log.
+    /// Path entries of lists never match here: the agent does not see URLs.
+    pub fn evaluate_steering(&self, facts: &SteeringFacts<'_>) -> SteeringVerdict {
+        let conn = ConnectionFacts {
+            identity: facts.identity,
+            process: Some(facts.process),
+            host: facts.host,
+            dst_ip: facts.dst_ip,
+            port: facts.port,
+        };
+        let mut ctx = self.context(&conn, None, None, None, EvalPoint::Connection);
+        ctx.pending.clear();
+        let set = self.stage(Stage::Steering);
+        let (decision, log) = match self.walk(Stage::Steering, &ctx) {
+            Walk::Rule(rule) => (self.decision(rule, &ctx, steering_of(&rule.action)), rule.log),
+            _ => (self.default_decision(Stage::Steering, steering_of(&set.default)), set.default_log),
+        };
+        SteeringVerdict {
+            action: decision.action,
+            log,
+            decision,
+        }
+    }
+
+    /// Resolves identity and destination into the ids rules are written against.
+    pub(crate) fn context<'a>(
+        &self,
+        facts: &ConnectionFacts<'a>,
+        path: Option<&'a str>,
+        method: Option<&'a str>,
+        file_type: Option<&'a str>,
+        point: EvalPoint,
+    ) -> Ctx<'a> {
+        let mut ctx = Ctx {
+            point: Some(point),
+            process: facts.process,
+            port: Some(facts.port),
+            method,
+            file_type,
+            source_ip: facts.identity.source_ip,
+            ..Default::default()
+        };
+        let id = facts.identity;
+        if let Some(user) = id.user.as_deref() {
+            ctx.user = self.users.get(user);
+            if let Some(groups) = ctx.user.and_then(|u| self.user_groups.get(u as usize)) {
+                ctx.groups.extend(groups.iter().copied());
+            }
+        }
+        for g in &id.groups {
+            if let Some(gid) = self.groups.get(g) {
+                ctx.groups.push(gid);
+            }
+        }
+        if let Some(device) = id.device.as_deref() {
+            if let Some(d) = self.devices.get(device) {
+                ctx.devices.push(d);
+                if let Some(groups) = self.device_groups.get(d as usize) {
+                    ctx.devices.extend(groups.iter().copied());
+                }
+            }
+        }
+        self.resolve_destination(facts.host, facts.dst_ip, path, &mut ctx);
+        ctx
+    }
+
+    fn resolve_destination(&self, host: Option<&str>, dst_ip: Option<IpAddr>, path: Option<&str>, ctx: &mut Ctx<'_>) {
+        let mut objects: SmallVec<[u32; 16]> = SmallVec::new();
+        let mut pending: SmallVec<[u32; 8]> = SmallVec::new();
+        let mut host_ip = None;
+        if let Some(h) = host {
+            let h = normalize_host(h);
+            self.domains.lookup(&h, |t, _| {
+                let target = &self.targets[t as usize];
+                match (&target.path, path) {
+                    (None, _) => objects.push(target.object),
+                    (Some(p), Some(path)) => {
+                        if p.is_match(path) {
+                            objects.push(target.object);
+                        }
+                    }
+                    (Some(_), None) => pending.push(target.object),
+                }
+            });
+            if h.as_bytes().first().is_some_and(|b| b.is_ascii_digit()) || h.contains(':') {
+                host_ip = h.parse::<IpAddr>().ok();
+            }
+        }
+        if !self.cidrs.is_empty() {
+            for ip in [host_ip, dst_ip].into_iter().flatten() {
+                for (net, object) in &self.cidrs {
+                    if net.contains(&ip) {
+                        objects.push(*object);
+                    }
+                }
+            }
+        }
+        let direct = objects.len();
+        for i in 0..direct {
+            objects.extend_from_slice(&self.objects[objects[i] as usize].ancestors);
+        }
+        objects.sort_unstable();
+        objects.dedup();
+        let direct_pending = pending.len();
+        for i in 0..direct_pending {
+            pending.extend_from_slice(&self.objects[pending[i] as usize].ancestors);
+        }
+        pending.retain(|p| objects.binary_search(p).is_err());
+        ctx.objects = objects;
+        ctx.pending = pending;
+    }
+
+    /// Walks the indexed candidates of a stage in rule order.
+    pub(crate) fn walk(&self, stage: Stage, ctx: &Ctx<'_>) -> Walk<'_> {
+        let set = self.stage(stage);
+        let mut candidates: SmallVec<[u32; 32]> = SmallVec::new();
+        candidates.extend_from_slice(&set.always);
+        for &o in ctx.objects.iter().chain(ctx.pending.iter()) {
+            if let Some(rules) = set.by_object.get(o as usize) {
+                candidates.extend_from_slice(rules);
+            }
+        }
+        if let Some(rules) = ctx.user.and_then(|u| set.by_user.get(u as usize)) {
+            candidates.extend_from_slice(rules);
+        }
+        for &g in &ctx.groups {
+            if let Some(rules) = set.by_group.get(g as usize) {
+                candidates.extend_from_slice(rules);
+            }
+        }
+        for &d in &ctx.devices {
+            if let Some(rules) = set.by_device.get(d as usize) {
+                candidates.extend_from_slice(rules);
+            }
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        for i in candidates {
+            let rule = &set.rules[i as usize];
+            match rule.eval(ctx) {
+                Tri::Yes => return Walk::Rule(rule),
+                Tri::No => {}
+                Tri::Unknown(p) => return Walk::Pending(rule, p),
+            }
+        }
+        Walk::Default
+    }
+
+    /// Decides at the last point this stage can wait for: undecidable rules don't match.
+    fn decide_now<A>(&self, stage: Stage, ctx: &Ctx<'_>, of: fn(&RuleAction) -> A) -> Decision<A> {
+        let mut ctx_final = Ctx {
+            point: Some(EvalPoint::Response),
+            ..Default::default()
+        };
+        // Re-borrow the resolved facts, treating what is still unknown as absent.
+        ctx_final.user = ctx.user;
+        ctx_final.groups = ctx.groups.clone();
+        ctx_final.devices = ctx.devices.clone();
+        ctx_final.source_ip = ctx.source_ip;
+        ctx_final.process = ctx.process;
+        ctx_final.objects = ctx.objects.clone();
+        ctx_final.port = ctx.port;
+        ctx_final.method = ctx.method;
+        ctx_final.file_type = ctx.file_type;
+        match self.walk(stage, &ctx_final) {
+            Walk::Rule(rule) => self.decision(rule, &ctx_final, of(&rule.action)),
+            _ => self.default_decision(stage, of(&self.stage(stage).default)),
+        }
+    }
+
+    fn outcome<A>(&self, stage: Stage, ctx: &Ctx<'_>, of: fn(&RuleAction) -> A) -> Outcome<A> {
+        match self.walk(stage, ctx) {
+            Walk::Rule(rule) => Outcome::Decided(self.decision(rule, ctx, of(&rule.action))),
+            Walk::Default => Outcome::Decided(self.default_decision(stage, of(&self.stage(stage).default))),
+            Walk::Pending(rule, until) => Outcome::Pending {
+                stage,
+                until,
+                rule_id: rule.id.clone(),
+                rule_name: rule.name.clone(),
+            },
+        }
+    }
+
+    pub(crate) fn default_decision<A>(&self, stage: Stage, action: A) -> Decision<A> {
+        Decision {
+            stage,
+            rule_id: Arc::from("default"),
+            rule_name: Arc::from(format!("{stage} default").as_str()),
+            action,
+            matched: Vec::new(),
+            default: true,
+        }
+    }
+
+    pub(crate) fn decision<A>(&self, rule: &Rule, ctx: &Ctx<'_>, action: A) -> Decision<A> {
+        Decision {
+            stage: rule.stage,
+            rule_id: rule.id.clone(),
+            rule_name: rule.name.clone(),
+            action,
+            matched: self.matched(&rule.when, ctx),
+            default: false,
+        }
+    }
+
+    /// The values of `conds` this flow met, for logs and explanations.
+    pub(crate) fn matched(&self, conds: &Conds, ctx: &Ctx<'_>) -> Vec<MatchedObject> {
+        let mut out = Vec::new();
+        let mut push = |kind, name: &Arc<str>| out.push(MatchedObject { kind, name: name.clone() });
+        for kind in Conds::KINDS {
+            if conds.eval_kind(kind, ctx) != Some(Tri::Yes) {
+                continue;
+            }
+            match kind {
+                CondKind::Users => {
+                    if let Some(u) = ctx.user {
+                        push(ObjectKind::User, &self.users.names[u as usize]);
+                    }
+                }
+                CondKind::Groups => {
+                    for g in conds.groups.iter().filter(|g| ctx.groups.contains(g)) {
+                        push(ObjectKind::Group, &self.groups.names[*g as usize]);
+                    }
+                }
+                CondKind::Devices => {
+                    for d in conds.devices.iter().filter(|d| ctx.devices.contains(d)) {
+                        push(ObjectKind::Device, &self.devices.names[*d as usize]);
+                    }
+                }
+                CondKind::Networks => {
+                    if let Some(ip) = ctx.source_ip {
+                        if let Some((id, _)) = conds.networks.iter().find(|(_, n)| n.contains(&ip)) {
+                            push(ObjectKind::Network, &self.networks[*id as usize]);
+                        }
+                    }
+                }
+                CondKind::Processes => {
+                    if let Some(p) = ctx.process {
+                        if let Some(g) = conds.processes.iter().find(|g| process_matches(g, p)) {
+                            push(ObjectKind::Process, &Arc::from(g.as_str()));
+                        }
+                    }
+                }
+                CondKind::Destination => {
+                    for o in conds.objects.iter().filter(|o| ctx.objects.binary_search(o).is_ok()) {
+                        let obj = &self.objects[*o as usize];
+                        push(obj.kind, &obj.name);
+                    }
+                }
+                CondKind::Ports => {
+                    if let Some(p) = ctx.port {
+                        push(ObjectKind::Port, &Arc::from(p.to_string().as_str()));
+                    }
+                }
+                CondKind::Methods => {
+                    if let Some(m) = ctx.method {
+                        push(ObjectKind::Method, &Arc::from(m.to_ascii_uppercase().as_str()));
+                    }
+                }
+                CondKind::FileTypes => {
+                    if let Some(t) = ctx.file_type {
+                        push(ObjectKind::FileType, &Arc::from(t));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+pub(crate) fn steering_of(a: &RuleAction) -> SteeringAction {
+    match a {
+        RuleAction::Steering(s) => *s,
+        _ => SteeringAction::Steer,
+    }
+}
+
+pub(crate) fn decryption_of(a: &RuleAction) -> DecryptionAction {
+    match a {
+        RuleAction::Decryption(d) => *d,
+        _ => DecryptionAction::Decrypt,
+    }
+}
+
+pub(crate) fn access_of(a: &RuleAction) -> AccessAction {
+    match a {
+        RuleAction::Access(x) => *x,
+        _ => AccessAction::Allow,
+    }
+}
+
+pub(crate) fn egress_of(a: &RuleAction) -> Egress {
+    match a {
+        RuleAction::Egress(e) => e.clone(),
+        _ => Egress::Direct,
+    }
+}

@@ -1,0 +1,444 @@
+//! Rule semantics end to end through the public API: parse, compile, evaluate.
+
+use std::fs;
+use std::path::Path;
+
+use crate::*;
+
+fn compile(src: &str) -> (Policy, Vec<Diagnostic>) {
+    match Policy::from_str(src, "policy.toml", Path::new(".")) {
+        Ok(p) => p,
+        Err(e) => panic!("policy failed to compile:\n{e}"),
+    }
+}
+
+fn errors(src: &str) -> Vec<String> {
+    match Policy::from_str(src, "policy.toml", Path::new(".")) {
+        Ok(_) => panic!("policy compiled but errors were expected"),
+        Err(e) => e.errors().map(|d| d.to_string()).collect(),
+    }
+}
+
+fn who(user: Option<&str>, groups: &[&str]) -> Identity {
+    Identity {
+        user: user.map(String::from),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn access(p: &Policy, id: &Identity, host: &str, path: &str) -> Decision<AccessAction> {
+    let conn = ConnectionFacts { identity: id, process: None, host: Some(host), dst_ip: None, port: 443 };
+    match p.evaluate_request(&RequestFacts { connection: conn, method: "GET", path }).access {
+        Outcome::Decided(d) => d,
+        other => panic!("access pending: {other:?}"),
+    }
+}
+
+const NEWS_POLICY: &str = r#"
+[identities]
+users = [{ name = "alice", groups = ["engineering"] }, { name = "bob", groups = ["sales"] }]
+
+[lists]
+news-sites = [".news.example", "daily.example"]
+press-allowed = ["press.news.example", "*.releases.example/2024/*"]
+
+[categories.custom]
+all-news = { lists = ["news-sites"] }
+
+[[access]]
+id = "no-news-eng"
+name = "no news for engineering"
+when = { groups = ["engineering"], categories = ["all-news"] }
+unless = { lists = ["press-allowed"] }
+action = "block"
+
+[[access]]
+name = "everyone else is coached"
+when = { categories = ["all-news"] }
+action = "user-alert"
+"#;
+
+#[test]
+fn group_rule_blocks_news_for_engineering_except_press_list() {
+    let (p, _) = compile(NEWS_POLICY);
+    let alice = who(Some("alice"), &[]);
+    let d = access(&p, &alice, "www.news.example", "/");
+    assert_eq!((d.action, &*d.rule_id), (AccessAction::Block, "no-news-eng"));
+    assert!(d.matched.contains(&MatchedObject { kind: ObjectKind::Group, name: "engineering".into() }));
+    assert!(d.matched.contains(&MatchedObject { kind: ObjectKind::CustomCategory, name: "all-news".into() }));
+    // The press host is in the `unless` list: the next rule (user-alert) applies.
+    let d = access(&p, &alice, "press.news.example", "/");
+    assert_eq!(d.action, AccessAction::UserAlert);
+    // Another user falls through to the second rule; a non-news host to the default.
+    assert_eq!(access(&p, &who(Some("bob"), &[]), "news.example", "/").action, AccessAction::UserAlert);
+    let d = access(&p, &alice, "example.org", "/");
+    assert!(d.default);
+    assert_eq!(d.action, AccessAction::Allow);
+}
+
+#[test]
+fn groups_from_the_gateway_count_like_policy_groups() {
+    let (p, _) = compile(NEWS_POLICY);
+    let carol = who(Some("carol"), &["Engineering"]);
+    assert_eq!(access(&p, &carol, "daily.example", "/").action, AccessAction::Block);
+}
+
+#[test]
+fn host_matching_ignores_case_trailing_dot_and_idn_form() {
+    let (p, _) = compile(
+        r#"
+        [[access]]
+        when = { hosts = ["bücher.example", "*.Wild.Example"] }
+        action = "block"
+        "#,
+    );
+    let id = Identity::default();
+    for host in ["BÜCHER.example.", "xn--bcher-kva.example", "a.b.wild.example"] {
+        assert_eq!(access(&p, &id, host, "/").action, AccessAction::Block, "{host}");
+    }
+    assert_eq!(access(&p, &id, "wild.example", "/").action, AccessAction::Allow);
+}
+
+#[test]
+fn path_entries_wait_for_the_request_and_then_match_the_path() {
+    let (p, _) = compile(
+        r#"
+        [lists]
+        docs = ["docs.example/private"]
+        [[access]]
+        id = "private-docs"
+        when = { lists = ["docs"] }
+        action = "block"
+        "#,
+    );
+    let id = Identity::default();
+    let conn = ConnectionFacts { identity: &id, process: None, host: Some("docs.example"), dst_ip: None, port: 443 };
+    match p.evaluate_connection(&conn).access {
+        Outcome::Pending { until, rule_id, .. } => {
+            assert_eq!(until, EvalPoint::Request);
+            assert_eq!(&*rule_id, "private-docs");
+        }
+        other => panic!("expected pending, got {other:?}"),
+    }
+    assert_eq!(access(&p, &id, "docs.example", "/private/a").action, AccessAction::Block);
+    assert_eq!(access(&p, &id, "docs.example", "/public").action, AccessAction::Allow);
+}
+
+#[test]
+fn first_match_wins_and_disabled_rules_are_skipped() {
+    let (p, _) = compile(
+        r#"
+        [[access]]
+        id = "off"
+        disabled = true
+        when = { hosts = ["a.example"] }
+        action = "block"
+        [[access]]
+        id = "first"
+        when = { hosts = ["a.example"] }
+        action = "alert"
+        [[access]]
+        id = "second"
+        when = { hosts = [".example"] }
+        action = "block"
+        "#,
+    );
+    let d = access(&p, &Identity::default(), "a.example", "/");
+    assert_eq!((&*d.rule_id, d.action), ("first", AccessAction::Alert));
+}
+
+#[test]
+fn methods_ports_networks_and_processes_are_conditions() {
+    let (p, _) = compile(
+        r#"
+        [identities]
+        networks = [{ name = "office", cidrs = ["203.0.113.0/24"] }]
+        [[access]]
+        id = "uploads"
+        when = { methods = ["POST", "PUT"], networks = ["office"], ports = [443, "8000-8999"] }
+        action = "block"
+        "#,
+    );
+    let mut id = Identity::default();
+    id.source_ip = Some("203.0.113.9".parse().unwrap());
+    let conn = ConnectionFacts { identity: &id, process: None, host: Some("x.example"), dst_ip: None, port: 8443 };
+    let post = p.evaluate_request(&RequestFacts { connection: conn, method: "post", path: "/" });
+    assert_eq!(post.access.decided().unwrap().action, AccessAction::Block);
+    let get = p.evaluate_request(&RequestFacts { connection: conn, method: "GET", path: "/" });
+    assert_eq!(get.access.decided().unwrap().action, AccessAction::Allow);
+    let other_port = ConnectionFacts { port: 9443, ..conn };
+    let r = p.evaluate_request(&RequestFacts { connection: other_port, method: "POST", path: "/" });
+    assert_eq!(r.access.decided().unwrap().action, AccessAction::Allow);
+}
+
+#[test]
+fn builtin_default_decrypts_everything_but_pinned_apps() {
+    let p = Policy::builtin_default();
+    assert!(p.apps().count() >= 50);
+    assert!(p.apps().any(|a| &*a.id == "dropbox" && a.pins_certificates));
+    let id = Identity::default();
+    let conn = |host| ConnectionFacts { identity: &id, process: None, host: Some(host), dst_ip: None, port: 443 };
+    let d = p.evaluate_connection(&conn("api.dropboxapi.com")).decryption;
+    assert_eq!((d.action, &*d.rule_id), (DecryptionAction::DoNotDecrypt, "builtin-pinned-apps"));
+    let d = p.evaluate_connection(&conn("github.com")).decryption;
+    assert_eq!(d.action, DecryptionAction::Decrypt);
+    assert!(d.default);
+    let v = p.evaluate_connection(&conn("github.com"));
+    assert_eq!(v.access.decided().unwrap().action, AccessAction::Allow);
+    assert_eq!(v.egress.decided().unwrap().action, Egress::Direct);
+}
+
+#[test]
+fn app_categories_from_the_catalog_are_matchable() {
+    let (p, _) = compile(
+        r#"
+        [[access]]
+        when = { categories = ["generative-ai"] }
+        action = "user-alert"
+        "#,
+    );
+    assert_eq!(access(&p, &Identity::default(), "chatgpt.com", "/").action, AccessAction::UserAlert);
+}
+
+#[test]
+fn egress_rules_choose_upstream_source_or_direct() {
+    let (p, w) = compile(
+        r#"
+        [lists]
+        partners = ["portal.partner.example"]
+        fixed = ["bank.example"]
+        [upstreams.aws-squid]
+        proxies = ["http://127.0.0.1:3128", "http://egress-b.example:3128"]
+        [[egress]]
+        when = { lists = ["partners"] }
+        via = "aws-squid"
+        [[egress]]
+        when = { lists = ["fixed"] }
+        source = "192.0.2.7"
+        "#,
+    );
+    assert!(w.is_empty(), "{w:?}");
+    let id = Identity::default();
+    let eg = |host| {
+        let conn = ConnectionFacts { identity: &id, process: None, host: Some(host), dst_ip: None, port: 443 };
+        p.evaluate_request(&RequestFacts { connection: conn, method: "GET", path: "/" }).egress.action
+    };
+    assert_eq!(eg("portal.partner.example"), Egress::Upstream("aws-squid".into()));
+    assert_eq!(eg("bank.example"), Egress::Source("192.0.2.7".parse().unwrap()));
+    assert_eq!(eg("other.example"), Egress::Direct);
+    let g = &p.upstream_groups()[0];
+    assert_eq!((g.proxies[0].host.as_str(), g.proxies[0].port), ("127.0.0.1", 3128));
+}
+
+#[test]
+fn steering_matches_process_globs_and_hosts_and_carries_log_flag() {
+    let (p, _) = compile(
+        r#"
+        [[steering]]
+        name = "python to PyPI goes direct"
+        when = { processes = ["python3*", "pip*"], apps = ["pypi"] }
+        action = "bypass"
+        log = false
+        [[steering]]
+        when = { processes = ["nc"] }
+        action = "block"
+        "#,
+    );
+    let id = Identity::default();
+    let steer = |name: &str, host| {
+        let proc_ = Process { name: name.into(), path: None };
+        p.evaluate_steering(&SteeringFacts { identity: &id, process: &proc_, host: Some(host), dst_ip: None, port: 443 })
+    };
+    let v = steer("python3.12", "files.pythonhosted.org");
+    assert_eq!((v.action, v.log), (SteeringAction::Bypass, false));
+    assert_eq!(steer("python3.12", "example.org").action, SteeringAction::Steer);
+    assert_eq!(steer("nc", "example.org").action, SteeringAction::Block);
+}
+
+#[test]
+fn unknown_list_reports_place_and_suggestion() {
+    let errs = errors(
+        "[lists]\npress-allowed = [\"a.example\"]\n\n[[access]]\nwhen = { lists = [\"press-alowed\"] }\naction = \"block\"\n",
+    );
+    assert_eq!(
+        errs,
+        ["policy.toml:5:19: unknown list \"press-alowed\" (did you mean \"press-allowed\"?)"]
+    );
+}
+
+#[test]
+fn every_error_of_a_file_is_reported_at_once() {
+    let errs = errors(
+        r#"
+[[access]]
+when = { categories = ["news"] }
+action = "blok"
+
+[[egress]]
+via = "nowhere"
+
+[lists]
+bad = ["a.*.example"]
+
+[bogus]
+"#,
+    );
+    let text = errs.join("\n");
+    assert!(text.contains("policy.toml:3:24: unknown category \"news\""), "{text}");
+    assert!(text.contains("policy.toml:4:10: unknown access action \"blok\""), "{text}");
+    assert!(text.contains("(did you mean \"block\"?)"), "{text}");
+    assert!(text.contains("unknown upstream \"nowhere\""), "{text}");
+    assert!(text.contains("first label"), "{text}");
+    assert!(text.contains("unknown key \"bogus\""), "{text}");
+}
+
+#[test]
+fn toml_syntax_errors_have_locations() {
+    let errs = errors("[lists]\nx = [\"a.example\"\n");
+    assert!(errs[0].starts_with("policy.toml:"), "{errs:?}");
+    assert!(errs[0].contains("TOML syntax"), "{errs:?}");
+}
+
+#[test]
+fn conditions_at_rule_top_level_get_a_pointed_hint() {
+    let errs = errors("[[steering]]\nprocesses = [\"pip\"]\naction = \"bypass\"\n");
+    assert!(errs[0].contains("conditions go inside `when"), "{errs:?}");
+}
+
+#[test]
+fn shadowed_rules_and_unused_lists_are_warned() {
+    let (_, warnings) = compile(
+        r#"
+        [lists]
+        a = ["a.example"]
+        unused = ["u.example"]
+        [[access]]
+        id = "broad"
+        when = { groups = ["eng"] }
+        action = "block"
+        [[access]]
+        id = "narrow"
+        when = { groups = ["eng"], lists = ["a"] }
+        action = "allow"
+        "#,
+    );
+    let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    let text = text.join("\n");
+    assert!(text.contains("rule \"narrow\" is never reached: rule \"broad\""), "{text}");
+    assert!(text.contains("list \"unused\" is not used"), "{text}");
+}
+
+#[test]
+fn decryption_rules_cannot_use_methods() {
+    let errs = errors("[[decryption]]\nwhen = { methods = [\"POST\"] }\naction = \"decrypt\"\n");
+    assert!(errs[0].contains("cannot use `methods`"), "{errs:?}");
+}
+
+#[test]
+fn categories_load_from_ut1_directory_and_hosts_file() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("cats/news")).unwrap();
+    fs::write(dir.path().join("cats/news/domains"), "news.example\nb@d!\n").unwrap();
+    fs::write(dir.path().join("cats/news/urls"), "portal.example/news\n").unwrap();
+    fs::write(dir.path().join("ads.hosts"), "0.0.0.0 ads.example\n").unwrap();
+    fs::write(
+        dir.path().join("policy.toml"),
+        r#"
+        [categories]
+        load = ["cats/", { path = "ads.hosts", name = "ads" }]
+        [[access]]
+        when = { categories = ["news", "ads"] }
+        action = "block"
+        "#,
+    )
+    .unwrap();
+    let (p, warnings) = Policy::load(&dir.path().join("policy.toml")).unwrap();
+    assert!(warnings.iter().any(|w| w.message.contains("skipped 1 invalid entry")), "{warnings:?}");
+    let id = Identity::default();
+    assert_eq!(access(&p, &id, "www.news.example", "/").action, AccessAction::Block);
+    assert_eq!(access(&p, &id, "ads.example", "/").action, AccessAction::Block);
+    assert_eq!(access(&p, &id, "portal.example", "/news/1").action, AccessAction::Block);
+    assert_eq!(access(&p, &id, "portal.example", "/mail").action, AccessAction::Allow);
+    // The revision changes when category data changes, not only the policy text.
+    let before = p.revision().to_string();
+    fs::write(dir.path().join("ads.hosts"), "0.0.0.0 ads2.example\n").unwrap();
+    let (p2, _) = Policy::load(&dir.path().join("policy.toml")).unwrap();
+    assert_ne!(before, p2.revision());
+}
+
+#[test]
+fn missing_category_directory_is_an_error_at_the_load_entry() {
+    let errs = errors("[categories]\nload = [\"no-such-dir/\"]\n");
+    assert!(errs[0].starts_with("policy.toml:2:9: category source \"no-such-dir/\""), "{errs:?}");
+}
+
+#[test]
+fn policy_directory_merges_files_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("10-lists.toml"), "[lists]\nbad = [\"bad.example\"]\n").unwrap();
+    fs::write(
+        dir.path().join("20-rules.toml"),
+        "[[access]]\nwhen = { lists = [\"bad\"] }\naction = \"block\"\n",
+    )
+    .unwrap();
+    let (p, _) = Policy::load(dir.path()).unwrap();
+    assert_eq!(access(&p, &Identity::default(), "bad.example", "/").action, AccessAction::Block);
+}
+
+#[test]
+fn revision_is_stable_for_the_same_text() {
+    let (a, _) = compile(NEWS_POLICY);
+    let (b, _) = compile(NEWS_POLICY);
+    assert_eq!(a.revision(), b.revision());
+    let (c, _) = compile(&NEWS_POLICY.replace("user-alert", "alert"));
+    assert_ne!(a.revision(), c.revision());
+}
+
+#[test]
+fn indexed_evaluation_agrees_with_rule_order_over_many_rules() {
+    let mut src = String::from("[lists]\n");
+    for i in 0..300 {
+        src.push_str(&format!("l{i} = [\"h{i}.example\", \".shared{}.example\"]\n", i % 10));
+    }
+    for i in 0..300 {
+        let cond = match i % 3 {
+            0 => format!("{{ lists = [\"l{i}\"] }}"),
+            1 => format!("{{ groups = [\"g{}\"] }}", i % 7),
+            _ => format!("{{ users = [\"u{}\"], lists = [\"l{}\"] }}", i % 5, (i * 7) % 300),
+        };
+        src.push_str(&format!("[[access]]\nid = \"r{i}\"\nwhen = {cond}\naction = \"block\"\n"));
+    }
+    let (p, _) = compile(&src);
+    for (user, group, host) in [("u1", "g3", "h4.example"), ("u0", "g9", "x.shared3.example"), ("u2", "g6", "h299.example")] {
+        let id = who(Some(user), &[group]);
+        let got = access(&p, &id, host, "/");
+        // Naive reference: first rule in order whose conditions hold.
+        let conn = ConnectionFacts { identity: &id, process: None, host: Some(host), dst_ip: None, port: 443 };
+        let ctx = p.context(&conn, Some("/"), Some("GET"), None, EvalPoint::Request);
+        let expected = p
+            .stage(Stage::Access)
+            .rules
+            .iter()
+            .find(|r| r.eval(&ctx) == crate::rule::Tri::Yes)
+            .map(|r| r.id.to_string())
+            .unwrap_or_else(|| "default".into());
+        assert_eq!(&*got.rule_id, expected.as_str(), "{user} {group} {host}");
+    }
+}
+
+#[test]
+fn explanation_names_rule_matches_and_near_misses() {
+    let (p, _) = compile(NEWS_POLICY);
+    let bob = who(Some("bob"), &[]);
+    let conn = ConnectionFacts { identity: &bob, process: None, host: Some("www.news.example"), dst_ip: None, port: 443 };
+    let e = p.explain(&RequestFacts { connection: conn, method: "GET", path: "/" });
+    let text = e.to_string();
+    assert!(text.contains("list news-sites (via news.example)"), "{text}");
+    assert!(text.contains("custom-category all-news"), "{text}");
+    assert!(text.contains("access: user-alert by rule \"everyone else is coached\""), "{text}");
+    assert!(
+        text.contains("nearly: rule \"no news for engineering\"") && text.contains("only groups did not match"),
+        "{text}"
+    );
+}
