@@ -552,6 +552,15 @@ scenario_connect() {
     read -r -a targets <<<"$(targets_for plain)"
     start_all "${targets[@]}"
     local r t v
+    local -A tunnel_note=()
+    for t in "${targets[@]}"; do
+        # This scenario measures plain tunnels: a proxy that decrypts here
+        # (Rampart decrypts by default) needs BENCH_RAMPART_TOML to say otherwise.
+        if intercepts "$t"; then
+            log "warning: $t intercepts CONNECT to the origin; its tunnel figures measure interception"
+            tunnel_note[$t]="intercepted, not a plain tunnel"
+        fi
+    done
     for r in $(seq "$RUNS"); do
         for t in direct "${targets[@]}"; do
             if ! check_target "$t" "$URL_S_1K"; then
@@ -560,6 +569,7 @@ scenario_connect() {
                 continue
             fi
             run_oha "$t" "$URL_S_1K" -c "$CONNS"
+            NOTE+=${tunnel_note[$t]:-}
             record connect https_rps "$t" "$r" "$OHA_RPS" "$NOTE"
             log "connect  run $r $t: $OHA_RPS req/s $NOTE"
             measure_big "$t"
