@@ -136,6 +136,8 @@ def render(values, notes, ran_targets):
                 if v is None:
                     if c == rampart and c not in ran_targets:
                         cells.append("pending")
+                    elif any("does not intercept" in n for n in notes.get((m, c), [])):
+                        cells.append("pending (no interception yet)")
                     elif notes.get((m, c)):
                         cells.append("fail")
                     else:
@@ -164,11 +166,14 @@ def render(values, notes, ran_targets):
     for m, tgt, kind, ref, bound, text in TARGETS:
         r = med.get((m, tgt))
         if r is None:
-            measured = any(k[0] == m for k in list(med) + list(notes))
+            base = m.replace("_added", "")  # added latency derives from p99
+            measured = any(k[0] in (m, base) for k in list(med) + list(notes))
             if not measured:
                 state = "not run"
             elif tgt not in ran_targets:
                 state = "pending"
+            elif any("does not intercept" in n for n in notes.get((base, tgt), [])):
+                state = "pending (Rampart does not intercept yet)"
             else:
                 state = "no figure"
             out.append(f"| {text} | — | {state} | — |")
