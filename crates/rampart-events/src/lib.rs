@@ -1,1 +1,43 @@
-//! See the crate description in Cargo.toml; this crate is being built up issue by issue.
+//! Rampart events: every connection, page, bypass and alert recorded once, in one
+//! OCSF-based schema, stored in an embedded SQLite store, searchable with a small
+//! query language and streamed to SIEMs at least once.
+//!
+//! From the data path:
+//! ```no_run
+//! # fn main() -> Result<(), rampart_events::EventsError> {
+//! use rampart_events::{EventsConfig, FlowSummary, Pipeline, Verdict};
+//! let (pipeline, sender) = Pipeline::start("./rampart-data".as_ref(), &EventsConfig::default())?;
+//! let mut flow = FlowSummary::new(rampart_events::new_flow_id(), rampart_events::now_ms());
+//! flow.host = Some("news.example".into());
+//! flow.verdict = Verdict::Block;
+//! sender.send(flow.network_event()); // never blocks
+//! pipeline.close();
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+mod error;
+pub mod event;
+pub mod field;
+pub mod flow;
+pub mod http_client;
+pub mod pipeline;
+pub mod query;
+pub mod render;
+pub mod sink;
+pub mod spool;
+pub mod store;
+pub mod time_range;
+pub mod tls_client;
+pub mod token;
+
+pub use config::{EventsConfig, SinkConfig};
+pub use error::EventsError;
+pub use event::{
+    new_event_id, new_flow_id, now_ms, Bypass, BypassSite, DeviceActivity, Event, EventType,
+    Severity, TlsDecision, Verdict,
+};
+pub use flow::{device_event, AlertSpec, FlowSummary};
+pub use pipeline::{EventSender, Pipeline, PipelineStats, StatsSnapshot};
+pub use query::{parse as parse_query, Query, QueryError};
+pub use store::{db_path, Page, SearchRequest, StoreReader, StoreWriter};

@@ -1,0 +1,444 @@
+//! From the data path to the store and sinks without ever blocking the data path.
+//!
+//! ```text
+//! EventSender::send ──try_send──► [bounded queue] ──► drainer ──► [batches] ──► writer ──► SQLite
+//!                                                        │ full                 ▲   │
+//!                                                        └──► overflow spool ───┘   └──► sink spools ──► sink threads
+//! ```
+//!
+//! `send` is a non-blocking channel push. The drainer only moves events: to the
+//! writer when it keeps up, to the on-disk overflow spool when it does not, so
+//! the in-memory queue stays short even when SQLite stalls. The writer commits
+//! whatever has arrived as one transaction (group commit, at least every 100 ms
+//! under load), then hands the same rendered JSON to each sink's spool.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::EventsConfig;
+use crate::error::EventsError;
+use crate::event::{now_ms, Event};
+use crate::sink::{self, SinkFeed, SinkStats};
+use crate::spool::Spool;
+use crate::store::{db_path, StoreWriter};
+
+/// Events per transaction at most.
+const MAX_BATCH: usize = 8192;
+/// Batches in flight between drainer and writer; beyond this the drainer spills.
+const BATCH_SLOTS: usize = 8;
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Counters for `/metrics`. Plain atomics: read them with `load(Relaxed)`.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Events accepted by [`EventSender::send`].
+    pub accepted: AtomicU64,
+    /// Events moved off the in-memory queue (to the writer or the spool).
+    pub drained: AtomicU64,
+    /// Events written to the overflow spool because the store fell behind.
+    pub spilled: AtomicU64,
+    /// Events lost: the queue was full and the spool could not take them (disk failure).
+    pub dropped: AtomicU64,
+    /// Events committed to the store.
+    pub stored: AtomicU64,
+    /// Failed store commits (their events were spilled and retried).
+    pub store_errors: AtomicU64,
+    /// Bytes waiting in the overflow spool (gauge).
+    pub spool_bytes: AtomicU64,
+}
+
+impl PipelineStats {
+    /// Events currently in the in-memory queue (gauge).
+    pub fn queued(&self) -> u64 {
+        self.accepted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.drained.load(Ordering::Relaxed))
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            queued: self.queued(),
+            spilled: self.spilled.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            stored: self.stored.load(Ordering::Relaxed),
+            store_errors: self.store_errors.load(Ordering::Relaxed),
+            spool_bytes: self.spool_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub accepted: u64,
+    pub queued: u64,
+    pub spilled: u64,
+    pub dropped: u64,
+    pub stored: u64,
+    pub store_errors: u64,
+    pub spool_bytes: u64,
+}
+
+/// The data path's handle: cheap to clone, `send` never blocks.
+#[derive(Clone, Debug)]
+pub struct EventSender {
+    tx: SyncSender<Event>,
+    stats: Arc<PipelineStats>,
+}
+
+impl EventSender {
+    /// Hand an event over. Never waits: if the queue is full the event is counted as dropped.
+    pub fn send(&self, event: Event) {
+        match self.tx.try_send(event) {
+            Ok(()) => {
+                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<PipelineStats> {
+        &self.stats
+    }
+}
+
+/// The running pipeline; [`Pipeline::close`] drains and stops it.
+pub struct Pipeline {
+    stats: Arc<PipelineStats>,
+    closing: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    sinks: Vec<(String, Arc<SinkStats>)>,
+    db: PathBuf,
+}
+
+impl Pipeline {
+    /// Open the store in `data_dir`, replay any spilled events, start the writer and sinks.
+    pub fn start(data_dir: &Path, config: &EventsConfig) -> Result<(Pipeline, EventSender), EventsError> {
+        config
+            .validate()
+            .map_err(|message| EventsError::Sink {
+                sink: "config".into(),
+                message,
+            })?;
+        let db = db_path(data_dir);
+        let writer = StoreWriter::open(&db, config.full_sync)?;
+        let spool = Arc::new(Mutex::new(Spool::open(
+            &data_dir.join("spool").join("store"),
+            config.spool_max_size.0,
+        )?));
+        let stats = Arc::new(PipelineStats::default());
+        let closing = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let mut feeds = Vec::new();
+        let mut sinks = Vec::new();
+        for sc in &config.sinks {
+            let (feed, handle) = sink::start(sc, data_dir, closing.clone())?;
+            sinks.push((sc.name.clone(), feed.stats.clone()));
+            feeds.push(feed);
+            threads.push(handle);
+        }
+        let (tx, rx) = mpsc::sync_channel::<Event>(config.queue_size.max(1));
+        let (btx, brx) = mpsc::sync_channel::<Vec<Event>>(BATCH_SLOTS);
+        let d = Drainer {
+            rx,
+            btx,
+            spool: spool.clone(),
+            stats: stats.clone(),
+            closing: closing.clone(),
+        };
+        threads.push(spawn("rampart-events-drain", move || d.run())?);
+        let w = Writer {
+            brx,
+            store: writer,
+            spool,
+            feeds,
+            stats: stats.clone(),
+            closing: closing.clone(),
+            max_age_ms: config.max_age.map(|d| d.as_millis() as i64),
+            max_bytes: config.max_size.map(|b| b.0),
+        };
+        threads.push(spawn("rampart-events-write", move || w.run())?);
+        let sender = EventSender {
+            tx,
+            stats: stats.clone(),
+        };
+        Ok((
+            Pipeline {
+                stats,
+                closing,
+                threads,
+                sinks,
+                db,
+            },
+            sender,
+        ))
+    }
+
+    pub fn stats(&self) -> Arc<PipelineStats> {
+        self.stats.clone()
+    }
+
+    /// Per-sink counters, by sink name.
+    pub fn sink_stats(&self) -> &[(String, Arc<SinkStats>)] {
+        &self.sinks
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> &Path {
+        &self.db
+    }
+
+    /// Wait until at least `n` events are stored (tests, benchmarks, orderly shutdown).
+    pub fn wait_stored(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.stats.stored.load(Ordering::Relaxed) < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Store what is queued, stop the threads. Sinks keep undelivered events in
+    /// their spools for the next start.
+    pub fn close(self) {
+        self.closing.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, EventsError> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| EventsError::Io {
+            path: PathBuf::from(name),
+            source: e,
+        })
+}
+
+struct Drainer {
+    rx: Receiver<Event>,
+    btx: SyncSender<Vec<Event>>,
+    spool: Arc<Mutex<Spool>>,
+    stats: Arc<PipelineStats>,
+    closing: Arc<AtomicBool>,
+}
+
+impl Drainer {
+    fn run(self) {
+        loop {
+            let closing = self.closing.load(Ordering::SeqCst);
+            let mut batch = Vec::new();
+            match self.rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(e) => batch.push(e),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    if closing {
+                        return;
+                    }
+                    // Every sender is gone: nothing more will come; wait for close.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            }
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.stats
+                    .drained
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                match self.btx.try_send(batch) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => self.spill(b),
+                }
+            } else if closing {
+                return;
+            }
+        }
+    }
+
+    fn spill(&self, batch: Vec<Event>) {
+        let n = batch.len() as u64;
+        let lines: Vec<Vec<u8>> = batch
+            .iter()
+            .filter_map(|e| serde_json::to_vec(e).ok())
+            .collect();
+        let result = match self.spool.lock() {
+            Ok(mut s) => {
+                let r = s.append(lines.iter().map(Vec::as_slice));
+                self.stats.spool_bytes.store(s.pending_bytes(), Ordering::Relaxed);
+                r
+            }
+            Err(_) => return,
+        };
+        match result {
+            Ok(()) => {
+                self.stats.spilled.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(err) => {
+                tracing::error!(%err, events = n, "event spool write failed; events dropped");
+                self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+struct Writer {
+    brx: Receiver<Vec<Event>>,
+    store: StoreWriter,
+    spool: Arc<Mutex<Spool>>,
+    feeds: Vec<SinkFeed>,
+    stats: Arc<PipelineStats>,
+    closing: Arc<AtomicBool>,
+    max_age_ms: Option<i64>,
+    max_bytes: Option<u64>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut last_retention = Instant::now() - RETENTION_EVERY;
+        let mut disconnected = false;
+        loop {
+            let mut pending: Vec<Event> = Vec::new();
+            match self.brx.recv_timeout(Duration::from_millis(100)) {
+                Ok(b) => pending.extend(b),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => disconnected = true,
+            }
+            while pending.len() < MAX_BATCH {
+                match self.brx.try_recv() {
+                    Ok(b) => pending.extend(b),
+                    Err(_) => break,
+                }
+            }
+            if !pending.is_empty() {
+                self.commit(pending);
+            } else if !self.replay_spool() && disconnected {
+                return;
+            }
+            if last_retention.elapsed() >= RETENTION_EVERY {
+                last_retention = Instant::now();
+                self.retention();
+            }
+            if disconnected && self.closing.load(Ordering::SeqCst) {
+                // Drain the spool before stopping, within reason.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline && self.replay_spool() {}
+                return;
+            }
+        }
+    }
+
+    /// Store a batch; on failure spill it so nothing is lost, and back off.
+    fn commit(&mut self, events: Vec<Event>) {
+        let docs: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap_or_default())
+            .collect();
+        match self.store.insert_with_docs(&events, &docs) {
+            Ok(_) => {
+                self.stats
+                    .stored
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                for feed in &self.feeds {
+                    feed.push(&events, &docs);
+                }
+            }
+            Err(err) => {
+                tracing::error!(%err, events = events.len(), "event store commit failed; spilling");
+                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut s) = self.spool.lock() {
+                    if s.append(docs.iter().map(|d| d.as_bytes())).is_err() {
+                        self.stats
+                            .dropped
+                            .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Move one chunk from the overflow spool into the store. Returns whether there was any.
+    fn replay_spool(&mut self) -> bool {
+        let chunk = match self.spool.lock() {
+            Ok(mut s) => {
+                self.stats.spool_bytes.store(s.pending_bytes(), Ordering::Relaxed);
+                match s.read(MAX_BATCH) {
+                    Ok(c) => c,
+                    Err(err) => {
+                        tracing::error!(%err, "event spool read failed");
+                        None
+                    }
+                }
+            }
+            Err(_) => None,
+        };
+        let Some(chunk) = chunk else {
+            return false;
+        };
+        let mut events = Vec::with_capacity(chunk.lines.len());
+        let mut docs = Vec::with_capacity(chunk.lines.len());
+        for line in chunk.lines {
+            if let Ok(e) = serde_json::from_slice::<Event>(&line) {
+                events.push(e);
+                docs.push(String::from_utf8_lossy(&line).into_owned());
+            }
+        }
+        match self.store.insert_with_docs(&events, &docs) {
+            Ok(_) => {
+                self.stats
+                    .stored
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                for feed in &self.feeds {
+                    feed.push(&events, &docs);
+                }
+                if let Ok(mut s) = self.spool.lock() {
+                    if let Err(err) = s.ack(chunk.end) {
+                        tracing::error!(%err, "event spool cursor update failed");
+                    }
+                    self.stats.spool_bytes.store(s.pending_bytes(), Ordering::Relaxed);
+                }
+                true
+            }
+            Err(err) => {
+                tracing::error!(%err, "event store commit of spooled events failed");
+                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_secs(1));
+                false
+            }
+        }
+    }
+
+    fn retention(&mut self) {
+        if self.max_age_ms.is_none() && self.max_bytes.is_none() {
+            return;
+        }
+        match self
+            .store
+            .enforce_retention(now_ms(), self.max_age_ms, self.max_bytes)
+        {
+            Ok(r) if r.expired + r.evicted_for_size > 0 => {
+                tracing::info!(expired = r.expired, evicted = r.evicted_for_size, "event retention");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "event retention failed"),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Output formats of `rampart events`: a terminal table, flat JSON, or the OCSF document.
+
+use std::fmt::Write;
+
+use crate::event::Event;
+use crate::field::Field;
+
+/// Fields of the flat JSON form, in order.
+const FLAT: [Field; 26] = [
+    Field::Id,
+    Field::Flow,
+    Field::Type,
+    Field::Action,
+    Field::User,
+    Field::Group,
+    Field::Device,
+    Field::Process,
+    Field::SrcIp,
+    Field::DstIp,
+    Field::DstPort,
+    Field::Host,
+    Field::Url,
+    Field::Method,
+    Field::Status,
+    Field::Category,
+    Field::App,
+    Field::Rule,
+    Field::RuleId,
+    Field::Revision,
+    Field::Tls,
+    Field::Bypass,
+    Field::BytesIn,
+    Field::BytesOut,
+    Field::Severity,
+    Field::Alert,
+];
+
+/// RFC 3339 time with milliseconds, UTC.
+pub fn time_text(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// One flat JSON object: `time` plus every query field that has a value.
+pub fn flat_json(e: &Event) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    map.insert("time".into(), time_text(e.time).into());
+    for f in FLAT {
+        if let Some(n) = f.integer(e) {
+            map.insert(f.name().into(), n.into());
+        } else if let Some(v) = f.text(e) {
+            map.insert(f.name().into(), v.into());
+        }
+    }
+    if let Some(b) = &e.unmapped.bypass {
+        map.insert("bypass_reason".into(), b.reason.clone().into());
+    }
+    if let Some(m) = &e.message {
+        map.insert("message".into(), m.clone().into());
+    }
+    serde_json::Value::Object(map)
+}
+
+/// Column widths for an 80-to-200-column terminal; the last column takes the rest.
+const COLUMNS: [(&str, usize); 7] = [
+    ("TIME", 23),
+    ("TYPE", 7),
+    ("ACTION", 9),
+    ("USER", 12),
+    ("DEVICE", 14),
+    ("RULE", 18),
+    ("HOST / URL / DETAIL", 0),
+];
+
+/// A table of events that fits `width` columns. `marked` events get a `>` in the margin.
+pub fn table(events: &[Event], width: usize, marked: Option<&str>) -> String {
+    let mut out = String::new();
+    let fixed: usize = COLUMNS.iter().map(|c| c.1 + 1).sum::<usize>() + 2;
+    let last = width.saturating_sub(fixed).max(20);
+    let _ = write!(out, "  ");
+    for (name, w) in COLUMNS {
+        let w = if w == 0 { last } else { w };
+        let _ = write!(out, "{:<w$} ", name, w = w);
+    }
+    out = out.trim_end().to_string();
+    out.push('\n');
+    for e in events {
+        out.push_str(&row(e, last, marked));
+        out.push('\n');
+    }
+    out
+}
+
+/// One table row.
+pub fn row(e: &Event, last: usize, marked: Option<&str>) -> String {
+    let id = e.id().to_string();
+    let mark = if marked == Some(id.as_str()) { "> " } else { "  " };
+    let t = time_text(e.time);
+    let detail = detail(e);
+    let cells = [
+        t.trim_end_matches('Z').replace('T', " "),
+        Field::Type.text(e).unwrap_or_default(),
+        Field::Action.text(e).unwrap_or_default(),
+        Field::User.text(e).unwrap_or_default(),
+        Field::Device.text(e).unwrap_or_default(),
+        Field::Rule.text(e).unwrap_or_default(),
+        detail,
+    ];
+    let mut line = String::from(mark);
+    for ((_, w), cell) in COLUMNS.iter().zip(cells) {
+        let w = if *w == 0 { last } else { *w };
+        let _ = write!(line, "{:<w$} ", clip(&cell, w), w = w);
+    }
+    line.trim_end().to_string()
+}
+
+fn detail(e: &Event) -> String {
+    if let Some(f) = &e.finding_info {
+        return format!("ALERT {} ({})", f.title, e.host().unwrap_or("-"));
+    }
+    if let Some(a) = e.unmapped.device_activity {
+        return format!("{:?}{}", a, e.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default());
+    }
+    let mut s = match (e.url(), e.host()) {
+        (Some(u), _) => u.to_string(),
+        (None, Some(h)) => {
+            let port = e.dst_endpoint.as_ref().and_then(|d| d.port);
+            port.map_or(h.to_string(), |p| format!("{h}:{p}"))
+        }
+        _ => "-".into(),
+    };
+    if let Some(code) = e.http_response.as_ref().map(|r| r.code) {
+        let _ = write!(s, " [{code}]");
+    }
+    if let Some(b) = &e.unmapped.bypass {
+        let _ = write!(s, " bypass@{}", b.at.as_str());
+    } else if let Some(t) = e.unmapped.tls_decision {
+        let _ = write!(s, " tls:{}", t.as_str());
+    }
+    if let Some(c) = &e.unmapped.category {
+        let _ = write!(s, " cat:{c}");
+    }
+    s
+}
+
+fn clip(s: &str, w: usize) -> String {
+    if s.chars().count() <= w {
+        s.to_string()
+    } else {
+        let mut c: String = s.chars().take(w.saturating_sub(1)).collect();
+        c.push('…');
+        c
+    }
+}

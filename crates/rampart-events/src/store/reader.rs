@@ -1,0 +1,219 @@
+//! Read-only access: search with keyset pagination, lookup by id, device timelines, tailing.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
+
+use super::schema;
+use crate::error::EventsError;
+use crate::event::Event;
+use crate::query::{compile, Query, SqlValue};
+
+/// Where a page ended: newest-first order is `(time, seq)` descending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub time: i64,
+    pub seq: i64,
+}
+
+impl Cursor {
+    /// Opaque text form handed to clients.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.time, self.seq)
+    }
+
+    pub fn parse(text: &str) -> Result<Cursor, EventsError> {
+        let bad = || EventsError::BadCursor(text.to_string());
+        let (t, s) = text.split_once('.').ok_or_else(bad)?;
+        Ok(Cursor {
+            time: t.parse().map_err(|_| bad())?,
+            seq: s.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// A search: query, time range (`from` inclusive, `to` exclusive, ms), page size and cursor.
+#[derive(Clone, Debug, Default)]
+pub struct SearchRequest {
+    pub query: Query,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+}
+
+/// One page of results, newest first.
+#[derive(Clone, Debug)]
+pub struct Page {
+    pub events: Vec<Event>,
+    /// Present when more events may follow.
+    pub next_cursor: Option<String>,
+}
+
+pub struct StoreReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl StoreReader {
+    /// Open the store at `path` for reading; it must exist.
+    pub fn open(path: &Path) -> Result<StoreReader, EventsError> {
+        if !path.exists() {
+            return Err(EventsError::NoStore(path.to_path_buf()));
+        }
+        let err = |source| EventsError::Store {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        schema::configure(&conn, false).map_err(err)?;
+        conn.pragma_update(None, "query_only", true).map_err(err)?;
+        Ok(StoreReader {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> EventsError {
+        EventsError::Store {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn decode(&self, doc: &str) -> Result<Event, EventsError> {
+        serde_json::from_str(doc).map_err(|e| EventsError::BadDocument(doc.chars().take(60).collect(), e))
+    }
+
+    /// Events matching `req`, newest first.
+    pub fn search(&self, req: &SearchRequest) -> Result<Page, EventsError> {
+        let filter = compile(&req.query);
+        let mut sql = format!("SELECT seq, time, doc FROM events WHERE ({})", filter.sql);
+        let mut params = filter.params;
+        if let Some(from) = req.from_ms {
+            sql.push_str(" AND time >= ?");
+            params.push(SqlValue::Integer(from));
+        }
+        if let Some(to) = req.to_ms {
+            sql.push_str(" AND time < ?");
+            params.push(SqlValue::Integer(to));
+        }
+        if let Some(c) = req.cursor {
+            sql.push_str(" AND (time < ? OR (time = ? AND seq < ?))");
+            params.extend([
+                SqlValue::Integer(c.time),
+                SqlValue::Integer(c.time),
+                SqlValue::Integer(c.seq),
+            ]);
+        }
+        let limit = req.limit.clamp(1, 10_000);
+        sql.push_str(" ORDER BY time DESC, seq DESC LIMIT ?");
+        params.push(SqlValue::Integer(limit as i64 + 1));
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params_from_iter(params.iter()), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut events = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for row in rows {
+            let (seq, time, doc) = row.map_err(|e| self.err(e))?;
+            if events.len() == limit {
+                more = true;
+                break;
+            }
+            events.push(self.decode(&doc)?);
+            last = Some(Cursor { time, seq });
+        }
+        Ok(Page {
+            events,
+            next_cursor: if more { last.map(|c| c.encode()) } else { None },
+        })
+    }
+
+    /// The event with this id.
+    pub fn get(&self, id: &str) -> Result<Option<Event>, EventsError> {
+        let doc: Option<String> = self
+            .conn
+            .query_row("SELECT doc FROM events WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        doc.map(|d| self.decode(&d)).transpose()
+    }
+
+    /// Everything `device` did in `[from_ms, to_ms]`, oldest first.
+    pub fn timeline(
+        &self,
+        device: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, EventsError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT doc FROM events WHERE device = ?1 AND time >= ?2 AND time <= ?3 ORDER BY time, seq LIMIT ?4",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map((device, from_ms, to_ms, limit as i64), |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for doc in rows {
+            out.push(self.decode(&doc.map_err(|e| self.err(e))?)?);
+        }
+        Ok(out)
+    }
+
+    /// Events stored after `seq` that match `query`, oldest first, with their sequence numbers.
+    pub fn after(&self, seq: i64, query: &Query, limit: usize) -> Result<Vec<(i64, Event)>, EventsError> {
+        let filter = compile(query);
+        let sql = format!(
+            "SELECT seq, doc FROM events WHERE seq > ? AND ({}) ORDER BY seq LIMIT ?",
+            filter.sql
+        );
+        let mut params = vec![SqlValue::Integer(seq)];
+        params.extend(filter.params);
+        params.push(SqlValue::Integer(limit as i64));
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params_from_iter(params.iter()), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (s, doc) = row.map_err(|e| self.err(e))?;
+            out.push((s, self.decode(&doc)?));
+        }
+        Ok(out)
+    }
+
+    /// The newest sequence number (0 when empty).
+    pub fn last_seq(&self) -> Result<i64, EventsError> {
+        self.conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn count(&self) -> Result<u64, EventsError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(n as u64)
+    }
+
+    /// SQLite's own consistency check; `ok` when the file is sound.
+    pub fn integrity_check(&self) -> Result<String, EventsError> {
+        self.conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,83 @@
+//! Table, indexes and connection settings.
+
+use rusqlite::Connection;
+
+use crate::field::Field;
+
+/// Columns filled from each event, in insert order (after `id`, `time`).
+pub const COLUMNS: [Field; 25] = [
+    Field::Type,
+    Field::Flow,
+    Field::Action,
+    Field::User,
+    Field::Group,
+    Field::Device,
+    Field::Process,
+    Field::SrcIp,
+    Field::DstIp,
+    Field::DstPort,
+    Field::Host,
+    Field::Url,
+    Field::Method,
+    Field::Status,
+    Field::Category,
+    Field::App,
+    Field::Rule,
+    Field::RuleId,
+    Field::Revision,
+    Field::Tls,
+    Field::Bypass,
+    Field::BytesIn,
+    Field::BytesOut,
+    Field::Severity,
+    Field::Reporter,
+];
+
+/// Fields with a `(field, time)` index: the ones investigations start from.
+pub const INDEXED: [Field; 7] = [
+    Field::User,
+    Field::Device,
+    Field::Action,
+    Field::Host,
+    Field::Category,
+    Field::Rule,
+    Field::Type,
+];
+
+pub fn create(conn: &Connection) -> rusqlite::Result<()> {
+    // auto_vacuum must be chosen before the first table exists; INCREMENTAL lets
+    // size-based retention hand pages back to the file system.
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
+    let mut cols = String::new();
+    for f in COLUMNS {
+        let ty = match f.kind() {
+            crate::field::FieldKind::Integer => "INTEGER",
+            _ => "TEXT COLLATE NOCASE",
+        };
+        cols.push_str(&format!(",\n  {} {ty}", f.column()));
+    }
+    let mut sql = format!(
+        "CREATE TABLE IF NOT EXISTS events (\n  seq INTEGER PRIMARY KEY,\n  id TEXT NOT NULL UNIQUE,\n  time INTEGER NOT NULL{cols},\n  doc TEXT NOT NULL\n);\nCREATE INDEX IF NOT EXISTS events_time ON events(time);\n"
+    );
+    for f in INDEXED {
+        sql.push_str(&format!(
+            "CREATE INDEX IF NOT EXISTS events_{c} ON events({c}, time);\n",
+            c = f.column()
+        ));
+    }
+    sql.push_str(
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n\
+         INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1');\n",
+    );
+    conn.execute_batch(&sql)
+}
+
+/// Settings every connection needs. `busy_timeout` lets readers wait out a checkpoint.
+pub fn configure(conn: &Connection, full_sync: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if full_sync { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -32_000)?;
+    Ok(())
+}

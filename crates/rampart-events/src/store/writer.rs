@@ -1,0 +1,194 @@
+//! The single writer: batched inserts and retention.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::schema::{self, COLUMNS};
+use crate::error::EventsError;
+use crate::event::Event;
+use crate::field::{Field, FieldKind};
+
+/// Rows deleted per retention statement, so one pass never holds the write lock long.
+const RETENTION_CHUNK: i64 = 20_000;
+
+pub struct StoreWriter {
+    conn: Connection,
+    path: PathBuf,
+    insert_sql: String,
+}
+
+/// What a retention pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub expired: u64,
+    pub evicted_for_size: u64,
+}
+
+impl StoreWriter {
+    /// Open or create the store at `path` (the parent directory is created).
+    /// `full_sync` fsyncs every commit (power-loss durability) instead of relying
+    /// on the OS to keep committed WAL pages after a process crash.
+    pub fn open(path: &Path, full_sync: bool) -> Result<StoreWriter, EventsError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| EventsError::Io {
+                path: parent.to_path_buf(),
+                source: e,
+            })?;
+        }
+        let store_err = |source| EventsError::Store {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(store_err)?;
+        // auto_vacuum has to be set before WAL and before the table exists.
+        schema::create(&conn).map_err(store_err)?;
+        schema::configure(&conn, full_sync).map_err(store_err)?;
+        let names: Vec<&str> = COLUMNS.iter().map(|f| f.column()).collect();
+        let marks = vec!["?"; COLUMNS.len() + 3].join(", ");
+        let insert_sql = format!(
+            "INSERT OR IGNORE INTO events (id, time, {}, doc) VALUES ({marks})",
+            names.join(", ")
+        );
+        Ok(StoreWriter {
+            conn,
+            path: path.to_path_buf(),
+            insert_sql,
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> EventsError {
+        EventsError::Store {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Insert `events` in one transaction. Events already stored (same id) are
+    /// ignored, so replaying a spool after a crash never duplicates.
+    pub fn insert(&mut self, events: &[Event]) -> Result<usize, EventsError> {
+        let docs = events
+            .iter()
+            .map(|e| serde_json::to_string(e).map_err(|err| EventsError::BadDocument(e.id().to_string(), err)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.insert_with_docs(events, &docs)
+    }
+
+    /// Like [`StoreWriter::insert`], with each event's JSON already rendered
+    /// (the pipeline renders once for the store and every sink).
+    pub fn insert_with_docs(&mut self, events: &[Event], docs: &[String]) -> Result<usize, EventsError> {
+        let path = self.path.clone();
+        let wrap = |source| EventsError::Store {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        let mut inserted = 0;
+        {
+            let mut stmt = tx.prepare_cached(&self.insert_sql).map_err(wrap)?;
+            for (e, doc) in events.iter().zip(docs) {
+                // Bind one by one: no per-row vector, and the document is not copied.
+                stmt.raw_bind_parameter(1, e.id().to_string()).map_err(wrap)?;
+                stmt.raw_bind_parameter(2, e.time).map_err(wrap)?;
+                for (i, f) in COLUMNS.iter().enumerate() {
+                    stmt.raw_bind_parameter(i + 3, column_value(*f, e)).map_err(wrap)?;
+                }
+                stmt.raw_bind_parameter(COLUMNS.len() + 3, doc.as_str()).map_err(wrap)?;
+                inserted += stmt.raw_execute().map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)?;
+        Ok(inserted)
+    }
+
+    /// Delete events older than `max_age_ms` and, while the database is larger
+    /// than `max_bytes`, the oldest events; then return freed pages to the OS.
+    pub fn enforce_retention(
+        &mut self,
+        now_ms: i64,
+        max_age_ms: Option<i64>,
+        max_bytes: Option<u64>,
+    ) -> Result<RetentionReport, EventsError> {
+        let mut report = RetentionReport::default();
+        if let Some(age) = max_age_ms {
+            let cutoff = now_ms.saturating_sub(age);
+            loop {
+                let n = self
+                    .conn
+                    .execute(
+                        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE time < ?1 ORDER BY time LIMIT ?2)",
+                        (cutoff, RETENTION_CHUNK),
+                    )
+                    .map_err(|e| self.err(e))?;
+                report.expired += n as u64;
+                if (n as i64) < RETENTION_CHUNK {
+                    break;
+                }
+            }
+        }
+        if let Some(max) = max_bytes {
+            // Bounded loop: each round removes ~5% of the rows.
+            for _ in 0..64 {
+                if self.live_bytes()? <= max {
+                    break;
+                }
+                let rows: i64 = self
+                    .conn
+                    .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                    .map_err(|e| self.err(e))?;
+                if rows == 0 {
+                    break;
+                }
+                let chunk = (rows / 20).max(1);
+                let n = self
+                    .conn
+                    .execute(
+                        "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY time LIMIT ?1)",
+                        [chunk],
+                    )
+                    .map_err(|e| self.err(e))?;
+                report.evicted_for_size += n as u64;
+            }
+        }
+        if report.expired + report.evicted_for_size > 0 {
+            self.conn
+                .execute_batch("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(report)
+    }
+
+    /// Bytes used by live pages (file size minus free pages).
+    pub fn live_bytes(&self) -> Result<u64, EventsError> {
+        let q = |sql: &str| -> Result<i64, EventsError> {
+            self.conn
+                .query_row(sql, [], |r| r.get(0))
+                .map_err(|e| self.err(e))
+        };
+        let pages = q("PRAGMA page_count")?;
+        let free = q("PRAGMA freelist_count")?;
+        let size = q("PRAGMA page_size")?;
+        Ok(((pages - free).max(0) * size) as u64)
+    }
+
+    /// Number of stored events.
+    pub fn count(&self) -> Result<u64, EventsError> {
+        let n: Option<i64> = self
+            .conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+}
+
+fn column_value(f: Field, e: &Event) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match f.kind() {
+        FieldKind::Integer => f.integer(e).map_or(Value::Null, Value::Integer),
+        FieldKind::Set => f
+            .text(e)
+            .map_or(Value::Null, |g| Value::Text(format!(",{},", g.to_lowercase()))),
+        FieldKind::Text => f.text(e).map_or(Value::Null, Value::Text),
+    }
+}
