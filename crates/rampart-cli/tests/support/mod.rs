@@ -1,0 +1,289 @@
+//! Shared harness for end-to-end tests: start the real `rampart` binary on
+//! loopback with ephemeral ports, a real HTTP origin, and run real clients.
+//! Every process started here is killed when its handle drops.
+#![allow(dead_code)]
+
+pub mod origin;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+pub fn rampart_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rampart")
+}
+
+/// A running `rampart server`.
+pub struct Rampart {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub api: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Rampart {
+    /// Starts `rampart server --config <file>` where the file is `extra_toml`
+    /// plus listeners on free ports and a temporary data dir.
+    pub fn start(extra_toml: &str) -> Rampart {
+        Self::start_with_args(extra_toml, &[])
+    }
+
+    pub fn start_with_args(extra_toml: &str, args: &[&str]) -> Rampart {
+        Self::try_start(extra_toml, args).unwrap_or_else(|log| panic!("rampart did not become ready:\n{log}"))
+    }
+
+    /// Like `start`, but returns the server's stderr if it exits or never becomes ready.
+    pub fn try_start(extra_toml: &str, args: &[&str]) -> Result<Rampart, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config_path = dir.path().join("rampart.toml");
+        let data_dir = dir.path().join("data");
+        let config = compose_config(extra_toml, &data_dir, proxy, api);
+        std::fs::write(&config_path, config).expect("write config");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let child = Command::new(rampart_bin())
+            .arg("server")
+            .arg("--config")
+            .arg(&config_path)
+            .args(args)
+            .env("RUST_LOG", "info,rampart_gateway=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn rampart");
+        let mut r = Rampart {
+            child,
+            proxy,
+            api,
+            dir,
+            config_path,
+            stderr_path,
+        };
+        r.wait_ready()?;
+        Ok(r)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Err(self.stderr());
+            }
+            if http_get_status(self.api, "/healthz") == Some(200) && TcpStream::connect(self.proxy).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(self.stderr())
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Access log lines parsed as JSON (waits briefly for the writer thread).
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::read_to_string(self.data_dir().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad access log line {l:?}: {e}")))
+            .collect()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get_body(self.api, "/metrics").unwrap_or_default()
+    }
+
+    pub fn rewrite_config(&self, extra_toml: &str) {
+        let config = compose_config(extra_toml, &self.data_dir(), self.proxy, self.api);
+        std::fs::write(&self.config_path, config).expect("write config");
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).expect("kill");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit; returns its exit status code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Peak resident memory of the server so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+}
+
+impl Drop for Rampart {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn compose_config(extra_toml: &str, data_dir: &Path, proxy: SocketAddr, api: SocketAddr) -> String {
+    // Sections the test gives win; listeners and data dir are always ours.
+    let mut out = format!("data_dir = {:?}\n", data_dir.display().to_string());
+    let has_proxy_section = extra_toml.contains("[proxy]");
+    let has_api_section = extra_toml.contains("[api]");
+    let mut body = extra_toml.to_string();
+    if has_proxy_section {
+        body = body.replacen("[proxy]", &format!("[proxy]\nlisten = \"{proxy}\""), 1);
+    }
+    if has_api_section {
+        body = body.replacen("[api]", &format!("[api]\nlisten = \"{api}\""), 1);
+    }
+    let mut preamble = String::new();
+    if !has_proxy_section {
+        preamble.push_str(&format!("[proxy]\nlisten = \"{proxy}\"\n"));
+    }
+    if !has_api_section {
+        preamble.push_str(&format!("[api]\nlisten = \"{api}\"\n"));
+    }
+    // Top-level keys of the test's TOML must come before any table.
+    let (top, tables) = split_top_level(&body);
+    out.push_str(&top);
+    out.push_str(&preamble);
+    out.push_str(&tables);
+    out
+}
+
+fn split_top_level(toml: &str) -> (String, String) {
+    let mut top = String::new();
+    let mut rest = String::new();
+    let mut in_table = false;
+    for line in toml.lines() {
+        if line.trim_start().starts_with('[') {
+            in_table = true;
+        }
+        let target = if in_table { &mut rest } else { &mut top };
+        target.push_str(line);
+        target.push('\n');
+    }
+    (top, rest)
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A minimal blocking HTTP GET (for health checks and metrics).
+pub fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let raw = http_get_raw(addr, path)?;
+    raw.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub fn http_get_body(addr: SocketAddr, path: &str) -> Option<String> {
+    let raw = http_get_raw(addr, path)?;
+    raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+fn http_get_raw(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// Sends raw bytes to `addr` and returns what comes back until close or timeout.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// Runs a command and returns its output; panics with stderr when it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// `curl` through `proxy` with the given extra arguments; returns (status, stdout, stderr).
+pub fn curl(proxy: &str, args: &[&str]) -> (i32, String, String) {
+    let out = run(Command::new("curl").arg("-sS").arg("--max-time").arg("60").arg("-x").arg(proxy).args(args));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The HTTP status curl reports for a request through `proxy`.
+pub fn curl_status(proxy: &str, url: &str, extra: &[&str]) -> u16 {
+    let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let (_, out, _) = curl(proxy, &args);
+    out.trim().parse().unwrap_or(0)
+}
+
+/// Waits until `f` returns true, polling for up to `timeout`.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Whether an external program is installed (tests that need one say so loudly when it is missing).
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
