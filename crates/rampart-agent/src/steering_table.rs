@@ -47,7 +47,7 @@ impl TableSpec {
              delete table inet {name}\n\
              table inet {name} {{\n\
              \tchain steer_output {{\n\
-             \t\ttype nat hook output priority dstnat; policy accept;\n\
+             \t\ttype nat hook output priority -100; policy accept;\n\
              {exempt}\
              \t\tfib daddr type local return\n\
              \t\t{ports} redirect to :{port}\n\
