@@ -23,6 +23,8 @@ enum Command {
     Gateway(cmd::server::GatewayArgs),
     /// Print a password hash for `[[proxy.users]]` (reads the password from stdin).
     HashPassword(cmd::hash_password::HashPasswordArgs),
+    /// Check, explain and test a policy.
+    Policy(cmd::policy::PolicyArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Server(args) => cmd::server::run_server(args),
         Command::Gateway(args) => cmd::server::run_gateway(args),
         Command::HashPassword(args) => cmd::hash_password::run(args),
+        Command::Policy(args) => cmd::policy::run(args),
     };
     match result {
         Ok(code) => code,

@@ -14,7 +14,12 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Steering, Stage::Decryption, Stage::Access, Stage::Egress];
+    pub const ALL: [Stage; 4] = [
+        Stage::Steering,
+        Stage::Decryption,
+        Stage::Access,
+        Stage::Egress,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

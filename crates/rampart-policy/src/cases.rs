@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use crate::facts::{ConnectionFacts, Identity, Process, RequestFacts, ResponseFacts, SteeringFacts};
+use crate::facts::{
+    ConnectionFacts, Identity, Process, RequestFacts, ResponseFacts, SteeringFacts,
+};
 use crate::policy::Policy;
 use crate::verdict::{Decision, Outcome};
 
@@ -84,8 +86,13 @@ pub struct UrlParts {
 
 /// Splits `scheme://host[:port]/path?query` (http, https; a bare host means https).
 pub fn split_url(url: &str) -> Result<UrlParts, String> {
-    let with_scheme = if url.contains("://") { url.to_string() } else { format!("https://{url}") };
-    let parsed = url::Url::parse(&with_scheme).map_err(|e| format!("invalid URL \"{url}\": {e}"))?;
+    let with_scheme = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("https://{url}")
+    };
+    let parsed =
+        url::Url::parse(&with_scheme).map_err(|e| format!("invalid URL \"{url}\": {e}"))?;
     let host = parsed
         .host_str()
         .ok_or_else(|| format!("URL \"{url}\" has no host"))?
@@ -126,7 +133,10 @@ fn check_decision<A: std::fmt::Display>(
     let got = d.action.to_string();
     if let Some(e) = expected {
         if *e != got {
-            failures.push(format!("{what}: expected {e}, got {got} (rule {})", d.rule_id));
+            failures.push(format!(
+                "{what}: expected {e}, got {got} (rule {})",
+                d.rule_id
+            ));
         }
     }
     check(failures, &format!("{what} rule"), expected_rule, &d.rule_id);
@@ -139,7 +149,10 @@ impl Policy {
         let parts = match split_url(&case.url) {
             Ok(p) => p,
             Err(e) => {
-                return CaseResult { name: case.name.clone(), failures: vec![e] };
+                return CaseResult {
+                    name: case.name.clone(),
+                    failures: vec![e],
+                };
             }
         };
         let identity = Identity {
@@ -170,7 +183,13 @@ impl Policy {
                         dst_ip: case.dst_ip,
                         port: parts.port,
                     });
-                    check_decision(&mut failures, "steering", &e.steering, &e.steering_rule, &v.decision);
+                    check_decision(
+                        &mut failures,
+                        "steering",
+                        &e.steering,
+                        &e.steering_rule,
+                        &v.decision,
+                    );
                     if let Some(log) = e.steering_log {
                         if log != v.log {
                             failures.push(format!("steering log: expected {log}, got {}", v.log));
@@ -181,7 +200,13 @@ impl Policy {
             }
         }
         let cv = self.evaluate_connection(&conn);
-        check_decision(&mut failures, "decryption", &e.decryption, &e.decryption_rule, &cv.decryption);
+        check_decision(
+            &mut failures,
+            "decryption",
+            &e.decryption,
+            &e.decryption_rule,
+            &cv.decryption,
+        );
         let req = RequestFacts {
             connection: conn,
             method: case.method.as_deref().unwrap_or("GET"),
@@ -196,8 +221,17 @@ impl Policy {
             }),
         };
         check_decision(&mut failures, "access", &e.access, &e.access_rule, &access);
-        check_decision(&mut failures, "egress", &e.egress, &e.egress_rule, &rv.egress);
-        CaseResult { name: case.name.clone(), failures }
+        check_decision(
+            &mut failures,
+            "egress",
+            &e.egress,
+            &e.egress_rule,
+            &rv.egress,
+        );
+        CaseResult {
+            name: case.name.clone(),
+            failures,
+        }
     }
 }
 
@@ -208,7 +242,10 @@ mod tests {
     #[test]
     fn split_url_defaults_port_by_scheme_and_keeps_query() {
         let p = split_url("http://Example.COM/a/b?x=1").unwrap();
-        assert_eq!((p.host.as_str(), p.port, p.path.as_str()), ("example.com", 80, "/a/b?x=1"));
+        assert_eq!(
+            (p.host.as_str(), p.port, p.path.as_str()),
+            ("example.com", 80, "/a/b?x=1")
+        );
         assert_eq!(split_url("example.org").unwrap().port, 443);
         assert_eq!(split_url("https://h.example:8443/").unwrap().port, 8443);
         assert!(split_url("https://").is_err());
@@ -216,7 +253,8 @@ mod tests {
 
     #[test]
     fn cases_file_rejects_unknown_expectation_keys() {
-        let err = parse_cases("[[case]]\nname='x'\nurl='a.example'\nexpect={acess='block'}\n").unwrap_err();
+        let err = parse_cases("[[case]]\nname='x'\nurl='a.example'\nexpect={acess='block'}\n")
+            .unwrap_err();
         assert!(err.contains("acess"), "{err}");
     }
 }

@@ -19,13 +19,17 @@ const LAYOUT_FILES: [&str; 2] = ["domains", "urls"];
 
 /// Lists the files behind a `load` entry, in a stable order.
 pub(crate) fn discover(path: &Path, name: Option<&str>) -> Result<Vec<CategoryFile>, String> {
-    let meta = fs::metadata(path).map_err(|e| format!("cannot read category source {}: {e}", path.display()))?;
+    let meta = fs::metadata(path)
+        .map_err(|e| format!("cannot read category source {}: {e}", path.display()))?;
     if meta.is_file() {
         let category = match name {
             Some(n) => n.to_string(),
             None => file_stem(path),
         };
-        return Ok(vec![CategoryFile { category, path: path.to_path_buf() }]);
+        return Ok(vec![CategoryFile {
+            category,
+            path: path.to_path_buf(),
+        }]);
     }
     if name.is_some() {
         return Err(format!(
@@ -49,11 +53,17 @@ pub(crate) fn discover(path: &Path, name: Option<&str>) -> Result<Vec<CategoryFi
             for f in LAYOUT_FILES {
                 let p = entry.join(f);
                 if p.is_file() {
-                    out.push(CategoryFile { category: category.clone(), path: p });
+                    out.push(CategoryFile {
+                        category: category.clone(),
+                        path: p,
+                    });
                 }
             }
         } else if entry.is_file() && !is_metadata_file(base) {
-            out.push(CategoryFile { category: file_stem(&entry), path: entry });
+            out.push(CategoryFile {
+                category: file_stem(&entry),
+                path: entry,
+            });
         }
     }
     if out.is_empty() {
@@ -141,7 +151,10 @@ mod tests {
         let p = dir.path().join("ads.hosts");
         fs::write(&p, "0.0.0.0 ads.example\n").unwrap();
         assert_eq!(discover(&p, None).unwrap()[0].category, "ads");
-        assert_eq!(discover(&p, Some("tracking")).unwrap()[0].category, "tracking");
+        assert_eq!(
+            discover(&p, Some("tracking")).unwrap()[0].category,
+            "tracking"
+        );
     }
 
     #[test]

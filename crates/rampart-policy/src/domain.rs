@@ -15,9 +15,15 @@ const MAX_HOST_LEN: usize = 253;
 /// punycode, IPv6 brackets removed. Borrows when the host is already normal, which is
 /// the common case on the data path.
 pub fn normalize_host(host: &str) -> Cow<'_, str> {
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+    if host
+        .bytes()
+        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+    {
         return Cow::Borrowed(host);
     }
     if host.is_ascii() {
@@ -35,7 +41,11 @@ pub fn parse_host(host: &str) -> Result<String, String> {
     if host.is_empty() {
         return Err("empty host name".into());
     }
-    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         return Ok(ip.to_string());
     }
     let ascii = if host.is_ascii() {
@@ -58,7 +68,9 @@ pub fn parse_host(host: &str) -> Result<String, String> {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
         {
-            return Err(format!("\"{host}\" contains '{c}', which is not allowed in a host name"));
+            return Err(format!(
+                "\"{host}\" contains '{c}', which is not allowed in a host name"
+            ));
         }
     }
     Ok(ascii)
@@ -152,7 +164,9 @@ impl Pattern {
 
 /// Parses one line of a category or hosts file. Returns `Ok(None)` for blank lines,
 /// comments and the `localhost` style entries of hosts files.
-pub(crate) fn parse_category_line(line: &str) -> Result<Option<(String, Option<PathPattern>)>, String> {
+pub(crate) fn parse_category_line(
+    line: &str,
+) -> Result<Option<(String, Option<PathPattern>)>, String> {
     let line = line.split('#').next().unwrap_or("").trim();
     if line.is_empty() {
         return Ok(None);
@@ -170,11 +184,20 @@ pub(crate) fn parse_category_line(line: &str) -> Result<Option<(String, Option<P
     };
     if matches!(
         name,
-        "localhost" | "localhost.localdomain" | "local" | "broadcasthost" | "ip6-localhost" | "ip6-loopback" | "0.0.0.0"
+        "localhost"
+            | "localhost.localdomain"
+            | "local"
+            | "broadcasthost"
+            | "ip6-localhost"
+            | "ip6-loopback"
+            | "0.0.0.0"
     ) {
         return Ok(None);
     }
-    let name = name.strip_prefix("*.").or_else(|| name.strip_prefix('.')).unwrap_or(name);
+    let name = name
+        .strip_prefix("*.")
+        .or_else(|| name.strip_prefix('.'))
+        .unwrap_or(name);
     let (host, path) = match name.find('/') {
         Some(i) => (&name[..i], Some(&name[i..])),
         None => (name, None),
@@ -202,11 +225,26 @@ mod tests {
     #[test]
     fn pattern_modes_follow_leading_syntax() {
         let p = |s| Pattern::parse(s).unwrap();
-        assert!(matches!(p("a.example"), Pattern::Host { mode: DomainMode::Exact, .. }));
-        assert!(matches!(p("*.a.example"), Pattern::Host { mode: DomainMode::Subdomains, .. }));
+        assert!(matches!(
+            p("a.example"),
+            Pattern::Host {
+                mode: DomainMode::Exact,
+                ..
+            }
+        ));
+        assert!(matches!(
+            p("*.a.example"),
+            Pattern::Host {
+                mode: DomainMode::Subdomains,
+                ..
+            }
+        ));
         assert!(matches!(
             p(".a.example"),
-            Pattern::Host { mode: DomainMode::DomainAndSubdomains, .. }
+            Pattern::Host {
+                mode: DomainMode::DomainAndSubdomains,
+                ..
+            }
         ));
         assert!(matches!(p("10.0.0.0/8"), Pattern::Cidr(_)));
         match p("https://Press.Example.org/releases/*") {
@@ -220,8 +258,12 @@ mod tests {
 
     #[test]
     fn pattern_rejects_inner_wildcards_ports_and_bad_characters() {
-        assert!(Pattern::parse("a.*.example").unwrap_err().contains("first label"));
-        assert!(Pattern::parse("a.example:443").unwrap_err().contains("ports"));
+        assert!(Pattern::parse("a.*.example")
+            .unwrap_err()
+            .contains("first label"));
+        assert!(Pattern::parse("a.example:443")
+            .unwrap_err()
+            .contains("ports"));
         assert!(Pattern::parse("a b.example").is_err());
         assert!(Pattern::parse("ftp://a.example").is_err());
         assert!(Pattern::parse("").is_err());
@@ -236,7 +278,9 @@ mod tests {
             Some(("ads.example".to_string(), None))
         );
         assert_eq!(parse_category_line("127.0.0.1 localhost").unwrap(), None);
-        let (h, p) = parse_category_line("news.example/politics").unwrap().unwrap();
+        let (h, p) = parse_category_line("news.example/politics")
+            .unwrap()
+            .unwrap();
         assert_eq!(h, "news.example");
         assert!(p.is_some());
     }

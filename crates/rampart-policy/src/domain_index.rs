@@ -180,7 +180,11 @@ impl DomainIndex {
         loop {
             let key = &bytes[start..];
             if let Some(entry) = self.find(key, hash(key)) {
-                let want = if start == 0 { MATCH_EXACT } else { MATCH_SUBDOMAINS };
+                let want = if start == 0 {
+                    MATCH_EXACT
+                } else {
+                    MATCH_SUBDOMAINS
+                };
                 let suffix = &host[start..];
                 let value = self.values[entry as usize];
                 if value & SET_BIT == 0 {

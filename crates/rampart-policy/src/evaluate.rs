@@ -34,7 +34,13 @@ impl Policy {
 
     /// Request stage: access (pending only on file-type rules) and egress.
     pub fn evaluate_request(&self, facts: &RequestFacts<'_>) -> RequestVerdict {
-        let ctx = self.context(&facts.connection, Some(facts.path), Some(facts.method), None, EvalPoint::Request);
+        let ctx = self.context(
+            &facts.connection,
+            Some(facts.path),
+            Some(facts.method),
+            None,
+            EvalPoint::Request,
+        );
         RequestVerdict {
             access: self.outcome(Stage::Access, &ctx, access_of),
             egress: self.decide_now(Stage::Egress, &ctx, egress_of),
@@ -44,7 +50,13 @@ impl Policy {
     /// Response stage: the final access decision, with the inspected file type.
     pub fn evaluate_response(&self, facts: &ResponseFacts<'_>) -> Decision<AccessAction> {
         let r = &facts.request;
-        let ctx = self.context(&r.connection, Some(r.path), Some(r.method), facts.file_type, EvalPoint::Response);
+        let ctx = self.context(
+            &r.connection,
+            Some(r.path),
+            Some(r.method),
+            facts.file_type,
+            EvalPoint::Response,
+        );
         self.decide_now(Stage::Access, &ctx, access_of)
     }
 
@@ -62,8 +74,14 @@ impl Policy {
         ctx.pending.clear();
         let set = self.stage(Stage::Steering);
         let (decision, log) = match self.walk(Stage::Steering, &ctx) {
-            Walk::Rule(rule) => (self.decision(rule, &ctx, steering_of(&rule.action)), rule.log),
-            _ => (self.default_decision(Stage::Steering, steering_of(&set.default)), set.default_log),
+            Walk::Rule(rule) => (
+                self.decision(rule, &ctx, steering_of(&rule.action)),
+                rule.log,
+            ),
+            _ => (
+                self.default_decision(Stage::Steering, steering_of(&set.default)),
+                set.default_log,
+            ),
         };
         SteeringVerdict {
             action: decision.action,
@@ -114,7 +132,13 @@ impl Policy {
         ctx
     }
 
-    fn resolve_destination(&self, host: Option<&str>, dst_ip: Option<IpAddr>, path: Option<&str>, ctx: &mut Ctx<'_>) {
+    fn resolve_destination(
+        &self,
+        host: Option<&str>,
+        dst_ip: Option<IpAddr>,
+        path: Option<&str>,
+        ctx: &mut Ctx<'_>,
+    ) {
         let mut objects: SmallVec<[u32; 16]> = SmallVec::new();
         let mut pending: SmallVec<[u32; 8]> = SmallVec::new();
         let mut host_ip = None;
@@ -221,7 +245,9 @@ impl Policy {
     fn outcome<A>(&self, stage: Stage, ctx: &Ctx<'_>, of: fn(&RuleAction) -> A) -> Outcome<A> {
         match self.walk(stage, ctx) {
             Walk::Rule(rule) => Outcome::Decided(self.decision(rule, ctx, of(&rule.action))),
-            Walk::Default => Outcome::Decided(self.default_decision(stage, of(&self.stage(stage).default))),
+            Walk::Default => {
+                Outcome::Decided(self.default_decision(stage, of(&self.stage(stage).default)))
+            }
             Walk::Pending(rule, until) => Outcome::Pending {
                 stage,
                 until,
@@ -256,7 +282,12 @@ impl Policy {
     /// The values of `conds` this flow met, for logs and explanations.
     pub(crate) fn matched(&self, conds: &Conds, ctx: &Ctx<'_>) -> Vec<MatchedObject> {
         let mut out = Vec::new();
-        let mut push = |kind, name: &Arc<str>| out.push(MatchedObject { kind, name: name.clone() });
+        let mut push = |kind, name: &Arc<str>| {
+            out.push(MatchedObject {
+                kind,
+                name: name.clone(),
+            })
+        };
         for kind in Conds::KINDS {
             if conds.eval_kind(kind, ctx) != Some(Tri::Yes) {
                 continue;
@@ -279,7 +310,8 @@ impl Policy {
                 }
                 CondKind::Networks => {
                     if let Some(ip) = ctx.source_ip {
-                        if let Some((id, _)) = conds.networks.iter().find(|(_, n)| n.contains(&ip)) {
+                        if let Some((id, _)) = conds.networks.iter().find(|(_, n)| n.contains(&ip))
+                        {
                             push(ObjectKind::Network, &self.networks[*id as usize]);
                         }
                     }
@@ -292,7 +324,11 @@ impl Policy {
                     }
                 }
                 CondKind::Destination => {
-                    for o in conds.objects.iter().filter(|o| ctx.objects.binary_search(o).is_ok()) {
+                    for o in conds
+                        .objects
+                        .iter()
+                        .filter(|o| ctx.objects.binary_search(o).is_ok())
+                    {
                         let obj = &self.objects[*o as usize];
                         push(obj.kind, &obj.name);
                     }
@@ -304,7 +340,10 @@ impl Policy {
                 }
                 CondKind::Methods => {
                     if let Some(m) = ctx.method {
-                        push(ObjectKind::Method, &Arc::from(m.to_ascii_uppercase().as_str()));
+                        push(
+                            ObjectKind::Method,
+                            &Arc::from(m.to_ascii_uppercase().as_str()),
+                        );
                     }
                 }
                 CondKind::FileTypes => {

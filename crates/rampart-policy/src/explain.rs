@@ -74,7 +74,8 @@ impl Policy {
             let verdict = self.evaluate_steering(&sf);
             let mut ctx = self.context(conn, None, None, None, EvalPoint::Connection);
             ctx.pending.clear();
-            let mut e = self.stage_explanation(Stage::Steering, EvalPoint::Connection, &ctx, steering_of);
+            let mut e =
+                self.stage_explanation(Stage::Steering, EvalPoint::Connection, &ctx, steering_of);
             if !verdict.log {
                 e.action.push_str(" (not logged)");
             }
@@ -84,15 +85,32 @@ impl Policy {
         let mut dec_ctx = self.context(conn, None, None, None, EvalPoint::Connection);
         dec_ctx.pending.clear();
         dec_ctx.point = Some(EvalPoint::Response);
-        stages.push(self.stage_explanation(Stage::Decryption, EvalPoint::Connection, &dec_ctx, decryption_of));
-        let req_ctx = self.context(conn, Some(facts.path), Some(facts.method), None, EvalPoint::Request);
+        stages.push(self.stage_explanation(
+            Stage::Decryption,
+            EvalPoint::Connection,
+            &dec_ctx,
+            decryption_of,
+        ));
+        let req_ctx = self.context(
+            conn,
+            Some(facts.path),
+            Some(facts.method),
+            None,
+            EvalPoint::Request,
+        );
         for stage in [Stage::Access, Stage::Egress] {
             let of = if stage == Stage::Access {
                 |a: &RuleAction| access_of(a).to_string()
             } else {
                 |a: &RuleAction| egress_of(a).to_string()
             };
-            let mut final_ctx = self.context(conn, Some(facts.path), Some(facts.method), None, EvalPoint::Request);
+            let mut final_ctx = self.context(
+                conn,
+                Some(facts.path),
+                Some(facts.method),
+                None,
+                EvalPoint::Request,
+            );
             if stage == Stage::Egress {
                 final_ctx.point = Some(EvalPoint::Response);
             }
@@ -174,6 +192,10 @@ impl Policy {
     }
 
     fn near_miss(&self, rule: &Rule, ctx: &Ctx<'_>) -> Option<NearMiss> {
+        let constrained = Conds::KINDS
+            .into_iter()
+            .filter(|k| rule.when.eval_kind(*k, ctx).is_some())
+            .count();
         let failed: Vec<CondKind> = Conds::KINDS
             .into_iter()
             .filter(|k| rule.when.eval_kind(*k, ctx) == Some(Tri::No))
@@ -181,12 +203,18 @@ impl Policy {
         let reason = match failed.as_slice() {
             [] => match &rule.unless {
                 Some(u) if u.eval(ctx) == Tri::Yes => {
-                    let why: Vec<String> = self.matched(u, ctx).iter().map(|m| m.to_string()).collect();
+                    let why: Vec<String> =
+                        self.matched(u, ctx).iter().map(|m| m.to_string()).collect();
                     format!("excluded by `unless` ({})", why.join(", "))
                 }
                 _ => return None,
             },
-            [kind] => format!("only {} did not match: needs {}", kind.as_str(), self.describe(&rule.when, *kind)),
+            // A one-condition rule that fails is simply unrelated, not "nearly".
+            [kind] if constrained >= 2 => format!(
+                "only {} did not match: needs {}",
+                kind.as_str(),
+                self.describe(&rule.when, *kind)
+            ),
             _ => return None,
         };
         Some(NearMiss {
@@ -200,11 +228,36 @@ impl Policy {
     fn describe(&self, c: &Conds, kind: CondKind) -> String {
         let join = |v: Vec<String>| v.join(", ");
         match kind {
-            CondKind::Users => join(c.users.iter().map(|u| format!("user {}", self.users.names[*u as usize])).collect()),
-            CondKind::Groups => join(c.groups.iter().map(|g| format!("group {}", self.groups.names[*g as usize])).collect()),
-            CondKind::Devices => join(c.devices.iter().map(|d| format!("device {}", self.devices.names[*d as usize])).collect()),
-            CondKind::Networks => join(c.networks.iter().map(|(_, n)| format!("source in {n}")).collect()),
-            CondKind::Processes => join(c.processes.iter().map(|p| format!("process {}", p.as_str())).collect()),
+            CondKind::Users => join(
+                c.users
+                    .iter()
+                    .map(|u| format!("user {}", self.users.names[*u as usize]))
+                    .collect(),
+            ),
+            CondKind::Groups => join(
+                c.groups
+                    .iter()
+                    .map(|g| format!("group {}", self.groups.names[*g as usize]))
+                    .collect(),
+            ),
+            CondKind::Devices => join(
+                c.devices
+                    .iter()
+                    .map(|d| format!("device {}", self.devices.names[*d as usize]))
+                    .collect(),
+            ),
+            CondKind::Networks => join(
+                c.networks
+                    .iter()
+                    .map(|(_, n)| format!("source in {n}"))
+                    .collect(),
+            ),
+            CondKind::Processes => join(
+                c.processes
+                    .iter()
+                    .map(|p| format!("process {}", p.as_str()))
+                    .collect(),
+            ),
             CondKind::Destination => join(
                 c.objects
                     .iter()
@@ -217,16 +270,31 @@ impl Policy {
             CondKind::Ports => join(
                 c.ports
                     .iter()
-                    .map(|(a, b)| if a == b { format!("port {a}") } else { format!("port {a}-{b}") })
+                    .map(|(a, b)| {
+                        if a == b {
+                            format!("port {a}")
+                        } else {
+                            format!("port {a}-{b}")
+                        }
+                    })
                     .collect(),
             ),
             CondKind::Methods => join(c.methods.iter().map(|m| format!("method {m}")).collect()),
-            CondKind::FileTypes => join(c.file_types.iter().map(|t| format!("file type {t}")).collect()),
+            CondKind::FileTypes => join(
+                c.file_types
+                    .iter()
+                    .map(|t| format!("file type {t}"))
+                    .collect(),
+            ),
         }
     }
 
     /// Every object the destination belongs to, with the entry that matched.
-    pub fn destination_matches(&self, host: Option<&str>, path: Option<&str>) -> Vec<DestinationMatch> {
+    pub fn destination_matches(
+        &self,
+        host: Option<&str>,
+        path: Option<&str>,
+    ) -> Vec<DestinationMatch> {
         let mut out: Vec<DestinationMatch> = Vec::new();
         let Some(host) = host else { return out };
         let host = normalize_host(host);
@@ -242,7 +310,10 @@ impl Policy {
                 let obj = &self.objects[target.object as usize];
                 direct.push(target.object);
                 out.push(DestinationMatch {
-                    object: MatchedObject { kind: obj.kind, name: obj.name.clone() },
+                    object: MatchedObject {
+                        kind: obj.kind,
+                        name: obj.name.clone(),
+                    },
                     via,
                 });
             }
@@ -253,7 +324,10 @@ impl Policy {
                     let obj = &self.objects[*o as usize];
                     direct.push(*o);
                     out.push(DestinationMatch {
-                        object: MatchedObject { kind: obj.kind, name: obj.name.clone() },
+                        object: MatchedObject {
+                            kind: obj.kind,
+                            name: obj.name.clone(),
+                        },
                         via: net.to_string(),
                     });
                 }
@@ -263,7 +337,10 @@ impl Policy {
             let child = &self.objects[o as usize];
             for a in &child.ancestors {
                 let obj = &self.objects[*a as usize];
-                let m = MatchedObject { kind: obj.kind, name: obj.name.clone() };
+                let m = MatchedObject {
+                    kind: obj.kind,
+                    name: obj.name.clone(),
+                };
                 if !out.iter().any(|d| d.object == m) {
                     out.push(DestinationMatch {
                         object: m,
@@ -301,7 +378,10 @@ impl fmt::Display for Explanation {
                     "rule \"{}\" (id {}{})",
                     s.rule_name,
                     s.rule_id,
-                    s.location.as_ref().map(|l| format!(", {l}")).unwrap_or_default()
+                    s.location
+                        .as_ref()
+                        .map(|l| format!(", {l}"))
+                        .unwrap_or_default()
                 )
             };
             writeln!(f, "{}: {} by {how}", s.stage, s.action)?;
@@ -316,7 +396,11 @@ impl fmt::Display for Explanation {
                 writeln!(f, "  {note}")?;
             }
             for n in &s.near_misses {
-                writeln!(f, "  nearly: rule \"{}\" ({}): {}", n.rule_name, n.location, n.reason)?;
+                writeln!(
+                    f,
+                    "  nearly: rule \"{}\" ({}): {}",
+                    n.rule_name, n.location, n.reason
+                )?;
             }
         }
         Ok(())

@@ -20,7 +20,11 @@ impl Glob {
     }
 
     pub fn is_match(&self, text: &str) -> bool {
-        wildcard_match(self.pattern.as_bytes(), text.as_bytes(), self.case_insensitive)
+        wildcard_match(
+            self.pattern.as_bytes(),
+            text.as_bytes(),
+            self.case_insensitive,
+        )
     }
 }
 
@@ -63,11 +67,19 @@ impl PathPattern {
 /// Iterative wildcard matching with backtracking to the last `*` (linear in practice,
 /// never recursive, so hostile patterns cannot overflow the stack).
 fn wildcard_match(pattern: &[u8], text: &[u8], ci: bool) -> bool {
-    let eq = |a: u8, b: u8| if ci { a.eq_ignore_ascii_case(&b) } else { a == b };
+    let eq = |a: u8, b: u8| {
+        if ci {
+            a.eq_ignore_ascii_case(&b)
+        } else {
+            a == b
+        }
+    };
     let (mut p, mut t) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || (pattern[p] != b'*' && eq(pattern[p], text[t]))) {
+        if p < pattern.len()
+            && (pattern[p] == b'?' || (pattern[p] != b'*' && eq(pattern[p], text[t])))
+        {
             p += 1;
             t += 1;
         } else if p < pattern.len() && pattern[p] == b'*' {

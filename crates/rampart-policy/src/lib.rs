@@ -48,7 +48,8 @@ pub use explain::{DestinationMatch, Explanation, NearMiss, StageExplanation};
 pub use facts::{ConnectionFacts, Identity, Process, RequestFacts, ResponseFacts, SteeringFacts};
 pub use policy::{AppInfo, Policy, PolicyStats, UpstreamGroup, UpstreamProxy};
 pub use verdict::{
-    ConnectionVerdict, Decision, MatchedObject, ObjectKind, Outcome, RequestVerdict, SteeringVerdict,
+    ConnectionVerdict, Decision, MatchedObject, ObjectKind, Outcome, RequestVerdict,
+    SteeringVerdict,
 };
 
 #[cfg(test)]

@@ -17,15 +17,42 @@ use crate::model::*;
 type Value<'i> = Spanned<DeValue<'i>>;
 
 const TOP_KEYS: &[&str] = &[
-    "identities", "lists", "categories", "apps", "upstreams", "defaults", "steering", "decryption",
-    "access", "egress",
+    "identities",
+    "lists",
+    "categories",
+    "apps",
+    "upstreams",
+    "defaults",
+    "steering",
+    "decryption",
+    "access",
+    "egress",
 ];
 const CONDITION_KEYS: &[&str] = &[
-    "users", "groups", "devices", "networks", "processes", "categories", "apps", "lists", "hosts",
-    "ports", "methods", "file_types",
+    "users",
+    "groups",
+    "devices",
+    "networks",
+    "processes",
+    "categories",
+    "apps",
+    "lists",
+    "hosts",
+    "ports",
+    "methods",
+    "file_types",
 ];
 const RULE_KEYS: &[&str] = &[
-    "id", "name", "description", "disabled", "when", "unless", "action", "log", "via", "source",
+    "id",
+    "name",
+    "description",
+    "disabled",
+    "when",
+    "unless",
+    "action",
+    "log",
+    "via",
+    "source",
 ];
 
 /// Parses one policy file. `base_dir` resolves relative category paths.
@@ -39,11 +66,18 @@ pub(crate) fn parse_document(
     if !errors.is_empty() {
         for e in errors {
             let loc = map.locate(e.span().map(|s| s.start).unwrap_or(0));
-            diags.push(Diagnostic::error(&loc, format!("TOML syntax: {}", e.message().trim())));
+            diags.push(Diagnostic::error(
+                &loc,
+                format!("TOML syntax: {}", e.message().trim()),
+            ));
         }
         return None;
     }
-    let mut p = Parser { map, diags, base_dir };
+    let mut p = Parser {
+        map,
+        diags,
+        base_dir,
+    };
     let mut doc = Document::default();
     let root = root.get_ref();
     p.check_keys(root, TOP_KEYS, "top level");
@@ -111,7 +145,10 @@ impl Parser<'_> {
         match v.get_ref() {
             DeValue::Table(t) => Some(t),
             other => {
-                self.error(&v.span(), format!("{what} must be a table, found {}", other.type_str()));
+                self.error(
+                    &v.span(),
+                    format!("{what} must be a table, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -121,7 +158,10 @@ impl Parser<'_> {
         match v.get_ref() {
             DeValue::Array(a) => Some(a),
             other => {
-                self.error(&v.span(), format!("{what} must be an array, found {}", other.type_str()));
+                self.error(
+                    &v.span(),
+                    format!("{what} must be an array, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -131,7 +171,10 @@ impl Parser<'_> {
         match v.get_ref() {
             DeValue::String(s) => Some(s.to_string()),
             other => {
-                self.error(&v.span(), format!("{what} must be a string, found {}", other.type_str()));
+                self.error(
+                    &v.span(),
+                    format!("{what} must be a string, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -141,7 +184,10 @@ impl Parser<'_> {
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             other => {
-                self.error(&v.span(), format!("{what} must be true or false, found {}", other.type_str()));
+                self.error(
+                    &v.span(),
+                    format!("{what} must be true or false, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -154,14 +200,20 @@ impl Parser<'_> {
             DeValue::String(_) => vec![v],
             DeValue::Array(a) => {
                 if a.is_empty() {
-                    self.error(&v.span(), format!("{what} is empty; remove it to match anything"));
+                    self.error(
+                        &v.span(),
+                        format!("{what} is empty; remove it to match anything"),
+                    );
                 }
                 a.iter().collect()
             }
             other => {
                 self.error(
                     &v.span(),
-                    format!("{what} must be a string or an array of strings, found {}", other.type_str()),
+                    format!(
+                        "{what} must be a string or an array of strings, found {}",
+                        other.type_str()
+                    ),
                 );
                 return Vec::new();
             }
@@ -174,7 +226,10 @@ impl Parser<'_> {
                     self.error(&item.span(), format!("empty name in {what}"));
                     return None;
                 }
-                Some(Ref { name, loc: self.loc(&item.span()) })
+                Some(Ref {
+                    name,
+                    loc: self.loc(&item.span()),
+                })
             })
             .collect()
     }
@@ -185,14 +240,19 @@ impl Parser<'_> {
         for r in refs {
             match Pattern::parse(&r.name) {
                 Ok(pattern) => out.push(PatternDef { pattern }),
-                Err(msg) => self.diags.push(Diagnostic::error(&r.loc, format!("invalid entry in {what}: {msg}"))),
+                Err(msg) => self.diags.push(Diagnostic::error(
+                    &r.loc,
+                    format!("invalid entry in {what}: {msg}"),
+                )),
             }
         }
         out
     }
 
     fn identities(&mut self, v: &Value<'_>, doc: &mut Document) {
-        let Some(t) = self.table(v, "[identities]") else { return };
+        let Some(t) = self.table(v, "[identities]") else {
+            return;
+        };
         self.check_keys(t, &["users", "devices", "networks"], "[identities]");
         if let Some(users) = t.get("users") {
             doc.users = self.members(users, "identities.users", "user");
@@ -201,9 +261,13 @@ impl Parser<'_> {
             doc.devices = self.members(devices, "identities.devices", "device");
         }
         if let Some(nets) = t.get("networks") {
-            let Some(items) = self.array(nets, "identities.networks") else { return };
+            let Some(items) = self.array(nets, "identities.networks") else {
+                return;
+            };
             for item in items {
-                let Some(nt) = self.table(item, "each network") else { continue };
+                let Some(nt) = self.table(item, "each network") else {
+                    continue;
+                };
                 self.check_keys(nt, &["name", "cidrs"], "a network");
                 let name = self.required_string(nt, "name", item, "a network");
                 let mut cidrs = Vec::new();
@@ -222,13 +286,23 @@ impl Parser<'_> {
                     None => self.error(&item.span(), "a network needs `cidrs = [...]`"),
                 }
                 if let Some(name) = name {
-                    doc.networks.push(NetworkDef { name, cidrs, loc: self.loc(&item.span()) });
+                    doc.networks.push(NetworkDef {
+                        name,
+                        cidrs,
+                        loc: self.loc(&item.span()),
+                    });
                 }
             }
         }
     }
 
-    fn required_string(&mut self, t: &DeTable<'_>, key: &str, at: &Value<'_>, what: &str) -> Option<String> {
+    fn required_string(
+        &mut self,
+        t: &DeTable<'_>,
+        key: &str,
+        at: &Value<'_>,
+        what: &str,
+    ) -> Option<String> {
         match t.get(key) {
             Some(v) => self.string(v, key),
             None => {
@@ -240,30 +314,49 @@ impl Parser<'_> {
 
     fn members(&mut self, v: &Value<'_>, what: &str, kind: &str) -> Vec<MemberDef> {
         let mut out = Vec::new();
-        let Some(items) = self.array(v, what) else { return out };
+        let Some(items) = self.array(v, what) else {
+            return out;
+        };
         for item in items {
-            let Some(t) = self.table(item, &format!("each {kind}")) else { continue };
+            let Some(t) = self.table(item, &format!("each {kind}")) else {
+                continue;
+            };
             self.check_keys(t, &["name", "groups"], &format!("a {kind}"));
             let name = self.required_string(t, "name", item, &format!("a {kind}"));
-            let groups = t.get("groups").map(|g| self.strings(g, "groups")).unwrap_or_default();
+            let groups = t
+                .get("groups")
+                .map(|g| self.strings(g, "groups"))
+                .unwrap_or_default();
             if let Some(name) = name {
-                out.push(MemberDef { name, groups, loc: self.loc(&item.span()) });
+                out.push(MemberDef {
+                    name,
+                    groups,
+                    loc: self.loc(&item.span()),
+                });
             }
         }
         out
     }
 
     fn lists(&mut self, v: &Value<'_>, doc: &mut Document) {
-        let Some(t) = self.table(v, "[lists]") else { return };
+        let Some(t) = self.table(v, "[lists]") else {
+            return;
+        };
         for (key, value) in t.iter() {
             let name = key.get_ref().to_string();
             let entries = self.patterns(value, &format!("list \"{name}\""));
-            doc.lists.push(ListDef { name, entries, loc: self.loc(&key.span()) });
+            doc.lists.push(ListDef {
+                name,
+                entries,
+                loc: self.loc(&key.span()),
+            });
         }
     }
 
     fn categories(&mut self, v: &Value<'_>, doc: &mut Document) {
-        let Some(t) = self.table(v, "[categories]") else { return };
+        let Some(t) = self.table(v, "[categories]") else {
+            return;
+        };
         self.check_keys(t, &["load", "custom"], "[categories]");
         if let Some(load) = t.get("load") {
             let items: Vec<&Value<'_>> = match load.get_ref() {
@@ -300,40 +393,82 @@ impl Parser<'_> {
             }
         }
         if let Some(custom) = t.get("custom") {
-            let Some(ct) = self.table(custom, "[categories.custom]") else { return };
+            let Some(ct) = self.table(custom, "[categories.custom]") else {
+                return;
+            };
             for (key, value) in ct.iter() {
                 let name = key.get_ref().to_string();
-                let Some(def) = self.table(value, &format!("custom category \"{name}\"")) else { continue };
+                let Some(def) = self.table(value, &format!("custom category \"{name}\"")) else {
+                    continue;
+                };
                 self.check_keys(def, &["categories", "lists"], "a custom category");
-                let categories = def.get("categories").map(|c| self.strings(c, "categories")).unwrap_or_default();
-                let lists = def.get("lists").map(|c| self.strings(c, "lists")).unwrap_or_default();
+                let categories = def
+                    .get("categories")
+                    .map(|c| self.strings(c, "categories"))
+                    .unwrap_or_default();
+                let lists = def
+                    .get("lists")
+                    .map(|c| self.strings(c, "lists"))
+                    .unwrap_or_default();
                 if categories.is_empty() && lists.is_empty() {
-                    self.error(&value.span(), format!("custom category \"{name}\" needs `categories` or `lists`"));
+                    self.error(
+                        &value.span(),
+                        format!("custom category \"{name}\" needs `categories` or `lists`"),
+                    );
                 }
-                doc.custom_categories.push(CustomCategoryDef { name, categories, lists, loc: self.loc(&key.span()) });
+                doc.custom_categories.push(CustomCategoryDef {
+                    name,
+                    categories,
+                    lists,
+                    loc: self.loc(&key.span()),
+                });
             }
         }
     }
 
     fn apps(&mut self, v: &Value<'_>, doc: &mut Document) {
-        let Some(t) = self.table(v, "[apps]") else { return };
+        let Some(t) = self.table(v, "[apps]") else {
+            return;
+        };
         for (key, value) in t.iter() {
             let id = key.get_ref().to_string();
-            let Some(at) = self.table(value, &format!("app \"{id}\"")) else { continue };
-            self.check_keys(at, &["name", "category", "domains", "pins_certificates"], "an app");
+            let Some(at) = self.table(value, &format!("app \"{id}\"")) else {
+                continue;
+            };
+            self.check_keys(
+                at,
+                &["name", "category", "domains", "pins_certificates"],
+                "an app",
+            );
             let name = at.get("name").and_then(|n| self.string(n, "name"));
             let category = at.get("category").and_then(|n| self.string(n, "category"));
-            let domains = at.get("domains").map(|d| self.patterns(d, &format!("app \"{id}\" domains"))).unwrap_or_default();
-            let pins_certificates = at.get("pins_certificates").and_then(|b| self.boolean(b, "pins_certificates"));
-            doc.apps.push(AppDef { id, name, category, domains, pins_certificates, loc: self.loc(&key.span()) });
+            let domains = at
+                .get("domains")
+                .map(|d| self.patterns(d, &format!("app \"{id}\" domains")))
+                .unwrap_or_default();
+            let pins_certificates = at
+                .get("pins_certificates")
+                .and_then(|b| self.boolean(b, "pins_certificates"));
+            doc.apps.push(AppDef {
+                id,
+                name,
+                category,
+                domains,
+                pins_certificates,
+                loc: self.loc(&key.span()),
+            });
         }
     }
 
     fn upstreams(&mut self, v: &Value<'_>, doc: &mut Document) {
-        let Some(t) = self.table(v, "[upstreams]") else { return };
+        let Some(t) = self.table(v, "[upstreams]") else {
+            return;
+        };
         for (key, value) in t.iter() {
             let name = key.get_ref().to_string();
-            let Some(ut) = self.table(value, &format!("upstream \"{name}\"")) else { continue };
+            let Some(ut) = self.table(value, &format!("upstream \"{name}\"")) else {
+                continue;
+            };
             self.check_keys(ut, &["proxies"], "an upstream group");
             let mut proxies = Vec::new();
             match ut.get("proxies") {
@@ -345,48 +480,90 @@ impl Parser<'_> {
                         }
                     }
                 }
-                None => self.error(&value.span(), format!("upstream \"{name}\" needs `proxies = [\"http://host:port\"]`")),
+                None => self.error(
+                    &value.span(),
+                    format!("upstream \"{name}\" needs `proxies = [\"http://host:port\"]`"),
+                ),
             }
-            doc.upstreams.push(UpstreamDef { name, proxies, loc: self.loc(&key.span()) });
+            doc.upstreams.push(UpstreamDef {
+                name,
+                proxies,
+                loc: self.loc(&key.span()),
+            });
         }
     }
 
     fn defaults(&mut self, v: &Value<'_>, doc: &mut Document) {
-        let Some(t) = self.table(v, "[defaults]") else { return };
+        let Some(t) = self.table(v, "[defaults]") else {
+            return;
+        };
         self.check_keys(
             t,
-            &["steering", "decryption", "access", "egress", "pinned_apps", "steering_log"],
+            &[
+                "steering",
+                "decryption",
+                "access",
+                "egress",
+                "pinned_apps",
+                "steering_log",
+            ],
             "[defaults]",
         );
         if let Some(s) = t.get("steering") {
-            doc.defaults.steering = self.enum_value(s, "steering default", SteeringAction::NAMES, SteeringAction::parse);
+            doc.defaults.steering = self.enum_value(
+                s,
+                "steering default",
+                SteeringAction::NAMES,
+                SteeringAction::parse,
+            );
         }
         if let Some(s) = t.get("decryption") {
-            doc.defaults.decryption =
-                self.enum_value(s, "decryption default", DecryptionAction::NAMES, DecryptionAction::parse);
+            doc.defaults.decryption = self.enum_value(
+                s,
+                "decryption default",
+                DecryptionAction::NAMES,
+                DecryptionAction::parse,
+            );
         }
         if let Some(s) = t.get("pinned_apps") {
-            doc.defaults.pinned_apps =
-                self.enum_value(s, "pinned_apps", DecryptionAction::NAMES, DecryptionAction::parse);
+            doc.defaults.pinned_apps = self.enum_value(
+                s,
+                "pinned_apps",
+                DecryptionAction::NAMES,
+                DecryptionAction::parse,
+            );
         }
         if let Some(s) = t.get("access") {
-            doc.defaults.access = self.enum_value(s, "access default", AccessAction::NAMES, AccessAction::parse);
+            doc.defaults.access = self.enum_value(
+                s,
+                "access default",
+                AccessAction::NAMES,
+                AccessAction::parse,
+            );
         }
         if let Some(s) = t.get("steering_log") {
             doc.defaults.steering_log = self.boolean(s, "steering_log");
         }
         if let Some(s) = t.get("egress") {
-            let Some(text) = self.string(s, "egress default") else { return };
+            let Some(text) = self.string(s, "egress default") else {
+                return;
+            };
             let loc = self.loc(&s.span());
             doc.defaults.egress = if text == "direct" {
                 Some(EgressDef::Direct)
             } else if let Some(name) = text.strip_prefix("via:") {
-                Some(EgressDef::Via(Ref { name: name.trim().to_string(), loc }))
+                Some(EgressDef::Via(Ref {
+                    name: name.trim().to_string(),
+                    loc,
+                }))
             } else if let Some(addr) = text.strip_prefix("source:") {
                 match addr.trim().parse::<IpAddr>() {
                     Ok(ip) => Some(EgressDef::Source(ip)),
                     Err(_) => {
-                        self.error(&s.span(), format!("\"{}\" is not an IP address", addr.trim()));
+                        self.error(
+                            &s.span(),
+                            format!("\"{}\" is not an IP address", addr.trim()),
+                        );
                         None
                     }
                 }
@@ -413,8 +590,14 @@ impl Parser<'_> {
             None => {
                 let loc = self.loc(&v.span());
                 self.diags.push(
-                    Diagnostic::error(&loc, format!("unknown {what} \"{s}\" (expected one of: {})", names.join(", ")))
-                        .with_suggestion(suggest(&s, names.iter().copied())),
+                    Diagnostic::error(
+                        &loc,
+                        format!(
+                            "unknown {what} \"{s}\" (expected one of: {})",
+                            names.join(", ")
+                        ),
+                    )
+                    .with_suggestion(suggest(&s, names.iter().copied())),
                 );
                 None
             }
@@ -423,9 +606,13 @@ impl Parser<'_> {
 
     fn rules(&mut self, stage: Stage, v: &Value<'_>, doc: &mut Document) {
         let what = format!("[[{stage}]]");
-        let Some(items) = self.array(v, &what) else { return };
+        let Some(items) = self.array(v, &what) else {
+            return;
+        };
         for item in items {
-            let Some(t) = self.table(item, &format!("each {what} rule")) else { continue };
+            let Some(t) = self.table(item, &format!("each {what} rule")) else {
+                continue;
+            };
             if let Some(rule) = self.rule(stage, t, item) {
                 doc.rules.push(rule);
             }
@@ -437,9 +624,17 @@ impl Parser<'_> {
         let loc = self.loc(&at.span());
         let id = t.get("id").and_then(|v| self.string(v, "id"));
         let name = t.get("name").and_then(|v| self.string(v, "name"));
-        let description = t.get("description").and_then(|v| self.string(v, "description"));
-        let disabled = t.get("disabled").and_then(|v| self.boolean(v, "disabled")).unwrap_or(false);
-        let log = t.get("log").and_then(|v| self.boolean(v, "log")).unwrap_or(true);
+        let description = t
+            .get("description")
+            .and_then(|v| self.string(v, "description"));
+        let disabled = t
+            .get("disabled")
+            .and_then(|v| self.boolean(v, "disabled"))
+            .unwrap_or(false);
+        let log = t
+            .get("log")
+            .and_then(|v| self.boolean(v, "log"))
+            .unwrap_or(true);
         let when = match t.get("when") {
             Some(w) => self.conditions(w, "when")?,
             None => ConditionsDef::default(),
@@ -450,9 +645,23 @@ impl Parser<'_> {
         };
         let action = self.rule_action(stage, t, at);
         if stage != Stage::Steering && t.get("log").is_some() {
-            self.error(&at.span(), format!("`log` applies to steering rules only, not [[{stage}]]"));
+            self.error(
+                &at.span(),
+                format!("`log` applies to steering rules only, not [[{stage}]]"),
+            );
         }
-        Some(RuleDef { stage, id, name, description, disabled, when, unless, action, log, loc })
+        Some(RuleDef {
+            stage,
+            id,
+            name,
+            description,
+            disabled,
+            when,
+            unless,
+            action,
+            log,
+            loc,
+        })
     }
 
     fn rule_action(&mut self, stage: Stage, t: &DeTable<'_>, at: &Value<'_>) -> Option<ActionDef> {
@@ -460,7 +669,10 @@ impl Parser<'_> {
             let via = t.get("via");
             let source = t.get("source");
             let action = t.get("action");
-            let given = [via.is_some(), source.is_some(), action.is_some()].iter().filter(|b| **b).count();
+            let given = [via.is_some(), source.is_some(), action.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
             if given != 1 {
                 self.error(
                     &at.span(),
@@ -470,7 +682,10 @@ impl Parser<'_> {
             }
             if let Some(v) = via {
                 let name = self.string(v, "via")?;
-                return Some(ActionDef::Egress(EgressDef::Via(Ref { name, loc: self.loc(&v.span()) })));
+                return Some(ActionDef::Egress(EgressDef::Via(Ref {
+                    name,
+                    loc: self.loc(&v.span()),
+                })));
             }
             if let Some(v) = source {
                 let s = self.string(v, "source")?;
@@ -496,17 +711,38 @@ impl Parser<'_> {
         }
         for key in ["via", "source"] {
             if let Some(v) = t.get(key) {
-                self.error(&v.span(), format!("`{key}` belongs to [[egress]] rules, not [[{stage}]]"));
+                self.error(
+                    &v.span(),
+                    format!("`{key}` belongs to [[egress]] rules, not [[{stage}]]"),
+                );
             }
         }
         let Some(v) = t.get("action") else {
-            self.error(&at.span(), format!("a [[{stage}]] rule needs `action = \"...\"`"));
+            self.error(
+                &at.span(),
+                format!("a [[{stage}]] rule needs `action = \"...\"`"),
+            );
             return None;
         };
         Some(match stage {
-            Stage::Steering => ActionDef::Steering(self.enum_value(v, "steering action", SteeringAction::NAMES, SteeringAction::parse)?),
-            Stage::Decryption => ActionDef::Decryption(self.enum_value(v, "decryption action", DecryptionAction::NAMES, DecryptionAction::parse)?),
-            Stage::Access => ActionDef::Access(self.enum_value(v, "access action", AccessAction::NAMES, AccessAction::parse)?),
+            Stage::Steering => ActionDef::Steering(self.enum_value(
+                v,
+                "steering action",
+                SteeringAction::NAMES,
+                SteeringAction::parse,
+            )?),
+            Stage::Decryption => ActionDef::Decryption(self.enum_value(
+                v,
+                "decryption action",
+                DecryptionAction::NAMES,
+                DecryptionAction::parse,
+            )?),
+            Stage::Access => ActionDef::Access(self.enum_value(
+                v,
+                "access action",
+                AccessAction::NAMES,
+                AccessAction::parse,
+            )?),
             Stage::Egress => unreachable!("handled above"),
         })
     }
@@ -516,20 +752,46 @@ impl Parser<'_> {
         self.check_keys(t, CONDITION_KEYS, &format!("`{what}` conditions"));
         let mut c = ConditionsDef::default();
         let get = |k: &str| t.get(k);
-        if let Some(x) = get("users") { c.users = self.strings(x, "users"); }
-        if let Some(x) = get("groups") { c.groups = self.strings(x, "groups"); }
-        if let Some(x) = get("devices") { c.devices = self.strings(x, "devices"); }
-        if let Some(x) = get("networks") { c.networks = self.strings(x, "networks"); }
-        if let Some(x) = get("processes") { c.processes = self.strings(x, "processes"); }
-        if let Some(x) = get("categories") { c.categories = self.strings(x, "categories"); }
-        if let Some(x) = get("apps") { c.apps = self.strings(x, "apps"); }
-        if let Some(x) = get("lists") { c.lists = self.strings(x, "lists"); }
-        if let Some(x) = get("hosts") { c.hosts = self.patterns(x, "hosts"); }
+        if let Some(x) = get("users") {
+            c.users = self.strings(x, "users");
+        }
+        if let Some(x) = get("groups") {
+            c.groups = self.strings(x, "groups");
+        }
+        if let Some(x) = get("devices") {
+            c.devices = self.strings(x, "devices");
+        }
+        if let Some(x) = get("networks") {
+            c.networks = self.strings(x, "networks");
+        }
+        if let Some(x) = get("processes") {
+            c.processes = self.strings(x, "processes");
+        }
+        if let Some(x) = get("categories") {
+            c.categories = self.strings(x, "categories");
+        }
+        if let Some(x) = get("apps") {
+            c.apps = self.strings(x, "apps");
+        }
+        if let Some(x) = get("lists") {
+            c.lists = self.strings(x, "lists");
+        }
+        if let Some(x) = get("hosts") {
+            c.hosts = self.patterns(x, "hosts");
+        }
         if let Some(x) = get("methods") {
-            c.methods = self.strings(x, "methods").into_iter().map(|r| r.name.to_ascii_uppercase()).collect();
+            c.methods = self
+                .strings(x, "methods")
+                .into_iter()
+                .map(|r| r.name.to_ascii_uppercase())
+                .collect();
         }
         if let Some(x) = get("file_types") {
-            c.file_types = self.strings(x, "file_types").into_iter().map(|r| r.name.to_ascii_lowercase()).collect();
+            c.file_types = self
+                .strings(x, "file_types")
+                .into_iter()
+                .map(|r| r.name.to_ascii_lowercase())
+                .collect();
         }
         if let Some(x) = get("ports") {
             c.ports = self.ports(x);
@@ -553,7 +815,12 @@ impl Parser<'_> {
         let mut out = Vec::new();
         for item in items {
             let parsed = match item.get_ref() {
-                DeValue::Integer(i) => i.as_str().parse::<u16>().ok().filter(|p| *p > 0).map(|p| (p, p)),
+                DeValue::Integer(i) => i
+                    .as_str()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .map(|p| (p, p)),
                 DeValue::String(s) => parse_port_range(s),
                 _ => None,
             };
@@ -587,17 +854,23 @@ pub(crate) fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
 /// Upstream proxies are `http://host:port` (CONNECT chaining); nothing else is spoken.
 fn check_proxy_url(s: &str) -> Result<(), String> {
     let Some(rest) = s.strip_prefix("http://") else {
-        return Err(format!("upstream proxy \"{s}\" must start with http:// (e.g. \"http://proxy.example:3128\")"));
+        return Err(format!(
+            "upstream proxy \"{s}\" must start with http:// (e.g. \"http://proxy.example:3128\")"
+        ));
     };
     let rest = rest.trim_end_matches('/');
     let Some((host, port)) = rest.rsplit_once(':') else {
-        return Err(format!("upstream proxy \"{s}\" needs a port (e.g. \"http://{rest}:3128\")"));
+        return Err(format!(
+            "upstream proxy \"{s}\" needs a port (e.g. \"http://{rest}:3128\")"
+        ));
     };
     if host.is_empty() || rest.contains('/') || rest.contains('@') {
         return Err(format!("upstream proxy \"{s}\" must be http://host:port"));
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(()),
-        _ => Err(format!("upstream proxy \"{s}\" has an invalid port \"{port}\"")),
+        _ => Err(format!(
+            "upstream proxy \"{s}\" has an invalid port \"{port}\""
+        )),
     }
 }

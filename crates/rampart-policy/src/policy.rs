@@ -165,7 +165,8 @@ impl Policy {
         };
         let mut files = Vec::new();
         if path.is_dir() {
-            let entries = fs::read_dir(path).map_err(|e| io_error(format!("cannot list policy directory: {e}")))?;
+            let entries = fs::read_dir(path)
+                .map_err(|e| io_error(format!("cannot list policy directory: {e}")))?;
             for e in entries.flatten() {
                 let p = e.path();
                 if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
@@ -181,7 +182,8 @@ impl Policy {
         }
         let mut sources = Vec::new();
         for f in files {
-            let text = fs::read_to_string(&f).map_err(|e| io_error(format!("cannot read {}: {e}", f.display())))?;
+            let text = fs::read_to_string(&f)
+                .map_err(|e| io_error(format!("cannot read {}: {e}", f.display())))?;
             let base_dir = f.parent().map(Path::to_path_buf).unwrap_or_default();
             sources.push(Source {
                 origin: f.display().to_string(),
@@ -195,7 +197,11 @@ impl Policy {
     /// Compiles a policy from text. `origin` names it in diagnostics; category paths
     /// are relative to `base_dir`.
     #[allow(clippy::should_implement_trait)]
-    pub fn from_str(src: &str, origin: &str, base_dir: &Path) -> Result<(Policy, Vec<Diagnostic>), PolicyError> {
+    pub fn from_str(
+        src: &str,
+        origin: &str,
+        base_dir: &Path,
+    ) -> Result<(Policy, Vec<Diagnostic>), PolicyError> {
         compile(&[Source {
             origin: origin.to_string(),
             text: src.to_string(),
@@ -258,11 +264,14 @@ impl Policy {
 
     /// Every app known to this policy (catalog plus policy additions).
     pub fn apps(&self) -> impl Iterator<Item = AppInfo> + '_ {
-        self.objects.iter().filter(|o| o.kind == ObjectKind::App).map(|o| AppInfo {
-            id: o.name.clone(),
-            name: o.display_name.clone().unwrap_or_else(|| o.name.clone()),
-            pins_certificates: o.pins_certificates,
-        })
+        self.objects
+            .iter()
+            .filter(|o| o.kind == ObjectKind::App)
+            .map(|o| AppInfo {
+                id: o.name.clone(),
+                name: o.display_name.clone().unwrap_or_else(|| o.name.clone()),
+                pins_certificates: o.pins_certificates,
+            })
     }
 
     pub fn stats(&self) -> PolicyStats {
@@ -287,7 +296,8 @@ fn compile(sources: &[Source]) -> Result<(Policy, Vec<Diagnostic>), PolicyError>
     let mut hasher = Sha256::new();
     let mut docs = Vec::new();
     let catalog_map = SourceMap::new(CATALOG_ORIGIN, CATALOG);
-    let catalog = parse_document(&catalog_map, CATALOG, Path::new("."), &mut diags).unwrap_or_default();
+    let catalog =
+        parse_document(&catalog_map, CATALOG, Path::new("."), &mut diags).unwrap_or_default();
     let mut parsed_all = true;
     for s in sources {
         hasher.update(s.origin.as_bytes());
@@ -301,13 +311,17 @@ fn compile(sources: &[Source]) -> Result<(Policy, Vec<Diagnostic>), PolicyError>
         }
     }
     if !parsed_all {
-        return Err(PolicyError { diagnostics: sorted(diags) });
+        return Err(PolicyError {
+            diagnostics: sorted(diags),
+        });
     }
     let mut c = Compiler::new(&mut diags);
     c.build(&catalog, &docs, &mut hasher);
     let policy = c.finish(hasher);
     if diags.iter().any(Diagnostic::is_error) {
-        return Err(PolicyError { diagnostics: sorted(diags) });
+        return Err(PolicyError {
+            diagnostics: sorted(diags),
+        });
     }
     Ok((policy, sorted(diags)))
 }
@@ -439,7 +453,11 @@ impl<'d> Compiler<'d> {
                 |bytes| hasher.update(bytes),
                 |host, path| match (path, host_target) {
                     (None, Some(t)) => {
-                        self.policy.domains.insert(host, t, DomainMode::DomainAndSubdomains.flags());
+                        self.policy.domains.insert(
+                            host,
+                            t,
+                            DomainMode::DomainAndSubdomains.flags(),
+                        );
                         self.policy.objects[object as usize].domains += 1;
                     }
                     (path, _) => entries.push((host.to_string(), path)),
@@ -447,7 +465,9 @@ impl<'d> Compiler<'d> {
             );
             for (host, path) in entries {
                 if let Some(t) = self.target(object, path) {
-                    self.policy.domains.insert(&host, t, DomainMode::Exact.flags());
+                    self.policy
+                        .domains
+                        .insert(&host, t, DomainMode::Exact.flags());
                     self.policy.objects[object as usize].domains += 1;
                 }
             }
@@ -504,7 +524,10 @@ impl<'d> Compiler<'d> {
             let loc = app.loc.clone();
             self.error(
                 &loc,
-                format!("app \"{}\" is not in the catalog and has no `domains`", app.id),
+                format!(
+                    "app \"{}\" is not in the catalog and has no `domains`",
+                    app.id
+                ),
             );
         }
         for d in &app.domains {
@@ -542,7 +565,8 @@ impl<'d> Compiler<'d> {
                     self.add_pattern(id, &e.pattern);
                 }
                 self.list_used.resize(self.policy.objects.len(), false);
-                self.list_locs.resize(self.policy.objects.len(), list.loc.clone());
+                self.list_locs
+                    .resize(self.policy.objects.len(), list.loc.clone());
                 self.list_locs[id as usize] = list.loc.clone();
             }
         }
@@ -589,8 +613,15 @@ impl<'d> Compiler<'d> {
             for cc in &doc.custom_categories {
                 if let Some(&existing) = self.object_ids.get(&(NS_CATEGORY, cc.name.clone())) {
                     let kind = self.policy.objects[existing as usize].kind;
-                    let what = if kind == ObjectKind::CustomCategory { "custom category" } else { "category" };
-                    let msg = format!("custom category \"{}\" has the name of an existing {what}", cc.name);
+                    let what = if kind == ObjectKind::CustomCategory {
+                        "custom category"
+                    } else {
+                        "category"
+                    };
+                    let msg = format!(
+                        "custom category \"{}\" has the name of an existing {what}",
+                        cc.name
+                    );
                     let loc = cc.loc.clone();
                     self.error(&loc, msg);
                     continue;
@@ -600,11 +631,16 @@ impl<'d> Compiler<'d> {
         }
         for doc in docs {
             for cc in &doc.custom_categories {
-                let Some(&id) = self.object_ids.get(&(NS_CATEGORY, cc.name.clone())) else { continue };
+                let Some(&id) = self.object_ids.get(&(NS_CATEGORY, cc.name.clone())) else {
+                    continue;
+                };
                 for r in &cc.categories {
                     if let Some(member) = self.resolve(NS_CATEGORY, "category", r) {
                         if member == id {
-                            self.error(&r.loc, format!("custom category \"{}\" contains itself", cc.name));
+                            self.error(
+                                &r.loc,
+                                format!("custom category \"{}\" contains itself", cc.name),
+                            );
                         } else {
                             self.parents[member as usize].push(id);
                         }
@@ -650,7 +686,11 @@ impl<'d> Compiler<'d> {
                 }
                 user_seen.insert(u.name.to_ascii_lowercase(), u.loc.clone());
                 let id = self.policy.users.intern(&u.name) as usize;
-                let groups: Vec<u32> = u.groups.iter().map(|g| self.policy.groups.intern(&g.name)).collect();
+                let groups: Vec<u32> = u
+                    .groups
+                    .iter()
+                    .map(|g| self.policy.groups.intern(&g.name))
+                    .collect();
                 if self.policy.user_groups.len() <= id {
                     self.policy.user_groups.resize(id + 1, Vec::new());
                 }
@@ -658,7 +698,11 @@ impl<'d> Compiler<'d> {
             }
             for d in &doc.devices {
                 let id = self.policy.devices.intern(&d.name) as usize;
-                let groups: Vec<u32> = d.groups.iter().map(|g| self.policy.devices.intern(&g.name)).collect();
+                let groups: Vec<u32> = d
+                    .groups
+                    .iter()
+                    .map(|g| self.policy.devices.intern(&g.name))
+                    .collect();
                 if self.policy.device_groups.len() <= id {
                     self.policy.device_groups.resize(id + 1, Vec::new());
                 }
@@ -683,7 +727,10 @@ impl<'d> Compiler<'d> {
                         let (host, port) = rest.rsplit_once(':')?;
                         Some(UpstreamProxy {
                             url: url.clone(),
-                            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+                            host: host
+                                .trim_start_matches('[')
+                                .trim_end_matches(']')
+                                .to_string(),
                             port: port.parse().ok()?,
                         })
                     })
@@ -702,17 +749,29 @@ impl<'d> Compiler<'d> {
             EgressDef::Direct => Egress::Direct,
             EgressDef::Source(ip) => Egress::Source(*ip),
             EgressDef::Via(r) => {
-                let pos = self.policy.upstreams.iter().position(|g| *g.name == *r.name);
+                let pos = self
+                    .policy
+                    .upstreams
+                    .iter()
+                    .position(|g| *g.name == *r.name);
                 match pos {
                     Some(i) => {
                         self.upstream_used[i].1 = true;
                         Egress::Upstream(self.policy.upstreams[i].name.clone())
                     }
                     None => {
-                        let names: Vec<String> = self.policy.upstreams.iter().map(|g| g.name.to_string()).collect();
+                        let names: Vec<String> = self
+                            .policy
+                            .upstreams
+                            .iter()
+                            .map(|g| g.name.to_string())
+                            .collect();
                         self.diags.push(
                             Diagnostic::error(&r.loc, format!("unknown upstream \"{}\"", r.name))
-                                .with_suggestion(suggest(&r.name, names.iter().map(String::as_str))),
+                                .with_suggestion(suggest(
+                                    &r.name,
+                                    names.iter().map(String::as_str),
+                                )),
                         );
                         return None;
                     }
@@ -721,11 +780,30 @@ impl<'d> Compiler<'d> {
         })
     }
 
-    fn conds(&mut self, c: &ConditionsDef, rule_label: &str, networks: &HashMap<String, Vec<IpNet>>) -> Conds {
-        let mut out = Conds::default();
-        out.users = c.users.iter().map(|r| self.policy.users.intern(&r.name)).collect();
-        out.groups = c.groups.iter().map(|r| self.policy.groups.intern(&r.name)).collect();
-        out.devices = c.devices.iter().map(|r| self.policy.devices.intern(&r.name)).collect();
+    fn conds(
+        &mut self,
+        c: &ConditionsDef,
+        rule_label: &str,
+        networks: &HashMap<String, Vec<IpNet>>,
+    ) -> Conds {
+        let mut out = Conds {
+            users: c
+                .users
+                .iter()
+                .map(|r| self.policy.users.intern(&r.name))
+                .collect(),
+            groups: c
+                .groups
+                .iter()
+                .map(|r| self.policy.groups.intern(&r.name))
+                .collect(),
+            ..Default::default()
+        };
+        out.devices = c
+            .devices
+            .iter()
+            .map(|r| self.policy.devices.intern(&r.name))
+            .collect();
         for r in &c.networks {
             if let Some(cidrs) = networks.get(&r.name) {
                 let id = match self.policy.networks.iter().position(|n| **n == *r.name) {
@@ -738,7 +816,8 @@ impl<'d> Compiler<'d> {
                 out.networks.extend(cidrs.iter().map(|n| (id, *n)));
             } else if let Some(net) = parse_cidr(&r.name) {
                 self.policy.networks.push(Arc::from(r.name.as_str()));
-                out.networks.push((self.policy.networks.len() as u32 - 1, net));
+                out.networks
+                    .push((self.policy.networks.len() as u32 - 1, net));
             } else {
                 let names: Vec<&str> = networks.keys().map(String::as_str).collect();
                 self.diags.push(
@@ -747,7 +826,11 @@ impl<'d> Compiler<'d> {
                 );
             }
         }
-        out.processes = c.processes.iter().map(|r| Glob::new(&r.name, true)).collect();
+        out.processes = c
+            .processes
+            .iter()
+            .map(|r| Glob::new(&r.name, true))
+            .collect();
         for r in &c.categories {
             if let Some(id) = self.resolve(NS_CATEGORY, "category", r) {
                 out.objects.push(id);
@@ -810,9 +893,15 @@ impl<'d> Compiler<'d> {
             for def in &doc.rules {
                 let s = def.stage as usize;
                 counters[s] += 1;
-                let id = def.id.clone().unwrap_or_else(|| format!("{}-{}", def.stage, counters[s]));
+                let id = def
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-{}", def.stage, counters[s]));
                 if let Some(first) = ids[s].get(&id) {
-                    let msg = format!("rule id \"{id}\" is used twice in [[{}]] (first at {first})", def.stage);
+                    let msg = format!(
+                        "rule id \"{id}\" is used twice in [[{}]] (first at {first})",
+                        def.stage
+                    );
                     let loc = def.loc.clone();
                     self.error(&loc, msg);
                 }
@@ -820,7 +909,10 @@ impl<'d> Compiler<'d> {
                 self.check_stage_conditions(def);
                 let label = format!("{}/{}", def.stage, id);
                 let when = self.conds(&def.when, &format!("{label} when"), &networks);
-                let unless = def.unless.as_ref().map(|u| self.conds(u, &format!("{label} unless"), &networks));
+                let unless = def
+                    .unless
+                    .as_ref()
+                    .map(|u| self.conds(u, &format!("{label} unless"), &networks));
                 let action = match &def.action {
                     Some(ActionDef::Steering(a)) => Some(RuleAction::Steering(*a)),
                     Some(ActionDef::Decryption(a)) => Some(RuleAction::Decryption(*a)),
@@ -843,7 +935,11 @@ impl<'d> Compiler<'d> {
                 });
             }
         }
-        if defaults.pinned_apps.unwrap_or(DecryptionAction::DoNotDecrypt) == DecryptionAction::DoNotDecrypt {
+        if defaults
+            .pinned_apps
+            .unwrap_or(DecryptionAction::DoNotDecrypt)
+            == DecryptionAction::DoNotDecrypt
+        {
             let pinned: Vec<u32> = (0..self.policy.objects.len() as u32)
                 .filter(|&i| {
                     let o = &self.policy.objects[i as usize];
@@ -859,11 +955,18 @@ impl<'d> Compiler<'d> {
                     )),
                     stage: Stage::Decryption,
                     disabled: false,
-                    when: Conds { objects: pinned, ..Default::default() },
+                    when: Conds {
+                        objects: pinned,
+                        ..Default::default()
+                    },
                     unless: None,
                     action: RuleAction::Decryption(DecryptionAction::DoNotDecrypt),
                     log: true,
-                    loc: Location { file: Arc::from(CATALOG_ORIGIN), line: 1, column: 1 },
+                    loc: Location {
+                        file: Arc::from(CATALOG_ORIGIN),
+                        line: 1,
+                        column: 1,
+                    },
                 });
             }
         }
@@ -879,7 +982,11 @@ impl<'d> Compiler<'d> {
         ];
         for (s, rules) in sets.into_iter().enumerate() {
             self.warn_shadowed(&rules);
-            let set = self.index(rules, stage_defaults[s].clone(), defaults.steering_log.unwrap_or(true));
+            let set = self.index(
+                rules,
+                stage_defaults[s].clone(),
+                defaults.steering_log.unwrap_or(true),
+            );
             self.policy.stages[s] = set;
         }
     }
@@ -978,14 +1085,20 @@ impl<'d> Compiler<'d> {
         for (id, used) in self.list_used.clone().into_iter().enumerate() {
             let o = &self.policy.objects[id];
             if o.kind == ObjectKind::List && !used {
-                let msg = format!("list \"{}\" is not used by any rule or custom category", o.name);
+                let msg = format!(
+                    "list \"{}\" is not used by any rule or custom category",
+                    o.name
+                );
                 let loc = self.list_locs[id].clone();
                 self.diags.push(Diagnostic::warning(&loc, msg));
             }
         }
         for (i, (loc, used)) in self.upstream_used.clone().into_iter().enumerate() {
             if !used {
-                let msg = format!("upstream \"{}\" is not used by any egress rule", self.policy.upstreams[i].name);
+                let msg = format!(
+                    "upstream \"{}\" is not used by any egress rule",
+                    self.policy.upstreams[i].name
+                );
                 self.diags.push(Diagnostic::warning(&loc, msg));
             }
         }

@@ -155,7 +155,9 @@ impl Conds {
                 if self.processes.is_empty() {
                     return None;
                 }
-                yes(ctx.process.is_some_and(|p| self.processes.iter().any(|g| process_matches(g, p))))
+                yes(ctx
+                    .process
+                    .is_some_and(|p| self.processes.iter().any(|g| process_matches(g, p))))
             }
             CondKind::Destination => {
                 if self.objects.is_empty() {
@@ -243,7 +245,8 @@ impl Conds {
             && sub(&self.groups, &broader.groups)
             && sub(&self.devices, &broader.devices)
             && sub(&nets_self, &nets_broad)
-            && (broader.processes.iter().any(|g| g.as_str() == "*") || sub(&procs_self, &procs_broad))
+            && (broader.processes.iter().any(|g| g.as_str() == "*")
+                || sub(&procs_self, &procs_broad))
             && sub(&self.objects, &broader.objects)
             && ports_ok
             && sub(&self.methods, &broader.methods)
@@ -299,7 +302,10 @@ mod tests {
         use EvalPoint::*;
         assert_eq!(Tri::Yes.and(Tri::No), Tri::No);
         assert_eq!(Tri::Unknown(Request).and(Tri::No), Tri::No);
-        assert_eq!(Tri::Unknown(Request).and(Tri::Unknown(Response)), Tri::Unknown(Response));
+        assert_eq!(
+            Tri::Unknown(Request).and(Tri::Unknown(Response)),
+            Tri::Unknown(Response)
+        );
         assert_eq!(Tri::Yes.and(Tri::Unknown(Request)), Tri::Unknown(Request));
     }
 

@@ -28,8 +28,21 @@ fn who(user: Option<&str>, groups: &[&str]) -> Identity {
 }
 
 fn access(p: &Policy, id: &Identity, host: &str, path: &str) -> Decision<AccessAction> {
-    let conn = ConnectionFacts { identity: id, process: None, host: Some(host), dst_ip: None, port: 443 };
-    match p.evaluate_request(&RequestFacts { connection: conn, method: "GET", path }).access {
+    let conn = ConnectionFacts {
+        identity: id,
+        process: None,
+        host: Some(host),
+        dst_ip: None,
+        port: 443,
+    };
+    match p
+        .evaluate_request(&RequestFacts {
+            connection: conn,
+            method: "GET",
+            path,
+        })
+        .access
+    {
         Outcome::Decided(d) => d,
         other => panic!("access pending: {other:?}"),
     }
@@ -64,14 +77,26 @@ fn group_rule_blocks_news_for_engineering_except_press_list() {
     let (p, _) = compile(NEWS_POLICY);
     let alice = who(Some("alice"), &[]);
     let d = access(&p, &alice, "www.news.example", "/");
-    assert_eq!((d.action, &*d.rule_id), (AccessAction::Block, "no-news-eng"));
-    assert!(d.matched.contains(&MatchedObject { kind: ObjectKind::Group, name: "engineering".into() }));
-    assert!(d.matched.contains(&MatchedObject { kind: ObjectKind::CustomCategory, name: "all-news".into() }));
+    assert_eq!(
+        (d.action, &*d.rule_id),
+        (AccessAction::Block, "no-news-eng")
+    );
+    assert!(d.matched.contains(&MatchedObject {
+        kind: ObjectKind::Group,
+        name: "engineering".into()
+    }));
+    assert!(d.matched.contains(&MatchedObject {
+        kind: ObjectKind::CustomCategory,
+        name: "all-news".into()
+    }));
     // The press host is in the `unless` list: the next rule (user-alert) applies.
     let d = access(&p, &alice, "press.news.example", "/");
     assert_eq!(d.action, AccessAction::UserAlert);
     // Another user falls through to the second rule; a non-news host to the default.
-    assert_eq!(access(&p, &who(Some("bob"), &[]), "news.example", "/").action, AccessAction::UserAlert);
+    assert_eq!(
+        access(&p, &who(Some("bob"), &[]), "news.example", "/").action,
+        AccessAction::UserAlert
+    );
     let d = access(&p, &alice, "example.org", "/");
     assert!(d.default);
     assert_eq!(d.action, AccessAction::Allow);
@@ -81,7 +106,10 @@ fn group_rule_blocks_news_for_engineering_except_press_list() {
 fn groups_from_the_gateway_count_like_policy_groups() {
     let (p, _) = compile(NEWS_POLICY);
     let carol = who(Some("carol"), &["Engineering"]);
-    assert_eq!(access(&p, &carol, "daily.example", "/").action, AccessAction::Block);
+    assert_eq!(
+        access(&p, &carol, "daily.example", "/").action,
+        AccessAction::Block
+    );
 }
 
 #[test]
@@ -94,10 +122,21 @@ fn host_matching_ignores_case_trailing_dot_and_idn_form() {
         "#,
     );
     let id = Identity::default();
-    for host in ["BÜCHER.example.", "xn--bcher-kva.example", "a.b.wild.example"] {
-        assert_eq!(access(&p, &id, host, "/").action, AccessAction::Block, "{host}");
+    for host in [
+        "BÜCHER.example.",
+        "xn--bcher-kva.example",
+        "a.b.wild.example",
+    ] {
+        assert_eq!(
+            access(&p, &id, host, "/").action,
+            AccessAction::Block,
+            "{host}"
+        );
     }
-    assert_eq!(access(&p, &id, "wild.example", "/").action, AccessAction::Allow);
+    assert_eq!(
+        access(&p, &id, "wild.example", "/").action,
+        AccessAction::Allow
+    );
 }
 
 #[test]
@@ -113,7 +152,13 @@ fn path_entries_wait_for_the_request_and_then_match_the_path() {
         "#,
     );
     let id = Identity::default();
-    let conn = ConnectionFacts { identity: &id, process: None, host: Some("docs.example"), dst_ip: None, port: 443 };
+    let conn = ConnectionFacts {
+        identity: &id,
+        process: None,
+        host: Some("docs.example"),
+        dst_ip: None,
+        port: 443,
+    };
     match p.evaluate_connection(&conn).access {
         Outcome::Pending { until, rule_id, .. } => {
             assert_eq!(until, EvalPoint::Request);
@@ -121,8 +166,14 @@ fn path_entries_wait_for_the_request_and_then_match_the_path() {
         }
         other => panic!("expected pending, got {other:?}"),
     }
-    assert_eq!(access(&p, &id, "docs.example", "/private/a").action, AccessAction::Block);
-    assert_eq!(access(&p, &id, "docs.example", "/public").action, AccessAction::Allow);
+    assert_eq!(
+        access(&p, &id, "docs.example", "/private/a").action,
+        AccessAction::Block
+    );
+    assert_eq!(
+        access(&p, &id, "docs.example", "/public").action,
+        AccessAction::Allow
+    );
 }
 
 #[test]
@@ -160,15 +211,35 @@ fn methods_ports_networks_and_processes_are_conditions() {
         action = "block"
         "#,
     );
-    let mut id = Identity::default();
-    id.source_ip = Some("203.0.113.9".parse().unwrap());
-    let conn = ConnectionFacts { identity: &id, process: None, host: Some("x.example"), dst_ip: None, port: 8443 };
-    let post = p.evaluate_request(&RequestFacts { connection: conn, method: "post", path: "/" });
+    let id = Identity {
+        source_ip: Some("203.0.113.9".parse().unwrap()),
+        ..Default::default()
+    };
+    let conn = ConnectionFacts {
+        identity: &id,
+        process: None,
+        host: Some("x.example"),
+        dst_ip: None,
+        port: 8443,
+    };
+    let post = p.evaluate_request(&RequestFacts {
+        connection: conn,
+        method: "post",
+        path: "/",
+    });
     assert_eq!(post.access.decided().unwrap().action, AccessAction::Block);
-    let get = p.evaluate_request(&RequestFacts { connection: conn, method: "GET", path: "/" });
+    let get = p.evaluate_request(&RequestFacts {
+        connection: conn,
+        method: "GET",
+        path: "/",
+    });
     assert_eq!(get.access.decided().unwrap().action, AccessAction::Allow);
     let other_port = ConnectionFacts { port: 9443, ..conn };
-    let r = p.evaluate_request(&RequestFacts { connection: other_port, method: "POST", path: "/" });
+    let r = p.evaluate_request(&RequestFacts {
+        connection: other_port,
+        method: "POST",
+        path: "/",
+    });
     assert_eq!(r.access.decided().unwrap().action, AccessAction::Allow);
 }
 
@@ -178,9 +249,20 @@ fn builtin_default_decrypts_everything_but_pinned_apps() {
     assert!(p.apps().count() >= 50);
     assert!(p.apps().any(|a| &*a.id == "dropbox" && a.pins_certificates));
     let id = Identity::default();
-    let conn = |host| ConnectionFacts { identity: &id, process: None, host: Some(host), dst_ip: None, port: 443 };
-    let d = p.evaluate_connection(&conn("api.dropboxapi.com")).decryption;
-    assert_eq!((d.action, &*d.rule_id), (DecryptionAction::DoNotDecrypt, "builtin-pinned-apps"));
+    let conn = |host| ConnectionFacts {
+        identity: &id,
+        process: None,
+        host: Some(host),
+        dst_ip: None,
+        port: 443,
+    };
+    let d = p
+        .evaluate_connection(&conn("api.dropboxapi.com"))
+        .decryption;
+    assert_eq!(
+        (d.action, &*d.rule_id),
+        (DecryptionAction::DoNotDecrypt, "builtin-pinned-apps")
+    );
     let d = p.evaluate_connection(&conn("github.com")).decryption;
     assert_eq!(d.action, DecryptionAction::Decrypt);
     assert!(d.default);
@@ -198,7 +280,10 @@ fn app_categories_from_the_catalog_are_matchable() {
         action = "user-alert"
         "#,
     );
-    assert_eq!(access(&p, &Identity::default(), "chatgpt.com", "/").action, AccessAction::UserAlert);
+    assert_eq!(
+        access(&p, &Identity::default(), "chatgpt.com", "/").action,
+        AccessAction::UserAlert
+    );
 }
 
 #[test]
@@ -221,14 +306,35 @@ fn egress_rules_choose_upstream_source_or_direct() {
     assert!(w.is_empty(), "{w:?}");
     let id = Identity::default();
     let eg = |host| {
-        let conn = ConnectionFacts { identity: &id, process: None, host: Some(host), dst_ip: None, port: 443 };
-        p.evaluate_request(&RequestFacts { connection: conn, method: "GET", path: "/" }).egress.action
+        let conn = ConnectionFacts {
+            identity: &id,
+            process: None,
+            host: Some(host),
+            dst_ip: None,
+            port: 443,
+        };
+        p.evaluate_request(&RequestFacts {
+            connection: conn,
+            method: "GET",
+            path: "/",
+        })
+        .egress
+        .action
     };
-    assert_eq!(eg("portal.partner.example"), Egress::Upstream("aws-squid".into()));
-    assert_eq!(eg("bank.example"), Egress::Source("192.0.2.7".parse().unwrap()));
+    assert_eq!(
+        eg("portal.partner.example"),
+        Egress::Upstream("aws-squid".into())
+    );
+    assert_eq!(
+        eg("bank.example"),
+        Egress::Source("192.0.2.7".parse().unwrap())
+    );
     assert_eq!(eg("other.example"), Egress::Direct);
     let g = &p.upstream_groups()[0];
-    assert_eq!((g.proxies[0].host.as_str(), g.proxies[0].port), ("127.0.0.1", 3128));
+    assert_eq!(
+        (g.proxies[0].host.as_str(), g.proxies[0].port),
+        ("127.0.0.1", 3128)
+    );
 }
 
 #[test]
@@ -247,12 +353,24 @@ fn steering_matches_process_globs_and_hosts_and_carries_log_flag() {
     );
     let id = Identity::default();
     let steer = |name: &str, host| {
-        let proc_ = Process { name: name.into(), path: None };
-        p.evaluate_steering(&SteeringFacts { identity: &id, process: &proc_, host: Some(host), dst_ip: None, port: 443 })
+        let proc_ = Process {
+            name: name.into(),
+            path: None,
+        };
+        p.evaluate_steering(&SteeringFacts {
+            identity: &id,
+            process: &proc_,
+            host: Some(host),
+            dst_ip: None,
+            port: 443,
+        })
     };
     let v = steer("python3.12", "files.pythonhosted.org");
     assert_eq!((v.action, v.log), (SteeringAction::Bypass, false));
-    assert_eq!(steer("python3.12", "example.org").action, SteeringAction::Steer);
+    assert_eq!(
+        steer("python3.12", "example.org").action,
+        SteeringAction::Steer
+    );
     assert_eq!(steer("nc", "example.org").action, SteeringAction::Block);
 }
 
@@ -285,8 +403,14 @@ bad = ["a.*.example"]
 "#,
     );
     let text = errs.join("\n");
-    assert!(text.contains("policy.toml:3:24: unknown category \"news\""), "{text}");
-    assert!(text.contains("policy.toml:4:10: unknown access action \"blok\""), "{text}");
+    assert!(
+        text.contains("policy.toml:3:24: unknown category \"news\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("policy.toml:4:10: unknown access action \"blok\""),
+        "{text}"
+    );
     assert!(text.contains("(did you mean \"block\"?)"), "{text}");
     assert!(text.contains("unknown upstream \"nowhere\""), "{text}");
     assert!(text.contains("first label"), "{text}");
@@ -325,7 +449,10 @@ fn shadowed_rules_and_unused_lists_are_warned() {
     );
     let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
     let text = text.join("\n");
-    assert!(text.contains("rule \"narrow\" is never reached: rule \"broad\""), "{text}");
+    assert!(
+        text.contains("rule \"narrow\" is never reached: rule \"broad\""),
+        "{text}"
+    );
     assert!(text.contains("list \"unused\" is not used"), "{text}");
 }
 
@@ -354,12 +481,29 @@ fn categories_load_from_ut1_directory_and_hosts_file() {
     )
     .unwrap();
     let (p, warnings) = Policy::load(&dir.path().join("policy.toml")).unwrap();
-    assert!(warnings.iter().any(|w| w.message.contains("skipped 1 invalid entry")), "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.message.contains("skipped 1 invalid entry")),
+        "{warnings:?}"
+    );
     let id = Identity::default();
-    assert_eq!(access(&p, &id, "www.news.example", "/").action, AccessAction::Block);
-    assert_eq!(access(&p, &id, "ads.example", "/").action, AccessAction::Block);
-    assert_eq!(access(&p, &id, "portal.example", "/news/1").action, AccessAction::Block);
-    assert_eq!(access(&p, &id, "portal.example", "/mail").action, AccessAction::Allow);
+    assert_eq!(
+        access(&p, &id, "www.news.example", "/").action,
+        AccessAction::Block
+    );
+    assert_eq!(
+        access(&p, &id, "ads.example", "/").action,
+        AccessAction::Block
+    );
+    assert_eq!(
+        access(&p, &id, "portal.example", "/news/1").action,
+        AccessAction::Block
+    );
+    assert_eq!(
+        access(&p, &id, "portal.example", "/mail").action,
+        AccessAction::Allow
+    );
     // The revision changes when category data changes, not only the policy text.
     let before = p.revision().to_string();
     fs::write(dir.path().join("ads.hosts"), "0.0.0.0 ads2.example\n").unwrap();
@@ -370,20 +514,30 @@ fn categories_load_from_ut1_directory_and_hosts_file() {
 #[test]
 fn missing_category_directory_is_an_error_at_the_load_entry() {
     let errs = errors("[categories]\nload = [\"no-such-dir/\"]\n");
-    assert!(errs[0].starts_with("policy.toml:2:9: category source \"no-such-dir/\""), "{errs:?}");
+    assert!(
+        errs[0].starts_with("policy.toml:2:9: category source \"no-such-dir/\""),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn policy_directory_merges_files_in_name_order() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("10-lists.toml"), "[lists]\nbad = [\"bad.example\"]\n").unwrap();
+    fs::write(
+        dir.path().join("10-lists.toml"),
+        "[lists]\nbad = [\"bad.example\"]\n",
+    )
+    .unwrap();
     fs::write(
         dir.path().join("20-rules.toml"),
         "[[access]]\nwhen = { lists = [\"bad\"] }\naction = \"block\"\n",
     )
     .unwrap();
     let (p, _) = Policy::load(dir.path()).unwrap();
-    assert_eq!(access(&p, &Identity::default(), "bad.example", "/").action, AccessAction::Block);
+    assert_eq!(
+        access(&p, &Identity::default(), "bad.example", "/").action,
+        AccessAction::Block
+    );
 }
 
 #[test]
@@ -399,22 +553,41 @@ fn revision_is_stable_for_the_same_text() {
 fn indexed_evaluation_agrees_with_rule_order_over_many_rules() {
     let mut src = String::from("[lists]\n");
     for i in 0..300 {
-        src.push_str(&format!("l{i} = [\"h{i}.example\", \".shared{}.example\"]\n", i % 10));
+        src.push_str(&format!(
+            "l{i} = [\"h{i}.example\", \".shared{}.example\"]\n",
+            i % 10
+        ));
     }
     for i in 0..300 {
         let cond = match i % 3 {
             0 => format!("{{ lists = [\"l{i}\"] }}"),
             1 => format!("{{ groups = [\"g{}\"] }}", i % 7),
-            _ => format!("{{ users = [\"u{}\"], lists = [\"l{}\"] }}", i % 5, (i * 7) % 300),
+            _ => format!(
+                "{{ users = [\"u{}\"], lists = [\"l{}\"] }}",
+                i % 5,
+                (i * 7) % 300
+            ),
         };
-        src.push_str(&format!("[[access]]\nid = \"r{i}\"\nwhen = {cond}\naction = \"block\"\n"));
+        src.push_str(&format!(
+            "[[access]]\nid = \"r{i}\"\nwhen = {cond}\naction = \"block\"\n"
+        ));
     }
     let (p, _) = compile(&src);
-    for (user, group, host) in [("u1", "g3", "h4.example"), ("u0", "g9", "x.shared3.example"), ("u2", "g6", "h299.example")] {
+    for (user, group, host) in [
+        ("u1", "g3", "h4.example"),
+        ("u0", "g9", "x.shared3.example"),
+        ("u2", "g6", "h299.example"),
+    ] {
         let id = who(Some(user), &[group]);
         let got = access(&p, &id, host, "/");
         // Naive reference: first rule in order whose conditions hold.
-        let conn = ConnectionFacts { identity: &id, process: None, host: Some(host), dst_ip: None, port: 443 };
+        let conn = ConnectionFacts {
+            identity: &id,
+            process: None,
+            host: Some(host),
+            dst_ip: None,
+            port: 443,
+        };
         let ctx = p.context(&conn, Some("/"), Some("GET"), None, EvalPoint::Request);
         let expected = p
             .stage(Stage::Access)
@@ -431,14 +604,31 @@ fn indexed_evaluation_agrees_with_rule_order_over_many_rules() {
 fn explanation_names_rule_matches_and_near_misses() {
     let (p, _) = compile(NEWS_POLICY);
     let bob = who(Some("bob"), &[]);
-    let conn = ConnectionFacts { identity: &bob, process: None, host: Some("www.news.example"), dst_ip: None, port: 443 };
-    let e = p.explain(&RequestFacts { connection: conn, method: "GET", path: "/" });
+    let conn = ConnectionFacts {
+        identity: &bob,
+        process: None,
+        host: Some("www.news.example"),
+        dst_ip: None,
+        port: 443,
+    };
+    let e = p.explain(&RequestFacts {
+        connection: conn,
+        method: "GET",
+        path: "/",
+    });
     let text = e.to_string();
-    assert!(text.contains("list news-sites (via news.example)"), "{text}");
-    assert!(text.contains("custom-category all-news"), "{text}");
-    assert!(text.contains("access: user-alert by rule \"everyone else is coached\""), "{text}");
     assert!(
-        text.contains("nearly: rule \"no news for engineering\"") && text.contains("only groups did not match"),
+        text.contains("list news-sites (via news.example)"),
+        "{text}"
+    );
+    assert!(text.contains("custom-category all-news"), "{text}");
+    assert!(
+        text.contains("access: user-alert by rule \"everyone else is coached\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("nearly: rule \"no news for engineering\"")
+            && text.contains("only groups did not match"),
         "{text}"
     );
 }

@@ -1,3 +1,4 @@
 //! One module per subcommand.
 pub mod hash_password;
+pub mod policy;
 pub mod server;
