@@ -25,6 +25,10 @@ enum Command {
     HashPassword(cmd::hash_password::HashPasswordArgs),
     /// Check, explain and test a policy.
     Policy(cmd::policy::PolicyArgs),
+    /// Manage the gateway CA: init, show, export.
+    Ca(cmd::ca::CaArgs),
+    /// Make developer tools trust the gateway CA: bundle, env.
+    Trust(cmd::trust::TrustArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,8 @@ fn main() -> ExitCode {
         Command::Gateway(args) => cmd::server::run_gateway(args),
         Command::HashPassword(args) => cmd::hash_password::run(args),
         Command::Policy(args) => cmd::policy::run(args),
+        Command::Ca(args) => cmd::ca::run(args),
+        Command::Trust(args) => cmd::trust::run(args),
     };
     match result {
         Ok(code) => code,

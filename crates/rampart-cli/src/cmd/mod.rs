@@ -2,3 +2,5 @@
 pub mod hash_password;
 pub mod policy;
 pub mod server;
+pub mod ca;
+pub mod trust;
