@@ -159,7 +159,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("rampart-agent-log-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("rampart-agent-log-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
@@ -195,7 +196,11 @@ mod tests {
             "Dropping connection from process: curl, host: blocked.example"
         );
         assert_eq!(
-            decision_message(SteeringAction::Steer, &ProcessInfo::unknown(), "example.com"),
+            decision_message(
+                SteeringAction::Steer,
+                &ProcessInfo::unknown(),
+                "example.com"
+            ),
             "Tunneling connection from process: unknown process, host: example.com"
         );
     }
@@ -215,7 +220,8 @@ mod tests {
             rest,
             "INFO Bypassing connection from process: python3.12, host: pypi.org"
         );
-        assert!(lines[1].contains(" WARN Dropping connection from process: python3.12, host: blocked.example"));
+        assert!(lines[1]
+            .contains(" WARN Dropping connection from process: python3.12, host: blocked.example"));
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -62,7 +62,9 @@ fn handshake_message(data: &[u8]) -> Result<Vec<u8>, ClientHelloError> {
         rest = &rest[RECORD_HEADER + len..];
         if message.len() >= 4 {
             if message[0] != HANDSHAKE_CLIENT_HELLO {
-                return Err(ClientHelloError::Malformed("first handshake is not ClientHello"));
+                return Err(ClientHelloError::Malformed(
+                    "first handshake is not ClientHello",
+                ));
             }
             let body = (usize::from(message[1]) << 16)
                 | (usize::from(message[2]) << 8)

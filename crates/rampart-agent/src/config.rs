@@ -234,10 +234,11 @@ impl AgentConfig {
 
     /// Parse and validate config text; `origin` names it in errors (a path or `<inline>`).
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, AgentError> {
-        let config: AgentConfig = toml::from_str(text).map_err(|err| AgentError::ConfigInvalid {
-            origin: location(origin, text, &err),
-            message: err.message().to_string(),
-        })?;
+        let config: AgentConfig =
+            toml::from_str(text).map_err(|err| AgentError::ConfigInvalid {
+                origin: location(origin, text, &err),
+                message: err.message().to_string(),
+            })?;
         config.validate(origin)?;
         Ok(config)
     }
@@ -272,9 +273,14 @@ impl AgentConfig {
         if self.transparent.port == 0 {
             return Err(invalid("transparent.port must be non-zero".into()));
         }
-        if self.gateway.proxy.rsplit_once(':').is_none_or(|(host, port)| {
-            host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0)
-        }) {
+        if self
+            .gateway
+            .proxy
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| {
+                host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0)
+            })
+        {
             return Err(invalid(format!(
                 "gateway.proxy = \"{}\" must be host:port, e.g. \"gateway.example:3128\"",
                 self.gateway.proxy
@@ -313,14 +319,16 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_documented_defaults() {
-        let config =
-            AgentConfig::from_toml("[gateway]\nproxy = \"10.0.0.1:3128\"\n", "agent.toml")
-                .expect("valid");
+        let config = AgentConfig::from_toml("[gateway]\nproxy = \"10.0.0.1:3128\"\n", "agent.toml")
+            .expect("valid");
         assert_eq!(config.steering.mode, SteeringMode::LocalProxy);
         assert_eq!(config.steering.default, SteeringAction::Steer);
         assert_eq!(config.transparent.table, "rampart_agent");
         assert_eq!(config.gateway.fail_mode, FailMode::Open);
-        assert_eq!(config.log_path(), PathBuf::from("/var/lib/rampart-agent/agent.log"));
+        assert_eq!(
+            config.log_path(),
+            PathBuf::from("/var/lib/rampart-agent/agent.log")
+        );
     }
 
     #[test]

@@ -7,15 +7,9 @@ use crate::connector::{Connector, Destination};
 use crate::error::AgentError;
 use crate::process::ProcessInfo;
 use crate::steering::{FailMode, FailPolicy, SteeringAction, SteeringPolicy};
-use crate::tunnel::{BoxedStream, FlowRequest, GatewayTunnel};
+use crate::tunnel::{FlowRequest, FlowStream, GatewayTunnel};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite};
-
-/// Relay buffer per direction. Large enough for bulk throughput, small enough that
-/// 1,000 concurrent flows stay within the agent's memory budget (pages of an idle
-/// buffer are never touched, so they cost no RSS).
-const RELAY_BUFFER: usize = 32 * 1024;
 
 /// Counters for `rampart agent status`.
 #[derive(Debug, Default)]
@@ -66,7 +60,7 @@ impl Counters {
 /// What became of a flow.
 pub enum Outcome {
     /// A stream to the destination (direct or through the gateway).
-    Connected(BoxedStream),
+    Connected(FlowStream),
     /// Refused by policy or by the closed fail mode; already logged.
     Blocked,
     /// The chosen path failed (already logged to tracing).
@@ -102,12 +96,14 @@ impl FlowContext {
         match decision.action {
             SteeringAction::Block => {
                 self.counters.count(SteeringAction::Block);
-                self.log.decision(SteeringAction::Block, &process, &label, None);
+                self.log
+                    .decision(SteeringAction::Block, &process, &label, None);
                 Outcome::Blocked
             }
             SteeringAction::Bypass => {
                 self.counters.count(SteeringAction::Bypass);
-                self.log.decision(SteeringAction::Bypass, &process, &label, None);
+                self.log
+                    .decision(SteeringAction::Bypass, &process, &label, None);
                 self.direct(&destination).await
             }
             action @ (SteeringAction::Steer | SteeringAction::TunnelBypass) => {
@@ -162,26 +158,12 @@ impl FlowContext {
 
     async fn direct(&self, destination: &Destination) -> Outcome {
         match self.connector.direct(destination).await {
-            Ok(stream) => Outcome::Connected(Box::new(stream)),
+            Ok(stream) => Outcome::Connected(FlowStream::Tcp(stream)),
             Err(err) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%err, "direct connection failed");
                 Outcome::Failed(err)
             }
         }
-    }
-}
-
-/// Copy both directions until both sides close.
-pub async fn relay<A, B>(client: &mut A, upstream: &mut B)
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    if let Err(err) =
-        tokio::io::copy_bidirectional_with_sizes(client, upstream, RELAY_BUFFER, RELAY_BUFFER)
-            .await
-    {
-        tracing::debug!(%err, "relay ended with an error");
     }
 }

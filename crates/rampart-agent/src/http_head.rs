@@ -131,21 +131,34 @@ mod tests {
 
     #[test]
     fn reads_the_host_header_without_port() {
-        let head = parse(b"GET / HTTP/1.1\r\nHost: PyPI.org:8080\r\nAccept: */*\r\n\r\nbody").expect("head");
+        let head = parse(b"GET / HTTP/1.1\r\nHost: PyPI.org:8080\r\nAccept: */*\r\n\r\nbody")
+            .expect("head");
         assert_eq!(host_of(&head).as_deref(), Some("pypi.org"));
         assert_eq!(head.len, 52);
     }
 
     #[test]
     fn partial_head_is_incomplete_and_garbage_is_malformed() {
-        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a"), Err(HeadError::Incomplete));
-        assert!(matches!(parse(b"\x16\x03\x01\x00"), Err(HeadError::Malformed(_))));
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a"),
+            Err(HeadError::Incomplete)
+        );
+        assert!(matches!(
+            parse(b"\x16\x03\x01\x00"),
+            Err(HeadError::Malformed(_))
+        ));
     }
 
     #[test]
     fn authority_forms_split_with_defaults() {
-        assert_eq!(split_authority("example.com:443", 80), Ok(("example.com".into(), 443)));
-        assert_eq!(split_authority("example.com", 80), Ok(("example.com".into(), 80)));
+        assert_eq!(
+            split_authority("example.com:443", 80),
+            Ok(("example.com".into(), 443))
+        );
+        assert_eq!(
+            split_authority("example.com", 80),
+            Ok(("example.com".into(), 80))
+        );
         assert_eq!(split_authority("[::1]:8443", 80), Ok(("::1".into(), 8443)));
         assert!(split_authority("example.com:0", 80).is_err());
         assert!(split_authority("example.com:http", 80).is_err());

@@ -16,6 +16,7 @@ pub mod glob;
 pub mod http_head;
 mod local_proxy;
 pub mod process;
+mod relay;
 mod runtime;
 pub mod steering;
 pub mod steering_table;
@@ -34,4 +35,6 @@ pub use steering::{
     ExceptionPolicy, FailMode, FailPolicy, SteeringAction, SteeringDecision, SteeringPolicy,
 };
 pub use steering_table::{SteeringTable, TableSpec};
-pub use tunnel::{BoxFuture, BoxedStream, FlowRequest, GatewayTunnel, HttpProxyTunnel};
+pub use tunnel::{
+    AsyncStream, BoxFuture, BoxedStream, FlowRequest, FlowStream, GatewayTunnel, HttpProxyTunnel,
+};

@@ -3,8 +3,9 @@
 
 use crate::attribution;
 use crate::connector::Destination;
-use crate::flow::{relay, FlowContext, Outcome};
+use crate::flow::{FlowContext, Outcome};
 use crate::http_head::{self, HeadError, RequestHead};
+use crate::relay::relay;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,7 +78,12 @@ fn destination(host: &str, port: u16) -> Destination {
 fn origin_form_head(head: &RequestHead, path: &str) -> Vec<u8> {
     let mut out = format!("{} {} HTTP/1.1\r\n", head.method, path);
     for (name, value) in &head.headers {
-        let hop = ["proxy-connection", "proxy-authorization", "connection", "keep-alive"];
+        let hop = [
+            "proxy-connection",
+            "proxy-authorization",
+            "connection",
+            "keep-alive",
+        ];
         if hop.iter().any(|h| name.eq_ignore_ascii_case(h)) {
             continue;
         }

@@ -64,6 +64,7 @@ impl AgentBuilder {
             config.log.max_bytes,
             config.log.keep,
         )?);
+        crate::relay::raise_fd_limit();
         let transparent = config.steering.mode == SteeringMode::Transparent;
         let connector = Connector {
             mark: transparent.then_some(config.transparent.mark),
@@ -76,7 +77,10 @@ impl AgentBuilder {
             ))
         });
         let tunnel = self.tunnel.unwrap_or_else(|| {
-            Arc::new(HttpProxyTunnel::new(config.gateway.proxy.clone(), connector))
+            Arc::new(HttpProxyTunnel::new(
+                config.gateway.proxy.clone(),
+                connector,
+            ))
         });
         let attribution = self
             .attribution
@@ -98,11 +102,13 @@ impl AgentBuilder {
             let port = config.transparent.port;
             // REDIRECT sends locally generated IPv4 flows to 127.0.0.1 and IPv6 to ::1.
             let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let listener = TcpListener::bind(v4).await.map_err(|source| AgentError::Bind {
-                what: "transparent steering",
-                addr: v4,
-                source,
-            })?;
+            let listener = TcpListener::bind(v4)
+                .await
+                .map_err(|source| AgentError::Bind {
+                    what: "transparent steering",
+                    addr: v4,
+                    source,
+                })?;
             listen.push(v4);
             tasks.push(tokio::spawn(transparent::serve(
                 listener,
@@ -140,11 +146,13 @@ impl AgentBuilder {
             }
         } else {
             let addr = config.local_proxy.listen;
-            let listener = TcpListener::bind(addr).await.map_err(|source| AgentError::Bind {
-                what: "the local proxy",
-                addr,
-                source,
-            })?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Bind {
+                    what: "the local proxy",
+                    addr,
+                    source,
+                })?;
             let bound = listener.local_addr().unwrap_or(addr);
             listen.push(bound);
             tasks.push(tokio::spawn(local_proxy::serve(

@@ -243,7 +243,11 @@ mod tests {
     #[test]
     fn python_to_pypi_bypasses_with_the_rule_name() {
         let policy = ExceptionPolicy::new(&exceptions(), SteeringAction::Steer);
-        let d = policy.decide(&process("python3.12", "/usr/bin/python3.12"), "pypi.org", 443);
+        let d = policy.decide(
+            &process("python3.12", "/usr/bin/python3.12"),
+            "pypi.org",
+            443,
+        );
         assert_eq!(d.action, SteeringAction::Bypass);
         assert!(d.log);
         assert_eq!(d.rule.as_deref(), Some("python to PyPI goes direct"));

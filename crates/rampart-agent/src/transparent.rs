@@ -4,8 +4,9 @@
 use crate::attribution;
 use crate::client_hello::{self, ClientHelloError};
 use crate::connector::{original_destination, Destination};
-use crate::flow::{relay, FlowContext, Outcome};
+use crate::flow::{FlowContext, Outcome};
 use crate::http_head::{self, HeadError};
+use crate::relay::relay;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,7 +87,12 @@ async fn sniff(stream: &mut TcpStream, buf: &mut Vec<u8>, timeout: Duration) -> 
     }
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<FlowContext>, sniff_timeout: Duration) {
+async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<FlowContext>,
+    sniff_timeout: Duration,
+) {
     let original = match original_destination(&stream) {
         Ok(addr) => addr,
         Err(err) => {
@@ -137,7 +143,10 @@ mod tests {
     #[test]
     fn classifies_tls_http_and_opaque_first_bytes() {
         let hello = crate::client_hello::tests::client_hello(Some("origin.test"));
-        assert_eq!(classify(&hello), Some(Sniffed::Tls(Some("origin.test".into()))));
+        assert_eq!(
+            classify(&hello),
+            Some(Sniffed::Tls(Some("origin.test".into())))
+        );
         assert_eq!(classify(&hello[..10]), None);
         assert_eq!(
             classify(b"GET / HTTP/1.1\r\nHost: pypi.org\r\n\r\n"),

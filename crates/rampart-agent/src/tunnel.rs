@@ -9,13 +9,31 @@ use crate::steering::SteeringAction;
 use std::future::Future;
 use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-/// A bidirectional byte stream to the destination through the gateway.
-pub trait FlowStream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> FlowStream for T {}
+/// Any bidirectional byte stream (e.g. one HTTP/2 CONNECT stream of the mTLS tunnel).
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
 
-/// A boxed flow stream.
-pub type BoxedStream = Box<dyn FlowStream>;
+/// A boxed byte stream.
+pub type BoxedStream = Box<dyn AsyncStream>;
+
+/// The upstream side of a flow. A plain TCP socket is kept as such so the relay can
+/// splice it; anything else is relayed with buffered copies.
+pub enum FlowStream {
+    Tcp(TcpStream),
+    Boxed(BoxedStream),
+}
+
+impl FlowStream {
+    /// Send bytes the agent already read from the client (sniffed ClientHello, request head).
+    pub async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            FlowStream::Tcp(stream) => stream.write_all(buf).await,
+            FlowStream::Boxed(stream) => stream.write_all(buf).await,
+        }
+    }
+}
 
 /// A boxed future, so the trait stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -34,7 +52,7 @@ pub struct FlowRequest {
 /// Opens flows to the gateway. `open` returning [`AgentError::GatewayUnreachable`]
 /// triggers the fail mode; other errors refuse the one flow.
 pub trait GatewayTunnel: Send + Sync + 'static {
-    fn open<'a>(&'a self, flow: &'a FlowRequest) -> BoxFuture<'a, Result<BoxedStream, AgentError>>;
+    fn open<'a>(&'a self, flow: &'a FlowRequest) -> BoxFuture<'a, Result<FlowStream, AgentError>>;
 }
 
 /// `CONNECT` through the gateway's HTTP proxy listener, with the flow's metadata in
@@ -59,10 +77,7 @@ impl HttpProxyTunnel {
         let header = |req: &mut String, name: &str, value: &str| {
             // Header values come from process names and SNI: drop anything that could
             // break the request framing.
-            let clean: String = value
-                .chars()
-                .filter(|c| !c.is_control())
-                .collect();
+            let clean: String = value.chars().filter(|c| !c.is_control()).collect();
             req.push_str(&format!("{name}: {clean}\r\n"));
         };
         if let Some(host) = &flow.host {
@@ -86,10 +101,7 @@ impl HttpProxyTunnel {
         req
     }
 
-    async fn handshake(
-        &self,
-        flow: &FlowRequest,
-    ) -> Result<BoxedStream, AgentError> {
+    async fn handshake(&self, flow: &FlowRequest) -> Result<FlowStream, AgentError> {
         let (host, port) = self
             .gateway
             .rsplit_once(':')
@@ -128,8 +140,10 @@ impl HttpProxyTunnel {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(&head) {
-            Ok(httparse::Status::Complete(_)) if response.code.is_some_and(|c| (200..300).contains(&c)) => {
-                Ok(Box::new(stream))
+            Ok(httparse::Status::Complete(_))
+                if response.code.is_some_and(|c| (200..300).contains(&c)) =>
+            {
+                Ok(FlowStream::Tcp(stream))
             }
             Ok(httparse::Status::Complete(_)) => Err(self.refused(
                 flow,
@@ -155,7 +169,7 @@ impl HttpProxyTunnel {
 }
 
 impl GatewayTunnel for HttpProxyTunnel {
-    fn open<'a>(&'a self, flow: &'a FlowRequest) -> BoxFuture<'a, Result<BoxedStream, AgentError>> {
+    fn open<'a>(&'a self, flow: &'a FlowRequest) -> BoxFuture<'a, Result<FlowStream, AgentError>> {
         Box::pin(self.handshake(flow))
     }
 }

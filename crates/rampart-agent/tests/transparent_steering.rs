@@ -56,7 +56,11 @@ fn with_fail_mode(test: &str, gateway_port: u16, mode: &str) -> AgentConfig {
 
 fn python_get(topo: &Topology, addr: &str, host: &str) -> (String, String) {
     let out = topo.exec(&topo.endpoint, "python3", &["-c", PYTHON_GET, addr, host]);
-    assert!(out.status.success(), "python3 failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = stdout(&out);
     let (comm, body) = text.trim().split_once('|').expect("comm|body");
     (comm.to_string(), body.to_string())
@@ -72,14 +76,25 @@ fn curl_is_steered_to_the_gateway_with_its_process_name() {
     start_origin(&topo);
     let agent = start_agent(Some(&topo.endpoint), config("steer-curl", 3128, "")).expect("agent");
 
-    let out = topo.exec(&topo.endpoint, "curl", &["-s", "-m", "5", &format!("http://{ORIGIN_ADDR}/")]);
+    let out = topo.exec(
+        &topo.endpoint,
+        "curl",
+        &["-s", "-m", "5", &format!("http://{ORIGIN_ADDR}/")],
+    );
     assert_eq!(stdout(&out), "via-gateway", "curl went around the gateway");
 
     // HTTPS: the host comes from the SNI of curl's ClientHello.
     let _ = topo.exec(
         &topo.endpoint,
         "curl",
-        &["-sk", "-m", "5", "--resolve", &format!("origin.test:443:{ORIGIN_ADDR}"), "https://origin.test/"],
+        &[
+            "-sk",
+            "-m",
+            "5",
+            "--resolve",
+            &format!("origin.test:443:{ORIGIN_ADDR}"),
+            "https://origin.test/",
+        ],
     );
     let records = records.lock().expect("records").clone();
     assert_eq!(records.len(), 2, "{records:?}");
@@ -94,10 +109,15 @@ fn curl_is_steered_to_the_gateway_with_its_process_name() {
 
     let log = agent.log();
     assert!(
-        log.contains(&format!("INFO Tunneling connection from process: curl, host: {ORIGIN_ADDR}\n")),
+        log.contains(&format!(
+            "INFO Tunneling connection from process: curl, host: {ORIGIN_ADDR}\n"
+        )),
         "{log}"
     );
-    assert!(log.contains("INFO Tunneling connection from process: curl, host: origin.test\n"), "{log}");
+    assert!(
+        log.contains("INFO Tunneling connection from process: curl, host: origin.test\n"),
+        "{log}"
+    );
     agent.stop().expect("clean shutdown");
 }
 
@@ -109,13 +129,25 @@ fn bypass_exception_sends_python_direct_and_logs_on_client() {
     let topo = Topology::create();
     let records = start_gateway(&topo, 3128);
     start_origin(&topo);
-    let agent = start_agent(Some(&topo.endpoint), config("bypass-python", 3128, "")).expect("agent");
+    let agent =
+        start_agent(Some(&topo.endpoint), config("bypass-python", 3128, "")).expect("agent");
 
     let (comm, body) = python_get(&topo, ORIGIN_ADDR, "pypi.org");
-    assert_eq!(body, format!("origin saw {ENDPOINT_TO_ORIGIN}"), "not direct from the endpoint");
-    assert!(records.lock().expect("records").is_empty(), "bypass went through the gateway");
+    assert_eq!(
+        body,
+        format!("origin saw {ENDPOINT_TO_ORIGIN}"),
+        "not direct from the endpoint"
+    );
+    assert!(
+        records.lock().expect("records").is_empty(),
+        "bypass went through the gateway"
+    );
     let line = format!("INFO Bypassing connection from process: {comm}, host: pypi.org\n");
-    assert!(agent.log().contains(&line), "missing {line:?} in\n{}", agent.log());
+    assert!(
+        agent.log().contains(&line),
+        "missing {line:?} in\n{}",
+        agent.log()
+    );
 
     // The same process to another host is steered, and the gateway learns it is python.
     let (_, body) = python_get(&topo, ORIGIN_ADDR, "example.org");
@@ -140,7 +172,18 @@ fn block_exception_refuses_and_logs_the_drop() {
     let out = topo.exec(
         &topo.endpoint,
         "curl",
-        &["-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: blocked.example", &format!("http://{ORIGIN_ADDR}/")],
+        &[
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: blocked.example",
+            &format!("http://{ORIGIN_ADDR}/"),
+        ],
     );
     assert_eq!(stdout(&out), "403");
     assert!(records.lock().expect("records").is_empty());
@@ -168,14 +211,28 @@ fn quic_udp_443_is_rejected_only_while_steering() {
         let script = format!(
             "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(2)\ns.connect(('{ORIGIN_ADDR}', {port}))\ntry:\n    s.send(b'quic?')\n    print(s.recv(100).decode())\nexcept (ConnectionRefusedError, PermissionError):\n    print('refused')\nexcept socket.timeout:\n    print('timeout')\n"
         );
-        stdout(&topo.exec(&topo.endpoint, "python3", &["-c", &script])).trim().to_string()
+        stdout(&topo.exec(&topo.endpoint, "python3", &["-c", &script]))
+            .trim()
+            .to_string()
     };
-    assert_eq!(probe("443"), "quic?", "UDP 443 must work before the agent starts");
+    assert_eq!(
+        probe("443"),
+        "quic?",
+        "UDP 443 must work before the agent starts"
+    );
     let agent = start_agent(Some(&topo.endpoint), config("quic", 3128, "")).expect("agent");
-    assert_eq!(probe("443"), "refused", "QUIC must be rejected so clients fall back to TCP");
+    assert_eq!(
+        probe("443"),
+        "refused",
+        "QUIC must be rejected so clients fall back to TCP"
+    );
     assert_eq!(probe("8443"), "quic?", "other UDP ports are untouched");
     agent.stop().expect("clean shutdown");
-    assert_eq!(probe("443"), "quic?", "UDP 443 must work again after the agent stops");
+    assert_eq!(
+        probe("443"),
+        "quic?",
+        "UDP 443 must work again after the agent stops"
+    );
 }
 
 #[test]
@@ -193,7 +250,10 @@ fn deleting_the_steering_table_leaves_other_tables_untouched() {
     let during = topo.nft(&topo.endpoint, &["list", "tables"]);
     assert!(during.contains("table inet rampart_agent_test"), "{during}");
     assert!(during.contains("table inet site_firewall"), "{during}");
-    let ours = topo.nft(&topo.endpoint, &["list", "table", "inet", "rampart_agent_test"]);
+    let ours = topo.nft(
+        &topo.endpoint,
+        &["list", "table", "inet", "rampart_agent_test"],
+    );
     assert!(ours.contains("redirect to :3131"), "{ours}");
 
     // A second start replaces the table atomically instead of failing or duplicating.
@@ -210,8 +270,16 @@ fn unreachable_gateway_goes_direct_in_fail_open_mode() {
     let topo = Topology::create();
     start_origin(&topo);
     // Nothing listens on the gateway port: connections are refused at once.
-    let agent = start_agent(Some(&topo.endpoint), with_fail_mode("fail-open", 3999, "open")).expect("agent");
-    let out = topo.exec(&topo.endpoint, "curl", &["-s", "-m", "5", &format!("http://{ORIGIN_ADDR}/")]);
+    let agent = start_agent(
+        Some(&topo.endpoint),
+        with_fail_mode("fail-open", 3999, "open"),
+    )
+    .expect("agent");
+    let out = topo.exec(
+        &topo.endpoint,
+        "curl",
+        &["-s", "-m", "5", &format!("http://{ORIGIN_ADDR}/")],
+    );
     assert_eq!(stdout(&out), format!("origin saw {ENDPOINT_TO_ORIGIN}"));
     let log = agent.log();
     assert!(
@@ -228,17 +296,37 @@ fn unreachable_gateway_refuses_in_fail_closed_mode_except_the_allowlist() {
     }
     let topo = Topology::create();
     start_origin(&topo);
-    let agent = start_agent(Some(&topo.endpoint), with_fail_mode("fail-closed", 3999, "closed")).expect("agent");
+    let agent = start_agent(
+        Some(&topo.endpoint),
+        with_fail_mode("fail-closed", 3999, "closed"),
+    )
+    .expect("agent");
     let refused = topo.exec(
         &topo.endpoint,
         "curl",
-        &["-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{ORIGIN_ADDR}/")],
+        &[
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{ORIGIN_ADDR}/"),
+        ],
     );
     assert_eq!(stdout(&refused), "403");
     let allowed = topo.exec(
         &topo.endpoint,
         "curl",
-        &["-s", "-m", "5", "-H", "Host: allowed.example", &format!("http://{ORIGIN_ADDR}/")],
+        &[
+            "-s",
+            "-m",
+            "5",
+            "-H",
+            "Host: allowed.example",
+            &format!("http://{ORIGIN_ADDR}/"),
+        ],
     );
     assert_eq!(stdout(&allowed), format!("origin saw {ENDPOINT_TO_ORIGIN}"));
     let log = agent.log();

@@ -40,7 +40,9 @@ pub struct Attributor {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a cache lock leaves only a stale cache behind: keep going.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Attributor {
@@ -201,10 +203,8 @@ mod tests {
         }
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let mut curl = Command::new("curl");
-        curl.args(["-s", "-m", "5"]).arg(format!(
-            "http://{}/",
-            listener.local_addr().expect("addr")
-        ));
+        curl.args(["-s", "-m", "5"])
+            .arg(format!("http://{}/", listener.local_addr().expect("addr")));
         let info = attribute_child(curl, &listener);
         assert_eq!(info.name, "curl");
         assert!(info.pid.is_some());

@@ -14,7 +14,11 @@ pub fn scan_socket_owners() -> HashMap<u64, u32> {
         return owners;
     };
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         // Processes vanish mid-scan and others' fds may be unreadable: skip, never fail.
@@ -35,7 +39,10 @@ pub fn scan_socket_owners() -> HashMap<u64, u32> {
 
 /// `socket:[12345]` → 12345.
 pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// Name, executable and uid of a live process.

@@ -118,7 +118,13 @@ mod tests {
             "127.0.0.1:8080".parse().expect("addr"),
             "127.0.0.1:50000".parse().expect("addr"),
         );
-        assert_eq!(v4, Some(SocketOwner { inode: 4242, uid: 1000 }));
+        assert_eq!(
+            v4,
+            Some(SocketOwner {
+                inode: 4242,
+                uid: 1000
+            })
+        );
         let v6 = find_in_table(
             text,
             "[::1]:443".parse().expect("addr"),

@@ -77,7 +77,7 @@ fn request(family: u8, local: SocketAddr, remote: SocketAddr) -> Vec<u8> {
     msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
-    // struct inet_diag_req_v2
+                                                // struct inet_diag_req_v2
     msg.push(family);
     msg.push(libc::IPPROTO_TCP as u8);
     msg.push(0); // no extensions
@@ -166,7 +166,9 @@ mod tests {
         let (_server, _) = listener.accept().expect("accept");
         let local = client.local_addr().expect("local");
         let remote = client.peer_addr().expect("peer");
-        let owner = lookup(local, remote).expect("sock_diag").expect("socket found");
+        let owner = lookup(local, remote)
+            .expect("sock_diag")
+            .expect("socket found");
         assert!(owner.inode > 0);
         assert_eq!(owner.uid, unsafe_free_uid());
     }

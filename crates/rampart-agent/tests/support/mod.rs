@@ -6,8 +6,8 @@
 use rampart_agent::{AgentBuilder, AgentConfig, AgentError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,7 +18,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// Whether the test can create namespaces; prints why it skips otherwise.
 pub fn root_or_skip(test: &str) -> bool {
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
     if !root {
         eprintln!("SKIPPED {test}: needs root to create network namespaces and nftables tables");
     }
@@ -63,7 +65,11 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Topology {
     pub fn create() -> Self {
-        let id = format!("{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let topo = Topology {
             endpoint: format!("rpa{id}ep"),
             gateway: format!("rpa{id}gw"),
@@ -77,13 +83,39 @@ impl Topology {
             // Created inside the endpoint namespace with the peer moved straight into
             // the other one: no interface ever appears in the host's namespace.
             ip(&[
-                "-n", &topo.endpoint, "link", "add", &format!("to{}", &peer_ns[peer_ns.len() - 2..]),
-                "type", "veth", "peer", "name", "toep", "netns", peer_ns,
+                "-n",
+                &topo.endpoint,
+                "link",
+                "add",
+                &format!("to{}", &peer_ns[peer_ns.len() - 2..]),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "toep",
+                "netns",
+                peer_ns,
             ]);
             let ep_if = format!("to{}", &peer_ns[peer_ns.len() - 2..]);
-            ip(&["-n", &topo.endpoint, "addr", "add", &format!("{ep_addr}/24"), "dev", &ep_if]);
+            ip(&[
+                "-n",
+                &topo.endpoint,
+                "addr",
+                "add",
+                &format!("{ep_addr}/24"),
+                "dev",
+                &ep_if,
+            ]);
             ip(&["-n", &topo.endpoint, "link", "set", &ep_if, "up"]);
-            ip(&["-n", peer_ns, "addr", "add", &format!("{peer_addr}/24"), "dev", "toep"]);
+            ip(&[
+                "-n",
+                peer_ns,
+                "addr",
+                "add",
+                &format!("{peer_addr}/24"),
+                "dev",
+                "toep",
+            ]);
             ip(&["-n", peer_ns, "link", "set", "toep", "up"]);
         };
         link(&topo.gateway, ENDPOINT_TO_GATEWAY, GATEWAY_ADDR);
@@ -103,7 +135,12 @@ impl Topology {
     /// `nft` inside a namespace, asserting success; returns stdout.
     pub fn nft(&self, ns: &str, args: &[&str]) -> String {
         let out = self.exec(ns, "nft", args);
-        assert!(out.status.success(), "nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -114,8 +151,16 @@ impl Topology {
             .stdin(Stdio::piped())
             .spawn()
             .expect("nft");
-        child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write");
-        assert!(child.wait().expect("wait").success(), "nft script failed:\n{script}");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write");
+        assert!(
+            child.wait().expect("wait").success(),
+            "nft script failed:\n{script}"
+        );
     }
 }
 
@@ -136,23 +181,28 @@ pub fn enter_netns(ns: &str) {
     assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
 }
 
-/// Run `make()`'s future forever on a thread inside `ns`; returns once `ready` fires.
-pub fn serve_in<F, Fut>(ns: &str, make: F)
+/// Run `make()`'s future forever on a thread inside `ns` (or the test's own namespace);
+/// returns the value it sends when ready.
+pub fn serve_in<F, Fut, R>(ns: Option<&str>, make: F) -> R
 where
-    F: FnOnce(mpsc::Sender<()>) -> Fut + Send + 'static,
+    F: FnOnce(mpsc::Sender<R>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
+    R: Send + 'static,
 {
-    let ns = ns.to_string();
+    let ns = ns.map(str::to_string);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        enter_netns(&ns);
+        if let Some(ns) = &ns {
+            enter_netns(ns);
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         rt.block_on(make(tx));
     });
-    rx.recv_timeout(Duration::from_secs(10)).expect("server ready");
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("server ready")
 }
 
 /// What the test gateway saw in one CONNECT request.
@@ -164,25 +214,40 @@ pub struct GatewayRecord {
 
 impl GatewayRecord {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
 /// A stand-in for the gateway's proxy listener: records each CONNECT with its
 /// metadata headers, then answers plain HTTP inside the tunnel with `via-gateway`.
 pub fn start_gateway(topo: &Topology, port: u16) -> Arc<Mutex<Vec<GatewayRecord>>> {
+    let bind = SocketAddr::new(GATEWAY_ADDR.parse().expect("ip"), port);
+    start_gateway_at(Some(&topo.gateway), bind).1
+}
+
+/// The stand-in gateway bound to `bind` in `ns`; returns its address and records.
+pub fn start_gateway_at(
+    ns: Option<&str>,
+    bind: SocketAddr,
+) -> (SocketAddr, Arc<Mutex<Vec<GatewayRecord>>>) {
     let records = Arc::new(Mutex::new(Vec::new()));
     let shared = Arc::clone(&records);
-    serve_in(&topo.gateway, move |ready| async move {
-        let listener = TcpListener::bind((GATEWAY_ADDR, port)).await.expect("bind gateway");
-        ready.send(()).expect("ready");
+    let addr = serve_in(ns, move |ready| async move {
+        let listener = TcpListener::bind(bind).await.expect("bind gateway");
+        ready
+            .send(listener.local_addr().expect("addr"))
+            .expect("ready");
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let records = Arc::clone(&shared);
             tokio::spawn(gateway_conn(stream, records));
         }
     });
-    records
+    (addr, records)
 }
 
 async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
@@ -198,17 +263,30 @@ async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
 }
 
 async fn gateway_conn(mut stream: TcpStream, records: Arc<Mutex<Vec<GatewayRecord>>>) {
-    let Some(head) = read_head(&mut stream).await else { return };
+    let Some(head) = read_head(&mut stream).await else {
+        return;
+    };
     let text = String::from_utf8_lossy(&head).into_owned();
     let mut lines = text.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
-    let target = request_line.split(' ').nth(1).unwrap_or_default().to_string();
+    let target = request_line
+        .split(' ')
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
     let headers = lines
         .filter_map(|l| l.split_once(": "))
         .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
         .collect();
-    records.lock().expect("records").push(GatewayRecord { target, headers });
-    if stream.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
+    records
+        .lock()
+        .expect("records")
+        .push(GatewayRecord { target, headers });
+    if stream
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .is_err()
+    {
         return;
     }
     // Inside the tunnel: answer an HTTP request, close on anything else (TLS).
@@ -218,7 +296,9 @@ async fn gateway_conn(mut stream: TcpStream, records: Arc<Mutex<Vec<GatewayRecor
     }
     if read_head(&mut stream).await.is_some() {
         let _ = stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nvia-gateway")
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nvia-gateway",
+            )
             .await;
     }
 }
@@ -226,27 +306,50 @@ async fn gateway_conn(mut stream: TcpStream, records: Arc<Mutex<Vec<GatewayRecor
 /// An origin web server on `ORIGIN_ADDR:80` answering `origin saw <client address>`,
 /// and a UDP echo on port 443 (QUIC stand-in) and 8443.
 pub fn start_origin(topo: &Topology) {
-    serve_in(&topo.origin, |ready| async move {
-        let listener = TcpListener::bind((ORIGIN_ADDR, 80)).await.expect("bind origin");
-        let udp = UdpSocket::bind((ORIGIN_ADDR, 443)).await.expect("bind udp 443");
-        let udp_other = UdpSocket::bind((ORIGIN_ADDR, 8443)).await.expect("bind udp 8443");
-        ready.send(()).expect("ready");
+    serve_in(Some(&topo.origin), |ready| async move {
+        let udp = UdpSocket::bind((ORIGIN_ADDR, 443))
+            .await
+            .expect("bind udp 443");
+        let udp_other = UdpSocket::bind((ORIGIN_ADDR, 8443))
+            .await
+            .expect("bind udp 8443");
         tokio::spawn(udp_echo(udp));
         tokio::spawn(udp_echo(udp_other));
-        loop {
-            let Ok((mut stream, peer)) = listener.accept().await else { continue };
-            tokio::spawn(async move {
-                if read_head(&mut stream).await.is_some() {
-                    let body = format!("origin saw {}", peer.ip());
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                }
-            });
-        }
-    });
+        let listener = TcpListener::bind((ORIGIN_ADDR, 80))
+            .await
+            .expect("bind origin");
+        ready.send(()).expect("ready");
+        serve_origin(listener).await;
+    })
+}
+
+/// The HTTP origin alone, bound to `bind` in `ns`; returns its address.
+pub fn start_origin_at(ns: Option<&str>, bind: SocketAddr) -> SocketAddr {
+    serve_in(ns, move |ready| async move {
+        let listener = TcpListener::bind(bind).await.expect("bind origin");
+        ready
+            .send(listener.local_addr().expect("addr"))
+            .expect("ready");
+        serve_origin(listener).await;
+    })
+}
+
+async fn serve_origin(listener: TcpListener) {
+    loop {
+        let Ok((mut stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            if read_head(&mut stream).await.is_some() {
+                let body = format!("origin saw {}", peer.ip());
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+    }
 }
 
 async fn udp_echo(socket: UdpSocket) {
@@ -326,7 +429,10 @@ pub fn start_agent(ns: Option<&str>, config: AgentConfig) -> Result<AgentHandle,
             listen,
             log_path,
         }),
-        Ok(Err(_)) => Err(thread.join().expect("agent thread").expect_err("agent failed")),
+        Ok(Err(_)) => Err(thread
+            .join()
+            .expect("agent thread")
+            .expect_err("agent failed")),
         Err(_) => panic!("the agent neither started nor failed within 20 s"),
     }
 }
