@@ -15,6 +15,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "api")]
+pub mod api;
 pub mod config;
 mod error;
 pub mod event;

@@ -171,6 +171,19 @@ impl StoreReader {
         Ok(out)
     }
 
+    /// An alert and everything its device did within `window_ms` either side of it, in order.
+    pub fn alert_timeline(&self, alert_id: &str, window_ms: i64) -> Result<Option<(Event, Vec<Event>)>, EventsError> {
+        let Some(alert) = self.get(alert_id)? else {
+            return Ok(None);
+        };
+        let device = alert
+            .device_name()
+            .ok_or_else(|| EventsError::NoDevice(alert_id.to_string()))?
+            .to_string();
+        let events = self.timeline(&device, alert.time - window_ms, alert.time + window_ms, 100_000)?;
+        Ok(Some((alert, events)))
+    }
+
     /// Events stored after `seq` that match `query`, oldest first, with their sequence numbers.
     pub fn after(&self, seq: i64, query: &Query, limit: usize) -> Result<Vec<(i64, Event)>, EventsError> {
         let filter = compile(query);
