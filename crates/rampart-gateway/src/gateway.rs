@@ -126,6 +126,11 @@ impl GatewayHandle {
         }
     }
 
+    /// Counts a reload that failed before reaching the gateway (unreadable or unparsable file).
+    pub fn reload_rejected(&self) {
+        self.shared.metrics.config_reloads.get_or_create(&KindLabels { kind: "rejected".into() }).inc();
+    }
+
     /// Brings state-derived gauges up to date; call before encoding metrics.
     pub fn refresh_metrics(&self) {
         let state = self.shared.state.load();

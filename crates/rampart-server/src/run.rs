@@ -114,6 +114,7 @@ fn reload(handle: &GatewayHandle, path: Option<&Path>, overrides: &Overrides, ap
     let config = match RampartConfig::load(path) {
         Ok(config) => config.with_overrides(overrides),
         Err(e) => {
+            handle.reload_rejected();
             tracing::error!(error = %e, "SIGHUP: configuration rejected, the previous one keeps serving");
             return;
         }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod origin;
+pub mod tls_origin;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -232,14 +233,49 @@ fn http_get_raw(addr: SocketAddr, path: &str) -> Option<String> {
     Some(out)
 }
 
-/// Sends raw bytes to `addr` and returns what comes back until close or timeout.
+/// Sends raw bytes to `addr` and returns the first response (head plus its
+/// Content-Length body), or what came back before close or timeout.
 pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if response_complete(&out) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// Sends raw bytes and returns everything until the peer closes (or timeout).
+pub fn raw_exchange_until_close(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(timeout)).unwrap();
     s.write_all(bytes).expect("write");
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).to_string()
+}
+
+fn response_complete(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+        .and_then(|v| v.parse::<usize>().ok());
+    match length {
+        Some(n) => body.len() >= n,
+        None => false,
+    }
 }
 
 /// Runs a command and returns its output; panics with stderr when it cannot start.
