@@ -74,18 +74,25 @@ impl Attributor {
     }
 
     fn pid_of(&self, inode: u64) -> Option<u32> {
+        let asked = Instant::now();
         let mut owners = lock(&self.owners);
         if let Some(pid) = owners.value.get(&inode) {
             if owners.at.elapsed() < self.ttl {
                 return Some(*pid);
             }
         }
-        // A miss means the socket is newer than the scan (or the scan is stale): rescan.
+        // A scan that started after we asked already saw our socket (it existed before
+        // we asked): a miss there means the owner is gone, and rescanning would only
+        // serialise a burst of new connections behind one scan each.
+        if owners.at >= asked {
+            return None;
+        }
+        // Otherwise the socket is newer than the scan (or the scan is stale): rescan.
         // The lock is held during the scan so concurrent misses share one scan.
-        *owners = Timed {
-            value: proc_fd::scan_socket_owners(),
-            at: Instant::now(),
-        };
+        // Stamped with the scan's start: everything that existed then is in it.
+        let started = Instant::now();
+        let value = proc_fd::scan_socket_owners();
+        *owners = Timed { value, at: started };
         owners.value.get(&inode).copied()
     }
 
