@@ -29,6 +29,8 @@ enum Command {
     Ca(cmd::ca::CaArgs),
     /// Make developer tools trust the gateway CA: bundle, env.
     Trust(cmd::trust::TrustArgs),
+    /// Search, tail and import events; device timelines around alerts.
+    Events(cmd::events::EventsArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Policy(args) => cmd::policy::run(args),
         Command::Ca(args) => cmd::ca::run(args),
         Command::Trust(args) => cmd::trust::run(args),
+        Command::Events(args) => cmd::events::run(args),
     };
     match result {
         Ok(code) => code,

@@ -25,6 +25,7 @@ pub mod flow;
 pub mod http_client;
 pub mod pipeline;
 pub mod query;
+pub mod remote;
 pub mod render;
 pub mod sink;
 pub mod spool;

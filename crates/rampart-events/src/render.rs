@@ -63,6 +63,25 @@ pub fn flat_json(e: &Event) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
+/// The OCSF document on one line.
+pub fn ocsf_line(e: &Event) -> String {
+    serde_json::to_string(e).unwrap_or_default()
+}
+
+/// The flat JSON object on one line; `marked` adds `"marked": true` (timeline alerts).
+pub fn flat_line(e: &Event, marked: bool) -> String {
+    let mut v = flat_json(e);
+    if marked {
+        v["marked"] = true.into();
+    }
+    v.to_string()
+}
+
+/// Parse one NDJSON line holding an OCSF document written by Rampart.
+pub fn parse_line(line: &[u8]) -> Result<Event, String> {
+    serde_json::from_slice(line).map_err(|e| e.to_string())
+}
+
 /// Column widths for an 80-to-200-column terminal; the last column takes the rest.
 const COLUMNS: [(&str, usize); 7] = [
     ("TIME", 23),
@@ -93,14 +112,24 @@ pub fn table(events: &[Event], width: usize, marked: Option<&str>) -> String {
     out
 }
 
+/// `2026-11-23 10:00:00.123` (UTC), the table's time column.
+pub fn table_time(ms: i64) -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// One table row.
 pub fn row(e: &Event, last: usize, marked: Option<&str>) -> String {
     let id = e.id().to_string();
     let mark = if marked == Some(id.as_str()) { "> " } else { "  " };
-    let t = time_text(e.time);
     let detail = detail(e);
     let cells = [
-        t.trim_end_matches('Z').replace('T', " "),
+        table_time(e.time),
         Field::Type.text(e).unwrap_or_default(),
         Field::Action.text(e).unwrap_or_default(),
         Field::User.text(e).unwrap_or_default(),
@@ -118,7 +147,16 @@ pub fn row(e: &Event, last: usize, marked: Option<&str>) -> String {
 
 fn detail(e: &Event) -> String {
     if let Some(f) = &e.finding_info {
-        return format!("ALERT {} ({})", f.title, e.host().unwrap_or("-"));
+        let target = match (e.host(), e.dst_endpoint.as_ref()) {
+            (Some(h), _) => h.to_string(),
+            (None, Some(d)) => format!(
+                "{}:{}",
+                d.ip.as_deref().unwrap_or("-"),
+                d.port.map_or("-".to_string(), |p| p.to_string())
+            ),
+            _ => "-".into(),
+        };
+        return format!("ALERT {} ({target})", f.title);
     }
     if let Some(a) = e.unmapped.device_activity {
         return format!("{:?}{}", a, e.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default());

@@ -4,3 +4,4 @@ pub mod policy;
 pub mod server;
 pub mod ca;
 pub mod trust;
+pub mod events;
