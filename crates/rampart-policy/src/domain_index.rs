@@ -12,22 +12,65 @@ pub(crate) const MATCH_EXACT: u32 = 1;
 /// The entry matches hosts below it.
 pub(crate) const MATCH_SUBDOMAINS: u32 = 2;
 
-const EMPTY: u32 = u32::MAX;
+const EMPTY: u64 = u64::MAX;
 const SET_BIT: u32 = 1 << 31;
 /// Targets are packed as `target << 2 | flags` below the set bit.
 pub(crate) const MAX_TARGETS: u32 = 1 << 29;
 
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    start: u32,
+    len: u32,
+    value: u32,
+}
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DomainIndex {
     arena: Vec<u8>,
-    /// `offsets[i]..offsets[i + 1]` is entry i's text.
-    offsets: Vec<u32>,
-    values: Vec<u32>,
-    /// Low 32 bits of each entry's hash (fast rejection and rehashing).
-    hashes: Vec<u32>,
-    slots: Vec<u32>,
+    /// Per entry: text start and length in the arena, and value, side by side so a
+    /// hit costs one memory access for all three.
+    entries: Vec<Entry>,
+    /// Open-addressing table: `hash_low32 << 32 | entry`, or `EMPTY`. Keeping the
+    /// hash beside the entry number answers most probes (misses, which are most
+    /// suffixes of most hosts) with one memory access.
+    slots: Vec<u64>,
+    /// Bit filter over entry hashes (one bit per entry hash, ~16 bits per entry):
+    /// small enough to stay in cache, it rejects most suffixes that are not in the
+    /// index without touching the large slot table. Built by `shrink`.
+    filter: Vec<u64>,
     sets: Vec<Vec<u32>>,
 }
+
+/// Copies `src` into a new exactly-sized vector whose memory is advised for
+/// transparent huge pages before it is first touched (Linux; elsewhere a plain copy).
+fn huge_page_copy<T: Copy>(src: &[T]) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(src.len());
+    advise_huge_pages(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(src));
+    v.extend_from_slice(src);
+    v
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(ptr: *mut u8, len: usize) {
+    const HUGE: usize = 2 << 20;
+    if len < HUGE {
+        return;
+    }
+    // Only whole 2 MiB-aligned ranges inside the allocation can become huge pages.
+    let start = (ptr as usize).next_multiple_of(HUGE);
+    let end = (ptr as usize + len) / HUGE * HUGE;
+    if end > start {
+        // SAFETY: [start, end) lies inside an allocation we own and have not handed
+        // out; MADV_HUGEPAGE only changes how the kernel backs it, never its contents.
+        // A failure (e.g. THP disabled) is harmless and ignored.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_ptr: *mut u8, _len: usize) {}
 
 #[inline]
 fn hash(bytes: &[u8]) -> u64 {
@@ -47,27 +90,33 @@ fn hash(bytes: &[u8]) -> u64 {
         w[..rem.len()].copy_from_slice(rem);
         h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
     }
-    h ^ (h >> 29)
+    // MurmurHash3's fmix64 finaliser: spreads every input bit into the low bits
+    // that pick the slot, so linear probing does not cluster on shared suffixes.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 impl DomainIndex {
     pub(crate) fn new() -> Self {
         DomainIndex {
-            offsets: vec![0],
             slots: vec![EMPTY; 16],
             ..Default::default()
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.values.len()
+        self.entries.len()
     }
 
     /// Approximate heap use in bytes.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.arena.capacity()
-            + 4 * (self.offsets.capacity() + self.values.capacity() + self.hashes.capacity())
-            + 4 * self.slots.capacity()
+            + std::mem::size_of::<Entry>() * self.entries.capacity()
+            + 8 * self.slots.capacity()
+            + 8 * self.filter.capacity()
             + self
                 .sets
                 .iter()
@@ -77,7 +126,8 @@ impl DomainIndex {
 
     fn text(&self, entry: u32) -> &[u8] {
         let e = entry as usize;
-        &self.arena[self.offsets[e] as usize..self.offsets[e + 1] as usize]
+        let en = &self.entries[e];
+        &self.arena[en.start as usize..en.start as usize + en.len as usize]
     }
 
     #[inline]
@@ -89,8 +139,9 @@ impl DomainIndex {
             if slot == EMPTY {
                 return None;
             }
-            if self.hashes[slot as usize] == h as u32 && self.text(slot) == key {
-                return Some(slot);
+            let entry = slot as u32;
+            if (slot >> 32) as u32 == h as u32 && self.text(entry) == key {
+                return Some(entry);
             }
             i = (i + 1) & mask;
         }
@@ -100,19 +151,21 @@ impl DomainIndex {
         let cap = self.slots.len() * 2;
         let mut slots = vec![EMPTY; cap];
         let mask = cap - 1;
-        for (entry, &h32) in self.hashes.iter().enumerate() {
+        for &slot in self.slots.iter().filter(|s| **s != EMPTY) {
             // Low 32 bits are enough to place entries in tables up to 2^32 slots.
-            let mut i = (h32 as usize) & mask;
+            let mut i = ((slot >> 32) as usize) & mask;
             while slots[i] != EMPTY {
                 i = (i + 1) & mask;
             }
-            slots[i] = entry as u32;
+            slots[i] = slot;
         }
         self.slots = slots;
     }
 
     /// Adds `domain` (already normalised) for `target` with the given match flags.
     pub(crate) fn insert(&mut self, domain: &str, target: u32, flags: u32) {
+        // The filter describes a finished index; a later insert rebuilds it in `shrink`.
+        self.filter.clear();
         debug_assert!(target < MAX_TARGETS);
         let key = domain.as_bytes();
         let h = hash(key);
@@ -121,32 +174,35 @@ impl DomainIndex {
             self.merge(entry as usize, packed);
             return;
         }
-        if (self.values.len() + 1) * 2 > self.slots.len() {
+        if (self.entries.len() + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        let entry = self.values.len() as u32;
+        let entry = self.entries.len() as u32;
+        let start = self.arena.len() as u32;
         self.arena.extend_from_slice(key);
-        self.offsets.push(self.arena.len() as u32);
-        self.values.push(packed);
-        self.hashes.push(h as u32);
+        self.entries.push(Entry {
+            start,
+            len: key.len() as u32,
+            value: packed,
+        });
         let mask = self.slots.len() - 1;
         let mut i = (h as usize) & mask;
         while self.slots[i] != EMPTY {
             i = (i + 1) & mask;
         }
-        self.slots[i] = entry;
+        self.slots[i] = ((h as u32 as u64) << 32) | entry as u64;
     }
 
     fn merge(&mut self, entry: usize, packed: u32) {
-        let value = self.values[entry];
+        let value = self.entries[entry].value;
         let target = packed >> 2;
         if value & SET_BIT == 0 {
             if value >> 2 == target {
-                self.values[entry] = value | packed;
+                self.entries[entry].value = value | packed;
                 return;
             }
             self.sets.push(vec![value, packed]);
-            self.values[entry] = SET_BIT | (self.sets.len() as u32 - 1);
+            self.entries[entry].value = SET_BIT | (self.sets.len() as u32 - 1);
             return;
         }
         let set = &mut self.sets[(value & !SET_BIT) as usize];
@@ -156,12 +212,38 @@ impl DomainIndex {
         }
     }
 
-    /// Releases spare capacity once building is done.
+    #[inline]
+    fn filter_bit(&self, h: u64) -> bool {
+        if self.filter.is_empty() {
+            return true;
+        }
+        // High hash bits: independent of the low bits that choose the slot.
+        let bits = self.filter.len() * 64;
+        let i = ((h >> 40) as usize) & (bits - 1);
+        self.filter[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn build_filter(&mut self) {
+        let bits = (self.entries.len() * 16).next_power_of_two().max(64);
+        let mut filter = vec![0u64; bits / 64];
+        for e in 0..self.entries.len() {
+            let h = hash(self.text(e as u32));
+            let i = ((h >> 40) as usize) & (bits - 1);
+            filter[i / 64] |= 1 << (i % 64);
+        }
+        self.filter = filter;
+    }
+
+    /// Releases spare capacity and builds the lookup filter once building is done.
     pub(crate) fn shrink(&mut self) {
-        self.arena.shrink_to_fit();
-        self.offsets.shrink_to_fit();
-        self.values.shrink_to_fit();
-        self.hashes.shrink_to_fit();
+        self.build_filter();
+        // Final copies into huge-page-backed memory where the OS allows it: lookups
+        // touch random places of tens of MiB, and 4 KiB pages would add a TLB miss
+        // (a page-table walk) to nearly every one of them.
+        self.arena = huge_page_copy(&self.arena);
+        self.entries = huge_page_copy(&self.entries);
+        self.slots = huge_page_copy(&self.slots);
+        self.filter = huge_page_copy(&self.filter);
         for s in &mut self.sets {
             s.shrink_to_fit();
         }
@@ -172,21 +254,56 @@ impl DomainIndex {
     /// (normalised). Walks suffixes from the full host to the last label.
     #[inline]
     pub(crate) fn lookup(&self, host: &str, mut f: impl FnMut(u32, &str)) {
-        if self.values.is_empty() || host.is_empty() {
+        if self.entries.is_empty() || host.is_empty() {
             return;
         }
+        const BATCH: usize = 16;
         let bytes = host.as_bytes();
-        let mut start = 0usize;
-        loop {
-            let key = &bytes[start..];
-            if let Some(entry) = self.find(key, hash(key)) {
+        let mask = self.slots.len() - 1;
+        let mut next = Some(0usize);
+        while let Some(batch_start) = next {
+            // Pass 1: hash every suffix and load its first slot. The loads do not
+            // depend on each other, so the CPU overlaps their cache misses instead of
+            // paying one memory round trip per label.
+            let mut starts = [0usize; BATCH];
+            let mut hashes = [0u64; BATCH];
+            let mut first = [EMPTY; BATCH];
+            let mut n = 0;
+            let mut start = batch_start;
+            next = None;
+            loop {
+                let h = hash(&bytes[start..]);
+                starts[n] = start;
+                hashes[n] = h;
+                if self.filter_bit(h) {
+                    first[n] = self.slots[(h as usize) & mask];
+                }
+                n += 1;
+                match bytes[start..].iter().position(|&b| b == b'.') {
+                    Some(dot) if n == BATCH => {
+                        next = Some(start + dot + 1);
+                        break;
+                    }
+                    Some(dot) => start += dot + 1,
+                    None => break,
+                }
+            }
+            // Pass 2: resolve each suffix; most end at an empty first slot.
+            for k in 0..n {
+                if first[k] == EMPTY {
+                    continue;
+                }
+                let start = starts[k];
+                let Some(entry) = self.find(&bytes[start..], hashes[k]) else {
+                    continue;
+                };
                 let want = if start == 0 {
                     MATCH_EXACT
                 } else {
                     MATCH_SUBDOMAINS
                 };
                 let suffix = &host[start..];
-                let value = self.values[entry as usize];
+                let value = self.entries[entry as usize].value;
                 if value & SET_BIT == 0 {
                     if value & want != 0 {
                         f(value >> 2, suffix);
@@ -198,10 +315,6 @@ impl DomainIndex {
                         }
                     }
                 }
-            }
-            match bytes[start..].iter().position(|&b| b == b'.') {
-                Some(dot) => start += dot + 1,
-                None => break,
             }
         }
     }

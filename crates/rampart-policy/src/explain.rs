@@ -289,6 +289,26 @@ impl Policy {
         }
     }
 
+    /// Calls `f(kind, name)` for each category, app and list the host belongs to
+    /// (containing custom categories included), e.g. to record categories in events.
+    /// Path-restricted entries are skipped. Does not allocate for normalised hosts.
+    pub fn host_objects(&self, host: &str, mut f: impl FnMut(ObjectKind, &str)) {
+        let host = normalize_host(host);
+        self.domains.lookup(&host, |t, _| {
+            let target = &self.targets[t as usize];
+            if target.path.is_none() {
+                let obj = &self.objects[target.object as usize];
+                if obj.kind != ObjectKind::Hosts {
+                    f(obj.kind, &obj.name);
+                }
+                for a in &obj.ancestors {
+                    let anc = &self.objects[*a as usize];
+                    f(anc.kind, &anc.name);
+                }
+            }
+        });
+    }
+
     /// Every object the destination belongs to, with the entry that matched.
     pub fn destination_matches(
         &self,
