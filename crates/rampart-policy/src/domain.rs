@@ -270,6 +270,44 @@ mod tests {
         assert!(Pattern::parse("a..example").is_err());
     }
 
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn host() -> impl Strategy<Value = String> {
+            prop::collection::vec("[a-zA-Z0-9][a-zA-Z0-9-]{0,6}", 1..5).prop_map(|l| l.join("."))
+        }
+
+        proptest! {
+            #[test]
+            fn normalisation_is_idempotent_and_ignores_case_and_trailing_dot(h in host()) {
+                let once = normalize_host(&h).into_owned();
+                prop_assert_eq!(normalize_host(&once).into_owned(), once.clone());
+                prop_assert_eq!(normalize_host(&h.to_uppercase()).into_owned(), once.clone());
+                prop_assert_eq!(normalize_host(&format!("{h}.")).into_owned(), once);
+            }
+
+            #[test]
+            fn parsed_patterns_store_the_normalised_host(h in host()) {
+                match Pattern::parse(&format!("*.{h}")) {
+                    Ok(Pattern::Host { host, mode, path }) => {
+                        prop_assert_eq!(host, normalize_host(&h).into_owned());
+                        prop_assert_eq!(mode, DomainMode::Subdomains);
+                        prop_assert!(path.is_none());
+                    }
+                    other => prop_assert!(false, "unexpected {:?}", other),
+                }
+            }
+
+            #[test]
+            fn pattern_parsing_never_panics(s in "\\PC{0,40}") {
+                let _ = Pattern::parse(&s);
+                let _ = parse_category_line(&s);
+                let _ = normalize_host(&s);
+            }
+        }
+    }
+
     #[test]
     fn category_lines_accept_domains_hosts_format_and_urls() {
         assert_eq!(parse_category_line("# c").unwrap(), None);

@@ -632,3 +632,49 @@ fn explanation_names_rule_matches_and_near_misses() {
         "{text}"
     );
 }
+
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fragment() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "[lists]\n",
+            "a = [\"x.example\", \"*.y.example/p/*\"]\n",
+            "[[access]]\n",
+            "when = { lists = [\"a\"], groups = [\"g\"] }\n",
+            "unless = { hosts = [\".z.example\"] }\n",
+            "action = \"block\"\n",
+            "action = \"nope\"\n",
+            "[[egress]]\n",
+            "via = \"u\"\n",
+            "[upstreams.u]\nproxies = [\"http://127.0.0.1:3128\"]\n",
+            "[categories.custom]\nc = { lists = [\"a\"] }\n",
+            "when = { categories = [\"c\"], ports = [443, \"0-1\"] }\n",
+            "[[steering]]\n",
+            "action = \"bypass\"\n",
+            "when = { processes = [\"py*\"] }\n",
+            "[defaults]\naccess = \"block\"\n",
+            "= broken\n",
+            "[identities]\n",
+            "users = [{ name = \"u\", groups = [\"g\"] }]\n",
+            "when = { methods = [] }\n",
+        ])
+        .prop_map(String::from)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn any_mix_of_policy_fragments_compiles_or_reports_errors(parts in prop::collection::vec(fragment(), 0..12)) {
+            let src: String = parts.concat();
+            match Policy::from_str(&src, "p.toml", Path::new("/nonexistent")) {
+                Ok((p, _)) => {
+                    let id = who(Some("u"), &[]);
+                    let _ = access(&p, &id, "a.y.example", "/p/q");
+                }
+                Err(e) => prop_assert!(e.errors().next().is_some()),
+            }
+        }
+    }
+}
