@@ -6,13 +6,17 @@
 //! slightly slow clock still accept it), EKU serverAuth, and AKI = the CA's SKI.
 use crate::ca::{random_serial, CertificateAuthority};
 use crate::TlsError;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_ASN1_SIGNING};
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
+    SanType,
 };
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::{CertifiedKey, Signer, SigningKey};
+use rustls::{SignatureAlgorithm, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use std::net::IpAddr;
+use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -155,19 +159,17 @@ fn validate_dns_name(original: &str, name: &str, allow_wildcard: bool) -> Result
 pub struct MintedLeaf {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivatePkcs8KeyDer<'static>,
+    signing: Arc<EcdsaKeyPair>,
 }
 
 impl MintedLeaf {
-    /// The rustls form, ready for a certificate resolver.
+    /// The rustls form, ready for a certificate resolver. It signs with the key generated
+    /// for this leaf directly, without re-parsing the PKCS#8 (a cache miss is CPU-bound).
     pub fn certified_key(&self) -> Result<CertifiedKey, TlsError> {
-        let key = rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&PrivateKeyDer::Pkcs8(
-            self.key.clone_key(),
+        Ok(CertifiedKey::new(
+            self.chain.clone(),
+            Arc::new(LeafSigningKey(self.signing.clone())),
         ))
-        .map_err(|source| TlsError::Rustls {
-            what: "loading a minted leaf key",
-            source,
-        })?;
-        Ok(CertifiedKey::new(self.chain.clone(), key))
     }
 
     /// The chain as PEM (leaf first), for tools such as `openssl s_server`.
@@ -192,12 +194,64 @@ impl MintedLeaf {
     }
 }
 
+/// The leaf's public key for rcgen (an uncompressed P-256 point).
+struct LeafPublicKey<'a>(&'a [u8]);
+
+impl rcgen::PublicKeyData for LeafPublicKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// rustls signing with a leaf's ECDSA P-256 key (the only scheme a minted leaf supports).
+#[derive(Debug)]
+struct LeafSigningKey(Arc<EcdsaKeyPair>);
+
+impl SigningKey for LeafSigningKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        offered
+            .contains(&SignatureScheme::ECDSA_NISTP256_SHA256)
+            .then(|| Box::new(LeafSigner(self.0.clone())) as Box<dyn Signer>)
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        SignatureAlgorithm::ECDSA
+    }
+}
+
+#[derive(Debug)]
+struct LeafSigner(Arc<EcdsaKeyPair>);
+
+impl Signer for LeafSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        self.0
+            .sign(&SystemRandom::new(), message)
+            .map(|sig| sig.as_ref().to_vec())
+            .map_err(|_| {
+                rustls::Error::General("ECDSA signing with a minted leaf key failed".into())
+            })
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        SignatureScheme::ECDSA_NISTP256_SHA256
+    }
+}
+
 impl CertificateAuthority {
     /// Mints a leaf for `names`, signed by this CA; never longer-lived than the CA itself.
     pub fn mint(&self, names: &LeafNames) -> Result<MintedLeaf, TlsError> {
         let generate = |what, source| TlsError::Generate { what, source };
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| generate("a leaf key", e))?;
+        let key_error = || TlsError::Generate {
+            what: "a leaf key",
+            source: rcgen::Error::KeyGenerationUnavailable,
+        };
+        let key =
+            EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).map_err(|_| key_error())?;
+        let pkcs8 = key.to_pkcs8v1().map_err(|_| key_error())?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         match names.names.first() {
@@ -229,14 +283,15 @@ impl CertificateAuthority {
         params.not_after = (params.not_before + LEAF_VALIDITY).min(self.info().not_after);
         params.serial_number = Some(random_serial());
         let cert = params
-            .signed_by(&key, self.issuer())
+            .signed_by(&LeafPublicKey(key.public_key().as_ref()), self.issuer())
             .map_err(|e| generate("a leaf certificate", e))?;
         let mut chain = Vec::with_capacity(1 + self.chain().len());
         chain.push(cert.der().clone());
         chain.extend(self.chain().iter().cloned());
         Ok(MintedLeaf {
             chain,
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            key: PrivatePkcs8KeyDer::from(pkcs8.as_ref().to_vec()),
+            signing: Arc::new(key),
         })
     }
 }
@@ -338,7 +393,7 @@ mod tests {
 
     #[test]
     fn mimic_copies_origin_names_including_wildcards_and_ips() {
-        let key = KeyPair::generate().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
         let origin = CertificateParams::new(vec![
             "*.origin.example".to_string(),
             "origin.example".to_string(),
@@ -382,6 +437,21 @@ mod tests {
             .unwrap();
         let ck = leaf.certified_key().unwrap();
         assert_eq!(ck.cert.len(), 2);
+        // The signing key and the certificate agree, as rustls checks them.
+        let parsed = rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(
+            &rustls_pki_types::PrivateKeyDer::Pkcs8(leaf.key.clone_key()),
+        )
+        .unwrap();
+        let ck2 = CertifiedKey::new(leaf.chain.clone(), parsed);
+        ck2.keys_match().unwrap();
+        assert!(ck
+            .key
+            .choose_scheme(&[SignatureScheme::ECDSA_NISTP256_SHA256])
+            .is_some());
+        assert!(ck
+            .key
+            .choose_scheme(&[SignatureScheme::RSA_PSS_SHA256])
+            .is_none());
         assert!(leaf.key_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
     }
 }
