@@ -258,10 +258,11 @@ impl Policy {
     }
 
     pub(crate) fn default_decision<A>(&self, stage: Stage, action: A) -> Decision<A> {
+        let set = self.stage(stage);
         Decision {
             stage,
-            rule_id: Arc::from("default"),
-            rule_name: Arc::from(format!("{stage} default").as_str()),
+            rule_id: set.default_id.clone(),
+            rule_name: set.default_name.clone(),
             action,
             matched: Vec::new(),
             default: true,

@@ -87,6 +87,9 @@ pub(crate) struct RuleSet {
     pub always: Vec<u32>,
     pub default: RuleAction,
     pub default_log: bool,
+    /// Shared names for decisions made by the default, so they cost no allocation.
+    pub default_id: Arc<str>,
+    pub default_name: Arc<str>,
 }
 
 /// A proxy of an upstream group.
@@ -220,7 +223,9 @@ impl Policy {
     }
 
     fn empty() -> Policy {
-        let set = |default: RuleAction| RuleSet {
+        let set = |default: RuleAction, stage: Stage| RuleSet {
+            default_id: Arc::from("default"),
+            default_name: Arc::from(format!("{stage} default")),
             rules: Vec::new(),
             by_object: Vec::new(),
             by_user: Vec::new(),
@@ -243,10 +248,13 @@ impl Policy {
             device_groups: Vec::new(),
             networks: Vec::new(),
             stages: vec![
-                set(RuleAction::Steering(SteeringAction::Steer)),
-                set(RuleAction::Decryption(DecryptionAction::Decrypt)),
-                set(RuleAction::Access(AccessAction::Allow)),
-                set(RuleAction::Egress(Egress::Direct)),
+                set(RuleAction::Steering(SteeringAction::Steer), Stage::Steering),
+                set(
+                    RuleAction::Decryption(DecryptionAction::Decrypt),
+                    Stage::Decryption,
+                ),
+                set(RuleAction::Access(AccessAction::Allow), Stage::Access),
+                set(RuleAction::Egress(Egress::Direct), Stage::Egress),
             ],
             upstreams: Vec::new(),
         }
@@ -982,11 +990,12 @@ impl<'d> Compiler<'d> {
         ];
         for (s, rules) in sets.into_iter().enumerate() {
             self.warn_shadowed(&rules);
-            let set = self.index(
+            let mut set = self.index(
                 rules,
                 stage_defaults[s].clone(),
                 defaults.steering_log.unwrap_or(true),
             );
+            set.default_name = Arc::from(format!("{} default", Stage::ALL[s]));
             self.policy.stages[s] = set;
         }
     }
@@ -1050,6 +1059,8 @@ impl<'d> Compiler<'d> {
             rules: Vec::new(),
             default,
             default_log,
+            default_id: Arc::from("default"),
+            default_name: Arc::from("default"),
         };
         for (i, r) in rules.iter().enumerate() {
             if r.disabled {
