@@ -173,3 +173,30 @@ fn device_event_matches_golden() {
     assert_eq!((e.class_uid, e.type_uid), (5002, 500299));
     check("device_config_state", e);
 }
+
+#[test]
+fn squid_lines_of_the_golden_events_match_squid_native_format() {
+    use rampart_events::sink::squid::render;
+    assert_eq!(
+        render(&http_blocked()).unwrap(),
+        "1763900000.182    182 10.0.0.15 TCP_DENIED/403 2048 GET https://news.example.com/world/today alice HIER_NONE/- text/html"
+    );
+    assert_eq!(
+        render(&network_tunnel_bypass()).unwrap(),
+        "1763900060.000  60000 10.0.0.15 TCP_TUNNEL/200 1204772 CONNECT api.dropbox.com:443 alice HIER_DIRECT/198.51.100.7 -"
+    );
+    assert_eq!(render(&alert_non_web_port()), None);
+    assert_eq!(render(&device_isolated()), None);
+}
+
+#[test]
+fn cef_line_of_the_golden_alert() {
+    let line = rampart_events::sink::cef::render(&alert_non_web_port());
+    assert_eq!(
+        line,
+        "CEF:0|Rampart|Rampart|0.1.0|200401|Outbound connection to non-web port 4444|8|rt=1763900300000 \
+         externalId=01937a53-7f00-7000-8000-0000000000c3 act=alert suser=alice shost=laptop-042 sproc=bash \
+         src=10.0.0.15 spt=52344 dst=192.0.2.66 dpt=4444 in=0 out=0 cs1Label=rule cs1=alert on non-web ports \
+         cs3Label=flow cs3=01937a4e-6b00-7000-8000-00000000f10a"
+    );
+}
