@@ -544,4 +544,35 @@ mod tests {
         assert!(like("abc", "a?c"));
         assert!(like("", "*"));
     }
+
+    #[test]
+    fn random_token_soup_never_panics_and_errors_point_inside_the_input() {
+        // A stable-toolchain smoke test of what fuzz/fuzz_targets/query.rs checks at depth.
+        let atoms = [
+            "user", "action", "status", "group", "=", "!=", "==", "<", ">=", "like", "in", "not",
+            "and", "or", "(", ")", ",", "\"", "'", "block", "42", "*.x", "é", " ", "!", "eq",
+        ];
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            let mut q = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 12) as usize;
+            for k in 0..len {
+                let pick = (seed.rotate_left(k as u32 * 5) % atoms.len() as u64) as usize;
+                q.push_str(atoms[pick]);
+                if pick % 3 == 0 {
+                    q.push(' ');
+                }
+            }
+            match parse(&q) {
+                Ok(parsed) => {
+                    let sql = crate::query::compile(&parsed);
+                    assert_eq!(sql.sql.matches('?').count(), sql.params.len(), "{q}");
+                }
+                Err(e) => assert!(e.column >= 1 && e.column <= q.chars().count() + 1, "{q:?}: {e}"),
+            }
+        }
+    }
 }
