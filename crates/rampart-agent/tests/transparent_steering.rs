@@ -337,3 +337,81 @@ fn unreachable_gateway_refuses_in_fail_closed_mode_except_the_allowlist() {
     assert!(log.contains("Bypassing connection from process: curl, host: allowed.example (gateway unreachable, fail-closed allowlist)"), "{log}");
     agent.stop().expect("clean shutdown");
 }
+
+const SILENT_CLIENT: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+time.sleep(1)  # say nothing at first, like a server-speaks-first protocol
+try:
+    s.sendall(b"PING / HTTP/1.1\r\n\r\n")
+    data = s.recv(4096)
+    print("closed" if not data else data.decode().split("\r\n\r\n")[-1])
+except (ConnectionResetError, BrokenPipeError):
+    print("closed")
+"#;
+
+#[test]
+fn steer_all_mode_tunnels_and_blocks_non_web_ports_by_process() {
+    if !root_or_skip("steer_all_mode_tunnels_and_blocks_non_web_ports_by_process") {
+        return;
+    }
+    let topo = Topology::create();
+    let records = start_gateway(&topo, 3128);
+    start_origin(&topo);
+    let mut config = config("steer-all", 3128, "");
+    config.steering.steer_all = true;
+    config.steering.exceptions.insert(
+        0,
+        rampart_agent::steering::ExceptionConfig {
+            name: "no reverse shells".into(),
+            processes: Vec::new(),
+            paths: Vec::new(),
+            hosts: Vec::new(),
+            ports: vec![4444],
+            action: rampart_agent::SteeringAction::Block,
+            log: true,
+        },
+    );
+    let agent = start_agent(Some(&topo.endpoint), config).expect("agent");
+
+    // A client that stays silent is decided on the destination address after the
+    // sniff timeout and still reaches the gateway.
+    let out = topo.exec(
+        &topo.endpoint,
+        "python3",
+        &["-c", SILENT_CLIENT, ORIGIN_ADDR, "2222"],
+    );
+    assert_eq!(
+        stdout(&out).trim(),
+        "via-gateway",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = topo.exec(
+        &topo.endpoint,
+        "python3",
+        &["-c", SILENT_CLIENT, ORIGIN_ADDR, "4444"],
+    );
+    assert_eq!(stdout(&out).trim(), "closed");
+
+    let records = records.lock().expect("records").clone();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].target, format!("{ORIGIN_ADDR}:2222"));
+    assert!(records[0]
+        .header("X-Rampart-Process")
+        .is_some_and(|p| p.starts_with("python3")));
+    assert_eq!(records[0].header("X-Rampart-Host"), None);
+    let log = agent.log();
+    assert!(
+        log.contains(&format!("Tunneling connection from process: python3")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(
+            |l| l.contains("WARN Dropping connection from process: python3")
+                && l.ends_with(&format!("host: {ORIGIN_ADDR}"))
+        ),
+        "{log}"
+    );
+    agent.stop().expect("clean shutdown");
+}
