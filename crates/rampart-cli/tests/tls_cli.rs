@@ -615,3 +615,62 @@ fn trust_env_prints_each_variable_in_fish_and_powershell_syntax() {
         text(&bad.stderr)
     );
 }
+
+/// Runs `script` in a private mount namespace where the system CA store is a throwaway copy,
+/// so installing into it cannot affect the machine.
+fn in_private_ca_store(script: &str, data: &Path, scratch: &Path) -> String {
+    let wrapper = format!(
+        r#"set -e
+        T="$STORE_COPY"
+        cp -a /etc/ssl/certs "$T/certs"
+        mount --bind "$T/certs" /etc/ssl/certs
+        mkdir -p /usr/local/share/ca-certificates
+        mount -t tmpfs tmpfs /usr/local/share/ca-certificates
+        {script}"#
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &wrapper])
+        .env("RAMPART", RAMPART)
+        .env("DATA", data)
+        .env("STORE_COPY", scratch)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn trust_install_adds_the_ca_to_the_debian_store_and_remove_takes_it_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init(dir.path(), &[]);
+    let out = in_private_ca_store(
+        r#"
+        "$RAMPART" trust install --data-dir "$DATA"
+        echo "installed-verify: $(openssl verify -CAfile /etc/ssl/certs/ca-certificates.crt "$DATA/ca.pem" 2>&1 | tail -1)"
+        "$RAMPART" trust install --remove
+        echo "removed-verify: $(openssl verify -CAfile /etc/ssl/certs/ca-certificates.crt "$DATA/ca.pem" 2>&1 | tail -1)"
+        echo "left: $(ls /usr/local/share/ca-certificates | wc -l)"
+        "#,
+        &data,
+        dir.path(),
+    );
+    assert!(
+        out.contains("installed /usr/local/share/ca-certificates/rampart-gateway-ca.crt"),
+        "{out}"
+    );
+    assert!(
+        out.contains("installed-verify:") && out.contains(": OK"),
+        "{out}"
+    );
+    let removed = out
+        .lines()
+        .find(|l| l.starts_with("removed-verify:"))
+        .unwrap();
+    assert!(!removed.contains(": OK"), "{out}");
+    assert!(out.contains("left: 0"), "{out}");
+}

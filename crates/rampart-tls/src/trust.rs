@@ -217,6 +217,55 @@ pub fn env_script(shell: Shell, bundle: &Path, ca: &Path) -> String {
     out
 }
 
+/// Directory Debian's `update-ca-certificates` reads local CA certificates from.
+pub const DEBIAN_LOCAL_CA_DIR: &str = "/usr/local/share/ca-certificates";
+/// Prefix of the files `rampart trust install` writes there; `--remove` deletes exactly these.
+pub const INSTALLED_FILE_PREFIX: &str = "rampart-gateway-ca";
+
+/// Writes each certificate of the CA chain to its own `DIR/rampart-gateway-ca[-N].crt`
+/// (update-ca-certificates wants one certificate per file), replacing earlier ones.
+pub fn install_ca_files(
+    dir: &Path,
+    ca: &CertificateAuthority,
+) -> Result<Vec<std::path::PathBuf>, TlsError> {
+    remove_ca_files(dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| TlsError::io(dir, e))?;
+    let mut written = Vec::new();
+    for (i, cert) in ca.chain().iter().enumerate() {
+        let name = if i == 0 {
+            format!("{INSTALLED_FILE_PREFIX}.crt")
+        } else {
+            format!("{INSTALLED_FILE_PREFIX}-{i}.crt")
+        };
+        let path = dir.join(name);
+        crate::ca::write_file(&path, der_to_pem(cert).as_bytes(), 0o644)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Deletes the files [`install_ca_files`] wrote (and nothing else); returns them.
+pub fn remove_ca_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, TlsError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TlsError::io(dir, e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| TlsError::io(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(INSTALLED_FILE_PREFIX) && name.ends_with(".crt") {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| TlsError::io(&path, e))?;
+            removed.push(path);
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +301,29 @@ mod tests {
         assert!(fresh
             .pem
             .contains("# Rampart gateway CA: CN=Rampart Gateway CA"));
+    }
+
+    #[test]
+    fn install_writes_one_file_per_certificate_and_remove_deletes_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::create(
+            &CaPaths::in_dir(&dir.path().join("d")),
+            &CaOptions::default(),
+            false,
+        )
+        .unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::write(store.join("corp.crt"), "keep me").unwrap();
+        let written = install_ca_files(&store, &ca).unwrap();
+        assert_eq!(written, vec![store.join("rampart-gateway-ca.crt")]);
+        assert_eq!(
+            std::fs::read_to_string(&written[0]).unwrap(),
+            ca.chain_pem()
+        );
+        assert_eq!(remove_ca_files(&store).unwrap(), written);
+        assert!(store.join("corp.crt").exists());
+        assert!(remove_ca_files(&store.join("missing")).unwrap().is_empty());
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! `rampart_tls::trust`; this parses flags, writes files and prints.
 use anyhow::Context;
 use rampart_tls::ca::{CaPaths, CertificateAuthority};
-use rampart_tls::trust::{compose_bundle, env_script, system_roots, write_bundle, Shell};
+use rampart_tls::trust::{
+    compose_bundle, env_script, install_ca_files, remove_ca_files, system_roots, write_bundle,
+    Shell, DEBIAN_LOCAL_CA_DIR,
+};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -22,6 +25,25 @@ enum TrustCommand {
     /// Print the environment variables that make Python requests, pip, curl, git, node,
     /// cargo, the AWS CLI and others trust Rampart (writes the bundle if needed).
     Env(EnvArgs),
+    /// Add the Rampart CA to the Debian/Ubuntu system store (update-ca-certificates);
+    /// --remove undoes exactly that. Needs root.
+    Install(InstallArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct InstallArgs {
+    /// Data directory holding ca.pem and ca.key.
+    #[arg(long, value_name = "DIR", default_value = "./rampart-data")]
+    data_dir: PathBuf,
+    /// Remove the certificates a previous install added, instead of adding them.
+    #[arg(long)]
+    remove: bool,
+    /// Local CA directory read by the update command.
+    #[arg(long, value_name = "DIR", default_value = DEBIAN_LOCAL_CA_DIR)]
+    ca_dir: PathBuf,
+    /// Command that rebuilds the system store afterwards.
+    #[arg(long, value_name = "PROGRAM", default_value = "update-ca-certificates")]
+    update_command: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,6 +73,7 @@ pub fn run(args: TrustArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         TrustCommand::Bundle(a) => bundle(a),
         TrustCommand::Env(a) => env(a),
+        TrustCommand::Install(a) => install(a),
     }
 }
 
@@ -84,6 +107,46 @@ fn env(args: EnvArgs) -> anyhow::Result<ExitCode> {
     let bundle = absolute(&bundle)?;
     let ca_file = absolute(&paths.cert)?;
     print!("{}", env_script(args.shell, &bundle, &ca_file));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
+    let changed = if args.remove {
+        let removed = remove_ca_files(&args.ca_dir)?;
+        if removed.is_empty() {
+            println!("no Rampart CA installed in {}", args.ca_dir.display());
+        }
+        for path in &removed {
+            println!("removed {}", path.display());
+        }
+        !removed.is_empty()
+    } else {
+        let ca = CertificateAuthority::load(&CaPaths::in_dir(&args.data_dir))?;
+        for path in install_ca_files(&args.ca_dir, &ca)? {
+            println!("installed {}", path.display());
+        }
+        println!(
+            "CA {} (sha256 {})",
+            ca.info().subject,
+            ca.info().sha256_fingerprint
+        );
+        true
+    };
+    if changed {
+        let status = std::process::Command::new(&args.update_command)
+            .status()
+            .with_context(|| {
+                format!(
+                    "running {} (on Debian/Ubuntu: apt-get install ca-certificates)",
+                    args.update_command
+                )
+            })?;
+        anyhow::ensure!(
+            status.success(),
+            "{} failed with {status}; the files above are in place, run it again by hand",
+            args.update_command
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
