@@ -35,7 +35,11 @@ fn scenario() -> (Vec<Event>, String) {
     let mut events = Vec::new();
     for i in 0..40i64 {
         let dev = if i % 2 == 0 { "laptop-1" } else { "laptop-2" };
-        let mut f = flow(dev, if i % 2 == 0 { "alice" } else { "bob" }, T0 + i * 30_000);
+        let mut f = flow(
+            dev,
+            if i % 2 == 0 { "alice" } else { "bob" },
+            T0 + i * 30_000,
+        );
         f.host = Some(format!("site{i}.example"));
         f.url = Some(format!("https://site{i}.example/"));
         f.method = Some("GET".into());
@@ -65,7 +69,10 @@ fn scenario() -> (Vec<Event>, String) {
     bypass.host = Some("pypi.org".into());
     bypass.process_name = Some("python3.12".into());
     bypass.tls_decision = Some(TlsDecision::Bypass);
-    bypass.bypass = Some(Bypass { at: BypassSite::Client, reason: "python to PyPI goes direct".into() });
+    bypass.bypass = Some(Bypass {
+        at: BypassSite::Client,
+        reason: "python to PyPI goes direct".into(),
+    });
     events.push(bypass.network_event());
     let mut shell = flow("laptop-1", "alice", T0 + 10 * 60_000);
     shell.dst = Some("192.0.2.66:4444".parse().unwrap());
@@ -101,8 +108,18 @@ fn imported() -> (tempfile::TempDir, PathBuf, Vec<Event>, String) {
     let file = dir.path().join("events.ndjson");
     write_ndjson(&file, &events);
     let data = dir.path().join("data");
-    let out = rampart(&["events", "import", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = rampart(&[
+        "events",
+        "import",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("stored {}", events.len())));
     (dir, data, events, alert_id)
 }
@@ -111,7 +128,15 @@ fn imported() -> (tempfile::TempDir, PathBuf, Vec<Event>, String) {
 fn search_finds_blocks_do_not_decrypt_and_bypasses_in_every_format() {
     let (_dir, data, _events, _) = imported();
     let d = data.to_str().unwrap();
-    let out = rampart(&["events", "search", "action = block", "--data-dir", d, "--format", "json"]);
+    let out = rampart(&[
+        "events",
+        "search",
+        "action = block",
+        "--data-dir",
+        d,
+        "--format",
+        "json",
+    ]);
     assert!(out.status.success());
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -121,24 +146,55 @@ fn search_finds_blocks_do_not_decrypt_and_bypasses_in_every_format() {
     assert_eq!(lines[0]["host"], "news.example.com");
     assert_eq!(lines[0]["rule"], "no news for engineering");
 
-    let out = rampart(&["events", "search", "tls = do-not-decrypt or bypass = client", "--data-dir", d, "--format", "ocsf"]);
+    let out = rampart(&[
+        "events",
+        "search",
+        "tls = do-not-decrypt or bypass = client",
+        "--data-dir",
+        d,
+        "--format",
+        "ocsf",
+    ]);
     let docs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(docs.len(), 2);
     assert!(docs.iter().all(|d| d["class_uid"] == 4001));
-    assert!(docs.iter().any(|d| d["unmapped"]["bypass"]["at"] == "client"));
+    assert!(docs
+        .iter()
+        .any(|d| d["unmapped"]["bypass"]["at"] == "client"));
 
-    let out = rampart(&["events", "search", "user = bob", "--data-dir", d, "--limit", "5"]);
+    let out = rampart(&[
+        "events",
+        "search",
+        "user = bob",
+        "--data-dir",
+        d,
+        "--limit",
+        "5",
+    ]);
     let table = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<&str> = table.lines().collect();
     assert!(rows[0].contains("TIME") && rows[0].contains("ACTION"));
     assert_eq!(rows.len(), 6, "header and 5 rows:\n{table}");
-    assert!(rows.iter().all(|r| r.chars().count() <= 160), "fits the terminal");
+    assert!(
+        rows.iter().all(|r| r.chars().count() <= 160),
+        "fits the terminal"
+    );
 
     let out = rampart(&[
-        "events", "search", "", "--data-dir", d, "--from", "2025-11-23T12:13:20Z", "--to", "2025-11-23T12:15:20Z", "--format", "json",
+        "events",
+        "search",
+        "",
+        "--data-dir",
+        d,
+        "--from",
+        "2025-11-23T12:13:20Z",
+        "--to",
+        "2025-11-23T12:15:20Z",
+        "--format",
+        "json",
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
 }
@@ -146,19 +202,46 @@ fn search_finds_blocks_do_not_decrypt_and_bypasses_in_every_format() {
 #[test]
 fn bad_query_fails_with_the_offending_column() {
     let (_dir, data, _, _) = imported();
-    let out = rampart(&["events", "search", "user = alice and actoin = block", "--data-dir", data.to_str().unwrap()]);
+    let out = rampart(&[
+        "events",
+        "search",
+        "user = alice and actoin = block",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("column 18") && err.contains("did you mean `action`"), "{err}");
-    assert!(err.contains("                 ^"), "caret under the column: {err}");
+    assert!(
+        err.contains("column 18") && err.contains("did you mean `action`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("                 ^"),
+        "caret under the column: {err}"
+    );
 }
 
 #[test]
 fn timeline_around_an_alert_is_complete_ordered_and_marks_the_alert() {
     let (_dir, data, events, alert_id) = imported();
     let d = data.to_str().unwrap();
-    let out = rampart(&["events", "timeline", "--alert", &alert_id, "--window", "5m", "--data-dir", d, "--format", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = rampart(&[
+        "events",
+        "timeline",
+        "--alert",
+        &alert_id,
+        "--window",
+        "5m",
+        "--data-dir",
+        d,
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -167,12 +250,17 @@ fn timeline_around_an_alert_is_complete_ordered_and_marks_the_alert() {
     let expected: Vec<String> = {
         let mut v: Vec<&Event> = events
             .iter()
-            .filter(|e| e.device_name() == Some("laptop-1") && (e.time - alert_time).abs() <= 300_000)
+            .filter(|e| {
+                e.device_name() == Some("laptop-1") && (e.time - alert_time).abs() <= 300_000
+            })
             .collect();
         v.sort_by_key(|e| e.time);
         v.iter().map(|e| e.id().to_string()).collect()
     };
-    let got: Vec<String> = rows.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let got: Vec<String> = rows
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
     let got_set: std::collections::HashSet<_> = got.iter().collect();
     let want_set: std::collections::HashSet<_> = expected.iter().collect();
     assert_eq!(got_set, want_set, "complete");
@@ -184,11 +272,32 @@ fn timeline_around_an_alert_is_complete_ordered_and_marks_the_alert() {
 
     let out = rampart(&["events", "timeline", "--alert", &alert_id, "--data-dir", d]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.lines().any(|l| l.starts_with("> ") && l.contains("ALERT non-web port 4444")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("> ") && l.contains("ALERT non-web port 4444")),
+        "{table}"
+    );
 
-    let out = rampart(&["events", "timeline", "--device", "laptop-2", "--around", "2025-11-23T12:20:00Z", "--window", "1m", "--data-dir", d, "--format", "json"]);
+    let out = rampart(&[
+        "events",
+        "timeline",
+        "--device",
+        "laptop-2",
+        "--around",
+        "2025-11-23T12:20:00Z",
+        "--window",
+        "1m",
+        "--data-dir",
+        d,
+        "--format",
+        "json",
+    ]);
     let n = String::from_utf8_lossy(&out.stdout).lines().count();
-    assert_eq!(n, 2, "laptop-2 events every 60 s: two within ±1 min of 12:20:00");
+    assert_eq!(
+        n, 2,
+        "laptop-2 events every 60 s: two within ±1 min of 12:20:00"
+    );
 }
 
 #[test]
@@ -196,7 +305,19 @@ fn tail_prints_events_as_they_are_stored() {
     let (dir, data, _, _) = imported();
     let d = data.to_str().unwrap().to_string();
     let mut tail = Command::new(BIN)
-        .args(["events", "tail", "type = http", "--last", "0", "--count", "3", "--format", "json", "--data-dir", &d])
+        .args([
+            "events",
+            "tail",
+            "type = http",
+            "--last",
+            "0",
+            "--count",
+            "3",
+            "--format",
+            "json",
+            "--data-dir",
+            &d,
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -210,7 +331,11 @@ fn tail_prints_events_as_they_are_stored() {
         .collect();
     let file = dir.path().join("fresh.ndjson");
     write_ndjson(&file, &fresh);
-    assert!(rampart(&["events", "import", file.to_str().unwrap(), "--data-dir", &d]).status.success());
+    assert!(
+        rampart(&["events", "import", file.to_str().unwrap(), "--data-dir", &d])
+            .status
+            .success()
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while tail.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "tail did not print 3 events");
@@ -219,7 +344,12 @@ fn tail_prints_events_as_they_are_stored() {
     let out = tail.wait_with_output().unwrap();
     let users: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["user"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["user"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(users, vec!["zoe", "zoe", "zoe"]);
 }
@@ -240,7 +370,13 @@ fn kill_9_during_a_100k_event_burst_loses_nothing_that_was_reported_stored() {
     write_ndjson(&file, &events);
     let data = dir.path().join("data");
     let mut child = Command::new(BIN)
-        .args(["events", "import", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+        .args([
+            "events",
+            "import",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -255,17 +391,33 @@ fn kill_9_during_a_100k_event_burst_loses_nothing_that_was_reported_stored() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(reported >= 20_000 && reported < n, "killed mid-burst at {reported}");
+    assert!(
+        reported >= 20_000 && reported < n,
+        "killed mid-burst at {reported}"
+    );
 
     let store = StoreReader::open(&rampart_events::db_path(&data)).unwrap();
     assert_eq!(store.integrity_check().unwrap(), "ok");
     let after_kill = store.count().unwrap();
-    assert!(after_kill >= reported, "{after_kill} stored after kill, {reported} were reported durable");
+    assert!(
+        after_kill >= reported,
+        "{after_kill} stored after kill, {reported} were reported durable"
+    );
     drop(store);
 
     // Restart: the rest goes in, and nothing is stored twice.
-    let out = rampart(&["events", "import", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = rampart(&[
+        "events",
+        "import",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let store = StoreReader::open(&rampart_events::db_path(&data)).unwrap();
     assert_eq!(store.count().unwrap(), n);
     for e in events.iter().step_by(1009) {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod origin;
+pub mod squid;
 pub mod tls_origin;
 
 use std::io::{Read, Write};
@@ -48,7 +49,13 @@ impl Rampart {
     /// Like `start`, but returns the server's stderr if it exits or never becomes ready.
     pub fn try_start(extra_toml: &str, args: &[&str]) -> Result<Rampart, String> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // A `--proxy-listen` flag wins over the file, as in the product.
+        let flag_proxy = args
+            .iter()
+            .position(|a| *a == "--proxy-listen")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|a| a.parse::<SocketAddr>().ok());
+        let proxy: SocketAddr = flag_proxy.unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config_path = dir.path().join("rampart.toml");
         let data_dir = dir.path().join("data");

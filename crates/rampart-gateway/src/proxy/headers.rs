@@ -35,9 +35,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-/// Appends our `Via` entry.
+/// Appends our `Via` entry to the list (one field, comma-separated, so
+/// recipients that keep only one field value still see the whole chain).
 pub fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
-    headers.append(header::VIA, via.clone());
+    let existing: Vec<&[u8]> = headers.get_all(header::VIA).iter().map(|v| v.as_bytes()).collect();
+    if existing.is_empty() {
+        headers.insert(header::VIA, via.clone());
+        return;
+    }
+    let mut joined = existing.join(&b", "[..]);
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(via.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::VIA, value);
+    }
 }
 
 /// True when a `Via` entry carries this process's loop token.
@@ -77,6 +88,15 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn via_entries_are_joined_into_one_field() {
+        let mut h = HeaderMap::new();
+        h.append(header::VIA, HeaderValue::from_static("1.1 squid"));
+        append_via(&mut h, &HeaderValue::from_static("1.1 rampart (rampart/abc)"));
+        assert_eq!(h.get_all(header::VIA).iter().count(), 1);
+        assert_eq!(h[header::VIA], "1.1 squid, 1.1 rampart (rampart/abc)");
     }
 
     #[test]
