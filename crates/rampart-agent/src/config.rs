@@ -296,6 +296,21 @@ impl AgentConfig {
         Ok(())
     }
 
+    /// The variables that point applications at the local proxy, in both spellings
+    /// tools read (what `rampart agent env` prints).
+    pub fn proxy_env(&self) -> Vec<(&'static str, String)> {
+        let proxy = format!("http://{}", self.local_proxy.listen);
+        let no_proxy = "localhost,127.0.0.1,::1".to_string();
+        vec![
+            ("HTTP_PROXY", proxy.clone()),
+            ("HTTPS_PROXY", proxy.clone()),
+            ("http_proxy", proxy.clone()),
+            ("https_proxy", proxy),
+            ("NO_PROXY", no_proxy.clone()),
+            ("no_proxy", no_proxy),
+        ]
+    }
+
     /// Path of the agent log inside the data directory.
     pub fn log_path(&self) -> PathBuf {
         self.data_dir.join("agent.log")
@@ -400,6 +415,20 @@ sniff_timeout = "1s"
         )
         .expect_err("bad table");
         assert!(err.to_string().contains("transparent.table"));
+    }
+
+    #[test]
+    fn proxy_env_points_at_the_local_proxy() {
+        let config = AgentConfig::from_toml(
+            "[gateway]\nproxy = \"gw:3128\"\n[local_proxy]\nlisten = \"127.0.0.1:4000\"\n",
+            "agent.toml",
+        )
+        .expect("valid");
+        let env = config.proxy_env();
+        assert!(env.contains(&("HTTPS_PROXY", "http://127.0.0.1:4000".to_string())));
+        assert!(env
+            .iter()
+            .any(|(k, v)| *k == "no_proxy" && v.contains("localhost")));
     }
 
     #[test]

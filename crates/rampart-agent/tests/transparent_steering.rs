@@ -41,7 +41,6 @@ table = "rampart_agent_test"
 "#,
         dir = dir.display()
     );
-    let text = text.replace("%FAIL%", "");
     AgentConfig::from_toml(&text, "test agent.toml").expect("valid config")
 }
 
@@ -403,7 +402,7 @@ fn steer_all_mode_tunnels_and_blocks_non_web_ports_by_process() {
     assert_eq!(records[0].header("X-Rampart-Host"), None);
     let log = agent.log();
     assert!(
-        log.contains(&format!("Tunneling connection from process: python3")),
+        log.contains("Tunneling connection from process: python3"),
         "{log}"
     );
     assert!(
