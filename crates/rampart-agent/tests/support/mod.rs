@@ -392,6 +392,12 @@ impl AgentHandle {
 impl Drop for AgentHandle {
     fn drop(&mut self) {
         let _ = self.finish();
+        // Test data directories live in the temp dir; remove them with the agent.
+        if let Some(dir) = self.log_path.parent() {
+            if dir.starts_with(std::env::temp_dir()) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
 }
 
