@@ -18,6 +18,12 @@ METRICS = {
     "p99_added_ms": ("Added p99 latency over direct at 500 req/s, plain HTTP", "ms", False, 3),
     "rss_rest_mib": ("RSS at rest", "MiB", False, 1),
     "rss_tunnel_kib": ("RSS per idle CONNECT tunnel (1,000 held)", "KiB", False, 1),
+    "plain_cpu_us": ("  CPU per plain HTTP request (proxy process)", "µs", False, 1),
+    "https_cpu_us": ("  CPU per HTTPS request through CONNECT (proxy process)", "µs", False, 1),
+    "big_cpu_s_gb": ("  CPU per GB through a CONNECT tunnel (proxy process)", "s/GB", False, 2),
+    "i_ka_cpu_us": ("  CPU per intercepted keep-alive request (proxy process)", "µs", False, 1),
+    "i_new_cpu_us": ("  CPU per intercepted new-connection request (proxy process)", "µs", False, 1),
+    "i_big_cpu_s_gb": ("  CPU per intercepted GB (proxy process)", "s/GB", False, 2),
     "i_rps_ka": ("Intercepted HTTPS, keep-alive, 1 KiB, 50 conns (oha)", "req/s", True, 0),
     "i_rps_new": ("Intercepted HTTPS, new TLS connection per request (oha)", "req/s", True, 0),
     "i_big_mbps": ("Intercepted download of the big object (curl)", "MB/s", True, 0),
@@ -32,7 +38,8 @@ TABLES = [
         {"direct": "direct", "squid": "Squid", "tinyproxy": "tinyproxy",
          "mitmproxy": "mitmproxy", "rampart": "Rampart"},
         "squid",
-        ["plain_rps", "https_rps", "big_mbps", "p99_ms", "p99_added_ms",
+        ["plain_rps", "plain_cpu_us", "https_rps", "https_cpu_us", "big_mbps",
+         "big_cpu_s_gb", "p99_ms", "p99_added_ms",
          "rss_rest_mib", "rss_tunnel_kib"],
     ),
     (
@@ -41,7 +48,8 @@ TABLES = [
         {"direct": "direct", "squid-bump": "Squid ssl_bump",
          "mitmproxy-mitm": "mitmproxy", "rampart-mitm": "Rampart"},
         "squid-bump",
-        ["i_rps_ka", "i_rps_new", "i_big_mbps", "i_p99_ms", "i_p99_added_ms"],
+        ["i_rps_ka", "i_ka_cpu_us", "i_rps_new", "i_new_cpu_us", "i_big_mbps",
+         "i_big_cpu_s_gb", "i_p99_ms", "i_p99_added_ms"],
     ),
 ]
 
@@ -157,7 +165,9 @@ def render(values, notes, ran_targets):
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
         out.append("Ratios are Rampart's figure over the other one's: above 1 is better for "
-                   "req/s and MB/s, below 1 is better for latency and memory.")
+                   "req/s and MB/s, below 1 is better for latency, memory and CPU. CPU rows are "
+                   "the proxy's own user+system time (all its processes) divided by the requests "
+                   "or bytes it served: unlike req/s they hardly depend on what else the machine runs.")
         out.append("")
 
     out.append("### Targets\n")

@@ -122,7 +122,8 @@ trap 'log "interrupted"; exit 130' INT TERM
 spawn() {
     local name=$1 cpu=$2
     shift 2
-    setsid taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 </dev/null &
+    # Append: a target started once per scenario keeps every start's log.
+    setsid taskset -c "$cpu" "$@" >>"$WORK/$name.log" 2>&1 </dev/null &
     local pid=$!
     DAEMON_PIDS+=("$pid")
     LAST_PID=$pid
@@ -356,6 +357,7 @@ start_rampart() { # rampart | rampart-mitm
     PORT=$(free_port)
     local api
     api=$(free_port)
+    API_PORT[$name]=$api
     local extra=${BENCH_RAMPART_TOML:-}
     [[ $name == rampart-mitm ]] && extra+=$'\n'"${BENCH_RAMPART_MITM_TOML:-}"
     # Top-level keys first: extra TOML may open its own tables.
@@ -414,7 +416,7 @@ targets_for() { # plain|intercept
 }
 
 # Start every target of a scenario; fills PORTS[target] and PIDS[target].
-declare -A PORTS=() PIDS=()
+declare -A PORTS=() PIDS=() API_PORT=()
 start_all() {
     local t
     PORTS=() PIDS=()
@@ -426,7 +428,13 @@ start_all() {
 }
 stop_all() {
     local t
-    for t in "${!PIDS[@]}"; do stop "${PIDS[$t]}"; done
+    for t in "${!PIDS[@]}"; do
+        # Rampart's counters (connections, rejections, errors) explain failures.
+        if [[ -n ${API_PORT[$t]:-} ]]; then
+            curl -s --max-time 3 "http://127.0.0.1:${API_PORT[$t]}/metrics" >>"$WORK/$t.metrics" 2>/dev/null || true
+        fi
+        stop "${PIDS[$t]}"
+    done
     PORTS=() PIDS=()
 }
 
@@ -443,6 +451,25 @@ check_target() { # target url [insecure]
 # --- measurements ------------------------------------------------------------------
 load() { taskset -c "$LOAD_CPU" timeout -k 5 "$@"; }
 
+# CPU seconds used so far by a target's process tree (0 for direct).
+cpu_of() {
+    if [[ $1 == direct ]]; then
+        echo 0
+    else
+        python3 "$BENCH_DIR/cputime.py" "${PIDS[$1]}"
+    fi
+}
+
+# record_cpu scenario metric target run cpu_before cpu_after divisor scale
+# records (after - before) * scale / divisor, e.g. CPU µs per request.
+record_cpu() {
+    [[ $3 == direct ]] && return 0
+    local v
+    v=$(python3 -c "import sys; a,b,d,k=map(float,sys.argv[1:]); print(round((b-a)*k/d, 2) if d > 0 else 'fail')" \
+        "$5" "$6" "${7:-0}" "$8" 2>/dev/null) || v=fail
+    record "$1" "$2" "$3" "$4" "$v"
+}
+
 measure_wrk() { # target -> VAL (req/s), NOTE
     local t=$1 out
     if [[ $t == direct ]]; then
@@ -453,6 +480,8 @@ measure_wrk() { # target -> VAL (req/s), NOTE
     fi
     local rps non2xx errs
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    WRK_COUNT=$(awk '/requests in/ {print $1; exit}' <<<"$out")
+    WRK_COUNT=${WRK_COUNT:-0}
     non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
     errs=$(awk '/Socket errors:/ {print}' <<<"$out")
     NOTE=""
@@ -473,7 +502,7 @@ import json, sys
 try:
     d = json.load(open(sys.argv[1]))
 except Exception as e:
-    print("fail fail 0 0 " + type(e).__name__)
+    print("fail fail 0 0 0 " + type(e).__name__)
     sys.exit()
 s = d.get("summary", {})
 p = d.get("latencyPercentiles", {})
@@ -487,7 +516,7 @@ elapsed = s.get("total")
 # Only 2xx answers count as served requests.
 rps = ok / elapsed if elapsed else None
 p99 = p.get("p99")
-print(f"{rps if rps is not None else 'fail'} {p99 * 1000 if p99 is not None else 'fail'} {errs} {total - ok}")
+print(f"{rps if rps is not None else 'fail'} {p99 * 1000 if p99 is not None else 'fail'} {errs} {total - ok} {ok}")
 EOF
 }
 
@@ -498,9 +527,10 @@ run_oha() { # target url extra-args... -> sets OHA_RPS OHA_P99 NOTE
     [[ $t == direct ]] || args+=(-x "http://127.0.0.1:${PORTS[$t]}")
     rm -f "$WORK/oha.json"
     load $((DUR + 30)) oha "${args[@]}" -z "${DUR}s" "$@" "$url" >"$WORK/oha.out" 2>&1 || true
-    local rps p99 errs bad
-    read -r rps p99 errs bad _ <<<"$(oha_json "$WORK/oha.json")"
+    local rps p99 errs bad ok
+    read -r rps p99 errs bad ok _ <<<"$(oha_json "$WORK/oha.json")"
     OHA_RPS=$rps
+    OHA_OK=$ok
     OHA_P99=$p99
     NOTE=""
     [[ $errs != 0 ]] && NOTE+="errors=$errs "
@@ -515,6 +545,7 @@ measure_big() { # target -> VAL (MB/s), NOTE
     local out speed size code
     out=$(load $((BIG_MAX_TIME + 10)) curl "${opts[@]}" "$URL_S_BIG" 2>"$WORK/curl.err") || true
     read -r speed size code <<<"$out"
+    BIG_GOT=${size:-0}
     NOTE=""
     if [[ -z $speed || $code != 200 ]]; then
         NOTE="curl: code=${code:-none} $(head -c 200 "$WORK/curl.err" | tr '\n' ' ')"
@@ -531,16 +562,20 @@ scenario_plain() {
     local targets
     read -r -a targets <<<"$(targets_for plain)"
     start_all "${targets[@]}"
-    local r t v
+    local r t v c0 c1
     for r in $(seq "$RUNS"); do
         for t in direct "${targets[@]}"; do
             if ! check_target "$t" "$URL_1K"; then
+                log "plain    run $r $t: check request through the proxy failed"
                 record plain plain_rps "$t" "$r" fail "check request failed"
                 continue
             fi
+            c0=$(cpu_of "$t")
             measure_wrk "$t"
+            c1=$(cpu_of "$t")
             v=$VAL
             record plain plain_rps "$t" "$r" "$v" "$NOTE"
+            record_cpu plain plain_cpu_us "$t" "$r" "$c0" "$c1" "$WRK_COUNT" 1e6
             log "plain    run $r $t: $v req/s $NOTE"
         done
     done
@@ -551,7 +586,7 @@ scenario_connect() {
     local targets
     read -r -a targets <<<"$(targets_for plain)"
     start_all "${targets[@]}"
-    local r t v
+    local r t v c0 c1
     local -A tunnel_note=()
     for t in "${targets[@]}"; do
         # This scenario measures plain tunnels: a proxy that decrypts here
@@ -564,17 +599,24 @@ scenario_connect() {
     for r in $(seq "$RUNS"); do
         for t in direct "${targets[@]}"; do
             if ! check_target "$t" "$URL_S_1K"; then
+                log "connect  run $r $t: check request through the proxy failed"
                 record connect https_rps "$t" "$r" fail "check request failed"
                 record connect big_mbps "$t" "$r" fail "check request failed"
                 continue
             fi
+            c0=$(cpu_of "$t")
             run_oha "$t" "$URL_S_1K" -c "$CONNS"
+            c1=$(cpu_of "$t")
             NOTE+=${tunnel_note[$t]:-}
             record connect https_rps "$t" "$r" "$OHA_RPS" "$NOTE"
+            record_cpu connect https_cpu_us "$t" "$r" "$c0" "$c1" "$OHA_OK" 1e6
             log "connect  run $r $t: $OHA_RPS req/s $NOTE"
+            c0=$(cpu_of "$t")
             measure_big "$t"
+            c1=$(cpu_of "$t")
             v=$VAL
             record connect big_mbps "$t" "$r" "$v" "$NOTE"
+            record_cpu connect big_cpu_s_gb "$t" "$r" "$c0" "$c1" "$BIG_GOT" 1e9
             log "bulk     run $r $t: $v MB/s $NOTE"
         done
     done
@@ -589,6 +631,7 @@ scenario_latency() {
     for r in $(seq "$RUNS"); do
         for t in direct "${targets[@]}"; do
             if ! check_target "$t" "$URL_1K"; then
+                log "latency  run $r $t: check request through the proxy failed"
                 record latency p99_ms "$t" "$r" fail "check request failed"
                 continue
             fi
@@ -658,25 +701,35 @@ scenario_intercept() {
             done
         fi
     done
-    local r v
+    local r v c0 c1
     for r in $(seq "$RUNS"); do
         for t in "${active[@]}"; do
             if ! check_target "$t" "$URL_S_1K"; then
+                log "intercept run $r $t: check request through the proxy failed"
                 record intercept i_rps_ka "$t" "$r" fail "check request failed"
                 continue
             fi
+            c0=$(cpu_of "$t")
             run_oha "$t" "$URL_S_1K" -c "$CONNS"
+            c1=$(cpu_of "$t")
             record intercept i_rps_ka "$t" "$r" "$OHA_RPS" "$NOTE"
+            record_cpu intercept i_ka_cpu_us "$t" "$r" "$c0" "$c1" "$OHA_OK" 1e6
             log "i-keep   run $r $t: $OHA_RPS req/s $NOTE"
+            c0=$(cpu_of "$t")
             run_oha "$t" "$URL_S_1K" -c "$CONNS" --disable-keepalive
+            c1=$(cpu_of "$t")
             record intercept i_rps_new "$t" "$r" "$OHA_RPS" "$NOTE"
+            record_cpu intercept i_new_cpu_us "$t" "$r" "$c0" "$c1" "$OHA_OK" 1e6
             log "i-new    run $r $t: $OHA_RPS req/s $NOTE"
             run_oha "$t" "$URL_S_1K" -c "$LAT_CONNS" -q "$LAT_RATE" --latency-correction
             record intercept i_p99_ms "$t" "$r" "$OHA_P99" "$NOTE"
             log "i-p99    run $r $t: $OHA_P99 ms $NOTE"
+            c0=$(cpu_of "$t")
             measure_big "$t"
+            c1=$(cpu_of "$t")
             v=$VAL
             record intercept i_big_mbps "$t" "$r" "$v" "$NOTE"
+            record_cpu intercept i_big_cpu_s_gb "$t" "$r" "$c0" "$c1" "$BIG_GOT" 1e9
             log "i-bulk   run $r $t: $v MB/s $NOTE"
         done
     done
