@@ -230,7 +230,16 @@ mod tests {
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/rampart.toml");
         let cfg = RampartConfig::load(&path).unwrap();
-        assert!(!cfg.upstreams.is_empty());
+        assert_eq!(cfg.proxy.listen.port(), 3128);
+        // The commented upstream example must parse too once uncommented.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|l| l.strip_prefix("# ").filter(|r| r.starts_with("[upstreams") || r.starts_with("proxies") || r.starts_with("failure_") || r.starts_with("down_for") || r.starts_with("health_check_interval")).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = RampartConfig::parse(&uncommented, &path).unwrap();
+        assert_eq!(cfg.upstreams["aws-squid"].proxies.len(), 2);
     }
 
     #[test]

@@ -11,4 +11,6 @@
 //! ```
 
 pub use rampart_events::api::{router, ApiError, Authorized, EventsApiState};
-pub use rampart_events::token::{load_or_create as load_or_create_admin_token, token_path as admin_token_path};
+pub use rampart_events::token::{
+    load_or_create as load_or_create_admin_token, token_path as admin_token_path,
+};
