@@ -1,5 +1,9 @@
-//! Server Name Indication from the first bytes of a TLS connection (RFC 8446 §4.1.2,
-//! RFC 6066 §3), without consuming them: the bytes are forwarded unchanged afterwards.
+//! Server Name Indication from the first bytes of a TLS connection, read without
+//! consuming them (the bytes are forwarded unchanged afterwards). Parsing is
+//! `rampart_tls::client_hello`'s, shared with the gateway; this module maps its outcome
+//! to what steering needs: a lower-cased host name, or why there is none yet.
+
+use rampart_tls::client_hello::{parse_client_hello, ClientHelloError as TlsError};
 
 /// Why no name could be read (yet).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -10,156 +14,20 @@ pub enum ClientHelloError {
     /// The bytes are not a TLS handshake record.
     #[error("not a TLS handshake")]
     NotTls,
-    /// A TLS handshake that violates the format at the named field.
-    #[error("malformed ClientHello: {0}")]
-    Malformed(&'static str),
+    /// A TLS handshake that is not a usable ClientHello (malformed or too large).
+    #[error("unusable ClientHello: {0}")]
+    Malformed(String),
 }
 
-const RECORD_HEADER: usize = 5;
-const CONTENT_HANDSHAKE: u8 = 22;
-const HANDSHAKE_CLIENT_HELLO: u8 = 1;
-const EXTENSION_SERVER_NAME: u16 = 0;
-const NAME_TYPE_HOST: u8 = 0;
-// RFC 8446 §5.1: a record fragment is at most 2^14 bytes; a ClientHello can span records.
-const MAX_FRAGMENT: usize = 1 << 14;
-const MAX_HELLO: usize = 64 * 1024;
-
-/// The SNI host name in `data`, `Ok(None)` for a complete ClientHello without one.
+/// The SNI host name in `data` (lower-cased), `Ok(None)` for a complete ClientHello
+/// without one. With Encrypted Client Hello this is the outer (public) name.
 pub fn server_name(data: &[u8]) -> Result<Option<String>, ClientHelloError> {
-    let hello = handshake_message(data)?;
-    parse_client_hello(&hello)
-}
-
-/// Reassemble the first handshake message from one or more records.
-fn handshake_message(data: &[u8]) -> Result<Vec<u8>, ClientHelloError> {
-    let mut message = Vec::new();
-    let mut rest = data;
-    loop {
-        if rest.is_empty() {
-            return Err(ClientHelloError::Incomplete);
-        }
-        if rest[0] != CONTENT_HANDSHAKE {
-            return Err(if message.is_empty() {
-                ClientHelloError::NotTls
-            } else {
-                ClientHelloError::Malformed("record type inside ClientHello")
-            });
-        }
-        if rest.len() < RECORD_HEADER {
-            return Err(ClientHelloError::Incomplete);
-        }
-        if rest[1] != 3 {
-            return Err(ClientHelloError::NotTls);
-        }
-        let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
-        if len == 0 || len > MAX_FRAGMENT {
-            return Err(ClientHelloError::Malformed("record length"));
-        }
-        let Some(fragment) = rest.get(RECORD_HEADER..RECORD_HEADER + len) else {
-            return Err(ClientHelloError::Incomplete);
-        };
-        message.extend_from_slice(fragment);
-        rest = &rest[RECORD_HEADER + len..];
-        if message.len() >= 4 {
-            if message[0] != HANDSHAKE_CLIENT_HELLO {
-                return Err(ClientHelloError::Malformed(
-                    "first handshake is not ClientHello",
-                ));
-            }
-            let body = (usize::from(message[1]) << 16)
-                | (usize::from(message[2]) << 8)
-                | usize::from(message[3]);
-            if body > MAX_HELLO {
-                return Err(ClientHelloError::Malformed("handshake length"));
-            }
-            if message.len() >= 4 + body {
-                message.truncate(4 + body);
-                message.drain(..4);
-                return Ok(message);
-            }
-        }
+    match parse_client_hello(data) {
+        Ok(hello) => Ok(hello.server_name.map(|name| name.to_ascii_lowercase())),
+        Err(TlsError::NeedMoreData { .. }) => Err(ClientHelloError::Incomplete),
+        Err(TlsError::NotTls { .. }) => Err(ClientHelloError::NotTls),
+        Err(err) => Err(ClientHelloError::Malformed(err.to_string())),
     }
-}
-
-/// A bounds-checked reader over the ClientHello body.
-struct Reader<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], ClientHelloError> {
-        if self.data.len() < n {
-            return Err(ClientHelloError::Malformed(field));
-        }
-        let (head, tail) = self.data.split_at(n);
-        self.data = tail;
-        Ok(head)
-    }
-
-    fn u8(&mut self, field: &'static str) -> Result<u8, ClientHelloError> {
-        Ok(self.take(1, field)?[0])
-    }
-
-    fn u16(&mut self, field: &'static str) -> Result<u16, ClientHelloError> {
-        let b = self.take(2, field)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn vec8(&mut self, field: &'static str) -> Result<&'a [u8], ClientHelloError> {
-        let n = usize::from(self.u8(field)?);
-        self.take(n, field)
-    }
-
-    fn vec16(&mut self, field: &'static str) -> Result<&'a [u8], ClientHelloError> {
-        let n = usize::from(self.u16(field)?);
-        self.take(n, field)
-    }
-}
-
-fn parse_client_hello(body: &[u8]) -> Result<Option<String>, ClientHelloError> {
-    let mut r = Reader { data: body };
-    r.take(2, "legacy_version")?;
-    r.take(32, "random")?;
-    r.vec8("legacy_session_id")?;
-    r.vec16("cipher_suites")?;
-    r.vec8("legacy_compression_methods")?;
-    if r.data.is_empty() {
-        return Ok(None); // no extensions at all (pre-TLS 1.2 clients)
-    }
-    let mut extensions = Reader {
-        data: r.vec16("extensions")?,
-    };
-    while !extensions.data.is_empty() {
-        let kind = extensions.u16("extension type")?;
-        let data = extensions.vec16("extension data")?;
-        if kind == EXTENSION_SERVER_NAME {
-            return parse_server_name(data).map(Some);
-        }
-    }
-    Ok(None)
-}
-
-fn parse_server_name(data: &[u8]) -> Result<String, ClientHelloError> {
-    let mut outer = Reader { data };
-    let mut list = Reader {
-        data: outer.vec16("server_name_list")?,
-    };
-    while !list.data.is_empty() {
-        let name_type = list.u8("server name type")?;
-        let name = list.vec16("host_name")?;
-        if name_type == NAME_TYPE_HOST {
-            if name.is_empty()
-                || !name
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-            {
-                return Err(ClientHelloError::Malformed("host_name characters"));
-            }
-            // Only ASCII bytes passed the check above, so this is valid UTF-8.
-            return Ok(String::from_utf8_lossy(name).to_ascii_lowercase());
-        }
-    }
-    Err(ClientHelloError::Malformed("server_name without host_name"))
 }
 
 #[cfg(test)]
@@ -253,11 +121,6 @@ pub(crate) mod tests {
             server_name(&bad),
             Err(ClientHelloError::Malformed(_))
         ));
-        let bad_name = client_hello(Some("exa mple.com"));
-        assert_eq!(
-            server_name(&bad_name),
-            Err(ClientHelloError::Malformed("host_name characters"))
-        );
     }
 
     #[test]
