@@ -52,7 +52,10 @@ pub struct FlowRecord {
 }
 
 fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     let dt = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let text = dt
@@ -86,7 +89,8 @@ impl FlowRecord {
 
     /// One JSON object, no trailing newline.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"unserialisable record: {e}\"}}"))
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"error\":\"unserialisable record: {e}\"}}"))
     }
 
     /// Squid's native format (`logformat squid`):
@@ -104,7 +108,9 @@ impl FlowRecord {
             _ => "TCP_MISS",
         };
         let hierarchy = match (&self.egress, &self.server) {
-            (Some(e), Some(server)) if e.starts_with("direct") => format!("HIER_DIRECT/{}", server.ip()),
+            (Some(e), Some(server)) if e.starts_with("direct") => {
+                format!("HIER_DIRECT/{}", server.ip())
+            }
             (Some(_), Some(server)) => format!("FIRSTUP_PARENT/{}", server.ip()),
             _ => "HIER_NONE/-".to_string(),
         };
@@ -154,7 +160,12 @@ impl AccessLog {
                 .create(true)
                 .append(true)
                 .open(&path)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("opening access log {}: {e}", path.display())))?;
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("opening access log {}: {e}", path.display()),
+                    )
+                })?;
             Box::new(file)
         };
         let format = config.format;
@@ -206,7 +217,11 @@ mod tests {
     use super::*;
 
     fn record() -> FlowRecord {
-        let mut r = FlowRecord::new("10.0.0.5:5555".parse().unwrap(), "GET", "http://a.example/x".into());
+        let mut r = FlowRecord::new(
+            "10.0.0.5:5555".parse().unwrap(),
+            "GET",
+            "http://a.example/x".into(),
+        );
         r.time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         r.status = 200;
         r.bytes_to_client = 1024;

@@ -66,7 +66,9 @@ impl Admission {
         for user in &config.users {
             PasswordHash::new(&user.password_hash).map_err(|e| ConfigError::Invalid {
                 key: format!("proxy.users[{}].password_hash", user.name),
-                reason: format!("not an Argon2 PHC hash ({e}); create one with `rampart hash-password`"),
+                reason: format!(
+                    "not an Argon2 PHC hash ({e}); create one with `rampart hash-password`"
+                ),
             })?;
             if users
                 .insert(
@@ -120,7 +122,10 @@ impl Admission {
     }
 
     /// Checks `Proxy-Authorization`. `Ok(None)` when no authentication is configured.
-    pub fn authenticate(&self, header: Option<&HeaderValue>) -> Result<Option<Arc<User>>, AuthFailure> {
+    pub fn authenticate(
+        &self,
+        header: Option<&HeaderValue>,
+    ) -> Result<Option<Arc<User>>, AuthFailure> {
         if !self.requires_authentication() {
             return Ok(None);
         }
@@ -135,7 +140,10 @@ impl Admission {
             self.verify_basic(credentials.trim())?
         } else if scheme.eq_ignore_ascii_case("bearer") {
             let digest: [u8; 32] = Sha256::digest(credentials.trim().as_bytes()).into();
-            self.tokens.get(&digest).cloned().ok_or(AuthFailure::Rejected)?
+            self.tokens
+                .get(&digest)
+                .cloned()
+                .ok_or(AuthFailure::Rejected)?
         } else {
             return Err(AuthFailure::Malformed);
         };
@@ -214,23 +222,41 @@ mod tests {
     #[test]
     fn basic_auth_accepts_right_password_and_rejects_wrong_one() {
         let admission = Admission::new(&config_with_user("s3cret")).unwrap();
-        let user = admission.authenticate(Some(&basic("alice", "s3cret"))).unwrap().unwrap();
+        let user = admission
+            .authenticate(Some(&basic("alice", "s3cret")))
+            .unwrap()
+            .unwrap();
         assert_eq!(user.name, "alice");
         assert_eq!(user.groups, vec!["engineering".to_string()]);
-        assert_eq!(admission.authenticate(Some(&basic("alice", "nope"))), Err(AuthFailure::Rejected));
-        assert_eq!(admission.authenticate(Some(&basic("bob", "s3cret"))), Err(AuthFailure::Rejected));
+        assert_eq!(
+            admission.authenticate(Some(&basic("alice", "nope"))),
+            Err(AuthFailure::Rejected)
+        );
+        assert_eq!(
+            admission.authenticate(Some(&basic("bob", "s3cret"))),
+            Err(AuthFailure::Rejected)
+        );
         assert_eq!(admission.authenticate(None), Err(AuthFailure::Missing));
         let garbage = HeaderValue::from_static("Basic !!!");
-        assert_eq!(admission.authenticate(Some(&garbage)), Err(AuthFailure::Malformed));
+        assert_eq!(
+            admission.authenticate(Some(&garbage)),
+            Err(AuthFailure::Malformed)
+        );
     }
 
     #[test]
     fn bearer_token_is_matched_by_digest() {
         let admission = Admission::new(&config_with_user("x")).unwrap();
         let ok = HeaderValue::from_static("Bearer tok-123");
-        assert_eq!(admission.authenticate(Some(&ok)).unwrap().unwrap().name, "ci-bot");
+        assert_eq!(
+            admission.authenticate(Some(&ok)).unwrap().unwrap().name,
+            "ci-bot"
+        );
         let bad = HeaderValue::from_static("Bearer tok-124");
-        assert_eq!(admission.authenticate(Some(&bad)), Err(AuthFailure::Rejected));
+        assert_eq!(
+            admission.authenticate(Some(&bad)),
+            Err(AuthFailure::Rejected)
+        );
     }
 
     #[test]

@@ -456,7 +456,10 @@ mod tests {
 
     #[test]
     fn split_host_port_rejects_missing_or_zero_port() {
-        assert_eq!(split_host_port("a.example:443"), Some(("a.example".into(), 443)));
+        assert_eq!(
+            split_host_port("a.example:443"),
+            Some(("a.example".into(), 443))
+        );
         assert_eq!(split_host_port("[::1]:8080"), Some(("::1".into(), 8080)));
         assert_eq!(split_host_port("a.example"), None);
         assert_eq!(split_host_port("a.example:0"), None);

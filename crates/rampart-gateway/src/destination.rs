@@ -77,7 +77,9 @@ fn local_interface_ips() -> HashSet<IpAddr> {
     let mut ips = HashSet::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for ifaddr in addrs {
-            let Some(address) = ifaddr.address else { continue };
+            let Some(address) = ifaddr.address else {
+                continue;
+            };
             if let Some(v4) = address.as_sockaddr_in() {
                 ips.insert(IpAddr::V4(v4.ip()));
             } else if let Some(v6) = address.as_sockaddr_in6() {
@@ -107,7 +109,9 @@ mod tests {
         let err = guard.check("127.0.0.1:22".parse().unwrap()).unwrap_err();
         assert_eq!(err.kind(), "forbidden_destination");
         assert!(guard.check("[::1]:22".parse().unwrap()).is_err());
-        assert!(guard.check("[::ffff:127.0.0.1]:22".parse().unwrap()).is_err());
+        assert!(guard
+            .check("[::ffff:127.0.0.1]:22".parse().unwrap())
+            .is_err());
         assert!(guard.check("192.0.2.1:80".parse().unwrap()).is_ok());
     }
 

@@ -31,7 +31,10 @@ pub enum ConnectError {
     #[error("{target} is unreachable: {source}")]
     Unreachable { target: String, source: io::Error },
     #[error("destination {addr} is not allowed: {reason}")]
-    Forbidden { addr: SocketAddr, reason: &'static str },
+    Forbidden {
+        addr: SocketAddr,
+        reason: &'static str,
+    },
     #[error("upstream proxy {proxy} answered CONNECT with {status}")]
     UpstreamStatus { proxy: String, status: u16 },
     #[error("upstream proxy {proxy} failed: {detail}")]
@@ -62,8 +65,12 @@ impl ConnectError {
             ConnectError::Timeout { .. } => "timeout",
             ConnectError::Unreachable { .. } => "unreachable",
             ConnectError::Forbidden { .. } => "forbidden_destination",
-            ConnectError::UpstreamStatus { .. } | ConnectError::UpstreamProtocol { .. } => "upstream",
-            ConnectError::UpstreamsDown { .. } | ConnectError::UnknownUpstream { .. } => "upstream_down",
+            ConnectError::UpstreamStatus { .. } | ConnectError::UpstreamProtocol { .. } => {
+                "upstream"
+            }
+            ConnectError::UpstreamsDown { .. } | ConnectError::UnknownUpstream { .. } => {
+                "upstream_down"
+            }
             ConnectError::Tls { .. } => "tls",
         }
     }

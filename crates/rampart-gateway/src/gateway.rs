@@ -21,7 +21,10 @@ pub enum GatewayError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
 }
@@ -58,7 +61,8 @@ impl Gateway {
         let mut config = config;
         // With port 0 the real port is only known now; loop protection needs it.
         config.proxy.listen = local_addr;
-        let access_log = AccessLog::start(&config.access_log, &config.data_dir).map_err(GatewayError::AccessLog)?;
+        let access_log = AccessLog::start(&config.access_log, &config.data_dir)
+            .map_err(GatewayError::AccessLog)?;
         let state = GatewayState::new(config, &instance_id)?;
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
@@ -97,8 +101,14 @@ impl Gateway {
         let tunnels = self.shared.tunnels.len();
         if tunnels > 0 {
             tracing::info!(tunnels, "waiting for open tunnels to finish");
-            if tokio::time::timeout(remaining, self.shared.tunnels.wait()).await.is_err() {
-                tracing::warn!(tunnels = self.shared.tunnels.len(), "closing tunnels still open at the end of the grace period");
+            if tokio::time::timeout(remaining, self.shared.tunnels.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    tunnels = self.shared.tunnels.len(),
+                    "closing tunnels still open at the end of the grace period"
+                );
             }
         }
     }
@@ -108,7 +118,9 @@ impl GatewayHandle {
     /// Compiles `config` and swaps it in. On error nothing changes and the
     /// current configuration keeps serving.
     pub fn reload(&self, mut config: GatewayConfig) -> Result<(), ConfigError> {
-        if config.proxy.listen != self.listen && !(config.proxy.listen.port() == 0 && config.proxy.listen.ip() == self.listen.ip()) {
+        if config.proxy.listen != self.listen
+            && !(config.proxy.listen.port() == 0 && config.proxy.listen.ip() == self.listen.ip())
+        {
             tracing::warn!(old = %self.listen, new = %config.proxy.listen,
                 "proxy.listen changed: a new listen address takes effect only after a restart");
         }
@@ -116,11 +128,21 @@ impl GatewayHandle {
         match GatewayState::new(config, &self.instance_id) {
             Ok(state) => {
                 self.shared.state.store(Arc::new(state));
-                self.shared.metrics.config_reloads.get_or_create(&KindLabels { kind: "ok".into() }).inc();
+                self.shared
+                    .metrics
+                    .config_reloads
+                    .get_or_create(&KindLabels { kind: "ok".into() })
+                    .inc();
                 Ok(())
             }
             Err(e) => {
-                self.shared.metrics.config_reloads.get_or_create(&KindLabels { kind: "rejected".into() }).inc();
+                self.shared
+                    .metrics
+                    .config_reloads
+                    .get_or_create(&KindLabels {
+                        kind: "rejected".into(),
+                    })
+                    .inc();
                 Err(e)
             }
         }
@@ -128,14 +150,25 @@ impl GatewayHandle {
 
     /// Counts a reload that failed before reaching the gateway (unreadable or unparsable file).
     pub fn reload_rejected(&self) {
-        self.shared.metrics.config_reloads.get_or_create(&KindLabels { kind: "rejected".into() }).inc();
+        self.shared
+            .metrics
+            .config_reloads
+            .get_or_create(&KindLabels {
+                kind: "rejected".into(),
+            })
+            .inc();
     }
 
     /// Brings state-derived gauges up to date; call before encoding metrics.
     pub fn refresh_metrics(&self) {
         let state = self.shared.state.load();
-        self.shared.metrics.refresh_upstreams(state.connector.groups());
-        self.shared.metrics.access_log_dropped.set(self.shared.access_log.dropped());
+        self.shared
+            .metrics
+            .refresh_upstreams(state.connector.groups());
+        self.shared
+            .metrics
+            .access_log_dropped
+            .set(self.shared.access_log.dropped());
     }
 
     pub fn tunnels_open(&self) -> usize {

@@ -11,9 +11,9 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio_util::task::TaskTracker;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::KindLabels;
 use crate::proxy::{self, Shared};
@@ -32,7 +32,12 @@ pub struct ConnectionSlot {
 }
 
 impl ConnectionCounts {
-    fn try_acquire(self: &Arc<Self>, source: IpAddr, max_total: usize, max_per_source: usize) -> Result<ConnectionSlot, &'static str> {
+    fn try_acquire(
+        self: &Arc<Self>,
+        source: IpAddr,
+        max_total: usize,
+        max_per_source: usize,
+    ) -> Result<ConnectionSlot, &'static str> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err("max_connections");
@@ -55,7 +60,11 @@ impl ConnectionCounts {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.counts.total.fetch_sub(1, Ordering::AcqRel);
-        let mut per_source = self.counts.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_source = self
+            .counts
+            .per_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(count) = per_source.get_mut(&self.source) {
             *count -= 1;
             if *count == 0 {
@@ -99,13 +108,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
         };
         let state = shared.state.load();
         let limits = &state.config.limits;
-        let slot = match counts.try_acquire(peer.ip(), limits.max_connections, limits.max_connections_per_source) {
+        let slot = match counts.try_acquire(
+            peer.ip(),
+            limits.max_connections,
+            limits.max_connections_per_source,
+        ) {
             Ok(slot) => slot,
             Err(cap) => {
                 shared
                     .metrics
                     .connections_rejected
-                    .get_or_create(&KindLabels { kind: cap.to_string() })
+                    .get_or_create(&KindLabels {
+                        kind: cap.to_string(),
+                    })
                     .inc();
                 tracing::debug!(%peer, cap, "connection refused by cap");
                 continue;
@@ -123,7 +138,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
 
         let conn_shared = shared.clone();
         let service = service_fn(move |req| proxy::handle(req, peer, conn_shared.clone()));
-        let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         let metrics = shared.metrics.clone();
         metrics.connections_accepted.inc();
         let shutdown = shutdown.clone();
@@ -149,7 +166,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     drop(listener);
     let grace = shared.state.load().config.limits.shutdown_grace;
     connections.close();
-    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
-        tracing::warn!(?grace, "requests still in flight at the end of the shutdown grace period");
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "requests still in flight at the end of the shutdown grace period"
+        );
     }
 }

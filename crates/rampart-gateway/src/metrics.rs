@@ -95,23 +95,51 @@ impl Metrics {
     /// Registers every metric under the `rampart_` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("rampart");
-        r.register("connections_accepted", "Client connections accepted", self.connections_accepted.clone());
-        r.register("connections_active", "Client connections open now", self.connections_active.clone());
+        r.register(
+            "connections_accepted",
+            "Client connections accepted",
+            self.connections_accepted.clone(),
+        );
+        r.register(
+            "connections_active",
+            "Client connections open now",
+            self.connections_active.clone(),
+        );
         r.register(
             "connections_rejected",
             "Client connections refused by a connection cap, by cap",
             self.connections_rejected.clone(),
         );
-        r.register("requests", "Proxied requests and tunnels, by kind and status", self.requests.clone());
-        r.register("bytes", "Body and tunnel bytes moved, by direction", self.bytes.clone());
-        r.register("errors", "Failures by kind (dns, refused, timeout, tls, upstream, ...)", self.errors.clone());
-        r.register("upstream_up", "1 when an upstream proxy is considered healthy", self.upstream_up.clone());
+        r.register(
+            "requests",
+            "Proxied requests and tunnels, by kind and status",
+            self.requests.clone(),
+        );
+        r.register(
+            "bytes",
+            "Body and tunnel bytes moved, by direction",
+            self.bytes.clone(),
+        );
+        r.register(
+            "errors",
+            "Failures by kind (dns, refused, timeout, tls, upstream, ...)",
+            self.errors.clone(),
+        );
+        r.register(
+            "upstream_up",
+            "1 when an upstream proxy is considered healthy",
+            self.upstream_up.clone(),
+        );
         r.register(
             "access_log_dropped",
             "Access log records dropped because the writer fell behind",
             self.access_log_dropped.clone(),
         );
-        r.register("config_reloads", "Configuration reloads, by result", self.config_reloads.clone());
+        r.register(
+            "config_reloads",
+            "Configuration reloads, by result",
+            self.config_reloads.clone(),
+        );
     }
 
     pub fn record_flow(&self, record: &FlowRecord) {
@@ -143,11 +171,18 @@ impl Metrics {
     }
 
     pub fn error(&self, kind: &str) {
-        self.errors.get_or_create(&KindLabels { kind: kind.to_string() }).inc();
+        self.errors
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 
     /// Refreshes gauges computed from state, right before a scrape.
-    pub fn refresh_upstreams<'a>(&self, groups: impl Iterator<Item = &'a std::sync::Arc<UpstreamGroup>>) {
+    pub fn refresh_upstreams<'a>(
+        &self,
+        groups: impl Iterator<Item = &'a std::sync::Arc<UpstreamGroup>>,
+    ) {
         self.upstream_up.clear();
         for group in groups {
             for proxy in &group.proxies {

@@ -34,7 +34,11 @@ const PIPE_CHUNK: usize = 64 * 1024;
 
 /// Relays between two TCP sockets with splice(2) until both sides close, one
 /// fails, or nothing moves for `idle`.
-pub async fn splice_bidirectional(client: &TcpStream, origin: &TcpStream, idle: Duration) -> (Transferred, RelayEnd) {
+pub async fn splice_bidirectional(
+    client: &TcpStream,
+    origin: &TcpStream,
+    idle: Duration,
+) -> (Transferred, RelayEnd) {
     let started = Instant::now();
     let last_activity = AtomicU64::new(0);
     let up = AtomicU64::new(0);
@@ -62,7 +66,11 @@ pub async fn splice_bidirectional(client: &TcpStream, origin: &TcpStream, idle: 
 
 /// Relays between any two async streams with a buffered copy (used where one
 /// side is not a plain socket, e.g. TLS).
-pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B, idle: Duration) -> (Transferred, RelayEnd)
+pub async fn copy_bidirectional<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+) -> (Transferred, RelayEnd)
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -70,7 +78,12 @@ where
     // tokio's copy does not expose progress, so the idle timeout bounds the
     // whole copy only when nothing moved: re-arm by chunked copies would cost
     // more than it saves for these (rare) non-socket tunnels.
-    match tokio::time::timeout(idle, tokio::io::copy_bidirectional_with_sizes(a, b, 16 * 1024, 16 * 1024)).await {
+    match tokio::time::timeout(
+        idle,
+        tokio::io::copy_bidirectional_with_sizes(a, b, 16 * 1024, 16 * 1024),
+    )
+    .await
+    {
         Ok(Ok((up, down))) => (
             Transferred {
                 client_to_origin: up,
@@ -103,14 +116,23 @@ async fn pump(
     started: Instant,
 ) -> io::Result<()> {
     let (pipe_read, pipe_write): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(io::Error::from)?;
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
         // Fill the pipe from the source socket.
         let filled = loop {
             src.readable().await?;
             match src.try_io(Interest::READABLE, || {
-                splice(src.as_fd(), None, pipe_write.as_fd(), None, PIPE_CHUNK, flags).map_err(io::Error::from)
+                splice(
+                    src.as_fd(),
+                    None,
+                    pipe_write.as_fd(),
+                    None,
+                    PIPE_CHUNK,
+                    flags,
+                )
+                .map_err(io::Error::from)
             }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -127,7 +149,8 @@ async fn pump(
         while in_pipe > 0 {
             dst.writable().await?;
             match dst.try_io(Interest::WRITABLE, || {
-                splice(pipe_read.as_fd(), None, dst.as_fd(), None, in_pipe, flags).map_err(io::Error::from)
+                splice(pipe_read.as_fd(), None, dst.as_fd(), None, in_pipe, flags)
+                    .map_err(io::Error::from)
             }) {
                 Ok(n) => in_pipe -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -156,7 +179,9 @@ mod tests {
     async fn splice_moves_bytes_both_ways_and_propagates_half_close() {
         let (mut client_side, client) = pair().await;
         let (origin, mut origin_side) = pair().await;
-        let relay = tokio::spawn(async move { splice_bidirectional(&client, &origin, Duration::from_secs(5)).await });
+        let relay = tokio::spawn(async move {
+            splice_bidirectional(&client, &origin, Duration::from_secs(5)).await
+        });
         let payload = vec![7u8; 1_000_000];
         client_side.write_all(&payload).await.unwrap();
         client_side.shutdown().await.unwrap();

@@ -41,14 +41,19 @@ impl GatewayState {
         let connector = Arc::new(Connector::new(&config, resolver.clone(), guard)?);
         let health_checks = connector
             .groups()
-            .filter_map(|group| spawn_health_checks(group.clone(), resolver.clone(), config.limits.connect_timeout))
+            .filter_map(|group| {
+                spawn_health_checks(
+                    group.clone(),
+                    resolver.clone(),
+                    config.limits.connect_timeout,
+                )
+            })
             .collect();
         let loop_token = format!("rampart/{instance_id}");
-        let via = HeaderValue::from_str(&format!("1.1 {} ({loop_token})", config.proxy.via_name)).map_err(|_| {
-            ConfigError::Invalid {
-                key: "proxy.via_name".into(),
-                reason: "must be printable ASCII".into(),
-            }
+        let via = HeaderValue::from_str(&format!("1.1 {} ({loop_token})", config.proxy.via_name))
+            .map_err(|_| ConfigError::Invalid {
+            key: "proxy.via_name".into(),
+            reason: "must be printable ASCII".into(),
         })?;
         Ok(GatewayState {
             config,
@@ -70,7 +75,13 @@ impl GatewayState {
         };
         clients
             .entry(key)
-            .or_insert_with(|| forward::client(self.connector.clone(), route.clone(), self.config.limits.idle_timeout))
+            .or_insert_with(|| {
+                forward::client(
+                    self.connector.clone(),
+                    route.clone(),
+                    self.config.limits.idle_timeout,
+                )
+            })
             .clone()
     }
 }
@@ -86,7 +97,10 @@ impl Drop for GatewayState {
 /// Checks that cannot be expressed in the types: never an open proxy.
 fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
     let listen = config.proxy.listen;
-    if !listen.ip().is_loopback() && config.proxy.allow_networks.is_empty() && !config.proxy.requires_authentication() {
+    if !listen.ip().is_loopback()
+        && config.proxy.allow_networks.is_empty()
+        && !config.proxy.requires_authentication()
+    {
         return Err(ConfigError::OpenProxy { listen });
     }
     if config.proxy.connect_ports.to_string().is_empty() {
@@ -107,7 +121,10 @@ mod tests {
         let mut config = GatewayConfig::default();
         config.proxy.listen = "0.0.0.0:3128".parse().unwrap();
         let err = GatewayState::new(config.clone(), "t").err().unwrap();
-        assert!(err.to_string().contains("refusing to start an open proxy"), "{err}");
+        assert!(
+            err.to_string().contains("refusing to start an open proxy"),
+            "{err}"
+        );
         config.proxy.allow_networks = vec!["10.0.0.0/8".parse().unwrap()];
         assert!(GatewayState::new(config, "t").is_ok());
     }
@@ -117,6 +134,9 @@ mod tests {
         let mut config = GatewayConfig::default();
         config.egress.default = Some("aws-squid".into());
         let err = GatewayState::new(config, "t").err().unwrap().to_string();
-        assert!(err.contains("egress.default") && err.contains("aws-squid"), "{err}");
+        assert!(
+            err.contains("egress.default") && err.contains("aws-squid"),
+            "{err}"
+        );
     }
 }

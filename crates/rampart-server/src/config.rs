@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use rampart_gateway::config::{AccessLogConfig, EgressConfig, LimitsConfig, ProxyConfig, UpstreamGroupConfig};
+use rampart_gateway::config::{
+    AccessLogConfig, EgressConfig, LimitsConfig, ProxyConfig, UpstreamGroupConfig,
+};
 use rampart_gateway::GatewayConfig;
 use serde::Deserialize;
 
@@ -106,7 +108,10 @@ pub struct Overrides {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: {message}")]
     Parse {
         path: PathBuf,
@@ -182,7 +187,12 @@ impl RampartConfig {
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -208,13 +218,19 @@ mod tests {
     #[test]
     fn unknown_key_error_names_file_line_and_column() {
         let text = "data_dir = \"/tmp/x\"\n[proxy]\nlisten = \"127.0.0.1:3128\"\nlisen = 1\n";
-        let err = RampartConfig::parse(text, Path::new("rampart.toml")).unwrap_err().to_string();
-        assert!(err.starts_with("rampart.toml:4:1: unknown field `lisen`"), "{err}");
+        let err = RampartConfig::parse(text, Path::new("rampart.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("rampart.toml:4:1: unknown field `lisen`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn flags_override_the_file() {
-        let cfg = RampartConfig::parse("[proxy]\nlisten = \"127.0.0.1:1\"\n", Path::new("x.toml")).unwrap();
+        let cfg = RampartConfig::parse("[proxy]\nlisten = \"127.0.0.1:1\"\n", Path::new("x.toml"))
+            .unwrap();
         let cfg = cfg.with_overrides(&Overrides {
             proxy_listen: Some("127.0.0.1:2".parse().unwrap()),
             resolve: vec![("a.test".into(), "127.0.0.9".parse().unwrap())],
@@ -235,7 +251,17 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let uncommented: String = text
             .lines()
-            .map(|l| l.strip_prefix("# ").filter(|r| r.starts_with("[upstreams") || r.starts_with("proxies") || r.starts_with("failure_") || r.starts_with("down_for") || r.starts_with("health_check_interval")).unwrap_or(l))
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| {
+                        r.starts_with("[upstreams")
+                            || r.starts_with("proxies")
+                            || r.starts_with("failure_")
+                            || r.starts_with("down_for")
+                            || r.starts_with("health_check_interval")
+                    })
+                    .unwrap_or(l)
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let cfg = RampartConfig::parse(&uncommented, &path).unwrap();

@@ -24,7 +24,12 @@ pub enum Role {
 }
 
 /// Runs until SIGTERM/SIGINT, then drains.
-pub async fn run(config: RampartConfig, config_path: Option<PathBuf>, overrides: Overrides, role: Role) -> anyhow::Result<()> {
+pub async fn run(
+    config: RampartConfig,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+    role: Role,
+) -> anyhow::Result<()> {
     prepare_data_dir(&config.data_dir)?;
 
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -42,7 +47,13 @@ pub async fn run(config: RampartConfig, config_path: Option<PathBuf>, overrides:
     let handle = gateway.handle();
 
     let shutdown = CancellationToken::new();
-    spawn_signal_handlers(shutdown.clone(), handle.clone(), config_path, overrides, api_addr)?;
+    spawn_signal_handlers(
+        shutdown.clone(),
+        handle.clone(),
+        config_path,
+        overrides,
+        api_addr,
+    )?;
 
     let api = api::router(ApiState {
         registry: Arc::new(registry),
@@ -76,7 +87,8 @@ pub async fn run(config: RampartConfig, config_path: Option<PathBuf>, overrides:
 /// Creates the data dir, readable by the owner only: it holds keys and logs.
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     if !dir.exists() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("setting permissions of {}", dir.display()))?;
     }
@@ -106,7 +118,12 @@ fn spawn_signal_handlers(
 }
 
 /// Re-reads the configuration file; a broken file is logged and ignored.
-fn reload(handle: &GatewayHandle, path: Option<&Path>, overrides: &Overrides, api_addr: std::net::SocketAddr) {
+fn reload(
+    handle: &GatewayHandle,
+    path: Option<&Path>,
+    overrides: &Overrides,
+    api_addr: std::net::SocketAddr,
+) {
     let Some(path) = path else {
         tracing::info!("SIGHUP: running on embedded defaults, nothing to reload");
         return;
@@ -121,6 +138,8 @@ fn reload(handle: &GatewayHandle, path: Option<&Path>, overrides: &Overrides, ap
     };
     match handle.reload(config.gateway_config(vec![api_addr])) {
         Ok(()) => tracing::info!(path = %path.display(), "SIGHUP: configuration reloaded"),
-        Err(e) => tracing::error!(error = %e, "SIGHUP: configuration rejected, the previous one keeps serving"),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: configuration rejected, the previous one keeps serving")
+        }
     }
 }

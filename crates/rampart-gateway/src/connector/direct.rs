@@ -20,8 +20,10 @@ pub fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
         return Vec::new();
     };
     let first_is_v6 = first.is_ipv6();
-    let (mut primary, mut secondary): (Vec<_>, Vec<_>) =
-        addrs.iter().copied().partition(|a| a.is_ipv6() == first_is_v6);
+    let (mut primary, mut secondary): (Vec<_>, Vec<_>) = addrs
+        .iter()
+        .copied()
+        .partition(|a| a.is_ipv6() == first_is_v6);
     primary.reverse();
     secondary.reverse();
     let mut out = Vec::with_capacity(addrs.len());
@@ -111,7 +113,10 @@ async fn attempt(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, 
                 source: e,
             })?;
     }
-    let stream = socket.connect(addr).await.map_err(|e| ConnectError::from_io(e, addr))?;
+    let stream = socket
+        .connect(addr)
+        .await
+        .map_err(|e| ConnectError::from_io(e, addr))?;
     // Proxied request/response heads are small writes; Nagle only adds latency.
     let _ = stream.set_nodelay(true);
     Ok(stream)
@@ -123,12 +128,27 @@ mod tests {
 
     #[test]
     fn interleave_alternates_families_starting_with_the_first() {
-        let addrs: Vec<SocketAddr> = ["[::1]:1", "[::2]:1", "10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let addrs: Vec<SocketAddr> = [
+            "[::1]:1",
+            "[::2]:1",
+            "10.0.0.1:1",
+            "10.0.0.2:1",
+            "10.0.0.3:1",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         let out: Vec<String> = interleave(&addrs).iter().map(|a| a.to_string()).collect();
-        assert_eq!(out, ["[::1]:1", "10.0.0.1:1", "[::2]:1", "10.0.0.2:1", "10.0.0.3:1"]);
+        assert_eq!(
+            out,
+            [
+                "[::1]:1",
+                "10.0.0.1:1",
+                "[::2]:1",
+                "10.0.0.2:1",
+                "10.0.0.3:1"
+            ]
+        );
     }
 
     #[tokio::test]

@@ -32,7 +32,11 @@ pub type ForwardBody = crate::proxy::body::MeteredBody;
 pub type ForwardClient = Client<RouteConnector, ForwardBody>;
 
 /// Builds the pooled forwarding client for one route.
-pub fn client(connector: Arc<Connector>, route: EgressRoute, idle_timeout: Duration) -> ForwardClient {
+pub fn client(
+    connector: Arc<Connector>,
+    route: EgressRoute,
+    idle_timeout: Duration,
+) -> ForwardClient {
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(idle_timeout)
@@ -63,7 +67,10 @@ impl tower::Service<Uri> for RouteConnector {
         let route = self.route.clone();
         Box::pin(async move {
             let host = uri.host().unwrap_or_default();
-            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
             let port = uri.port_u16().unwrap_or(80);
             let (connected, proxied) = connector.open_for_forwarding(&route, &host, port).await?;
             Ok(EgressStream {
@@ -92,18 +99,28 @@ impl Connection for EgressStream {
     fn connected(&self) -> HyperConnected {
         // `proxy(true)` keeps the request-target in absolute form for the
         // upstream proxy; `extra` puts the egress into each response's extensions.
-        HyperConnected::new().proxy(self.proxied).extra(self.info.clone())
+        HyperConnected::new()
+            .proxy(self.proxied)
+            .extra(self.info.clone())
     }
 }
 
 impl Read for EgressStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
         self.project().io.poll_read(cx, buf)
     }
 }
 
 impl Write for EgressStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.project().io.poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -74,7 +74,11 @@ pub struct Connector {
 }
 
 impl Connector {
-    pub fn new(config: &GatewayConfig, resolver: Resolver, guard: DestinationGuard) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: &GatewayConfig,
+        resolver: Resolver,
+        guard: DestinationGuard,
+    ) -> Result<Self, ConfigError> {
         let mut groups = HashMap::new();
         for (name, group) in &config.upstreams {
             if group.proxies.is_empty() {
@@ -87,7 +91,9 @@ impl Connector {
         }
         let default_source = config.egress.source_address;
         let default_route = match config.egress.default.as_deref() {
-            None | Some("direct") => EgressRoute::Direct { source: default_source },
+            None | Some("direct") => EgressRoute::Direct {
+                source: default_source,
+            },
             Some(name) => EgressRoute::Upstream(groups.get(name).cloned().ok_or_else(|| {
                 ConfigError::Invalid {
                     key: "egress.default".into(),
@@ -127,18 +133,24 @@ impl Connector {
                 source: self.default_source,
             },
             EgressChoice::Source(ip) => EgressRoute::Direct { source: Some(*ip) },
-            EgressChoice::Upstream(name) => EgressRoute::Upstream(
-                self.groups
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| ConnectError::UnknownUpstream { group: name.clone() })?,
-            ),
+            EgressChoice::Upstream(name) => {
+                EgressRoute::Upstream(self.groups.get(name).cloned().ok_or_else(|| {
+                    ConnectError::UnknownUpstream {
+                        group: name.clone(),
+                    }
+                })?)
+            }
         })
     }
 
     /// Opens a byte stream to `host:port` for a CONNECT tunnel (or an
     /// intercepted TLS session): direct, or chained with CONNECT upstream.
-    pub async fn open_tunnel(&self, route: &EgressRoute, host: &str, port: u16) -> Result<Connected, ConnectError> {
+    pub async fn open_tunnel(
+        &self,
+        route: &EgressRoute,
+        host: &str,
+        port: u16,
+    ) -> Result<Connected, ConnectError> {
         match route {
             EgressRoute::Direct { source } => self.connect_direct(host, port, *source).await,
             EgressRoute::Upstream(group) => {
@@ -171,17 +183,26 @@ impl Connector {
         port: u16,
     ) -> Result<(Connected, bool), ConnectError> {
         match route {
-            EgressRoute::Direct { source } => Ok((self.connect_direct(host, port, *source).await?, false)),
+            EgressRoute::Direct { source } => {
+                Ok((self.connect_direct(host, port, *source).await?, false))
+            }
             EgressRoute::Upstream(group) => {
-                let connected = self
-                    .through_group(group, |stream, _proxy| async move { Ok((stream, Bytes::new())) })
+                let connected =
+                    self.through_group(group, |stream, _proxy| async move {
+                        Ok((stream, Bytes::new()))
+                    })
                     .await?;
                 Ok((connected, true))
             }
         }
     }
 
-    async fn connect_direct(&self, host: &str, port: u16, source: Option<IpAddr>) -> Result<Connected, ConnectError> {
+    async fn connect_direct(
+        &self,
+        host: &str,
+        port: u16,
+        source: Option<IpAddr>,
+    ) -> Result<Connected, ConnectError> {
         let ips = self.resolver.resolve(host).await?;
         let mut addrs = Vec::with_capacity(ips.len());
         let mut refusal = None;
@@ -199,7 +220,8 @@ impl Connector {
             }));
         }
         let target = authority(host, port);
-        let stream = direct::connect_happy_eyeballs(&addrs, source, self.connect_timeout, &target).await?;
+        let stream =
+            direct::connect_happy_eyeballs(&addrs, source, self.connect_timeout, &target).await?;
         let peer = stream.peer_addr().map_err(|e| ConnectError::Unreachable {
             target: target.clone(),
             source: e,
@@ -217,7 +239,11 @@ impl Connector {
     }
 
     /// Tries the group's proxies in failover order, recording health.
-    async fn through_group<'a, F, Fut>(&'a self, group: &'a UpstreamGroup, handshake: F) -> Result<Connected, ConnectError>
+    async fn through_group<'a, F, Fut>(
+        &'a self,
+        group: &'a UpstreamGroup,
+        handshake: F,
+    ) -> Result<Connected, ConnectError>
     where
         F: Fn(TcpStream, &'a UpstreamProxy) -> Fut,
         Fut: std::future::Future<Output = Result<(TcpStream, Bytes), ConnectError>>,
@@ -241,7 +267,9 @@ impl Connector {
                         stream,
                         peer,
                         leftover,
-                        egress: EgressUsed(format!("{}/{}", group.name, proxy.url.authority()).into()),
+                        egress: EgressUsed(
+                            format!("{}/{}", group.name, proxy.url.authority()).into(),
+                        ),
                     });
                 }
                 Err(e) if e.counts_against_upstream() || matches!(e, ConnectError::Dns { .. }) => {
@@ -268,7 +296,8 @@ impl Connector {
             self.guard.check_not_self(addr)?;
             addrs.push(addr);
         }
-        direct::connect_happy_eyeballs(&addrs, None, self.connect_timeout, &proxy.url.authority()).await
+        direct::connect_happy_eyeballs(&addrs, None, self.connect_timeout, &proxy.url.authority())
+            .await
     }
 }
 

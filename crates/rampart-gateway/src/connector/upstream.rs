@@ -66,7 +66,12 @@ impl UpstreamGroup {
     pub fn new(name: &str, config: &UpstreamGroupConfig) -> Self {
         UpstreamGroup {
             name: name.to_string(),
-            proxies: config.proxies.iter().cloned().map(UpstreamProxy::new).collect(),
+            proxies: config
+                .proxies
+                .iter()
+                .cloned()
+                .map(UpstreamProxy::new)
+                .collect(),
             failure_threshold: config.failure_threshold.max(1),
             down_for: config.down_for,
             health_check_interval: config.health_check_interval,
@@ -144,7 +149,9 @@ pub async fn connect_handshake(
             .await
             .map_err(|e| protocol_error(format!("reading CONNECT response: {e}")))?;
         if n == 0 {
-            return Err(protocol_error("closed the connection during CONNECT".into()));
+            return Err(protocol_error(
+                "closed the connection during CONNECT".into(),
+            ));
         }
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut response = httparse::Response::new(&mut headers);
@@ -201,9 +208,13 @@ async fn check_once(
     timeout: Duration,
 ) -> Result<(), ConnectError> {
     let ips = resolver.resolve(&proxy.url.host).await?;
-    let addrs: Vec<_> = ips.iter().map(|ip| std::net::SocketAddr::new(*ip, proxy.url.port)).collect();
+    let addrs: Vec<_> = ips
+        .iter()
+        .map(|ip| std::net::SocketAddr::new(*ip, proxy.url.port))
+        .collect();
     let mut stream =
-        super::direct::connect_happy_eyeballs(&addrs, None, timeout, &proxy.url.authority()).await?;
+        super::direct::connect_happy_eyeballs(&addrs, None, timeout, &proxy.url.authority())
+            .await?;
     if let Some(target) = &group.health_check_target {
         tokio::time::timeout(timeout, connect_handshake(&mut stream, proxy, target))
             .await

@@ -34,7 +34,10 @@ impl Body for MeteredBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
@@ -81,7 +84,9 @@ impl FlowLog {
 
     /// Counter the request body wrapper adds to.
     pub fn request_counter(&mut self) -> Arc<AtomicU64> {
-        self.request_bytes.get_or_insert_with(|| Arc::new(AtomicU64::new(0))).clone()
+        self.request_bytes
+            .get_or_insert_with(|| Arc::new(AtomicU64::new(0)))
+            .clone()
     }
 }
 
@@ -93,7 +98,8 @@ impl Drop for FlowLog {
         self.record.duration_ms = self.started.elapsed();
         self.metrics.record_flow(&self.record);
         let client = self.record.client;
-        let record = std::mem::replace(&mut self.record, FlowRecord::new(client, "", String::new()));
+        let record =
+            std::mem::replace(&mut self.record, FlowRecord::new(client, "", String::new()));
         self.sink.log(record);
     }
 }
@@ -137,7 +143,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {

@@ -22,7 +22,11 @@ pub async fn tunnel(
     mut log: FlowLog,
 ) -> Response<ProxyBody> {
     // RFC 9110 §9.3.6: the target of CONNECT is exactly host:port.
-    let Some((host, port)) = req.uri().authority().and_then(|a| split_host_port(a.as_str())) else {
+    let Some((host, port)) = req
+        .uri()
+        .authority()
+        .and_then(|a| split_host_port(a.as_str()))
+    else {
         return error_response(
             StatusCode::BAD_REQUEST,
             "CONNECT target must be host:port",
@@ -31,7 +35,12 @@ pub async fn tunnel(
         );
     };
     if host.contains('@') || host.chars().any(|c| c.is_whitespace() || c == '/') {
-        return error_response(StatusCode::BAD_REQUEST, "invalid CONNECT host", log, Some("bad_request"));
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid CONNECT host",
+            log,
+            Some("bad_request"),
+        );
     }
     if !state.config.proxy.connect_ports.contains(port) {
         let reason = format!(
@@ -66,10 +75,16 @@ pub async fn tunnel(
         }
         drop(log);
     });
-    ProxyBody::empty(None).into_response(StatusCode::OK)
+    // The tunnel logs itself when it ends, so this response carries no log.
+    Response::new(ProxyBody::empty(None))
 }
 
-async fn run_tunnel(upgraded: hyper::upgrade::Upgraded, connected: Connected, idle: std::time::Duration, log: &mut FlowLog) {
+async fn run_tunnel(
+    upgraded: hyper::upgrade::Upgraded,
+    connected: Connected,
+    idle: std::time::Duration,
+    log: &mut FlowLog,
+) {
     let Connected {
         stream: mut origin,
         leftover,
@@ -111,17 +126,5 @@ async fn run_tunnel(upgraded: hyper::upgrade::Upgraded, connected: Connected, id
         RelayEnd::Closed => {}
         RelayEnd::Idle => log.record.error = Some("tunnel idle timeout".into()),
         RelayEnd::Error(e) => log.record.error = Some(format!("tunnel ended with an error: {e}")),
-    }
-}
-
-trait IntoResponse {
-    fn into_response(self, status: StatusCode) -> Response<ProxyBody>;
-}
-
-impl IntoResponse for ProxyBody {
-    fn into_response(self, status: StatusCode) -> Response<ProxyBody> {
-        let mut response = Response::new(self);
-        *response.status_mut() = status;
-        response
     }
 }

@@ -15,7 +15,11 @@ use crate::connector::EgressChoice;
 use crate::error::ConnectError;
 use crate::state::GatewayState;
 
-pub async fn forward(req: Request<Incoming>, state: &GatewayState, mut log: FlowLog) -> Response<ProxyBody> {
+pub async fn forward(
+    req: Request<Incoming>,
+    state: &GatewayState,
+    mut log: FlowLog,
+) -> Response<ProxyBody> {
     let uri = req.uri().clone();
     match uri.scheme() {
         Some(s) if *s == Scheme::HTTP => {}
@@ -37,11 +41,19 @@ pub async fn forward(req: Request<Incoming>, state: &GatewayState, mut log: Flow
         }
     }
     let Some(authority) = uri.authority().cloned() else {
-        return error_response(StatusCode::BAD_REQUEST, "request URL has no host", log, Some("bad_request"));
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "request URL has no host",
+            log,
+            Some("bad_request"),
+        );
     };
     let port = authority.port_u16().unwrap_or(80);
     if !state.config.proxy.http_ports.contains(port) {
-        let reason = format!("port {port} is not allowed for HTTP (allowed: {})", state.config.proxy.http_ports);
+        let reason = format!(
+            "port {port} is not allowed for HTTP (allowed: {})",
+            state.config.proxy.http_ports
+        );
         return error_response(StatusCode::FORBIDDEN, &reason, log, Some("denied_port"));
     }
 
@@ -68,7 +80,10 @@ pub async fn forward(req: Request<Incoming>, state: &GatewayState, mut log: Flow
         Ok(Ok(response)) => response,
         Ok(Err(e)) => return client_failure(e, log),
         Err(_) => {
-            let reason = format!("the origin did not answer within {}s", response_timeout.as_secs());
+            let reason = format!(
+                "the origin did not answer within {}s",
+                response_timeout.as_secs()
+            );
             return error_response(StatusCode::GATEWAY_TIMEOUT, &reason, log, Some("timeout"));
         }
     };
@@ -122,7 +137,10 @@ fn client_failure(error: hyper_util::client::legacy::Error, log: FlowLog) -> Res
     let reason = if error.is_connect() {
         format!("could not connect to the origin: {error}")
     } else {
-        let detail = error.source().map(|s| s.to_string()).unwrap_or_else(|| error.to_string());
+        let detail = error
+            .source()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| error.to_string());
         format!("the origin closed the connection or sent an invalid response: {detail}")
     };
     error_response(StatusCode::BAD_GATEWAY, &reason, log, Some("origin"))

@@ -38,7 +38,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Appends our `Via` entry to the list (one field, comma-separated, so
 /// recipients that keep only one field value still see the whole chain).
 pub fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
-    let existing: Vec<&[u8]> = headers.get_all(header::VIA).iter().map(|v| v.as_bytes()).collect();
+    let existing: Vec<&[u8]> = headers
+        .get_all(header::VIA)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     if existing.is_empty() {
         headers.insert(header::VIA, via.clone());
         return;
@@ -78,10 +82,16 @@ mod tests {
     #[test]
     fn removes_connection_listed_and_standard_hop_by_hop_fields() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic Zm9vOmJhcg=="));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic Zm9vOmJhcg=="),
+        );
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
@@ -94,7 +104,10 @@ mod tests {
     fn via_entries_are_joined_into_one_field() {
         let mut h = HeaderMap::new();
         h.append(header::VIA, HeaderValue::from_static("1.1 squid"));
-        append_via(&mut h, &HeaderValue::from_static("1.1 rampart (rampart/abc)"));
+        append_via(
+            &mut h,
+            &HeaderValue::from_static("1.1 rampart (rampart/abc)"),
+        );
         assert_eq!(h.get_all(header::VIA).iter().count(), 1);
         assert_eq!(h[header::VIA], "1.1 squid, 1.1 rampart (rampart/abc)");
     }
@@ -102,7 +115,10 @@ mod tests {
     #[test]
     fn via_loop_is_detected_by_token() {
         let mut h = HeaderMap::new();
-        append_via(&mut h, &HeaderValue::from_static("1.1 rampart (rampart/abc)"));
+        append_via(
+            &mut h,
+            &HeaderValue::from_static("1.1 rampart (rampart/abc)"),
+        );
         assert!(is_loop(&h, "rampart/abc"));
         assert!(!is_loop(&h, "rampart/def"));
     }

@@ -39,7 +39,10 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let state = shared.state.load_full();
     let target = if req.method() == Method::CONNECT {
-        req.uri().authority().map(|a| a.to_string()).unwrap_or_else(|| req.uri().to_string())
+        req.uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| req.uri().to_string())
     } else {
         req.uri().to_string()
     };
@@ -50,12 +53,23 @@ pub async fn handle(
     );
 
     if !state.admission.source_allowed(client.ip()) {
-        return Ok(deny(StatusCode::FORBIDDEN, "access denied: source address not allowed", log));
+        return Ok(deny(
+            StatusCode::FORBIDDEN,
+            "access denied: source address not allowed",
+            log,
+        ));
     }
     if headers::is_loop(req.headers(), &state.loop_token) {
-        return Ok(deny(StatusCode::LOOP_DETECTED, "forwarding loop detected (Via)", log));
+        return Ok(deny(
+            StatusCode::LOOP_DETECTED,
+            "forwarding loop detected (Via)",
+            log,
+        ));
     }
-    match state.admission.authenticate(req.headers().get(header::PROXY_AUTHORIZATION)) {
+    match state
+        .admission
+        .authenticate(req.headers().get(header::PROXY_AUTHORIZATION))
+    {
         Ok(user) => log.record.user = user.map(|u| Arc::from(u.name.as_str())),
         Err(failure) => return Ok(auth_required(failure, log)),
     }
@@ -69,18 +83,28 @@ pub async fn handle(
 }
 
 /// A response of the proxy's own: short reason in a text/plain body.
-pub fn error_response(status: StatusCode, reason: &str, mut log: FlowLog, metrics_kind: Option<&str>) -> Response<ProxyBody> {
+pub fn error_response(
+    status: StatusCode,
+    reason: &str,
+    mut log: FlowLog,
+    metrics_kind: Option<&str>,
+) -> Response<ProxyBody> {
     log.record.status = status.as_u16();
     log.record.error = Some(reason.to_string());
     if let Some(kind) = metrics_kind {
         log.metrics().error(kind);
     }
-    let body = format!("{} {}: {reason}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let body = format!(
+        "{} {}: {reason}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     let mut response = Response::new(ProxyBody::full(body, Some(log)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
