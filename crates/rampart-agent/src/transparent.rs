@@ -117,23 +117,37 @@ async fn handle(
     let mut upstream = match outcome {
         Outcome::Connected(upstream) => upstream,
         Outcome::Blocked => {
-            if is_http {
-                let body = "Blocked by the Rampart agent.\n";
-                let response = format!(
-                    "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-            }
-            let _ = stream.shutdown().await;
+            refuse(
+                &mut stream,
+                is_http,
+                "403 Forbidden",
+                "Blocked by the Rampart agent.\n",
+            )
+            .await;
             return;
         }
-        Outcome::Failed(_) => return,
+        Outcome::Failed(err) => {
+            refuse(&mut stream, is_http, "502 Bad Gateway", &format!("{err}\n")).await;
+            return;
+        }
     };
     if !buf.is_empty() && upstream.write_all(&buf).await.is_err() {
         return;
     }
     relay(&mut stream, &mut upstream).await;
+}
+
+/// Answer a plain-HTTP client with a status it can show; other protocols just see the
+/// connection close.
+async fn refuse(stream: &mut TcpStream, is_http: bool, status: &str, body: &str) {
+    if is_http {
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+    }
+    let _ = stream.shutdown().await;
 }
 
 #[cfg(test)]
