@@ -3,22 +3,26 @@
 //!
 //! A lookup hashes each suffix of the host (`a.b.example` → `a.b.example`,
 //! `b.example`, `example`), so its cost depends on the number of labels, never on the
-//! number of entries. Entries live in one byte arena with `u32` offsets; an entry's
-//! value is either one packed `(target, flags)` pair or an index into a side table
-//! when a domain belongs to several targets. One million domains take ~30 MiB.
+//! number of entries. Domain texts live in one byte arena; each table slot holds an
+//! entry's hash tag, text position and value, where the value is one packed
+//! `(target, flags)` pair or an index into a side table when a domain belongs to
+//! several targets. One million domains take ~50 MiB.
 
 /// The entry matches the host itself.
 pub(crate) const MATCH_EXACT: u32 = 1;
 /// The entry matches hosts below it.
 pub(crate) const MATCH_SUBDOMAINS: u32 = 2;
 
-const EMPTY: u64 = u64::MAX;
 const SET_BIT: u32 = 1 << 31;
 /// Targets are packed as `target << 2 | flags` below the set bit.
 pub(crate) const MAX_TARGETS: u32 = 1 << 29;
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
+/// One table slot. `len == 0` marks an empty slot (domains are never empty). The
+/// entry lives in the slot itself, so a probe that finds its tag already has the
+/// value and text position: a hit costs the slot and the text, nothing else.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    tag: u32,
     start: u32,
     len: u32,
     value: u32,
@@ -27,16 +31,11 @@ struct Entry {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DomainIndex {
     arena: Vec<u8>,
-    /// Per entry: text start and length in the arena, and value, side by side so a
-    /// hit costs one memory access for all three.
-    entries: Vec<Entry>,
-    /// Open-addressing table: `hash_low32 << 32 | entry`, or `EMPTY`. Keeping the
-    /// hash beside the entry number answers most probes (misses, which are most
-    /// suffixes of most hosts) with one memory access.
-    slots: Vec<u64>,
-    /// Bit filter over entry hashes (one bit per entry hash, ~16 bits per entry):
-    /// small enough to stay in cache, it rejects most suffixes that are not in the
-    /// index without touching the large slot table. Built by `shrink`.
+    slots: Vec<Slot>,
+    count: usize,
+    /// Bit filter over entry hashes (~16 bits per entry): small enough to stay in
+    /// cache, it rejects most suffixes that are not in the index without touching
+    /// the large slot table. Built by `shrink`.
     filter: Vec<u64>,
     sets: Vec<Vec<u32>>,
 }
@@ -102,20 +101,19 @@ fn hash(bytes: &[u8]) -> u64 {
 impl DomainIndex {
     pub(crate) fn new() -> Self {
         DomainIndex {
-            slots: vec![EMPTY; 16],
+            slots: vec![Slot::default(); 16],
             ..Default::default()
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.count
     }
 
     /// Approximate heap use in bytes.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.arena.capacity()
-            + std::mem::size_of::<Entry>() * self.entries.capacity()
-            + 8 * self.slots.capacity()
+            + std::mem::size_of::<Slot>() * self.slots.capacity()
             + 8 * self.filter.capacity()
             + self
                 .sets
@@ -124,24 +122,22 @@ impl DomainIndex {
                 .sum::<usize>()
     }
 
-    fn text(&self, entry: u32) -> &[u8] {
-        let e = entry as usize;
-        let en = &self.entries[e];
-        &self.arena[en.start as usize..en.start as usize + en.len as usize]
+    fn text(&self, slot: &Slot) -> &[u8] {
+        &self.arena[slot.start as usize..slot.start as usize + slot.len as usize]
     }
 
+    /// The slot index holding `key`, if any.
     #[inline]
-    fn find(&self, key: &[u8], h: u64) -> Option<u32> {
+    fn find(&self, key: &[u8], h: u64) -> Option<usize> {
         let mask = self.slots.len() - 1;
         let mut i = (h as usize) & mask;
         loop {
-            let slot = self.slots[i];
-            if slot == EMPTY {
+            let slot = &self.slots[i];
+            if slot.len == 0 {
                 return None;
             }
-            let entry = slot as u32;
-            if (slot >> 32) as u32 == h as u32 && self.text(entry) == key {
-                return Some(entry);
+            if slot.tag == h as u32 && slot.len as usize == key.len() && self.text(slot) == key {
+                return Some(i);
             }
             i = (i + 1) & mask;
         }
@@ -149,60 +145,65 @@ impl DomainIndex {
 
     fn grow(&mut self) {
         let cap = self.slots.len() * 2;
-        let mut slots = vec![EMPTY; cap];
+        let mut slots = vec![Slot::default(); cap];
         let mask = cap - 1;
-        for &slot in self.slots.iter().filter(|s| **s != EMPTY) {
-            // Low 32 bits are enough to place entries in tables up to 2^32 slots.
-            let mut i = ((slot >> 32) as usize) & mask;
-            while slots[i] != EMPTY {
+        for slot in self.slots.iter().filter(|s| s.len != 0) {
+            // The 32-bit tag is the hash's low half: enough to place entries in
+            // tables up to 2^32 slots.
+            let mut i = (slot.tag as usize) & mask;
+            while slots[i].len != 0 {
                 i = (i + 1) & mask;
             }
-            slots[i] = slot;
+            slots[i] = *slot;
         }
         self.slots = slots;
     }
 
     /// Adds `domain` (already normalised) for `target` with the given match flags.
     pub(crate) fn insert(&mut self, domain: &str, target: u32, flags: u32) {
-        // The filter describes a finished index; a later insert rebuilds it in `shrink`.
-        self.filter.clear();
         debug_assert!(target < MAX_TARGETS);
         let key = domain.as_bytes();
-        let h = hash(key);
-        let packed = (target << 2) | flags;
-        if let Some(entry) = self.find(key, h) {
-            self.merge(entry as usize, packed);
+        if key.is_empty() {
             return;
         }
-        if (self.entries.len() + 1) * 2 > self.slots.len() {
+        // The filter describes a finished index; a later insert rebuilds it in `shrink`.
+        self.filter.clear();
+        let h = hash(key);
+        let packed = (target << 2) | flags;
+        if let Some(i) = self.find(key, h) {
+            self.merge(i, packed);
+            return;
+        }
+        // Grow at 3/4 load: probes stay short and a hit's neighbours share its line.
+        if (self.count + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
-        let entry = self.entries.len() as u32;
         let start = self.arena.len() as u32;
         self.arena.extend_from_slice(key);
-        self.entries.push(Entry {
+        let mask = self.slots.len() - 1;
+        let mut i = (h as usize) & mask;
+        while self.slots[i].len != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = Slot {
+            tag: h as u32,
             start,
             len: key.len() as u32,
             value: packed,
-        });
-        let mask = self.slots.len() - 1;
-        let mut i = (h as usize) & mask;
-        while self.slots[i] != EMPTY {
-            i = (i + 1) & mask;
-        }
-        self.slots[i] = ((h as u32 as u64) << 32) | entry as u64;
+        };
+        self.count += 1;
     }
 
-    fn merge(&mut self, entry: usize, packed: u32) {
-        let value = self.entries[entry].value;
+    fn merge(&mut self, slot: usize, packed: u32) {
+        let value = self.slots[slot].value;
         let target = packed >> 2;
         if value & SET_BIT == 0 {
             if value >> 2 == target {
-                self.entries[entry].value = value | packed;
+                self.slots[slot].value = value | packed;
                 return;
             }
             self.sets.push(vec![value, packed]);
-            self.entries[entry].value = SET_BIT | (self.sets.len() as u32 - 1);
+            self.slots[slot].value = SET_BIT | (self.sets.len() as u32 - 1);
             return;
         }
         let set = &mut self.sets[(value & !SET_BIT) as usize];
@@ -224,10 +225,10 @@ impl DomainIndex {
     }
 
     fn build_filter(&mut self) {
-        let bits = (self.entries.len() * 16).next_power_of_two().max(64);
+        let bits = (self.count * 16).next_power_of_two().max(64);
         let mut filter = vec![0u64; bits / 64];
-        for e in 0..self.entries.len() {
-            let h = hash(self.text(e as u32));
+        for slot in self.slots.iter().filter(|s| s.len != 0) {
+            let h = hash(self.text(slot));
             let i = ((h >> 40) as usize) & (bits - 1);
             filter[i / 64] |= 1 << (i % 64);
         }
@@ -241,7 +242,6 @@ impl DomainIndex {
         // touch random places of tens of MiB, and 4 KiB pages would add a TLB miss
         // (a page-table walk) to nearly every one of them.
         self.arena = huge_page_copy(&self.arena);
-        self.entries = huge_page_copy(&self.entries);
         self.slots = huge_page_copy(&self.slots);
         self.filter = huge_page_copy(&self.filter);
         for s in &mut self.sets {
@@ -254,7 +254,7 @@ impl DomainIndex {
     /// (normalised). Walks suffixes from the full host to the last label.
     #[inline]
     pub(crate) fn lookup(&self, host: &str, mut f: impl FnMut(u32, &str)) {
-        if self.entries.is_empty() || host.is_empty() {
+        if self.count == 0 || host.is_empty() {
             return;
         }
         const BATCH: usize = 16;
@@ -267,7 +267,7 @@ impl DomainIndex {
             // paying one memory round trip per label.
             let mut starts = [0usize; BATCH];
             let mut hashes = [0u64; BATCH];
-            let mut first = [EMPTY; BATCH];
+            let mut first = [false; BATCH];
             let mut n = 0;
             let mut start = batch_start;
             next = None;
@@ -275,9 +275,8 @@ impl DomainIndex {
                 let h = hash(&bytes[start..]);
                 starts[n] = start;
                 hashes[n] = h;
-                if self.filter_bit(h) {
-                    first[n] = self.slots[(h as usize) & mask];
-                }
+                // Reading the slot's length starts the memory access for this suffix.
+                first[n] = self.filter_bit(h) && self.slots[(h as usize) & mask].len != 0;
                 n += 1;
                 match bytes[start..].iter().position(|&b| b == b'.') {
                     Some(dot) if n == BATCH => {
@@ -290,11 +289,11 @@ impl DomainIndex {
             }
             // Pass 2: resolve each suffix; most end at an empty first slot.
             for k in 0..n {
-                if first[k] == EMPTY {
+                if !first[k] {
                     continue;
                 }
                 let start = starts[k];
-                let Some(entry) = self.find(&bytes[start..], hashes[k]) else {
+                let Some(slot) = self.find(&bytes[start..], hashes[k]) else {
                     continue;
                 };
                 let want = if start == 0 {
@@ -303,7 +302,7 @@ impl DomainIndex {
                     MATCH_SUBDOMAINS
                 };
                 let suffix = &host[start..];
-                let value = self.entries[entry as usize].value;
+                let value = self.slots[slot].value;
                 if value & SET_BIT == 0 {
                     if value & want != 0 {
                         f(value >> 2, suffix);
@@ -402,6 +401,11 @@ mod tests {
                 idx.insert(d, *t, *f);
             }
             for h in &hosts {
+                prop_assert_eq!(targets(&idx, h), naive(&entries, h));
+            }
+            // After `shrink` the filter and huge-page copies are in use: same answers.
+            idx.shrink();
+            for h in hosts.iter().chain(entries.iter().map(|e| &e.0)) {
                 prop_assert_eq!(targets(&idx, h), naive(&entries, h));
             }
         }
