@@ -94,7 +94,7 @@ fn minting(c: &mut Criterion) {
 }
 
 fn client_hello(c: &mut Criterion) {
-    // A browser-sized ClientHello (~520 bytes with padding), in one record.
+    // A browser-sized ClientHello (487 bytes with padding and a key share), in one record.
     let spec = HelloSpec {
         server_name: Some(b"www.example.com".to_vec()),
         alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
