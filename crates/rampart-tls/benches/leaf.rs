@@ -67,7 +67,9 @@ fn minting(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let start = thread_cpu_time();
             for _ in 0..iters {
-                ca.mint(&names).and_then(|l| l.certified_key()).expect("mint");
+                ca.mint(&names)
+                    .and_then(|l| l.certified_key())
+                    .expect("mint");
             }
             thread_cpu_time() - start
         })
