@@ -38,6 +38,12 @@ pub fn normalize_host(host: &str) -> Cow<'_, str> {
 
 /// Normalises and validates a host written in a policy or category file.
 pub fn parse_host(host: &str) -> Result<String, String> {
+    parse_host_cow(host).map(Cow::into_owned)
+}
+
+/// [`parse_host`] without a copy when the host is already lowercase ASCII: category
+/// files hold millions of such lines.
+pub(crate) fn parse_host_cow(host: &str) -> Result<Cow<'_, str>, String> {
     if host.is_empty() {
         return Err("empty host name".into());
     }
@@ -46,13 +52,21 @@ pub fn parse_host(host: &str) -> Result<String, String> {
         .trim_end_matches(']')
         .parse::<IpAddr>()
     {
-        return Ok(ip.to_string());
+        return Ok(Cow::Owned(ip.to_string()));
     }
-    let ascii = if host.is_ascii() {
-        host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+    let trimmed = host.strip_suffix('.').unwrap_or(host);
+    let ascii: Cow<'_, str> = if trimmed
+        .bytes()
+        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+    {
+        Cow::Borrowed(trimmed)
+    } else if trimmed.is_ascii() {
+        Cow::Owned(trimmed.to_ascii_lowercase())
     } else {
-        idna::domain_to_ascii(host.strip_suffix('.').unwrap_or(host))
-            .map_err(|_| format!("\"{host}\" is not a valid internationalised domain name"))?
+        Cow::Owned(
+            idna::domain_to_ascii(trimmed)
+                .map_err(|_| format!("\"{host}\" is not a valid internationalised domain name"))?,
+        )
     };
     if ascii.is_empty() || ascii.len() > MAX_HOST_LEN {
         return Err(format!("\"{host}\" is not a valid host name (length)"));
@@ -162,11 +176,14 @@ impl Pattern {
     }
 }
 
+/// A host (normalised) and an optional path restriction from a category file.
+pub(crate) type CategoryEntry<'a> = (Cow<'a, str>, Option<PathPattern>);
+
 /// Parses one line of a category or hosts file. Returns `Ok(None)` for blank lines,
 /// comments and the `localhost` style entries of hosts files.
 pub(crate) fn parse_category_line(
     line: &str,
-) -> Result<Option<(String, Option<PathPattern>)>, String> {
+) -> Result<Option<CategoryEntry<'_>>, String> {
     let line = line.split('#').next().unwrap_or("").trim();
     if line.is_empty() {
         return Ok(None);
@@ -202,7 +219,7 @@ pub(crate) fn parse_category_line(
         Some(i) => (&name[..i], Some(&name[i..])),
         None => (name, None),
     };
-    let host = parse_host(host)?;
+    let host = parse_host_cow(host)?;
     let path = match path {
         None | Some("/") => None,
         Some(p) => Some(PathPattern::new(p)),
@@ -313,7 +330,7 @@ mod tests {
         assert_eq!(parse_category_line("# c").unwrap(), None);
         assert_eq!(
             parse_category_line("0.0.0.0 Ads.Example # tracker").unwrap(),
-            Some(("ads.example".to_string(), None))
+            Some((Cow::Borrowed("ads.example"), None))
         );
         assert_eq!(parse_category_line("127.0.0.1 localhost").unwrap(), None);
         let (h, p) = parse_category_line("news.example/politics")
