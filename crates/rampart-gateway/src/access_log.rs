@@ -22,6 +22,8 @@ const QUEUE_CAPACITY: usize = 64 * 1024;
 /// What happened to one request or tunnel, built up along the flow and logged once at its end.
 #[derive(Debug, Clone, Serialize)]
 pub struct FlowRecord {
+    /// Time-ordered unique id of the flow (UUIDv7); block pages show it.
+    pub id: String,
     /// Unix time of the start of the request, with milliseconds.
     #[serde(serialize_with = "serialize_time")]
     pub time: SystemTime,
@@ -49,6 +51,21 @@ pub struct FlowRecord {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// The policy decision that applied, when a rule (or a stage default) decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyRecord>,
+}
+
+/// Which policy rule decided a flow, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyRecord {
+    pub revision: Arc<str>,
+    pub stage: &'static str,
+    pub rule_id: Arc<str>,
+    pub rule: Arc<str>,
+    pub action: &'static str,
+    /// Matched objects, e.g. `category news`, `group engineering`.
+    pub matched: Vec<String>,
 }
 
 fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -71,6 +88,7 @@ fn serialize_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S
 impl FlowRecord {
     pub fn new(client: SocketAddr, method: &str, target: String) -> Self {
         FlowRecord {
+            id: uuid::Uuid::now_v7().to_string(),
             time: SystemTime::now(),
             client,
             user: None,
@@ -84,7 +102,15 @@ impl FlowRecord {
             server: None,
             error: None,
             content_type: None,
+            policy: None,
         }
+    }
+
+    /// An empty record to leave behind when the real one is taken (no id generated).
+    pub(crate) fn placeholder(client: SocketAddr) -> Self {
+        let mut record = FlowRecord::new(client, "", String::new());
+        record.id = String::new();
+        record
     }
 
     /// One JSON object, no trailing newline.

@@ -26,6 +26,8 @@ pub struct GatewayConfig {
     pub upstreams: BTreeMap<String, UpstreamGroupConfig>,
     pub resolve: BTreeMap<String, IpAddr>,
     pub access_log: AccessLogConfig,
+    /// The compiled policy; `None` runs the built-in default policy.
+    pub policy: Option<std::sync::Arc<rampart_policy::Policy>>,
     /// Addresses of the process's other listeners (API, tunnel), so loop
     /// protection refuses them as destinations too.
     pub own_listeners: Vec<SocketAddr>,
@@ -185,6 +187,19 @@ pub struct UpstreamGroupConfig {
     /// without it a check is a TCP connect to the proxy itself.
     #[serde(default)]
     pub health_check_target: Option<String>,
+}
+
+impl UpstreamGroupConfig {
+    /// A group of `proxies` with the default health settings.
+    pub fn with_defaults(proxies: Vec<UpstreamProxyUrl>) -> Self {
+        UpstreamGroupConfig {
+            proxies,
+            failure_threshold: default_failure_threshold(),
+            down_for: default_down_for(),
+            health_check_interval: default_health_interval(),
+            health_check_target: None,
+        }
+    }
 }
 
 fn default_failure_threshold() -> u32 {

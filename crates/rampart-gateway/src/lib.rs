@@ -14,6 +14,7 @@ pub mod error;
 pub mod gateway;
 pub mod listener;
 pub mod metrics;
+pub mod policy_stage;
 pub mod proxy;
 pub mod relay;
 pub mod resolver;

@@ -19,6 +19,7 @@ use crate::resolver::Resolver;
 
 pub struct GatewayState {
     pub config: GatewayConfig,
+    pub policy: Arc<rampart_policy::Policy>,
     pub admission: Admission,
     pub connector: Arc<Connector>,
     /// `Via` value this gateway adds, e.g. `1.1 rampart (rampart/3f9a1c02)`.
@@ -34,11 +35,15 @@ impl GatewayState {
     pub fn new(config: GatewayConfig, instance_id: &str) -> Result<Self, ConfigError> {
         validate(&config)?;
         let admission = Admission::new(&config.proxy)?;
+        let policy = config
+            .policy
+            .clone()
+            .unwrap_or_else(|| Arc::new(rampart_policy::Policy::builtin_default()));
         let mut listeners = config.own_listeners.clone();
         listeners.push(config.proxy.listen);
         let guard = DestinationGuard::new(config.proxy.allow_loopback_destinations, listeners);
         let resolver = Resolver::new(&config.resolve);
-        let connector = Arc::new(Connector::new(&config, resolver.clone(), guard)?);
+        let connector = Arc::new(Connector::new(&config, &policy, resolver.clone(), guard)?);
         let health_checks = connector
             .groups()
             .filter_map(|group| {
@@ -56,6 +61,7 @@ impl GatewayState {
             reason: "must be printable ASCII".into(),
         })?;
         Ok(GatewayState {
+            policy,
             config,
             admission,
             connector,

@@ -180,6 +180,7 @@ impl RampartConfig {
             resolve: self.resolve.clone(),
             access_log: self.access_log.clone(),
             own_listeners,
+            policy: None,
         }
     }
 }

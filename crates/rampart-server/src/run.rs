@@ -40,7 +40,10 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let gateway = Gateway::bind(config.gateway_config(vec![api_addr]), metrics)
+    let policy = load_policy(config.policy.as_deref()).context("loading the policy")?;
+    let mut gateway_config = config.gateway_config(vec![api_addr]);
+    gateway_config.policy = policy;
+    let gateway = Gateway::bind(gateway_config, metrics)
         .await
         .context("starting the gateway")?;
     let proxy_addr = gateway.local_addr();
@@ -136,10 +139,38 @@ fn reload(
             return;
         }
     };
-    match handle.reload(config.gateway_config(vec![api_addr])) {
+    let policy = match load_policy(config.policy.as_deref()) {
+        Ok(policy) => policy,
+        Err(e) => {
+            handle.reload_rejected();
+            tracing::error!(error = %format!("{e:#}"), "SIGHUP: policy rejected, the previous configuration and policy keep serving");
+            return;
+        }
+    };
+    let mut gateway_config = config.gateway_config(vec![api_addr]);
+    gateway_config.policy = policy;
+    match handle.reload(gateway_config) {
         Ok(()) => tracing::info!(path = %path.display(), "SIGHUP: configuration reloaded"),
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: configuration rejected, the previous one keeps serving")
         }
+    }
+}
+
+/// Compiles the policy file (or directory). Warnings are logged; errors are
+/// returned all at once, each with file:line:column.
+fn load_policy(path: Option<&Path>) -> anyhow::Result<Option<Arc<rampart_policy::Policy>>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    match rampart_policy::Policy::load(path) {
+        Ok((policy, warnings)) => {
+            for warning in &warnings {
+                tracing::warn!(%warning, "policy warning");
+            }
+            tracing::info!(path = %path.display(), revision = policy.revision(), "policy loaded");
+            Ok(Some(Arc::new(policy)))
+        }
+        Err(error) => anyhow::bail!("{error}"),
     }
 }

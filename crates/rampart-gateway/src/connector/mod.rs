@@ -74,8 +74,11 @@ pub struct Connector {
 }
 
 impl Connector {
+    /// Upstream groups come from `[upstreams.*]` of the configuration and of
+    /// the policy (for its egress rules); the configuration's win on a name clash.
     pub fn new(
         config: &GatewayConfig,
+        policy: &rampart_policy::Policy,
         resolver: Resolver,
         guard: DestinationGuard,
     ) -> Result<Self, ConfigError> {
@@ -88,6 +91,26 @@ impl Connector {
                 });
             }
             groups.insert(name.clone(), Arc::new(UpstreamGroup::new(name, group)));
+        }
+        for group in policy.upstream_groups() {
+            if groups.contains_key(&*group.name) {
+                continue;
+            }
+            let proxies = group
+                .proxies
+                .iter()
+                .map(|p| {
+                    p.url.parse().map_err(|reason| ConfigError::Invalid {
+                        key: format!("policy upstreams.{}", group.name),
+                        reason,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let config = crate::config::UpstreamGroupConfig::with_defaults(proxies);
+            groups.insert(
+                group.name.to_string(),
+                Arc::new(UpstreamGroup::new(&group.name, &config)),
+            );
         }
         let default_source = config.egress.source_address;
         let default_route = match config.egress.default.as_deref() {

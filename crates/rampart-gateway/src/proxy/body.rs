@@ -97,9 +97,8 @@ impl Drop for FlowLog {
         }
         self.record.duration_ms = self.started.elapsed();
         self.metrics.record_flow(&self.record);
-        let client = self.record.client;
-        let record =
-            std::mem::replace(&mut self.record, FlowRecord::new(client, "", String::new()));
+        let placeholder = FlowRecord::placeholder(self.record.client);
+        let record = std::mem::replace(&mut self.record, placeholder);
         self.sink.log(record);
     }
 }

@@ -9,16 +9,19 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::body::{FlowLog, ProxyBody};
-use super::{error_response, Shared};
+use super::{blocked_response, error_response, Shared};
 use crate::config::split_host_port;
-use crate::connector::{Connected, EgressChoice};
+use crate::connector::Connected;
+use crate::policy_stage;
 use crate::relay::{self, RelayEnd};
 use crate::state::GatewayState;
+use rampart_policy::Identity;
 
 pub async fn tunnel(
     mut req: Request<Incoming>,
     state: &GatewayState,
     shared: &Shared,
+    identity: &Identity,
     mut log: FlowLog,
 ) -> Response<ProxyBody> {
     // RFC 9110 §9.3.6: the target of CONNECT is exactly host:port.
@@ -49,7 +52,14 @@ pub async fn tunnel(
         );
         return error_response(StatusCode::FORBIDDEN, &reason, log, Some("denied_port"));
     }
-    let connected = match state.connector.route(&EgressChoice::Default) {
+    let stage =
+        policy_stage::connection_stage(&state.policy, identity, &host, port, &mut log.record);
+    if let Some(blocked) = &stage.blocked {
+        // Inside a tunnel we cannot render a page the browser would show:
+        // the CONNECT itself is refused with the reason.
+        return blocked_response(blocked, None, None, log);
+    }
+    let connected = match state.connector.route(&stage.egress) {
         Ok(route) => state.connector.open_tunnel(&route, &host, port).await,
         Err(e) => Err(e),
     };

@@ -9,15 +9,17 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::{FlowLog, MeteredBody, ProxyBody};
-use super::{error_response, headers};
+use super::{blocked_response, error_response, headers};
 use crate::connector::forward::UpstreamConnInfo;
-use crate::connector::EgressChoice;
 use crate::error::ConnectError;
+use crate::policy_stage;
 use crate::state::GatewayState;
+use rampart_policy::Identity;
 
 pub async fn forward(
     req: Request<Incoming>,
     state: &GatewayState,
+    identity: &Identity,
     mut log: FlowLog,
 ) -> Response<ProxyBody> {
     let uri = req.uri().clone();
@@ -57,7 +59,30 @@ pub async fn forward(
         return error_response(StatusCode::FORBIDDEN, &reason, log, Some("denied_port"));
     }
 
-    let route = match state.connector.route(&EgressChoice::Default) {
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let stage = policy_stage::request_stage(
+        &state.policy,
+        identity,
+        host,
+        port,
+        req.method().as_str(),
+        path,
+        &mut log.record,
+    );
+    if let Some(blocked) = &stage.blocked {
+        let target = log.record.target.clone();
+        return blocked_response(
+            blocked,
+            req.headers().get(header::ACCEPT),
+            Some(&target),
+            log,
+        );
+    }
+    let route = match state.connector.route(&stage.egress) {
         Ok(route) => route,
         Err(e) => return connect_failure(e, log),
     };

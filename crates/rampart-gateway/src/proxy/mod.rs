@@ -21,6 +21,7 @@ use crate::admission::AuthFailure;
 use crate::metrics::Metrics;
 use crate::state::GatewayState;
 use body::{FlowLog, ProxyBody};
+use rampart_policy::Identity;
 
 /// What every connection of the listener shares.
 pub struct Shared {
@@ -66,18 +67,26 @@ pub async fn handle(
             log,
         ));
     }
-    match state
+    let identity = match state
         .admission
         .authenticate(req.headers().get(header::PROXY_AUTHORIZATION))
     {
-        Ok(user) => log.record.user = user.map(|u| Arc::from(u.name.as_str())),
+        Ok(user) => {
+            log.record.user = user.as_ref().map(|u| Arc::from(u.name.as_str()));
+            Identity {
+                user: user.as_ref().map(|u| u.name.clone()),
+                groups: user.map(|u| u.groups.clone()).unwrap_or_default(),
+                device: None,
+                source_ip: Some(crate::admission::canonical_ip(client.ip())),
+            }
+        }
         Err(failure) => return Ok(auth_required(failure, log)),
-    }
+    };
 
     let response = if req.method() == Method::CONNECT {
-        connect::tunnel(req, &state, &shared, log).await
+        connect::tunnel(req, &state, &shared, &identity, log).await
     } else {
-        forward::forward(req, &state, log).await
+        forward::forward(req, &state, &identity, log).await
     };
     Ok(response)
 }
@@ -105,6 +114,36 @@ pub fn error_response(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    response
+}
+
+/// The response to a request an access rule blocked: an HTML page for
+/// browsers, plain text for other clients, naming the rule and the flow id.
+pub fn blocked_response(
+    blocked: &crate::policy_stage::Blocked,
+    accept: Option<&HeaderValue>,
+    url: Option<&str>,
+    mut log: FlowLog,
+) -> Response<ProxyBody> {
+    let page = rampart_tls::block_page::BlockPage::policy(
+        &blocked.rule,
+        blocked.category.as_deref(),
+        url,
+        &log.record.id,
+    );
+    let rendered = page.render(accept.and_then(|v| v.to_str().ok()));
+    log.record.status = rendered.status;
+    log.record.error = Some(format!("blocked by rule \"{}\"", blocked.rule));
+    log.metrics().error("blocked");
+    let mut response = Response::new(ProxyBody::full(rendered.body, Some(log)));
+    *response.status_mut() = StatusCode::from_u16(rendered.status).unwrap_or(StatusCode::FORBIDDEN);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(rendered.content_type),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

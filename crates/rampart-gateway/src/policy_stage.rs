@@ -1,0 +1,140 @@
+//! The policy phases of the data path: the connection stage when a CONNECT
+//! target (host, port) is known, the request stage for each forwarded request
+//! (full URL). Each turns the policy's verdict into what the gateway does —
+//! block or pass, which egress — and records the decision in the flow record.
+
+use std::sync::Arc;
+
+use rampart_policy::{
+    AccessAction, ConnectionFacts, Decision, Egress, Identity, ObjectKind, Outcome, Policy,
+    RequestFacts,
+};
+
+use crate::access_log::{FlowRecord, PolicyRecord};
+use crate::connector::EgressChoice;
+
+/// What the data path must do after a policy stage.
+pub struct StageResult {
+    /// Set when an access rule blocks: the rule's name and the category that matched, if any.
+    pub blocked: Option<Blocked>,
+    pub egress: EgressChoice,
+}
+
+pub struct Blocked {
+    pub rule: Arc<str>,
+    pub category: Option<Arc<str>>,
+}
+
+/// Connection stage (CONNECT): decryption is decided here too, but until
+/// interception lands only access and egress have an effect.
+pub fn connection_stage(
+    policy: &Policy,
+    identity: &Identity,
+    host: &str,
+    port: u16,
+    record: &mut FlowRecord,
+) -> StageResult {
+    let facts = ConnectionFacts {
+        identity,
+        process: None,
+        host: Some(host),
+        dst_ip: host.parse().ok(),
+        port,
+    };
+    let verdict = policy.evaluate_connection(&facts);
+    let egress = match &verdict.egress {
+        Outcome::Decided(d) => egress_choice(d),
+        Outcome::Pending { .. } => EgressChoice::Default,
+    };
+    let blocked = match &verdict.access {
+        Outcome::Decided(d) => apply_access(policy, d, record),
+        // A rule that needs the URL cannot be decided inside a tunnel that is
+        // not decrypted; it is recorded as undecided and the tunnel passes.
+        Outcome::Pending {
+            rule_name, rule_id, ..
+        } => {
+            record.policy = Some(PolicyRecord {
+                revision: policy.revision().into(),
+                stage: "access",
+                rule_id: rule_id.clone(),
+                rule: rule_name.clone(),
+                action: "pending-url",
+                matched: Vec::new(),
+            });
+            None
+        }
+    };
+    StageResult { blocked, egress }
+}
+
+/// Request stage (absolute-form HTTP): the full URL is known.
+pub fn request_stage(
+    policy: &Policy,
+    identity: &Identity,
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    record: &mut FlowRecord,
+) -> StageResult {
+    let facts = RequestFacts {
+        connection: ConnectionFacts {
+            identity,
+            process: None,
+            host: Some(host),
+            dst_ip: host.parse().ok(),
+            port,
+        },
+        method,
+        path,
+    };
+    let verdict = policy.evaluate_request(&facts);
+    let blocked = match &verdict.access {
+        Outcome::Decided(d) => apply_access(policy, d, record),
+        Outcome::Pending { .. } => None,
+    };
+    StageResult {
+        blocked,
+        egress: egress_choice(&verdict.egress),
+    }
+}
+
+fn apply_access(
+    policy: &Policy,
+    decision: &Decision<AccessAction>,
+    record: &mut FlowRecord,
+) -> Option<Blocked> {
+    record.policy = Some(PolicyRecord {
+        revision: policy.revision().into(),
+        stage: "access",
+        rule_id: decision.rule_id.clone(),
+        rule: decision.rule_name.clone(),
+        action: decision.action.as_str(),
+        matched: decision.matched.iter().map(|m| m.to_string()).collect(),
+    });
+    match decision.action {
+        AccessAction::Block => Some(Blocked {
+            rule: decision.rule_name.clone(),
+            category: decision
+                .matched
+                .iter()
+                .find(|m| matches!(m.kind, ObjectKind::Category | ObjectKind::CustomCategory))
+                .map(|m| m.name.clone()),
+        }),
+        // Alert allows and is recorded (the event store turns it into a finding).
+        // The coaching page of user-alert needs the proceed flow; until then it
+        // behaves like alert and is recorded as user-alert.
+        AccessAction::Allow | AccessAction::Alert | AccessAction::UserAlert => None,
+    }
+}
+
+fn egress_choice(decision: &Decision<Egress>) -> EgressChoice {
+    if decision.default {
+        return EgressChoice::Default;
+    }
+    match &decision.action {
+        Egress::Direct => EgressChoice::Direct,
+        Egress::Upstream(name) => EgressChoice::Upstream(name.to_string()),
+        Egress::Source(ip) => EgressChoice::Source(*ip),
+    }
+}
