@@ -136,8 +136,12 @@ impl From<EventsError> for ApiError {
                 column: Some(q.column),
             },
             EventsError::BadCursor(_) => ApiError::bad_request(e.to_string()),
-            EventsError::NoDevice(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-            EventsError::NoStore(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            EventsError::NoDevice(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
+            EventsError::NoStore(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             _ => {
                 tracing::error!(error = %e, "events API");
                 ApiError::internal(e.to_string())
@@ -169,7 +173,10 @@ pub struct Authorized;
 impl FromRequestParts<EventsApiState> for Authorized {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &EventsApiState) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &EventsApiState,
+    ) -> Result<Self, ApiError> {
         let given = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -178,7 +185,10 @@ impl FromRequestParts<EventsApiState> for Authorized {
             .map(str::trim);
         match given {
             Some(t) if token::matches(state.token(), t) => Ok(Authorized),
-            Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token")),
+            Some(_) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid bearer token",
+            )),
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing `Authorization: Bearer TOKEN` (the token is in DATA_DIR/admin.token)",
@@ -223,12 +233,11 @@ fn search_request(p: &ListParams, forced: Option<&str>) -> Result<SearchRequest,
         let span = parse_span(since).map_err(|e| ApiError::bad_request(format!("since: {e}")))?;
         from_ms = Some(crate::now_ms() - span.as_millis() as i64);
     }
-    let to_ms = p
-        .to
-        .as_deref()
-        .map(parse_instant)
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("to: {e}")))?;
+    let to_ms =
+        p.to.as_deref()
+            .map(parse_instant)
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("to: {e}")))?;
     let cursor = p
         .cursor
         .as_deref()
@@ -244,9 +253,14 @@ fn search_request(p: &ListParams, forced: Option<&str>) -> Result<SearchRequest,
     })
 }
 
-async fn list(state: EventsApiState, req: SearchRequest) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list(
+    state: EventsApiState,
+    req: SearchRequest,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let page = state.with_reader(move |r| r.search(&req)).await?;
-    Ok(Json(json!({ "events": page.events, "next_cursor": page.next_cursor })))
+    Ok(Json(
+        json!({ "events": page.events, "next_cursor": page.next_cursor }),
+    ))
 }
 
 async fn list_events(
@@ -275,7 +289,10 @@ async fn get_event(
     let wanted = id.clone();
     match state.with_reader(move |r| r.get(&wanted)).await? {
         Some(e) => Ok(Json(e)),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no event {id}"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no event {id}"),
+        )),
     }
 }
 
@@ -300,7 +317,10 @@ async fn alert_timeline(
         .with_reader(move |r| r.alert_timeline(&wanted, window_ms))
         .await?;
     let Some((alert, events)) = found else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no alert {id}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no alert {id}"),
+        ));
     };
     if alert.finding_info.is_none() {
         return Err(ApiError::new(

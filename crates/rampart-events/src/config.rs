@@ -157,8 +157,14 @@ impl SinkConfig {
     /// Check that the keys this kind needs are present and no other kind's keys are set.
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(format!("sink name `{name}` must be letters, digits, `-` or `_`"));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "sink name `{name}` must be letters, digits, `-` or `_`"
+            ));
         }
         let need = |present: bool, key: &str| {
             if present {
@@ -169,14 +175,19 @@ impl SinkConfig {
         };
         let forbid = |present: bool, key: &str| {
             if present {
-                Err(format!("sink `{name}`: `{key}` does not apply to this sink type"))
+                Err(format!(
+                    "sink `{name}`: `{key}` does not apply to this sink type"
+                ))
             } else {
                 Ok(())
             }
         };
         let file_keys = self.path.is_some() || self.rotate_size.is_some() || self.keep.is_some();
         let syslog_keys = self.address.is_some() || self.tls || self.hostname.is_some();
-        let hec_keys = self.url.is_some() || self.token.is_some() || self.sourcetype.is_some() || self.index.is_some();
+        let hec_keys = self.url.is_some()
+            || self.token.is_some()
+            || self.sourcetype.is_some()
+            || self.index.is_some();
         match self.kind {
             SinkKind::File | SinkKind::Squid => {
                 need(self.path.is_some(), "path")?;
@@ -199,7 +210,8 @@ impl SinkConfig {
         if self.batch_size == 0 {
             return Err(format!("sink `{name}`: batch_size must be at least 1"));
         }
-        crate::query::parse(&self.query).map_err(|e| format!("sink `{name}`: {}", e.render(&self.query)))?;
+        crate::query::parse(&self.query)
+            .map_err(|e| format!("sink `{name}`: {}", e.render(&self.query)))?;
         Ok(())
     }
 }
@@ -331,18 +343,31 @@ batch_size = 100
     #[test]
     fn unknown_keys_are_rejected() {
         assert!(toml::from_str::<Root>("[events]\nqueue_sise = 3\n").is_err());
-        let bad_sink = "[[events.sinks]]\ntype = \"file\"\nname = \"a\"\npath = \"/x\"\nrotat = 1\n";
+        let bad_sink =
+            "[[events.sinks]]\ntype = \"file\"\nname = \"a\"\npath = \"/x\"\nrotat = 1\n";
         assert!(toml::from_str::<Root>(bad_sink).is_err());
     }
 
     #[test]
     fn sink_missing_its_destination_or_with_foreign_keys_is_invalid() {
-        let root: Root = toml::from_str("[[events.sinks]]\ntype = \"hec\"\nname = \"h\"\nurl = \"http://x\"\n").unwrap();
+        let root: Root =
+            toml::from_str("[[events.sinks]]\ntype = \"hec\"\nname = \"h\"\nurl = \"http://x\"\n")
+                .unwrap();
         let err = root.events.validate().unwrap_err();
         assert!(err.contains("needs `token`"), "{err}");
-        let root: Root = toml::from_str("[[events.sinks]]\ntype = \"file\"\nname = \"f\"\npath = \"/x\"\naddress = \"a:1\"\n").unwrap();
-        assert!(root.events.validate().unwrap_err().contains("does not apply"));
-        let root: Root = toml::from_str("[[events.sinks]]\ntype = \"file\"\nname = \"f\"\npath = \"/x\"\nquery = \"usr = a\"\n").unwrap();
+        let root: Root = toml::from_str(
+            "[[events.sinks]]\ntype = \"file\"\nname = \"f\"\npath = \"/x\"\naddress = \"a:1\"\n",
+        )
+        .unwrap();
+        assert!(root
+            .events
+            .validate()
+            .unwrap_err()
+            .contains("does not apply"));
+        let root: Root = toml::from_str(
+            "[[events.sinks]]\ntype = \"file\"\nname = \"f\"\npath = \"/x\"\nquery = \"usr = a\"\n",
+        )
+        .unwrap();
         assert!(root.events.validate().unwrap_err().contains("column 1"));
     }
 

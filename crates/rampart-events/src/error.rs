@@ -16,7 +16,9 @@ pub enum EventsError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("no event store at {0} (start `rampart server` with this data dir, or pass --data-dir)")]
+    #[error(
+        "no event store at {0} (start `rampart server` with this data dir, or pass --data-dir)"
+    )]
     NoStore(PathBuf),
     #[error(transparent)]
     Query(#[from] crate::query::QueryError),

@@ -541,7 +541,8 @@ pub struct Event {
 /// A new time-ordered event id for an event at `time_ms`.
 pub fn new_event_id(time_ms: i64) -> Uuid {
     let ms = u64::try_from(time_ms).unwrap_or(0);
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+    let ts =
+        uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
     Uuid::new_v7(ts)
 }
 
@@ -663,7 +664,11 @@ impl Event {
             .and_then(|r| r.url.as_ref())
             .and_then(|u| u.hostname.as_deref())
             .or_else(|| self.tls.as_ref().and_then(|t| t.sni.as_deref()))
-            .or_else(|| self.dst_endpoint.as_ref().and_then(|d| d.hostname.as_deref()))
+            .or_else(|| {
+                self.dst_endpoint
+                    .as_ref()
+                    .and_then(|d| d.hostname.as_deref())
+            })
     }
 
     pub fn url(&self) -> Option<&str> {

@@ -177,7 +177,11 @@ impl Field {
             Field::RuleId => e.policy.as_ref().and_then(|p| p.uid.clone()),
             Field::Revision => e.policy.as_ref().and_then(|p| p.version.clone()),
             Field::Tls => e.unmapped.tls_decision.map(|t| t.as_str().to_string()),
-            Field::Bypass => e.unmapped.bypass.as_ref().map(|b| b.at.as_str().to_string()),
+            Field::Bypass => e
+                .unmapped
+                .bypass
+                .as_ref()
+                .map(|b| b.at.as_str().to_string()),
             Field::Severity => Some(e.severity.to_ascii_lowercase()),
             Field::Alert => e.alert_id().map(str::to_string),
             Field::Reporter => e.metadata.log_provider.clone(),

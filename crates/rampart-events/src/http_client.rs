@@ -30,7 +30,9 @@ impl Target {
         } else if let Some(r) = url.strip_prefix("http://") {
             (false, r)
         } else {
-            return Err(format!("`{url}`: only http:// and https:// URLs are supported"));
+            return Err(format!(
+                "`{url}`: only http:// and https:// URLs are supported"
+            ));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -95,9 +97,12 @@ pub fn request(
         .map_err(|e| format!("{}: {e}", target.host))?
         .next()
         .ok_or_else(|| format!("{}: no address", target.host))?;
-    let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
-    tcp.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
-    tcp.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+    let tcp =
+        TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
+    tcp.set_read_timeout(Some(TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(Some(TIMEOUT))
+        .map_err(|e| e.to_string())?;
     let mut head = format!(
         "{method} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\nUser-Agent: rampart/{}\r\n",
         target.path,
@@ -112,7 +117,8 @@ pub fn request(
     let raw = if target.https {
         let config = tls.ok_or("https needs a TLS configuration")?;
         let name = ServerName::try_from(target.host.clone()).map_err(|e| e.to_string())?;
-        let conn = rustls::ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
+        let conn =
+            rustls::ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
         let mut stream = rustls::StreamOwned::new(conn, tcp);
         exchange(&mut stream, head.as_bytes(), body)?
     } else {
@@ -178,7 +184,9 @@ fn parse_response(raw: &[u8]) -> Result<Response, String> {
     let body = if chunked {
         dechunk(rest)?
     } else if let Some(n) = length {
-        rest.get(..n).ok_or("response body shorter than Content-Length")?.to_vec()
+        rest.get(..n)
+            .ok_or("response body shorter than Content-Length")?
+            .to_vec()
     } else {
         rest.to_vec()
     };

@@ -24,7 +24,7 @@ use crate::error::EventsError;
 use crate::event::{now_ms, Event};
 use crate::sink::{self, SinkFeed, SinkStats};
 use crate::spool::Spool;
-use crate::store::{db_path, StoreWriter};
+use crate::store::{db_path, Checkpointer, StoreWriter};
 
 /// Events per transaction at most.
 const MAX_BATCH: usize = 8192;
@@ -121,13 +121,14 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Open the store in `data_dir`, replay any spilled events, start the writer and sinks.
-    pub fn start(data_dir: &Path, config: &EventsConfig) -> Result<(Pipeline, EventSender), EventsError> {
-        config
-            .validate()
-            .map_err(|message| EventsError::Sink {
-                sink: "config".into(),
-                message,
-            })?;
+    pub fn start(
+        data_dir: &Path,
+        config: &EventsConfig,
+    ) -> Result<(Pipeline, EventSender), EventsError> {
+        config.validate().map_err(|message| EventsError::Sink {
+            sink: "config".into(),
+            message,
+        })?;
         let db = db_path(data_dir);
         let writer = StoreWriter::open(&db, config.full_sync)?;
         let spool = Arc::new(Mutex::new(Spool::open(
@@ -166,6 +167,14 @@ impl Pipeline {
             max_bytes: config.max_size.map(|b| b.0),
         };
         threads.push(spawn("rampart-events-write", move || w.run())?);
+        let checkpointer = Checkpointer::open(&db)?;
+        let stop = closing.clone();
+        threads.push(spawn("rampart-events-checkpoint", move || {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(250));
+                checkpointer.run();
+            }
+        })?);
         let sender = EventSender {
             tx,
             stats: stats.clone(),
@@ -265,7 +274,9 @@ impl Drainer {
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 match self.btx.try_send(batch) {
                     Ok(()) => {}
-                    Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => self.spill(b),
+                    Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
+                        self.spill(b)
+                    }
                 }
             } else if closing {
                 return;
@@ -282,7 +293,9 @@ impl Drainer {
         let result = match self.spool.lock() {
             Ok(mut s) => {
                 let r = s.append(lines.iter().map(Vec::as_slice));
-                self.stats.spool_bytes.store(s.pending_bytes(), Ordering::Relaxed);
+                self.stats
+                    .spool_bytes
+                    .store(s.pending_bytes(), Ordering::Relaxed);
                 r
             }
             Err(_) => return,
@@ -364,11 +377,11 @@ impl Writer {
                 tracing::error!(%err, events = events.len(), "event store commit failed; spilling");
                 self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut s) = self.spool.lock() {
-                    if s.append(docs.iter().map(|d| d.as_bytes())).is_err() {
-                        self.stats
-                            .dropped
-                            .fetch_add(events.len() as u64, Ordering::Relaxed);
-                    }
+                    let counter = match s.append(docs.iter().map(|d| d.as_bytes())) {
+                        Ok(()) => &self.stats.spilled,
+                        Err(_) => &self.stats.dropped,
+                    };
+                    counter.fetch_add(events.len() as u64, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -379,7 +392,9 @@ impl Writer {
     fn replay_spool(&mut self) -> bool {
         let chunk = match self.spool.lock() {
             Ok(mut s) => {
-                self.stats.spool_bytes.store(s.pending_bytes(), Ordering::Relaxed);
+                self.stats
+                    .spool_bytes
+                    .store(s.pending_bytes(), Ordering::Relaxed);
                 match s.read(MAX_BATCH) {
                     Ok(c) => c,
                     Err(err) => {
@@ -413,7 +428,9 @@ impl Writer {
                     if let Err(err) = s.ack(chunk.end) {
                         tracing::error!(%err, "event spool cursor update failed");
                     }
-                    self.stats.spool_bytes.store(s.pending_bytes(), Ordering::Relaxed);
+                    self.stats
+                        .spool_bytes
+                        .store(s.pending_bytes(), Ordering::Relaxed);
                 }
                 true
             }
@@ -435,7 +452,11 @@ impl Writer {
             .enforce_retention(now_ms(), self.max_age_ms, self.max_bytes)
         {
             Ok(r) if r.expired + r.evicted_for_size > 0 => {
-                tracing::info!(expired = r.expired, evicted = r.evicted_for_size, "event retention");
+                tracing::info!(
+                    expired = r.expired,
+                    evicted = r.evicted_for_size,
+                    "event retention"
+                );
             }
             Ok(_) => {}
             Err(err) => tracing::warn!(%err, "event retention failed"),

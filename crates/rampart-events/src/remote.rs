@@ -55,7 +55,11 @@ pub fn encode(s: &str) -> String {
 
 impl RemoteClient {
     /// `server` is the API base URL, e.g. `http://127.0.0.1:8080`.
-    pub fn new(server: &str, token: &str, extra_ca: Option<&std::path::Path>) -> Result<RemoteClient, EventsError> {
+    pub fn new(
+        server: &str,
+        token: &str,
+        extra_ca: Option<&std::path::Path>,
+    ) -> Result<RemoteClient, EventsError> {
         let base = server.trim_end_matches('/').to_string();
         let target = Target::parse(&base).map_err(remote_err)?;
         let tls = if target.https {
@@ -74,8 +78,14 @@ impl RemoteClient {
         let url = format!("{}{path_and_query}", self.base);
         let target = Target::parse(&url).map_err(remote_err)?;
         let auth = format!("Bearer {}", self.token);
-        let resp = request("GET", &target, &[("Authorization", &auth)], &[], self.tls.as_ref())
-            .map_err(|e| remote_err(format!("{}: {e}", self.base)))?;
+        let resp = request(
+            "GET",
+            &target,
+            &[("Authorization", &auth)],
+            &[],
+            self.tls.as_ref(),
+        )
+        .map_err(|e| remote_err(format!("{}: {e}", self.base)))?;
         match resp.status {
             200 => Ok(Some(resp.body)),
             404 => Ok(None),
@@ -83,7 +93,10 @@ impl RemoteClient {
                 let msg = serde_json::from_slice::<ErrorBody>(&resp.body)
                     .map(|b| b.error)
                     .unwrap_or_else(|_| String::from_utf8_lossy(&resp.body).into_owned());
-                Err(remote_err(format!("{} answered {status}: {msg}", self.base)))
+                Err(remote_err(format!(
+                    "{} answered {status}: {msg}",
+                    self.base
+                )))
             }
         }
     }
@@ -107,8 +120,11 @@ impl RemoteClient {
         if let Some(c) = cursor {
             qs.push_str(&format!("&cursor={}", encode(c)));
         }
-        let body = self.get(&qs)?.ok_or_else(|| remote_err("events API not found (is this a Rampart server?)"))?;
-        let page: PageBody = serde_json::from_slice(&body).map_err(|e| remote_err(format!("bad response: {e}")))?;
+        let body = self
+            .get(&qs)?
+            .ok_or_else(|| remote_err("events API not found (is this a Rampart server?)"))?;
+        let page: PageBody =
+            serde_json::from_slice(&body).map_err(|e| remote_err(format!("bad response: {e}")))?;
         Ok(Page {
             events: page.events,
             next_cursor: page.next_cursor,
@@ -124,11 +140,19 @@ impl RemoteClient {
         }
     }
 
-    pub fn alert_timeline(&self, id: &str, window: &str) -> Result<Option<(Event, Vec<Event>)>, EventsError> {
-        match self.get(&format!("/api/v1/alerts/{}/timeline?window={}", encode(id), encode(window)))? {
+    pub fn alert_timeline(
+        &self,
+        id: &str,
+        window: &str,
+    ) -> Result<Option<(Event, Vec<Event>)>, EventsError> {
+        match self.get(&format!(
+            "/api/v1/alerts/{}/timeline?window={}",
+            encode(id),
+            encode(window)
+        ))? {
             Some(body) => {
-                let t: TimelineBody =
-                    serde_json::from_slice(&body).map_err(|e| remote_err(format!("bad response: {e}")))?;
+                let t: TimelineBody = serde_json::from_slice(&body)
+                    .map_err(|e| remote_err(format!("bad response: {e}")))?;
                 Ok(Some((t.alert, t.events)))
             }
             None => Ok(None),

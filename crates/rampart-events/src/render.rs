@@ -39,7 +39,10 @@ const FLAT: [Field; 26] = [
 pub fn time_text(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ms.to_string())
 }
 
@@ -126,7 +129,11 @@ pub fn table_time(ms: i64) -> String {
 /// One table row.
 pub fn row(e: &Event, last: usize, marked: Option<&str>) -> String {
     let id = e.id().to_string();
-    let mark = if marked == Some(id.as_str()) { "> " } else { "  " };
+    let mark = if marked == Some(id.as_str()) {
+        "> "
+    } else {
+        "  "
+    };
     let detail = detail(e);
     let cells = [
         table_time(e.time),
@@ -159,7 +166,14 @@ fn detail(e: &Event) -> String {
         return format!("ALERT {} ({target})", f.title);
     }
     if let Some(a) = e.unmapped.device_activity {
-        return format!("{:?}{}", a, e.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default());
+        return format!(
+            "{:?}{}",
+            a,
+            e.message
+                .as_ref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
     }
     let mut s = match (e.url(), e.host()) {
         (Some(u), _) => u.to_string(),

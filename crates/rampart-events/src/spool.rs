@@ -62,7 +62,10 @@ impl Spool {
             else {
                 continue;
             };
-            let len = entry.metadata().map_err(|e| io_err(&entry.path(), e))?.len();
+            let len = entry
+                .metadata()
+                .map_err(|e| io_err(&entry.path(), e))?
+                .len();
             segments.push((id, len));
         }
         segments.sort_unstable();
@@ -127,7 +130,10 @@ impl Spool {
 
     /// Append lines (each without a newline). Data reaches the OS on return;
     /// call [`Spool::sync`] for power-loss durability.
-    pub fn append<'a>(&mut self, lines: impl IntoIterator<Item = &'a [u8]>) -> Result<(), EventsError> {
+    pub fn append<'a>(
+        &mut self,
+        lines: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), EventsError> {
         let need_new = match self.segments.last() {
             None => true,
             Some(&(_, len)) => self.writer.is_none() || len >= SEGMENT_BYTES,
@@ -261,7 +267,8 @@ impl Spool {
         self.read_pos = pos;
         let cursor = self.dir.join("cursor");
         let tmp = self.dir.join("cursor.tmp");
-        fs::write(&tmp, format!("{} {}\n", pos.segment, pos.offset)).map_err(|e| io_err(&tmp, e))?;
+        fs::write(&tmp, format!("{} {}\n", pos.segment, pos.offset))
+            .map_err(|e| io_err(&tmp, e))?;
         fs::rename(&tmp, &cursor).map_err(|e| io_err(&cursor, e))?;
         let active = self.segments.last().map(|s| s.0);
         while let Some(&(id, len)) = self.segments.first() {

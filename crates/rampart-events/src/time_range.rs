@@ -4,8 +4,11 @@ use std::time::Duration;
 
 /// Milliseconds since the epoch for an RFC 3339 time (`2026-11-23T10:00:00Z`).
 pub fn parse_instant(text: &str) -> Result<i64, String> {
-    let t = time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("`{text}` is not an RFC 3339 time (e.g. 2026-11-23T10:00:00Z): {e}"))?;
+    let t =
+        time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+            .map_err(|e| {
+                format!("`{text}` is not an RFC 3339 time (e.g. 2026-11-23T10:00:00Z): {e}")
+            })?;
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 

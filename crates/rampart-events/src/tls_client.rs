@@ -15,8 +15,8 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, Strin
         let _ = roots.add(cert);
     }
     if let Some(path) = extra_ca {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let certs =
+            CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut n = 0;
         for cert in certs {
             let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;

@@ -90,7 +90,10 @@ mod tests {
     fn token_is_created_once_with_mode_0600_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
         let t1 = load_or_create(dir.path()).unwrap();
-        let mode = fs::metadata(token_path(dir.path())).unwrap().permissions().mode();
+        let mode = fs::metadata(token_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(load_or_create(dir.path()).unwrap(), t1);
         assert!(t1.len() >= 40);

@@ -21,7 +21,9 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut w = StoreWriter::open(&db_path(dir.path()), false).unwrap();
-    let mut events: Vec<_> = (0..50).map(|i| common::http(i, T + i as i64 * 10_000)).collect();
+    let mut events: Vec<_> = (0..50)
+        .map(|i| common::http(i, T + i as i64 * 10_000))
+        .collect();
     // An alert on dev-3 in the middle of its activity.
     let mut f = FlowSummary::new(rampart_events::new_flow_id(), T + 250_000);
     f.device_uid = Some("dev-3".into());
@@ -57,7 +59,10 @@ async fn get(f: &Fixture, uri: &str, token: Option<&str>) -> (StatusCode, Value)
         .unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -80,12 +85,21 @@ async fn search_filters_and_pages_with_a_cursor() {
     assert_eq!(first.len(), 4);
     assert!(first.iter().all(|e| e["actor"]["user"]["name"] == "alice"));
     let cursor = body["next_cursor"].as_str().unwrap().to_string();
-    let (_, body2) = get(&f, &format!("/api/v1/events?q=user%20%3D%20alice&limit=100&cursor={cursor}"), Some(&t)).await;
+    let (_, body2) = get(
+        &f,
+        &format!("/api/v1/events?q=user%20%3D%20alice&limit=100&cursor={cursor}"),
+        Some(&t),
+    )
+    .await;
     let second = body2["events"].as_array().unwrap();
     // 10 alice http events plus her alert; no overlap between pages.
     assert_eq!(first.len() + second.len(), 11);
     assert!(body2["next_cursor"].is_null());
-    let ids: std::collections::HashSet<_> = first.iter().chain(second).map(|e| e["metadata"]["uid"].clone()).collect();
+    let ids: std::collections::HashSet<_> = first
+        .iter()
+        .chain(second)
+        .map(|e| e["metadata"]["uid"].clone())
+        .collect();
     assert_eq!(ids.len(), 11);
 }
 
@@ -93,7 +107,12 @@ async fn search_filters_and_pages_with_a_cursor() {
 async fn bad_query_is_a_400_with_the_column() {
     let f = fixture();
     let t = f.state.token().to_string();
-    let (s, body) = get(&f, "/api/v1/events?q=user%20%3D%20a%20and%20colour%20%3D%20red", Some(&t)).await;
+    let (s, body) = get(
+        &f,
+        "/api/v1/events?q=user%20%3D%20a%20and%20colour%20%3D%20red",
+        Some(&t),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(body["column"], 14);
     let (s, _) = get(&f, "/api/v1/events?from=yesterday", Some(&t)).await;
@@ -122,7 +141,12 @@ async fn event_by_id_and_unknown_id() {
     let (s, body) = get(&f, &format!("/api/v1/events/{}", f.alert_id), Some(&t)).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(body["class_uid"], 2004);
-    let (s, _) = get(&f, "/api/v1/events/00000000-0000-0000-0000-000000000000", Some(&t)).await;
+    let (s, _) = get(
+        &f,
+        "/api/v1/events/00000000-0000-0000-0000-000000000000",
+        Some(&t),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
@@ -140,14 +164,23 @@ async fn alerts_lists_only_alerts() {
 async fn alert_timeline_is_the_device_around_the_alert_in_order() {
     let f = fixture();
     let t = f.state.token().to_string();
-    let (s, body) = get(&f, &format!("/api/v1/alerts/{}/timeline?window=1m", f.alert_id), Some(&t)).await;
+    let (s, body) = get(
+        &f,
+        &format!("/api/v1/alerts/{}/timeline?window=1m", f.alert_id),
+        Some(&t),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let events = body["events"].as_array().unwrap();
     let times: Vec<i64> = events.iter().map(|e| e["time"].as_i64().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]));
     assert!(events.iter().all(|e| e["device"]["uid"] == "dev-3"));
-    assert!(times.iter().all(|t| (T + 190_000..=T + 310_000).contains(t)));
-    assert!(events.iter().any(|e| e["metadata"]["uid"] == f.alert_id.as_str()));
+    assert!(times
+        .iter()
+        .all(|t| (T + 190_000..=T + 310_000).contains(t)));
+    assert!(events
+        .iter()
+        .any(|e| e["metadata"]["uid"] == f.alert_id.as_str()));
     // dev-3 events are every 70 s (i % 7 == 3): 240 s and 310 s fall inside ±60 s.
     assert_eq!(events.len(), 3);
     let (s, _) = get(&f, "/api/v1/alerts/nope/timeline", Some(&t)).await;

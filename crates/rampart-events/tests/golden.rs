@@ -104,11 +104,16 @@ fn alert_non_web_port() -> Event {
     f.tls_decision = None;
     let spec = AlertSpec {
         title: "Outbound connection to non-web port 4444".into(),
-        desc: Some("bash opened a TCP connection to 192.0.2.66:4444 (possible reverse shell)".into()),
+        desc: Some(
+            "bash opened a TCP connection to 192.0.2.66:4444 (possible reverse shell)".into(),
+        ),
         severity: Severity::High,
         types: vec!["non-web-port".into()],
     };
-    let mut e = f.alert_event(&spec, Some(Uuid::parse_str("01937a53-7f00-7000-8000-0000000000c0").unwrap()));
+    let mut e = f.alert_event(
+        &spec,
+        Some(Uuid::parse_str("01937a53-7f00-7000-8000-0000000000c0").unwrap()),
+    );
     let id = "01937a53-7f00-7000-8000-0000000000c3";
     if let Some(fi) = e.finding_info.as_mut() {
         fi.uid = id.into();
@@ -136,8 +141,12 @@ fn check(name: &str, event: Event) {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &actual).unwrap();
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create)", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create)",
+            path.display()
+        )
+    });
     let want: serde_json::Value = serde_json::from_str(&expected).unwrap();
     let got: serde_json::Value = serde_json::from_str(&actual).unwrap();
     assert_eq!(got, want, "{name} differs from {}", path.display());
@@ -149,21 +158,30 @@ fn check(name: &str, event: Event) {
 #[test]
 fn http_activity_matches_golden() {
     let e = http_blocked();
-    assert_eq!((e.class_uid, e.type_uid, e.disposition_id), (4002, 400203, Some(2)));
+    assert_eq!(
+        (e.class_uid, e.type_uid, e.disposition_id),
+        (4002, 400203, Some(2))
+    );
     check("http_activity", e);
 }
 
 #[test]
 fn network_activity_matches_golden() {
     let e = network_tunnel_bypass();
-    assert_eq!((e.class_uid, e.type_uid, e.disposition_id), (4001, 400102, Some(1)));
+    assert_eq!(
+        (e.class_uid, e.type_uid, e.disposition_id),
+        (4001, 400102, Some(1))
+    );
     check("network_activity", e);
 }
 
 #[test]
 fn detection_finding_matches_golden() {
     let e = alert_non_web_port();
-    assert_eq!((e.class_uid, e.type_uid, e.disposition_id), (2004, 200401, Some(19)));
+    assert_eq!(
+        (e.class_uid, e.type_uid, e.disposition_id),
+        (2004, 200401, Some(19))
+    );
     check("detection_finding", e);
 }
 

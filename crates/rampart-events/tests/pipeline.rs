@@ -11,31 +11,55 @@ use rampart_events::{db_path, EventsConfig, Pipeline, StoreReader};
 #[test]
 fn send_never_blocks_while_the_store_is_locked_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let config = EventsConfig::default();
+    // A queue larger than the burst, so this test is about spilling, not the queue bound.
+    let config = EventsConfig {
+        queue_size: 200_000,
+        ..EventsConfig::default()
+    };
     let (pipeline, sender) = Pipeline::start(dir.path(), &config).unwrap();
 
     // Another connection holds the write lock: the writer stalls as on a slow disk.
     let blocker = rusqlite::Connection::open(db_path(dir.path())).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
 
-    let n = 60_000u64;
-    let events: Vec<_> = (0..n).map(|i| common::http(i, rampart_events::now_ms() + i as i64)).collect();
+    // More than the writer's in-flight batches can hold (8 × 8192): some must spill.
+    let n = 100_000u64;
+    let events: Vec<_> = (0..n)
+        .map(|i| common::http(i, rampart_events::now_ms() + i as i64))
+        .collect();
     let ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
-    let mut worst = Duration::ZERO;
+    let mut latencies = Vec::with_capacity(n as usize);
     for (i, e) in events.into_iter().enumerate() {
         let t = Instant::now();
         sender.send(e);
-        worst = worst.max(t.elapsed());
+        latencies.push(t.elapsed());
         if i % 1000 == 999 {
             // Paced like a busy gateway rather than a tight loop.
             std::thread::sleep(Duration::from_millis(2));
         }
     }
     let stats = pipeline.stats();
-    assert!(worst < Duration::from_millis(20), "a send took {worst:?}");
+    // The store stays locked for seconds: a send that waited on it would show it.
+    // (Single outliers are scheduler noise on a shared machine, hence p99 and a loose max.)
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let max = latencies[latencies.len() - 1];
+    assert!(p99 < Duration::from_millis(2), "p99 send {p99:?}");
+    assert!(max < Duration::from_millis(500), "slowest send {max:?}");
     assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
-    assert!(stats.spilled.load(Ordering::Relaxed) > 0, "{:?}", stats.snapshot());
-    assert!(stats.stored.load(Ordering::Relaxed) < n, "the store was locked");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stats.drained.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        stats.spilled.load(Ordering::Relaxed) > 0,
+        "{:?}",
+        stats.snapshot()
+    );
+    assert!(
+        stats.stored.load(Ordering::Relaxed) < n,
+        "the store was locked"
+    );
 
     blocker.execute_batch("ROLLBACK").unwrap();
     drop(blocker);
@@ -67,7 +91,10 @@ fn events_are_queryable_within_a_second_of_send() {
                 break r;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(1), "not stored within 1 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "not stored within 1 s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(r.count().unwrap(), 1);
@@ -90,5 +117,11 @@ fn spilled_events_left_by_a_previous_run_are_stored_on_start() {
     let (pipeline, _sender) = Pipeline::start(dir.path(), &EventsConfig::default()).unwrap();
     assert!(pipeline.wait_stored(500, Duration::from_secs(10)));
     pipeline.close();
-    assert_eq!(StoreReader::open(&db_path(dir.path())).unwrap().count().unwrap(), 500);
+    assert_eq!(
+        StoreReader::open(&db_path(dir.path()))
+            .unwrap()
+            .count()
+            .unwrap(),
+        500
+    );
 }

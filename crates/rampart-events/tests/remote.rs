@@ -10,7 +10,9 @@ use rampart_events::{db_path, StoreWriter};
 async fn remote_client_searches_pages_and_fetches_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = StoreWriter::open(&db_path(dir.path()), false).unwrap();
-    let events: Vec<_> = (0..30).map(|i| common::http(i, 1_763_900_000_000 + i as i64 * 1000)).collect();
+    let events: Vec<_> = (0..30)
+        .map(|i| common::http(i, 1_763_900_000_000 + i as i64 * 1000))
+        .collect();
     w.insert(&events).unwrap();
     let state = EventsApiState::new(dir.path()).unwrap();
     let token = state.token().to_string();
@@ -21,13 +23,25 @@ async fn remote_client_searches_pages_and_fetches_over_http() {
     let id = events[4].id().to_string();
     let result = tokio::task::spawn_blocking(move || {
         let c = RemoteClient::new(&format!("http://{addr}"), &token, None).unwrap();
-        let first = c.search("user = alice and status < 500", None, None, 4, None).unwrap();
+        let first = c
+            .search("user = alice and status < 500", None, None, 4, None)
+            .unwrap();
         let rest = c
-            .search("user = alice and status < 500", None, None, 100, first.next_cursor.as_deref())
+            .search(
+                "user = alice and status < 500",
+                None,
+                None,
+                100,
+                first.next_cursor.as_deref(),
+            )
             .unwrap();
         let one = c.event(&id).unwrap();
         let missing = c.event("nope").unwrap();
-        let bad = c.search("user = = alice", None, None, 10, None).err().unwrap().to_string();
+        let bad = c
+            .search("user = = alice", None, None, 10, None)
+            .err()
+            .unwrap()
+            .to_string();
         let denied = RemoteClient::new(&format!("http://{addr}"), "not-the-token-at-all", None)
             .unwrap()
             .search("", None, None, 1, None)
@@ -40,8 +54,16 @@ async fn remote_client_searches_pages_and_fetches_over_http() {
     .unwrap();
     let (first, rest, one, missing, bad, denied) = result;
     assert_eq!(first.events.len(), 4);
-    assert_eq!(first.events.len() + rest.events.len(), 6, "alice is every 5th of 30");
-    assert!(first.events.iter().chain(&rest.events).all(|e| e.user_name() == Some("alice")));
+    assert_eq!(
+        first.events.len() + rest.events.len(),
+        6,
+        "alice is every 5th of 30"
+    );
+    assert!(first
+        .events
+        .iter()
+        .chain(&rest.events)
+        .all(|e| e.user_name() == Some("alice")));
     assert_eq!(one.unwrap().id().to_string(), events[4].id().to_string());
     assert!(missing.is_none());
     assert!(bad.contains("400") && bad.contains("column 8"), "{bad}");

@@ -28,7 +28,11 @@ impl Drop for Rsyslog {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_rsyslog(dir: &Path, tls: Option<(&Path, &Path)>) -> Rsyslog {
@@ -75,14 +79,19 @@ fn start_rsyslog(dir: &Path, tls: Option<(&Path, &Path)>) -> Rsyslog {
     let r = Rsyslog { child, out, port };
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "rsyslogd did not listen on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "rsyslogd did not listen on {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     r
 }
 
 fn syslog_sink(port: u16, format: SyslogFormat, tls: Option<&Path>) -> SinkConfig {
-    let mut s: SinkConfig = toml::from_str("type = \"syslog\"\nname = \"rsyslog\"\naddress = \"127.0.0.1:1\"\n").unwrap();
+    let mut s: SinkConfig =
+        toml::from_str("type = \"syslog\"\nname = \"rsyslog\"\naddress = \"127.0.0.1:1\"\n")
+            .unwrap();
     s.address = Some(format!("127.0.0.1:{port}"));
     s.format = format;
     s.retry_initial = Duration::from_millis(50);
@@ -106,7 +115,11 @@ fn run_case(format: SyslogFormat, use_tls: bool) {
         use_tls.then_some((cert_path.as_path(), key_path.as_path())),
     );
     let config = EventsConfig {
-        sinks: vec![syslog_sink(rs.port, format, use_tls.then_some(cert_path.as_path()))],
+        sinks: vec![syslog_sink(
+            rs.port,
+            format,
+            use_tls.then_some(cert_path.as_path()),
+        )],
         ..Default::default()
     };
     let data = dir.path().join("data");
@@ -132,7 +145,8 @@ fn run_case(format: SyslogFormat, use_tls: bool) {
         SyslogFormat::Json => lines
             .iter()
             .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l.trim()).unwrap_or_else(|e| panic!("{e}: {l}"));
+                let v: serde_json::Value =
+                    serde_json::from_str(l.trim()).unwrap_or_else(|e| panic!("{e}: {l}"));
                 v["metadata"]["uid"].as_str().unwrap().to_string()
             })
             .collect(),
@@ -140,11 +154,20 @@ fn run_case(format: SyslogFormat, use_tls: bool) {
             .iter()
             .map(|l| {
                 assert!(l.trim_start().starts_with("CEF:0|Rampart|Rampart|"), "{l}");
-                l.split("externalId=").nth(1).unwrap().split(' ').next().unwrap().to_string()
+                l.split("externalId=")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_string()
             })
             .collect(),
     };
-    assert_eq!(seen, ids, "rsyslog received every event ({format:?}, tls {use_tls})");
+    assert_eq!(
+        seen, ids,
+        "rsyslog received every event ({format:?}, tls {use_tls})"
+    );
 }
 
 #[test]

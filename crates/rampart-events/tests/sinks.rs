@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +14,10 @@ use rampart_events::config::{SinkConfig, SinkKind, SyslogFormat};
 use rampart_events::{EventsConfig, Pipeline};
 
 fn sink(kind: SinkKind, name: &str) -> SinkConfig {
-    let text = format!("type = \"{}\"\nname = \"{name}\"\n", format!("{kind:?}").to_lowercase());
+    let text = format!(
+        "type = \"{}\"\nname = \"{name}\"\n",
+        format!("{kind:?}").to_lowercase()
+    );
     let mut c: SinkConfig = toml::from_str(&text).unwrap();
     c.retry_initial = Duration::from_millis(50);
     c.retry_max = Duration::from_millis(400);
@@ -53,7 +56,10 @@ fn read_frames(stream: impl Read, out: Arc<Mutex<Vec<String>>>) {
         if r.read_until(b' ', &mut len).unwrap_or(0) == 0 {
             return;
         }
-        let Ok(n) = std::str::from_utf8(&len[..len.len() - 1]).unwrap_or("x").parse::<usize>() else {
+        let Ok(n) = std::str::from_utf8(&len[..len.len() - 1])
+            .unwrap_or("x")
+            .parse::<usize>()
+        else {
             return;
         };
         let mut msg = vec![0u8; n];
@@ -87,12 +93,24 @@ fn syslog_over_tcp_delivers_json_and_cef_frames() {
         let mut s = sink(SinkKind::Syslog, "siem");
         s.address = Some(addr.to_string());
         s.format = format;
-        let config = EventsConfig { sinks: vec![s], ..Default::default() };
+        let config = EventsConfig {
+            sinks: vec![s],
+            ..Default::default()
+        };
         let (pipeline, ids) = send_events(dir.path(), &config, 200);
-        assert!(wait_until(Duration::from_secs(10), || got.lock().unwrap().len() >= 200));
+        assert!(wait_until(Duration::from_secs(10), || got
+            .lock()
+            .unwrap()
+            .len()
+            >= 200));
         pipeline.close();
         let msgs = got.lock().unwrap().clone();
-        assert!(msgs.iter().all(|m| m.starts_with("<134>1 ") || m.starts_with("<132>1 ")), "{}", msgs[0]);
+        assert!(
+            msgs.iter()
+                .all(|m| m.starts_with("<134>1 ") || m.starts_with("<132>1 ")),
+            "{}",
+            msgs[0]
+        );
         match format {
             SyslogFormat::Json => {
                 let seen: HashSet<String> = msgs.iter().map(|m| id_of_json_message(m)).collect();
@@ -102,7 +120,15 @@ fn syslog_over_tcp_delivers_json_and_cef_frames() {
                 assert!(msgs.iter().all(|m| m.contains(" - CEF:0|Rampart|Rampart|")));
                 let seen: HashSet<String> = msgs
                     .iter()
-                    .map(|m| m.split("externalId=").nth(1).unwrap().split(' ').next().unwrap().to_string())
+                    .map(|m| {
+                        m.split("externalId=")
+                            .nth(1)
+                            .unwrap()
+                            .split(' ')
+                            .next()
+                            .unwrap()
+                            .to_string()
+                    })
                     .collect();
                 assert_eq!(seen, ids);
             }
@@ -124,7 +150,8 @@ fn syslog_over_tls_verifies_the_collector_and_delivers() {
             .with_no_client_auth()
             .with_single_cert(
                 vec![cert.cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap(),
+                rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+                    .unwrap(),
             )
             .unwrap(),
     );
@@ -144,10 +171,22 @@ fn syslog_over_tls_verifies_the_collector_and_delivers() {
     s.tls = true;
     s.server_name = Some("localhost".into());
     s.ca_file = Some(ca);
-    let config = EventsConfig { sinks: vec![s], ..Default::default() };
+    let config = EventsConfig {
+        sinks: vec![s],
+        ..Default::default()
+    };
     let (pipeline, ids) = send_events(dir.path(), &config, 100);
-    assert!(wait_until(Duration::from_secs(10), || got.lock().unwrap().len() >= 100));
-    let seen: HashSet<String> = got.lock().unwrap().iter().map(|m| id_of_json_message(m)).collect();
+    assert!(wait_until(Duration::from_secs(10), || got
+        .lock()
+        .unwrap()
+        .len()
+        >= 100));
+    let seen: HashSet<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| id_of_json_message(m))
+        .collect();
     assert_eq!(seen, ids);
     pipeline.close();
 }
@@ -163,7 +202,8 @@ fn syslog_over_tls_refuses_an_untrusted_collector() {
             .with_no_client_auth()
             .with_single_cert(
                 vec![cert.cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap(),
+                rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+                    .unwrap(),
             )
             .unwrap(),
     );
@@ -182,13 +222,25 @@ fn syslog_over_tls_refuses_an_untrusted_collector() {
     s.address = Some(addr.to_string());
     s.tls = true;
     s.server_name = Some("localhost".into());
-    let config = EventsConfig { sinks: vec![s], ..Default::default() };
+    let config = EventsConfig {
+        sinks: vec![s],
+        ..Default::default()
+    };
     let (pipeline, _) = send_events(dir.path(), &config, 5);
     let stats = pipeline.sink_stats()[0].1.clone();
-    assert!(wait_until(Duration::from_secs(10), || stats.failures.load(std::sync::atomic::Ordering::Relaxed) > 0));
-    assert_eq!(stats.delivered.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(wait_until(Duration::from_secs(10), || stats
+        .failures
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0));
+    assert_eq!(
+        stats.delivered.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     let err = stats.last_error.lock().unwrap().clone().unwrap();
-    assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+    assert!(
+        err.contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
     pipeline.close();
 }
 
@@ -218,10 +270,16 @@ fn hec_collector(listener: TcpListener, token: &'static str, got: Arc<Mutex<Vec<
                 let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n");
                 continue;
             }
-            for item in serde_json::Deserializer::from_slice(&body).into_iter::<serde_json::Value>() {
+            for item in serde_json::Deserializer::from_slice(&body).into_iter::<serde_json::Value>()
+            {
                 let item = item.unwrap();
                 assert_eq!(item["sourcetype"], "ocsf");
-                got.lock().unwrap().push(item["event"]["metadata"]["uid"].as_str().unwrap().to_string());
+                got.lock().unwrap().push(
+                    item["event"]["metadata"]["uid"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
             }
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"text\":\"Success\",\"code\":0}");
         }
@@ -231,45 +289,84 @@ fn hec_collector(listener: TcpListener, token: &'static str, got: Arc<Mutex<Vec<
 #[test]
 fn hec_events_spool_while_the_collector_is_down_and_arrive_after_it_returns() {
     // Reserve a port, then free it: the collector is "down" until we bind it again.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dir = tempfile::tempdir().unwrap();
     let mut s = sink(SinkKind::Hec, "splunk");
     s.url = Some(format!("http://127.0.0.1:{port}/services/collector/event"));
     s.token = Some("hec-token".into());
     s.batch_size = 100;
-    let config = EventsConfig { sinks: vec![s], ..Default::default() };
+    let config = EventsConfig {
+        sinks: vec![s],
+        ..Default::default()
+    };
     let (pipeline, ids) = send_events(dir.path(), &config, 1000);
     let stats = pipeline.sink_stats()[0].1.clone();
     use std::sync::atomic::Ordering::Relaxed;
-    assert!(wait_until(Duration::from_secs(5), || stats.failures.load(Relaxed) >= 2));
+    assert!(wait_until(Duration::from_secs(5), || stats
+        .failures
+        .load(Relaxed)
+        >= 2));
     assert_eq!(stats.delivered.load(Relaxed), 0);
-    assert!(stats.pending_bytes.load(Relaxed) > 0, "events wait in the spool");
+    assert!(
+        stats.pending_bytes.load(Relaxed) > 0,
+        "events wait in the spool"
+    );
 
     let got = Arc::new(Mutex::new(Vec::new()));
-    hec_collector(TcpListener::bind(("127.0.0.1", port)).unwrap(), "hec-token", got.clone());
-    assert!(wait_until(Duration::from_secs(20), || stats.delivered.load(Relaxed) >= 1000));
+    hec_collector(
+        TcpListener::bind(("127.0.0.1", port)).unwrap(),
+        "hec-token",
+        got.clone(),
+    );
+    assert!(wait_until(Duration::from_secs(20), || stats
+        .delivered
+        .load(Relaxed)
+        >= 1000));
     let received = got.lock().unwrap().clone();
     let unique: HashSet<String> = received.iter().cloned().collect();
     assert_eq!(unique, ids, "none missing");
-    assert_eq!(received.len(), 1000, "no duplicates when every delivery was acknowledged");
+    assert_eq!(
+        received.len(),
+        1000,
+        "no duplicates when every delivery was acknowledged"
+    );
     pipeline.close();
 }
 
 #[test]
 fn undelivered_sink_events_survive_a_restart() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dir = tempfile::tempdir().unwrap();
     let mut s = sink(SinkKind::Hec, "later");
     s.url = Some(format!("http://127.0.0.1:{port}/services/collector/event"));
     s.token = Some("t0k3n".into());
-    let config = EventsConfig { sinks: vec![s], ..Default::default() };
+    let config = EventsConfig {
+        sinks: vec![s],
+        ..Default::default()
+    };
     let (pipeline, ids) = send_events(dir.path(), &config, 300);
     pipeline.close(); // collector never came up in this run
 
     let got = Arc::new(Mutex::new(Vec::new()));
-    hec_collector(TcpListener::bind(("127.0.0.1", port)).unwrap(), "t0k3n", got.clone());
+    hec_collector(
+        TcpListener::bind(("127.0.0.1", port)).unwrap(),
+        "t0k3n",
+        got.clone(),
+    );
     let (pipeline, _) = Pipeline::start(dir.path(), &config).unwrap();
-    assert!(wait_until(Duration::from_secs(20), || got.lock().unwrap().len() >= 300));
+    assert!(wait_until(Duration::from_secs(20), || got
+        .lock()
+        .unwrap()
+        .len()
+        >= 300));
     let unique: HashSet<String> = got.lock().unwrap().iter().cloned().collect();
     assert_eq!(unique, ids);
     pipeline.close();
@@ -283,19 +380,30 @@ fn file_sinks_write_ndjson_and_squid_lines_with_a_query_filter() {
     nd.query = "action = block".into();
     let mut sq = sink(SinkKind::Squid, "squid");
     sq.path = Some(dir.path().join("out/access.log"));
-    let config = EventsConfig { sinks: vec![nd, sq], ..Default::default() };
+    let config = EventsConfig {
+        sinks: vec![nd, sq],
+        ..Default::default()
+    };
     let (pipeline, _) = send_events(dir.path(), &config, 100);
     let squid_path = dir.path().join("out/access.log");
     assert!(wait_until(Duration::from_secs(10), || {
-        std::fs::read_to_string(&squid_path).map(|s| s.lines().count() == 100).unwrap_or(false)
+        std::fs::read_to_string(&squid_path)
+            .map(|s| s.lines().count() == 100)
+            .unwrap_or(false)
     }));
     pipeline.close();
     let nd = std::fs::read_to_string(dir.path().join("out/events.ndjson")).unwrap();
-    let blocked: Vec<serde_json::Value> = nd.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let blocked: Vec<serde_json::Value> = nd
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(blocked.len(), 10, "only blocks (every 10th event)");
     assert!(blocked.iter().all(|e| e["disposition_id"] == 2));
     let squid = std::fs::read_to_string(&squid_path).unwrap();
-    let denied = squid.lines().filter(|l| l.contains(" TCP_DENIED/403 ")).count();
+    let denied = squid
+        .lines()
+        .filter(|l| l.contains(" TCP_DENIED/403 "))
+        .count();
     assert_eq!(denied, 10);
     let first = squid.lines().next().unwrap();
     let cols: Vec<&str> = first.split_whitespace().collect();

@@ -11,7 +11,9 @@ use rampart_events::{db_path, StoreReader, StoreWriter};
 fn filled(n: u64) -> (tempfile::TempDir, StoreReader) {
     let dir = tempfile::tempdir().unwrap();
     let mut w = StoreWriter::open(&db_path(dir.path()), false).unwrap();
-    let events: Vec<_> = (0..n).map(|i| common::http(i, 1_000_000 + i as i64 * 1000)).collect();
+    let events: Vec<_> = (0..n)
+        .map(|i| common::http(i, 1_000_000 + i as i64 * 1000))
+        .collect();
     assert_eq!(w.insert(&events).unwrap(), n as usize);
     let r = StoreReader::open(&db_path(dir.path())).unwrap();
     (dir, r)
@@ -50,11 +52,20 @@ fn query_results_equal_the_in_memory_matcher_for_every_operator() {
         "process != nothing",
     ] {
         let parsed = parse(q).unwrap();
-        let want: HashSet<_> = all.iter().filter(|e| parsed.matches(e)).map(|e| e.id()).collect();
+        let want: HashSet<_> = all
+            .iter()
+            .filter(|e| parsed.matches(e))
+            .map(|e| e.id())
+            .collect();
         let got: HashSet<_> = search(&r, q).iter().map(|e| e.id()).collect();
         assert_eq!(got, want, "query `{q}`");
         let expect_empty = q == "process = nothing";
-        assert_eq!(got.is_empty(), expect_empty, "`{q}` result count {}", got.len());
+        assert_eq!(
+            got.is_empty(),
+            expect_empty,
+            "`{q}` result count {}",
+            got.len()
+        );
     }
 }
 
@@ -79,7 +90,10 @@ fn keyset_pages_cover_everything_once_newest_first() {
         }
     }
     assert_eq!(seen.len(), 95);
-    assert!(seen.windows(2).all(|w| w[0] > w[1]), "strictly newest first");
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "strictly newest first"
+    );
 }
 
 #[test]
@@ -92,7 +106,13 @@ fn time_range_is_from_inclusive_to_exclusive() {
         limit: 100,
         ..Default::default()
     };
-    let times: Vec<i64> = r.search(&req).unwrap().events.iter().map(|e| e.time).collect();
+    let times: Vec<i64> = r
+        .search(&req)
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.time)
+        .collect();
     assert_eq!(times, vec![1_004_000, 1_003_000, 1_002_000]);
 }
 
@@ -120,9 +140,13 @@ fn duplicate_ids_are_stored_once() {
 fn retention_removes_old_events_then_oldest_until_under_size() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = StoreWriter::open(&db_path(dir.path()), false).unwrap();
-    let events: Vec<_> = (0..5000).map(|i| common::http(i, 1_000_000 + i as i64)).collect();
+    let events: Vec<_> = (0..5000)
+        .map(|i| common::http(i, 1_000_000 + i as i64))
+        .collect();
     w.insert(&events).unwrap();
-    let r = w.enforce_retention(1_000_000 + 6_000, Some(5_000), None).unwrap();
+    let r = w
+        .enforce_retention(1_000_000 + 6_000, Some(5_000), None)
+        .unwrap();
     assert_eq!(r.expired, 1000);
     assert_eq!(w.count().unwrap(), 4000);
     let size = w.live_bytes().unwrap();
@@ -131,7 +155,11 @@ fn retention_removes_old_events_then_oldest_until_under_size() {
     assert!(w.live_bytes().unwrap() <= size / 2);
     let reader = StoreReader::open(&db_path(dir.path())).unwrap();
     let oldest_left = reader
-        .search(&SearchRequest { query: parse("").unwrap(), limit: 10_000, ..Default::default() })
+        .search(&SearchRequest {
+            query: parse("").unwrap(),
+            limit: 10_000,
+            ..Default::default()
+        })
         .unwrap()
         .events
         .last()
@@ -154,6 +182,12 @@ fn get_returns_the_stored_document() {
 #[test]
 fn missing_store_names_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    let err = StoreReader::open(&db_path(dir.path())).err().unwrap().to_string();
-    assert!(err.contains("events.db") && err.contains("--data-dir"), "{err}");
+    let err = StoreReader::open(&db_path(dir.path()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("events.db") && err.contains("--data-dir"),
+        "{err}"
+    );
 }

@@ -44,7 +44,12 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>, QueryError> {
             '=' if chars.get(i + 1) == Some(&'=') => (Tok::Symbol("="), i + 2),
             '=' => (Tok::Symbol("="), i + 1),
             '!' if chars.get(i + 1) == Some(&'=') => (Tok::Symbol("!="), i + 2),
-            '!' => return Err(QueryError::new(column, "expected `!=` (use `not` to negate)")),
+            '!' => {
+                return Err(QueryError::new(
+                    column,
+                    "expected `!=` (use `not` to negate)",
+                ))
+            }
             '<' if chars.get(i + 1) == Some(&'=') => (Tok::Symbol("<="), i + 2),
             '<' => (Tok::Symbol("<"), i + 1),
             '>' if chars.get(i + 1) == Some(&'=') => (Tok::Symbol(">="), i + 2),

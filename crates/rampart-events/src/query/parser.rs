@@ -168,15 +168,22 @@ impl Parser {
     fn primary(&mut self) -> Result<Expr, QueryError> {
         let column = self.column();
         match self.next() {
-            Some(Token { tok: Tok::LParen, .. }) => {
+            Some(Token {
+                tok: Tok::LParen, ..
+            }) => {
                 self.enter()?;
                 let inner = self.or()?;
                 self.depth -= 1;
                 match self.next() {
-                    Some(Token { tok: Tok::RParen, .. }) => Ok(inner),
+                    Some(Token {
+                        tok: Tok::RParen, ..
+                    }) => Ok(inner),
                     Some(t) => Err(QueryError::new(
                         t.column,
-                        format!("expected `)` to close the `(` at column {column}, found {}", describe(&t.tok)),
+                        format!(
+                            "expected `)` to close the `(` at column {column}, found {}",
+                            describe(&t.tok)
+                        ),
                     )),
                     None => Err(QueryError::new(
                         self.end_column,
@@ -184,7 +191,10 @@ impl Parser {
                     )),
                 }
             }
-            Some(Token { tok: Tok::Word(name), column }) => self.term(&name, column),
+            Some(Token {
+                tok: Tok::Word(name),
+                column,
+            }) => self.term(&name, column),
             Some(t) => Err(QueryError::new(
                 t.column,
                 format!("expected a field name, found {}", describe(&t.tok)),
@@ -205,7 +215,10 @@ impl Parser {
         })?;
         let op_column = self.column();
         let op = match self.next() {
-            Some(Token { tok: Tok::Symbol(s), .. }) => match s {
+            Some(Token {
+                tok: Tok::Symbol(s),
+                ..
+            }) => match s {
                 "=" => Op::Eq,
                 "!=" => Op::Ne,
                 "<" => Op::Lt,
@@ -213,7 +226,9 @@ impl Parser {
                 "<=" => Op::Le,
                 _ => Op::Ge,
             },
-            Some(Token { tok: Tok::Word(w), .. }) => match w.to_ascii_lowercase().as_str() {
+            Some(Token {
+                tok: Tok::Word(w), ..
+            }) => match w.to_ascii_lowercase().as_str() {
                 "eq" => Op::Eq,
                 "ne" => Op::Ne,
                 "like" => Op::Like,
@@ -240,7 +255,9 @@ impl Parser {
     fn in_list(&mut self, field: Field) -> Result<Expr, QueryError> {
         let open = self.column();
         match self.next() {
-            Some(Token { tok: Tok::LParen, .. }) => {}
+            Some(Token {
+                tok: Tok::LParen, ..
+            }) => {}
             _ => return Err(QueryError::new(open, "expected `(` after `in`")),
         }
         let mut values = Vec::new();
@@ -248,12 +265,19 @@ impl Parser {
             values.push(self.value(field)?);
             let column = self.column();
             match self.next() {
-                Some(Token { tok: Tok::Comma, .. }) => continue,
-                Some(Token { tok: Tok::RParen, .. }) => break,
+                Some(Token {
+                    tok: Tok::Comma, ..
+                }) => continue,
+                Some(Token {
+                    tok: Tok::RParen, ..
+                }) => break,
                 Some(t) => {
                     return Err(QueryError::new(
                         t.column,
-                        format!("expected `,` or `)` in the list, found {}", describe(&t.tok)),
+                        format!(
+                            "expected `,` or `)` in the list, found {}",
+                            describe(&t.tok)
+                        ),
                     ))
                 }
                 None => {
@@ -270,18 +294,30 @@ impl Parser {
     fn value(&mut self, field: Field) -> Result<Value, QueryError> {
         let column = self.column();
         let text = match self.next() {
-            Some(Token { tok: Tok::Word(w), .. }) => w,
-            Some(Token { tok: Tok::Quoted(q), .. }) => q,
+            Some(Token {
+                tok: Tok::Word(w), ..
+            }) => w,
+            Some(Token {
+                tok: Tok::Quoted(q),
+                ..
+            }) => q,
             Some(t) => {
                 return Err(QueryError::new(
                     t.column,
-                    format!("expected a value for `{}`, found {}", field.name(), describe(&t.tok)),
+                    format!(
+                        "expected a value for `{}`, found {}",
+                        field.name(),
+                        describe(&t.tok)
+                    ),
                 ))
             }
             None => {
                 return Err(QueryError::new(
                     column,
-                    format!("expected a value for `{}`, found the end of the query", field.name()),
+                    format!(
+                        "expected a value for `{}`, found the end of the query",
+                        field.name()
+                    ),
                 ))
             }
         };
@@ -456,9 +492,19 @@ mod tests {
     #[test]
     fn every_operator_spelling_parses() {
         for q in [
-            "user = a", "user == a", "user eq a", "user != a", "user ne a", "host like news",
-            "status < 400", "status > 1", "status <= 2", "status >= 3", "category in (news, gambling)",
-            "category not in (a)", "USER EQ a AND (host LIKE '*.x' OR NOT status = 200)",
+            "user = a",
+            "user == a",
+            "user eq a",
+            "user != a",
+            "user ne a",
+            "host like news",
+            "status < 400",
+            "status > 1",
+            "status <= 2",
+            "status >= 3",
+            "category in (news, gambling)",
+            "category not in (a)",
+            "USER EQ a AND (host LIKE '*.x' OR NOT status = 200)",
         ] {
             parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
         }
@@ -562,7 +608,7 @@ mod tests {
             for k in 0..len {
                 let pick = (seed.rotate_left(k as u32 * 5) % atoms.len() as u64) as usize;
                 q.push_str(atoms[pick]);
-                if pick % 3 == 0 {
+                if pick.is_multiple_of(3) {
                     q.push(' ');
                 }
             }
@@ -571,7 +617,10 @@ mod tests {
                     let sql = crate::query::compile(&parsed);
                     assert_eq!(sql.sql.matches('?').count(), sql.params.len(), "{q}");
                 }
-                Err(e) => assert!(e.column >= 1 && e.column <= q.chars().count() + 1, "{q:?}: {e}"),
+                Err(e) => assert!(
+                    e.column >= 1 && e.column <= q.chars().count() + 1,
+                    "{q:?}: {e}"
+                ),
             }
         }
     }

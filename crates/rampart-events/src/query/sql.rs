@@ -44,8 +44,11 @@ fn emit(e: &Expr, out: &mut SqlFilter) {
         Expr::And(a, b) | Expr::Or(a, b) => {
             out.sql.push('(');
             emit(a, out);
-            out.sql
-                .push_str(if matches!(e, Expr::And(..)) { " AND " } else { " OR " });
+            out.sql.push_str(if matches!(e, Expr::And(..)) {
+                " AND "
+            } else {
+                " OR "
+            });
             emit(b, out);
             out.sql.push(')');
         }
@@ -200,6 +203,9 @@ mod tests {
     fn numbers_bind_as_integers() {
         let f = compile(&parse("status >= 400 and not dst_port = 443").unwrap());
         assert_eq!(f.sql, "(status >= ? AND (NOT dst_port IS ?))");
-        assert_eq!(f.params, vec![SqlValue::Integer(400), SqlValue::Integer(443)]);
+        assert_eq!(
+            f.params,
+            vec![SqlValue::Integer(400), SqlValue::Integer(443)]
+        );
     }
 }

@@ -32,9 +32,21 @@ pub fn render(e: &Event) -> String {
     add("shost", e.device_name().map(str::to_string));
     add("sproc", e.process_name().map(str::to_string));
     add("src", e.src_endpoint.as_ref().and_then(|s| s.ip.clone()));
-    add("spt", e.src_endpoint.as_ref().and_then(|s| s.port).map(|p| p.to_string()));
+    add(
+        "spt",
+        e.src_endpoint
+            .as_ref()
+            .and_then(|s| s.port)
+            .map(|p| p.to_string()),
+    );
     add("dst", e.dst_endpoint.as_ref().and_then(|s| s.ip.clone()));
-    add("dpt", e.dst_endpoint.as_ref().and_then(|s| s.port).map(|p| p.to_string()));
+    add(
+        "dpt",
+        e.dst_endpoint
+            .as_ref()
+            .and_then(|s| s.port)
+            .map(|p| p.to_string()),
+    );
     add("dhost", e.host().map(str::to_string));
     add("request", e.url().map(str::to_string));
     add(
@@ -48,10 +60,18 @@ pub fn render(e: &Event) -> String {
         ext.push(("cn1Label", "status".into()));
     }
     let labelled: [(&str, &str, Option<String>); 5] = [
-        ("cs1", "rule", e.policy.as_ref().and_then(|p| p.name.clone())),
+        (
+            "cs1",
+            "rule",
+            e.policy.as_ref().and_then(|p| p.name.clone()),
+        ),
         ("cs2", "category", e.unmapped.category.clone()),
         ("cs3", "flow", e.flow_id().map(|f| f.to_string())),
-        ("cs4", "tls", e.unmapped.tls_decision.map(|t| t.as_str().to_string())),
+        (
+            "cs4",
+            "tls",
+            e.unmapped.tls_decision.map(|t| t.as_str().to_string()),
+        ),
         ("cs5", "app", e.unmapped.app.clone()),
     ];
     let mut labels = Vec::new();

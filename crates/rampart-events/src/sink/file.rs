@@ -53,14 +53,18 @@ impl RotatingFile {
 
     /// Append `data` (whole lines) and make it durable before returning.
     pub fn write_lines(&mut self, data: &[u8]) -> std::io::Result<()> {
-        if self.file.is_some() && self.size > 0 && self.size + data.len() as u64 > self.rotate_bytes {
+        if self.file.is_some() && self.size > 0 && self.size + data.len() as u64 > self.rotate_bytes
+        {
             self.rotate()?;
         }
         if self.file.is_none() {
             if let Some(dir) = self.path.parent() {
                 fs::create_dir_all(dir)?;
             }
-            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.size = f.metadata()?.len();
             self.file = Some(f);
             if self.size > 0 && self.size + data.len() as u64 > self.rotate_bytes {
@@ -142,8 +146,14 @@ mod tests {
             f.write_lines(format!("line-{i}\n").as_bytes()).unwrap();
         }
         assert_eq!(fs::read_to_string(&path).unwrap(), "line-4\n");
-        assert_eq!(fs::read_to_string(dir.path().join("events.ndjson.1")).unwrap(), "line-3\n");
-        assert_eq!(fs::read_to_string(dir.path().join("events.ndjson.2")).unwrap(), "line-2\n");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("events.ndjson.1")).unwrap(),
+            "line-3\n"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("events.ndjson.2")).unwrap(),
+            "line-2\n"
+        );
         assert!(!dir.path().join("events.ndjson.3").exists());
     }
 }

@@ -80,7 +80,10 @@ impl Destination for Hec {
             Err(format!(
                 "collector answered {}: {}",
                 resp.status,
-                String::from_utf8_lossy(&resp.body).chars().take(200).collect::<String>()
+                String::from_utf8_lossy(&resp.body)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
             ))
         }
     }

@@ -22,7 +22,13 @@ pub fn render(e: &Event) -> Option<String> {
         .unwrap_or("-");
     let denied = matches!(e.verdict(), Some(Verdict::Block | Verdict::Challenge));
     let status = e.http_response.as_ref().map_or(
-        if denied { 403 } else if ty == EventType::Network { 200 } else { 0 },
+        if denied {
+            403
+        } else if ty == EventType::Network {
+            200
+        } else {
+            0
+        },
         |r| r.code,
     );
     let code = if denied {

@@ -44,7 +44,10 @@ impl Syslog {
             let host = c.server_name.clone().unwrap_or_else(|| host_of(&address));
             let name = ServerName::try_from(host.clone())
                 .map_err(|e| format!("server name `{host}`: {e}"))?;
-            Some((crate::tls_client::client_config(c.ca_file.as_deref())?, name))
+            Some((
+                crate::tls_client::client_config(c.ca_file.as_deref())?,
+                name,
+            ))
         } else {
             None
         };
@@ -182,7 +185,10 @@ mod tests {
         f.user = Some("alice".into());
         let e = f.http_event();
         let m = message(&e, SyslogFormat::Json, "gw 1");
-        assert!(m.starts_with("<134>1 2023-11-14T22:13:20.123Z gw1 rampart "), "{m}");
+        assert!(
+            m.starts_with("<134>1 2023-11-14T22:13:20.123Z gw1 rampart "),
+            "{m}"
+        );
         let json = m.split_once(" http - ").unwrap().1;
         let back: Event = serde_json::from_str(json).unwrap();
         assert_eq!(back, e);

@@ -9,7 +9,7 @@ mod schema;
 mod writer;
 
 pub use reader::{Cursor, Page, SearchRequest, StoreReader};
-pub use writer::{RetentionReport, StoreWriter};
+pub use writer::{Checkpointer, RetentionReport, StoreWriter};
 
 use std::path::{Path, PathBuf};
 

@@ -86,7 +86,8 @@ impl StoreReader {
     }
 
     fn decode(&self, doc: &str) -> Result<Event, EventsError> {
-        serde_json::from_str(doc).map_err(|e| EventsError::BadDocument(doc.chars().take(60).collect(), e))
+        serde_json::from_str(doc)
+            .map_err(|e| EventsError::BadDocument(doc.chars().take(60).collect(), e))
     }
 
     /// Events matching `req`, newest first.
@@ -116,7 +117,11 @@ impl StoreReader {
         let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params_from_iter(params.iter()), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })
             .map_err(|e| self.err(e))?;
         let mut events = Vec::new();
@@ -162,7 +167,9 @@ impl StoreReader {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map((device, from_ms, to_ms, limit as i64), |r| r.get::<_, String>(0))
+            .query_map((device, from_ms, to_ms, limit as i64), |r| {
+                r.get::<_, String>(0)
+            })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for doc in rows {
@@ -172,7 +179,11 @@ impl StoreReader {
     }
 
     /// An alert and everything its device did within `window_ms` either side of it, in order.
-    pub fn alert_timeline(&self, alert_id: &str, window_ms: i64) -> Result<Option<(Event, Vec<Event>)>, EventsError> {
+    pub fn alert_timeline(
+        &self,
+        alert_id: &str,
+        window_ms: i64,
+    ) -> Result<Option<(Event, Vec<Event>)>, EventsError> {
         let Some(alert) = self.get(alert_id)? else {
             return Ok(None);
         };
@@ -180,12 +191,22 @@ impl StoreReader {
             .device_name()
             .ok_or_else(|| EventsError::NoDevice(alert_id.to_string()))?
             .to_string();
-        let events = self.timeline(&device, alert.time - window_ms, alert.time + window_ms, 100_000)?;
+        let events = self.timeline(
+            &device,
+            alert.time - window_ms,
+            alert.time + window_ms,
+            100_000,
+        )?;
         Ok(Some((alert, events)))
     }
 
     /// Events stored after `seq` that match `query`, oldest first, with their sequence numbers.
-    pub fn after(&self, seq: i64, query: &Query, limit: usize) -> Result<Vec<(i64, Event)>, EventsError> {
+    pub fn after(
+        &self,
+        seq: i64,
+        query: &Query,
+        limit: usize,
+    ) -> Result<Vec<(i64, Event)>, EventsError> {
         let filter = compile(query);
         let sql = format!(
             "SELECT seq, doc FROM events WHERE seq > ? AND ({}) ORDER BY seq LIMIT ?",

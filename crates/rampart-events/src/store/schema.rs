@@ -76,7 +76,11 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
 pub fn configure(conn: &Connection, full_sync: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", if full_sync { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if full_sync { "FULL" } else { "NORMAL" },
+    )?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -32_000)?;
     Ok(())

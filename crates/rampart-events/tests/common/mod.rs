@@ -11,16 +11,32 @@ pub fn http(i: u64, time_ms: i64) -> Event {
     let mut f = FlowSummary::new(rampart_events::new_flow_id(), time_ms - 50);
     f.end_ms = time_ms;
     f.user = Some(USERS[(i % 5) as usize].to_string());
-    f.groups = vec![if i % 2 == 0 { "engineering" } else { "sales" }.to_string()];
+    f.groups = vec![if i.is_multiple_of(2) {
+        "engineering"
+    } else {
+        "sales"
+    }
+    .to_string()];
     f.device_uid = Some(format!("dev-{}", i % 7));
     let host = format!("h{}.{}.example", i % 13, CATEGORIES[(i % 4) as usize]);
     f.url = Some(format!("https://{host}/p/{i}"));
     f.host = Some(host);
     f.method = Some("GET".into());
-    f.status = Some(if i % 10 == 0 { 403 } else { 200 });
+    f.status = Some(if i.is_multiple_of(10) { 403 } else { 200 });
     f.categories = vec![CATEGORIES[(i % 4) as usize].to_string()];
-    f.verdict = if i % 10 == 0 { Verdict::Block } else { Verdict::Allow };
-    f.rule_name = Some(if i % 10 == 0 { "block gambling" } else { "default" }.to_string());
+    f.verdict = if i.is_multiple_of(10) {
+        Verdict::Block
+    } else {
+        Verdict::Allow
+    };
+    f.rule_name = Some(
+        if i.is_multiple_of(10) {
+            "block gambling"
+        } else {
+            "default"
+        }
+        .to_string(),
+    );
     f.tls_decision = Some(TlsDecision::Decrypt);
     f.src = Some("10.0.0.9:40000".parse().unwrap());
     f.dst = Some("192.0.2.1:443".parse().unwrap());
