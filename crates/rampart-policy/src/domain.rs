@@ -181,9 +181,7 @@ pub(crate) type CategoryEntry<'a> = (Cow<'a, str>, Option<PathPattern>);
 
 /// Parses one line of a category or hosts file. Returns `Ok(None)` for blank lines,
 /// comments and the `localhost` style entries of hosts files.
-pub(crate) fn parse_category_line(
-    line: &str,
-) -> Result<Option<CategoryEntry<'_>>, String> {
+pub(crate) fn parse_category_line(line: &str) -> Result<Option<CategoryEntry<'_>>, String> {
     let line = line.split('#').next().unwrap_or("").trim();
     if line.is_empty() {
         return Ok(None);

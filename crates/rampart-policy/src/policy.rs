@@ -928,6 +928,9 @@ impl<'d> Compiler<'d> {
                     Some(ActionDef::Egress(e)) => self.egress(e).map(RuleAction::Egress),
                     None => None,
                 };
+                if matches!(def.stage, Stage::Steering | Stage::Decryption) {
+                    self.warn_path_entries(def, &when, unless.as_ref());
+                }
                 let Some(action) = action else { continue };
                 sets[s].push(Rule {
                     name: Arc::from(def.name.clone().unwrap_or_else(|| id.clone())),
@@ -1028,6 +1031,38 @@ impl<'d> Compiler<'d> {
         for p in problems {
             let loc = def.loc.clone();
             self.error(&loc, format!("a [[{}]] rule cannot use {p}", def.stage));
+        }
+    }
+
+    /// Path entries cannot be seen before decryption: say so instead of letting them
+    /// silently never match in steering and decryption rules.
+    fn warn_path_entries(&mut self, def: &RuleDef, when: &Conds, unless: Option<&Conds>) {
+        let objects: Vec<u32> = when
+            .objects
+            .iter()
+            .chain(unless.into_iter().flat_map(|u| u.objects.iter()))
+            .copied()
+            .collect();
+        let mut named: Vec<String> = Vec::new();
+        for o in objects {
+            let has_paths = self
+                .policy
+                .targets
+                .iter()
+                .any(|t| t.object == o && t.path.is_some());
+            if has_paths {
+                let obj = &self.policy.objects[o as usize];
+                named.push(format!("{} \"{}\"", obj.kind.as_str(), obj.name));
+            }
+        }
+        if !named.is_empty() {
+            let msg = format!(
+                "{} ha{} path entries, which never match in [[{}]] rules (paths are only visible after decryption); only its host entries apply",
+                named.join(", "),
+                if named.len() == 1 { "s" } else { "ve" },
+                def.stage
+            );
+            self.diags.push(Diagnostic::warning(&def.loc, msg));
         }
     }
 

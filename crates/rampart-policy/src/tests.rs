@@ -678,3 +678,36 @@ mod robustness {
         }
     }
 }
+
+#[test]
+fn path_entries_in_decryption_rules_are_warned_and_ignored() {
+    let (p, warnings) = compile(
+        r#"
+        [lists]
+        mixed = ["bank.example", "portal.example/private"]
+        [[decryption]]
+        when = { lists = ["mixed"] }
+        action = "do-not-decrypt"
+        "#,
+    );
+    let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|w| w
+                .contains("list \"mixed\" has path entries, which never match in [[decryption]]")),
+        "{text:?}"
+    );
+    let id = Identity::default();
+    let dec = |host| {
+        let conn = ConnectionFacts {
+            identity: &id,
+            process: None,
+            host: Some(host),
+            dst_ip: None,
+            port: 443,
+        };
+        p.evaluate_connection(&conn).decryption.action
+    };
+    assert_eq!(dec("bank.example"), DecryptionAction::DoNotDecrypt);
+    assert_eq!(dec("portal.example"), DecryptionAction::Decrypt);
+}
