@@ -167,11 +167,35 @@ impl CertificateAuthority {
 
     /// Loads the CA, creating it first when neither file exists. Returns whether it was created.
     pub fn load_or_create(paths: &CaPaths, options: &CaOptions) -> Result<(Self, bool), TlsError> {
-        if paths.exists()? {
-            Ok((Self::load(paths)?, false))
-        } else {
-            Ok((Self::create(paths, options, false)?, true))
+        match paths.exists() {
+            Ok(true) => return Ok((Self::load(paths)?, false)),
+            Ok(false) => {}
+            // A key without a certificate: possibly another gateway sharing the data
+            // directory between writing the two files; a real loss still errors below.
+            Err(TlsError::CaIncomplete { .. }) if paths.key.exists() => {
+                return Ok((Self::load_after_concurrent_create(paths)?, false))
+            }
+            Err(other) => return Err(other),
         }
+        match Self::create(paths, options, false) {
+            Ok(ca) => Ok((ca, true)),
+            Err(TlsError::CaExists { .. }) => {
+                Ok((Self::load_after_concurrent_create(paths)?, false))
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Another process won the race to create the CA: its certificate follows its key
+    /// within milliseconds.
+    fn load_after_concurrent_create(paths: &CaPaths) -> Result<Self, TlsError> {
+        for _ in 0..50 {
+            if paths.cert.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self::load(paths)
     }
 
     /// Creates a new self-signed CA and writes both files (the key with mode 0600).
@@ -210,10 +234,13 @@ impl CertificateAuthority {
                 what: "the CA certificate",
                 source,
             })?;
-        let dir = paths.dir();
-        create_private_dir(&dir)?;
-        write_file(&paths.cert, cert.pem().as_bytes(), 0o644)?;
-        write_file(&paths.key, key.serialize_pem().as_bytes(), 0o600)?;
+        create_private_dir(&paths.dir())?;
+        store(
+            paths,
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            force,
+        )?;
         Self::from_parts(paths, &paths.cert, vec![cert.der().clone()], key)
     }
 
@@ -235,11 +262,11 @@ impl CertificateAuthority {
         let certs = order_chain(cert_file, key_file, certs, &key)?;
         let ca = Self::from_parts(paths, cert_file, certs, key)?;
         create_private_dir(&paths.dir())?;
-        write_file(&paths.cert, ca.chain_pem().as_bytes(), 0o644)?;
-        write_file(
-            &paths.key,
+        store(
+            paths,
+            ca.chain_pem().as_bytes(),
             ca.issuer.key().serialize_pem().as_bytes(),
-            0o600,
+            force,
         )?;
         Ok(ca)
     }
@@ -552,14 +579,53 @@ fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
     builder.create(dir).map_err(|e| TlsError::io(dir, e))
 }
 
-/// Writes through a temporary file created with `mode` and renames it into place, so a
+/// Writes the CA files. Without `force`, the key is placed first with create-if-absent
+/// semantics, so of several processes creating a CA in one directory exactly one wins and
+/// a certificate is never paired with another process's key.
+fn store(paths: &CaPaths, cert_pem: &[u8], key_pem: &[u8], force: bool) -> Result<(), TlsError> {
+    let placement = if force {
+        Placement::Replace
+    } else {
+        Placement::CreateNew
+    };
+    match place_file(&paths.key, key_pem, 0o600, placement) {
+        Err(TlsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(TlsError::CaExists {
+                cert: paths.cert.clone(),
+            })
+        }
+        other => other?,
+    }
+    place_file(&paths.cert, cert_pem, 0o644, placement)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    Replace,
+    CreateNew,
+}
+
+/// Writes through a temporary file created with `mode` and moves it into place, so a
 /// key is never briefly world-readable and a crash never leaves half a file.
 pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    place_file(path, contents, mode, Placement::Replace)
+}
+
+fn place_file(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    placement: Placement,
+) -> Result<(), TlsError> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
+    let tmp = path.with_file_name(format!(
+        ".{file_name}.tmp{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -577,11 +643,13 @@ pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), 
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
         }
-        std::fs::rename(&tmp, path)
+        match placement {
+            Placement::Replace => std::fs::rename(&tmp, path),
+            // link(2) fails with EEXIST instead of replacing: an atomic create-if-absent.
+            Placement::CreateNew => std::fs::hard_link(&tmp, path),
+        }
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let _ = std::fs::remove_file(&tmp);
     result.map_err(|e| TlsError::io(path, e))
 }
 
@@ -661,6 +729,31 @@ mod tests {
             first.info().sha256_fingerprint,
             second.info().sha256_fingerprint
         );
+    }
+
+    #[test]
+    fn concurrent_first_starts_agree_on_one_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CaPaths::in_dir(&dir.path().join("shared"));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let paths = paths.clone();
+                std::thread::spawn(move || {
+                    CertificateAuthority::load_or_create(&paths, &CaOptions::default())
+                        .unwrap()
+                        .0
+                        .info()
+                        .sha256_fingerprint
+                        .clone()
+                })
+            })
+            .collect();
+        let prints: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(prints.iter().all(|p| p == &prints[0]), "{prints:?}");
+        let leftovers = std::fs::read_dir(paths.cert.parent().unwrap())
+            .unwrap()
+            .count();
+        assert_eq!(leftovers, 2, "only ca.pem and ca.key remain");
     }
 
     #[test]
