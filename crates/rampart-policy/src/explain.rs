@@ -147,10 +147,10 @@ impl Policy {
         of: fn(&RuleAction) -> A,
     ) -> StageExplanation {
         let set = self.stage(stage);
-        let (rule, default) = match self.walk(stage, ctx) {
-            Walk::Rule(r) => (Some(r), false),
-            Walk::Pending(r, _) => (Some(r), false),
-            Walk::Default => (None, true),
+        let (rule, default, pending) = match self.walk(stage, ctx) {
+            Walk::Rule(r) => (Some(r), false, None),
+            Walk::Pending(r, until) => (Some(r), false, Some(until)),
+            Walk::Default => (None, true, None),
         };
         let upto = rule
             .and_then(|r| set.rules.iter().position(|x| std::ptr::eq(x, r)))
@@ -165,7 +165,13 @@ impl Policy {
             Some(r) => StageExplanation {
                 stage,
                 point,
-                action: of(&r.action).to_string(),
+                action: match pending {
+                    Some(until) => format!(
+                        "undecided until the {until} stage ({} if it matches)",
+                        of(&r.action)
+                    ),
+                    None => of(&r.action).to_string(),
+                },
                 rule_id: r.id.clone(),
                 rule_name: r.name.clone(),
                 location: Some(r.loc.clone()),

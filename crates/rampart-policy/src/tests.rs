@@ -711,3 +711,43 @@ fn path_entries_in_decryption_rules_are_warned_and_ignored() {
     assert_eq!(dec("bank.example"), DecryptionAction::DoNotDecrypt);
     assert_eq!(dec("portal.example"), DecryptionAction::Decrypt);
 }
+
+#[test]
+fn explanation_says_when_a_file_type_rule_waits_for_the_response() {
+    let (p, _) = compile(
+        r#"
+        [[access]]
+        id = "no-exe"
+        when = { file_types = ["exe"] }
+        action = "block"
+        "#,
+    );
+    let id = Identity::default();
+    let conn = ConnectionFacts {
+        identity: &id,
+        process: None,
+        host: Some("dl.example"),
+        dst_ip: None,
+        port: 443,
+    };
+    let req = RequestFacts {
+        connection: conn,
+        method: "GET",
+        path: "/setup.exe",
+    };
+    let text = p.explain(&req).to_string();
+    assert!(
+        text.contains("access: undecided until the response stage (block if it matches)"),
+        "{text}"
+    );
+    let exe = p.evaluate_response(&ResponseFacts {
+        request: req,
+        file_type: Some("EXE"),
+    });
+    assert_eq!((exe.action, &*exe.rule_id), (AccessAction::Block, "no-exe"));
+    let pdf = p.evaluate_response(&ResponseFacts {
+        request: req,
+        file_type: Some("pdf"),
+    });
+    assert!(pdf.default);
+}
