@@ -761,7 +761,7 @@ ran=("${STARTED_TARGETS[@]}")
     echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r)"
     echo "- load average at start: $LOADAVG_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- ${RUNS} run(s) of ${DUR} s per figure (median), big object $BIG_SIZE, proxy on CPU $PROXY_CPU, load and origin on CPU $LOAD_CPU; took ${ELAPSED} s"
-    echo "- versions: squid $("$SQUID_BIN" -v | head -n1 | awk '{print $4}'), tinyproxy $(tinyproxy -v 2>&1 | awk '{print $2}'), mitmproxy $("$MITMDUMP" --version 2>/dev/null | awk '/Mitmproxy:/ {print $2}'), nginx $(nginx -v 2>&1 | cut -d/ -f2), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk", $2}'), $(oha --version), rampart $([[ -x $RAMPART_BIN ]] && git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo pending)"
+    echo "- versions: squid $("$SQUID_BIN" -v | head -n1 | awk '{print $4}'), tinyproxy $(tinyproxy -v 2>&1 | awk '{print $2}'), mitmproxy $("$MITMDUMP" --version 2>/dev/null | awk '/Mitmproxy:/ {print $2}'), nginx $(nginx -v 2>&1 | cut -d/ -f2), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk", $2}'), $(oha --version), rampart $([[ -x $RAMPART_BIN ]] && echo "binary built $(date -u -r "$RAMPART_BIN" '+%Y-%m-%d %H:%M UTC') (HEAD $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null))" || echo pending)"
     echo
     python3 "$BENCH_DIR/report.py" "$RESULTS" "${ran[@]}"
 } | tee "$OUT_DIR/table.md"
