@@ -22,14 +22,16 @@ const QUEUE_CAPACITY: usize = 64 * 1024;
 /// What happened to one request or tunnel, built up along the flow and logged once at its end.
 #[derive(Debug, Clone, Serialize)]
 pub struct FlowRecord {
-    /// Time-ordered unique id of the flow (UUIDv7); block pages show it.
-    pub id: String,
+    /// Time-ordered unique id of the flow (UUIDv7); block pages and events show it.
+    pub id: uuid::Uuid,
     /// Unix time of the start of the request, with milliseconds.
     #[serde(serialize_with = "serialize_time")]
     pub time: SystemTime,
     pub client: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     pub method: String,
     /// Absolute URL, or `host:port` for CONNECT.
     pub target: String,
@@ -54,6 +56,30 @@ pub struct FlowRecord {
     /// The policy decision that applied, when a rule (or a stage default) decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyRecord>,
+    /// The enrolled device (agent tunnel flows: from its client certificate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<Arc<str>>,
+    /// The endpoint process that opened the flow, as reported by an authenticated agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessRecord>,
+}
+
+/// The endpoint process behind an agent tunnel flow (the agent's metadata headers).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcessRecord {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The local account on the endpoint (not the enrolled user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The agent's steering action: `steer` or `tunnel-bypass`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steering: Option<String>,
 }
 
 /// Which policy rule decided a flow, and why.
@@ -88,10 +114,11 @@ fn serialize_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S
 impl FlowRecord {
     pub fn new(client: SocketAddr, method: &str, target: String) -> Self {
         FlowRecord {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: uuid::Uuid::now_v7(),
             time: SystemTime::now(),
             client,
             user: None,
+            groups: Vec::new(),
             method: method.to_string(),
             target,
             status: 0,
@@ -103,13 +130,15 @@ impl FlowRecord {
             error: None,
             content_type: None,
             policy: None,
+            device: None,
+            process: None,
         }
     }
 
     /// An empty record to leave behind when the real one is taken (no id generated).
     pub(crate) fn placeholder(client: SocketAddr) -> Self {
         let mut record = FlowRecord::new(client, "", String::new());
-        record.id = String::new();
+        record.id = uuid::Uuid::nil();
         record
     }
 

@@ -47,7 +47,11 @@ pub struct GatewayHandle {
 
 impl Gateway {
     /// Validates `config`, opens the access log and binds the proxy listener.
-    pub async fn bind(config: GatewayConfig, metrics: Arc<Metrics>) -> Result<Self, GatewayError> {
+    pub async fn bind(
+        config: GatewayConfig,
+        metrics: Arc<Metrics>,
+        events: Option<rampart_events::EventSender>,
+    ) -> Result<Self, GatewayError> {
         let instance_id = random_instance_id();
         let requested = config.proxy.listen;
         let listener = crate::listener::bind(requested).map_err(|source| GatewayError::Bind {
@@ -68,6 +72,7 @@ impl Gateway {
             state: ArcSwap::from_pointee(state),
             metrics,
             access_log,
+            events,
             tunnels: TaskTracker::new(),
         });
         Ok(Gateway {
@@ -115,6 +120,11 @@ impl Gateway {
 }
 
 impl GatewayHandle {
+    /// The live state the agent tunnel listener shares with the proxy listener.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Compiles `config` and swaps it in. On error nothing changes and the
     /// current configuration keeps serving.
     pub fn reload(&self, mut config: GatewayConfig) -> Result<(), ConfigError> {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod connector;
 pub mod destination;
 pub mod error;
+pub mod flow_events;
 pub mod gateway;
 pub mod listener;
 pub mod metrics;
@@ -19,6 +20,7 @@ pub mod proxy;
 pub mod relay;
 pub mod resolver;
 pub mod state;
+pub mod tunnel;
 
 pub use config::GatewayConfig;
 pub use gateway::{raise_fd_limit, Gateway, GatewayError, GatewayHandle};

@@ -37,6 +37,12 @@ pub struct RampartConfig {
     pub access_log: AccessLogConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The agent tunnel listener.
+    #[serde(default)]
+    pub tunnel: TunnelConfig,
+    /// Event store, retention and SIEM sinks (docs/events.md).
+    #[serde(default)]
+    pub events: rampart_events::EventsConfig,
 }
 
 impl Default for RampartConfig {
@@ -52,6 +58,8 @@ impl Default for RampartConfig {
             resolve: BTreeMap::new(),
             access_log: AccessLogConfig::default(),
             log: LogConfig::default(),
+            tunnel: TunnelConfig::default(),
+            events: rampart_events::EventsConfig::default(),
         }
     }
 }
@@ -94,6 +102,25 @@ impl Default for LogConfig {
     }
 }
 
+/// `[tunnel]`: the agent tunnel listener (mTLS, HTTP/2; docs/agent.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelConfig {
+    pub listen: SocketAddr,
+    /// `host:port` enrolled agents connect to, when it differs from `listen` (NAT, a
+    /// load balancer, or listening on 0.0.0.0).
+    pub advertise: Option<String>,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3129)),
+            advertise: None,
+        }
+    }
+}
+
 /// Command-line flags that override the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -103,6 +130,7 @@ pub struct Overrides {
     pub policy: Option<PathBuf>,
     pub resolve: Vec<(String, IpAddr)>,
     pub allow_loopback_destinations: bool,
+    pub tunnel_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +184,9 @@ impl RampartConfig {
         }
         if let Some(addr) = o.api_listen {
             self.api.listen = addr;
+        }
+        if let Some(addr) = o.tunnel_listen {
+            self.tunnel.listen = addr;
         }
         if let Some(policy) = &o.policy {
             self.policy = Some(policy.clone());

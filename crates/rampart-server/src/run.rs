@@ -36,6 +36,8 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
     let api_addr = api_listener.local_addr()?;
+    let tunnel =
+        crate::devices::tunnel::TunnelSetup::prepare(&config, role == Role::AllInOne).await?;
 
     let metrics = Arc::new(Metrics::new());
     let mut registry = Registry::default();
@@ -43,7 +45,11 @@ pub async fn run(
     let policy = load_policy(config.policy.as_deref()).context("loading the policy")?;
     let mut gateway_config = config.gateway_config(vec![api_addr]);
     gateway_config.policy = policy;
-    let gateway = Gateway::bind(gateway_config, metrics)
+    let (pipeline, events) = rampart_events::Pipeline::start(&config.data_dir, &config.events)
+        .context("starting the event store")?;
+    let events_api = crate::api::events::EventsApiState::new(&config.data_dir)
+        .context("preparing the events API (admin token)")?;
+    let gateway = Gateway::bind(gateway_config, metrics, Some(events))
         .await
         .context("starting the gateway")?;
     let proxy_addr = gateway.local_addr();
@@ -58,10 +64,22 @@ pub async fn run(
         api_addr,
     )?;
 
+    let event_gauges = api::EventGauges::register(&mut registry);
     let api = api::router(ApiState {
         registry: Arc::new(registry),
         gateway: handle.clone(),
-    });
+        pipeline_stats: pipeline.stats(),
+        event_gauges,
+    })
+    .merge(api::events::router(events_api));
+    let (api, _tunnel_task) = match tunnel {
+        Some(tunnel) => {
+            let devices = api::devices::router(tunnel.api_state());
+            let task = tunnel.spawn(handle.clone(), shutdown.clone());
+            (api.merge(devices), Some(task))
+        }
+        None => (api, None),
+    };
     let api_shutdown = shutdown.clone();
     let api_task = tokio::spawn(async move {
         axum::serve(api_listener, api)
@@ -83,6 +101,10 @@ pub async fn run(
         Ok(Err(e)) => tracing::warn!(error = %e, "API listener ended with an error"),
         Err(e) => tracing::warn!(error = %e, "API task failed"),
     }
+    // Every event of the drained flows reaches the store before exit.
+    tokio::task::spawn_blocking(move || pipeline.close())
+        .await
+        .ok();
     tracing::info!("rampart stopped");
     Ok(())
 }

@@ -65,16 +65,23 @@ pub struct FlowLog {
     request_bytes: Option<Arc<AtomicU64>>,
     sink: AccessLog,
     metrics: Arc<Metrics>,
+    events: Option<rampart_events::EventSender>,
 }
 
 impl FlowLog {
-    pub fn new(record: FlowRecord, sink: AccessLog, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        record: FlowRecord,
+        sink: AccessLog,
+        metrics: Arc<Metrics>,
+        events: Option<rampart_events::EventSender>,
+    ) -> Self {
         FlowLog {
             record,
             started: Instant::now(),
             request_bytes: None,
             sink,
             metrics,
+            events,
         }
     }
 
@@ -97,6 +104,9 @@ impl Drop for FlowLog {
         }
         self.record.duration_ms = self.started.elapsed();
         self.metrics.record_flow(&self.record);
+        if let Some(events) = &self.events {
+            crate::flow_events::emit(&self.record, events);
+        }
         let placeholder = FlowRecord::placeholder(self.record.client);
         let record = std::mem::replace(&mut self.record, placeholder);
         self.sink.log(record);

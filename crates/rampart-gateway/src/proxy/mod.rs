@@ -28,6 +28,8 @@ pub struct Shared {
     pub state: ArcSwap<GatewayState>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
+    /// The event pipeline; `None` when the process records no events (tests of the gateway alone).
+    pub events: Option<rampart_events::EventSender>,
     /// Tunnels outlive the hyper connection that upgraded them; shutdown waits for them here.
     pub tunnels: TaskTracker,
 }
@@ -51,6 +53,7 @@ pub async fn handle(
         FlowRecord::new(client, req.method().as_str(), target),
         shared.access_log.clone(),
         shared.metrics.clone(),
+        shared.events.clone(),
     );
 
     if !state.admission.source_allowed(client.ip()) {
@@ -73,6 +76,9 @@ pub async fn handle(
     {
         Ok(user) => {
             log.record.user = user.as_ref().map(|u| Arc::from(u.name.as_str()));
+            if let Some(u) = &user {
+                log.record.groups = u.groups.clone();
+            }
             Identity {
                 user: user.as_ref().map(|u| u.name.clone()),
                 groups: user.map(|u| u.groups.clone()).unwrap_or_default(),
@@ -129,7 +135,7 @@ pub fn blocked_response(
         &blocked.rule,
         blocked.category.as_deref(),
         url,
-        &log.record.id,
+        &log.record.id.to_string(),
     );
     let rendered = page.render(accept.and_then(|v| v.to_str().ok()));
     log.record.status = rendered.status;

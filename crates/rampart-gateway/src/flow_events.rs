@@ -1,0 +1,120 @@
+//! Turns a finished flow record into events (OCSF-based, see
+//! `rampart_events`): HTTP Activity for a forwarded request, Network Activity
+//! for a tunnel, plus a Detection Finding when an `alert` rule matched. Built
+//! once, when the flow ends; handing them over never waits on disk.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rampart_events::{AlertSpec, EventSender, FlowSummary, Severity, Verdict};
+
+use crate::access_log::FlowRecord;
+
+pub fn emit(record: &FlowRecord, events: &EventSender) {
+    let summary = summary(record);
+    let is_tunnel = record.method == "CONNECT";
+    let event = if is_tunnel {
+        summary.network_event()
+    } else {
+        summary.http_event()
+    };
+    let related = event.id();
+    events.send(event);
+    if let Some(policy) = &record.policy {
+        if matches!(policy.action, "alert" | "user-alert") {
+            let alert = AlertSpec {
+                title: format!("Policy alert: {}", policy.rule),
+                desc: Some(format!(
+                    "{} {} matched {}",
+                    record.method,
+                    record.target,
+                    policy.matched.join(", ")
+                )),
+                severity: Severity::Medium,
+                types: vec!["policy".to_string()],
+            };
+            events.send(summary.alert_event(&alert, Some(related)));
+        }
+    }
+}
+
+fn summary(record: &FlowRecord) -> FlowSummary {
+    let start_ms = millis(record.time);
+    let mut s = FlowSummary::new(record.id, start_ms);
+    s.end_ms = start_ms + record.duration_ms.as_millis() as i64;
+    s.user = record.user.as_deref().map(str::to_string);
+    s.groups = record.groups.clone();
+    s.src = Some(record.client);
+    s.dst = record.server;
+    let is_tunnel = record.method == "CONNECT";
+    s.host = Some(host_of(&record.target, is_tunnel).to_string());
+    s.method = Some(record.method.clone());
+    if !is_tunnel {
+        s.url = Some(record.target.clone());
+    }
+    s.status = (record.status != 0).then_some(record.status);
+    s.content_type = record.content_type.clone();
+    s.bytes_out = record.bytes_from_client;
+    s.bytes_in = record.bytes_to_client;
+    s.egress = record.egress.as_deref().map(str::to_string);
+    s.error = record.error.clone();
+    s.verdict = match record.policy.as_ref().map(|p| p.action) {
+        Some("block") => Verdict::Block,
+        Some("alert" | "user-alert") => Verdict::Alert,
+        // Admission refusals (ACL, authentication, ports) are blocks too.
+        _ if matches!(record.status, 403 | 407) => Verdict::Block,
+        _ => Verdict::Allow,
+    };
+    if let Some(policy) = &record.policy {
+        s.stage = Some(policy.stage.to_string());
+        s.rule_id = Some(policy.rule_id.to_string());
+        s.rule_name = Some(policy.rule.to_string());
+        s.policy_revision = Some(policy.revision.to_string());
+        s.matched = policy.matched.clone();
+        s.categories = policy
+            .matched
+            .iter()
+            .filter_map(|m| {
+                m.strip_prefix("category ")
+                    .or_else(|| m.strip_prefix("custom-category "))
+            })
+            .map(str::to_string)
+            .collect();
+    }
+    s
+}
+
+/// The host of an absolute URL or of a `host:port` CONNECT target.
+fn host_of(target: &str, is_tunnel: bool) -> &str {
+    let authority = if is_tunnel {
+        target
+    } else {
+        let rest = target.split_once("://").map(|(_, r)| r).unwrap_or(target);
+        rest.split(['/', '?', '#']).next().unwrap_or(rest)
+    };
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_is_taken_from_url_or_connect_target() {
+        assert_eq!(
+            host_of("http://user@a.example:8080/x?y", false),
+            "a.example"
+        );
+        assert_eq!(host_of("http://[::1]:80/", false), "::1");
+        assert_eq!(host_of("b.example:443", true), "b.example");
+    }
+}
