@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod devices;
 pub mod run;
 
 pub use config::{Overrides, RampartConfig};

@@ -60,6 +60,7 @@ fn run(args: ServerArgs, role: Role) -> anyhow::Result<ExitCode> {
         policy: args.policy,
         resolve: args.resolve,
         allow_loopback_destinations: args.allow_loopback_destinations,
+        tunnel_listen: args.tunnel_listen,
     };
     let file = match &args.config {
         Some(path) => RampartConfig::load(path)?,

@@ -1,0 +1,125 @@
+//! Enrollment: redeem a token, sign the device's key, record the device.
+
+use std::path::Path;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    now_unix, rfc3339, DeviceCa, DeviceError, DeviceIdentity, DeviceRecord, Inventory,
+    TokenStore,
+};
+
+/// `POST /api/v1/enroll` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token: String,
+    /// PKCS#10 request in PEM; only its public key is used.
+    pub csr: String,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub agent_version: String,
+    #[serde(default)]
+    pub steering_mode: String,
+}
+
+/// `POST /api/v1/enroll` answer: everything the agent stores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub device_id: String,
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+    /// The device certificate (PEM).
+    pub certificate: String,
+    /// The device CA (PEM): the agent verifies the gateway's tunnel certificate with it.
+    pub ca: String,
+    /// `host:port` of the gateway's agent tunnel.
+    pub gateway: String,
+}
+
+/// The device CA, tokens and inventory of one data dir.
+pub struct DeviceRegistry {
+    ca: DeviceCa,
+    tokens: TokenStore,
+    inventory: Inventory,
+    gateway: String,
+}
+
+impl DeviceRegistry {
+    /// Opens (creating the CA if needed) the registry of `data_dir`; `gateway` is the
+    /// tunnel address enrolled agents are told to use.
+    pub fn open(data_dir: &Path, gateway: String) -> Result<Self, DeviceError> {
+        Ok(DeviceRegistry {
+            ca: DeviceCa::open_or_create(data_dir)?,
+            tokens: TokenStore::new(data_dir),
+            inventory: Inventory::new(data_dir),
+            gateway,
+        })
+    }
+
+    pub fn ca(&self) -> &DeviceCa {
+        &self.ca
+    }
+
+    pub fn tokens(&self) -> &TokenStore {
+        &self.tokens
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// Redeems the token (single use) and issues the device certificate.
+    pub fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, DeviceError> {
+        // Check the CSR before burning the token: a malformed request should not cost
+        // the user a new token.
+        rcgen::CertificateSigningRequestParams::from_pem(&request.csr)
+            .map_err(|e| DeviceError::Csr(e.to_string()))?;
+        let grant = self.tokens.redeem(&request.token)?;
+        let mut bytes = [0u8; 8];
+        rand::rng().fill_bytes(&mut bytes);
+        let identity = DeviceIdentity {
+            device: format!("dev-{}", hex::encode(bytes)),
+            user: grant.user.clone(),
+            groups: grant.groups.clone(),
+        };
+        let certificate = self.ca.sign_device(&request.csr, &identity)?;
+        let now = rfc3339(now_unix());
+        let clean = |s: &str, fallback: &str| {
+            let s: String = s.chars().filter(|c| !c.is_control()).take(128).collect();
+            if s.is_empty() {
+                fallback.to_string()
+            } else {
+                s
+            }
+        };
+        self.inventory.upsert(DeviceRecord {
+            id: identity.device.clone(),
+            user: identity.user.clone(),
+            groups: identity.groups.clone(),
+            hostname: clean(&request.hostname, "unknown"),
+            agent_version: clean(&request.agent_version, "unknown"),
+            steering_mode: clean(&request.steering_mode, "unknown"),
+            enrolled_at: now.clone(),
+            last_seen: now,
+        })?;
+        Ok(EnrollResponse {
+            device_id: identity.device,
+            user: identity.user,
+            groups: identity.groups,
+            certificate,
+            ca: self.ca.cert_pem().to_string(),
+            gateway: self.gateway.clone(),
+        })
+    }
+}
+
+impl rampart_gateway::tunnel::DeviceSeen for DeviceRegistry {
+    fn seen(&self, device: &str) {
+        if let Err(e) = self.inventory.seen(device) {
+            tracing::warn!(error = %e, device, "cannot record device last-seen time");
+        }
+    }
+}
