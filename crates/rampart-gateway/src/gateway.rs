@@ -125,11 +125,6 @@ impl GatewayHandle {
         &self.shared
     }
 
-    /// The live state the agent tunnel listener shares with the proxy listener.
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Compiles `config` and swaps it in. On error nothing changes and the
     /// current configuration keeps serving.
     pub fn reload(&self, mut config: GatewayConfig) -> Result<(), ConfigError> {

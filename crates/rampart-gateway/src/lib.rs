@@ -21,7 +21,6 @@ pub mod relay;
 pub mod resolver;
 pub mod state;
 pub mod tunnel;
-pub mod tunnel;
 
 pub use config::GatewayConfig;
 pub use gateway::{raise_fd_limit, Gateway, GatewayError, GatewayHandle};
