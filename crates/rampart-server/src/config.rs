@@ -40,9 +40,6 @@ pub struct RampartConfig {
     /// The agent tunnel listener.
     #[serde(default)]
     pub tunnel: TunnelConfig,
-    /// The agent tunnel listener.
-    #[serde(default)]
-    pub tunnel: TunnelConfig,
     /// Event store, retention and SIEM sinks (docs/events.md).
     #[serde(default)]
     pub events: rampart_events::EventsConfig,
@@ -61,7 +58,6 @@ impl Default for RampartConfig {
             resolve: BTreeMap::new(),
             access_log: AccessLogConfig::default(),
             log: LogConfig::default(),
-            tunnel: TunnelConfig::default(),
             tunnel: TunnelConfig::default(),
             events: rampart_events::EventsConfig::default(),
         }
@@ -102,25 +98,6 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: "text".into(),
-        }
-    }
-}
-
-/// `[tunnel]`: the agent tunnel listener (mTLS, HTTP/2; docs/agent.md).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TunnelConfig {
-    pub listen: SocketAddr,
-    /// `host:port` enrolled agents connect to, when it differs from `listen` (NAT, a
-    /// load balancer, or listening on 0.0.0.0).
-    pub advertise: Option<String>,
-}
-
-impl Default for TunnelConfig {
-    fn default() -> Self {
-        TunnelConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 3129)),
-            advertise: None,
         }
     }
 }
@@ -207,9 +184,6 @@ impl RampartConfig {
         }
         if let Some(addr) = o.api_listen {
             self.api.listen = addr;
-        }
-        if let Some(addr) = o.tunnel_listen {
-            self.tunnel.listen = addr;
         }
         if let Some(addr) = o.tunnel_listen {
             self.tunnel.listen = addr;

@@ -38,8 +38,6 @@ pub async fn run(
     let api_addr = api_listener.local_addr()?;
     let tunnel =
         crate::devices::tunnel::TunnelSetup::prepare(&config, role == Role::AllInOne).await?;
-    let tunnel =
-        crate::devices::tunnel::TunnelSetup::prepare(&config, role == Role::AllInOne).await?;
 
     let metrics = Arc::new(Metrics::new());
     let mut registry = Registry::default();
@@ -74,14 +72,6 @@ pub async fn run(
         event_gauges,
     })
     .merge(api::events::router(events_api));
-    let (api, _tunnel_task) = match tunnel {
-        Some(tunnel) => {
-            let devices = api::devices::router(tunnel.api_state());
-            let task = tunnel.spawn(handle.clone(), shutdown.clone());
-            (api.merge(devices), Some(task))
-        }
-        None => (api, None),
-    };
     let (api, _tunnel_task) = match tunnel {
         Some(tunnel) => {
             let devices = api::devices::router(tunnel.api_state());

@@ -12,8 +12,6 @@ use axum::routing::get;
 use axum::Router;
 
 pub mod devices;
-
-pub mod devices;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rampart_gateway::GatewayHandle;
