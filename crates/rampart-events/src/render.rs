@@ -96,11 +96,16 @@ const COLUMNS: [(&str, usize); 7] = [
     ("HOST / URL / DETAIL", 0),
 ];
 
+/// Width of the last (detail) column in a table `width` columns wide.
+pub fn detail_width(width: usize) -> usize {
+    let fixed: usize = COLUMNS.iter().map(|c| c.1 + 1).sum::<usize>() + 2;
+    width.saturating_sub(fixed).max(20)
+}
+
 /// A table of events that fits `width` columns. `marked` events get a `>` in the margin.
 pub fn table(events: &[Event], width: usize, marked: Option<&str>) -> String {
     let mut out = String::new();
-    let fixed: usize = COLUMNS.iter().map(|c| c.1 + 1).sum::<usize>() + 2;
-    let last = width.saturating_sub(fixed).max(20);
+    let last = detail_width(width);
     let _ = write!(out, "  ");
     for (name, w) in COLUMNS {
         let w = if w == 0 { last } else { w };

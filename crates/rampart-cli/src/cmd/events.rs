@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use rampart_events::remote::RemoteClient;
-use rampart_events::render::{flat_line, ocsf_line, parse_line, row, table};
+use rampart_events::render::{detail_width, flat_line, ocsf_line, parse_line, row, table};
 use rampart_events::store::{Cursor, SearchRequest};
 use rampart_events::time_range::{parse_instant, parse_span};
 use rampart_events::{db_path, parse_query, Event, EventsConfig, Pipeline, StoreReader};
@@ -147,7 +147,11 @@ fn backend(s: &Source) -> Result<Backend> {
                 .token
                 .as_deref()
                 .ok_or_else(|| anyhow!("--server needs --token (or RAMPART_TOKEN)"))?;
-            Ok(Backend::Remote(RemoteClient::new(url, token, s.server_ca.as_deref())?))
+            Ok(Backend::Remote(RemoteClient::new(
+                url,
+                token,
+                s.server_ca.as_deref(),
+            )?))
         }
         None => Ok(Backend::Local(StoreReader::open(&db_path(&s.data_dir))?)),
     }
@@ -194,16 +198,20 @@ fn print(events: &[Event], format: Format, marked: Option<&str>) -> Result<()> {
 fn search(a: SearchArgs) -> Result<ExitCode> {
     let parsed = query(&a.query)?;
     let from_ms = match (&a.since, &a.from) {
-        (Some(s), _) => Some(rampart_events::now_ms() - parse_span(s).map_err(|e| anyhow!("--since: {e}"))?.as_millis() as i64),
+        (Some(s), _) => Some(
+            rampart_events::now_ms()
+                - parse_span(s)
+                    .map_err(|e| anyhow!("--since: {e}"))?
+                    .as_millis() as i64,
+        ),
         (None, Some(f)) => Some(parse_instant(f).map_err(|e| anyhow!("--from: {e}"))?),
         (None, None) => None,
     };
-    let to_ms = a
-        .to
-        .as_deref()
-        .map(parse_instant)
-        .transpose()
-        .map_err(|e| anyhow!("--to: {e}"))?;
+    let to_ms =
+        a.to.as_deref()
+            .map(parse_instant)
+            .transpose()
+            .map_err(|e| anyhow!("--to: {e}"))?;
     let limit = a.limit.max(1);
     let mut events = Vec::new();
     let mut cursor: Option<String> = None;
@@ -245,7 +253,7 @@ fn tail(a: TailArgs) -> Result<ExitCode> {
                 header = false;
             }
             match a.format {
-                Format::Table => println!("{}", row(&e, width().saturating_sub(96).max(20), None)),
+                Format::Table => println!("{}", row(&e, detail_width(width()), None)),
                 Format::Json => println!("{}", flat_line(&e, false)),
                 Format::Ocsf => println!("{}", ocsf_line(&e)),
             }
@@ -287,7 +295,10 @@ fn tail(a: TailArgs) -> Result<ExitCode> {
         Backend::Remote(c) => {
             // Poll from the newest time seen; ids at that same millisecond are remembered to skip repeats.
             let first = c.search(&a.query, None, None, a.last.max(1), None)?;
-            let mut since = first.events.first().map_or(rampart_events::now_ms(), |e| e.time);
+            let mut since = first
+                .events
+                .first()
+                .map_or(rampart_events::now_ms(), |e| e.time);
             let mut seen: std::collections::HashSet<String> = first
                 .events
                 .iter()
@@ -338,7 +349,10 @@ fn timeline(a: TimelineArgs) -> Result<ExitCode> {
         let (alert_event, events) = found.ok_or_else(|| anyhow!("no alert with id {alert}"))?;
         (events, Some(alert_event.id().to_string()))
     } else {
-        let device = a.device.as_deref().context("--device is required without --alert")?;
+        let device = a
+            .device
+            .as_deref()
+            .context("--device is required without --alert")?;
         let around = match &a.around {
             Some(t) => parse_instant(t).map_err(|e| anyhow!("--around: {e}"))?,
             None => rampart_events::now_ms(),
@@ -347,7 +361,10 @@ fn timeline(a: TimelineArgs) -> Result<ExitCode> {
         let events = match &backend {
             Backend::Local(r) => r.timeline(device, from, to, 100_000)?,
             Backend::Remote(c) => {
-                let q = format!("device = \"{}\"", device.replace('\\', "\\\\").replace('"', "\\\""));
+                let q = format!(
+                    "device = \"{}\"",
+                    device.replace('\\', "\\\\").replace('"', "\\\"")
+                );
                 let mut all = Vec::new();
                 let mut cursor = None;
                 loop {

@@ -207,6 +207,12 @@ impl Parser {
     }
 
     fn term(&mut self, name: &str, name_column: usize) -> Result<Expr, QueryError> {
+        if name.eq_ignore_ascii_case("time") {
+            return Err(QueryError::new(
+                name_column,
+                "time is not a query field: give the range separately (--since/--from/--to, or from/to/since in the API)",
+            ));
+        }
         let field = Field::parse(name).ok_or_else(|| {
             let hint = Field::suggest(name)
                 .map(|s| format!(" (did you mean `{s}`?)"))
@@ -520,6 +526,13 @@ mod tests {
         let e = err("user = a and catgory = news");
         assert_eq!(e.column, 14);
         assert!(e.message.contains("did you mean `category`"), "{e}");
+    }
+
+    #[test]
+    fn time_in_the_query_points_to_the_range_options() {
+        let e = err("user = a and time > 5");
+        assert_eq!(e.column, 14);
+        assert!(e.message.contains("--since"), "{e}");
     }
 
     #[test]
