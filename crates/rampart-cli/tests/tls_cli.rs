@@ -674,3 +674,42 @@ fn trust_install_adds_the_ca_to_the_debian_store_and_remove_takes_it_out() {
     assert!(!removed.contains(": OK"), "{out}");
     assert!(out.contains("left: 0"), "{out}");
 }
+
+#[test]
+fn trust_verify_reports_each_tool_failing_then_passing_after_trust_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init(dir.path(), &[]);
+    let origin = origin(&data, "localhost", dir.path());
+    let url = format!("https://localhost:{}/", origin.addr.port());
+    let script = r#"
+        unset REQUESTS_CA_BUNDLE CURL_CA_BUNDLE SSL_CERT_FILE PIP_CERT GIT_SSL_CAINFO NODE_EXTRA_CA_CERTS HTTPS_PROXY https_proxy
+        if [ "$MODE" = trusted ]; then eval "$("$RAMPART" trust env --data-dir "$DATA")"; fi
+        "$RAMPART" trust verify --url "$URL" --timeout 10
+        echo "exit=$?"
+    "#;
+    let run = |mode: &str| {
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .env("MODE", mode)
+            .env("RAMPART", RAMPART)
+            .env("DATA", &data)
+            .env("URL", &url)
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    let before = run("untrusted");
+    assert!(before.contains("curl             FAIL"), "{before}");
+    assert!(before.contains("python requests  FAIL"), "{before}");
+    assert!(before.contains("git              FAIL"), "{before}");
+    assert!(before.contains("exit=1"), "{before}");
+    let after = run("trusted");
+    for tool in ["curl", "python requests", "pip", "git", "node"] {
+        assert!(
+            after.contains(&format!("{tool:<16} pass"))
+                || after.contains(&format!("{tool:<16} skipped")),
+            "{tool}: {after}"
+        );
+    }
+    assert!(after.contains("exit=0"), "{after}");
+}
