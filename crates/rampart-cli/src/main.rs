@@ -27,7 +27,7 @@ enum Command {
     Policy(cmd::policy::PolicyArgs),
     /// Manage the gateway CA: init, show, export.
     Ca(cmd::ca::CaArgs),
-    /// Make developer tools trust the gateway CA: bundle, env.
+    /// Make developer tools trust the gateway CA: bundle, env, verify, install.
     Trust(cmd::trust::TrustArgs),
     /// Search, tail and import events; device timelines around alerts.
     Events(cmd::events::EventsArgs),
