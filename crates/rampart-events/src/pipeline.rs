@@ -149,7 +149,7 @@ impl Pipeline {
             threads.push(handle);
         }
         let (tx, rx) = mpsc::sync_channel::<Box<Event>>(config.queue_size.max(1));
-        let (btx, brx) = mpsc::sync_channel::<Vec<Event>>(BATCH_SLOTS);
+        let (btx, brx) = mpsc::sync_channel::<Batch>(BATCH_SLOTS);
         let d = Drainer {
             rx,
             btx,
@@ -239,9 +239,26 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         })
 }
 
+/// Events with their JSON already rendered: the drainer renders on its own
+/// thread so the writer spends its time in SQLite.
+struct Batch {
+    events: Vec<Event>,
+    docs: Vec<String>,
+}
+
+impl Batch {
+    fn render(events: Vec<Event>) -> Batch {
+        let docs = events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap_or_default())
+            .collect();
+        Batch { events, docs }
+    }
+}
+
 struct Drainer {
     rx: Receiver<Box<Event>>,
-    btx: SyncSender<Vec<Event>>,
+    btx: SyncSender<Batch>,
     spool: Arc<Mutex<Spool>>,
     stats: Arc<PipelineStats>,
     closing: Arc<AtomicBool>,
@@ -274,7 +291,7 @@ impl Drainer {
                 self.stats
                     .drained
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                match self.btx.try_send(batch) {
+                match self.btx.try_send(Batch::render(batch)) {
                     Ok(()) => {}
                     Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
                         self.spill(b)
@@ -286,15 +303,11 @@ impl Drainer {
         }
     }
 
-    fn spill(&self, batch: Vec<Event>) {
-        let n = batch.len() as u64;
-        let lines: Vec<Vec<u8>> = batch
-            .iter()
-            .filter_map(|e| serde_json::to_vec(e).ok())
-            .collect();
+    fn spill(&self, batch: Batch) {
+        let n = batch.events.len() as u64;
         let result = match self.spool.lock() {
             Ok(mut s) => {
-                let r = s.append(lines.iter().map(Vec::as_slice));
+                let r = s.append(batch.docs.iter().map(|d| d.as_bytes()));
                 self.stats
                     .spool_bytes
                     .store(s.pending_bytes(), Ordering::Relaxed);
@@ -315,7 +328,7 @@ impl Drainer {
 }
 
 struct Writer {
-    brx: Receiver<Vec<Event>>,
+    brx: Receiver<Batch>,
     store: StoreWriter,
     spool: Arc<Mutex<Spool>>,
     feeds: Vec<SinkFeed>,
@@ -330,19 +343,25 @@ impl Writer {
         let mut last_retention = Instant::now() - RETENTION_EVERY;
         let mut disconnected = false;
         loop {
-            let mut pending: Vec<Event> = Vec::new();
+            let mut pending = Batch {
+                events: Vec::new(),
+                docs: Vec::new(),
+            };
             match self.brx.recv_timeout(Duration::from_millis(100)) {
-                Ok(b) => pending.extend(b),
+                Ok(b) => pending = b,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
             }
-            while pending.len() < MAX_BATCH {
+            while pending.events.len() < MAX_BATCH {
                 match self.brx.try_recv() {
-                    Ok(b) => pending.extend(b),
+                    Ok(b) => {
+                        pending.events.extend(b.events);
+                        pending.docs.extend(b.docs);
+                    }
                     Err(_) => break,
                 }
             }
-            if !pending.is_empty() {
+            if !pending.events.is_empty() {
                 self.commit(pending);
             } else if !self.replay_spool() && disconnected {
                 return;
@@ -361,11 +380,8 @@ impl Writer {
     }
 
     /// Store a batch; on failure spill it so nothing is lost, and back off.
-    fn commit(&mut self, events: Vec<Event>) {
-        let docs: Vec<String> = events
-            .iter()
-            .map(|e| serde_json::to_string(e).unwrap_or_default())
-            .collect();
+    fn commit(&mut self, batch: Batch) {
+        let Batch { events, docs } = batch;
         match self.store.insert_with_docs(&events, &docs) {
             Ok(_) => {
                 self.stats
