@@ -125,7 +125,7 @@ impl fmt::Display for CaInfo {
         )?;
         writeln!(f, "not before:   {}", fmt_time(self.not_before))?;
         writeln!(f, "not after:    {}", fmt_time(self.not_after))?;
-        writeln!(f, "key:          {}", self.key_algorithm)?;
+        writeln!(f, "key type:     {}", self.key_algorithm)?;
         writeln!(f, "sha256:       {}", self.sha256_fingerprint)?;
         write!(f, "chain:        {} certificate(s)", self.chain_len)
     }

@@ -103,8 +103,8 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
         args.data_dir.display()
     );
     println!("{}", ca.info());
-    println!("certificate:  {}", paths.cert.display());
-    println!("key:          {} (mode 0600)", paths.key.display());
+    println!("cert file:    {}", paths.cert.display());
+    println!("key file:     {} (mode 0600)", paths.key.display());
     println!(
         "next: make your tools trust it with `rampart trust env --data-dir {}`",
         args.data_dir.display()
@@ -121,8 +121,8 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         println!("{json}");
     } else {
         println!("{}", ca.info());
-        println!("certificate:  {}", paths.cert.display());
-        println!("key:          {}", paths.key.display());
+        println!("cert file:    {}", paths.cert.display());
+        println!("key file:     {}", paths.key.display());
     }
     Ok(ExitCode::SUCCESS)
 }
