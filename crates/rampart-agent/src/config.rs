@@ -49,6 +49,7 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub steering: SteeringConfig,
+    #[serde(default)]
     pub gateway: GatewayConfig,
     #[serde(default)]
     pub local_proxy: LocalProxyConfig,
@@ -91,7 +92,9 @@ impl Default for SteeringConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// `host:port` of the gateway's proxy listener.
+    /// `host:port` of the gateway's proxy listener, used until the agent is enrolled
+    /// (enrolled agents use the tunnel address from enrollment).
+    #[serde(default)]
     pub proxy: String,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -100,6 +103,17 @@ pub struct GatewayConfig {
     /// Host patterns reachable directly while the gateway is down in closed mode.
     #[serde(default)]
     pub fail_closed_allow: Vec<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            proxy: String::new(),
+            connect_timeout: default_connect_timeout(),
+            fail_mode: FailMode::default(),
+            fail_closed_allow: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,10 +287,11 @@ impl AgentConfig {
         if self.transparent.port == 0 {
             return Err(invalid("transparent.port must be non-zero".into()));
         }
-        if self
-            .gateway
-            .proxy
-            .rsplit_once(':')
+        if !self.gateway.proxy.is_empty()
+            && self
+                .gateway
+                .proxy
+                .rsplit_once(':')
             .is_none_or(|(host, port)| {
                 host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0)
             })

@@ -49,6 +49,12 @@ pub enum AgentError {
         target: String,
         status: String,
     },
+    /// Enrollment state is missing, unreadable or inconsistent.
+    #[error("enrollment {path}: {message}")]
+    Enrollment { path: PathBuf, message: String },
+    /// The mTLS tunnel's TLS settings could not be built from the enrollment files.
+    #[error("agent tunnel TLS: {0}")]
+    TunnelTls(String),
     /// A direct (bypass) connection to the destination failed.
     #[error("direct connection to {target} failed: {source}")]
     Direct { target: String, source: io::Error },

@@ -8,10 +8,15 @@ use crate::error::AgentError;
 use crate::flow::{CounterSnapshot, Counters, FlowContext};
 use crate::steering::{ExceptionPolicy, FailPolicy, SteeringPolicy};
 use crate::steering_table::{SteeringTable, TableSpec};
+use crate::enrollment::Enrollment;
+use crate::mtls_tunnel::MtlsH2Tunnel;
+use crate::status::AgentStatus;
 use crate::tunnel::{GatewayTunnel, HttpProxyTunnel};
 use crate::{local_proxy, transparent};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -76,18 +81,38 @@ impl AgentBuilder {
                 config.steering.default,
             ))
         });
-        let tunnel = self.tunnel.unwrap_or_else(|| {
-            Arc::new(HttpProxyTunnel::new(
+        let enrollment = Enrollment::load(&config.data_dir)?;
+        let tunnel: Arc<dyn GatewayTunnel> = match (self.tunnel, &enrollment) {
+            (Some(tunnel), _) => tunnel,
+            (None, Some(enrollment)) => Arc::new(MtlsH2Tunnel::from_enrollment(
+                &config.data_dir,
+                enrollment,
+                connector,
+                Some(Arc::clone(&log)),
+            )?),
+            (None, None) if config.gateway.proxy.is_empty() => {
+                return Err(AgentError::ConfigInvalid {
+                    origin: "agent config".into(),
+                    message: "gateway.proxy is required until the agent is enrolled \
+                              (rampart agent enroll --server URL --token T)"
+                        .into(),
+                })
+            }
+            (None, None) => Arc::new(HttpProxyTunnel::new(
                 config.gateway.proxy.clone(),
                 connector,
-            ))
-        });
+            )),
+        };
+        let gateway_label = match &enrollment {
+            Some(e) => format!("{} (mTLS tunnel, device {})", e.gateway, e.device_id),
+            None => config.gateway.proxy.clone(),
+        };
         let attribution = self
             .attribution
             .unwrap_or_else(|| Attributor::new(config.attribution.cache_ttl));
         let ctx = Arc::new(FlowContext {
             policy,
-            tunnel,
+            tunnel: Arc::clone(&tunnel),
             attribution,
             log: Arc::clone(&log),
             fail: FailPolicy::new(config.gateway.fail_mode, &config.gateway.fail_closed_allow),
@@ -174,11 +199,31 @@ impl AgentBuilder {
         log.write(
             Level::Info,
             &format!(
-                "Agent started in {mode} mode on {}, gateway: {}",
+                "Agent started in {mode} mode on {}, gateway: {gateway_label}",
                 addresses.join(", "),
-                config.gateway.proxy
             ),
         );
+        let status = AgentStatus {
+            pid: std::process::id(),
+            running: true,
+            mode: mode.to_string(),
+            listen: addresses,
+            gateway: gateway_label,
+            enrolled: enrollment.is_some(),
+            device_id: enrollment.as_ref().map(|e| e.device_id.clone()),
+            user: enrollment.as_ref().and_then(|e| e.user.clone()),
+            tunnel: String::new(),
+            config_revision: "local agent.toml".into(),
+            counters: CounterSnapshot::default(),
+            updated: String::new(),
+        };
+        tasks.push(tokio::spawn(report_status(
+            status,
+            config.data_dir.clone(),
+            Arc::clone(&ctx),
+            tunnel,
+            stopped.clone(),
+        )));
         Ok(RunningAgent {
             ctx,
             log,
@@ -187,6 +232,40 @@ impl AgentBuilder {
             table,
             listen,
         })
+    }
+}
+
+/// How often `status.json` is rewritten.
+const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Rewrites `status.json` until the agent stops, then marks it stopped.
+async fn report_status(
+    mut status: AgentStatus,
+    data_dir: PathBuf,
+    ctx: Arc<FlowContext>,
+    tunnel: Arc<dyn GatewayTunnel>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        status.counters = ctx.counters.snapshot();
+        status.tunnel = match tunnel.is_up() {
+            Some(true) => "up",
+            Some(false) => "down",
+            None => "per-flow",
+        }
+        .to_string();
+        status.updated = crate::status::now_rfc3339();
+        status.running = !*stopped.borrow();
+        if let Err(err) = status.write(&data_dir) {
+            tracing::warn!(%err, "cannot write agent status file");
+        }
+        if !status.running {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STATUS_INTERVAL) => {}
+            _ = stopped.changed() => {}
+        }
     }
 }
 

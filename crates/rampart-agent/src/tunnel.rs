@@ -1,6 +1,7 @@
 //! The seam to the gateway: [`GatewayTunnel`] opens one byte stream per steered flow.
-//! Today [`HttpProxyTunnel`] chains to the gateway's HTTP proxy listener with `CONNECT`;
-//! the mTLS HTTP/2 tunnel (one CONNECT stream per flow) will implement the same trait.
+//! [`crate::MtlsH2Tunnel`] (enrolled agents) multiplexes flows over one mTLS HTTP/2
+//! connection; [`HttpProxyTunnel`] chains to the gateway's HTTP proxy listener with
+//! `CONNECT` (agents that are not enrolled).
 
 use crate::connector::{Connector, Destination};
 use crate::error::AgentError;
@@ -53,6 +54,12 @@ pub struct FlowRequest {
 /// triggers the fail mode; other errors refuse the one flow.
 pub trait GatewayTunnel: Send + Sync + 'static {
     fn open<'a>(&'a self, flow: &'a FlowRequest) -> BoxFuture<'a, Result<FlowStream, AgentError>>;
+
+    /// Whether a persistent connection to the gateway is up, for tunnels that keep one
+    /// (`None`: one connection per flow, nothing to report).
+    fn is_up(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// `CONNECT` through the gateway's HTTP proxy listener, with the flow's metadata in

@@ -1,0 +1,283 @@
+//! The mTLS HTTP/2 tunnel to the gateway: one TLS connection authenticated with the
+//! device certificate, HTTP/2 multiplexing one `CONNECT` stream per flow, with the
+//! flow's process metadata in `X-Rampart-*` headers. A broken connection is re-dialled
+//! on the next flow, with exponential back-off; while the gateway cannot be reached,
+//! flows fail fast with [`AgentError::GatewayUnreachable`] so the fail mode applies.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::agent_log::{AgentLog, Level};
+use crate::connector::Connector;
+use crate::enrollment::Enrollment;
+use crate::error::AgentError;
+use crate::tunnel::{BoxFuture, FlowRequest, FlowStream, GatewayTunnel};
+
+/// First retry delay after a failed dial; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Flow-control windows: one bulk flow should not wait on window updates.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
+struct Link {
+    sender: Option<SendRequest<Empty<Bytes>>>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// [`GatewayTunnel`] over one multiplexed mTLS HTTP/2 connection.
+pub struct MtlsH2Tunnel {
+    gateway: String,
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    tls: tokio_rustls::TlsConnector,
+    connector: Connector,
+    log: Option<Arc<AgentLog>>,
+    /// A tokio mutex on purpose: it is held across the dial so concurrent flows wait
+    /// for one reconnect instead of each dialling their own.
+    link: tokio::sync::Mutex<Link>,
+    up: Arc<AtomicBool>,
+}
+
+impl MtlsH2Tunnel {
+    /// Builds the tunnel from the enrollment files in `data_dir`.
+    pub fn from_enrollment(
+        data_dir: &Path,
+        enrollment: &Enrollment,
+        connector: Connector,
+        log: Option<Arc<AgentLog>>,
+    ) -> Result<Self, AgentError> {
+        let (key_pem, cert_pem, ca_pem) = Enrollment::credentials(data_dir)?;
+        Self::new(&enrollment.gateway, &key_pem, &cert_pem, &ca_pem, connector, log)
+    }
+
+    /// `gateway` is `host:port` of the tunnel listener; its certificate must chain to
+    /// `ca_pem`, and the agent authenticates with `cert_pem`/`key_pem`.
+    pub fn new(
+        gateway: &str,
+        key_pem: &str,
+        cert_pem: &str,
+        ca_pem: &str,
+        connector: Connector,
+        log: Option<Arc<AgentLog>>,
+    ) -> Result<Self, AgentError> {
+        let tls_err = |what: &str, e: &dyn std::fmt::Display| {
+            AgentError::TunnelTls(format!("{what}: {e}"))
+        };
+        let (host, port) = gateway
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_string(), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| tls_err("gateway address", &format!("{gateway:?} is not host:port")))?;
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|e| tls_err("gateway name", &e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let ca = ca.map_err(|e| tls_err("gateway CA", &e))?;
+            roots.add(ca).map_err(|e| tls_err("gateway CA", &e))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_err("device certificate", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| tls_err("device key", &e))?;
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| tls_err("device certificate", &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(MtlsH2Tunnel {
+            gateway: gateway.to_string(),
+            host,
+            port,
+            server_name,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connector,
+            log,
+            link: tokio::sync::Mutex::new(Link {
+                sender: None,
+                failures: 0,
+                retry_at: None,
+            }),
+            up: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Whether the HTTP/2 connection is currently established.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn unreachable(&self, message: String) -> AgentError {
+        AgentError::GatewayUnreachable {
+            gateway: self.gateway.clone(),
+            source: std::io::Error::other(message),
+        }
+    }
+
+    /// The live connection's sender, dialling (or failing fast during back-off).
+    async fn sender(&self) -> Result<SendRequest<Empty<Bytes>>, AgentError> {
+        let mut link = self.link.lock().await;
+        if let Some(sender) = &link.sender {
+            if !sender.is_closed() {
+                return Ok(sender.clone());
+            }
+            link.sender = None;
+        }
+        if let Some(at) = link.retry_at {
+            let now = Instant::now();
+            if now < at {
+                return Err(self.unreachable(format!(
+                    "tunnel down, next attempt in {} ms",
+                    (at - now).as_millis()
+                )));
+            }
+        }
+        match self.dial().await {
+            Ok(sender) => {
+                link.failures = 0;
+                link.retry_at = None;
+                link.sender = Some(sender.clone());
+                Ok(sender)
+            }
+            Err(err) => {
+                let delay = FIRST_BACKOFF
+                    .saturating_mul(1 << link.failures.min(16))
+                    .min(MAX_BACKOFF);
+                link.failures = link.failures.saturating_add(1);
+                link.retry_at = Some(Instant::now() + delay);
+                if link.failures == 1 {
+                    self.write_log(
+                        Level::Warn,
+                        &format!("Tunnel to gateway {} unavailable: {err}", self.gateway),
+                    );
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn dial(&self) -> Result<SendRequest<Empty<Bytes>>, AgentError> {
+        let tcp = self
+            .connector
+            .connect_host(&self.host, self.port)
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio::time::timeout(
+            self.connector.timeout,
+            self.tls.connect(self.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| self.unreachable("TLS handshake timed out".into()))?
+        .map_err(|e| self.unreachable(format!("TLS handshake failed: {e}")))?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| self.unreachable(format!("HTTP/2 handshake failed: {e}")))?;
+        self.up.store(true, Ordering::Relaxed);
+        self.write_log(Level::Info, &format!("Tunnel to gateway {} up", self.gateway));
+        let up = self.up.clone();
+        let log = self.log.clone();
+        let gateway = self.gateway.clone();
+        tokio::spawn(async move {
+            let reason = match connection.await {
+                Ok(()) => "closed".to_string(),
+                Err(e) => e.to_string(),
+            };
+            up.store(false, Ordering::Relaxed);
+            if let Some(log) = log {
+                log.write(
+                    Level::Warn,
+                    &format!("Tunnel to gateway {gateway} down: {reason}"),
+                );
+            }
+        });
+        Ok(sender)
+    }
+
+    fn write_log(&self, level: Level, message: &str) {
+        if let Some(log) = &self.log {
+            log.write(level, message);
+        }
+    }
+
+    fn request(flow: &FlowRequest) -> Result<Request<Empty<Bytes>>, http::Error> {
+        let mut builder = Request::builder()
+            .method(Method::CONNECT)
+            .uri(flow.destination.to_string());
+        let p = &flow.process;
+        // Header values come from process names and SNI: drop what HTTP forbids.
+        let clean = |v: &str| -> String { v.chars().filter(|c| !c.is_control()).collect() };
+        if let Some(host) = &flow.host {
+            builder = builder.header("x-rampart-host", clean(host));
+        }
+        builder = builder.header("x-rampart-process", clean(&p.name));
+        if let Some(path) = p.path.as_deref().and_then(|p| p.to_str()) {
+            builder = builder.header("x-rampart-process-path", clean(path));
+        }
+        if let Some(pid) = p.pid {
+            builder = builder.header("x-rampart-pid", pid);
+        }
+        if let Some(uid) = p.uid {
+            builder = builder.header("x-rampart-uid", uid);
+        }
+        if let Some(user) = &p.user {
+            builder = builder.header("x-rampart-user", clean(user));
+        }
+        builder
+            .header("x-rampart-steering", flow.action.as_str())
+            .body(Empty::new())
+    }
+
+    async fn open_flow(&self, flow: &FlowRequest) -> Result<FlowStream, AgentError> {
+        let refused = |status: String| AgentError::GatewayRefused {
+            gateway: self.gateway.clone(),
+            target: flow.destination.to_string(),
+            status,
+        };
+        let request = Self::request(flow).map_err(|e| refused(format!("bad request: {e}")))?;
+        let mut sender = self.sender().await?;
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                // The connection broke under us: drop it so the next flow re-dials.
+                let mut link = self.link.lock().await;
+                if link.sender.as_ref().is_some_and(|s| s.is_closed()) {
+                    link.sender = None;
+                }
+                return Err(self.unreachable(format!("tunnel stream failed: {e}")));
+            }
+        };
+        if !response.status().is_success() {
+            return Err(refused(response.status().to_string()));
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|e| refused(format!("stream not established: {e}")))?;
+        Ok(FlowStream::Boxed(Box::new(TokioIo::new(upgraded))))
+    }
+}
+
+impl GatewayTunnel for MtlsH2Tunnel {
+    fn open<'a>(&'a self, flow: &'a FlowRequest) -> BoxFuture<'a, Result<FlowStream, AgentError>> {
+        Box::pin(self.open_flow(flow))
+    }
+
+    fn is_up(&self) -> Option<bool> {
+        Some(MtlsH2Tunnel::is_up(self))
+    }
+}
