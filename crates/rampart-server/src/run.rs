@@ -1,5 +1,5 @@
 //! Process lifecycle: data dir, listeners, signals (SIGTERM/SIGINT drain,
-//! SIGHUP reload) and orderly shutdown.
+//! SIGHUP reload; reloading itself is `crate::reload`) and orderly shutdown.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
-use rampart_gateway::{Gateway, GatewayHandle, Metrics};
+use rampart_gateway::{Gateway, Metrics};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::{Overrides, RampartConfig};
+use crate::reload::{Reloader, Trigger};
 
 /// Which parts of Rampart this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +43,9 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let policy = load_policy(config.policy.as_deref()).context("loading the policy")?;
+    let loaded = crate::reload::load_policy(config.policy.as_deref()).context("loading the policy")?;
     let mut gateway_config = config.gateway_config(vec![api_addr]);
-    gateway_config.policy = policy;
+    gateway_config.policy = loaded.policy.clone();
     let (pipeline, events) = rampart_events::Pipeline::start(&config.data_dir, &config.events)
         .context("starting the event store")?;
     let events_api = crate::api::events::EventsApiState::new(&config.data_dir)
@@ -56,13 +57,18 @@ pub async fn run(
     let handle = gateway.handle();
 
     let shutdown = CancellationToken::new();
-    spawn_signal_handlers(
-        shutdown.clone(),
+    let reloader = Reloader::new(
         handle.clone(),
         config_path,
         overrides,
         api_addr,
-    )?;
+        config.policy.clone(),
+        &loaded,
+    );
+    spawn_signal_handlers(shutdown.clone(), reloader.clone())?;
+    crate::reload::spawn_watcher(reloader.clone(), shutdown.clone());
+    let admin_token = crate::api::events::load_or_create_admin_token(&config.data_dir)
+        .context("loading the admin token")?;
 
     let event_gauges = api::EventGauges::register(&mut registry);
     let api = api::router(ApiState {
@@ -71,7 +77,11 @@ pub async fn run(
         pipeline_stats: pipeline.stats(),
         event_gauges,
     })
-    .merge(api::events::router(events_api));
+    .merge(api::events::router(events_api))
+    .merge(api::policy::router(api::policy::PolicyApiState {
+        reloader,
+        admin_token: admin_token.into(),
+    }));
     let (api, _tunnel_task) = match tunnel {
         Some(tunnel) => {
             let devices = api::devices::router(tunnel.api_state());
@@ -122,10 +132,7 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 
 fn spawn_signal_handlers(
     shutdown: CancellationToken,
-    handle: GatewayHandle,
-    config_path: Option<PathBuf>,
-    overrides: Overrides,
-    api_addr: std::net::SocketAddr,
+    reloader: Arc<Reloader>,
 ) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -135,64 +142,9 @@ fn spawn_signal_handlers(
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); shutdown.cancel(); return; }
                 _ = int.recv() => { tracing::info!("SIGINT: draining"); shutdown.cancel(); return; }
-                _ = hup.recv() => reload(&handle, config_path.as_deref(), &overrides, api_addr),
+                _ = hup.recv() => { reloader.reload(Trigger::Signal).await; }
             }
         }
     });
     Ok(())
-}
-
-/// Re-reads the configuration file; a broken file is logged and ignored.
-fn reload(
-    handle: &GatewayHandle,
-    path: Option<&Path>,
-    overrides: &Overrides,
-    api_addr: std::net::SocketAddr,
-) {
-    let Some(path) = path else {
-        tracing::info!("SIGHUP: running on embedded defaults, nothing to reload");
-        return;
-    };
-    let config = match RampartConfig::load(path) {
-        Ok(config) => config.with_overrides(overrides),
-        Err(e) => {
-            handle.reload_rejected();
-            tracing::error!(error = %e, "SIGHUP: configuration rejected, the previous one keeps serving");
-            return;
-        }
-    };
-    let policy = match load_policy(config.policy.as_deref()) {
-        Ok(policy) => policy,
-        Err(e) => {
-            handle.reload_rejected();
-            tracing::error!(error = %format!("{e:#}"), "SIGHUP: policy rejected, the previous configuration and policy keep serving");
-            return;
-        }
-    };
-    let mut gateway_config = config.gateway_config(vec![api_addr]);
-    gateway_config.policy = policy;
-    match handle.reload(gateway_config) {
-        Ok(()) => tracing::info!(path = %path.display(), "SIGHUP: configuration reloaded"),
-        Err(e) => {
-            tracing::error!(error = %e, "SIGHUP: configuration rejected, the previous one keeps serving")
-        }
-    }
-}
-
-/// Compiles the policy file (or directory). Warnings are logged; errors are
-/// returned all at once, each with file:line:column.
-fn load_policy(path: Option<&Path>) -> anyhow::Result<Option<Arc<rampart_policy::Policy>>> {
-    let Some(path) = path else {
-        return Ok(None);
-    };
-    match rampart_policy::Policy::load(path) {
-        Ok((policy, warnings)) => {
-            for warning in &warnings {
-                tracing::warn!(%warning, "policy warning");
-            }
-            tracing::info!(path = %path.display(), revision = policy.revision(), "policy loaded");
-            Ok(Some(Arc::new(policy)))
-        }
-        Err(error) => anyhow::bail!("{error}"),
-    }
 }
