@@ -65,7 +65,8 @@ pub async fn splice_bidirectional(
 }
 
 /// Relays between any two async streams with a buffered copy (used where one
-/// side is not a plain socket, e.g. TLS).
+/// side is not a plain socket, e.g. TLS), closing after `idle` without a byte
+/// read from either side.
 pub async fn copy_bidirectional<A, B>(
     a: &mut A,
     b: &mut B,
@@ -75,24 +76,73 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    // tokio's copy does not expose progress, so the idle timeout bounds the
-    // whole copy only when nothing moved: re-arm by chunked copies would cost
-    // more than it saves for these (rare) non-socket tunnels.
-    match tokio::time::timeout(
-        idle,
-        tokio::io::copy_bidirectional_with_sizes(a, b, 16 * 1024, 16 * 1024),
-    )
-    .await
-    {
-        Ok(Ok((up, down))) => (
-            Transferred {
-                client_to_origin: up,
-                origin_to_client: down,
-            },
-            RelayEnd::Closed,
-        ),
-        Ok(Err(e)) => (Transferred::default(), RelayEnd::Error(e)),
-        Err(_) => (Transferred::default(), RelayEnd::Idle),
+    let started = Instant::now();
+    let last_activity = AtomicU64::new(0);
+    let mut a = ActivityIo {
+        inner: a,
+        last_activity: &last_activity,
+        started,
+    };
+    let mut b = ActivityIo {
+        inner: b,
+        last_activity: &last_activity,
+        started,
+    };
+    tokio::select! {
+        result = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 16 * 1024, 16 * 1024) => match result {
+            Ok((up, down)) => (
+                Transferred { client_to_origin: up, origin_to_client: down },
+                RelayEnd::Closed,
+            ),
+            Err(e) => (Transferred::default(), RelayEnd::Error(e)),
+        },
+        _ = idle_watchdog(&last_activity, started, idle) => (Transferred::default(), RelayEnd::Idle),
+    }
+}
+
+/// A stream that records when it last read a byte, for idle timeouts.
+struct ActivityIo<'a, T: ?Sized> {
+    inner: &'a mut T,
+    last_activity: &'a AtomicU64,
+    started: Instant,
+}
+
+impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for ActivityIo<'_, T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.last_activity
+                .store(this.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for ActivityIo<'_, T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -197,6 +247,25 @@ mod tests {
         assert!(matches!(end, RelayEnd::Closed), "{end:?}");
         assert_eq!(transferred.client_to_origin, 1_000_000);
         assert_eq!(transferred.origin_to_client, 5);
+    }
+
+    #[tokio::test]
+    async fn buffered_copy_stays_open_while_busy_and_closes_when_idle() {
+        let (mut client_side, mut client) = pair().await;
+        let (mut origin, mut origin_side) = pair().await;
+        let relay = tokio::spawn(async move {
+            copy_bidirectional(&mut client, &mut origin, Duration::from_millis(300)).await
+        });
+        // Busy for longer than the idle timeout: bytes every 100 ms.
+        for _ in 0..6 {
+            client_side.write_all(b"x").await.unwrap();
+            let mut one = [0u8; 1];
+            origin_side.read_exact(&mut one).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!relay.is_finished(), "a busy relay must not time out");
+        let (_, end) = relay.await.unwrap();
+        assert!(matches!(end, RelayEnd::Idle), "{end:?}");
     }
 
     #[tokio::test]
