@@ -292,9 +292,9 @@ impl AgentConfig {
                 .gateway
                 .proxy
                 .rsplit_once(':')
-            .is_none_or(|(host, port)| {
-                host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0)
-            })
+                .is_none_or(|(host, port)| {
+                    host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0)
+                })
         {
             return Err(invalid(format!(
                 "gateway.proxy = \"{}\" must be host:port, e.g. \"gateway.example:3128\"",

@@ -178,7 +178,10 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let (key, cert, ca) = Enrollment::credentials(&dir).unwrap();
-        assert_eq!((key.as_str(), cert.as_str(), ca.as_str()), (request.key_pem.as_str(), "CERT", "CA"));
+        assert_eq!(
+            (key.as_str(), cert.as_str(), ca.as_str()),
+            (request.key_pem.as_str(), "CERT", "CA")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

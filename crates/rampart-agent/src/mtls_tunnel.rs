@@ -60,7 +60,14 @@ impl MtlsH2Tunnel {
         log: Option<Arc<AgentLog>>,
     ) -> Result<Self, AgentError> {
         let (key_pem, cert_pem, ca_pem) = Enrollment::credentials(data_dir)?;
-        Self::new(&enrollment.gateway, &key_pem, &cert_pem, &ca_pem, connector, log)
+        Self::new(
+            &enrollment.gateway,
+            &key_pem,
+            &cert_pem,
+            &ca_pem,
+            connector,
+            log,
+        )
     }
 
     /// `gateway` is `host:port` of the tunnel listener; its certificate must chain to
@@ -73,15 +80,19 @@ impl MtlsH2Tunnel {
         connector: Connector,
         log: Option<Arc<AgentLog>>,
     ) -> Result<Self, AgentError> {
-        let tls_err = |what: &str, e: &dyn std::fmt::Display| {
-            AgentError::TunnelTls(format!("{what}: {e}"))
-        };
+        let tls_err =
+            |what: &str, e: &dyn std::fmt::Display| AgentError::TunnelTls(format!("{what}: {e}"));
         let (host, port) = gateway
             .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_string(), p.parse::<u16>().ok()?)))
+            .and_then(|(h, p)| {
+                Some((
+                    h.trim_matches(['[', ']']).to_string(),
+                    p.parse::<u16>().ok()?,
+                ))
+            })
             .ok_or_else(|| tls_err("gateway address", &format!("{gateway:?} is not host:port")))?;
-        let server_name = ServerName::try_from(host.clone())
-            .map_err(|e| tls_err("gateway name", &e))?;
+        let server_name =
+            ServerName::try_from(host.clone()).map_err(|e| tls_err("gateway name", &e))?;
         let mut roots = rustls::RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
             let ca = ca.map_err(|e| tls_err("gateway CA", &e))?;
@@ -189,7 +200,10 @@ impl MtlsH2Tunnel {
             .await
             .map_err(|e| self.unreachable(format!("HTTP/2 handshake failed: {e}")))?;
         self.up.store(true, Ordering::Relaxed);
-        self.write_log(Level::Info, &format!("Tunnel to gateway {} up", self.gateway));
+        self.write_log(
+            Level::Info,
+            &format!("Tunnel to gateway {} up", self.gateway),
+        );
         let up = self.up.clone();
         let log = self.log.clone();
         let gateway = self.gateway.clone();
