@@ -31,6 +31,10 @@ enum Command {
     Trust(cmd::trust::TrustArgs),
     /// Search, tail and import events; device timelines around alerts.
     Events(cmd::events::EventsArgs),
+    /// The endpoint agent: run, env, status, enroll.
+    Agent(cmd::agent::AgentArgs),
+    /// Enrolled devices and enrollment tokens.
+    Device(cmd::device::DeviceArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         Command::Ca(args) => cmd::ca::run(args),
         Command::Trust(args) => cmd::trust::run(args),
         Command::Events(args) => cmd::events::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
+        Command::Device(args) => cmd::device::run(args),
     };
     match result {
         Ok(code) => code,

@@ -5,3 +5,5 @@ pub mod server;
 pub mod ca;
 pub mod trust;
 pub mod events;
+pub mod agent;
+pub mod device;

@@ -1,0 +1,243 @@
+//! `rampart agent run|env|status|enroll`: the endpoint agent.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use rampart_agent::enrollment::{new_key_request, Enrollment};
+use rampart_agent::{AgentConfig, AgentStatus, SteeringMode};
+use rampart_events::http_client::{request, Target};
+
+const DEFAULT_CONFIG: &str = "/etc/rampart/agent.toml";
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    command: AgentCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AgentCommand {
+    /// Run the agent in the foreground until SIGINT or SIGTERM.
+    Run {
+        /// Agent configuration file.
+        #[arg(long, short = 'c', value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print the variables that point applications at the local proxy.
+    Env {
+        /// Agent configuration file [default: built-in defaults].
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Output syntax: sh or fish.
+        #[arg(long, default_value = "sh")]
+        shell: String,
+    },
+    /// Show enrollment, tunnel state, steering mode and counters of the running agent.
+    Status {
+        #[command(flatten)]
+        location: Location,
+        /// Print the raw status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enroll this device with a Rampart server (generates the device key locally).
+    Enroll {
+        /// The server's API base URL, e.g. http://rampart.example:8080.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// One-time enrollment token from `rampart device token create`.
+        #[arg(long, value_name = "T")]
+        token: String,
+        #[command(flatten)]
+        location: Location,
+        /// Extra CA file to trust for an https:// server.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// Where the agent's state lives: `--data-dir`, else the config's `data_dir`.
+#[derive(Debug, clap::Args)]
+struct Location {
+    /// Agent configuration file (for its data_dir and steering mode).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Agent data directory [default: the config's data_dir, or /var/lib/rampart-agent].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl Location {
+    fn resolve(&self) -> anyhow::Result<(PathBuf, AgentConfig)> {
+        let config = match &self.config {
+            Some(path) => AgentConfig::load(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() && self.data_dir.is_none() => {
+                AgentConfig::load(Path::new(DEFAULT_CONFIG))?
+            }
+            None => AgentConfig::from_toml("", "<defaults>")?,
+        };
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.clone());
+        Ok((dir, config))
+    }
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        AgentCommand::Run { config } => run_agent(&config),
+        AgentCommand::Env { config, shell } => env(config.as_deref(), &shell),
+        AgentCommand::Status { location, json } => status(&location, json),
+        AgentCommand::Enroll {
+            server,
+            token,
+            location,
+            ca_file,
+        } => enroll(&server, &token, &location, ca_file.as_deref()),
+    }
+}
+
+fn run_agent(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = AgentConfig::load(path)?;
+    crate::logging::init("info", "text");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(rampart_agent::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn env(config: Option<&Path>, shell: &str) -> anyhow::Result<ExitCode> {
+    let config = match config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::from_toml("", "<defaults>")?,
+    };
+    for (name, value) in config.proxy_env() {
+        match shell {
+            "sh" | "bash" | "zsh" => println!("export {name}={value}"),
+            "fish" => println!("set -gx {name} {value}"),
+            other => bail!("unknown shell {other:?} (use sh or fish)"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(location: &Location, json: bool) -> anyhow::Result<ExitCode> {
+    let (dir, config) = location.resolve()?;
+    let enrollment = Enrollment::load(&dir)?;
+    let status = AgentStatus::load(&dir)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "data_dir": dir, "status": status, "enrollment": enrollment })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("data dir:      {}", dir.display());
+    match &enrollment {
+        Some(e) => println!(
+            "enrollment:    device {} (user {}), server {}",
+            e.device_id,
+            e.user.as_deref().unwrap_or("-"),
+            e.server
+        ),
+        None => println!("enrollment:    not enrolled (rampart agent enroll --server URL --token T)"),
+    }
+    let Some(status) = status.filter(AgentStatus::process_alive) else {
+        let mode = match config.steering.mode {
+            SteeringMode::Transparent => "transparent",
+            SteeringMode::LocalProxy => "local proxy",
+        };
+        println!("agent:         not running (configured mode: {mode})");
+        return Ok(ExitCode::from(3));
+    };
+    let c = status.counters;
+    println!("agent:         running (pid {}), updated {}", status.pid, status.updated);
+    println!("steering mode: {} on {}", status.mode, status.listen.join(", "));
+    println!("gateway:       {}", status.gateway);
+    println!("tunnel:        {}", status.tunnel);
+    println!("config:        {}", status.config_revision);
+    println!(
+        "counters:      steered {}, bypassed {}, tunnel-bypassed {}, blocked {}, fail-mode {}, errors {}",
+        c.steered, c.bypassed, c.tunnel_bypassed, c.blocked, c.fail_mode, c.errors
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn enroll(
+    server: &str,
+    token: &str,
+    location: &Location,
+    ca_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let (dir, config) = location.resolve()?;
+    let base = server.trim_end_matches('/');
+    let target = Target::parse(&format!("{base}/api/v1/enroll")).map_err(anyhow::Error::msg)?;
+    let tls = if target.https {
+        Some(rampart_events::tls_client::client_config(ca_file).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+    let key = new_key_request()?;
+    let mode = match config.steering.mode {
+        SteeringMode::Transparent => "transparent",
+        SteeringMode::LocalProxy => "local-proxy",
+    };
+    let body = serde_json::json!({
+        "token": token,
+        "csr": key.csr_pem,
+        "hostname": hostname(),
+        "agent_version": env!("CARGO_PKG_VERSION"),
+        "steering_mode": mode,
+    })
+    .to_string();
+    let response = request(
+        "POST",
+        &target,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+        tls.as_ref(),
+    )
+    .map_err(|e| anyhow::anyhow!("{base}: {e}"))?;
+    let answer: serde_json::Value = serde_json::from_slice(&response.body)
+        .with_context(|| format!("{base} answered {} with a non-JSON body", response.status))?;
+    if response.status != 200 {
+        let message = answer["error"].as_str().unwrap_or("no reason given");
+        bail!("{base} refused enrollment ({}): {message}", response.status);
+    }
+    let field = |name: &str| -> anyhow::Result<String> {
+        answer[name]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("enrollment answer lacks {name:?}"))
+    };
+    let enrollment = Enrollment {
+        device_id: field("device_id")?,
+        user: answer["user"].as_str().map(str::to_string),
+        groups: answer["groups"]
+            .as_array()
+            .map(|g| g.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+        gateway: field("gateway")?,
+        server: base.to_string(),
+    };
+    enrollment.store(&dir, &key.key_pem, &field("certificate")?, &field("ca")?)?;
+    println!(
+        "enrolled as device {} (user {}); tunnel to {}; credentials in {}",
+        enrollment.device_id,
+        enrollment.user.as_deref().unwrap_or("-"),
+        enrollment.gateway,
+        dir.display()
+    );
+    println!("restart the agent to steer through the tunnel");
+    Ok(ExitCode::SUCCESS)
+}

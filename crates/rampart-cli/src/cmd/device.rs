@@ -1,0 +1,183 @@
+//! `rampart device list` and `rampart device token create`: enrolled devices and
+//! one-time enrollment tokens, from the local data dir or a running server's API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use rampart_events::http_client::{request, Target};
+use rampart_server::devices::{DeviceRecord, Inventory, TokenStore};
+
+#[derive(Debug, clap::Args)]
+pub struct DeviceArgs {
+    #[command(subcommand)]
+    command: DeviceCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DeviceCommand {
+    /// List enrolled devices (id, user, hostname, agent version, last seen, steering mode).
+    List {
+        #[command(flatten)]
+        source: Source,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One-time enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenCommand {
+    /// Create a one-time enrollment token (printed once; only its hash is stored).
+    Create {
+        /// User the enrolled device is attributed to.
+        #[arg(long, value_name = "U")]
+        user: Option<String>,
+        /// Groups, comma separated.
+        #[arg(long, value_name = "G", value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Lifetime: a number with s, m, h or d.
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        ttl: i64,
+        #[command(flatten)]
+        source: Source,
+    },
+}
+
+/// Local data dir, or a running server (`--server URL --token T`).
+#[derive(Debug, clap::Args)]
+struct Source {
+    /// Server data directory.
+    #[arg(long, value_name = "DIR", default_value = "./rampart-data")]
+    data_dir: PathBuf,
+    /// API base URL of a running server, e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL", requires = "token")]
+    server: Option<String>,
+    /// Admin token of that server (`<data dir>/admin.token`).
+    #[arg(long, value_name = "T", env = "RAMPART_TOKEN")]
+    token: Option<String>,
+    /// Extra CA file to trust for an https:// server.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+fn parse_ttl(text: &str) -> Result<i64, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 30m, 24h or 7d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{text:?}: unit must be s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("{text:?}: must be positive"))
+}
+
+pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        DeviceCommand::List { source, json } => list(&source, json),
+        DeviceCommand::Token {
+            command:
+                TokenCommand::Create {
+                    user,
+                    groups,
+                    ttl,
+                    source,
+                },
+        } => create_token(&source, user.as_deref(), &groups, ttl),
+    }
+}
+
+fn call(source: &Source, method: &str, path: &str, body: &str) -> anyhow::Result<Vec<u8>> {
+    let (Some(server), Some(token)) = (&source.server, &source.token) else {
+        bail!("--server needs --token");
+    };
+    let base = server.trim_end_matches('/');
+    let target = Target::parse(&format!("{base}{path}")).map_err(anyhow::Error::msg)?;
+    let tls = if target.https {
+        Some(
+            rampart_events::tls_client::client_config(source.ca_file.as_deref())
+                .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        None
+    };
+    let auth = format!("Bearer {token}");
+    let response = request(
+        method,
+        &target,
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        body.as_bytes(),
+        tls.as_ref(),
+    )
+    .map_err(|e| anyhow::anyhow!("{base}: {e}"))?;
+    if response.status != 200 {
+        bail!(
+            "{base} answered {}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body).trim()
+        );
+    }
+    Ok(response.body)
+}
+
+fn list(source: &Source, json: bool) -> anyhow::Result<ExitCode> {
+    let devices: Vec<DeviceRecord> = if source.server.is_some() {
+        serde_json::from_slice(&call(source, "GET", "/api/v1/devices", "")?)
+            .context("the server's device list is not valid JSON")?
+    } else {
+        Inventory::new(&source.data_dir).list()?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&devices)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<21} {:<16} {:<20} {:<8} {:<25} MODE",
+        "ID", "USER", "HOSTNAME", "AGENT", "LAST SEEN"
+    );
+    for d in &devices {
+        println!(
+            "{:<21} {:<16} {:<20} {:<8} {:<25} {}",
+            d.id,
+            d.user.as_deref().unwrap_or("-"),
+            d.hostname,
+            d.agent_version,
+            d.last_seen,
+            d.steering_mode
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn create_token(
+    source: &Source,
+    user: Option<&str>,
+    groups: &[String],
+    ttl: i64,
+) -> anyhow::Result<ExitCode> {
+    let token = if source.server.is_some() {
+        let body = serde_json::json!({ "user": user, "groups": groups, "ttl_secs": ttl });
+        let answer: serde_json::Value =
+            serde_json::from_slice(&call(source, "POST", "/api/v1/devices/tokens", &body.to_string())?)
+                .context("the server's answer is not valid JSON")?;
+        answer["token"]
+            .as_str()
+            .context("the server's answer has no token")?
+            .to_string()
+    } else {
+        TokenStore::new(&source.data_dir).create(user, groups, ttl)?
+    };
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,234 @@
+//! Enrollment and the agent's mTLS HTTP/2 tunnel, end to end with the real binary:
+//! token → `rampart agent enroll` → `rampart device list`; curl through the agent's
+//! local proxy (no root) reaches an origin over the tunnel and the gateway's access log
+//! names the device, the user and the process; the tunnel refuses clients without a
+//! device certificate or with one from another CA; a token works once.
+
+mod support;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use support::origin::Origin;
+use support::{eventually, free_port, rampart_bin, run, Rampart};
+
+/// A running gateway with its tunnel on a free port.
+fn start_gateway() -> (Rampart, SocketAddr) {
+    let tunnel: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = Rampart::start_with_args(
+        "[proxy]\nallow_loopback_destinations = true\n",
+        &["--tunnel-listen", &tunnel.to_string()],
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || TcpStream::connect(tunnel).is_ok()),
+        "tunnel listener never came up:\n{}",
+        gw.stderr()
+    );
+    (gw, tunnel)
+}
+
+fn rampart(args: &[&str]) -> Output {
+    run(Command::new(rampart_bin()).args(args))
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn create_token(gw: &Rampart, user: &str) -> String {
+    let data = gw.data_dir();
+    let out = rampart(&[
+        "device", "token", "create", "--user", user, "--groups", "eng,ops", "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "token create failed: {stderr}");
+    let token = stdout.trim().to_string();
+    assert!(token.starts_with("rmpt_"), "unexpected token {token:?}");
+    token
+}
+
+/// Agent config in local-proxy mode (no root), no gateway section: enrollment provides it.
+fn agent_config(dir: &Path) -> (PathBuf, SocketAddr) {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n[steering]\nmode = \"local-proxy\"\n[local_proxy]\nlisten = \"{listen}\"\n",
+            dir.join("state").display().to_string()
+        ),
+    )
+    .unwrap();
+    (path, listen)
+}
+
+fn enroll(gw: &Rampart, config: &Path, token: &str) -> Output {
+    rampart(&[
+        "agent",
+        "enroll",
+        "--server",
+        &format!("http://{}", gw.api),
+        "--token",
+        token,
+        "--config",
+        config.to_str().unwrap(),
+    ])
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn enrolled_agent_tunnels_curl_and_gateway_logs_device_user_and_process() {
+    let (gw, tunnel) = start_gateway();
+    let origin = Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, proxy) = agent_config(dir.path());
+
+    let token = create_token(&gw, "alice");
+    let out = enroll(&gw, &config, &token);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "enroll failed: {stdout}{stderr}");
+    let state = dir.path().join("state");
+    let enrollment: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("enrollment.json")).unwrap())
+            .unwrap();
+    let device = enrollment["device_id"].as_str().unwrap().to_string();
+    assert_eq!(enrollment["gateway"], tunnel.to_string());
+    assert_eq!(enrollment["user"], "alice");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state.join("device.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "device key must be private");
+
+    // The inventory, read locally and through the API with the admin token.
+    let data = gw.data_dir();
+    let (listed, _) = text(&rampart(&["device", "list", "--data-dir", data.to_str().unwrap()]));
+    assert!(listed.contains(&device) && listed.contains("alice") && listed.contains("local-proxy"), "{listed}");
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let out = rampart(&[
+        "device", "list", "--json", "--server", &format!("http://{}", gw.api), "--token", admin.trim(),
+    ]);
+    let (listed, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let devices: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(devices[0]["id"], device.as_str());
+    let out = rampart(&["device", "list", "--server", &format!("http://{}", gw.api), "--token", "wrong"]);
+    assert!(!out.status.success(), "the device API must require the admin token");
+
+    // Run the agent and send curl through its local proxy.
+    let agent = Agent(
+        Command::new(rampart_bin())
+            .args(["agent", "run", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(proxy).is_ok()));
+    let out = run(Command::new("curl").args([
+        "-sS", "--max-time", "20", "-x", &format!("http://{proxy}"), &origin.url("/hello"),
+    ]));
+    let (body, stderr) = text(&out);
+    assert!(out.status.success(), "curl through the agent failed: {stderr}");
+    assert!(!body.is_empty(), "origin answered nothing");
+
+    let found = eventually(Duration::from_secs(5), || {
+        gw.access_log().iter().any(|r| {
+            r["device"] == device.as_str()
+                && r["user"] == "alice"
+                && r["process"]["name"] == "curl"
+                && r["process"]["steering"] == "steer"
+                && r["target"] == format!("127.0.0.1:{}", origin.port())
+        })
+    });
+    assert!(found, "no tunnel record with device, user and process:\n{:#?}", gw.access_log());
+
+    let log = std::fs::read_to_string(state.join("agent.log")).unwrap();
+    assert!(log.contains(&format!("Tunnel to gateway {tunnel} up")), "{log}");
+    assert!(log.contains("Tunneling connection from process: curl"), "{log}");
+
+    let shown = eventually(Duration::from_secs(5), || {
+        let (status, _) = text(&rampart(&["agent", "status", "--config", config.to_str().unwrap()]));
+        status.contains(&device) && status.contains("tunnel:        up") && status.contains("steered 1")
+    });
+    assert!(shown, "agent status does not show the enrolled, connected agent");
+    drop(agent);
+}
+
+#[test]
+fn enrollment_token_works_once() {
+    let (gw, _) = start_gateway();
+    let token = create_token(&gw, "bob");
+    let first = tempfile::tempdir().unwrap();
+    let (config, _) = agent_config(first.path());
+    assert!(enroll(&gw, &config, &token).status.success());
+    let second = tempfile::tempdir().unwrap();
+    let (config, _) = agent_config(second.path());
+    let out = enroll(&gw, &config, &token);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "a reused token must be refused");
+    assert!(stderr.contains("403") && stderr.contains("already used"), "{stderr}");
+    assert!(!second.path().join("state/enrollment.json").exists());
+}
+
+/// `curl --http2` against the tunnel with the given client credentials; returns the
+/// HTTP status curl saw (0 when the TLS session was refused).
+fn tunnel_status(tunnel: SocketAddr, ca: &Path, client: Option<(&Path, &Path)>) -> u16 {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--http2", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("--cacert")
+        .arg(ca);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    cmd.arg(format!("https://{tunnel}/"));
+    let (stdout, _) = text(&run(&mut cmd));
+    stdout.trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn tunnel_refuses_clients_without_a_device_certificate_or_from_another_ca() {
+    let (gw, tunnel) = start_gateway();
+    let ca = gw.data_dir().join("devices/ca.pem");
+    let dir = tempfile::tempdir().unwrap();
+
+    // Positive control: the enrolled device's own key gets through TLS to HTTP/2
+    // (a plain GET is not a CONNECT, hence 405).
+    let (config, _) = agent_config(dir.path());
+    assert!(enroll(&gw, &config, &create_token(&gw, "carol")).status.success());
+    let state = dir.path().join("state");
+    let device = (state.join("device.pem"), state.join("device.key"));
+    assert_eq!(tunnel_status(tunnel, &ca, Some((&device.0, &device.1))), 405);
+
+    assert_eq!(tunnel_status(tunnel, &ca, None), 0, "no client certificate must be refused");
+
+    let (other_cert, other_key) = (dir.path().join("other.pem"), dir.path().join("other.key"));
+    let out = run(Command::new("openssl").args([
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+        "-subj", "/CN=intruder", "-addext", "subjectAltName=URI:rampart://device/dev-intruder",
+        "-keyout", other_key.to_str().unwrap(), "-out", other_cert.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "openssl: {}", text(&out).1);
+    assert_eq!(
+        tunnel_status(tunnel, &ca, Some((&other_cert, &other_key))),
+        0,
+        "a certificate from another CA must be refused"
+    );
+    assert!(
+        !gw.access_log().iter().any(|r| r["device"] == "dev-intruder"),
+        "the intruder reached the data path"
+    );
+}
