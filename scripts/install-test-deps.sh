@@ -6,7 +6,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need_apt=()
-for pkg in curl openssl squid rsyslog nftables iproute2 git python3 python3-pip ca-certificates procps; do
+for pkg in curl openssl squid rsyslog rsyslog-gnutls util-linux nftables iproute2 git python3 python3-pip ca-certificates procps; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
