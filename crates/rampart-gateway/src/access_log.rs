@@ -92,6 +92,9 @@ pub struct PolicyRecord {
     pub action: &'static str,
     /// Matched objects, e.g. `category news`, `group engineering`.
     pub matched: Vec<String>,
+    /// `user-alert` only: the user had proceeded past the coaching page, so the request passed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub proceeded: bool,
 }
 
 fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

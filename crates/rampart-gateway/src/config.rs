@@ -26,6 +26,8 @@ pub struct GatewayConfig {
     pub upstreams: BTreeMap<String, UpstreamGroupConfig>,
     pub resolve: BTreeMap<String, IpAddr>,
     pub access_log: AccessLogConfig,
+    /// `[coaching]`: the proceed flow of `user-alert` rules.
+    pub coaching: crate::coaching::CoachingConfig,
     /// The compiled policy; `None` runs the built-in default policy.
     pub policy: Option<std::sync::Arc<rampart_policy::Policy>>,
     /// Addresses of the process's other listeners (API, tunnel), so loop

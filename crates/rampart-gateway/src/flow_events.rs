@@ -21,8 +21,13 @@ pub fn emit(record: &FlowRecord, events: &EventSender) {
     events.send(event);
     if let Some(policy) = &record.policy {
         if matches!(policy.action, "alert" | "user-alert") {
+            let title = match (policy.action, policy.proceeded) {
+                ("user-alert", true) => format!("User proceeded past coaching: {}", policy.rule),
+                ("user-alert", false) => format!("Coaching page shown: {}", policy.rule),
+                _ => format!("Policy alert: {}", policy.rule),
+            };
             let alert = AlertSpec {
-                title: format!("Policy alert: {}", policy.rule),
+                title,
                 desc: Some(format!(
                     "{} {} matched {}",
                     record.method,

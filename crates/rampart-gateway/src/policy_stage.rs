@@ -17,9 +17,13 @@ use crate::connector::EgressChoice;
 pub struct StageResult {
     /// Set when an access rule blocks: the rule's name and the category that matched, if any.
     pub blocked: Option<Blocked>,
+    /// Set when a `user-alert` rule matched: the request passes only if the
+    /// user proceeded past the coaching page (see `crate::coaching`).
+    pub coach: Option<Blocked>,
     pub egress: EgressChoice,
 }
 
+/// The rule that blocked (or coaches) a request, for the page the user sees.
 pub struct Blocked {
     pub rule: Arc<str>,
     pub category: Option<Arc<str>>,
@@ -47,7 +51,7 @@ pub fn connection_stage(
         Outcome::Pending { .. } => EgressChoice::Default,
     };
     let blocked = match &verdict.access {
-        Outcome::Decided(d) => apply_access(policy, d, record),
+        Outcome::Decided(d) => apply_access(policy, d, record).blocked,
         // A rule that needs the URL cannot be decided inside a tunnel that is
         // not decrypted; it is recorded as undecided and the tunnel passes.
         Outcome::Pending {
@@ -60,11 +64,18 @@ pub fn connection_stage(
                 rule: rule_name.clone(),
                 action: "pending-url",
                 matched: Vec::new(),
+                proceeded: false,
             });
             None
         }
     };
-    StageResult { blocked, egress }
+    // A coaching page cannot be shown inside a tunnel that is not decrypted:
+    // user-alert passes there like alert, and is recorded as user-alert.
+    StageResult {
+        blocked,
+        coach: None,
+        egress,
+    }
 }
 
 /// Request stage (absolute-form HTTP): the full URL is known.
@@ -89,21 +100,28 @@ pub fn request_stage(
         path,
     };
     let verdict = policy.evaluate_request(&facts);
-    let blocked = match &verdict.access {
+    let access = match &verdict.access {
         Outcome::Decided(d) => apply_access(policy, d, record),
-        Outcome::Pending { .. } => None,
+        Outcome::Pending { .. } => AccessResult::default(),
     };
     StageResult {
-        blocked,
+        blocked: access.blocked,
+        coach: access.coach,
         egress: egress_choice(&verdict.egress),
     }
+}
+
+#[derive(Default)]
+struct AccessResult {
+    blocked: Option<Blocked>,
+    coach: Option<Blocked>,
 }
 
 fn apply_access(
     policy: &Policy,
     decision: &Decision<AccessAction>,
     record: &mut FlowRecord,
-) -> Option<Blocked> {
+) -> AccessResult {
     record.policy = Some(PolicyRecord {
         revision: policy.revision().into(),
         stage: "access",
@@ -111,20 +129,27 @@ fn apply_access(
         rule: decision.rule_name.clone(),
         action: decision.action.as_str(),
         matched: decision.matched.iter().map(|m| m.to_string()).collect(),
+        proceeded: false,
     });
+    let rule = || Blocked {
+        rule: decision.rule_name.clone(),
+        category: decision
+            .matched
+            .iter()
+            .find(|m| matches!(m.kind, ObjectKind::Category | ObjectKind::CustomCategory))
+            .map(|m| m.name.clone()),
+    };
     match decision.action {
-        AccessAction::Block => Some(Blocked {
-            rule: decision.rule_name.clone(),
-            category: decision
-                .matched
-                .iter()
-                .find(|m| matches!(m.kind, ObjectKind::Category | ObjectKind::CustomCategory))
-                .map(|m| m.name.clone()),
-        }),
+        AccessAction::Block => AccessResult {
+            blocked: Some(rule()),
+            coach: None,
+        },
+        AccessAction::UserAlert => AccessResult {
+            blocked: None,
+            coach: Some(rule()),
+        },
         // Alert allows and is recorded (the event store turns it into a finding).
-        // The coaching page of user-alert needs the proceed flow; until then it
-        // behaves like alert and is recorded as user-alert.
-        AccessAction::Allow | AccessAction::Alert | AccessAction::UserAlert => None,
+        AccessAction::Allow | AccessAction::Alert => AccessResult::default(),
     }
 }
 

@@ -43,6 +43,9 @@ pub struct RampartConfig {
     /// Event store, retention and SIEM sinks (docs/events.md).
     #[serde(default)]
     pub events: rampart_events::EventsConfig,
+    /// `[coaching]`: the proceed flow of `user-alert` rules (docs/policy.md).
+    #[serde(default)]
+    pub coaching: rampart_gateway::coaching::CoachingConfig,
 }
 
 impl Default for RampartConfig {
@@ -60,6 +63,7 @@ impl Default for RampartConfig {
             log: LogConfig::default(),
             tunnel: TunnelConfig::default(),
             events: rampart_events::EventsConfig::default(),
+            coaching: Default::default(),
         }
     }
 }
@@ -210,6 +214,7 @@ impl RampartConfig {
             upstreams: self.upstreams.clone(),
             resolve: self.resolve.clone(),
             access_log: self.access_log.clone(),
+            coaching: self.coaching.clone(),
             own_listeners,
             policy: None,
         }

@@ -9,7 +9,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::{FlowLog, MeteredBody, ProxyBody};
-use super::{blocked_response, error_response, headers};
+use super::{blocked_response, coaching_gate, error_response, headers, proceed_response, Shared};
 use crate::connector::forward::UpstreamConnInfo;
 use crate::error::ConnectError;
 use crate::policy_stage;
@@ -19,6 +19,7 @@ use rampart_policy::Identity;
 pub async fn forward(
     req: Request<Incoming>,
     state: &GatewayState,
+    shared: &Shared,
     identity: &Identity,
     mut log: FlowLog,
 ) -> Response<ProxyBody> {
@@ -64,6 +65,9 @@ pub async fn forward(
         .trim_start_matches('[')
         .trim_end_matches(']');
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if uri.path() == crate::coaching::PROCEED_PATH {
+        return proceed_response(shared, state, identity, host, uri.query(), log);
+    }
     let stage = policy_stage::request_stage(
         &state.policy,
         identity,
@@ -81,6 +85,22 @@ pub async fn forward(
             Some(&target),
             log,
         );
+    }
+    if let Some(coach) = &stage.coach {
+        let accept = req.headers().get(header::ACCEPT);
+        log = match coaching_gate(
+            coach,
+            shared,
+            state,
+            identity,
+            host,
+            authority.as_str(),
+            accept,
+            log,
+        ) {
+            Ok(log) => log,
+            Err(page) => return page,
+        };
     }
     let route = match state.connector.route(&stage.egress) {
         Ok(route) => route,

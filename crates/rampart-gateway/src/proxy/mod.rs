@@ -32,6 +32,8 @@ pub struct Shared {
     pub events: Option<rampart_events::EventSender>,
     /// Tunnels outlive the hyper connection that upgraded them; shutdown waits for them here.
     pub tunnels: TaskTracker,
+    /// Proceed links and allowances of `user-alert` rules; outlives reloads.
+    pub coaching: crate::coaching::Coaching,
 }
 
 /// Handles one request from `client`.
@@ -92,7 +94,7 @@ pub async fn handle(
     let response = if req.method() == Method::CONNECT {
         connect::tunnel(req, &state, &shared, &identity, log).await
     } else {
-        forward::forward(req, &state, &identity, log).await
+        forward::forward(req, &state, &shared, &identity, log).await
     };
     Ok(response)
 }
@@ -147,6 +149,119 @@ pub fn blocked_response(
         header::CONTENT_TYPE,
         HeaderValue::from_static(rendered.content_type),
     );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A `user-alert` rule matched: the request passes (recorded as proceeded)
+/// when the user has an allowance for the host, otherwise the answer is the
+/// coaching page with a proceed link.
+pub fn coaching_gate(
+    coach: &crate::policy_stage::Blocked,
+    shared: &Shared,
+    state: &GatewayState,
+    identity: &Identity,
+    host: &str,
+    authority: &str,
+    accept: Option<&HeaderValue>,
+    mut log: FlowLog,
+) -> Result<FlowLog, Response<ProxyBody>> {
+    let subject = crate::coaching::subject(identity);
+    if shared.coaching.allowed(&subject, host) {
+        if let Some(policy) = log.record.policy.as_mut() {
+            policy.proceeded = true;
+        }
+        return Ok(log);
+    }
+    let url = log.record.target.clone();
+    let token = shared.coaching.issue(
+        &subject,
+        host,
+        &url,
+        state.config.coaching.link_lifetime,
+    );
+    let proceed_url = format!(
+        "http://{authority}{}?token={token}",
+        crate::coaching::PROCEED_PATH
+    );
+    let event_id = log.record.id.to_string();
+    let page = crate::coaching::CoachingPage {
+        rule: &coach.rule,
+        category: coach.category.as_deref(),
+        url: &url,
+        event_id: &event_id,
+        proceed_url: &proceed_url,
+    };
+    let (content_type, body) = page.render(accept.and_then(|v| v.to_str().ok()));
+    log.record.status = StatusCode::FORBIDDEN.as_u16();
+    log.record.error = Some(format!("coaching page of rule \"{}\"", coach.rule));
+    log.metrics().error("coached");
+    Err(own_page(StatusCode::FORBIDDEN, content_type, body, log))
+}
+
+/// The proxy's answer to a proceed link (`http://HOST/.rampart/proceed?token=T`):
+/// a redirect back to the coached URL with the allowance granted, or 403 with
+/// the reason the link is refused.
+pub fn proceed_response(
+    shared: &Shared,
+    state: &GatewayState,
+    identity: &Identity,
+    host: &str,
+    query: Option<&str>,
+    mut log: FlowLog,
+) -> Response<ProxyBody> {
+    let subject = crate::coaching::subject(identity);
+    let redeemed = match crate::coaching::token_of(query) {
+        Some(token) => shared.coaching.redeem(
+            token,
+            &subject,
+            host,
+            state.config.coaching.allowance,
+        ),
+        None => Err(crate::coaching::ProceedError::Malformed),
+    };
+    // The token is single-use and bound to this subject; still keep it out of logs.
+    if let Some((before, _)) = log.record.target.split_once("token=") {
+        log.record.target = format!("{before}token=REDACTED");
+    }
+    match redeemed {
+        Ok(url) => match HeaderValue::from_str(&url) {
+            Ok(location) => {
+                log.record.status = StatusCode::SEE_OTHER.as_u16();
+                let body = format!("Proceeding to {url}\n");
+                let mut response = own_page(
+                    StatusCode::SEE_OTHER,
+                    "text/plain; charset=utf-8",
+                    body,
+                    log,
+                );
+                response.headers_mut().insert(header::LOCATION, location);
+                response
+            }
+            Err(_) => error_response(
+                StatusCode::BAD_REQUEST,
+                "the coached URL cannot be redirected to",
+                log,
+                Some("bad_request"),
+            ),
+        },
+        Err(e) => error_response(StatusCode::FORBIDDEN, &e.to_string(), log, Some("denied")),
+    }
+}
+
+fn own_page(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+    log: FlowLog,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(body, Some(log)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
