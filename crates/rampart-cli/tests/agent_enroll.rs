@@ -22,7 +22,8 @@ fn start_gateway() -> (Rampart, SocketAddr) {
         &["--tunnel-listen", &tunnel.to_string()],
     );
     assert!(
-        eventually(Duration::from_secs(10), || TcpStream::connect(tunnel).is_ok()),
+        eventually(Duration::from_secs(10), || TcpStream::connect(tunnel)
+            .is_ok()),
         "tunnel listener never came up:\n{}",
         gw.stderr()
     );
@@ -43,7 +44,14 @@ fn text(out: &Output) -> (String, String) {
 fn create_token(gw: &Rampart, user: &str) -> String {
     let data = gw.data_dir();
     let out = rampart(&[
-        "device", "token", "create", "--user", user, "--groups", "eng,ops", "--data-dir",
+        "device",
+        "token",
+        "create",
+        "--user",
+        user,
+        "--groups",
+        "eng,ops",
+        "--data-dir",
         data.to_str().unwrap(),
     ]);
     let (stdout, stderr) = text(&out);
@@ -109,23 +117,50 @@ fn enrolled_agent_tunnels_curl_and_gateway_logs_device_user_and_process() {
     assert_eq!(enrollment["gateway"], tunnel.to_string());
     assert_eq!(enrollment["user"], "alice");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(state.join("device.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(state.join("device.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "device key must be private");
 
     // The inventory, read locally and through the API with the admin token.
     let data = gw.data_dir();
-    let (listed, _) = text(&rampart(&["device", "list", "--data-dir", data.to_str().unwrap()]));
-    assert!(listed.contains(&device) && listed.contains("alice") && listed.contains("local-proxy"), "{listed}");
+    let (listed, _) = text(&rampart(&[
+        "device",
+        "list",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]));
+    assert!(
+        listed.contains(&device) && listed.contains("alice") && listed.contains("local-proxy"),
+        "{listed}"
+    );
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
     let out = rampart(&[
-        "device", "list", "--json", "--server", &format!("http://{}", gw.api), "--token", admin.trim(),
+        "device",
+        "list",
+        "--json",
+        "--server",
+        &format!("http://{}", gw.api),
+        "--token",
+        admin.trim(),
     ]);
     let (listed, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let devices: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(devices[0]["id"], device.as_str());
-    let out = rampart(&["device", "list", "--server", &format!("http://{}", gw.api), "--token", "wrong"]);
-    assert!(!out.status.success(), "the device API must require the admin token");
+    let out = rampart(&[
+        "device",
+        "list",
+        "--server",
+        &format!("http://{}", gw.api),
+        "--token",
+        "wrong",
+    ]);
+    assert!(
+        !out.status.success(),
+        "the device API must require the admin token"
+    );
 
     // Run the agent and send curl through its local proxy.
     let agent = Agent(
@@ -137,12 +172,23 @@ fn enrolled_agent_tunnels_curl_and_gateway_logs_device_user_and_process() {
             .spawn()
             .unwrap(),
     );
-    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(proxy).is_ok()));
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(
+        proxy
+    )
+    .is_ok()));
     let out = run(Command::new("curl").args([
-        "-sS", "--max-time", "20", "-x", &format!("http://{proxy}"), &origin.url("/hello"),
+        "-sS",
+        "--max-time",
+        "20",
+        "-x",
+        &format!("http://{proxy}"),
+        &origin.url("/hello"),
     ]));
     let (body, stderr) = text(&out);
-    assert!(out.status.success(), "curl through the agent failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "curl through the agent failed: {stderr}"
+    );
     assert!(!body.is_empty(), "origin answered nothing");
 
     let found = eventually(Duration::from_secs(5), || {
@@ -154,17 +200,37 @@ fn enrolled_agent_tunnels_curl_and_gateway_logs_device_user_and_process() {
                 && r["target"] == format!("127.0.0.1:{}", origin.port())
         })
     });
-    assert!(found, "no tunnel record with device, user and process:\n{:#?}", gw.access_log());
+    assert!(
+        found,
+        "no tunnel record with device, user and process:\n{:#?}",
+        gw.access_log()
+    );
 
     let log = std::fs::read_to_string(state.join("agent.log")).unwrap();
-    assert!(log.contains(&format!("Tunnel to gateway {tunnel} up")), "{log}");
-    assert!(log.contains("Tunneling connection from process: curl"), "{log}");
+    assert!(
+        log.contains(&format!("Tunnel to gateway {tunnel} up")),
+        "{log}"
+    );
+    assert!(
+        log.contains("Tunneling connection from process: curl"),
+        "{log}"
+    );
 
     let shown = eventually(Duration::from_secs(5), || {
-        let (status, _) = text(&rampart(&["agent", "status", "--config", config.to_str().unwrap()]));
-        status.contains(&device) && status.contains("tunnel:        up") && status.contains("steered 1")
+        let (status, _) = text(&rampart(&[
+            "agent",
+            "status",
+            "--config",
+            config.to_str().unwrap(),
+        ]));
+        status.contains(&device)
+            && status.contains("tunnel:        up")
+            && status.contains("steered 1")
     });
-    assert!(shown, "agent status does not show the enrolled, connected agent");
+    assert!(
+        shown,
+        "agent status does not show the enrolled, connected agent"
+    );
     drop(agent);
 }
 
@@ -180,7 +246,10 @@ fn enrollment_token_works_once() {
     let out = enroll(&gw, &config, &token);
     let (_, stderr) = text(&out);
     assert!(!out.status.success(), "a reused token must be refused");
-    assert!(stderr.contains("403") && stderr.contains("already used"), "{stderr}");
+    assert!(
+        stderr.contains("403") && stderr.contains("already used"),
+        "{stderr}"
+    );
     assert!(!second.path().join("state/enrollment.json").exists());
 }
 
@@ -188,9 +257,18 @@ fn enrollment_token_works_once() {
 /// HTTP status curl saw (0 when the TLS session was refused).
 fn tunnel_status(tunnel: SocketAddr, ca: &Path, client: Option<(&Path, &Path)>) -> u16 {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--http2", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
-        .arg("--cacert")
-        .arg(ca);
+    cmd.args([
+        "-sS",
+        "--http2",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ])
+    .arg("--cacert")
+    .arg(ca);
     if let Some((cert, key)) = client {
         cmd.arg("--cert").arg(cert).arg("--key").arg(key);
     }
@@ -208,18 +286,41 @@ fn tunnel_refuses_clients_without_a_device_certificate_or_from_another_ca() {
     // Positive control: the enrolled device's own key gets through TLS to HTTP/2
     // (a plain GET is not a CONNECT, hence 405).
     let (config, _) = agent_config(dir.path());
-    assert!(enroll(&gw, &config, &create_token(&gw, "carol")).status.success());
+    assert!(enroll(&gw, &config, &create_token(&gw, "carol"))
+        .status
+        .success());
     let state = dir.path().join("state");
     let device = (state.join("device.pem"), state.join("device.key"));
-    assert_eq!(tunnel_status(tunnel, &ca, Some((&device.0, &device.1))), 405);
+    assert_eq!(
+        tunnel_status(tunnel, &ca, Some((&device.0, &device.1))),
+        405
+    );
 
-    assert_eq!(tunnel_status(tunnel, &ca, None), 0, "no client certificate must be refused");
+    assert_eq!(
+        tunnel_status(tunnel, &ca, None),
+        0,
+        "no client certificate must be refused"
+    );
 
     let (other_cert, other_key) = (dir.path().join("other.pem"), dir.path().join("other.key"));
     let out = run(Command::new("openssl").args([
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-        "-subj", "/CN=intruder", "-addext", "subjectAltName=URI:rampart://device/dev-intruder",
-        "-keyout", other_key.to_str().unwrap(), "-out", other_cert.to_str().unwrap(),
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=intruder",
+        "-addext",
+        "subjectAltName=URI:rampart://device/dev-intruder",
+        "-keyout",
+        other_key.to_str().unwrap(),
+        "-out",
+        other_cert.to_str().unwrap(),
     ]));
     assert!(out.status.success(), "openssl: {}", text(&out).1);
     assert_eq!(
@@ -228,7 +329,9 @@ fn tunnel_refuses_clients_without_a_device_certificate_or_from_another_ca() {
         "a certificate from another CA must be refused"
     );
     assert!(
-        !gw.access_log().iter().any(|r| r["device"] == "dev-intruder"),
+        !gw.access_log()
+            .iter()
+            .any(|r| r["device"] == "dev-intruder"),
         "the intruder reached the data path"
     );
 }

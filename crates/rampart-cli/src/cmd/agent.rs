@@ -144,7 +144,9 @@ fn status(location: &Location, json: bool) -> anyhow::Result<ExitCode> {
             e.user.as_deref().unwrap_or("-"),
             e.server
         ),
-        None => println!("enrollment:    not enrolled (rampart agent enroll --server URL --token T)"),
+        None => {
+            println!("enrollment:    not enrolled (rampart agent enroll --server URL --token T)")
+        }
     }
     let Some(status) = status.filter(AgentStatus::process_alive) else {
         let mode = match config.steering.mode {
@@ -155,8 +157,15 @@ fn status(location: &Location, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(3));
     };
     let c = status.counters;
-    println!("agent:         running (pid {}), updated {}", status.pid, status.updated);
-    println!("steering mode: {} on {}", status.mode, status.listen.join(", "));
+    println!(
+        "agent:         running (pid {}), updated {}",
+        status.pid, status.updated
+    );
+    println!(
+        "steering mode: {} on {}",
+        status.mode,
+        status.listen.join(", ")
+    );
     println!("gateway:       {}", status.gateway);
     println!("tunnel:        {}", status.tunnel);
     println!("config:        {}", status.config_revision);
@@ -225,7 +234,11 @@ fn enroll(
         user: answer["user"].as_str().map(str::to_string),
         groups: answer["groups"]
             .as_array()
-            .map(|g| g.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|g| {
+                g.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default(),
         gateway: field("gateway")?,
         server: base.to_string(),

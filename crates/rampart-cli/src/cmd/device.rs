@@ -67,7 +67,10 @@ struct Source {
 }
 
 fn parse_ttl(text: &str) -> Result<i64, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let n: i64 = number
         .parse()
         .map_err(|_| format!("{text:?}: expected e.g. 30m, 24h or 7d"))?;
@@ -116,7 +119,10 @@ fn call(source: &Source, method: &str, path: &str, body: &str) -> anyhow::Result
     let response = request(
         method,
         &target,
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
         body.as_bytes(),
         tls.as_ref(),
     )
@@ -168,9 +174,13 @@ fn create_token(
 ) -> anyhow::Result<ExitCode> {
     let token = if source.server.is_some() {
         let body = serde_json::json!({ "user": user, "groups": groups, "ttl_secs": ttl });
-        let answer: serde_json::Value =
-            serde_json::from_slice(&call(source, "POST", "/api/v1/devices/tokens", &body.to_string())?)
-                .context("the server's answer is not valid JSON")?;
+        let answer: serde_json::Value = serde_json::from_slice(&call(
+            source,
+            "POST",
+            "/api/v1/devices/tokens",
+            &body.to_string(),
+        )?)
+        .context("the server's answer is not valid JSON")?;
         answer["token"]
             .as_str()
             .context("the server's answer has no token")?

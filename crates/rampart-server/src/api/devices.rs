@@ -53,7 +53,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn enroll(State(state): State<DevicesState>, body: axum::body::Bytes) -> Response {
     let request: EnrollRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid enroll request: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid enroll request: {e}"),
+            )
+        }
     };
     let registry = state.registry.clone();
     // Signing and file writes block: keep them off the async workers.
@@ -74,7 +79,10 @@ async fn enroll(State(state): State<DevicesState>, body: axum::body::Bytes) -> R
 
 async fn list(State(state): State<DevicesState>, headers: HeaderMap) -> Response {
     if !authorized(&state, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "admin bearer token required".into());
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "admin bearer token required".into(),
+        );
     }
     match state.registry.inventory().list() {
         Ok(devices) => Json(devices).into_response(),
@@ -99,11 +107,19 @@ async fn create_token(
     body: axum::body::Bytes,
 ) -> Response {
     if !authorized(&state, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "admin bearer token required".into());
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "admin bearer token required".into(),
+        );
     }
     let request: TokenRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid token request: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid token request: {e}"),
+            )
+        }
     };
     let ttl = request.ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
     match state

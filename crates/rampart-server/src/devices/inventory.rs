@@ -124,7 +124,12 @@ mod tests {
         inventory.upsert(record("a")).unwrap();
         assert_eq!(inventory.list().unwrap().len(), 2);
         inventory.seen("a").unwrap();
-        let a = inventory.list().unwrap().into_iter().find(|d| d.id == "a").unwrap();
+        let a = inventory
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.id == "a")
+            .unwrap();
         assert_ne!(a.last_seen, "2026-01-01T00:00:00Z");
     }
 }

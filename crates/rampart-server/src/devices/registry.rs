@@ -6,8 +6,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    now_unix, rfc3339, DeviceCa, DeviceError, DeviceIdentity, DeviceRecord, Inventory,
-    TokenStore,
+    now_unix, rfc3339, DeviceCa, DeviceError, DeviceIdentity, DeviceRecord, Inventory, TokenStore,
 };
 
 /// `POST /api/v1/enroll` body.

@@ -148,7 +148,10 @@ mod tests {
         let grant = store.redeem(&token).unwrap();
         assert_eq!(grant.user.as_deref(), Some("alice"));
         assert_eq!(grant.groups, vec!["eng".to_string()]);
-        assert!(matches!(store.redeem(&token), Err(DeviceError::TokenRefused)));
+        assert!(matches!(
+            store.redeem(&token),
+            Err(DeviceError::TokenRefused)
+        ));
     }
 
     #[test]
@@ -156,7 +159,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = TokenStore::new(dir.path());
         let token = store.create(None, &[], -1).unwrap();
-        assert!(matches!(store.redeem(&token), Err(DeviceError::TokenRefused)));
+        assert!(matches!(
+            store.redeem(&token),
+            Err(DeviceError::TokenRefused)
+        ));
         assert!(matches!(
             store.redeem("rmpt_nope"),
             Err(DeviceError::TokenRefused)
