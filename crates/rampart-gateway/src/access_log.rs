@@ -62,6 +62,33 @@ pub struct FlowRecord {
     /// The endpoint process that opened the flow, as reported by an authenticated agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessRecord>,
+    /// TLS interception facts: set on CONNECT tunnels to TLS ports and on every
+    /// request served inside a decrypted tunnel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsRecord>,
+}
+
+/// What the gateway saw and decided about a TLS connection.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TlsRecord {
+    /// `decrypt`, `do-not-decrypt` or `not-tls`.
+    pub decision: &'static str,
+    /// Why, e.g. `default`, `tls.do_not_decrypt *.bank.example`, `policy rule "banks"`.
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// The negotiated version with the client (decrypted) or the highest offered (spliced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// ALPN protocol in use inside a decrypted tunnel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<String>,
+    /// The origin certificate problem (`expired`, `wrong_host`, ...), blocked or allowed by exception.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin_problem: Option<String>,
+    /// Set when the client rejected Rampart's certificate (a certificate-pinning client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned_client: Option<String>,
 }
 
 /// The endpoint process behind an agent tunnel flow (the agent's metadata headers).
@@ -135,6 +162,7 @@ impl FlowRecord {
             policy: None,
             device: None,
             process: None,
+            tls: None,
         }
     }
 

@@ -30,6 +30,9 @@ pub struct GatewayConfig {
     pub coaching: crate::coaching::CoachingConfig,
     /// The compiled policy; `None` runs the built-in default policy.
     pub policy: Option<std::sync::Arc<rampart_policy::Policy>>,
+    /// `[tls]`: TLS interception of CONNECT tunnels to `proxy.tls_ports`; `None` never
+    /// intercepts (the gateway library alone, without a data dir for the CA).
+    pub tls: Option<rampart_tls::config::TlsConfig>,
     /// Addresses of the process's other listeners (API, tunnel), so loop
     /// protection refuses them as destinations too.
     pub own_listeners: Vec<SocketAddr>,
@@ -50,6 +53,9 @@ pub struct ProxyConfig {
     pub tokens: Vec<ProxyToken>,
     /// Ports CONNECT may reach (Squid's `SSL_ports`).
     pub connect_ports: PortSet,
+    /// CONNECT ports whose tunnels carry TLS and are intercepted (decrypted unless
+    /// the decryption decision says otherwise).
+    pub tls_ports: PortSet,
     /// Ports absolute-form HTTP requests may reach (Squid's `Safe_ports`).
     pub http_ports: PortSet,
     /// Allow destinations on loopback / unspecified addresses. Off by default so a
@@ -71,6 +77,7 @@ impl Default for ProxyConfig {
             users: Vec::new(),
             tokens: Vec::new(),
             connect_ports: PortSet::from_ranges(vec![(443, 443)]),
+            tls_ports: PortSet::from_ranges(vec![(443, 443)]),
             http_ports: PortSet::from_ranges(vec![(80, 80), (443, 443), (1025, 65535)]),
             allow_loopback_destinations: false,
             via: true,

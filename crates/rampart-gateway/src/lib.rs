@@ -14,6 +14,7 @@ pub mod destination;
 pub mod error;
 pub mod flow_events;
 pub mod gateway;
+pub mod intercept;
 pub mod listener;
 pub mod metrics;
 pub mod policy_stage;

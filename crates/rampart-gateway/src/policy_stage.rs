@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use rampart_policy::{
-    AccessAction, ConnectionFacts, Decision, Egress, Identity, ObjectKind, Outcome, Policy,
-    RequestFacts,
+    AccessAction, ConnectionFacts, Decision, DecryptionAction, Egress, Identity, ObjectKind,
+    Outcome, Policy, RequestFacts,
 };
 
 use crate::access_log::{FlowRecord, PolicyRecord};
@@ -21,6 +21,9 @@ pub struct StageResult {
     /// user proceeded past the coaching page (see `crate::coaching`).
     pub coach: Option<Blocked>,
     pub egress: EgressChoice,
+    /// The decryption decision when a rule (not the stage default) made it:
+    /// the action and the rule's name. Only the connection stage sets it.
+    pub decryption: Option<(DecryptionAction, String)>,
 }
 
 /// The rule that blocked (or coaches) a request, for the page the user sees.
@@ -29,8 +32,8 @@ pub struct Blocked {
     pub category: Option<Arc<str>>,
 }
 
-/// Connection stage (CONNECT): decryption is decided here too, but until
-/// interception lands only access and egress have an effect.
+/// Connection stage (CONNECT): access, egress, and the decryption decision
+/// that TLS interception applies to the tunnel.
 pub fn connection_stage(
     policy: &Policy,
     identity: &Identity,
@@ -71,10 +74,17 @@ pub fn connection_stage(
     };
     // A coaching page cannot be shown inside a tunnel that is not decrypted:
     // user-alert passes there like alert, and is recorded as user-alert.
+    let decryption = (!verdict.decryption.default).then(|| {
+        (
+            verdict.decryption.action,
+            verdict.decryption.rule_name.to_string(),
+        )
+    });
     StageResult {
         blocked,
         coach: None,
         egress,
+        decryption,
     }
 }
 
@@ -108,6 +118,7 @@ pub fn request_stage(
         blocked: access.blocked,
         coach: access.coach,
         egress: egress_choice(&verdict.egress),
+        decryption: None,
     }
 }
 

@@ -26,6 +26,8 @@ pub struct GatewayState {
     pub via: HeaderValue,
     /// The unique token that marks requests that already passed through this process.
     pub loop_token: String,
+    /// TLS interception (CA, leaf cache, origin verification); `None` when `[tls]` is absent.
+    pub interception: Option<Arc<crate::intercept::Interception>>,
     clients: Mutex<HashMap<String, ForwardClient>>,
     health_checks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -54,6 +56,17 @@ impl GatewayState {
                 )
             })
             .collect();
+        let interception = match &config.tls {
+            Some(tls) => Some(Arc::new(
+                crate::intercept::Interception::new(tls, &config.data_dir).map_err(|e| {
+                    ConfigError::Invalid {
+                        key: "tls".into(),
+                        reason: e.to_string(),
+                    }
+                })?,
+            )),
+            None => None,
+        };
         let loop_token = format!("rampart/{instance_id}");
         let via = HeaderValue::from_str(&format!("1.1 {} ({loop_token})", config.proxy.via_name))
             .map_err(|_| ConfigError::Invalid {
@@ -67,6 +80,7 @@ impl GatewayState {
             connector,
             via,
             loop_token,
+            interception,
             clients: Mutex::new(HashMap::new()),
             health_checks,
         })

@@ -46,6 +46,9 @@ pub struct RampartConfig {
     /// `[coaching]`: the proceed flow of `user-alert` rules (docs/policy.md).
     #[serde(default)]
     pub coaching: rampart_gateway::coaching::CoachingConfig,
+    /// `[tls]`: the gateway CA and TLS interception (docs/tls.md).
+    #[serde(default)]
+    pub tls: rampart_tls::config::TlsConfig,
 }
 
 impl Default for RampartConfig {
@@ -64,6 +67,7 @@ impl Default for RampartConfig {
             tunnel: TunnelConfig::default(),
             events: rampart_events::EventsConfig::default(),
             coaching: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -217,6 +221,7 @@ impl RampartConfig {
             coaching: self.coaching.clone(),
             own_listeners,
             policy: None,
+            tls: Some(self.tls.clone()),
         }
     }
 }

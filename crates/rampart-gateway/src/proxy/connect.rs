@@ -76,11 +76,20 @@ pub async fn tunnel(
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = state.config.limits.tunnel_idle_timeout;
+    let intercept = crate::intercept::Tunnel::for_connect(
+        shared.state.load_full(),
+        identity,
+        log.record.client,
+        &host,
+        port,
+        stage.decryption.clone(),
+        shared,
+    );
     // Awaiting the upgrade inside the service would deadlock: hyper completes it
     // only after this response is written.
     shared.tunnels.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run_tunnel(upgraded, connected, idle, &mut log).await,
+            Ok(upgraded) => run_tunnel(upgraded, connected, idle, intercept, &mut log).await,
             Err(e) => log.record.error = Some(format!("client upgrade failed: {e}")),
         }
         drop(log);
@@ -93,16 +102,28 @@ async fn run_tunnel(
     upgraded: hyper::upgrade::Upgraded,
     connected: Connected,
     idle: std::time::Duration,
+    intercept: Option<crate::intercept::Tunnel>,
     log: &mut FlowLog,
 ) {
     let Connected {
-        stream: mut origin,
+        stream: origin,
         leftover,
         ..
     } = connected;
     let (transferred, end) = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            let mut client = parts.io.into_inner();
+            let client = parts.io.into_inner();
+            // TLS interception needs the ClientHello still unread on the socket
+            // and an origin that has sent nothing yet.
+            let (mut client, mut origin) = match intercept {
+                Some(tunnel) if parts.read_buf.is_empty() && leftover.is_empty() => {
+                    match tunnel.run(client, origin, log).await {
+                        crate::intercept::Handoff::Done => return,
+                        crate::intercept::Handoff::Splice { client, origin } => (client, origin),
+                    }
+                }
+                _ => (client, origin),
+            };
             // Bytes the client sent right behind its CONNECT head, and bytes the
             // upstream proxy sent behind its 200, must not be lost.
             if !parts.read_buf.is_empty() {
@@ -123,6 +144,7 @@ async fn run_tunnel(
             (t, end)
         }
         Err(upgraded) => {
+            let mut origin = origin;
             let mut client = TokioIo::new(upgraded);
             if !leftover.is_empty() {
                 let _ = client.write_all(&leftover).await;

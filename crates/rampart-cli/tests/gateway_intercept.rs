@@ -1,0 +1,462 @@
+//! TLS interception through the real gateway: a Rust TLS origin (HTTP/1.1 and
+//! HTTP/2, certificate from a throwaway CA only the gateway trusts), reached
+//! with curl and Python requests through CONNECT. Checks the Rampart-issued
+//! certificate, per-request logging, do-not-decrypt, origin certificate
+//! failures, policy blocks and domain fronting inside HTTPS, no-SNI clients,
+//! and the CA key permission check at start.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+use support::{curl, Rampart};
+
+/// What the origin's certificate is like.
+#[derive(Clone, Copy, PartialEq)]
+enum OriginCert {
+    Valid,
+    Expired,
+    SelfSigned,
+    WrongHost,
+}
+
+/// A TLS origin on loopback answering `hello <HTTP version> <path>`, with
+/// ALPN h2 and http/1.1, and a certificate for `name` and 127.0.0.1.
+struct TlsOrigin {
+    port: u16,
+    ca_pem: PathBuf,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn origin(dir: &Path, name: &str, kind: OriginCert) -> TlsOrigin {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Intercept Test Origin CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca_pem = dir.join(format!("origin-ca-{name}.pem"));
+    std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let san_name = if kind == OriginCert::WrongHost {
+        "elsewhere.test"
+    } else {
+        name
+    };
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![san_name.to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    params.distinguished_name.push(DnType::CommonName, san_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let now = time::OffsetDateTime::now_utc();
+    if kind == OriginCert::Expired {
+        params.not_before = now - time::Duration::days(30);
+        params.not_after = now - time::Duration::days(1);
+    } else {
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(2);
+    }
+    let cert = if kind == OriginCert::SelfSigned {
+        params.self_signed(&key).unwrap()
+    } else {
+        params.signed_by(&key, &issuer).unwrap()
+    };
+
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let certs = vec![cert.der().clone()];
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = format!("hello {:?} {}", req.version(), req.uri().path());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    TlsOrigin {
+        port,
+        ca_pem,
+        _runtime: runtime,
+    }
+}
+
+/// A gateway that resolves the test names to loopback, treats `port` as a TLS
+/// port, and trusts `roots` for origins.
+fn gateway(port: u16, roots: &[&Path], extra: &str) -> Rampart {
+    gateway_with_policy(None, port, roots, extra)
+}
+
+fn gateway_with_policy(policy: Option<&Path>, port: u16, roots: &[&Path], extra: &str) -> Rampart {
+    let roots: Vec<String> = roots
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    let top = policy
+        .map(|p| format!("policy = {:?}\n", p.display().to_string()))
+        .unwrap_or_default();
+    // The agent tunnel listener gets an ephemeral port so parallel gateways do not collide.
+    Rampart::start(&format!(
+        "{top}[proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {port}]\n\
+         [tunnel]\nlisten = \"127.0.0.1:0\"\n\
+         [resolve]\n\"shop.test\" = \"127.0.0.1\"\n\"pinned.test\" = \"127.0.0.1\"\n\"bad.test\" = \"127.0.0.1\"\n\
+         [tls]\nsystem_roots = false\nextra_roots = [{}]\n{extra}",
+        roots.join(", ")
+    ))
+}
+
+fn gateway_ca(gw: &Rampart) -> PathBuf {
+    let out = gw.dir.path().join("gateway-ca.pem");
+    let status = Command::new(support::rampart_bin())
+        .args(["ca", "export", "--data-dir"])
+        .arg(gw.data_dir())
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Waits for an access-log record matching `pred`.
+fn find_record(gw: &Rampart, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    for _ in 0..100 {
+        if let Some(r) = gw.access_log().into_iter().find(|r| pred(r)) {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no matching record in {:#?}", gw.access_log());
+}
+
+#[test]
+fn curl_http1_sees_a_rampart_issued_certificate_and_every_request_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let gw = gateway(o.port, &[&o.ca_pem], "");
+    let ca = gateway_ca(&gw);
+    let url = format!("https://shop.test:{}/first", o.port);
+    let url2 = format!("https://shop.test:{}/second", o.port);
+    let (code, body, err) = curl(
+        &gw.proxy_url(),
+        &["-v", "--http1.1", "--cacert", path_str(&ca), &url, &url2],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(body, "hello HTTP/1.1 /firsthello HTTP/1.1 /second");
+    assert!(err.contains("issuer: CN=Rampart Gateway CA"), "{err}");
+    // Both requests went over one client connection (keep-alive inside the tunnel).
+    assert!(err.contains("Re-using existing connection"), "{err}");
+
+    let second = find_record(&gw, |r| r["target"] == url2.as_str());
+    assert_eq!(second["method"], "GET");
+    assert_eq!(second["status"], 200);
+    assert_eq!(second["tls"]["decision"], "decrypt");
+    assert_eq!(second["tls"]["reason"], "default");
+    assert_eq!(second["tls"]["sni"], "shop.test");
+    assert_eq!(second["tls"]["alpn"], "http/1.1");
+    assert_eq!(second["tls"]["version"], "TLSv1.3");
+    find_record(&gw, |r| r["target"] == url.as_str() && r["status"] == 200);
+    let tunnel = find_record(&gw, |r| r["method"] == "CONNECT");
+    assert_eq!(tunnel["tls"]["decision"], "decrypt");
+}
+
+#[test]
+fn curl_http2_is_proxied_as_http2_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let gw = gateway(o.port, &[&o.ca_pem], "");
+    let ca = gateway_ca(&gw);
+    let url = format!("https://shop.test:{}/h2", o.port);
+    let (code, body, err) = curl(
+        &gw.proxy_url(),
+        &["--http2", "--cacert", path_str(&ca), &url],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(body, "hello HTTP/2.0 /h2");
+    let record = find_record(&gw, |r| r["target"] == url.as_str());
+    assert_eq!(record["tls"]["alpn"], "h2");
+    assert_eq!(record["status"], 200);
+}
+
+#[test]
+fn python_requests_fails_with_its_default_bundle_and_works_with_the_trust_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let gw = gateway(o.port, &[&o.ca_pem], "");
+    let url = format!("https://shop.test:{}/py", o.port);
+    let script = "import sys, requests\ntry:\n    r = requests.get(sys.argv[1], timeout=10)\n    print('OK', r.text)\nexcept requests.exceptions.SSLError as e:\n    print('SSLERROR', e)\n";
+    let py = |bundle: Option<&Path>| {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script, &url])
+            .env("HTTPS_PROXY", gw.proxy_url())
+            .env_remove("REQUESTS_CA_BUNDLE")
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("CURL_CA_BUNDLE");
+        if let Some(b) = bundle {
+            cmd.env("REQUESTS_CA_BUNDLE", b);
+        }
+        let out = cmd.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let without = py(None);
+    assert!(
+        without.contains("SSLERROR") && without.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{without}"
+    );
+
+    let bundle = gw.dir.path().join("bundle.pem");
+    let status = Command::new(support::rampart_bin())
+        .args(["trust", "bundle", "--data-dir"])
+        .arg(gw.data_dir())
+        .arg("--out")
+        .arg(&bundle)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let with = py(Some(&bundle));
+    assert!(with.contains("OK hello HTTP/1.1 /py"), "{with}");
+}
+
+#[test]
+fn a_do_not_decrypt_host_shows_the_origins_own_certificate_and_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "pinned.test", OriginCert::Valid);
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[lists]\nprivate = [\"pinned.test\"]\n[[decryption]]\nid = \"private\"\nname = \"private sites\"\nwhen = { lists = [\"private\"] }\naction = \"do-not-decrypt\"\n",
+    )
+    .unwrap();
+    let gw = gateway_with_policy(Some(&policy), o.port, &[&o.ca_pem], "");
+    let url = format!("https://pinned.test:{}/private", o.port);
+    let (code, body, err) = curl(
+        &gw.proxy_url(),
+        &["-v", "--cacert", path_str(&o.ca_pem), &url],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(body.starts_with("hello HTTP/"), "{body}");
+    assert!(err.contains("issuer: CN=Intercept Test Origin CA"), "{err}");
+    let tunnel = find_record(&gw, |r| r["method"] == "CONNECT");
+    assert_eq!(tunnel["tls"]["decision"], "do-not-decrypt");
+    assert_eq!(tunnel["tls"]["reason"], "policy rule \"private sites\"");
+    assert_eq!(tunnel["tls"]["sni"], "pinned.test");
+}
+
+#[test]
+fn the_tls_config_do_not_decrypt_list_is_spliced() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "pinned.test", OriginCert::Valid);
+    let gw = gateway(o.port, &[&o.ca_pem], "do_not_decrypt = [\"pinned.test\"]\n");
+    let url = format!("https://pinned.test:{}/", o.port);
+    let (code, _, err) = curl(
+        &gw.proxy_url(),
+        &["-v", "--cacert", path_str(&o.ca_pem), &url],
+    );
+    assert_eq!(code, 0, "{err}");
+    let tunnel = find_record(&gw, |r| r["method"] == "CONNECT");
+    assert_eq!(tunnel["tls"]["reason"], "tls.do_not_decrypt pinned.test");
+}
+
+#[test]
+fn invalid_origin_certificates_are_blocked_with_an_explanation_and_never_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, code_name) in [
+        (OriginCert::Expired, "expired"),
+        (OriginCert::SelfSigned, "self_signed"),
+        (OriginCert::WrongHost, "wrong_host"),
+    ] {
+        let o = origin(dir.path(), "bad.test", kind);
+        let gw = gateway(o.port, &[&o.ca_pem], "");
+        let ca = gateway_ca(&gw);
+        let url = format!("https://bad.test:{}/", o.port);
+        let (code, body, err) = curl(
+            &gw.proxy_url(),
+            &["--cacert", path_str(&ca), "-w", "\n%{http_code}", &url],
+        );
+        assert_eq!(code, 0, "{code_name}: {err}");
+        assert!(body.ends_with("\n502"), "{code_name}: {body}");
+        assert!(
+            !body.contains("hello"),
+            "{code_name}: origin content leaked: {body}"
+        );
+        let (_, html, _) = curl(
+            &gw.proxy_url(),
+            &["--cacert", path_str(&ca), "-H", "Accept: text/html", &url],
+        );
+        assert!(html.starts_with("<!DOCTYPE html>"), "{code_name}: {html}");
+        let record = find_record(&gw, |r| r["target"] == url.as_str());
+        assert_eq!(record["status"], 502);
+        assert_eq!(record["tls"]["origin_problem"], code_name, "{record}");
+    }
+}
+
+#[test]
+fn a_policy_block_of_a_path_inside_https_gets_the_html_block_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[lists]\nsecret = [\"shop.test/secret\"]\n[[access]]\nid = \"no-secret\"\nname = \"no secret pages\"\nwhen = { lists = [\"secret\"] }\naction = \"block\"\n",
+    )
+    .unwrap();
+    let gw = gateway_with_policy(Some(&policy), o.port, &[&o.ca_pem], "");
+    let ca = gateway_ca(&gw);
+    let open = format!("https://shop.test:{}/public", o.port);
+    let secret = format!("https://shop.test:{}/secret/plans", o.port);
+    let (code, body, err) = curl(&gw.proxy_url(), &["--cacert", path_str(&ca), &open]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(body, "hello HTTP/2.0 /public");
+    let (code, page, err) = curl(
+        &gw.proxy_url(),
+        &[
+            "--cacert",
+            path_str(&ca),
+            "-H",
+            "Accept: text/html",
+            "-w",
+            "\n%{http_code}",
+            &secret,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert!(page.contains("no secret pages"), "{page}");
+    assert!(page.ends_with("\n403"), "{page}");
+    let record = find_record(&gw, |r| r["target"] == secret.as_str());
+    assert_eq!(record["status"], 403);
+    assert_eq!(record["policy"]["rule_id"], "no-secret");
+}
+
+#[test]
+fn a_host_header_that_does_not_match_the_sni_is_blocked_as_domain_fronting() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let gw = gateway(o.port, &[&o.ca_pem], "");
+    let ca = gateway_ca(&gw);
+    let url = format!("https://shop.test:{}/front", o.port);
+    for version in ["--http1.1", "--http2"] {
+        let (code, body, err) = curl(
+            &gw.proxy_url(),
+            &[
+                version,
+                "--cacert",
+                path_str(&ca),
+                "-H",
+                "Host: hidden.test",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(body.ends_with("\n403"), "{version}: {body}");
+        assert!(body.contains("domain fronting"), "{version}: {body}");
+    }
+}
+
+#[test]
+fn a_client_without_sni_gets_a_certificate_with_the_origins_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let gw = gateway(o.port, &[&o.ca_pem], "");
+    let ca = gateway_ca(&gw);
+    // curl sends no SNI for an IP address.
+    let url = format!("https://127.0.0.1:{}/nosni", o.port);
+    let (code, body, err) = curl(&gw.proxy_url(), &["--cacert", path_str(&ca), &url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(body.ends_with("/nosni"), "{body}");
+    let record = find_record(&gw, |r| r["target"] == url.as_str());
+    assert_eq!(record["status"], 200);
+    assert!(record["tls"]["sni"].is_null(), "{record}");
+}
+
+#[test]
+fn a_client_that_does_not_trust_rampart_is_recorded_as_a_pinned_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let gw = gateway(o.port, &[&o.ca_pem], "");
+    let url = format!("https://shop.test:{}/", o.port);
+    let (code, _, _) = curl(&gw.proxy_url(), &["--cacert", path_str(&o.ca_pem), &url]);
+    assert_eq!(code, 60);
+    let tunnel = find_record(&gw, |r| r["method"] == "CONNECT");
+    assert!(
+        tunnel["tls"]["pinned_client"]
+            .as_str()
+            .unwrap_or("")
+            .contains("UnknownCA"),
+        "{tunnel}"
+    );
+}
+
+#[test]
+fn a_ca_key_readable_by_others_refuses_to_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let status = Command::new(support::rampart_bin())
+        .args(["ca", "init", "--data-dir"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::set_permissions(data.join("ca.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Rampart::try_start(
+        &format!(
+            "[tunnel]\nlisten = \"127.0.0.1:0\"\n[tls]\nca_key = {:?}\nca_cert = {:?}\n",
+            data.join("ca.key").display().to_string(),
+            data.join("ca.pem").display().to_string()
+        ),
+        &[],
+    )
+    .err()
+    .expect("the gateway must refuse a world-readable CA key");
+    assert!(err.contains("chmod 600"), "{err}");
+}

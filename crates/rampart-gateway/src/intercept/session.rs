@@ -1,0 +1,408 @@
+//! The decrypted side of an intercepted tunnel: hyper serves the client
+//! (HTTP/1.1 keep-alive, or HTTP/2 when ALPN chose h2) and each request is
+//! checked (SNI match, the policy's request stage) and forwarded over the
+//! verified TLS connection to the origin with the same protocol. Every
+//! request gets its own flow record.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rampart_tls::block_page::BlockPage;
+use rampart_tls::origin_failure::OriginTlsFailure;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use super::Tunnel;
+use crate::access_log::{FlowRecord, TlsRecord};
+use crate::policy_stage;
+use crate::proxy::body::{FlowLog, MeteredBody, ProxyBody};
+use crate::proxy::headers::strip_hop_by_hop;
+use crate::proxy::{blocked_response, error_response};
+
+type ClientTls = tokio_rustls::server::TlsStream<TcpStream>;
+type OriginTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// The origin connection requests are sent on, in the protocol both sides negotiated.
+enum Sender {
+    /// HTTP/1.1 carries one request at a time; hyper's server calls the
+    /// service sequentially per connection, so the lock is not contended.
+    Http1(Mutex<http1::SendRequest<MeteredBody>>),
+    Http2(http2::SendRequest<MeteredBody>),
+}
+
+/// What every request of one decrypted tunnel shares.
+struct Session {
+    tunnel_client: std::net::SocketAddr,
+    user: Option<Arc<str>>,
+    groups: Vec<String>,
+    egress: Option<Arc<str>>,
+    server: Option<std::net::SocketAddr>,
+    state: Arc<crate::state::GatewayState>,
+    identity: rampart_policy::Identity,
+    access_log: crate::access_log::AccessLog,
+    metrics: Arc<crate::metrics::Metrics>,
+    events: Option<rampart_events::EventSender>,
+    /// The name the client asked for in TLS (SNI, or the CONNECT host without SNI).
+    host: String,
+    port: u16,
+    tls: TlsRecord,
+}
+
+impl Session {
+    fn new(tunnel: &Tunnel, host: &str, tls: TlsRecord, log: Option<&FlowLog>) -> Self {
+        Session {
+            tunnel_client: tunnel.client,
+            user: log.and_then(|l| l.record.user.clone()),
+            groups: log.map(|l| l.record.groups.clone()).unwrap_or_default(),
+            egress: log.and_then(|l| l.record.egress.clone()),
+            server: log.and_then(|l| l.record.server),
+            state: tunnel.state.clone(),
+            identity: tunnel.identity.clone(),
+            access_log: tunnel.access_log.clone(),
+            metrics: tunnel.metrics.clone(),
+            events: tunnel.events.clone(),
+            host: host.to_string(),
+            port: tunnel.port,
+            tls,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == 443 {
+            format!("https://{host}{path}")
+        } else {
+            format!("https://{host}:{}{path}", self.port)
+        }
+    }
+
+    fn flow_log(&self, method: &str, url: String) -> FlowLog {
+        let mut record = FlowRecord::new(self.tunnel_client, method, url);
+        record.user = self.user.clone();
+        record.groups = self.groups.clone();
+        record.egress = self.egress.clone();
+        record.server = self.server;
+        record.tls = Some(self.tls.clone());
+        FlowLog::new(
+            record,
+            self.access_log.clone(),
+            self.metrics.clone(),
+            self.events.clone(),
+        )
+    }
+}
+
+/// Serves the decrypted tunnel until either side closes.
+pub(super) async fn serve(
+    tunnel: &Tunnel,
+    client: ClientTls,
+    origin: OriginTlsStream,
+    host: &str,
+    tls: TlsRecord,
+    log: &mut FlowLog,
+) {
+    let h2 = client.get_ref().1.alpn_protocol() == Some(b"h2");
+    let origin_io = TokioIo::new(origin);
+    let sender = if h2 {
+        match http2::handshake(TokioExecutor::new(), origin_io).await {
+            Ok((sender, conn)) => {
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Sender::Http2(sender)
+            }
+            Err(e) => {
+                log.record.error = Some(format!("HTTP/2 with the origin failed: {e}"));
+                return;
+            }
+        }
+    } else {
+        match http1::handshake(origin_io).await {
+            Ok((sender, conn)) => {
+                tokio::spawn(async move {
+                    let _ = conn.with_upgrades().await;
+                });
+                Sender::Http1(Mutex::new(sender))
+            }
+            Err(e) => {
+                log.record.error = Some(format!("HTTP/1.1 with the origin failed: {e}"));
+                return;
+            }
+        }
+    };
+    let session = Arc::new(Session::new(tunnel, host, tls, Some(log)));
+    let sender = Arc::new(sender);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let session = session.clone();
+        let sender = sender.clone();
+        async move { Ok::<_, Infallible>(handle(req, &session, &sender).await) }
+    });
+    let io = TokioIo::new(client);
+    let result = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "decrypted tunnel ended with an error");
+    }
+}
+
+/// One decrypted request: SNI check, policy, forward.
+async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> Response<ProxyBody> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let url = session.url(&path);
+    let mut log = session.flow_log(req.method().as_str(), url.clone());
+
+    // The name the request addresses must be the one the TLS session was
+    // opened for; otherwise the SNI a filter saw is not the site being used.
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let Some(authority) = authority else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "request without Host",
+            log,
+            Some("bad_request"),
+        );
+    };
+    let requested = host_of(&authority);
+    if !requested.eq_ignore_ascii_case(&session.host) {
+        let reason = format!(
+            "domain fronting: the request is for {requested} but the TLS connection was opened for {}",
+            session.host
+        );
+        let mut response =
+            error_response(StatusCode::FORBIDDEN, &reason, log, Some("domain_fronting"));
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return response;
+    }
+
+    let stage = policy_stage::request_stage(
+        &session.state.policy,
+        &session.identity,
+        &session.host,
+        session.port,
+        req.method().as_str(),
+        req.uri().path(),
+        &mut log.record,
+    );
+    if let Some(blocked) = &stage.blocked {
+        let accept = req.headers().get(header::ACCEPT).cloned();
+        return blocked_response(blocked, accept.as_ref(), Some(&url), log);
+    }
+
+    // A WebSocket (or other) upgrade is passed through once the request was
+    // allowed: the hop-by-hop Connection/Upgrade pair must reach the origin.
+    let upgrade = req.headers().get(header::UPGRADE).cloned();
+    let mut req = req;
+    let client_on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(upgrade) = upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, upgrade);
+    }
+    match sender {
+        Sender::Http1(_) => {
+            parts.uri = match Uri::builder().path_and_query(path.as_str()).build() {
+                Ok(uri) => uri,
+                Err(_) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid request path",
+                        log,
+                        Some("bad_request"),
+                    )
+                }
+            };
+            if !parts.headers.contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(&authority) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+        }
+        Sender::Http2(_) => {
+            parts.uri = match Uri::builder()
+                .scheme("https")
+                .authority(authority.as_str())
+                .path_and_query(path.as_str())
+                .build()
+            {
+                Ok(uri) => uri,
+                Err(_) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid request target",
+                        log,
+                        Some("bad_request"),
+                    )
+                }
+            };
+            parts.headers.remove(header::HOST);
+        }
+    }
+    let outgoing = Request::from_parts(parts, MeteredBody::new(body, log.request_counter()));
+    let sent = match sender {
+        Sender::Http1(lock) => {
+            let mut guard = lock.lock().await;
+            match guard.ready().await {
+                Ok(()) => guard.send_request(outgoing).await,
+                Err(e) => Err(e),
+            }
+        }
+        Sender::Http2(sender) => {
+            let mut sender = sender.clone();
+            match sender.ready().await {
+                Ok(()) => sender.send_request(outgoing).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let mut response = match sent {
+        Ok(response) => response,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                &format!("origin request failed: {e}"),
+                log,
+                Some("origin"),
+            )
+        }
+    };
+    log.record.status = response.status().as_u16();
+    log.record.content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_on_upgrade) = client_on_upgrade {
+            let origin_on_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                if let (Ok(client), Ok(origin)) = (client_on_upgrade.await, origin_on_upgrade.await)
+                {
+                    let mut client = TokioIo::new(client);
+                    let mut origin = TokioIo::new(origin);
+                    // Frames after the upgrade are opaque to the request-level policy.
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut origin).await;
+                }
+            });
+        }
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, ProxyBody::empty(Some(log)));
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, ProxyBody::origin(body, log))
+}
+
+/// The host of an authority (`host`, `host:port`, `[v6]:port`), without brackets.
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// The origin's certificate failed: every request in the tunnel gets the
+/// explanation (HTML for browsers, text for others) with status 502.
+pub(super) async fn serve_origin_failure(
+    tunnel: &Tunnel,
+    client: ClientTls,
+    host: &str,
+    failure: OriginTlsFailure,
+    tls: TlsRecord,
+) {
+    let session = Arc::new(Session::new(tunnel, host, tls, None));
+    let failure = Arc::new(failure);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let session = session.clone();
+        let failure = failure.clone();
+        async move {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            let url = session.url(&path);
+            let mut log = session.flow_log(req.method().as_str(), url.clone());
+            let page = BlockPage::origin_certificate(
+                &session.host,
+                &failure,
+                Some(&url),
+                &log.record.id.to_string(),
+            );
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let rendered = page.render(accept);
+            log.record.status = rendered.status;
+            log.record.error = Some(failure.explain(&session.host));
+            log.metrics().error("origin_certificate");
+            let mut response = Response::new(ProxyBody::full(rendered.body, Some(log)));
+            *response.status_mut() =
+                StatusCode::from_u16(rendered.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(rendered.content_type),
+            );
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let io = TokioIo::new(client);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, service)
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_of_strips_ports_and_brackets() {
+        assert_eq!(host_of("shop.test:8443"), "shop.test");
+        assert_eq!(host_of("shop.test"), "shop.test");
+        assert_eq!(host_of("[::1]:443"), "::1");
+        assert_eq!(host_of("127.0.0.1"), "127.0.0.1");
+    }
+}
