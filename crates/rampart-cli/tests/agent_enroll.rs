@@ -195,6 +195,7 @@ fn enrolled_agent_tunnels_curl_and_gateway_logs_device_user_and_process() {
         gw.access_log().iter().any(|r| {
             r["device"] == device.as_str()
                 && r["user"] == "alice"
+                && r["groups"] == serde_json::json!(["eng", "ops"])
                 && r["process"]["name"] == "curl"
                 && r["process"]["steering"] == "steer"
                 && r["target"] == format!("127.0.0.1:{}", origin.port())
@@ -333,5 +334,71 @@ fn tunnel_refuses_clients_without_a_device_certificate_or_from_another_ca() {
             .iter()
             .any(|r| r["device"] == "dev-intruder"),
         "the intruder reached the data path"
+    );
+}
+
+#[test]
+fn enrolled_agent_fails_open_when_the_tunnel_is_down() {
+    let (mut gw, tunnel) = start_gateway();
+    let origin = Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, proxy) = agent_config(dir.path());
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap()
+            + "[gateway]\nfail_mode = \"open\"\nconnect_timeout = \"2s\"\n",
+    )
+    .unwrap();
+    assert!(enroll(&gw, &config, &create_token(&gw, "dave"))
+        .status
+        .success());
+    let _agent = Agent(
+        Command::new(rampart_bin())
+            .args(["agent", "run", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(
+        proxy
+    )
+    .is_ok()));
+    let curl = || {
+        let out = run(Command::new("curl").args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+            "-x",
+            &format!("http://{proxy}"),
+            &origin.url("/hello"),
+        ]));
+        text(&out).0.trim().to_string()
+    };
+    assert_eq!(curl(), "200", "through the tunnel");
+
+    gw.signal(nix::sys::signal::Signal::SIGKILL);
+    gw.wait_exit(Duration::from_secs(5));
+    assert!(
+        TcpStream::connect(tunnel).is_err(),
+        "gateway still listening"
+    );
+    assert_eq!(curl(), "200", "fail-open must reach the origin directly");
+
+    let state = dir.path().join("state");
+    let logged = eventually(Duration::from_secs(5), || {
+        let log = std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
+        log.contains(&format!("Tunnel to gateway {tunnel} down"))
+            && log.contains("from process: curl, host: 127.0.0.1 (gateway unreachable, fail-open)")
+    });
+    assert!(
+        logged,
+        "agent log lacks tunnel-down and fail-open lines:\n{}",
+        std::fs::read_to_string(state.join("agent.log")).unwrap_or_default()
     );
 }

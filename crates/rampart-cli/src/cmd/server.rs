@@ -21,7 +21,7 @@ pub struct ServerArgs {
     /// HTTP proxy listener address [default: 127.0.0.1:3128].
     #[arg(long, value_name = "ADDR")]
     proxy_listen: Option<SocketAddr>,
-    /// Agent tunnel listener address [default: 127.0.0.1:3129] (reserved for the agent tunnel).
+    /// Agent tunnel listener address (mTLS HTTP/2 for enrolled agents) [default: 127.0.0.1:3129].
     #[arg(long, value_name = "ADDR")]
     tunnel_listen: Option<SocketAddr>,
     /// API, metrics and health listener address [default: 127.0.0.1:8080].

@@ -230,6 +230,7 @@ async fn flow(
     let started = Instant::now();
     let mut record = FlowRecord::new(peer, "CONNECT", authority.to_string());
     record.user = identity.user.as_deref().map(Arc::from);
+    record.groups = identity.groups.clone();
     record.device = Some(Arc::from(identity.device.as_str()));
     record.process = process_from(req.headers());
     let state = shared.state.load_full();
