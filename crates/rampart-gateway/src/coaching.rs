@@ -329,10 +329,16 @@ mod tests {
     #[test]
     fn a_token_is_redeemed_once_and_grants_the_host() {
         let c = Coaching::new();
-        let t = c.issue("user:alice", "Video.Example.", "http://video.example/x", TEN_MIN);
+        let t = c.issue(
+            "user:alice",
+            "Video.Example.",
+            "http://video.example/x",
+            TEN_MIN,
+        );
         assert!(!c.allowed("user:alice", "video.example"));
         assert_eq!(
-            c.redeem(&t, "user:alice", "video.example", TEN_MIN).as_deref(),
+            c.redeem(&t, "user:alice", "video.example", TEN_MIN)
+                .as_deref(),
             Ok("http://video.example/x")
         );
         assert!(c.allowed("user:alice", "VIDEO.example"));
@@ -409,7 +415,10 @@ mod tests {
             url: "http://a.example/".into(),
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
-        let token = format!("{payload}.{}", URL_SAFE_NO_PAD.encode(c.mac(payload.as_bytes())));
+        let token = format!(
+            "{payload}.{}",
+            URL_SAFE_NO_PAD.encode(c.mac(payload.as_bytes()))
+        );
         assert_eq!(
             c.redeem(&token, "user:alice", "a.example", TEN_MIN),
             Err(ProceedError::Expired)

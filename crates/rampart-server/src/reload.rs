@@ -247,8 +247,10 @@ impl Reloader {
                     diagnostics: error.diagnostics().iter().map(Into::into).collect(),
                 });
                 match error {
-                    ReloadError::Policy { .. } => tracing::error!(trigger = trigger.as_str(), error = %error,
-                        "policy rejected, the previous configuration and policy keep serving"),
+                    ReloadError::Policy { .. } => {
+                        tracing::error!(trigger = trigger.as_str(), error = %error,
+                        "policy rejected, the previous configuration and policy keep serving")
+                    }
                     _ => tracing::error!(trigger = trigger.as_str(), error = %error,
                         "configuration rejected, the previous one keeps serving"),
                 }
@@ -310,7 +312,10 @@ fn now_rfc3339() -> String {
         .unwrap_or(0);
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -384,7 +389,10 @@ fn watch(path: Option<&Path>, tx: mpsc::UnboundedSender<()>) -> Option<notify::R
 #[derive(Debug, Clone)]
 enum WatchTarget {
     Directory(PathBuf),
-    File { dir: PathBuf, name: std::ffi::OsString },
+    File {
+        dir: PathBuf,
+        name: std::ffi::OsString,
+    },
 }
 
 impl WatchTarget {
@@ -397,7 +405,10 @@ impl WatchTarget {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let name = absolute.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let name = absolute
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
         WatchTarget::File { dir, name }
     }
 
@@ -485,7 +496,8 @@ mod tests {
             panic!("must be rejected");
         };
         assert!(message.contains("policy.toml:4:"), "{message}");
-        let view: DiagnosticView = (&diagnostics[0]).into();
+        let error = diagnostics.iter().find(|d| d.is_error()).unwrap();
+        let view: DiagnosticView = error.into();
         assert_eq!(view.severity, "error");
         assert_eq!(view.line, 4);
         assert_eq!(view.suggestion.as_deref(), Some("press"));
@@ -495,9 +507,6 @@ mod tests {
     fn no_policy_file_is_the_built_in_default() {
         let loaded = load_policy(None).unwrap();
         assert!(loaded.policy.is_none());
-        assert_eq!(
-            revision_of(&loaded),
-            Policy::builtin_default().revision()
-        );
+        assert_eq!(revision_of(&loaded), Policy::builtin_default().revision());
     }
 }

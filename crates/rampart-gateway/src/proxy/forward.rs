@@ -88,18 +88,9 @@ pub async fn forward(
     }
     if let Some(coach) = &stage.coach {
         let accept = req.headers().get(header::ACCEPT);
-        log = match coaching_gate(
-            coach,
-            shared,
-            state,
-            identity,
-            host,
-            authority.as_str(),
-            accept,
-            log,
-        ) {
+        log = match coaching_gate(coach, shared, state, identity, &authority, accept, log) {
             Ok(log) => log,
-            Err(page) => return page,
+            Err(page) => return *page,
         };
     }
     let route = match state.connector.route(&stage.egress) {

@@ -163,11 +163,14 @@ pub fn coaching_gate(
     shared: &Shared,
     state: &GatewayState,
     identity: &Identity,
-    host: &str,
-    authority: &str,
+    authority: &http::uri::Authority,
     accept: Option<&HeaderValue>,
     mut log: FlowLog,
-) -> Result<FlowLog, Response<ProxyBody>> {
+) -> Result<FlowLog, Box<Response<ProxyBody>>> {
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let subject = crate::coaching::subject(identity);
     if shared.coaching.allowed(&subject, host) {
         if let Some(policy) = log.record.policy.as_mut() {
@@ -176,12 +179,9 @@ pub fn coaching_gate(
         return Ok(log);
     }
     let url = log.record.target.clone();
-    let token = shared.coaching.issue(
-        &subject,
-        host,
-        &url,
-        state.config.coaching.link_lifetime,
-    );
+    let token = shared
+        .coaching
+        .issue(&subject, host, &url, state.config.coaching.link_lifetime);
     let proceed_url = format!(
         "http://{authority}{}?token={token}",
         crate::coaching::PROCEED_PATH
@@ -198,7 +198,12 @@ pub fn coaching_gate(
     log.record.status = StatusCode::FORBIDDEN.as_u16();
     log.record.error = Some(format!("coaching page of rule \"{}\"", coach.rule));
     log.metrics().error("coached");
-    Err(own_page(StatusCode::FORBIDDEN, content_type, body, log))
+    Err(Box::new(own_page(
+        StatusCode::FORBIDDEN,
+        content_type,
+        body,
+        log,
+    )))
 }
 
 /// The proxy's answer to a proceed link (`http://HOST/.rampart/proceed?token=T`):
@@ -214,12 +219,11 @@ pub fn proceed_response(
 ) -> Response<ProxyBody> {
     let subject = crate::coaching::subject(identity);
     let redeemed = match crate::coaching::token_of(query) {
-        Some(token) => shared.coaching.redeem(
-            token,
-            &subject,
-            host,
-            state.config.coaching.allowance,
-        ),
+        Some(token) => {
+            shared
+                .coaching
+                .redeem(token, &subject, host, state.config.coaching.allowance)
+        }
         None => Err(crate::coaching::ProceedError::Malformed),
     };
     // The token is single-use and bound to this subject; still keep it out of logs.
