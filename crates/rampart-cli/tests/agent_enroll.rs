@@ -102,8 +102,19 @@ impl Drop for Agent {
 fn enrolled_agent_tunnels_curl_and_gateway_logs_device_user_and_process() {
     let (gw, tunnel) = start_gateway();
     let origin = Origin::start();
+    // A "pinned" origin: curl's flows to its port are tunnel-bypass.
+    let pinned = Origin::start();
     let dir = tempfile::tempdir().unwrap();
     let (config, proxy) = agent_config(dir.path());
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap()
+            + &format!(
+                "[[steering.exceptions]]\nname = \"pinned\"\nprocesses = [\"curl\"]\nports = [{}]\naction = \"tunnel-bypass\"\n",
+                pinned.port()
+            ),
+    )
+    .unwrap();
 
     let token = create_token(&gw, "alice");
     let out = enroll(&gw, &config, &token);
@@ -207,7 +218,35 @@ fn enrolled_agent_tunnels_curl_and_gateway_logs_device_user_and_process() {
         gw.access_log()
     );
 
+    // tunnel-bypass goes through the same tunnel and is logged by both sides.
+    let out = run(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-x",
+        &format!("http://{proxy}"),
+        &pinned.url("/hello"),
+    ]));
+    assert!(
+        out.status.success(),
+        "tunnel-bypass flow failed: {}",
+        text(&out).1
+    );
+    let found = eventually(Duration::from_secs(5), || {
+        gw.access_log().iter().any(|r| {
+            r["device"] == device.as_str()
+                && r["process"]["name"] == "curl"
+                && r["process"]["steering"] == "tunnel-bypass"
+                && r["target"] == format!("127.0.0.1:{}", pinned.port())
+        })
+    });
+    assert!(found, "no tunnel-bypass record:\n{:#?}", gw.access_log());
+
     let log = std::fs::read_to_string(state.join("agent.log")).unwrap();
+    assert!(
+        log.contains("Bypassing connection by tunneling from process: curl, host: 127.0.0.1"),
+        "{log}"
+    );
     assert!(
         log.contains(&format!("Tunnel to gateway {tunnel} up")),
         "{log}"
@@ -226,7 +265,7 @@ fn enrolled_agent_tunnels_curl_and_gateway_logs_device_user_and_process() {
         ]));
         status.contains(&device)
             && status.contains("tunnel:        up")
-            && status.contains("steered 1")
+            && status.contains("steered 1, bypassed 0, tunnel-bypassed 1")
     });
     assert!(
         shown,
