@@ -5,7 +5,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rampart_events::{AlertSpec, EventSender, FlowSummary, Severity, Verdict};
+use rampart_events::{AlertSpec, EventSender, FlowSummary, Severity, TlsDecision, Verdict};
 
 use crate::access_log::FlowRecord;
 
@@ -19,6 +19,40 @@ pub fn emit(record: &FlowRecord, events: &EventSender) {
     };
     let related = event.id();
     events.send(event);
+    // TLS problems are findings once per tunnel, not once per request inside it.
+    if let (true, Some(tls)) = (is_tunnel, &record.tls) {
+        let host = host_of(&record.target, true);
+        let finding = match (&tls.origin_problem, &tls.pinned_client) {
+            (Some(problem), _) if record.status == 502 => Some((
+                format!("Invalid origin certificate blocked: {host}"),
+                format!("{problem}: {}", record.error.as_deref().unwrap_or("")),
+                Severity::High,
+                "origin-certificate",
+            )),
+            (Some(problem), _) => Some((
+                format!("Invalid origin certificate allowed by exception: {host}"),
+                problem.clone(),
+                Severity::Medium,
+                "origin-certificate",
+            )),
+            (None, Some(rejection)) => Some((
+                format!("Client rejected Rampart's certificate (pinned client?): {host}"),
+                format!("{rejection} from {}", record.client),
+                Severity::Low,
+                "pinned-client",
+            )),
+            (None, None) => None,
+        };
+        if let Some((title, desc, severity, kind)) = finding {
+            let alert = AlertSpec {
+                title,
+                desc: Some(desc),
+                severity,
+                types: vec!["tls".to_string(), kind.to_string()],
+            };
+            events.send(summary.alert_event(&alert, Some(related)));
+        }
+    }
     if let Some(policy) = &record.policy {
         if matches!(policy.action, "alert" | "user-alert") {
             let title = match (policy.action, policy.proceeded) {
@@ -62,6 +96,22 @@ fn summary(record: &FlowRecord) -> FlowSummary {
     s.bytes_in = record.bytes_to_client;
     s.egress = record.egress.as_deref().map(str::to_string);
     s.error = record.error.clone();
+    if let Some(tls) = &record.tls {
+        s.sni = tls.sni.clone();
+        s.tls_version = tls.version.clone();
+        s.tls_decision = Some(
+            if tls.pinned_client.is_some() || (tls.origin_problem.is_some() && record.status == 502)
+            {
+                TlsDecision::Failed
+            } else if tls.decision == "decrypt" {
+                TlsDecision::Decrypt
+            } else if tls.decision == "do-not-decrypt" {
+                TlsDecision::DoNotDecrypt
+            } else {
+                TlsDecision::Plaintext
+            },
+        );
+    }
     s.verdict = match record.policy.as_ref().map(|p| p.action) {
         Some("block") => Verdict::Block,
         Some("alert" | "user-alert") => Verdict::Alert,
