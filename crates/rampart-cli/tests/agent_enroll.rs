@@ -89,9 +89,10 @@ fn enroll(gw: &Rampart, config: &Path, token: &str) -> Output {
     ])
 }
 
-struct Agent(Child);
+/// A child process killed when the test ends, pass or fail.
+struct ChildGuard(Child);
 
-impl Drop for Agent {
+impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -174,7 +175,7 @@ fn enrolled_agent_tunnels_curl_and_gateway_logs_device_user_and_process() {
     );
 
     // Run the agent and send curl through its local proxy.
-    let agent = Agent(
+    let agent = ChildGuard(
         Command::new(rampart_bin())
             .args(["agent", "run", "--config", config.to_str().unwrap()])
             .stdin(Stdio::null())
@@ -377,7 +378,7 @@ fn tunnel_refuses_clients_without_a_device_certificate_or_from_another_ca() {
 }
 
 #[test]
-fn enrolled_agent_fails_open_when_the_tunnel_is_down() {
+fn enrolled_agent_fails_open_while_the_tunnel_is_down_and_reconnects() {
     let (mut gw, tunnel) = start_gateway();
     let origin = Origin::start();
     let dir = tempfile::tempdir().unwrap();
@@ -391,7 +392,7 @@ fn enrolled_agent_fails_open_when_the_tunnel_is_down() {
     assert!(enroll(&gw, &config, &create_token(&gw, "dave"))
         .status
         .success());
-    let _agent = Agent(
+    let _agent = ChildGuard(
         Command::new(rampart_bin())
             .args(["agent", "run", "--config", config.to_str().unwrap()])
             .stdin(Stdio::null())
@@ -440,4 +441,38 @@ fn enrolled_agent_fails_open_when_the_tunnel_is_down() {
         "agent log lacks tunnel-down and fail-open lines:\n{}",
         std::fs::read_to_string(state.join("agent.log")).unwrap_or_default()
     );
+
+    // The gateway comes back on the same data dir (same device CA) and address: the
+    // agent re-dials after its back-off and flows are tunneled again.
+    let data = gw.data_dir();
+    let mut restarted = ChildGuard(
+        Command::new(rampart_bin())
+            .args(["server", "--data-dir", data.to_str().unwrap()])
+            .args(["--tunnel-listen", &tunnel.to_string()])
+            .args(["--proxy-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--api-listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--allow-loopback-destinations")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(
+        tunnel
+    )
+    .is_ok()));
+    let reconnected = eventually(Duration::from_secs(20), || {
+        curl();
+        let log = std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
+        log.matches(&format!("Tunnel to gateway {tunnel} up"))
+            .count()
+            >= 2
+    });
+    assert!(
+        reconnected,
+        "agent never re-dialled the gateway:\n{}",
+        std::fs::read_to_string(state.join("agent.log")).unwrap_or_default()
+    );
+    let _ = restarted.0.kill();
 }
