@@ -43,7 +43,8 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let loaded = crate::reload::load_policy(config.policy.as_deref()).context("loading the policy")?;
+    let loaded =
+        crate::reload::load_policy(config.policy.as_deref()).context("loading the policy")?;
     let mut gateway_config = config.gateway_config(vec![api_addr]);
     gateway_config.policy = loaded.policy.clone();
     let (pipeline, events) = rampart_events::Pipeline::start(&config.data_dir, &config.events)
@@ -142,7 +143,11 @@ fn spawn_signal_handlers(
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); shutdown.cancel(); return; }
                 _ = int.recv() => { tracing::info!("SIGINT: draining"); shutdown.cancel(); return; }
-                _ = hup.recv() => { reloader.reload(Trigger::Signal).await; }
+                // In its own task: compiling a large policy must not delay SIGTERM.
+                _ = hup.recv() => {
+                    let reloader = reloader.clone();
+                    tokio::spawn(async move { reloader.reload(Trigger::Signal).await });
+                }
             }
         }
     });
