@@ -151,8 +151,11 @@ pub(super) async fn serve(
             .serve_connection(io, service)
             .await
     } else {
+        // An idle keep-alive connection ends like an idle spliced tunnel does.
         hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(tunnel.state.config.limits.tunnel_idle_timeout)
             .serve_connection(io, service)
             .with_upgrades()
             .await
