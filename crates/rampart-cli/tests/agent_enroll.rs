@@ -319,7 +319,7 @@ fn tunnel_status(tunnel: SocketAddr, ca: &Path, client: Option<(&Path, &Path)>) 
 }
 
 #[test]
-fn tunnel_refuses_clients_without_a_device_certificate_or_from_another_ca() {
+fn tunnel_refuses_clients_without_a_device_certificate_from_another_ca_or_revoked() {
     let (gw, tunnel) = start_gateway();
     let ca = gw.data_dir().join("devices/ca.pem");
     let dir = tempfile::tempdir().unwrap();
@@ -368,6 +368,25 @@ fn tunnel_refuses_clients_without_a_device_certificate_or_from_another_ca() {
         tunnel_status(tunnel, &ca, Some((&other_cert, &other_key))),
         0,
         "a certificate from another CA must be refused"
+    );
+
+    // Revoked: the same certificate that got through above is now refused.
+    let enrollment: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("enrollment.json")).unwrap())
+            .unwrap();
+    let id = enrollment["device_id"].as_str().unwrap();
+    let out = rampart(&[
+        "device",
+        "revoke",
+        id,
+        "--data-dir",
+        gw.data_dir().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "revoke failed: {}", text(&out).1);
+    assert_eq!(
+        tunnel_status(tunnel, &ca, Some((&device.0, &device.1))),
+        0,
+        "a revoked device must be refused"
     );
     assert!(
         !gw.access_log()

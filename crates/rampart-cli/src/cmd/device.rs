@@ -24,6 +24,13 @@ enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke a device: the gateway's tunnel refuses it from now on.
+    Revoke {
+        /// Device id, as `rampart device list` shows it.
+        id: String,
+        #[command(flatten)]
+        source: Source,
+    },
     /// One-time enrollment tokens.
     Token {
         #[command(subcommand)]
@@ -89,6 +96,7 @@ fn parse_ttl(text: &str) -> Result<i64, String> {
 pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         DeviceCommand::List { source, json } => list(&source, json),
+        DeviceCommand::Revoke { id, source } => revoke(&source, &id),
         DeviceCommand::Token {
             command:
                 TokenCommand::Create {
@@ -189,5 +197,15 @@ fn create_token(
         TokenStore::new(&source.data_dir).create(user, groups, ttl)?
     };
     println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn revoke(source: &Source, id: &str) -> anyhow::Result<ExitCode> {
+    if source.server.is_some() {
+        call(source, "POST", &format!("/api/v1/devices/{id}/revoke"), "")?;
+    } else if !Inventory::new(&source.data_dir).revoke(id)? {
+        bail!("no device {id:?} in {}", source.data_dir.display());
+    }
+    println!("revoked {id}");
     Ok(ExitCode::SUCCESS)
 }

@@ -40,9 +40,10 @@ const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 const MAX_STREAMS: u32 = 4096;
 
-/// Told when an authenticated device connects (the server updates "last seen").
-pub trait DeviceSeen: Send + Sync + 'static {
-    fn seen(&self, device: &str);
+/// Asked when a device with a valid certificate connects: the server records "last
+/// seen" and answers whether the device may use the tunnel (false once revoked).
+pub trait DeviceAdmission: Send + Sync + 'static {
+    fn admit(&self, device: &str) -> bool;
 }
 
 /// Problems building the tunnel's TLS configuration.
@@ -110,7 +111,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     gateway: GatewayHandle,
-    seen: Option<Arc<dyn DeviceSeen>>,
+    admission: Option<Arc<dyn DeviceAdmission>>,
     shutdown: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -130,7 +131,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = gateway.shared().clone();
-        let seen = seen.clone();
+        let admission = admission.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -159,8 +160,11 @@ pub async fn serve(
                 None => return,
             };
             tracing::debug!(%peer, device = %identity.device, "agent tunnel connected");
-            if let Some(seen) = &seen {
-                seen.seen(&identity.device);
+            if let Some(admission) = &admission {
+                if !admission.admit(&identity.device) {
+                    tracing::warn!(%peer, device = %identity.device, "agent tunnel refused: device revoked");
+                    return;
+                }
             }
             let service = service_fn(move |req| flow(req, shared.clone(), identity.clone(), peer));
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

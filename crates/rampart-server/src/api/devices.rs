@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +28,7 @@ pub fn router(state: DevicesState) -> Router {
         .route("/api/v1/enroll", post(enroll))
         .route("/api/v1/devices", get(list))
         .route("/api/v1/devices/tokens", post(create_token))
+        .route("/api/v1/devices/{id}/revoke", post(revoke))
         .with_state(state)
 }
 
@@ -129,6 +130,27 @@ async fn create_token(
     {
         Ok(token) => Json(serde_json::json!({ "token": token })).into_response(),
         Err(e @ DeviceError::InvalidName { .. }) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn revoke(
+    State(state): State<DevicesState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "admin bearer token required".into(),
+        );
+    }
+    match state.registry.inventory().revoke(&id) {
+        Ok(true) => {
+            tracing::info!(device = %id, "device revoked");
+            Json(serde_json::json!({ "revoked": id })).into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no device {id:?}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

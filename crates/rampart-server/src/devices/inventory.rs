@@ -27,6 +27,9 @@ pub struct DeviceRecord {
     pub enrolled_at: String,
     /// RFC 3339 of the last tunnel connection (or enrollment).
     pub last_seen: String,
+    /// RFC 3339 of revocation: the tunnel refuses the device from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
 }
 
 pub struct Inventory {
@@ -69,24 +72,44 @@ impl Inventory {
         self.write(&devices)
     }
 
-    /// Records that `id` connected now (written at most every few seconds per device).
-    pub fn seen(&self, id: &str) -> Result<(), DeviceError> {
+    /// Records that `id` connected now (written at most every few seconds per device)
+    /// and answers whether it may: false for revoked and unknown devices.
+    pub fn seen(&self, id: &str) -> Result<bool, DeviceError> {
         let now = now_unix();
         let mut recent = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut devices = self.list()?;
+        let Some(device) = devices.iter_mut().find(|d| d.id == id) else {
+            return Ok(false);
+        };
+        if device.revoked_at.is_some() {
+            return Ok(false);
+        }
         if recent
             .iter()
             .any(|(d, at)| d == id && now - at < SEEN_WRITE_INTERVAL_SECS)
         {
-            return Ok(());
+            return Ok(true);
         }
         recent.retain(|(d, _)| d != id);
         recent.push((id.to_string(), now));
+        device.last_seen = rfc3339(now);
+        self.write(&devices)?;
+        Ok(true)
+    }
+
+    /// Marks `id` revoked; false when no such device exists. New tunnel connections of
+    /// the device are refused; connections already open end when they close.
+    pub fn revoke(&self, id: &str) -> Result<bool, DeviceError> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut devices = self.list()?;
         let Some(device) = devices.iter_mut().find(|d| d.id == id) else {
-            return Ok(());
+            return Ok(false);
         };
-        device.last_seen = rfc3339(now);
-        self.write(&devices)
+        if device.revoked_at.is_none() {
+            device.revoked_at = Some(rfc3339(now_unix()));
+        }
+        self.write(&devices)?;
+        Ok(true)
     }
 
     fn write(&self, devices: &[DeviceRecord]) -> Result<(), DeviceError> {
@@ -112,6 +135,7 @@ mod tests {
             steering_mode: "local-proxy".into(),
             enrolled_at: "2026-01-01T00:00:00Z".into(),
             last_seen: "2026-01-01T00:00:00Z".into(),
+            revoked_at: None,
         }
     }
 
@@ -123,7 +147,7 @@ mod tests {
         inventory.upsert(record("b")).unwrap();
         inventory.upsert(record("a")).unwrap();
         assert_eq!(inventory.list().unwrap().len(), 2);
-        inventory.seen("a").unwrap();
+        assert!(inventory.seen("a").unwrap());
         let a = inventory
             .list()
             .unwrap()
@@ -131,5 +155,16 @@ mod tests {
             .find(|d| d.id == "a")
             .unwrap();
         assert_ne!(a.last_seen, "2026-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn revoked_and_unknown_devices_are_not_admitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let inventory = Inventory::new(dir.path());
+        inventory.upsert(record("a")).unwrap();
+        assert!(!inventory.seen("nobody").unwrap());
+        assert!(inventory.revoke("a").unwrap());
+        assert!(!inventory.seen("a").unwrap());
+        assert!(!inventory.revoke("nobody").unwrap());
     }
 }

@@ -103,6 +103,7 @@ impl DeviceRegistry {
             steering_mode: clean(&request.steering_mode, "unknown"),
             enrolled_at: now.clone(),
             last_seen: now,
+            revoked_at: None,
         })?;
         Ok(EnrollResponse {
             device_id: identity.device,
@@ -115,10 +116,16 @@ impl DeviceRegistry {
     }
 }
 
-impl rampart_gateway::tunnel::DeviceSeen for DeviceRegistry {
-    fn seen(&self, device: &str) {
-        if let Err(e) = self.inventory.seen(device) {
-            tracing::warn!(error = %e, device, "cannot record device last-seen time");
+impl rampart_gateway::tunnel::DeviceAdmission for DeviceRegistry {
+    fn admit(&self, device: &str) -> bool {
+        match self.inventory.seen(device) {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                // An unreadable inventory must not lock every agent out (fail mode
+                // would send their traffic direct): admit, and say so loudly.
+                tracing::error!(error = %e, device, "cannot check the device inventory; admitting");
+                true
+            }
         }
     }
 }

@@ -93,12 +93,12 @@ impl TunnelSetup {
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
         tracing::info!(tunnel = %self.addr, "agent tunnel listening");
-        let seen: Arc<dyn rampart_gateway::tunnel::DeviceSeen> = self.registry.clone();
+        let admission: Arc<dyn rampart_gateway::tunnel::DeviceAdmission> = self.registry.clone();
         tokio::spawn(rampart_gateway::tunnel::serve(
             self.listener,
             self.tls,
             gateway,
-            Some(seen),
+            Some(admission),
             shutdown,
         ))
     }
