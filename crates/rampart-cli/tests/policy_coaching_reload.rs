@@ -20,8 +20,16 @@ fn hash_password(password: &str) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(password.as_bytes()).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap().trim().to_string()
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 const COACHING: &str = r#"
@@ -54,21 +62,35 @@ fn gateway(policy: &str) -> (Rampart, tempfile::TempDir) {
 }
 
 fn admin_token(gw: &Rampart) -> String {
-    std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap().trim().to_string()
+    std::fs::read_to_string(gw.data_dir().join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// `curl` on the API with the admin token; returns (HTTP status, JSON body).
 fn api(gw: &Rampart, method: &str, path: &str) -> (u16, serde_json::Value) {
     let out = support::run(
         Command::new("curl")
-            .args(["-sS", "--max-time", "30", "-X", method, "-w", "\n%{http_code}"])
+            .args([
+                "-sS",
+                "--max-time",
+                "30",
+                "-X",
+                method,
+                "-w",
+                "\n%{http_code}",
+            ])
             .arg("-H")
             .arg(format!("Authorization: Bearer {}", admin_token(gw)))
             .arg(format!("http://{}{path}", gw.api)),
     );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// The proceed link of a coaching page's text body.
@@ -86,16 +108,35 @@ fn user_alert_coaches_then_proceed_lets_the_user_through_and_is_recorded() {
     let url = format!("http://video.test:{}/hello", origin.port());
 
     // A tool gets the 403 coaching text with a proceed link on the same host.
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-w", "\n%{http_code}", &url]);
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "alice:pw", "-w", "\n%{http_code}", &url],
+    );
     assert!(body.ends_with("403"), "{body}");
     assert!(body.contains("video needs a reason"), "{body}");
     let link = proceed_link(&body);
-    assert!(link.starts_with(&format!("http://video.test:{}/.rampart/proceed?token=", origin.port())), "{link}");
+    assert!(
+        link.starts_with(&format!(
+            "http://video.test:{}/.rampart/proceed?token=",
+            origin.port()
+        )),
+        "{link}"
+    );
 
     // A browser gets HTML with a Proceed link.
-    let (_, page, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-H", "Accept: text/html", &url]);
-    assert!(page.contains("<html") && page.contains(">Proceed</a>"), "{page}");
-    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing reached the origin yet");
+    let (_, page, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "alice:pw", "-H", "Accept: text/html", &url],
+    );
+    assert!(
+        page.contains("<html") && page.contains(">Proceed</a>"),
+        "{page}"
+    );
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing reached the origin yet"
+    );
 
     // Following the link (curl -L, like a browser) ends at the page itself.
     let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-L", &link]);
@@ -103,12 +144,21 @@ fn user_alert_coaches_then_proceed_lets_the_user_through_and_is_recorded() {
     // The allowance holds for later requests to the host, for alice only.
     let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", &url]);
     assert_eq!(body, "hello from origin");
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "bob:pw", "-w", "\n%{http_code}", &url]);
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "bob:pw", "-w", "\n%{http_code}", &url],
+    );
     assert!(body.ends_with("403"), "bob did not proceed: {body}");
 
     // The link is single-use.
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-w", "\n%{http_code}", &link]);
-    assert!(body.ends_with("403") && body.contains("already used"), "{body}");
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "alice:pw", "-w", "\n%{http_code}", &link],
+    );
+    assert!(
+        body.ends_with("403") && body.contains("already used"),
+        "{body}"
+    );
 
     let log = gw.access_log();
     let passed: Vec<_> = log
@@ -121,11 +171,17 @@ fn user_alert_coaches_then_proceed_lets_the_user_through_and_is_recorded() {
         assert_eq!(r["policy"]["proceeded"], true);
         assert_eq!(r["policy"]["rule_id"], "coach-video");
     }
-    let coached = log.iter().find(|r| r["status"] == 403 && r["user"] == "bob").unwrap();
+    let coached = log
+        .iter()
+        .find(|r| r["status"] == 403 && r["user"] == "bob")
+        .unwrap();
     assert_eq!(coached["policy"]["action"], "user-alert");
     assert!(coached["policy"].get("proceeded").is_none(), "{coached}");
     assert!(
-        log.iter().all(|r| !r["target"].as_str().unwrap().contains(&link[link.find("token=").unwrap() + 6..])),
+        log.iter().all(|r| !r["target"]
+            .as_str()
+            .unwrap()
+            .contains(&link[link.find("token=").unwrap() + 6..])),
         "tokens are not written to the access log"
     );
 
@@ -140,7 +196,8 @@ fn user_alert_coaches_then_proceed_lets_the_user_through_and_is_recorded() {
                     .arg(format!("Authorization: Bearer {token}"))
                     .arg(format!("http://{}/api/v1/events", gw.api)),
             );
-            String::from_utf8_lossy(&out.stdout).contains("User proceeded past coaching: video needs a reason")
+            String::from_utf8_lossy(&out.stdout)
+                .contains("User proceeded past coaching: video needs a reason")
         }),
         "no alert event for the proceed"
     );
@@ -158,21 +215,45 @@ fn forged_and_other_host_proceed_links_are_refused() {
 
     // The same token on another host.
     let other = format!("http://other.test:{port}/.rampart/proceed?token={token}");
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-w", "\n%{http_code}", &other]);
-    assert!(body.ends_with("403") && body.contains("another host"), "{body}");
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "alice:pw", "-w", "\n%{http_code}", &other],
+    );
+    assert!(
+        body.ends_with("403") && body.contains("another host"),
+        "{body}"
+    );
     // Another user with alice's link.
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "bob:pw", "-w", "\n%{http_code}", &link]);
-    assert!(body.ends_with("403") && body.contains("another user"), "{body}");
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "bob:pw", "-w", "\n%{http_code}", &link],
+    );
+    assert!(
+        body.ends_with("403") && body.contains("another user"),
+        "{body}"
+    );
     // A forged signature.
     let (payload, _) = token.split_once('.').unwrap();
     let forged = format!("http://video.test:{port}/.rampart/proceed?token={payload}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-w", "\n%{http_code}", &forged]);
-    assert!(body.ends_with("403") && body.contains("not issued by this gateway"), "{body}");
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "alice:pw", "-w", "\n%{http_code}", &forged],
+    );
+    assert!(
+        body.ends_with("403") && body.contains("not issued by this gateway"),
+        "{body}"
+    );
 
     // None of these granted anything.
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-w", "\n%{http_code}", &url]);
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "alice:pw", "-w", "\n%{http_code}", &url],
+    );
     assert!(body.ends_with("403"), "{body}");
-    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     // The genuine link still works for alice, who was refused nothing of hers.
     let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-L", &link]);
     assert_eq!(body, "hello from origin");
@@ -183,14 +264,21 @@ fn a_changed_policy_file_reloads_without_a_signal() {
     let origin = Origin::start();
     let (gw, dir) = gateway(BLOCK_NEWS);
     let news = format!("http://news.test:{}/hello", origin.port());
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-w", " %{http_code}", &news]);
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "alice:pw", "-w", " %{http_code}", &news],
+    );
     assert!(body.ends_with("403"), "{body}");
     let (_, before) = api(&gw, "GET", "/api/v1/policy/status");
     let old_revision = before["revision"].as_str().unwrap().to_string();
 
     std::fs::write(dir.path().join("policy.toml"), COACHING).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || curl(&gw.proxy_url(), &["-U", "alice:pw", &news]).1 == "hello from origin"),
+        eventually(Duration::from_secs(10), || curl(
+            &gw.proxy_url(),
+            &["-U", "alice:pw", &news]
+        )
+        .1 == "hello from origin"),
         "the file change was not applied: {}",
         gw.stderr()
     );
@@ -209,13 +297,23 @@ fn status_api_shows_a_broken_file_while_the_old_revision_serves() {
     let news = format!("http://news.test:{}/hello", origin.port());
 
     // No token, no status.
-    let out = support::run(Command::new("curl").args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"]).arg(format!("http://{}/api/v1/policy/status", gw.api)));
+    let out = support::run(
+        Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{}/api/v1/policy/status", gw.api)),
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
 
     let (_, before) = api(&gw, "GET", "/api/v1/policy/status");
     let revision = before["revision"].as_str().unwrap().to_string();
-    assert!(before["source"].as_str().unwrap().ends_with("policy.toml"), "{before}");
-    assert!(before["loaded_at"].as_str().unwrap().contains('T'), "{before}");
+    assert!(
+        before["source"].as_str().unwrap().ends_with("policy.toml"),
+        "{before}"
+    );
+    assert!(
+        before["loaded_at"].as_str().unwrap().contains('T'),
+        "{before}"
+    );
 
     // Two errors in one file: both are reported.
     std::fs::write(
@@ -225,19 +323,41 @@ fn status_api_shows_a_broken_file_while_the_old_revision_serves() {
     .unwrap();
     let (code, status) = api(&gw, "POST", "/api/v1/policy/reload");
     assert_eq!(code, 422, "{status}");
-    assert_eq!(status["revision"], revision.as_str(), "the old revision serves");
+    assert_eq!(
+        status["revision"],
+        revision.as_str(),
+        "the old revision serves"
+    );
     let diagnostics = status["last_error"]["diagnostics"].as_array().unwrap();
     assert!(diagnostics.len() >= 2, "{status}");
-    assert!(diagnostics.iter().any(|d| d["text"].as_str().unwrap().contains("policy.toml:4:")), "{status}");
-    assert!(diagnostics.iter().any(|d| d["message"].as_str().unwrap().contains("nope")), "{status}");
+    assert!(
+        diagnostics
+            .iter()
+            .any(|d| d["text"].as_str().unwrap().contains("policy.toml:4:")),
+        "{status}"
+    );
+    assert!(
+        diagnostics
+            .iter()
+            .any(|d| d["message"].as_str().unwrap().contains("nope")),
+        "{status}"
+    );
     assert_eq!(status["last_error"]["trigger"], "api");
 
     // GET shows the same, and the old policy still blocks.
     let (_, status) = api(&gw, "GET", "/api/v1/policy/status");
     assert!(!status["last_error"].is_null(), "{status}");
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-w", " %{http_code}", &news]);
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "alice:pw", "-w", " %{http_code}", &news],
+    );
     assert!(body.ends_with("403"), "{body}");
-    assert!(gw.metrics().contains("rampart_config_reloads_total{kind=\"rejected\"}"), "{}", gw.metrics());
+    assert!(
+        gw.metrics()
+            .contains("rampart_config_reloads_total{kind=\"rejected\"}"),
+        "{}",
+        gw.metrics()
+    );
 
     // Fixed: the API reload applies and clears the error.
     std::fs::write(dir.path().join("policy.toml"), COACHING).unwrap();
@@ -249,7 +369,10 @@ fn status_api_shows_a_broken_file_while_the_old_revision_serves() {
 
 #[test]
 fn reloading_under_load_loses_no_request() {
-    assert!(support::have("python3"), "python3 is needed for the load loop");
+    assert!(
+        support::have("python3"),
+        "python3 is needed for the load loop"
+    );
     let origin = Origin::start();
     let (gw, dir) = gateway(BLOCK_NEWS);
     let url = format!("http://video.test:{}/hello", origin.port());
@@ -279,7 +402,7 @@ threads = [threading.Thread(target=work, args=(total // workers,)) for _ in rang
 print(done[0], len(failures))
 for f in failures[:5]: print(f)
 "#;
-    let mut load = Command::new("python3")
+    let load = Command::new("python3")
         .args(["-c", script, &gw.proxy_url(), &url, "2000", "16"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -287,10 +410,19 @@ for f in failures[:5]: print(f)
         .unwrap();
 
     // While it runs: rewrite the policy and reload it every way, several times.
-    let variants = [BLOCK_NEWS, COACHING.replace("video.test", "elsewhere.test").as_str(), &format!("{BLOCK_NEWS}\n[lists]\nx = [\"x.test\"]\n")].map(str::to_string);
+    let variants = [
+        BLOCK_NEWS,
+        COACHING.replace("video.test", "elsewhere.test").as_str(),
+        &format!("{BLOCK_NEWS}\n[lists]\nx = [\"x.test\"]\n"),
+    ]
+    .map(str::to_string);
     for i in 0..9 {
         std::thread::sleep(Duration::from_millis(400));
-        std::fs::write(dir.path().join("policy.toml"), &variants[i % variants.len()]).unwrap();
+        std::fs::write(
+            dir.path().join("policy.toml"),
+            &variants[i % variants.len()],
+        )
+        .unwrap();
         match i % 3 {
             0 => gw.signal(Signal::SIGHUP),
             1 => assert_eq!(api(&gw, "POST", "/api/v1/policy/reload").0, 200),
@@ -299,8 +431,15 @@ for f in failures[:5]: print(f)
     }
     let out = load.wait_with_output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut numbers = report.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(u64::MAX));
-    assert_eq!(numbers.next(), Some(2000), "{report} {}", String::from_utf8_lossy(&out.stderr));
+    let mut numbers = report
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().unwrap_or(u64::MAX));
+    assert_eq!(
+        numbers.next(),
+        Some(2000),
+        "{report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(numbers.next(), Some(0), "failures: {report}");
     let (_, status) = api(&gw, "GET", "/api/v1/policy/status");
     assert!(status["reloads_ok"].as_u64().unwrap() >= 6, "{status}");
