@@ -91,6 +91,8 @@ fn refuses_to_start_as_an_open_proxy_and_says_why() {
         .arg(format!("0.0.0.0:{}", support::free_port()))
         .arg("--api-listen")
         .arg(format!("127.0.0.1:{}", support::free_port()))
+        .arg("--tunnel-listen")
+        .arg(format!("127.0.0.1:{}", support::free_port()))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .output()

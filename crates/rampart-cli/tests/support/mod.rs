@@ -43,7 +43,8 @@ impl Rampart {
     }
 
     pub fn start_with_args(extra_toml: &str, args: &[&str]) -> Rampart {
-        Self::try_start(extra_toml, args).unwrap_or_else(|log| panic!("rampart did not become ready:\n{log}"))
+        Self::try_start(extra_toml, args)
+            .unwrap_or_else(|log| panic!("rampart did not become ready:\n{log}"))
     }
 
     /// Like `start`, but returns the server's stderr if it exits or never becomes ready.
@@ -55,7 +56,8 @@ impl Rampart {
             .position(|a| *a == "--proxy-listen")
             .and_then(|i| args.get(i + 1))
             .and_then(|a| a.parse::<SocketAddr>().ok());
-        let proxy: SocketAddr = flag_proxy.unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        let proxy: SocketAddr =
+            flag_proxy.unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config_path = dir.path().join("rampart.toml");
         let data_dir = dir.path().join("data");
@@ -92,7 +94,9 @@ impl Rampart {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return Err(self.stderr());
             }
-            if http_get_status(self.api, "/healthz") == Some(200) && TcpStream::connect(self.proxy).is_ok() {
+            if http_get_status(self.api, "/healthz") == Some(200)
+                && TcpStream::connect(self.proxy).is_ok()
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -118,7 +122,9 @@ impl Rampart {
         std::fs::read_to_string(self.data_dir().join("access.log"))
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad access log line {l:?}: {e}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad access log line {l:?}: {e}"))
+            })
             .collect()
     }
 
@@ -132,7 +138,8 @@ impl Rampart {
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).expect("kill");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("kill");
     }
 
     pub fn pid(&self) -> u32 {
@@ -187,6 +194,10 @@ fn compose_config(extra_toml: &str, data_dir: &Path, proxy: SocketAddr, api: Soc
     if !has_api_section {
         preamble.push_str(&format!("[api]\nlisten = \"{api}\"\n"));
     }
+    // Every server gets its own agent tunnel port: tests run in parallel.
+    if !extra_toml.contains("[tunnel]") {
+        preamble.push_str(&format!("[tunnel]\nlisten = \"127.0.0.1:{}\"\n", free_port()));
+    }
     // Top-level keys of the test's TOML must come before any table.
     let (top, tables) = split_top_level(&body);
     out.push_str(&top);
@@ -234,7 +245,11 @@ pub fn http_get_body(addr: SocketAddr, path: &str) -> Option<String> {
 fn http_get_raw(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
@@ -277,7 +292,11 @@ fn response_complete(raw: &[u8]) -> bool {
     };
     let length = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
         .and_then(|v| v.parse::<usize>().ok());
     match length {
         Some(n) => body.len() >= n,
@@ -287,12 +306,19 @@ fn response_complete(raw: &[u8]) -> bool {
 
 /// Runs a command and returns its output; panics with stderr when it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// `curl` through `proxy` with the given extra arguments; returns (status, stdout, stderr).
 pub fn curl(proxy: &str, args: &[&str]) -> (i32, String, String) {
-    let out = run(Command::new("curl").arg("-sS").arg("--max-time").arg("60").arg("-x").arg(proxy).args(args));
+    let out = run(Command::new("curl")
+        .arg("-sS")
+        .arg("--max-time")
+        .arg("60")
+        .arg("-x")
+        .arg(proxy)
+        .args(args));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),

@@ -63,7 +63,9 @@ impl Origin {
                 }
             });
         });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("origin address");
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("origin address");
         Origin {
             addr,
             requests,
@@ -93,7 +95,9 @@ impl Drop for Origin {
 }
 
 fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into()).map_err(|never| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 async fn route(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -140,11 +144,17 @@ async fn route(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
                         return None;
                     }
                     let n = left.min(chunk.len() as u64) as usize;
-                    Some((Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk.slice(..n))), left - n as u64))
+                    Some((
+                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(
+                            chunk.slice(..n),
+                        )),
+                        left - n as u64,
+                    ))
                 }
             });
             let mut resp = Response::new(StreamBody::new(stream).boxed());
-            resp.headers_mut().insert("content-length", total.to_string().parse().unwrap());
+            resp.headers_mut()
+                .insert("content-length", total.to_string().parse().unwrap());
             resp
         }
         "slow" => {
@@ -154,7 +164,8 @@ async fn route(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         }
         "status" => {
             let mut resp = Response::new(full(""));
-            *resp.status_mut() = hyper::StatusCode::from_u16(arg.parse().unwrap_or(500)).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+            *resp.status_mut() = hyper::StatusCode::from_u16(arg.parse().unwrap_or(500))
+                .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
             resp
         }
         _ => {

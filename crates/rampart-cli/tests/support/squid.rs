@@ -49,8 +49,11 @@ impl Squid {
             .expect("squid (apt-get install squid)");
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "squid did not start: {}",
-                std::fs::read_to_string(dir.path().join("cache.log")).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "squid did not start: {}",
+                std::fs::read_to_string(dir.path().join("cache.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Squid {
