@@ -211,6 +211,16 @@ pub fn subject(identity: &Identity) -> String {
     }
 }
 
+/// `scheme://authority` of an absolute URL: where the proceed link must point
+/// so the browser sends it through the same proxy path (plain or decrypted).
+pub fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);
+    match url[after_scheme..].find(['/', '?', '#']) {
+        Some(end) => &url[..after_scheme + end],
+        None => url,
+    }
+}
+
 /// The `token` parameter of a proceed link's query string.
 pub fn token_of(query: Option<&str>) -> Option<&str> {
     query?
@@ -425,6 +435,16 @@ mod tests {
         );
         c.allow("user:alice", "a.example", Duration::ZERO);
         assert!(!c.allowed("user:alice", "a.example"));
+    }
+
+    #[test]
+    fn origin_is_scheme_and_authority() {
+        assert_eq!(
+            origin_of("https://a.example:8443/x?y"),
+            "https://a.example:8443"
+        );
+        assert_eq!(origin_of("http://[::1]:80/"), "http://[::1]:80");
+        assert_eq!(origin_of("http://a.example"), "http://a.example");
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl Gateway {
             access_log,
             events,
             tunnels: TaskTracker::new(),
-            coaching: crate::coaching::Coaching::new(),
+            coaching: Arc::new(crate::coaching::Coaching::new()),
         });
         Ok(Gateway {
             shared,

@@ -92,6 +92,8 @@ pub struct Tunnel {
     pub access_log: AccessLog,
     pub metrics: Arc<Metrics>,
     pub events: Option<rampart_events::EventSender>,
+    /// Proceed links and allowances of `user-alert` rules (shared with plain HTTP).
+    pub coaching: Arc<crate::coaching::Coaching>,
 }
 
 /// What the caller does after [`Tunnel::run`].
@@ -131,6 +133,7 @@ impl Tunnel {
             access_log: shared.access_log.clone(),
             metrics: shared.metrics.clone(),
             events: shared.events.clone(),
+            coaching: shared.coaching.clone(),
         })
     }
 

@@ -21,7 +21,7 @@ use crate::access_log::{FlowRecord, TlsRecord};
 use crate::policy_stage;
 use crate::proxy::body::{FlowLog, MeteredBody, ProxyBody};
 use crate::proxy::headers::strip_hop_by_hop;
-use crate::proxy::{blocked_response, error_response};
+use crate::proxy::{blocked_response, coaching_gate, error_response, proceed_response};
 
 type ClientTls = tokio_rustls::server::TlsStream<TcpStream>;
 type OriginTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
@@ -50,6 +50,7 @@ struct Session {
     host: String,
     port: u16,
     tls: TlsRecord,
+    coaching: Arc<crate::coaching::Coaching>,
 }
 
 impl Session {
@@ -68,6 +69,7 @@ impl Session {
             host: host.to_string(),
             port: tunnel.port,
             tls,
+            coaching: tunnel.coaching.clone(),
         }
     }
 
@@ -209,6 +211,18 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
         return response;
     }
 
+    if req.uri().path() == crate::coaching::PROCEED_PATH {
+        let query = req.uri().query();
+        let (state, identity) = (&session.state, &session.identity);
+        return proceed_response(
+            &session.coaching,
+            state,
+            identity,
+            &session.host,
+            query,
+            log,
+        );
+    }
     let stage = policy_stage::request_stage(
         &session.state.policy,
         &session.identity,
@@ -221,6 +235,22 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
     if let Some(blocked) = &stage.blocked {
         let accept = req.headers().get(header::ACCEPT).cloned();
         return blocked_response(blocked, accept.as_ref(), Some(&url), log);
+    }
+    if let Some(coach) = &stage.coach {
+        let accept = req.headers().get(header::ACCEPT).cloned();
+        let (state, identity) = (&session.state, &session.identity);
+        log = match coaching_gate(
+            coach,
+            &session.coaching,
+            state,
+            identity,
+            &session.host,
+            accept.as_ref(),
+            log,
+        ) {
+            Ok(log) => log,
+            Err(page) => return *page,
+        };
     }
 
     // A WebSocket (or other) upgrade is passed through once the request was

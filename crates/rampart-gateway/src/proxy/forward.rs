@@ -66,7 +66,7 @@ pub async fn forward(
         .trim_end_matches(']');
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     if uri.path() == crate::coaching::PROCEED_PATH {
-        return proceed_response(shared, state, identity, host, uri.query(), log);
+        return proceed_response(&shared.coaching, state, identity, host, uri.query(), log);
     }
     let stage = policy_stage::request_stage(
         &state.policy,
@@ -88,7 +88,7 @@ pub async fn forward(
     }
     if let Some(coach) = &stage.coach {
         let accept = req.headers().get(header::ACCEPT);
-        log = match coaching_gate(coach, shared, state, identity, &authority, accept, log) {
+        log = match coaching_gate(coach, &shared.coaching, state, identity, host, accept, log) {
             Ok(log) => log,
             Err(page) => return *page,
         };

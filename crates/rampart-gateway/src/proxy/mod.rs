@@ -33,7 +33,7 @@ pub struct Shared {
     /// Tunnels outlive the hyper connection that upgraded them; shutdown waits for them here.
     pub tunnels: TaskTracker,
     /// Proceed links and allowances of `user-alert` rules; outlives reloads.
-    pub coaching: crate::coaching::Coaching,
+    pub coaching: Arc<crate::coaching::Coaching>,
 }
 
 /// Handles one request from `client`.
@@ -157,33 +157,29 @@ pub fn blocked_response(
 
 /// A `user-alert` rule matched: the request passes (recorded as proceeded)
 /// when the user has an allowance for the host, otherwise the answer is the
-/// coaching page with a proceed link.
+/// coaching page with a proceed link on the same origin as the request
+/// (`log.record.target`, an absolute URL): plain HTTP or a decrypted tunnel.
 pub fn coaching_gate(
     coach: &crate::policy_stage::Blocked,
-    shared: &Shared,
+    coaching: &crate::coaching::Coaching,
     state: &GatewayState,
     identity: &Identity,
-    authority: &http::uri::Authority,
+    host: &str,
     accept: Option<&HeaderValue>,
     mut log: FlowLog,
 ) -> Result<FlowLog, Box<Response<ProxyBody>>> {
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
     let subject = crate::coaching::subject(identity);
-    if shared.coaching.allowed(&subject, host) {
+    if coaching.allowed(&subject, host) {
         if let Some(policy) = log.record.policy.as_mut() {
             policy.proceeded = true;
         }
         return Ok(log);
     }
     let url = log.record.target.clone();
-    let token = shared
-        .coaching
-        .issue(&subject, host, &url, state.config.coaching.link_lifetime);
+    let token = coaching.issue(&subject, host, &url, state.config.coaching.link_lifetime);
     let proceed_url = format!(
-        "http://{authority}{}?token={token}",
+        "{}{}?token={token}",
+        crate::coaching::origin_of(&url),
         crate::coaching::PROCEED_PATH
     );
     let event_id = log.record.id.to_string();
@@ -210,7 +206,7 @@ pub fn coaching_gate(
 /// a redirect back to the coached URL with the allowance granted, or 403 with
 /// the reason the link is refused.
 pub fn proceed_response(
-    shared: &Shared,
+    coaching: &crate::coaching::Coaching,
     state: &GatewayState,
     identity: &Identity,
     host: &str,
@@ -219,11 +215,7 @@ pub fn proceed_response(
 ) -> Response<ProxyBody> {
     let subject = crate::coaching::subject(identity);
     let redeemed = match crate::coaching::token_of(query) {
-        Some(token) => {
-            shared
-                .coaching
-                .redeem(token, &subject, host, state.config.coaching.allowance)
-        }
+        Some(token) => coaching.redeem(token, &subject, host, state.config.coaching.allowance),
         None => Err(crate::coaching::ProceedError::Malformed),
     };
     // The token is single-use and bound to this subject; still keep it out of logs.
