@@ -102,17 +102,37 @@ fn origin(dir: &Path, name: &str, kind: OriginCert) -> TlsOrigin {
                     return;
                 };
                 let service = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                    |mut req: hyper::Request<hyper::body::Incoming>| async move {
+                        if req.headers().contains_key(hyper::header::UPGRADE) {
+                            // Echo every byte after the 101, like a WebSocket echo server.
+                            let upgrade = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                if let Ok(upgraded) = upgrade.await {
+                                    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                                    let (mut r, mut w) = tokio::io::split(&mut io);
+                                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                                }
+                            });
+                            let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                            *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                            response.headers_mut().insert(
+                                hyper::header::CONNECTION,
+                                hyper::header::HeaderValue::from_static("upgrade"),
+                            );
+                            response.headers_mut().insert(
+                                hyper::header::UPGRADE,
+                                hyper::header::HeaderValue::from_static("websocket"),
+                            );
+                            return Ok::<_, std::convert::Infallible>(response);
+                        }
                         let body = format!("hello {:?} {}", req.version(), req.uri().path());
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from(body),
-                        )))
+                        Ok(hyper::Response::new(Full::new(Bytes::from(body))))
                     },
                 );
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
                 .await;
             });
         }
@@ -459,4 +479,52 @@ fn a_ca_key_readable_by_others_refuses_to_start() {
     .err()
     .expect("the gateway must refuse a world-readable CA key");
     assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn an_upgrade_is_passed_through_after_the_request_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let gw = gateway(o.port, &[&o.ca_pem], "");
+    let ca = gateway_ca(&gw);
+    // CONNECT, TLS with the gateway CA, an Upgrade request, then bytes echoed back.
+    let script = r#"
+import socket, ssl, sys
+proxy, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+host, pport = proxy.rsplit(":", 1)
+s = socket.create_connection((host, int(pport)), timeout=10)
+s.sendall(f"CONNECT shop.test:{port} HTTP/1.1\r\nHost: shop.test:{port}\r\n\r\n".encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+assert head.startswith(b"HTTP/1.1 200"), head
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+t = ctx.wrap_socket(s, server_hostname="shop.test")
+t.sendall(f"GET /ws HTTP/1.1\r\nHost: shop.test:{port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+resp = b""
+while b"\r\n\r\n" not in resp:
+    resp += t.recv(1)
+print(resp.split(b"\r\n")[0].decode())
+t.sendall(b"echo-me-1234")
+got = b""
+while len(got) < 12:
+    got += t.recv(64)
+print(got.decode())
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &gw.proxy.to_string(), &o.port.to_string()])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("HTTP/1.1 101") && stdout.contains("echo-me-1234"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = find_record(&gw, |r| {
+        r["target"].as_str().is_some_and(|t| t.ends_with("/ws"))
+    });
+    assert_eq!(record["status"], 101);
 }
