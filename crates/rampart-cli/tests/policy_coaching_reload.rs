@@ -445,3 +445,68 @@ for f in failures[:5]: print(f)
     assert!(status["reloads_ok"].as_u64().unwrap() >= 6, "{status}");
     assert!(status["last_error"].is_null(), "{status}");
 }
+
+#[test]
+fn user_alert_inside_a_decrypted_tunnel_coaches_with_an_https_proceed_link() {
+    let origin = support::tls_origin::TlsOrigin::start("shop.test");
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, COACHING.replace("video.test", "shop.test")).unwrap();
+    let gw = Rampart::start(&format!(
+        "policy = {path:?}\n[proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {port}]\n\
+         [tunnel]\nlisten = \"127.0.0.1:0\"\n[resolve]\n\"shop.test\" = \"127.0.0.1\"\n\
+         [tls]\nsystem_roots = false\nextra_roots = [{ca:?}]\n",
+        path = policy_path.display().to_string(),
+        port = origin.port,
+        ca = origin.ca_pem.display().to_string(),
+    ));
+    let ca = gw.dir.path().join("gateway-ca.pem");
+    let status = Command::new(support::rampart_bin())
+        .args(["ca", "export", "--data-dir"])
+        .arg(gw.data_dir())
+        .arg("--out")
+        .arg(&ca)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ca = ca.to_str().unwrap();
+    let url = format!("https://shop.test:{}/", origin.port);
+
+    // Inside the decrypted tunnel: the coaching page, with an https link on the same origin.
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["--cacert", ca, "-w", "\n%{http_code}", &url],
+    );
+    assert!(
+        body.ends_with("403") && body.contains("video needs a reason"),
+        "{body}"
+    );
+    let link = proceed_link(&body);
+    assert!(
+        link.starts_with(&format!("{url}.rampart/proceed?token=")),
+        "{link}"
+    );
+
+    // Proceeding (through the proxy, decrypted again) lands on the origin.
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &[
+            "--cacert",
+            ca,
+            "-L",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &link,
+        ],
+    );
+    assert_eq!(body, "200");
+    let log = gw.access_log();
+    let passed = log
+        .iter()
+        .find(|r| r["target"] == url.as_str() && r["status"] == 200)
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert_eq!(passed["policy"]["action"], "user-alert");
+    assert_eq!(passed["policy"]["proceeded"], true);
+}
