@@ -528,3 +528,54 @@ print(got.decode())
     });
     assert_eq!(record["status"], 101);
 }
+
+#[test]
+fn decrypted_requests_and_an_invalid_origin_certificate_reach_the_event_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let bad = origin(dir.path(), "bad.test", OriginCert::WrongHost);
+    let gw = Rampart::start(&format!(
+        "[proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {}, {}]\n\
+         [tunnel]\nlisten = \"127.0.0.1:0\"\n\
+         [resolve]\n\"shop.test\" = \"127.0.0.1\"\n\"bad.test\" = \"127.0.0.1\"\n\
+         [tls]\nsystem_roots = false\nextra_roots = [{:?}, {:?}]\n",
+        good.port,
+        bad.port,
+        good.ca_pem.display().to_string(),
+        bad.ca_pem.display().to_string()
+    ));
+    let ca = gateway_ca(&gw);
+    let ok_url = format!("https://shop.test:{}/evented", good.port);
+    let (code, _, err) = curl(&gw.proxy_url(), &["--cacert", path_str(&ca), &ok_url]);
+    assert_eq!(code, 0, "{err}");
+    let bad_url = format!("https://bad.test:{}/", bad.port);
+    curl(&gw.proxy_url(), &["--cacert", path_str(&ca), &bad_url]);
+
+    let search = |query: &str| -> Vec<serde_json::Value> {
+        let out = Command::new(support::rampart_bin())
+            .args(["events", "search", query, "--format", "json", "--data-dir"])
+            .arg(gw.data_dir())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    assert!(
+        support::eventually(Duration::from_secs(10), || {
+            search("type = alert")
+                .iter()
+                .any(|e| e["host"] == "bad.test")
+        }),
+        "{:?}",
+        search("")
+    );
+    let requests = search("host = shop.test");
+    assert!(
+        requests
+            .iter()
+            .any(|e| e.to_string().contains("/evented") && e["status"] == 200),
+        "{requests:?}"
+    );
+}
