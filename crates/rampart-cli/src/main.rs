@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 /// Rampart: a self-hostable Security Service Edge (gateway, policy, events, agent).
 #[derive(Debug, Parser)]
-#[command(name = "rampart", version, about, long_about = None, propagate_version = true)]
+#[command(name = "rampart", version, long_about = None, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
