@@ -579,3 +579,54 @@ fn decrypted_requests_and_an_invalid_origin_certificate_reach_the_event_store() 
         "{requests:?}"
     );
 }
+
+#[test]
+fn plain_text_on_a_tls_port_is_tunnelled_or_refused_by_config_and_logged() {
+    let plain = support::origin::Origin::start();
+    let port = plain.port();
+    for refuse in [false, true] {
+        let gw = Rampart::start(&format!(
+            "[proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {port}]\nrefuse_non_tls = {refuse}\n\
+             [tunnel]\nlisten = \"127.0.0.1:0\"\n"
+        ));
+        // The request goes in a second write, after the 200, like a real client.
+        let mut s = std::net::TcpStream::connect(gw.proxy).unwrap();
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+        s.write_all(b"GET /plain HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut rest = String::new();
+        let _ = s.read_to_string(&mut rest);
+        // The tunnel is logged when both sides have closed.
+        drop(s);
+        // Tunnelled: the plain origin answers; refused: the tunnel closes unanswered.
+        if refuse {
+            assert!(rest.is_empty(), "{rest}");
+        } else {
+            assert!(rest.starts_with("HTTP/1.1 "), "{rest}");
+        }
+        let tunnel = find_record(&gw, |r| {
+            r["method"] == "CONNECT" && r["tls"]["decision"] == "not-tls"
+        });
+        assert_eq!(tunnel["tls"]["decision"], "not-tls");
+        if refuse {
+            find_record(&gw, |r| {
+                r["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("proxy.refuse_non_tls"))
+            });
+        }
+    }
+}

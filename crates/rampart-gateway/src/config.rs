@@ -56,6 +56,9 @@ pub struct ProxyConfig {
     /// CONNECT ports whose tunnels carry TLS and are intercepted (decrypted unless
     /// the decryption decision says otherwise).
     pub tls_ports: PortSet,
+    /// Close tunnels to `tls_ports` whose first bytes are not TLS, instead of
+    /// passing them through untouched.
+    pub refuse_non_tls: bool,
     /// Ports absolute-form HTTP requests may reach (Squid's `Safe_ports`).
     pub http_ports: PortSet,
     /// Allow destinations on loopback / unspecified addresses. Off by default so a
@@ -78,6 +81,7 @@ impl Default for ProxyConfig {
             tokens: Vec::new(),
             connect_ports: PortSet::from_ranges(vec![(443, 443)]),
             tls_ports: PortSet::from_ranges(vec![(443, 443)]),
+            refuse_non_tls: false,
             http_ports: PortSet::from_ranges(vec![(80, 80), (443, 443), (1025, 65535)]),
             allow_loopback_destinations: false,
             via: true,

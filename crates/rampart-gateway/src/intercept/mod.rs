@@ -144,12 +144,18 @@ impl Tunnel {
             Ok(hello) => hello,
             Err(e) if e.is_not_tls() => {
                 // Non-TLS on a TLS port (e.g. a plain protocol tunnelled through 443):
-                // passed through untouched and recorded as such.
+                // passed through untouched, or closed when configured, and recorded.
                 log.record.tls = Some(TlsRecord {
                     decision: "not-tls",
                     reason: e.to_string(),
                     ..Default::default()
                 });
+                if self.state.config.proxy.refuse_non_tls {
+                    log.record.error =
+                        Some("non-TLS traffic on a TLS port refused (proxy.refuse_non_tls)".into());
+                    log.metrics().error("not_tls");
+                    return Handoff::Done;
+                }
                 return Handoff::Splice { client, origin };
             }
             Err(rampart_tls::peek::PeekError::Timeout { .. }) => {
