@@ -16,7 +16,12 @@ fn hash_password(password: &str) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(password.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
@@ -28,10 +33,21 @@ fn hash_password(password: &str) -> String {
 #[test]
 fn source_outside_the_acl_gets_403() {
     let origin = Origin::start();
-    let gw = Rampart::start("[proxy]\nallow_loopback_destinations = true\nallow_networks = [\"10.0.0.0/8\"]\n");
-    let (_, body, _) = curl(&gw.proxy_url(), &["-w", " %{http_code}", &origin.url("/hello")]);
-    assert!(body.contains("source address not allowed") && body.ends_with("403"), "{body}");
-    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let gw = Rampart::start(
+        "[proxy]\nallow_loopback_destinations = true\nallow_networks = [\"10.0.0.0/8\"]\n",
+    );
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-w", " %{http_code}", &origin.url("/hello")],
+    );
+    assert!(
+        body.contains("source address not allowed") && body.ends_with("403"),
+        "{body}"
+    );
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
 
 #[test]
@@ -42,21 +58,57 @@ fn basic_auth_challenges_with_407_then_admits_the_right_password() {
         "[proxy]\nallow_loopback_destinations = true\nusers = [{{ name = \"alice\", password_hash = \"{hash}\", groups = [\"engineering\"] }}]\n"
     ));
     let proxy = gw.proxy_url();
-    let (_, head, _) = curl(&proxy, &["-D", "-", "-o", "/dev/null", &origin.url("/hello")]);
+    let (_, head, _) = curl(
+        &proxy,
+        &["-D", "-", "-o", "/dev/null", &origin.url("/hello")],
+    );
     assert!(head.starts_with("HTTP/1.1 407"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("proxy-authenticate: basic realm=\"rampart\""), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("proxy-authenticate: basic realm=\"rampart\""),
+        "{head}"
+    );
 
-    assert_eq!(curl_status(&proxy, &origin.url("/hello"), &["-U", "alice:wrong"]), 407);
-    assert_eq!(curl_status(&proxy, &origin.url("/hello"), &["-U", "mallory:correct horse"]), 407);
-    assert_eq!(curl_status(&proxy, &origin.url("/hello"), &["-U", "alice:correct horse"]), 200);
+    assert_eq!(
+        curl_status(&proxy, &origin.url("/hello"), &["-U", "alice:wrong"]),
+        407
+    );
+    assert_eq!(
+        curl_status(
+            &proxy,
+            &origin.url("/hello"),
+            &["-U", "mallory:correct horse"]
+        ),
+        407
+    );
+    assert_eq!(
+        curl_status(
+            &proxy,
+            &origin.url("/hello"),
+            &["-U", "alice:correct horse"]
+        ),
+        200
+    );
 
     // The credential is for the proxy only: it never reaches the origin.
-    let (_, body, _) = curl(&proxy, &["-U", "alice:correct horse", &origin.url("/headers")]);
-    assert!(!body.to_ascii_lowercase().contains("proxy-authorization"), "{body}");
+    let (_, body, _) = curl(
+        &proxy,
+        &["-U", "alice:correct horse", &origin.url("/headers")],
+    );
+    assert!(
+        !body.to_ascii_lowercase().contains("proxy-authorization"),
+        "{body}"
+    );
 
     let log = gw.access_log();
-    assert!(log.iter().any(|r| r["user"] == "alice" && r["status"] == 200), "{log:?}");
-    assert!(log.iter().any(|r| r["status"] == 407 && r["error"] == "proxy authentication required"));
+    assert!(
+        log.iter()
+            .any(|r| r["user"] == "alice" && r["status"] == 200),
+        "{log:?}"
+    );
+    assert!(log
+        .iter()
+        .any(|r| r["status"] == 407 && r["error"] == "proxy authentication required"));
 }
 
 #[test]
@@ -64,15 +116,27 @@ fn bearer_token_is_accepted_by_its_digest() {
     let origin = Origin::start();
     // sha256("ci-token-1")
     let digest = {
-        let out = Command::new("sh").arg("-c").arg("printf %s ci-token-1 | sha256sum | cut -d' ' -f1").output().unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("printf %s ci-token-1 | sha256sum | cut -d' ' -f1")
+            .output()
+            .unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     let gw = Rampart::start(&format!(
         "[proxy]\nallow_loopback_destinations = true\ntokens = [{{ name = \"ci-bot\", sha256 = \"{digest}\" }}]\n"
     ));
-    let ok = curl_status(&gw.proxy_url(), &origin.url("/hello"), &["--proxy-header", "Proxy-Authorization: Bearer ci-token-1"]);
+    let ok = curl_status(
+        &gw.proxy_url(),
+        &origin.url("/hello"),
+        &["--proxy-header", "Proxy-Authorization: Bearer ci-token-1"],
+    );
     assert_eq!(ok, 200);
-    let bad = curl_status(&gw.proxy_url(), &origin.url("/hello"), &["--proxy-header", "Proxy-Authorization: Bearer nope"]);
+    let bad = curl_status(
+        &gw.proxy_url(),
+        &origin.url("/hello"),
+        &["--proxy-header", "Proxy-Authorization: Bearer nope"],
+    );
     assert_eq!(bad, 407);
     // CONNECT is authenticated the same way.
     let reply = support::raw_exchange(
@@ -105,8 +169,11 @@ fn refuses_to_start_as_an_open_proxy_and_says_why() {
 
 #[test]
 fn plain_text_password_in_the_config_is_refused() {
-    let err = Rampart::try_start("[proxy]\nusers = [{ name = \"bob\", password_hash = \"hunter2\" }]\n", &[])
-        .err()
-        .expect("must not start");
+    let err = Rampart::try_start(
+        "[proxy]\nusers = [{ name = \"bob\", password_hash = \"hunter2\" }]\n",
+        &[],
+    )
+    .err()
+    .expect("must not start");
     assert!(err.contains("rampart hash-password"), "{err}");
 }

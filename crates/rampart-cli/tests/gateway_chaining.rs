@@ -12,7 +12,11 @@ use support::tls_origin::TlsOrigin;
 use support::{curl, eventually, Rampart};
 
 fn egress_config(proxies: &[String], extra: &str) -> String {
-    let list = proxies.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", ");
+    let list = proxies
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "[proxy]\nconnect_ports = [443, \"1025-65535\"]\n[egress]\ndefault = \"egress\"\n[upstreams.egress]\nproxies = [{list}]\n{extra}"
     )
@@ -37,37 +41,72 @@ fn http_and_connect_chain_through_a_second_rampart() {
     assert_eq!(via.matches("rampart").count(), 4, "{via}");
 
     let ca = tls.ca_pem.display().to_string();
-    let (code, body, err) = curl(&edge.proxy_url(), &["--cacert", &ca, &format!("https://origin.test:{}/", tls.port)]);
+    let (code, body, err) = curl(
+        &edge.proxy_url(),
+        &[
+            "--cacert",
+            &ca,
+            &format!("https://origin.test:{}/", tls.port),
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(body.contains("s_server"));
 
     let edge_log = edge.access_log();
     let expected_egress = format!("egress/{}", egress.proxy);
-    assert!(edge_log.iter().all(|r| r["egress"] == expected_egress.as_str()), "{edge_log:?}");
+    assert!(
+        edge_log
+            .iter()
+            .all(|r| r["egress"] == expected_egress.as_str()),
+        "{edge_log:?}"
+    );
     let egress_log = egress.access_log();
-    assert!(egress_log.iter().any(|r| r["method"] == "GET" && r["target"] == origin.url("/headers")));
-    assert!(egress_log.iter().any(|r| r["method"] == "CONNECT" && r["target"] == format!("origin.test:{}", tls.port)));
+    assert!(egress_log
+        .iter()
+        .any(|r| r["method"] == "GET" && r["target"] == origin.url("/headers")));
+    assert!(egress_log
+        .iter()
+        .any(|r| r["method"] == "CONNECT" && r["target"] == format!("origin.test:{}", tls.port)));
 }
 
 #[test]
 fn http_and_connect_chain_through_a_real_squid() {
-    assert!(support::have("squid"), "squid is not installed (apt-get install squid)");
+    assert!(
+        support::have("squid"),
+        "squid is not installed (apt-get install squid)"
+    );
     let origin = Origin::start();
     let tls = TlsOrigin::start("localhost");
     let squid = Squid::start();
-    let edge = Rampart::start(&egress_config(&[format!("http://127.0.0.1:{}", squid.port)], ""));
+    let edge = Rampart::start(&egress_config(
+        &[format!("http://127.0.0.1:{}", squid.port)],
+        "",
+    ));
 
     let (code, body, err) = curl(&edge.proxy_url(), &[&origin.url("/hello")]);
     assert_eq!((code, body.as_str()), (0, "hello from origin"), "{err}");
     let ca = tls.ca_pem.display().to_string();
-    let (code, body, err) = curl(&edge.proxy_url(), &["--cacert", &ca, &format!("https://localhost:{}/", tls.port)]);
+    let (code, body, err) = curl(
+        &edge.proxy_url(),
+        &["--cacert", &ca, &format!("https://localhost:{}/", tls.port)],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(body.contains("s_server"));
 
-    assert!(eventually(Duration::from_secs(5), || squid.log().lines().count() >= 2), "squid log: {}", squid.log());
+    assert!(
+        eventually(Duration::from_secs(5), || squid.log().lines().count() >= 2),
+        "squid log: {}",
+        squid.log()
+    );
     let log = squid.log();
-    assert!(log.contains(&format!("GET {}", origin.url("/hello"))), "{log}");
-    assert!(log.contains(&format!("CONNECT localhost:{}", tls.port)), "{log}");
+    assert!(
+        log.contains(&format!("GET {}", origin.url("/hello"))),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("CONNECT localhost:{}", tls.port)),
+        "{log}"
+    );
 }
 
 #[test]
@@ -86,10 +125,15 @@ fn failover_skips_a_dead_upstream_and_marks_it_down() {
     let metrics = edge.metrics();
     let dead_authority = dead.trim_start_matches("http://");
     assert!(
-        metrics.contains(&format!("rampart_upstream_up{{group=\"egress\",proxy=\"{dead_authority}\"}} 0")),
+        metrics.contains(&format!(
+            "rampart_upstream_up{{group=\"egress\",proxy=\"{dead_authority}\"}} 0"
+        )),
         "{metrics}"
     );
-    assert!(metrics.contains(&format!("rampart_upstream_up{{group=\"egress\",proxy=\"{}\"}} 1", egress.proxy)));
+    assert!(metrics.contains(&format!(
+        "rampart_upstream_up{{group=\"egress\",proxy=\"{}\"}} 1",
+        egress.proxy
+    )));
     assert_eq!(egress.access_log().len(), 3);
 }
 
@@ -100,12 +144,18 @@ fn a_recovered_first_upstream_takes_traffic_back() {
     // The preferred upstream is a Rampart on a port chosen now and started later.
     let preferred_port = support::free_port();
     let edge = Rampart::start(&egress_config(
-        &[format!("http://127.0.0.1:{preferred_port}"), format!("http://127.0.0.1:{}", squid.port)],
+        &[
+            format!("http://127.0.0.1:{preferred_port}"),
+            format!("http://127.0.0.1:{}", squid.port),
+        ],
         "failure_threshold = 1\ndown_for = \"1s\"\nhealth_check_interval = \"300ms\"\n",
     ));
     let (code, _, err) = curl(&edge.proxy_url(), &[&origin.url("/hello")]);
     assert_eq!(code, 0, "{err}");
-    assert!(eventually(Duration::from_secs(5), || squid.log().contains("/hello")), "served by squid while preferred is down");
+    assert!(
+        eventually(Duration::from_secs(5), || squid.log().contains("/hello")),
+        "served by squid while preferred is down"
+    );
 
     let preferred = Rampart::start_with_args(
         "[proxy]\nallow_loopback_destinations = true\n",
@@ -122,5 +172,8 @@ fn a_recovered_first_upstream_takes_traffic_back() {
     let second_origin = Origin::start();
     let (code, _, err) = curl(&edge.proxy_url(), &[&second_origin.url("/headers")]);
     assert_eq!(code, 0, "{err}");
-    assert!(preferred.access_log().iter().any(|r| r["target"] == second_origin.url("/headers")));
+    assert!(preferred
+        .access_log()
+        .iter()
+        .any(|r| r["target"] == second_origin.url("/headers")));
 }

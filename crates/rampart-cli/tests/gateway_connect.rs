@@ -3,9 +3,9 @@
 
 mod support;
 
+use std::time::Duration;
 use support::tls_origin::TlsOrigin;
 use support::{curl, raw_exchange, Rampart};
-use std::time::Duration;
 
 fn gateway_for_tls(extra: &str) -> Rampart {
     Rampart::start(&format!(
@@ -25,31 +25,58 @@ fn curl_reaches_a_tls_origin_through_connect_with_the_origins_certificate() {
     assert!(body.contains("s_server"), "{body}");
 
     let log = gw.access_log();
-    let tunnel = log.iter().find(|r| r["method"] == "CONNECT").expect("tunnel logged");
+    let tunnel = log
+        .iter()
+        .find(|r| r["method"] == "CONNECT")
+        .expect("tunnel logged");
     assert_eq!(tunnel["target"], format!("origin.test:{}", origin.port));
     assert_eq!(tunnel["status"], 200);
-    assert!(tunnel["bytes_from_client"].as_u64().unwrap() > 100, "{tunnel}");
-    assert!(tunnel["bytes_to_client"].as_u64().unwrap() > 500, "{tunnel}");
+    assert!(
+        tunnel["bytes_from_client"].as_u64().unwrap() > 100,
+        "{tunnel}"
+    );
+    assert!(
+        tunnel["bytes_to_client"].as_u64().unwrap() > 500,
+        "{tunnel}"
+    );
     assert_eq!(tunnel["egress"], "direct");
 }
 
 #[test]
 fn connect_is_limited_to_443_by_default() {
     let origin = TlsOrigin::start("origin.test");
-    let gw = Rampart::start("[proxy]\nallow_loopback_destinations = true\n[resolve]\n\"origin.test\" = \"127.0.0.1\"\n");
+    let gw = Rampart::start(
+        "[proxy]\nallow_loopback_destinations = true\n[resolve]\n\"origin.test\" = \"127.0.0.1\"\n",
+    );
     let reply = raw_exchange(
         gw.proxy,
-        format!("CONNECT origin.test:{} HTTP/1.1\r\nHost: origin.test\r\n\r\n", origin.port).as_bytes(),
+        format!(
+            "CONNECT origin.test:{} HTTP/1.1\r\nHost: origin.test\r\n\r\n",
+            origin.port
+        )
+        .as_bytes(),
         Duration::from_secs(3),
     );
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
-    assert!(reply.contains(&format!("CONNECT to port {} is not allowed (allowed: 443)", origin.port)), "{reply}");
+    assert!(
+        reply.contains(&format!(
+            "CONNECT to port {} is not allowed (allowed: 443)",
+            origin.port
+        )),
+        "{reply}"
+    );
 }
 
 #[test]
 fn malformed_connect_targets_get_400() {
     let gw = gateway_for_tls("");
-    for target in ["origin.test", "origin.test:0", "origin.test:99999", ":443", "user@origin.test:443"] {
+    for target in [
+        "origin.test",
+        "origin.test:0",
+        "origin.test:99999",
+        ":443",
+        "user@origin.test:443",
+    ] {
         let reply = raw_exchange(
             gw.proxy,
             format!("CONNECT {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),

@@ -20,21 +20,49 @@ fn get_post_put_with_bodies_pass_through_curl() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(body, "hello from origin");
 
-    let (_, body, _) = curl(&proxy, &["-X", "POST", "--data-binary", "posted body", &origin.url("/echo")]);
+    let (_, body, _) = curl(
+        &proxy,
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            "posted body",
+            &origin.url("/echo"),
+        ],
+    );
     assert_eq!(body, "posted body");
 
-    let (_, body, _) = curl(&proxy, &["-X", "PUT", "--data-binary", "put body", &origin.url("/echo")]);
+    let (_, body, _) = curl(
+        &proxy,
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            "put body",
+            &origin.url("/echo"),
+        ],
+    );
     assert_eq!(body, "put body");
 
     // Chunked upload (no Content-Length).
     let (_, body, _) = curl(
         &proxy,
-        &["-H", "Transfer-Encoding: chunked", "--data-binary", "chunked body", &origin.url("/echo")],
+        &[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            "chunked body",
+            &origin.url("/echo"),
+        ],
     );
     assert_eq!(body, "chunked body");
 
     for method in ["DELETE", "PATCH", "OPTIONS"] {
-        assert_eq!(curl_status(&proxy, &origin.url("/hello"), &["-X", method]), 200, "{method}");
+        assert_eq!(
+            curl_status(&proxy, &origin.url("/hello"), &["-X", method]),
+            200,
+            "{method}"
+        );
     }
     let (_, head, _) = curl(&proxy, &["-I", &origin.url("/hello")]);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -65,7 +93,11 @@ print("ok")
         sink = origin.url("/sink"),
     );
     let out = run(Command::new("python3").arg("-c").arg(script));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
 
@@ -76,11 +108,16 @@ fn hop_by_hop_headers_are_removed_and_via_is_added() {
     let (_, body, _) = curl(
         &gw.proxy_url(),
         &[
-            "-H", "Connection: keep-alive, X-Hop",
-            "-H", "X-Hop: secret",
-            "-H", "Keep-Alive: timeout=5",
-            "-H", "X-End-To-End: kept",
-            "-H", "Host: wrong.example",
+            "-H",
+            "Connection: keep-alive, X-Hop",
+            "-H",
+            "X-Hop: secret",
+            "-H",
+            "Keep-Alive: timeout=5",
+            "-H",
+            "X-End-To-End: kept",
+            "-H",
+            "Host: wrong.example",
             &origin.url("/headers"),
         ],
     );
@@ -90,14 +127,23 @@ fn hop_by_hop_headers_are_removed_and_via_is_added() {
     assert!(headers.get("keep-alive").is_none(), "{headers}");
     assert!(headers.get("proxy-connection").is_none(), "{headers}");
     assert_eq!(headers["x-end-to-end"], "kept");
-    assert!(headers["via"].as_str().unwrap().starts_with("1.1 rampart"), "{headers}");
+    assert!(
+        headers["via"].as_str().unwrap().starts_with("1.1 rampart"),
+        "{headers}"
+    );
     // RFC 9112 §3.2.2: Host comes from the absolute-form target, not the client's header.
     assert_eq!(headers["host"], format!("127.0.0.1:{}", origin.port()));
     // The origin receives origin-form.
     assert_eq!(seen["target"], "/headers");
 
-    let (_, head, _) = curl(&gw.proxy_url(), &["-D", "-", "-o", "/dev/null", &origin.url("/hello")]);
-    assert!(head.to_ascii_lowercase().contains("via: 1.1 rampart"), "{head}");
+    let (_, head, _) = curl(
+        &gw.proxy_url(),
+        &["-D", "-", "-o", "/dev/null", &origin.url("/hello")],
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("via: 1.1 rampart"),
+        "{head}"
+    );
 }
 
 #[test]
@@ -108,7 +154,13 @@ fn one_gib_streams_both_ways_without_memory_growth() {
 
     let (code, out, err) = curl(
         &gw.proxy_url(),
-        &["-o", "/dev/null", "-w", "%{size_download}", &origin.url(&format!("/bytes/{gib}"))],
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &origin.url(&format!("/bytes/{gib}")),
+        ],
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), gib.to_string());
@@ -120,14 +172,28 @@ fn one_gib_streams_both_ways_without_memory_growth() {
         origin.url("/sink")
     );
     let out = run(Command::new("sh").arg("-c").arg(script));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), gib.to_string(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        gib.to_string(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let peak = gw.peak_rss_kib();
-    assert!(peak > 0 && peak < 64 * 1024, "peak RSS {peak} KiB: bodies must stream, not buffer");
+    assert!(
+        peak > 0 && peak < 64 * 1024,
+        "peak RSS {peak} KiB: bodies must stream, not buffer"
+    );
     let log = gw.access_log();
-    let down = log.iter().find(|r| r["target"].as_str().unwrap_or("").contains("/bytes/")).unwrap();
+    let down = log
+        .iter()
+        .find(|r| r["target"].as_str().unwrap_or("").contains("/bytes/"))
+        .unwrap();
     assert_eq!(down["bytes_to_client"], gib);
-    let up = log.iter().find(|r| r["target"].as_str().unwrap_or("").ends_with("/sink")).unwrap();
+    let up = log
+        .iter()
+        .find(|r| r["target"].as_str().unwrap_or("").ends_with("/sink"))
+        .unwrap();
     assert_eq!(up["bytes_from_client"], gib);
 }
 
@@ -136,8 +202,14 @@ fn loopback_destinations_are_refused_by_default() {
     let origin = Origin::start();
     let gw = Rampart::start("");
     let (_, body, _) = curl(&gw.proxy_url(), &[&origin.url("/hello")]);
-    assert!(body.contains("403") && body.contains("loopback destinations are disabled"), "{body}");
-    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(
+        body.contains("403") && body.contains("loopback destinations are disabled"),
+        "{body}"
+    );
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
 
 #[test]
@@ -158,28 +230,59 @@ fn failures_get_502_or_504_with_the_reason() {
     ));
     let proxy = gw.proxy_url();
 
-    let (_, body, _) = curl(&proxy, &["-w", " %{http_code}", "http://nonexistent.invalid/"]);
-    assert!(body.contains("DNS resolution failed for nonexistent.invalid") && body.ends_with("502"), "{body}");
+    let (_, body, _) = curl(
+        &proxy,
+        &["-w", " %{http_code}", "http://nonexistent.invalid/"],
+    );
+    assert!(
+        body.contains("DNS resolution failed for nonexistent.invalid") && body.ends_with("502"),
+        "{body}"
+    );
 
-    let (_, body, _) = curl(&proxy, &["-w", " %{http_code}", &format!("http://known.test:{closed_port}/")]);
-    assert!(body.contains("connection refused") && body.ends_with("502"), "{body}");
+    let (_, body, _) = curl(
+        &proxy,
+        &[
+            "-w",
+            " %{http_code}",
+            &format!("http://known.test:{closed_port}/"),
+        ],
+    );
+    assert!(
+        body.contains("connection refused") && body.ends_with("502"),
+        "{body}"
+    );
 
     let (_, body, _) = curl(&proxy, &["-w", " %{http_code}", &origin.url("/slow/3000")]);
-    assert!(body.contains("did not answer within 1s") && body.ends_with("504"), "{body}");
+    assert!(
+        body.contains("did not answer within 1s") && body.ends_with("504"),
+        "{body}"
+    );
 
     // Name overrides from [resolve] reach the origin.
-    let (_, body, _) = curl(&proxy, &[&format!("http://known.test:{}/hello", origin.port())]);
+    let (_, body, _) = curl(
+        &proxy,
+        &[&format!("http://known.test:{}/hello", origin.port())],
+    );
     assert_eq!(body, "hello from origin");
 
-    let (_, body, _) = curl(&proxy, &["-w", " %{http_code}", &format!("http://known.test:{}/", 25)]);
-    assert!(body.contains("port 25 is not allowed") && body.ends_with("403"), "{body}");
+    let (_, body, _) = curl(
+        &proxy,
+        &["-w", " %{http_code}", &format!("http://known.test:{}/", 25)],
+    );
+    assert!(
+        body.contains("port 25 is not allowed") && body.ends_with("403"),
+        "{body}"
+    );
 }
 
 #[test]
 fn access_log_has_one_json_line_per_request_with_every_field() {
     let origin = Origin::start();
     let gw = Rampart::start(LOOPBACK_OK);
-    curl(&gw.proxy_url(), &["--data-binary", "12345", &origin.url("/echo")]);
+    curl(
+        &gw.proxy_url(),
+        &["--data-binary", "12345", &origin.url("/echo")],
+    );
     let log = gw.access_log();
     assert_eq!(log.len(), 1, "{log:?}");
     let r = &log[0];
@@ -198,7 +301,9 @@ fn access_log_has_one_json_line_per_request_with_every_field() {
 #[test]
 fn squid_format_access_log_is_squid_native() {
     let origin = Origin::start();
-    let gw = Rampart::start("[proxy]\nallow_loopback_destinations = true\n[access_log]\nformat = \"squid\"\n");
+    let gw = Rampart::start(
+        "[proxy]\nallow_loopback_destinations = true\n[access_log]\nformat = \"squid\"\n",
+    );
     curl(&gw.proxy_url(), &[&origin.url("/hello")]);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let text = std::fs::read_to_string(gw.data_dir().join("access.log")).unwrap();
@@ -223,8 +328,14 @@ fn metrics_and_health_are_served_on_the_api_listener() {
     curl(&gw.proxy_url(), &["http://nonexistent.invalid/"]);
     assert_eq!(support::http_get_status(gw.api, "/healthz"), Some(200));
     let m = gw.metrics();
-    assert!(m.contains("rampart_requests_total{kind=\"http\",code=\"200\"} 1"), "{m}");
+    assert!(
+        m.contains("rampart_requests_total{kind=\"http\",code=\"200\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("rampart_errors_total{kind=\"dns\"} 1"), "{m}");
-    assert!(m.contains("rampart_bytes_total{direction=\"origin_to_client\"}"), "{m}");
+    assert!(
+        m.contains("rampart_bytes_total{direction=\"origin_to_client\"}"),
+        "{m}"
+    );
     assert!(m.contains("rampart_connections_accepted_total"), "{m}");
 }

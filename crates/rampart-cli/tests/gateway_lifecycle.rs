@@ -18,31 +18,72 @@ fn sighup_with_a_broken_config_keeps_the_old_one_serving() {
     let gw = Rampart::start(BASE);
     std::fs::write(&gw.config_path, "[proxy\nthis is not toml").unwrap();
     gw.signal(Signal::SIGHUP);
-    assert!(eventually(Duration::from_secs(5), || gw.stderr().contains("configuration rejected")), "{}", gw.stderr());
-    assert!(gw.stderr().contains("rampart.toml:1:"), "error names file and line: {}", gw.stderr());
-    assert_eq!(curl_status(&gw.proxy_url(), &origin.url("/hello"), &[]), 200);
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .stderr()
+            .contains("configuration rejected")),
+        "{}",
+        gw.stderr()
+    );
+    assert!(
+        gw.stderr().contains("rampart.toml:1:"),
+        "error names file and line: {}",
+        gw.stderr()
+    );
+    assert_eq!(
+        curl_status(&gw.proxy_url(), &origin.url("/hello"), &[]),
+        200
+    );
 
     // A semantically invalid file (unknown upstream) is rejected the same way.
-    gw.rewrite_config("[proxy]\nallow_loopback_destinations = true\n[egress]\ndefault = \"missing\"\n");
+    gw.rewrite_config(
+        "[proxy]\nallow_loopback_destinations = true\n[egress]\ndefault = \"missing\"\n",
+    );
     gw.signal(Signal::SIGHUP);
-    assert!(eventually(Duration::from_secs(5), || gw.stderr().contains("unknown upstream group")), "{}", gw.stderr());
-    assert_eq!(curl_status(&gw.proxy_url(), &origin.url("/hello"), &[]), 200);
-    assert!(gw.metrics().contains("rampart_config_reloads_total{kind=\"rejected\"} 2"));
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .stderr()
+            .contains("unknown upstream group")),
+        "{}",
+        gw.stderr()
+    );
+    assert_eq!(
+        curl_status(&gw.proxy_url(), &origin.url("/hello"), &[]),
+        200
+    );
+    assert!(gw
+        .metrics()
+        .contains("rampart_config_reloads_total{kind=\"rejected\"} 2"));
 }
 
 #[test]
 fn sighup_with_a_valid_config_applies_it() {
     let origin = Origin::start();
     let gw = Rampart::start(BASE);
-    assert_eq!(curl_status(&gw.proxy_url(), &origin.url("/hello"), &[]), 200);
-    gw.rewrite_config("[proxy]\nallow_loopback_destinations = true\nallow_networks = [\"10.0.0.0/8\"]\n");
+    assert_eq!(
+        curl_status(&gw.proxy_url(), &origin.url("/hello"), &[]),
+        200
+    );
+    gw.rewrite_config(
+        "[proxy]\nallow_loopback_destinations = true\nallow_networks = [\"10.0.0.0/8\"]\n",
+    );
     gw.signal(Signal::SIGHUP);
     assert!(
-        eventually(Duration::from_secs(5), || curl_status(&gw.proxy_url(), &origin.url("/hello"), &[]) == 403),
+        eventually(Duration::from_secs(5), || curl_status(
+            &gw.proxy_url(),
+            &origin.url("/hello"),
+            &[]
+        ) == 403),
         "new ACL not applied: {}",
         gw.stderr()
     );
-    assert!(gw.stderr().contains("configuration reloaded"));
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .stderr()
+            .contains("configuration and policy reloaded")),
+        "{}",
+        gw.stderr()
+    );
 }
 
 #[test]
@@ -57,12 +98,27 @@ fn sigterm_drains_requests_in_flight_then_exits() {
     std::thread::sleep(Duration::from_millis(200));
     // No new connections once draining.
     let refused = Command::new("curl")
-        .args(["-sS", "--max-time", "2", "-x", &gw.proxy_url(), &origin.url("/hello")])
+        .args([
+            "-sS",
+            "--max-time",
+            "2",
+            "-x",
+            &gw.proxy_url(),
+            &origin.url("/hello"),
+        ])
         .output()
         .unwrap();
-    assert!(!refused.status.success(), "a new request was accepted while draining");
+    assert!(
+        !refused.status.success(),
+        "a new request was accepted while draining"
+    );
     let (_, body, err) = slow.join().unwrap();
     assert_eq!(body, "slow done 200", "{err}");
-    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0), "{}", gw.stderr());
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        gw.stderr()
+    );
     assert!(gw.stderr().contains("SIGTERM: draining"));
 }

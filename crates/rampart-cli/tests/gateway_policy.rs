@@ -20,8 +20,16 @@ fn hash_password(password: &str) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(password.as_bytes()).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap().trim().to_string()
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 const POLICY: &str = r#"
@@ -66,15 +74,24 @@ fn news_is_blocked_for_engineering_except_the_press_list() {
     let press = format!("http://press.news.test:{port}/hello");
 
     // A tool gets 403 text/plain naming the rule and the event id.
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-w", "\n%{http_code}", &news]);
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "alice:pw", "-w", "\n%{http_code}", &news],
+    );
     assert!(body.ends_with("403"), "{body}");
     assert!(body.contains("no news for engineering"), "{body}");
     assert!(body.contains("Category: news"), "{body}");
     assert!(body.contains("Event ID: "), "{body}");
 
     // A browser gets an HTML page with the same facts.
-    let (_, page, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-H", "Accept: text/html", &news]);
-    assert!(page.contains("<html") && page.contains("no news for engineering"), "{page}");
+    let (_, page, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "alice:pw", "-H", "Accept: text/html", &news],
+    );
+    assert!(
+        page.contains("<html") && page.contains("no news for engineering"),
+        "{page}"
+    );
 
     // The press list is the exception; other users are not engineering.
     let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", &press]);
@@ -83,19 +100,41 @@ fn news_is_blocked_for_engineering_except_the_press_list() {
     assert_eq!(body, "hello from origin");
 
     // CONNECT to a news host is refused for alice too (host known at the connection stage).
-    let (_, head, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-sS", "-o", "/dev/null", "-w", "%{http_connect}", "https://www.news.test:443/"]);
+    let (_, head, _) = curl(
+        &gw.proxy_url(),
+        &[
+            "-U",
+            "alice:pw",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_connect}",
+            "https://www.news.test:443/",
+        ],
+    );
     assert_eq!(head.trim(), "403");
 
     let log = gw.access_log();
-    let blocked = log.iter().find(|r| r["status"] == 403 && r["user"] == "alice").expect("blocked flow logged");
+    let blocked = log
+        .iter()
+        .find(|r| r["status"] == 403 && r["user"] == "alice")
+        .expect("blocked flow logged");
     assert_eq!(blocked["policy"]["rule_id"], "no-news-eng");
     assert_eq!(blocked["policy"]["action"], "block");
     assert_eq!(blocked["policy"]["stage"], "access");
-    let matched: Vec<String> = serde_json::from_value(blocked["policy"]["matched"].clone()).unwrap();
-    assert!(matched.iter().any(|m| m == "group engineering"), "{matched:?}");
+    let matched: Vec<String> =
+        serde_json::from_value(blocked["policy"]["matched"].clone()).unwrap();
+    assert!(
+        matched.iter().any(|m| m == "group engineering"),
+        "{matched:?}"
+    );
     assert!(matched.iter().any(|m| m == "category news"), "{matched:?}");
     assert!(!blocked["policy"]["revision"].as_str().unwrap().is_empty());
-    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
 }
 
 #[test]
@@ -108,18 +147,53 @@ fn egress_rule_sends_a_list_through_an_upstream_and_the_rest_direct() {
     );
     let (gw, _dir) = gateway_with_policy(&policy, "");
     let port = origin.port();
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "bob:pw", &format!("http://portal.partner.test:{port}/hello")]);
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &[
+            "-U",
+            "bob:pw",
+            &format!("http://portal.partner.test:{port}/hello"),
+        ],
+    );
     assert_eq!(body, "hello from origin");
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "bob:pw", &format!("http://press.news.test:{port}/hello")]);
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &[
+            "-U",
+            "bob:pw",
+            &format!("http://press.news.test:{port}/hello"),
+        ],
+    );
     assert_eq!(body, "hello from origin");
 
     let up_log = upstream.access_log();
-    assert_eq!(up_log.len(), 1, "only the partner portal goes through the upstream: {up_log:?}");
-    assert_eq!(up_log[0]["target"], format!("http://portal.partner.test:{port}/hello"));
+    assert_eq!(
+        up_log.len(),
+        1,
+        "only the partner portal goes through the upstream: {up_log:?}"
+    );
+    assert_eq!(
+        up_log[0]["target"],
+        format!("http://portal.partner.test:{port}/hello")
+    );
     let log = gw.access_log();
-    let partner = log.iter().find(|r| r["target"].as_str().unwrap().contains("portal.partner.test")).unwrap();
-    assert_eq!(partner["egress"], format!("fixed-egress/{}", upstream.proxy));
-    let other = log.iter().find(|r| r["target"].as_str().unwrap().contains("press.news.test")).unwrap();
+    let partner = log
+        .iter()
+        .find(|r| {
+            r["target"]
+                .as_str()
+                .unwrap()
+                .contains("portal.partner.test")
+        })
+        .unwrap();
+    assert_eq!(
+        partner["egress"],
+        format!("fixed-egress/{}", upstream.proxy)
+    );
+    let other = log
+        .iter()
+        .find(|r| r["target"].as_str().unwrap().contains("press.news.test"))
+        .unwrap();
     assert_eq!(other["egress"], "direct");
 }
 
@@ -134,16 +208,37 @@ fn a_broken_policy_on_reload_keeps_the_old_one_serving() {
     )
     .unwrap();
     gw.signal(Signal::SIGHUP);
-    assert!(eventually(Duration::from_secs(5), || gw.stderr().contains("policy rejected")), "{}", gw.stderr());
-    assert!(gw.stderr().contains("newz"), "the error names the bad value: {}", gw.stderr());
-    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", "-w", " %{http_code}", &news]);
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .stderr()
+            .contains("policy rejected")),
+        "{}",
+        gw.stderr()
+    );
+    assert!(
+        gw.stderr().contains("newz"),
+        "the error names the bad value: {}",
+        gw.stderr()
+    );
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-U", "alice:pw", "-w", " %{http_code}", &news],
+    );
     assert!(body.ends_with("403"), "old policy still blocks: {body}");
 
     // A valid new policy without the rule applies.
-    std::fs::write(dir.path().join("policy.toml"), "[lists]\nnothing = [\"x.test\"]\n").unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[lists]\nnothing = [\"x.test\"]\n",
+    )
+    .unwrap();
     gw.signal(Signal::SIGHUP);
     assert!(
-        eventually(Duration::from_secs(5), || curl(&gw.proxy_url(), &["-U", "alice:pw", &news]).1 == "hello from origin"),
+        eventually(Duration::from_secs(5), || curl(
+            &gw.proxy_url(),
+            &["-U", "alice:pw", &news]
+        )
+        .1 == "hello from origin"),
         "{}",
         gw.stderr()
     );

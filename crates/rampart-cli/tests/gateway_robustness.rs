@@ -51,10 +51,21 @@ fn conflicting_content_length_and_transfer_encoding_cannot_smuggle_a_request() {
         origin.url("/sink"),
         origin.url("/smuggled")
     );
-    let reply = support::raw_exchange_until_close(gw.proxy, smuggle.as_bytes(), Duration::from_secs(5));
-    assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "exactly one response, then close: {reply}");
-    assert!(!reply.contains("not found"), "the smuggled request reached the origin: {reply}");
-    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let reply =
+        support::raw_exchange_until_close(gw.proxy, smuggle.as_bytes(), Duration::from_secs(5));
+    assert_eq!(
+        reply.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one response, then close: {reply}"
+    );
+    assert!(
+        !reply.contains("not found"),
+        "the smuggled request reached the origin: {reply}"
+    );
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 
     // Two different Content-Length values are a framing error: 400, nothing forwarded.
     let double = format!(
@@ -63,9 +74,15 @@ fn conflicting_content_length_and_transfer_encoding_cannot_smuggle_a_request() {
     );
     let reply = raw_exchange(gw.proxy, double.as_bytes(), Duration::from_secs(3));
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
-    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     // TE that does not end in chunked cannot be framed: 400.
-    let bad_te = format!("POST {} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc", origin.url("/sink"));
+    let bad_te = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        origin.url("/sink")
+    );
     let reply = raw_exchange(gw.proxy, bad_te.as_bytes(), Duration::from_secs(3));
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     still_serves(&gw, &origin);
@@ -74,30 +91,45 @@ fn conflicting_content_length_and_transfer_encoding_cannot_smuggle_a_request() {
 #[test]
 fn oversized_headers_get_431() {
     let origin = Origin::start();
-    let gw = Rampart::start("[proxy]\nallow_loopback_destinations = true\n[limits]\nmax_header_bytes = 16384\n");
+    let gw = Rampart::start(
+        "[proxy]\nallow_loopback_destinations = true\n[limits]\nmax_header_bytes = 16384\n",
+    );
     let big = format!(
         "GET {} HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         origin.url("/hello"),
         "a".repeat(64 * 1024)
     );
     let reply = raw_exchange(gw.proxy, big.as_bytes(), Duration::from_secs(3));
-    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 431"), "{reply}");
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 431"),
+        "{reply}"
+    );
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
     let reply = raw_exchange(
         gw.proxy,
-        format!("GET {} HTTP/1.1\r\nHost: x\r\n{many}\r\n", origin.url("/hello")).as_bytes(),
+        format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\n{many}\r\n",
+            origin.url("/hello")
+        )
+        .as_bytes(),
         Duration::from_secs(3),
     );
-    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 431"), "{reply}");
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 431"),
+        "{reply}"
+    );
     still_serves(&gw, &origin);
 }
 
 #[test]
 fn slowloris_client_is_closed_while_others_are_served() {
     let origin = Origin::start();
-    let gw = Rampart::start("[proxy]\nallow_loopback_destinations = true\n[limits]\nheader_timeout = \"1s\"\n");
+    let gw = Rampart::start(
+        "[proxy]\nallow_loopback_destinations = true\n[limits]\nheader_timeout = \"1s\"\n",
+    );
     let mut slow = TcpStream::connect(gw.proxy).unwrap();
-    slow.write_all(b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.write_all(b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     let started = Instant::now();
     // Trickle a header byte every 200 ms; the gateway must give up on us.
     let mut closed = false;
@@ -108,7 +140,8 @@ fn slowloris_client_is_closed_while_others_are_served() {
             closed = true;
             break;
         }
-        slow.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        slow.set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
         let mut buf = [0u8; 512];
         if let Ok(n) = slow.read(&mut buf) {
             // EOF or an error response: the connection is being closed.
@@ -118,7 +151,11 @@ fn slowloris_client_is_closed_while_others_are_served() {
             }
         }
     }
-    assert!(closed, "slow client still connected after {:?}", started.elapsed());
+    assert!(
+        closed,
+        "slow client still connected after {:?}",
+        started.elapsed()
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     still_serves(&gw, &origin);
 }
@@ -131,15 +168,28 @@ fn still_serves_quietly(gw: &Rampart, origin: &Origin) {
 #[test]
 fn per_source_connection_cap_refuses_the_excess() {
     let origin = Origin::start();
-    let gw = Rampart::start("[proxy]\nallow_loopback_destinations = true\n[limits]\nmax_connections_per_source = 3\n");
+    let gw = Rampart::start(
+        "[proxy]\nallow_loopback_destinations = true\n[limits]\nmax_connections_per_source = 3\n",
+    );
     // Let the readiness probe's connection close first.
     std::thread::sleep(Duration::from_millis(300));
-    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(gw.proxy).unwrap()).collect();
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(gw.proxy).unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
-    let reply = raw_exchange(gw.proxy, b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(2));
-    assert!(reply.is_empty(), "the fourth connection must be closed: {reply}");
+    let reply = raw_exchange(
+        gw.proxy,
+        b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    assert!(
+        reply.is_empty(),
+        "the fourth connection must be closed: {reply}"
+    );
     drop(held);
     std::thread::sleep(Duration::from_millis(200));
     still_serves(&gw, &origin);
-    assert!(gw.metrics().contains("rampart_connections_rejected_total{kind=\"max_connections_per_source\"}"));
+    assert!(gw
+        .metrics()
+        .contains("rampart_connections_rejected_total{kind=\"max_connections_per_source\"}"));
 }

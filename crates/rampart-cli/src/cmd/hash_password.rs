@@ -18,9 +18,12 @@ pub fn run(_args: HashPasswordArgs) -> anyhow::Result<ExitCode> {
         .context("reading the password from standard input")?;
     let password = line.trim_end_matches(['\r', '\n']);
     if password.is_empty() {
-        anyhow::bail!("empty password on standard input (try: printf %s 'PASSWORD' | rampart hash-password)");
+        anyhow::bail!(
+            "empty password on standard input (try: printf %s 'PASSWORD' | rampart hash-password)"
+        );
     }
-    let hash = rampart_gateway::admission::hash_password(password).map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
+    let hash = rampart_gateway::admission::hash_password(password)
+        .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
     println!("{hash}");
     Ok(ExitCode::SUCCESS)
 }

@@ -67,7 +67,10 @@ fn run(args: ServerArgs, role: Role) -> anyhow::Result<ExitCode> {
         None => RampartConfig::default(),
     };
     let config = file.with_overrides(&overrides);
-    crate::logging::init(args.log_level.as_deref().unwrap_or(&config.log.level), &config.log.format);
+    crate::logging::init(
+        args.log_level.as_deref().unwrap_or(&config.log.level),
+        &config.log.format,
+    );
     if let Some(limit) = rampart_gateway::raise_fd_limit() {
         tracing::debug!(limit, "raised the open-files limit");
     }

@@ -196,7 +196,10 @@ fn compose_config(extra_toml: &str, data_dir: &Path, proxy: SocketAddr, api: Soc
     }
     // Every server gets its own agent tunnel port: tests run in parallel.
     if !extra_toml.contains("[tunnel]") {
-        preamble.push_str(&format!("[tunnel]\nlisten = \"127.0.0.1:{}\"\n", free_port()));
+        preamble.push_str(&format!(
+            "[tunnel]\nlisten = \"127.0.0.1:{}\"\n",
+            free_port()
+        ));
     }
     // Top-level keys of the test's TOML must come before any table.
     let (top, tables) = split_top_level(&body);

@@ -19,8 +19,17 @@ impl TlsOrigin {
         let dir = tempfile::tempdir().unwrap();
         let p = |f: &str| dir.path().join(f);
         let sh = |script: &str| {
-            let out = Command::new("sh").arg("-c").arg(script).current_dir(dir.path()).output().unwrap();
-            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=Rampart-Test-Origin-CA 2>/dev/null");
         sh(&format!(
