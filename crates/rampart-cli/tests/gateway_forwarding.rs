@@ -225,9 +225,9 @@ fn own_listeners_are_never_a_destination() {
 fn failures_get_502_or_504_with_the_reason() {
     let origin = Origin::start();
     let closed_port = support::free_port();
-    let gw = Rampart::start(&format!(
-        "[proxy]\nallow_loopback_destinations = true\n[limits]\nresponse_timeout = \"1s\"\n[resolve]\n\"known.test\" = \"127.0.0.1\"\n"
-    ));
+    let gw = Rampart::start(
+        "[proxy]\nallow_loopback_destinations = true\n[limits]\nresponse_timeout = \"1s\"\n[resolve]\n\"known.test\" = \"127.0.0.1\"\n",
+    );
     let proxy = gw.proxy_url();
 
     let (_, body, _) = curl(

@@ -3,7 +3,7 @@
 //! exit status.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -81,7 +81,7 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Loads a policy, printing diagnostics to stderr; `None` if it has errors.
-fn load(file: &PathBuf) -> Option<(Policy, Vec<Diagnostic>)> {
+fn load(file: &Path) -> Option<(Policy, Vec<Diagnostic>)> {
     match Policy::load(file) {
         Ok((policy, warnings)) => {
             for w in &warnings {
