@@ -3,28 +3,14 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use support::origin::Origin;
 use support::{curl, curl_status, Rampart};
 
+/// `rampart hash-password` output, checked: Argon2id and no trace of the password.
 fn hash_password(password: &str) -> String {
-    let mut child = Command::new(support::rampart_bin())
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let hash = support::hash_password(password);
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     assert!(!hash.contains(password));
     hash

@@ -5,32 +5,11 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::origin::Origin;
-use support::{curl, eventually, Rampart};
-
-fn hash_password(password: &str) -> String {
-    let mut child = Command::new(support::rampart_bin())
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string()
-}
+use support::{curl, eventually, hash_password, Rampart};
 
 const POLICY: &str = r#"
 [identities]

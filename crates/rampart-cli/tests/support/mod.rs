@@ -359,3 +359,25 @@ pub fn have(program: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+/// An Argon2 hash for `[[proxy.users]]`, made by the real `rampart hash-password`.
+pub fn hash_password(password: &str) -> String {
+    let mut child = Command::new(rampart_bin())
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn rampart hash-password");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(password.as_bytes())
+        .expect("write password");
+    let out = child.wait_with_output().expect("hash-password output");
+    assert!(out.status.success(), "hash-password failed");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
