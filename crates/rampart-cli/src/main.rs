@@ -42,6 +42,9 @@ fn main() -> ExitCode {
     // both aws-lc-rs and ring, and rustls then refuses to pick one on its own.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
+    if !cli.command.is_long_running() {
+        restore_default_sigpipe();
+    }
     let result = match cli.command {
         Command::Server(args) => cmd::server::run_server(args),
         Command::Gateway(args) => cmd::server::run_gateway(args),
@@ -59,5 +62,26 @@ fn main() -> ExitCode {
             eprintln!("rampart: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+impl Command {
+    /// Daemons keep Rust's ignored SIGPIPE: a peer closing a socket must be an
+    /// error on that connection (EPIPE), never the end of the process.
+    fn is_long_running(&self) -> bool {
+        matches!(
+            self,
+            Command::Server(_) | Command::Gateway(_) | Command::Agent(_)
+        )
+    }
+}
+
+/// One-shot commands die quietly when their output pipe closes
+/// (`rampart events search ... | head`), as Unix tools do, instead of
+/// panicking on a failed print.
+fn restore_default_sigpipe() {
+    // SAFETY: called at start, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
