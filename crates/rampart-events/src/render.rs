@@ -5,35 +5,11 @@ use std::fmt::Write;
 use crate::event::Event;
 use crate::field::Field;
 
-/// Fields of the flat JSON form, in order.
-const FLAT: [Field; 26] = [
-    Field::Id,
-    Field::Flow,
-    Field::Type,
-    Field::Action,
-    Field::User,
-    Field::Group,
-    Field::Device,
-    Field::Process,
-    Field::SrcIp,
-    Field::DstIp,
-    Field::DstPort,
-    Field::Host,
-    Field::Url,
-    Field::Method,
-    Field::Status,
-    Field::Category,
-    Field::App,
-    Field::Rule,
-    Field::RuleId,
-    Field::Revision,
-    Field::Tls,
-    Field::Bypass,
-    Field::BytesIn,
-    Field::BytesOut,
-    Field::Severity,
-    Field::Alert,
-];
+/// Fields of the flat JSON form, in order: every query field but the
+/// reporter (`Field::ALL` lists it last).
+fn flat_fields() -> impl Iterator<Item = Field> {
+    Field::ALL.into_iter().filter(|f| *f != Field::Reporter)
+}
 
 /// RFC 3339 time with milliseconds, UTC.
 pub fn time_text(ms: i64) -> String {
@@ -50,7 +26,7 @@ pub fn time_text(ms: i64) -> String {
 pub fn flat_json(e: &Event) -> serde_json::Value {
     let mut map = serde_json::Map::new();
     map.insert("time".into(), time_text(e.time).into());
-    for f in FLAT {
+    for f in flat_fields() {
         if let Some(n) = f.integer(e) {
             map.insert(f.name().into(), n.into());
         } else if let Some(v) = f.text(e) {
