@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -45,6 +45,21 @@ const MAX_STREAMS: u32 = 4096;
 pub trait DeviceAdmission: Send + Sync + 'static {
     fn admit(&self, device: &str) -> bool;
 }
+
+/// Requests on the tunnel that are not `CONNECT` (configuration polls, uploads of the
+/// agent's own decisions) are control-plane calls of an authenticated device: they
+/// are answered by the server through this hook, with the identity taken from the
+/// device certificate, so agents never need a second credential.
+pub trait AgentApi: Send + Sync + 'static {
+    fn handle(
+        &self,
+        identity: Arc<DeviceIdentity>,
+        request: Request<Bytes>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Bytes>> + Send>>;
+}
+
+/// Largest body of an agent API request (an upload batch of decisions).
+const MAX_AGENT_API_BODY: usize = 8 << 20;
 
 /// Problems building the tunnel's TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +127,7 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     gateway: GatewayHandle,
     admission: Option<Arc<dyn DeviceAdmission>>,
+    agent_api: Option<Arc<dyn AgentApi>>,
     shutdown: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -132,6 +148,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let shared = gateway.shared().clone();
         let admission = admission.clone();
+        let agent_api = agent_api.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -166,7 +183,18 @@ pub async fn serve(
                     return;
                 }
             }
-            let service = service_fn(move |req| flow(req, shared.clone(), identity.clone(), peer));
+            let service = service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                let identity = identity.clone();
+                let agent_api = agent_api.clone();
+                async move {
+                    if req.method() == Method::CONNECT {
+                        flow(req, shared, identity, peer).await
+                    } else {
+                        Ok(agent_api_call(req, agent_api.as_deref(), identity).await)
+                    }
+                }
+            });
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .initial_stream_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
@@ -188,10 +216,36 @@ pub async fn serve(
     }
 }
 
-fn status(code: StatusCode) -> Response<Empty<Bytes>> {
-    let mut response = Response::new(Empty::new());
+type TunnelBody = Full<Bytes>;
+
+fn status(code: StatusCode) -> Response<TunnelBody> {
+    let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = code;
     response
+}
+
+/// A control-plane request of an authenticated agent: the body is read (bounded) and
+/// handed to the server's [`AgentApi`].
+async fn agent_api_call(
+    req: Request<Incoming>,
+    api: Option<&dyn AgentApi>,
+    identity: Arc<DeviceIdentity>,
+) -> Response<TunnelBody> {
+    let Some(api) = api else {
+        return status(StatusCode::METHOD_NOT_ALLOWED);
+    };
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, MAX_AGENT_API_BODY);
+    let body = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            tracing::debug!(device = %identity.device, error = %e, "agent API request body refused");
+            return status(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+    };
+    api.handle(identity, Request::from_parts(parts, body))
+        .await
+        .map(Full::new)
 }
 
 /// The process metadata an authenticated agent sends with each flow.
@@ -220,10 +274,7 @@ async fn flow(
     shared: Arc<Shared>,
     identity: Arc<DeviceIdentity>,
     peer: SocketAddr,
-) -> Result<Response<Empty<Bytes>>, Infallible> {
-    if req.method() != Method::CONNECT {
-        return Ok(status(StatusCode::METHOD_NOT_ALLOWED));
-    }
+) -> Result<Response<TunnelBody>, Infallible> {
     let Some(authority) = req.uri().authority().cloned() else {
         return Ok(status(StatusCode::BAD_REQUEST));
     };

@@ -99,6 +99,7 @@ impl TunnelSetup {
             self.tls,
             gateway,
             Some(admission),
+            None,
             shutdown,
         ))
     }
