@@ -110,6 +110,23 @@ impl DomainIndex {
         self.count
     }
 
+    /// Calls `f(domain, target, flags)` for every entry. Walks the whole table: for
+    /// exports (the agent's steering rules), never on the data path.
+    pub(crate) fn for_each_entry(&self, mut f: impl FnMut(&str, u32, u32)) {
+        for slot in self.slots.iter().filter(|s| s.len != 0) {
+            let Ok(domain) = std::str::from_utf8(self.text(slot)) else {
+                continue;
+            };
+            if slot.value & SET_BIT == 0 {
+                f(domain, slot.value >> 2, slot.value & 3);
+            } else {
+                for &p in &self.sets[(slot.value & !SET_BIT) as usize] {
+                    f(domain, p >> 2, p & 3);
+                }
+            }
+        }
+    }
+
     /// Approximate heap use in bytes.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.arena.capacity()

@@ -38,6 +38,7 @@ mod model;
 mod parser;
 mod policy;
 mod rule;
+mod steering_export;
 mod verdict;
 
 pub use action::{AccessAction, DecryptionAction, Egress, EvalPoint, Stage, SteeringAction};
@@ -47,6 +48,7 @@ pub use domain::{normalize_host, DomainMode, Pattern};
 pub use explain::{DestinationMatch, Explanation, NearMiss, StageExplanation};
 pub use facts::{ConnectionFacts, Identity, Process, RequestFacts, ResponseFacts, SteeringFacts};
 pub use policy::{AppInfo, Policy, PolicyStats, UpstreamGroup, UpstreamProxy};
+pub use steering_export::{ExportedSteeringRule, SkippedSteeringRule, SteeringExport};
 pub use verdict::{
     ConnectionVerdict, Decision, MatchedObject, ObjectKind, Outcome, RequestVerdict,
     SteeringVerdict,
