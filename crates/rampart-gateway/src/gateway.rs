@@ -182,6 +182,12 @@ impl GatewayHandle {
             .set(self.shared.access_log.dropped());
     }
 
+    /// The policy serving now (follows reloads): the server derives the agents'
+    /// steering configuration from it.
+    pub fn policy(&self) -> Arc<rampart_policy::Policy> {
+        self.shared.state.load().policy.clone()
+    }
+
     pub fn tunnels_open(&self) -> usize {
         self.shared.tunnels.len()
     }

@@ -49,6 +49,9 @@ pub struct RampartConfig {
     /// `[tls]`: the gateway CA and TLS interception (docs/tls.md).
     #[serde(default)]
     pub tls: rampart_tls::config::TlsConfig,
+    /// `[agent]`: what enrolled agents receive with their steering rules (docs/agent.md).
+    #[serde(default)]
+    pub agent: crate::devices::agent_api::AgentDistributionConfig,
 }
 
 impl Default for RampartConfig {
@@ -68,6 +71,7 @@ impl Default for RampartConfig {
             events: rampart_events::EventsConfig::default(),
             coaching: Default::default(),
             tls: Default::default(),
+            agent: Default::default(),
         }
     }
 }

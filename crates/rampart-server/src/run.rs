@@ -51,6 +51,7 @@ pub async fn run(
         .context("starting the event store")?;
     let events_api = crate::api::events::EventsApiState::new(&config.data_dir)
         .context("preparing the events API (admin token)")?;
+    let agent_events = events.clone();
     let gateway = Gateway::bind(gateway_config, metrics, Some(events))
         .await
         .context("starting the gateway")?;
@@ -86,7 +87,12 @@ pub async fn run(
     let (api, _tunnel_task) = match tunnel {
         Some(tunnel) => {
             let devices = api::devices::router(tunnel.api_state());
-            let task = tunnel.spawn(handle.clone(), shutdown.clone());
+            let agent_api = crate::devices::agent_api::AgentApiService::new(
+                handle.clone(),
+                Some(agent_events),
+                config.agent.clone(),
+            );
+            let task = tunnel.spawn(handle.clone(), Some(agent_api), shutdown.clone());
             (api.merge(devices), Some(task))
         }
         None => (api, None),

@@ -2,6 +2,7 @@
 //! [`DeviceRegistry`] that ties them together for the enrollment API and the gateway's
 //! agent tunnel. Everything lives in `<data dir>/devices/`.
 
+pub mod agent_api;
 pub mod authority;
 pub mod error;
 pub mod inventory;

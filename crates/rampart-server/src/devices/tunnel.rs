@@ -86,10 +86,12 @@ impl TunnelSetup {
         }
     }
 
-    /// Serves the tunnel until `shutdown`.
+    /// Serves the tunnel until `shutdown`. `agent_api` answers the agents' control-plane
+    /// requests (configuration, decision uploads) on the same connections.
     pub fn spawn(
         self,
         gateway: rampart_gateway::GatewayHandle,
+        agent_api: Option<Arc<dyn rampart_gateway::tunnel::AgentApi>>,
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
         tracing::info!(tunnel = %self.addr, "agent tunnel listening");
@@ -99,7 +101,7 @@ impl TunnelSetup {
             self.tls,
             gateway,
             Some(admission),
-            None,
+            agent_api,
             shutdown,
         ))
     }
