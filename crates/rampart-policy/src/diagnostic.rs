@@ -140,10 +140,16 @@ impl SourceMap {
             Err(i) => i.saturating_sub(1),
         };
         let start = self.line_starts[line];
+        // An error at the end of a CRLF line points at its `\n`: the `\r` before it
+        // is part of the line ending, not a column an editor shows.
+        let at_newline = self.text.as_bytes().get(offset) == Some(&b'\n');
         let column = self
             .text
             .get(start..offset)
-            .map(|s| s.chars().count())
+            .map(|s| match s.strip_suffix('\r') {
+                Some(before_cr) if at_newline => before_cr.chars().count(),
+                _ => s.chars().count(),
+            })
             .unwrap_or(0);
         Location {
             file: self.file.clone(),
@@ -204,6 +210,14 @@ mod tests {
         let loc = map.locate(12);
         assert_eq!((loc.line, loc.column), (2, 6));
         assert_eq!(map.locate(0).to_string(), "p.toml:1:1");
+    }
+
+    #[test]
+    fn the_end_of_a_crlf_line_is_one_past_its_last_character() {
+        let map = SourceMap::new("p.toml", "\"\r\nx");
+        let loc = map.locate(2);
+        assert_eq!((loc.line, loc.column), (1, 2));
+        assert_eq!((map.locate(3).line, map.locate(3).column), (2, 1));
     }
 
     #[test]
