@@ -82,6 +82,19 @@ fn summary(record: &FlowRecord) -> FlowSummary {
     s.end_ms = start_ms + record.duration_ms.as_millis() as i64;
     s.user = record.user.as_deref().map(str::to_string);
     s.groups = record.groups.clone();
+    // Agent tunnel flows: the enrolled device and the endpoint process behind them.
+    s.device_uid = record.device.as_deref().map(str::to_string);
+    if let Some(process) = &record.process {
+        s.process_name = Some(process.name.clone());
+        s.process_pid = process.pid;
+        s.process_path = process.path.clone();
+        if process.steering.as_deref() == Some("tunnel-bypass") {
+            s.bypass = Some(rampart_events::Bypass {
+                at: rampart_events::BypassSite::Gateway,
+                reason: format!("tunnel-bypass by agent (process {})", process.name),
+            });
+        }
+    }
     s.src = Some(record.client);
     s.dst = record.server;
     let is_tunnel = record.method == "CONNECT";

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rampart_policy::{
     AccessAction, ConnectionFacts, Decision, DecryptionAction, Egress, Identity, ObjectKind,
-    Outcome, Policy, RequestFacts,
+    Outcome, Policy, Process, RequestFacts,
 };
 
 use crate::access_log::{FlowRecord, PolicyRecord};
@@ -41,9 +41,22 @@ pub fn connection_stage(
     port: u16,
     record: &mut FlowRecord,
 ) -> StageResult {
+    connection_stage_with_process(policy, identity, None, host, port, record)
+}
+
+/// [`connection_stage`] for a flow whose endpoint process is known (agent tunnel
+/// flows), so rules with `processes` conditions can match.
+pub fn connection_stage_with_process(
+    policy: &Policy,
+    identity: &Identity,
+    process: Option<&Process>,
+    host: &str,
+    port: u16,
+    record: &mut FlowRecord,
+) -> StageResult {
     let facts = ConnectionFacts {
         identity,
-        process: None,
+        process,
         host: Some(host),
         dst_ip: host.parse().ok(),
         port,
@@ -98,10 +111,25 @@ pub fn request_stage(
     path: &str,
     record: &mut FlowRecord,
 ) -> StageResult {
+    request_stage_with_process(policy, identity, None, host, port, method, path, record)
+}
+
+/// [`request_stage`] for requests inside an agent's decrypted tunnel, with its process.
+#[allow(clippy::too_many_arguments)]
+pub fn request_stage_with_process(
+    policy: &Policy,
+    identity: &Identity,
+    process: Option<&Process>,
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    record: &mut FlowRecord,
+) -> StageResult {
     let facts = RequestFacts {
         connection: ConnectionFacts {
             identity,
-            process: None,
+            process,
             host: Some(host),
             dst_ip: host.parse().ok(),
             port,

@@ -1,7 +1,7 @@
 //! The `[tls]` configuration section (documented in docs/tls.md).
 use crate::ca::{CaKeyType, CaOptions, CaPaths};
 use crate::decision::HostListDecider;
-use crate::host_pattern::HostPatternSet;
+use crate::host_pattern::{HostPattern, HostPatternSet};
 use crate::leaf_cache::DEFAULT_LEAF_CACHE_SIZE;
 use crate::origin::OriginTlsSettings;
 use crate::pinned_clients::{PinnedClientSettings, PinnedClientTracker};
@@ -40,6 +40,20 @@ pub struct TlsConfig {
     pub client_hello_timeout: Duration,
     /// `[tls.pinned_clients]`: counting and optional auto-bypass of pinning clients.
     pub pinned_clients: PinnedClientSettings,
+    /// Known CDN setups where the Host / `:authority` of a decrypted request may differ
+    /// from the name the TLS connection was opened for (otherwise blocked as domain fronting).
+    pub fronting_exceptions: Vec<FrontingException>,
+}
+
+/// One domain-fronting exception: on TLS connections opened for a name matching `sni`,
+/// requests may address a different host, any host matching `hosts` (every host when
+/// `hosts` is empty). Patterns have the `do_not_decrypt` forms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontingException {
+    pub sni: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 impl Default for TlsConfig {
@@ -57,6 +71,7 @@ impl Default for TlsConfig {
             leaf_cache_size: DEFAULT_LEAF_CACHE_SIZE,
             client_hello_timeout: Duration::from_secs(10),
             pinned_clients: PinnedClientSettings::default(),
+            fronting_exceptions: Vec::new(),
         }
     }
 }
@@ -73,6 +88,10 @@ impl TlsConfig {
             "tls.pinned_clients.never_bypass",
             &self.pinned_clients.never_bypass,
         )?;
+        for exception in &self.fronting_exceptions {
+            HostPattern::parse("tls.fronting_exceptions.sni", &exception.sni)?;
+            HostPatternSet::parse("tls.fronting_exceptions.hosts", &exception.hosts)?;
+        }
         if let Some(subject) = &self.ca_subject {
             crate::ca::parse_subject(subject)?;
         }
@@ -160,6 +179,26 @@ mod tests {
             PathBuf::from("/etc/rampart/ca.pem")
         );
         assert!(cfg.decider().is_ok());
+    }
+
+    #[test]
+    fn fronting_exceptions_parse_and_bad_patterns_name_their_key() {
+        let cfg: TlsConfig = toml::from_str(
+            r#"fronting_exceptions = [
+                { sni = "*.cloudfront.net" },
+                { sni = ".cdn.example", hosts = ["static.example", "*.assets.example"] },
+            ]"#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.fronting_exceptions[0].hosts, Vec::<String>::new());
+        assert_eq!(cfg.fronting_exceptions[1].hosts.len(), 2);
+        let bad: TlsConfig =
+            toml::from_str(r#"fronting_exceptions = [{ sni = "a.example", hosts = ["x..y"] }]"#)
+                .unwrap();
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.starts_with("tls.fronting_exceptions.hosts:"), "{err}");
+        assert!(toml::from_str::<TlsConfig>(r#"fronting_exceptions = [{ host = "a" }]"#).is_err());
     }
 
     #[test]

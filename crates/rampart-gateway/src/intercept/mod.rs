@@ -7,15 +7,24 @@
 //! The order matters: the origin is connected first, because its ALPN choice
 //! (and, for clients without SNI, its certificate's names) shapes the
 //! certificate and protocol Rampart offers the client.
+//!
+//! The client side is any stream ([`ClientSide`]): a proxy client's socket is
+//! peeked with `MSG_PEEK` and, when not decrypted, spliced with `splice(2)`; an
+//! agent's HTTP/2 CONNECT stream has its ClientHello read and replayed
+//! ([`stream::Prefixed`]) and is relayed with a buffered copy.
 
+mod fronting;
 mod session;
+pub mod stream;
+
+pub use fronting::{Fronting, FrontingExceptions};
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rampart_policy::{DecryptionAction, Identity};
+use rampart_policy::{DecryptionAction, Identity, Process};
 use rampart_tls::ca::CertificateAuthority;
 use rampart_tls::client_hello::{version_name, ClientHello};
 use rampart_tls::config::TlsConfig;
@@ -24,10 +33,11 @@ use rampart_tls::leaf::LeafNames;
 use rampart_tls::leaf_cache::LeafCache;
 use rampart_tls::origin::{server_name, OriginTls};
 use rampart_tls::origin_failure::OriginTlsFailure;
-use rampart_tls::peek::peek_client_hello;
-use rampart_tls::pinned_clients::{ClientRejection, PinnedClientTracker};
+use rampart_tls::peek::{peek_client_hello, PeekError};
+use rampart_tls::pinned_clients::{ClientRejection, PinnedClientTracker, PinnedOutcome};
 use rampart_tls::server_config::InterceptConfigs;
 use rampart_tls::TlsError;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::access_log::{AccessLog, TlsRecord};
@@ -43,6 +53,7 @@ pub struct Interception {
     decider: HostListDecider,
     pinned: Arc<PinnedClientTracker>,
     hello_timeout: Duration,
+    fronting: FrontingExceptions,
 }
 
 impl Interception {
@@ -62,6 +73,7 @@ impl Interception {
         let configs = InterceptConfigs::new(leaves, tls.leaf_cache_size)?;
         let origin = OriginTls::new(&tls.origin_settings())?;
         let (pinned, decider) = tls.decider()?;
+        let fronting = FrontingExceptions::new(&tls.fronting_exceptions)?;
         Ok(Interception {
             ca,
             configs,
@@ -69,6 +81,7 @@ impl Interception {
             decider,
             pinned,
             hello_timeout: tls.client_hello_timeout,
+            fronting,
         })
     }
 
@@ -94,24 +107,63 @@ pub struct Tunnel {
     pub events: Option<rampart_events::EventSender>,
     /// Proceed links and allowances of `user-alert` rules (shared with plain HTTP).
     pub coaching: Arc<crate::coaching::Coaching>,
+    /// The endpoint process of an agent flow, for the request stage's `processes` conditions.
+    pub process: Option<Process>,
+    /// The agent asked for `tunnel-bypass`: never decrypted, whatever the policy says.
+    pub tunnel_bypass: bool,
 }
 
+/// The reason recorded for flows an agent sent as `tunnel-bypass`.
+pub const TUNNEL_BYPASS_REASON: &str = "tunnel-bypass by agent";
+
 /// What the caller does after [`Tunnel::run`].
-pub enum Handoff {
+pub enum Handoff<C> {
     /// The tunnel was served (decrypted, blocked, or the client went away).
     Done,
-    /// Not decrypted: splice these two sockets byte for byte.
-    Splice {
-        client: TcpStream,
-        origin: TcpStream,
-    },
+    /// Not decrypted: relay these two streams byte for byte.
+    Splice { client: C, origin: TcpStream },
+}
+
+/// The client side of a tunnel: how its ClientHello is looked at without losing
+/// a byte, and the stream the tunnel continues on afterwards.
+pub trait ClientSide: Send + Sized + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn client_hello(
+        self,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = (Self::Stream, Result<ClientHello, PeekError>)> + Send;
+}
+
+/// A proxy client's socket: peeked in the kernel, so a spliced tunnel stays zero-copy.
+impl ClientSide for TcpStream {
+    type Stream = TcpStream;
+    async fn client_hello(self, timeout: Duration) -> (TcpStream, Result<ClientHello, PeekError>) {
+        let hello = peek_client_hello(&self, timeout).await;
+        (self, hello)
+    }
+}
+
+/// Any other stream (an agent's HTTP/2 CONNECT stream): read and replayed.
+pub struct Replayed<S>(pub S);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientSide for Replayed<S> {
+    type Stream = stream::Prefixed<S>;
+    async fn client_hello(
+        self,
+        timeout: Duration,
+    ) -> (stream::Prefixed<S>, Result<ClientHello, PeekError>) {
+        stream::read_client_hello(self.0, timeout).await
+    }
 }
 
 impl Tunnel {
     /// The tunnel for a CONNECT to `port`, when the port is a TLS port and interception is on.
+    #[allow(clippy::too_many_arguments)]
     pub fn for_connect(
         state: Arc<GatewayState>,
         identity: &Identity,
+        process: Option<&Process>,
+        tunnel_bypass: bool,
         client: SocketAddr,
         host: &str,
         port: u16,
@@ -134,13 +186,21 @@ impl Tunnel {
             metrics: shared.metrics.clone(),
             events: shared.events.clone(),
             coaching: shared.coaching.clone(),
+            process: process.cloned(),
+            tunnel_bypass,
         })
     }
 
     /// Peeks, decides, and serves a decrypted tunnel; the tunnel's own record
     /// (`log`) gets the TLS facts and, for a pinning client, the rejection.
-    pub async fn run(self, client: TcpStream, origin: TcpStream, log: &mut FlowLog) -> Handoff {
-        let hello = match peek_client_hello(&client, self.interception.hello_timeout).await {
+    pub async fn run<C: ClientSide>(
+        self,
+        client: C,
+        origin: TcpStream,
+        log: &mut FlowLog,
+    ) -> Handoff<C::Stream> {
+        let (client, hello) = client.client_hello(self.interception.hello_timeout).await;
+        let hello = match hello {
             Ok(hello) => hello,
             Err(e) if e.is_not_tls() => {
                 // Non-TLS on a TLS port (e.g. a plain protocol tunnelled through 443):
@@ -158,7 +218,7 @@ impl Tunnel {
                 }
                 return Handoff::Splice { client, origin };
             }
-            Err(rampart_tls::peek::PeekError::Timeout { .. }) => {
+            Err(PeekError::Timeout { .. }) => {
                 // A server-speaks-first protocol: nothing to decide on.
                 log.record.tls = Some(TlsRecord {
                     decision: "not-tls",
@@ -175,7 +235,7 @@ impl Tunnel {
         let sni = hello.server_name.as_ref().map(|s| s.to_ascii_lowercase());
         let host = sni.clone().unwrap_or_else(|| self.host.clone());
         let (decrypt, reason) = self.decide(&host);
-        let mut record = TlsRecord {
+        let record = TlsRecord {
             decision: if decrypt { "decrypt" } else { "do-not-decrypt" },
             reason,
             sni: sni.clone(),
@@ -186,6 +246,31 @@ impl Tunnel {
             log.record.tls = Some(record);
             return Handoff::Splice { client, origin };
         }
+        // The decrypted tunnel's own record counts the bytes on the client's side
+        // (TLS records included), as a spliced tunnel's does.
+        let activity = stream::Activity::new();
+        let client = stream::Counted::new(client, activity.clone());
+        self.decrypt(client, origin, &host, sni, &hello, record, &activity, log)
+            .await;
+        log.record.bytes_from_client = activity.read();
+        log.record.bytes_to_client = activity.written();
+        Handoff::Done
+    }
+
+    /// TLS with the origin and the client, then the decrypted requests one by one.
+    #[allow(clippy::too_many_arguments)]
+    async fn decrypt<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        client: stream::Counted<S>,
+        origin: TcpStream,
+        host: &str,
+        sni: Option<String>,
+        hello: &ClientHello,
+        mut record: TlsRecord,
+        activity: &stream::Activity,
+        log: &mut FlowLog,
+    ) {
+        let host = host.to_string();
         let origin_config = self.interception.origin.client_config(&host, &hello.alpn);
         let upstream = match server_name(&host) {
             Ok(name) => tokio_rustls::TlsConnector::from(origin_config.config.clone())
@@ -203,7 +288,7 @@ impl Tunnel {
             Err(e) => {
                 log.record.tls = Some(record);
                 log.record.error = Some(format!("client TLS handshake failed: {e}"));
-                return Handoff::Done;
+                return;
             }
         };
         let upstream = match upstream {
@@ -224,13 +309,13 @@ impl Tunnel {
                     Ok(config) => config,
                     Err(e) => {
                         log.record.error = Some(format!("minting a leaf for {host}: {e}"));
-                        return Handoff::Done;
+                        return;
                     }
                 };
                 if let Ok(client_tls) = start.into_stream(config).await {
-                    session::serve_origin_failure(&self, client_tls, &host, failure, record).await;
+                    session::serve_origin_failure(self, client_tls, &host, failure, record).await;
                 }
-                return Handoff::Done;
+                return;
             }
         };
         if let Some(exception) = &origin_config.exception {
@@ -267,7 +352,7 @@ impl Tunnel {
             Err(e) => {
                 log.record.tls = Some(record);
                 log.record.error = Some(format!("minting a leaf for {host}: {e}"));
-                return Handoff::Done;
+                return;
             }
         };
         let client_tls = match start.into_stream(config).await {
@@ -279,16 +364,28 @@ impl Tunnel {
                         let outcome = self.interception.pinned.record_failure(&host);
                         tracing::info!(host = %host, client = %self.client, ?rejection, ?outcome,
                             "client rejected the intercepted certificate");
-                        record.pinned_client = Some(match rejection {
+                        let how = match rejection {
                             ClientRejection::Alert(alert) => format!("alert {alert}"),
                             ClientRejection::Closed => "closed during handshake".into(),
+                        };
+                        // The access log and the pinned-client finding are the audit
+                        // trail of an automatic bypass (or of one refused).
+                        record.pinned_client = Some(match outcome {
+                            PinnedOutcome::BypassStarted { ttl } => format!(
+                                "{how}; pinned-client auto-bypass started for {}s",
+                                ttl.as_secs()
+                            ),
+                            PinnedOutcome::BypassRefused { pattern } => format!(
+                                "{how}; auto-bypass refused: must inspect (tls.pinned_clients.never_bypass {pattern})"
+                            ),
+                            PinnedOutcome::Recorded { .. } => how,
                         });
                         log.metrics().error("pinned_client");
                     }
                     None => log.record.error = Some(format!("client TLS handshake failed: {e}")),
                 }
                 log.record.tls = Some(record);
-                return Handoff::Done;
+                return;
             }
         };
         let conn = client_tls.get_ref().1;
@@ -299,13 +396,15 @@ impl Tunnel {
             .alpn_protocol()
             .map(|p| String::from_utf8_lossy(p).into_owned());
         log.record.tls = Some(record.clone());
-        session::serve(&self, client_tls, upstream, &host, record, log).await;
-        Handoff::Done
+        session::serve(self, client_tls, upstream, &host, record, activity, log).await;
     }
 
-    /// The policy's decryption rule first (when one decided), then the TLS
-    /// decider: configured do-not-decrypt hosts, built-in pinned apps, auto-bypass.
+    /// An agent's `tunnel-bypass` first, then the policy's decryption rule (when
+    /// one decided), then the TLS decider: configured do-not-decrypt hosts, built-in pinned apps, auto-bypass.
     fn decide(&self, host: &str) -> (bool, String) {
+        if self.tunnel_bypass {
+            return (false, TUNNEL_BYPASS_REASON.to_string());
+        }
         if let Some((action, rule)) = &self.policy_decision {
             let decrypt = matches!(action, DecryptionAction::Decrypt);
             return (decrypt, format!("policy rule \"{rule}\""));

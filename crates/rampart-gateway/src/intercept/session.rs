@@ -13,17 +13,20 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_tls::block_page::BlockPage;
 use rampart_tls::origin_failure::OriginTlsFailure;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use super::Tunnel;
-use crate::access_log::{FlowRecord, TlsRecord};
+use super::stream::{Activity, Counted};
+use super::{Fronting, Interception, Tunnel};
+use crate::access_log::{FlowRecord, ProcessRecord, TlsRecord};
 use crate::policy_stage;
 use crate::proxy::body::{FlowLog, MeteredBody, ProxyBody};
 use crate::proxy::headers::strip_hop_by_hop;
 use crate::proxy::{blocked_response, coaching_gate, error_response, proceed_response};
 
-type ClientTls = tokio_rustls::server::TlsStream<TcpStream>;
+/// The decrypted client side: TLS over the (metered) client stream of the tunnel.
+type ClientTls<S> = tokio_rustls::server::TlsStream<Counted<S>>;
 type OriginTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// The origin connection requests are sent on, in the protocol both sides negotiated.
@@ -39,6 +42,11 @@ struct Session {
     tunnel_client: std::net::SocketAddr,
     user: Option<Arc<str>>,
     groups: Vec<String>,
+    device: Option<Arc<str>>,
+    process_record: Option<ProcessRecord>,
+    /// The endpoint process of an agent flow, for the request stage.
+    process: Option<rampart_policy::Process>,
+    interception: Arc<Interception>,
     egress: Option<Arc<str>>,
     server: Option<std::net::SocketAddr>,
     state: Arc<crate::state::GatewayState>,
@@ -59,6 +67,10 @@ impl Session {
             tunnel_client: tunnel.client,
             user: log.and_then(|l| l.record.user.clone()),
             groups: log.map(|l| l.record.groups.clone()).unwrap_or_default(),
+            device: log.and_then(|l| l.record.device.clone()),
+            process_record: log.and_then(|l| l.record.process.clone()),
+            process: tunnel.process.clone(),
+            interception: tunnel.interception.clone(),
             egress: log.and_then(|l| l.record.egress.clone()),
             server: log.and_then(|l| l.record.server),
             state: tunnel.state.clone(),
@@ -74,10 +86,14 @@ impl Session {
     }
 
     fn url(&self, path: &str) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
+        self.url_for(&self.host, path)
+    }
+
+    fn url_for(&self, host: &str, path: &str) -> String {
+        let host = if host.contains(':') {
+            format!("[{host}]")
         } else {
-            self.host.clone()
+            host.to_string()
         };
         if self.port == 443 {
             format!("https://{host}{path}")
@@ -90,6 +106,8 @@ impl Session {
         let mut record = FlowRecord::new(self.tunnel_client, method, url);
         record.user = self.user.clone();
         record.groups = self.groups.clone();
+        record.device = self.device.clone();
+        record.process = self.process_record.clone();
         record.egress = self.egress.clone();
         record.server = self.server;
         record.tls = Some(self.tls.clone());
@@ -102,13 +120,15 @@ impl Session {
     }
 }
 
-/// Serves the decrypted tunnel until either side closes.
-pub(super) async fn serve(
+/// Serves the decrypted tunnel until either side closes or no byte moves for
+/// `limits.tunnel_idle_timeout` (an idle decrypted tunnel ends like a spliced one).
+pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     tunnel: &Tunnel,
-    client: ClientTls,
+    client: ClientTls<S>,
     origin: OriginTlsStream,
     host: &str,
     tls: TlsRecord,
+    activity: &Activity,
     log: &mut FlowLog,
 ) {
     let h2 = client.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -148,22 +168,32 @@ pub(super) async fn serve(
         async move { Ok::<_, Infallible>(handle(req, &session, &sender).await) }
     });
     let io = TokioIo::new(client);
-    let result = if h2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, service)
-            .await
-    } else {
-        // An idle keep-alive connection ends like an idle spliced tunnel does.
-        hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(tunnel.state.config.limits.tunnel_idle_timeout)
-            .serve_connection(io, service)
-            .with_upgrades()
-            .await
+    let idle = tunnel.state.config.limits.tunnel_idle_timeout;
+    let served = async {
+        if h2 {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, service)
+                .await
+        } else {
+            hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(idle)
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
+        }
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "decrypted tunnel ended with an error");
+    tokio::select! {
+        result = served => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "decrypted tunnel ended with an error");
+            }
+        }
+        // Dropping the connection closes both TLS sessions.
+        _ = activity.idle(idle) => {
+            log.record.error = Some("tunnel idle timeout".into());
+        }
     }
 }
 
@@ -198,7 +228,22 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
         );
     };
     let requested = host_of(&authority);
-    if !requested.eq_ignore_ascii_case(&session.host) {
+    let fronting = session
+        .interception
+        .fronting
+        .check(&session.host, requested);
+    // The site a request is for is the host it addresses: with a fronting
+    // exception that is not the TLS name, and policy and logs must see it.
+    let site = match &fronting {
+        Fronting::Allowed(pattern) => {
+            tracing::debug!(tls_name = %session.host, %requested, %pattern,
+                "host differs from the TLS name; allowed by tls.fronting_exceptions");
+            log.record.target = session.url_for(&requested.to_ascii_lowercase(), &path);
+            requested.to_ascii_lowercase()
+        }
+        Fronting::Same | Fronting::Refused => session.host.clone(),
+    };
+    if fronting == Fronting::Refused {
         let reason = format!(
             "domain fronting: the request is for {requested} but the TLS connection was opened for {}",
             session.host
@@ -223,10 +268,11 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
             log,
         );
     }
-    let stage = policy_stage::request_stage(
+    let stage = policy_stage::request_stage_with_process(
         &session.state.policy,
         &session.identity,
-        &session.host,
+        session.process.as_ref(),
+        &site,
         session.port,
         req.method().as_str(),
         req.uri().path(),
@@ -373,9 +419,9 @@ fn host_of(authority: &str) -> &str {
 
 /// The origin's certificate failed: every request in the tunnel gets the
 /// explanation (HTML for browsers, text for others) with status 502.
-pub(super) async fn serve_origin_failure(
+pub(super) async fn serve_origin_failure<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     tunnel: &Tunnel,
-    client: ClientTls,
+    client: ClientTls<S>,
     host: &str,
     failure: OriginTlsFailure,
     tls: TlsRecord,

@@ -1,6 +1,8 @@
-//! CONNECT tunnels: check the target, connect (directly or chained through an
-//! upstream proxy), answer 200, then splice bytes both ways until both sides
-//! close. The tunnel is logged once, when it ends.
+//! CONNECT tunnels, one path for both listeners (the HTTP proxy and the agent
+//! tunnel): check the target, run the policy's connection stage (identity and,
+//! for agent flows, the endpoint process), connect (directly or chained through
+//! an upstream proxy), answer 200, then intercept TLS or relay bytes both ways
+//! until both sides close. The tunnel is logged once, when it ends.
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -10,19 +12,58 @@ use tokio::net::TcpStream;
 
 use super::body::{FlowLog, ProxyBody};
 use super::{blocked_response, error_response, Shared};
+use crate::access_log::TlsRecord;
 use crate::config::split_host_port;
 use crate::connector::Connected;
+use crate::intercept::{stream::Prefixed, Handoff, Replayed, TUNNEL_BYPASS_REASON};
 use crate::policy_stage;
 use crate::relay::{self, RelayEnd};
 use crate::state::GatewayState;
-use rampart_policy::Identity;
+use rampart_policy::{Identity, Process};
 
+/// How a CONNECT differs between the listeners.
+#[derive(Debug, Default)]
+pub struct ConnectOptions {
+    /// Enforce `proxy.connect_ports`. Agent flows leave ports to the policy: in
+    /// "steer all" mode an endpoint tunnels any port, and rules decide.
+    pub check_ports: bool,
+    /// The endpoint process (agent flows), for rules with `processes` conditions.
+    pub process: Option<Process>,
+    /// The agent's steering action was `tunnel-bypass`: relayed, never decrypted.
+    pub tunnel_bypass: bool,
+    /// The name the policy sees when the CONNECT target is an address: the host
+    /// the agent read from SNI or the Host header.
+    pub policy_host: Option<String>,
+}
+
+/// The proxy listener's CONNECT.
 pub async fn tunnel(
+    req: Request<Incoming>,
+    state: &GatewayState,
+    shared: &Shared,
+    identity: &Identity,
+    log: FlowLog,
+) -> Response<ProxyBody> {
+    let options = ConnectOptions {
+        check_ports: true,
+        ..Default::default()
+    };
+    tunnel_with(req, state, shared, identity, log, options).await
+}
+
+/// A host name that may be connected to or matched (no userinfo, paths or spaces).
+fn valid_host(host: &str) -> bool {
+    !host.is_empty() && !host.contains('@') && !host.chars().any(|c| c.is_whitespace() || c == '/')
+}
+
+/// A CONNECT from either listener; `log` carries who asked (user, device, process).
+pub async fn tunnel_with(
     mut req: Request<Incoming>,
     state: &GatewayState,
     shared: &Shared,
     identity: &Identity,
     mut log: FlowLog,
+    options: ConnectOptions,
 ) -> Response<ProxyBody> {
     // RFC 9110 §9.3.6: the target of CONNECT is exactly host:port.
     let Some((host, port)) = req
@@ -37,7 +78,7 @@ pub async fn tunnel(
             Some("bad_request"),
         );
     };
-    if host.contains('@') || host.chars().any(|c| c.is_whitespace() || c == '/') {
+    if !valid_host(&host) {
         return error_response(
             StatusCode::BAD_REQUEST,
             "invalid CONNECT host",
@@ -45,15 +86,27 @@ pub async fn tunnel(
             Some("bad_request"),
         );
     }
-    if !state.config.proxy.connect_ports.contains(port) {
+    if options.check_ports && !state.config.proxy.connect_ports.contains(port) {
         let reason = format!(
             "CONNECT to port {port} is not allowed (allowed: {})",
             state.config.proxy.connect_ports
         );
         return error_response(StatusCode::FORBIDDEN, &reason, log, Some("denied_port"));
     }
-    let stage =
-        policy_stage::connection_stage(&state.policy, identity, &host, port, &mut log.record);
+    let policy_host = options
+        .policy_host
+        .as_deref()
+        .filter(|h| valid_host(h))
+        .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+        .unwrap_or_else(|| host.clone());
+    let stage = policy_stage::connection_stage_with_process(
+        &state.policy,
+        identity,
+        options.process.as_ref(),
+        &policy_host,
+        port,
+        &mut log.record,
+    );
     if let Some(blocked) = &stage.blocked {
         // Inside a tunnel we cannot render a page the browser would show:
         // the CONNECT itself is refused with the reason.
@@ -79,12 +132,23 @@ pub async fn tunnel(
     let intercept = crate::intercept::Tunnel::for_connect(
         shared.state.load_full(),
         identity,
+        options.process.as_ref(),
+        options.tunnel_bypass,
         log.record.client,
-        &host,
+        &policy_host,
         port,
         stage.decryption.clone(),
         shared,
     );
+    if options.tunnel_bypass && intercept.is_none() {
+        // Not a TLS port (or interception off): nothing is peeked, but the
+        // decision is still the agent's and is recorded as such.
+        log.record.tls = Some(TlsRecord {
+            decision: "do-not-decrypt",
+            reason: TUNNEL_BYPASS_REASON.into(),
+            ..Default::default()
+        });
+    }
     // Awaiting the upgrade inside the service would deadlock: hyper completes it
     // only after this response is written.
     shared.tunnels.spawn(async move {
@@ -118,8 +182,8 @@ async fn run_tunnel(
             let (mut client, mut origin) = match intercept {
                 Some(tunnel) if parts.read_buf.is_empty() && leftover.is_empty() => {
                     match tunnel.run(client, origin, log).await {
-                        crate::intercept::Handoff::Done => return,
-                        crate::intercept::Handoff::Splice { client, origin } => (client, origin),
+                        Handoff::Done => return,
+                        Handoff::Splice { client, origin } => (client, origin),
                     }
                 }
                 _ => (client, origin),
@@ -144,12 +208,27 @@ async fn run_tunnel(
             (t, end)
         }
         Err(upgraded) => {
-            let mut origin = origin;
-            let mut client = TokioIo::new(upgraded);
+            // Not a socket (an agent's HTTP/2 stream): the ClientHello is read and
+            // replayed instead of peeked, and bytes are copied instead of spliced.
+            let client = TokioIo::new(upgraded);
+            let (mut client, mut origin) = match intercept {
+                Some(tunnel) if leftover.is_empty() => {
+                    match tunnel.run(Replayed(client), origin, log).await {
+                        Handoff::Done => return,
+                        Handoff::Splice { client, origin } => (client, origin),
+                    }
+                }
+                _ => (Prefixed::new(Vec::new(), client), origin),
+            };
             if !leftover.is_empty() {
-                let _ = client.write_all(&leftover).await;
+                if let Err(e) = client.write_all(&leftover).await {
+                    log.record.error = Some(format!("writing to client: {e}"));
+                    return;
+                }
             }
-            relay::copy_bidirectional(&mut client, &mut origin, idle).await
+            let (mut t, end) = relay::copy_bidirectional(&mut client, &mut origin, idle).await;
+            t.origin_to_client += leftover.len() as u64;
+            (t, end)
         }
     };
     log.record.bytes_from_client = transferred.client_to_origin;

@@ -7,6 +7,8 @@ mod connect;
 mod forward;
 pub mod headers;
 
+pub(crate) use connect::{tunnel_with, ConnectOptions};
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,8 +2,11 @@
 //! CA, HTTP/2 only, one `CONNECT` stream per steered flow (many flows multiplexed over
 //! one connection). Identity (device, user, groups) comes from the verified
 //! certificate; the `X-Rampart-*` process metadata is trusted only because the peer
-//! authenticated. Each flow connects through the same connector as the proxy listener
-//! and is written to the access log with device, user and process.
+//! authenticated. Each flow takes the proxy listener's CONNECT path
+//! (`crate::proxy::tunnel_with`): the policy's connection stage with the identity and
+//! the process, egress choice, TLS interception or splice, and the block answer (403
+//! with the reason on the stream). `tunnel-bypass` flows are never decrypted. Every
+//! flow is logged with device, user, groups, process and the policy decision.
 
 mod identity;
 
@@ -12,25 +15,23 @@ pub use identity::{DeviceIdentity, IdentityError};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::{FlowRecord, ProcessRecord};
-use crate::connector::EgressChoice;
 use crate::gateway::GatewayHandle;
-use crate::proxy::Shared;
-use crate::relay;
+use crate::proxy::body::{FlowLog, ProxyBody};
+use crate::proxy::{ConnectOptions, Shared};
 
 /// A client that has not finished the TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -216,10 +217,10 @@ pub async fn serve(
     }
 }
 
-type TunnelBody = Full<Bytes>;
+type TunnelBody = ProxyBody;
 
 fn status(code: StatusCode) -> Response<TunnelBody> {
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(ProxyBody::empty(None));
     *response.status_mut() = code;
     response
 }
@@ -245,17 +246,20 @@ async fn agent_api_call(
     };
     api.handle(identity, Request::from_parts(parts, body))
         .await
-        .map(Full::new)
+        .map(|body| ProxyBody::full(body, None))
+}
+
+/// A metadata header of an authenticated agent, bounded.
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(4096).collect::<String>())
 }
 
 /// The process metadata an authenticated agent sends with each flow.
 fn process_from(headers: &HeaderMap) -> Option<ProcessRecord> {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.chars().take(4096).collect::<String>())
-    };
+    let text = |name: &str| header_text(headers, name);
     let number = |name: &str| text(name).and_then(|v| v.parse::<u32>().ok());
     let name = text("x-rampart-process")?;
     Some(ProcessRecord {
@@ -268,76 +272,46 @@ fn process_from(headers: &HeaderMap) -> Option<ProcessRecord> {
     })
 }
 
-/// One CONNECT stream: connect through the default egress, answer, relay, log.
+/// One CONNECT stream: the shared CONNECT path with the device's identity, the
+/// process and the steering action the agent sent.
 async fn flow(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     shared: Arc<Shared>,
     identity: Arc<DeviceIdentity>,
     peer: SocketAddr,
 ) -> Result<Response<TunnelBody>, Infallible> {
-    let Some(authority) = req.uri().authority().cloned() else {
-        return Ok(status(StatusCode::BAD_REQUEST));
-    };
-    let Some(port) = authority.port_u16() else {
-        return Ok(status(StatusCode::BAD_REQUEST));
-    };
-    let host = authority.host().trim_matches(['[', ']']).to_string();
-    let started = Instant::now();
-    let mut record = FlowRecord::new(peer, "CONNECT", authority.to_string());
+    let state = shared.state.load_full();
+    let target = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| req.uri().to_string());
+    let mut record = FlowRecord::new(peer, "CONNECT", target);
     record.user = identity.user.as_deref().map(Arc::from);
     record.groups = identity.groups.clone();
     record.device = Some(Arc::from(identity.device.as_str()));
     record.process = process_from(req.headers());
-    let state = shared.state.load_full();
-    let connected = match state.connector.route(&EgressChoice::Default) {
-        Ok(route) => state.connector.open_tunnel(&route, &host, port).await,
-        Err(e) => Err(e),
+    let options = ConnectOptions {
+        check_ports: false,
+        process: record.process.as_ref().map(|p| rampart_policy::Process {
+            name: p.name.clone(),
+            path: p.path.clone(),
+        }),
+        tunnel_bypass: record.process.as_ref().and_then(|p| p.steering.as_deref())
+            == Some("tunnel-bypass"),
+        policy_host: header_text(req.headers(), "x-rampart-host"),
     };
-    let connected = match connected {
-        Ok(c) => c,
-        Err(e) => {
-            let code = e.status();
-            record.status = code.as_u16();
-            record.error = Some(e.to_string());
-            record.duration_ms = started.elapsed();
-            shared.access_log.log(record);
-            return Ok(status(code));
-        }
+    let policy_identity = rampart_policy::Identity {
+        user: identity.user.clone(),
+        groups: identity.groups.clone(),
+        device: Some(identity.device.clone()),
+        source_ip: Some(crate::admission::canonical_ip(peer.ip())),
     };
-    record.status = 200;
-    record.server = Some(connected.peer);
-    record.egress = Some(connected.egress.0.clone());
-    let idle = state.config.limits.tunnel_idle_timeout;
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let log = shared.access_log.clone();
-    shared.tunnels.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let mut client = TokioIo::new(upgraded);
-                let mut origin = connected.stream;
-                let leftover_sent = if connected.leftover.is_empty() {
-                    Ok(())
-                } else {
-                    client.write_all(&connected.leftover).await
-                };
-                match leftover_sent {
-                    Ok(()) => {
-                        let (moved, end) =
-                            relay::copy_bidirectional(&mut client, &mut origin, idle).await;
-                        record.bytes_from_client = moved.client_to_origin;
-                        record.bytes_to_client =
-                            moved.origin_to_client + connected.leftover.len() as u64;
-                        if let relay::RelayEnd::Error(e) = end {
-                            record.error = Some(format!("relay: {e}"));
-                        }
-                    }
-                    Err(e) => record.error = Some(format!("relay: {e}")),
-                }
-            }
-            Err(e) => record.error = Some(format!("stream upgrade failed: {e}")),
-        }
-        record.duration_ms = started.elapsed();
-        log.log(record);
-    });
-    Ok(status(StatusCode::OK))
+    let log = FlowLog::new(
+        record,
+        shared.access_log.clone(),
+        shared.metrics.clone(),
+        shared.events.clone(),
+    );
+    Ok(crate::proxy::tunnel_with(req, &state, &shared, &policy_identity, log, options).await)
 }
