@@ -18,3 +18,5 @@ systemctl disable --now squid >/dev/null 2>&1 || service squid stop >/dev/null 2
 pkill -x squid 2>/dev/null || true
 python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q requests
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# scripts/fuzz-smoke.sh runs the parsers' fuzz targets for a bounded time.
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
