@@ -59,6 +59,10 @@ pub struct FlowRecord {
     /// The policy decision that applied, when a rule (or a stage default) decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyRecord>,
+    /// The decryption rule that decided a tunnel (absent when the stage default
+    /// did), with the objects it matched, e.g. `app dropbox`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decryption: Option<PolicyRecord>,
     /// The enrolled device (agent tunnel flows: from its client certificate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<Arc<str>>,
@@ -163,6 +167,7 @@ impl FlowRecord {
             error: None,
             content_type: None,
             policy: None,
+            decryption: None,
             device: None,
             process: None,
             tls: None,

@@ -148,6 +148,14 @@ fn summary(record: &FlowRecord) -> FlowSummary {
             .map(str::to_string)
             .collect();
     }
+    // The app the deciding rules matched (the access rule first, then the decryption rule).
+    s.app = record
+        .policy
+        .iter()
+        .chain(record.decryption.iter())
+        .flat_map(|p| p.matched.iter())
+        .find_map(|m| m.strip_prefix("app "))
+        .map(str::to_string);
     s
 }
 

@@ -85,6 +85,18 @@ pub fn connection_stage_with_process(
             None
         }
     };
+    if !verdict.decryption.default {
+        let d = &verdict.decryption;
+        record.decryption = Some(PolicyRecord {
+            revision: policy.revision().into(),
+            stage: "decryption",
+            rule_id: d.rule_id.clone(),
+            rule: d.rule_name.clone(),
+            action: d.action.as_str(),
+            matched: d.matched.iter().map(|m| m.to_string()).collect(),
+            proceeded: false,
+        });
+    }
     // A coaching page cannot be shown inside a tunnel that is not decrypted:
     // user-alert passes there like alert, and is recorded as user-alert.
     let decryption = (!verdict.decryption.default).then(|| {
