@@ -1,5 +1,5 @@
-//! The agent configuration (`agent.toml`). Until the server distributes configuration,
-//! exceptions and the fail mode come from this file.
+//! The agent configuration (`agent.toml`). Enrolled agents also receive exceptions and
+//! the fail mode from the server (see [`crate::server_config`] for the precedence).
 //!
 //! ```toml
 //! data_dir = "/var/lib/rampart-agent"
@@ -59,6 +59,44 @@ pub struct AgentConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub attribution: AttributionConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+}
+
+/// Configuration from the server and upload of decisions (enrolled agents only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// How often the agent asks the server for a new steering configuration
+    /// (`rampart agent update` asks at once).
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often spooled decisions are sent when no new one wakes the uploader.
+    #[serde(default = "default_upload_interval", with = "humantime_serde")]
+    pub upload_interval: Duration,
+    /// Bound of `upload-spool.jsonl` while the server is unreachable.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            poll_interval: default_poll_interval(),
+            upload_interval: default_upload_interval(),
+            spool_max_bytes: default_spool_max_bytes(),
+        }
+    }
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_upload_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_spool_max_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -6,8 +6,10 @@ use crate::attribution::ProcessAttribution;
 use crate::connector::{Connector, Destination};
 use crate::error::AgentError;
 use crate::process::ProcessInfo;
-use crate::steering::{FailMode, FailPolicy, SteeringAction, SteeringPolicy};
+use crate::server_config::LiveSteering;
+use crate::steering::{FailMode, SteeringAction, SteeringDecision, SteeringPolicy};
 use crate::tunnel::{FlowRequest, FlowStream, GatewayTunnel};
+use crate::uploader::{DecisionRecord, Uploader};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -69,11 +71,14 @@ pub enum Outcome {
 
 /// Everything a listener needs to handle flows.
 pub struct FlowContext {
-    pub policy: Arc<dyn SteeringPolicy>,
+    /// The exceptions and fail mode in force (swapped when the server sends a new
+    /// configuration).
+    pub live: Arc<LiveSteering>,
     pub tunnel: Arc<dyn GatewayTunnel>,
     pub attribution: Arc<dyn ProcessAttribution>,
     pub log: Arc<AgentLog>,
-    pub fail: FailPolicy,
+    /// Where decisions with `log = true` go to reach the server (enrolled agents).
+    pub uploader: Option<Arc<Uploader>>,
     pub connector: Connector,
     pub counters: Counters,
 }
@@ -92,18 +97,20 @@ impl FlowContext {
             (None, Destination::Addr(addr)) => addr.ip().to_string(),
             (None, Destination::Name(name, _)) => name.clone(),
         };
-        let decision = self.policy.decide(&process, &label, destination.port());
+        let decision = self.live.decide(&process, &label, destination.port());
         match decision.action {
             SteeringAction::Block => {
                 self.counters.count(SteeringAction::Block);
                 self.log
                     .decision(SteeringAction::Block, &process, &label, None);
+                self.upload(&decision, &process, &label, &destination);
                 Outcome::Blocked
             }
             SteeringAction::Bypass => {
                 self.counters.count(SteeringAction::Bypass);
                 self.log
                     .decision(SteeringAction::Bypass, &process, &label, None);
+                self.upload(&decision, &process, &label, &destination);
                 self.direct(&destination).await
             }
             action @ (SteeringAction::Steer | SteeringAction::TunnelBypass) => {
@@ -117,6 +124,7 @@ impl FlowContext {
                     Ok(stream) => {
                         self.counters.count(action);
                         self.log.decision(action, &flow.process, &label, None);
+                        self.upload(&decision, &flow.process, &label, &flow.destination);
                         Outcome::Connected(stream)
                     }
                     Err(err) if err.is_gateway_unreachable() => {
@@ -132,11 +140,41 @@ impl FlowContext {
         }
     }
 
+    /// Queues an exception's decision for the server (`log = true`; steered flows are
+    /// the gateway's to record).
+    fn upload(
+        &self,
+        decision: &SteeringDecision,
+        process: &crate::process::ProcessInfo,
+        label: &str,
+        destination: &Destination,
+    ) {
+        let Some(uploader) = &self.uploader else {
+            return;
+        };
+        if !decision.log || decision.action == SteeringAction::Steer {
+            return;
+        }
+        let dst_ip = match destination {
+            Destination::Addr(addr) => Some(addr.ip()),
+            Destination::Name(..) => None,
+        };
+        uploader.record(&DecisionRecord::new(
+            decision.action,
+            process,
+            label,
+            destination.port(),
+            dst_ip,
+            decision.rule.as_deref(),
+        ));
+    }
+
     async fn fail_mode(&self, flow: FlowRequest, label: &str, err: AgentError) -> Outcome {
         self.counters.fail_mode.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%err, "gateway unreachable, applying fail mode");
-        if self.fail.allows_direct(label) {
-            let note = match self.fail.mode {
+        let fail = self.live.fail();
+        if fail.allows_direct(label) {
+            let note = match fail.mode {
                 FailMode::Open => "gateway unreachable, fail-open",
                 FailMode::Closed => "gateway unreachable, fail-closed allowlist",
             };

@@ -21,11 +21,14 @@ pub mod mtls_tunnel;
 pub mod process;
 mod relay;
 mod runtime;
+pub mod server_config;
 pub mod status;
 pub mod steering;
 pub mod steering_table;
 mod transparent;
 pub mod tunnel;
+pub mod update;
+pub mod uploader;
 
 pub use agent_log::AgentLog;
 pub use attribution::{Attributor, ProcessAttribution};

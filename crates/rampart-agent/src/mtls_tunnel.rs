@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request};
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
@@ -30,8 +30,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 
+/// Flows send an empty CONNECT body; control-plane calls send a full one.
+type TunnelBody = Either<Empty<Bytes>, Full<Bytes>>;
+
+/// Largest control-plane response the agent reads (its steering configuration).
+const MAX_API_RESPONSE: usize = 16 << 20;
+
+/// A control-plane answer from the server, received over the tunnel.
+pub struct ApiResponse {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
 struct Link {
-    sender: Option<SendRequest<Empty<Bytes>>>,
+    sender: Option<SendRequest<TunnelBody>>,
     failures: u32,
     retry_at: Option<Instant>,
 }
@@ -138,7 +151,7 @@ impl MtlsH2Tunnel {
     }
 
     /// The live connection's sender, dialling (or failing fast during back-off).
-    async fn sender(&self) -> Result<SendRequest<Empty<Bytes>>, AgentError> {
+    async fn sender(&self) -> Result<SendRequest<TunnelBody>, AgentError> {
         let mut link = self.link.lock().await;
         if let Some(sender) = &link.sender {
             if !sender.is_closed() {
@@ -179,7 +192,7 @@ impl MtlsH2Tunnel {
         }
     }
 
-    async fn dial(&self) -> Result<SendRequest<Empty<Bytes>>, AgentError> {
+    async fn dial(&self) -> Result<SendRequest<TunnelBody>, AgentError> {
         let tcp = self
             .connector
             .connect_host(&self.host, self.port)
@@ -229,7 +242,51 @@ impl MtlsH2Tunnel {
         }
     }
 
-    fn request(flow: &FlowRequest) -> Result<Request<Empty<Bytes>>, http::Error> {
+    /// A control-plane request (`/api/v1/agent/...`) on the tunnel connection: the
+    /// gateway hands non-CONNECT requests to the server, identified by the device
+    /// certificate. Fails fast like a flow while the tunnel is in back-off.
+    pub async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> Result<ApiResponse, AgentError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("https://{}{path}", self.gateway));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let body = match body {
+            Some(bytes) => {
+                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+                Either::Right(Full::new(bytes))
+            }
+            None => Either::Left(Empty::new()),
+        };
+        let request = builder
+            .body(body)
+            .map_err(|e| self.unreachable(format!("bad control request: {e}")))?;
+        let mut sender = self.sender().await?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.unreachable(format!("control request failed: {e}")))?;
+        let (parts, body) = response.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_API_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(format!("control response failed: {e}")))?
+            .to_bytes();
+        Ok(ApiResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    fn request(flow: &FlowRequest) -> Result<Request<TunnelBody>, http::Error> {
         let mut builder = Request::builder()
             .method(Method::CONNECT)
             .uri(flow.destination.to_string());
@@ -254,7 +311,7 @@ impl MtlsH2Tunnel {
         }
         builder
             .header("x-rampart-steering", flow.action.as_str())
-            .body(Empty::new())
+            .body(Either::Left(Empty::new()))
     }
 
     async fn open_flow(&self, flow: &FlowRequest) -> Result<FlowStream, AgentError> {

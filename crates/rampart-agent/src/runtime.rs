@@ -8,10 +8,12 @@ use crate::enrollment::Enrollment;
 use crate::error::AgentError;
 use crate::flow::{CounterSnapshot, Counters, FlowContext};
 use crate::mtls_tunnel::MtlsH2Tunnel;
+use crate::server_config::{LiveSteering, ServerConfig, SyncHandle};
 use crate::status::AgentStatus;
 use crate::steering::{ExceptionPolicy, FailPolicy, SteeringPolicy};
 use crate::steering_table::{SteeringTable, TableSpec};
 use crate::tunnel::{GatewayTunnel, HttpProxyTunnel};
+use crate::uploader::Uploader;
 use crate::{local_proxy, transparent};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -82,14 +84,20 @@ impl AgentBuilder {
             ))
         });
         let enrollment = Enrollment::load(&config.data_dir)?;
+        // The control plane (configuration, uploads) rides the enrolled agent's tunnel.
+        let mut control: Option<Arc<MtlsH2Tunnel>> = None;
         let tunnel: Arc<dyn GatewayTunnel> = match (self.tunnel, &enrollment) {
             (Some(tunnel), _) => tunnel,
-            (None, Some(enrollment)) => Arc::new(MtlsH2Tunnel::from_enrollment(
-                &config.data_dir,
-                enrollment,
-                connector,
-                Some(Arc::clone(&log)),
-            )?),
+            (None, Some(enrollment)) => {
+                let mtls = Arc::new(MtlsH2Tunnel::from_enrollment(
+                    &config.data_dir,
+                    enrollment,
+                    connector,
+                    Some(Arc::clone(&log)),
+                )?);
+                control = Some(Arc::clone(&mtls));
+                mtls
+            }
             (None, None) if config.gateway.proxy.is_empty() => {
                 return Err(AgentError::ConfigInvalid {
                     origin: "agent config".into(),
@@ -110,17 +118,66 @@ impl AgentBuilder {
         let attribution = self
             .attribution
             .unwrap_or_else(|| Attributor::new(config.attribution.cache_ttl));
-        let ctx = Arc::new(FlowContext {
+        let live = LiveSteering::new(
             policy,
+            FailPolicy::new(config.gateway.fail_mode, &config.gateway.fail_closed_allow),
+        );
+        let sync = Arc::new(SyncHandle::default());
+        sync.status.lock().unwrap_or_else(|p| p.into_inner()).source = "local agent.toml".into();
+        let uploader = match &control {
+            Some(_) => Some(Uploader::open(
+                &config.data_dir,
+                config.sync.spool_max_bytes,
+            )?),
+            None => None,
+        };
+        if control.is_some() {
+            // A restart while the server is unreachable keeps the last good config.
+            if let Some(saved) = ServerConfig::load_persisted(&config.data_dir) {
+                crate::server_config::apply(
+                    &saved,
+                    &config,
+                    &live,
+                    &sync,
+                    &log,
+                    "server (persisted)",
+                );
+            }
+        }
+        let ctx = Arc::new(FlowContext {
+            live: Arc::clone(&live),
             tunnel: Arc::clone(&tunnel),
             attribution,
             log: Arc::clone(&log),
-            fail: FailPolicy::new(config.gateway.fail_mode, &config.gateway.fail_closed_allow),
+            uploader: uploader.clone(),
             connector,
             counters: Counters::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
+        if let Some(control) = &control {
+            tasks.extend(crate::update::spawn_listener(
+                Arc::clone(&sync),
+                stopped.clone(),
+            ));
+            tasks.push(tokio::spawn(crate::server_config::run_sync(
+                Arc::clone(control),
+                config.clone(),
+                Arc::clone(&live),
+                Arc::clone(&sync),
+                Arc::clone(&log),
+                config.sync.poll_interval,
+                stopped.clone(),
+            )));
+            if let Some(uploader) = &uploader {
+                tasks.push(tokio::spawn(Arc::clone(uploader).run(
+                    Arc::clone(control),
+                    Arc::clone(&log),
+                    config.sync.upload_interval,
+                    stopped.clone(),
+                )));
+            }
+        }
         let mut listen = Vec::new();
         let mut table = None;
         if transparent {
@@ -215,6 +272,10 @@ impl AgentBuilder {
             tunnel: String::new(),
             config_revision: "local agent.toml".into(),
             counters: CounterSnapshot::default(),
+            sync: Default::default(),
+            uploads_pending: 0,
+            uploads_sent: 0,
+            uploads_dropped: 0,
             updated: String::new(),
         };
         tasks.push(tokio::spawn(report_status(
@@ -222,6 +283,7 @@ impl AgentBuilder {
             config.data_dir.clone(),
             Arc::clone(&ctx),
             tunnel,
+            sync,
             stopped.clone(),
         )));
         Ok(RunningAgent {
@@ -244,10 +306,22 @@ async fn report_status(
     data_dir: PathBuf,
     ctx: Arc<FlowContext>,
     tunnel: Arc<dyn GatewayTunnel>,
+    sync: Arc<SyncHandle>,
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
         status.counters = ctx.counters.snapshot();
+        status.sync = sync.snapshot();
+        status.config_revision = if status.sync.revision.is_empty() {
+            "local agent.toml".to_string()
+        } else {
+            status.sync.revision.clone()
+        };
+        if let Some(uploader) = &ctx.uploader {
+            status.uploads_pending = uploader.pending();
+            status.uploads_sent = uploader.sent.load(std::sync::atomic::Ordering::Relaxed);
+            status.uploads_dropped = uploader.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        }
         status.tunnel = match tunnel.is_up() {
             Some(true) => "up",
             Some(false) => "down",
@@ -264,6 +338,8 @@ async fn report_status(
         }
         tokio::select! {
             _ = tokio::time::sleep(STATUS_INTERVAL) => {}
+            // A fetch completed (`agent update` waits for it to show).
+            _ = sync.changed.notified() => {}
             _ = stopped.changed() => {}
         }
     }

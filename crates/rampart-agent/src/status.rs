@@ -27,6 +27,16 @@ pub struct AgentStatus {
     /// Where the steering rules came from and their revision.
     pub config_revision: String,
     pub counters: CounterSnapshot,
+    /// Configuration from the server (enrolled agents).
+    #[serde(default)]
+    pub sync: crate::server_config::SyncStatus,
+    /// Decisions spooled for upload, sent, and dropped because the spool was full.
+    #[serde(default)]
+    pub uploads_pending: u64,
+    #[serde(default)]
+    pub uploads_sent: u64,
+    #[serde(default)]
+    pub uploads_dropped: u64,
     /// RFC 3339 time of this snapshot.
     pub updated: String,
 }
@@ -94,6 +104,10 @@ mod tests {
             tunnel: "up".into(),
             config_revision: "local".into(),
             counters: CounterSnapshot::default(),
+            sync: Default::default(),
+            uploads_pending: 0,
+            uploads_sent: 0,
+            uploads_dropped: 0,
             updated: now_rfc3339(),
         };
         status.write(&dir).unwrap();

@@ -6,12 +6,12 @@
 
 use crate::glob::Glob;
 use crate::process::ProcessInfo;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
 
 /// What to do with a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SteeringAction {
     /// Through the gateway tunnel (inspected per gateway policy).
@@ -161,7 +161,7 @@ impl SteeringPolicy for ExceptionPolicy {
 }
 
 /// What the agent does when the gateway cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailMode {
     /// Connect directly (availability first).

@@ -1,4 +1,4 @@
-//! `rampart agent run|env|status|enroll`: the endpoint agent.
+//! `rampart agent run|env|status|update|enroll`: the endpoint agent.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +40,15 @@ enum AgentCommand {
         /// Print the raw status as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Make the running agent fetch its configuration from the server now, and print
+    /// the revision it applied.
+    Update {
+        #[command(flatten)]
+        location: Location,
+        /// Seconds to wait for the agent to report the fetch.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        timeout: u64,
     },
     /// Enroll this device with a Rampart server (generates the device key locally).
     Enroll {
@@ -90,6 +99,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         AgentCommand::Run { config } => run_agent(&config),
         AgentCommand::Env { config, shell } => env(config.as_deref(), &shell),
         AgentCommand::Status { location, json } => status(&location, json),
+        AgentCommand::Update { location, timeout } => update(&location, timeout),
         AgentCommand::Enroll {
             server,
             token,
@@ -168,11 +178,54 @@ fn status(location: &Location, json: bool) -> anyhow::Result<ExitCode> {
     );
     println!("gateway:       {}", status.gateway);
     println!("tunnel:        {}", status.tunnel);
-    println!("config:        {}", status.config_revision);
+    let sync = &status.sync;
+    if sync.revision.is_empty() {
+        println!("config:        {}", status.config_revision);
+    } else {
+        println!(
+            "config:        revision {} from {} ({} server exceptions), last fetch {}{}",
+            sync.revision,
+            sync.source,
+            sync.exceptions_from_server,
+            sync.last_fetch,
+            sync.last_error
+                .as_deref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
+        for skipped in &sync.skipped {
+            println!("               not applied: {skipped}");
+        }
+    }
+    if status.enrolled {
+        println!(
+            "uploads:       pending {}, sent {}, dropped {}",
+            status.uploads_pending, status.uploads_sent, status.uploads_dropped
+        );
+    }
     println!(
         "counters:      steered {}, bypassed {}, tunnel-bypassed {}, blocked {}, fail-mode {}, errors {}",
         c.steered, c.bypassed, c.tunnel_bypassed, c.blocked, c.fail_mode, c.errors
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn update(location: &Location, timeout: u64) -> anyhow::Result<ExitCode> {
+    let (dir, _) = location.resolve()?;
+    let status =
+        rampart_agent::update::request_update(&dir, std::time::Duration::from_secs(timeout))?;
+    let sync = status.sync;
+    if let Some(err) = sync.last_error {
+        bail!(
+            "the agent could not fetch its configuration: {err} (revision in force: {})",
+            if sync.revision.is_empty() {
+                "local agent.toml"
+            } else {
+                &sync.revision
+            }
+        );
+    }
+    println!("config revision {} applied", sync.revision);
     Ok(ExitCode::SUCCESS)
 }
 
