@@ -630,3 +630,155 @@ fn plain_text_on_a_tls_port_is_tunnelled_or_refused_by_config_and_logged() {
         }
     }
 }
+
+#[test]
+fn fronting_exceptions_let_listed_cdn_hosts_through_and_still_block_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let gw = gateway(
+        o.port,
+        &[&o.ca_pem],
+        "fronting_exceptions = [{ sni = \"shop.test\", hosts = [\"*.cdn-alias.test\"] }]\n",
+    );
+    let ca = gateway_ca(&gw);
+    let url = format!("https://shop.test:{}/front", o.port);
+    for version in ["--http1.1", "--http2"] {
+        let (code, body, err) = curl(
+            &gw.proxy_url(),
+            &[
+                version,
+                "--cacert",
+                path_str(&ca),
+                "-H",
+                "Host: img.cdn-alias.test",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(body.ends_with("/front\n200"), "{version}: {body}");
+        // Not covered by the exception: still domain fronting.
+        let (code, body, err) = curl(
+            &gw.proxy_url(),
+            &[
+                version,
+                "--cacert",
+                path_str(&ca),
+                "-H",
+                "Host: hidden.test",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            body.contains("domain fronting") && body.ends_with("\n403"),
+            "{version}: {body}"
+        );
+    }
+    // The allowed request is logged for the host it addressed.
+    let allowed = format!("https://img.cdn-alias.test:{}/front", o.port);
+    let record = find_record(&gw, |r| r["target"] == allowed.as_str());
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["tls"]["sni"], "shop.test");
+}
+
+#[test]
+fn a_decrypted_tunnel_counts_its_bytes_each_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let gw = gateway(o.port, &[&o.ca_pem], "");
+    let ca = gateway_ca(&gw);
+    let url = format!("https://shop.test:{}/counted", o.port);
+    let (code, _, err) = curl(
+        &gw.proxy_url(),
+        &[
+            "--http1.1",
+            "--cacert",
+            path_str(&ca),
+            "--data-binary",
+            &"x".repeat(5000),
+            &url,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let tunnel = find_record(&gw, |r| {
+        r["method"] == "CONNECT" && r["tls"]["decision"] == "decrypt"
+    });
+    let up = tunnel["bytes_from_client"].as_u64().unwrap_or(0);
+    let down = tunnel["bytes_to_client"].as_u64().unwrap_or(0);
+    // TLS records on the client side: the 5000-byte body plus the handshake one way,
+    // the certificate and the response the other.
+    assert!(up > 5000, "{tunnel}");
+    assert!(down > 300, "{tunnel}");
+    let request = find_record(&gw, |r| r["target"] == url.as_str());
+    assert_eq!(request["bytes_from_client"], 5000, "{request}");
+}
+
+#[test]
+fn an_idle_decrypted_connection_is_closed_after_the_tunnel_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let gw = gateway(
+        o.port,
+        &[&o.ca_pem],
+        "[limits]\ntunnel_idle_timeout = \"2s\"\n",
+    );
+    let ca = gateway_ca(&gw);
+    // CONNECT, TLS with ALPN h2 or http/1.1, one exchange, then silence: the
+    // gateway must close the connection (recv returns b"") after about 2 s.
+    let script = r#"
+import socket, ssl, sys, time
+proxy, port, ca, alpn = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+host, pport = proxy.rsplit(":", 1)
+s = socket.create_connection((host, int(pport)), timeout=30)
+s.sendall(f"CONNECT shop.test:{port} HTTP/1.1\r\nHost: shop.test:{port}\r\n\r\n".encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+assert head.startswith(b"HTTP/1.1 200"), head
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols([alpn])
+t = ctx.wrap_socket(s, server_hostname="shop.test")
+assert t.selected_alpn_protocol() == alpn, t.selected_alpn_protocol()
+if alpn == "h2":
+    t.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+else:
+    t.sendall(f"GET /idle HTTP/1.1\r\nHost: shop.test:{port}\r\n\r\n".encode())
+first = t.recv(65536)
+assert first, "no answer"
+start = time.monotonic()
+while True:
+    try:
+        data = t.recv(65536)
+    except (ssl.SSLError, ConnectionResetError):
+        data = b""
+    if not data:
+        break
+print("closed after %.1f" % (time.monotonic() - start))
+"#;
+    for alpn in ["h2", "http/1.1"] {
+        let out = Command::new("python3")
+            .args(["-c", script, &gw.proxy.to_string(), &o.port.to_string()])
+            .arg(&ca)
+            .arg(alpn)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let seconds: f64 = stdout
+            .trim()
+            .strip_prefix("closed after ")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{alpn}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+        assert!(
+            (1.0..20.0).contains(&seconds),
+            "{alpn}: closed after {seconds}s"
+        );
+    }
+    let idle = find_record(&gw, |r| {
+        r["method"] == "CONNECT" && r["tls"]["alpn"] == "h2"
+    });
+    assert_eq!(idle["error"], "tunnel idle timeout", "{idle}");
+}

@@ -3,6 +3,7 @@
 //! Every process started here is killed when its handle drops.
 #![allow(dead_code)]
 
+pub mod enrolled_agent;
 pub mod origin;
 pub mod squid;
 pub mod tls_origin;

@@ -1,0 +1,119 @@
+//! An enrolled `rampart agent run` in local-proxy mode (no root): a one-time token
+//! from the gateway's data dir, `rampart agent enroll`, then the agent in the
+//! background. Clients sent to [`EnrolledAgent::proxy`] go client → agent → mTLS
+//! HTTP/2 tunnel → gateway.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{eventually, free_port, rampart_bin, run, Rampart};
+
+pub struct EnrolledAgent {
+    /// The agent's local proxy.
+    pub proxy: SocketAddr,
+    pub device: String,
+    /// The agent's data dir (enrollment, agent.log).
+    pub state: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl EnrolledAgent {
+    /// Enrolls a device for `user` in `groups` (comma-separated) with the gateway's
+    /// server and runs the agent; `extra_toml` is appended to the agent's config
+    /// (e.g. `[[steering.exceptions]]`).
+    pub fn start(gw: &Rampart, user: &str, groups: &str, extra_toml: &str) -> EnrolledAgent {
+        let data = gw.data_dir();
+        let out = run(Command::new(rampart_bin()).args([
+            "device",
+            "token",
+            "create",
+            "--user",
+            user,
+            "--groups",
+            groups,
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ]));
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let state = dir.path().join("state");
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\n[steering]\nmode = \"local-proxy\"\n[local_proxy]\nlisten = \"{proxy}\"\n{extra_toml}",
+                state.display().to_string()
+            ),
+        )
+        .expect("write agent config");
+        let out = run(Command::new(rampart_bin()).args([
+            "agent",
+            "enroll",
+            "--server",
+            &format!("http://{}", gw.api),
+            "--token",
+            &token,
+            "--config",
+            config.to_str().expect("utf-8 path"),
+        ]));
+        assert!(
+            out.status.success(),
+            "enroll failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let enrollment: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(state.join("enrollment.json")).expect("enrollment.json"),
+        )
+        .expect("enrollment JSON");
+        let device = enrollment["device_id"]
+            .as_str()
+            .expect("device_id")
+            .to_string();
+        let child = Command::new(rampart_bin())
+            .args(["agent", "run", "--config", config.to_str().expect("utf-8")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn rampart agent run");
+        let agent = EnrolledAgent {
+            proxy,
+            device,
+            state,
+            child,
+            _dir: dir,
+        };
+        assert!(
+            eventually(Duration::from_secs(15), || TcpStream::connect(proxy)
+                .is_ok()),
+            "the agent's local proxy never came up"
+        );
+        agent
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for EnrolledAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
