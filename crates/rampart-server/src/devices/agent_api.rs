@@ -277,7 +277,11 @@ impl AgentApi for AgentApiService {
             (&Method::GET, CONFIG_PATH) => self.config(&identity, &request),
             (&Method::POST, EVENTS_PATH) => self.upload(&identity, request.body()),
             (_, CONFIG_PATH | EVENTS_PATH) => plain(StatusCode::METHOD_NOT_ALLOWED, "method"),
-            _ => plain(StatusCode::NOT_FOUND, "no such agent API"),
+            (_, path) if path.starts_with("/api/v1/agent/") => {
+                plain(StatusCode::NOT_FOUND, "no such agent API")
+            }
+            // Outside the agent API the tunnel only carries CONNECT.
+            _ => plain(StatusCode::METHOD_NOT_ALLOWED, "the tunnel carries CONNECT"),
         };
         Box::pin(std::future::ready(response))
     }
