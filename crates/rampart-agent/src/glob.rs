@@ -9,7 +9,8 @@ pub struct Glob {
 }
 
 impl Glob {
-    /// A case-sensitive glob (process names and paths on Linux are case-sensitive).
+    /// A case-sensitive glob. Steering exceptions use [`Glob::new_case_insensitive`] for
+    /// every list, because the policy they come from ignores case.
     pub fn new(pattern: &str) -> Self {
         Glob {
             pattern: pattern.chars().collect(),
@@ -17,7 +18,9 @@ impl Glob {
         }
     }
 
-    /// A case-insensitive glob (host names).
+    /// An ASCII case-insensitive glob: host names, and process names and executable
+    /// paths (the policy's `processes` condition ignores case, and the agent must
+    /// decide like the gateway does).
     pub fn new_case_insensitive(pattern: &str) -> Self {
         Glob {
             pattern: pattern.to_ascii_lowercase().chars().collect(),

@@ -122,8 +122,18 @@ impl ExceptionPolicy {
             .iter()
             .map(|e| CompiledException {
                 name: Arc::from(e.name.as_str()),
-                processes: e.processes.iter().map(|p| Glob::new(p)).collect(),
-                paths: e.paths.iter().map(|p| Glob::new(p)).collect(),
+                // The policy ignores case in `processes` (names and paths); the server
+                // exports those patterns verbatim, so the agent must agree with it.
+                processes: e
+                    .processes
+                    .iter()
+                    .map(|p| Glob::new_case_insensitive(p))
+                    .collect(),
+                paths: e
+                    .paths
+                    .iter()
+                    .map(|p| Glob::new_case_insensitive(p))
+                    .collect(),
                 hosts: e
                     .hosts
                     .iter()
@@ -291,6 +301,28 @@ mod tests {
         let policy = ExceptionPolicy::new(&exceptions(), SteeringAction::Steer);
         let d = policy.decide(&ProcessInfo::unknown(), "blocked.example", 80);
         assert_eq!(d.action, SteeringAction::Block);
+    }
+
+    #[test]
+    fn process_names_and_paths_ignore_case_like_the_policy() {
+        let policy = ExceptionPolicy::new(&exceptions(), SteeringAction::Steer);
+        // `Python3.12` (a renamed binary) still matches `python3*`, as it does in the
+        // gateway's `processes` condition.
+        let d = policy.decide(
+            &process("Python3.12", "/usr/bin/Python3.12"),
+            "pypi.org",
+            443,
+        );
+        assert_eq!(d.action, SteeringAction::Bypass);
+        let d = policy.decide(
+            &process("Dropbox", "/OPT/Dropbox/Dropbox"),
+            "api.dropbox.com",
+            443,
+        );
+        assert_eq!(d.action, SteeringAction::TunnelBypass);
+        // Case is all that is ignored: other names still fall through.
+        let d = policy.decide(&process("ipython3", "/usr/bin/ipython3"), "pypi.org", 443);
+        assert_eq!(d.action, SteeringAction::Steer);
     }
 
     #[test]

@@ -314,6 +314,98 @@ mod tests {
         assert!(export.rules.iter().all(|r| r.name != "eng only"));
     }
 
+    /// Every entry whose policy meaning is "the domain and its subdomains" must reach
+    /// the agent as both `x` and `*.x`: the agent's host globs treat `*.x` as
+    /// subdomains only, and the bare domain would otherwise be steered differently on
+    /// the endpoint than the gateway decides it.
+    #[test]
+    fn domain_and_subdomain_entries_export_the_bare_domain_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("cats/filesharing")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("cats/filesharing/domains"),
+            "share.example\nupload.example/form\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("pastes.txt"), "paste.example\n").expect("write");
+        let src = r#"
+            [categories]
+            load = ["cats/", "pastes.txt"]
+            [lists]
+            mixed = ["exact.example", "*.sub.example", ".both.example", "path.example/x"]
+            [apps.corpdrive]
+            domains = [".corpdrive.example", "api.corpdrive-cdn.example"]
+            [[steering]]
+            name = "list"
+            when = { lists = ["mixed"] }
+            action = "bypass"
+            [[steering]]
+            name = "inline"
+            when = { hosts = [".inline.example", "only.example"] }
+            action = "bypass"
+            [[steering]]
+            name = "catalog and policy apps"
+            when = { apps = ["dropbox", "corpdrive"] }
+            action = "tunnel-bypass"
+            [[steering]]
+            name = "category dir and plain file"
+            when = { categories = ["filesharing", "pastes"] }
+            action = "block"
+        "#;
+        let policy = Policy::from_str(src, "policy.toml", dir.path())
+            .expect("valid policy")
+            .0;
+        let export = policy.steering_export(&who("alice", &[]), 1000);
+        let hosts = |name: &str| -> Vec<String> {
+            export
+                .rules
+                .iter()
+                .find(|r| r.name == name)
+                .unwrap_or_else(|| panic!("rule {name} exported: {export:?}"))
+                .hosts
+                .clone()
+        };
+        // Lists: exact stays exact, `*.x` stays subdomains only, `.x` gives both, and
+        // path entries never match when steering.
+        assert_eq!(
+            hosts("list"),
+            [
+                "*.both.example",
+                "*.sub.example",
+                "both.example",
+                "exact.example"
+            ]
+        );
+        assert_eq!(
+            hosts("inline"),
+            ["*.inline.example", "inline.example", "only.example"]
+        );
+        let apps = hosts("catalog and policy apps");
+        for h in [
+            "dropbox.com",
+            "*.dropbox.com",
+            "dropboxapi.com",
+            "*.dropboxapi.com",
+            "corpdrive.example",
+            "*.corpdrive.example",
+            "api.corpdrive-cdn.example",
+        ] {
+            assert!(apps.iter().any(|a| a == h), "{h} missing from {apps:?}");
+        }
+        assert!(!apps.iter().any(|a| a == "*.api.corpdrive-cdn.example"));
+        // Category entries cover the domain and its subdomains; `urls`-style entries
+        // with a path are left out.
+        assert_eq!(
+            hosts("category dir and plain file"),
+            [
+                "*.paste.example",
+                "*.share.example",
+                "paste.example",
+                "share.example"
+            ]
+        );
+    }
+
     #[test]
     fn destinations_over_the_limit_are_skipped_with_a_reason() {
         let export = policy(SRC).steering_export(&who("alice", &[]), 1);
