@@ -43,6 +43,10 @@ pub struct UploadProcess {
 /// One decision as uploaded (device and user come from the certificate, server side).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecisionRecord {
+    /// Random, per decision: the server derives the stored event's id from it (and the
+    /// device), so a batch re-sent after a lost reply is stored once, not twice.
+    #[serde(default)]
+    pub id: Option<String>,
     pub time_ms: i64,
     pub action: SteeringAction,
     pub host: String,
@@ -63,6 +67,7 @@ impl DecisionRecord {
     ) -> Self {
         let now = time::OffsetDateTime::now_utc();
         DecisionRecord {
+            id: Some(format!("{:032x}", rand::random::<u128>())),
             time_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
             action,
             host: host.to_string(),

@@ -255,7 +255,11 @@ impl AgentApiService {
         };
         let accepted = batch.events.len();
         for decision in batch.events {
-            events.send(decision.to_summary(identity).network_event());
+            let mut event = decision.to_summary(identity).network_event();
+            if let Some(id) = &decision.id {
+                event.metadata.uid = upload_event_id(&identity.device, id, event.time);
+            }
+            events.send(event);
         }
         tracing::debug!(device = %identity.device, accepted, "agent decisions stored");
         let body = serde_json::json!({ "accepted": accepted }).to_string();
@@ -296,6 +300,9 @@ struct UploadBatch {
 
 #[derive(Debug, Deserialize)]
 struct ClientDecision {
+    /// The agent's id for this decision (random); absent from agents that predate it.
+    #[serde(default)]
+    id: Option<String>,
     /// Milliseconds since the epoch, on the agent's clock.
     time_ms: i64,
     /// `bypass`, `tunnel-bypass` or `block`.
@@ -319,6 +326,24 @@ struct ClientProcess {
     path: Option<String>,
     #[serde(default)]
     pid: Option<u32>,
+}
+
+/// The stored event id of an uploaded decision: time-ordered like every event id
+/// (UUIDv7 layout, the decision's millisecond in front) with the remaining bits from
+/// SHA-256 of the device and the agent's decision id. The store ignores an id it
+/// already holds, so a retried batch is stored once; mixing in the device keeps one
+/// device from colliding with another's decisions.
+fn upload_event_id(device: &str, decision_id: &str, time_ms: i64) -> uuid::Uuid {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(device.as_bytes())
+        .chain_update([0u8])
+        .chain_update(decision_id.as_bytes())
+        .finalize();
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    let ms = u64::try_from(time_ms).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid()
 }
 
 fn clip(s: &str) -> String {
@@ -406,5 +431,17 @@ mod tests {
             Some(BypassSite::Client)
         );
         assert_eq!(event.metadata.log_provider.as_deref(), Some("agent"));
+    }
+
+    #[test]
+    fn a_resent_decision_keeps_its_event_id_and_devices_never_share_one() {
+        let time = 1_790_000_000_123;
+        let first = upload_event_id("dev-1", "abc", time);
+        assert_eq!(first, upload_event_id("dev-1", "abc", time));
+        assert_ne!(first, upload_event_id("dev-2", "abc", time));
+        assert_ne!(first, upload_event_id("dev-1", "abd", time));
+        assert_eq!(first.get_version_num(), 7);
+        let (secs, _) = first.get_timestamp().expect("v7 timestamp").to_unix();
+        assert_eq!(secs, time as u64 / 1000);
     }
 }
