@@ -52,22 +52,30 @@ action = "block"
 "#;
 
 /// A gateway with the policy above, the test names resolved to loopback, `tls_ports`
-/// covering the TLS origins and trusting their CAs.
+/// covering the TLS origins and trusting their CAs, and `agent_http_ports` the
+/// plain origins whose requests it must see one by one.
 fn gateway(dir: &Path, tls: &[&TlsOrigin]) -> Rampart {
+    gateway_with_plain(dir, tls, &[])
+}
+
+fn gateway_with_plain(dir: &Path, tls: &[&TlsOrigin], plain: &[u16]) -> Rampart {
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, POLICY).unwrap();
     let ports: Vec<String> = tls.iter().map(|o| o.port.to_string()).collect();
+    let plain: Vec<String> = plain.iter().map(|p| p.to_string()).collect();
     let roots: Vec<String> = tls
         .iter()
         .map(|o| format!("{:?}", o.ca_pem.display().to_string()))
         .collect();
     Rampart::start(&format!(
         "policy = {:?}\n[proxy]\nallow_loopback_destinations = true\ntls_ports = [443, {}]\n\
+         agent_http_ports = [80, {}]\n\
          [resolve]\n\"shop.test\" = \"127.0.0.1\"\n\"pinned.test\" = \"127.0.0.1\"\n\
          \"blocked.test\" = \"127.0.0.1\"\n\"tools.test\" = \"127.0.0.1\"\n\
          [tls]\nsystem_roots = {}\nextra_roots = [{}]\n",
         policy.display().to_string(),
         ports.join(", "),
+        plain.join(", "),
         // Without test origins there is nothing to trust but the system's roots.
         roots.is_empty(),
         roots.join(", ")
@@ -301,4 +309,36 @@ except urllib.error.HTTPError as e:
     assert_eq!(passed["status"], 200, "{passed}");
     assert_eq!(passed["user"], "bob");
     assert!(passed["policy"]["rule_id"] != "curl-not-tools", "{passed}");
+}
+
+#[test]
+fn plain_http_through_the_tunnel_is_checked_request_by_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start();
+    let gw = gateway_with_plain(dir.path(), &[], &[origin.port()]);
+    let agent = EnrolledAgent::start(&gw, "alice", "eng", "");
+    let open = format!("http://shop.test:{}/hello", origin.port());
+    let (code, body, err) = curl(&agent.proxy_url(), &["-w", "\n%{http_code}", &open]);
+    assert_eq!(code, 0, "{err}");
+    assert!(body.ends_with("\n200"), "{body}");
+    let secret = format!("http://shop.test:{}/secret/plans", origin.port());
+    let (code, body, err) = curl(&agent.proxy_url(), &["-w", "\n%{http_code}", &secret]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        body.contains("no secret pages") && body.ends_with("\n403"),
+        "{body}"
+    );
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "only the allowed request reached the origin"
+    );
+    let blocked = find_record(&gw, |r| r["target"] == secret.as_str());
+    assert_eq!(blocked["status"], 403);
+    assert_eq!(blocked["policy"]["rule_id"], "no-secret");
+    assert_eq!(blocked["device"], agent.device.as_str());
+    assert_eq!(blocked["process"]["name"], "curl");
+    let passed = find_record(&gw, |r| r["target"] == open.as_str());
+    assert_eq!(passed["status"], 200);
+    assert_eq!(passed["user"], "alice");
 }

@@ -61,6 +61,9 @@ pub struct ProxyConfig {
     pub refuse_non_tls: bool,
     /// Ports absolute-form HTTP requests may reach (Squid's `Safe_ports`).
     pub http_ports: PortSet,
+    /// Agent tunnel flows to these ports that start with an HTTP/1 request are
+    /// served request by request, so the request stage sees every URL.
+    pub agent_http_ports: PortSet,
     /// Allow destinations on loopback / unspecified addresses. Off by default so a
     /// proxy user cannot reach services bound to the gateway's own loopback.
     pub allow_loopback_destinations: bool,
@@ -83,6 +86,7 @@ impl Default for ProxyConfig {
             tls_ports: PortSet::from_ranges(vec![(443, 443)]),
             refuse_non_tls: false,
             http_ports: PortSet::from_ranges(vec![(80, 80), (443, 443), (1025, 65535)]),
+            agent_http_ports: PortSet::from_ranges(vec![(80, 80)]),
             allow_loopback_destinations: false,
             via: true,
             via_name: "rampart".to_string(),

@@ -53,7 +53,7 @@ pub struct Interception {
     decider: HostListDecider,
     pinned: Arc<PinnedClientTracker>,
     hello_timeout: Duration,
-    fronting: FrontingExceptions,
+    fronting: Arc<FrontingExceptions>,
 }
 
 impl Interception {
@@ -73,7 +73,7 @@ impl Interception {
         let configs = InterceptConfigs::new(leaves, tls.leaf_cache_size)?;
         let origin = OriginTls::new(&tls.origin_settings())?;
         let (pinned, decider) = tls.decider()?;
-        let fronting = FrontingExceptions::new(&tls.fronting_exceptions)?;
+        let fronting = Arc::new(FrontingExceptions::new(&tls.fronting_exceptions)?);
         Ok(Interception {
             ca,
             configs,
@@ -94,7 +94,9 @@ impl Interception {
 /// One CONNECT tunnel that may be intercepted: what the connection stage knew.
 pub struct Tunnel {
     pub state: Arc<GatewayState>,
-    pub interception: Arc<Interception>,
+    /// Set for TLS tunnels (always, see [`Tunnel::for_connect`]); plain-HTTP tunnels
+    /// of agents ([`Tunnel::for_plain_http`]) use only its fronting exceptions, if any.
+    pub interception: Option<Arc<Interception>>,
     pub identity: Identity,
     pub client: SocketAddr,
     pub host: String,
@@ -111,6 +113,8 @@ pub struct Tunnel {
     pub process: Option<Process>,
     /// The agent asked for `tunnel-bypass`: never decrypted, whatever the policy says.
     pub tunnel_bypass: bool,
+    /// A plain-HTTP tunnel of an agent ([`Tunnel::run_plain_http`]), not a TLS one.
+    pub plain_http: bool,
 }
 
 /// The reason recorded for flows an agent sent as `tunnel-bypass`.
@@ -176,7 +180,7 @@ impl Tunnel {
         let interception = state.interception.clone()?;
         Some(Tunnel {
             state,
-            interception,
+            interception: Some(interception),
             identity: identity.clone(),
             client,
             host: host.to_string(),
@@ -188,7 +192,67 @@ impl Tunnel {
             coaching: shared.coaching.clone(),
             process: process.cloned(),
             tunnel_bypass,
+            plain_http: false,
         })
+    }
+
+    /// An agent flow to a port of `proxy.agent_http_ports`: when it carries plain
+    /// HTTP/1, its requests are served one by one so the request stage sees each URL,
+    /// as it does for proxy clients' absolute-form requests.
+    pub fn for_plain_http(
+        state: Arc<GatewayState>,
+        identity: &Identity,
+        process: Option<&Process>,
+        client: SocketAddr,
+        host: &str,
+        port: u16,
+        shared: &crate::proxy::Shared,
+    ) -> Option<Tunnel> {
+        if !state.config.proxy.agent_http_ports.contains(port) {
+            return None;
+        }
+        Some(Tunnel {
+            interception: state.interception.clone(),
+            state,
+            identity: identity.clone(),
+            client,
+            host: host.to_string(),
+            port,
+            policy_decision: None,
+            access_log: shared.access_log.clone(),
+            metrics: shared.metrics.clone(),
+            events: shared.events.clone(),
+            coaching: shared.coaching.clone(),
+            process: process.cloned(),
+            tunnel_bypass: false,
+            plain_http: true,
+        })
+    }
+
+    /// Serves a plain-HTTP tunnel request by request; anything that does not start
+    /// like an HTTP/1 request is handed back to be relayed untouched.
+    pub async fn run_plain_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        self,
+        client: S,
+        origin: TcpStream,
+        log: &mut FlowLog,
+    ) -> Handoff<stream::Prefixed<S>> {
+        let timeout = self.state.config.limits.header_timeout;
+        let (client, is_http) = stream::read_http_start(client, timeout).await;
+        match is_http {
+            Ok(true) => {}
+            Ok(false) => return Handoff::Splice { client, origin },
+            Err(e) => {
+                log.record.error = Some(format!("reading the first request: {e}"));
+                return Handoff::Done;
+            }
+        }
+        let activity = stream::Activity::new();
+        let client = stream::Counted::new(client, activity.clone());
+        session::serve_plain(&self, client, origin, &self.host, &activity, log).await;
+        log.record.bytes_from_client = activity.read();
+        log.record.bytes_to_client = activity.written();
+        Handoff::Done
     }
 
     /// Peeks, decides, and serves a decrypted tunnel; the tunnel's own record
@@ -199,7 +263,12 @@ impl Tunnel {
         origin: TcpStream,
         log: &mut FlowLog,
     ) -> Handoff<C::Stream> {
-        let (client, hello) = client.client_hello(self.interception.hello_timeout).await;
+        let Some(interception) = self.interception.clone() else {
+            // for_connect never builds a TLS tunnel without interception.
+            log.record.error = Some("TLS interception is not configured".into());
+            return Handoff::Done;
+        };
+        let (client, hello) = client.client_hello(interception.hello_timeout).await;
         let hello = match hello {
             Ok(hello) => hello,
             Err(e) if e.is_not_tls() => {
@@ -234,7 +303,7 @@ impl Tunnel {
         };
         let sni = hello.server_name.as_ref().map(|s| s.to_ascii_lowercase());
         let host = sni.clone().unwrap_or_else(|| self.host.clone());
-        let (decrypt, reason) = self.decide(&host);
+        let (decrypt, reason) = self.decide(&interception, &host);
         let record = TlsRecord {
             decision: if decrypt { "decrypt" } else { "do-not-decrypt" },
             reason,
@@ -250,8 +319,18 @@ impl Tunnel {
         // (TLS records included), as a spliced tunnel's does.
         let activity = stream::Activity::new();
         let client = stream::Counted::new(client, activity.clone());
-        self.decrypt(client, origin, &host, sni, &hello, record, &activity, log)
-            .await;
+        let hello = Hello { sni, hello: &hello };
+        self.decrypt(
+            &interception,
+            client,
+            origin,
+            &host,
+            hello,
+            record,
+            &activity,
+            log,
+        )
+        .await;
         log.record.bytes_from_client = activity.read();
         log.record.bytes_to_client = activity.written();
         Handoff::Done
@@ -261,17 +340,17 @@ impl Tunnel {
     #[allow(clippy::too_many_arguments)]
     async fn decrypt<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &self,
+        interception: &Interception,
         client: stream::Counted<S>,
         origin: TcpStream,
         host: &str,
-        sni: Option<String>,
-        hello: &ClientHello,
+        Hello { sni, hello }: Hello<'_>,
         mut record: TlsRecord,
         activity: &stream::Activity,
         log: &mut FlowLog,
     ) {
         let host = host.to_string();
-        let origin_config = self.interception.origin.client_config(&host, &hello.alpn);
+        let origin_config = interception.origin.client_config(&host, &hello.alpn);
         let upstream = match server_name(&host) {
             Ok(name) => tokio_rustls::TlsConnector::from(origin_config.config.clone())
                 .connect(name, origin)
@@ -301,7 +380,7 @@ impl Tunnel {
                 log.metrics().error("origin_certificate");
                 let names = LeafNames::for_host(&host);
                 let config = match names {
-                    Ok(names) => self.interception.configs.server_config(&names, &[]).await,
+                    Ok(names) => interception.configs.server_config(&names, &[]).await,
                     Err(e) => Err(e),
                 };
                 log.record.tls = Some(record.clone());
@@ -344,7 +423,7 @@ impl Tunnel {
         };
         let alpn: Vec<Vec<u8>> = origin_alpn.iter().cloned().collect();
         let config = match names {
-            Ok(names) => self.interception.configs.server_config(&names, &alpn).await,
+            Ok(names) => interception.configs.server_config(&names, &alpn).await,
             Err(e) => Err(e),
         };
         let config = match config {
@@ -361,7 +440,7 @@ impl Tunnel {
                 match ClientRejection::from_handshake_error(&e) {
                     Some(rejection) => {
                         // A client that pins certificates (or does not trust Rampart's CA).
-                        let outcome = self.interception.pinned.record_failure(&host);
+                        let outcome = interception.pinned.record_failure(&host);
                         tracing::info!(host = %host, client = %self.client, ?rejection, ?outcome,
                             "client rejected the intercepted certificate");
                         let how = match rejection {
@@ -401,7 +480,7 @@ impl Tunnel {
 
     /// An agent's `tunnel-bypass` first, then the policy's decryption rule (when
     /// one decided), then the TLS decider: configured do-not-decrypt hosts, built-in pinned apps, auto-bypass.
-    fn decide(&self, host: &str) -> (bool, String) {
+    fn decide(&self, interception: &Interception, host: &str) -> (bool, String) {
         if self.tunnel_bypass {
             return (false, TUNNEL_BYPASS_REASON.to_string());
         }
@@ -409,9 +488,16 @@ impl Tunnel {
             let decrypt = matches!(action, DecryptionAction::Decrypt);
             return (decrypt, format!("policy rule \"{rule}\""));
         }
-        let decision = self.interception.decider.should_decrypt(host);
+        let decision = interception.decider.should_decrypt(host);
         (decision.decrypt, decision.reason.to_string())
     }
+}
+
+/// What the ClientHello said, for [`Tunnel::decrypt`].
+struct Hello<'a> {
+    /// The SNI, lower-cased.
+    sni: Option<String>,
+    hello: &'a ClientHello,
 }
 
 /// The highest version the client offered (spliced tunnels never see the negotiated one).

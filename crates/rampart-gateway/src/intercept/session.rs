@@ -2,7 +2,8 @@
 //! (HTTP/1.1 keep-alive, or HTTP/2 when ALPN chose h2) and each request is
 //! checked (SNI match, the policy's request stage) and forwarded over the
 //! verified TLS connection to the origin with the same protocol. Every
-//! request gets its own flow record.
+//! request gets its own flow record. Plain HTTP in an agent's tunnel is served
+//! the same way, without TLS on either side ([`serve_plain`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use super::stream::{Activity, Counted};
-use super::{Fronting, Interception, Tunnel};
+use super::{Fronting, FrontingExceptions, Tunnel};
 use crate::access_log::{FlowRecord, ProcessRecord, TlsRecord};
 use crate::policy_stage;
 use crate::proxy::body::{FlowLog, MeteredBody, ProxyBody};
@@ -28,6 +29,10 @@ use crate::proxy::{blocked_response, coaching_gate, error_response, proceed_resp
 /// The decrypted client side: TLS over the (metered) client stream of the tunnel.
 type ClientTls<S> = tokio_rustls::server::TlsStream<Counted<S>>;
 type OriginTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A stream hyper can serve or drive.
+pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// The origin connection requests are sent on, in the protocol both sides negotiated.
 enum Sender {
@@ -46,7 +51,7 @@ struct Session {
     process_record: Option<ProcessRecord>,
     /// The endpoint process of an agent flow, for the request stage.
     process: Option<rampart_policy::Process>,
-    interception: Arc<Interception>,
+    fronting: Arc<FrontingExceptions>,
     egress: Option<Arc<str>>,
     server: Option<std::net::SocketAddr>,
     state: Arc<crate::state::GatewayState>,
@@ -57,12 +62,13 @@ struct Session {
     /// The name the client asked for in TLS (SNI, or the CONNECT host without SNI).
     host: String,
     port: u16,
-    tls: TlsRecord,
+    /// The TLS facts every request record carries; `None` for plain HTTP.
+    tls: Option<TlsRecord>,
     coaching: Arc<crate::coaching::Coaching>,
 }
 
 impl Session {
-    fn new(tunnel: &Tunnel, host: &str, tls: TlsRecord, log: Option<&FlowLog>) -> Self {
+    fn new(tunnel: &Tunnel, host: &str, tls: Option<TlsRecord>, log: Option<&FlowLog>) -> Self {
         Session {
             tunnel_client: tunnel.client,
             user: log.and_then(|l| l.record.user.clone()),
@@ -70,7 +76,11 @@ impl Session {
             device: log.and_then(|l| l.record.device.clone()),
             process_record: log.and_then(|l| l.record.process.clone()),
             process: tunnel.process.clone(),
-            interception: tunnel.interception.clone(),
+            fronting: tunnel
+                .interception
+                .as_ref()
+                .map(|i| i.fronting.clone())
+                .unwrap_or_default(),
             egress: log.and_then(|l| l.record.egress.clone()),
             server: log.and_then(|l| l.record.server),
             state: tunnel.state.clone(),
@@ -95,10 +105,15 @@ impl Session {
         } else {
             host.to_string()
         };
-        if self.port == 443 {
-            format!("https://{host}{path}")
+        let (scheme, default_port) = if self.tls.is_some() {
+            ("https", 443)
         } else {
-            format!("https://{host}:{}{path}", self.port)
+            ("http", 80)
+        };
+        if self.port == default_port {
+            format!("{scheme}://{host}{path}")
+        } else {
+            format!("{scheme}://{host}:{}{path}", self.port)
         }
     }
 
@@ -110,7 +125,7 @@ impl Session {
         record.process = self.process_record.clone();
         record.egress = self.egress.clone();
         record.server = self.server;
-        record.tls = Some(self.tls.clone());
+        record.tls = self.tls.clone();
         FlowLog::new(
             record,
             self.access_log.clone(),
@@ -122,7 +137,7 @@ impl Session {
 
 /// Serves the decrypted tunnel until either side closes or no byte moves for
 /// `limits.tunnel_idle_timeout` (an idle decrypted tunnel ends like a spliced one).
-pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+pub(super) async fn serve<S: Io>(
     tunnel: &Tunnel,
     client: ClientTls<S>,
     origin: OriginTlsStream,
@@ -132,6 +147,33 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     log: &mut FlowLog,
 ) {
     let h2 = client.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_requests(tunnel, client, origin, h2, host, Some(tls), activity, log).await;
+}
+
+/// Serves plain HTTP/1.1 of an agent's tunnel request by request, as for a
+/// decrypted tunnel: the request stage sees every URL.
+pub(super) async fn serve_plain<C: Io>(
+    tunnel: &Tunnel,
+    client: Counted<C>,
+    origin: TcpStream,
+    host: &str,
+    activity: &Activity,
+    log: &mut FlowLog,
+) {
+    serve_requests(tunnel, client, origin, false, host, None, activity, log).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_requests<C: Io, O: Io>(
+    tunnel: &Tunnel,
+    client: C,
+    origin: O,
+    h2: bool,
+    host: &str,
+    tls: Option<TlsRecord>,
+    activity: &Activity,
+    log: &mut FlowLog,
+) {
     let origin_io = TokioIo::new(origin);
     let sender = if h2 {
         match http2::handshake(TokioExecutor::new(), origin_io).await {
@@ -228,10 +270,7 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
         );
     };
     let requested = host_of(&authority);
-    let fronting = session
-        .interception
-        .fronting
-        .check(&session.host, requested);
+    let fronting = session.fronting.check(&session.host, requested);
     // The site a request is for is the host it addresses: with a fronting
     // exception that is not the TLS name, and policy and logs must see it.
     let site = match &fronting {
@@ -244,8 +283,13 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
         Fronting::Same | Fronting::Refused => session.host.clone(),
     };
     if fronting == Fronting::Refused {
+        let opened = if session.tls.is_some() {
+            "the TLS connection"
+        } else {
+            "the tunnel"
+        };
         let reason = format!(
-            "domain fronting: the request is for {requested} but the TLS connection was opened for {}",
+            "domain fronting: the request is for {requested} but {opened} was opened for {}",
             session.host
         );
         let mut response =
@@ -419,14 +463,14 @@ fn host_of(authority: &str) -> &str {
 
 /// The origin's certificate failed: every request in the tunnel gets the
 /// explanation (HTML for browsers, text for others) with status 502.
-pub(super) async fn serve_origin_failure<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+pub(super) async fn serve_origin_failure<S: Io>(
     tunnel: &Tunnel,
     client: ClientTls<S>,
     host: &str,
     failure: OriginTlsFailure,
     tls: TlsRecord,
 ) {
-    let session = Arc::new(Session::new(tunnel, host, tls, None));
+    let session = Arc::new(Session::new(tunnel, host, Some(tls), None));
     let failure = Arc::new(failure);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let session = session.clone();

@@ -110,6 +110,50 @@ pub async fn read_client_hello<S: AsyncRead + Unpin>(
     (Prefixed::new(buf, stream), result)
 }
 
+/// Whether a stream's first bytes start an HTTP/1 request (`METHOD SP`): `None`
+/// while too few bytes have arrived to tell.
+fn starts_http_request(buf: &[u8]) -> Option<bool> {
+    // The longest registered methods are short; 20 letters is generous.
+    const MAX_METHOD: usize = 20;
+    for (i, b) in buf.iter().enumerate().take(MAX_METHOD + 1) {
+        match b {
+            b' ' => return Some(i > 0),
+            b'A'..=b'Z' | b'-' | b'_' => {}
+            _ => return Some(false),
+        }
+    }
+    if buf.len() > MAX_METHOD {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Reads until the first bytes show whether the client speaks HTTP/1 (a request
+/// line starts), keeping every byte in the returned stream. Other protocols, and
+/// clients that say nothing within `timeout` (server-speaks-first protocols), are
+/// `Ok(false)`.
+pub async fn read_http_start<S: AsyncRead + Unpin>(
+    mut stream: S,
+    timeout: Duration,
+) -> (Prefixed<S>, Result<bool, PeekError>) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 1024];
+    let result = loop {
+        if let Some(is_http) = starts_http_request(&buf) {
+            break Ok(is_http);
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => break Ok(false),
+            Ok(Err(e)) => break Err(PeekError::Io(e)),
+            Ok(Ok(0)) => break Err(PeekError::Closed { have: buf.len() }),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    (Prefixed::new(buf, stream), result)
+}
+
 /// Bytes each way and the time of the last one, shared between a [`Counted`] stream
 /// and whoever reports on it.
 pub struct Activity {
@@ -279,6 +323,28 @@ mod tests {
         drop(client);
         let (_, hello) = read_client_hello(server, Duration::from_secs(5)).await;
         assert!(matches!(hello, Err(PeekError::Closed { have: 0 })));
+    }
+
+    #[tokio::test]
+    async fn an_http_request_line_is_recognised_and_other_protocols_are_not() {
+        assert_eq!(starts_http_request(b"GET / HTTP/1.1\r\n"), Some(true));
+        assert_eq!(starts_http_request(b"M-SEARCH * HTTP/1.1"), Some(true));
+        assert_eq!(starts_http_request(b"GE"), None);
+        assert_eq!(starts_http_request(b"SSH-2.0-OpenSSH"), Some(false));
+        assert_eq!(starts_http_request(b"\x16\x03\x01"), Some(false));
+        assert_eq!(starts_http_request(b" GET"), Some(false));
+
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"POST /x HTTP/1.1\r\n").await.unwrap();
+        let (mut replay, is_http) = read_http_start(server, Duration::from_secs(5)).await;
+        assert!(is_http.unwrap());
+        let mut line = [0u8; 18];
+        replay.read_exact(&mut line).await.unwrap();
+        assert_eq!(&line, b"POST /x HTTP/1.1\r\n");
+        // A server-speaks-first protocol: the client says nothing.
+        let (_silent, server) = tokio::io::duplex(1024);
+        let (_, is_http) = read_http_start(server, Duration::from_millis(50)).await;
+        assert!(!is_http.unwrap());
     }
 
     #[tokio::test]

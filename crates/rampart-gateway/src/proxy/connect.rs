@@ -34,6 +34,9 @@ pub struct ConnectOptions {
     /// The name the policy sees when the CONNECT target is an address: the host
     /// the agent read from SNI or the Host header.
     pub policy_host: Option<String>,
+    /// Serve plain HTTP/1 on `proxy.agent_http_ports` request by request (agent
+    /// flows: proxy clients send plain HTTP in absolute form instead).
+    pub inspect_plain_http: bool,
 }
 
 /// The proxy listener's CONNECT.
@@ -140,6 +143,21 @@ pub async fn tunnel_with(
         stage.decryption.clone(),
         shared,
     );
+    let intercept = match intercept {
+        Some(tunnel) => Some(tunnel),
+        None if options.inspect_plain_http && !options.tunnel_bypass => {
+            crate::intercept::Tunnel::for_plain_http(
+                shared.state.load_full(),
+                identity,
+                options.process.as_ref(),
+                log.record.client,
+                &policy_host,
+                port,
+                shared,
+            )
+        }
+        None => None,
+    };
     if options.tunnel_bypass && intercept.is_none() {
         // Not a TLS port (or interception off): nothing is peeked, but the
         // decision is still the agent's and is recorded as such.
@@ -211,14 +229,21 @@ async fn run_tunnel(
             // Not a socket (an agent's HTTP/2 stream): the ClientHello is read and
             // replayed instead of peeked, and bytes are copied instead of spliced.
             let client = TokioIo::new(upgraded);
-            let (mut client, mut origin) = match intercept {
-                Some(tunnel) if leftover.is_empty() => {
-                    match tunnel.run(Replayed(client), origin, log).await {
-                        Handoff::Done => return,
-                        Handoff::Splice { client, origin } => (client, origin),
-                    }
+            let handoff = match intercept {
+                Some(tunnel) if leftover.is_empty() && tunnel.plain_http => {
+                    tunnel.run_plain_http(client, origin, log).await
                 }
-                _ => (Prefixed::new(Vec::new(), client), origin),
+                Some(tunnel) if leftover.is_empty() => {
+                    tunnel.run(Replayed(client), origin, log).await
+                }
+                _ => Handoff::Splice {
+                    client: Prefixed::new(Vec::new(), client),
+                    origin,
+                },
+            };
+            let (mut client, mut origin) = match handoff {
+                Handoff::Done => return,
+                Handoff::Splice { client, origin } => (client, origin),
             };
             if !leftover.is_empty() {
                 if let Err(e) = client.write_all(&leftover).await {

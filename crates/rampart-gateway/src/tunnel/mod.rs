@@ -300,6 +300,7 @@ async fn flow(
         tunnel_bypass: record.process.as_ref().and_then(|p| p.steering.as_deref())
             == Some("tunnel-bypass"),
         policy_host: header_text(req.headers(), "x-rampart-host"),
+        inspect_plain_http: true,
     };
     let policy_identity = rampart_policy::Identity {
         user: identity.user.clone(),
