@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod enrolled_agent;
+pub mod netns;
 pub mod origin;
 pub mod squid;
 pub mod tls_origin;

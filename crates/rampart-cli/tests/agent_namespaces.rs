@@ -1,0 +1,533 @@
+//! The enrolled agent in transparent mode, end to end in network namespaces (root).
+//!
+//! An "endpoint" namespace runs `rampart agent enroll` + `rampart agent run` (mode
+//! `transparent`: its own nftables table redirects ports 80/443) and the real clients,
+//! curl and python3 requests, with no proxy settings. A "servers" namespace runs
+//! `rampart server` (gateway with TLS interception, API, agent tunnel listener) and the
+//! origins; a plain HTTP origin records each client's address, so a flow the endpoint
+//! made directly (10.78.0.1) is told apart from one the gateway relayed (10.78.0.2).
+//! The steering rules come from the server's policy `[[steering]]` stage, delivered
+//! over the agent's mTLS tunnel.
+
+mod support;
+
+use std::process::Output;
+use std::time::Duration;
+
+use support::eventually;
+use support::netns::{
+    root_or_skip, NetPair, NsAgent, NsServer, NsTlsOrigin, PeerOrigin, ENDPOINT_ADDR, SERVERS_ADDR,
+};
+
+const HOSTS: &[&str] = &[
+    "shop.test",
+    "pypi.test",
+    "pinned.test",
+    "blocked.test",
+    "allowed.test",
+];
+
+/// The policy: decrypt shop.test; python3 → pypi.test goes direct; curl → pinned.test
+/// is tunnelled without decryption; curl → blocked.test is refused on the endpoint.
+fn policy(python_log: bool, block_curl: bool) -> String {
+    let mut p = format!(
+        r#"
+[[decryption]]
+id = "decrypt-shop"
+name = "decrypt the shop"
+when = {{ hosts = ["shop.test", "pinned.test"] }}
+action = "decrypt"
+
+[[steering]]
+id = "python-pypi-direct"
+name = "python to pypi goes direct"
+when = {{ processes = ["python3*"], hosts = ["pypi.test"] }}
+action = "bypass"
+log = {python_log}
+
+[[steering]]
+id = "pinned-app"
+name = "pinned app is tunnelled without decryption"
+when = {{ processes = ["curl"], hosts = ["pinned.test"] }}
+action = "tunnel-bypass"
+"#
+    );
+    if block_curl {
+        p.push_str(
+            r#"
+[[steering]]
+id = "no-curl-blocked"
+name = "curl may not reach blocked.test"
+when = { processes = ["curl"], hosts = ["blocked.test"] }
+action = "block"
+"#,
+        );
+    }
+    p
+}
+
+/// The server's configuration: interception trusting the test origin's CA, the test
+/// names resolved to the servers' address, and `agent_toml` as its `[agent]` table.
+fn server_toml(policy: &std::path::Path, origin_ca: &std::path::Path, agent_toml: &str) -> String {
+    let resolve: String = HOSTS
+        .iter()
+        .map(|h| format!("\"{h}\" = \"{SERVERS_ADDR}\"\n"))
+        .collect();
+    format!(
+        "policy = {:?}\n[proxy]\n# Only the agent tunnel serves the endpoint; the proxy listener stays closed to it.\nallow_networks = [\"127.0.0.0/8\"]\nallow_loopback_destinations = true\ntls_ports = [443]\n\
+         [resolve]\n{resolve}[tls]\nsystem_roots = false\nextra_roots = [{:?}]\n{agent_toml}",
+        policy.display().to_string(),
+        origin_ca.display().to_string(),
+    )
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// curl from the endpoint namespace: (exit code, body, verbose stderr).
+fn curl(pair: &NetPair, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["-sS", "--max-time", "40"];
+    all.extend_from_slice(args);
+    let out = pair.on_endpoint("curl", &all);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// python3 requests from the endpoint namespace: the body, or `error <Type>`.
+fn python_get(pair: &NetPair, url: &str) -> String {
+    let script = "import sys, requests\n\
+        try:\n    r = requests.get(sys.argv[1], timeout=40)\n    print(r.status_code, r.text)\n\
+        except Exception as e:\n    print('error', type(e).__name__, e)\n";
+    text(&pair.on_endpoint("python3", &["-c", script, url]))
+}
+
+/// Waits for events matching `query` that satisfy `pred`; panics with all events.
+fn wait_events(
+    server: &NsServer,
+    query: &str,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    let found = eventually(Duration::from_secs(30), || {
+        events = server.search(query);
+        pred(&events)
+    });
+    assert!(
+        found,
+        "no events for `{query}` as expected: {events:#?}\nall events: {:#?}",
+        server.search("")
+    );
+    events
+}
+
+fn log_line<'a>(log: &'a str, prefix: &str, host: &str) -> Option<&'a str> {
+    log.lines()
+        .find(|l| l.contains(prefix) && l.ends_with(&format!(", host: {host}")))
+}
+
+#[test]
+fn server_steering_rules_steer_bypass_tunnel_bypass_and_block_in_transparent_mode() {
+    if !root_or_skip(
+        "server_steering_rules_steer_bypass_tunnel_bypass_and_block_in_transparent_mode",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pair = NetPair::create(HOSTS);
+    let http = PeerOrigin::start(&pair.servers, format!("{SERVERS_ADDR}:80").parse().unwrap());
+    let tls = NsTlsOrigin::start(
+        &pair,
+        &pair.servers,
+        format!("{SERVERS_ADDR}:443").parse().unwrap(),
+        &["shop.test", "pinned.test"],
+    );
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, policy(true, true)).unwrap();
+    let server = NsServer::start(
+        &pair,
+        dir.path(),
+        &server_toml(&policy_path, &tls.ca_pem, ""),
+    );
+    let mut agent = NsAgent::enroll_and_run(
+        &pair,
+        &server,
+        dir.path(),
+        "alice",
+        "eng",
+        "[gateway]\nconnect_timeout = \"5s\"\n[sync]\npoll_interval = \"1h\"\nupload_interval = \"300ms\"\n",
+    );
+    let agent_pid = agent.pid();
+
+    // 1. Steered: curl and python3 reach the origin through the gateway, which sees
+    // their process names, the device and the enrolled user.
+    let (code, body, err) = curl(&pair, &["http://shop.test/hello"]);
+    assert_eq!(code, 0, "{err}\n{}", agent.log());
+    assert_eq!(
+        body,
+        format!("origin saw {SERVERS_ADDR} for shop.test/hello")
+    );
+    let said = python_get(&pair, "http://shop.test/from-python");
+    assert_eq!(
+        said.trim(),
+        format!("200 origin saw {SERVERS_ADDR} for shop.test/from-python"),
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        log_line(&log, "Tunneling connection from process: curl", "shop.test").is_some(),
+        "{log}"
+    );
+    assert!(
+        log_line(
+            &log,
+            "Tunneling connection from process: python3",
+            "shop.test"
+        )
+        .is_some(),
+        "{log}"
+    );
+    let events = wait_events(
+        &server,
+        &format!("device = {} and host = shop.test", agent.device),
+        |events| {
+            ["curl", "python3"].iter().all(|p| {
+                events.iter().any(|e| {
+                    e["process"].as_str().is_some_and(|n| n.starts_with(p)) && e["user"] == "alice"
+                })
+            })
+        },
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["bypass"].is_null() || e["bypass"] == ""),
+        "steered flows are not bypasses: {events:#?}"
+    );
+
+    // 2. Bypass: python3 → pypi.test goes directly; the origin sees the endpoint.
+    let said = python_get(&pair, "http://pypi.test/simple/");
+    assert_eq!(
+        said.trim(),
+        format!("200 origin saw {ENDPOINT_ADDR} for pypi.test/simple/"),
+        "{}",
+        agent.log()
+    );
+    let seen = http.requests_for("pypi.test");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].peer.to_string(), ENDPOINT_ADDR);
+    let log = agent.log();
+    let line = log_line(
+        &log,
+        "Bypassing connection from process: python3",
+        "pypi.test",
+    )
+    .unwrap_or_else(|| panic!("no bypass line:\n{log}"));
+    assert!(line.contains(" INFO "), "{line}");
+    assert!(
+        !server.access_log().iter().any(|r| r["target"]
+            .as_str()
+            .is_some_and(|t| t.contains("pypi.test"))),
+        "the bypassed flow went through the gateway"
+    );
+    let events = wait_events(&server, "bypass = client and host = pypi.test", |e| {
+        !e.is_empty()
+    });
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert!(
+        event["process"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("python3"),
+        "{event}"
+    );
+    assert_eq!(event["device"], agent.device.as_str(), "{event}");
+    assert_eq!(event["user"], "alice", "{event}");
+    assert_eq!(event["rule"], "python to pypi goes direct", "{event}");
+
+    // 3. Tunnel-bypass: curl → pinned.test goes through the gateway, which has
+    // interception on (a steered HTTPS flow to shop.test is re-signed by Rampart),
+    // but relays pinned.test untouched: the origin's own certificate.
+    let rampart_ca = server.interception_ca();
+    let (code, body, err) = curl(
+        &pair,
+        &[
+            "-v",
+            "--cacert",
+            rampart_ca.to_str().unwrap(),
+            "https://shop.test/",
+        ],
+    );
+    assert_eq!(code, 0, "{err}\n{}", agent.log());
+    assert!(err.contains("issuer: CN=Rampart Gateway CA"), "{err}");
+    assert!(body.contains("s_server"), "{body}");
+    let (code, body, err) = curl(
+        &pair,
+        &[
+            "-v",
+            "--cacert",
+            tls.ca_pem.to_str().unwrap(),
+            "https://pinned.test/",
+        ],
+    );
+    assert_eq!(code, 0, "{err}\n{}", agent.log());
+    assert!(err.contains("issuer: CN=Rampart-Test-Origin-CA"), "{err}");
+    assert!(body.contains("s_server"), "{body}");
+    let log = agent.log();
+    assert!(
+        log_line(
+            &log,
+            "Bypassing connection by tunneling from process: curl",
+            "pinned.test"
+        )
+        .is_some(),
+        "{log}"
+    );
+    let mut record = None;
+    eventually(Duration::from_secs(20), || {
+        record = server
+            .access_log()
+            .into_iter()
+            .find(|r| r["method"] == "CONNECT" && r["tls"]["sni"] == "pinned.test");
+        record.is_some()
+    });
+    let record = record.unwrap_or_else(|| panic!("no gateway record: {:#?}", server.access_log()));
+    // In transparent mode the agent tunnels to the original destination address and
+    // names the host in its metadata; the ClientHello's SNI is what the gateway saw.
+    assert_eq!(record["target"], format!("{SERVERS_ADDR}:443"), "{record}");
+    assert_eq!(record["device"], agent.device.as_str(), "{record}");
+    assert_eq!(record["process"]["name"], "curl", "{record}");
+    assert_eq!(record["process"]["steering"], "tunnel-bypass", "{record}");
+    assert_eq!(record["tls"]["decision"], "do-not-decrypt", "{record}");
+    wait_events(
+        &server,
+        &format!(
+            "device = {} and host = pinned.test and tls = do-not-decrypt",
+            agent.device
+        ),
+        |e| {
+            e.iter()
+                .any(|e| e["process"] == "curl" && e["bypass"] == "gateway")
+        },
+    );
+
+    // 4. Block: curl → blocked.test is refused on the endpoint and logged on both sides.
+    let (_, body, err) = curl(&pair, &["-w", "\n%{http_code}", "http://blocked.test/x"]);
+    assert!(body.ends_with("403"), "{body}{err}");
+    assert!(http.requests_for("blocked.test").is_empty());
+    let log = agent.log();
+    let line = log_line(
+        &log,
+        "Dropping connection from process: curl",
+        "blocked.test",
+    )
+    .unwrap_or_else(|| panic!("no block line:\n{log}"));
+    assert!(line.contains(" WARN "), "{line}");
+    let events = wait_events(
+        &server,
+        "bypass = client and action = block and host = blocked.test",
+        |e| !e.is_empty(),
+    );
+    assert_eq!(events[0]["process"], "curl", "{events:#?}");
+    assert_eq!(events[0]["device"], agent.device.as_str());
+
+    // 5. Config update without a restart: the block rule goes, and python3's bypass
+    // is no longer logged to the server (`log = false`).
+    let old = agent
+        .log()
+        .matches("Agent config updated to revision")
+        .count();
+    std::fs::write(&policy_path, policy(false, false)).unwrap();
+    let mut said = String::new();
+    let applied = eventually(Duration::from_secs(60), || {
+        let (ok, out) = agent.update();
+        said = out;
+        ok && agent
+            .log()
+            .matches("Agent config updated to revision")
+            .count()
+            > old
+    });
+    assert!(
+        applied,
+        "agent update never applied a new revision: {said}\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.still_running() && agent.pid() == agent_pid,
+        "the agent restarted"
+    );
+    let (code, body, err) = curl(&pair, &["http://blocked.test/x"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        body,
+        format!("origin saw {SERVERS_ADDR} for blocked.test/x")
+    );
+    let said = python_get(&pair, "http://pypi.test/simple/again");
+    assert!(
+        said.contains(&format!("origin saw {ENDPOINT_ADDR}")),
+        "{said}"
+    );
+    assert_eq!(
+        agent
+            .log()
+            .matches("Bypassing connection from process: python3")
+            .count(),
+        2,
+        "{}",
+        agent.log()
+    );
+    // A later logged decision reaches the server, python3's second bypass never does.
+    let before = server
+        .search("bypass = client and host = pinned.test")
+        .len();
+    let (code, _, err) = curl(
+        &pair,
+        &[
+            "--cacert",
+            tls.ca_pem.to_str().unwrap(),
+            "https://pinned.test/",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    wait_events(&server, "bypass = client and host = pinned.test", |e| {
+        e.len() > before
+    });
+    assert_eq!(
+        server.search("bypass = client and host = pypi.test").len(),
+        1,
+        "a log = false bypass was uploaded"
+    );
+}
+
+#[test]
+fn a_revoked_device_cannot_open_the_tunnel_and_the_agent_follows_its_fail_mode() {
+    if !root_or_skip("a_revoked_device_cannot_open_the_tunnel_and_the_agent_follows_its_fail_mode")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pair = NetPair::create(HOSTS);
+    let http = PeerOrigin::start(&pair.servers, format!("{SERVERS_ADDR}:80").parse().unwrap());
+    let tls = NsTlsOrigin::start(
+        &pair,
+        &pair.servers,
+        format!("{SERVERS_ADDR}:443").parse().unwrap(),
+        &["shop.test"],
+    );
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, policy(true, true)).unwrap();
+    // The server tells its agents to fail closed, with one host left reachable.
+    let mut server = NsServer::start(
+        &pair,
+        dir.path(),
+        &server_toml(
+            &policy_path,
+            &tls.ca_pem,
+            "[agent]\nfail_mode = \"closed\"\nfail_closed_allow = [\"allowed.test\"]\n",
+        ),
+    );
+    let agent = NsAgent::enroll_and_run(
+        &pair,
+        &server,
+        dir.path(),
+        "bob",
+        "ops",
+        "[gateway]\nconnect_timeout = \"3s\"\nfail_mode = \"open\"\n[sync]\npoll_interval = \"1h\"\n",
+    );
+    let (code, body, err) = curl(&pair, &["http://shop.test/before"]);
+    assert_eq!(code, 0, "{err}\n{}", agent.log());
+    assert_eq!(
+        body,
+        format!("origin saw {SERVERS_ADDR} for shop.test/before")
+    );
+
+    // Revoke; the device certificate no longer opens a tunnel connection.
+    let out = support::run(
+        std::process::Command::new(support::rampart_bin())
+            .args(["device", "revoke", &agent.device, "--data-dir"])
+            .arg(server.data_dir()),
+    );
+    assert!(out.status.success(), "revoke: {}", text(&out));
+    let url = format!("https://{}/api/v1/agent/config", server.tunnel);
+    let direct = |pair: &NetPair| {
+        curl(
+            pair,
+            &[
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+                agent.state.join("gateway-ca.pem").to_str().unwrap(),
+                "--cert",
+                agent.state.join("device.pem").to_str().unwrap(),
+                "--key",
+                agent.state.join("device.key").to_str().unwrap(),
+                &url,
+            ],
+        )
+    };
+    let (code, status, err) = direct(&pair);
+    assert!(
+        code != 0 && status != "200",
+        "a revoked device fetched its config: {status} {err}"
+    );
+    assert!(
+        server
+            .stderr()
+            .contains("agent tunnel refused: device revoked"),
+        "{}",
+        server.stderr()
+    );
+
+    // The agent's open tunnel connection ends with the server; it cannot dial a new one.
+    server.restart(&pair);
+    let requests_before = http.requests_for("shop.test").len();
+    let (code, body, _) = curl(&pair, &["http://shop.test/after"]);
+    assert!(
+        code != 0 || !body.contains("origin saw"),
+        "a steered flow passed without a tunnel: {body}"
+    );
+    assert_eq!(
+        http.requests_for("shop.test").len(),
+        requests_before,
+        "fail-closed must not reach the origin"
+    );
+    let log = agent.log();
+    assert!(
+        log.lines().any(
+            |l| l.contains("Dropping connection from process: curl, host: shop.test")
+                && l.ends_with("(gateway unreachable, fail-closed)")
+        ),
+        "{log}"
+    );
+    // The allowlisted host stays reachable, directly from the endpoint.
+    let (code, body, err) = curl(&pair, &["http://allowed.test/fix"]);
+    assert_eq!(code, 0, "{err}\n{}", agent.log());
+    assert_eq!(
+        body,
+        format!("origin saw {ENDPOINT_ADDR} for allowed.test/fix")
+    );
+    assert!(
+        server
+            .stderr()
+            .matches("agent tunnel refused: device revoked")
+            .count()
+            >= 2,
+        "the agent never tried the restarted gateway:\n{}",
+        server.stderr()
+    );
+    let (code, _, _) = direct(&pair);
+    assert_ne!(code, 0);
+}
