@@ -324,7 +324,7 @@ sleep 1 # let the agent and gateway settle (buffers, idle tasks)
 AGENT_HELD_KIB=$(rss_kib "$AGENT_PID")
 AGENT_HWM_KIB=$(hwm_kib "$AGENT_PID")
 GW_HELD_KIB=$(rss_kib "$GW_PID")
-AGENT_FDS=$(ls "/proc/$AGENT_PID/fd" | wc -l)
+AGENT_FDS=$(find "/proc/$AGENT_PID/fd" -mindepth 1 -maxdepth 1 | wc -l)
 read -r _ _ OPEN_SECS <"$WORK/flows.out"
 STEERED=$(($(grep -c "Tunneling connection from process" "$A/state/agent.log") - STEERED_BEFORE))
 echo >"$WORK/release"
