@@ -410,9 +410,28 @@ fn server_steering_rules_steer_bypass_tunnel_bypass_and_block_in_transparent_mod
 }
 
 #[test]
-fn a_revoked_device_cannot_open_the_tunnel_and_the_agent_follows_its_fail_mode() {
-    if !root_or_skip("a_revoked_device_cannot_open_the_tunnel_and_the_agent_follows_its_fail_mode")
-    {
+fn a_revoked_device_cannot_open_the_tunnel_and_the_agent_fails_closed() {
+    revoked_device_follows_the_fail_mode(
+        "a_revoked_device_cannot_open_the_tunnel_and_the_agent_fails_closed",
+        true,
+    );
+}
+
+#[test]
+fn a_revoked_device_cannot_open_the_tunnel_and_the_agent_fails_open() {
+    revoked_device_follows_the_fail_mode(
+        "a_revoked_device_cannot_open_the_tunnel_and_the_agent_fails_open",
+        false,
+    );
+}
+
+/// `rampart device revoke`, then the server restarts (ending the tunnel connection
+/// that was already open): the device certificate opens no new tunnel, and steered
+/// flows take the fail mode. Closed comes from the server's `[agent]` table (it
+/// overrides the agent's local `fail_mode = "open"`), with an allowlist; open is the
+/// agent's own setting.
+fn revoked_device_follows_the_fail_mode(test: &str, fail_closed: bool) {
+    if !root_or_skip(test) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -426,15 +445,15 @@ fn a_revoked_device_cannot_open_the_tunnel_and_the_agent_follows_its_fail_mode()
     );
     let policy_path = dir.path().join("policy.toml");
     std::fs::write(&policy_path, policy(true, true)).unwrap();
-    // The server tells its agents to fail closed, with one host left reachable.
+    let agent_table = if fail_closed {
+        "[agent]\nfail_mode = \"closed\"\nfail_closed_allow = [\"allowed.test\"]\n"
+    } else {
+        ""
+    };
     let mut server = NsServer::start(
         &pair,
         dir.path(),
-        &server_toml(
-            &policy_path,
-            &tls.ca_pem,
-            "[agent]\nfail_mode = \"closed\"\nfail_closed_allow = [\"allowed.test\"]\n",
-        ),
+        &server_toml(&policy_path, &tls.ca_pem, agent_table),
     );
     let agent = NsAgent::enroll_and_run(
         &pair,
@@ -459,7 +478,7 @@ fn a_revoked_device_cannot_open_the_tunnel_and_the_agent_follows_its_fail_mode()
     );
     assert!(out.status.success(), "revoke: {}", text(&out));
     let url = format!("https://{}/api/v1/agent/config", server.tunnel);
-    let direct = |pair: &NetPair| {
+    let with_device_cert = |pair: &NetPair| {
         curl(
             pair,
             &[
@@ -478,15 +497,19 @@ fn a_revoked_device_cannot_open_the_tunnel_and_the_agent_follows_its_fail_mode()
             ],
         )
     };
-    let (code, status, err) = direct(&pair);
+    let (code, status, err) = with_device_cert(&pair);
     assert!(
         code != 0 && status != "200",
         "a revoked device fetched its config: {status} {err}"
     );
-    assert!(
+    let refusals = |server: &NsServer| {
         server
             .stderr()
-            .contains("agent tunnel refused: device revoked"),
+            .matches("agent tunnel refused: device revoked")
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || refusals(&server) >= 1),
         "{}",
         server.stderr()
     );
@@ -494,40 +517,53 @@ fn a_revoked_device_cannot_open_the_tunnel_and_the_agent_follows_its_fail_mode()
     // The agent's open tunnel connection ends with the server; it cannot dial a new one.
     server.restart(&pair);
     let requests_before = http.requests_for("shop.test").len();
-    let (code, body, _) = curl(&pair, &["http://shop.test/after"]);
-    assert!(
-        code != 0 || !body.contains("origin saw"),
-        "a steered flow passed without a tunnel: {body}"
-    );
-    assert_eq!(
-        http.requests_for("shop.test").len(),
-        requests_before,
-        "fail-closed must not reach the origin"
-    );
+    let (code, body, err) = curl(&pair, &["http://shop.test/after"]);
     let log = agent.log();
+    if fail_closed {
+        assert!(
+            code != 0 || !body.contains("origin saw"),
+            "a steered flow passed without a tunnel: {body}"
+        );
+        assert_eq!(
+            http.requests_for("shop.test").len(),
+            requests_before,
+            "fail-closed must not reach the origin"
+        );
+        assert!(
+            log.lines().any(|l| l
+                .contains("Dropping connection from process: curl, host: shop.test")
+                && l.ends_with("(gateway unreachable, fail-closed)")),
+            "{log}"
+        );
+        // The allowlisted host stays reachable, directly from the endpoint.
+        let (code, body, err) = curl(&pair, &["http://allowed.test/fix"]);
+        assert_eq!(code, 0, "{err}\n{}", agent.log());
+        assert_eq!(
+            body,
+            format!("origin saw {ENDPOINT_ADDR} for allowed.test/fix")
+        );
+        assert!(agent.log().lines().any(|l| l
+            .contains("Bypassing connection from process: curl, host: allowed.test")
+            && l.ends_with("(gateway unreachable, fail-closed allowlist)")));
+    } else {
+        // Fail-open: the flow goes directly from the endpoint.
+        assert_eq!(code, 0, "{err}\n{log}");
+        assert_eq!(
+            body,
+            format!("origin saw {ENDPOINT_ADDR} for shop.test/after")
+        );
+        assert!(
+            log.lines().any(|l| l
+                .contains("Bypassing connection from process: curl, host: shop.test")
+                && l.ends_with("(gateway unreachable, fail-open)")),
+            "{log}"
+        );
+    }
     assert!(
-        log.lines().any(
-            |l| l.contains("Dropping connection from process: curl, host: shop.test")
-                && l.ends_with("(gateway unreachable, fail-closed)")
-        ),
-        "{log}"
-    );
-    // The allowlisted host stays reachable, directly from the endpoint.
-    let (code, body, err) = curl(&pair, &["http://allowed.test/fix"]);
-    assert_eq!(code, 0, "{err}\n{}", agent.log());
-    assert_eq!(
-        body,
-        format!("origin saw {ENDPOINT_ADDR} for allowed.test/fix")
-    );
-    assert!(
-        server
-            .stderr()
-            .matches("agent tunnel refused: device revoked")
-            .count()
-            >= 2,
+        eventually(Duration::from_secs(10), || refusals(&server) >= 2),
         "the agent never tried the restarted gateway:\n{}",
         server.stderr()
     );
-    let (code, _, _) = direct(&pair);
-    assert_ne!(code, 0);
+    let (code, _, _) = with_device_cert(&pair);
+    assert_ne!(code, 0, "the restarted gateway admitted a revoked device");
 }
