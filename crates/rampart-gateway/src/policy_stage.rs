@@ -41,16 +41,19 @@ pub fn connection_stage(
     port: u16,
     record: &mut FlowRecord,
 ) -> StageResult {
-    connection_stage_with_process(policy, identity, None, host, port, record)
+    let dst_ip = host.parse().ok();
+    connection_stage_with_process(policy, identity, None, host, dst_ip, port, record)
 }
 
 /// [`connection_stage`] for a flow whose endpoint process is known (agent tunnel
-/// flows), so rules with `processes` conditions can match.
+/// flows), so rules with `processes` conditions can match. `host` may be a name
+/// the agent saw (SNI, Host) while `dst_ip` is the address it connects to.
 pub fn connection_stage_with_process(
     policy: &Policy,
     identity: &Identity,
     process: Option<&Process>,
     host: &str,
+    dst_ip: Option<std::net::IpAddr>,
     port: u16,
     record: &mut FlowRecord,
 ) -> StageResult {
@@ -58,7 +61,7 @@ pub fn connection_stage_with_process(
         identity,
         process,
         host: Some(host),
-        dst_ip: host.parse().ok(),
+        dst_ip,
         port,
     };
     let verdict = policy.evaluate_connection(&facts);

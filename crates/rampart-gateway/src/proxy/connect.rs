@@ -102,11 +102,18 @@ pub async fn tunnel_with(
         .filter(|h| valid_host(h))
         .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
         .unwrap_or_else(|| host.clone());
+    // CIDR rules match the address connected to, host rules the name.
+    let dst_ip = host
+        .trim_matches(['[', ']'])
+        .parse()
+        .ok()
+        .or_else(|| policy_host.parse().ok());
     let stage = policy_stage::connection_stage_with_process(
         &state.policy,
         identity,
         options.process.as_ref(),
         &policy_host,
+        dst_ip,
         port,
         &mut log.record,
     );
@@ -198,7 +205,9 @@ async fn run_tunnel(
             // TLS interception needs the ClientHello still unread on the socket
             // and an origin that has sent nothing yet.
             let (mut client, mut origin) = match intercept {
-                Some(tunnel) if parts.read_buf.is_empty() && leftover.is_empty() => {
+                Some(tunnel)
+                    if !tunnel.plain_http && parts.read_buf.is_empty() && leftover.is_empty() =>
+                {
                     match tunnel.run(client, origin, log).await {
                         Handoff::Done => return,
                         Handoff::Splice { client, origin } => (client, origin),
