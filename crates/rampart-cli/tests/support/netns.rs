@@ -120,7 +120,7 @@ impl NetPair {
         }
         let etc = pair.etc_dir();
         std::fs::create_dir_all(&etc).expect("create /etc/netns/<endpoint>");
-        let mut file = format!("127.0.0.1 localhost\n::1 localhost\n");
+        let mut file = "127.0.0.1 localhost\n::1 localhost\n".to_string();
         for host in hosts {
             file.push_str(&format!("{SERVERS_ADDR} {host}\n"));
         }
