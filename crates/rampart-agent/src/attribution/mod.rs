@@ -1,15 +1,18 @@
 //! Process attribution: which process opened a TCP connection.
 //!
 //! socket 4-tuple → inode and uid (sock_diag, `/proc/net/tcp{,6}` as a fallback) →
-//! pid (scan of `/proc/*/fd`) → name, executable path, user. Results are cached for a
-//! short time-to-live so a burst of connections costs one `/proc` scan.
+//! pid ([`owner_index`]: an incremental search of `/proc/*/fd` that starts with the
+//! likeliest owners and stops at the first match) → name, executable path, user.
+//! Process details are cached for a short time-to-live.
 
+mod owner_index;
 mod proc_fd;
 mod proc_net;
 pub mod sock_diag;
 mod users;
 
 use crate::process::ProcessInfo;
+use owner_index::{OwnerIndex, ProcRoot};
 use sock_diag::SocketOwner;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,8 +35,9 @@ struct Timed<T> {
 /// The Linux implementation of [`ProcessAttribution`], with a TTL cache.
 pub struct Attributor {
     ttl: Duration,
-    // inode → pid from the latest /proc scan.
-    owners: Mutex<Timed<HashMap<u64, u32>>>,
+    // inode → pid. One lock for the whole search: concurrent lookups of one inode
+    // share a search (the second one finds it indexed), and searches are short.
+    owners: Mutex<OwnerIndex>,
     processes: Mutex<HashMap<u32, Timed<ProcessInfo>>>,
     users: Mutex<Option<Timed<HashMap<u32, String>>>>,
 }
@@ -48,15 +52,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Attributor {
     /// An attributor whose cached answers live for `ttl`.
     pub fn new(ttl: Duration) -> Arc<Self> {
-        let long_ago = Instant::now()
-            .checked_sub(ttl + Duration::from_secs(1))
-            .unwrap_or_else(Instant::now);
         Arc::new(Attributor {
             ttl,
-            owners: Mutex::new(Timed {
-                value: HashMap::new(),
-                at: long_ago,
-            }),
+            owners: Mutex::new(OwnerIndex::new(ProcRoot::default())),
             processes: Mutex::new(HashMap::new()),
             users: Mutex::new(None),
         })
@@ -73,27 +71,9 @@ impl Attributor {
         }
     }
 
-    fn pid_of(&self, inode: u64) -> Option<u32> {
+    fn pid_of(&self, owner: SocketOwner) -> Option<u32> {
         let asked = Instant::now();
-        let mut owners = lock(&self.owners);
-        if let Some(pid) = owners.value.get(&inode) {
-            if owners.at.elapsed() < self.ttl {
-                return Some(*pid);
-            }
-        }
-        // A scan that started after we asked already saw our socket (it existed before
-        // we asked): a miss there means the owner is gone, and rescanning would only
-        // serialise a burst of new connections behind one scan each.
-        if owners.at >= asked {
-            return None;
-        }
-        // Otherwise the socket is newer than the scan (or the scan is stale): rescan.
-        // The lock is held during the scan so concurrent misses share one scan.
-        // Stamped with the scan's start: everything that existed then is in it.
-        let started = Instant::now();
-        let value = proc_fd::scan_socket_owners();
-        *owners = Timed { value, at: started };
-        owners.value.get(&inode).copied()
+        lock(&self.owners).owner(owner.inode, owner.uid, asked, self.ttl)
     }
 
     fn user_name(&self, uid: u32) -> Option<String> {
@@ -149,7 +129,7 @@ impl ProcessAttribution for Attributor {
             return ProcessInfo::unknown();
         };
         let found = self
-            .pid_of(owner.inode)
+            .pid_of(owner)
             .and_then(|pid| self.process(pid, owner.uid));
         found.unwrap_or_else(|| ProcessInfo {
             uid: Some(owner.uid),
