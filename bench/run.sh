@@ -359,7 +359,28 @@ start_rampart() { # rampart | rampart-mitm
     api=$(free_port)
     API_PORT[$name]=$api
     local extra=${BENCH_RAMPART_TOML:-}
-    [[ $name == rampart-mitm ]] && extra+=$'\n'"${BENCH_RAMPART_MITM_TOML:-}"
+    # Interception applies to CONNECTs to [proxy] tls_ports only: the plain run
+    # keeps the default [443] (the origin's ephemeral port is spliced, as a
+    # tunnel); the interception run adds the origin's HTTPS port, trusts the
+    # origin CA through [tls] extra_roots, and signs its leaves with the same
+    # throwaway interception CA as the peers (imported into its data dir).
+    local tls_ports="[443]" tls_section=""
+    if [[ $name == rampart-mitm ]]; then
+        tls_ports="[443, $HTTPS_PORT]"
+        tls_section="[tls]
+extra_roots = [\"$ORIGIN_CA\"]"
+        "$RAMPART_BIN" ca init --data-dir "$d/data" --force \
+            --import-cert "$MITM_CA" --import-key "$MITM_KEY" >"$d/ca-init.log" 2>&1 ||
+            die "rampart ca init --import-cert failed: $(cat "$d/ca-init.log")"
+        extra+=$'\n'"${BENCH_RAMPART_MITM_TOML:-}"
+        # Extra TOML with its own [tls] table gets the roots key inside it
+        # (a second [tls] header would be a TOML error).
+        if grep -qx '\[tls\]' <<<"$extra"; then
+            extra=$(awk -v roots="extra_roots = [\"$ORIGIN_CA\"]" \
+                '!done && $0 == "[tls]" { print; print roots; done = 1; next } { print }' <<<"$extra")
+            tls_section=""
+        fi
+    fi
     # Top-level keys first: extra TOML may open its own tables.
     cat >"$d/rampart.toml" <<EOF
 data_dir = "$d/data"
@@ -367,6 +388,7 @@ data_dir = "$d/data"
 [proxy]
 listen = "127.0.0.1:$PORT"
 connect_ports = ["443", "1025-65535"]
+tls_ports = $tls_ports
 allow_loopback_destinations = true
 
 [api]
@@ -375,11 +397,11 @@ listen = "127.0.0.1:$api"
 [access_log]
 enabled = true
 
+$tls_section
+
 $extra
 EOF
-    # rustls-native-certs honours SSL_CERT_FILE: the origin CA is trusted this way
-    # for interception until a config key for extra roots is used instead.
-    spawn "$name" "$PROXY_CPU" env SSL_CERT_FILE="$ORIGIN_BUNDLE" "$RAMPART_BIN" server --config "$d/rampart.toml"
+    spawn "$name" "$PROXY_CPU" "$RAMPART_BIN" server --config "$d/rampart.toml"
     PID=$LAST_PID
     wait_port "$PORT" "$PID" "$name"
     for _ in $(seq 100); do
