@@ -39,20 +39,20 @@ pub async fn serve(
 }
 
 async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<RequestHead, HeadError> {
-    let mut chunk = [0u8; 4096];
     loop {
         match http_head::parse(buf) {
             Err(HeadError::Incomplete) => {}
             other => return other,
         }
+        // Straight into `buf`: no scratch array in every flow's task.
+        buf.reserve(1024);
         let n = stream
-            .read(&mut chunk)
+            .read_buf(buf)
             .await
             .map_err(|e| HeadError::Malformed(e.to_string()))?;
         if n == 0 {
             return Err(HeadError::Incomplete);
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -156,9 +156,12 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<FlowContext>) 
             first
         }
     };
+    // Nothing of the request head is needed any more: free it before a long relay.
+    drop((buf, head));
     if !first.is_empty() && upstream.write_all(&first).await.is_err() {
         return;
     }
+    drop(first);
     relay(&mut stream, &mut upstream).await;
 }
 

@@ -134,6 +134,8 @@ async fn handle(
     if !buf.is_empty() && upstream.write_all(&buf).await.is_err() {
         return;
     }
+    // The sniffed bytes are forwarded: free them before a long relay.
+    drop(buf);
     relay(&mut stream, &mut upstream).await;
 }
 
