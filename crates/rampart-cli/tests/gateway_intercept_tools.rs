@@ -27,6 +27,7 @@ const NAMES: &[&str] = &[
     "inspect.test",
     "legacy.test",
     "lab.test",
+    "bank.test",
 ];
 
 /// A gateway that intercepts CONNECTs to `ports`, resolves the test names to
@@ -634,6 +635,80 @@ fn repeated_pinned_client_failures_bypass_a_host_but_never_a_must_inspect_one() 
     assert_eq!(code, 0, "{err}");
     assert_eq!(body, "origin content\n");
     assert!(err.contains("issuer: CN=Rampart Gateway CA"), "{err}");
+}
+
+/// `never_bypass_categories` protects every host of a policy category: its pinning
+/// clients are counted and refused a bypass, so the host stays inspected.
+#[test]
+fn a_host_in_a_must_inspect_category_is_never_auto_bypassed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "bank", &["bank.test"], CertKind::Valid);
+    let root = dir.path().join("www");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("hello.txt"), "bank content\n").unwrap();
+    let origin = PyHttpsOrigin::start(Serve::Static, &root, &pki);
+    // A UT1-layout category directory with the host in "finance".
+    let categories = dir.path().join("categories");
+    std::fs::create_dir_all(categories.join("finance")).unwrap();
+    std::fs::write(categories.join("finance/domains"), "bank.test\n").unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[categories]\nload = [{:?}]\n",
+            categories.display().to_string()
+        ),
+    )
+    .unwrap();
+    let gw = gateway_with_policy(
+        &policy,
+        &[origin.port],
+        &[&pki.ca_pem],
+        "[tls.pinned_clients]\nauto_bypass = true\nfailures = 2\nnever_bypass_categories = [\"finance\"]\n",
+    );
+    let url = format!("https://bank.test:{}/hello.txt", origin.port);
+    for n in 1..=3 {
+        let (code, _, err) = curl_trusting(&gw, &pki.ca_pem, &url);
+        assert_eq!(code, 60, "attempt {n}: {err}");
+        assert!(
+            support::eventually(Duration::from_secs(15), || rejections(&gw, "bank.test")
+                .len()
+                >= n),
+            "{:#?}",
+            gw.access_log()
+        );
+    }
+    let records = rejections(&gw, "bank.test");
+    assert!(
+        records.iter().all(|r| r["tls"]["decision"] == "decrypt"),
+        "{records:#?}"
+    );
+    assert!(
+        records.iter().any(|r| r["tls"]["pinned_client"].as_str().is_some_and(|p| p
+            .contains("auto-bypass refused: must inspect (tls.pinned_clients.never_bypass_categories finance)"))),
+        "{records:#?}"
+    );
+}
+
+fn gateway_with_policy(policy: &Path, ports: &[u16], roots: &[&Path], tls_extra: &str) -> Rampart {
+    let ports: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+    let roots: Vec<String> = roots
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    let resolve: String = NAMES
+        .iter()
+        .map(|n| format!("\"{n}\" = \"127.0.0.1\"\n"))
+        .collect();
+    Rampart::start(&format!(
+        "policy = {:?}\n\
+         [proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {}]\n\
+         [resolve]\n{resolve}\
+         [tls]\nsystem_roots = false\nextra_roots = [{}]\n{tls_extra}",
+        policy.display().to_string(),
+        ports.join(", "),
+        roots.join(", ")
+    ))
 }
 
 // --- invalid origin certificates ---------------------------------------------------------

@@ -187,6 +187,7 @@ mod tests {
                 window: Duration::from_secs(60),
                 ttl: Duration::from_secs(60),
                 never_bypass: vec![],
+                never_bypass_categories: vec![],
             })
             .unwrap(),
         );

@@ -1,7 +1,9 @@
 //! Clients that abort the handshake after seeing Rampart's certificate (alert unknown_ca /
 //! bad_certificate, or a close before the first byte) are probably pinning. This module
 //! recognises those failures, counts them per host, and — only when enabled — splices a
-//! host for a while after repeated failures, never for hosts on the `never_bypass` list.
+//! host for a while after repeated failures, never for hosts on the `never_bypass` list
+//! or in one of the `never_bypass_categories` (the caller supplies a host's categories
+//! from the policy: this crate knows no categories).
 use crate::host_pattern::HostPatternSet;
 use crate::TlsError;
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,9 @@ pub struct PinnedClientSettings {
     pub ttl: Duration,
     /// Host patterns that must always be inspected, whatever their clients do.
     pub never_bypass: Vec<String>,
+    /// Policy categories (or custom categories, apps, lists) whose hosts must always be
+    /// inspected; compared without ASCII case.
+    pub never_bypass_categories: Vec<String>,
 }
 
 impl Default for PinnedClientSettings {
@@ -38,6 +43,7 @@ impl Default for PinnedClientSettings {
             window: Duration::from_secs(600),
             ttl: Duration::from_secs(3600),
             never_bypass: Vec::new(),
+            never_bypass_categories: Vec::new(),
         }
     }
 }
@@ -86,8 +92,9 @@ pub enum PinnedOutcome {
     Recorded { failures_in_window: u32, total: u64 },
     /// This rejection started a temporary bypass (audit it).
     BypassStarted { ttl: Duration },
-    /// The threshold was reached but the host must be inspected.
-    BypassRefused { pattern: String },
+    /// The threshold was reached but the host must be inspected: `reason` names the
+    /// setting and the pattern or category that matched.
+    BypassRefused { reason: String },
 }
 
 /// Per-host rejection counters and active automatic bypasses.
@@ -128,6 +135,12 @@ impl PinnedClientTracker {
 
     /// Counts one rejection for `host`.
     pub fn record_failure(&self, host: &str) -> PinnedOutcome {
+        self.record_failure_in(host, &[])
+    }
+
+    /// Counts one rejection for `host`, which belongs to `categories` (names from the
+    /// policy: categories, custom categories, apps, lists).
+    pub fn record_failure_in(&self, host: &str, categories: &[&str]) -> PinnedOutcome {
         let key = host.trim_end_matches('.').to_ascii_lowercase();
         let total = self
             .totals
@@ -149,7 +162,17 @@ impl PinnedClientTracker {
         }
         if let Some(p) = self.never.find(&key) {
             return PinnedOutcome::BypassRefused {
-                pattern: p.to_string(),
+                reason: format!("tls.pinned_clients.never_bypass {p}"),
+            };
+        }
+        if let Some(category) = categories.iter().find(|c| {
+            self.settings
+                .never_bypass_categories
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(c))
+        }) {
+            return PinnedOutcome::BypassRefused {
+                reason: format!("tls.pinned_clients.never_bypass_categories {category}"),
             };
         }
         if self.bypassed.contains_key(&key) {
@@ -199,6 +222,7 @@ mod tests {
             window: Duration::from_secs(60),
             ttl: Duration::from_millis(300),
             never_bypass: vec![".bank.example".into()],
+            never_bypass_categories: vec!["Finance".into()],
         }
     }
 
@@ -243,10 +267,29 @@ mod tests {
         assert_eq!(
             t.record_failure("www.bank.example"),
             PinnedOutcome::BypassRefused {
-                pattern: ".bank.example".into()
+                reason: "tls.pinned_clients.never_bypass .bank.example".into()
             }
         );
         assert!(!t.is_bypassed("www.bank.example"));
+    }
+
+    #[test]
+    fn hosts_in_must_inspect_categories_are_never_bypassed() {
+        let t = PinnedClientTracker::new(&settings(true)).unwrap();
+        for _ in 0..2 {
+            t.record_failure_in("pay.example", &["shopping", "finance"]);
+        }
+        assert_eq!(
+            t.record_failure_in("pay.example", &["shopping", "finance"]),
+            PinnedOutcome::BypassRefused {
+                reason: "tls.pinned_clients.never_bypass_categories finance".into()
+            }
+        );
+        assert!(!t.is_bypassed("pay.example"));
+        for _ in 0..3 {
+            t.record_failure_in("shop.example", &["shopping"]);
+        }
+        assert!(t.is_bypassed("shop.example"));
     }
 
     #[test]

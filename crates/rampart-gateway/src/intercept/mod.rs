@@ -440,7 +440,14 @@ impl Tunnel {
                 match ClientRejection::from_handshake_error(&e) {
                     Some(rejection) => {
                         // A client that pins certificates (or does not trust Rampart's CA).
-                        let outcome = interception.pinned.record_failure(&host);
+                        // Categories come from the policy in force, so a must-inspect
+                        // category keeps its hosts decrypted whatever their clients do.
+                        let mut categories: Vec<String> = Vec::new();
+                        self.state
+                            .policy
+                            .host_objects(&host, |_, name| categories.push(name.to_string()));
+                        let categories: Vec<&str> = categories.iter().map(String::as_str).collect();
+                        let outcome = interception.pinned.record_failure_in(&host, &categories);
                         tracing::info!(host = %host, client = %self.client, ?rejection, ?outcome,
                             "client rejected the intercepted certificate");
                         let how = match rejection {
@@ -454,9 +461,9 @@ impl Tunnel {
                                 "{how}; pinned-client auto-bypass started for {}s",
                                 ttl.as_secs()
                             ),
-                            PinnedOutcome::BypassRefused { pattern } => format!(
-                                "{how}; auto-bypass refused: must inspect (tls.pinned_clients.never_bypass {pattern})"
-                            ),
+                            PinnedOutcome::BypassRefused { reason } => {
+                                format!("{how}; auto-bypass refused: must inspect ({reason})")
+                            }
                             PinnedOutcome::Recorded { .. } => how,
                         });
                         log.metrics().error("pinned_client");
