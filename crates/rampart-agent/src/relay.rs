@@ -100,7 +100,8 @@ where
     R: AsyncRead + Unpin,
 {
     loop {
-        upstream.read(&mut []).await?;
+        // Always 0 bytes: it only waits until data (or the end) is there.
+        let _waited: usize = upstream.read(&mut []).await?;
         let mut buf = vec![0u8; COPY_BUFFER];
         let mut filled = upstream.read(&mut buf).await?;
         let mut ended = filled == 0;
