@@ -572,3 +572,143 @@ fn revoked_device_follows_the_fail_mode(test: &str, fail_closed: bool) {
     let (code, _, _) = with_device_cert(&pair);
     assert_ne!(code, 0, "the restarted gateway admitted a revoked device");
 }
+
+/// A child process killed when the test ends, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Echo servers on 4444 (a "reverse shell" port) and 5555 in the servers namespace.
+fn start_echo_servers(pair: &NetPair) -> KillOnDrop {
+    let script = format!(
+        r#"import socket, threading
+def serve(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("{SERVERS_ADDR}", port))
+    s.listen(16)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=lambda c=c: (c.sendall(b"echo:" + c.recv(1024)), c.close()), daemon=True).start()
+for p in (4444, 5555):
+    threading.Thread(target=serve, args=(p,), daemon=True).start()
+threading.Event().wait()
+"#
+    );
+    let child = pair
+        .command(&pair.servers, "python3")
+        .args(["-c", &script])
+        .spawn()
+        .map(KillOnDrop)
+        .expect("echo servers");
+    for port in [4444, 5555] {
+        let addr = format!("{SERVERS_ADDR}:{port}").parse().unwrap();
+        assert!(
+            eventually(Duration::from_secs(20), || support::netns::reachable(
+                &pair.servers,
+                addr
+            )),
+            "echo server on {addr} did not start"
+        );
+    }
+    child
+}
+
+/// A raw TCP exchange from python3 in the endpoint namespace: what came back, or
+/// `closed` / `error ...`.
+fn python_tcp(pair: &NetPair, port: u16) -> String {
+    let script = format!(
+        r#"import socket
+try:
+    s = socket.create_connection(("{SERVERS_ADDR}", {port}), timeout=30)
+    s.sendall(b"id")
+    data = s.recv(1024)
+    print(data.decode() if data else "closed")
+except Exception as e:
+    print("error", type(e).__name__, e)
+"#
+    );
+    text(&pair.on_endpoint("python3", &["-c", &script]))
+        .trim()
+        .to_string()
+}
+
+/// Issue 6 item 7: in "steer all" mode a connection to any port (here a reverse
+/// shell to 4444) goes through the gateway's policy and is logged with its process,
+/// so it can be searched and alerted on; other ports are tunnelled and logged too.
+#[test]
+fn steer_all_sends_non_web_ports_through_policy_and_logs_their_process() {
+    if !root_or_skip("steer_all_sends_non_web_ports_through_policy_and_logs_their_process") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pair = NetPair::create(HOSTS);
+    let tls = NsTlsOrigin::start(
+        &pair,
+        &pair.servers,
+        format!("{SERVERS_ADDR}:443").parse().unwrap(),
+        &["shop.test"],
+    );
+    let _echo = start_echo_servers(&pair);
+    let policy_path = dir.path().join("policy.toml");
+    let mut policy_text = policy(true, false);
+    policy_text.push_str(
+        r#"
+[[access]]
+id = "no-reverse-shells"
+name = "no reverse shells"
+when = { ports = [4444] }
+action = "block"
+"#,
+    );
+    std::fs::write(&policy_path, policy_text).unwrap();
+    let server = NsServer::start(
+        &pair,
+        dir.path(),
+        &server_toml(&policy_path, &tls.ca_pem, ""),
+    );
+    let agent = NsAgent::enroll_and_run_steering(
+        &pair,
+        &server,
+        dir.path(),
+        "carol",
+        "eng",
+        "steer_all = true",
+        "[sync]\npoll_interval = \"1h\"\n",
+    );
+
+    // An allowed non-web port is tunnelled through the gateway and answered.
+    assert_eq!(python_tcp(&pair, 5555), "echo:id", "{}", agent.log());
+    // The reverse-shell port is refused by the gateway's policy.
+    let refused = python_tcp(&pair, 4444);
+    assert!(!refused.contains("echo:"), "{refused}\n{}", agent.log());
+
+    let blocked = wait_events(&server, "dst_port = 4444", |e| !e.is_empty());
+    assert!(
+        blocked.iter().any(|e| e["process"] == "python3"
+            && e["action"] == "block"
+            && e["rule"] == "no reverse shells"
+            && e["user"] == "carol"),
+        "{blocked:#?}"
+    );
+    let allowed = wait_events(&server, "dst_port = 5555", |e| !e.is_empty());
+    assert!(
+        allowed
+            .iter()
+            .any(|e| e["process"] == "python3" && e["action"] == "allow"),
+        "{allowed:#?}"
+    );
+    assert!(
+        agent
+            .log()
+            .lines()
+            .any(|l| l.contains("Tunneling connection from process: python3")),
+        "{}",
+        agent.log()
+    );
+}

@@ -96,7 +96,12 @@ fn summary(record: &FlowRecord) -> FlowSummary {
         }
     }
     s.src = Some(record.client);
-    s.dst = record.server;
+    // A flow refused before connecting has no peer; its target still names where it
+    // was going (an agent in transparent mode asks for the original IP and port).
+    s.dst = record.server.or_else(|| {
+        let (host, port) = crate::config::split_host_port(&record.target)?;
+        Some(std::net::SocketAddr::new(host.parse().ok()?, port))
+    });
     let is_tunnel = record.method == "CONNECT";
     s.host = Some(host_of(&record.target, is_tunnel).to_string());
     s.method = Some(record.method.clone());

@@ -561,6 +561,20 @@ impl NsAgent {
         groups: &str,
         extra_toml: &str,
     ) -> NsAgent {
+        Self::enroll_and_run_steering(pair, server, dir, user, groups, "", extra_toml)
+    }
+
+    /// As [`NsAgent::enroll_and_run`], with `steering_toml` added to the agent's
+    /// `[steering]` table (e.g. `steer_all = true`).
+    pub fn enroll_and_run_steering(
+        pair: &NetPair,
+        server: &NsServer,
+        dir: &Path,
+        user: &str,
+        groups: &str,
+        steering_toml: &str,
+        extra_toml: &str,
+    ) -> NsAgent {
         let out = run(Command::new(rampart_bin())
             .args([
                 "device", "token", "create", "--user", user, "--groups", groups,
@@ -578,7 +592,7 @@ impl NsAgent {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\n[steering]\nmode = \"transparent\"\n[transparent]\nport = 3131\n{extra_toml}",
+                "data_dir = {:?}\n[steering]\nmode = \"transparent\"\n{steering_toml}\n[transparent]\nport = 3131\n{extra_toml}",
                 state.display().to_string()
             ),
         )
@@ -621,7 +635,7 @@ impl NsAgent {
         };
         let ready = eventually(Duration::from_secs(60), || {
             let log = agent.log();
-            log.contains("Agent started in transparent mode")
+            log.contains("Agent started in transparent")
                 && log.contains("Agent config updated to revision")
         });
         if !ready {
