@@ -61,6 +61,16 @@ fn event(i: u64, n: u64, base: i64) -> Event {
     f.dst = Some("198.51.100.20:443".parse().unwrap());
     f.bytes_in = 20_000 + i % 1000;
     f.bytes_out = 800;
+    // One alert per 1,000 events: rare, as they are in practice.
+    if i % 1000 == 999 {
+        let alert = rampart_events::AlertSpec {
+            title: format!("Policy alert: rule {}", i % 7),
+            desc: Some("GET matched category gambling".into()),
+            severity: rampart_events::Severity::Medium,
+            types: vec!["policy".into()],
+        };
+        return f.alert_event(&alert, None);
+    }
     f.http_event()
 }
 
@@ -73,6 +83,34 @@ fn thread_cpu() -> Duration {
     // SAFETY: clock_gettime writes one timespec into the pointer we own.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time used by the whole process (every thread: drainer, writer, checkpointer).
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the pointer we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU seconds so far of each thread of this process, by thread name.
+fn threads_cpu() -> Vec<(String, f64)> {
+    let tick = 100.0; // USER_HZ
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is 3rd; utime 14th, stime 15th.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let cpu = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        out.push((name.trim().to_string(), cpu / tick));
+    }
+    out
 }
 
 fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
@@ -138,6 +176,7 @@ fn main() {
     let mut by_user = Vec::new();
     let mut timeline = Vec::new();
     let mut blocked_news = Vec::new();
+    let mut alerts = Vec::new();
     for q in 0..300u64 {
         let user = (q * 37) % USERS;
         let from = base + ((q * 7919) % 23) as i64 * 3_600_000;
@@ -171,13 +210,29 @@ fn main() {
         let t = Instant::now();
         let _ = r.search(&req).unwrap();
         blocked_news.push(t.elapsed());
+
+        // `GET /api/v1/alerts`: the newest alerts, optionally within a range.
+        let req = SearchRequest {
+            query: parse("type = alert").unwrap(),
+            from_ms: (q % 2 == 0).then_some(from),
+            to_ms: (q % 2 == 0).then_some(from + 3_600_000),
+            limit: 100,
+            cursor: None,
+        };
+        let t = Instant::now();
+        let page = r.search(&req).unwrap();
+        alerts.push(t.elapsed());
+        assert!(!page.events.is_empty() || n < 100_000);
     }
     drop(r);
 
     // 3. Through the pipeline (what the gateway sees): send, then wait until committed.
     let pdir = tempfile::tempdir().unwrap();
     let pn = n.min(500_000);
+    // What the data path pays to build one event (the gateway builds it from its flow record).
+    let c = thread_cpu();
     let events: Vec<Event> = (0..pn).map(|k| event(k, pn, base)).collect();
+    let build_cpu = (thread_cpu() - c).as_secs_f64() * 1e6 / pn as f64;
     let (pipeline, sender) = Pipeline::start(
         pdir.path(),
         &EventsConfig {
@@ -187,6 +242,8 @@ fn main() {
     )
     .unwrap();
     let t = Instant::now();
+    let cpu_before = process_cpu();
+    let main_before = thread_cpu();
     let mut sends = Vec::with_capacity(pn as usize);
     for e in events {
         // Pace to the queue like a gateway would never need to: measure send cost, not overflow.
@@ -199,7 +256,53 @@ fn main() {
     }
     assert!(pipeline.wait_stored(pn, Duration::from_secs(600)));
     let pipe_rate = pn as f64 / t.elapsed().as_secs_f64();
+    // The pipeline's own threads: the process minus this (sending, pacing) thread.
+    let pipe_cpu = ((process_cpu() - cpu_before) - (thread_cpu() - main_before)).as_secs_f64()
+        * 1e6
+        / pn as f64;
     let snap = pipeline.stats().snapshot();
+    pipeline.close();
+
+    // 4. A gateway-like steady rate (not a burst): what logging costs per
+    //    request when the writer keeps up, all pipeline threads included.
+    let rate: u64 = std::env::var("RAMPART_BENCH_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15_000);
+    let secs = 6u64;
+    let rdir = tempfile::tempdir().unwrap();
+    let rn = rate * secs;
+    let mut events: Vec<Event> = (0..rn).map(|k| event(k, rn, base)).collect();
+    let (pipeline, sender) = Pipeline::start(
+        rdir.path(),
+        &EventsConfig {
+            max_age: None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let cpu_before = process_cpu();
+    let main_before = thread_cpu();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < rn {
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(rn);
+        while sent < due {
+            sender.send(events.pop().unwrap());
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(pipeline.wait_stored(rn, Duration::from_secs(120)));
+    let steady_cpu = ((process_cpu() - cpu_before) - (thread_cpu() - main_before)).as_secs_f64()
+        * 1e6
+        / rn as f64;
+    let steady = pipeline.stats().snapshot();
+    let per_thread: Vec<String> = threads_cpu()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("rampart-events"))
+        .map(|(n, c)| format!("{n} {:.1} µs", c * 1e6 / rn as f64))
+        .collect();
     pipeline.close();
 
     println!("| measurement | result |");
@@ -213,6 +316,13 @@ fn main() {
         store_cpu_rate
     );
     println!("| pipeline ingest (send → committed), {pn} events | {:.0} events/s (spilled {}, dropped {}) |", pipe_rate, snap.spilled, snap.dropped);
+    println!("| pipeline threads' CPU per event (drain, render, insert, checkpoint) | {pipe_cpu:.1} µs ({:.0} events/s per core) |", 1e6 / pipe_cpu);
+    println!("| steady {rate} events/s for {secs} s: pipeline threads' CPU per event | {steady_cpu:.1} µs (spilled {}, dropped {}) |", steady.spilled, steady.dropped);
+    println!(
+        "| … by thread (whole run of that pipeline) | {} |",
+        per_thread.join(", ")
+    );
+    println!("| building one HTTP event from a flow summary (data path) | {build_cpu:.2} µs |");
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
         "| `EventSender::send` p50 / p99.9 / max | {:.2} / {:.1} / {:.0} µs |",
@@ -236,4 +346,9 @@ fn main() {
         ms(percentile(timeline, 0.95))
     );
     println!("| `action = block and category in (gambling, news)`, 1 h, limit 100, p50 / p95 | {} / {} |", ms(percentile(blocked_news.clone(), 0.5)), ms(percentile(blocked_news, 0.95)));
+    println!(
+        "| `type = alert` (alerts list), newest 100, all time or 1 h, p50 / p95 | {} / {} |",
+        ms(percentile(alerts.clone(), 0.5)),
+        ms(percentile(alerts, 0.95))
+    );
 }

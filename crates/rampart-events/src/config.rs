@@ -22,6 +22,10 @@ use serde::{Deserialize, Deserializer};
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
+    /// Record events at all. `false` turns the store, its writer and the
+    /// sinks off and the gateway skips building events (for measuring what
+    /// logging costs, or a gateway that only forwards).
+    pub enabled: bool,
     /// Events held in memory between the data path and the writer.
     pub queue_size: usize,
     /// Delete events older than this (`30d`, `12h`); unset keeps them until `max_size`.
@@ -40,6 +44,7 @@ pub struct EventsConfig {
 impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
+            enabled: true,
             queue_size: 65_536,
             max_age: Some(Duration::from_secs(30 * 86_400)),
             max_size: None,

@@ -26,6 +26,8 @@ pub enum EventsError {
     BadCursor(String),
     #[error("event {0} has no stored document: {1}")]
     BadDocument(String, serde_json::Error),
+    #[error("stored event document is damaged: {0}")]
+    DamagedDocument(String),
     #[error("event {0} names no device, so it has no device timeline")]
     NoDevice(String),
     #[error("sink {sink}: {message}")]

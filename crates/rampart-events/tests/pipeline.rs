@@ -22,7 +22,7 @@ fn send_never_blocks_while_the_store_is_locked_and_nothing_is_lost() {
     let blocker = rusqlite::Connection::open(db_path(dir.path())).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
 
-    // More than the writer's in-flight batches can hold (8 × 8192): some must spill.
+    // More than the writer may hold in flight (65,536 events): some must spill.
     let n = 100_000u64;
     let events: Vec<_> = (0..n)
         .map(|i| common::http(i, rampart_events::now_ms() + i as i64))
@@ -124,4 +124,20 @@ fn spilled_events_left_by_a_previous_run_are_stored_on_start() {
             .unwrap(),
         500
     );
+}
+
+#[test]
+fn disabled_events_build_no_store_and_send_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let config: EventsConfig = toml::from_str("enabled = false").unwrap();
+    let (pipeline, sender) = Pipeline::start(dir.path(), &config).unwrap();
+    assert!(!sender.enabled());
+    sender.send(common::http(1, rampart_events::now_ms()));
+    assert_eq!(pipeline.stats().snapshot().accepted, 0);
+    assert!(!db_path(dir.path()).exists(), "no events.db when disabled");
+    pipeline.close();
+
+    let (pipeline, sender) = Pipeline::start(dir.path(), &EventsConfig::default()).unwrap();
+    assert!(sender.enabled());
+    pipeline.close();
 }

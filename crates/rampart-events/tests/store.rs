@@ -191,3 +191,62 @@ fn missing_store_names_the_path() {
         "{err}"
     );
 }
+
+/// Rows written before documents were compressed hold JSON text; they read
+/// back exactly like new rows.
+#[test]
+fn documents_stored_as_json_text_by_older_versions_still_read() {
+    let (dir, r) = filled(20);
+    let before = search(&r, "");
+    let conn = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+    let compressed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM events WHERE typeof(doc) = 'blob'",
+            [],
+            |x| x.get(0),
+        )
+        .unwrap();
+    assert_eq!(compressed, 20, "new rows are stored compressed");
+    for e in &before[..10] {
+        conn.execute(
+            "UPDATE events SET doc = ?1 WHERE id = ?2",
+            (serde_json::to_string(e).unwrap(), e.id().to_string()),
+        )
+        .unwrap();
+    }
+    let text: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM events WHERE typeof(doc) = 'text'",
+            [],
+            |x| x.get(0),
+        )
+        .unwrap();
+    assert_eq!(text, 10);
+    assert_eq!(search(&r, ""), before);
+    for e in &before {
+        assert_eq!(r.get(&e.id().to_string()).unwrap().as_ref(), Some(e));
+    }
+}
+
+/// The alerts list must not scan every event: `type = alert` uses the partial index.
+#[test]
+fn alert_searches_use_the_alerts_index() {
+    let (dir, _r) = filled(10);
+    let conn = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+    let filter = rampart_events::query::compile(&parse("type = alert").unwrap());
+    let sql = format!(
+        "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE ({}) AND time >= 0 ORDER BY time DESC, seq DESC LIMIT 10",
+        filter.sql
+    );
+    let plan: Vec<String> = conn
+        .prepare(&sql)
+        .unwrap()
+        .query_map([], |row| row.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        plan.iter().any(|p| p.contains("events_alerts")),
+        "plan: {plan:?}"
+    );
+}

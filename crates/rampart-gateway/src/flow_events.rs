@@ -10,6 +10,10 @@ use rampart_events::{AlertSpec, EventSender, FlowSummary, Severity, TlsDecision,
 use crate::access_log::FlowRecord;
 
 pub fn emit(record: &FlowRecord, events: &EventSender) {
+    // `[events] enabled = false`: don't pay for building events nobody stores.
+    if !events.enabled() {
+        return;
+    }
     let summary = summary(record);
     let is_tunnel = record.method == "CONNECT";
     let event = if is_tunnel {

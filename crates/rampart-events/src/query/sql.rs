@@ -118,6 +118,16 @@ fn emit_compare(field: Field, op: Op, value: &Value, out: &mut SqlFilter) {
         }
         return;
     }
+    if field == Field::Type && op == Op::Eq {
+        if let Value::Text(t) = value {
+            if crate::event::EventType::parse(t) == Some(crate::event::EventType::Alert) {
+                // The literal lets SQLite use the partial alerts index; the
+                // text is a constant, never the user's input.
+                out.sql.push_str(crate::store::ALERTS_CONDITION);
+                return;
+            }
+        }
+    }
     // IS / IS NOT treat a missing value as "not equal", like the in-memory matcher.
     let sym = match op {
         Op::Like => {
@@ -197,6 +207,15 @@ mod tests {
         let f = compile(&parse("group = Engineering").unwrap());
         assert_eq!(f.sql, "coalesce(instr(lower(groups), ?), 0) > 0");
         assert_eq!(f.params, vec![SqlValue::Text(",engineering,".into())]);
+    }
+
+    #[test]
+    fn alerts_compile_to_the_partial_index_condition() {
+        let f = compile(&parse("type = alert and user = bob").unwrap());
+        assert_eq!(f.sql, "(type = 'alert' AND user_name IS ?)");
+        assert_eq!(f.params, vec![SqlValue::Text("bob".into())]);
+        let f = compile(&parse("type = http").unwrap());
+        assert_eq!(f.sql, "type IS ?");
     }
 
     #[test]

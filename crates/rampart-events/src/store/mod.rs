@@ -2,13 +2,16 @@
 //!
 //! One writer (the pipeline's writer thread) inserts in batched transactions;
 //! any number of readers (CLI, API) open their own connections. Each indexed
-//! query field is a column; the whole OCSF document is kept as JSON in `doc`.
+//! query field is a column; the whole OCSF document is kept in `doc`,
+//! compressed (see `doc.rs`).
 
+mod doc;
 mod reader;
 mod schema;
 mod writer;
 
 pub use reader::{Cursor, Page, SearchRequest, StoreReader};
+pub use schema::ALERTS_CONDITION;
 pub use writer::{Checkpointer, RetentionReport, StoreWriter};
 
 use std::path::{Path, PathBuf};

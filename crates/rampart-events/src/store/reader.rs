@@ -2,8 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params_from_iter, Connection, OpenFlags};
 
+use rusqlite::types::ValueRef;
+
+use super::doc;
 use super::schema;
 use crate::error::EventsError;
 use crate::event::Event;
@@ -85,9 +88,11 @@ impl StoreReader {
         }
     }
 
-    fn decode(&self, doc: &str) -> Result<Event, EventsError> {
-        serde_json::from_str(doc)
-            .map_err(|e| EventsError::BadDocument(doc.chars().take(60).collect(), e))
+    /// The event in a `doc` column (JSON text or the compressed form).
+    fn decode(&self, doc: ValueRef<'_>) -> Result<Event, EventsError> {
+        let json = doc::decode(doc).map_err(|e| EventsError::DamagedDocument(e.to_string()))?;
+        serde_json::from_str(&json)
+            .map_err(|e| EventsError::BadDocument(json.chars().take(60).collect(), e))
     }
 
     /// Events matching `req`, newest first.
@@ -115,25 +120,20 @@ impl StoreReader {
         sql.push_str(" ORDER BY time DESC, seq DESC LIMIT ?");
         params.push(SqlValue::Integer(limit as i64 + 1));
         let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params_from_iter(params.iter()), |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
+        let mut rows = stmt
+            .query(params_from_iter(params.iter()))
             .map_err(|e| self.err(e))?;
         let mut events = Vec::new();
         let mut last = None;
         let mut more = false;
-        for row in rows {
-            let (seq, time, doc) = row.map_err(|e| self.err(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
             if events.len() == limit {
                 more = true;
                 break;
             }
-            events.push(self.decode(&doc)?);
+            let seq: i64 = row.get(0).map_err(|e| self.err(e))?;
+            let time: i64 = row.get(1).map_err(|e| self.err(e))?;
+            events.push(self.decode(row.get_ref(2).map_err(|e| self.err(e))?)?);
             last = Some(Cursor { time, seq });
         }
         Ok(Page {
@@ -144,12 +144,15 @@ impl StoreReader {
 
     /// The event with this id.
     pub fn get(&self, id: &str) -> Result<Option<Event>, EventsError> {
-        let doc: Option<String> = self
+        let mut stmt = self
             .conn
-            .query_row("SELECT doc FROM events WHERE id = ?1", [id], |r| r.get(0))
-            .optional()
+            .prepare_cached("SELECT doc FROM events WHERE id = ?1")
             .map_err(|e| self.err(e))?;
-        doc.map(|d| self.decode(&d)).transpose()
+        let mut rows = stmt.query([id]).map_err(|e| self.err(e))?;
+        match rows.next().map_err(|e| self.err(e))? {
+            Some(row) => Ok(Some(self.decode(row.get_ref(0).map_err(|e| self.err(e))?)?)),
+            None => Ok(None),
+        }
     }
 
     /// Everything `device` did in `[from_ms, to_ms]`, oldest first.
@@ -166,14 +169,12 @@ impl StoreReader {
                 "SELECT doc FROM events WHERE device = ?1 AND time >= ?2 AND time <= ?3 ORDER BY time, seq LIMIT ?4",
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map((device, from_ms, to_ms, limit as i64), |r| {
-                r.get::<_, String>(0)
-            })
+        let mut rows = stmt
+            .query((device, from_ms, to_ms, limit as i64))
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for doc in rows {
-            out.push(self.decode(&doc.map_err(|e| self.err(e))?)?);
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            out.push(self.decode(row.get_ref(0).map_err(|e| self.err(e))?)?);
         }
         Ok(out)
     }
@@ -216,15 +217,13 @@ impl StoreReader {
         params.extend(filter.params);
         params.push(SqlValue::Integer(limit as i64));
         let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params_from_iter(params.iter()), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-            })
+        let mut rows = stmt
+            .query(params_from_iter(params.iter()))
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for row in rows {
-            let (s, doc) = row.map_err(|e| self.err(e))?;
-            out.push((s, self.decode(&doc)?));
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            let s: i64 = row.get(0).map_err(|e| self.err(e))?;
+            out.push((s, self.decode(row.get_ref(1).map_err(|e| self.err(e))?)?));
         }
         Ok(out)
     }
