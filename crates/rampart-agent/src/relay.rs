@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Buffered-copy size per direction for non-TCP upstreams: large enough that a bulk
-/// flow moves several HTTP/2 frames per system call. Allocated per burst, not per flow.
+/// flow moves several HTTP/2 frames per system call. Held per burst, not per flow.
 const COPY_BUFFER: usize = 64 * 1024;
 /// Pipe capacity asked for, and bytes moved per splice call. Larger than the 64 KiB
 /// default so a bulk flow needs fewer wake-ups; pipe pages are kernel memory used only
@@ -70,16 +70,15 @@ where
 {
     loop {
         client.readable().await?;
-        let mut buf = Vec::with_capacity(COPY_BUFFER);
+        let mut buf = PooledBuffer::take();
         loop {
-            buf.clear();
-            match client.try_read_buf(&mut buf) {
+            match client.try_read(&mut buf) {
                 Ok(0) => {
                     // Half-close: the gateway (and the origin) see the end of the request.
                     let _ = upstream.shutdown().await;
                     return Ok(());
                 }
-                Ok(_) => upstream.write_all(&buf).await?,
+                Ok(n) => upstream.write_all(&buf[..n]).await?,
                 // Drained: drop the buffer while the client is idle.
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) => return Err(err),
@@ -102,7 +101,7 @@ where
     loop {
         // Always 0 bytes: it only waits until data (or the end) is there.
         let _waited: usize = upstream.read(&mut []).await?;
-        let mut buf = vec![0u8; COPY_BUFFER];
+        let mut buf = PooledBuffer::take();
         let mut filled = upstream.read(&mut buf).await?;
         let mut ended = filled == 0;
         while !ended && filled < buf.len() {
@@ -117,6 +116,52 @@ where
         if ended {
             let _ = socket2::SockRef::from(client).shutdown(Shutdown::Write);
             return Ok(());
+        }
+    }
+}
+
+/// Relay buffers between bursts. Freeing a 64 KiB buffer after each burst and
+/// allocating the next one costs page faults and zeroing on every burst of a bulk flow;
+/// a small shared pool keeps that away while idle flows still hold none. Bounded, so
+/// at most `POOL_MAX` buffers stay resident after a spike.
+static POOL: std::sync::Mutex<Vec<Box<[u8]>>> = std::sync::Mutex::new(Vec::new());
+const POOL_MAX: usize = 16;
+
+/// A buffer from [`POOL`], returned to it on drop (also on error paths).
+struct PooledBuffer(Option<Box<[u8]>>);
+
+impl PooledBuffer {
+    fn take() -> Self {
+        let reused = POOL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        PooledBuffer(Some(
+            reused.unwrap_or_else(|| vec![0u8; COPY_BUFFER].into_boxed_slice()),
+        ))
+    }
+}
+
+impl std::ops::Deref for PooledBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl std::ops::DerefMut for PooledBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or_default()
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let Some(buf) = self.0.take() {
+            let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if pool.len() < POOL_MAX {
+                pool.push(buf);
+            }
         }
     }
 }
