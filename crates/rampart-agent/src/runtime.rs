@@ -72,6 +72,7 @@ impl AgentBuilder {
             config.log.keep,
         )?);
         crate::relay::raise_fd_limit();
+        crate::relay::keep_freed_heap();
         let transparent = config.steering.mode == SteeringMode::Transparent;
         let connector = Connector {
             mark: transparent.then_some(config.transparent.mark),
