@@ -66,3 +66,40 @@ impl AgentError {
         matches!(self, AgentError::GatewayUnreachable { .. })
     }
 }
+
+impl AgentError {
+    /// The status line a client of the agent gets for a flow that failed with this
+    /// error: a gateway's policy refusal stays a 403 (the user was denied, nothing is
+    /// broken); everything else is the gateway path failing, a 502.
+    pub fn client_status(&self) -> &'static str {
+        match self {
+            AgentError::GatewayRefused { status, .. } if status.starts_with("403") => {
+                "403 Forbidden"
+            }
+            _ => "502 Bad Gateway",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_policy_refusal_reaches_the_client_as_403_other_failures_as_502() {
+        let refused = |status: &str| AgentError::GatewayRefused {
+            gateway: "gw:3129".into(),
+            target: "blocked.example:443".into(),
+            status: status.into(),
+        };
+        assert_eq!(refused("403 Forbidden").client_status(), "403 Forbidden");
+        assert_eq!(
+            refused("502 Bad Gateway").client_status(),
+            "502 Bad Gateway"
+        );
+        assert_eq!(
+            refused("stream not established: reset").client_status(),
+            "502 Bad Gateway"
+        );
+    }
+}

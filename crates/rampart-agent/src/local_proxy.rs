@@ -134,7 +134,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<FlowContext>) 
             return;
         }
         Outcome::Failed(err) => {
-            respond(&mut stream, "502 Bad Gateway", &format!("{err}\n")).await;
+            respond(&mut stream, err.client_status(), &format!("{err}\n")).await;
             return;
         }
     };

@@ -126,9 +126,10 @@ fn an_access_rule_for_the_enrolled_user_blocks_through_the_tunnel_and_is_an_even
     let agent = EnrolledAgent::start(&gw, "alice", "eng", "");
     let url = format!("http://blocked.test:{}/page", origin.port());
     let (_, body, err) = curl(&agent.proxy_url(), &["-w", "\n%{http_code}", &url]);
-    // The gateway refuses the CONNECT stream with 403; the agent reports the refusal.
+    // The gateway refuses the CONNECT stream with 403; the agent passes the refusal
+    // on as a 403 of its own (a denial, not a broken gateway path).
     assert!(
-        body.contains("403") && !body.contains("hello"),
+        body.ends_with("\n403") && body.contains("refused tunnel") && !body.contains("hello"),
         "{body}{err}"
     );
     assert_eq!(
