@@ -127,7 +127,13 @@ async fn handle(
             return;
         }
         Outcome::Failed(err) => {
-            refuse(&mut stream, is_http, err.client_status(), &format!("{err}\n")).await;
+            refuse(
+                &mut stream,
+                is_http,
+                err.client_status(),
+                &format!("{err}\n"),
+            )
+            .await;
             return;
         }
     };
