@@ -4,7 +4,7 @@
 //! flight keep the generation they started with.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::HeaderValue;
 
@@ -29,6 +29,9 @@ pub struct GatewayState {
     /// TLS interception (CA, leaf cache, origin verification); `None` when `[tls]` is absent.
     pub interception: Option<Arc<crate::intercept::Interception>>,
     clients: Mutex<HashMap<String, ForwardClient>>,
+    /// The client of the plain direct route, which nearly every request takes:
+    /// kept apart so the data path neither formats a key nor takes the lock.
+    direct_client: OnceLock<ForwardClient>,
     health_checks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -82,12 +85,25 @@ impl GatewayState {
             loop_token,
             interception,
             clients: Mutex::new(HashMap::new()),
+            direct_client: OnceLock::new(),
             health_checks,
         })
     }
 
     /// The pooled forwarding client of `route`, created on first use.
     pub fn client(&self, route: &EgressRoute) -> ForwardClient {
+        if let EgressRoute::Direct { source: None } = route {
+            return self
+                .direct_client
+                .get_or_init(|| {
+                    forward::client(
+                        self.connector.clone(),
+                        route.clone(),
+                        self.config.limits.idle_timeout,
+                    )
+                })
+                .clone();
+        }
         let key = route.key();
         let mut clients = match self.clients.lock() {
             Ok(guard) => guard,

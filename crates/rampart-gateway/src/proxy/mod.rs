@@ -51,7 +51,7 @@ pub async fn handle(
             .map(|a| a.to_string())
             .unwrap_or_else(|| req.uri().to_string())
     } else {
-        req.uri().to_string()
+        absolute_target(req.uri())
     };
     let mut log = FlowLog::new(
         FlowRecord::new(client, req.method().as_str(), target),
@@ -99,6 +99,22 @@ pub async fn handle(
         forward::forward(req, &state, &shared, &identity, log).await
     };
     Ok(response)
+}
+
+/// The request target as the log shows it: `Uri`'s `Display` without the
+/// formatting machinery, which is measurable at tens of thousands of requests/s.
+fn absolute_target(uri: &http::Uri) -> String {
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return uri.to_string();
+    };
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut target =
+        String::with_capacity(scheme.len() + 3 + authority.as_str().len() + path.len());
+    target.push_str(scheme);
+    target.push_str("://");
+    target.push_str(authority.as_str());
+    target.push_str(path);
+    target
 }
 
 /// A response of the proxy's own: short reason in a text/plain body.
