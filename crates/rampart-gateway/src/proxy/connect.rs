@@ -208,7 +208,10 @@ async fn run_tunnel(
                 Some(tunnel)
                     if !tunnel.plain_http && parts.read_buf.is_empty() && leftover.is_empty() =>
                 {
-                    match tunnel.run(client, origin, log).await {
+                    // Boxed: the interception future is large (TLS on both sides, an
+                    // HTTP server), and inline it would size every idle spliced
+                    // tunnel's task to it.
+                    match Box::pin(tunnel.run(client, origin, log)).await {
                         Handoff::Done => return,
                         Handoff::Splice { client, origin } => (client, origin),
                     }
@@ -240,10 +243,10 @@ async fn run_tunnel(
             let client = TokioIo::new(upgraded);
             let handoff = match intercept {
                 Some(tunnel) if leftover.is_empty() && tunnel.plain_http => {
-                    tunnel.run_plain_http(client, origin, log).await
+                    Box::pin(tunnel.run_plain_http(client, origin, log)).await
                 }
                 Some(tunnel) if leftover.is_empty() => {
-                    tunnel.run(Replayed(client), origin, log).await
+                    Box::pin(tunnel.run(Replayed(client), origin, log)).await
                 }
                 _ => Handoff::Splice {
                     client: Prefixed::new(Vec::new(), client),
