@@ -25,6 +25,19 @@ impl EnrolledAgent {
     /// server and runs the agent; `extra_toml` is appended to the agent's config
     /// (e.g. `[[steering.exceptions]]`).
     pub fn start(gw: &Rampart, user: &str, groups: &str, extra_toml: &str) -> EnrolledAgent {
+        Self::start_as(gw, user, groups, extra_toml, None)
+    }
+
+    /// As [`EnrolledAgent::start`]; with `run_as` = `Some(("nobody", "nogroup"))` the
+    /// agent runs under that unprivileged account (`setpriv`, no capabilities), the way a
+    /// user without root runs local-proxy mode. Its state is handed over to that account.
+    pub fn start_as(
+        gw: &Rampart,
+        user: &str,
+        groups: &str,
+        extra_toml: &str,
+        run_as: Option<(&str, &str)>,
+    ) -> EnrolledAgent {
         let data = gw.data_dir();
         let out = run(Command::new(rampart_bin()).args([
             "device",
@@ -80,7 +93,27 @@ impl EnrolledAgent {
             .as_str()
             .expect("device_id")
             .to_string();
-        let child = Command::new(rampart_bin())
+        let mut command = match run_as {
+            None => Command::new(rampart_bin()),
+            Some((account, group)) => {
+                let out = run(Command::new("chown")
+                    .arg("-R")
+                    .arg(format!("{account}:{group}"))
+                    .arg(dir.path()));
+                assert!(out.status.success(), "chown of the agent state failed");
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={account}"),
+                    &format!("--regid={group}"),
+                    "--clear-groups",
+                    "--inh-caps=-all",
+                    "--bounding-set=-all",
+                ])
+                .arg(rampart_bin());
+                c
+            }
+        };
+        let child = command
             .args(["agent", "run", "--config", config.to_str().expect("utf-8")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -100,6 +133,11 @@ impl EnrolledAgent {
             "the agent's local proxy never came up"
         );
         agent
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn proxy_url(&self) -> String {
