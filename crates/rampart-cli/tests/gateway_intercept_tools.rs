@@ -33,22 +33,7 @@ const NAMES: &[&str] = &[
 /// A gateway that intercepts CONNECTs to `ports`, resolves the test names to
 /// loopback and trusts only `roots` for origins (no system roots).
 fn gateway(ports: &[u16], roots: &[&Path], tls_extra: &str) -> Rampart {
-    let ports: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
-    let roots: Vec<String> = roots
-        .iter()
-        .map(|p| format!("{:?}", p.display().to_string()))
-        .collect();
-    let resolve: String = NAMES
-        .iter()
-        .map(|n| format!("\"{n}\" = \"127.0.0.1\"\n"))
-        .collect();
-    Rampart::start(&format!(
-        "[proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {}]\n\
-         [resolve]\n{resolve}\
-         [tls]\nsystem_roots = false\nextra_roots = [{}]\n{tls_extra}",
-        ports.join(", "),
-        roots.join(", ")
-    ))
+    gateway_config(None, ports, roots, tls_extra)
 }
 
 /// The variables `rampart trust env` prints for this gateway, parsed from its
@@ -691,6 +676,16 @@ fn a_host_in_a_must_inspect_category_is_never_auto_bypassed() {
 }
 
 fn gateway_with_policy(policy: &Path, ports: &[u16], roots: &[&Path], tls_extra: &str) -> Rampart {
+    gateway_config(Some(policy), ports, roots, tls_extra)
+}
+
+/// The gateway of [`gateway`], with `policy` as its policy file when given.
+fn gateway_config(
+    policy: Option<&Path>,
+    ports: &[u16],
+    roots: &[&Path],
+    tls_extra: &str,
+) -> Rampart {
     let ports: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
     let roots: Vec<String> = roots
         .iter()
@@ -700,12 +695,14 @@ fn gateway_with_policy(policy: &Path, ports: &[u16], roots: &[&Path], tls_extra:
         .iter()
         .map(|n| format!("\"{n}\" = \"127.0.0.1\"\n"))
         .collect();
+    // Top-level keys come before the first table.
+    let policy = policy
+        .map(|p| format!("policy = {:?}\n", p.display().to_string()))
+        .unwrap_or_default();
     Rampart::start(&format!(
-        "policy = {:?}\n\
-         [proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {}]\n\
+        "{policy}[proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {}]\n\
          [resolve]\n{resolve}\
          [tls]\nsystem_roots = false\nextra_roots = [{}]\n{tls_extra}",
-        policy.display().to_string(),
         ports.join(", "),
         roots.join(", ")
     ))
