@@ -82,42 +82,6 @@ fn gateway_with_plain(dir: &Path, tls: &[&TlsOrigin], plain: &[u16]) -> Rampart 
     ))
 }
 
-fn gateway_ca(gw: &Rampart) -> std::path::PathBuf {
-    let out = gw.dir.path().join("gateway-ca.pem");
-    let status = Command::new(support::rampart_bin())
-        .args(["ca", "export", "--data-dir"])
-        .arg(gw.data_dir())
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    out
-}
-
-/// Waits for an access-log record matching `pred`.
-fn find_record(gw: &Rampart, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let mut found = None;
-    eventually(Duration::from_secs(10), || {
-        found = gw.access_log().into_iter().find(|r| pred(r));
-        found.is_some()
-    });
-    found.unwrap_or_else(|| panic!("no matching record in {:#?}", gw.access_log()))
-}
-
-/// Events from the gateway's store, as flat JSON.
-fn search(gw: &Rampart, query: &str) -> Vec<serde_json::Value> {
-    let out = Command::new(support::rampart_bin())
-        .args(["events", "search", query, "--format", "json", "--data-dir"])
-        .arg(gw.data_dir())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 #[test]
 fn an_access_rule_for_the_enrolled_user_blocks_through_the_tunnel_and_is_an_event() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,7 +101,7 @@ fn an_access_rule_for_the_enrolled_user_blocks_through_the_tunnel_and_is_an_even
         0,
         "the blocked origin was reached"
     );
-    let record = find_record(&gw, |r| {
+    let record = gw.find_record(|r| {
         r["method"] == "CONNECT" && r["target"] == format!("blocked.test:{}", origin.port())
     });
     assert_eq!(record["status"], 403, "{record}");
@@ -153,7 +117,7 @@ fn an_access_rule_for_the_enrolled_user_blocks_through_the_tunnel_and_is_an_even
     let query = format!("device = {} and action = block", agent.device);
     let mut events = Vec::new();
     let found = eventually(Duration::from_secs(10), || {
-        events = search(&gw, &query);
+        events = gw.search_events(&query, "json");
         events.iter().any(|e| {
             e["host"] == "blocked.test"
                 && e["user"] == "alice"
@@ -161,7 +125,11 @@ fn an_access_rule_for_the_enrolled_user_blocks_through_the_tunnel_and_is_an_even
                 && e["rule_id"] == "alice-not-blocked-test"
         })
     });
-    assert!(found, "{events:#?}\nall: {:#?}", search(&gw, ""));
+    assert!(
+        found,
+        "{events:#?}\nall: {:#?}",
+        gw.search_events("", "json")
+    );
 }
 
 #[test]
@@ -169,7 +137,7 @@ fn a_decryption_rule_decrypts_the_agents_stream_and_blocks_a_path_inside() {
     let dir = tempfile::tempdir().unwrap();
     let shop = TlsOrigin::start("shop.test");
     let gw = gateway(dir.path(), &[&shop]);
-    let ca = gateway_ca(&gw);
+    let ca = gw.gateway_ca();
     let agent = EnrolledAgent::start(&gw, "alice", "eng", "");
 
     let open = format!("https://shop.test:{}/public", shop.port);
@@ -199,14 +167,14 @@ fn a_decryption_rule_decrypts_the_agents_stream_and_blocks_a_path_inside() {
     assert!(page.contains("no secret pages"), "{page}");
     assert!(page.ends_with("\n403"), "{page}");
 
-    let request = find_record(&gw, |r| r["target"] == secret.as_str());
+    let request = gw.find_record(|r| r["target"] == secret.as_str());
     assert_eq!(request["status"], 403);
     assert_eq!(request["policy"]["rule_id"], "no-secret");
     assert_eq!(request["device"], agent.device.as_str(), "{request}");
     assert_eq!(request["process"]["name"], "curl", "{request}");
     assert_eq!(request["tls"]["decision"], "decrypt");
     assert_eq!(request["tls"]["reason"], "policy rule \"decrypt the shop\"");
-    let tunnel = find_record(&gw, |r| {
+    let tunnel = gw.find_record(|r| {
         r["method"] == "CONNECT" && r["tls"]["decision"] == "decrypt" && r["status"] == 200
     });
     assert_eq!(tunnel["device"], agent.device.as_str());
@@ -238,7 +206,7 @@ fn tunnel_bypass_is_never_decrypted_and_is_recorded_with_the_process() {
     assert!(err.contains("issuer: CN=Rampart-Test-Origin-CA"), "{err}");
     assert!(body.contains("s_server"), "{body}");
 
-    let tunnel = find_record(&gw, |r| {
+    let tunnel = gw.find_record(|r| {
         r["method"] == "CONNECT" && r["target"] == format!("pinned.test:{}", pinned.port)
     });
     assert_eq!(tunnel["device"], agent.device.as_str());
@@ -256,14 +224,14 @@ fn tunnel_bypass_is_never_decrypted_and_is_recorded_with_the_process() {
         agent.log()
     );
     let found = eventually(Duration::from_secs(10), || {
-        search(
-            &gw,
+        gw.search_events(
             &format!("device = {} and tls = do-not-decrypt", agent.device),
+            "json",
         )
         .iter()
         .any(|e| e["process"] == "curl" && e["bypass"] == "gateway")
     });
-    assert!(found, "{:#?}", search(&gw, ""));
+    assert!(found, "{:#?}", gw.search_events("", "json"));
 }
 
 #[test]
@@ -276,7 +244,7 @@ fn a_processes_condition_matches_curl_but_not_python3() {
 
     let (_, body, err) = curl(&agent.proxy_url(), &["-w", "\n%{http_code}", &url]);
     assert!(body.contains("403"), "curl must be refused: {body}{err}");
-    let refused = find_record(&gw, |r| {
+    let refused = gw.find_record(|r| {
         r["method"] == "CONNECT" && r["process"]["name"] == "curl" && r["status"] == 403
     });
     assert_eq!(refused["policy"]["rule_id"], "curl-not-tools");
@@ -301,7 +269,7 @@ except urllib.error.HTTPError as e:
         String::from_utf8_lossy(&out.stderr),
         gw.access_log()
     );
-    let passed = find_record(&gw, |r| {
+    let passed = gw.find_record(|r| {
         r["method"] == "CONNECT"
             && r["process"]["name"]
                 .as_str()
@@ -334,12 +302,12 @@ fn plain_http_through_the_tunnel_is_checked_request_by_request() {
         1,
         "only the allowed request reached the origin"
     );
-    let blocked = find_record(&gw, |r| r["target"] == secret.as_str());
+    let blocked = gw.find_record(|r| r["target"] == secret.as_str());
     assert_eq!(blocked["status"], 403);
     assert_eq!(blocked["policy"]["rule_id"], "no-secret");
     assert_eq!(blocked["device"], agent.device.as_str());
     assert_eq!(blocked["process"]["name"], "curl");
-    let passed = find_record(&gw, |r| r["target"] == open.as_str());
+    let passed = gw.find_record(|r| r["target"] == open.as_str());
     assert_eq!(passed["status"], 200);
     assert_eq!(passed["user"], "alice");
 }

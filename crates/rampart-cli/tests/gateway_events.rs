@@ -28,23 +28,6 @@ when = { lists = ["watched"] }
 action = "alert"
 "#;
 
-fn search(gw: &Rampart, query: &str) -> Vec<serde_json::Value> {
-    let out = Command::new(support::rampart_bin())
-        .args(["events", "search", query, "--format", "json", "--data-dir"])
-        .arg(gw.data_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn allowed_blocked_and_alerted_requests_are_events_in_the_store_and_api() {
     let origin = Origin::start();
@@ -62,20 +45,23 @@ fn allowed_blocked_and_alerted_requests_are_events_in_the_store_and_api() {
 
     // Durable within about a second of the flow's end (group commit).
     assert!(
-        eventually(Duration::from_secs(10), || search(&gw, "").len() >= 4),
+        eventually(Duration::from_secs(10), || gw
+            .search_events("", "json")
+            .len()
+            >= 4),
         "events: {:?}",
-        search(&gw, "")
+        gw.search_events("", "json")
     );
-    let blocked = search(&gw, "action = block");
+    let blocked = gw.search_events("action = block", "json");
     assert_eq!(blocked.len(), 1, "{blocked:?}");
     assert_eq!(blocked[0]["host"], "blocked.test");
     assert_eq!(blocked[0]["rule"], "blocked hosts");
 
-    let allowed = search(&gw, "host = ok.test");
+    let allowed = gw.search_events("host = ok.test", "json");
     assert_eq!(allowed.len(), 1, "{allowed:?}");
     assert_eq!(allowed[0]["status"], 200);
 
-    let alerts = search(&gw, "type = alert");
+    let alerts = gw.search_events("type = alert", "json");
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["host"], "watched.test");
 

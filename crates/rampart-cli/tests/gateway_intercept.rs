@@ -168,32 +168,8 @@ fn gateway_with_policy(policy: Option<&Path>, port: u16, roots: &[&Path], extra:
     ))
 }
 
-fn gateway_ca(gw: &Rampart) -> PathBuf {
-    let out = gw.dir.path().join("gateway-ca.pem");
-    let status = Command::new(support::rampart_bin())
-        .args(["ca", "export", "--data-dir"])
-        .arg(gw.data_dir())
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    out
-}
-
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Waits for an access-log record matching `pred`.
-fn find_record(gw: &Rampart, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    for _ in 0..100 {
-        if let Some(r) = gw.access_log().into_iter().find(|r| pred(r)) {
-            return r;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no matching record in {:#?}", gw.access_log());
 }
 
 #[test]
@@ -201,7 +177,7 @@ fn curl_http1_sees_a_rampart_issued_certificate_and_every_request_is_logged() {
     let dir = tempfile::tempdir().unwrap();
     let o = origin(dir.path(), "shop.test", OriginCert::Valid);
     let gw = gateway(o.port, &[&o.ca_pem], "");
-    let ca = gateway_ca(&gw);
+    let ca = gw.gateway_ca();
     let url = format!("https://shop.test:{}/first", o.port);
     let url2 = format!("https://shop.test:{}/second", o.port);
     let (code, body, err) = curl(
@@ -214,7 +190,7 @@ fn curl_http1_sees_a_rampart_issued_certificate_and_every_request_is_logged() {
     // Both requests went over one client connection (keep-alive inside the tunnel).
     assert!(err.contains("Re-using existing connection"), "{err}");
 
-    let second = find_record(&gw, |r| r["target"] == url2.as_str());
+    let second = gw.find_record(|r| r["target"] == url2.as_str());
     assert_eq!(second["method"], "GET");
     assert_eq!(second["status"], 200);
     assert_eq!(second["tls"]["decision"], "decrypt");
@@ -222,8 +198,8 @@ fn curl_http1_sees_a_rampart_issued_certificate_and_every_request_is_logged() {
     assert_eq!(second["tls"]["sni"], "shop.test");
     assert_eq!(second["tls"]["alpn"], "http/1.1");
     assert_eq!(second["tls"]["version"], "TLSv1.3");
-    find_record(&gw, |r| r["target"] == url.as_str() && r["status"] == 200);
-    let tunnel = find_record(&gw, |r| r["method"] == "CONNECT");
+    gw.find_record(|r| r["target"] == url.as_str() && r["status"] == 200);
+    let tunnel = gw.find_record(|r| r["method"] == "CONNECT");
     assert_eq!(tunnel["tls"]["decision"], "decrypt");
 }
 
@@ -232,7 +208,7 @@ fn curl_http2_is_proxied_as_http2_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let o = origin(dir.path(), "shop.test", OriginCert::Valid);
     let gw = gateway(o.port, &[&o.ca_pem], "");
-    let ca = gateway_ca(&gw);
+    let ca = gw.gateway_ca();
     let url = format!("https://shop.test:{}/h2", o.port);
     let (code, body, err) = curl(
         &gw.proxy_url(),
@@ -240,7 +216,7 @@ fn curl_http2_is_proxied_as_http2_on_both_sides() {
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(body, "hello HTTP/2.0 /h2");
-    let record = find_record(&gw, |r| r["target"] == url.as_str());
+    let record = gw.find_record(|r| r["target"] == url.as_str());
     assert_eq!(record["tls"]["alpn"], "h2");
     assert_eq!(record["status"], 200);
 }
@@ -303,7 +279,7 @@ fn a_do_not_decrypt_host_shows_the_origins_own_certificate_and_is_logged() {
     assert_eq!(code, 0, "{err}");
     assert!(body.starts_with("hello HTTP/"), "{body}");
     assert!(err.contains("issuer: CN=Intercept Test Origin CA"), "{err}");
-    let tunnel = find_record(&gw, |r| r["method"] == "CONNECT");
+    let tunnel = gw.find_record(|r| r["method"] == "CONNECT");
     assert_eq!(tunnel["tls"]["decision"], "do-not-decrypt");
     assert_eq!(tunnel["tls"]["reason"], "policy rule \"private sites\"");
     assert_eq!(tunnel["tls"]["sni"], "pinned.test");
@@ -320,7 +296,7 @@ fn the_tls_config_do_not_decrypt_list_is_spliced() {
         &["-v", "--cacert", path_str(&o.ca_pem), &url],
     );
     assert_eq!(code, 0, "{err}");
-    let tunnel = find_record(&gw, |r| r["method"] == "CONNECT");
+    let tunnel = gw.find_record(|r| r["method"] == "CONNECT");
     assert_eq!(tunnel["tls"]["reason"], "tls.do_not_decrypt pinned.test");
 }
 
@@ -334,7 +310,7 @@ fn invalid_origin_certificates_are_blocked_with_an_explanation_and_never_pass() 
     ] {
         let o = origin(dir.path(), "bad.test", kind);
         let gw = gateway(o.port, &[&o.ca_pem], "");
-        let ca = gateway_ca(&gw);
+        let ca = gw.gateway_ca();
         let url = format!("https://bad.test:{}/", o.port);
         let (code, body, err) = curl(
             &gw.proxy_url(),
@@ -351,7 +327,7 @@ fn invalid_origin_certificates_are_blocked_with_an_explanation_and_never_pass() 
             &["--cacert", path_str(&ca), "-H", "Accept: text/html", &url],
         );
         assert!(html.starts_with("<!DOCTYPE html>"), "{code_name}: {html}");
-        let record = find_record(&gw, |r| r["target"] == url.as_str());
+        let record = gw.find_record(|r| r["target"] == url.as_str());
         assert_eq!(record["status"], 502);
         assert_eq!(record["tls"]["origin_problem"], code_name, "{record}");
     }
@@ -368,7 +344,7 @@ fn a_policy_block_of_a_path_inside_https_gets_the_html_block_page() {
     )
     .unwrap();
     let gw = gateway_with_policy(Some(&policy), o.port, &[&o.ca_pem], "");
-    let ca = gateway_ca(&gw);
+    let ca = gw.gateway_ca();
     let open = format!("https://shop.test:{}/public", o.port);
     let secret = format!("https://shop.test:{}/secret/plans", o.port);
     let (code, body, err) = curl(&gw.proxy_url(), &["--cacert", path_str(&ca), &open]);
@@ -390,7 +366,7 @@ fn a_policy_block_of_a_path_inside_https_gets_the_html_block_page() {
     assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
     assert!(page.contains("no secret pages"), "{page}");
     assert!(page.ends_with("\n403"), "{page}");
-    let record = find_record(&gw, |r| r["target"] == secret.as_str());
+    let record = gw.find_record(|r| r["target"] == secret.as_str());
     assert_eq!(record["status"], 403);
     assert_eq!(record["policy"]["rule_id"], "no-secret");
 }
@@ -400,7 +376,7 @@ fn a_host_header_that_does_not_match_the_sni_is_blocked_as_domain_fronting() {
     let dir = tempfile::tempdir().unwrap();
     let o = origin(dir.path(), "shop.test", OriginCert::Valid);
     let gw = gateway(o.port, &[&o.ca_pem], "");
-    let ca = gateway_ca(&gw);
+    let ca = gw.gateway_ca();
     let url = format!("https://shop.test:{}/front", o.port);
     for version in ["--http1.1", "--http2"] {
         let (code, body, err) = curl(
@@ -427,13 +403,13 @@ fn a_client_without_sni_gets_a_certificate_with_the_origins_names() {
     let dir = tempfile::tempdir().unwrap();
     let o = origin(dir.path(), "shop.test", OriginCert::Valid);
     let gw = gateway(o.port, &[&o.ca_pem], "");
-    let ca = gateway_ca(&gw);
+    let ca = gw.gateway_ca();
     // curl sends no SNI for an IP address.
     let url = format!("https://127.0.0.1:{}/nosni", o.port);
     let (code, body, err) = curl(&gw.proxy_url(), &["--cacert", path_str(&ca), &url]);
     assert_eq!(code, 0, "{err}");
     assert!(body.ends_with("/nosni"), "{body}");
-    let record = find_record(&gw, |r| r["target"] == url.as_str());
+    let record = gw.find_record(|r| r["target"] == url.as_str());
     assert_eq!(record["status"], 200);
     assert!(record["tls"]["sni"].is_null(), "{record}");
 }
@@ -446,7 +422,7 @@ fn a_client_that_does_not_trust_rampart_is_recorded_as_a_pinned_client() {
     let url = format!("https://shop.test:{}/", o.port);
     let (code, _, _) = curl(&gw.proxy_url(), &["--cacert", path_str(&o.ca_pem), &url]);
     assert_eq!(code, 60);
-    let tunnel = find_record(&gw, |r| r["method"] == "CONNECT");
+    let tunnel = gw.find_record(|r| r["method"] == "CONNECT");
     assert!(
         tunnel["tls"]["pinned_client"]
             .as_str()
@@ -486,7 +462,7 @@ fn an_upgrade_is_passed_through_after_the_request_is_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let o = origin(dir.path(), "shop.test", OriginCert::Valid);
     let gw = gateway(o.port, &[&o.ca_pem], "");
-    let ca = gateway_ca(&gw);
+    let ca = gw.gateway_ca();
     // CONNECT, TLS with the gateway CA, an Upgrade request, then bytes echoed back.
     let script = r#"
 import socket, ssl, sys
@@ -523,9 +499,7 @@ print(got.decode())
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let record = find_record(&gw, |r| {
-        r["target"].as_str().is_some_and(|t| t.ends_with("/ws"))
-    });
+    let record = gw.find_record(|r| r["target"].as_str().is_some_and(|t| t.ends_with("/ws")));
     assert_eq!(record["status"], 101);
 }
 
@@ -544,7 +518,7 @@ fn decrypted_requests_and_an_invalid_origin_certificate_reach_the_event_store() 
         good.ca_pem.display().to_string(),
         bad.ca_pem.display().to_string()
     ));
-    let ca = gateway_ca(&gw);
+    let ca = gw.gateway_ca();
     let ok_url = format!("https://shop.test:{}/evented", good.port);
     let (code, _, err) = curl(&gw.proxy_url(), &["--cacert", path_str(&ca), &ok_url]);
     assert_eq!(code, 0, "{err}");
@@ -617,12 +591,11 @@ fn plain_text_on_a_tls_port_is_tunnelled_or_refused_by_config_and_logged() {
         } else {
             assert!(rest.starts_with("HTTP/1.1 "), "{rest}");
         }
-        let tunnel = find_record(&gw, |r| {
-            r["method"] == "CONNECT" && r["tls"]["decision"] == "not-tls"
-        });
+        let tunnel =
+            gw.find_record(|r| r["method"] == "CONNECT" && r["tls"]["decision"] == "not-tls");
         assert_eq!(tunnel["tls"]["decision"], "not-tls");
         if refuse {
-            find_record(&gw, |r| {
+            gw.find_record(|r| {
                 r["error"]
                     .as_str()
                     .is_some_and(|e| e.contains("proxy.refuse_non_tls"))
@@ -640,7 +613,7 @@ fn fronting_exceptions_let_listed_cdn_hosts_through_and_still_block_others() {
         &[&o.ca_pem],
         "fronting_exceptions = [{ sni = \"shop.test\", hosts = [\"*.cdn-alias.test\"] }]\n",
     );
-    let ca = gateway_ca(&gw);
+    let ca = gw.gateway_ca();
     let url = format!("https://shop.test:{}/front", o.port);
     for version in ["--http1.1", "--http2"] {
         let (code, body, err) = curl(
@@ -680,7 +653,7 @@ fn fronting_exceptions_let_listed_cdn_hosts_through_and_still_block_others() {
     }
     // The allowed request is logged for the host it addressed.
     let allowed = format!("https://img.cdn-alias.test:{}/front", o.port);
-    let record = find_record(&gw, |r| r["target"] == allowed.as_str());
+    let record = gw.find_record(|r| r["target"] == allowed.as_str());
     assert_eq!(record["status"], 200);
     assert_eq!(record["tls"]["sni"], "shop.test");
 }
@@ -690,7 +663,7 @@ fn a_decrypted_tunnel_counts_its_bytes_each_way() {
     let dir = tempfile::tempdir().unwrap();
     let o = origin(dir.path(), "shop.test", OriginCert::Valid);
     let gw = gateway(o.port, &[&o.ca_pem], "");
-    let ca = gateway_ca(&gw);
+    let ca = gw.gateway_ca();
     let url = format!("https://shop.test:{}/counted", o.port);
     let (code, _, err) = curl(
         &gw.proxy_url(),
@@ -704,16 +677,14 @@ fn a_decrypted_tunnel_counts_its_bytes_each_way() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    let tunnel = find_record(&gw, |r| {
-        r["method"] == "CONNECT" && r["tls"]["decision"] == "decrypt"
-    });
+    let tunnel = gw.find_record(|r| r["method"] == "CONNECT" && r["tls"]["decision"] == "decrypt");
     let up = tunnel["bytes_from_client"].as_u64().unwrap_or(0);
     let down = tunnel["bytes_to_client"].as_u64().unwrap_or(0);
     // TLS records on the client side: the 5000-byte body plus the handshake one way,
     // the certificate and the response the other.
     assert!(up > 5000, "{tunnel}");
     assert!(down > 300, "{tunnel}");
-    let request = find_record(&gw, |r| r["target"] == url.as_str());
+    let request = gw.find_record(|r| r["target"] == url.as_str());
     assert_eq!(request["bytes_from_client"], 5000, "{request}");
 }
 
@@ -726,7 +697,7 @@ fn an_idle_decrypted_connection_is_closed_after_the_tunnel_idle_timeout() {
         &[&o.ca_pem],
         "[limits]\ntunnel_idle_timeout = \"2s\"\n",
     );
-    let ca = gateway_ca(&gw);
+    let ca = gw.gateway_ca();
     // CONNECT, TLS with ALPN h2 or http/1.1, one exchange, then silence: the
     // gateway must close the connection (recv returns b"") after about 2 s.
     let script = r#"
@@ -777,8 +748,6 @@ print("closed after %.1f" % (time.monotonic() - start))
             "{alpn}: closed after {seconds}s"
         );
     }
-    let idle = find_record(&gw, |r| {
-        r["method"] == "CONNECT" && r["tls"]["alpn"] == "h2"
-    });
+    let idle = gw.find_record(|r| r["method"] == "CONNECT" && r["tls"]["alpn"] == "h2");
     assert_eq!(idle["error"], "tunnel idle timeout", "{idle}");
 }

@@ -111,31 +111,8 @@ fn output_text(out: &std::process::Output) -> String {
     )
 }
 
-/// Waits for an access-log record matching `pred`.
-fn find_record(gw: &Rampart, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let mut found = None;
-    support::eventually(Duration::from_secs(15), || {
-        found = gw.access_log().into_iter().find(|r| pred(r));
-        found.is_some()
-    });
-    found.unwrap_or_else(|| panic!("no matching record in {:#?}", gw.access_log()))
-}
-
 fn target_contains(r: &serde_json::Value, needle: &str) -> bool {
     r["target"].as_str().is_some_and(|t| t.contains(needle))
-}
-
-/// `rampart events search QUERY` as OCSF documents (findings carry their description).
-fn events(gw: &Rampart, query: &str) -> Vec<serde_json::Value> {
-    let out = support::run(
-        Command::new(support::rampart_bin())
-            .args(["events", "search", query, "--format", "ocsf", "--data-dir"])
-            .arg(gw.data_dir()),
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 // --- pip ------------------------------------------------------------------------
@@ -253,13 +230,12 @@ fn pip_installs_from_an_https_simple_index_through_interception_with_trust_env()
     );
 
     // The gateway saw the decrypted index page and the wheel download.
-    let page = find_record(&gw, |r| {
-        target_contains(r, "/simple/rampart-probe/") && r["status"] == 200
-    });
+    let page =
+        gw.find_record(|r| target_contains(r, "/simple/rampart-probe/") && r["status"] == 200);
     assert_eq!(page["method"], "GET");
     assert_eq!(page["tls"]["decision"], "decrypt");
     assert_eq!(page["tls"]["sni"], "pypi.test");
-    let file = find_record(&gw, |r| target_contains(r, &format!("/files/{wheel}")));
+    let file = gw.find_record(|r| target_contains(r, &format!("/files/{wheel}")));
     assert_eq!(file["status"], 200);
     assert_eq!(file["tls"]["decision"], "decrypt");
 }
@@ -352,13 +328,11 @@ fn git_clones_over_smart_https_through_interception_with_trust_env() {
     );
 
     // Smart HTTP: the ref advertisement and the pack request, both decrypted.
-    let refs = find_record(&gw, |r| {
-        target_contains(r, "/repo.git/info/refs") && r["status"] == 200
-    });
+    let refs = gw.find_record(|r| target_contains(r, "/repo.git/info/refs") && r["status"] == 200);
     assert!(target_contains(&refs, "service=git-upload-pack"), "{refs}");
     assert_eq!(refs["tls"]["decision"], "decrypt");
     assert_eq!(refs["tls"]["sni"], "git.test");
-    let pack = find_record(&gw, |r| target_contains(r, "/repo.git/git-upload-pack"));
+    let pack = gw.find_record(|r| target_contains(r, "/repo.git/git-upload-pack"));
     assert_eq!(pack["method"], "POST");
     assert_eq!(pack["status"], 200);
 }
@@ -479,9 +453,7 @@ fn a_websocket_echo_works_through_interception_with_real_frames() {
         assert_eq!(result[check], true, "{check}: {result}");
     }
 
-    let upgrade = find_record(&gw, |r| {
-        target_contains(r, "ws.test") && target_contains(r, "/chat")
-    });
+    let upgrade = gw.find_record(|r| target_contains(r, "ws.test") && target_contains(r, "/chat"));
     assert_eq!(upgrade["status"], 101, "{upgrade}");
     assert_eq!(upgrade["method"], "GET");
     assert_eq!(upgrade["tls"]["decision"], "decrypt");
@@ -573,7 +545,7 @@ fn repeated_pinned_client_failures_bypass_a_host_but_never_a_must_inspect_one() 
         err.contains("issuer: CN=Tools Test Origin CA pinned"),
         "{err}"
     );
-    let spliced = find_record(&gw, |r| {
+    let spliced = gw.find_record(|r| {
         r["method"] == "CONNECT"
             && r["tls"]["sni"] == "pinned.test"
             && r["tls"]["decision"] == "do-not-decrypt"
@@ -583,12 +555,12 @@ fn repeated_pinned_client_failures_bypass_a_host_but_never_a_must_inspect_one() 
     // The audit reaches the event store as the pinned-client finding.
     assert!(
         support::eventually(Duration::from_secs(15), || {
-            events(&gw, "type = alert")
+            gw.search_events("type = alert", "ocsf")
                 .iter()
                 .any(|e| e.to_string().contains("auto-bypass started"))
         }),
         "{:#?}",
-        events(&gw, "type = alert")
+        gw.search_events("type = alert", "ocsf")
     );
 
     // A must-inspect host is counted but always decrypted.
@@ -742,7 +714,7 @@ fn an_invalid_origin_certificate_passes_only_for_a_listed_host_and_is_recorded()
         assert_eq!(code, 0, "{err}");
         assert!(body.ends_with("\n502"), "{url}: {body}");
         assert!(!body.contains("legacy device status"), "{url}: {body}");
-        let record = find_record(&strict, |r| r["target"] == url.as_str());
+        let record = strict.find_record(|r| r["target"] == url.as_str());
         assert_eq!(record["tls"]["origin_problem"], problem, "{record}");
     }
 
@@ -759,7 +731,7 @@ fn an_invalid_origin_certificate_passes_only_for_a_listed_host_and_is_recorded()
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(body, "legacy device status\n");
-    let record = find_record(&lenient, |r| r["target"] == legacy_url.as_str());
+    let record = lenient.find_record(|r| r["target"] == legacy_url.as_str());
     assert_eq!(record["status"], 200);
     assert_eq!(
         record["tls"]["origin_problem"], "expired (allowed by legacy.test)",
@@ -773,12 +745,15 @@ fn an_invalid_origin_certificate_passes_only_for_a_listed_host_and_is_recorded()
     assert_eq!(code, 502);
     assert!(
         support::eventually(Duration::from_secs(15), || {
-            events(&lenient, "type = alert").iter().any(|e| {
-                let e = e.to_string();
-                e.contains("allowed by exception") && e.contains("legacy.test")
-            })
+            lenient
+                .search_events("type = alert", "ocsf")
+                .iter()
+                .any(|e| {
+                    let e = e.to_string();
+                    e.contains("allowed by exception") && e.contains("legacy.test")
+                })
         }),
         "{:#?}",
-        events(&lenient, "type = alert")
+        lenient.search_events("type = alert", "ocsf")
     );
 }

@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use support::origin::Origin;
@@ -56,31 +55,6 @@ fn gateway(
     ))
 }
 
-/// The gateway's CA certificate, exported with the CLI.
-fn gateway_ca(gw: &Rampart) -> std::path::PathBuf {
-    let out = gw.dir.path().join("gateway-ca.pem");
-    let status = Command::new(support::rampart_bin())
-        .args(["ca", "export", "--data-dir"])
-        .arg(gw.data_dir())
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    out
-}
-
-/// Waits for an access-log record matching `pred` (the log is written on a timer).
-fn find_record(gw: &Rampart, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let mut found = None;
-    let ok = support::eventually(Duration::from_secs(10), || {
-        found = gw.access_log().into_iter().find(|r| pred(r));
-        found.is_some()
-    });
-    assert!(ok, "no matching record in {:#?}", gw.access_log());
-    found.unwrap()
-}
-
 fn strings(v: &serde_json::Value) -> Vec<String> {
     serde_json::from_value(v.clone()).unwrap_or_default()
 }
@@ -121,7 +95,7 @@ fn a_do_not_decrypt_rule_on_a_catalog_app_keeps_the_origin_certificate() {
     assert!(!err.contains("Rampart Gateway CA"), "{err}");
 
     // Another host is decrypted: the certificate comes from the gateway's CA.
-    let gw_ca = gateway_ca(&gw);
+    let gw_ca = gw.gateway_ca();
     let shop_url = format!("https://shop.test:{}/", shop.port);
     let (code, body, err) = curl(
         &gw.proxy_url(),
@@ -133,7 +107,7 @@ fn a_do_not_decrypt_rule_on_a_catalog_app_keeps_the_origin_certificate() {
 
     // The access log names the decryption rule and the app that matched it.
     let target = format!("www.dropbox.com:{}", dropbox.port);
-    let tunnel = find_record(&gw, |r| r["method"] == "CONNECT" && r["target"] == target);
+    let tunnel = gw.find_record(|r| r["method"] == "CONNECT" && r["target"] == target);
     assert_eq!(tunnel["tls"]["decision"], "do-not-decrypt", "{tunnel}");
     assert_eq!(
         tunnel["tls"]["reason"], "policy rule \"Dropbox keeps its certificate\"",
@@ -150,43 +124,25 @@ fn a_do_not_decrypt_rule_on_a_catalog_app_keeps_the_origin_certificate() {
     );
 
     let shop_target = format!("shop.test:{}", shop.port);
-    let decrypted = find_record(&gw, |r| {
-        r["method"] == "CONNECT" && r["target"] == shop_target
-    });
+    let decrypted = gw.find_record(|r| r["method"] == "CONNECT" && r["target"] == shop_target);
     assert_eq!(decrypted["tls"]["decision"], "decrypt", "{decrypted}");
     assert!(decrypted.get("decryption").is_none(), "{decrypted}");
     // Inside the decrypted tunnel each request is logged with its full URL.
-    find_record(&gw, |r| {
-        r["target"] == shop_url.as_str() && r["status"] == 200
-    });
+    gw.find_record(|r| r["target"] == shop_url.as_str() && r["status"] == 200);
 
     // The event store has the spliced tunnel under the app's name.
     let mut events = Vec::new();
     let ok = support::eventually(Duration::from_secs(15), || {
-        events = search_events(&gw, "app = dropbox");
+        events = gw.search_events("app = dropbox", "json");
         !events.is_empty()
     });
-    assert!(ok, "no dropbox event; all: {:?}", search_events(&gw, ""));
+    assert!(
+        ok,
+        "no dropbox event; all: {:?}",
+        gw.search_events("", "json")
+    );
     assert_eq!(events[0]["host"], "www.dropbox.com", "{events:?}");
     assert_eq!(events[0]["tls"], "do-not-decrypt", "{events:?}");
-}
-
-/// `rampart events search QUERY --format json` against the gateway's store.
-fn search_events(gw: &Rampart, query: &str) -> Vec<serde_json::Value> {
-    let out = Command::new(support::rampart_bin())
-        .args(["events", "search", query, "--format", "json", "--data-dir"])
-        .arg(gw.data_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 const BLOCK_CHATGPT: &str = r#"
@@ -241,7 +197,7 @@ fn an_access_rule_on_a_catalog_app_blocks_it_and_lets_other_hosts_pass() {
         "only the allowed request reached the origin"
     );
 
-    let blocked = find_record(&gw, |r| {
+    let blocked = gw.find_record(|r| {
         r["status"] == 403 && r["target"] == format!("http://chatgpt.com:{port}/hello")
     });
     assert_eq!(blocked["policy"]["rule_id"], "no-genai", "{blocked}");
@@ -251,12 +207,10 @@ fn an_access_rule_on_a_catalog_app_blocks_it_and_lets_other_hosts_pass() {
         strings(&blocked["policy"]["matched"]).contains(&"app chatgpt".to_string()),
         "{blocked}"
     );
-    let tunnel = find_record(&gw, |r| {
-        r["method"] == "CONNECT" && r["target"] == "chatgpt.com:443"
-    });
+    let tunnel = gw.find_record(|r| r["method"] == "CONNECT" && r["target"] == "chatgpt.com:443");
     assert_eq!(tunnel["status"], 403, "{tunnel}");
     assert_eq!(tunnel["policy"]["rule_id"], "no-genai", "{tunnel}");
-    let passed = find_record(&gw, |r| r["target"] == other.as_str());
+    let passed = gw.find_record(|r| r["target"] == other.as_str());
     assert_eq!(passed["status"], 200, "{passed}");
     assert_ne!(passed["policy"]["rule_id"], "no-genai", "{passed}");
 }

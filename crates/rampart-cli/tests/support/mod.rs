@@ -130,6 +130,48 @@ impl Rampart {
             .collect()
     }
 
+    /// Waits (up to 15 s: the log is written on a timer) for an access-log record
+    /// matching `pred`; panics with the whole log if none comes.
+    pub fn find_record(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let mut found = None;
+        eventually(Duration::from_secs(15), || {
+            found = self.access_log().into_iter().find(|r| pred(r));
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no matching record in {:#?}", self.access_log()))
+    }
+
+    /// `rampart events search QUERY --format FORMAT` (`json` or `ocsf`) against this
+    /// gateway's store, one document per line.
+    pub fn search_events(&self, query: &str, format: &str) -> Vec<serde_json::Value> {
+        let out = run(Command::new(rampart_bin())
+            .args(["events", "search", query, "--format", format, "--data-dir"])
+            .arg(self.data_dir()));
+        assert!(
+            out.status.success(),
+            "events search {query}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
+            .collect()
+    }
+
+    /// The gateway's interception CA, exported with `rampart ca export`.
+    pub fn gateway_ca(&self) -> PathBuf {
+        let out = self.dir.path().join("gateway-ca.pem");
+        let status = Command::new(rampart_bin())
+            .args(["ca", "export", "--data-dir"])
+            .arg(self.data_dir())
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .expect("rampart ca export");
+        assert!(status.success());
+        out
+    }
+
     pub fn metrics(&self) -> String {
         http_get_body(self.api, "/metrics").unwrap_or_default()
     }
