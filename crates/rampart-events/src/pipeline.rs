@@ -24,7 +24,7 @@ use crate::error::EventsError;
 use crate::event::{now_ms, Event};
 use crate::sink::{self, SinkFeed, SinkStats};
 use crate::spool::Spool;
-use crate::store::{db_path, Checkpointer, StoreWriter};
+use crate::store::{db_path, encode_doc, Checkpointer, StoreWriter};
 
 /// Events the drainer moves per tick at most.
 const MAX_BATCH: usize = 8192;
@@ -282,20 +282,27 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         })
 }
 
-/// Events with their JSON already rendered: the drainer renders on its own
-/// thread so the writer spends its time in SQLite.
+/// Events with their JSON already rendered (for sinks and the spool) and
+/// encoded for the store: the drainer does both on its own thread so the
+/// writer spends its time in SQLite.
 struct Batch {
     events: Vec<Event>,
     docs: Vec<String>,
+    blobs: Vec<Vec<u8>>,
 }
 
 impl Batch {
     fn render(events: Vec<Event>) -> Batch {
-        let docs = events
+        let docs: Vec<String> = events
             .iter()
             .map(|e| serde_json::to_string(e).unwrap_or_default())
             .collect();
-        Batch { events, docs }
+        let blobs = docs.iter().map(|d| encode_doc(d)).collect();
+        Batch {
+            events,
+            docs,
+            blobs,
+        }
     }
 }
 
@@ -407,6 +414,7 @@ impl Writer {
             let mut pending = Batch {
                 events: Vec::new(),
                 docs: Vec::new(),
+                blobs: Vec::new(),
             };
             match self.brx.recv_timeout(Duration::from_millis(100)) {
                 Ok(b) => pending = b,
@@ -425,6 +433,7 @@ impl Writer {
                     Ok(b) => {
                         pending.events.extend(b.events);
                         pending.docs.extend(b.docs);
+                        pending.blobs.extend(b.blobs);
                     }
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => {
@@ -455,8 +464,12 @@ impl Writer {
 
     /// Store a batch; on failure spill it so nothing is lost, and back off.
     fn commit(&mut self, batch: Batch) {
-        let Batch { events, docs } = batch;
-        match self.store.insert_with_docs(&events, &docs) {
+        let Batch {
+            events,
+            docs,
+            blobs,
+        } = batch;
+        match self.store.insert_encoded(&events, &blobs) {
             Ok(_) => {
                 self.stats
                     .stored

@@ -1,11 +1,17 @@
 //! The embedded event store: SQLite in WAL mode in the data dir.
 //!
 //! One writer (the pipeline's writer thread) inserts in batched transactions;
-//! any number of readers (CLI, API) open their own connections. Each indexed
-//! query field is a column; the whole OCSF document is kept in `doc`,
-//! compressed (see `doc.rs`).
+//! any number of readers (CLI, API) open their own connections. Each query
+//! field is a column; the whole OCSF document is kept in `doc`, compressed
+//! (see `doc.rs`). Time, id and alerts have SQLite indexes; the fields
+//! investigations start from (user, device, action, host, category, rule)
+//! have postings per block of 8,192 events (`postings.rs`), which queries
+//! use through a plan (`plan.rs`).
 
 mod doc;
+mod indexed;
+mod plan;
+mod postings;
 mod reader;
 mod schema;
 mod writer;
@@ -13,6 +19,11 @@ mod writer;
 pub use reader::{Cursor, Page, SearchRequest, StoreReader};
 pub use schema::ALERTS_CONDITION;
 pub use writer::{Checkpointer, RetentionReport, StoreWriter};
+
+/// The stored form of an event's JSON document, for [`StoreWriter::insert_encoded`].
+pub fn encode_doc(json: &str) -> Vec<u8> {
+    doc::encode(json)
+}
 
 use std::path::{Path, PathBuf};
 

@@ -7,10 +7,13 @@ use rusqlite::{params_from_iter, Connection, OpenFlags};
 use rusqlite::types::ValueRef;
 
 use super::doc;
+use super::indexed::{KeyScan, ScanError};
+use super::plan::{self, IndexPlan};
 use super::schema;
 use crate::error::EventsError;
 use crate::event::Event;
-use crate::query::{compile, Query, SqlValue};
+use crate::field::Field;
+use crate::query::{compile, Expr, Op, Query, SqlFilter, SqlValue, Value};
 
 /// Where a page ended: newest-first order is `(time, seq)` descending.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +59,9 @@ pub struct Page {
 pub struct StoreReader {
     conn: Connection,
     path: PathBuf,
+    /// Whether the store has block postings (schema 3; a store the server has
+    /// not upgraded yet is searched through SQL alone).
+    has_postings: bool,
 }
 
 impl StoreReader {
@@ -75,9 +81,19 @@ impl StoreReader {
         .map_err(err)?;
         schema::configure(&conn, false).map_err(err)?;
         conn.pragma_update(None, "query_only", true).map_err(err)?;
+        rusqlite::vtab::array::load_module(&conn).map_err(err)?;
+        let has_postings = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'blocks'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(err)?
+            > 0;
         Ok(StoreReader {
             conn,
             path: path.to_path_buf(),
+            has_postings,
         })
     }
 
@@ -95,9 +111,19 @@ impl StoreReader {
             .map_err(|e| EventsError::BadDocument(json.chars().take(60).collect(), e))
     }
 
+    fn scan_err(&self, e: ScanError) -> EventsError {
+        match e {
+            ScanError::Sql(source) => self.err(source),
+            ScanError::Postings(p) => EventsError::DamagedDocument(p.to_string()),
+        }
+    }
+
     /// Events matching `req`, newest first.
     pub fn search(&self, req: &SearchRequest) -> Result<Page, EventsError> {
         let filter = compile(&req.query);
+        if let Some(plan) = self.plan(&req.query) {
+            return self.search_planned(req, &filter, &plan);
+        }
         let mut sql = format!("SELECT seq, time, doc FROM events WHERE ({})", filter.sql);
         let mut params = filter.params;
         if let Some(from) = req.from_ms {
@@ -163,6 +189,31 @@ impl StoreReader {
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<Event>, EventsError> {
+        let query = Query {
+            expr: Some(Expr::Compare {
+                field: Field::Device,
+                op: Op::Eq,
+                value: Value::Text(device.to_string()),
+            }),
+        };
+        let filter = compile(&query);
+        if let Some(plan) = self.plan(&query) {
+            let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+            let keys = KeyScan {
+                filter: &filter,
+                plan: &plan,
+                from_ms: Some(from_ms),
+                to_ms: Some(to_ms.saturating_add(1)),
+                cursor: None,
+                want: limit,
+                descending: false,
+            }
+            .run(&tx)
+            .map_err(|e| self.scan_err(e))?;
+            let events = self.docs(&keys)?;
+            tx.finish().map_err(|e| self.err(e))?;
+            return Ok(events);
+        }
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -177,6 +228,75 @@ impl StoreReader {
             out.push(self.decode(row.get_ref(0).map_err(|e| self.err(e))?)?);
         }
         Ok(out)
+    }
+
+    /// The postings plan for `query`, when this store has postings.
+    fn plan(&self, query: &Query) -> Option<IndexPlan> {
+        if self.has_postings {
+            plan::plan(query)
+        } else {
+            None
+        }
+    }
+
+    /// [`StoreReader::search`] through block postings.
+    fn search_planned(
+        &self,
+        req: &SearchRequest,
+        filter: &SqlFilter,
+        plan: &IndexPlan,
+    ) -> Result<Page, EventsError> {
+        let limit = req.limit.clamp(1, 10_000);
+        // One read transaction: the tail and the blocks are one snapshot.
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let mut keys = KeyScan {
+            filter,
+            plan,
+            from_ms: req.from_ms,
+            to_ms: req.to_ms,
+            cursor: req.cursor,
+            want: limit + 1,
+            descending: true,
+        }
+        .run(&tx)
+        .map_err(|e| self.scan_err(e))?;
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let events = self.docs(&keys)?;
+        tx.finish().map_err(|e| self.err(e))?;
+        let next_cursor = if more {
+            keys.last()
+                .map(|&(time, seq)| Cursor { time, seq }.encode())
+        } else {
+            None
+        };
+        Ok(Page {
+            events,
+            next_cursor,
+        })
+    }
+
+    /// The events with these `(time, seq)` keys, in the keys' order.
+    fn docs(&self, keys: &[(i64, i64)]) -> Result<Vec<Event>, EventsError> {
+        let seqs: std::rc::Rc<Vec<rusqlite::types::Value>> = std::rc::Rc::new(
+            keys.iter()
+                .map(|&(_, seq)| rusqlite::types::Value::Integer(seq))
+                .collect(),
+        );
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, doc FROM events WHERE seq IN rarray(?1)")
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([seqs]).map_err(|e| self.err(e))?;
+        let mut by_seq = std::collections::HashMap::with_capacity(keys.len());
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            let seq: i64 = row.get(0).map_err(|e| self.err(e))?;
+            by_seq.insert(seq, self.decode(row.get_ref(1).map_err(|e| self.err(e))?)?);
+        }
+        Ok(keys
+            .iter()
+            .filter_map(|(_, seq)| by_seq.remove(seq))
+            .collect())
     }
 
     /// An alert and everything its device did within `window_ms` either side of it, in order.

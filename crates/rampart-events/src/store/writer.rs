@@ -7,7 +7,8 @@ use rusqlite::{Connection, OptionalExtension};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 
 use super::doc;
-use super::schema::{self, COLUMNS};
+use super::postings::{self, PostingsBuilder, BLOCK_EVENTS};
+use super::schema::{self, COLUMNS, INDEXED};
 use crate::error::EventsError;
 use crate::event::Event;
 use crate::field::{Field, FieldKind};
@@ -80,16 +81,27 @@ impl StoreWriter {
             .and_then(|_| conn.pragma_update(None, "journal_size_limit", 256i64 << 20))
             .map_err(store_err)?;
         let names: Vec<&str> = COLUMNS.iter().map(|f| f.column()).collect();
-        let marks = vec!["?"; COLUMNS.len() + 3].join(", ");
+        let marks = vec!["?"; COLUMNS.len() + 4].join(", ");
         let insert_sql = format!(
-            "INSERT OR IGNORE INTO events (id, time, {}, doc) VALUES ({marks})",
+            "INSERT OR IGNORE INTO events (seq, id, time, {}, doc) VALUES ({marks})",
             names.join(", ")
         );
-        Ok(StoreWriter {
+        let mut w = StoreWriter {
             conn,
             path: path.to_path_buf(),
             insert_sql,
-        })
+        };
+        // A store written by schema 2 (or a crash between commits, which cannot
+        // leave a closed block unindexed, but costs nothing to check) is indexed now.
+        let tx = w
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        let max_seq = max_seq(&tx).map_err(store_err)?;
+        index_closed_blocks(&tx, max_seq).map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        w.conn.set_prepared_statement_cache_capacity(32);
+        Ok(w)
     }
 
     fn err(&self, source: rusqlite::Error) -> EventsError {
@@ -119,31 +131,58 @@ impl StoreWriter {
         events: &[Event],
         docs: &[String],
     ) -> Result<usize, EventsError> {
+        let blobs: Vec<Vec<u8>> = docs.iter().map(|d| doc::encode(d)).collect();
+        self.insert_encoded(events, &blobs)
+    }
+
+    /// Like [`StoreWriter::insert`], with each event's stored document already
+    /// encoded by [`super::encode_doc`] (the pipeline does that off the writer thread).
+    pub fn insert_encoded(
+        &mut self,
+        events: &[Event],
+        blobs: &[Vec<u8>],
+    ) -> Result<usize, EventsError> {
         let path = self.path.clone();
         let wrap = |source| EventsError::Store {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(wrap)?;
+        // IMMEDIATE: the seqs below are chosen from what this transaction reads,
+        // so no other connection may write in between.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(wrap)?;
+        // Seqs are assigned here rather than by SQLite: a new seq never falls
+        // into a block that is already indexed, even after retention emptied
+        // the table (SQLite would restart rowids at 1).
+        let mut seq = max_seq(&tx)
+            .and_then(|m| Ok(m.max(schema::next_block(&tx)? * BLOCK_EVENTS)))
+            .map_err(wrap)?;
         let mut inserted = 0;
         {
             let mut stmt = tx.prepare_cached(&self.insert_sql).map_err(wrap)?;
             let mut id_buf = uuid::Uuid::encode_buffer();
-            for (e, doc) in events.iter().zip(docs) {
+            for (e, blob) in events.iter().zip(blobs) {
                 // Bind one by one, borrowing from the event where the value
                 // exists as text already: no per-row vector, few allocations.
+                stmt.raw_bind_parameter(1, seq + 1).map_err(wrap)?;
                 let id: &str = e.id().hyphenated().encode_lower(&mut id_buf);
-                stmt.raw_bind_parameter(1, id).map_err(wrap)?;
-                stmt.raw_bind_parameter(2, e.time).map_err(wrap)?;
+                stmt.raw_bind_parameter(2, id).map_err(wrap)?;
+                stmt.raw_bind_parameter(3, e.time).map_err(wrap)?;
                 for (i, f) in COLUMNS.iter().enumerate() {
-                    stmt.raw_bind_parameter(i + 3, column_value(*f, e))
+                    stmt.raw_bind_parameter(i + 4, column_value(*f, e))
                         .map_err(wrap)?;
                 }
-                stmt.raw_bind_parameter(COLUMNS.len() + 3, doc::encode(doc))
+                stmt.raw_bind_parameter(COLUMNS.len() + 4, blob.as_slice())
                     .map_err(wrap)?;
-                inserted += stmt.raw_execute().map_err(wrap)?;
+                // 0 when the id is already stored: that seq stays free.
+                let n = stmt.raw_execute().map_err(wrap)?;
+                seq += n as i64;
+                inserted += n;
             }
         }
+        index_closed_blocks(&tx, seq).map_err(wrap)?;
         tx.commit().map_err(wrap)?;
         Ok(inserted)
     }
@@ -198,6 +237,20 @@ impl StoreWriter {
             }
         }
         if report.expired + report.evicted_for_size > 0 {
+            // Postings of blocks with no event left; a partly emptied block keeps
+            // its postings (they point at a few missing seqs, which find nothing).
+            self.conn
+                .execute(
+                    "DELETE FROM postings WHERE block < (SELECT coalesce((min(seq) - 1) / ?1, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_block'), 0) FROM events)",
+                    [BLOCK_EVENTS],
+                )
+                .and_then(|_| {
+                    self.conn.execute(
+                        "DELETE FROM blocks WHERE block < (SELECT coalesce((min(seq) - 1) / ?1, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_block'), 0) FROM events)",
+                        [BLOCK_EVENTS],
+                    )
+                })
+                .map_err(|e| self.err(e))?;
             self.conn
                 .execute_batch("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
                 .map_err(|e| self.err(e))?;
@@ -227,6 +280,83 @@ impl StoreWriter {
             .map_err(|e| self.err(e))?;
         Ok(n.unwrap_or(0) as u64)
     }
+}
+
+/// The highest seq in the table (0 when empty).
+fn max_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))
+}
+
+/// Index every block whose seqs are all assigned (`max_seq` is the highest),
+/// in the caller's transaction, so events and their postings commit together.
+fn index_closed_blocks(conn: &Connection, max_seq: i64) -> rusqlite::Result<()> {
+    let first = schema::next_block(conn)?;
+    let mut next = first;
+    while postings::block_seqs(next).1 <= max_seq {
+        index_block(conn, next)?;
+        next += 1;
+    }
+    if next != first {
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+            (schema::NEXT_BLOCK_KEY, next.to_string()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Build and store one block's postings and time bounds. The rows were just
+/// written, so reading them back hits the page cache.
+fn index_block(conn: &Connection, block: i64) -> rusqlite::Result<()> {
+    let (lo, hi) = postings::block_seqs(block);
+    let cols: Vec<&str> = INDEXED.iter().map(|f| f.column()).collect();
+    let sql = format!(
+        "SELECT seq, time, {} FROM events WHERE seq BETWEEN ?1 AND ?2",
+        cols.join(", ")
+    );
+    let mut builders: Vec<PostingsBuilder> = INDEXED.iter().map(|_| Default::default()).collect();
+    let (mut count, mut min_time, mut max_time) = (0i64, i64::MAX, i64::MIN);
+    {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query((lo, hi))?;
+        let mut num = String::new();
+        while let Some(row) = rows.next()? {
+            let offset = (row.get::<_, i64>(0)? - lo) as u32;
+            let time: i64 = row.get(1)?;
+            count += 1;
+            min_time = min_time.min(time);
+            max_time = max_time.max(time);
+            for (i, b) in builders.iter_mut().enumerate() {
+                match row.get_ref(i + 2)? {
+                    ValueRef::Text(t) => b.add(&String::from_utf8_lossy(t), offset),
+                    ValueRef::Integer(n) => {
+                        num.clear();
+                        num.push_str(&n.to_string());
+                        b.add(&num, offset)
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let (min_time, max_time) = if count > 0 {
+        (Some(min_time), Some(max_time))
+    } else {
+        (None, None)
+    };
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO blocks (block, events, min_time, max_time) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute((block, count, min_time, max_time))?;
+    let mut put = conn.prepare_cached(
+        "INSERT OR REPLACE INTO postings (block, field, data) VALUES (?1, ?2, ?3)",
+    )?;
+    for (f, b) in INDEXED.iter().zip(builders) {
+        if !b.is_empty() {
+            put.execute((block, f.column(), b.encode()))?;
+        }
+    }
+    Ok(())
 }
 
 /// One column's value, borrowed from the event when it is stored there as text.
