@@ -15,6 +15,7 @@ pub mod enrollment;
 pub mod error;
 pub mod flow;
 pub mod glob;
+mod h2_flow;
 pub mod http_head;
 mod local_proxy;
 pub mod mtls_tunnel;

@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use h2::client::SendRequest;
 use http::{Method, Request};
-use http_body_util::{BodyExt, Either, Empty, Full};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -21,6 +19,7 @@ use crate::agent_log::{AgentLog, Level};
 use crate::connector::Connector;
 use crate::enrollment::Enrollment;
 use crate::error::AgentError;
+use crate::h2_flow::H2Flow;
 use crate::tunnel::{BoxFuture, FlowRequest, FlowStream, GatewayTunnel};
 
 /// First retry delay after a failed dial; doubles up to [`MAX_BACKOFF`].
@@ -37,9 +36,6 @@ const MAX_FRAME: u32 = 64 << 10;
 /// One buffer for the whole tunnel connection, not per flow.
 const TUNNEL_READ_BUFFER: usize = 64 << 10;
 
-/// Flows send an empty CONNECT body; control-plane calls send a full one.
-type TunnelBody = Either<Empty<Bytes>, Full<Bytes>>;
-
 /// Largest control-plane response the agent reads (its steering configuration).
 const MAX_API_RESPONSE: usize = 16 << 20;
 
@@ -50,8 +46,16 @@ pub struct ApiResponse {
     pub body: Bytes,
 }
 
+/// The live HTTP/2 connection: its request handle, and whether its driver task saw it
+/// end (h2's handle has no such query).
+#[derive(Clone)]
+struct Live {
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
 struct Link {
-    sender: Option<SendRequest<TunnelBody>>,
+    live: Option<Live>,
     failures: u32,
     retry_at: Option<Instant>,
 }
@@ -137,7 +141,7 @@ impl MtlsH2Tunnel {
             connector,
             log,
             link: tokio::sync::Mutex::new(Link {
-                sender: None,
+                live: None,
                 failures: 0,
                 retry_at: None,
             }),
@@ -158,13 +162,13 @@ impl MtlsH2Tunnel {
     }
 
     /// The live connection's sender, dialling (or failing fast during back-off).
-    async fn sender(&self) -> Result<SendRequest<TunnelBody>, AgentError> {
+    async fn sender(&self) -> Result<Live, AgentError> {
         let mut link = self.link.lock().await;
-        if let Some(sender) = &link.sender {
-            if !sender.is_closed() {
-                return Ok(sender.clone());
+        if let Some(live) = &link.live {
+            if !live.closed.load(Ordering::Relaxed) {
+                return Ok(live.clone());
             }
-            link.sender = None;
+            link.live = None;
         }
         if let Some(at) = link.retry_at {
             let now = Instant::now();
@@ -176,11 +180,11 @@ impl MtlsH2Tunnel {
             }
         }
         match self.dial().await {
-            Ok(sender) => {
+            Ok(live) => {
                 link.failures = 0;
                 link.retry_at = None;
-                link.sender = Some(sender.clone());
-                Ok(sender)
+                link.live = Some(live.clone());
+                Ok(live)
             }
             Err(err) => {
                 let delay = FIRST_BACKOFF
@@ -199,7 +203,7 @@ impl MtlsH2Tunnel {
         }
     }
 
-    async fn dial(&self) -> Result<SendRequest<TunnelBody>, AgentError> {
+    async fn dial(&self) -> Result<Live, AgentError> {
         let tcp = self
             .connector
             .connect_host(&self.host, self.port)
@@ -214,13 +218,15 @@ impl MtlsH2Tunnel {
         .await
         .map_err(|_| self.unreachable("TLS handshake timed out".into()))?
         .map_err(|e| self.unreachable(format!("TLS handshake failed: {e}")))?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(STREAM_WINDOW)
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
-            .handshake(TokioIo::new(tls))
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
             .await
             .map_err(|e| self.unreachable(format!("HTTP/2 handshake failed: {e}")))?;
+        let closed = Arc::new(AtomicBool::new(false));
         self.up.store(true, Ordering::Relaxed);
         self.write_log(
             Level::Info,
@@ -229,11 +235,13 @@ impl MtlsH2Tunnel {
         let up = self.up.clone();
         let log = self.log.clone();
         let gateway = self.gateway.clone();
+        let ended = closed.clone();
         tokio::spawn(async move {
             let reason = match connection.await {
                 Ok(()) => "closed".to_string(),
                 Err(e) => e.to_string(),
             };
+            ended.store(true, Ordering::Relaxed);
             up.store(false, Ordering::Relaxed);
             if let Some(log) = log {
                 log.write(
@@ -242,7 +250,7 @@ impl MtlsH2Tunnel {
                 );
             }
         });
-        Ok(sender)
+        Ok(Live { sender, closed })
     }
 
     fn write_log(&self, level: Level, message: &str) {
@@ -267,35 +275,45 @@ impl MtlsH2Tunnel {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let body = match body {
-            Some(bytes) => {
-                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-                Either::Right(Full::new(bytes))
-            }
-            None => Either::Left(Empty::new()),
-        };
+        if body.is_some() {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
         let request = builder
-            .body(body)
+            .body(())
             .map_err(|e| self.unreachable(format!("bad control request: {e}")))?;
-        let mut sender = self.sender().await?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| self.unreachable(format!("control request failed: {e}")))?;
-        let (parts, body) = response.into_parts();
-        let body = http_body_util::Limited::new(body, MAX_API_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| self.unreachable(format!("control response failed: {e}")))?
-            .to_bytes();
+        let failed =
+            |e: &dyn std::fmt::Display| self.unreachable(format!("control request failed: {e}"));
+        let live = self.sender().await?;
+        let mut sender = live.sender.ready().await.map_err(|e| failed(&e))?;
+        let (response, mut send) = sender
+            .send_request(request, body.is_none())
+            .map_err(|e| failed(&e))?;
+        if let Some(body) = body {
+            // h2 queues what exceeds the window and sends it as the gateway reads.
+            send.send_data(body, true).map_err(|e| failed(&e))?;
+        }
+        let response = response.await.map_err(|e| failed(&e))?;
+        let (parts, mut body) = response.into_parts();
+        let mut collected = bytes::BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk =
+                chunk.map_err(|e| self.unreachable(format!("control response failed: {e}")))?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if collected.len() + chunk.len() > MAX_API_RESPONSE {
+                return Err(self.unreachable(format!(
+                    "control response larger than {MAX_API_RESPONSE} bytes"
+                )));
+            }
+            collected.extend_from_slice(&chunk);
+        }
         Ok(ApiResponse {
             status: parts.status,
             headers: parts.headers,
-            body,
+            body: collected.freeze(),
         })
     }
 
-    fn request(flow: &FlowRequest) -> Result<Request<TunnelBody>, http::Error> {
+    fn request(flow: &FlowRequest) -> Result<Request<()>, http::Error> {
         let mut builder = Request::builder()
             .method(Method::CONNECT)
             .uri(flow.destination.to_string());
@@ -320,7 +338,7 @@ impl MtlsH2Tunnel {
         }
         builder
             .header("x-rampart-steering", flow.action.as_str())
-            .body(Either::Left(Empty::new()))
+            .body(())
     }
 
     async fn open_flow(&self, flow: &FlowRequest) -> Result<FlowStream, AgentError> {
@@ -330,14 +348,29 @@ impl MtlsH2Tunnel {
             status,
         };
         let request = Self::request(flow).map_err(|e| refused(format!("bad request: {e}")))?;
-        let mut sender = self.sender().await?;
-        let response = match sender.send_request(request).await {
-            Ok(response) => response,
+        let live = self.sender().await?;
+        let sent = async {
+            let mut sender = live.sender.clone().ready().await?;
+            let (response, send) = sender.send_request(request, false)?;
+            Ok::<_, h2::Error>((response.await?, send))
+        };
+        let (response, send) = match sent.await {
+            Ok(sent) => sent,
+            Err(e) if e.is_reset() && e.is_remote() => {
+                // The gateway refused this one stream; the connection is fine.
+                return Err(refused(format!("stream reset: {e}")));
+            }
             Err(e) => {
                 // The connection broke under us: drop it so the next flow re-dials.
-                let mut link = self.link.lock().await;
-                if link.sender.as_ref().is_some_and(|s| s.is_closed()) {
-                    link.sender = None;
+                if e.is_io() || e.is_go_away() || live.closed.load(Ordering::Relaxed) {
+                    let mut link = self.link.lock().await;
+                    if link
+                        .live
+                        .as_ref()
+                        .is_some_and(|l| Arc::ptr_eq(&l.closed, &live.closed))
+                    {
+                        link.live = None;
+                    }
                 }
                 return Err(self.unreachable(format!("tunnel stream failed: {e}")));
             }
@@ -345,10 +378,7 @@ impl MtlsH2Tunnel {
         if !response.status().is_success() {
             return Err(refused(response.status().to_string()));
         }
-        let upgraded = hyper::upgrade::on(response)
-            .await
-            .map_err(|e| refused(format!("stream not established: {e}")))?;
-        Ok(FlowStream::Boxed(Box::new(TokioIo::new(upgraded))))
+        Ok(FlowStream::H2(H2Flow::new(send, response.into_body())))
     }
 }
 

@@ -42,6 +42,7 @@ pub async fn relay(client: &mut TcpStream, upstream: &mut FlowStream) {
             _ => copy_both_ways(client, upstream).await,
         },
         FlowStream::Boxed(upstream) => copy_both_ways(client, upstream).await,
+        FlowStream::H2(flow) => crate::h2_flow::relay(client, flow).await,
     };
     if let Err(err) = result {
         tracing::debug!(%err, "relay ended with an error");
@@ -128,10 +129,10 @@ static POOL: std::sync::Mutex<Vec<Box<[u8]>>> = std::sync::Mutex::new(Vec::new()
 const POOL_MAX: usize = 16;
 
 /// A buffer from [`POOL`], returned to it on drop (also on error paths).
-struct PooledBuffer(Option<Box<[u8]>>);
+pub(crate) struct PooledBuffer(Option<Box<[u8]>>);
 
 impl PooledBuffer {
-    fn take() -> Self {
+    pub(crate) fn take() -> Self {
         let reused = POOL
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -168,7 +169,7 @@ impl Drop for PooledBuffer {
 
 /// Poll `future` once: its output if ready now, `None` if it would wait (the future
 /// is then dropped, which is safe for reads: nothing was consumed).
-async fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+pub(crate) async fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
     let mut future = pin!(future);
     std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
         Poll::Ready(output) => Poll::Ready(Some(output)),

@@ -24,6 +24,8 @@ pub type BoxedStream = Box<dyn AsyncStream>;
 pub enum FlowStream {
     Tcp(TcpStream),
     Boxed(BoxedStream),
+    /// A `CONNECT` stream of the mTLS HTTP/2 tunnel.
+    H2(crate::h2_flow::H2Flow),
 }
 
 impl FlowStream {
@@ -32,6 +34,7 @@ impl FlowStream {
         match self {
             FlowStream::Tcp(stream) => stream.write_all(buf).await,
             FlowStream::Boxed(stream) => stream.write_all(buf).await,
+            FlowStream::H2(flow) => flow.write_all(buf).await,
         }
     }
 }
