@@ -23,6 +23,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -212,11 +213,17 @@ impl OwnerIndex {
                 forget(&mut self.sockets, old, (pid, fd));
             }
         }
+        // New descriptors first, then those that held a socket last time (a client
+        // that closes and reopens connections reuses their numbers), then the rest
+        // (files, pipes, terminals), which rarely turn into sockets.
         let (fresh, seen): (Vec<u32>, Vec<u32>) =
             fds.iter().partition(|fd| !known.fds.contains(fd));
+        let (was_socket, other): (Vec<u32>, Vec<u32>) = seen
+            .into_iter()
+            .partition(|fd| known.sockets.contains_key(fd));
         known.fds = now;
         let fd_dir = dir.join("fd");
-        for fd in fresh.into_iter().chain(seen) {
+        for fd in fresh.into_iter().chain(was_socket).chain(other) {
             let found = fs::read_link(fd_dir.join(fd.to_string()))
                 .ok()
                 .and_then(|link| link.to_str().and_then(socket_inode));
@@ -249,8 +256,20 @@ fn forget(sockets: &mut HashMap<u64, (u32, u32)>, inode: u64, at: (u32, u32)) {
 /// Field 22 of `/proc/<pid>/stat`. The command name (field 2) may contain spaces and
 /// parentheses, so fields are counted after its last `)`.
 fn start_time(dir: &Path) -> Option<u64> {
-    let stat = fs::read_to_string(dir.join("stat")).ok()?;
-    parse_start_time(&stat)
+    // One read into a buffer that holds any stat line: `read_to_string` would probe
+    // with growing reads (six system calls for a 300-byte line), on every visit.
+    let mut file = fs::File::open(dir.join("stat")).ok()?;
+    let mut buf = [0u8; 2048];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    parse_start_time(std::str::from_utf8(&buf[..len]).ok()?)
 }
 
 fn parse_start_time(stat: &str) -> Option<u64> {
