@@ -64,6 +64,12 @@ pub async fn splice_bidirectional(
     (transferred, end)
 }
 
+/// Buffer for bytes from `b` (the origin) to `a` (an agent's HTTP/2 stream, the only
+/// caller): each write to the stream becomes one DATA frame and one hand-off between
+/// tasks, so 64 KiB reads (the agent's maximum frame size) cost a quarter of the
+/// frames, wake-ups and TLS records per byte of a download that 16 KiB reads cost.
+const B_TO_A_BUFFER: usize = 64 * 1024;
+
 /// Relays between any two async streams with a buffered copy (used where one
 /// side is not a plain socket, e.g. TLS), closing after `idle` without a byte
 /// read from either side.
@@ -89,7 +95,7 @@ where
         started,
     };
     tokio::select! {
-        result = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 16 * 1024, 16 * 1024) => match result {
+        result = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 16 * 1024, B_TO_A_BUFFER) => match result {
             Ok((up, down)) => (
                 Transferred { client_to_origin: up, origin_to_client: down },
                 RelayEnd::Closed,
