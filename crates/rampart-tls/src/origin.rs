@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-/// Origin TLS sessions remembered for resumption.
+/// Origin hosts whose key-exchange choice and TLS 1.2 session are remembered (TLS 1.3
+/// tickets are bounded separately, see [`crate::origin_sessions`]).
 const ORIGIN_SESSION_CACHE: usize = 4096;
 
 /// Where trust for origins comes from, and which hosts may present invalid certificates.
@@ -114,7 +115,7 @@ impl OriginTls {
             return Err(TlsError::NoRoots);
         }
         let root_count = roots.len();
-        let provider = crate::crypto_provider();
+        let provider = crate::intercept_provider();
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| TlsError::Rustls {
@@ -137,7 +138,10 @@ impl OriginTls {
                 allowed: None,
             }))
             .with_no_client_auth();
-        base.resumption = Resumption::in_memory_sessions(ORIGIN_SESSION_CACHE);
+        // Deeper per-host ticket pools than rustls' default store: see origin_sessions.
+        base.resumption = Resumption::store(Arc::new(
+            crate::origin_sessions::OriginSessionStore::new(ORIGIN_SESSION_CACHE),
+        ));
         Ok(OriginTls {
             base: Arc::new(base),
             inner,
@@ -488,6 +492,52 @@ mod tests {
         let tls = OriginTls::from_roots(roots(&f.ca), &[] as &[&str]).unwrap();
         let (result, _) = connect(&tls, "corp.test", addr).await;
         assert_eq!(result, Err(OriginTlsFailure::UnknownIssuer));
+    }
+
+    /// Many concurrent handshakes to one origin all resume once enough tickets were
+    /// issued: rustls' default store (8 tickets per host) would leave half of these full.
+    #[tokio::test]
+    async fn concurrent_origin_connections_resume_beyond_eight_tickets() {
+        let f = fixture();
+        let leaf =
+            f.ca.mint(&LeafNames::for_host("busy.test").unwrap())
+                .unwrap();
+        let addr = origin(
+            leaf.chain.clone(),
+            PrivateKeyDer::Pkcs8(leaf.key.clone_key()),
+        )
+        .await;
+        let tls = Arc::new(OriginTls::from_roots(roots(&f.ca), &[] as &[&str]).unwrap());
+        async fn handshake(tls: &OriginTls, addr: std::net::SocketAddr) -> rustls::HandshakeKind {
+            let cfg = tls.client_config("busy.test", &[]);
+            let connector = tokio_rustls::TlsConnector::from(cfg.config.clone());
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut tls = connector
+                .connect(server_name("busy.test").unwrap(), tcp)
+                .await
+                .unwrap();
+            // Tickets arrive after the handshake: read to the end so they are stored.
+            let mut body = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut body)
+                .await
+                .unwrap();
+            assert_eq!(body, b"ok");
+            tls.get_ref().1.handshake_kind().unwrap()
+        }
+        // The test origin sends rustls' default of 2 tickets per connection (each
+        // resumption uses one): after 20 connections, 21 are kept.
+        for _ in 0..20 {
+            handshake(&tls, addr).await;
+        }
+        let concurrent: Vec<_> = (0..16)
+            .map(|_| {
+                let tls = tls.clone();
+                tokio::spawn(async move { handshake(&tls, addr).await })
+            })
+            .collect();
+        for task in concurrent {
+            assert_eq!(task.await.unwrap(), rustls::HandshakeKind::Resumed);
+        }
     }
 
     #[test]

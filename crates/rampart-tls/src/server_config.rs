@@ -28,13 +28,16 @@ impl ResolvesServerCert for MintedCertResolver {
     }
 }
 
-/// Builds (and caches) server configs per (leaf names, ALPN list).
+/// Leaf names, ALPN list, and whether the client's cipher suite order decides.
+type ConfigKey = (LeafNames, Vec<Vec<u8>>, bool);
+
+/// Builds (and caches) server configs per [`ConfigKey`].
 pub struct InterceptConfigs {
     leaves: Arc<LeafCache>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     sessions: Arc<dyn StoresServerSessions + Send + Sync>,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
-    configs: moka::future::Cache<(LeafNames, Vec<Vec<u8>>), Arc<ServerConfig>>,
+    configs: moka::future::Cache<ConfigKey, Arc<ServerConfig>>,
 }
 
 impl std::fmt::Debug for InterceptConfigs {
@@ -56,7 +59,7 @@ impl InterceptConfigs {
             })?;
         Ok(InterceptConfigs {
             leaves,
-            provider: crate::crypto_provider(),
+            provider: crate::intercept_provider(),
             sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
             ticketer,
             configs: moka::future::Cache::builder()
@@ -78,11 +81,25 @@ impl InterceptConfigs {
         names: &LeafNames,
         alpn: &[Vec<u8>],
     ) -> Result<Arc<ServerConfig>, TlsError> {
-        let key = (names.clone(), alpn.to_vec());
+        self.server_config_for(names, alpn, false).await
+    }
+
+    /// As [`Self::server_config`], for a client whose cipher suite list was seen:
+    /// with `client_prefers_chacha` (see [`crate::prefers_chacha`]) the client's order
+    /// decides, otherwise Rampart's (AES-128-GCM first, [`crate::intercept_provider`]).
+    pub async fn server_config_for(
+        &self,
+        names: &LeafNames,
+        alpn: &[Vec<u8>],
+        client_prefers_chacha: bool,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let key = (names.clone(), alpn.to_vec(), client_prefers_chacha);
         self.configs
             .try_get_with(key, async {
                 let leaf = self.leaves.get(names).await?;
-                self.build(leaf, alpn).map(Arc::new)
+                let mut config = self.build(leaf, alpn)?;
+                config.ignore_client_order = !client_prefers_chacha;
+                Ok::<_, TlsError>(Arc::new(config))
             })
             .await
             .map_err(TlsError::Shared)

@@ -422,8 +422,14 @@ impl Tunnel {
             },
         };
         let alpn: Vec<Vec<u8>> = origin_alpn.iter().cloned().collect();
+        let chacha = rampart_tls::prefers_chacha(start.client_hello().cipher_suites());
         let config = match names {
-            Ok(names) => interception.configs.server_config(&names, &alpn).await,
+            Ok(names) => {
+                interception
+                    .configs
+                    .server_config_for(&names, &alpn, chacha)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let config = match config {
