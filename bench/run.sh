@@ -394,6 +394,9 @@ allow_loopback_destinations = true
 [api]
 listen = "127.0.0.1:$api"
 
+[tunnel]
+listen = "127.0.0.1:$(free_port)"
+
 [access_log]
 enabled = true
 

@@ -293,16 +293,24 @@ struct Batch {
 
 impl Batch {
     fn render(events: Vec<Event>) -> Batch {
-        let docs: Vec<String> = events
-            .iter()
-            .map(|e| serde_json::to_string(e).unwrap_or_default())
-            .collect();
+        let docs: Vec<String> = events.iter().map(render_json).collect();
         let blobs = docs.iter().map(|d| encode_doc(d)).collect();
         Batch {
             events,
             docs,
             blobs,
         }
+    }
+}
+
+/// An event's OCSF JSON. Sized for a typical document up front: growing from
+/// serde_json's default capacity reallocates several times per event.
+fn render_json(e: &Event) -> String {
+    let mut buf = Vec::with_capacity(2048);
+    match serde_json::to_writer(&mut buf, e) {
+        // serde_json writes UTF-8 only.
+        Ok(()) => String::from_utf8(buf).unwrap_or_default(),
+        Err(_) => String::new(),
     }
 }
 

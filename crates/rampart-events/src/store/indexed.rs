@@ -46,6 +46,9 @@ impl KeyScan<'_> {
     /// `(time, seq)` of the matching events in result order, `want` at most.
     /// Run inside one read transaction so the tail and the blocks agree.
     pub fn run(&self, conn: &Connection) -> Result<Vec<(i64, i64)>, ScanError> {
+        if self.want == 0 {
+            return Ok(Vec::new());
+        }
         let tail_from = schema::next_block(conn)? * BLOCK_EVENTS;
         let (conds, cond_params) = self.conditions();
         let order = if self.descending {
