@@ -197,3 +197,26 @@ fn a_store_without_postings_is_indexed_when_the_writer_opens_it() {
         .collect();
     assert_eq!(got, expected(&all, "user = dave", (None, None)));
 }
+
+#[test]
+fn a_block_filled_across_writer_restarts_indexes_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(dir.path());
+    let all = scattered(BLOCK + 3000);
+    // Three writers in turn, each stopping mid-block: the postings of the
+    // block being filled are rebuilt from its stored rows on the next insert.
+    for part in all.chunks(4000) {
+        let mut w = StoreWriter::open(&path, false).unwrap();
+        w.insert(part).unwrap();
+        // The same events again are ignored and take no seq.
+        assert_eq!(w.insert(&part[..10]).unwrap(), 0);
+    }
+    let r = StoreReader::open(&path).unwrap();
+    for q in ["user = erin", "device = dev-6 and action = block"] {
+        let got: Vec<_> = all_pages(&r, q, (None, None), 1000)
+            .iter()
+            .map(|e| e.id())
+            .collect();
+        assert_eq!(got, expected(&all, q, (None, None)), "`{q}`");
+    }
+}

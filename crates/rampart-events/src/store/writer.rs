@@ -20,6 +20,10 @@ pub struct StoreWriter {
     conn: Connection,
     path: PathBuf,
     insert_sql: String,
+    /// Postings of the block being filled, built as rows are inserted so
+    /// closing a block writes them without reading the block back. `None`
+    /// after an error or at start: reloaded from the stored rows.
+    filling: Option<BlockPostings>,
 }
 
 /// Copies committed WAL pages into the database file in the background, so the
@@ -90,6 +94,7 @@ impl StoreWriter {
             conn,
             path: path.to_path_buf(),
             insert_sql,
+            filling: None,
         };
         // A store written by schema 2 (or a crash between commits, which cannot
         // leave a closed block unindexed, but costs nothing to check) is indexed now.
@@ -159,6 +164,13 @@ impl StoreWriter {
         let mut seq = max_seq(&tx)
             .and_then(|m| Ok(m.max(schema::next_block(&tx)? * BLOCK_EVENTS)))
             .map_err(wrap)?;
+        index_closed_blocks(&tx, seq).map_err(wrap)?;
+        // Taken: an error below leaves `None`, and the next call reloads.
+        let block = seq / BLOCK_EVENTS;
+        let mut filling = match self.filling.take() {
+            Some(f) if f.block == block => f,
+            _ => BlockPostings::read(&tx, block).map_err(wrap)?,
+        };
         let mut inserted = 0;
         {
             let mut stmt = tx.prepare_cached(&self.insert_sql).map_err(wrap)?;
@@ -177,13 +189,24 @@ impl StoreWriter {
                 stmt.raw_bind_parameter(COLUMNS.len() + 4, blob.as_slice())
                     .map_err(wrap)?;
                 // 0 when the id is already stored: that seq stays free.
-                let n = stmt.raw_execute().map_err(wrap)?;
-                seq += n as i64;
-                inserted += n;
+                if stmt.raw_execute().map_err(wrap)? == 0 {
+                    continue;
+                }
+                seq += 1;
+                inserted += 1;
+                filling.add(seq, e.time, INDEXED.iter().map(|f| column_value(*f, e)));
+                if seq == postings::block_seqs(filling.block).1 {
+                    // The block's last seq: it is complete, index it now.
+                    let next = BlockPostings::new(filling.block + 1);
+                    std::mem::replace(&mut filling, next)
+                        .write(&tx)
+                        .map_err(wrap)?;
+                    set_next_block(&tx, filling.block).map_err(wrap)?;
+                }
             }
         }
-        index_closed_blocks(&tx, seq).map_err(wrap)?;
         tx.commit().map_err(wrap)?;
+        self.filling = Some(filling);
         Ok(inserted)
     }
 
@@ -287,76 +310,110 @@ fn max_seq(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))
 }
 
-/// Index every block whose seqs are all assigned (`max_seq` is the highest),
-/// in the caller's transaction, so events and their postings commit together.
+/// Index every block whose seqs are all assigned (`max_seq` is the highest)
+/// that is not indexed yet (a store written before postings existed), in the
+/// caller's transaction.
 fn index_closed_blocks(conn: &Connection, max_seq: i64) -> rusqlite::Result<()> {
     let first = schema::next_block(conn)?;
     let mut next = first;
     while postings::block_seqs(next).1 <= max_seq {
-        index_block(conn, next)?;
+        BlockPostings::read(conn, next)?.write(conn)?;
         next += 1;
     }
     if next != first {
-        conn.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
-            (schema::NEXT_BLOCK_KEY, next.to_string()),
-        )?;
+        set_next_block(conn, next)?;
     }
     Ok(())
 }
 
-/// Build and store one block's postings and time bounds. The rows were just
-/// written, so reading them back hits the page cache.
-fn index_block(conn: &Connection, block: i64) -> rusqlite::Result<()> {
-    let (lo, hi) = postings::block_seqs(block);
-    let cols: Vec<&str> = INDEXED.iter().map(|f| f.column()).collect();
-    let sql = format!(
-        "SELECT seq, time, {} FROM events WHERE seq BETWEEN ?1 AND ?2",
-        cols.join(", ")
-    );
-    let mut builders: Vec<PostingsBuilder> = INDEXED.iter().map(|_| Default::default()).collect();
-    let (mut count, mut min_time, mut max_time) = (0i64, i64::MAX, i64::MIN);
-    {
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query((lo, hi))?;
-        let mut num = String::new();
-        while let Some(row) = rows.next()? {
-            let offset = (row.get::<_, i64>(0)? - lo) as u32;
-            let time: i64 = row.get(1)?;
-            count += 1;
-            min_time = min_time.min(time);
-            max_time = max_time.max(time);
-            for (i, b) in builders.iter_mut().enumerate() {
-                match row.get_ref(i + 2)? {
-                    ValueRef::Text(t) => b.add(&String::from_utf8_lossy(t), offset),
-                    ValueRef::Integer(n) => {
-                        num.clear();
-                        num.push_str(&n.to_string());
-                        b.add(&num, offset)
-                    }
-                    _ => {}
-                }
+fn set_next_block(conn: &Connection, block: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?
+        .execute((schema::NEXT_BLOCK_KEY, block.to_string()))?;
+    Ok(())
+}
+
+/// One block's postings (one builder per indexed field) and time bounds.
+struct BlockPostings {
+    block: i64,
+    builders: Vec<PostingsBuilder>,
+    count: i64,
+    min_time: i64,
+    max_time: i64,
+}
+
+impl BlockPostings {
+    fn new(block: i64) -> BlockPostings {
+        BlockPostings {
+            block,
+            builders: INDEXED.iter().map(|_| Default::default()).collect(),
+            count: 0,
+            min_time: i64::MAX,
+            max_time: i64::MIN,
+        }
+    }
+
+    /// Add the event at `seq` with its indexed columns' values (in [`INDEXED`] order).
+    fn add<'a>(&mut self, seq: i64, time: i64, values: impl Iterator<Item = ToSqlOutput<'a>>) {
+        let offset = (seq - postings::block_seqs(self.block).0) as u32;
+        self.count += 1;
+        self.min_time = self.min_time.min(time);
+        self.max_time = self.max_time.max(time);
+        for (b, v) in self.builders.iter_mut().zip(values) {
+            let v = match &v {
+                ToSqlOutput::Borrowed(v) => *v,
+                ToSqlOutput::Owned(v) => ValueRef::from(v),
+                _ => continue,
+            };
+            match v {
+                ValueRef::Text(t) => b.add(&String::from_utf8_lossy(t), offset),
+                ValueRef::Integer(n) => b.add(&n.to_string(), offset),
+                _ => {}
             }
         }
     }
-    let (min_time, max_time) = if count > 0 {
-        (Some(min_time), Some(max_time))
-    } else {
-        (None, None)
-    };
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO blocks (block, events, min_time, max_time) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute((block, count, min_time, max_time))?;
-    let mut put = conn.prepare_cached(
-        "INSERT OR REPLACE INTO postings (block, field, data) VALUES (?1, ?2, ?3)",
-    )?;
-    for (f, b) in INDEXED.iter().zip(builders) {
-        if !b.is_empty() {
-            put.execute((block, f.column(), b.encode()))?;
+
+    /// The postings of a block's stored rows (after a restart, or for a store
+    /// written before postings existed).
+    fn read(conn: &Connection, block: i64) -> rusqlite::Result<BlockPostings> {
+        let (lo, hi) = postings::block_seqs(block);
+        let cols: Vec<&str> = INDEXED.iter().map(|f| f.column()).collect();
+        let sql = format!(
+            "SELECT seq, time, {} FROM events WHERE seq BETWEEN ?1 AND ?2",
+            cols.join(", ")
+        );
+        let mut out = BlockPostings::new(block);
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query((lo, hi))?;
+        while let Some(row) = rows.next()? {
+            let values = (0..INDEXED.len())
+                .map(|i| row.get_ref(i + 2).map(ToSqlOutput::Borrowed))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.add(row.get(0)?, row.get(1)?, values.into_iter());
         }
+        Ok(out)
     }
-    Ok(())
+
+    /// Store the block's postings and time bounds.
+    fn write(self, conn: &Connection) -> rusqlite::Result<()> {
+        let (min_time, max_time) = if self.count > 0 {
+            (Some(self.min_time), Some(self.max_time))
+        } else {
+            (None, None)
+        };
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO blocks (block, events, min_time, max_time) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute((self.block, self.count, min_time, max_time))?;
+        let mut put = conn.prepare_cached(
+            "INSERT OR REPLACE INTO postings (block, field, data) VALUES (?1, ?2, ?3)",
+        )?;
+        for (f, b) in INDEXED.iter().zip(self.builders) {
+            if !b.is_empty() {
+                put.execute((self.block, f.column(), b.encode()))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One column's value, borrowed from the event when it is stored there as text.
