@@ -14,11 +14,15 @@
 #
 # Knobs: BENCH_QUICK=1 (smoke run: 300 samples, 256 MiB, 1 bulk run), BENCH_SAMPLES
 # (latency requests per path, 2000), BENCH_BIG_SIZE (1G), BENCH_RUNS (bulk runs per path,
-# best counts, 3), BENCH_FLOWS (1000), RAMPART_BIN, BENCH_KEEP=1 (keep the work directory).
+# best counts, 3), BENCH_FLOWS (1000), RAMPART_BIN, GATEWAY_BIN and AGENT_BIN (each defaults to
+# RAMPART_BIN), BENCH_KEEP=1 (keep the work directory).
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RAMPART_BIN=${RAMPART_BIN:-$REPO_DIR/target/release/rampart}
+# A/B comparisons: run the gateway or the agent from another build (default RAMPART_BIN).
+GATEWAY_BIN=${GATEWAY_BIN:-$RAMPART_BIN}
+AGENT_BIN=${AGENT_BIN:-$RAMPART_BIN}
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     SAMPLES=${BENCH_SAMPLES:-300}
     BIG_SIZE=${BENCH_BIG_SIZE:-256M}
@@ -40,7 +44,9 @@ die() {
 for tool in curl nginx openssl python3; do
     command -v "$tool" >/dev/null || die "$tool is not installed (bench/setup.sh installs it)"
 done
-[[ -x $RAMPART_BIN ]] || die "$RAMPART_BIN missing: run cargo build --release -p rampart-cli"
+for bin in "$RAMPART_BIN" "$GATEWAY_BIN" "$AGENT_BIN"; do
+    [[ -x $bin ]] || die "$bin missing: run cargo build --release -p rampart-cli"
+done
 
 WORK=$(mktemp -d /tmp/rampart-agent-bench.XXXXXX)
 # nginx workers run as an unprivileged user when started by root: they must read www/.
@@ -169,7 +175,7 @@ listen = "127.0.0.1:$API_PORT"
 [tunnel]
 listen = "127.0.0.1:$TUNNEL_PORT"
 EOF
-start gateway "$RAMPART_BIN" server --config "$G/rampart.toml"
+start gateway "$GATEWAY_BIN" server --config "$G/rampart.toml"
 GW_PID=$LAST_PID
 wait_port "$GW_PORT" "$GW_PID" gateway
 wait_port "$TUNNEL_PORT" "$GW_PID" gateway
@@ -193,7 +199,7 @@ TOKEN=$("$RAMPART_BIN" device token create --user bench --data-dir "$G/data")
     cat "$WORK/enroll.log" >&2
     die "enrollment failed"
 }
-start agent "$RAMPART_BIN" agent run --config "$A/agent.toml"
+start agent "$AGENT_BIN" agent run --config "$A/agent.toml"
 AGENT_PID=$LAST_PID
 wait_port "$AGENT_PORT" "$AGENT_PID" agent
 AGENT_IDLE_KIB=$(rss_kib "$AGENT_PID")
@@ -354,4 +360,6 @@ print(f"| time to open the $FLOWS flows one after another (CONNECT + 1 request e
 EOF
 echo
 echo "- binary: $RAMPART_BIN, built $(date -u -r "$RAMPART_BIN" '+%Y-%m-%d %H:%M UTC'), HEAD $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
+[[ $GATEWAY_BIN == "$RAMPART_BIN" ]] || echo "- gateway binary: $GATEWAY_BIN"
+[[ $AGENT_BIN == "$RAMPART_BIN" ]] || echo "- agent binary: $AGENT_BIN"
 echo "- machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; samples $((per_round * ROUNDS)) per path, bulk $BIG_SIZE x $RUNS, $FLOWS flows"
