@@ -62,15 +62,15 @@ impl KeyScan<'_> {
             "SELECT time, seq FROM events NOT INDEXED WHERE seq > ? AND ({}){conds} ORDER BY {order} LIMIT ?",
             self.filter.sql
         );
+        let want = self.want as i64;
         let mut keys = Vec::new();
-        {
-            let mut params: Vec<&dyn ToSql> = vec![&tail_from];
-            params.extend(self.filter.params.iter().map(|p| p as &dyn ToSql));
-            params.extend(cond_params.iter().map(|p| p as &dyn ToSql));
-            let want = self.want as i64;
-            params.push(&want);
-            collect(conn, &tail_sql, &params, &mut keys)?;
-        }
+        let filter = &self.filter.params;
+        collect(
+            conn,
+            &tail_sql,
+            &bound(&tail_from, filter, &cond_params, &want),
+            &mut keys,
+        )?;
         let block_sql = format!(
             "SELECT time, seq FROM events NOT INDEXED WHERE seq IN rarray(?) AND ({}){conds} ORDER BY {order} LIMIT ?",
             self.filter.sql
@@ -104,26 +104,26 @@ impl KeyScan<'_> {
                     .map(|&o| Value::Integer(first + i64::from(o)))
                     .collect(),
             );
-            let mut params: Vec<&dyn ToSql> = vec![&seqs];
-            params.extend(self.filter.params.iter().map(|p| p as &dyn ToSql));
-            params.extend(cond_params.iter().map(|p| p as &dyn ToSql));
-            let want = self.want as i64;
-            params.push(&want);
-            collect(conn, &block_sql, &params, &mut keys)?;
-            if self.descending {
-                keys.sort_unstable_by(|a, b| b.cmp(a));
-            } else {
-                keys.sort_unstable();
-            }
-            keys.truncate(self.want);
+            collect(
+                conn,
+                &block_sql,
+                &bound(&seqs, filter, &cond_params, &want),
+                &mut keys,
+            )?;
+            self.keep_first(&mut keys);
         }
+        self.keep_first(&mut keys);
+        Ok(keys)
+    }
+
+    /// Sort `keys` in result order and keep the first `want`.
+    fn keep_first(&self, keys: &mut Vec<(i64, i64)>) {
         if self.descending {
             keys.sort_unstable_by(|a, b| b.cmp(a));
         } else {
             keys.sort_unstable();
         }
         keys.truncate(self.want);
-        Ok(keys)
     }
 
     /// The time range and cursor as SQL, `+time` so SQLite keeps to seq access.
@@ -173,6 +173,20 @@ impl KeyScan<'_> {
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+}
+
+/// Parameters in the statements' order: rows, filter, conditions, limit.
+fn bound<'a>(
+    rows: &'a dyn ToSql,
+    filter: &'a [SqlValue],
+    conditions: &'a [SqlValue],
+    limit: &'a i64,
+) -> Vec<&'a dyn ToSql> {
+    let mut p: Vec<&dyn ToSql> = vec![rows];
+    p.extend(filter.iter().map(|v| v as &dyn ToSql));
+    p.extend(conditions.iter().map(|v| v as &dyn ToSql));
+    p.push(limit);
+    p
 }
 
 fn postings_blob(
