@@ -28,13 +28,14 @@ pub const MAX_TICKETS: usize = 2048;
 #[derive(Debug)]
 pub struct OriginSessionStore {
     other: ClientSessionMemoryCache,
-    tickets: Mutex<Tickets>,
+    tickets: Mutex<Tickets<Tls13ClientSessionValue>>,
 }
 
-#[derive(Debug, Default)]
-struct Tickets {
+/// The bounded ticket pools, generic over the ticket so the bounds can be tested alone.
+#[derive(Debug)]
+struct Tickets<T> {
     /// Per host, oldest first, each with its insertion number.
-    by_server: HashMap<ServerName<'static>, VecDeque<(u64, Tls13ClientSessionValue)>>,
+    by_server: HashMap<ServerName<'static>, VecDeque<(u64, T)>>,
     /// Insertion order over all hosts; entries whose ticket was taken are skipped when
     /// they reach the front. At most `2 * MAX_TICKETS` long.
     order: VecDeque<(u64, ServerName<'static>)>,
@@ -57,8 +58,19 @@ impl OriginSessionStore {
     }
 }
 
-impl Tickets {
-    fn insert(&mut self, server: ServerName<'static>, value: Tls13ClientSessionValue) {
+impl<T> Default for Tickets<T> {
+    fn default() -> Self {
+        Tickets {
+            by_server: HashMap::new(),
+            order: VecDeque::new(),
+            live: 0,
+            next: 0,
+        }
+    }
+}
+
+impl<T> Tickets<T> {
+    fn insert(&mut self, server: ServerName<'static>, value: T) {
         let seq = self.next;
         self.next += 1;
         let pool = self.by_server.entry(server.clone()).or_default();
@@ -91,7 +103,7 @@ impl Tickets {
         }
     }
 
-    fn take(&mut self, server: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+    fn take(&mut self, server: &ServerName<'static>) -> Option<T> {
         let pool = self.by_server.get_mut(server)?;
         // The newest ticket: the furthest from its lifetime's end.
         let (_, value) = pool.pop_back()?;
@@ -139,5 +151,64 @@ impl ClientSessionStore for OriginSessionStore {
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
         self.tickets.lock().ok()?.take(server_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(i: usize) -> ServerName<'static> {
+        ServerName::try_from(format!("h{i}.test")).unwrap()
+    }
+
+    #[test]
+    fn a_host_keeps_at_most_its_share_and_hands_out_the_newest_first() {
+        let mut t = Tickets::default();
+        for n in 0..TICKETS_PER_SERVER + 10 {
+            t.insert(host(0), n);
+        }
+        assert_eq!(t.live, TICKETS_PER_SERVER);
+        assert_eq!(t.take(&host(0)), Some(TICKETS_PER_SERVER + 9));
+        assert_eq!(t.take(&host(1)), None);
+    }
+
+    #[test]
+    fn all_hosts_together_stay_within_the_bound_and_the_oldest_go_first() {
+        let mut t = Tickets::default();
+        let hosts = 2 * MAX_TICKETS / TICKETS_PER_SERVER;
+        for h in 0..hosts {
+            for n in 0..TICKETS_PER_SERVER {
+                t.insert(host(h), (h, n));
+            }
+        }
+        assert_eq!(t.live, MAX_TICKETS);
+        assert!(t.order.len() <= 2 * MAX_TICKETS);
+        assert_eq!(t.take(&host(0)), None, "the first hosts were evicted");
+        assert_eq!(
+            t.take(&host(hosts - 1)),
+            Some((hosts - 1, TICKETS_PER_SERVER - 1))
+        );
+    }
+
+    #[test]
+    fn taken_tickets_leave_stale_order_entries_that_are_bounded() {
+        let mut t = Tickets::default();
+        // One busy host: every ticket is taken right after it arrives.
+        for n in 0..10 * MAX_TICKETS {
+            t.insert(host(0), n);
+            assert_eq!(t.take(&host(0)), Some(n));
+        }
+        assert_eq!(t.live, 0);
+        assert!(t.order.len() <= 2 * MAX_TICKETS);
+        // A host that gets more tickets than it uses fills its pool, stale entries or not.
+        for n in 0..10 * MAX_TICKETS {
+            t.insert(host(0), 2 * n);
+            t.insert(host(0), 2 * n + 1);
+            t.take(&host(0));
+        }
+        // Full after the inserts, then one taken.
+        assert_eq!(t.live, TICKETS_PER_SERVER - 1);
+        assert!(t.order.len() <= 2 * MAX_TICKETS);
     }
 }
