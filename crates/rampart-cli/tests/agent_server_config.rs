@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::origin::Origin;
-use support::{eventually, free_port, rampart_bin, run, Rampart};
+use support::{events_search, eventually, free_port, rampart_bin, run, Rampart};
 
 struct ChildGuard(Child);
 
@@ -82,23 +82,7 @@ fn start_server(data: Option<&Path>, policy: &Path, tunnel: SocketAddr) -> Rampa
 }
 
 fn search(data: &Path, query: &str) -> Vec<serde_json::Value> {
-    let out = Command::new(rampart_bin())
-        .args([
-            "events", "search", query, "--format", "json", "--since", "1h",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    events_search(data, &[query, "--format", "json", "--since", "1h"])
 }
 
 fn python_get(proxy: SocketAddr, url: &str) -> (bool, String) {

@@ -144,18 +144,7 @@ impl Rampart {
     /// `rampart events search QUERY --format FORMAT` (`json` or `ocsf`) against this
     /// gateway's store, one document per line.
     pub fn search_events(&self, query: &str, format: &str) -> Vec<serde_json::Value> {
-        let out = run(Command::new(rampart_bin())
-            .args(["events", "search", query, "--format", format, "--data-dir"])
-            .arg(self.data_dir()));
-        assert!(
-            out.status.success(),
-            "events search {query}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
-            .collect()
+        events_search(&self.data_dir(), &[query, "--format", format])
     }
 
     /// The gateway's interception CA, exported with `rampart ca export`.
@@ -352,6 +341,25 @@ fn response_complete(raw: &[u8]) -> bool {
 }
 
 /// Runs a command and returns its output; panics with stderr when it cannot start.
+/// `rampart events search ARGS --data-dir DATA_DIR` (a `json` or `ocsf` format among
+/// the args), one document per line; the command must succeed.
+pub fn events_search(data_dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = run(Command::new(rampart_bin())
+        .args(["events", "search"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir));
+    assert!(
+        out.status.success(),
+        "events search {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
+        .collect()
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{eventually, rampart_bin, run};
+use super::{events_search, eventually, rampart_bin, run};
 
 /// The endpoint's address on the veth pair.
 pub const ENDPOINT_ADDR: &str = "10.78.0.1";
@@ -496,23 +496,12 @@ impl NsServer {
             .collect()
     }
 
-    /// `rampart events search QUERY --data-dir` as JSON objects.
+    /// `rampart events search QUERY --data-dir` (last hour) as JSON objects.
     pub fn search(&self, query: &str) -> Vec<serde_json::Value> {
-        let out = run(Command::new(rampart_bin())
-            .args([
-                "events", "search", query, "--format", "json", "--since", "1h",
-            ])
-            .arg("--data-dir")
-            .arg(self.data_dir()));
-        assert!(
-            out.status.success(),
-            "events search {query}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        events_search(
+            &self.data_dir(),
+            &[query, "--format", "json", "--since", "1h"],
+        )
     }
 
     /// The gateway's interception CA (`rampart ca export`).

@@ -221,6 +221,18 @@ pub struct Counted<S> {
 }
 
 impl<S> Counted<S> {
+    /// Count what a write accepted as activity towards the idle timeout.
+    fn count_written(&self, polled: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = polled {
+            if *n > 0 {
+                self.activity
+                    .written
+                    .fetch_add(*n as u64, Ordering::Relaxed);
+                self.activity.touch();
+            }
+        }
+    }
+
     pub fn new(inner: S, activity: Arc<Activity>) -> Self {
         Counted { inner, activity }
     }
@@ -252,14 +264,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &polled {
-            if *n > 0 {
-                this.activity
-                    .written
-                    .fetch_add(*n as u64, Ordering::Relaxed);
-                this.activity.touch();
-            }
-        }
+        this.count_written(&polled);
         polled
     }
     // As for `Prefixed`: several TLS records per syscall when the inner stream can.
@@ -270,14 +275,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &polled {
-            if *n > 0 {
-                this.activity
-                    .written
-                    .fetch_add(*n as u64, Ordering::Relaxed);
-                this.activity.touch();
-            }
-        }
+        this.count_written(&polled);
         polled
     }
     fn is_write_vectored(&self) -> bool {
