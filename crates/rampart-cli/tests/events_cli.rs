@@ -65,7 +65,7 @@ fn scenario() -> (Vec<Event>, String) {
     dnd.rule_name = Some("pinned and private".into());
     events.push(dnd.network_event());
     let mut bypass = flow("laptop-1", "alice", T0 + 9 * 60_000 + 40_000);
-    bypass.reporter = "agent";
+    bypass.reporter = "agent".into();
     bypass.host = Some("pypi.org".into());
     bypass.process_name = Some("python3.12".into());
     bypass.tls_decision = Some(TlsDecision::Bypass);

@@ -4,8 +4,10 @@
 //! verdict, bytes) and turns it into events once, when the flow ends, so the hot
 //! path never formats JSON or touches the store.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::{
@@ -15,7 +17,10 @@ use crate::event::{
 };
 
 /// Everything known about one connection (or one request on it) when it ends.
-#[derive(Clone, Debug)]
+///
+/// Serializable because the store keeps HTTP and network events in this
+/// compact form (see [`FlowEvent`]) and builds the OCSF document when read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FlowSummary {
     /// Shared by every event of the connection; see [`crate::new_flow_id`].
     pub flow_id: Uuid,
@@ -23,7 +28,7 @@ pub struct FlowSummary {
     pub start_ms: i64,
     pub end_ms: i64,
     /// `gateway` or `agent`.
-    pub reporter: &'static str,
+    pub reporter: Cow<'static, str>,
     pub user: Option<String>,
     pub groups: Vec<String>,
     pub device_uid: Option<String>,
@@ -69,7 +74,7 @@ impl FlowSummary {
             flow_id,
             start_ms,
             end_ms: start_ms,
-            reporter: "gateway",
+            reporter: Cow::Borrowed("gateway"),
             user: None,
             groups: Vec::new(),
             device_uid: None,
@@ -244,6 +249,46 @@ impl FlowSummary {
     }
 }
 
+/// Which event a [`FlowEvent`] stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FlowKind {
+    /// HTTP Activity (4002): one request.
+    Http,
+    /// Network Activity (4001): a connection or tunnel as a whole.
+    Network,
+}
+
+/// An HTTP or network event in the form the data path produces it: the flow
+/// summary plus the event's id. This is what the gateway sends and what the
+/// store keeps (a few hundred bytes, no JSON); [`FlowEvent::event`] builds the
+/// OCSF event, the same one every time, for readers and sinks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowEvent {
+    pub id: Uuid,
+    pub kind: FlowKind,
+    pub summary: FlowSummary,
+}
+
+impl FlowEvent {
+    pub fn new(kind: FlowKind, summary: FlowSummary) -> FlowEvent {
+        FlowEvent {
+            id: crate::event::new_event_id(summary.end_ms),
+            kind,
+            summary,
+        }
+    }
+
+    /// The OCSF event, with this record's id.
+    pub fn event(&self) -> Event {
+        let mut e = match self.kind {
+            FlowKind::Http => self.summary.http_event(),
+            FlowKind::Network => self.summary.network_event(),
+        };
+        e.metadata.uid = self.id;
+        e
+    }
+}
+
 /// What an alert says: its title, severity and detection types.
 #[derive(Clone, Debug)]
 pub struct AlertSpec {
@@ -311,16 +356,33 @@ fn parse_url(url: &str, categories: &[String]) -> Url {
         Some(i) => (&rest[..i], Some(rest[i..].to_string())),
         None => (rest, None),
     };
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    let (hostname, port) = split_host_port(authority);
+    let (hostname, port) = url_host_port(authority);
     Url {
         url_string: url.to_string(),
         scheme,
-        hostname: (!hostname.is_empty()).then(|| hostname.to_ascii_lowercase()),
+        hostname,
         port,
         path,
         categories: categories.to_vec(),
     }
+}
+
+/// The lowercase host of an absolute URL, as [`parse_url`] reports it (the
+/// store's `host` column of an HTTP flow record).
+pub(crate) fn url_hostname(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.find('/').map_or(rest, |i| &rest[..i]);
+    url_host_port(authority).0
+}
+
+/// Host (lowercase, `None` when empty) and port of a URL's authority.
+fn url_host_port(authority: &str) -> (Option<String>, Option<u16>) {
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let (hostname, port) = split_host_port(authority);
+    (
+        (!hostname.is_empty()).then(|| hostname.to_ascii_lowercase()),
+        port,
+    )
 }
 
 fn split_host_port(authority: &str) -> (&str, Option<u16>) {

@@ -25,6 +25,7 @@ pub mod flow;
 pub mod http_client;
 pub mod pipeline;
 pub mod query;
+pub mod record;
 pub mod remote;
 pub mod render;
 pub mod sink;
@@ -40,7 +41,8 @@ pub use event::{
     new_event_id, new_flow_id, now_ms, Bypass, BypassSite, DeviceActivity, Event, EventType,
     Severity, TlsDecision, Verdict,
 };
-pub use flow::{device_event, AlertSpec, FlowSummary};
+pub use flow::{device_event, AlertSpec, FlowEvent, FlowKind, FlowSummary};
 pub use pipeline::{EventSender, Pipeline, PipelineStats, StatsSnapshot};
 pub use query::{parse as parse_query, Query, QueryError};
+pub use record::Record;
 pub use store::{db_path, Page, SearchRequest, StoreReader, StoreWriter};

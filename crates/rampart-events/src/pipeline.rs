@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 use crate::config::EventsConfig;
 use crate::error::EventsError;
 use crate::event::{now_ms, Event};
+use crate::flow::FlowEvent;
+use crate::record::Record;
 use crate::sink::{self, SinkFeed, SinkStats};
 use crate::spool::Spool;
-use crate::store::{db_path, encode_doc, Checkpointer, StoreWriter};
+use crate::store::{db_path, encode_doc, encode_flow, Checkpointer, StoreWriter};
 
 /// Events the drainer moves per tick at most.
 const MAX_BATCH: usize = 8192;
@@ -107,17 +109,28 @@ pub struct EventSender {
     // Boxed: the channel preallocates every slot, and a boxed slot is one
     // pointer instead of a whole event (65,536 events would be ~100 MB at rest).
     /// `None` when events are disabled (`[events] enabled = false`).
-    tx: Option<SyncSender<Box<Event>>>,
+    tx: Option<SyncSender<Box<Record>>>,
     stats: Arc<PipelineStats>,
 }
 
 impl EventSender {
     /// Hand an event over. Never waits: if the queue is full the event is counted as dropped.
     pub fn send(&self, event: Event) {
+        self.send_record(Record::Event(event));
+    }
+
+    /// Hand an HTTP or network event over in its flow form: cheaper than
+    /// [`EventSender::send`] of the OCSF event, which is built only if a sink
+    /// needs it. Never waits.
+    pub fn send_flow(&self, flow: FlowEvent) {
+        self.send_record(Record::Flow(flow));
+    }
+
+    fn send_record(&self, record: Record) {
         let Some(tx) = &self.tx else {
             return;
         };
-        match tx.try_send(Box::new(event)) {
+        match tx.try_send(Box::new(record)) {
             Ok(()) => {
                 self.stats.accepted.fetch_add(1, Ordering::Relaxed);
             }
@@ -188,11 +201,12 @@ impl Pipeline {
             feeds.push(feed);
             threads.push(handle);
         }
-        let (tx, rx) = mpsc::sync_channel::<Box<Event>>(config.queue_size.max(1));
+        let (tx, rx) = mpsc::sync_channel::<Box<Record>>(config.queue_size.max(1));
         let (btx, brx) = mpsc::sync_channel::<Batch>(BATCH_SLOTS);
         let in_flight = Arc::new(AtomicUsize::new(0));
         let d = Drainer {
             rx,
+            for_sinks: !feeds.is_empty(),
             btx,
             in_flight: in_flight.clone(),
             spool: spool.clone(),
@@ -282,24 +296,75 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         })
 }
 
-/// Events with their JSON already rendered (for sinks and the spool) and
-/// encoded for the store: the drainer does both on its own thread so the
-/// writer spends its time in SQLite.
+/// Records with their stored documents encoded, on the drainer's thread so the
+/// writer spends its time in SQLite. With sinks configured, flow records are
+/// turned into OCSF events and every event's JSON is rendered once, for the
+/// store and the sinks alike; without sinks nothing renders JSON.
+// Boxed records: they arrive boxed from the channel, and moving a box is a
+// pointer copy where moving a record is over a kilobyte.
+#[allow(clippy::vec_box)]
 struct Batch {
-    events: Vec<Event>,
-    docs: Vec<String>,
+    records: Vec<Box<Record>>,
     blobs: Vec<Vec<u8>>,
+    /// The records' JSON (with sinks only; empty otherwise).
+    docs: Vec<String>,
 }
 
 impl Batch {
-    fn render(events: Vec<Event>) -> Batch {
-        let docs: Vec<String> = events.iter().map(render_json).collect();
-        let blobs = docs.iter().map(|d| encode_doc(d)).collect();
+    fn empty() -> Batch {
         Batch {
-            events,
-            docs,
-            blobs,
+            records: Vec::new(),
+            blobs: Vec::new(),
+            docs: Vec::new(),
         }
+    }
+
+    #[allow(clippy::vec_box)]
+    fn encode(mut records: Vec<Box<Record>>, for_sinks: bool) -> Batch {
+        if for_sinks {
+            for r in records.iter_mut() {
+                if let Record::Flow(f) = &**r {
+                    **r = Record::Event(f.event());
+                }
+            }
+            let docs: Vec<String> = records.iter().map(|r| render_json(&r.to_event())).collect();
+            let blobs = docs.iter().map(|d| encode_doc(d)).collect();
+            return Batch {
+                records,
+                blobs,
+                docs,
+            };
+        }
+        let blobs = records
+            .iter()
+            .map(|r| match &**r {
+                Record::Flow(f) => encode_flow(f),
+                Record::Event(e) => encode_doc(&render_json(e)),
+            })
+            .collect();
+        Batch {
+            records,
+            blobs,
+            docs: Vec::new(),
+        }
+    }
+
+    fn append(&mut self, other: Batch) {
+        self.records.extend(other.records);
+        self.blobs.extend(other.blobs);
+        self.docs.extend(other.docs);
+    }
+
+    /// Every record's JSON, for the overflow spool (rendered now when the
+    /// batch had no sinks to render it for).
+    fn json_lines(&self) -> Vec<String> {
+        if self.docs.len() == self.records.len() {
+            return self.docs.clone();
+        }
+        self.records
+            .iter()
+            .map(|r| render_json(&r.to_event()))
+            .collect()
     }
 }
 
@@ -315,7 +380,9 @@ fn render_json(e: &Event) -> String {
 }
 
 struct Drainer {
-    rx: Receiver<Box<Event>>,
+    rx: Receiver<Box<Record>>,
+    /// Whether sinks need every event as OCSF JSON.
+    for_sinks: bool,
     btx: SyncSender<Batch>,
     /// Events handed to the writer and not yet committed (or spilled by it).
     in_flight: Arc<AtomicUsize>,
@@ -336,7 +403,7 @@ impl Drainer {
             let closing = self.closing.load(Ordering::SeqCst);
             let mut batch = Vec::new();
             match self.rx.try_recv() {
-                Ok(e) => batch.push(*e),
+                Ok(r) => batch.push(r),
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => {
                     if closing {
@@ -349,7 +416,7 @@ impl Drainer {
             }
             while batch.len() < MAX_BATCH {
                 match self.rx.try_recv() {
-                    Ok(e) => batch.push(*e),
+                    Ok(r) => batch.push(r),
                     Err(_) => break,
                 }
             }
@@ -359,7 +426,7 @@ impl Drainer {
                     .drained
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let n = batch.len();
-                let batch = Batch::render(batch);
+                let batch = Batch::encode(batch, self.for_sinks);
                 if self.in_flight.load(Ordering::Relaxed) + n > MAX_IN_FLIGHT {
                     self.spill(batch);
                 } else {
@@ -379,10 +446,11 @@ impl Drainer {
     }
 
     fn spill(&self, batch: Batch) {
-        let n = batch.events.len() as u64;
+        let n = batch.records.len() as u64;
+        let lines = batch.json_lines();
         let result = match self.spool.lock() {
             Ok(mut s) => {
-                let r = s.append(batch.docs.iter().map(|d| d.as_bytes()));
+                let r = s.append(lines.iter().map(|d| d.as_bytes()));
                 self.stats
                     .spool_bytes
                     .store(s.pending_bytes(), Ordering::Relaxed);
@@ -419,11 +487,7 @@ impl Writer {
         let mut last_retention = Instant::now() - RETENTION_EVERY;
         let mut disconnected = false;
         loop {
-            let mut pending = Batch {
-                events: Vec::new(),
-                docs: Vec::new(),
-                blobs: Vec::new(),
-            };
+            let mut pending = Batch::empty();
             match self.brx.recv_timeout(Duration::from_millis(100)) {
                 Ok(b) => pending = b,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -432,17 +496,13 @@ impl Writer {
             // Group commit: gather for COMMIT_WINDOW from the first event (or
             // until the transaction is full, or the pipeline closes).
             let deadline = Instant::now() + COMMIT_WINDOW;
-            while !pending.events.is_empty() && pending.events.len() < MAX_COMMIT {
+            while !pending.records.is_empty() && pending.records.len() < MAX_COMMIT {
                 let now = Instant::now();
                 if now >= deadline || self.closing.load(Ordering::Relaxed) {
                     break;
                 }
                 match self.brx.recv_timeout(deadline - now) {
-                    Ok(b) => {
-                        pending.events.extend(b.events);
-                        pending.docs.extend(b.docs);
-                        pending.blobs.extend(b.blobs);
-                    }
+                    Ok(b) => pending.append(b),
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => {
                         disconnected = true;
@@ -450,8 +510,8 @@ impl Writer {
                     }
                 }
             }
-            if !pending.events.is_empty() {
-                let n = pending.events.len();
+            if !pending.records.is_empty() {
+                let n = pending.records.len();
                 self.commit(pending);
                 self.in_flight.fetch_sub(n, Ordering::Relaxed);
             } else if !self.replay_spool() && disconnected {
@@ -472,29 +532,29 @@ impl Writer {
 
     /// Store a batch; on failure spill it so nothing is lost, and back off.
     fn commit(&mut self, batch: Batch) {
-        let Batch {
-            events,
-            docs,
-            blobs,
-        } = batch;
-        match self.store.insert_encoded(&events, &blobs) {
+        let n = batch.records.len();
+        match self.store.insert_encoded(&batch.records, &batch.blobs) {
             Ok(_) => {
-                self.stats
-                    .stored
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
-                for feed in &self.feeds {
-                    feed.push(&events, &docs);
+                self.stats.stored.fetch_add(n as u64, Ordering::Relaxed);
+                if !self.feeds.is_empty() {
+                    // With sinks every record is a full event (see `Batch::encode`).
+                    let events: Vec<&Event> =
+                        batch.records.iter().filter_map(|r| r.as_event()).collect();
+                    for feed in &self.feeds {
+                        feed.push(&events, &batch.docs);
+                    }
                 }
             }
             Err(err) => {
-                tracing::error!(%err, events = events.len(), "event store commit failed; spilling");
+                tracing::error!(%err, events = n, "event store commit failed; spilling");
                 self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                let lines = batch.json_lines();
                 if let Ok(mut s) = self.spool.lock() {
-                    let counter = match s.append(docs.iter().map(|d| d.as_bytes())) {
+                    let counter = match s.append(lines.iter().map(|d| d.as_bytes())) {
                         Ok(()) => &self.stats.spilled,
                         Err(_) => &self.stats.dropped,
                     };
-                    counter.fetch_add(events.len() as u64, Ordering::Relaxed);
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -534,6 +594,7 @@ impl Writer {
                 self.stats
                     .stored
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
+                let events: Vec<&Event> = events.iter().collect();
                 for feed in &self.feeds {
                     feed.push(&events, &docs);
                 }

@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rampart_events::{db_path, EventsConfig, Pipeline, StoreReader};
+use rampart_events::{db_path, EventsConfig, FlowEvent, FlowKind, Pipeline, Record, StoreReader};
 
 #[test]
 fn send_never_blocks_while_the_store_is_locked_and_nothing_is_lost() {
@@ -23,15 +23,26 @@ fn send_never_blocks_while_the_store_is_locked_and_nothing_is_lost() {
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
 
     // More than the writer may hold in flight (65,536 events): some must spill.
+    // Half are flow events (spilled as OCSF JSON, stored back from it).
     let n = 100_000u64;
-    let events: Vec<_> = (0..n)
-        .map(|i| common::http(i, rampart_events::now_ms() + i as i64))
+    let records: Vec<Record> = (0..n)
+        .map(|i| {
+            let t = rampart_events::now_ms() + i as i64;
+            if i % 2 == 0 {
+                Record::Flow(common::http_flow(i, t))
+            } else {
+                Record::Event(common::http(i, t))
+            }
+        })
         .collect();
-    let ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
+    let ids: Vec<String> = records.iter().map(|r| r.id().to_string()).collect();
     let mut latencies = Vec::with_capacity(n as usize);
-    for (i, e) in events.into_iter().enumerate() {
+    for (i, r) in records.into_iter().enumerate() {
         let t = Instant::now();
-        sender.send(e);
+        match r {
+            Record::Flow(f) => sender.send_flow(f),
+            Record::Event(e) => sender.send(e),
+        }
         latencies.push(t.elapsed());
         if i % 1000 == 999 {
             // Paced like a busy gateway rather than a tight loop.
@@ -140,4 +151,71 @@ fn disabled_events_build_no_store_and_send_is_a_no_op() {
     let (pipeline, sender) = Pipeline::start(dir.path(), &EventsConfig::default()).unwrap();
     assert!(sender.enabled());
     pipeline.close();
+}
+
+/// Flow events are stored as flow records (no JSON) and read back as exactly
+/// the OCSF event the flow builds, found by every field the query language has.
+#[test]
+fn flow_events_are_stored_compactly_and_read_back_as_their_ocsf_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pipeline, sender) = Pipeline::start(dir.path(), &EventsConfig::default()).unwrap();
+    let now = rampart_events::now_ms();
+    let mut flows: Vec<FlowEvent> = (0..40)
+        .map(|i| common::http_flow(i, now + i as i64))
+        .collect();
+    let mut tunnel = common::summary(99, now + 100);
+    tunnel.url = None;
+    tunnel.method = Some("CONNECT".into());
+    tunnel.sni = Some("Tunnel.Example".into());
+    tunnel.reporter = "agent".into();
+    flows.push(FlowEvent::new(FlowKind::Network, tunnel));
+    for f in &flows {
+        sender.send_flow(f.clone());
+    }
+    assert!(pipeline.wait_stored(flows.len() as u64, Duration::from_secs(20)));
+    pipeline.close();
+
+    let r = StoreReader::open(&db_path(dir.path())).unwrap();
+    for f in &flows {
+        let want = serde_json::to_value(f.event()).unwrap();
+        let got = r.get(&f.id.to_string()).unwrap().expect("stored");
+        assert_eq!(serde_json::to_value(&got).unwrap(), want);
+    }
+    // Every field the event has finds it, as a query on the stored columns.
+    let last = flows.last().unwrap().event();
+    for field in rampart_events::field::Field::ALL {
+        let Some(value) = field.text(&last) else {
+            continue;
+        };
+        let value = value.split(',').next().unwrap().replace('"', "");
+        let q = rampart_events::parse_query(&format!("{} = \"{value}\"", field.name())).unwrap();
+        let page = r
+            .search(&rampart_events::SearchRequest {
+                query: q,
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(
+            page.events.iter().any(|e| e.id() == last.id()),
+            "{} = {value} did not find the tunnel event",
+            field.name()
+        );
+    }
+    // Stored small: a flow record, not JSON.
+    let db = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+    let (format, len): (i64, i64) = db
+        .query_row(
+            "SELECT unicode(substr(doc, 1, 1)), length(doc) FROM events WHERE id = ?1",
+            [flows[0].id.to_string()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    let json = serde_json::to_string(&flows[0].event()).unwrap();
+    assert_eq!(format, 2, "flow record format byte");
+    assert!(
+        len * 3 < json.len() as i64,
+        "{len} bytes stored for {} of JSON",
+        json.len()
+    );
 }

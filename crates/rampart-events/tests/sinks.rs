@@ -40,9 +40,16 @@ fn send_events(dir: &Path, config: &EventsConfig, n: u64) -> (Pipeline, HashSet<
     let now = rampart_events::now_ms();
     let mut ids = HashSet::new();
     for i in 0..n {
-        let e = common::http(i, now + i as i64);
-        ids.insert(e.id().to_string());
-        sender.send(e);
+        // Half in the flow form the gateway sends: sinks get the same OCSF JSON.
+        if i % 2 == 0 {
+            let f = common::http_flow(i, now + i as i64);
+            ids.insert(f.id.to_string());
+            sender.send_flow(f);
+        } else {
+            let e = common::http(i, now + i as i64);
+            ids.insert(e.id().to_string());
+            sender.send(e);
+        }
     }
     assert!(pipeline.wait_stored(n, Duration::from_secs(20)));
     (pipeline, ids)

@@ -5,7 +5,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rampart_events::{AlertSpec, EventSender, FlowSummary, Severity, TlsDecision, Verdict};
+use rampart_events::{
+    AlertSpec, EventSender, FlowEvent, FlowKind, FlowSummary, Severity, TlsDecision, Verdict,
+};
 
 use crate::access_log::FlowRecord;
 
@@ -14,16 +16,31 @@ pub fn emit(record: &FlowRecord, events: &EventSender) {
     if !events.enabled() {
         return;
     }
-    let summary = summary(record);
     let is_tunnel = record.method == "CONNECT";
-    let event = if is_tunnel {
-        summary.network_event()
+    let kind = if is_tunnel {
+        FlowKind::Network
     } else {
-        summary.http_event()
+        FlowKind::Http
     };
-    let related = event.id();
-    events.send(event);
-    // TLS problems are findings once per tunnel, not once per request inside it.
+    // Sent in its flow form: the store keeps it that way and builds the OCSF
+    // event only when it is read (or a sink needs it).
+    let flow = FlowEvent::new(kind, summary(record));
+    let related = flow.id;
+    let alerts = alerts(record, is_tunnel);
+    let alerts: Vec<_> = alerts
+        .iter()
+        .map(|alert| flow.summary.alert_event(alert, Some(related)))
+        .collect();
+    events.send_flow(flow);
+    for alert in alerts {
+        events.send(alert);
+    }
+}
+
+/// The findings a flow raises: TLS problems (once per tunnel, not once per
+/// request inside it) and `alert`/`user-alert` policy rules.
+fn alerts(record: &FlowRecord, is_tunnel: bool) -> Vec<AlertSpec> {
+    let mut out = Vec::new();
     if let (true, Some(tls)) = (is_tunnel, &record.tls) {
         let host = host_of(&record.target, true);
         let finding = match (&tls.origin_problem, &tls.pinned_client) {
@@ -48,13 +65,12 @@ pub fn emit(record: &FlowRecord, events: &EventSender) {
             (None, None) => None,
         };
         if let Some((title, desc, severity, kind)) = finding {
-            let alert = AlertSpec {
+            out.push(AlertSpec {
                 title,
                 desc: Some(desc),
                 severity,
                 types: vec!["tls".to_string(), kind.to_string()],
-            };
-            events.send(summary.alert_event(&alert, Some(related)));
+            });
         }
     }
     if let Some(policy) = &record.policy {
@@ -64,7 +80,7 @@ pub fn emit(record: &FlowRecord, events: &EventSender) {
                 ("user-alert", false) => format!("Coaching page shown: {}", policy.rule),
                 _ => format!("Policy alert: {}", policy.rule),
             };
-            let alert = AlertSpec {
+            out.push(AlertSpec {
                 title,
                 desc: Some(format!(
                     "{} {} matched {}",
@@ -74,10 +90,10 @@ pub fn emit(record: &FlowRecord, events: &EventSender) {
                 )),
                 severity: Severity::Medium,
                 types: vec!["policy".to_string()],
-            };
-            events.send(summary.alert_event(&alert, Some(related)));
+            });
         }
     }
+    out
 }
 
 fn summary(record: &FlowRecord) -> FlowSummary {

@@ -58,7 +58,7 @@ pub(crate) struct SinkFeed {
 
 impl SinkFeed {
     /// Append the matching events (already rendered as JSON) to the sink's spool.
-    pub(crate) fn push(&self, events: &[Event], docs: &[String]) {
+    pub(crate) fn push(&self, events: &[&Event], docs: &[String]) {
         let lines = events
             .iter()
             .zip(docs)

@@ -2,12 +2,14 @@
 //!
 //! One writer (the pipeline's writer thread) inserts in batched transactions;
 //! any number of readers (CLI, API) open their own connections. Each query
-//! field is a column; the whole OCSF document is kept in `doc`, compressed
+//! field is a column (`columns.rs`); the document is kept in `doc`: the flow
+//! record of HTTP and network events, compressed OCSF JSON of the others
 //! (see `doc.rs`). Time, id and alerts have SQLite indexes; the fields
 //! investigations start from (user, device, action, host, category, rule)
 //! have postings per block of 8,192 events (`postings.rs`), which queries
 //! use through a plan (`plan.rs`).
 
+mod columns;
 mod doc;
 mod indexed;
 mod plan;
@@ -16,6 +18,7 @@ mod reader;
 mod schema;
 mod writer;
 
+pub use columns::Row;
 pub use reader::{Cursor, Page, SearchRequest, StoreReader};
 pub use schema::ALERTS_CONDITION;
 pub use writer::{Checkpointer, RetentionReport, StoreWriter};
@@ -23,6 +26,11 @@ pub use writer::{Checkpointer, RetentionReport, StoreWriter};
 /// The stored form of an event's JSON document, for [`StoreWriter::insert_encoded`].
 pub fn encode_doc(json: &str) -> Vec<u8> {
     doc::encode(json)
+}
+
+/// The stored form of a flow event (no JSON), for [`StoreWriter::insert_encoded`].
+pub fn encode_flow(flow: &crate::flow::FlowEvent) -> Vec<u8> {
+    doc::encode_flow(flow)
 }
 
 use std::path::{Path, PathBuf};

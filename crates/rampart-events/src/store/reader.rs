@@ -104,11 +104,9 @@ impl StoreReader {
         }
     }
 
-    /// The event in a `doc` column (JSON text or the compressed form).
+    /// The event in a `doc` column (JSON text, compressed JSON or a flow record).
     fn decode(&self, doc: ValueRef<'_>) -> Result<Event, EventsError> {
-        let json = doc::decode(doc).map_err(|e| EventsError::DamagedDocument(e.to_string()))?;
-        serde_json::from_str(&json)
-            .map_err(|e| EventsError::BadDocument(json.chars().take(60).collect(), e))
+        doc::decode_event(doc).map_err(|e| EventsError::DamagedDocument(e.to_string()))
     }
 
     fn scan_err(&self, e: ScanError) -> EventsError {

@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension};
 
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::types::{ToSqlOutput, ValueRef};
 
+use super::columns::Row;
 use super::doc;
 use super::postings::{self, PostingsBuilder, BLOCK_EVENTS};
 use super::schema::{self, COLUMNS, INDEXED};
 use crate::error::EventsError;
 use crate::event::Event;
-use crate::field::{Field, FieldKind};
 
 /// Rows deleted per retention statement, so one pass never holds the write lock long.
 const RETENTION_CHUNK: i64 = 20_000;
@@ -24,6 +24,8 @@ pub struct StoreWriter {
     /// closing a block writes them without reading the block back. `None`
     /// after an error or at start: reloaded from the stored rows.
     filling: Option<BlockPostings>,
+    /// Where each of [`INDEXED`] is in [`COLUMNS`].
+    indexed_columns: [usize; INDEXED.len()],
 }
 
 /// Copies committed WAL pages into the database file in the background, so the
@@ -95,6 +97,12 @@ impl StoreWriter {
             path: path.to_path_buf(),
             insert_sql,
             filling: None,
+            indexed_columns: std::array::from_fn(|i| {
+                COLUMNS
+                    .iter()
+                    .position(|c| *c == INDEXED[i])
+                    .unwrap_or_default()
+            }),
         };
         // A store written by schema 2 (or a crash between commits, which cannot
         // leave a closed block unindexed, but costs nothing to check) is indexed now.
@@ -140,11 +148,12 @@ impl StoreWriter {
         self.insert_encoded(events, &blobs)
     }
 
-    /// Like [`StoreWriter::insert`], with each event's stored document already
-    /// encoded by [`super::encode_doc`] (the pipeline does that off the writer thread).
-    pub fn insert_encoded(
+    /// Like [`StoreWriter::insert`], for events or flow records whose stored
+    /// documents are already encoded by [`super::encode_doc`] or
+    /// [`super::encode_flow`] (the pipeline does that off the writer thread).
+    pub fn insert_encoded<R: Row>(
         &mut self,
-        events: &[Event],
+        rows: &[R],
         blobs: &[Vec<u8>],
     ) -> Result<usize, EventsError> {
         let path = self.path.clone();
@@ -175,16 +184,19 @@ impl StoreWriter {
         {
             let mut stmt = tx.prepare_cached(&self.insert_sql).map_err(wrap)?;
             let mut id_buf = uuid::Uuid::encode_buffer();
-            for (e, blob) in events.iter().zip(blobs) {
-                // Bind one by one, borrowing from the event where the value
-                // exists as text already: no per-row vector, few allocations.
+            for (row, blob) in rows.iter().zip(blobs) {
+                // Each column's value once, for its parameter and for the
+                // postings; borrowed from the row where it holds the text.
+                let values: [ToSqlOutput<'_>; COLUMNS.len()] =
+                    std::array::from_fn(|i| row.column(COLUMNS[i]));
                 stmt.raw_bind_parameter(1, seq + 1).map_err(wrap)?;
-                let id: &str = e.id().hyphenated().encode_lower(&mut id_buf);
+                let id = row.id();
+                let id: &str = id.hyphenated().encode_lower(&mut id_buf);
                 stmt.raw_bind_parameter(2, id).map_err(wrap)?;
-                stmt.raw_bind_parameter(3, e.time).map_err(wrap)?;
-                for (i, f) in COLUMNS.iter().enumerate() {
-                    stmt.raw_bind_parameter(i + 4, column_value(*f, e))
-                        .map_err(wrap)?;
+                let time = row.time();
+                stmt.raw_bind_parameter(3, time).map_err(wrap)?;
+                for (i, v) in values.iter().enumerate() {
+                    stmt.raw_bind_parameter(i + 4, v).map_err(wrap)?;
                 }
                 stmt.raw_bind_parameter(COLUMNS.len() + 4, blob.as_slice())
                     .map_err(wrap)?;
@@ -194,7 +206,11 @@ impl StoreWriter {
                 }
                 seq += 1;
                 inserted += 1;
-                filling.add(seq, e.time, INDEXED.iter().map(|f| column_value(*f, e)));
+                filling.add(
+                    seq,
+                    time,
+                    self.indexed_columns.iter().map(|&i| value_ref(&values[i])),
+                );
                 if seq == postings::block_seqs(filling.block).1 {
                     // The block's last seq: it is complete, index it now.
                     let next = BlockPostings::new(filling.block + 1);
@@ -353,17 +369,12 @@ impl BlockPostings {
     }
 
     /// Add the event at `seq` with its indexed columns' values (in [`INDEXED`] order).
-    fn add<'a>(&mut self, seq: i64, time: i64, values: impl Iterator<Item = ToSqlOutput<'a>>) {
+    fn add<'a>(&mut self, seq: i64, time: i64, values: impl Iterator<Item = ValueRef<'a>>) {
         let offset = (seq - postings::block_seqs(self.block).0) as u32;
         self.count += 1;
         self.min_time = self.min_time.min(time);
         self.max_time = self.max_time.max(time);
         for (b, v) in self.builders.iter_mut().zip(values) {
-            let v = match &v {
-                ToSqlOutput::Borrowed(v) => *v,
-                ToSqlOutput::Owned(v) => ValueRef::from(v),
-                _ => continue,
-            };
             match v {
                 ValueRef::Text(t) => b.add(&String::from_utf8_lossy(t), offset),
                 ValueRef::Integer(n) => b.add(&n.to_string(), offset),
@@ -386,7 +397,7 @@ impl BlockPostings {
         let mut rows = stmt.query((lo, hi))?;
         while let Some(row) = rows.next()? {
             let values = (0..INDEXED.len())
-                .map(|i| row.get_ref(i + 2).map(ToSqlOutput::Borrowed))
+                .map(|i| row.get_ref(i + 2))
                 .collect::<Result<Vec<_>, _>>()?;
             out.add(row.get(0)?, row.get(1)?, values.into_iter());
         }
@@ -416,84 +427,11 @@ impl BlockPostings {
     }
 }
 
-/// One column's value, borrowed from the event when it is stored there as text.
-fn column_value(f: Field, e: &Event) -> ToSqlOutput<'_> {
-    fn text(v: Option<&str>) -> ToSqlOutput<'_> {
-        match v {
-            Some(t) => ToSqlOutput::Borrowed(ValueRef::Text(t.as_bytes())),
-            None => ToSqlOutput::Owned(Value::Null),
-        }
-    }
-    match f {
-        Field::Type => text(e.event_type().map(|t| t.as_str())),
-        Field::Action => text(e.verdict().map(|v| v.as_str())),
-        Field::User => text(e.user_name()),
-        Field::Device => text(e.device_name()),
-        Field::Process => text(e.process_name()),
-        Field::SrcIp => text(e.src_endpoint.as_ref().and_then(|s| s.ip.as_deref())),
-        Field::DstIp => text(e.dst_endpoint.as_ref().and_then(|s| s.ip.as_deref())),
-        Field::Host => text(e.host()),
-        Field::Url => text(e.url()),
-        Field::Method => text(
-            e.http_request
-                .as_ref()
-                .and_then(|r| r.http_method.as_deref()),
-        ),
-        Field::Category => text(e.unmapped.category.as_deref()),
-        Field::App => text(e.unmapped.app.as_deref()),
-        Field::Rule => text(e.policy.as_ref().and_then(|p| p.name.as_deref())),
-        Field::RuleId => text(e.policy.as_ref().and_then(|p| p.uid.as_deref())),
-        Field::Revision => text(e.policy.as_ref().and_then(|p| p.version.as_deref())),
-        Field::Tls => text(e.unmapped.tls_decision.map(|t| t.as_str())),
-        Field::Bypass => text(e.unmapped.bypass.as_ref().map(|b| b.at.as_str())),
-        Field::Reporter => text(e.metadata.log_provider.as_deref()),
-        _ => ToSqlOutput::Owned(match f.kind() {
-            FieldKind::Integer => f.integer(e).map_or(Value::Null, Value::Integer),
-            FieldKind::Set => f.text(e).map_or(Value::Null, |g| {
-                Value::Text(format!(",{},", g.to_lowercase()))
-            }),
-            FieldKind::Text => f.text(e).map_or(Value::Null, Value::Text),
-        }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::flow::FlowSummary;
-
-    /// The borrowed fast path binds exactly what `Field::text`/`integer` say.
-    #[test]
-    fn column_values_match_the_query_fields() {
-        let mut s = FlowSummary::new(crate::event::new_flow_id(), 1_763_900_000_000);
-        s.user = Some("Alice".into());
-        s.groups = vec!["Eng".into(), "ops".into()];
-        s.device_uid = Some("laptop-1".into());
-        s.host = Some("a.example".into());
-        s.url = Some("https://a.example/x".into());
-        s.method = Some("GET".into());
-        s.status = Some(200);
-        s.rule_name = Some("r".into());
-        s.src = Some("10.0.0.1:5000".parse().unwrap());
-        s.dst = Some("192.0.2.1:443".parse().unwrap());
-        let e = s.http_event();
-        for f in COLUMNS {
-            let want = match f.kind() {
-                FieldKind::Integer => f.integer(&e).map_or(Value::Null, Value::Integer),
-                FieldKind::Set => f.text(&e).map_or(Value::Null, |g| {
-                    Value::Text(format!(",{},", g.to_lowercase()))
-                }),
-                FieldKind::Text => f.text(&e).map_or(Value::Null, Value::Text),
-            };
-            let got = match column_value(f, &e) {
-                ToSqlOutput::Borrowed(ValueRef::Text(t)) => {
-                    Value::Text(String::from_utf8(t.to_vec()).unwrap())
-                }
-                ToSqlOutput::Borrowed(ValueRef::Null) => Value::Null,
-                ToSqlOutput::Owned(v) => v,
-                _ => unreachable!(),
-            };
-            assert_eq!(got, want, "{f:?}");
-        }
+/// A bound value as SQLite sees it.
+fn value_ref<'a>(v: &'a ToSqlOutput<'_>) -> ValueRef<'a> {
+    match v {
+        ToSqlOutput::Borrowed(v) => *v,
+        ToSqlOutput::Owned(v) => ValueRef::from(v),
+        _ => ValueRef::Null,
     }
 }

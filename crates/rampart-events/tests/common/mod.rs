@@ -1,13 +1,23 @@
 //! Event generators shared by the integration tests.
 #![allow(dead_code)]
 
-use rampart_events::{Event, FlowSummary, TlsDecision, Verdict};
+use rampart_events::{Event, FlowEvent, FlowKind, FlowSummary, TlsDecision, Verdict};
 
 pub const USERS: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
 pub const CATEGORIES: [&str; 4] = ["news", "gambling", "search", "cloud-storage"];
 
 /// A deterministic HTTP event number `i` at `time_ms`.
 pub fn http(i: u64, time_ms: i64) -> Event {
+    summary(i, time_ms).http_event()
+}
+
+/// The same HTTP event in its flow form (what the gateway sends).
+pub fn http_flow(i: u64, time_ms: i64) -> FlowEvent {
+    FlowEvent::new(FlowKind::Http, summary(i, time_ms))
+}
+
+/// The flow summary behind [`http`] number `i`.
+pub fn summary(i: u64, time_ms: i64) -> FlowSummary {
     let mut f = FlowSummary::new(rampart_events::new_flow_id(), time_ms - 50);
     f.end_ms = time_ms;
     f.user = Some(USERS[(i % 5) as usize].to_string());
@@ -42,5 +52,5 @@ pub fn http(i: u64, time_ms: i64) -> Event {
     f.dst = Some("192.0.2.1:443".parse().unwrap());
     f.bytes_in = 1000 + i;
     f.bytes_out = 100;
-    f.http_event()
+    f
 }

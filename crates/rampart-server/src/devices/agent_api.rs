@@ -360,7 +360,7 @@ impl ClientDecision {
         // never from the future.
         let time = self.time_ms.clamp(0, now);
         let mut s = FlowSummary::new(rampart_events::new_flow_id(), time);
-        s.reporter = "agent";
+        s.reporter = "agent".into();
         s.user = identity.user.clone();
         s.groups = identity.groups.clone();
         s.device_uid = Some(identity.device.clone());
