@@ -5,12 +5,13 @@
 //! From the data path:
 //! ```no_run
 //! # fn main() -> Result<(), rampart_events::EventsError> {
-//! use rampart_events::{EventsConfig, FlowSummary, Pipeline, Verdict};
+//! use rampart_events::{EventsConfig, FlowEvent, FlowKind, FlowSummary, Pipeline, Verdict};
 //! let (pipeline, sender) = Pipeline::start("./rampart-data".as_ref(), &EventsConfig::default())?;
 //! let mut flow = FlowSummary::new(rampart_events::new_flow_id(), rampart_events::now_ms());
 //! flow.host = Some("news.example".into());
 //! flow.verdict = Verdict::Block;
-//! sender.send(flow.network_event()); // never blocks
+//! // Stored in this compact form; the OCSF event is built when it is read.
+//! sender.send_flow(FlowEvent::new(FlowKind::Network, flow)); // never blocks
 //! pipeline.close();
 //! # Ok(()) }
 //! ```
