@@ -153,3 +153,64 @@ fn bulk_bytes_cross_the_tunnel_both_ways_intact() {
     assert_eq!(record["bytes_to_client"], SIZE as u64, "{record}");
     assert!(record["error"].is_null(), "{record}");
 }
+
+/// One line from `reader`, failing the test on EOF.
+fn line(reader: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("reading a line");
+    assert!(!line.is_empty(), "the stream ended early");
+    line
+}
+
+#[test]
+fn an_open_tunnel_stream_keeps_working_while_the_gateway_drains() {
+    let mut gw = Rampart::start("[proxy]\nallow_loopback_destinations = true\n");
+    let agent = EnrolledAgent::start(&gw, "erin", "eng", "");
+
+    // The origin answers each line with "pong <line>", then closes after two.
+    let origin = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_port = origin.local_addr().unwrap().port();
+    let origin_side = thread::spawn(move || {
+        let (mut stream, _) = origin.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        for _ in 0..2 {
+            let got = line(&mut reader);
+            write!(stream, "pong {got}").unwrap();
+        }
+    });
+
+    let mut client = TcpStream::connect(agent.proxy).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        client,
+        "CONNECT 127.0.0.1:{origin_port} HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let status = line(&mut reader);
+    assert!(status.contains(" 200 "), "CONNECT answered {status:?}");
+    while line(&mut reader) != "\r\n" {}
+    client.write_all(b"one\n").unwrap();
+    assert_eq!(line(&mut reader), "pong one\n");
+
+    // Draining: the agent's connection gets a GOAWAY, the open stream goes on.
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    thread::sleep(Duration::from_millis(300));
+    client.write_all(b"two\n").unwrap();
+    assert_eq!(line(&mut reader), "pong two\n");
+    origin_side.join().unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "", "nothing after the origin closed");
+
+    // With its last tunnel closed, the gateway exits.
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        gw.stderr()
+    );
+}

@@ -45,8 +45,9 @@ const MAX_STREAMS: u32 = 4096;
 /// parse and fewer wake-ups per byte of an upload. The agent accepts the same from us.
 const MAX_FRAME: u32 = 64 << 10;
 /// Bytes h2 queues per stream ahead of the connection task: a bulk download keeps
-/// several 64 KiB frames in flight while one is being encrypted and written.
-const SEND_BUFFER: usize = 1 << 20;
+/// four 64 KiB frames in flight while one is being encrypted and written, and a stream
+/// whose agent reads slowly holds no more than this (hyper's default is 400 KiB).
+const SEND_BUFFER: usize = 256 << 10;
 /// Largest request head (process path, headers) an agent may send; hyper's default.
 const MAX_HEADER_LIST: u32 = 16 << 10;
 
