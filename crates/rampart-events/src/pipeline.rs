@@ -26,7 +26,7 @@ use crate::flow::FlowEvent;
 use crate::record::Record;
 use crate::sink::{self, SinkFeed, SinkStats};
 use crate::spool::Spool;
-use crate::store::{db_path, encode_doc, encode_flow, Checkpointer, StoreWriter};
+use crate::store::{db_path, decode_flow, encode_doc, encode_flow, Checkpointer, StoreWriter};
 
 /// Events the drainer moves per tick at most.
 const MAX_BATCH: usize = 8192;
@@ -355,17 +355,54 @@ impl Batch {
         self.docs.extend(other.docs);
     }
 
-    /// Every record's JSON, for the overflow spool (rendered now when the
-    /// batch had no sinks to render it for).
-    fn json_lines(&self) -> Vec<String> {
-        if self.docs.len() == self.records.len() {
-            return self.docs.clone();
-        }
+    /// Every record as an overflow-spool line: flow records in their stored
+    /// form (see [`flow_line`]), other events as their OCSF JSON.
+    fn spool_lines(&self) -> Vec<Vec<u8>> {
         self.records
             .iter()
-            .map(|r| render_json(&r.to_event()))
+            .enumerate()
+            .map(|(i, r)| match (&**r, self.docs.get(i)) {
+                (_, Some(doc)) => doc.as_bytes().to_vec(),
+                (Record::Flow(f), None) => match self.blobs.get(i) {
+                    Some(blob) => flow_line(blob),
+                    None => flow_line(&encode_flow(f)),
+                },
+                (Record::Event(e), None) => render_json(e).into_bytes(),
+            })
             .collect()
     }
+}
+
+/// Overflow-spool lines of flow records start with this, followed by the
+/// record's stored form in base64: spilling and replaying them costs no JSON,
+/// which matters most exactly when the store is behind. OCSF JSON lines, the
+/// other kind (and all lines of older versions), start with `{`.
+const FLOW_LINE_PREFIX: &[u8] = b"F:";
+
+fn flow_line(stored: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let mut line = FLOW_LINE_PREFIX.to_vec();
+    line.extend_from_slice(
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .encode(stored)
+            .as_bytes(),
+    );
+    line
+}
+
+/// A spooled line back as a record and its stored form.
+fn parse_spool_line(line: &[u8]) -> Result<(Record, Vec<u8>), String> {
+    if let Some(b64) = line.strip_prefix(FLOW_LINE_PREFIX) {
+        use base64::Engine;
+        let stored = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(b64)
+            .map_err(|e| e.to_string())?;
+        let flow = decode_flow(&stored).map_err(|e| e.to_string())?;
+        return Ok((Record::Flow(flow), stored));
+    }
+    let json = std::str::from_utf8(line).map_err(|e| e.to_string())?;
+    let event: Event = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    Ok((Record::Event(event), encode_doc(json)))
 }
 
 /// An event's OCSF JSON. Sized for a typical document up front: growing from
@@ -447,10 +484,10 @@ impl Drainer {
 
     fn spill(&self, batch: Batch) {
         let n = batch.records.len() as u64;
-        let lines = batch.json_lines();
+        let lines = batch.spool_lines();
         let result = match self.spool.lock() {
             Ok(mut s) => {
-                let r = s.append(lines.iter().map(|d| d.as_bytes()));
+                let r = s.append(lines.iter().map(|l| l.as_slice()));
                 self.stats
                     .spool_bytes
                     .store(s.pending_bytes(), Ordering::Relaxed);
@@ -548,9 +585,9 @@ impl Writer {
             Err(err) => {
                 tracing::error!(%err, events = n, "event store commit failed; spilling");
                 self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                let lines = batch.json_lines();
+                let lines = batch.spool_lines();
                 if let Ok(mut s) = self.spool.lock() {
-                    let counter = match s.append(lines.iter().map(|d| d.as_bytes())) {
+                    let counter = match s.append(lines.iter().map(|l| l.as_slice())) {
                         Ok(()) => &self.stats.spilled,
                         Err(_) => &self.stats.dropped,
                     };
@@ -581,22 +618,33 @@ impl Writer {
         let Some(chunk) = chunk else {
             return false;
         };
-        let mut events = Vec::with_capacity(chunk.lines.len());
-        let mut docs = Vec::with_capacity(chunk.lines.len());
-        for line in chunk.lines {
-            if let Ok(e) = serde_json::from_slice::<Event>(&line) {
-                events.push(e);
-                docs.push(String::from_utf8_lossy(&line).into_owned());
+        let mut records = Vec::with_capacity(chunk.lines.len());
+        let mut blobs = Vec::with_capacity(chunk.lines.len());
+        for line in &chunk.lines {
+            match parse_spool_line(line) {
+                Ok((record, stored)) => {
+                    records.push(record);
+                    blobs.push(stored);
+                }
+                Err(err) => {
+                    tracing::error!(%err, "unreadable event in the overflow spool; skipped");
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
-        match self.store.insert_with_docs(&events, &docs) {
+        match self.store.insert_encoded(&records, &blobs) {
             Ok(_) => {
                 self.stats
                     .stored
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
-                let events: Vec<&Event> = events.iter().collect();
-                for feed in &self.feeds {
-                    feed.push(&events, &docs);
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                if !self.feeds.is_empty() {
+                    let events: Vec<Event> =
+                        records.iter().map(|r| r.to_event().into_owned()).collect();
+                    let docs: Vec<String> = events.iter().map(render_json).collect();
+                    let events: Vec<&Event> = events.iter().collect();
+                    for feed in &self.feeds {
+                        feed.push(&events, &docs);
+                    }
                 }
                 if let Ok(mut s) = self.spool.lock() {
                     if let Err(err) = s.ack(chunk.end) {

@@ -36,6 +36,14 @@ fn send_never_blocks_while_the_store_is_locked_and_nothing_is_lost() {
         })
         .collect();
     let ids: Vec<String> = records.iter().map(|r| r.id().to_string()).collect();
+    let flows: Vec<FlowEvent> = records
+        .iter()
+        .step_by(1001)
+        .filter_map(|r| match r {
+            Record::Flow(f) => Some(f.clone()),
+            Record::Event(_) => None,
+        })
+        .collect();
     let mut latencies = Vec::with_capacity(n as usize);
     for (i, r) in records.into_iter().enumerate() {
         let t = Instant::now();
@@ -72,6 +80,22 @@ fn send_never_blocks_while_the_store_is_locked_and_nothing_is_lost() {
         "the store was locked"
     );
 
+    // Flow events spill in their stored form, not as JSON.
+    let spool_dir = dir.path().join("spool").join("store");
+    let spooled: Vec<u8> = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .flat_map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    let lines: Vec<&[u8]> = spooled.split(|b| *b == b'\n').collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with(b"F:")),
+        "no flow lines spilled"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(b"{")),
+        "no JSON lines spilled"
+    );
+
     blocker.execute_batch("ROLLBACK").unwrap();
     drop(blocker);
     assert!(
@@ -84,6 +108,14 @@ fn send_never_blocks_while_the_store_is_locked_and_nothing_is_lost() {
     assert_eq!(r.count().unwrap(), n);
     for id in ids.iter().step_by(997) {
         assert!(r.get(id).unwrap().is_some(), "{id} missing");
+    }
+    // Stored or spilled and replayed, a flow event reads back as the same event.
+    for f in &flows {
+        let got = r.get(&f.id.to_string()).unwrap().expect("stored");
+        assert_eq!(
+            serde_json::to_value(&got).unwrap(),
+            serde_json::to_value(f.event()).unwrap()
+        );
     }
     assert_eq!(stats.snapshot().dropped, 0);
 }

@@ -88,6 +88,15 @@ pub fn encode_flow(flow: &FlowEvent) -> Vec<u8> {
     }
 }
 
+/// The flow record in a stored form made by [`encode_flow`].
+pub fn decode_flow(blob: &[u8]) -> Result<FlowEvent, DocError> {
+    match blob.split_first() {
+        Some((&FORMAT_FLOW_V1, body)) => Ok(postcard::from_bytes::<FlowDoc>(body)?.flow),
+        Some((&other, _)) => Err(DocError::UnknownFormat(other)),
+        None => Err(DocError::Truncated),
+    }
+}
+
 /// The event in a `doc` column value (any form).
 pub fn decode_event(value: ValueRef<'_>) -> Result<Event, DocError> {
     if let ValueRef::Blob(b) = value {

@@ -33,7 +33,14 @@ pub fn encode_flow(flow: &crate::flow::FlowEvent) -> Vec<u8> {
     doc::encode_flow(flow)
 }
 
+/// The flow event back from [`encode_flow`]'s bytes.
+pub fn decode_flow(stored: &[u8]) -> Result<crate::flow::FlowEvent, EventsError> {
+    doc::decode_flow(stored).map_err(|e| EventsError::DamagedDocument(e.to_string()))
+}
+
 use std::path::{Path, PathBuf};
+
+use crate::error::EventsError;
 
 /// The database file inside a data dir.
 pub fn db_path(data_dir: &Path) -> PathBuf {
