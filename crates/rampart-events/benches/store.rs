@@ -71,7 +71,7 @@ fn event(i: u64, n: u64, base: i64) -> Record {
             severity: rampart_events::Severity::Medium,
             types: vec!["policy".into()],
         };
-        return Record::Event(f.alert_event(&alert, None));
+        return Record::Event(Box::new(f.alert_event(&alert, None)));
     }
     Record::Flow(FlowEvent::new(FlowKind::Http, f))
 }
@@ -87,7 +87,7 @@ fn encode(r: &Record) -> Vec<u8> {
 fn send(sender: &rampart_events::EventSender, r: Record) {
     match r {
         Record::Flow(f) => sender.send_flow(f),
-        Record::Event(e) => sender.send(e),
+        Record::Event(e) => sender.send(*e),
     }
 }
 

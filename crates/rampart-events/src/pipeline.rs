@@ -116,7 +116,7 @@ pub struct EventSender {
 impl EventSender {
     /// Hand an event over. Never waits: if the queue is full the event is counted as dropped.
     pub fn send(&self, event: Event) {
-        self.send_record(Record::Event(event));
+        self.send_record(Record::Event(Box::new(event)));
     }
 
     /// Hand an HTTP or network event over in its flow form: cheaper than
@@ -324,7 +324,7 @@ impl Batch {
         if for_sinks {
             for r in records.iter_mut() {
                 if let Record::Flow(f) = &**r {
-                    **r = Record::Event(f.event());
+                    **r = Record::Event(Box::new(f.event()));
                 }
             }
             let docs: Vec<String> = records.iter().map(|r| render_json(&r.to_event())).collect();
@@ -402,7 +402,7 @@ fn parse_spool_line(line: &[u8]) -> Result<(Record, Vec<u8>), String> {
     }
     let json = std::str::from_utf8(line).map_err(|e| e.to_string())?;
     let event: Event = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    Ok((Record::Event(event), encode_doc(json)))
+    Ok((Record::Event(Box::new(event)), encode_doc(json)))
 }
 
 /// An event's OCSF JSON. Sized for a typical document up front: growing from

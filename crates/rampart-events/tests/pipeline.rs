@@ -31,7 +31,7 @@ fn send_never_blocks_while_the_store_is_locked_and_nothing_is_lost() {
             if i % 2 == 0 {
                 Record::Flow(common::http_flow(i, t))
             } else {
-                Record::Event(common::http(i, t))
+                Record::Event(Box::new(common::http(i, t)))
             }
         })
         .collect();
@@ -49,7 +49,7 @@ fn send_never_blocks_while_the_store_is_locked_and_nothing_is_lost() {
         let t = Instant::now();
         match r {
             Record::Flow(f) => sender.send_flow(f),
-            Record::Event(e) => sender.send(e),
+            Record::Event(e) => sender.send(*e),
         }
         latencies.push(t.elapsed());
         if i % 1000 == 999 {
