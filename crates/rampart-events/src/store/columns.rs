@@ -4,7 +4,7 @@
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use uuid::Uuid;
 
-use crate::event::{Event, EventType, Severity};
+use crate::event::{Event, EventType};
 use crate::field::{Field, FieldKind};
 use crate::flow::{url_hostname, FlowEvent, FlowKind};
 use crate::record::Record;
@@ -160,7 +160,8 @@ fn flow_column(f: Field, flow: &FlowEvent) -> ToSqlOutput<'_> {
         Field::Bypass => text(s.bypass.as_ref().map(|b| b.at.as_str())),
         Field::BytesIn => integer(Some(s.bytes_in as i64)),
         Field::BytesOut => integer(Some(s.bytes_out as i64)),
-        Field::Severity => owned_text(Some(Severity::Informational.name().to_ascii_lowercase())),
+        // Flow events are informational (`Event::new`'s severity), lowercase like the column.
+        Field::Severity => text(Some("informational")),
         Field::Reporter => text(Some(&s.reporter)),
         Field::Id => owned_text(Some(flow.id.to_string())),
         // Flow events are never findings.

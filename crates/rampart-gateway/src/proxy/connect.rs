@@ -7,7 +7,7 @@
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::body::{FlowLog, ProxyBody};
@@ -59,92 +59,42 @@ fn valid_host(host: &str) -> bool {
     !host.is_empty() && !host.contains('@') && !host.chars().any(|c| c.is_whitespace() || c == '/')
 }
 
-/// The HTTP/1.1 CONNECT of either the proxy listener or a hyper-served client: the 200
-/// is this function's response, and the tunnel takes over the connection once hyper
-/// has written it.
+/// A CONNECT from either listener; `log` carries who asked (user, device, process).
 pub async fn tunnel_with(
     mut req: Request<Incoming>,
     state: &GatewayState,
     shared: &Shared,
     identity: &Identity,
-    log: FlowLog,
-    options: ConnectOptions,
-) -> Response<ProxyBody> {
-    let open = match open_tunnel(req.uri(), state, shared, identity, log, options).await {
-        Opened::Refused(response) => return response,
-        Opened::Ready(open) => open,
-    };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    // Awaiting the upgrade inside the service would deadlock: hyper completes it
-    // only after this response is written.
-    shared.tunnels.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => open.run_upgraded(upgraded).await,
-            Err(e) => open.abandon(format!("client upgrade failed: {e}")),
-        }
-    });
-    // The tunnel logs itself when it ends, so this response carries no log.
-    Response::new(ProxyBody::empty(None))
-}
-
-/// The outcome of a CONNECT's checks and origin connection.
-// Both variants carry the flow's log record (about 1 KiB), moved once per CONNECT.
-#[allow(clippy::large_enum_variant)]
-pub enum Opened {
-    /// Refused (bad target, policy, port, origin unreachable): send this response.
-    Refused(Response<ProxyBody>),
-    /// The origin is connected: answer 200, then hand the client's stream to the tunnel.
-    Ready(OpenTunnel),
-}
-
-/// A CONNECT whose origin is connected and whose 200 is due; it logs the flow once,
-/// when the relay ends (or when it is dropped).
-pub struct OpenTunnel {
-    connected: Connected,
-    idle: std::time::Duration,
-    intercept: Option<crate::intercept::Tunnel>,
-    log: FlowLog,
-}
-
-/// A CONNECT from either listener up to the point where the 200 is sent: checks the
-/// target, runs the policy, connects the origin. `log` carries who asked (user,
-/// device, process).
-pub async fn open_tunnel(
-    target: &http::Uri,
-    state: &GatewayState,
-    shared: &Shared,
-    identity: &Identity,
     mut log: FlowLog,
     options: ConnectOptions,
-) -> Opened {
+) -> Response<ProxyBody> {
     // RFC 9110 §9.3.6: the target of CONNECT is exactly host:port.
-    let Some((host, port)) = target.authority().and_then(|a| split_host_port(a.as_str())) else {
-        return Opened::Refused(error_response(
+    let Some((host, port)) = req
+        .uri()
+        .authority()
+        .and_then(|a| split_host_port(a.as_str()))
+    else {
+        return error_response(
             StatusCode::BAD_REQUEST,
             "CONNECT target must be host:port",
             log,
             Some("bad_request"),
-        ));
+        );
     };
     if !valid_host(&host) {
-        return Opened::Refused(error_response(
+        return error_response(
             StatusCode::BAD_REQUEST,
             "invalid CONNECT host",
             log,
             Some("bad_request"),
-        ));
+        );
     }
     if options.check_ports && !state.config.proxy.connect_ports.contains(port) {
         let reason = format!(
             "CONNECT to port {port} is not allowed (allowed: {})",
             state.config.proxy.connect_ports
         );
-        return Opened::Refused(error_response(
-            StatusCode::FORBIDDEN,
-            &reason,
-            log,
-            Some("denied_port"),
-        ));
+        return error_response(StatusCode::FORBIDDEN, &reason, log, Some("denied_port"));
     }
     let policy_host = options
         .policy_host
@@ -170,7 +120,7 @@ pub async fn open_tunnel(
     if let Some(blocked) = &stage.blocked {
         // Inside a tunnel we cannot render a page the browser would show:
         // the CONNECT itself is refused with the reason.
-        return Opened::Refused(blocked_response(blocked, None, None, log));
+        return blocked_response(blocked, None, None, log);
     }
     let connected = match state.connector.route(&stage.egress) {
         Ok(route) => state.connector.open_tunnel(&route, &host, port).await,
@@ -180,18 +130,14 @@ pub async fn open_tunnel(
         Ok(c) => c,
         Err(error) => {
             tracing::debug!(target = %log.record.target, %error, "CONNECT failed");
-            return Opened::Refused(error_response(
-                error.status(),
-                &error.to_string(),
-                log,
-                Some(error.kind()),
-            ));
+            return error_response(error.status(), &error.to_string(), log, Some(error.kind()));
         }
     };
     log.record.status = 200;
     log.record.egress = Some(connected.egress.0.clone());
     log.record.server = Some(connected.peer);
 
+    let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = state.config.limits.tunnel_idle_timeout;
     let intercept = crate::intercept::Tunnel::for_connect(
         shared.state.load_full(),
@@ -228,52 +174,17 @@ pub async fn open_tunnel(
             ..Default::default()
         });
     }
-    Opened::Ready(OpenTunnel {
-        connected,
-        idle,
-        intercept,
-        log,
-    })
-}
-
-impl OpenTunnel {
-    /// The client went away before its stream could be taken over.
-    pub fn abandon(mut self, error: String) {
-        self.log.record.error = Some(error);
-    }
-
-    /// Relays over hyper's upgraded HTTP/1.1 connection: spliced in the kernel when it
-    /// is a plain socket.
-    pub async fn run_upgraded(self, upgraded: hyper::upgrade::Upgraded) {
-        let OpenTunnel {
-            connected,
-            idle,
-            intercept,
-            mut log,
-        } = self;
-        run_tunnel(upgraded, connected, idle, intercept, &mut log).await;
-    }
-
-    /// Relays over a client stream that is not a socket (an agent's HTTP/2 stream):
-    /// the ClientHello is read and replayed instead of peeked, and bytes are copied
-    /// instead of spliced.
-    pub async fn run_stream<S>(self, client: S)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let OpenTunnel {
-            connected,
-            idle,
-            intercept,
-            mut log,
-        } = self;
-        let (transferred, end) =
-            match relay_stream(client, connected, idle, intercept, &mut log).await {
-                Some(done) => done,
-                None => return,
-            };
-        record_end(&mut log, transferred, end);
-    }
+    // Awaiting the upgrade inside the service would deadlock: hyper completes it
+    // only after this response is written.
+    shared.tunnels.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => run_tunnel(upgraded, connected, idle, intercept, &mut log).await,
+            Err(e) => log.record.error = Some(format!("client upgrade failed: {e}")),
+        }
+        drop(log);
+    });
+    // The tunnel logs itself when it ends, so this response carries no log.
+    Response::new(ProxyBody::empty(None))
 }
 
 async fn run_tunnel(
@@ -283,13 +194,13 @@ async fn run_tunnel(
     intercept: Option<crate::intercept::Tunnel>,
     log: &mut FlowLog,
 ) {
+    let Connected {
+        stream: origin,
+        leftover,
+        ..
+    } = connected;
     let (transferred, end) = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            let Connected {
-                stream: origin,
-                leftover,
-                ..
-            } = connected;
             let client = parts.io.into_inner();
             // TLS interception needs the ClientHello still unread on the socket
             // and an origin that has sent nothing yet.
@@ -327,17 +238,36 @@ async fn run_tunnel(
             (t, end)
         }
         Err(upgraded) => {
-            match relay_stream(TokioIo::new(upgraded), connected, idle, intercept, log).await {
-                Some(done) => done,
-                None => return,
+            // Not a socket (an agent's HTTP/2 stream): the ClientHello is read and
+            // replayed instead of peeked, and bytes are copied instead of spliced.
+            let client = TokioIo::new(upgraded);
+            let handoff = match intercept {
+                Some(tunnel) if leftover.is_empty() && tunnel.plain_http => {
+                    Box::pin(tunnel.run_plain_http(client, origin, log)).await
+                }
+                Some(tunnel) if leftover.is_empty() => {
+                    Box::pin(tunnel.run(Replayed(client), origin, log)).await
+                }
+                _ => Handoff::Splice {
+                    client: Prefixed::new(Vec::new(), client),
+                    origin,
+                },
+            };
+            let (mut client, mut origin) = match handoff {
+                Handoff::Done => return,
+                Handoff::Splice { client, origin } => (client, origin),
+            };
+            if !leftover.is_empty() {
+                if let Err(e) = client.write_all(&leftover).await {
+                    log.record.error = Some(format!("writing to client: {e}"));
+                    return;
+                }
             }
+            let (mut t, end) = relay::copy_bidirectional(&mut client, &mut origin, idle).await;
+            t.origin_to_client += leftover.len() as u64;
+            (t, end)
         }
     };
-    record_end(log, transferred, end);
-}
-
-/// What a finished relay moved, and how it ended, into the flow's record.
-fn record_end(log: &mut FlowLog, transferred: relay::Transferred, end: RelayEnd) {
     log.record.bytes_from_client = transferred.client_to_origin;
     log.record.bytes_to_client = transferred.origin_to_client;
     match end {
@@ -345,48 +275,4 @@ fn record_end(log: &mut FlowLog, transferred: relay::Transferred, end: RelayEnd)
         RelayEnd::Idle => log.record.error = Some("tunnel idle timeout".into()),
         RelayEnd::Error(e) => log.record.error = Some(format!("tunnel ended with an error: {e}")),
     }
-}
-
-/// The buffered relay for a client that is not a socket; `None` when the tunnel was
-/// served (decrypted, blocked) or failed before relaying, with the record already set.
-async fn relay_stream<S>(
-    client: S,
-    connected: Connected,
-    idle: std::time::Duration,
-    intercept: Option<crate::intercept::Tunnel>,
-    log: &mut FlowLog,
-) -> Option<(relay::Transferred, RelayEnd)>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let Connected {
-        stream: origin,
-        leftover,
-        ..
-    } = connected;
-    let handoff = match intercept {
-        Some(tunnel) if leftover.is_empty() && tunnel.plain_http => {
-            Box::pin(tunnel.run_plain_http(client, origin, log)).await
-        }
-        Some(tunnel) if leftover.is_empty() => {
-            Box::pin(tunnel.run(Replayed(client), origin, log)).await
-        }
-        _ => Handoff::Splice {
-            client: Prefixed::new(Vec::new(), client),
-            origin,
-        },
-    };
-    let (mut client, mut origin) = match handoff {
-        Handoff::Done => return None,
-        Handoff::Splice { client, origin } => (client, origin),
-    };
-    if !leftover.is_empty() {
-        if let Err(e) = client.write_all(&leftover).await {
-            log.record.error = Some(format!("writing to client: {e}"));
-            return None;
-        }
-    }
-    let (mut t, end) = relay::copy_bidirectional(&mut client, &mut origin, idle).await;
-    t.origin_to_client += leftover.len() as u64;
-    Some((t, end))
 }

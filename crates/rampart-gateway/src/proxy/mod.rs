@@ -7,7 +7,7 @@ mod connect;
 mod forward;
 pub mod headers;
 
-pub(crate) use connect::{open_tunnel, ConnectOptions, Opened};
+pub(crate) use connect::{tunnel_with, ConnectOptions};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

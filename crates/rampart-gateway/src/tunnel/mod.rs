@@ -8,21 +8,21 @@
 //! with the reason on the stream). `tunnel-bypass` flows are never decrypted. Every
 //! flow is logged with device, user, groups, process and the policy decision.
 
-mod h2_stream;
 mod identity;
 
 pub use identity::{DeviceIdentity, IdentityError};
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use h2::server::SendResponse;
-use h2::RecvStream;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -31,8 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access_log::{FlowRecord, ProcessRecord};
 use crate::gateway::GatewayHandle;
 use crate::proxy::body::{FlowLog, ProxyBody};
-use crate::proxy::{ConnectOptions, Opened, Shared};
-use h2_stream::H2Stream;
+use crate::proxy::{ConnectOptions, Shared};
 
 /// A client that has not finished the TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,17 +40,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 const MAX_STREAMS: u32 = 4096;
-/// Largest DATA frame the agent may send (the default is 16 KiB): fewer frames to
-/// parse and fewer wake-ups per byte of an upload. The agent accepts the same from us.
-const MAX_FRAME: u32 = 64 << 10;
-/// Bytes h2 queues per stream ahead of the connection task: a bulk download keeps
-/// several 64 KiB frames in flight while one is being encrypted and written (1 MiB:
-/// ~15 % fewer context switches per GB than 256 KiB). Only bytes the agent's
-/// window admits are queued, so one agent connection holds at most its connection
-/// window (16 MiB) across all its streams.
-const SEND_BUFFER: usize = 1 << 20;
-/// Largest request head (process path, headers) an agent may send; hyper's default.
-const MAX_HEADER_LIST: u32 = 16 << 10;
 
 /// Asked when a device with a valid certificate connects: the server records "last
 /// seen" and answers whether the device may use the tunnel (false once revoked).
@@ -196,77 +184,43 @@ pub async fn serve(
                     return;
                 }
             }
-            let builder = {
-                let mut b = h2::server::Builder::new();
-                b.initial_window_size(STREAM_WINDOW)
-                    .initial_connection_window_size(CONNECTION_WINDOW)
-                    .max_concurrent_streams(MAX_STREAMS)
-                    .max_frame_size(MAX_FRAME)
-                    .max_send_buffer_size(SEND_BUFFER)
-                    .max_header_list_size(MAX_HEADER_LIST);
-                b
-            };
-            let mut conn = match tokio::time::timeout(
-                HANDSHAKE_TIMEOUT,
-                builder.handshake::<_, Bytes>(stream),
-            )
-            .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "agent tunnel HTTP/2 handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "agent tunnel HTTP/2 handshake timed out");
-                    return;
-                }
-            };
-            // Accepting drives the connection (its reads and writes for every
-            // stream), so it goes on after a graceful shutdown until the last
-            // stream has ended.
-            let mut draining = false;
-            loop {
-                let next = if draining {
-                    conn.accept().await
-                } else {
-                    tokio::select! {
-                        next = conn.accept() => next,
-                        _ = shutdown.cancelled() => {
-                            conn.graceful_shutdown();
-                            draining = true;
-                            continue;
-                        }
-                    }
-                };
-                let (req, respond) = match next {
-                    Some(Ok(stream)) => stream,
-                    Some(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "agent tunnel connection ended");
-                        break;
-                    }
-                    None => break,
-                };
+            let service = service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
                 let identity = identity.clone();
-                if req.method() == Method::CONNECT {
-                    // Tracked: shutdown waits for open tunnels, as for the proxy's.
-                    let tunnels = shared.tunnels.clone();
-                    tunnels.spawn(flow(req, respond, shared, identity, peer));
-                } else {
-                    let agent_api = agent_api.clone();
-                    tokio::spawn(async move {
-                        let response = agent_api_call(req, agent_api.as_deref(), identity).await;
-                        send_api_response(respond, response);
-                    });
+                let agent_api = agent_api.clone();
+                async move {
+                    if req.method() == Method::CONNECT {
+                        flow(req, shared, identity, peer).await
+                    } else {
+                        Ok(agent_api_call(req, agent_api.as_deref(), identity).await)
+                    }
+                }
+            });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .max_concurrent_streams(MAX_STREAMS)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "agent tunnel connection ended");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
                 }
             }
         });
     }
 }
 
-fn status(code: StatusCode) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::new());
+type TunnelBody = ProxyBody;
+
+fn status(code: StatusCode) -> Response<TunnelBody> {
+    let mut response = Response::new(ProxyBody::empty(None));
     *response.status_mut() = code;
     response
 }
@@ -274,92 +228,25 @@ fn status(code: StatusCode) -> Response<Bytes> {
 /// A control-plane request of an authenticated agent: the body is read (bounded) and
 /// handed to the server's [`AgentApi`].
 async fn agent_api_call(
-    req: Request<RecvStream>,
+    req: Request<Incoming>,
     api: Option<&dyn AgentApi>,
     identity: Arc<DeviceIdentity>,
-) -> Response<Bytes> {
+) -> Response<TunnelBody> {
     let Some(api) = api else {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     };
     let (parts, body) = req.into_parts();
-    let body = match read_bounded(body, MAX_AGENT_API_BODY).await {
-        Ok(body) => body,
+    let limited = http_body_util::Limited::new(body, MAX_AGENT_API_BODY);
+    let body = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
         Err(e) => {
             tracing::debug!(device = %identity.device, error = %e, "agent API request body refused");
             return status(StatusCode::PAYLOAD_TOO_LARGE);
         }
     };
-    api.handle(identity, Request::from_parts(parts, body)).await
-}
-
-/// Reads a request body of at most `limit` bytes, giving the window back as it goes.
-async fn read_bounded(mut body: RecvStream, limit: usize) -> Result<Bytes, String> {
-    let mut collected = BytesMut::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        if collected.len() + chunk.len() > limit {
-            return Err(format!("body larger than {limit} bytes"));
-        }
-        collected.extend_from_slice(&chunk);
-    }
-    Ok(collected.freeze())
-}
-
-/// Sends a complete response: the head, then the body (h2 queues what exceeds the
-/// agent's window and sends it as the window opens).
-fn send_api_response(mut respond: SendResponse<Bytes>, response: Response<Bytes>) {
-    let (mut parts, body) = response.into_parts();
-    parts
-        .headers
-        .entry(header::CONTENT_LENGTH)
-        .or_insert_with(|| HeaderValue::from(body.len()));
-    let head = Response::from_parts(parts, ());
-    let sent = if body.is_empty() {
-        respond.send_response(head, true).map(|_| ())
-    } else {
-        respond
-            .send_response(head, false)
-            .and_then(|mut send| send.send_data(body, true))
-    };
-    if let Err(e) = sent {
-        tracing::debug!(error = %e, "agent API response not sent: the stream is gone");
-    }
-}
-
-/// Sends a refusal of the shared CONNECT path (status, reason in the body). The body
-/// carries the flow log, which is written when it is dropped here, after the last byte.
-async fn send_refusal(mut respond: SendResponse<Bytes>, response: Response<ProxyBody>) {
-    let (mut parts, mut body) = response.into_parts();
-    if let Some(len) = body.size_hint().exact() {
-        parts
-            .headers
-            .entry(header::CONTENT_LENGTH)
-            .or_insert_with(|| HeaderValue::from(len));
-    }
-    let end = body.is_end_stream();
-    let mut send = match respond.send_response(Response::from_parts(parts, ()), end) {
-        Ok(send) => send,
-        Err(e) => {
-            tracing::debug!(error = %e, "agent tunnel refusal not sent: the stream is gone");
-            return;
-        }
-    };
-    if end {
-        return;
-    }
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map(|f| f.into_data()) else {
-            send.send_reset(h2::Reason::INTERNAL_ERROR);
-            return;
-        };
-        if let Ok(data) = data {
-            if send.send_data(data, false).is_err() {
-                return;
-            }
-        }
-    }
-    let _ = send.send_data(Bytes::new(), true);
+    api.handle(identity, Request::from_parts(parts, body))
+        .await
+        .map(|body| ProxyBody::full(body, None))
 }
 
 /// A metadata header of an authenticated agent, bounded.
@@ -386,27 +273,24 @@ fn process_from(headers: &HeaderMap) -> Option<ProcessRecord> {
 }
 
 /// One CONNECT stream: the shared CONNECT path with the device's identity, the
-/// process and the steering action the agent sent; on success the 200 goes out and
-/// the stream itself becomes the tunnel's client side.
+/// process and the steering action the agent sent.
 async fn flow(
-    req: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    req: Request<Incoming>,
     shared: Arc<Shared>,
     identity: Arc<DeviceIdentity>,
     peer: SocketAddr,
-) {
+) -> Result<Response<TunnelBody>, Infallible> {
     let state = shared.state.load_full();
-    let (parts, recv) = req.into_parts();
-    let target = parts
-        .uri
+    let target = req
+        .uri()
         .authority()
         .map(|a| a.to_string())
-        .unwrap_or_else(|| parts.uri.to_string());
+        .unwrap_or_else(|| req.uri().to_string());
     let mut record = FlowRecord::new(peer, "CONNECT", target);
     record.user = identity.user.as_deref().map(Arc::from);
     record.groups = identity.groups.clone();
     record.device = Some(Arc::from(identity.device.as_str()));
-    record.process = process_from(&parts.headers);
+    record.process = process_from(req.headers());
     let options = ConnectOptions {
         check_ports: false,
         process: record.process.as_ref().map(|p| rampart_policy::Process {
@@ -415,7 +299,7 @@ async fn flow(
         }),
         tunnel_bypass: record.process.as_ref().and_then(|p| p.steering.as_deref())
             == Some("tunnel-bypass"),
-        policy_host: header_text(&parts.headers, "x-rampart-host"),
+        policy_host: header_text(req.headers(), "x-rampart-host"),
         inspect_plain_http: true,
     };
     let policy_identity = rampart_policy::Identity {
@@ -430,15 +314,5 @@ async fn flow(
         shared.metrics.clone(),
         shared.events.clone(),
     );
-    let opened =
-        crate::proxy::open_tunnel(&parts.uri, &state, &shared, &policy_identity, log, options)
-            .await;
-    let open = match opened {
-        Opened::Refused(response) => return send_refusal(respond, response).await,
-        Opened::Ready(open) => open,
-    };
-    match respond.send_response(Response::new(()), false) {
-        Ok(send) => open.run_stream(H2Stream::new(send, recv)).await,
-        Err(e) => open.abandon(format!("client upgrade failed: {e}")),
-    }
+    Ok(crate::proxy::tunnel_with(req, &state, &shared, &policy_identity, log, options).await)
 }
