@@ -101,26 +101,7 @@ fn bulk_bytes_cross_the_tunnel_both_ways_intact() {
         got
     });
 
-    let mut client = TcpStream::connect(agent.proxy).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    write!(
-        client,
-        "CONNECT 127.0.0.1:{origin_port} HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n\r\n"
-    )
-    .unwrap();
-    let mut reader = BufReader::new(client.try_clone().unwrap());
-    let mut status = String::new();
-    reader.read_line(&mut status).unwrap();
-    assert!(status.contains(" 200 "), "CONNECT answered {status:?}");
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-    }
+    let (client, reader) = connect_through(agent.proxy, origin_port, Duration::from_secs(120));
     let writer = client.try_clone().unwrap();
     let sender = thread::spawn(move || send_pattern(writer, 1));
     // The reader may already hold the first bytes behind the CONNECT answer.
@@ -155,6 +136,27 @@ fn bulk_bytes_cross_the_tunnel_both_ways_intact() {
 }
 
 /// One line from `reader`, failing the test on EOF.
+/// A CONNECT through the agent's local proxy to `127.0.0.1:port`, answered 200: the
+/// client stream and a reader past the answer's head (it may hold tunnel bytes already).
+fn connect_through(
+    proxy: std::net::SocketAddr,
+    port: u16,
+    timeout: Duration,
+) -> (TcpStream, BufReader<TcpStream>) {
+    let mut client = TcpStream::connect(proxy).unwrap();
+    client.set_read_timeout(Some(timeout)).unwrap();
+    write!(
+        client,
+        "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let status = line(&mut reader);
+    assert!(status.contains(" 200 "), "CONNECT answered {status:?}");
+    while line(&mut reader) != "\r\n" {}
+    (client, reader)
+}
+
 fn line(reader: &mut impl BufRead) -> String {
     let mut line = String::new();
     reader.read_line(&mut line).expect("reading a line");
@@ -179,19 +181,8 @@ fn an_open_tunnel_stream_keeps_working_while_the_gateway_drains() {
         }
     });
 
-    let mut client = TcpStream::connect(agent.proxy).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        client,
-        "CONNECT 127.0.0.1:{origin_port} HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n\r\n"
-    )
-    .unwrap();
-    let mut reader = BufReader::new(client.try_clone().unwrap());
-    let status = line(&mut reader);
-    assert!(status.contains(" 200 "), "CONNECT answered {status:?}");
-    while line(&mut reader) != "\r\n" {}
+    let (mut client, mut reader) =
+        connect_through(agent.proxy, origin_port, Duration::from_secs(20));
     client.write_all(b"one\n").unwrap();
     assert_eq!(line(&mut reader), "pong one\n");
 
