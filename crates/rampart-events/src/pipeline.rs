@@ -26,7 +26,7 @@ use crate::flow::FlowEvent;
 use crate::record::Record;
 use crate::sink::{self, SinkFeed, SinkStats};
 use crate::spool::Spool;
-use crate::store::{db_path, decode_flow, encode_doc, encode_flow, Checkpointer, StoreWriter};
+use crate::store::{db_path, decode_stored, encode_doc, encode_flow, Checkpointer, StoreWriter};
 
 /// Events the drainer moves per tick at most.
 const MAX_BATCH: usize = 8192;
@@ -397,8 +397,8 @@ fn parse_spool_line(line: &[u8]) -> Result<(Record, Vec<u8>), String> {
         let stored = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(b64)
             .map_err(|e| e.to_string())?;
-        let flow = decode_flow(&stored).map_err(|e| e.to_string())?;
-        return Ok((Record::Flow(flow), stored));
+        let record = decode_stored(&stored).map_err(|e| e.to_string())?;
+        return Ok((record, stored));
     }
     let json = std::str::from_utf8(line).map_err(|e| e.to_string())?;
     let event: Event = serde_json::from_str(json).map_err(|e| e.to_string())?;
@@ -683,5 +683,59 @@ impl Writer {
             Ok(_) => {}
             Err(err) => tracing::warn!(%err, "event retention failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{FlowKind, FlowSummary};
+
+    fn flow() -> FlowEvent {
+        let mut s = FlowSummary::new(crate::event::new_flow_id(), 1_763_900_000_000);
+        s.user = Some("alice".into());
+        s.url = Some("https://a.example/x".into());
+        FlowEvent::new(FlowKind::Http, s)
+    }
+
+    #[test]
+    fn spool_lines_round_trip_flow_records_and_json_events() {
+        let f = flow();
+        let e = f.summary.network_event();
+        let batch = Batch::encode(
+            vec![
+                Box::new(Record::Flow(f.clone())),
+                Box::new(Record::Event(Box::new(e.clone()))),
+            ],
+            false,
+        );
+        let lines = batch.spool_lines();
+        assert!(lines[0].starts_with(FLOW_LINE_PREFIX));
+        assert!(lines[1].starts_with(b"{"));
+        match parse_spool_line(&lines[0]).unwrap() {
+            (Record::Flow(back), stored) => {
+                assert_eq!(back, f);
+                assert_eq!(stored, batch.blobs[0]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_spool_line(&lines[1]).unwrap().0 {
+            Record::Event(back) => assert_eq!(*back, e),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A flow line whose stored form is compressed JSON (the encoder's fallback)
+    /// still reads back, as the full event.
+    #[test]
+    fn a_flow_line_holding_another_stored_form_is_not_lost() {
+        let e = flow().event();
+        let line = flow_line(&encode_doc(&render_json(&e)));
+        match parse_spool_line(&line).unwrap().0 {
+            Record::Event(back) => assert_eq!(*back, e),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_spool_line(b"F:!!not base64").is_err());
+        assert!(parse_spool_line(b"{\"not\": \"an event\"}").is_err());
     }
 }

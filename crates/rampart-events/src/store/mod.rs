@@ -33,12 +33,22 @@ pub fn encode_flow(flow: &crate::flow::FlowEvent) -> Vec<u8> {
     doc::encode_flow(flow)
 }
 
-/// The flow event back from [`encode_flow`]'s bytes.
-pub fn decode_flow(stored: &[u8]) -> Result<crate::flow::FlowEvent, EventsError> {
-    doc::decode_flow(stored).map_err(|e| EventsError::DamagedDocument(e.to_string()))
+/// The record back from [`encode_flow`]'s (or [`encode_doc`]'s) bytes: a flow
+/// event when it was stored as one, else the full event.
+pub fn decode_stored(stored: &[u8]) -> Result<crate::record::Record, EventsError> {
+    let damaged = |e: doc::DocError| EventsError::DamagedDocument(e.to_string());
+    match doc::decode_flow(stored) {
+        Ok(flow) => Ok(crate::record::Record::Flow(flow)),
+        Err(doc::DocError::UnknownFormat(_)) => doc::decode_event(ValueRef::Blob(stored))
+            .map(|e| crate::record::Record::Event(Box::new(e)))
+            .map_err(damaged),
+        Err(e) => Err(damaged(e)),
+    }
 }
 
 use std::path::{Path, PathBuf};
+
+use rusqlite::types::ValueRef;
 
 use crate::error::EventsError;
 
