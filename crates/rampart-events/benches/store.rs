@@ -2,7 +2,8 @@
 //! pipeline) and query latency over a large store.
 //!
 //! `cargo bench -p rampart-events --bench store` (RAMPART_BENCH_EVENTS sets the
-//! store size, default 1,000,000). Prints a Markdown table for bench/RESULTS.md.
+//! store size, default 1,000,000; RAMPART_BENCH_RATE and RAMPART_BENCH_SECS the
+//! steady ingest rate and its duration, default 15,000/s for 6 s). Prints a Markdown table for bench/RESULTS.md.
 
 use std::time::{Duration, Instant};
 
@@ -301,7 +302,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(15_000);
-    let secs = 6u64;
+    let secs: u64 = std::env::var("RAMPART_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
     let rdir = tempfile::tempdir().unwrap();
     let rn = rate * secs;
     let mut events: Vec<Record> = (0..rn).map(|k| event(k, rn, base)).collect();
