@@ -303,6 +303,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
 // Boxed records: they arrive boxed from the channel, and moving a box is a
 // pointer copy where moving a record is over a kilobyte.
 #[allow(clippy::vec_box)]
+#[derive(Default)]
 struct Batch {
     records: Vec<Box<Record>>,
     blobs: Vec<Vec<u8>>,
@@ -311,14 +312,6 @@ struct Batch {
 }
 
 impl Batch {
-    fn empty() -> Batch {
-        Batch {
-            records: Vec::new(),
-            blobs: Vec::new(),
-            docs: Vec::new(),
-        }
-    }
-
     #[allow(clippy::vec_box)]
     fn encode(mut records: Vec<Box<Record>>, for_sinks: bool) -> Batch {
         if for_sinks {
@@ -358,15 +351,14 @@ impl Batch {
     /// Every record as an overflow-spool line: flow records in their stored
     /// form (see [`flow_line`]), other events as their OCSF JSON.
     fn spool_lines(&self) -> Vec<Vec<u8>> {
+        // `blobs` has one stored form per record; `docs` one JSON per record, or none.
         self.records
             .iter()
+            .zip(&self.blobs)
             .enumerate()
-            .map(|(i, r)| match (&**r, self.docs.get(i)) {
+            .map(|(i, (r, blob))| match (&**r, self.docs.get(i)) {
                 (_, Some(doc)) => doc.as_bytes().to_vec(),
-                (Record::Flow(f), None) => match self.blobs.get(i) {
-                    Some(blob) => flow_line(blob),
-                    None => flow_line(&encode_flow(f)),
-                },
+                (Record::Flow(_), None) => flow_line(blob),
                 (Record::Event(e), None) => render_json(e).into_bytes(),
             })
             .collect()
@@ -524,7 +516,7 @@ impl Writer {
         let mut last_retention = Instant::now() - RETENTION_EVERY;
         let mut disconnected = false;
         loop {
-            let mut pending = Batch::empty();
+            let mut pending = Batch::default();
             match self.brx.recv_timeout(Duration::from_millis(100)) {
                 Ok(b) => pending = b,
                 Err(RecvTimeoutError::Timeout) => {}

@@ -25,11 +25,10 @@ pub fn emit(record: &FlowRecord, events: &EventSender) {
     // Sent in its flow form: the store keeps it that way and builds the OCSF
     // event only when it is read (or a sink needs it).
     let flow = FlowEvent::new(kind, summary(record));
-    let related = flow.id;
-    let alerts = alerts(record, is_tunnel);
-    let alerts: Vec<_> = alerts
+    // Built before the flow record moves into the pipeline; each links to it.
+    let alerts: Vec<_> = alerts(record, is_tunnel)
         .iter()
-        .map(|alert| flow.summary.alert_event(alert, Some(related)))
+        .map(|alert| flow.summary.alert_event(alert, Some(flow.id)))
         .collect();
     events.send_flow(flow);
     for alert in alerts {
