@@ -20,6 +20,8 @@ pub enum EventsError {
         "no event store at {0} (start `rampart server` with this data dir, or pass --data-dir)"
     )]
     NoStore(PathBuf),
+    #[error("event store {0} was written by an older Rampart: start `rampart server` once to upgrade it")]
+    OldStore(PathBuf),
     #[error(transparent)]
     Query(#[from] crate::query::QueryError),
     #[error("invalid cursor `{0}` (pass the `next_cursor` value of the previous page)")]

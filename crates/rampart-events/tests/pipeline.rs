@@ -235,18 +235,12 @@ fn flow_events_are_stored_compactly_and_read_back_as_their_ocsf_event() {
         );
     }
     // Stored small: a flow record, not JSON.
-    let db = rusqlite::Connection::open(db_path(dir.path())).unwrap();
-    let (format, len): (i64, i64) = db
-        .query_row(
-            "SELECT unicode(substr(doc, 1, 1)), length(doc) FROM events WHERE id = ?1",
-            [flows[0].id.to_string()],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .unwrap();
+    let stored = r.stored_form(&flows[0].id.to_string()).unwrap().unwrap();
+    let (format, len) = (stored[0], stored.len());
     let json = serde_json::to_string(&flows[0].event()).unwrap();
     assert_eq!(format, 2, "flow record format byte");
     assert!(
-        len * 3 < json.len() as i64,
+        len * 3 < json.len(),
         "{len} bytes stored for {} of JSON",
         json.len()
     );

@@ -1,6 +1,7 @@
 //! Block postings: queries on indexed fields answer exactly as the in-memory
 //! matcher over several closed blocks plus the unindexed tail, in order,
-//! across pages; retention and upgrades keep them right.
+//! across pages; retention and upgrades (older schemas move into segments)
+//! keep them right.
 
 mod common;
 
@@ -160,42 +161,110 @@ fn events_after_retention_emptied_the_store_are_found() {
     assert_eq!(got, want);
 }
 
-#[test]
-fn a_store_without_postings_is_indexed_when_the_writer_opens_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db_path(dir.path());
-    let all = scattered(BLOCK + 500);
-    {
-        let mut w = StoreWriter::open(&path, false).unwrap();
-        w.insert(&all).unwrap();
-    }
-    // What a store written before postings existed looks like.
-    {
-        let c = rusqlite::Connection::open(&path).unwrap();
+/// Turn a store into what schema 2 or 3 wrote: one row per event in an
+/// `events` table (same seqs; every third document as JSON text, the oldest
+/// form, the others compressed), without segments; `postings` keeps the
+/// block postings (schema 3) or drops them (schema 2). Seq `gap` is left out.
+fn make_legacy(path: &std::path::Path, postings: bool, gap: i64) {
+    let rows = StoreReader::open(path)
+        .unwrap()
+        .after(0, &parse("").unwrap(), 1_000_000)
+        .unwrap();
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch(
+        "DROP TABLE segments; DROP TABLE segment_data;
+         CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, time INTEGER NOT NULL,
+           type TEXT COLLATE NOCASE, user_name TEXT COLLATE NOCASE, doc TEXT NOT NULL);
+         CREATE INDEX events_time ON events(time);
+         UPDATE meta SET value = '3' WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    if !postings {
         c.execute_batch(
             "DROP TABLE blocks; DROP TABLE postings; DELETE FROM meta WHERE key = 'next_block';",
         )
         .unwrap();
     }
-    // Readers of such a store still answer (through SQL alone).
-    let r = StoreReader::open(&path).unwrap();
-    assert_eq!(
-        all_pages(&r, "user = dave", (None, None), 10_000).len(),
-        expected(&all, "user = dave", (None, None)).len()
-    );
-    drop(r);
-    drop(StoreWriter::open(&path, false).unwrap());
-    let c = rusqlite::Connection::open(&path).unwrap();
-    let blocks: i64 = c
-        .query_row("SELECT count(*) FROM blocks", [], |r| r.get(0))
+    let mut insert = c
+        .prepare("INSERT INTO events (seq, id, time, type, user_name, doc) VALUES (?1, ?2, ?3, 'http', ?4, ?5)")
         .unwrap();
-    assert_eq!(blocks, 1, "the closed block was indexed on open");
-    let r = StoreReader::open(&path).unwrap();
-    let got: Vec<_> = all_pages(&r, "user = dave", (None, None), 100)
-        .iter()
-        .map(|e| e.id())
-        .collect();
-    assert_eq!(got, expected(&all, "user = dave", (None, None)));
+    for (seq, e) in rows {
+        if seq == gap {
+            continue;
+        }
+        let json = serde_json::to_string(&e).unwrap();
+        let doc = if seq % 3 == 0 {
+            rusqlite::types::Value::Text(json)
+        } else {
+            rusqlite::types::Value::Blob(rampart_events::store::encode_doc(&json))
+        };
+        insert
+            .execute((seq, e.id().to_string(), e.time, e.user_name(), doc))
+            .unwrap();
+    }
+}
+
+/// Stores written before segments (with or without block postings) move
+/// into segments when the writer opens them: every event keeps its seq,
+/// reads back exactly and is found through postings, and new events follow.
+#[test]
+fn stores_of_older_schemas_move_into_segments_when_the_writer_opens_them() {
+    for postings in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(dir.path());
+        let all = scattered(BLOCK + 500);
+        {
+            let mut w = StoreWriter::open(&path, false).unwrap();
+            w.insert(&all).unwrap();
+        }
+        let gap = 100;
+        let gone = StoreReader::open(&path)
+            .unwrap()
+            .after(gap - 1, &parse("").unwrap(), 1)
+            .unwrap()[0]
+            .1
+            .id();
+        make_legacy(&path, postings, gap);
+        let all: Vec<Event> = all.into_iter().filter(|e| e.id() != gone).collect();
+        // Until a writer has moved them, readers say what to do.
+        let err = StoreReader::open(&path).err().unwrap().to_string();
+        assert!(err.contains("older Rampart"), "{err}");
+
+        let mut w = StoreWriter::open(&path, false).unwrap();
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let legacy: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(legacy, 0, "the old table is gone");
+        assert_eq!(w.count().unwrap(), all.len() as u64);
+        let r = StoreReader::open(&path).unwrap();
+        for q in ["user = dave", "device = dev-2 and action = block", ""] {
+            let got: Vec<_> = all_pages(&r, q, (None, None), 700)
+                .iter()
+                .map(|e| e.id())
+                .collect();
+            assert_eq!(got, expected(&all, q, (None, None)), "`{q}`, postings {postings}");
+        }
+        for e in all.iter().step_by(97) {
+            assert_eq!(r.get(&e.id().to_string()).unwrap().as_ref(), Some(e));
+        }
+        // New events continue after the old seqs and are found with them.
+        let more: Vec<Event> = (0..50)
+            .map(|i| common::http(i, 5_000_000 + i as i64))
+            .collect();
+        assert_eq!(w.insert(&more).unwrap(), 50);
+        let mut both = all.clone();
+        both.extend(more);
+        let got: Vec<_> = all_pages(&r, "user = erin", (None, None), 1000)
+            .iter()
+            .map(|e| e.id())
+            .collect();
+        assert_eq!(got, expected(&both, "user = erin", (None, None)));
+    }
 }
 
 #[test]

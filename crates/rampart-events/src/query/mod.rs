@@ -5,15 +5,14 @@
 //! host like "*.dropbox.com" or (process = python3 and not tls = decrypt)
 //! ```
 //!
-//! A query parses to an [`Expr`] and compiles to parameterised SQL: values are
-//! always bound parameters, never spliced into the SQL text.
+//! A query parses to an [`Expr`], which the store evaluates on each stored
+//! record it reads (through [`FieldValues`]); its equality tests on indexed
+//! fields also choose the postings to read (`store::plan`).
 
 mod lexer;
 mod parser;
-mod sql;
 
-pub use parser::{parse, Expr, Op, Query, Value};
-pub use sql::{compile, SqlFilter, SqlValue};
+pub use parser::{parse, Expr, FieldValues, Op, Query, Value};
 
 /// A query that could not be parsed, with the 1-based column of the offending text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

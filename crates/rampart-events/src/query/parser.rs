@@ -44,9 +44,33 @@ pub struct Query {
 }
 
 impl Query {
-    /// Whether `event` matches, evaluated in memory (used by `tail` over a server and by tests).
-    pub fn matches(&self, event: &crate::Event) -> bool {
+    /// Whether `event` (an OCSF event, or a stored record) matches, evaluated in memory.
+    pub fn matches<E: FieldValues + ?Sized>(&self, event: &E) -> bool {
         self.expr.as_ref().is_none_or(|e| e.matches(event))
+    }
+}
+
+/// What a query reads of an event: each field's value as text or as a number.
+pub trait FieldValues {
+    fn text(&self, field: Field) -> Option<std::borrow::Cow<'_, str>>;
+    fn integer(&self, field: Field) -> Option<i64>;
+}
+
+impl<T: FieldValues + ?Sized> FieldValues for &T {
+    fn text(&self, field: Field) -> Option<std::borrow::Cow<'_, str>> {
+        (**self).text(field)
+    }
+    fn integer(&self, field: Field) -> Option<i64> {
+        (**self).integer(field)
+    }
+}
+
+impl FieldValues for crate::Event {
+    fn text(&self, field: Field) -> Option<std::borrow::Cow<'_, str>> {
+        field.text(self).map(std::borrow::Cow::Owned)
+    }
+    fn integer(&self, field: Field) -> Option<i64> {
+        field.integer(self)
     }
 }
 
@@ -379,8 +403,8 @@ fn check_value(field: Field, text: &str, column: usize) -> Result<Value, QueryEr
 }
 
 impl Expr {
-    /// In-memory evaluation with the same meaning as the compiled SQL.
-    pub fn matches(&self, e: &crate::Event) -> bool {
+    /// In-memory evaluation: a missing value equals nothing and differs from everything.
+    pub fn matches<E: FieldValues + ?Sized>(&self, e: &E) -> bool {
         match self {
             Expr::And(a, b) => a.matches(e) && b.matches(e),
             Expr::Or(a, b) => a.matches(e) || b.matches(e),
@@ -391,10 +415,10 @@ impl Expr {
     }
 }
 
-fn compare(field: Field, op: Op, value: &Value, e: &crate::Event) -> bool {
+fn compare<E: FieldValues + ?Sized>(field: Field, op: Op, value: &Value, e: &E) -> bool {
     match value {
         Value::Integer(n) => {
-            let Some(actual) = field.integer(e) else {
+            let Some(actual) = e.integer(field) else {
                 return op == Op::Ne;
             };
             match op {
@@ -408,7 +432,7 @@ fn compare(field: Field, op: Op, value: &Value, e: &crate::Event) -> bool {
             }
         }
         Value::Text(t) => {
-            let actual = field.text(e);
+            let actual = e.text(field);
             if field.kind() == FieldKind::Set {
                 let has = actual
                     .as_deref()
@@ -611,6 +635,7 @@ mod tests {
             "user", "action", "status", "group", "=", "!=", "==", "<", ">=", "like", "in", "not",
             "and", "or", "(", ")", ",", "\"", "'", "block", "42", "*.x", "é", " ", "!", "eq",
         ];
+        let event = crate::flow::FlowSummary::new(crate::event::new_flow_id(), 1).http_event();
         let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
         for _ in 0..20_000 {
             let mut q = String::new();
@@ -626,9 +651,9 @@ mod tests {
                 }
             }
             match parse(&q) {
+                // Evaluating any parsed query on an event never panics either.
                 Ok(parsed) => {
-                    let sql = crate::query::compile(&parsed);
-                    assert_eq!(sql.sql.matches('?').count(), sql.params.len(), "{q}");
+                    let _ = parsed.matches(&event);
                 }
                 Err(e) => assert!(
                     e.column >= 1 && e.column <= q.chars().count() + 1,

@@ -1,6 +1,8 @@
 //! The values of a stored event's query columns, taken from a full OCSF event
 //! or straight from a flow record without building one.
 
+use std::borrow::Cow;
+
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use uuid::Uuid;
 
@@ -53,6 +55,46 @@ impl<R: Row> Row for Box<R> {
     }
     fn column(&self, f: Field) -> ToSqlOutput<'_> {
         (**self).column(f)
+    }
+}
+
+/// Queries read a stored record through its columns: the same values the
+/// OCSF event would give (the tests below hold them equal), without building it.
+impl crate::query::FieldValues for Record {
+    fn text(&self, field: Field) -> Option<Cow<'_, str>> {
+        match self {
+            Record::Event(e) => crate::query::FieldValues::text(&**e, field),
+            Record::Flow(flow) => match flow_column(field, flow) {
+                ToSqlOutput::Borrowed(ValueRef::Text(t)) => {
+                    std::str::from_utf8(t).ok().map(Cow::Borrowed)
+                }
+                ToSqlOutput::Owned(Value::Text(t)) if field.kind() == FieldKind::Set => {
+                    Some(Cow::Owned(t.trim_matches(',').to_string()))
+                }
+                ToSqlOutput::Owned(Value::Text(t)) => Some(Cow::Owned(t)),
+                ToSqlOutput::Owned(Value::Integer(n)) => Some(Cow::Owned(n.to_string())),
+                _ => None,
+            },
+        }
+    }
+
+    fn integer(&self, field: Field) -> Option<i64> {
+        match self {
+            Record::Event(e) => field.integer(e),
+            Record::Flow(flow) => match flow_column(field, flow) {
+                ToSqlOutput::Owned(Value::Integer(n)) => Some(n),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// A value as SQLite sees it.
+pub(crate) fn value_ref<'a>(v: &'a ToSqlOutput<'_>) -> ValueRef<'a> {
+    match v {
+        ToSqlOutput::Borrowed(v) => *v,
+        ToSqlOutput::Owned(v) => ValueRef::from(v),
+        _ => ValueRef::Null,
     }
 }
 

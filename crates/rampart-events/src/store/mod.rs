@@ -1,26 +1,28 @@
 //! The embedded event store: SQLite in WAL mode in the data dir.
 //!
 //! One writer (the pipeline's writer thread) inserts in batched transactions;
-//! any number of readers (CLI, API) open their own connections. Each query
-//! field is a column (`columns.rs`); the document is kept in `doc`: the flow
-//! record of HTTP and network events, compressed OCSF JSON of the others
-//! (see `doc.rs`). Time, id and alerts have SQLite indexes; the fields
-//! investigations start from (user, device, action, host, category, rule)
-//! have postings per block of 8,192 events (`postings.rs`), which queries
-//! use through a plan (`plan.rs`).
+//! any number of readers (CLI, API) open their own connections. Events are
+//! stored in segments of up to 1,024 (`segment.rs`): each event's stored form
+//! (`doc.rs`: the flow record of HTTP and network events, compressed OCSF JSON
+//! of the others), compressed together, with the segment's time and id range.
+//! The fields investigations start from (user, device, action, host,
+//! category, rule) have postings per block of 8,192 events (`postings.rs`),
+//! which queries use through a plan (`plan.rs`); every query is evaluated on
+//! the decoded records (`scan.rs`).
 
 mod columns;
 mod doc;
-mod indexed;
+mod scan;
+mod migrate;
 mod plan;
 mod postings;
 mod reader;
 mod schema;
+mod segment;
 mod writer;
 
 pub use columns::Row;
 pub use reader::{Cursor, Page, SearchRequest, StoreReader};
-pub use schema::ALERTS_CONDITION;
 pub use writer::{Checkpointer, RetentionReport, StoreWriter};
 
 /// The stored form of an event's JSON document, for [`StoreWriter::insert_encoded`].

@@ -2,18 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params_from_iter, Connection, OpenFlags};
-
 use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
 
-use super::doc;
-use super::indexed::{KeyScan, ScanError};
-use super::plan::{self, IndexPlan};
-use super::schema;
+use super::scan::{self, Hit, Scan, ScanError, SegmentCache};
+use super::{doc, plan, schema, segment, writer};
 use crate::error::EventsError;
 use crate::event::Event;
 use crate::field::Field;
-use crate::query::{compile, Expr, Op, Query, SqlFilter, SqlValue, Value};
+use crate::query::{Expr, Op, Query, Value};
 
 /// Where a page ended: newest-first order is `(time, seq)` descending.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,9 +56,6 @@ pub struct Page {
 pub struct StoreReader {
     conn: Connection,
     path: PathBuf,
-    /// Whether the store has block postings (schema 3; a store the server has
-    /// not upgraded yet is searched through SQL alone).
-    has_postings: bool,
 }
 
 impl StoreReader {
@@ -81,19 +75,14 @@ impl StoreReader {
         .map_err(err)?;
         schema::configure(&conn, false).map_err(err)?;
         conn.pragma_update(None, "query_only", true).map_err(err)?;
-        rusqlite::vtab::array::load_module(&conn).map_err(err)?;
-        let has_postings = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'blocks'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(err)?
-            > 0;
+        // A store written by an older version holds its events in one row
+        // each until a writer (the server) has opened it once.
+        if !schema::has_table(&conn, "segments").map_err(err)? {
+            return Err(EventsError::OldStore(path.to_path_buf()));
+        }
         Ok(StoreReader {
             conn,
             path: path.to_path_buf(),
-            has_postings,
         })
     }
 
@@ -104,79 +93,106 @@ impl StoreReader {
         }
     }
 
-    /// The event in a `doc` column (JSON text, compressed JSON or a flow record).
-    fn decode(&self, doc: ValueRef<'_>) -> Result<Event, EventsError> {
-        doc::decode_event(doc).map_err(|e| EventsError::DamagedDocument(e.to_string()))
+    /// The event in a stored form.
+    fn decode(&self, stored: &[u8]) -> Result<Event, EventsError> {
+        doc::decode_event(ValueRef::Blob(stored))
+            .map_err(|e| EventsError::DamagedDocument(e.to_string()))
     }
 
     fn scan_err(&self, e: ScanError) -> EventsError {
         match e {
             ScanError::Sql(source) => self.err(source),
-            ScanError::Postings(p) => EventsError::DamagedDocument(p.to_string()),
+            other => EventsError::DamagedDocument(other.to_string()),
         }
+    }
+
+    /// Run `scan` in one read transaction (postings and segments agree).
+    fn run(&self, scan: &Scan<'_>) -> Result<Vec<Hit>, EventsError> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let hits = scan.run(&tx).map_err(|e| self.scan_err(e))?;
+        tx.finish().map_err(|e| self.err(e))?;
+        Ok(hits)
+    }
+
+    fn events(&self, hits: &[Hit]) -> Result<Vec<Event>, EventsError> {
+        hits.iter().map(|h| self.decode(h.stored())).collect()
     }
 
     /// Events matching `req`, newest first.
     pub fn search(&self, req: &SearchRequest) -> Result<Page, EventsError> {
-        let filter = compile(&req.query);
-        if let Some(plan) = self.plan(&req.query) {
-            return self.search_planned(req, &filter, &plan);
-        }
-        let mut sql = format!("SELECT seq, time, doc FROM events WHERE ({})", filter.sql);
-        let mut params = filter.params;
-        if let Some(from) = req.from_ms {
-            sql.push_str(" AND time >= ?");
-            params.push(SqlValue::Integer(from));
-        }
-        if let Some(to) = req.to_ms {
-            sql.push_str(" AND time < ?");
-            params.push(SqlValue::Integer(to));
-        }
-        if let Some(c) = req.cursor {
-            sql.push_str(" AND (time < ? OR (time = ? AND seq < ?))");
-            params.extend([
-                SqlValue::Integer(c.time),
-                SqlValue::Integer(c.time),
-                SqlValue::Integer(c.seq),
-            ]);
-        }
         let limit = req.limit.clamp(1, 10_000);
-        sql.push_str(" ORDER BY time DESC, seq DESC LIMIT ?");
-        params.push(SqlValue::Integer(limit as i64 + 1));
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let mut rows = stmt
-            .query(params_from_iter(params.iter()))
-            .map_err(|e| self.err(e))?;
-        let mut events = Vec::new();
-        let mut last = None;
-        let mut more = false;
-        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
-            if events.len() == limit {
-                more = true;
-                break;
-            }
-            let seq: i64 = row.get(0).map_err(|e| self.err(e))?;
-            let time: i64 = row.get(1).map_err(|e| self.err(e))?;
-            events.push(self.decode(row.get_ref(2).map_err(|e| self.err(e))?)?);
-            last = Some(Cursor { time, seq });
-        }
+        let plan = plan::plan(&req.query);
+        let mut hits = self.run(&Scan {
+            query: &req.query,
+            plan: plan.as_ref(),
+            from_ms: req.from_ms,
+            to_ms: req.to_ms,
+            cursor: req.cursor,
+            want: limit + 1,
+            descending: true,
+        })?;
+        let more = hits.len() > limit;
+        hits.truncate(limit);
+        let next_cursor = if more {
+            hits.last().map(|h| {
+                Cursor {
+                    time: h.time,
+                    seq: h.seq,
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
         Ok(Page {
-            events,
-            next_cursor: if more { last.map(|c| c.encode()) } else { None },
+            events: self.events(&hits)?,
+            next_cursor,
         })
+    }
+
+    /// The stored form of the event with this id (`doc.rs`), for diagnostics.
+    pub fn stored_form(&self, id: &str) -> Result<Option<Vec<u8>>, EventsError> {
+        let Ok(id) = uuid::Uuid::try_parse(id) else {
+            return Ok(None);
+        };
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let found = self.find(&tx, &id);
+        tx.finish().map_err(|e| self.err(e))?;
+        found
     }
 
     /// The event with this id.
     pub fn get(&self, id: &str) -> Result<Option<Event>, EventsError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT doc FROM events WHERE id = ?1")
-            .map_err(|e| self.err(e))?;
-        let mut rows = stmt.query([id]).map_err(|e| self.err(e))?;
-        match rows.next().map_err(|e| self.err(e))? {
-            Some(row) => Ok(Some(self.decode(row.get_ref(0).map_err(|e| self.err(e))?)?)),
+        match self.stored_form(id)? {
+            Some(stored) => Ok(Some(self.decode(&stored)?)),
             None => Ok(None),
         }
+    }
+
+    /// The stored form of `id`, from the segments whose id range holds it.
+    fn find(&self, conn: &Connection, id: &uuid::Uuid) -> Result<Option<Vec<u8>>, EventsError> {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT s.seg, s.events, d.ids FROM segments s JOIN segment_data d ON d.seg = s.seg WHERE s.max_id >= ?1 AND s.min_id <= ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let key = &id.as_bytes()[..];
+        let mut rows = stmt.query([key]).map_err(|e| self.err(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            let ValueRef::Blob(ids) = row.get_ref(2).map_err(|e| self.err(e))? else {
+                continue;
+            };
+            let Some(offset) = segment::find_id(ids, id) else {
+                continue;
+            };
+            let first: i64 = row.get(0).map_err(|e| self.err(e))?;
+            let count: i64 = row.get(1).map_err(|e| self.err(e))?;
+            let seg = SegmentCache::default()
+                .load(conn, first, count)
+                .map_err(|e| self.scan_err(e))?;
+            return Ok(seg.stored(offset).map(<[u8]>::to_vec));
+        }
+        Ok(None)
     }
 
     /// Everything `device` did in `[from_ms, to_ms]`, oldest first.
@@ -194,107 +210,17 @@ impl StoreReader {
                 value: Value::Text(device.to_string()),
             }),
         };
-        let filter = compile(&query);
-        if let Some(plan) = self.plan(&query) {
-            let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
-            let keys = KeyScan {
-                filter: &filter,
-                plan: &plan,
-                from_ms: Some(from_ms),
-                to_ms: Some(to_ms.saturating_add(1)),
-                cursor: None,
-                want: limit,
-                descending: false,
-            }
-            .run(&tx)
-            .map_err(|e| self.scan_err(e))?;
-            let events = self.docs(&keys)?;
-            tx.finish().map_err(|e| self.err(e))?;
-            return Ok(events);
-        }
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT doc FROM events WHERE device = ?1 AND time >= ?2 AND time <= ?3 ORDER BY time, seq LIMIT ?4",
-            )
-            .map_err(|e| self.err(e))?;
-        let mut rows = stmt
-            .query((device, from_ms, to_ms, limit as i64))
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
-            out.push(self.decode(row.get_ref(0).map_err(|e| self.err(e))?)?);
-        }
-        Ok(out)
-    }
-
-    /// The postings plan for `query`, when this store has postings.
-    fn plan(&self, query: &Query) -> Option<IndexPlan> {
-        if self.has_postings {
-            plan::plan(query)
-        } else {
-            None
-        }
-    }
-
-    /// [`StoreReader::search`] through block postings.
-    fn search_planned(
-        &self,
-        req: &SearchRequest,
-        filter: &SqlFilter,
-        plan: &IndexPlan,
-    ) -> Result<Page, EventsError> {
-        let limit = req.limit.clamp(1, 10_000);
-        // One read transaction: the tail and the blocks are one snapshot.
-        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
-        let mut keys = KeyScan {
-            filter,
-            plan,
-            from_ms: req.from_ms,
-            to_ms: req.to_ms,
-            cursor: req.cursor,
-            want: limit + 1,
-            descending: true,
-        }
-        .run(&tx)
-        .map_err(|e| self.scan_err(e))?;
-        let more = keys.len() > limit;
-        keys.truncate(limit);
-        let events = self.docs(&keys)?;
-        tx.finish().map_err(|e| self.err(e))?;
-        let next_cursor = if more {
-            keys.last()
-                .map(|&(time, seq)| Cursor { time, seq }.encode())
-        } else {
-            None
-        };
-        Ok(Page {
-            events,
-            next_cursor,
-        })
-    }
-
-    /// The events with these `(time, seq)` keys, in the keys' order.
-    fn docs(&self, keys: &[(i64, i64)]) -> Result<Vec<Event>, EventsError> {
-        let seqs: std::rc::Rc<Vec<rusqlite::types::Value>> = std::rc::Rc::new(
-            keys.iter()
-                .map(|&(_, seq)| rusqlite::types::Value::Integer(seq))
-                .collect(),
-        );
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, doc FROM events WHERE seq IN rarray(?1)")
-            .map_err(|e| self.err(e))?;
-        let mut rows = stmt.query([seqs]).map_err(|e| self.err(e))?;
-        let mut by_seq = std::collections::HashMap::with_capacity(keys.len());
-        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
-            let seq: i64 = row.get(0).map_err(|e| self.err(e))?;
-            by_seq.insert(seq, self.decode(row.get_ref(1).map_err(|e| self.err(e))?)?);
-        }
-        Ok(keys
-            .iter()
-            .filter_map(|(_, seq)| by_seq.remove(seq))
-            .collect())
+        let plan = plan::plan(&query);
+        let hits = self.run(&Scan {
+            query: &query,
+            plan: plan.as_ref(),
+            from_ms: Some(from_ms),
+            to_ms: Some(to_ms.saturating_add(1)),
+            cursor: None,
+            want: limit,
+            descending: false,
+        })?;
+        self.events(&hits)
     }
 
     /// An alert and everything its device did within `window_ms` either side of it, in order.
@@ -326,37 +252,52 @@ impl StoreReader {
         query: &Query,
         limit: usize,
     ) -> Result<Vec<(i64, Event)>, EventsError> {
-        let filter = compile(query);
-        let sql = format!(
-            "SELECT seq, doc FROM events WHERE seq > ? AND ({}) ORDER BY seq LIMIT ?",
-            filter.sql
-        );
-        let mut params = vec![SqlValue::Integer(seq)];
-        params.extend(filter.params);
-        params.push(SqlValue::Integer(limit as i64));
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let mut rows = stmt
-            .query(params_from_iter(params.iter()))
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let segments: Vec<(i64, i64)> = tx
+            .prepare_cached(
+                "SELECT seg, events FROM segments WHERE seg + events - 1 > ?1 ORDER BY seg",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([seq], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .map_err(|e| self.err(e))?;
+        let mut cache = SegmentCache::default();
         let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
-            let s: i64 = row.get(0).map_err(|e| self.err(e))?;
-            out.push((s, self.decode(row.get_ref(1).map_err(|e| self.err(e))?)?));
+        'segments: for (first, count) in segments {
+            let seg = cache
+                .load(&tx, first, count)
+                .map_err(|e| self.scan_err(e))?;
+            for offset in 0..seg.len() {
+                let s = first + offset as i64;
+                if s <= seq {
+                    continue;
+                }
+                let rec = scan::record(&seg, offset, s).map_err(|e| self.scan_err(e))?;
+                if query.matches(&rec) {
+                    let stored = seg.stored(offset).unwrap_or_default();
+                    out.push((s, self.decode(stored)?));
+                    if out.len() >= limit {
+                        break 'segments;
+                    }
+                }
+            }
         }
+        tx.finish().map_err(|e| self.err(e))?;
         Ok(out)
     }
 
     /// The newest sequence number (0 when empty).
     pub fn last_seq(&self) -> Result<i64, EventsError> {
-        self.conn
-            .query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))
-            .map_err(|e| self.err(e))
+        writer::max_seq(&self.conn).map_err(|e| self.err(e))
     }
 
     pub fn count(&self) -> Result<u64, EventsError> {
         let n: i64 = self
             .conn
-            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .query_row("SELECT coalesce(sum(events), 0) FROM segments", [], |r| {
+                r.get(0)
+            })
             .map_err(|e| self.err(e))?;
         Ok(n as u64)
     }

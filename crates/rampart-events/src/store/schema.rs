@@ -4,38 +4,9 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::field::Field;
 
-/// Columns filled from each event, in insert order (after `id`, `time`).
-pub const COLUMNS: [Field; 25] = [
-    Field::Type,
-    Field::Flow,
-    Field::Action,
-    Field::User,
-    Field::Group,
-    Field::Device,
-    Field::Process,
-    Field::SrcIp,
-    Field::DstIp,
-    Field::DstPort,
-    Field::Host,
-    Field::Url,
-    Field::Method,
-    Field::Status,
-    Field::Category,
-    Field::App,
-    Field::Rule,
-    Field::RuleId,
-    Field::Revision,
-    Field::Tls,
-    Field::Bypass,
-    Field::BytesIn,
-    Field::BytesOut,
-    Field::Severity,
-    Field::Reporter,
-];
-
 /// Fields with postings per index block (see `postings.rs`): the ones
 /// investigations start from. `type` (four values) has none; alerts, the one
-/// rare type people list, have a partial index instead ([`ALERTS_INDEX`]).
+/// rare type people list, have a partial index on segments instead.
 pub const INDEXED: [Field; 6] = [
     Field::User,
     Field::Device,
@@ -45,46 +16,41 @@ pub const INDEXED: [Field; 6] = [
     Field::Rule,
 ];
 
-/// Alerts by time. SQLite uses a partial index only when the query states its
-/// condition literally, so `type = alert` compiles to this text (see `query::sql`).
-pub const ALERTS_CONDITION: &str = "type = 'alert'";
-const ALERTS_INDEX: &str = "events_alerts";
-
 pub fn create(conn: &Connection) -> rusqlite::Result<()> {
     // auto_vacuum must be chosen before the first table exists; INCREMENTAL lets
     // size-based retention hand pages back to the file system.
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
-    let mut cols = String::new();
-    for f in COLUMNS {
-        let ty = match f.kind() {
-            crate::field::FieldKind::Integer => "INTEGER",
-            _ => "TEXT COLLATE NOCASE",
-        };
-        cols.push_str(&format!(",\n  {} {ty}", f.column()));
-    }
-    let mut sql = format!(
-        "CREATE TABLE IF NOT EXISTS events (\n  seq INTEGER PRIMARY KEY,\n  id TEXT NOT NULL UNIQUE,\n  time INTEGER NOT NULL{cols},\n  doc TEXT NOT NULL\n);\nCREATE INDEX IF NOT EXISTS events_time ON events(time);\n"
-    );
-    // Schema 3: the `(field, time)` B-tree indexes of schema 2 became block
-    // postings, built once per 8,192 events instead of one insert per event and index.
-    for f in INDEXED {
-        sql.push_str(&format!("DROP INDEX IF EXISTS events_{};\n", f.column()));
-    }
-    sql.push_str(
-        "CREATE TABLE IF NOT EXISTS blocks (\n  block INTEGER PRIMARY KEY,\n  events INTEGER NOT NULL,\n  min_time INTEGER,\n  max_time INTEGER\n);\n\
-         CREATE TABLE IF NOT EXISTS postings (\n  block INTEGER NOT NULL,\n  field TEXT NOT NULL,\n  data BLOB NOT NULL,\n  PRIMARY KEY (block, field)\n) WITHOUT ROWID;\n",
-    );
-    sql.push_str(&format!(
-        "CREATE INDEX IF NOT EXISTS {ALERTS_INDEX} ON events(time) WHERE {ALERTS_CONDITION};\n"
-    ));
-    // Schema 2: stores written by schema 1 had a `(type, time)` index; it
-    // only slowed inserts once alerts had their own index.
-    sql.push_str(
-        "DROP INDEX IF EXISTS events_type;\n\
+    // Schema 4: events live in segments (`segment.rs`), a row per ~1,000
+    // events; `segments` is the small, scanned part, `segment_data` the bulk.
+    // `seg` is the segment's first seq. The indexes serve time ranges, id
+    // lookups (ids are time-ordered UUIDv7, so a segment's id range is narrow)
+    // and the alerts list (the one rare type people list).
+    // Block postings (`postings.rs`) address events by seq, as in schema 3.
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS segments (\n  seg INTEGER PRIMARY KEY,\n  events INTEGER NOT NULL,\n  min_time INTEGER NOT NULL,\n  max_time INTEGER NOT NULL,\n  min_id BLOB NOT NULL,\n  max_id BLOB NOT NULL,\n  alerts INTEGER NOT NULL\n);\n\
+         CREATE TABLE IF NOT EXISTS segment_data (\n  seg INTEGER PRIMARY KEY,\n  ids BLOB NOT NULL,\n  data BLOB NOT NULL\n);\n\
+         CREATE INDEX IF NOT EXISTS segments_time ON segments(max_time, min_time);\n\
+         CREATE INDEX IF NOT EXISTS segments_ids ON segments(max_id, min_id);\n\
+         CREATE INDEX IF NOT EXISTS segments_alerts ON segments(max_time, min_time) WHERE alerts > 0;\n\
+         CREATE TABLE IF NOT EXISTS blocks (\n  block INTEGER PRIMARY KEY,\n  events INTEGER NOT NULL,\n  min_time INTEGER,\n  max_time INTEGER\n);\n\
+         CREATE TABLE IF NOT EXISTS postings (\n  block INTEGER NOT NULL,\n  field TEXT NOT NULL,\n  data BLOB NOT NULL,\n  PRIMARY KEY (block, field)\n) WITHOUT ROWID;\n\
          CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n\
-         INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '3');\n",
-    );
-    conn.execute_batch(&sql)
+         INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '4');\n",
+    )
+}
+
+/// The table of one row per event that schemas 1–3 stored events in; the
+/// writer moves its rows into segments (`writer.rs`, `migrate_rows`).
+pub const LEGACY_EVENTS: &str = "events";
+
+/// Whether `table` exists.
+pub fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
 }
 
 /// The `meta` key holding the first block not yet indexed: events with a seq

@@ -2,30 +2,30 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension};
+use std::collections::HashSet;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::Connection;
 
-use super::columns::Row;
-use super::doc;
+use super::columns::{value_ref, Row};
 use super::postings::{self, PostingsBuilder, BLOCK_EVENTS};
-use super::schema::{self, COLUMNS, INDEXED};
+use super::schema::{self, INDEXED};
+use super::segment::{self, Segment, SegmentBuilder};
+use super::{doc, migrate};
 use crate::error::EventsError;
 use crate::event::Event;
+use crate::field::Field;
 
-/// Rows deleted per retention statement, so one pass never holds the write lock long.
-const RETENTION_CHUNK: i64 = 20_000;
+/// Segments deleted per retention transaction, so one pass never holds the write lock long.
+const RETENTION_CHUNK: i64 = 256;
 
 pub struct StoreWriter {
     conn: Connection,
     path: PathBuf,
-    insert_sql: String,
     /// Postings of the block being filled, built as rows are inserted so
     /// closing a block writes them without reading the block back. `None`
     /// after an error or at start: reloaded from the stored rows.
     filling: Option<BlockPostings>,
-    /// Where each of [`INDEXED`] is in [`COLUMNS`].
-    indexed_columns: [usize; INDEXED.len()],
 }
 
 /// Copies committed WAL pages into the database file in the background, so the
@@ -86,24 +86,13 @@ impl StoreWriter {
             .and_then(|_| conn.pragma_update(None, "wal_autocheckpoint", 262_144))
             .and_then(|_| conn.pragma_update(None, "journal_size_limit", 256i64 << 20))
             .map_err(store_err)?;
-        let names: Vec<&str> = COLUMNS.iter().map(|f| f.column()).collect();
-        let marks = vec!["?"; COLUMNS.len() + 4].join(", ");
-        let insert_sql = format!(
-            "INSERT OR IGNORE INTO events (seq, id, time, {}, doc) VALUES ({marks})",
-            names.join(", ")
-        );
         let mut w = StoreWriter {
             conn,
             path: path.to_path_buf(),
-            insert_sql,
             filling: None,
-            indexed_columns: std::array::from_fn(|i| {
-                COLUMNS
-                    .iter()
-                    .position(|c| *c == INDEXED[i])
-                    .unwrap_or_default()
-            }),
         };
+        // Rows of schemas 1–3 move into segments first (interrupted moves resume).
+        migrate::legacy_rows(&mut w.conn).map_err(store_err)?;
         // A store written by schema 2 (or a crash between commits, which cannot
         // leave a closed block unindexed, but costs nothing to check) is indexed now.
         let tx = w
@@ -167,59 +156,54 @@ impl StoreWriter {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(wrap)?;
-        // Seqs are assigned here rather than by SQLite: a new seq never falls
-        // into a block that is already indexed, even after retention emptied
-        // the table (SQLite would restart rowids at 1).
+        // Seqs are assigned here: a new seq never falls into a block that is
+        // already indexed, even after retention emptied the store.
         let mut seq = max_seq(&tx)
             .and_then(|m| Ok(m.max(schema::next_block(&tx)? * BLOCK_EVENTS)))
             .map_err(wrap)?;
         index_closed_blocks(&tx, seq).map_err(wrap)?;
+        let mut stored = stored_ids(&tx, rows).map_err(wrap)?;
         // Taken: an error below leaves `None`, and the next call reloads.
         let block = seq / BLOCK_EVENTS;
         let mut filling = match self.filling.take() {
             Some(f) if f.block == block => f,
             _ => BlockPostings::read(&tx, block).map_err(wrap)?,
         };
+        let mut segment = SegmentBuilder::default();
+        let mut segment_first = seq + 1;
         let mut inserted = 0;
-        {
-            let mut stmt = tx.prepare_cached(&self.insert_sql).map_err(wrap)?;
-            let mut id_buf = uuid::Uuid::encode_buffer();
-            for (row, blob) in rows.iter().zip(blobs) {
-                // Each column's value once, for its parameter and for the
-                // postings; borrowed from the row where it holds the text.
-                let values: [ToSqlOutput<'_>; COLUMNS.len()] =
-                    std::array::from_fn(|i| row.column(COLUMNS[i]));
-                stmt.raw_bind_parameter(1, seq + 1).map_err(wrap)?;
-                let id = row.id();
-                let id: &str = id.hyphenated().encode_lower(&mut id_buf);
-                stmt.raw_bind_parameter(2, id).map_err(wrap)?;
-                let time = row.time();
-                stmt.raw_bind_parameter(3, time).map_err(wrap)?;
-                for (i, v) in values.iter().enumerate() {
-                    stmt.raw_bind_parameter(i + 4, v).map_err(wrap)?;
-                }
-                stmt.raw_bind_parameter(COLUMNS.len() + 4, blob.as_slice())
-                    .map_err(wrap)?;
-                // 0 when the id is already stored: that seq stays free.
-                if stmt.raw_execute().map_err(wrap)? == 0 {
-                    continue;
-                }
-                seq += 1;
-                inserted += 1;
-                filling.add(
-                    seq,
-                    time,
-                    self.indexed_columns.iter().map(|&i| value_ref(&values[i])),
-                );
-                if seq == postings::block_seqs(filling.block).1 {
-                    // The block's last seq: it is complete, index it now.
-                    let next = BlockPostings::new(filling.block + 1);
-                    std::mem::replace(&mut filling, next)
-                        .write(&tx)
-                        .map_err(wrap)?;
-                    set_next_block(&tx, filling.block).map_err(wrap)?;
-                }
+        for (row, blob) in rows.iter().zip(blobs) {
+            let id = row.id();
+            // Already stored (a replayed spool, a retried upload): skip it.
+            if !stored.insert(*id.as_bytes()) {
+                continue;
             }
+            let time = row.time();
+            let alert = matches!(
+                value_ref(&row.column(Field::Type)),
+                ValueRef::Text(b"alert")
+            );
+            seq += 1;
+            inserted += 1;
+            segment.push(id, time, blob, alert);
+            let values: [ToSqlOutput<'_>; INDEXED.len()] =
+                std::array::from_fn(|i| row.column(INDEXED[i]));
+            filling.add(seq, time, values.iter().map(value_ref));
+            if segment.is_full() {
+                write_segment(&tx, segment_first, &mut segment).map_err(wrap)?;
+                segment_first = seq + 1;
+            }
+            if seq == postings::block_seqs(filling.block).1 {
+                // The block's last seq: it is complete, index it now.
+                let next = BlockPostings::new(filling.block + 1);
+                std::mem::replace(&mut filling, next)
+                    .write(&tx)
+                    .map_err(wrap)?;
+                set_next_block(&tx, filling.block).map_err(wrap)?;
+            }
+        }
+        if !segment.is_empty() {
+            write_segment(&tx, segment_first, &mut segment).map_err(wrap)?;
         }
         tx.commit().map_err(wrap)?;
         self.filling = Some(filling);
@@ -228,6 +212,10 @@ impl StoreWriter {
 
     /// Delete events older than `max_age_ms` and, while the database is larger
     /// than `max_bytes`, the oldest events; then return freed pages to the OS.
+    ///
+    /// Whole segments go: a segment leaves once its newest event is older than
+    /// the limit, so an event can outlive the limit by the time span of its
+    /// segment (one commit of the writer: a second or less on a live gateway).
     pub fn enforce_retention(
         &mut self,
         now_ms: i64,
@@ -238,54 +226,46 @@ impl StoreWriter {
         if let Some(age) = max_age_ms {
             let cutoff = now_ms.saturating_sub(age);
             loop {
-                let n = self
-                    .conn
-                    .execute(
-                        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE time < ?1 ORDER BY time LIMIT ?2)",
-                        (cutoff, RETENTION_CHUNK),
-                    )
+                let (segments, events) = self
+                    .delete_oldest(cutoff, RETENTION_CHUNK)
                     .map_err(|e| self.err(e))?;
-                report.expired += n as u64;
-                if (n as i64) < RETENTION_CHUNK {
+                report.expired += events;
+                if segments < RETENTION_CHUNK {
                     break;
                 }
             }
         }
         if let Some(max) = max_bytes {
-            // Bounded loop: each round removes ~5% of the rows.
+            // Bounded loop: each round removes ~5% of the segments.
             for _ in 0..64 {
                 if self.live_bytes()? <= max {
                     break;
                 }
-                let rows: i64 = self
+                let segments: i64 = self
                     .conn
-                    .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                    .query_row("SELECT count(*) FROM segments", [], |r| r.get(0))
                     .map_err(|e| self.err(e))?;
-                if rows == 0 {
+                if segments == 0 {
                     break;
                 }
-                let chunk = (rows / 20).max(1);
-                let n = self
-                    .conn
-                    .execute(
-                        "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY time LIMIT ?1)",
-                        [chunk],
-                    )
+                let (_, events) = self
+                    .delete_oldest(i64::MAX, (segments / 20).max(1))
                     .map_err(|e| self.err(e))?;
-                report.evicted_for_size += n as u64;
+                report.evicted_for_size += events;
             }
         }
         if report.expired + report.evicted_for_size > 0 {
             // Postings of blocks with no event left; a partly emptied block keeps
             // its postings (they point at a few missing seqs, which find nothing).
+            let first_live = "(SELECT coalesce((min(seg) - 1) / ?1, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_block'), 0) FROM segments)";
             self.conn
                 .execute(
-                    "DELETE FROM postings WHERE block < (SELECT coalesce((min(seq) - 1) / ?1, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_block'), 0) FROM events)",
+                    &format!("DELETE FROM postings WHERE block < {first_live}"),
                     [BLOCK_EVENTS],
                 )
                 .and_then(|_| {
                     self.conn.execute(
-                        "DELETE FROM blocks WHERE block < (SELECT coalesce((min(seq) - 1) / ?1, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_block'), 0) FROM events)",
+                        &format!("DELETE FROM blocks WHERE block < {first_live}"),
                         [BLOCK_EVENTS],
                     )
                 })
@@ -295,6 +275,31 @@ impl StoreWriter {
                 .map_err(|e| self.err(e))?;
         }
         Ok(report)
+    }
+
+    /// Delete up to `limit` segments whose newest event is older than
+    /// `before`, oldest first, in one transaction: (segments, events) deleted.
+    fn delete_oldest(&mut self, before: i64, limit: i64) -> rusqlite::Result<(i64, u64)> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let doomed: Vec<(i64, i64)> = tx
+            .prepare_cached(
+                "SELECT seg, events FROM segments WHERE max_time < ?1 ORDER BY max_time LIMIT ?2",
+            )?
+            .query_map((before, limit), |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        {
+            let mut meta = tx.prepare_cached("DELETE FROM segments WHERE seg = ?1")?;
+            let mut data = tx.prepare_cached("DELETE FROM segment_data WHERE seg = ?1")?;
+            for (seg, _) in &doomed {
+                meta.execute([seg])?;
+                data.execute([seg])?;
+            }
+        }
+        tx.commit()?;
+        let events = doomed.iter().map(|(_, n)| *n as u64).sum();
+        Ok((doomed.len() as i64, events))
     }
 
     /// Bytes used by live pages (file size minus free pages).
@@ -312,18 +317,68 @@ impl StoreWriter {
 
     /// Number of stored events.
     pub fn count(&self) -> Result<u64, EventsError> {
-        let n: Option<i64> = self
+        let n: i64 = self
             .conn
-            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-            .optional()
+            .query_row("SELECT coalesce(sum(events), 0) FROM segments", [], |r| {
+                r.get(0)
+            })
             .map_err(|e| self.err(e))?;
-        Ok(n.unwrap_or(0) as u64)
+        Ok(n as u64)
     }
 }
 
-/// The highest seq in the table (0 when empty).
-fn max_seq(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))
+/// The highest seq stored (0 when empty).
+pub(super) fn max_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT coalesce((SELECT seg + events - 1 FROM segments ORDER BY seg DESC LIMIT 1), 0)",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Store a segment whose first seq is `first` (the builder is emptied).
+pub(super) fn write_segment(
+    conn: &Connection,
+    first: i64,
+    segment: &mut SegmentBuilder,
+) -> rusqlite::Result<()> {
+    let s = segment.finish();
+    conn.prepare_cached(
+        "INSERT INTO segments (seg, events, min_time, max_time, min_id, max_id, alerts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute((
+        first,
+        s.count as i64,
+        s.min_time,
+        s.max_time,
+        &s.min_id[..],
+        &s.max_id[..],
+        s.alerts,
+    ))?;
+    conn.prepare_cached("INSERT INTO segment_data (seg, ids, data) VALUES (?1, ?2, ?3)")?
+        .execute((first, s.ids, s.data))?;
+    Ok(())
+}
+
+/// The ids of `rows` that are already stored, from the segments whose id
+/// range overlaps theirs. Ids are time-ordered, so on the live path that is
+/// the newest segment or two.
+fn stored_ids<R: Row>(conn: &Connection, rows: &[R]) -> rusqlite::Result<HashSet<[u8; 16]>> {
+    let mut set = HashSet::with_capacity(rows.len() * 2);
+    let Some(min) = rows.iter().map(|r| *r.id().as_bytes()).min() else {
+        return Ok(set);
+    };
+    let max = rows.iter().map(|r| *r.id().as_bytes()).max().unwrap_or(min);
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.ids FROM segments s JOIN segment_data d ON d.seg = s.seg WHERE s.max_id >= ?1 AND s.min_id <= ?2",
+    )?;
+    let mut found = stmt.query((&min[..], &max[..]))?;
+    while let Some(row) = found.next()? {
+        if let ValueRef::Blob(ids) = row.get_ref(0)? {
+            set.extend(segment::ids(ids));
+        }
+    }
+    Ok(set)
 }
 
 /// Index every block whose seqs are all assigned (`max_seq` is the highest)
@@ -383,23 +438,38 @@ impl BlockPostings {
         }
     }
 
-    /// The postings of a block's stored rows (after a restart, or for a store
-    /// written before postings existed).
+    /// The postings of a block's stored events (after a restart, or for a
+    /// store written before postings existed). An event whose stored form
+    /// cannot be read is left out of the postings, not the store.
     fn read(conn: &Connection, block: i64) -> rusqlite::Result<BlockPostings> {
         let (lo, hi) = postings::block_seqs(block);
-        let cols: Vec<&str> = INDEXED.iter().map(|f| f.column()).collect();
-        let sql = format!(
-            "SELECT seq, time, {} FROM events WHERE seq BETWEEN ?1 AND ?2",
-            cols.join(", ")
-        );
         let mut out = BlockPostings::new(block);
-        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT s.seg, s.events, d.data FROM segments s JOIN segment_data d ON d.seg = s.seg WHERE s.seg <= ?2 AND s.seg + s.events - 1 >= ?1 ORDER BY s.seg",
+        )?;
         let mut rows = stmt.query((lo, hi))?;
         while let Some(row) = rows.next()? {
-            let values = (0..INDEXED.len())
-                .map(|i| row.get_ref(i + 2))
-                .collect::<Result<Vec<_>, _>>()?;
-            out.add(row.get(0)?, row.get(1)?, values.into_iter());
+            let first: i64 = row.get(0)?;
+            let count: i64 = row.get(1)?;
+            let ValueRef::Blob(data) = row.get_ref(2)? else {
+                continue;
+            };
+            let Ok(seg) = Segment::decode(data, count as usize) else {
+                tracing::warn!(segment = first, "unreadable event segment left out of the index");
+                continue;
+            };
+            for offset in 0..seg.len() {
+                let seq = first + offset as i64;
+                if seq < lo || seq > hi {
+                    continue;
+                }
+                let Some(Ok(record)) = seg.stored(offset).map(super::decode_stored) else {
+                    continue;
+                };
+                let values: [ToSqlOutput<'_>; INDEXED.len()] =
+                    std::array::from_fn(|i| record.column(INDEXED[i]));
+                out.add(seq, record.time(), values.iter().map(value_ref));
+            }
         }
         Ok(out)
     }
@@ -424,14 +494,5 @@ impl BlockPostings {
             }
         }
         Ok(())
-    }
-}
-
-/// A bound value as SQLite sees it.
-fn value_ref<'a>(v: &'a ToSqlOutput<'_>) -> ValueRef<'a> {
-    match v {
-        ToSqlOutput::Borrowed(v) => *v,
-        ToSqlOutput::Owned(v) => ValueRef::from(v),
-        _ => ValueRef::Null,
     }
 }

@@ -54,3 +54,18 @@ pub fn summary(i: u64, time_ms: i64) -> FlowSummary {
     f.bytes_out = 100;
     f
 }
+
+/// An alert (Detection Finding) on the device of event `i`, at `time_ms`.
+pub fn alert(i: u64, time_ms: i64) -> Event {
+    let mut f = summary(i, time_ms);
+    f.start_ms = time_ms;
+    f.alert_event(
+        &rampart_events::AlertSpec {
+            title: format!("alert {i}"),
+            desc: None,
+            severity: rampart_events::Severity::High,
+            types: vec!["malware".into()],
+        },
+        None,
+    )
+}
