@@ -206,8 +206,8 @@ fn missing_store_names_the_path() {
     );
 }
 
-/// The alerts list finds the rare alerts among many other events (segments
-/// without alerts are skipped through a partial index, not decoded).
+/// The alerts list finds the rare alerts among many other events (through
+/// `type` postings: the events around them are not decoded).
 #[test]
 fn alert_searches_find_every_alert_among_many_events() {
     let dir = tempfile::tempdir().unwrap();

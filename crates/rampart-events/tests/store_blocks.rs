@@ -179,6 +179,11 @@ fn make_legacy(path: &std::path::Path, postings: bool, gap: i64) {
          UPDATE meta SET value = '3' WHERE key = 'schema_version';",
     )
     .unwrap();
+    // Schema 3 had no `type` postings.
+    c.execute_batch(
+        "DELETE FROM postings WHERE field = 'type'; DELETE FROM meta WHERE key = 'indexed_fields';",
+    )
+    .unwrap();
     if !postings {
         c.execute_batch(
             "DROP TABLE blocks; DROP TABLE postings; DELETE FROM meta WHERE key = 'next_block';",
@@ -242,12 +247,21 @@ fn stores_of_older_schemas_move_into_segments_when_the_writer_opens_them() {
         assert_eq!(legacy, 0, "the old table is gone");
         assert_eq!(w.count().unwrap(), all.len() as u64);
         let r = StoreReader::open(&path).unwrap();
-        for q in ["user = dave", "device = dev-2 and action = block", ""] {
+        for q in [
+            "user = dave",
+            "device = dev-2 and action = block",
+            "type = http and user = bob",
+            "",
+        ] {
             let got: Vec<_> = all_pages(&r, q, (None, None), 700)
                 .iter()
                 .map(|e| e.id())
                 .collect();
-            assert_eq!(got, expected(&all, q, (None, None)), "`{q}`, postings {postings}");
+            assert_eq!(
+                got,
+                expected(&all, q, (None, None)),
+                "`{q}`, postings {postings}"
+            );
         }
         for e in all.iter().step_by(97) {
             assert_eq!(r.get(&e.id().to_string()).unwrap().as_ref(), Some(e));

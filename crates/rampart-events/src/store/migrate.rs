@@ -6,13 +6,16 @@
 //! old table or in a segment).
 
 use rusqlite::types::ValueRef;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::doc;
-use super::schema::{self, LEGACY_EVENTS};
+use super::schema::{self, INDEXED, LEGACY_EVENTS};
 use super::segment::SegmentBuilder;
-use super::writer::write_segment;
+use super::writer::{reindex_block, write_segment};
+
+/// The `meta` key naming the fields the block postings were built for.
+const INDEXED_FIELDS_KEY: &str = "indexed_fields";
 
 /// Rows moved per transaction.
 const CHUNK: i64 = 8192;
@@ -40,7 +43,8 @@ pub fn legacy_rows(conn: &mut Connection) -> rusqlite::Result<()> {
         }
         tx.commit()?;
         moved += n;
-        if moved % (CHUNK * 128) < CHUNK {
+        // About every million events.
+        if moved % (CHUNK * 128) < n {
             tracing::info!(moved, total, "moving stored events into segments");
         }
     }
@@ -53,9 +57,7 @@ pub fn legacy_rows(conn: &mut Connection) -> rusqlite::Result<()> {
 
 /// Move the `CHUNK` oldest rows (by seq); how many moved.
 fn move_chunk(conn: &Connection) -> rusqlite::Result<i64> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, id, time, type = 'alert', doc FROM events ORDER BY seq LIMIT ?1",
-    )?;
+    let mut stmt = conn.prepare("SELECT seq, id, time, doc FROM events ORDER BY seq LIMIT ?1")?;
     let mut rows = stmt.query([CHUNK])?;
     let mut segment = SegmentBuilder::default();
     let (mut first, mut last) = (0i64, 0i64);
@@ -80,14 +82,13 @@ fn move_chunk(conn: &Connection) -> rusqlite::Result<i64> {
         }
         .unwrap_or_else(Uuid::nil);
         let time: i64 = row.get(2)?;
-        let alert = row.get::<_, Option<bool>>(3)?.unwrap_or(false);
-        let stored = match row.get_ref(4)? {
+        let stored = match row.get_ref(3)? {
             ValueRef::Blob(b) => b.to_vec(),
             // The oldest rows hold the JSON text itself.
             ValueRef::Text(t) => doc::encode(&String::from_utf8_lossy(t)),
             _ => doc::encode("null"),
         };
-        segment.push(id, time, &stored, alert);
+        segment.push(id, time, &stored);
         moved += 1;
     }
     if !segment.is_empty() {
@@ -95,4 +96,47 @@ fn move_chunk(conn: &Connection) -> rusqlite::Result<i64> {
     }
     conn.execute("DELETE FROM events WHERE seq <= ?1", [last])?;
     Ok(moved)
+}
+
+/// When the stored block postings were built for other fields than
+/// [`INDEXED`] (schema 3 had no `type` postings), build them again.
+pub fn indexed_fields(conn: &mut Connection) -> rusqlite::Result<()> {
+    let want = INDEXED
+        .iter()
+        .map(|f| f.column())
+        .collect::<Vec<_>>()
+        .join(",");
+    let have: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [INDEXED_FIELDS_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if have.as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    let blocks: Vec<i64> = conn
+        .prepare("SELECT block FROM blocks ORDER BY block")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if !blocks.is_empty() {
+        tracing::info!(
+            blocks = blocks.len(),
+            fields = %want,
+            "indexing stored events for the current query fields; this runs once"
+        );
+    }
+    for chunk in blocks.chunks(16) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for &block in chunk {
+            reindex_block(&tx, block)?;
+        }
+        tx.commit()?;
+    }
+    conn.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+        (INDEXED_FIELDS_KEY, &want),
+    )?;
+    Ok(())
 }

@@ -12,11 +12,11 @@
 
 mod columns;
 mod doc;
-mod scan;
 mod migrate;
 mod plan;
 mod postings;
 mod reader;
+mod scan;
 mod schema;
 mod segment;
 mod writer;

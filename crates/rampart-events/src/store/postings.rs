@@ -1,17 +1,17 @@
 //! Block postings: for one field of one index block, which events carry each value.
 //!
-//! Events are numbered by `seq` (the table's rowid, assigned in insert order).
-//! Seqs `1..=8192` form block 0, the next 8,192 block 1, and so on. Once the
-//! writer has assigned every seq of a block it "closes" the block: for each
-//! indexed field it groups the block's events by value and stores one
-//! postings blob per field. Building that in memory costs a hash lookup per
-//! event and field; the six `(field, time)` B-tree indexes it replaces cost a
-//! B-tree insert each (about 2 µs per event per index), which is what bounded
-//! the writer. Queries read one blob per block and field they touch.
+//! Events are numbered by `seq`, assigned in insert order. Seqs `1..=8192`
+//! form block 0, the next 8,192 block 1, and so on. For each indexed field
+//! the writer groups a block's events by value and stores one postings blob
+//! per field: at every commit for the block being filled, and once more when
+//! its last seq is assigned. Building that in memory costs a hash lookup per
+//! event and field; a `(field, time)` B-tree index costs a B-tree insert per
+//! event (about 2 µs per event per index). Queries read one blob per block
+//! and field they touch.
 //!
-//! Values are keyed by their ASCII lowercase, like the columns' `NOCASE`
-//! collation, so a lookup yields every event the SQL filter could match; the
-//! filter still runs on those events and decides.
+//! Values are keyed by their ASCII lowercase, so a lookup yields every event
+//! the case-insensitive query could match; the query still runs on those
+//! events and decides.
 //!
 //! Blob layout (all integers LEB128 varints):
 //!
@@ -76,15 +76,25 @@ impl PostingsBuilder {
     }
 
     /// The blob, keys sorted.
-    pub fn encode(self) -> Vec<u8> {
-        let mut entries: Vec<(String, Vec<u32>)> = self.lists.into_iter().collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    pub fn encode(&self) -> Vec<u8> {
+        let mut entries: Vec<(&String, &Vec<u32>)> = self.lists.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut out = vec![FORMAT_V1];
         put_varint(&mut out, entries.len() as u64);
         let mut list = Vec::new();
-        for (key, mut offsets) in entries {
-            // Callers add in seq order; sorting keeps the gaps non-negative regardless.
-            offsets.sort_unstable();
+        for (key, offsets) in entries {
+            // Callers add in seq order; anything else is sorted here rather
+            // than encoded as a wrong list.
+            let sorted;
+            let offsets = if offsets.windows(2).all(|w| w[0] < w[1]) {
+                offsets
+            } else {
+                let mut copy = offsets.clone();
+                copy.sort_unstable();
+                copy.dedup();
+                sorted = copy;
+                &sorted
+            };
             put_varint(&mut out, key.len() as u64);
             out.extend_from_slice(key.as_bytes());
             list.clear();

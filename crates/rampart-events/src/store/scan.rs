@@ -12,12 +12,11 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::plan::IndexPlan;
-use super::postings::{self, PostingsError, BLOCK_EVENTS};
-use super::schema;
+use super::postings::{self, PostingsError};
 use super::segment::{Segment, SegmentError};
 use super::Cursor;
 use crate::field::Field;
-use crate::query::{Expr, Op, Query, Value};
+use crate::query::Query;
 use crate::record::Record;
 
 /// A failure reading the store, its postings or its segments.
@@ -229,14 +228,6 @@ impl Scan<'_> {
         cache: &mut SegmentCache,
     ) -> Result<Vec<Hit>, ScanError> {
         let (from, to) = self.bounds();
-        // `alerts > 0` is stated literally so SQLite can use the partial index.
-        let only_alerts = self
-            .query
-            .expr
-            .as_ref()
-            .is_some_and(requires_alert)
-            .then_some(" AND alerts > 0")
-            .unwrap_or_default();
         let order = if self.descending {
             "max_time DESC"
         } else {
@@ -245,7 +236,7 @@ impl Scan<'_> {
         let segments = segment_rows(
             conn,
             &format!(
-                "SELECT seg, events, min_time, max_time FROM segments WHERE max_time >= ?1 AND min_time < ?2{only_alerts} ORDER BY {order}"
+                "SELECT seg, events, min_time, max_time FROM segments WHERE max_time >= ?1 AND min_time < ?2 ORDER BY {order}"
             ),
             (from, to),
         )?;
@@ -263,35 +254,16 @@ impl Scan<'_> {
         Ok(hits)
     }
 
-    /// The unindexed tail by scan, then the indexed blocks that overlap the
-    /// time range through their postings.
+    /// The blocks that overlap the time range, through their postings (the
+    /// writer keeps every committed event indexed, the block being filled too).
     fn run_planned(
         &self,
         conn: &Connection,
         plan: &IndexPlan,
         cache: &mut SegmentCache,
     ) -> Result<Vec<Hit>, ScanError> {
-        let tail_from = schema::next_block(conn)? * BLOCK_EVENTS;
         let (from, to) = self.bounds();
         let mut hits = Vec::new();
-        let tail = segment_rows(
-            conn,
-            "SELECT seg, events, min_time, max_time FROM segments WHERE seg + events - 1 > ?1 ORDER BY seg",
-            [tail_from],
-        )?;
-        for s in tail {
-            if s.max_time < from || s.min_time >= to {
-                continue;
-            }
-            let seg = cache.load(conn, s.first, s.count)?;
-            for offset in 0..seg.len() {
-                let seq = s.first + offset as i64;
-                if seq > tail_from {
-                    self.consider(&seg, offset, seq, &mut hits)?;
-                }
-            }
-        }
-        self.keep_first(&mut hits);
         let order = if self.descending {
             "max_time DESC"
         } else {
@@ -300,9 +272,9 @@ impl Scan<'_> {
         let blocks = segment_rows(
             conn,
             &format!(
-                "SELECT block, events, min_time, max_time FROM blocks WHERE events > 0 AND block < ?3 AND max_time >= ?1 AND min_time < ?2 ORDER BY {order}"
+                "SELECT block, events, min_time, max_time FROM blocks WHERE events > 0 AND max_time >= ?1 AND min_time < ?2 ORDER BY {order}"
             ),
-            (from, to, tail_from / BLOCK_EVENTS),
+            (from, to),
         )?;
         for b in blocks {
             if !self.can_contribute(&hits, b.min_time, b.max_time) {
@@ -329,20 +301,6 @@ impl Scan<'_> {
             self.keep_first(&mut hits);
         }
         Ok(hits)
-    }
-}
-
-/// Whether every event `e` matches is an alert (so only segments with alerts need a look).
-fn requires_alert(e: &Expr) -> bool {
-    match e {
-        Expr::Compare {
-            field: Field::Type,
-            op: Op::Eq,
-            value: Value::Text(t),
-        } => crate::event::EventType::parse(t) == Some(crate::event::EventType::Alert),
-        Expr::And(a, b) => requires_alert(a) || requires_alert(b),
-        Expr::Or(a, b) => requires_alert(a) && requires_alert(b),
-        _ => false,
     }
 }
 

@@ -5,9 +5,10 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::field::Field;
 
 /// Fields with postings per index block (see `postings.rs`): the ones
-/// investigations start from. `type` (four values) has none; alerts, the one
-/// rare type people list, have a partial index on segments instead.
-pub const INDEXED: [Field; 6] = [
+/// investigations start from, and `type` for the alerts list (alerts are rare:
+/// their postings find them without decoding the events around them).
+pub const INDEXED: [Field; 7] = [
+    Field::Type,
     Field::User,
     Field::Device,
     Field::Action,
@@ -20,18 +21,16 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
     // auto_vacuum must be chosen before the first table exists; INCREMENTAL lets
     // size-based retention hand pages back to the file system.
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
-    // Schema 4: events live in segments (`segment.rs`), a row per ~1,000
+    // Schema 4: events live in segments (`segment.rs`), a row per ~250
     // events; `segments` is the small, scanned part, `segment_data` the bulk.
-    // `seg` is the segment's first seq. The indexes serve time ranges, id
-    // lookups (ids are time-ordered UUIDv7, so a segment's id range is narrow)
-    // and the alerts list (the one rare type people list).
+    // `seg` is the segment's first seq. The indexes serve time ranges and id
+    // lookups (ids are time-ordered UUIDv7, so a segment's id range is narrow).
     // Block postings (`postings.rs`) address events by seq, as in schema 3.
     conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS segments (\n  seg INTEGER PRIMARY KEY,\n  events INTEGER NOT NULL,\n  min_time INTEGER NOT NULL,\n  max_time INTEGER NOT NULL,\n  min_id BLOB NOT NULL,\n  max_id BLOB NOT NULL,\n  alerts INTEGER NOT NULL\n);\n\
+        "CREATE TABLE IF NOT EXISTS segments (\n  seg INTEGER PRIMARY KEY,\n  events INTEGER NOT NULL,\n  min_time INTEGER NOT NULL,\n  max_time INTEGER NOT NULL,\n  min_id BLOB NOT NULL,\n  max_id BLOB NOT NULL\n);\n\
          CREATE TABLE IF NOT EXISTS segment_data (\n  seg INTEGER PRIMARY KEY,\n  ids BLOB NOT NULL,\n  data BLOB NOT NULL\n);\n\
          CREATE INDEX IF NOT EXISTS segments_time ON segments(max_time, min_time);\n\
          CREATE INDEX IF NOT EXISTS segments_ids ON segments(max_id, min_id);\n\
-         CREATE INDEX IF NOT EXISTS segments_alerts ON segments(max_time, min_time) WHERE alerts > 0;\n\
          CREATE TABLE IF NOT EXISTS blocks (\n  block INTEGER PRIMARY KEY,\n  events INTEGER NOT NULL,\n  min_time INTEGER,\n  max_time INTEGER\n);\n\
          CREATE TABLE IF NOT EXISTS postings (\n  block INTEGER NOT NULL,\n  field TEXT NOT NULL,\n  data BLOB NOT NULL,\n  PRIMARY KEY (block, field)\n) WITHOUT ROWID;\n\
          CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n\

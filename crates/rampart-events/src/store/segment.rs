@@ -3,7 +3,7 @@
 //! A segment holds up to [`SEGMENT_EVENTS`] events with consecutive seqs, all
 //! from one insert (one commit of the writer). One SQLite row per event, with
 //! its query columns and the id and time indexes, cost the writer ~7.7 µs an
-//! event and ~700 bytes of database; a segment costs two rows per thousand
+//! event and ~700 bytes of database; a segment costs two rows per 256
 //! events and its records compress together (most of a flow record repeats
 //! its neighbours: users, hosts, rules, the product version).
 //!
@@ -23,8 +23,9 @@
 
 use uuid::Uuid;
 
-/// Events per segment at most.
-pub const SEGMENT_EVENTS: usize = 1024;
+/// Events per segment at most. A read decompresses a whole segment, and LZ4
+/// finds repeats only within 64 KiB: ~256 flow records fill that window.
+pub const SEGMENT_EVENTS: usize = 256;
 
 const FORMAT_V1: u8 = 1;
 
@@ -55,7 +56,6 @@ pub struct SegmentBuilder {
     pub count: usize,
     pub min_time: i64,
     pub max_time: i64,
-    pub alerts: i64,
     min_id: [u8; 16],
     max_id: [u8; 16],
 }
@@ -65,7 +65,6 @@ pub struct EncodedSegment {
     pub count: usize,
     pub min_time: i64,
     pub max_time: i64,
-    pub alerts: i64,
     pub min_id: [u8; 16],
     pub max_id: [u8; 16],
     pub ids: Vec<u8>,
@@ -82,7 +81,7 @@ impl SegmentBuilder {
     }
 
     /// Append the event with this id, time and stored form.
-    pub fn push(&mut self, id: Uuid, time: i64, stored: &[u8], alert: bool) {
+    pub fn push(&mut self, id: Uuid, time: i64, stored: &[u8]) {
         let id = *id.as_bytes();
         if self.count == 0 {
             self.min_time = time;
@@ -96,7 +95,6 @@ impl SegmentBuilder {
             self.max_id = self.max_id.max(id);
         }
         self.count += 1;
-        self.alerts += i64::from(alert);
         put_varint(&mut self.lengths, stored.len() as u64);
         self.bodies.extend_from_slice(stored);
         self.ids.extend_from_slice(&id);
@@ -114,7 +112,6 @@ impl SegmentBuilder {
             count: done.count,
             min_time: done.min_time,
             max_time: done.max_time,
-            alerts: done.alerts,
             min_id: done.min_id,
             max_id: done.max_id,
             ids: done.ids,
@@ -245,7 +242,7 @@ mod tests {
         for i in 0..n {
             let id = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + i as u128);
             let body = format!("record {i} host{}.example", i % 7).into_bytes();
-            b.push(id, 1_000 + (i as i64 % 5), &body, i == 3);
+            b.push(id, 1_000 + (i as i64 % 5), &body);
             ids.push(id);
             bodies.push(body);
         }
@@ -254,19 +251,16 @@ mod tests {
 
     #[test]
     fn events_read_back_in_order_with_their_bounds() {
-        let (seg, ids, bodies) = built(300);
-        assert_eq!(
-            (seg.count, seg.min_time, seg.max_time, seg.alerts),
-            (300, 1_000, 1_004, 1)
-        );
+        let (seg, ids, bodies) = built(200);
+        assert_eq!((seg.count, seg.min_time, seg.max_time), (200, 1_000, 1_004));
         assert_eq!(seg.min_id, *ids[0].as_bytes());
-        assert_eq!(seg.max_id, *ids[299].as_bytes());
-        let decoded = Segment::decode(&seg.data, 300).unwrap();
-        assert_eq!(decoded.len(), 300);
+        assert_eq!(seg.max_id, *ids[199].as_bytes());
+        let decoded = Segment::decode(&seg.data, 200).unwrap();
+        assert_eq!(decoded.len(), 200);
         for (i, body) in bodies.iter().enumerate() {
             assert_eq!(decoded.stored(i), Some(body.as_slice()));
         }
-        assert_eq!(decoded.stored(300), None);
+        assert_eq!(decoded.stored(200), None);
         assert_eq!(find_id(&seg.ids, &ids[123]), Some(123));
         assert_eq!(find_id(&seg.ids, &Uuid::nil()), None);
         assert!(seg.data.len() * 3 < bodies.iter().map(Vec::len).sum::<usize>());

@@ -14,7 +14,6 @@ use super::segment::{self, Segment, SegmentBuilder};
 use super::{doc, migrate};
 use crate::error::EventsError;
 use crate::event::Event;
-use crate::field::Field;
 
 /// Segments deleted per retention transaction, so one pass never holds the write lock long.
 const RETENTION_CHUNK: i64 = 256;
@@ -91,8 +90,10 @@ impl StoreWriter {
             path: path.to_path_buf(),
             filling: None,
         };
-        // Rows of schemas 1–3 move into segments first (interrupted moves resume).
+        // Rows of schemas 1–3 move into segments first (interrupted moves
+        // resume), then blocks indexed for other fields are indexed again.
         migrate::legacy_rows(&mut w.conn).map_err(store_err)?;
+        migrate::indexed_fields(&mut w.conn).map_err(store_err)?;
         // A store written by schema 2 (or a crash between commits, which cannot
         // leave a closed block unindexed, but costs nothing to check) is indexed now.
         let tx = w
@@ -101,7 +102,15 @@ impl StoreWriter {
             .map_err(store_err)?;
         let max_seq = max_seq(&tx).map_err(store_err)?;
         index_closed_blocks(&tx, max_seq).map_err(store_err)?;
+        // The block being filled, in case its postings are missing (a store
+        // moved from schema 3 had an unindexed tail); kept for the next insert.
+        let filling = BlockPostings::read(&tx, schema::next_block(&tx).map_err(store_err)?)
+            .map_err(store_err)?;
+        if filling.count > 0 {
+            filling.write(&tx).map_err(store_err)?;
+        }
         tx.commit().map_err(store_err)?;
+        w.filling = Some(filling);
         w.conn.set_prepared_statement_cache_capacity(32);
         Ok(w)
     }
@@ -179,13 +188,9 @@ impl StoreWriter {
                 continue;
             }
             let time = row.time();
-            let alert = matches!(
-                value_ref(&row.column(Field::Type)),
-                ValueRef::Text(b"alert")
-            );
             seq += 1;
             inserted += 1;
-            segment.push(id, time, blob, alert);
+            segment.push(id, time, blob);
             let values: [ToSqlOutput<'_>; INDEXED.len()] =
                 std::array::from_fn(|i| row.column(INDEXED[i]));
             filling.add(seq, time, values.iter().map(value_ref));
@@ -204,6 +209,11 @@ impl StoreWriter {
         }
         if !segment.is_empty() {
             write_segment(&tx, segment_first, &mut segment).map_err(wrap)?;
+        }
+        // The block being filled is indexed as far as it goes, so every
+        // committed event is found through postings.
+        if filling.count > 0 && inserted > 0 {
+            filling.write(&tx).map_err(wrap)?;
         }
         tx.commit().map_err(wrap)?;
         self.filling = Some(filling);
@@ -255,6 +265,9 @@ impl StoreWriter {
             }
         }
         if report.expired + report.evicted_for_size > 0 {
+            // The block being filled may have lost events: rebuild it from
+            // what is stored at the next insert.
+            self.filling = None;
             // Postings of blocks with no event left; a partly emptied block keeps
             // its postings (they point at a few missing seqs, which find nothing).
             let first_live = "(SELECT coalesce((min(seg) - 1) / ?1, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_block'), 0) FROM segments)";
@@ -344,7 +357,7 @@ pub(super) fn write_segment(
 ) -> rusqlite::Result<()> {
     let s = segment.finish();
     conn.prepare_cached(
-        "INSERT INTO segments (seg, events, min_time, max_time, min_id, max_id, alerts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO segments (seg, events, min_time, max_time, min_id, max_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute((
         first,
@@ -353,7 +366,6 @@ pub(super) fn write_segment(
         s.max_time,
         &s.min_id[..],
         &s.max_id[..],
-        s.alerts,
     ))?;
     conn.prepare_cached("INSERT INTO segment_data (seg, ids, data) VALUES (?1, ?2, ?3)")?
         .execute((first, s.ids, s.data))?;
@@ -395,6 +407,11 @@ fn index_closed_blocks(conn: &Connection, max_seq: i64) -> rusqlite::Result<()> 
         set_next_block(conn, next)?;
     }
     Ok(())
+}
+
+/// Build `block`'s postings again from its stored events.
+pub(super) fn reindex_block(conn: &Connection, block: i64) -> rusqlite::Result<()> {
+    BlockPostings::read(conn, block)?.write(conn)
 }
 
 fn set_next_block(conn: &Connection, block: i64) -> rusqlite::Result<()> {
@@ -455,7 +472,10 @@ impl BlockPostings {
                 continue;
             };
             let Ok(seg) = Segment::decode(data, count as usize) else {
-                tracing::warn!(segment = first, "unreadable event segment left out of the index");
+                tracing::warn!(
+                    segment = first,
+                    "unreadable event segment left out of the index"
+                );
                 continue;
             };
             for offset in 0..seg.len() {
@@ -474,8 +494,8 @@ impl BlockPostings {
         Ok(out)
     }
 
-    /// Store the block's postings and time bounds.
-    fn write(self, conn: &Connection) -> rusqlite::Result<()> {
+    /// Store the block's postings and time bounds (again, for a block being filled).
+    fn write(&self, conn: &Connection) -> rusqlite::Result<()> {
         let (min_time, max_time) = if self.count > 0 {
             (Some(self.min_time), Some(self.max_time))
         } else {
@@ -488,8 +508,12 @@ impl BlockPostings {
         let mut put = conn.prepare_cached(
             "INSERT OR REPLACE INTO postings (block, field, data) VALUES (?1, ?2, ?3)",
         )?;
-        for (f, b) in INDEXED.iter().zip(self.builders) {
-            if !b.is_empty() {
+        let mut clear =
+            conn.prepare_cached("DELETE FROM postings WHERE block = ?1 AND field = ?2")?;
+        for (f, b) in INDEXED.iter().zip(&self.builders) {
+            if b.is_empty() {
+                clear.execute((self.block, f.column()))?;
+            } else {
                 put.execute((self.block, f.column(), b.encode()))?;
             }
         }
