@@ -189,7 +189,7 @@ impl Scan<'_> {
     /// Sort `hits` in result order and keep the first `want`.
     fn keep_first(&self, hits: &mut Vec<Hit>) {
         if self.descending {
-            hits.sort_unstable_by(|a, b| (b.time, b.seq).cmp(&(a.time, a.seq)));
+            hits.sort_unstable_by_key(|h| std::cmp::Reverse((h.time, h.seq)));
         } else {
             hits.sort_unstable_by_key(|h| (h.time, h.seq));
         }
