@@ -9,6 +9,7 @@
 //! flow is logged with device, user, groups, process and the policy decision.
 
 mod identity;
+mod threads;
 
 pub use identity::{DeviceIdentity, IdentityError};
 
@@ -132,6 +133,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let threads = threads::ConnectionThreads::start(threads::default_count());
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -146,74 +148,115 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let shared = gateway.shared().clone();
-        let admission = admission.clone();
-        let agent_api = agent_api.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "agent tunnel TLS handshake refused");
-                    return;
+        let connection = Connection {
+            acceptor: acceptor.clone(),
+            shared: gateway.shared().clone(),
+            admission: admission.clone(),
+            agent_api: agent_api.clone(),
+            shutdown: shutdown.clone(),
+            peer,
+        };
+        let Some(threads) = &threads else {
+            tokio::spawn(connection.run(tcp));
+            continue;
+        };
+        // A socket belongs to the reactor it was registered with: hand the plain
+        // socket over and register it again on the connection's thread.
+        match tcp.into_std() {
+            Ok(tcp) => threads.spawn(async move {
+                match tokio::net::TcpStream::from_std(tcp) {
+                    Ok(tcp) => connection.run(tcp).await,
+                    Err(e) => tracing::warn!(%peer, error = %e, "agent tunnel socket not usable"),
                 }
-                Err(_) => {
-                    tracing::info!(%peer, "agent tunnel TLS handshake timed out");
-                    return;
-                }
-            };
-            let identity = match stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .map(|cert| DeviceIdentity::from_der(cert.as_ref()))
-            {
-                Some(Ok(identity)) => Arc::new(identity),
-                Some(Err(e)) => {
-                    tracing::warn!(%peer, error = %e, "agent tunnel client refused");
-                    return;
-                }
-                None => return,
-            };
-            tracing::debug!(%peer, device = %identity.device, "agent tunnel connected");
-            if let Some(admission) = &admission {
-                if !admission.admit(&identity.device) {
-                    tracing::warn!(%peer, device = %identity.device, "agent tunnel refused: device revoked");
-                    return;
-                }
+            }),
+            Err(e) => tracing::warn!(%peer, error = %e, "agent tunnel socket not usable"),
+        }
+    }
+}
+
+/// One accepted agent connection, before the TLS handshake.
+struct Connection {
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    admission: Option<Arc<dyn DeviceAdmission>>,
+    agent_api: Option<Arc<dyn AgentApi>>,
+    shutdown: CancellationToken,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Handshake, device identity and admission, then HTTP/2 until the agent leaves
+    /// or `shutdown` (then open streams finish first).
+    async fn run(self, tcp: tokio::net::TcpStream) {
+        let Connection {
+            acceptor,
+            shared,
+            admission,
+            agent_api,
+            shutdown,
+            peer,
+        } = self;
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "agent tunnel TLS handshake refused");
+                return;
             }
-            let service = service_fn(move |req: Request<Incoming>| {
-                let shared = shared.clone();
-                let identity = identity.clone();
-                let agent_api = agent_api.clone();
-                async move {
-                    if req.method() == Method::CONNECT {
-                        flow(req, shared, identity, peer).await
-                    } else {
-                        Ok(agent_api_call(req, agent_api.as_deref(), identity).await)
-                    }
-                }
-            });
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .max_concurrent_streams(MAX_STREAMS)
-                .serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "agent tunnel connection ended");
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            Err(_) => {
+                tracing::info!(%peer, "agent tunnel TLS handshake timed out");
+                return;
+            }
+        };
+        let identity = match stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|cert| DeviceIdentity::from_der(cert.as_ref()))
+        {
+            Some(Ok(identity)) => Arc::new(identity),
+            Some(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "agent tunnel client refused");
+                return;
+            }
+            None => return,
+        };
+        tracing::debug!(%peer, device = %identity.device, "agent tunnel connected");
+        if let Some(admission) = &admission {
+            if !admission.admit(&identity.device) {
+                tracing::warn!(%peer, device = %identity.device, "agent tunnel refused: device revoked");
+                return;
+            }
+        }
+        let service = service_fn(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            let identity = identity.clone();
+            let agent_api = agent_api.clone();
+            async move {
+                if req.method() == Method::CONNECT {
+                    flow(req, shared, identity, peer).await
+                } else {
+                    Ok(agent_api_call(req, agent_api.as_deref(), identity).await)
                 }
             }
         });
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(MAX_STREAMS)
+            .serve_connection(TokioIo::new(stream), service);
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "agent tunnel connection ended");
+                }
+            }
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
     }
 }
 
