@@ -136,6 +136,31 @@ fn duplicate_ids_are_stored_once() {
     assert_eq!(w.count().unwrap(), 1);
 }
 
+/// A replayed batch mixing old, recent and new events (a spool replayed
+/// after a crash, an agent's upload after days offline) stores only the new.
+#[test]
+fn replayed_events_are_ignored_however_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = StoreWriter::open(&db_path(dir.path()), false).unwrap();
+    let day = 86_400_000;
+    let events: Vec<_> = (0..5000u64)
+        .map(|i| common::http(i, 1_700_000_000_000 + i as i64 * 60_000))
+        .collect();
+    for batch in events.chunks(100) {
+        w.insert(batch).unwrap();
+    }
+    let fresh = common::http(9, 1_700_000_000_000 + 10 * day);
+    let replay = vec![
+        events[3].clone(),
+        events[2500].clone(),
+        fresh.clone(),
+        events[4999].clone(),
+        fresh,
+    ];
+    assert_eq!(w.insert(&replay).unwrap(), 1);
+    assert_eq!(w.count().unwrap(), 5001);
+}
+
 #[test]
 fn retention_removes_old_events_then_oldest_until_under_size() {
     let dir = tempfile::tempdir().unwrap();

@@ -372,25 +372,43 @@ pub(super) fn write_segment(
     Ok(())
 }
 
+/// Ids closer than this (by their UUIDv7 time) are looked up as one range.
+const ID_RANGE_GAP_MS: u64 = 10_000;
+
 /// The ids of `rows` that are already stored, from the segments whose id
 /// range overlaps theirs. Ids are time-ordered, so on the live path that is
-/// the newest segment or two.
+/// the newest segment or two. The batch's ids are split where they are far
+/// apart in time, so one old event (an agent's upload after days offline)
+/// costs a look at its own time, not at every segment since.
 fn stored_ids<R: Row>(conn: &Connection, rows: &[R]) -> rusqlite::Result<HashSet<[u8; 16]>> {
     let mut set = HashSet::with_capacity(rows.len() * 2);
-    let Some(min) = rows.iter().map(|r| *r.id().as_bytes()).min() else {
-        return Ok(set);
-    };
-    let max = rows.iter().map(|r| *r.id().as_bytes()).max().unwrap_or(min);
+    let mut ids: Vec<[u8; 16]> = rows.iter().map(|r| *r.id().as_bytes()).collect();
+    ids.sort_unstable();
     let mut stmt = conn.prepare_cached(
         "SELECT d.ids FROM segments s JOIN segment_data d ON d.seg = s.seg WHERE s.max_id >= ?1 AND s.min_id <= ?2",
     )?;
-    let mut found = stmt.query((&min[..], &max[..]))?;
-    while let Some(row) = found.next()? {
-        if let ValueRef::Blob(ids) = row.get_ref(0)? {
-            set.extend(segment::ids(ids));
+    let mut start = 0;
+    for i in 1..=ids.len() {
+        if i < ids.len() && id_ms(&ids[i]) - id_ms(&ids[i - 1]) <= ID_RANGE_GAP_MS {
+            continue;
         }
+        let mut found = stmt.query((&ids[start][..], &ids[i - 1][..]))?;
+        while let Some(row) = found.next()? {
+            if let ValueRef::Blob(stored) = row.get_ref(0)? {
+                set.extend(segment::ids(stored));
+            }
+        }
+        start = i;
     }
     Ok(set)
+}
+
+/// The millisecond time in a UUIDv7 (its first 48 bits; any other id
+/// sorts the same way, which is all the split above needs).
+fn id_ms(id: &[u8; 16]) -> u64 {
+    id[..6]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
 }
 
 /// Index every block whose seqs are all assigned (`max_seq` is the highest)
