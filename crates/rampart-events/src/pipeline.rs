@@ -185,7 +185,9 @@ impl Pipeline {
             };
             return Ok((pipeline, sender));
         }
-        let writer = StoreWriter::open(&db, config.full_sync)?;
+        // Upgrading a store an older version wrote can take a while: the
+        // writer thread does it (`prepare`) while events queue and spill.
+        let writer = StoreWriter::open_unprepared(&db, config.full_sync)?;
         let spool = Arc::new(Mutex::new(Spool::open(
             &data_dir.join("spool").join("store"),
             config.spool_max_size.0,
@@ -513,6 +515,10 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
+        if let Err(err) = self.store.prepare() {
+            // Each commit tries again; until then batches go to the spool.
+            tracing::error!(%err, "event store upgrade failed");
+        }
         let mut last_retention = Instant::now() - RETENTION_EVERY;
         let mut disconnected = false;
         loop {

@@ -303,3 +303,45 @@ fn a_block_filled_across_writer_restarts_indexes_every_event() {
         assert_eq!(got, expected(&all, q, (None, None)), "`{q}`");
     }
 }
+
+/// The pipeline starts at once on a store an older version wrote: its writer
+/// thread moves the old rows while events sent meanwhile wait (queued or
+/// spilled), and then every event, old and new, is there.
+#[test]
+fn the_pipeline_upgrades_an_older_store_while_events_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(dir.path());
+    let old = scattered(BLOCK + 700);
+    {
+        let mut w = StoreWriter::open(&path, false).unwrap();
+        w.insert(&old).unwrap();
+    }
+    make_legacy(&path, true, -1);
+    // These events are from 1970: no age retention here.
+    let config = rampart_events::EventsConfig {
+        max_age: None,
+        ..Default::default()
+    };
+    let (pipeline, sender) = rampart_events::Pipeline::start(dir.path(), &config).unwrap();
+    let new: Vec<Event> = (0..300)
+        .map(|i| common::http(i, 9_000_000 + i as i64))
+        .collect();
+    for e in &new {
+        sender.send(e.clone());
+    }
+    let total = (old.len() + new.len()) as u64;
+    assert!(
+        pipeline.wait_stored(new.len() as u64, std::time::Duration::from_secs(60)),
+        "the new events were stored"
+    );
+    pipeline.close();
+    let r = StoreReader::open(&path).unwrap();
+    assert_eq!(r.count().unwrap(), total);
+    let mut all = old;
+    all.extend(new);
+    let got: Vec<_> = all_pages(&r, "user = carol", (None, None), 5000)
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    assert_eq!(got, expected(&all, "user = carol", (None, None)));
+}

@@ -25,6 +25,8 @@ pub struct StoreWriter {
     /// closing a block writes them without reading the block back. `None`
     /// after an error or at start: reloaded from the stored rows.
     filling: Option<BlockPostings>,
+    /// Whether [`StoreWriter::prepare`] has run.
+    prepared: bool,
 }
 
 /// Copies committed WAL pages into the database file in the background, so the
@@ -59,10 +61,20 @@ pub struct RetentionReport {
 }
 
 impl StoreWriter {
-    /// Open or create the store at `path` (the parent directory is created).
+    /// Open or create the store at `path` (the parent directory is created),
+    /// ready to insert: see [`StoreWriter::prepare`].
     /// `full_sync` fsyncs every commit (power-loss durability) instead of relying
     /// on the OS to keep committed WAL pages after a process crash.
     pub fn open(path: &Path, full_sync: bool) -> Result<StoreWriter, EventsError> {
+        let mut w = StoreWriter::open_unprepared(path, full_sync)?;
+        w.prepare()?;
+        Ok(w)
+    }
+
+    /// Open or create the store without [`StoreWriter::prepare`]: quick even
+    /// for a store an older version wrote, so the data path can start while
+    /// the writer thread upgrades it (events queue and spill meanwhile).
+    pub fn open_unprepared(path: &Path, full_sync: bool) -> Result<StoreWriter, EventsError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| EventsError::Io {
                 path: parent.to_path_buf(),
@@ -77,26 +89,39 @@ impl StoreWriter {
         // auto_vacuum has to be set before WAL and before the table exists.
         schema::create(&conn).map_err(store_err)?;
         schema::configure(&conn, full_sync).map_err(store_err)?;
-        // The writer touches one leaf per index per row: a large page cache keeps
-        // index leaves hot, and fewer, larger checkpoints mean fewer fsyncs.
+        // A large page cache keeps the postings and segment index pages hot, and
+        // fewer, larger checkpoints mean fewer fsyncs.
         conn.pragma_update(None, "cache_size", -262_144)
             // Checkpoints (and their fsyncs) run on the checkpointer's connection, off
             // the insert path; this bound (1 GiB of WAL) is only a safety net.
             .and_then(|_| conn.pragma_update(None, "wal_autocheckpoint", 262_144))
             .and_then(|_| conn.pragma_update(None, "journal_size_limit", 256i64 << 20))
             .map_err(store_err)?;
-        let mut w = StoreWriter {
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(StoreWriter {
             conn,
             path: path.to_path_buf(),
             filling: None,
+            prepared: false,
+        })
+    }
+
+    /// Bring the store up to date before the first insert (once; inserts call
+    /// it too): rows of schemas 1–3 move into segments (an interrupted move
+    /// resumes), postings built for other fields are rebuilt, blocks left
+    /// unindexed are indexed, and the block being filled is loaded.
+    pub fn prepare(&mut self) -> Result<(), EventsError> {
+        if self.prepared {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let store_err = |source| EventsError::Store {
+            path: path.clone(),
+            source,
         };
-        // Rows of schemas 1–3 move into segments first (interrupted moves
-        // resume), then blocks indexed for other fields are indexed again.
-        migrate::legacy_rows(&mut w.conn).map_err(store_err)?;
-        migrate::indexed_fields(&mut w.conn).map_err(store_err)?;
-        // A store written by schema 2 (or a crash between commits, which cannot
-        // leave a closed block unindexed, but costs nothing to check) is indexed now.
-        let tx = w
+        migrate::legacy_rows(&mut self.conn).map_err(store_err)?;
+        migrate::indexed_fields(&mut self.conn).map_err(store_err)?;
+        let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(store_err)?;
@@ -110,9 +135,9 @@ impl StoreWriter {
             filling.write(&tx).map_err(store_err)?;
         }
         tx.commit().map_err(store_err)?;
-        w.filling = Some(filling);
-        w.conn.set_prepared_statement_cache_capacity(32);
-        Ok(w)
+        self.filling = Some(filling);
+        self.prepared = true;
+        Ok(())
     }
 
     fn err(&self, source: rusqlite::Error) -> EventsError {
@@ -154,6 +179,7 @@ impl StoreWriter {
         rows: &[R],
         blobs: &[Vec<u8>],
     ) -> Result<usize, EventsError> {
+        self.prepare()?;
         let path = self.path.clone();
         let wrap = |source| EventsError::Store {
             path: path.clone(),
