@@ -72,12 +72,19 @@ pub(crate) async fn relay(client: &TcpStream, flow: &mut H2Flow) -> io::Result<(
     .map(|_| ())
 }
 
+/// Client bytes per stream write: with the 9-byte frame header a full chunk is exactly
+/// four 16 KiB TLS records (a whole 64 KiB chunk would leave a fifth record of 9 bytes
+/// per frame). Needs the gateway's maximum frame size to be at least this (64 KiB);
+/// h2 splits a chunk into frames of the size the gateway allows otherwise.
+const SEND_CHUNK: usize = 4 * 16 * 1024 - 9;
+
 /// Client → stream. A buffer is taken only while the client has bytes waiting.
 async fn client_to_gateway(client: &TcpStream, send: &mut SendStream<Bytes>) -> io::Result<()> {
     loop {
         client.readable().await?;
         let mut buf = PooledBuffer::take();
-        match client.try_read(&mut buf) {
+        let limit = buf.len().min(SEND_CHUNK);
+        match client.try_read(&mut buf[..limit]) {
             Ok(0) => {
                 // Half-close: the gateway (and the origin) see the end of the request.
                 return send.send_data(Bytes::new(), true).map_err(h2_io);
