@@ -492,7 +492,10 @@ impl BlockPostings {
         self.max_time = self.max_time.max(time);
         for (b, v) in self.builders.iter_mut().zip(values) {
             match v {
-                ValueRef::Text(t) => b.add(&String::from_utf8_lossy(t), offset),
+                ValueRef::Text(t) => match std::str::from_utf8(t) {
+                    Ok(text) => b.add(text, offset),
+                    Err(_) => b.add(&String::from_utf8_lossy(t), offset),
+                },
                 ValueRef::Integer(n) => b.add(&n.to_string(), offset),
                 _ => {}
             }
