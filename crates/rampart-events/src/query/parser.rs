@@ -635,7 +635,14 @@ mod tests {
             "user", "action", "status", "group", "=", "!=", "==", "<", ">=", "like", "in", "not",
             "and", "or", "(", ")", ",", "\"", "'", "block", "42", "*.x", "é", " ", "!", "eq",
         ];
-        let event = crate::flow::FlowSummary::new(crate::event::new_flow_id(), 1).http_event();
+        let mut summary = crate::flow::FlowSummary::new(crate::event::new_flow_id(), 1);
+        summary.user = Some("Alice".into());
+        summary.groups = vec!["eng".into(), "Ops".into()];
+        summary.status = Some(403);
+        summary.verdict = crate::event::Verdict::Block;
+        let flow = crate::flow::FlowEvent::new(crate::flow::FlowKind::Http, summary);
+        let event = flow.event();
+        let record = crate::record::Record::Flow(flow);
         let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
         for _ in 0..20_000 {
             let mut q = String::new();
@@ -651,9 +658,10 @@ mod tests {
                 }
             }
             match parse(&q) {
-                // Evaluating any parsed query on an event never panics either.
+                // Any parsed query evaluates on an event, and on the stored
+                // flow record it came from (the store's path) to the same answer.
                 Ok(parsed) => {
-                    let _ = parsed.matches(&event);
+                    assert_eq!(parsed.matches(&event), parsed.matches(&record), "{q}");
                 }
                 Err(e) => assert!(
                     e.column >= 1 && e.column <= q.chars().count() + 1,
