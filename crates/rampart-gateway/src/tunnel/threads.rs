@@ -87,3 +87,52 @@ pub(super) fn default_count() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn connections_run_round_robin_on_the_tunnel_threads_with_handed_over_sockets() {
+        let threads = ConnectionThreads::start(2).expect("threads start");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (names_tx, mut names_rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..4 {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            // The same hand-over as the accept loop: out of this runtime's reactor,
+            // into the connection thread's.
+            let accepted = accepted.into_std().unwrap();
+            let names = names_tx.clone();
+            threads.spawn(async move {
+                let mut socket = tokio::net::TcpStream::from_std(accepted).unwrap();
+                let mut ping = [0u8; 4];
+                socket.read_exact(&mut ping).await.unwrap();
+                socket.write_all(b"pong").await.unwrap();
+                let name = std::thread::current().name().map(str::to_string);
+                names.send(name).unwrap();
+            });
+            client.write_all(b"ping").await.unwrap();
+            let mut pong = [0u8; 4];
+            client.read_exact(&mut pong).await.unwrap();
+            assert_eq!(&pong, b"pong");
+        }
+        drop(names_tx);
+        let mut names = Vec::new();
+        while let Some(name) = names_rx.recv().await {
+            names.push(name.unwrap_or_default());
+        }
+        assert_eq!(
+            names,
+            [
+                "rampart-tunnel-0",
+                "rampart-tunnel-1",
+                "rampart-tunnel-0",
+                "rampart-tunnel-1"
+            ]
+        );
+        drop(threads);
+    }
+}
