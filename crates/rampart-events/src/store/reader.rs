@@ -115,7 +115,7 @@ impl StoreReader {
     }
 
     fn events(&self, hits: &[Hit]) -> Result<Vec<Event>, EventsError> {
-        hits.iter().map(|h| self.decode(h.stored())).collect()
+        hits.iter().map(|h| self.decode(&h.stored)).collect()
     }
 
     /// Events matching `req`, newest first.

@@ -32,22 +32,19 @@ pub enum ScanError {
     Document { seq: i64, message: String },
 }
 
-/// A matching event: where it is stored.
+/// A matching event and its stored form (`doc.rs`): a copy of a few hundred
+/// bytes, so a page holds no decoded segment alive.
 pub struct Hit {
     pub time: i64,
     pub seq: i64,
-    segment: Rc<Segment>,
-    offset: usize,
+    pub stored: Vec<u8>,
 }
 
-impl Hit {
-    /// The event's stored form (`doc.rs`).
-    pub fn stored(&self) -> &[u8] {
-        self.segment.stored(self.offset).unwrap_or_default()
-    }
-}
+/// Decoded segments kept by one read: a query visits a block's events in seq
+/// order, so a few recent segments are all it needs again.
+const CACHED_SEGMENTS: usize = 16;
 
-/// Decoded segments of one read, by first seq.
+/// Recently decoded segments of one read, by first seq, [`CACHED_SEGMENTS`] at most.
 #[derive(Default)]
 pub struct SegmentCache {
     by_first: BTreeMap<i64, Rc<Segment>>,
@@ -102,6 +99,9 @@ impl SegmentCache {
             None => return Err(damaged(SegmentError::Truncated)),
         };
         let seg = Rc::new(seg);
+        if self.by_first.len() >= CACHED_SEGMENTS {
+            self.by_first.clear();
+        }
         self.by_first.insert(first, seg.clone());
         Ok(seg)
     }
@@ -147,10 +147,9 @@ impl Scan<'_> {
         if self.want == 0 {
             return Ok(Vec::new());
         }
-        let mut cache = SegmentCache::default();
         match self.plan {
-            Some(plan) => self.run_planned(conn, plan, &mut cache),
-            None => self.run_segments(conn, &mut cache),
+            Some(plan) => self.run_planned(conn, plan, &mut SegmentCache::default()),
+            None => self.run_segments(conn),
         }
     }
 
@@ -179,8 +178,7 @@ impl Scan<'_> {
             out.push(Hit {
                 time,
                 seq,
-                segment: seg.clone(),
-                offset,
+                stored: seg.stored(offset).unwrap_or_default().to_vec(),
             });
         }
         Ok(())
@@ -222,11 +220,7 @@ impl Scan<'_> {
 
     /// Every segment overlapping the time range, in scan order, decoded and
     /// tested event by event.
-    fn run_segments(
-        &self,
-        conn: &Connection,
-        cache: &mut SegmentCache,
-    ) -> Result<Vec<Hit>, ScanError> {
+    fn run_segments(&self, conn: &Connection) -> Result<Vec<Hit>, ScanError> {
         let (from, to) = self.bounds();
         let order = if self.descending {
             "max_time DESC"
@@ -245,7 +239,8 @@ impl Scan<'_> {
             if !self.can_contribute(&hits, s.min_time, s.max_time) {
                 break;
             }
-            let seg = cache.load(conn, s.first, s.count)?;
+            // Each segment is visited once: decoded, tested, dropped.
+            let seg = SegmentCache::default().load(conn, s.first, s.count)?;
             for offset in 0..seg.len() {
                 self.consider(&seg, offset, s.first + offset as i64, &mut hits)?;
             }
