@@ -68,11 +68,14 @@ pub async fn splice_bidirectional(
 /// caller): each write to the stream becomes one DATA frame and one hand-off between
 /// tasks, so 64 KiB reads (the agent's maximum frame size) cost a quarter of the
 /// frames, wake-ups and TLS records per byte of a download that 16 KiB reads cost.
-/// 9 bytes short of 64 KiB: with the frame's 9-byte header a full read is exactly four
-/// 16 KiB TLS records. At a full 64 KiB the header's 9 bytes spilled into a fifth,
-/// tiny record that rustls (64 KiB send buffer) encrypted and sent in a write of its
-/// own: a system call, a TCP segment and an agent wake-up more per frame.
-const B_TO_A_BUFFER: usize = 4 * 16 * 1024 - 9;
+/// Sized so that one frame is one loopback TCP segment: 65,385 bytes + the frame's
+/// 9-byte header = 65,394 bytes of plaintext, four TLS records (3 full, 22 bytes of
+/// overhead each) = 65,482 bytes on the wire, within the 65,483-byte MSS of a 64 KiB MTU
+/// with timestamps. At a full 64 KiB the header spilled into a fifth, 9-byte record that
+/// rustls (64 KiB send buffer) sent in a write of its own; at 64 KiB − 9 (four full
+/// records, 65,624 bytes) every frame still left a 141-byte second segment. Either way an
+/// extra segment, and receive-side work in the agent, per frame.
+const B_TO_A_BUFFER: usize = 65_385;
 
 /// Relays between any two async streams with a buffered copy (used where one
 /// side is not a plain socket, e.g. TLS), closing after `idle` without a byte
