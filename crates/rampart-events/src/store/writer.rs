@@ -197,7 +197,10 @@ impl StoreWriter {
             .and_then(|m| Ok(m.max(schema::next_block(&tx)? * BLOCK_EVENTS)))
             .map_err(wrap)?;
         index_closed_blocks(&tx, seq).map_err(wrap)?;
-        let mut stored = stored_ids(&tx, rows).map_err(wrap)?;
+        let Known {
+            mut stored,
+            repeated,
+        } = known_ids(&tx, rows).map_err(wrap)?;
         // Taken: an error below leaves `None`, and the next call reloads.
         let block = seq / BLOCK_EVENTS;
         let mut filling = match self.filling.take() {
@@ -210,8 +213,12 @@ impl StoreWriter {
         for (row, blob) in rows.iter().zip(blobs) {
             let id = row.id();
             // Already stored (a replayed spool, a retried upload): skip it.
-            if !stored.insert(*id.as_bytes()) {
+            if stored.contains(id.as_bytes()) {
                 continue;
+            }
+            // Twice in this batch: the first one is stored, later ones skipped.
+            if repeated.contains(id.as_bytes()) {
+                stored.insert(*id.as_bytes());
             }
             let time = row.time();
             seq += 1;
@@ -401,15 +408,32 @@ pub(super) fn write_segment(
 /// Ids closer than this (by their UUIDv7 time) are looked up as one range.
 const ID_RANGE_GAP_MS: u64 = 10_000;
 
+/// What an insert must know to refuse duplicates.
+struct Known {
+    /// Ids stored in the segments whose id range overlaps the batch's
+    /// (a superset of the batch's ids already stored).
+    stored: IdSet,
+    /// Ids the batch holds more than once (normally none).
+    repeated: IdSet,
+}
+
+type IdSet = HashSet<[u8; 16], foldhash::fast::RandomState>;
+
 /// The ids of `rows` that are already stored, from the segments whose id
-/// range overlaps theirs. Ids are time-ordered, so on the live path that is
-/// the newest segment or two. The batch's ids are split where they are far
-/// apart in time, so one old event (an agent's upload after days offline)
-/// costs a look at its own time, not at every segment since.
-fn stored_ids<R: Row>(conn: &Connection, rows: &[R]) -> rusqlite::Result<HashSet<[u8; 16]>> {
-    let mut set = HashSet::with_capacity(rows.len() * 2);
+/// range overlaps theirs, and those the batch repeats. Ids are time-ordered,
+/// so on the live path that is the newest segment or two. The batch's ids
+/// are split where they are far apart in time, so one old event (an agent's
+/// upload after days offline) costs a look at its own time, not at every
+/// segment since.
+fn known_ids<R: Row>(conn: &Connection, rows: &[R]) -> rusqlite::Result<Known> {
     let mut ids: Vec<[u8; 16]> = rows.iter().map(|r| *r.id().as_bytes()).collect();
     ids.sort_unstable();
+    let repeated: IdSet = ids
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    let mut in_ranges = IdSet::default();
     let mut stmt = conn.prepare_cached(
         "SELECT d.ids FROM segments s JOIN segment_data d ON d.seg = s.seg WHERE s.max_id >= ?1 AND s.min_id <= ?2",
     )?;
@@ -421,12 +445,15 @@ fn stored_ids<R: Row>(conn: &Connection, rows: &[R]) -> rusqlite::Result<HashSet
         let mut found = stmt.query((&ids[start][..], &ids[i - 1][..]))?;
         while let Some(row) = found.next()? {
             if let ValueRef::Blob(stored) = row.get_ref(0)? {
-                set.extend(segment::ids(stored));
+                in_ranges.extend(segment::ids(stored));
             }
         }
         start = i;
     }
-    Ok(set)
+    Ok(Known {
+        stored: in_ranges,
+        repeated,
+    })
 }
 
 /// The millisecond time in a UUIDv7 (its first 48 bits; any other id
