@@ -19,6 +19,7 @@ mod reader;
 mod scan;
 mod schema;
 mod segment;
+mod varint;
 mod writer;
 
 pub use columns::Row;

@@ -25,6 +25,8 @@
 
 use std::collections::HashMap;
 
+use super::varint;
+
 /// Events per index block.
 pub const BLOCK_EVENTS: i64 = 8192;
 
@@ -83,7 +85,7 @@ impl PostingsBuilder {
         let mut entries: Vec<(&String, &Vec<u32>)> = self.lists.iter().collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut out = vec![FORMAT_V1];
-        put_varint(&mut out, entries.len() as u64);
+        varint::put(&mut out, entries.len() as u64);
         let mut list = Vec::new();
         for (key, offsets) in entries {
             // Callers add in seq order; anything else is sorted here rather
@@ -98,16 +100,16 @@ impl PostingsBuilder {
                 sorted = copy;
                 &sorted
             };
-            put_varint(&mut out, key.len() as u64);
+            varint::put(&mut out, key.len() as u64);
             out.extend_from_slice(key.as_bytes());
             list.clear();
-            put_varint(&mut list, offsets.len() as u64);
+            varint::put(&mut list, offsets.len() as u64);
             let mut prev = 0u32;
             for (i, &o) in offsets.iter().enumerate() {
-                put_varint(&mut list, u64::from(if i == 0 { o } else { o - prev }));
+                varint::put(&mut list, u64::from(if i == 0 { o } else { o - prev }));
                 prev = o;
             }
-            put_varint(&mut out, list.len() as u64);
+            varint::put(&mut out, list.len() as u64);
             out.extend_from_slice(&list);
         }
         out
@@ -116,7 +118,7 @@ impl PostingsBuilder {
 
 /// The offsets posted under `key` (already normalised with [`key`]), ascending.
 pub fn lookup(blob: &[u8], key: &str) -> Result<Vec<u32>, PostingsError> {
-    let mut r = Reader { buf: blob, pos: 0 };
+    let mut r = varint::Reader::new(blob);
     let format = r.byte()?;
     if format != FORMAT_V1 {
         return Err(PostingsError::UnknownFormat(format));
@@ -137,7 +139,7 @@ pub fn lookup(blob: &[u8], key: &str) -> Result<Vec<u32>, PostingsError> {
 }
 
 fn decode_list(list: &[u8]) -> Result<Vec<u32>, PostingsError> {
-    let mut r = Reader { buf: list, pos: 0 };
+    let mut r = varint::Reader::new(list);
     let count = r.varint()?;
     if count > BLOCK_EVENTS as u64 {
         return Err(PostingsError::OutOfBlock);
@@ -159,54 +161,9 @@ fn decode_list(list: &[u8]) -> Result<Vec<u32>, PostingsError> {
     Ok(out)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Result<u8, PostingsError> {
-        let b = *self.buf.get(self.pos).ok_or(PostingsError::Truncated)?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn varint(&mut self) -> Result<u64, PostingsError> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(PostingsError::Truncated)
-    }
-
-    /// A length that must fit in what is left.
-    fn len(&mut self) -> Result<usize, PostingsError> {
-        let n = self.varint()?;
-        if n > (self.buf.len() - self.pos) as u64 {
-            return Err(PostingsError::Truncated);
-        }
-        Ok(n as usize)
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], PostingsError> {
-        let s = self
-            .buf
-            .get(self.pos..self.pos + n)
-            .ok_or(PostingsError::Truncated)?;
-        self.pos += n;
-        Ok(s)
+impl From<varint::Truncated> for PostingsError {
+    fn from(_: varint::Truncated) -> PostingsError {
+        PostingsError::Truncated
     }
 }
 

@@ -23,6 +23,8 @@
 
 use uuid::Uuid;
 
+use super::varint;
+
 /// Events per segment at most. A read decompresses a whole segment, and LZ4
 /// finds repeats only within 64 KiB: ~256 flow records fill that window.
 pub const SEGMENT_EVENTS: usize = 256;
@@ -100,7 +102,7 @@ impl SegmentBuilder {
             self.max_id = self.max_id.max(id);
         }
         self.count += 1;
-        put_varint(&mut self.lengths, stored.len() as u64);
+        varint::put(&mut self.lengths, stored.len() as u64);
         self.bodies.extend_from_slice(stored);
         self.ids.extend_from_slice(&id);
     }
@@ -109,7 +111,7 @@ impl SegmentBuilder {
     pub fn finish(&mut self) -> EncodedSegment<'_> {
         self.plain.clear();
         self.plain.push(FORMAT_V1);
-        put_varint(&mut self.plain, self.count as u64);
+        varint::put(&mut self.plain, self.count as u64);
         self.plain.extend_from_slice(&self.lengths);
         self.plain.extend_from_slice(&self.bodies);
         let len = self.plain.len();
@@ -166,10 +168,7 @@ impl Segment {
         if n != len {
             return Err(SegmentError::Truncated);
         }
-        let mut r = Reader {
-            buf: &plain,
-            pos: 0,
-        };
+        let mut r = varint::Reader::new(&plain);
         let format = r.byte()?;
         if format != FORMAT_V1 {
             return Err(SegmentError::UnknownFormat(format));
@@ -185,7 +184,7 @@ impl Segment {
         for _ in 0..count {
             lengths.push(r.varint()?);
         }
-        let mut at = r.pos;
+        let mut at = r.pos();
         let mut spans = Vec::with_capacity(count);
         for l in lengths {
             let end = u64::try_from(at)
@@ -220,36 +219,9 @@ pub fn ids(ids: &[u8]) -> impl Iterator<Item = [u8; 16]> + '_ {
         .filter_map(|c| <[u8; 16]>::try_from(c).ok())
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn byte(&mut self) -> Result<u8, SegmentError> {
-        let b = *self.buf.get(self.pos).ok_or(SegmentError::Truncated)?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn varint(&mut self) -> Result<u64, SegmentError> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(SegmentError::Truncated)
+impl From<varint::Truncated> for SegmentError {
+    fn from(_: varint::Truncated) -> SegmentError {
+        SegmentError::Truncated
     }
 }
 
