@@ -1,5 +1,6 @@
-//! The values of a stored event's query columns, taken from a full OCSF event
-//! or straight from a flow record without building one.
+//! The values of a stored event's query fields ("columns"), taken from a full
+//! OCSF event or straight from a flow record without building one: what
+//! postings are built from and queries are evaluated on.
 
 use std::borrow::Cow;
 
@@ -11,7 +12,7 @@ use crate::field::{Field, FieldKind};
 use crate::flow::{url_hostname, FlowEvent, FlowKind};
 use crate::record::Record;
 
-/// Something the writer stores as one row.
+/// Something the writer stores: one event, with its id, time and field values.
 pub trait Row {
     fn id(&self) -> Uuid;
     fn time(&self) -> i64;

@@ -1,10 +1,10 @@
 //! Which events of a block a query can match, from the block's postings.
 //!
 //! A plan is derived from the query's equality tests on indexed fields. It is
-//! a superset: `user = alice and status >= 400` plans `user = alice` and
-//! leaves the status test to the SQL filter, which runs on the planned events
-//! only. A query with no such test (e.g. only `like` or `not`) has no plan
-//! and is answered by walking the time index instead.
+//! a superset: `user = alice and status >= 400` plans `user = alice`, and
+//! the whole query then runs on the planned events only. A query with no
+//! such test (e.g. only `like` or `not`) has no plan and is answered by
+//! walking the segments of its time range instead (`scan.rs`).
 
 use super::postings::{self, PostingsError};
 use super::schema::INDEXED;
@@ -55,7 +55,7 @@ fn plan_expr(e: &Expr) -> Option<IndexPlan> {
     }
 }
 
-/// Text columns compare a number by its text (column affinity), so `host = 1` looks up "1".
+/// A number given for a text field is looked up by its text, so `host = 1` looks up "1".
 fn key_of(v: &Value) -> String {
     match v {
         Value::Text(t) => postings::key(t),
