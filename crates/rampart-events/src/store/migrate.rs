@@ -6,7 +6,7 @@
 //! old table or in a segment).
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use uuid::Uuid;
 
 use super::doc;
@@ -106,13 +106,7 @@ pub fn indexed_fields(conn: &mut Connection) -> rusqlite::Result<()> {
         .map(|f| f.column())
         .collect::<Vec<_>>()
         .join(",");
-    let have: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = ?1",
-            [INDEXED_FIELDS_KEY],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let have = schema::meta(conn, INDEXED_FIELDS_KEY)?;
     if have.as_deref() == Some(want.as_str()) {
         return Ok(());
     }
@@ -134,9 +128,5 @@ pub fn indexed_fields(conn: &mut Connection) -> rusqlite::Result<()> {
         }
         tx.commit()?;
     }
-    conn.execute(
-        "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
-        (INDEXED_FIELDS_KEY, &want),
-    )?;
-    Ok(())
+    schema::set_meta(conn, INDEXED_FIELDS_KEY, &want)
 }

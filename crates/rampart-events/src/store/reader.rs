@@ -293,13 +293,7 @@ impl StoreReader {
     }
 
     pub fn count(&self) -> Result<u64, EventsError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT coalesce(sum(events), 0) FROM segments", [], |r| {
-                r.get(0)
-            })
-            .map_err(|e| self.err(e))?;
-        Ok(n as u64)
+        schema::event_count(&self.conn).map_err(|e| self.err(e))
     }
 
     /// SQLite's own consistency check; `ok` when the file is sound.

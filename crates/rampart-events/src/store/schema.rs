@@ -52,20 +52,37 @@ pub fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
     .map(|n| n > 0)
 }
 
-/// The `meta` key holding the first block not yet indexed: events with a seq
-/// above that block's start are the unindexed tail.
+/// The `meta` key holding the first block not yet closed (the one being
+/// filled): new seqs are never taken from a block before it.
 pub const NEXT_BLOCK_KEY: &str = "next_block";
 
-/// The first block not yet indexed (0 in a new store).
+/// The value stored under `key` in `meta`.
+pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()
+}
+
+/// Store `value` under `key` in `meta`.
+pub fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?
+        .execute((key, value))?;
+    Ok(())
+}
+
+/// The first block not yet closed (0 in a new store).
 pub fn next_block(conn: &Connection) -> rusqlite::Result<i64> {
-    let v: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = ?1",
-            [NEXT_BLOCK_KEY],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    Ok(meta(conn, NEXT_BLOCK_KEY)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// The number of stored events.
+pub fn event_count(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT coalesce(sum(events), 0) FROM segments", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n as u64)
 }
 
 /// Settings every connection needs. `busy_timeout` lets readers wait out a checkpoint.

@@ -363,13 +363,7 @@ impl StoreWriter {
 
     /// Number of stored events.
     pub fn count(&self) -> Result<u64, EventsError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT coalesce(sum(events), 0) FROM segments", [], |r| {
-                r.get(0)
-            })
-            .map_err(|e| self.err(e))?;
-        Ok(n as u64)
+        schema::event_count(&self.conn).map_err(|e| self.err(e))
     }
 }
 
@@ -486,9 +480,7 @@ pub(super) fn reindex_block(conn: &Connection, block: i64) -> rusqlite::Result<(
 }
 
 fn set_next_block(conn: &Connection, block: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?
-        .execute((schema::NEXT_BLOCK_KEY, block.to_string()))?;
-    Ok(())
+    schema::set_meta(conn, schema::NEXT_BLOCK_KEY, &block.to_string())
 }
 
 /// One block's postings (one builder per indexed field) and time bounds.
