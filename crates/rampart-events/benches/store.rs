@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use rampart_events::query::parse;
-use rampart_events::store::SearchRequest;
+use rampart_events::store::{PreparedEvent, SearchRequest};
 use rampart_events::{
     db_path, EventsConfig, FlowEvent, FlowKind, FlowSummary, Pipeline, Record, StoreReader,
     StoreWriter, TlsDecision, Verdict,
@@ -77,11 +77,14 @@ fn event(i: u64, n: u64, base: i64) -> Record {
     Record::Flow(FlowEvent::new(FlowKind::Http, f))
 }
 
-/// The stored form, as the pipeline's drainer encodes it.
-fn encode(r: &Record) -> Vec<u8> {
+/// The event prepared for the store, as the data path (flows) or the pipeline's drainer does.
+fn prepare(r: &Record) -> PreparedEvent {
     match r {
-        Record::Flow(f) => rampart_events::store::encode_flow(f),
-        Record::Event(e) => rampart_events::store::encode_doc(&serde_json::to_string(e).unwrap()),
+        Record::Flow(f) => PreparedEvent::from_flow(f),
+        Record::Event(e) => PreparedEvent::new(
+            &**e,
+            &rampart_events::store::encode_doc(&serde_json::to_string(e).unwrap()),
+        ),
     }
 }
 
@@ -172,8 +175,8 @@ fn main() {
         let batch: Vec<Record> = (i..(i + chunk).min(n)).map(|k| event(k, n, base)).collect();
         let t = Instant::now();
         let c = thread_cpu();
-        let blobs: Vec<Vec<u8>> = batch.iter().map(encode).collect();
-        w.insert_encoded(&batch, &blobs).unwrap();
+        let prepared: Vec<PreparedEvent> = batch.iter().map(prepare).collect();
+        w.insert_prepared(&prepared).unwrap();
         insert_cpu += thread_cpu() - c;
         insert_time += t.elapsed();
         i += chunk;
@@ -256,7 +259,7 @@ fn main() {
     // what the OCSF JSON costs where it is still rendered (sinks, the spool).
     let sample: Vec<&Record> = events.iter().take(50_000).collect();
     let c = thread_cpu();
-    let stored_bytes: usize = sample.iter().map(|r| encode(r).len()).sum();
+    let stored_bytes: usize = sample.iter().map(|r| prepare(r).stored().len()).sum();
     let encode_cpu = (thread_cpu() - c).as_secs_f64() * 1e6 / sample.len() as f64;
     let c = thread_cpu();
     let docs: Vec<String> = sample

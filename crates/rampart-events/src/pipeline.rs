@@ -26,7 +26,7 @@ use crate::flow::FlowEvent;
 use crate::record::Record;
 use crate::sink::{self, SinkFeed, SinkStats};
 use crate::spool::Spool;
-use crate::store::{db_path, decode_stored, encode_doc, encode_flow, Checkpointer, StoreWriter};
+use crate::store::{db_path, decode_stored, encode_doc, Checkpointer, PreparedEvent, StoreWriter};
 
 /// Events the drainer moves per tick at most.
 const MAX_BATCH: usize = 8192;
@@ -103,34 +103,55 @@ pub struct StatsSnapshot {
     pub spool_bytes: u64,
 }
 
+/// What the data path hands over. Small: the channel preallocates every slot
+/// (a whole event per slot would be ~100 MB at rest for 65,536 of them).
+#[derive(Debug)]
+enum Queued {
+    /// A flow event already prepared for the store (no sinks need its OCSF form).
+    Prepared(PreparedEvent),
+    Record(Box<Record>),
+}
+
 /// The data path's handle: cheap to clone, `send` never blocks.
 #[derive(Clone, Debug)]
 pub struct EventSender {
-    // Boxed: the channel preallocates every slot, and a boxed slot is one
-    // pointer instead of a whole event (65,536 events would be ~100 MB at rest).
     /// `None` when events are disabled (`[events] enabled = false`).
-    tx: Option<SyncSender<Box<Record>>>,
+    tx: Option<SyncSender<Queued>>,
     stats: Arc<PipelineStats>,
+    /// Prepare flow events on the caller's thread (see [`EventSender::send_flow`]).
+    prepare_flows: bool,
 }
 
 impl EventSender {
     /// Hand an event over. Never waits: if the queue is full the event is counted as dropped.
     pub fn send(&self, event: Event) {
-        self.send_record(Record::Event(Box::new(event)));
+        self.send_queued(Queued::Record(Box::new(Record::Event(Box::new(event)))));
     }
 
     /// Hand an HTTP or network event over in its flow form: cheaper than
     /// [`EventSender::send`] of the OCSF event, which is built only if a sink
     /// needs it. Never waits.
+    ///
+    /// Without sinks the flow is prepared for the store here, on the caller's
+    /// thread (a few hundred nanoseconds): its strings are freed where they
+    /// were allocated, and one buffer crosses to the writer instead of a dozen
+    /// allocations (see `store/prepared.rs`).
     pub fn send_flow(&self, flow: FlowEvent) {
-        self.send_record(Record::Flow(flow));
+        if self.tx.is_none() {
+            return;
+        }
+        if self.prepare_flows {
+            self.send_queued(Queued::Prepared(PreparedEvent::from_flow(&flow)));
+        } else {
+            self.send_queued(Queued::Record(Box::new(Record::Flow(flow))));
+        }
     }
 
-    fn send_record(&self, record: Record) {
+    fn send_queued(&self, queued: Queued) {
         let Some(tx) = &self.tx else {
             return;
         };
-        match tx.try_send(Box::new(record)) {
+        match tx.try_send(queued) {
             Ok(()) => {
                 self.stats.accepted.fetch_add(1, Ordering::Relaxed);
             }
@@ -175,6 +196,7 @@ impl Pipeline {
             let sender = EventSender {
                 tx: None,
                 stats: stats.clone(),
+                prepare_flows: false,
             };
             let pipeline = Pipeline {
                 stats,
@@ -203,12 +225,13 @@ impl Pipeline {
             feeds.push(feed);
             threads.push(handle);
         }
-        let (tx, rx) = mpsc::sync_channel::<Box<Record>>(config.queue_size.max(1));
+        let for_sinks = !feeds.is_empty();
+        let (tx, rx) = mpsc::sync_channel::<Queued>(config.queue_size.max(1));
         let (btx, brx) = mpsc::sync_channel::<Batch>(BATCH_SLOTS);
         let in_flight = Arc::new(AtomicUsize::new(0));
         let d = Drainer {
             rx,
-            for_sinks: !feeds.is_empty(),
+            for_sinks,
             btx,
             in_flight: in_flight.clone(),
             spool: spool.clone(),
@@ -239,6 +262,7 @@ impl Pipeline {
         let sender = EventSender {
             tx: Some(tx),
             stats: stats.clone(),
+            prepare_flows: !for_sinks,
         };
         Ok((
             Pipeline {
@@ -298,84 +322,96 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         })
 }
 
-/// Records with their stored documents encoded, on the drainer's thread so the
-/// writer spends its time in SQLite. With sinks configured, flow records are
-/// turned into OCSF events and every event's JSON is rendered once, for the
-/// store and the sinks alike; without sinks nothing renders JSON.
-// Boxed records: they arrive boxed from the channel, and moving a box is a
-// pointer copy where moving a record is over a kilobyte.
-#[allow(clippy::vec_box)]
+/// Events prepared for the store ([`PreparedEvent`]), on the drainer's thread
+/// so the writer spends its time in SQLite (flow events mostly arrive
+/// prepared by the data path). With sinks configured, flow records are turned
+/// into OCSF events and every event's JSON is rendered once, for the store and
+/// the sinks alike; without sinks nothing renders JSON.
 #[derive(Default)]
 struct Batch {
+    events: Vec<PreparedEvent>,
+    /// The full events, for the sinks (with sinks only; empty otherwise).
+    // Boxed records: they arrive boxed from the channel, and moving a box is a
+    // pointer copy where moving a record is over a kilobyte.
+    #[allow(clippy::vec_box)]
     records: Vec<Box<Record>>,
-    blobs: Vec<Vec<u8>>,
     /// The records' JSON (with sinks only; empty otherwise).
     docs: Vec<String>,
 }
 
 impl Batch {
-    #[allow(clippy::vec_box)]
-    fn encode(mut records: Vec<Box<Record>>, for_sinks: bool) -> Batch {
-        if for_sinks {
-            for r in records.iter_mut() {
-                if let Record::Flow(f) = &**r {
-                    **r = Record::Event(Box::new(f.event()));
+    fn encode(queued: Vec<Queued>, for_sinks: bool) -> Batch {
+        let mut batch = Batch {
+            events: Vec::with_capacity(queued.len()),
+            ..Batch::default()
+        };
+        for q in queued {
+            let record = match q {
+                Queued::Prepared(p) if !for_sinks => {
+                    batch.events.push(p);
+                    continue;
+                }
+                // Not sent prepared while sinks run; kept all the same.
+                Queued::Prepared(p) => match decode_stored(p.stored()) {
+                    Ok(r) => Box::new(r),
+                    Err(_) => {
+                        batch.events.push(p);
+                        continue;
+                    }
+                },
+                Queued::Record(r) => r,
+            };
+            match (*record, for_sinks) {
+                (Record::Flow(f), false) => batch.events.push(PreparedEvent::from_flow(&f)),
+                (Record::Event(e), false) => batch
+                    .events
+                    .push(PreparedEvent::new(&*e, &encode_doc(&render_json(&e)))),
+                (r, true) => {
+                    let event = match r {
+                        Record::Flow(f) => f.event(),
+                        Record::Event(e) => *e,
+                    };
+                    let doc = render_json(&event);
+                    batch
+                        .events
+                        .push(PreparedEvent::new(&event, &encode_doc(&doc)));
+                    batch.docs.push(doc);
+                    batch.records.push(Box::new(Record::Event(Box::new(event))));
                 }
             }
-            let docs: Vec<String> = records.iter().map(|r| render_json(&r.to_event())).collect();
-            let blobs = docs.iter().map(|d| encode_doc(d)).collect();
-            return Batch {
-                records,
-                blobs,
-                docs,
-            };
         }
-        let blobs = records
-            .iter()
-            .map(|r| match &**r {
-                Record::Flow(f) => encode_flow(f),
-                Record::Event(e) => encode_doc(&render_json(e)),
-            })
-            .collect();
-        Batch {
-            records,
-            blobs,
-            docs: Vec::new(),
-        }
+        batch
+    }
+
+    fn len(&self) -> usize {
+        self.events.len()
     }
 
     fn append(&mut self, other: Batch) {
+        self.events.extend(other.events);
         self.records.extend(other.records);
-        self.blobs.extend(other.blobs);
         self.docs.extend(other.docs);
     }
 
-    /// Every record as an overflow-spool line: flow records in their stored
-    /// form (see [`flow_line`]), other events as their OCSF JSON.
+    /// Every event as an overflow-spool line: its stored form (see [`stored_line`]).
     fn spool_lines(&self) -> Vec<Vec<u8>> {
-        // `blobs` has one stored form per record; `docs` one JSON per record, or none.
-        self.records
+        self.events
             .iter()
-            .zip(&self.blobs)
-            .enumerate()
-            .map(|(i, (r, blob))| match (&**r, self.docs.get(i)) {
-                (_, Some(doc)) => doc.as_bytes().to_vec(),
-                (Record::Flow(_), None) => flow_line(blob),
-                (Record::Event(e), None) => render_json(e).into_bytes(),
-            })
+            .map(|e| stored_line(e.stored()))
             .collect()
     }
 }
 
-/// Overflow-spool lines of flow records start with this, followed by the
-/// record's stored form in base64: spilling and replaying them costs no JSON,
-/// which matters most exactly when the store is behind. OCSF JSON lines, the
-/// other kind (and all lines of older versions), start with `{`.
-const FLOW_LINE_PREFIX: &[u8] = b"F:";
+/// Overflow-spool lines start with this, followed by the event's stored form
+/// in base64 (the flow record of HTTP and network events, compressed JSON of
+/// the others): spilling and replaying them costs no JSON, which matters most
+/// exactly when the store is behind. OCSF JSON lines, written by older
+/// versions, start with `{` and are still read.
+const STORED_LINE_PREFIX: &[u8] = b"F:";
 
-fn flow_line(stored: &[u8]) -> Vec<u8> {
+fn stored_line(stored: &[u8]) -> Vec<u8> {
     use base64::Engine;
-    let mut line = FLOW_LINE_PREFIX.to_vec();
+    let mut line = STORED_LINE_PREFIX.to_vec();
     line.extend_from_slice(
         base64::engine::general_purpose::STANDARD_NO_PAD
             .encode(stored)
@@ -386,7 +422,7 @@ fn flow_line(stored: &[u8]) -> Vec<u8> {
 
 /// A spooled line back as a record and its stored form.
 fn parse_spool_line(line: &[u8]) -> Result<(Record, Vec<u8>), String> {
-    if let Some(b64) = line.strip_prefix(FLOW_LINE_PREFIX) {
+    if let Some(b64) = line.strip_prefix(STORED_LINE_PREFIX) {
         use base64::Engine;
         let stored = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(b64)
@@ -411,7 +447,7 @@ fn render_json(e: &Event) -> String {
 }
 
 struct Drainer {
-    rx: Receiver<Box<Record>>,
+    rx: Receiver<Queued>,
     /// Whether sinks need every event as OCSF JSON.
     for_sinks: bool,
     btx: SyncSender<Batch>,
@@ -477,7 +513,7 @@ impl Drainer {
     }
 
     fn spill(&self, batch: Batch) {
-        let n = batch.records.len() as u64;
+        let n = batch.len() as u64;
         let lines = batch.spool_lines();
         let result = match self.spool.lock() {
             Ok(mut s) => {
@@ -531,7 +567,7 @@ impl Writer {
             // Group commit: gather for COMMIT_WINDOW from the first event (or
             // until the transaction is full, or the pipeline closes).
             let deadline = Instant::now() + COMMIT_WINDOW;
-            while !pending.records.is_empty() && pending.records.len() < MAX_COMMIT {
+            while pending.len() > 0 && pending.len() < MAX_COMMIT {
                 let now = Instant::now();
                 if now >= deadline || self.closing.load(Ordering::Relaxed) {
                     break;
@@ -545,8 +581,8 @@ impl Writer {
                     }
                 }
             }
-            if !pending.records.is_empty() {
-                let n = pending.records.len();
+            if pending.len() > 0 {
+                let n = pending.len();
                 self.commit(pending);
                 self.in_flight.fetch_sub(n, Ordering::Relaxed);
             } else if !self.replay_spool() && disconnected {
@@ -567,8 +603,8 @@ impl Writer {
 
     /// Store a batch; on failure spill it so nothing is lost, and back off.
     fn commit(&mut self, batch: Batch) {
-        let n = batch.records.len();
-        match self.store.insert_encoded(&batch.records, &batch.blobs) {
+        let n = batch.len();
+        match self.store.insert_prepared(&batch.events) {
             Ok(_) => {
                 self.stats.stored.fetch_add(n as u64, Ordering::Relaxed);
                 if !self.feeds.is_empty() {
@@ -617,12 +653,12 @@ impl Writer {
             return false;
         };
         let mut records = Vec::with_capacity(chunk.lines.len());
-        let mut blobs = Vec::with_capacity(chunk.lines.len());
+        let mut prepared = Vec::with_capacity(chunk.lines.len());
         for line in &chunk.lines {
             match parse_spool_line(line) {
                 Ok((record, stored)) => {
+                    prepared.push(PreparedEvent::new(&record, &stored));
                     records.push(record);
-                    blobs.push(stored);
                 }
                 Err(err) => {
                     tracing::error!(%err, "unreadable event in the overflow spool; skipped");
@@ -630,7 +666,7 @@ impl Writer {
                 }
             }
         }
-        match self.store.insert_encoded(&records, &blobs) {
+        match self.store.insert_prepared(&prepared) {
             Ok(_) => {
                 self.stats
                     .stored
@@ -697,29 +733,62 @@ mod tests {
     }
 
     #[test]
-    fn spool_lines_round_trip_flow_records_and_json_events() {
+    fn spool_lines_round_trip_flow_records_and_other_events() {
         let f = flow();
         let e = f.summary.network_event();
         let batch = Batch::encode(
             vec![
-                Box::new(Record::Flow(f.clone())),
-                Box::new(Record::Event(Box::new(e.clone()))),
+                Queued::Prepared(PreparedEvent::from_flow(&f)),
+                Queued::Record(Box::new(Record::Flow(f.clone()))),
+                Queued::Record(Box::new(Record::Event(Box::new(e.clone())))),
             ],
             false,
         );
+        assert_eq!(batch.events[0], batch.events[1]);
         let lines = batch.spool_lines();
-        assert!(lines[0].starts_with(FLOW_LINE_PREFIX));
-        assert!(lines[1].starts_with(b"{"));
+        assert!(lines.iter().all(|l| l.starts_with(STORED_LINE_PREFIX)));
         match parse_spool_line(&lines[0]).unwrap() {
             (Record::Flow(back), stored) => {
                 assert_eq!(back, f);
-                assert_eq!(stored, batch.blobs[0]);
+                assert_eq!(stored, batch.events[0].stored());
             }
             other => panic!("{other:?}"),
         }
-        match parse_spool_line(&lines[1]).unwrap().0 {
+        match parse_spool_line(&lines[2]).unwrap().0 {
             Record::Event(back) => assert_eq!(*back, e),
             other => panic!("{other:?}"),
+        }
+        // Lines older versions wrote as OCSF JSON still read back.
+        match parse_spool_line(render_json(&e).as_bytes()).unwrap().0 {
+            Record::Event(back) => assert_eq!(*back, e),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// With sinks, every event reaches the batch as a full OCSF event with its
+    /// JSON, prepared flows included, and is stored from that same JSON.
+    #[test]
+    fn with_sinks_every_event_is_rendered_once_for_store_and_sinks() {
+        let f = flow();
+        let batch = Batch::encode(
+            vec![
+                Queued::Prepared(PreparedEvent::from_flow(&f)),
+                Queued::Record(Box::new(Record::Flow(f.clone()))),
+            ],
+            true,
+        );
+        assert_eq!(
+            (batch.len(), batch.records.len(), batch.docs.len()),
+            (2, 2, 2)
+        );
+        for (i, p) in batch.events.iter().enumerate() {
+            assert_eq!(p.id(), f.id);
+            assert_eq!(batch.records[i].as_event(), Some(&f.event()));
+            match decode_stored(p.stored()).unwrap() {
+                Record::Event(back) => assert_eq!(*back, f.event()),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(batch.docs[i], render_json(&f.event()));
         }
     }
 
@@ -728,7 +797,7 @@ mod tests {
     #[test]
     fn a_flow_line_holding_another_stored_form_is_not_lost() {
         let e = flow().event();
-        let line = flow_line(&encode_doc(&render_json(&e)));
+        let line = stored_line(&encode_doc(&render_json(&e)));
         match parse_spool_line(&line).unwrap().0 {
             Record::Event(back) => assert_eq!(*back, e),
             other => panic!("{other:?}"),

@@ -32,6 +32,18 @@ impl Row for Event {
     }
 }
 
+impl Row for FlowEvent {
+    fn id(&self) -> Uuid {
+        self.id
+    }
+    fn time(&self) -> i64 {
+        self.summary.end_ms
+    }
+    fn column(&self, f: Field) -> ToSqlOutput<'_> {
+        flow_column(f, self)
+    }
+}
+
 impl Row for Record {
     fn id(&self) -> Uuid {
         Record::id(self)
@@ -87,15 +99,6 @@ impl crate::query::FieldValues for Record {
                 _ => None,
             },
         }
-    }
-}
-
-/// A value as SQLite sees it.
-pub(crate) fn value_ref<'a>(v: &'a ToSqlOutput<'_>) -> ValueRef<'a> {
-    match v {
-        ToSqlOutput::Borrowed(v) => *v,
-        ToSqlOutput::Owned(v) => ValueRef::from(v),
-        _ => ValueRef::Null,
     }
 }
 

@@ -75,16 +75,44 @@ pub enum DocError {
 
 /// The stored form of a flow event.
 pub fn encode_flow(flow: &FlowEvent) -> Vec<u8> {
+    encode_flow_into(flow, Vec::with_capacity(384))
+}
+
+/// [`encode_flow`], appended to `out`.
+pub fn encode_flow_into(flow: &FlowEvent, mut out: Vec<u8>) -> Vec<u8> {
     let doc = FlowDocRef {
         product_version: PRODUCT_VERSION,
         flow,
     };
-    let mut out = Vec::with_capacity(384);
+    let start = out.len();
     out.push(FORMAT_FLOW_V1);
-    match postcard::to_extend(&doc, out) {
-        Ok(out) => out,
+    if postcard::serialize_with_flavor(&doc, Appender(&mut out)).is_err() {
         // Only a serializer bug could get here: keep the event, as JSON.
-        Err(_) => encode(&serde_json::to_string(&flow.event()).unwrap_or_default()),
+        out.truncate(start);
+        let json = serde_json::to_string(&flow.event()).unwrap_or_default();
+        out.extend_from_slice(&encode(&json));
+    }
+    out
+}
+
+/// Lets postcard append to a buffer it does not own, a slice at a time.
+struct Appender<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Appender<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

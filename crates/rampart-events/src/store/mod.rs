@@ -15,6 +15,7 @@ mod doc;
 mod migrate;
 mod plan;
 mod postings;
+mod prepared;
 mod reader;
 mod scan;
 mod schema;
@@ -23,15 +24,16 @@ mod varint;
 mod writer;
 
 pub use columns::Row;
+pub use prepared::PreparedEvent;
 pub use reader::{Cursor, Page, SearchRequest, StoreReader};
 pub use writer::{Checkpointer, RetentionReport, StoreWriter};
 
-/// The stored form of an event's JSON document, for [`StoreWriter::insert_encoded`].
+/// The stored form of an event's JSON document, for [`PreparedEvent::new`].
 pub fn encode_doc(json: &str) -> Vec<u8> {
     doc::encode(json)
 }
 
-/// The stored form of a flow event (no JSON), for [`StoreWriter::insert_encoded`].
+/// The stored form of a flow event (no JSON); [`PreparedEvent::from_flow`] makes it too.
 pub fn encode_flow(flow: &crate::flow::FlowEvent) -> Vec<u8> {
     doc::encode_flow(flow)
 }

@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 
 use std::collections::HashSet;
 
-use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
-use super::columns::{value_ref, Row};
 use super::postings::{self, PostingsBuilder, BLOCK_EVENTS};
+use super::prepared::{indexed_values, PreparedEvent};
 use super::schema::{self, INDEXED};
 use super::segment::{self, Segment, SegmentBuilder};
 use super::{doc, migrate};
@@ -160,25 +160,24 @@ impl StoreWriter {
         self.insert_with_docs(events, &docs)
     }
 
-    /// Like [`StoreWriter::insert`], with each event's JSON already rendered
-    /// (the pipeline renders once for the store and every sink).
+    /// Like [`StoreWriter::insert`], with each event's JSON already rendered.
     pub fn insert_with_docs(
         &mut self,
         events: &[Event],
         docs: &[String],
     ) -> Result<usize, EventsError> {
-        let blobs: Vec<Vec<u8>> = docs.iter().map(|d| doc::encode(d)).collect();
-        self.insert_encoded(events, &blobs)
+        let prepared: Vec<PreparedEvent> = events
+            .iter()
+            .zip(docs)
+            .map(|(e, d)| PreparedEvent::new(e, &doc::encode(d)))
+            .collect();
+        self.insert_prepared(&prepared)
     }
 
-    /// Like [`StoreWriter::insert`], for events or flow records whose stored
-    /// documents are already encoded by [`super::encode_doc`] or
-    /// [`super::encode_flow`] (the pipeline does that off the writer thread).
-    pub fn insert_encoded<R: Row>(
-        &mut self,
-        rows: &[R],
-        blobs: &[Vec<u8>],
-    ) -> Result<usize, EventsError> {
+    /// Insert events prepared for the store (the pipeline prepares them off
+    /// the writer thread, most on the data path). Events already stored (same
+    /// id) are ignored.
+    pub fn insert_prepared(&mut self, events: &[PreparedEvent]) -> Result<usize, EventsError> {
         self.prepare()?;
         let path = self.path.clone();
         let wrap = |source| EventsError::Store {
@@ -200,7 +199,7 @@ impl StoreWriter {
         let Known {
             mut stored,
             repeated,
-        } = known_ids(&tx, rows).map_err(wrap)?;
+        } = known_ids(&tx, events).map_err(wrap)?;
         // Taken: an error below leaves `None`, and the next call reloads.
         let block = seq / BLOCK_EVENTS;
         let mut filling = match self.filling.take() {
@@ -210,8 +209,8 @@ impl StoreWriter {
         let mut segment = SegmentBuilder::default();
         let mut segment_first = seq + 1;
         let mut inserted = 0;
-        for (row, blob) in rows.iter().zip(blobs) {
-            let id = row.id();
+        for event in events {
+            let id = event.id();
             // Already stored (a replayed spool, a retried upload): skip it.
             if stored.contains(id.as_bytes()) {
                 continue;
@@ -220,13 +219,11 @@ impl StoreWriter {
             if repeated.contains(id.as_bytes()) {
                 stored.insert(*id.as_bytes());
             }
-            let time = row.time();
+            let time = event.time();
             seq += 1;
             inserted += 1;
-            segment.push(id, time, blob);
-            let values: [ToSqlOutput<'_>; INDEXED.len()] =
-                std::array::from_fn(|i| row.column(INDEXED[i]));
-            filling.add(seq, time, values.iter().map(value_ref));
+            segment.push(id, time, event.stored());
+            filling.add(seq, time, event.indexed());
             if segment.is_full() {
                 write_segment(&tx, segment_first, &mut segment).map_err(wrap)?;
                 segment_first = seq + 1;
@@ -419,8 +416,8 @@ type IdSet = HashSet<[u8; 16], foldhash::fast::RandomState>;
 /// are split where they are far apart in time, so one old event (an agent's
 /// upload after days offline) costs a look at its own time, not at every
 /// segment since.
-fn known_ids<R: Row>(conn: &Connection, rows: &[R]) -> rusqlite::Result<Known> {
-    let mut ids: Vec<[u8; 16]> = rows.iter().map(|r| *r.id().as_bytes()).collect();
+fn known_ids(conn: &Connection, events: &[PreparedEvent]) -> rusqlite::Result<Known> {
+    let mut ids: Vec<[u8; 16]> = events.iter().map(|e| *e.id().as_bytes()).collect();
     ids.sort_unstable();
     let repeated: IdSet = ids
         .windows(2)
@@ -504,19 +501,14 @@ impl BlockPostings {
     }
 
     /// Add the event at `seq` with its indexed columns' values (in [`INDEXED`] order).
-    fn add<'a>(&mut self, seq: i64, time: i64, values: impl Iterator<Item = ValueRef<'a>>) {
+    fn add<'a>(&mut self, seq: i64, time: i64, values: impl Iterator<Item = Option<&'a str>>) {
         let offset = (seq - postings::block_seqs(self.block).0) as u32;
         self.count += 1;
         self.min_time = self.min_time.min(time);
         self.max_time = self.max_time.max(time);
         for (b, v) in self.builders.iter_mut().zip(values) {
-            match v {
-                ValueRef::Text(t) => match std::str::from_utf8(t) {
-                    Ok(text) => b.add(text, offset),
-                    Err(_) => b.add(&String::from_utf8_lossy(t), offset),
-                },
-                ValueRef::Integer(n) => b.add(&n.to_string(), offset),
-                _ => {}
+            if let Some(text) = v {
+                b.add(text, offset);
             }
         }
     }
@@ -552,9 +544,8 @@ impl BlockPostings {
                 let Some(Ok(record)) = seg.stored(offset).map(super::decode_stored) else {
                     continue;
                 };
-                let values: [ToSqlOutput<'_>; INDEXED.len()] =
-                    std::array::from_fn(|i| record.column(INDEXED[i]));
-                out.add(seq, record.time(), values.iter().map(value_ref));
+                let values = indexed_values(&record);
+                out.add(seq, record.time(), values.iter().map(|v| v.as_deref()));
             }
         }
         Ok(out)
