@@ -47,7 +47,7 @@ LAT_CONNS=10
 # every target alike: the first second holds oha's own start-up (its first
 # request takes ~35 ms even direct) and the opening of the 10 connections (for
 # an interceptor a CONNECT and two TLS handshakes each, ten at once on one CPU):
-# ~20 requests of 5-12 ms that would otherwise decide a 6-10 s run's p99 alone
+# 25-65 requests over 1 ms (most 5-12 ms) that would otherwise decide a 6-10 s run's p99 alone
 # (3,000-5,000 requests: p99 is the 30th-50th slowest), so the figure would
 # depend on the run's length. New-connection cost has its own figures
 # (i_rps_new, i_new_cpu_us); the whole run's p99 is still recorded
