@@ -147,6 +147,19 @@ impl EventSender {
         }
     }
 
+    /// [`EventSender::send_flow`] of a flow the caller keeps (and may reuse):
+    /// copied only when sinks need it whole.
+    pub fn send_flow_ref(&self, flow: &FlowEvent) {
+        if self.tx.is_none() {
+            return;
+        }
+        if self.prepare_flows {
+            self.send_queued(Queued::Prepared(PreparedEvent::from_flow(flow)));
+        } else {
+            self.send_queued(Queued::Record(Box::new(Record::Flow(flow.clone()))));
+        }
+    }
+
     fn send_queued(&self, queued: Queued) {
         let Some(tx) = &self.tx else {
             return;

@@ -3,13 +3,24 @@
 //! for a tunnel, plus a Detection Finding when an `alert` rule matched. Built
 //! once, when the flow ends; handing them over never waits on disk.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rampart_events::{
     AlertSpec, EventSender, FlowEvent, FlowKind, FlowSummary, Severity, TlsDecision, Verdict,
 };
+use uuid::Uuid;
 
 use crate::access_log::FlowRecord;
+
+thread_local! {
+    /// The last flow event this thread built, refilled in place for the next
+    /// one: its strings keep their buffers, so building an event allocates
+    /// (nearly) nothing in steady state. This runs once per request.
+    static SCRATCH: RefCell<FlowEvent> =
+        RefCell::new(FlowEvent::new(FlowKind::Http, FlowSummary::new(Uuid::nil(), 0)));
+}
 
 pub fn emit(record: &FlowRecord, events: &EventSender) {
     // `[events] enabled = false`: don't pay for building events nobody stores.
@@ -17,23 +28,22 @@ pub fn emit(record: &FlowRecord, events: &EventSender) {
         return;
     }
     let is_tunnel = record.method == "CONNECT";
-    let kind = if is_tunnel {
-        FlowKind::Network
-    } else {
-        FlowKind::Http
-    };
-    // Sent in its flow form: the store keeps it that way and builds the OCSF
-    // event only when it is read (or a sink needs it).
-    let flow = FlowEvent::new(kind, summary(record));
-    // Built before the flow record moves into the pipeline; each links to it.
-    let alerts: Vec<_> = alerts(record, is_tunnel)
-        .iter()
-        .map(|alert| flow.summary.alert_event(alert, Some(flow.id)))
-        .collect();
-    events.send_flow(flow);
-    for alert in alerts {
-        events.send(alert);
-    }
+    SCRATCH.with_borrow_mut(|flow| {
+        fill(&mut flow.summary, record);
+        flow.kind = if is_tunnel {
+            FlowKind::Network
+        } else {
+            FlowKind::Http
+        };
+        flow.id = rampart_events::new_event_id(flow.summary.end_ms);
+        // Sent in its flow form: the store keeps it that way and builds the
+        // OCSF event only when it is read (or a sink needs it).
+        events.send_flow_ref(flow);
+        // Alerts link to the flow's event.
+        for alert in alerts(record, is_tunnel) {
+            events.send(flow.summary.alert_event(&alert, Some(flow.id)));
+        }
+    });
 }
 
 /// The findings a flow raises: TLS problems (once per tunnel, not once per
@@ -95,92 +105,157 @@ fn alerts(record: &FlowRecord, is_tunnel: bool) -> Vec<AlertSpec> {
     out
 }
 
-fn summary(record: &FlowRecord) -> FlowSummary {
-    let start_ms = millis(record.time);
-    let mut s = FlowSummary::new(record.id, start_ms);
-    s.end_ms = start_ms + record.duration_ms.as_millis() as i64;
-    s.user = record.user.as_deref().map(str::to_string);
-    s.groups = record.groups.clone();
+/// Overwrite every field of `s` with `record`'s flow. The destructuring names
+/// every field, so a field added to `FlowSummary` fails to compile here
+/// instead of keeping the previous flow's value.
+fn fill(s: &mut FlowSummary, record: &FlowRecord) {
+    let FlowSummary {
+        flow_id,
+        start_ms,
+        end_ms,
+        reporter,
+        user,
+        groups,
+        device_uid,
+        device_hostname,
+        process_name,
+        process_pid,
+        process_path,
+        src,
+        dst,
+        host,
+        sni,
+        tls_version,
+        method,
+        url,
+        status,
+        content_type,
+        user_agent,
+        categories,
+        app,
+        verdict,
+        stage,
+        rule_id,
+        rule_name,
+        policy_revision,
+        matched,
+        bytes_out,
+        bytes_in,
+        tls_decision,
+        bypass,
+        egress,
+        error,
+    } = s;
+    let is_tunnel = record.method == "CONNECT";
+    *flow_id = record.id;
+    *start_ms = millis(record.time);
+    *end_ms = *start_ms + record.duration_ms.as_millis() as i64;
+    *reporter = Cow::Borrowed("gateway");
+    set(user, record.user.as_deref());
+    set_all(groups, record.groups.iter().map(String::as_str));
     // Agent tunnel flows: the enrolled device and the endpoint process behind them.
-    s.device_uid = record.device.as_deref().map(str::to_string);
-    if let Some(process) = &record.process {
-        s.process_name = Some(process.name.clone());
-        s.process_pid = process.pid;
-        s.process_path = process.path.clone();
-        if process.steering.as_deref() == Some("tunnel-bypass") {
-            s.bypass = Some(rampart_events::Bypass {
-                at: rampart_events::BypassSite::Gateway,
-                reason: format!("tunnel-bypass by agent (process {})", process.name),
-            });
-        }
-    }
-    s.src = Some(record.client);
+    set(device_uid, record.device.as_deref());
+    *device_hostname = None;
+    let process = record.process.as_ref();
+    set(process_name, process.map(|p| p.name.as_str()));
+    *process_pid = process.and_then(|p| p.pid);
+    set(process_path, process.and_then(|p| p.path.as_deref()));
+    *bypass = process
+        .filter(|p| p.steering.as_deref() == Some("tunnel-bypass"))
+        .map(|p| rampart_events::Bypass {
+            at: rampart_events::BypassSite::Gateway,
+            reason: format!("tunnel-bypass by agent (process {})", p.name),
+        });
+    *src = Some(record.client);
     // A flow refused before connecting has no peer; its target still names where it
     // was going (an agent in transparent mode asks for the original IP and port).
-    s.dst = record.server.or_else(|| {
+    *dst = record.server.or_else(|| {
         let (host, port) = crate::config::split_host_port(&record.target)?;
         Some(std::net::SocketAddr::new(host.parse().ok()?, port))
     });
-    let is_tunnel = record.method == "CONNECT";
-    s.host = Some(host_of(&record.target, is_tunnel).to_string());
-    s.method = Some(record.method.clone());
-    if !is_tunnel {
-        s.url = Some(record.target.clone());
-    }
-    s.status = (record.status != 0).then_some(record.status);
-    s.content_type = record.content_type.clone();
-    s.bytes_out = record.bytes_from_client;
-    s.bytes_in = record.bytes_to_client;
-    s.egress = record.egress.as_deref().map(str::to_string);
-    s.error = record.error.clone();
-    if let Some(tls) = &record.tls {
-        s.sni = tls.sni.clone();
-        s.tls_version = tls.version.clone();
-        s.tls_decision = Some(
-            if tls.pinned_client.is_some() || (tls.origin_problem.is_some() && record.status == 502)
-            {
-                TlsDecision::Failed
-            } else if tls.decision == "decrypt" {
-                TlsDecision::Decrypt
-            } else if tls.decision == "do-not-decrypt" {
-                TlsDecision::DoNotDecrypt
-            } else {
-                TlsDecision::Plaintext
-            },
-        );
-    }
-    s.verdict = match record.policy.as_ref().map(|p| p.action) {
+    set(host, Some(host_of(&record.target, is_tunnel)));
+    set(method, Some(&record.method));
+    set(url, (!is_tunnel).then_some(record.target.as_str()));
+    *status = (record.status != 0).then_some(record.status);
+    set(content_type, record.content_type.as_deref());
+    *user_agent = None;
+    *bytes_out = record.bytes_from_client;
+    *bytes_in = record.bytes_to_client;
+    set(egress, record.egress.as_deref());
+    set(error, record.error.as_deref());
+    let tls = record.tls.as_ref();
+    set(sni, tls.and_then(|t| t.sni.as_deref()));
+    set(tls_version, tls.and_then(|t| t.version.as_deref()));
+    *tls_decision = tls.map(|tls| {
+        if tls.pinned_client.is_some() || (tls.origin_problem.is_some() && record.status == 502) {
+            TlsDecision::Failed
+        } else if tls.decision == "decrypt" {
+            TlsDecision::Decrypt
+        } else if tls.decision == "do-not-decrypt" {
+            TlsDecision::DoNotDecrypt
+        } else {
+            TlsDecision::Plaintext
+        }
+    });
+    let policy = record.policy.as_ref();
+    *verdict = match policy.map(|p| p.action) {
         Some("block") => Verdict::Block,
         Some("alert" | "user-alert") => Verdict::Alert,
         // Admission refusals (ACL, authentication, ports) are blocks too.
         _ if matches!(record.status, 403 | 407) => Verdict::Block,
         _ => Verdict::Allow,
     };
-    if let Some(policy) = &record.policy {
-        s.stage = Some(policy.stage.to_string());
-        s.rule_id = Some(policy.rule_id.to_string());
-        s.rule_name = Some(policy.rule.to_string());
-        s.policy_revision = Some(policy.revision.to_string());
-        s.matched = policy.matched.clone();
-        s.categories = policy
-            .matched
-            .iter()
-            .filter_map(|m| {
-                m.strip_prefix("category ")
-                    .or_else(|| m.strip_prefix("custom-category "))
-            })
-            .map(str::to_string)
-            .collect();
-    }
+    set(stage, policy.map(|p| p.stage));
+    set(rule_id, policy.map(|p| &*p.rule_id));
+    set(rule_name, policy.map(|p| &*p.rule));
+    set(policy_revision, policy.map(|p| &*p.revision));
+    let policy_matched = policy.map_or(&[][..], |p| p.matched.as_slice());
+    set_all(matched, policy_matched.iter().map(String::as_str));
+    set_all(
+        categories,
+        policy_matched.iter().filter_map(|m| {
+            m.strip_prefix("category ")
+                .or_else(|| m.strip_prefix("custom-category "))
+        }),
+    );
     // The app the deciding rules matched (the access rule first, then the decryption rule).
-    s.app = record
-        .policy
-        .iter()
-        .chain(record.decryption.iter())
-        .flat_map(|p| p.matched.iter())
-        .find_map(|m| m.strip_prefix("app "))
-        .map(str::to_string);
-    s
+    set(
+        app,
+        record
+            .policy
+            .iter()
+            .chain(record.decryption.iter())
+            .flat_map(|p| p.matched.iter())
+            .find_map(|m| m.strip_prefix("app ")),
+    );
+}
+
+/// `slot = value`, reusing the string already there.
+fn set(slot: &mut Option<String>, value: Option<&str>) {
+    match (slot.as_mut(), value) {
+        (Some(buf), Some(v)) => {
+            buf.clear();
+            buf.push_str(v);
+        }
+        (None, Some(v)) => *slot = Some(v.to_owned()),
+        (_, None) => *slot = None,
+    }
+}
+
+/// `list = values`, reusing the strings already there.
+fn set_all<'a>(list: &mut Vec<String>, values: impl Iterator<Item = &'a str>) {
+    let mut n = 0;
+    for v in values {
+        match list.get_mut(n) {
+            Some(buf) => {
+                buf.clear();
+                buf.push_str(v);
+            }
+            None => list.push(v.to_owned()),
+        }
+        n += 1;
+    }
+    list.truncate(n);
 }
 
 /// The host of an absolute URL or of a `host:port` CONNECT target.
@@ -206,7 +281,81 @@ fn millis(t: SystemTime) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::host_of;
+    use super::*;
+    use crate::access_log::{PolicyRecord, ProcessRecord, TlsRecord};
+    use std::sync::Arc;
+
+    fn rich_record() -> FlowRecord {
+        let mut r = FlowRecord::new(
+            "10.0.0.9:40000".parse().unwrap(),
+            "CONNECT",
+            "bank.example:443".into(),
+        );
+        r.user = Some(Arc::from("alice"));
+        r.groups = vec!["finance".into(), "staff".into()];
+        r.device = Some(Arc::from("dev-1"));
+        r.egress = Some(Arc::from("direct"));
+        r.error = Some("origin certificate expired".into());
+        r.status = 502;
+        r.process = Some(ProcessRecord {
+            name: "curl".into(),
+            path: Some("/usr/bin/curl".into()),
+            pid: Some(42),
+            steering: Some("tunnel-bypass".into()),
+            ..ProcessRecord::default()
+        });
+        r.tls = Some(TlsRecord {
+            decision: "decrypt",
+            reason: "default".into(),
+            sni: Some("bank.example".into()),
+            version: Some("TLSv1.3".into()),
+            alpn: None,
+            origin_problem: Some("expired".into()),
+            pinned_client: None,
+        });
+        r.policy = Some(PolicyRecord {
+            revision: Arc::from("r7"),
+            stage: "access",
+            rule_id: Arc::from("3"),
+            rule: Arc::from("banks"),
+            action: "alert",
+            matched: vec!["category finance".into(), "app bank".into()],
+            proceeded: false,
+        });
+        r
+    }
+
+    fn filled(record: &FlowRecord) -> FlowSummary {
+        let mut s = FlowSummary::new(Uuid::nil(), 0);
+        fill(&mut s, record);
+        s
+    }
+
+    /// The per-thread summary is reused: a plain request after a rich tunnel
+    /// must not inherit any of its fields.
+    #[test]
+    fn a_refilled_summary_keeps_nothing_of_the_previous_flow() {
+        let rich = rich_record();
+        let mut plain = FlowRecord::new(
+            "127.0.0.1:5000".parse().unwrap(),
+            "GET",
+            "http://a.example/x".into(),
+        );
+        plain.status = 200;
+        let mut reused = filled(&rich);
+        assert_eq!(reused.user.as_deref(), Some("alice"));
+        assert_eq!(reused.categories, vec!["finance".to_string()]);
+        assert_eq!(reused.app.as_deref(), Some("bank"));
+        assert!(reused.bypass.is_some());
+        assert_eq!(reused.tls_decision, Some(TlsDecision::Failed));
+        fill(&mut reused, &plain);
+        assert_eq!(reused, filled(&plain));
+        assert_eq!(reused.user, None);
+        assert!(reused.groups.is_empty() && reused.matched.is_empty());
+        assert_eq!(reused.host.as_deref(), Some("a.example"));
+        fill(&mut reused, &rich);
+        assert_eq!(reused, filled(&rich));
+    }
 
     #[test]
     fn host_is_taken_from_url_or_connect_target() {
