@@ -14,7 +14,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{
+    self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -103,8 +105,7 @@ pub struct StatsSnapshot {
     pub spool_bytes: u64,
 }
 
-/// What the data path hands over. Small: the channel preallocates every slot
-/// (a whole event per slot would be ~100 MB at rest for 65,536 of them).
+/// What the data path hands over.
 #[derive(Debug)]
 enum Queued {
     /// A flow event already prepared for the store (no sinks need its OCSF form).
@@ -116,7 +117,11 @@ enum Queued {
 #[derive(Clone, Debug)]
 pub struct EventSender {
     /// `None` when events are disabled (`[events] enabled = false`).
-    tx: Option<SyncSender<Queued>>,
+    // An unbounded channel bounded by `queue_size` through the stats' gauge:
+    // it allocates as events queue, where a bounded channel preallocates
+    // every slot and keeps them resident at rest.
+    tx: Option<Sender<Queued>>,
+    queue_size: u64,
     stats: Arc<PipelineStats>,
     /// Prepare flow events on the caller's thread (see [`EventSender::send_flow`]).
     prepare_flows: bool,
@@ -164,11 +169,17 @@ impl EventSender {
         let Some(tx) = &self.tx else {
             return;
         };
-        match tx.try_send(queued) {
+        // Senders on other threads may pass this check together: the queue
+        // can exceed its bound by at most one event per sending thread.
+        if self.stats.queued() >= self.queue_size {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match tx.send(queued) {
             Ok(()) => {
                 self.stats.accepted.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(_) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -208,6 +219,7 @@ impl Pipeline {
             let stats = Arc::new(PipelineStats::default());
             let sender = EventSender {
                 tx: None,
+                queue_size: 0,
                 stats: stats.clone(),
                 prepare_flows: false,
             };
@@ -239,7 +251,7 @@ impl Pipeline {
             threads.push(handle);
         }
         let for_sinks = !feeds.is_empty();
-        let (tx, rx) = mpsc::sync_channel::<Queued>(config.queue_size.max(1));
+        let (tx, rx) = mpsc::channel::<Queued>();
         let (btx, brx) = mpsc::sync_channel::<Batch>(BATCH_SLOTS);
         let in_flight = Arc::new(AtomicUsize::new(0));
         let d = Drainer {
@@ -274,6 +286,7 @@ impl Pipeline {
         })?);
         let sender = EventSender {
             tx: Some(tx),
+            queue_size: config.queue_size.max(1) as u64,
             stats: stats.clone(),
             prepare_flows: !for_sinks,
         };

@@ -246,3 +246,30 @@ fn flow_events_are_stored_compactly_and_read_back_as_their_ocsf_event() {
         json.len()
     );
 }
+
+/// `queue_size` bounds the in-memory queue: a burst beyond it is counted as
+/// dropped, never blocks the sender, and every event is either accepted or
+/// counted as dropped.
+#[test]
+fn a_full_queue_drops_and_counts_instead_of_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EventsConfig {
+        queue_size: 10,
+        ..EventsConfig::default()
+    };
+    let (pipeline, sender) = Pipeline::start(dir.path(), &config).unwrap();
+    let n = 5_000u64;
+    let start = Instant::now();
+    for i in 0..n {
+        sender.send_flow(common::http_flow(i, rampart_events::now_ms()));
+    }
+    let elapsed = start.elapsed();
+    let stats = pipeline.stats().snapshot();
+    assert_eq!(stats.accepted + stats.dropped, n, "{stats:?}");
+    assert!(stats.dropped > 0, "{stats:?} in {elapsed:?}");
+    // The drainer empties the queue every 20 ms: at most one queue's worth per tick.
+    let ticks = elapsed.as_millis() as u64 / 20 + 2;
+    assert!(stats.accepted <= 10 * ticks + 1, "{stats:?} in {elapsed:?}");
+    assert!(pipeline.wait_stored(stats.accepted, Duration::from_secs(30)));
+    pipeline.close();
+}
