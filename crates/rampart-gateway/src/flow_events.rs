@@ -28,7 +28,7 @@ pub fn emit(record: &FlowRecord, events: &EventSender) {
         return;
     }
     let is_tunnel = record.method == "CONNECT";
-    SCRATCH.with_borrow_mut(|flow| {
+    let build_and_send = |flow: &mut FlowEvent| {
         fill(&mut flow.summary, record);
         flow.kind = if is_tunnel {
             FlowKind::Network
@@ -43,7 +43,24 @@ pub fn emit(record: &FlowRecord, events: &EventSender) {
         for alert in alerts(record, is_tunnel) {
             events.send(flow.summary.alert_event(&alert, Some(flow.id)));
         }
-    });
+    };
+    // A flow dropped while its thread shuts down may find the scratch gone
+    // (or, in principle, in use): it gets a fresh one rather than a panic.
+    let reused = SCRATCH
+        .try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut flow) => {
+                build_and_send(&mut flow);
+                true
+            }
+            Err(_) => false,
+        })
+        .unwrap_or(false);
+    if !reused {
+        build_and_send(&mut FlowEvent::new(
+            FlowKind::Http,
+            FlowSummary::new(Uuid::nil(), 0),
+        ));
+    }
 }
 
 /// The findings a flow raises: TLS problems (once per tunnel, not once per
