@@ -20,6 +20,8 @@
 #   BENCH_KEEP=1            keep the work directory (configs, logs) after the run
 #   BENCH_LAT_WARMUP=SECS   latency runs: requests scheduled in the first SECS s are
 #                           not counted in p99 (default 1; 0 counts the whole run)
+#   BENCH_INTERCEPT="..."   the intercept scenario's measures, a subset of
+#                           "keepalive new p99 bulk" (default all four)
 #
 # Output: progress on stderr, the Markdown table on stdout; raw figures and the
 # table are also copied to bench/out/<timestamp>/.
@@ -53,6 +55,7 @@ LAT_CONNS=10
 # (i_rps_new, i_new_cpu_us); the whole run's p99 is still recorded
 # (p99_full_ms, i_p99_full_ms in results.tsv).
 LAT_WARMUP=${BENCH_LAT_WARMUP:-1}
+INTERCEPT_MEASURES=" ${BENCH_INTERCEPT:-keepalive new p99 bulk} "
 TUNNELS=${BENCH_TUNNELS:-1000}
 PROXY_CPU=${BENCH_PROXY_CPU:-1}
 LOAD_CPU=${BENCH_LOAD_CPU:-0}
@@ -778,29 +781,37 @@ scenario_intercept() {
                 record intercept i_rps_ka "$t" "$r" fail "check request failed"
                 continue
             fi
-            c0=$(cpu_of "$t")
-            run_oha "$t" "$URL_S_1K" -c "$CONNS"
-            c1=$(cpu_of "$t")
-            record intercept i_rps_ka "$t" "$r" "$OHA_RPS" "$NOTE"
-            record_cpu intercept i_ka_cpu_us "$t" "$r" "$c0" "$c1" "$OHA_OK" 1e6
-            log "i-keep   run $r $t: $OHA_RPS req/s $NOTE"
-            c0=$(cpu_of "$t")
-            run_oha "$t" "$URL_S_1K" -c "$CONNS" --disable-keepalive
-            c1=$(cpu_of "$t")
-            record intercept i_rps_new "$t" "$r" "$OHA_RPS" "$NOTE"
-            record_cpu intercept i_new_cpu_us "$t" "$r" "$c0" "$c1" "$OHA_OK" 1e6
-            log "i-new    run $r $t: $OHA_RPS req/s $NOTE"
-            run_oha "$t" "$URL_S_1K" -c "$LAT_CONNS" -q "$LAT_RATE" --latency-correction
-            record intercept i_p99_ms "$t" "$r" "$OHA_P99" "$NOTE"
-            record intercept i_p99_full_ms "$t" "$r" "$OHA_P99_FULL" "$NOTE"
-            log "i-p99    run $r $t: $OHA_P99 ms after ${LAT_WARMUP} s warm-up (whole run $OHA_P99_FULL ms) $NOTE"
-            c0=$(cpu_of "$t")
-            measure_big "$t"
-            c1=$(cpu_of "$t")
-            v=$VAL
-            record intercept i_big_mbps "$t" "$r" "$v" "$NOTE"
-            record_cpu intercept i_big_cpu_s_gb "$t" "$r" "$c0" "$c1" "$BIG_GOT" 1e9
-            log "i-bulk   run $r $t: $v MB/s $NOTE"
+            if [[ $INTERCEPT_MEASURES == *" keepalive "* ]]; then
+                c0=$(cpu_of "$t")
+                run_oha "$t" "$URL_S_1K" -c "$CONNS"
+                c1=$(cpu_of "$t")
+                record intercept i_rps_ka "$t" "$r" "$OHA_RPS" "$NOTE"
+                record_cpu intercept i_ka_cpu_us "$t" "$r" "$c0" "$c1" "$OHA_OK" 1e6
+                log "i-keep   run $r $t: $OHA_RPS req/s $NOTE"
+            fi
+            if [[ $INTERCEPT_MEASURES == *" new "* ]]; then
+                c0=$(cpu_of "$t")
+                run_oha "$t" "$URL_S_1K" -c "$CONNS" --disable-keepalive
+                c1=$(cpu_of "$t")
+                record intercept i_rps_new "$t" "$r" "$OHA_RPS" "$NOTE"
+                record_cpu intercept i_new_cpu_us "$t" "$r" "$c0" "$c1" "$OHA_OK" 1e6
+                log "i-new    run $r $t: $OHA_RPS req/s $NOTE"
+            fi
+            if [[ $INTERCEPT_MEASURES == *" p99 "* ]]; then
+                run_oha "$t" "$URL_S_1K" -c "$LAT_CONNS" -q "$LAT_RATE" --latency-correction
+                record intercept i_p99_ms "$t" "$r" "$OHA_P99" "$NOTE"
+                record intercept i_p99_full_ms "$t" "$r" "$OHA_P99_FULL" "$NOTE"
+                log "i-p99    run $r $t: $OHA_P99 ms after ${LAT_WARMUP} s warm-up (whole run $OHA_P99_FULL ms) $NOTE"
+            fi
+            if [[ $INTERCEPT_MEASURES == *" bulk "* ]]; then
+                c0=$(cpu_of "$t")
+                measure_big "$t"
+                c1=$(cpu_of "$t")
+                v=$VAL
+                record intercept i_big_mbps "$t" "$r" "$v" "$NOTE"
+                record_cpu intercept i_big_cpu_s_gb "$t" "$r" "$c0" "$c1" "$BIG_GOT" 1e9
+                log "i-bulk   run $r $t: $v MB/s $NOTE"
+            fi
         done
     done
     stop_all

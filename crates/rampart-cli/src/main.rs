@@ -13,19 +13,25 @@ use std::process::ExitCode;
 /// no work-stealing queues. On the plain-HTTP benchmark (one pinned CPU) it
 /// cost 0–5 µs less CPU per proxied request than a one-worker multi-threaded
 /// runtime (bench/RESULTS.md). Blocking work still goes to the blocking pool.
-pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// `busy_poll` (`[runtime] busy_poll`) makes its threads spin that long before
+/// sleeping (rampart_gateway::busy_poll).
+pub(crate) fn runtime(
+    busy_poll: Option<std::time::Duration>,
+) -> std::io::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    if cpus == 1 {
+    let mut builder = if cpus == 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
+    };
+    builder.enable_all();
+    let (runtime, problem) = rampart_gateway::busy_poll::build(&mut builder, busy_poll)?;
+    if let Some(problem) = problem {
+        tracing::warn!(%problem, "runtime: busy polling is off");
     }
+    Ok(runtime)
 }
 
 /// Rampart: a self-hostable Security Service Edge (gateway, policy, events, agent).

@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod admission;
+pub mod busy_poll;
 pub mod coaching;
 pub mod config;
 pub mod connector;

@@ -52,6 +52,9 @@ pub struct RampartConfig {
     /// `[agent]`: what enrolled agents receive with their steering rules (docs/agent.md).
     #[serde(default)]
     pub agent: crate::devices::agent_api::AgentDistributionConfig,
+    /// `[runtime]`: busy polling before the runtime threads sleep (docs/configuration.md).
+    #[serde(default)]
+    pub runtime: rampart_gateway::busy_poll::RuntimeConfig,
 }
 
 impl Default for RampartConfig {
@@ -72,6 +75,7 @@ impl Default for RampartConfig {
             coaching: Default::default(),
             tls: Default::default(),
             agent: Default::default(),
+            runtime: Default::default(),
         }
     }
 }

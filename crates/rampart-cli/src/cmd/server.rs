@@ -74,7 +74,7 @@ fn run(args: ServerArgs, role: Role) -> anyhow::Result<ExitCode> {
     if let Some(limit) = rampart_gateway::raise_fd_limit() {
         tracing::debug!(limit, "raised the open-files limit");
     }
-    let runtime = crate::runtime().context("starting the async runtime")?;
+    let runtime = crate::runtime(config.runtime.busy_poll).context("starting the async runtime")?;
     runtime.block_on(rampart_server::run(config, args.config, overrides, role))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -128,17 +128,19 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TunnelError> {
 }
 
 /// Accepts agent connections until `shutdown`, then lets open connections finish
-/// their streams.
+/// their streams. Connections run on threads of their own ([`threads`]), which spin
+/// up to `busy_poll` before sleeping ([`crate::busy_poll`]).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     gateway: GatewayHandle,
     admission: Option<Arc<dyn DeviceAdmission>>,
     agent_api: Option<Arc<dyn AgentApi>>,
+    busy_poll: Option<Duration>,
     shutdown: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let threads = threads::ConnectionThreads::start(threads::default_count());
+    let threads = threads::ConnectionThreads::start(threads::default_count(), busy_poll);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,

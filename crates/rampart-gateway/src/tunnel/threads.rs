@@ -25,11 +25,12 @@ impl ConnectionThreads {
     /// Starts `count` threads. They stop once this is dropped (the accept loop ended)
     /// and the connections they run have finished. `None` if no thread could be
     /// started: the caller then runs connections on its own runtime.
-    pub(super) fn start(count: usize) -> Option<Self> {
+    /// `busy_poll`: see [`crate::busy_poll`].
+    pub(super) fn start(count: usize, busy_poll: Option<std::time::Duration>) -> Option<Self> {
         let tracker = TaskTracker::new();
         let mut handles = Vec::with_capacity(count);
         for index in 0..count {
-            match start_thread(index, tracker.clone()) {
+            match start_thread(index, tracker.clone(), busy_poll) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     tracing::warn!(error = %e, "agent tunnel: cannot start a connection thread");
@@ -66,10 +67,17 @@ impl Drop for ConnectionThreads {
     }
 }
 
-fn start_thread(index: usize, tracker: TaskTracker) -> std::io::Result<Handle> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+fn start_thread(
+    index: usize,
+    tracker: TaskTracker,
+    busy_poll: Option<std::time::Duration>,
+) -> std::io::Result<Handle> {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    let (runtime, problem) = crate::busy_poll::build(&mut builder, busy_poll)?;
+    if let Some(problem) = problem {
+        tracing::warn!(%problem, "agent tunnel thread {index}: busy polling is off");
+    }
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
         .name(format!("rampart-tunnel-{index}"))
@@ -95,7 +103,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_run_round_robin_on_the_tunnel_threads_with_handed_over_sockets() {
-        let threads = ConnectionThreads::start(2).expect("threads start");
+        let threads = ConnectionThreads::start(2, None).expect("threads start");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (names_tx, mut names_rx) = tokio::sync::mpsc::unbounded_channel();

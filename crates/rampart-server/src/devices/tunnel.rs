@@ -20,6 +20,8 @@ pub struct TunnelSetup {
     registry: Arc<DeviceRegistry>,
     tls: Arc<rustls::ServerConfig>,
     admin_token: Arc<str>,
+    /// `[runtime] busy_poll` for the tunnel's connection threads.
+    busy_poll: Option<std::time::Duration>,
 }
 
 impl TunnelSetup {
@@ -71,6 +73,7 @@ impl TunnelSetup {
             registry,
             tls,
             admin_token,
+            busy_poll: config.runtime.busy_poll,
         }))
     }
 
@@ -102,6 +105,7 @@ impl TunnelSetup {
             gateway,
             Some(admission),
             agent_api,
+            self.busy_poll,
             shutdown,
         ))
     }
