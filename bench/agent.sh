@@ -15,7 +15,9 @@
 # Knobs: BENCH_QUICK=1 (smoke run: 300 samples, 256 MiB, 1 bulk run), BENCH_SAMPLES
 # (latency requests per path, 2000), BENCH_BIG_SIZE (1G), BENCH_RUNS (bulk runs per path,
 # best counts, 3), BENCH_FLOWS (1000), RAMPART_BIN, GATEWAY_BIN and AGENT_BIN (each defaults to
-# RAMPART_BIN), BENCH_KEEP=1 (keep the work directory).
+# RAMPART_BIN), BENCH_GATEWAY_TOML and BENCH_AGENT_TOML (extra TOML appended to the gateway's
+# and the agent's configuration), BENCH_KEEP=1 (keep
+# the work directory).
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -175,6 +177,7 @@ listen = "127.0.0.1:$API_PORT"
 [tunnel]
 listen = "127.0.0.1:$TUNNEL_PORT"
 EOF
+printf '%s\n' "${BENCH_GATEWAY_TOML:-}" >>"$G/rampart.toml"
 start gateway "$GATEWAY_BIN" server --config "$G/rampart.toml"
 GW_PID=$LAST_PID
 wait_port "$GW_PORT" "$GW_PID" gateway
@@ -193,6 +196,7 @@ default = "steer"
 [local_proxy]
 listen = "127.0.0.1:$AGENT_PORT"
 EOF
+printf '%s\n' "${BENCH_AGENT_TOML:-}" >>"$A/agent.toml"
 TOKEN=$("$RAMPART_BIN" device token create --user bench --data-dir "$G/data")
 "$RAMPART_BIN" agent enroll --server "http://127.0.0.1:$API_PORT" --token "$TOKEN" \
     --config "$A/agent.toml" >>"$WORK/enroll.log" 2>&1 || {

@@ -61,19 +61,6 @@ pub struct AgentConfig {
     pub attribution: AttributionConfig,
     #[serde(default)]
     pub sync: SyncConfig,
-    #[serde(default)]
-    pub runtime: RuntimeConfig,
-}
-
-/// `[runtime]`: how the agent's thread waits for work.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuntimeConfig {
-    /// Spin up to this long (e.g. `"100us"`) before the agent's thread sleeps, so the
-    /// next packet of a flow is taken without a wake-up (costly on virtual machines).
-    /// Off when absent or zero; at most 10 ms. Read at start.
-    #[serde(default, with = "humantime_serde")]
-    pub busy_poll: Option<Duration>,
 }
 
 /// Configuration from the server and upload of decisions (enrolled agents only).

@@ -122,3 +122,45 @@ fn sigterm_drains_requests_in_flight_then_exits() {
     );
     assert!(gw.stderr().contains("SIGTERM: draining"));
 }
+
+/// User + system CPU time of a process so far, from /proc/PID/stat (clock ticks).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn busy_polling_serves_requests_and_leaves_an_idle_gateway_idle() {
+    let origin = Origin::start();
+    let gw = Rampart::start(&format!("{BASE}[runtime]\nbusy_poll = \"200us\"\n"));
+    for _ in 0..20 {
+        assert_eq!(
+            curl_status(&gw.proxy_url(), &origin.url("/hello"), &[]),
+            200
+        );
+    }
+    assert!(
+        !gw.stderr().contains("busy polling is off"),
+        "the runtime's epoll instance was not found: {}",
+        gw.stderr()
+    );
+    // The spin is bounded: with no traffic the threads sleep, they do not spin on.
+    let before = cpu_ticks(gw.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let ticks = cpu_ticks(gw.pid()) - before;
+    // Clock ticks are 1/100 s: 200 ticks would be one CPU spinning the whole time.
+    assert!(ticks < 40, "idle gateway used {ticks} ticks of CPU in 2 s");
+}
+
+#[test]
+fn a_busy_poll_budget_above_the_maximum_is_refused_at_start() {
+    let err = match Rampart::try_start(&format!("{BASE}[runtime]\nbusy_poll = \"1s\"\n"), &[]) {
+        Ok(_) => panic!("a 1 s spin was accepted"),
+        Err(log) => log,
+    };
+    assert!(err.contains("above the 10ms maximum"), "{err}");
+    assert!(err.contains("rampart.toml:"), "error names the file: {err}");
+}

@@ -25,8 +25,22 @@ use std::time::{Duration, Instant};
 pub struct RuntimeConfig {
     /// Spin up to this long (e.g. `"50us"`) before a runtime thread sleeps; off when
     /// absent or zero. Read at start; a reload does not change it.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "budget")]
     pub busy_poll: Option<Duration>,
+}
+
+/// A humantime duration no longer than [`MAX_BUSY_POLL`]: a longer spin is refused
+/// where the file says it (file:line:column), not discovered at start.
+fn budget<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let value: Option<Duration> = humantime_serde::deserialize(d)?;
+    match value {
+        Some(v) if v > MAX_BUSY_POLL => Err(serde::de::Error::custom(format!(
+            "busy_poll {} is above the {} maximum",
+            humantime_serde::re::humantime::format_duration(v),
+            humantime_serde::re::humantime::format_duration(MAX_BUSY_POLL)
+        ))),
+        other => Ok(other),
+    }
 }
 
 /// Largest accepted budget: beyond this a "short" spin is just a busy CPU.
@@ -213,6 +227,19 @@ mod tests {
             libc::close(fds[1]);
             libc::close(epoll);
         }
+    }
+
+    #[test]
+    fn the_config_takes_short_budgets_and_refuses_long_ones() {
+        let parse = |text: &str| toml::from_str::<RuntimeConfig>(text);
+        assert_eq!(parse("").unwrap().busy_poll, None);
+        assert_eq!(
+            parse("busy_poll = \"150us\"").unwrap().busy_poll,
+            Some(Duration::from_micros(150))
+        );
+        let err = parse("busy_poll = \"1s\"").unwrap_err().to_string();
+        assert!(err.contains("above the 10ms maximum"), "{err}");
+        assert!(parse("busy_poll = \"soon\"").is_err());
     }
 
     #[test]

@@ -117,14 +117,13 @@ fn run_agent(path: &Path) -> anyhow::Result<ExitCode> {
     // those hand-offs crossed threads. Single-threaded, one bulk flow cost ~30% less
     // agent CPU per GB and the added latency per new flow dropped (bench/agent.sh).
     // Process attribution still runs on the blocking pool.
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    builder.enable_all();
-    let (runtime, problem) =
-        rampart_gateway::busy_poll::build(&mut builder, config.runtime.busy_poll)
-            .context("starting the async runtime")?;
-    if let Some(problem) = problem {
-        tracing::warn!(%problem, "agent runtime: busy polling is off");
-    }
+    // No busy polling here (`[runtime] busy_poll` is the gateway's): an endpoint's
+    // CPUs are shared with the very applications whose traffic the agent carries, and
+    // spinning took CPU from them (bench/agent.sh: slower bulk, higher p99).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(rampart_agent::run(config))?;
     Ok(ExitCode::SUCCESS)
 }
