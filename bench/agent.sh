@@ -12,12 +12,18 @@
 # Needs curl, nginx, openssl, python3. No root: everything runs on 127.0.0.1.
 # See bench/README.md ("Agent (issue 6)") for the method and why loopback.
 #
+# BENCH_LINK=RATE (e.g. 1gbit; needs root, ip and tc) measures across a network link
+# instead: the endpoint (curl, the agent) runs in a network namespace of its own and the
+# network side (origin, gateway) in another, joined by a veth pair shaped to RATE each
+# way (tbf), as when the gateway and the origin are other machines on a LAN. Every path
+# crosses the same link. Latency samples default to 300 per path in this mode.
+#
 # Knobs: BENCH_QUICK=1 (smoke run: 300 samples, 256 MiB, 1 bulk run), BENCH_SAMPLES
 # (latency requests per path, 2000), BENCH_BIG_SIZE (1G), BENCH_RUNS (bulk runs per path,
 # best counts, 3), BENCH_FLOWS (1000), RAMPART_BIN, GATEWAY_BIN and AGENT_BIN (each defaults to
 # RAMPART_BIN), BENCH_GATEWAY_TOML and BENCH_AGENT_TOML (extra TOML appended to the gateway's
 # and the agent's configuration), BENCH_KEEP=1 (keep
-# the work directory).
+# the work directory), BENCH_LINK (above).
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,6 +35,10 @@ if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     SAMPLES=${BENCH_SAMPLES:-300}
     BIG_SIZE=${BENCH_BIG_SIZE:-256M}
     RUNS=${BENCH_RUNS:-1}
+elif [[ -n ${BENCH_LINK:-} ]]; then
+    SAMPLES=${BENCH_SAMPLES:-300}
+    BIG_SIZE=${BENCH_BIG_SIZE:-1G}
+    RUNS=${BENCH_RUNS:-3}
 else
     SAMPLES=${BENCH_SAMPLES:-2000}
     BIG_SIZE=${BENCH_BIG_SIZE:-1G}
@@ -54,6 +64,7 @@ WORK=$(mktemp -d /tmp/rampart-agent-bench.XXXXXX)
 # nginx workers run as an unprivileged user when started by root: they must read www/.
 chmod 755 "$WORK"
 PIDS=()
+NAMESPACES=()
 cleanup() {
     # Only what this script started, by pid.
     for pid in "${PIDS[@]}"; do
@@ -61,6 +72,10 @@ cleanup() {
     done
     for pid in "${PIDS[@]}"; do
         wait "$pid" 2>/dev/null || true
+    done
+    # Deleting a namespace deletes its end of the veth pair, and so the pair.
+    for ns in "${NAMESPACES[@]}"; do
+        ip netns delete "$ns" 2>/dev/null || true
     done
     if [[ ${BENCH_KEEP:-0} == 1 ]]; then
         log "work directory kept: $WORK"
@@ -72,6 +87,49 @@ trap cleanup EXIT
 
 # 1,000 flows need ~2,000 descriptors in the gateway and in the agent.
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
+
+# --- where each side runs ---------------------------------------------------------
+# EP prefixes commands of the endpoint (curl, the agent), NET those of the network side
+# (origin, gateway); SERVER_ADDR is where the network side listens. On loopback both
+# prefixes are empty and everything listens on 127.0.0.1.
+EP=()
+NET=()
+SERVER_ADDR=127.0.0.1
+PROXY_CLIENTS="" # loopback-only listeners need no client allowlist
+LINK_NOTE="loopback (no link)"
+if [[ -n ${BENCH_LINK:-} ]]; then
+    LINK_RATE=$BENCH_LINK
+    [[ $(id -u) == 0 ]] || die "BENCH_LINK needs root (network namespaces)"
+    for tool in ip tc; do
+        command -v "$tool" >/dev/null || die "$tool is not installed (BENCH_LINK needs it)"
+    done
+    NS_EP=rampart-bench-ep-$$
+    NS_NET=rampart-bench-net-$$
+    ip netns add "$NS_EP" || die "cannot create network namespace $NS_EP"
+    NAMESPACES+=("$NS_EP")
+    ip netns add "$NS_NET" || die "cannot create network namespace $NS_NET"
+    NAMESPACES+=("$NS_NET")
+    ip link add rbench-ep netns "$NS_EP" type veth peer name rbench-net netns "$NS_NET" ||
+        die "cannot create the veth pair"
+    SERVER_ADDR=10.199.0.1
+    # Listening beyond loopback: the gateway refuses to be an open proxy.
+    PROXY_CLIENTS='allow_networks = ["10.199.0.0/30"]'
+    ip -n "$NS_NET" addr add "$SERVER_ADDR/30" dev rbench-net
+    ip -n "$NS_EP" addr add 10.199.0.2/30 dev rbench-ep
+    for pair in "$NS_NET rbench-net" "$NS_EP rbench-ep"; do
+        read -r ns dev <<<"$pair"
+        ip -n "$ns" link set lo up
+        ip -n "$ns" link set "$dev" up
+        # Each direction shaped to the rate. A token bucket (tbf) rather than netem,
+        # which not every kernel has; its 20 ms queue covers TCP's bursts.
+        tc -n "$ns" qdisc add dev "$dev" root tbf rate "$LINK_RATE" burst 2mb latency 20ms ||
+            die "tc tbf on $dev failed (rate $LINK_RATE)"
+    done
+    EP=(ip netns exec "$NS_EP")
+    NET=(ip netns exec "$NS_NET")
+    LINK_NOTE="a veth link between two network namespaces, shaped to $LINK_RATE each way"
+    log "link: $LINK_NOTE"
+fi
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -85,13 +143,15 @@ start() { # name command... — runs in the background, output to $WORK/name.log
     PIDS+=("$LAST_PID")
 }
 
-wait_port() { # port pid name
+wait_port() { # port pid name [address] — the address is reached from the listener's side
+    local addr=${4:-127.0.0.1} probe=()
+    [[ $3 == agent ]] && probe=("${EP[@]}") || probe=("${NET[@]}")
     for _ in $(seq 200); do
         kill -0 "$2" 2>/dev/null || {
             tail -n 20 "$WORK/$3.log" >&2
             die "$3 exited during start-up"
         }
-        timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null && return 0
+        timeout 1 "${probe[@]}" bash -c "exec 3<>/dev/tcp/$addr/$1" 2>/dev/null && return 0
         sleep 0.1
     done
     tail -n 20 "$WORK/$3.log" >&2
@@ -113,7 +173,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$O
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$O/origin.key" \
     -out "$O/origin.csr" -subj "/CN=localhost" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$O/ext.cnf"
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:%s\nextendedKeyUsage=serverAuth\n' "$SERVER_ADDR" >"$O/ext.cnf"
 openssl x509 -req -in "$O/origin.csr" -CA "$O/ca.pem" -CAkey "$O/ca.key" -CAcreateserial \
     -out "$O/origin.pem" -days 2 -extfile "$O/ext.cnf" 2>/dev/null
 HTTPS_PORT=$(free_port)
@@ -140,8 +200,8 @@ http {
     scgi_temp_path $O/tmp/scgi;
     ssl_protocols TLSv1.3;
     server {
-        listen 127.0.0.1:$HTTP_PORT;
-        listen 127.0.0.1:$HTTPS_PORT ssl;
+        listen $SERVER_ADDR:$HTTP_PORT;
+        listen $SERVER_ADDR:$HTTPS_PORT ssl;
         server_name localhost;
         ssl_certificate $O/origin.pem;
         ssl_certificate_key $O/origin.key;
@@ -149,15 +209,15 @@ http {
     }
 }
 EOF
-start origin nginx -c "$O/nginx.conf" -p "$O"
-wait_port "$HTTPS_PORT" "$LAST_PID" origin
+start origin "${NET[@]}" nginx -c "$O/nginx.conf" -p "$O"
+wait_port "$HTTPS_PORT" "$LAST_PID" origin "$SERVER_ADDR"
 # HTTPS to a port outside the gateway's tls_ports: the gateway splices the tunnel
 # without peeking or decrypting, which is the "steered, non-decrypted flow".
 # An IP literal (the certificate has it as a SAN): no resolver on any path.
-URL_1K="https://127.0.0.1:$HTTPS_PORT/1k"
-URL_BIG="https://127.0.0.1:$HTTPS_PORT/big"
+URL_1K="https://$SERVER_ADDR:$HTTPS_PORT/1k"
+URL_BIG="https://$SERVER_ADDR:$HTTPS_PORT/big"
 CURL_TLS=(--cacert "$O/ca.pem")
-curl -fsS --max-time 5 "${CURL_TLS[@]}" -o /dev/null "$URL_1K" || die "origin does not answer"
+"${EP[@]}" curl -fsS --max-time 5 "${CURL_TLS[@]}" -o /dev/null "$URL_1K" || die "origin does not answer"
 log "origin: nginx https=$HTTPS_PORT http=$HTTP_PORT, big object $BIG_SIZE"
 
 # --- gateway: rampart server (proxy + agent tunnel + API) --------------------------
@@ -169,20 +229,21 @@ TUNNEL_PORT=$(free_port)
 cat >"$G/rampart.toml" <<EOF
 data_dir = "$G/data"
 [proxy]
-listen = "127.0.0.1:$GW_PORT"
+listen = "$SERVER_ADDR:$GW_PORT"
 allow_loopback_destinations = true
 connect_ports = [443, "1025-65535"]
+$PROXY_CLIENTS
 [api]
-listen = "127.0.0.1:$API_PORT"
+listen = "$SERVER_ADDR:$API_PORT"
 [tunnel]
-listen = "127.0.0.1:$TUNNEL_PORT"
+listen = "$SERVER_ADDR:$TUNNEL_PORT"
 EOF
 printf '%s\n' "${BENCH_GATEWAY_TOML:-}" >>"$G/rampart.toml"
-start gateway "$GATEWAY_BIN" server --config "$G/rampart.toml"
+start gateway "${NET[@]}" "$GATEWAY_BIN" server --config "$G/rampart.toml"
 GW_PID=$LAST_PID
-wait_port "$GW_PORT" "$GW_PID" gateway
-wait_port "$TUNNEL_PORT" "$GW_PID" gateway
-wait_port "$API_PORT" "$GW_PID" gateway
+wait_port "$GW_PORT" "$GW_PID" gateway "$SERVER_ADDR"
+wait_port "$TUNNEL_PORT" "$GW_PID" gateway "$SERVER_ADDR"
+wait_port "$API_PORT" "$GW_PID" gateway "$SERVER_ADDR"
 
 # --- agent: enrolled with a one-time token, local-proxy mode -----------------------
 A=$WORK/agent
@@ -198,16 +259,16 @@ listen = "127.0.0.1:$AGENT_PORT"
 EOF
 printf '%s\n' "${BENCH_AGENT_TOML:-}" >>"$A/agent.toml"
 TOKEN=$("$RAMPART_BIN" device token create --user bench --data-dir "$G/data")
-"$RAMPART_BIN" agent enroll --server "http://127.0.0.1:$API_PORT" --token "$TOKEN" \
+"${EP[@]}" "$RAMPART_BIN" agent enroll --server "http://$SERVER_ADDR:$API_PORT" --token "$TOKEN" \
     --config "$A/agent.toml" >>"$WORK/enroll.log" 2>&1 || {
     cat "$WORK/enroll.log" >&2
     die "enrollment failed"
 }
-start agent "$AGENT_BIN" agent run --config "$A/agent.toml"
+start agent "${EP[@]}" "$AGENT_BIN" agent run --config "$A/agent.toml"
 AGENT_PID=$LAST_PID
 wait_port "$AGENT_PORT" "$AGENT_PID" agent
 AGENT_IDLE_KIB=$(rss_kib "$AGENT_PID")
-curl -fsS --max-time 10 -p -x "http://127.0.0.1:$AGENT_PORT" "${CURL_TLS[@]}" -o /dev/null "$URL_1K" ||
+"${EP[@]}" curl -fsS --max-time 10 -p -x "http://127.0.0.1:$AGENT_PORT" "${CURL_TLS[@]}" -o /dev/null "$URL_1K" ||
     die "a request through the agent failed (see $WORK/agent.log)"
 grep -q "Tunneling connection from process: curl" "$A/state/agent.log" ||
     die "the agent did not tunnel curl's flow (agent.log: $(tail -n 3 "$A/state/agent.log"))"
@@ -218,7 +279,7 @@ log "gateway proxy=$GW_PORT tunnel=$TUNNEL_PORT; agent local proxy=$AGENT_PORT (
 path_args() {
     case $1 in
     direct) ;;
-    gateway) printf '%s\n' -p -x "http://127.0.0.1:$GW_PORT" ;;
+    gateway) printf '%s\n' -p -x "http://$SERVER_ADDR:$GW_PORT" ;;
     agent) printf '%s\n' -p -x "http://127.0.0.1:$AGENT_PORT" ;;
     esac
 }
@@ -232,12 +293,12 @@ log "latency: $((per_round * ROUNDS)) requests per path in $ROUNDS interleaved r
 for path in "${PATHS[@]}"; do
     mapfile -t args < <(path_args "$path")
     # Warm-up: leaf caches, connection pools, the agent's attribution cache.
-    curl -s "${args[@]}" "${CURL_TLS[@]}" -H 'Connection: close' -o /dev/null "$URL_1K?w=[1-20]"
+    "${EP[@]}" curl -s "${args[@]}" "${CURL_TLS[@]}" -H 'Connection: close' -o /dev/null "$URL_1K?w=[1-20]"
 done
 for round in $(seq "$ROUNDS"); do
     for path in "${PATHS[@]}"; do
         mapfile -t args < <(path_args "$path")
-        curl -s "${args[@]}" "${CURL_TLS[@]}" -H 'Connection: close' -o /dev/null \
+        "${EP[@]}" curl -s "${args[@]}" "${CURL_TLS[@]}" -H 'Connection: close' -o /dev/null \
             -w '%{http_code} %{time_total}\n' "$URL_1K?r=$round&n=[1-$per_round]" \
             >>"$WORK/latency-$path.txt"
     done
@@ -272,7 +333,7 @@ for path in "${PATHS[@]}"; do SPEED[$path]=0; done
 for run in $(seq "$RUNS"); do
     for path in "${PATHS[@]}"; do
         mapfile -t args < <(path_args "$path")
-        out=$(curl -sS --max-time 300 "${args[@]}" "${CURL_TLS[@]}" -o /dev/null \
+        out=$("${EP[@]}" curl -sS --max-time 300 "${args[@]}" "${CURL_TLS[@]}" -o /dev/null \
             -w '%{size_download} %{speed_download}' "$URL_BIG") || die "bulk download via $path failed"
         read -r size speed <<<"$out"
         [[ $size == "$BIG_BYTES" ]] || die "bulk download via $path: $size of $BIG_BYTES bytes"
@@ -288,16 +349,17 @@ AGENT_BEFORE_KIB=$(rss_kib "$AGENT_PID")
 GW_BEFORE_KIB=$(rss_kib "$GW_PID")
 STEERED_BEFORE=$(grep -c "Tunneling connection from process" "$A/state/agent.log" || true)
 mkfifo "$WORK/release"
-python3 - "$AGENT_PORT" "$HTTP_PORT" "$FLOWS" "$WORK/release" >"$WORK/flows.out" 2>"$WORK/flows.log" <<'EOF' &
+"${EP[@]}" python3 - "$AGENT_PORT" "$SERVER_ADDR" "$HTTP_PORT" "$FLOWS" "$WORK/release" >"$WORK/flows.out" 2>"$WORK/flows.log" <<'EOF' &
 import resource, socket, sys, time
-proxy, origin, flows, release = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+proxy, host, origin = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+flows, release = int(sys.argv[4]), sys.argv[5]
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 held = []
 began = time.monotonic()
 for i in range(flows):
     s = socket.create_connection(("127.0.0.1", proxy), timeout=30)
-    s.sendall(f"CONNECT 127.0.0.1:{origin} HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode())
+    s.sendall(f"CONNECT {host}:{origin} HTTP/1.1\r\nHost: {host}:{origin}\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = s.recv(4096)
@@ -366,4 +428,5 @@ echo
 echo "- binary: $RAMPART_BIN, built $(date -u -r "$RAMPART_BIN" '+%Y-%m-%d %H:%M UTC'), HEAD $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
 [[ $GATEWAY_BIN == "$RAMPART_BIN" ]] || echo "- gateway binary: $GATEWAY_BIN"
 [[ $AGENT_BIN == "$RAMPART_BIN" ]] || echo "- agent binary: $AGENT_BIN"
+echo "- paths: $LINK_NOTE"
 echo "- machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; samples $((per_round * ROUNDS)) per path, bulk $BIG_SIZE x $RUNS, $FLOWS flows"
