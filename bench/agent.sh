@@ -210,6 +210,7 @@ http {
 }
 EOF
 start origin "${NET[@]}" nginx -c "$O/nginx.conf" -p "$O"
+ORIGIN_PID=$LAST_PID
 wait_port "$HTTPS_PORT" "$LAST_PID" origin "$SERVER_ADDR"
 # HTTPS to a port outside the gateway's tls_ports: the gateway splices the tunnel
 # without peeking or decrypting, which is the "steered, non-decrypted flow".
@@ -328,17 +329,37 @@ for path in "${PATHS[@]}"; do
 done
 
 # --- 2. throughput: one bulk download per path, best of $RUNS ----------------------
-declare -A SPEED
+# Besides the speed, the CPU each process spent on the download (user + system, from
+# /proc; curl's from the shell's `time`): on loopback the paths are CPU-bound, and the
+# CPU per GB says what each part costs whatever else the machine runs.
+cpu_of() { python3 "$REPO_DIR/bench/cputime.py" "$1"; }
+declare -A SPEED CPU_GB
 for path in "${PATHS[@]}"; do SPEED[$path]=0; done
+TIMEFORMAT='%U %S'
 for run in $(seq "$RUNS"); do
     for path in "${PATHS[@]}"; do
         mapfile -t args < <(path_args "$path")
-        out=$("${EP[@]}" curl -sS --max-time 300 "${args[@]}" "${CURL_TLS[@]}" -o /dev/null \
-            -w '%{size_download} %{speed_download}' "$URL_BIG") || die "bulk download via $path failed"
-        read -r size speed <<<"$out"
+        before="$(cpu_of "$ORIGIN_PID") $(cpu_of "$GW_PID") $(cpu_of "$AGENT_PID")"
+        { time "${EP[@]}" curl -sS --max-time 300 "${args[@]}" "${CURL_TLS[@]}" -o /dev/null \
+            -w '%{size_download} %{speed_download}' "$URL_BIG" >"$WORK/bulk.out" 2>"$WORK/bulk.err"; } \
+            2>"$WORK/bulk.time" || die "bulk download via $path failed: $(cat "$WORK/bulk.err")"
+        after="$(cpu_of "$ORIGIN_PID") $(cpu_of "$GW_PID") $(cpu_of "$AGENT_PID")"
+        read -r size speed <"$WORK/bulk.out" || true # curl -w writes no newline
         [[ $size == "$BIG_BYTES" ]] || die "bulk download via $path: $size of $BIG_BYTES bytes"
-        log "bulk run $run $path: $(python3 -c "print(f'{$speed/1e6:.0f}')") MB/s"
-        SPEED[$path]=$(python3 -c "print(max($speed, ${SPEED[$path]}))")
+        # "curl origin gateway agent": CPU seconds per GB of this run
+        cpu=$(python3 - "$size" "$(cat "$WORK/bulk.time")" "$before" "$after" <<'EOF'
+import sys
+gb = int(sys.argv[1]) / 1e9
+curl = sum(float(x) for x in sys.argv[2].split())
+before, after = ([float(x) for x in a.split()] for a in sys.argv[3:5])
+print(" ".join(f"{c / gb:.3f}" for c in [curl] + [b - a for a, b in zip(before, after)]))
+EOF
+        )
+        log "bulk run $run $path: $(python3 -c "print(f'{$speed/1e6:.0f}')") MB/s; CPU s/GB curl origin gateway agent: $cpu"
+        if python3 -c "import sys; sys.exit(0 if $speed > ${SPEED[$path]} else 1)"; then
+            SPEED[$path]=$speed
+            CPU_GB[$path]=$cpu
+        fi
     done
 done
 
@@ -420,6 +441,12 @@ print(f"| same, p99 | {p99['direct']/1000:.2f} ms | {p99['gateway']/1000:.2f} ms
 print(f"| added p99 of agent + tunnel over the gateway alone | | | {added99/1000:.2f} ms | <= 1 ms | {ok(added99 <= 1000)} |")
 print(f"| failed requests | {err['direct']} | {err['gateway']} | {err['agent']} | 0 | |")
 print(f"| one bulk flow ($BIG_SIZE, best of $RUNS) | {direct/1e6:.0f} MB/s | {gw/1e6:.0f} MB/s ({gw/direct:.2f}x) | {agent/1e6:.0f} MB/s ({ratio:.2f}x) | >= 0.7x direct | {ok(ratio >= 0.7)} |")
+cpu = {"direct": "${CPU_GB[direct]}", "gateway": "${CPU_GB[gateway]}", "agent": "${CPU_GB[agent]}"}
+cpu = {k: [float(x) for x in v.split()] for k, v in cpu.items()}
+cell = lambda c: f"{sum(c):.2f} s (curl {c[0]:.2f}, origin {c[1]:.2f}" + (f", gateway {c[2]:.2f}" if c[2] > 0.005 else "") + (f", agent {c[3]:.2f}" if c[3] > 0.005 else "") + ")"
+print(f"| CPU per GB in that run, all processes | {cell(cpu['direct'])} | {cell(cpu['gateway'])} | {cell(cpu['agent'])} | | |")
+ceiling = lambda c: $(nproc) / sum(c) * 1e3
+print(f"| what that CPU per GB allows on $(nproc) CPUs at 100 % | {ceiling(cpu['direct']):.0f} MB/s | {ceiling(cpu['gateway']):.0f} MB/s | {ceiling(cpu['agent']):.0f} MB/s | | |")
 print(f"| agent RSS, idle / with $FLOWS concurrent steered flows | | | ${AGENT_IDLE_KIB} KiB / {held} KiB ({held/1024:.1f} MiB; peak ${AGENT_HWM_KIB} KiB; $STEERED flows steered) | <= 30 MiB | {ok(held <= 30*1024 and $STEERED >= $FLOWS)} |")
 print(f"| gateway RSS, before / with the same flows | | ${GW_BEFORE_KIB} KiB / ${GW_HELD_KIB} KiB | | | |")
 print(f"| time to open the $FLOWS flows one after another (CONNECT + 1 request each) | | | ${OPEN_SECS} s | | |")
