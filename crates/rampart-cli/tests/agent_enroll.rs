@@ -2,7 +2,8 @@
 //! token → `rampart agent enroll` → `rampart device list`; curl through the agent's
 //! local proxy (no root) reaches an origin over the tunnel and the gateway's access log
 //! names the device, the user and the process; the tunnel refuses clients without a
-//! device certificate or with one from another CA; a token works once.
+//! device certificate or with one from another CA; a token works once; revoking a
+//! device closes its open tunnel connection.
 
 mod support;
 
@@ -89,6 +90,30 @@ fn enroll(gw: &Rampart, config: &Path, token: &str) -> Output {
     ])
 }
 
+/// `rampart agent run` with `config`, once its local proxy on `proxy` accepts.
+fn run_agent(config: &Path, proxy: SocketAddr) -> ChildGuard {
+    let agent = ChildGuard(
+        Command::new(rampart_bin())
+            .args(["agent", "run", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || TcpStream::connect(proxy)
+            .is_ok()),
+        "the agent's local proxy never came up on {proxy}"
+    );
+    agent
+}
+
+/// The agent's `enrollment.json` in its state dir.
+fn enrollment_of(state: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(state.join("enrollment.json")).unwrap()).unwrap()
+}
+
 /// A child process killed when the test ends, pass or fail.
 struct ChildGuard(Child);
 
@@ -122,9 +147,7 @@ fn enrolled_agent_tunnels_curl_and_gateway_logs_device_user_and_process() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "enroll failed: {stdout}{stderr}");
     let state = dir.path().join("state");
-    let enrollment: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("enrollment.json")).unwrap())
-            .unwrap();
+    let enrollment = enrollment_of(&state);
     let device = enrollment["device_id"].as_str().unwrap().to_string();
     assert_eq!(enrollment["gateway"], tunnel.to_string());
     assert_eq!(enrollment["user"], "alice");
@@ -175,19 +198,7 @@ fn enrolled_agent_tunnels_curl_and_gateway_logs_device_user_and_process() {
     );
 
     // Run the agent and send curl through its local proxy.
-    let agent = ChildGuard(
-        Command::new(rampart_bin())
-            .args(["agent", "run", "--config", config.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(
-        proxy
-    )
-    .is_ok()));
+    let agent = run_agent(&config, proxy);
     let out = run(Command::new("curl").args([
         "-sS",
         "--max-time",
@@ -371,9 +382,7 @@ fn tunnel_refuses_clients_without_a_device_certificate_from_another_ca_or_revoke
     );
 
     // Revoked: the same certificate that got through above is now refused.
-    let enrollment: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("enrollment.json")).unwrap())
-            .unwrap();
+    let enrollment = enrollment_of(&state);
     let id = enrollment["device_id"].as_str().unwrap();
     let out = rampart(&[
         "device",
@@ -396,6 +405,121 @@ fn tunnel_refuses_clients_without_a_device_certificate_from_another_ca_or_revoke
     );
 }
 
+/// An echo server on loopback that serves one connection at a time, for a flow that
+/// stays open until something else ends it.
+fn start_echo_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut reader = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut reader, &mut conn);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn revoking_a_device_closes_its_open_tunnel_connection_and_flows() {
+    let (gw, _tunnel) = start_gateway();
+    let echo = start_echo_server();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, proxy) = agent_config(dir.path());
+    assert!(enroll(&gw, &config, &create_token(&gw, "mallory"))
+        .status
+        .success());
+    let state = dir.path().join("state");
+    let enrollment = enrollment_of(&state);
+    let device = enrollment["device_id"].as_str().unwrap().to_string();
+    let _agent = run_agent(&config, proxy);
+
+    // A long-lived flow through the tunnel: a client that opens a CONNECT tunnel
+    // through the agent's local proxy to the echo server and keeps it open.
+    use std::io::{Read, Write};
+    let mut flow = TcpStream::connect(proxy).unwrap();
+    flow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(flow, "CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            flow.read(&mut byte).unwrap(),
+            1,
+            "the agent closed the CONNECT"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    flow.write_all(b"before revocation").unwrap();
+    let mut echoed = [0u8; 17];
+    flow.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"before revocation");
+
+    // Revoke through the server's API: the open connection is closed at once, with
+    // the flow on it, without restarting anything.
+    let admin = std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap();
+    let revoked_at = std::time::Instant::now();
+    let out = rampart(&[
+        "device",
+        "revoke",
+        &device,
+        "--server",
+        &format!("http://{}", gw.api),
+        "--token",
+        admin.trim(),
+    ]);
+    assert!(out.status.success(), "revoke: {}", text(&out).1);
+    flow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = [0u8; 64];
+    match flow.read(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!(
+            "the flow of a revoked device is still open ({other:?}):\n{}\nagent.log:\n{}",
+            gw.stderr(),
+            std::fs::read_to_string(state.join("agent.log")).unwrap_or_default()
+        ),
+    }
+    let ended = revoked_at.elapsed();
+    assert!(
+        ended < Duration::from_secs(5),
+        "the flow ended {ended:?} after the revocation"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .stderr()
+            .contains("agent tunnel closed: device revoked")),
+        "{}",
+        gw.stderr()
+    );
+    // Nothing lost: the cut flow is still logged, with the device, its byte counts
+    // and why it ended.
+    assert!(
+        eventually(Duration::from_secs(5), || gw.access_log().iter().any(|r| {
+            r["device"] == device.as_str()
+                && r["target"] == echo.to_string()
+                && r["bytes_from_client"] == 17
+                && r["bytes_to_client"] == 17
+                && r["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("tunnel ended with an error"))
+        })),
+        "no record of the cut flow:\n{:#?}",
+        gw.access_log()
+    );
+    let agent_log = std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
+    assert!(
+        agent_log.contains("Tunnel to gateway") && agent_log.contains("down"),
+        "{agent_log}"
+    );
+}
+
 #[test]
 fn enrolled_agent_fails_open_while_the_tunnel_is_down_and_reconnects() {
     let (mut gw, tunnel) = start_gateway();
@@ -411,19 +535,7 @@ fn enrolled_agent_fails_open_while_the_tunnel_is_down_and_reconnects() {
     assert!(enroll(&gw, &config, &create_token(&gw, "dave"))
         .status
         .success());
-    let _agent = ChildGuard(
-        Command::new(rampart_bin())
-            .args(["agent", "run", "--config", config.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(
-        proxy
-    )
-    .is_ok()));
+    let _agent = run_agent(&config, proxy);
     let curl = || {
         let out = run(Command::new("curl").args([
             "-sS",

@@ -91,32 +91,42 @@ where
 {
     let started = Instant::now();
     let last_activity = AtomicU64::new(0);
+    // Counted as written, so a relay that fails or idles out still reports what
+    // it moved (the flow's event keeps its byte counts).
+    let to_a = AtomicU64::new(0);
+    let to_b = AtomicU64::new(0);
     let mut a = ActivityIo {
         inner: a,
         last_activity: &last_activity,
+        written: &to_a,
         started,
     };
     let mut b = ActivityIo {
         inner: b,
         last_activity: &last_activity,
+        written: &to_b,
         started,
     };
-    tokio::select! {
+    let end = tokio::select! {
         result = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 16 * 1024, B_TO_A_BUFFER) => match result {
-            Ok((up, down)) => (
-                Transferred { client_to_origin: up, origin_to_client: down },
-                RelayEnd::Closed,
-            ),
-            Err(e) => (Transferred::default(), RelayEnd::Error(e)),
+            Ok(_) => RelayEnd::Closed,
+            Err(e) => RelayEnd::Error(e),
         },
-        _ = idle_watchdog(&last_activity, started, idle) => (Transferred::default(), RelayEnd::Idle),
-    }
+        _ = idle_watchdog(&last_activity, started, idle) => RelayEnd::Idle,
+    };
+    let transferred = Transferred {
+        client_to_origin: to_b.load(Ordering::Relaxed),
+        origin_to_client: to_a.load(Ordering::Relaxed),
+    };
+    (transferred, end)
 }
 
-/// A stream that records when it last read a byte, for idle timeouts.
+/// A stream that records when it last read a byte (for idle timeouts) and how
+/// many bytes were written to it.
 struct ActivityIo<'a, T: ?Sized> {
     inner: &'a mut T,
     last_activity: &'a AtomicU64,
+    written: &'a AtomicU64,
     started: Instant,
 }
 
@@ -143,7 +153,12 @@ impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for ActivityIo<'_, T> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut *self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut *this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            this.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
     }
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
@@ -277,8 +292,48 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(!relay.is_finished(), "a busy relay must not time out");
-        let (_, end) = relay.await.unwrap();
+        origin_side.write_all(b"reply").await.unwrap();
+        let mut reply = [0u8; 5];
+        client_side.read_exact(&mut reply).await.unwrap();
+        let (transferred, end) = relay.await.unwrap();
         assert!(matches!(end, RelayEnd::Idle), "{end:?}");
+        // An idle end keeps the counts of what moved before it.
+        assert_eq!(transferred.client_to_origin, 6);
+        assert_eq!(transferred.origin_to_client, 5);
+    }
+
+    #[tokio::test]
+    async fn buffered_copy_that_fails_still_reports_the_bytes_it_moved() {
+        let (mut client_side, mut client) = pair().await;
+        let (mut origin, origin_side) = pair().await;
+        let relay = tokio::spawn(async move {
+            copy_bidirectional(&mut client, &mut origin, Duration::from_secs(5)).await
+        });
+        client_side.write_all(b"hello").await.unwrap();
+        let mut origin_side = origin_side;
+        let mut got = [0u8; 5];
+        origin_side.read_exact(&mut got).await.unwrap();
+        // The origin resets (RST: linger 0), then the client writes: the relay fails.
+        socket2::SockRef::from(&origin_side)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(origin_side);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..20 {
+            if client_side.write_all(&[0u8; 65536]).await.is_err() || relay.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (transferred, end) = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("the relay did not end")
+            .unwrap();
+        assert!(matches!(end, RelayEnd::Error(_)), "{end:?}");
+        assert!(
+            transferred.client_to_origin >= 5,
+            "the bytes before the failure were not counted: {transferred:?}"
+        );
     }
 
     #[tokio::test]

@@ -7,11 +7,14 @@
 //! the process, egress choice, TLS interception or splice, and the block answer (403
 //! with the reason on the stream). `tunnel-bypass` flows are never decrypted. Every
 //! flow is logged with device, user, groups, process and the policy decision.
+//! Revoking a device ends its open connections too ([`live`]), not only new ones.
 
 mod identity;
+mod live;
 mod threads;
 
 pub use identity::{DeviceIdentity, IdentityError};
+pub use live::{LiveTunnel, LiveTunnels};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,10 +50,29 @@ const MAX_STREAMS: u32 = 4096;
 /// record plus a 9-byte one for every frame.
 const MAX_FRAME: u32 = 64 << 10;
 
+/// Open connections are checked against the admission this often, for revocations the
+/// gateway is not told about (`rampart device revoke --data-dir` while it runs).
+const REVALIDATE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Asked when a device with a valid certificate connects: the server records "last
 /// seen" and answers whether the device may use the tunnel (false once revoked).
 pub trait DeviceAdmission: Send + Sync + 'static {
     fn admit(&self, device: &str) -> bool;
+
+    /// Of `open` (the devices with a tunnel connection open now), those that may no
+    /// longer use it; their connections are closed. Asked every few seconds while any
+    /// connection is open, off the runtime's threads (it may read a file).
+    fn revoked_among(&self, open: &[String]) -> Vec<String> {
+        let _ = open;
+        Vec::new()
+    }
+
+    /// Notified when an admission was withdrawn where the gateway can hear it (a
+    /// revocation through the server's API), so open connections are checked at once
+    /// instead of at the next interval.
+    fn revocations(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Requests on the tunnel that are not `CONNECT` (configuration polls, uploads of the
@@ -149,6 +171,14 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let threads = threads::ConnectionThreads::start(threads::default_count(), busy_poll);
+    let live = LiveTunnels::new();
+    if let Some(admission) = &admission {
+        tokio::spawn(revalidate(
+            admission.clone(),
+            live.clone(),
+            shutdown.clone(),
+        ));
+    }
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -168,6 +198,7 @@ pub async fn serve(
             shared: gateway.shared().clone(),
             admission: admission.clone(),
             agent_api: agent_api.clone(),
+            live: live.clone(),
             shutdown: shutdown.clone(),
             peer,
         };
@@ -189,12 +220,48 @@ pub async fn serve(
     }
 }
 
+/// Closes the open connections of devices the admission no longer admits, every
+/// [`REVALIDATE_INTERVAL`] and whenever it announces a revocation.
+async fn revalidate(
+    admission: Arc<dyn DeviceAdmission>,
+    live: Arc<LiveTunnels>,
+    shutdown: CancellationToken,
+) {
+    let announced = admission.revocations();
+    loop {
+        let revocation = async {
+            match &announced {
+                Some(notify) => notify.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REVALIDATE_INTERVAL) => {}
+            _ = revocation => {}
+        }
+        let open = live.devices();
+        if open.is_empty() {
+            continue;
+        }
+        let admission = admission.clone();
+        let Ok(revoked) = tokio::task::spawn_blocking(move || admission.revoked_among(&open)).await
+        else {
+            continue;
+        };
+        for device in revoked {
+            live.disconnect(&device);
+        }
+    }
+}
+
 /// One accepted agent connection, before the TLS handshake.
 struct Connection {
     acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared>,
     admission: Option<Arc<dyn DeviceAdmission>>,
     agent_api: Option<Arc<dyn AgentApi>>,
+    live: Arc<LiveTunnels>,
     shutdown: CancellationToken,
     peer: SocketAddr,
 }
@@ -208,6 +275,7 @@ impl Connection {
             shared,
             admission,
             agent_api,
+            live,
             shutdown,
             peer,
         } = self;
@@ -243,6 +311,8 @@ impl Connection {
                 return;
             }
         }
+        let registration = live.register(&identity.device);
+        let device = identity.device.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let shared = shared.clone();
             let identity = identity.clone();
@@ -271,6 +341,12 @@ impl Connection {
             _ = shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
+            }
+            _ = registration.revoked() => {
+                // No graceful close: the device lost its right to the tunnel. Dropping
+                // the connection closes the socket and ends every flow on it (each
+                // flow still logs itself, with the error).
+                tracing::warn!(%peer, %device, "agent tunnel closed: device revoked");
             }
         }
     }

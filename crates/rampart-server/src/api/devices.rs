@@ -145,7 +145,7 @@ async fn revoke(
             "admin bearer token required".into(),
         );
     }
-    match state.registry.inventory().revoke(&id) {
+    match state.registry.revoke(&id) {
         Ok(true) => {
             tracing::info!(device = %id, "device revoked");
             Json(serde_json::json!({ "revoked": id })).into_response()

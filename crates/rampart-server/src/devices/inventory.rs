@@ -98,7 +98,8 @@ impl Inventory {
     }
 
     /// Marks `id` revoked; false when no such device exists. New tunnel connections of
-    /// the device are refused; connections already open end when they close.
+    /// the device are refused, and a running tunnel listener closes the open ones at
+    /// its next check (at once through [`super::DeviceRegistry::revoke`]).
     pub fn revoke(&self, id: &str) -> Result<bool, DeviceError> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut devices = self.list()?;
@@ -121,23 +122,27 @@ impl Inventory {
     }
 }
 
+/// A device record for tests: enrolled by alice, never revoked.
+#[cfg(test)]
+pub(crate) fn test_record(id: &str) -> DeviceRecord {
+    DeviceRecord {
+        id: id.into(),
+        user: Some("alice".into()),
+        groups: vec![],
+        hostname: "laptop".into(),
+        agent_version: "0.1.0".into(),
+        steering_mode: "local-proxy".into(),
+        enrolled_at: "2026-01-01T00:00:00Z".into(),
+        last_seen: "2026-01-01T00:00:00Z".into(),
+        revoked_at: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(id: &str) -> DeviceRecord {
-        DeviceRecord {
-            id: id.into(),
-            user: Some("alice".into()),
-            groups: vec![],
-            hostname: "laptop".into(),
-            agent_version: "0.1.0".into(),
-            steering_mode: "local-proxy".into(),
-            enrolled_at: "2026-01-01T00:00:00Z".into(),
-            last_seen: "2026-01-01T00:00:00Z".into(),
-            revoked_at: None,
-        }
-    }
+    use super::test_record as record;
 
     #[test]
     fn upsert_replaces_by_id_and_seen_updates_last_seen() {

@@ -1,6 +1,7 @@
 //! Enrollment: redeem a token, sign the device's key, record the device.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,8 @@ pub struct DeviceRegistry {
     tokens: TokenStore,
     inventory: Inventory,
     gateway: String,
+    /// Tells the tunnel listener to check its open connections now (an API revocation).
+    revocations: Arc<tokio::sync::Notify>,
 }
 
 impl DeviceRegistry {
@@ -55,6 +58,7 @@ impl DeviceRegistry {
             tokens: TokenStore::new(data_dir),
             inventory: Inventory::new(data_dir),
             gateway,
+            revocations: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -68,6 +72,17 @@ impl DeviceRegistry {
 
     pub fn inventory(&self) -> &Inventory {
         &self.inventory
+    }
+
+    /// Marks `id` revoked (false: no such device) and has the tunnel listener close the
+    /// device's open connections at once rather than at its next periodic check.
+    pub fn revoke(&self, id: &str) -> Result<bool, DeviceError> {
+        let revoked = self.inventory.revoke(id)?;
+        if revoked {
+            // A stored permit if the listener is busy: the check is not lost.
+            self.revocations.notify_one();
+        }
+        Ok(revoked)
     }
 
     /// Redeems the token (single use) and issues the device certificate.
@@ -127,5 +142,61 @@ impl rampart_gateway::tunnel::DeviceAdmission for DeviceRegistry {
                 true
             }
         }
+    }
+
+    fn revoked_among(&self, open: &[String]) -> Vec<String> {
+        match self.inventory.list() {
+            // A device missing from the inventory was not enrolled here (or its record
+            // was removed by hand): as at admission, it may not use the tunnel.
+            Ok(devices) => open
+                .iter()
+                .filter(|id| {
+                    !devices
+                        .iter()
+                        .any(|d| &d.id == *id && d.revoked_at.is_none())
+                })
+                .cloned()
+                .collect(),
+            Err(e) => {
+                // As in `admit`: an unreadable inventory closes nobody's tunnel.
+                tracing::error!(error = %e, "cannot check the device inventory for revocations");
+                Vec::new()
+            }
+        }
+    }
+
+    fn revocations(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.revocations.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rampart_gateway::tunnel::DeviceAdmission;
+
+    use crate::devices::inventory::test_record as record;
+
+    #[tokio::test]
+    async fn revoking_names_the_device_among_open_ones_and_announces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = DeviceRegistry::open(dir.path(), "127.0.0.1:3129".into()).unwrap();
+        registry.inventory().upsert(record("dev-a")).unwrap();
+        registry.inventory().upsert(record("dev-b")).unwrap();
+        let open = [
+            "dev-a".to_string(),
+            "dev-b".to_string(),
+            "dev-gone".to_string(),
+        ];
+        // A device that is not in the inventory may not keep a tunnel either.
+        assert_eq!(registry.revoked_among(&open), ["dev-gone"]);
+
+        let announced = registry.revocations().unwrap();
+        assert!(registry.revoke("dev-a").unwrap());
+        tokio::time::timeout(std::time::Duration::from_secs(1), announced.notified())
+            .await
+            .expect("an API revocation must wake the tunnel listener");
+        assert_eq!(registry.revoked_among(&open), ["dev-a", "dev-gone"]);
+        assert!(!registry.revoke("dev-nobody").unwrap());
     }
 }
