@@ -513,10 +513,29 @@ fn revoking_a_device_closes_its_open_tunnel_connection_and_flows() {
         "no record of the cut flow:\n{:#?}",
         gw.access_log()
     );
-    let agent_log = std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
+    // The next flow makes the agent dial again: the handshake refuses the device with
+    // a certificate_revoked alert, which the agent log names, and the flow takes the
+    // fail mode (open by default: straight to the echo server).
+    let mut next = TcpStream::connect(proxy).unwrap();
+    next.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(next, "CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").unwrap();
+    let mut answer = [0u8; 12];
+    next.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let agent_log = || std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
     assert!(
-        agent_log.contains("Tunnel to gateway") && agent_log.contains("down"),
-        "{agent_log}"
+        eventually(Duration::from_secs(10), || agent_log()
+            .contains("received fatal alert: CertificateRevoked")),
+        "{}",
+        agent_log()
+    );
+    assert!(
+        agent_log()
+            .lines()
+            .any(|l| l.ends_with("(gateway unreachable, fail-open)")),
+        "{}",
+        agent_log()
     );
 }
 

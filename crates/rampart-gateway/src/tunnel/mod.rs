@@ -12,6 +12,7 @@
 mod identity;
 mod live;
 mod threads;
+mod verifier;
 
 pub use identity::{DeviceIdentity, IdentityError};
 pub use live::{LiveTunnel, LiveTunnels};
@@ -105,11 +106,14 @@ pub enum TunnelError {
 }
 
 /// TLS for the tunnel: `cert_pem`/`key_pem` is the listener's certificate, and client
-/// certificates must chain to `client_ca_pem` (the device CA). HTTP/2 only (ALPN `h2`).
+/// certificates must chain to `client_ca_pem` (the device CA) and, with `admission`,
+/// belong to an admitted device (a revoked one gets a `certificate_revoked` alert).
+/// HTTP/2 only (ALPN `h2`).
 pub fn server_config(
     client_ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
+    admission: Option<Arc<dyn DeviceAdmission>>,
 ) -> Result<Arc<rustls::ServerConfig>, TunnelError> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
@@ -130,6 +134,10 @@ pub fn server_config(
     )
     .build()
     .map_err(|e| TunnelError::Tls(e.to_string()))?;
+    let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match admission {
+        Some(admission) => Arc::new(verifier::AdmittingVerifier::new(verifier, admission)),
+        None => verifier,
+    };
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TunnelError::Pem {
@@ -147,6 +155,11 @@ pub fn server_config(
         .with_single_cert(chain, key)
         .map_err(|e| TunnelError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: an agent holds one connection for hours, so a full
+    // handshake per connection costs nothing noticeable, and every connection then
+    // has its certificate verified and its device admitted in the handshake.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -158,7 +171,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TunnelError> {
 }
 
 /// Accepts agent connections until `shutdown`, then lets open connections finish
-/// their streams. Connections run on threads of their own ([`threads`]), which spin
+/// their streams. `admission` closes the open connections of devices it no longer
+/// admits (give the same one to [`server_config`], which refuses them at the handshake). Connections run on threads of their own ([`threads`]), which spin
 /// up to `busy_poll` before sleeping ([`crate::busy_poll`]).
 pub async fn serve(
     listener: TcpListener,
@@ -305,12 +319,15 @@ impl Connection {
             None => return,
         };
         tracing::debug!(%peer, device = %identity.device, "agent tunnel connected");
+        // Checked in the handshake too (`verifier`), but a resumed TLS session skips
+        // certificate verification: this check does not depend on how it started.
         if let Some(admission) = &admission {
             if !admission.admit(&identity.device) {
                 tracing::warn!(%peer, device = %identity.device, "agent tunnel refused: device revoked");
                 return;
             }
         }
+        // From here a later revocation closes the connection.
         let registration = live.register(&identity.device);
         let device = identity.device.clone();
         let service = service_fn(move |req: Request<Incoming>| {

@@ -59,10 +59,12 @@ impl TunnelSetup {
             .ca()
             .tunnel_server_cert(&names)
             .context("issuing the tunnel certificate")?;
+        let admission: Arc<dyn rampart_gateway::tunnel::DeviceAdmission> = registry.clone();
         let tls = rampart_gateway::tunnel::server_config(
             registry.ca().cert_pem(),
             &issued.cert_pem,
             &issued.key_pem,
+            Some(admission),
         )?;
         let admin_token: Arc<str> = rampart_events::token::load_or_create(&config.data_dir)
             .context("loading the admin token")?
