@@ -24,7 +24,7 @@ enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a device: the gateway's tunnel refuses it from now on.
+    /// Revoke a device: the gateway closes its open tunnel and refuses it from now on.
     Revoke {
         /// Device id, as `rampart device list` shows it.
         id: String,
