@@ -7,7 +7,7 @@
 //! the process, egress choice, TLS interception or splice, and the block answer (403
 //! with the reason on the stream). `tunnel-bypass` flows are never decrypted. Every
 //! flow is logged with device, user, groups, process and the policy decision.
-//! Revoking a device ends its open connections too ([`live`]), not only new ones.
+//! Revoking a device ends its open connections too (`live`), not only new ones.
 
 mod identity;
 mod live;
@@ -172,7 +172,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TunnelError> {
 
 /// Accepts agent connections until `shutdown`, then lets open connections finish
 /// their streams. `admission` closes the open connections of devices it no longer
-/// admits (give the same one to [`server_config`], which refuses them at the handshake). Connections run on threads of their own ([`threads`]), which spin
+/// admits (give the same one to [`server_config`], which refuses them at the
+/// handshake). Connections run on threads of their own ([`threads`]), which spin
 /// up to `busy_poll` before sleeping ([`crate::busy_poll`]).
 pub async fn serve(
     listener: TcpListener,
