@@ -136,6 +136,10 @@ pub struct GatewayConfig {
     pub proxy: String,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How often the enrolled agent checks its open tunnel with an HTTP/2 PING, and how
+    /// long it waits for the answer before it drops the connection as dead.
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
     #[serde(default)]
     pub fail_mode: FailMode,
     /// Host patterns reachable directly while the gateway is down in closed mode.
@@ -148,6 +152,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             proxy: String::new(),
             connect_timeout: default_connect_timeout(),
+            keepalive: default_keepalive(),
             fail_mode: FailMode::default(),
             fail_closed_allow: Vec::new(),
         }
@@ -248,6 +253,9 @@ fn default_action() -> SteeringAction {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_keepalive() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_proxy_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 3130))
 }
@@ -322,6 +330,12 @@ impl AgentConfig {
                 "transparent.mark must be non-zero (0 is the mark of unmarked traffic)".into(),
             ));
         }
+        if self.gateway.keepalive < Duration::from_secs(1) {
+            return Err(invalid(format!(
+                "gateway.keepalive = {:?} is too short; it must be at least 1s",
+                self.gateway.keepalive
+            )));
+        }
         if self.transparent.port == 0 {
             return Err(invalid("transparent.port must be non-zero".into()));
         }
@@ -393,6 +407,7 @@ mod tests {
         assert_eq!(config.steering.default, SteeringAction::Steer);
         assert_eq!(config.transparent.table, "rampart_agent");
         assert_eq!(config.gateway.fail_mode, FailMode::Open);
+        assert_eq!(config.gateway.keepalive, Duration::from_secs(30));
         assert_eq!(
             config.log_path(),
             PathBuf::from("/var/lib/rampart-agent/agent.log")
@@ -448,6 +463,20 @@ sniff_timeout = "1s"
         let text = err.to_string();
         assert!(text.starts_with("agent.toml:5:"), "{text}");
         assert!(text.contains("allow"), "{text}");
+    }
+
+    #[test]
+    fn keepalive_under_a_second_is_refused() {
+        let err = AgentConfig::from_toml(
+            "[gateway]\nproxy = \"gw:3128\"\nkeepalive = \"100ms\"\n",
+            "agent.toml",
+        )
+        .expect_err("too short");
+        assert!(
+            err.to_string()
+                .contains("gateway.keepalive = 100ms is too short; it must be at least 1s"),
+            "{err}"
+        );
     }
 
     #[test]

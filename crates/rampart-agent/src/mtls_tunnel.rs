@@ -36,6 +36,10 @@ const MAX_FRAME: u32 = 64 << 10;
 /// One buffer for the whole tunnel connection, not per flow.
 const TUNNEL_READ_BUFFER: usize = 64 << 10;
 
+/// How often an established tunnel is checked, unless [`MtlsH2Tunnel::with_keepalive`]
+/// says otherwise (the agent config's `gateway.keepalive`).
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// Largest control-plane response the agent reads (its steering configuration).
 const MAX_API_RESPONSE: usize = 16 << 20;
 
@@ -68,6 +72,8 @@ pub struct MtlsH2Tunnel {
     server_name: ServerName<'static>,
     tls: tokio_rustls::TlsConnector,
     connector: Connector,
+    /// Interval of the PING that checks an established connection ([`keep_alive`]).
+    keepalive: Duration,
     log: Option<Arc<AgentLog>>,
     /// A tokio mutex on purpose: it is held across the dial so concurrent flows wait
     /// for one reconnect instead of each dialling their own.
@@ -144,6 +150,7 @@ impl MtlsH2Tunnel {
             server_name,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             connector,
+            keepalive: DEFAULT_KEEPALIVE,
             log,
             link: tokio::sync::Mutex::new(Link {
                 live: None,
@@ -152,6 +159,12 @@ impl MtlsH2Tunnel {
             }),
             up: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Checks an established connection with a PING this often (at least 1 s).
+    pub fn with_keepalive(mut self, every: Duration) -> Self {
+        self.keepalive = every.max(Duration::from_secs(1));
+        self
     }
 
     /// Whether the HTTP/2 connection is currently established.
@@ -223,7 +236,7 @@ impl MtlsH2Tunnel {
         .await
         .map_err(|_| self.unreachable("TLS handshake timed out".into()))?
         .map_err(|e| self.unreachable(format!("TLS handshake failed: {e}")))?;
-        let (sender, connection) = h2::client::Builder::new()
+        let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
@@ -231,6 +244,26 @@ impl MtlsH2Tunnel {
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(|e| self.unreachable(format!("HTTP/2 handshake failed: {e}")))?;
+        let mut pings = connection
+            .ping_pong()
+            .ok_or_else(|| self.unreachable("HTTP/2 ping handle unavailable".into()))?;
+        let mut driver = tokio::spawn(connection);
+        // In TLS 1.3 the client's handshake ends before the gateway has judged its
+        // certificate, so a refused device (revoked) would look connected and then fail
+        // on its first flow. One answered PING proves the gateway took the device: until
+        // then the tunnel is not "up", and a refusal is a failed dial (back-off, one
+        // log line naming the alert) rather than a tunnel that goes down at once, on
+        // every flow.
+        match tokio::time::timeout(self.connector.timeout, confirm(&mut pings, &mut driver)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                return Err(self.unreachable(format!("tunnel refused: {reason}")));
+            }
+            Err(_) => {
+                driver.abort();
+                return Err(self.unreachable("no answer to the first HTTP/2 PING".into()));
+            }
+        }
         let closed = Arc::new(AtomicBool::new(false));
         self.up.store(true, Ordering::Relaxed);
         self.write_log(
@@ -241,11 +274,9 @@ impl MtlsH2Tunnel {
         let log = self.log.clone();
         let gateway = self.gateway.clone();
         let ended = closed.clone();
+        let every = self.keepalive;
         tokio::spawn(async move {
-            let reason = match connection.await {
-                Ok(()) => "closed".to_string(),
-                Err(e) => e.to_string(),
-            };
+            let reason = keep_alive(&mut pings, &mut driver, every).await;
             ended.store(true, Ordering::Relaxed);
             up.store(false, Ordering::Relaxed);
             if let Some(log) = log {
@@ -394,5 +425,62 @@ impl GatewayTunnel for MtlsH2Tunnel {
 
     fn is_up(&self) -> Option<bool> {
         Some(MtlsH2Tunnel::is_up(self))
+    }
+}
+
+/// The task driving the tunnel's HTTP/2 connection; it ends when the connection does.
+type Driver = tokio::task::JoinHandle<Result<(), h2::Error>>;
+
+/// Why the connection driven by `driver` ended, from its result.
+fn end_reason(ended: Result<Result<(), h2::Error>, tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(Ok(())) => "closed".to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("connection task failed: {e}"),
+    }
+}
+
+/// Waits for the gateway to answer a PING; on failure, says why the connection ended
+/// (a refused device's TLS alert, not h2's generic "broken pipe" for the PING).
+async fn confirm(pings: &mut h2::PingPong, driver: &mut Driver) -> Result<(), String> {
+    let pong = tokio::select! {
+        ended = &mut *driver => return Err(end_reason(ended)),
+        pong = pings.ping(h2::Ping::opaque()) => pong,
+    };
+    match pong {
+        Ok(_) => Ok(()),
+        Err(e) => match tokio::time::timeout(Duration::from_secs(1), driver).await {
+            Ok(ended) => Err(end_reason(ended)),
+            Err(_) => Err(e.to_string()),
+        },
+    }
+}
+
+/// Watches the live connection until it ends and returns why. While it lives, a PING
+/// every `every` must be answered within as long again: a gateway that vanished
+/// without a FIN or a reset (a dropped NAT entry, a cut link) would otherwise hold
+/// every new flow on a dead connection until TCP gives up, many minutes later, instead
+/// of letting the agent re-dial or take its fail mode. The wait is generous because a
+/// PING queues behind the upload data already in the socket buffers, which on a slow
+/// uplink can take seconds to drain.
+async fn keep_alive(pings: &mut h2::PingPong, driver: &mut Driver, every: Duration) -> String {
+    loop {
+        tokio::select! {
+            ended = &mut *driver => return end_reason(ended),
+            _ = tokio::time::sleep(every) => {}
+        }
+        let answered = tokio::select! {
+            ended = &mut *driver => return end_reason(ended),
+            pong = tokio::time::timeout(every, pings.ping(h2::Ping::opaque())) => pong,
+        };
+        match answered {
+            Ok(Ok(_)) => {}
+            // The connection is ending: its driver has the reason.
+            Ok(Err(_)) => return end_reason(driver.await),
+            Err(_) => {
+                driver.abort();
+                return format!("no answer to a keep-alive PING in {every:?}");
+            }
+        }
     }
 }

@@ -90,12 +90,15 @@ impl AgentBuilder {
         let tunnel: Arc<dyn GatewayTunnel> = match (self.tunnel, &enrollment) {
             (Some(tunnel), _) => tunnel,
             (None, Some(enrollment)) => {
-                let mtls = Arc::new(MtlsH2Tunnel::from_enrollment(
-                    &config.data_dir,
-                    enrollment,
-                    connector,
-                    Some(Arc::clone(&log)),
-                )?);
+                let mtls = Arc::new(
+                    MtlsH2Tunnel::from_enrollment(
+                        &config.data_dir,
+                        enrollment,
+                        connector,
+                        Some(Arc::clone(&log)),
+                    )?
+                    .with_keepalive(config.gateway.keepalive),
+                );
                 control = Some(Arc::clone(&mtls));
                 mtls
             }

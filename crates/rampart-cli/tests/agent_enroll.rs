@@ -424,7 +424,7 @@ fn start_echo_server() -> SocketAddr {
 
 #[test]
 fn revoking_a_device_closes_its_open_tunnel_connection_and_flows() {
-    let (gw, _tunnel) = start_gateway();
+    let (gw, tunnel) = start_gateway();
     let echo = start_echo_server();
     let dir = tempfile::tempdir().unwrap();
     let (config, proxy) = agent_config(dir.path());
@@ -524,9 +524,22 @@ fn revoking_a_device_closes_its_open_tunnel_connection_and_flows() {
     next.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
     let agent_log = || std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
+    // A failed dial, not a tunnel that came up and went down: the agent counts the
+    // tunnel up only once the gateway answered a PING on it.
+    let refused = format!(
+        "WARN Tunnel to gateway {tunnel} unavailable: gateway {tunnel} unreachable: \
+         tunnel refused: received fatal alert: CertificateRevoked"
+    );
     assert!(
-        eventually(Duration::from_secs(10), || agent_log()
-            .contains("received fatal alert: CertificateRevoked")),
+        eventually(Duration::from_secs(10), || agent_log().contains(&refused)),
+        "{}",
+        agent_log()
+    );
+    assert_eq!(
+        agent_log()
+            .matches(&format!("Tunnel to gateway {tunnel} up"))
+            .count(),
+        1,
         "{}",
         agent_log()
     );

@@ -425,6 +425,55 @@ fn a_revoked_device_cannot_open_the_tunnel_and_the_agent_fails_open() {
     );
 }
 
+/// The servers namespace with a plain and a TLS origin and `rampart server` (the
+/// policy of [`policy`], with `server_tables` added to its config), and an agent
+/// enrolled as bob (ops) with `agent_toml`, whose first request to shop.test went
+/// through the tunnel. Fields drop in order: agent, server, origins, namespaces.
+struct TunnelledAgent {
+    agent: NsAgent,
+    server: NsServer,
+    _tls: NsTlsOrigin,
+    http: PeerOrigin,
+    pair: NetPair,
+    dir: tempfile::TempDir,
+}
+
+impl TunnelledAgent {
+    fn start(server_tables: &str, agent_toml: &str) -> TunnelledAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = NetPair::create(HOSTS);
+        let http = PeerOrigin::start(&pair.servers, format!("{SERVERS_ADDR}:80").parse().unwrap());
+        let tls = NsTlsOrigin::start(
+            &pair,
+            &pair.servers,
+            format!("{SERVERS_ADDR}:443").parse().unwrap(),
+            &["shop.test"],
+        );
+        let policy_path = dir.path().join("policy.toml");
+        std::fs::write(&policy_path, policy(true, true)).unwrap();
+        let server = NsServer::start(
+            &pair,
+            dir.path(),
+            &server_toml(&policy_path, &tls.ca_pem, server_tables),
+        );
+        let agent = NsAgent::enroll_and_run(&pair, &server, dir.path(), "bob", "ops", agent_toml);
+        let (code, body, err) = curl(&pair, &["http://shop.test/before"]);
+        assert_eq!(code, 0, "{err}\n{}", agent.log());
+        assert_eq!(
+            body,
+            format!("origin saw {SERVERS_ADDR} for shop.test/before")
+        );
+        TunnelledAgent {
+            agent,
+            server,
+            _tls: tls,
+            http,
+            pair,
+            dir,
+        }
+    }
+}
+
 /// `rampart device revoke` in the data dir while the server runs: the tunnel
 /// connection already open is closed at the listener's next check, the device
 /// certificate opens no new tunnel, and steered flows take the fail mode. Closed comes from the server's `[agent]` table (it
@@ -434,41 +483,22 @@ fn revoked_device_follows_the_fail_mode(test: &str, fail_closed: bool) {
     if !root_or_skip(test) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let pair = NetPair::create(HOSTS);
-    let http = PeerOrigin::start(&pair.servers, format!("{SERVERS_ADDR}:80").parse().unwrap());
-    let tls = NsTlsOrigin::start(
-        &pair,
-        &pair.servers,
-        format!("{SERVERS_ADDR}:443").parse().unwrap(),
-        &["shop.test"],
-    );
-    let policy_path = dir.path().join("policy.toml");
-    std::fs::write(&policy_path, policy(true, true)).unwrap();
     let agent_table = if fail_closed {
         "[agent]\nfail_mode = \"closed\"\nfail_closed_allow = [\"allowed.test\"]\n"
     } else {
         ""
     };
-    let server = NsServer::start(
-        &pair,
-        dir.path(),
-        &server_toml(&policy_path, &tls.ca_pem, agent_table),
-    );
-    let agent = NsAgent::enroll_and_run(
-        &pair,
-        &server,
-        dir.path(),
-        "bob",
-        "ops",
+    let scene = TunnelledAgent::start(
+        agent_table,
         "[gateway]\nconnect_timeout = \"3s\"\nfail_mode = \"open\"\n[sync]\npoll_interval = \"1h\"\n",
     );
-    let (code, body, err) = curl(&pair, &["http://shop.test/before"]);
-    assert_eq!(code, 0, "{err}\n{}", agent.log());
-    assert_eq!(
-        body,
-        format!("origin saw {SERVERS_ADDR} for shop.test/before")
-    );
+    let TunnelledAgent {
+        agent,
+        server,
+        http,
+        pair,
+        ..
+    } = &scene;
 
     // Revoke; the device certificate no longer opens a tunnel connection.
     let out = support::run(
@@ -497,7 +527,7 @@ fn revoked_device_follows_the_fail_mode(test: &str, fail_closed: bool) {
             ],
         )
     };
-    let (code, status, err) = with_device_cert(&pair);
+    let (code, status, err) = with_device_cert(pair);
     assert!(
         code != 0 && status != "200",
         "a revoked device fetched its config: {status} {err}"
@@ -509,7 +539,7 @@ fn revoked_device_follows_the_fail_mode(test: &str, fail_closed: bool) {
             .count()
     };
     assert!(
-        eventually(Duration::from_secs(10), || refusals(&server) >= 1),
+        eventually(Duration::from_secs(10), || refusals(server) >= 1),
         "{}",
         server.stderr()
     );
@@ -524,7 +554,7 @@ fn revoked_device_follows_the_fail_mode(test: &str, fail_closed: bool) {
         server.stderr()
     );
     let requests_before = http.requests_for("shop.test").len();
-    let (code, body, err) = curl(&pair, &["http://shop.test/after"]);
+    let (code, body, err) = curl(pair, &["http://shop.test/after"]);
     let log = agent.log();
     if fail_closed {
         assert!(
@@ -543,7 +573,7 @@ fn revoked_device_follows_the_fail_mode(test: &str, fail_closed: bool) {
             "{log}"
         );
         // The allowlisted host stays reachable, directly from the endpoint.
-        let (code, body, err) = curl(&pair, &["http://allowed.test/fix"]);
+        let (code, body, err) = curl(pair, &["http://allowed.test/fix"]);
         assert_eq!(code, 0, "{err}\n{}", agent.log());
         assert_eq!(
             body,
@@ -569,14 +599,100 @@ fn revoked_device_follows_the_fail_mode(test: &str, fail_closed: bool) {
     // Later flows dial the gateway again (after the agent's back-off) and are refused.
     assert!(
         eventually(Duration::from_secs(30), || {
-            let _ = curl(&pair, &["--max-time", "10", "http://shop.test/retry"]);
-            refusals(&server) >= 2
+            let _ = curl(pair, &["--max-time", "10", "http://shop.test/retry"]);
+            refusals(server) >= 2
         }),
         "the agent never dialled the gateway again:\n{}",
         server.stderr()
     );
-    let (code, _, _) = with_device_cert(&pair);
+    let (code, _, _) = with_device_cert(pair);
     assert_ne!(code, 0, "the gateway admitted a revoked device");
+}
+
+#[test]
+fn a_gateway_that_goes_silent_is_dropped_by_the_keepalive_and_flows_fail_open() {
+    if !root_or_skip("a_gateway_that_goes_silent_is_dropped_by_the_keepalive_and_flows_fail_open") {
+        return;
+    }
+    // Both ends ping: the agent every second, the gateway after 2 s of silence.
+    let scene = TunnelledAgent::start(
+        "[tunnel]\nkeepalive = \"2s\"\n",
+        "[gateway]\nconnect_timeout = \"2s\"\nkeepalive = \"1s\"\nfail_mode = \"open\"\n[sync]\npoll_interval = \"1h\"\n",
+    );
+    let TunnelledAgent {
+        agent,
+        server,
+        http,
+        pair,
+        dir,
+        ..
+    } = &scene;
+    let up = format!("Tunnel to gateway {} up", server.tunnel);
+    assert_eq!(agent.log().matches(&up).count(), 1, "{}", agent.log());
+
+    // The gateway goes silent without closing anything: every packet to its tunnel
+    // port is dropped (a cut link, or a NAT entry that expired on the way). No FIN,
+    // no reset: only the keep-alive can tell.
+    let port = server.tunnel.port();
+    let blackhole = format!(
+        "table inet rampart_test_blackhole {{\n chain input {{\n  type filter hook input priority -10;\n  tcp dport {port} drop\n }}\n}}\n"
+    );
+    let script = dir.path().join("blackhole.nft");
+    let nft = |pair: &NetPair, rules: &str| {
+        std::fs::write(&script, rules).unwrap();
+        let out = support::run(pair.command(&pair.servers, "nft").arg("-f").arg(&script));
+        assert!(out.status.success(), "nft: {}", text(&out));
+    };
+    nft(pair, &blackhole);
+    let down = format!(
+        "Tunnel to gateway {} down: no answer to a keep-alive PING in 1s",
+        server.tunnel
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || agent.log().contains(&down)),
+        "the agent kept a dead tunnel:\n{}",
+        agent.log()
+    );
+    // The gateway, too, closes the connection of the agent it no longer hears.
+    let gateway_closed = |server: &NsServer| {
+        server.stderr().lines().any(|l| {
+            l.contains("agent tunnel connection ended")
+                && l.contains(&agent.device)
+                && l.contains("keep-alive timed out")
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || gateway_closed(server)),
+        "the gateway kept a dead agent connection:\n{}",
+        server.stderr()
+    );
+    // The next flow dials again, times out, and takes the fail mode: directly.
+    let (code, body, err) = curl(pair, &["--max-time", "15", "http://shop.test/silent"]);
+    assert_eq!(code, 0, "{err}\n{}", agent.log());
+    assert_eq!(
+        body,
+        format!("origin saw {ENDPOINT_ADDR} for shop.test/silent")
+    );
+    assert!(
+        agent.log().lines().any(|l| l
+            .contains("Bypassing connection from process: curl, host: shop.test")
+            && l.ends_with("(gateway unreachable, fail-open)")),
+        "{}",
+        agent.log()
+    );
+
+    // The gateway is back: flows are tunnelled again, on a new connection.
+    nft(pair, "delete table inet rampart_test_blackhole");
+    assert!(
+        eventually(Duration::from_secs(40), || {
+            let (_, body, _) = curl(pair, &["--max-time", "10", "http://shop.test/back"]);
+            body == format!("origin saw {SERVERS_ADDR} for shop.test/back")
+        }),
+        "flows never went through the gateway again:\n{}",
+        agent.log()
+    );
+    assert_eq!(agent.log().matches(&up).count(), 2, "{}", agent.log());
+    assert!(!http.requests_for("shop.test").is_empty());
 }
 
 /// A child process killed when the test ends, pass or fail.

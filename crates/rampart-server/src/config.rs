@@ -126,6 +126,23 @@ pub struct TunnelConfig {
     /// `host:port` enrolled agents connect to, when it differs from `listen` (NAT, a
     /// load balancer, or listening on 0.0.0.0).
     pub advertise: Option<String>,
+    /// A connection silent for this long gets a PING; no answer within as long again
+    /// closes it ([`rampart_gateway::tunnel::ServeOptions::keepalive`]).
+    #[serde(deserialize_with = "keepalive")]
+    pub keepalive: std::time::Duration,
+}
+
+/// `[tunnel] keepalive`: a duration of at least one second (shorter would close
+/// connections that are merely busy).
+fn keepalive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let value: std::time::Duration = humantime_serde::deserialize(d)?;
+    if value < std::time::Duration::from_secs(1) {
+        return Err(serde::de::Error::custom(format!(
+            "keepalive = \"{}\" is too short; it must be at least 1s",
+            humantime_serde::re::humantime::format_duration(value)
+        )));
+    }
+    Ok(value)
 }
 
 impl Default for TunnelConfig {
@@ -133,6 +150,7 @@ impl Default for TunnelConfig {
         TunnelConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3129)),
             advertise: None,
+            keepalive: rampart_gateway::tunnel::DEFAULT_KEEPALIVE,
         }
     }
 }
@@ -273,6 +291,22 @@ mod tests {
             .to_string();
         assert!(
             err.starts_with("rampart.toml:4:1: unknown field `lisen`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tunnel_keepalive_defaults_to_a_minute_and_refuses_under_a_second() {
+        let cfg = RampartConfig::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(cfg.tunnel.keepalive, std::time::Duration::from_secs(60));
+        let cfg =
+            RampartConfig::parse("[tunnel]\nkeepalive = \"5s\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(cfg.tunnel.keepalive, std::time::Duration::from_secs(5));
+        let err = RampartConfig::parse("[tunnel]\nkeepalive = \"200ms\"\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("x.toml:2:13: keepalive = \"200ms\" is too short"),
             "{err}"
         );
     }

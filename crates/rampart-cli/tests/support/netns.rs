@@ -390,13 +390,21 @@ impl NsServer {
                 !in_table
             })
         };
-        let config = format!(
-            "data_dir = {:?}\n{}\n[api]\nlisten = \"{api}\"\n[tunnel]\nlisten = \"{tunnel}\"\n{}\n",
-            dir.join("data").display().to_string(),
-            top.join("\n"),
+        // The test's own `[tunnel]` table (if any) gets the listen address.
+        let mut tables =
             tables
                 .join("\n")
-                .replacen("[proxy]", &format!("[proxy]\nlisten = \"{proxy}\""), 1)
+                .replacen("[proxy]", &format!("[proxy]\nlisten = \"{proxy}\""), 1);
+        let tunnel_table = if tables.contains("[tunnel]") {
+            tables = tables.replacen("[tunnel]", &format!("[tunnel]\nlisten = \"{tunnel}\""), 1);
+            String::new()
+        } else {
+            format!("[tunnel]\nlisten = \"{tunnel}\"\n")
+        };
+        let config = format!(
+            "data_dir = {:?}\n{}\n[api]\nlisten = \"{api}\"\n{tunnel_table}{tables}\n",
+            dir.join("data").display().to_string(),
+            top.join("\n"),
         );
         assert!(
             config.contains("[proxy]\nlisten"),

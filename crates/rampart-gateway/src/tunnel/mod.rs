@@ -27,7 +27,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -40,6 +40,10 @@ use crate::proxy::{ConnectOptions, Shared};
 
 /// A client that has not finished the TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long, and for how many bytes, a refused handshake's socket stays open to read
+/// what the client still sends behind its certificate ([`close_after_refusal`]).
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+const REFUSAL_LINGER_BYTES: usize = 256 << 10;
 /// Per-stream and per-connection HTTP/2 flow-control windows: large enough that one
 /// bulk flow is not throttled by round trips, bounded so a stalled reader costs little.
 const STREAM_WINDOW: u32 = 4 << 20;
@@ -170,22 +174,46 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TunnelError> {
         .map_err(|source| TunnelError::Bind { addr, source })
 }
 
+/// How the tunnel listener runs its connections.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Connection threads spin this long before sleeping ([`crate::busy_poll`]).
+    pub busy_poll: Option<Duration>,
+    /// An agent connection that sent nothing for this long gets an HTTP/2 PING, and is
+    /// closed (with its flows) when no answer comes within as long again: an agent
+    /// that vanished without closing (a laptop lid shut, a cut link) would otherwise
+    /// hold its connection and its flows' origin sockets open for hours.
+    pub keepalive: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            busy_poll: None,
+            keepalive: DEFAULT_KEEPALIVE,
+        }
+    }
+}
+
+/// Default of [`ServeOptions::keepalive`]: longer than the agents' own 30 s, so a live
+/// agent's PINGs usually keep the connection busy and the gateway sends none.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
+
 /// Accepts agent connections until `shutdown`, then lets open connections finish
 /// their streams. `admission` closes the open connections of devices it no longer
 /// admits (give the same one to [`server_config`], which refuses them at the
-/// handshake). Connections run on threads of their own ([`threads`]), which spin
-/// up to `busy_poll` before sleeping ([`crate::busy_poll`]).
+/// handshake). Connections run on threads of their own ([`threads`]).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     gateway: GatewayHandle,
     admission: Option<Arc<dyn DeviceAdmission>>,
     agent_api: Option<Arc<dyn AgentApi>>,
-    busy_poll: Option<Duration>,
+    options: ServeOptions,
     shutdown: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let threads = threads::ConnectionThreads::start(threads::default_count(), busy_poll);
+    let threads = threads::ConnectionThreads::start(threads::default_count(), options.busy_poll);
     let live = LiveTunnels::new();
     if let Some(admission) = &admission {
         tokio::spawn(revalidate(
@@ -214,6 +242,7 @@ pub async fn serve(
             admission: admission.clone(),
             agent_api: agent_api.clone(),
             live: live.clone(),
+            keepalive: options.keepalive,
             shutdown: shutdown.clone(),
             peer,
         };
@@ -277,6 +306,7 @@ struct Connection {
     admission: Option<Arc<dyn DeviceAdmission>>,
     agent_api: Option<Arc<dyn AgentApi>>,
     live: Arc<LiveTunnels>,
+    keepalive: Duration,
     shutdown: CancellationToken,
     peer: SocketAddr,
 }
@@ -291,13 +321,16 @@ impl Connection {
             admission,
             agent_api,
             live,
+            keepalive,
             shutdown,
             peer,
         } = self;
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        let accept = acceptor.accept(tcp).into_fallible();
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
+            Ok(Err((e, tcp))) => {
                 tracing::info!(%peer, error = %e, "agent tunnel TLS handshake refused");
+                close_after_refusal(tcp).await;
                 return;
             }
             Err(_) => {
@@ -348,14 +381,19 @@ impl Connection {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_concurrent_streams(MAX_STREAMS)
             .max_frame_size(MAX_FRAME)
+            .timer(TokioTimer::new())
+            .keep_alive_interval(keepalive)
+            .keep_alive_timeout(keepalive)
             .serve_connection(TokioIo::new(stream), service);
         let mut conn = std::pin::pin!(conn);
         tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "agent tunnel connection ended");
+            result = conn.as_mut() => match result {
+                Ok(()) => tracing::debug!(%peer, %device, "agent tunnel connection ended"),
+                Err(e) => {
+                    let error = with_causes(&e);
+                    tracing::info!(%peer, %device, %error, "agent tunnel connection ended");
                 }
-            }
+            },
             _ = shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
@@ -368,6 +406,45 @@ impl Connection {
             }
         }
     }
+}
+
+/// Closes the socket of a refused handshake so that the client reads the alert that
+/// says why (a revoked device's `certificate_revoked`). In TLS 1.3 the client sends
+/// its certificate, its Finished and its first data in one flight, before the server
+/// has judged the certificate. Closing a socket with that data unread makes the kernel
+/// send a reset, which can reach the client before it has read the alert: the agent
+/// then logs "broken pipe" instead of the reason. So the write side is closed after
+/// the alert, and what the client still sends is read and dropped until it closes,
+/// for at most [`REFUSAL_LINGER`] and [`REFUSAL_LINGER_BYTES`].
+async fn close_after_refusal(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut discard = [0u8; 4096];
+    let mut read = 0;
+    let drain = async {
+        while read < REFUSAL_LINGER_BYTES {
+            match tcp.read(&mut discard).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
+}
+
+/// `error` and its causes, colon-separated: hyper's own message names only the kind
+/// ("http2 error"), the cause says what happened ("keep-alive timed out").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 type TunnelBody = ProxyBody;

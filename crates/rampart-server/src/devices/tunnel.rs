@@ -22,6 +22,8 @@ pub struct TunnelSetup {
     admin_token: Arc<str>,
     /// `[runtime] busy_poll` for the tunnel's connection threads.
     busy_poll: Option<std::time::Duration>,
+    /// `[tunnel] keepalive`.
+    keepalive: std::time::Duration,
 }
 
 impl TunnelSetup {
@@ -76,6 +78,7 @@ impl TunnelSetup {
             tls,
             admin_token,
             busy_poll: config.runtime.busy_poll,
+            keepalive: config.tunnel.keepalive,
         }))
     }
 
@@ -107,7 +110,10 @@ impl TunnelSetup {
             gateway,
             Some(admission),
             agent_api,
-            self.busy_poll,
+            rampart_gateway::tunnel::ServeOptions {
+                busy_poll: self.busy_poll,
+                keepalive: self.keepalive,
+            },
             shutdown,
         ))
     }
