@@ -254,14 +254,16 @@ impl MtlsH2Tunnel {
         // then the tunnel is not "up", and a refusal is a failed dial (back-off, one
         // log line naming the alert) rather than a tunnel that goes down at once, on
         // every flow.
-        match tokio::time::timeout(self.connector.timeout, confirm(&mut pings, &mut driver)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
+        match ping_answered(&mut pings, &mut driver, self.connector.timeout).await {
+            Ok(()) => {}
+            Err(Unanswered::Ended(reason)) => {
                 return Err(self.unreachable(format!("tunnel refused: {reason}")));
             }
-            Err(_) => {
-                driver.abort();
-                return Err(self.unreachable("no answer to the first HTTP/2 PING".into()));
+            Err(Unanswered::TimedOut) => {
+                return Err(self.unreachable(format!(
+                    "no answer to the first HTTP/2 PING within {:?}",
+                    self.connector.timeout
+                )));
             }
         }
         let closed = Arc::new(AtomicBool::new(false));
@@ -440,19 +442,39 @@ fn end_reason(ended: Result<Result<(), h2::Error>, tokio::task::JoinError>) -> S
     }
 }
 
-/// Waits for the gateway to answer a PING; on failure, says why the connection ended
-/// (a refused device's TLS alert, not h2's generic "broken pipe" for the PING).
-async fn confirm(pings: &mut h2::PingPong, driver: &mut Driver) -> Result<(), String> {
+/// Why a PING went unanswered.
+enum Unanswered {
+    /// The connection ended, for this reason.
+    Ended(String),
+    /// No answer in time; the connection has been aborted.
+    TimedOut,
+}
+
+/// Sends a PING and waits up to `wait` for the answer. When the connection fails
+/// instead, its driver's reason is returned (a refused device's TLS alert), not h2's
+/// generic "broken pipe" for the PING.
+async fn ping_answered(
+    pings: &mut h2::PingPong,
+    driver: &mut Driver,
+    wait: Duration,
+) -> Result<(), Unanswered> {
     let pong = tokio::select! {
-        ended = &mut *driver => return Err(end_reason(ended)),
-        pong = pings.ping(h2::Ping::opaque()) => pong,
+        ended = &mut *driver => return Err(Unanswered::Ended(end_reason(ended))),
+        pong = tokio::time::timeout(wait, pings.ping(h2::Ping::opaque())) => pong,
     };
     match pong {
-        Ok(_) => Ok(()),
-        Err(e) => match tokio::time::timeout(Duration::from_secs(1), driver).await {
-            Ok(ended) => Err(end_reason(ended)),
-            Err(_) => Err(e.to_string()),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => match tokio::time::timeout(Duration::from_secs(1), &mut *driver).await {
+            Ok(ended) => Err(Unanswered::Ended(end_reason(ended))),
+            Err(_) => {
+                driver.abort();
+                Err(Unanswered::Ended(e.to_string()))
+            }
         },
+        Err(_) => {
+            driver.abort();
+            Err(Unanswered::TimedOut)
+        }
     }
 }
 
@@ -469,17 +491,11 @@ async fn keep_alive(pings: &mut h2::PingPong, driver: &mut Driver, every: Durati
             ended = &mut *driver => return end_reason(ended),
             _ = tokio::time::sleep(every) => {}
         }
-        let answered = tokio::select! {
-            ended = &mut *driver => return end_reason(ended),
-            pong = tokio::time::timeout(every, pings.ping(h2::Ping::opaque())) => pong,
-        };
-        match answered {
-            Ok(Ok(_)) => {}
-            // The connection is ending: its driver has the reason.
-            Ok(Err(_)) => return end_reason(driver.await),
-            Err(_) => {
-                driver.abort();
-                return format!("no answer to a keep-alive PING in {every:?}");
+        match ping_answered(pings, driver, every).await {
+            Ok(()) => {}
+            Err(Unanswered::Ended(reason)) => return reason,
+            Err(Unanswered::TimedOut) => {
+                return format!("no answer to a keep-alive PING in {every:?}")
             }
         }
     }
