@@ -456,4 +456,4 @@ echo "- binary: $RAMPART_BIN, built $(date -u -r "$RAMPART_BIN" '+%Y-%m-%d %H:%M
 [[ $GATEWAY_BIN == "$RAMPART_BIN" ]] || echo "- gateway binary: $GATEWAY_BIN"
 [[ $AGENT_BIN == "$RAMPART_BIN" ]] || echo "- agent binary: $AGENT_BIN"
 echo "- paths: $LINK_NOTE"
-echo "- machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; samples $((per_round * ROUNDS)) per path, bulk $BIG_SIZE x $RUNS, $FLOWS flows"
+echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), TCP congestion control $(cat /proc/sys/net/ipv4/tcp_congestion_control), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; samples $((per_round * ROUNDS)) per path, bulk $BIG_SIZE x $RUNS, $FLOWS flows"
