@@ -628,7 +628,8 @@ fn a_gateway_that_goes_silent_is_dropped_by_the_keepalive_and_flows_fail_open() 
         ..
     } = &scene;
     let up = format!("Tunnel to gateway {} up", server.tunnel);
-    assert_eq!(agent.log().matches(&up).count(), 1, "{}", agent.log());
+    let ups_before = agent.log().matches(&up).count();
+    assert!(ups_before >= 1, "{}", agent.log());
 
     // The gateway goes silent without closing anything: every packet to its tunnel
     // port is dropped (a cut link, or a NAT entry that expired on the way). No FIN,
@@ -691,8 +692,12 @@ fn a_gateway_that_goes_silent_is_dropped_by_the_keepalive_and_flows_fail_open() 
         "flows never went through the gateway again:\n{}",
         agent.log()
     );
-    // A new connection (at least one: a busy machine may miss a 1 s answer once more).
-    assert!(agent.log().matches(&up).count() >= 2, "{}", agent.log());
+    // On a new connection (counted loosely: a busy machine may miss a 1 s answer once).
+    assert!(
+        agent.log().matches(&up).count() > ups_before,
+        "{}",
+        agent.log()
+    );
     assert!(!http.requests_for("shop.test").is_empty());
 }
 
