@@ -186,16 +186,7 @@ pub struct ServeOptions {
     pub keepalive: Duration,
 }
 
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions {
-            busy_poll: None,
-            keepalive: DEFAULT_KEEPALIVE,
-        }
-    }
-}
-
-/// Default of [`ServeOptions::keepalive`]: longer than the agents' own 30 s, so a live
+/// Default of `[tunnel] keepalive` ([`ServeOptions::keepalive`]): longer than the agents' own 30 s, so a live
 /// agent's PINGs usually keep the connection busy and the gateway sends none.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
 
