@@ -17,6 +17,7 @@ pub mod flow;
 pub mod glob;
 mod h2_flow;
 pub mod http_head;
+pub mod isolation;
 mod local_proxy;
 pub mod mtls_tunnel;
 pub mod process;

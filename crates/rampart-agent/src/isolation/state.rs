@@ -1,0 +1,243 @@
+//! `<data dir>/isolation.json`: the desired isolation state, written before the kernel
+//! is touched, so an agent that crashes mid-way, is killed or the host that reboots
+//! re-applies it at start ([`reapply_at_start`]), before anything is steered.
+
+use super::apply::{ApplyReport, Isolator};
+use super::error::IsolationError;
+use super::readback::KernelState;
+use super::table::IsolationSpec;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// What the operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "desired", rename_all = "kebab-case")]
+pub enum Desired {
+    Isolated { spec: IsolationSpec },
+    Released,
+}
+
+/// The persisted record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationState {
+    #[serde(flatten)]
+    pub desired: Desired,
+    /// Why (the operator's reason or the triggering alert), for status output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// RFC 3339 time the desired state was set.
+    pub since: String,
+}
+
+impl IsolationState {
+    pub fn new(desired: Desired, reason: Option<String>) -> Self {
+        IsolationState {
+            desired,
+            reason,
+            since: crate::status::now_rfc3339(),
+        }
+    }
+}
+
+/// The status the agent reports: desired state against kernel state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationStatus {
+    /// Isolation is wanted but not applied yet.
+    Pending,
+    /// Wanted and the kernel holds exactly the applied table.
+    Isolated,
+    /// Release is wanted but the table is still there.
+    ReleasePending,
+    /// Not isolated, and no table.
+    Released,
+    /// Isolation is wanted and the kernel's table is missing or differs.
+    Drift,
+}
+
+impl IsolationStatus {
+    /// Combine what is wanted (`None`: never isolated) with what the kernel holds.
+    /// An absent table while isolation is wanted is drift: the agent applied it at
+    /// start or on command, so someone or something removed it.
+    pub fn of(desired: Option<&Desired>, kernel: &KernelState) -> IsolationStatus {
+        match (desired, kernel) {
+            (Some(Desired::Isolated { .. }), KernelState::Isolated) => IsolationStatus::Isolated,
+            (Some(Desired::Isolated { .. }), _) => IsolationStatus::Drift,
+            (_, KernelState::Absent) => IsolationStatus::Released,
+            (_, _) => IsolationStatus::ReleasePending,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IsolationStatus::Pending => "pending",
+            IsolationStatus::Isolated => "isolated",
+            IsolationStatus::ReleasePending => "release-pending",
+            IsolationStatus::Released => "released",
+            IsolationStatus::Drift => "drift",
+        }
+    }
+}
+
+pub fn state_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("isolation.json")
+}
+
+/// The persisted state, `None` if there is none.
+pub fn load(data_dir: &Path) -> Result<Option<IsolationState>, IsolationError> {
+    let path = state_path(data_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(IsolationError::StateIo {
+                action: "read",
+                path,
+                source,
+            })
+        }
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| IsolationError::StateInvalid {
+            path,
+            message: e.to_string(),
+        })
+}
+
+/// Write atomically: a temporary file in the same directory, synced, then renamed
+/// over the old one, so a crash leaves either the old or the new state, never half.
+pub fn save(data_dir: &Path, state: &IsolationState) -> Result<(), IsolationError> {
+    let path = state_path(data_dir);
+    let tmp = data_dir.join(".isolation.json.tmp");
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IsolationError::StateIo {
+            action,
+            path,
+            source,
+        }
+    };
+    std::fs::create_dir_all(data_dir).map_err(io("create the directory of", &path))?;
+    let text = serde_json::to_string_pretty(state).map_err(|e| IsolationError::StateInvalid {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let mut file = std::fs::File::create(&tmp).map_err(io("write", &tmp))?;
+    file.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
+    file.sync_all().map_err(io("sync", &tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, &path).map_err(io("replace", &path))?;
+    // The rename itself is durable only once the directory is synced.
+    if let Ok(dir) = std::fs::File::open(data_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Isolate: persist the desired state first, then load the table and cut flows.
+/// The caller runs [`super::self_test`] afterwards and reports; it never releases on
+/// a failed self-test.
+pub fn isolate(
+    data_dir: &Path,
+    isolator: &Isolator,
+    spec: IsolationSpec,
+    reason: Option<String>,
+) -> Result<ApplyReport, IsolationError> {
+    if spec.server_addrs.is_empty() && spec.gateway_addrs.is_empty() {
+        return Err(IsolationError::NoKeptAddress);
+    }
+    let state = IsolationState::new(Desired::Isolated { spec: spec.clone() }, reason);
+    save(data_dir, &state)?;
+    isolator.apply(&spec)
+}
+
+/// Release: persist `released`, then delete the table (this table only).
+pub fn release(
+    data_dir: &Path,
+    isolator: &Isolator,
+    reason: Option<String>,
+) -> Result<IsolationStatus, IsolationError> {
+    save(data_dir, &IsolationState::new(Desired::Released, reason))?;
+    isolator.release()?;
+    status(data_dir, isolator)
+}
+
+/// The status to report now (reads the kernel).
+pub fn status(data_dir: &Path, isolator: &Isolator) -> Result<IsolationStatus, IsolationError> {
+    let desired = load(data_dir)?.map(|s| s.desired);
+    let kernel = match &desired {
+        Some(Desired::Isolated { spec }) => isolator.kernel_state(spec)?,
+        _ => match isolator.read_back()? {
+            Some(_) => KernelState::Drift {
+                reasons: vec!["table present while released".into()],
+            },
+            None => KernelState::Absent,
+        },
+    };
+    Ok(IsolationStatus::of(desired.as_ref(), &kernel))
+}
+
+/// What [`reapply_at_start`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOutcome {
+    /// The kernel state found before doing anything.
+    pub found: KernelState,
+    /// Set when the table was (re)applied.
+    pub applied: Option<ApplyReport>,
+    /// Set when a leftover table was deleted because release is wanted.
+    pub released: bool,
+    /// The status after.
+    pub status: IsolationStatus,
+}
+
+/// At agent start, before steering: make the kernel match the persisted state. A
+/// wanted isolation that is absent or drifted is re-applied; a wanted release with a
+/// table left over (crash mid-release) deletes it. No state file: nothing to do.
+pub fn reapply_at_start(
+    data_dir: &Path,
+    isolator: &Isolator,
+) -> Result<Option<StartOutcome>, IsolationError> {
+    let Some(state) = load(data_dir)? else {
+        return Ok(None);
+    };
+    match &state.desired {
+        Desired::Isolated { spec } => {
+            let found = isolator.kernel_state(spec)?;
+            let applied = match found {
+                KernelState::Isolated => None,
+                _ => Some(isolator.apply(spec)?),
+            };
+            let after = applied
+                .as_ref()
+                .map(|a| a.state.clone())
+                .unwrap_or(KernelState::Isolated);
+            Ok(Some(StartOutcome {
+                found,
+                applied,
+                released: false,
+                status: IsolationStatus::of(Some(&state.desired), &after),
+            }))
+        }
+        Desired::Released => {
+            let present = isolator.read_back()?.is_some();
+            if present {
+                isolator.release()?;
+            }
+            let found = if present {
+                KernelState::Drift {
+                    reasons: vec!["table present while released".into()],
+                }
+            } else {
+                KernelState::Absent
+            };
+            Ok(Some(StartOutcome {
+                found,
+                applied: None,
+                released: present,
+                status: status(data_dir, isolator)?,
+            }))
+        }
+    }
+}
