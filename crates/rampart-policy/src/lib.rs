@@ -47,7 +47,7 @@ pub use diagnostic::{Diagnostic, Location, PolicyError, Severity};
 pub use domain::{normalize_host, DomainMode, Pattern};
 pub use explain::{DestinationMatch, Explanation, NearMiss, StageExplanation};
 pub use facts::{ConnectionFacts, Identity, Process, RequestFacts, ResponseFacts, SteeringFacts};
-pub use policy::{AppInfo, Policy, PolicyStats, UpstreamGroup, UpstreamProxy};
+pub use policy::{AppInfo, LoadOptions, Policy, PolicyStats, UpstreamGroup, UpstreamProxy};
 pub use steering_export::{ExportedSteeringRule, SkippedSteeringRule, SteeringExport};
 pub use verdict::{
     ConnectionVerdict, Decision, MatchedObject, ObjectKind, Outcome, RequestVerdict,

@@ -143,6 +143,24 @@ pub struct Policy {
     pub(crate) upstreams: Vec<UpstreamGroup>,
 }
 
+/// How [`Policy::load_with`] treats its input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Accept a file with nothing but whitespace and comments (an empty policy: the
+    /// built-in defaults). Off by default, because a file being written looks empty.
+    pub allow_empty: bool,
+}
+
+/// Whether a TOML text holds nothing but whitespace and comments. A line that
+/// starts with `#` outside a multi-line string can only be a comment, and a
+/// multi-line string needs a key line before it, so line-wise is exact here.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|l| {
+        let l = l.trim_start_matches(['\u{feff}', ' ', '\t', '\r']);
+        l.is_empty() || l.starts_with('#')
+    })
+}
+
 /// One policy source text.
 struct Source {
     origin: String,
@@ -155,7 +173,20 @@ impl Policy {
     /// rules of later files come after rules of earlier ones). Category paths are
     /// relative to the file that names them. Returns warnings alongside the policy;
     /// on error, every diagnostic at once.
+    ///
+    /// A file that holds nothing but whitespace and comments is an error ("policy
+    /// file is empty"): it is what a reader sees while an editor or `cp` is still
+    /// writing the file, and loading it would silently drop every rule. Use
+    /// [`Policy::load_with`] to accept it on purpose.
     pub fn load(path: &Path) -> Result<(Policy, Vec<Diagnostic>), PolicyError> {
+        Self::load_with(path, LoadOptions::default())
+    }
+
+    /// [`Policy::load`] with options.
+    pub fn load_with(
+        path: &Path,
+        options: LoadOptions,
+    ) -> Result<(Policy, Vec<Diagnostic>), PolicyError> {
         let io_error = |msg: String| PolicyError {
             diagnostics: vec![Diagnostic::error(
                 &Location {
@@ -187,6 +218,20 @@ impl Policy {
         for f in files {
             let text = fs::read_to_string(&f)
                 .map_err(|e| io_error(format!("cannot read {}: {e}", f.display())))?;
+            if !options.allow_empty && is_blank(&text) {
+                return Err(PolicyError {
+                    diagnostics: vec![Diagnostic::error(
+                        &Location {
+                            file: Arc::from(f.display().to_string()),
+                            line: 1,
+                            column: 1,
+                        },
+                        "policy file is empty (nothing but whitespace and comments); \
+                         write at least one table, or delete the file"
+                            .to_string(),
+                    )],
+                });
+            }
             let base_dir = f.parent().map(Path::to_path_buf).unwrap_or_default();
             sources.push(Source {
                 origin: f.display().to_string(),
@@ -265,6 +310,17 @@ impl Policy {
         &self.revision
     }
 
+    /// The groups `[identities]` gives `user`, so the gateway records on events
+    /// the groups its decisions used.
+    pub fn groups_of_user<'a>(&'a self, user: &str) -> impl Iterator<Item = &'a str> + 'a {
+        self.users
+            .get(user)
+            .and_then(|u| self.user_groups.get(u as usize))
+            .into_iter()
+            .flatten()
+            .map(move |g| &*self.groups.names[*g as usize])
+    }
+
     /// The named upstream proxy groups, for the gateway's connectors.
     pub fn upstream_groups(&self) -> &[UpstreamGroup] {
         &self.upstreams
@@ -293,6 +349,17 @@ impl Policy {
         }
     }
 
+    /// Rules the policy's own files define: [`PolicyStats::rules`] without the
+    /// rules Rampart adds itself (the built-in pinned-apps rule). Zero for an empty
+    /// policy, which is how a reload tells a policy that lost its rules.
+    pub fn own_rules(&self) -> usize {
+        self.stages
+            .iter()
+            .flat_map(|s| &s.rules)
+            .filter(|r| &*r.loc.file != CATALOG_ORIGIN)
+            .count()
+    }
+
     pub(crate) fn stage(&self, stage: Stage) -> &RuleSet {
         &self.stages[stage as usize]
     }
@@ -308,7 +375,14 @@ fn compile(sources: &[Source]) -> Result<(Policy, Vec<Diagnostic>), PolicyError>
         parse_document(&catalog_map, CATALOG, Path::new("."), &mut diags).unwrap_or_default();
     let mut parsed_all = true;
     for s in sources {
-        hasher.update(s.origin.as_bytes());
+        // The revision is a hash of content, never of how a path is spelled
+        // (`policy.toml` and `/abs/policy.toml` must give the same revision):
+        // a directory's files are told apart by their file names only.
+        let name = Path::new(&s.origin)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        hasher.update(name.as_bytes());
         hasher.update([0]);
         hasher.update(s.text.as_bytes());
         hasher.update([0]);
@@ -453,7 +527,10 @@ impl<'d> Compiler<'d> {
         };
         for file in files {
             let object = self.object(NS_CATEGORY, ObjectKind::Category, &file.category);
-            hasher.update(file.path.to_string_lossy().as_bytes());
+            // The category name, not the path: the same files give the same
+            // revision wherever the policy is read from.
+            hasher.update(file.category.as_bytes());
+            hasher.update([0]);
             let mut entries: Vec<(String, Option<PathPattern>)> = Vec::new();
             let host_target = self.target(object, None);
             let result = category_source::read_entries(

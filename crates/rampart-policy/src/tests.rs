@@ -751,3 +751,33 @@ fn explanation_says_when_a_file_type_rule_waits_for_the_response() {
     });
     assert!(pdf.default);
 }
+
+#[test]
+fn an_empty_or_comment_only_policy_file_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    for text in ["", "\n  \n", "# only a comment\n\n   # and another\n"] {
+        fs::write(&path, text).unwrap();
+        let err = Policy::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("policy.toml:1:1: policy file is empty"),
+            "{err}"
+        );
+        let (p, _) = Policy::load_with(&path, LoadOptions { allow_empty: true }).unwrap();
+        assert_eq!(p.own_rules(), 0);
+    }
+    // One empty file in a directory is refused too: it may be mid-write.
+    fs::write(
+        dir.path().join("10-rules.toml"),
+        "[[access]]\nwhen = { hosts = [\"a.example\"] }\naction = \"block\"\n",
+    )
+    .unwrap();
+    let (p, _) = Policy::load(&dir.path().join("10-rules.toml")).unwrap();
+    assert_eq!(p.own_rules(), 1);
+    fs::write(&path, "").unwrap();
+    let err = Policy::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("policy file is empty"), "{err}");
+    // A table with a comment is content.
+    fs::write(&path, "# lists\n[lists]\n").unwrap();
+    assert!(Policy::load(&path).is_ok());
+}
