@@ -1,0 +1,186 @@
+//! Opening archives: zip (and the zip-based Office formats), gzip, tar and
+//! 7z. This module only walks a container and hands each entry's
+//! decompressed stream to an [`EntrySink`]; the sink (the scanner) counts
+//! every byte against the entry, size, ratio and time limits while it reads,
+//! so a bomb is stopped by what it *produces*, never by what its headers
+//! claim.
+
+use std::collections::HashSet;
+use std::io::{Read, Seek};
+
+use crate::file_type::FileType;
+
+/// Why the whole walk stops (every level): a limit was hit.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// Entry count, expanded size or ratio exceeded; the detail says which.
+    Bomb(String),
+    /// The per-body time budget ran out.
+    Timeout,
+    /// One entry is larger than `max_scan_size`.
+    TooLarge,
+}
+
+/// How a container could not be opened (its entries unseen).
+#[derive(Debug)]
+pub(crate) enum WalkError {
+    Stop(Stop),
+    /// The container itself is encrypted (7z with encrypted headers).
+    Encrypted(&'static str),
+    /// Malformed or unsupported; the detail says what.
+    Corrupt(String),
+}
+
+impl From<Stop> for WalkError {
+    fn from(s: Stop) -> Self {
+        WalkError::Stop(s)
+    }
+}
+
+pub(crate) trait EntrySink {
+    /// Counts one entry (file, directory or encrypted) against the limit.
+    fn count_entry(&mut self) -> Result<(), Stop>;
+    /// Scans one entry from its decompressed stream. `compressed` is its
+    /// stored size when the format records it per entry (zip). A read error
+    /// of this entry is the sink's to record; `Err` stops the whole walk.
+    fn entry(
+        &mut self,
+        name: &str,
+        reader: &mut dyn Read,
+        compressed: Option<u64>,
+    ) -> Result<(), Stop>;
+    /// An entry whose data is encrypted.
+    fn encrypted(&mut self, name: &str, rule: &'static str);
+}
+
+/// Walks `reader` (a `kind` container) through `sink`. `gzip_name` names the
+/// single member of a gzip stream.
+pub(crate) fn walk<R: Read + Seek>(
+    kind: FileType,
+    reader: R,
+    gzip_name: &str,
+    sevenz_memory_kib: u64,
+    sink: &mut dyn EntrySink,
+) -> Result<(), WalkError> {
+    match kind {
+        FileType::Zip | FileType::Docx | FileType::Xlsx | FileType::Pptx => walk_zip(reader, sink),
+        FileType::Gzip => walk_gzip(reader, gzip_name, sink),
+        FileType::Tar => walk_tar(reader, sink),
+        FileType::SevenZip => walk_7z(reader, sevenz_memory_kib, sink),
+        _ => Ok(()),
+    }
+}
+
+fn walk_zip<R: Read + Seek>(reader: R, sink: &mut dyn EntrySink) -> Result<(), WalkError> {
+    let mut zip =
+        zip::ZipArchive::new(reader).map_err(|e| WalkError::Corrupt(format!("zip: {e}")))?;
+    for i in 0..zip.len() {
+        sink.count_entry()?;
+        // Raw first: reading the flags needs no decryption or decompression.
+        let (name, encrypted, is_dir, compressed) = {
+            let raw = zip
+                .by_index_raw(i)
+                .map_err(|e| WalkError::Corrupt(format!("zip entry {i}: {e}")))?;
+            let name = raw
+                .name()
+                .map(|n| n.into_owned())
+                .unwrap_or_else(|_| format!("entry-{i}"));
+            (name, raw.encrypted(), raw.is_dir(), raw.compressed_size())
+        };
+        if is_dir {
+            continue;
+        }
+        if encrypted {
+            sink.encrypted(&name, "zip-encrypted-entry");
+            continue;
+        }
+        match zip.by_index(i) {
+            Ok(mut file) => sink.entry(&name, &mut file, Some(compressed))?,
+            Err(e) => return Err(WalkError::Corrupt(format!("zip entry {name:?}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+fn walk_gzip<R: Read>(reader: R, name: &str, sink: &mut dyn EntrySink) -> Result<(), WalkError> {
+    sink.count_entry()?;
+    // Multi-member: `cat a.gz b.gz` is one valid gzip stream of both.
+    let mut decoder = flate2::read::MultiGzDecoder::new(reader);
+    sink.entry(name, &mut decoder, None)?;
+    Ok(())
+}
+
+fn walk_tar<R: Read>(reader: R, sink: &mut dyn EntrySink) -> Result<(), WalkError> {
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| WalkError::Corrupt(format!("tar: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| WalkError::Corrupt(format!("tar: {e}")))?;
+        sink.count_entry()?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind == tar::EntryType::Continuous || kind.is_gnu_sparse()) {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        sink.entry(&name, &mut entry, None)?;
+    }
+    Ok(())
+}
+
+fn walk_7z<R: Read + Seek>(
+    reader: R,
+    memory_kib: u64,
+    sink: &mut dyn EntrySink,
+) -> Result<(), WalkError> {
+    use sevenz_rust2::{ArchiveReader, EntryDecision, Error, Password};
+    let memory_kib = usize::try_from(memory_kib).unwrap_or(usize::MAX);
+    let mut archive =
+        match ArchiveReader::new_with_memory_limit(reader, Password::empty(), memory_kib) {
+            Ok(a) => a,
+            // Encrypted headers: nothing, not even names, can be read.
+            Err(Error::PasswordRequired) | Err(Error::MaybeBadPassword(_)) => {
+                return Err(WalkError::Encrypted("7z-encrypted-headers"))
+            }
+            Err(e) => return Err(WalkError::Corrupt(format!("7z: {e}"))),
+        };
+    // The decoder would otherwise spawn threads per LZMA2 block.
+    archive.set_thread_count(1);
+    let mut encrypted = HashSet::new();
+    for (i, file) in archive.archive().files.iter().enumerate() {
+        sink.count_entry()?;
+        if file.has_stream() && archive.archive().is_file_encrypted(i) {
+            encrypted.insert(file.name().to_owned());
+        }
+    }
+    for name in &encrypted {
+        sink.encrypted(name, "7z-encrypted-entry");
+    }
+    let mut stop = None;
+    let result = archive.for_each_entries_with_decision(|entry, reader| {
+        if entry.is_directory() || !entry.has_stream() {
+            return Ok(EntryDecision::Continue);
+        }
+        // Encryption is per block: the rest of this block is encrypted too.
+        if encrypted.contains(entry.name()) {
+            return Ok(EntryDecision::SkipBlock);
+        }
+        match sink.entry(entry.name(), reader, None) {
+            Ok(()) => Ok(EntryDecision::Continue),
+            Err(s) => {
+                stop = Some(s);
+                Ok(EntryDecision::Stop)
+            }
+        }
+    });
+    if let Some(s) = stop {
+        return Err(WalkError::Stop(s));
+    }
+    match result {
+        Ok(()) => Ok(()),
+        Err(Error::PasswordRequired) | Err(Error::MaybeBadPassword(_)) if !encrypted.is_empty() => {
+            Ok(())
+        }
+        Err(e) => Err(WalkError::Corrupt(format!("7z: {e}"))),
+    }
+}

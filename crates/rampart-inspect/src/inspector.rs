@@ -1,0 +1,114 @@
+//! The compiled, immutable inspection state. Build one from the config,
+//! share it (it is an `Arc` inside), start a [`ScanSession`] per body;
+//! a reload builds a new Inspector and swaps it in.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::clamd::ClamdClient;
+use crate::config::InspectConfig;
+use crate::dlp::Dlp;
+use crate::error::InspectError;
+use crate::hash_list::HashLists;
+use crate::session::{ScanContext, ScanSession};
+use crate::verdict::ScanReport;
+
+#[derive(Clone)]
+pub struct Inspector {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: InspectConfig,
+    pub(crate) spool_dir: PathBuf,
+    pub(crate) hashes: HashLists,
+    #[cfg(feature = "yara")]
+    pub(crate) yara: Option<crate::yara::YaraRules>,
+    pub(crate) clamd: Option<ClamdClient>,
+    pub(crate) dlp: Dlp,
+}
+
+impl Inspector {
+    /// Compiles the config: loads hash lists, compiles YARA rules and DLP
+    /// profiles, checks limits and the spool directory. Errors name the
+    /// file and line or the config key.
+    pub fn new(config: InspectConfig) -> Result<Inspector, InspectError> {
+        check_limits(&config)?;
+        let spool_dir = config.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&spool_dir).map_err(|source| InspectError::SpoolDir {
+            path: spool_dir.clone(),
+            source,
+        })?;
+        // Prove the directory takes files now rather than at the first body.
+        tempfile::tempfile_in(&spool_dir).map_err(|source| InspectError::SpoolDir {
+            path: spool_dir.clone(),
+            source,
+        })?;
+        let hashes = HashLists::load(config.hash_lists.builtin, &config.hash_lists.files)?;
+        #[cfg(feature = "yara")]
+        let yara = if config.yara.rules.is_empty() {
+            None
+        } else {
+            Some(crate::yara::YaraRules::compile(&config.yara.rules)?)
+        };
+        #[cfg(not(feature = "yara"))]
+        if !config.yara.rules.is_empty() {
+            return Err(InspectError::YaraDisabled);
+        }
+        let clamd = config.clamav.as_ref().map(ClamdClient::new).transpose()?;
+        let dlp = Dlp::new(&config.dlp)?;
+        Ok(Inspector {
+            inner: Arc::new(Inner {
+                config,
+                spool_dir,
+                hashes,
+                #[cfg(feature = "yara")]
+                yara,
+                clamd,
+                dlp,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &InspectConfig {
+        &self.inner.config
+    }
+
+    /// A session for one body.
+    pub fn session(&self, context: ScanContext) -> ScanSession {
+        ScanSession::new(self.inner.clone(), context)
+    }
+
+    /// Scans a body held in memory (tests, tools): `session` + `feed` + `finish`.
+    pub fn scan_bytes(&self, context: ScanContext, body: &[u8]) -> ScanReport {
+        let mut session = self.session(context);
+        // A spool error is recorded in the session and reported by finish.
+        let _ = session.feed(body);
+        session.finish()
+    }
+}
+
+fn check_limits(c: &InspectConfig) -> Result<(), InspectError> {
+    let positive = |key: &'static str, v: u64| {
+        if v == 0 {
+            Err(InspectError::Limit {
+                key,
+                message: "must be above 0".into(),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    positive("max_scan_size", c.max_scan_size)?;
+    positive("archive.max_entries", c.archive.max_entries)?;
+    positive("archive.max_expanded_size", c.archive.max_expanded_size)?;
+    positive("archive.max_ratio", c.archive.max_ratio)?;
+    positive("archive.sevenz_memory_kib", c.archive.sevenz_memory_kib)?;
+    if c.scan_timeout.is_zero() {
+        return Err(InspectError::Limit {
+            key: "scan_timeout",
+            message: "must be above 0".into(),
+        });
+    }
+    Ok(())
+}
