@@ -1,21 +1,32 @@
 //! Admission: who may use the proxy. A source-network ACL checked when a
 //! connection arrives, and `Proxy-Authorization` (Basic with Argon2 password
 //! hashes, or Bearer tokens stored as SHA-256 digests) checked per request.
+//!
+//! Logins are guarded against abuse ([`Logins`], shared by every
+//! configuration generation): verified credentials are cached by a keyed
+//! digest, failures are limited per source and per user name with backoff,
+//! Argon2 runs on the blocking pool under a small concurrency limit, and an
+//! unknown user name is verified against a dummy hash made with the same
+//! parameters so that it costs as much as a wrong password.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use base64::Engine;
 use http::HeaderValue;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
+use crate::auth_limiter::{BackoffPolicy, FailureLimiter, LimitKey};
 use crate::config::ProxyConfig;
+use crate::credential_cache::CredentialCache;
 use crate::error::ConfigError;
+use crate::metrics::Metrics;
 
 /// The authenticated principal of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +44,8 @@ pub enum AuthFailure {
     Malformed,
     /// Unknown user, wrong password or unknown token.
     Rejected,
+    /// Too many failed logins from this source or for this user name.
+    Throttled,
 }
 
 impl AuthFailure {
@@ -41,7 +54,64 @@ impl AuthFailure {
             AuthFailure::Missing => "proxy authentication required",
             AuthFailure::Malformed => "malformed Proxy-Authorization header",
             AuthFailure::Rejected => "invalid proxy credentials",
+            AuthFailure::Throttled => "too many failed logins, retry later",
         }
+    }
+}
+
+/// A refused login: why, and when the client may try again (`Retry-After`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied {
+    pub failure: AuthFailure,
+    pub retry_after: Option<Duration>,
+}
+
+impl Denied {
+    fn now(failure: AuthFailure) -> Self {
+        Denied {
+            failure,
+            retry_after: None,
+        }
+    }
+
+    /// `Retry-After` in whole seconds, rounded up (RFC 9110 §10.2.3).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+    }
+}
+
+/// Login state of the whole process, kept across configuration reloads.
+pub struct Logins {
+    limiter: FailureLimiter,
+    cache: CredentialCache,
+    /// Bounds Argon2 work (each verification takes ~20 ms of CPU and ~19 MiB).
+    verifications: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Logins {
+    /// `concurrency` Argon2 verifications at once; 0 means half the CPUs, at least one,
+    /// so the async workers always keep a core for the data path.
+    pub fn new(concurrency: usize, metrics: Arc<Metrics>) -> Self {
+        let permits = if concurrency == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get() / 2)
+                .unwrap_or(1)
+                .max(1)
+        } else {
+            concurrency
+        };
+        Logins {
+            limiter: FailureLimiter::new(),
+            cache: CredentialCache::new(),
+            verifications: Arc::new(Semaphore::new(permits)),
+            metrics,
+        }
+    }
+
+    fn failure(&self, reason: &'static str) {
+        self.metrics.auth_failure(reason);
     }
 }
 
@@ -50,19 +120,30 @@ struct StoredUser {
     groups: Vec<String>,
 }
 
+/// Decoded `Proxy-Authorization` credentials.
+enum Credentials {
+    Basic { name: String, password: String },
+    Bearer([u8; 32]),
+}
+
 /// Compiled admission rules of one configuration generation.
 pub struct Admission {
     networks: Vec<IpNet>,
     users: HashMap<String, StoredUser>,
     tokens: HashMap<[u8; 32], User>,
-    /// Successful verifications keyed by the SHA-256 of the header value, so a
-    /// keep-alive client does not pay an Argon2 verification per request.
-    verified: moka::sync::Cache<[u8; 32], Arc<User>>,
+    /// A hash of a random password with the users' Argon2 parameters: unknown
+    /// user names are verified against it so they cost what a known one costs.
+    dummy_phc: Option<String>,
+    /// Digest of the users and tokens; cached logins of another list do not count.
+    fingerprint: [u8; 32],
+    cache_ttl: Duration,
+    backoff: BackoffPolicy,
 }
 
 impl Admission {
     pub fn new(config: &ProxyConfig) -> Result<Self, ConfigError> {
         let mut users = HashMap::new();
+        let mut fingerprint = Sha256::new();
         for user in &config.users {
             PasswordHash::new(&user.password_hash).map_err(|e| ConfigError::Invalid {
                 key: format!("proxy.users[{}].password_hash", user.name),
@@ -70,6 +151,13 @@ impl Admission {
                     "not an Argon2 PHC hash ({e}); create one with `rampart hash-password`"
                 ),
             })?;
+            for part in [&user.name, &user.password_hash]
+                .into_iter()
+                .chain(&user.groups)
+            {
+                fingerprint.update((part.len() as u64).to_le_bytes());
+                fingerprint.update(part.as_bytes());
+            }
             if users
                 .insert(
                     user.name.clone(),
@@ -92,6 +180,13 @@ impl Admission {
                 key: format!("proxy.tokens[{}].sha256", token.name),
                 reason: "expected 64 hex digits (printf %s TOKEN | sha256sum)".into(),
             })?;
+            for part in [&token.name, &token.sha256]
+                .into_iter()
+                .chain(&token.groups)
+            {
+                fingerprint.update((part.len() as u64).to_le_bytes());
+                fingerprint.update(part.as_bytes());
+            }
             tokens.insert(
                 digest,
                 User {
@@ -100,14 +195,29 @@ impl Admission {
                 },
             );
         }
+        let dummy_phc =
+            match config.users.first() {
+                Some(user) => Some(dummy_hash_like(&user.password_hash).map_err(|e| {
+                    ConfigError::Invalid {
+                        key: format!("proxy.users[{}].password_hash", user.name),
+                        reason: format!("unusable Argon2 parameters: {e}"),
+                    }
+                })?),
+                None => None,
+            };
         Ok(Admission {
             networks: config.allow_networks.clone(),
             users,
             tokens,
-            verified: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(300))
-                .build(),
+            dummy_phc,
+            fingerprint: fingerprint.finalize().into(),
+            cache_ttl: config.auth_cache_ttl,
+            backoff: BackoffPolicy {
+                max_failures: config.auth_max_failures,
+                initial: config.auth_backoff,
+                max: config.auth_backoff_max,
+                window: config.auth_failure_window,
+            },
         })
     }
 
@@ -121,58 +231,192 @@ impl Admission {
         !self.users.is_empty() || !self.tokens.is_empty()
     }
 
-    /// Checks `Proxy-Authorization`. `Ok(None)` when no authentication is configured.
-    pub fn authenticate(
+    /// Checks `Proxy-Authorization` from `source`. `Ok(None)` when no
+    /// authentication is configured.
+    pub async fn authenticate(
         &self,
+        logins: &Logins,
+        source: IpAddr,
         header: Option<&HeaderValue>,
-    ) -> Result<Option<Arc<User>>, AuthFailure> {
+    ) -> Result<Option<Arc<User>>, Denied> {
         if !self.requires_authentication() {
             return Ok(None);
         }
-        let header = header.ok_or(AuthFailure::Missing)?;
-        let key: [u8; 32] = Sha256::digest(header.as_bytes()).into();
-        if let Some(user) = self.verified.get(&key) {
+        let Some(header) = header else {
+            // The first request of most clients: not an attack, not limited.
+            logins.failure("missing");
+            return Err(Denied::now(AuthFailure::Missing));
+        };
+        let source = canonical_ip(source);
+        let digest = logins.cache.digest(source, header.as_bytes());
+        if let Some(user) = logins.cache.get(&digest, &self.fingerprint) {
             return Ok(Some(user));
         }
-        let value = header.to_str().map_err(|_| AuthFailure::Malformed)?;
-        let (scheme, credentials) = value.trim().split_once(' ').ok_or(AuthFailure::Malformed)?;
-        let user = if scheme.eq_ignore_ascii_case("basic") {
-            self.verify_basic(credentials.trim())?
-        } else if scheme.eq_ignore_ascii_case("bearer") {
-            let digest: [u8; 32] = Sha256::digest(credentials.trim().as_bytes()).into();
-            self.tokens
-                .get(&digest)
-                .cloned()
-                .ok_or(AuthFailure::Rejected)?
-        } else {
-            return Err(AuthFailure::Malformed);
+        let source_key = LimitKey::Source(source);
+        let now = Instant::now();
+        if let Some(wait) = logins.limiter.blocked(&source_key, now) {
+            return Err(throttled(logins, &source_key, wait));
+        }
+        let credentials = match parse(header) {
+            Some(credentials) => credentials,
+            None => {
+                logins.failure("malformed");
+                let retry_after = logins
+                    .limiter
+                    .record_failure(source_key, &self.backoff, now);
+                return Err(Denied {
+                    failure: AuthFailure::Malformed,
+                    retry_after,
+                });
+            }
         };
-        let user = Arc::new(user);
-        self.verified.insert(key, user.clone());
-        Ok(Some(user))
+        let (verified, user_key) = match credentials {
+            Credentials::Bearer(token) => {
+                let user = self.tokens.get(&token).cloned();
+                if user.is_none() {
+                    logins.failure("unknown_token");
+                }
+                (user, None)
+            }
+            Credentials::Basic { name, password } => {
+                let user_key = LimitKey::User(Arc::from(name.as_str()));
+                if let Some(wait) = logins.limiter.blocked(&user_key, now) {
+                    return Err(throttled(logins, &user_key, wait));
+                }
+                let user = self.verify_basic(logins, name, password).await;
+                (user, Some(user_key))
+            }
+        };
+        match verified {
+            Some(user) => {
+                if let Some(user_key) = &user_key {
+                    logins.limiter.forget(user_key);
+                }
+                let user = Arc::new(user);
+                logins
+                    .cache
+                    .insert(digest, user.clone(), self.fingerprint, self.cache_ttl);
+                Ok(Some(user))
+            }
+            None => {
+                let now = Instant::now();
+                let mut retry_after = logins
+                    .limiter
+                    .record_failure(source_key, &self.backoff, now);
+                if let Some(user_key) = user_key {
+                    let user_wait = logins.limiter.record_failure(user_key, &self.backoff, now);
+                    retry_after = retry_after.max(user_wait);
+                }
+                Err(Denied {
+                    failure: AuthFailure::Rejected,
+                    retry_after,
+                })
+            }
+        }
     }
 
-    fn verify_basic(&self, encoded: &str) -> Result<User, AuthFailure> {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|_| AuthFailure::Malformed)?;
-        let decoded = String::from_utf8(decoded).map_err(|_| AuthFailure::Malformed)?;
-        let (name, password) = decoded.split_once(':').ok_or(AuthFailure::Malformed)?;
-        let stored = self.users.get(name).ok_or(AuthFailure::Rejected)?;
-        let hash = PasswordHash::new(&stored.phc).map_err(|_| AuthFailure::Rejected)?;
-        Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .map_err(|_| AuthFailure::Rejected)?;
-        Ok(User {
-            name: name.to_string(),
-            groups: stored.groups.clone(),
+    /// Verifies a Basic login on the blocking pool, never on an async worker.
+    /// Known and unknown names take the same path and cost the same.
+    async fn verify_basic(&self, logins: &Logins, name: String, password: String) -> Option<User> {
+        let stored = self.users.get(&name);
+        let phc = match (stored, &self.dummy_phc) {
+            (Some(stored), _) => stored.phc.clone(),
+            (None, Some(dummy)) => dummy.clone(),
+            // Tokens only: no hash to compare against and no name to protect.
+            (None, None) => {
+                logins.failure("unknown_user");
+                return None;
+            }
+        };
+        let permit = match logins.verifications.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            // The semaphore is never closed; refuse rather than verify unbounded.
+            Err(_) => return None,
+        };
+        let matched = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let Ok(hash) = PasswordHash::new(&phc) else {
+                return false;
+            };
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
         })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "password verification task failed");
+            false
+        });
+        match stored {
+            Some(stored) if matched => Some(User {
+                name,
+                groups: stored.groups.clone(),
+            }),
+            Some(_) => {
+                logins.failure("wrong_password");
+                None
+            }
+            None => {
+                logins.failure("unknown_user");
+                None
+            }
+        }
     }
+}
+
+fn throttled(logins: &Logins, key: &LimitKey, wait: Duration) -> Denied {
+    logins.metrics.auth_throttled(key.scope());
+    Denied {
+        failure: AuthFailure::Throttled,
+        retry_after: Some(wait),
+    }
+}
+
+fn parse(header: &HeaderValue) -> Option<Credentials> {
+    let value = header.to_str().ok()?;
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials)
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (name, password) = decoded.split_once(':')?;
+        Some(Credentials::Basic {
+            name: name.to_string(),
+            password: password.to_string(),
+        })
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        Some(Credentials::Bearer(
+            Sha256::digest(credentials.as_bytes()).into(),
+        ))
+    } else {
+        None
+    }
+}
+
+/// An Argon2 hash of a random password with the algorithm, version and
+/// parameters of `phc`, so verifying against it costs what verifying against
+/// `phc` costs.
+fn dummy_hash_like(phc: &str) -> Result<String, argon2::password_hash::Error> {
+    use rand_core::{OsRng, RngCore};
+    let model = PasswordHash::new(phc)?;
+    let algorithm = argon2::Algorithm::try_from(model.algorithm)?;
+    let version = match model.version {
+        Some(v) => argon2::Version::try_from(v)?,
+        None => argon2::Version::default(),
+    };
+    let params = argon2::Params::try_from(&model)?;
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    let salt = SaltString::generate(&mut OsRng);
+    Ok(Argon2::new(algorithm, version, params)
+        .hash_password(&secret, &salt)?
+        .to_string())
 }
 
 /// Hashes a password into an Argon2id PHC string for `[[proxy.users]]`.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
-    use argon2::password_hash::{PasswordHasher, SaltString};
     use rand_core::OsRng;
     let salt = SaltString::generate(&mut OsRng);
     Ok(Argon2::default()
@@ -219,43 +463,140 @@ mod tests {
         HeaderValue::from_str(&format!("Basic {enc}")).unwrap()
     }
 
-    #[test]
-    fn basic_auth_accepts_right_password_and_rejects_wrong_one() {
+    fn logins() -> Logins {
+        Logins::new(1, Arc::new(Metrics::new()))
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10));
+
+    fn failure(result: Result<Option<Arc<User>>, Denied>) -> AuthFailure {
+        result.unwrap_err().failure
+    }
+
+    #[tokio::test]
+    async fn basic_auth_accepts_right_password_and_rejects_wrong_one() {
         let admission = Admission::new(&config_with_user("s3cret")).unwrap();
+        let logins = logins();
         let user = admission
-            .authenticate(Some(&basic("alice", "s3cret")))
+            .authenticate(&logins, CLIENT, Some(&basic("alice", "s3cret")))
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(user.name, "alice");
         assert_eq!(user.groups, vec!["engineering".to_string()]);
-        assert_eq!(
-            admission.authenticate(Some(&basic("alice", "nope"))),
-            Err(AuthFailure::Rejected)
-        );
-        assert_eq!(
-            admission.authenticate(Some(&basic("bob", "s3cret"))),
-            Err(AuthFailure::Rejected)
-        );
-        assert_eq!(admission.authenticate(None), Err(AuthFailure::Missing));
+        let wrong = admission
+            .authenticate(&logins, CLIENT, Some(&basic("alice", "nope")))
+            .await;
+        assert_eq!(failure(wrong), AuthFailure::Rejected);
+        let unknown = admission
+            .authenticate(&logins, CLIENT, Some(&basic("bob", "s3cret")))
+            .await;
+        assert_eq!(failure(unknown), AuthFailure::Rejected);
+        let missing = admission.authenticate(&logins, CLIENT, None).await;
+        assert_eq!(failure(missing), AuthFailure::Missing);
         let garbage = HeaderValue::from_static("Basic !!!");
-        assert_eq!(
-            admission.authenticate(Some(&garbage)),
-            Err(AuthFailure::Malformed)
-        );
+        let garbage = admission
+            .authenticate(&logins, CLIENT, Some(&garbage))
+            .await;
+        assert_eq!(failure(garbage), AuthFailure::Malformed);
+    }
+
+    #[tokio::test]
+    async fn bearer_token_is_matched_by_digest() {
+        let admission = Admission::new(&config_with_user("x")).unwrap();
+        let logins = logins();
+        let ok = HeaderValue::from_static("Bearer tok-123");
+        let user = admission
+            .authenticate(&logins, CLIENT, Some(&ok))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(user.name, "ci-bot");
+        let bad = HeaderValue::from_static("Bearer tok-124");
+        let bad = admission.authenticate(&logins, CLIENT, Some(&bad)).await;
+        assert_eq!(failure(bad), AuthFailure::Rejected);
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_are_throttled_with_retry_after_then_released() {
+        let mut config = config_with_user("s3cret");
+        config.auth_max_failures = 2;
+        config.auth_backoff = Duration::from_millis(300);
+        let admission = Admission::new(&config).unwrap();
+        let logins = logins();
+        let wrong = basic("alice", "nope");
+        let first = admission
+            .authenticate(&logins, CLIENT, Some(&wrong))
+            .await
+            .unwrap_err();
+        assert_eq!(first.retry_after, None);
+        let second = admission
+            .authenticate(&logins, CLIENT, Some(&wrong))
+            .await
+            .unwrap_err();
+        assert_eq!(second.failure, AuthFailure::Rejected);
+        assert_eq!(second.retry_after_secs(), Some(1));
+        // Even the right password waits out the backoff: no oracle while throttled.
+        let right = basic("alice", "s3cret");
+        let throttled = admission
+            .authenticate(&logins, CLIENT, Some(&right))
+            .await
+            .unwrap_err();
+        assert_eq!(throttled.failure, AuthFailure::Throttled);
+        // The user name is throttled from other sources too.
+        let elsewhere = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 99));
+        let other = admission
+            .authenticate(&logins, elsewhere, Some(&right))
+            .await;
+        assert_eq!(failure(other), AuthFailure::Throttled);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let user = admission
+            .authenticate(&logins, CLIENT, Some(&right))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(user.name, "alice");
+    }
+
+    #[tokio::test]
+    async fn cached_login_survives_an_attack_on_its_user_name_but_not_a_user_list_change() {
+        let mut config = config_with_user("s3cret");
+        config.auth_max_failures = 1;
+        let admission = Admission::new(&config).unwrap();
+        let logins = logins();
+        let right = basic("alice", "s3cret");
+        assert!(admission
+            .authenticate(&logins, CLIENT, Some(&right))
+            .await
+            .is_ok());
+        let attacker = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1));
+        let _ = admission
+            .authenticate(&logins, attacker, Some(&basic("alice", "guess")))
+            .await;
+        // alice's name is now throttled, but her verified client keeps working.
+        assert!(admission
+            .authenticate(&logins, CLIENT, Some(&right))
+            .await
+            .is_ok());
+        // The attacker cannot test guesses against the cache from its address.
+        let guess = admission
+            .authenticate(&logins, attacker, Some(&right))
+            .await;
+        assert_eq!(failure(guess), AuthFailure::Throttled);
+        // A reload with another password hash invalidates the cached login.
+        let changed = Admission::new(&config_with_user("n3w")).unwrap();
+        let stale = changed.authenticate(&logins, CLIENT, Some(&right)).await;
+        assert_eq!(failure(stale), AuthFailure::Throttled);
     }
 
     #[test]
-    fn bearer_token_is_matched_by_digest() {
-        let admission = Admission::new(&config_with_user("x")).unwrap();
-        let ok = HeaderValue::from_static("Bearer tok-123");
-        assert_eq!(
-            admission.authenticate(Some(&ok)).unwrap().unwrap().name,
-            "ci-bot"
-        );
-        let bad = HeaderValue::from_static("Bearer tok-124");
-        assert_eq!(
-            admission.authenticate(Some(&bad)),
-            Err(AuthFailure::Rejected)
+    fn dummy_hash_has_the_users_parameters() {
+        let phc = "$argon2id$v=19$m=8192,t=3,p=1$c29tZXNhbHRzb21lc2FsdA$\
+                   xBzZ/4mfgAFEuFzd/AKtHiJiKbL96B7Q4Lk+tmYE5wo";
+        let dummy = dummy_hash_like(phc).unwrap();
+        assert!(
+            dummy.starts_with("$argon2id$v=19$m=8192,t=3,p=1$"),
+            "{dummy}"
         );
     }
 

@@ -36,6 +36,9 @@ pub struct GatewayConfig {
     /// Addresses of the process's other listeners (API, tunnel), so loop
     /// protection refuses them as destinations too.
     pub own_listeners: Vec<SocketAddr>,
+    /// Listeners opened after the gateway started (the agent tunnel registers
+    /// itself here); the gateway keeps one registry across reloads.
+    pub listener_registry: crate::destination::ListenerRegistry,
 }
 
 /// `[proxy]`: the HTTP proxy listener and who may use it.
@@ -73,6 +76,35 @@ pub struct ProxyConfig {
     pub via_name: String,
     /// Add `X-Forwarded-For` with the client's address.
     pub x_forwarded_for: bool,
+    /// Allow destinations that are link-local (169.254.0.0/16, fe80::/10, where
+    /// cloud metadata services live), multicast, broadcast, or listed in
+    /// `metadata_addresses`. Off by default: a proxy user must not reach the
+    /// gateway host's cloud credentials or its local segment's services.
+    pub allow_link_local_destinations: bool,
+    /// Cloud metadata service addresses, refused as destinations even with
+    /// `allow_link_local_destinations` (remove one from the list to allow it).
+    /// Default: 169.254.169.254 and fd00:ec2::254.
+    pub metadata_addresses: Vec<IpAddr>,
+    /// How long a verified `Proxy-Authorization` is remembered (per source
+    /// address), so a logged-in client does not pay an Argon2 verification per
+    /// connection. `0s` disables the cache.
+    #[serde(with = "humantime_serde")]
+    pub auth_cache_ttl: Duration,
+    /// Failed logins from one source address, or for one user name, before
+    /// further attempts are refused with 407 and `Retry-After`.
+    pub auth_max_failures: u32,
+    /// The first refusal period after `auth_max_failures`; each further failure
+    /// doubles it, up to `auth_backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub auth_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub auth_backoff_max: Duration,
+    /// A source's or user name's failures are forgotten after this long without one.
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_window: Duration,
+    /// Argon2 verifications running at once (on the blocking pool); 0 means half
+    /// the CPUs, at least one. Read at start.
+    pub auth_verify_concurrency: usize,
 }
 
 impl Default for ProxyConfig {
@@ -91,6 +123,14 @@ impl Default for ProxyConfig {
             via: true,
             via_name: "rampart".to_string(),
             x_forwarded_for: false,
+            allow_link_local_destinations: false,
+            metadata_addresses: crate::destination::DEFAULT_METADATA_ADDRESSES.to_vec(),
+            auth_cache_ttl: Duration::from_secs(300),
+            auth_max_failures: 5,
+            auth_backoff: Duration::from_secs(1),
+            auth_backoff_max: Duration::from_secs(300),
+            auth_failure_window: Duration::from_secs(900),
+            auth_verify_concurrency: 0,
         }
     }
 }

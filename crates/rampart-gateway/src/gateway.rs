@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
 use crate::config::GatewayConfig;
+use crate::destination::ListenerRegistry;
 use crate::error::ConfigError;
 use crate::metrics::{KindLabels, Metrics};
 use crate::proxy::Shared;
@@ -35,6 +36,7 @@ pub struct Gateway {
     listener: TcpListener,
     local_addr: SocketAddr,
     instance_id: String,
+    listeners: ListenerRegistry,
 }
 
 /// Cheap handle for reloads and metrics while the gateway runs.
@@ -43,6 +45,7 @@ pub struct GatewayHandle {
     shared: Arc<Shared>,
     instance_id: String,
     listen: SocketAddr,
+    listeners: ListenerRegistry,
 }
 
 impl Gateway {
@@ -67,6 +70,12 @@ impl Gateway {
         config.proxy.listen = local_addr;
         let access_log = AccessLog::start(&config.access_log, &config.data_dir)
             .map_err(GatewayError::AccessLog)?;
+        let logins = Arc::new(crate::admission::Logins::new(
+            config.proxy.auth_verify_concurrency,
+            metrics.clone(),
+        ));
+        let listeners = config.listener_registry.clone();
+        warn_if_open_to_all(&config);
         let state = GatewayState::new(config, &instance_id)?;
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
@@ -75,12 +84,14 @@ impl Gateway {
             events,
             tunnels: TaskTracker::new(),
             coaching: Arc::new(crate::coaching::Coaching::new()),
+            logins,
         });
         Ok(Gateway {
             shared,
             listener,
             local_addr,
             instance_id,
+            listeners,
         })
     }
 
@@ -93,6 +104,7 @@ impl Gateway {
             shared: self.shared.clone(),
             instance_id: self.instance_id.clone(),
             listen: self.local_addr,
+            listeners: self.listeners.clone(),
         }
     }
 
@@ -136,6 +148,8 @@ impl GatewayHandle {
                 "proxy.listen changed: a new listen address takes effect only after a restart");
         }
         config.proxy.listen = self.listen;
+        config.listener_registry = self.listeners.clone();
+        warn_if_open_to_all(&config);
         match GatewayState::new(config, &self.instance_id) {
             Ok(state) => {
                 self.shared.state.store(Arc::new(state));
@@ -157,6 +171,12 @@ impl GatewayHandle {
                 Err(e)
             }
         }
+    }
+
+    /// Adds a listener the process opened after the gateway started (the agent
+    /// tunnel) to loop protection: the proxy never connects to it.
+    pub fn register_listener(&self, addr: SocketAddr) {
+        self.listeners.register(addr);
     }
 
     /// Counts a reload that failed before reaching the gateway (unreadable or unparsable file).
@@ -190,6 +210,30 @@ impl GatewayHandle {
 
     pub fn tunnels_open(&self) -> usize {
         self.shared.tunnels.len()
+    }
+}
+
+/// A proxy reachable beyond loopback whose ACL admits every address and that
+/// asks for no credentials is an open proxy in all but name: allowed (the
+/// operator wrote it), but said loudly at every start and reload.
+fn warn_if_open_to_all(config: &GatewayConfig) {
+    let proxy = &config.proxy;
+    let everyone = proxy.allow_networks.iter().any(|net| net.prefix_len() == 0);
+    if !proxy.listen.ip().is_loopback() && everyone && !proxy.requires_authentication() {
+        tracing::warn!(
+            listen = %proxy.listen,
+            "OPEN PROXY: [proxy] allow_networks admits every address ({}) and no users or \
+             tokens are configured, so anyone who can reach {} may use this proxy; list your \
+             client networks in allow_networks or add proxy authentication",
+            proxy
+                .allow_networks
+                .iter()
+                .filter(|net| net.prefix_len() == 0)
+                .map(|net| net.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            proxy.listen
+        );
     }
 }
 

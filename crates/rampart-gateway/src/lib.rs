@@ -7,10 +7,12 @@
 
 pub mod access_log;
 pub mod admission;
+pub mod auth_limiter;
 pub mod busy_poll;
 pub mod coaching;
 pub mod config;
 pub mod connector;
+pub mod credential_cache;
 pub mod destination;
 pub mod error;
 pub mod flow_events;

@@ -65,6 +65,16 @@ pub struct UpstreamLabels {
     pub proxy: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    pub scope: &'static str,
+}
+
 pub struct Metrics {
     pub connections_accepted: Counter,
     pub connections_active: Gauge,
@@ -75,6 +85,11 @@ pub struct Metrics {
     pub upstream_up: Family<UpstreamLabels, Gauge>,
     pub access_log_dropped: Gauge<u64, AtomicU64>,
     pub config_reloads: Family<KindLabels, Counter>,
+    /// Refused proxy logins by reason (missing, malformed, unknown_user,
+    /// wrong_password, unknown_token).
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    /// Logins refused unverified during a backoff, by what was limited (source, user).
+    pub auth_throttled: Family<ScopeLabels, Counter>,
 }
 
 impl Metrics {
@@ -89,6 +104,8 @@ impl Metrics {
             upstream_up: Family::default(),
             access_log_dropped: Gauge::default(),
             config_reloads: Family::default(),
+            auth_failures: Family::default(),
+            auth_throttled: Family::default(),
         }
     }
 
@@ -140,6 +157,16 @@ impl Metrics {
             "Configuration reloads, by result",
             self.config_reloads.clone(),
         );
+        r.register(
+            "auth_failures",
+            "Refused proxy logins, by reason",
+            self.auth_failures.clone(),
+        );
+        r.register(
+            "auth_throttled",
+            "Proxy logins refused without verification during a failed-login backoff, by scope",
+            self.auth_throttled.clone(),
+        );
     }
 
     pub fn record_flow(&self, record: &FlowRecord) {
@@ -175,6 +202,18 @@ impl Metrics {
             .get_or_create(&KindLabels {
                 kind: kind.to_string(),
             })
+            .inc();
+    }
+
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn auth_throttled(&self, scope: &'static str) {
+        self.auth_throttled
+            .get_or_create(&ScopeLabels { scope })
             .inc();
     }
 

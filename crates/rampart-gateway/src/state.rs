@@ -46,7 +46,8 @@ impl GatewayState {
             .unwrap_or_else(|| Arc::new(rampart_policy::Policy::builtin_default()));
         let mut listeners = config.own_listeners.clone();
         listeners.push(config.proxy.listen);
-        let guard = DestinationGuard::new(config.proxy.allow_loopback_destinations, listeners);
+        let guard =
+            DestinationGuard::new(&config.proxy, listeners, config.listener_registry.clone());
         let resolver = Resolver::new(&config.resolve);
         let connector = Arc::new(Connector::new(&config, &policy, resolver.clone(), guard)?);
         let health_checks = connector

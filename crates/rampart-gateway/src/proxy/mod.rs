@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::{AccessLog, FlowRecord};
-use crate::admission::AuthFailure;
+use crate::admission::Denied;
 use crate::metrics::Metrics;
 use crate::state::GatewayState;
 use body::{FlowLog, ProxyBody};
@@ -36,6 +36,8 @@ pub struct Shared {
     pub tunnels: TaskTracker,
     /// Proceed links and allowances of `user-alert` rules; outlives reloads.
     pub coaching: Arc<crate::coaching::Coaching>,
+    /// Failed-login limits, verified-credential cache and the Argon2 bound; outlive reloads.
+    pub logins: Arc<crate::admission::Logins>,
 }
 
 /// Handles one request from `client`.
@@ -76,7 +78,12 @@ pub async fn handle(
     }
     let identity = match state
         .admission
-        .authenticate(req.headers().get(header::PROXY_AUTHORIZATION))
+        .authenticate(
+            &shared.logins,
+            client.ip(),
+            req.headers().get(header::PROXY_AUTHORIZATION),
+        )
+        .await
     {
         Ok(user) => {
             log.record.user = user.as_ref().map(|u| Arc::from(u.name.as_str()));
@@ -286,10 +293,10 @@ fn deny(status: StatusCode, reason: &str, log: FlowLog) -> Response<ProxyBody> {
     error_response(status, reason, log, Some("denied"))
 }
 
-fn auth_required(failure: AuthFailure, log: FlowLog) -> Response<ProxyBody> {
+fn auth_required(denied: Denied, log: FlowLog) -> Response<ProxyBody> {
     let mut response = error_response(
         StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-        failure.reason(),
+        denied.failure.reason(),
         log,
         Some("auth"),
     );
@@ -297,5 +304,10 @@ fn auth_required(failure: AuthFailure, log: FlowLog) -> Response<ProxyBody> {
         header::PROXY_AUTHENTICATE,
         HeaderValue::from_static("Basic realm=\"rampart\", Bearer realm=\"rampart\""),
     );
+    if let Some(secs) = denied.retry_after_secs() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     response
 }

@@ -203,6 +203,10 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) {
+    // Loop protection: the proxy must never connect to this listener.
+    if let Ok(addr) = listener.local_addr() {
+        gateway.register_listener(addr);
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let threads = threads::ConnectionThreads::start(threads::default_count(), options.busy_poll);
     let live = LiveTunnels::new();
