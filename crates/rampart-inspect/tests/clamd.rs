@@ -1,0 +1,143 @@
+//! Against a real clamd (Debian clamav-daemon) started by the test with a
+//! database directory holding only a signature the test writes: no
+//! freshclam, no downloads. Fails (never skips) when clamd is missing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::write;
+use rampart_inspect::clamd::{ClamdClient, ClamdVerdict};
+use rampart_inspect::{
+    ClamdConfig, Engine, FailMode, InspectConfig, Inspector, ScanContext, UnscannableReason,
+    Verdict,
+};
+
+const CLAMD: &str = "/usr/sbin/clamd";
+const MARKER: &str = "RAMPART-CLAMAV-TEST-MARKER";
+
+/// Kills the clamd this test started (by its own pid) even when the test
+/// panics.
+struct Clamd(Child);
+
+impl Drop for Clamd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_clamd(dir: &Path) -> (Clamd, PathBuf) {
+    assert!(
+        Path::new(CLAMD).exists(),
+        "{CLAMD} is missing: install Debian clamav-daemon (scripts/install-test-deps.sh or apt-get install -y clamav-daemon)"
+    );
+    let db = dir.join("db");
+    std::fs::create_dir(&db).unwrap();
+    // An extended signature (.ndb): name, any file type (0), any offset, hex.
+    write(
+        &db,
+        "rampart-test.ndb",
+        format!("Rampart.Test.Marker:0:*:{}\n", hex::encode(MARKER)).as_bytes(),
+    );
+    let socket = dir.join("clamd.sock");
+    let conf = write(
+        dir,
+        "clamd.conf",
+        format!(
+            "LocalSocket {sock}\nForeground yes\nDatabaseDirectory {db}\nTemporaryDirectory {tmp}\n\
+             StreamMaxLength 1M\nMaxThreads 2\nBytecode no\nLogVerbose no\n",
+            sock = socket.display(),
+            db = db.display(),
+            tmp = dir.display()
+        )
+        .as_bytes(),
+    );
+    let child = Command::new(CLAMD)
+        .arg("--config-file")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {CLAMD}: {e}"));
+    let clamd = Clamd(child);
+    let client = ClamdClient::new(&config(&socket)).unwrap();
+    let started = Instant::now();
+    while client.ping().is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "clamd did not answer PING on {} within 120 s",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (clamd, socket)
+}
+
+fn config(socket: &Path) -> ClamdConfig {
+    ClamdConfig {
+        address: format!("unix:{}", socket.display()),
+        io_timeout: Duration::from_secs(20),
+        chunk_size: 4096,
+        max_stream_size: 1024 * 1024,
+        fail: FailMode::Open,
+        ..ClamdConfig::default()
+    }
+}
+
+#[test]
+fn real_clamd_finds_its_signature_and_clamd_down_is_engine_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clamd, socket) = start_clamd(dir.path());
+    let insp = Inspector::new(InspectConfig {
+        spool_dir: Some(dir.path().to_path_buf()),
+        clamav: Some(config(&socket)),
+        ..InspectConfig::default()
+    })
+    .unwrap();
+
+    // Direct client: several chunks (4 KiB each) and the zero terminator.
+    let client = ClamdClient::new(&config(&socket)).unwrap();
+    let mut body = vec![b'a'; 10_000];
+    body.extend_from_slice(MARKER.as_bytes());
+    assert_eq!(
+        client.scan(&mut &body[..]).unwrap(),
+        ClamdVerdict::Found("Rampart.Test.Marker.UNOFFICIAL".into())
+    );
+    assert_eq!(
+        client.scan(&mut &b"clean body"[..]).unwrap(),
+        ClamdVerdict::Clean
+    );
+
+    let clean = insp.scan_bytes(ScanContext::download(), b"just a clean body\n");
+    assert_eq!(clean.verdict, Verdict::Clean, "{clean:#?}");
+    let found = insp.scan_bytes(ScanContext::download().with_file_name("x.bin"), &body);
+    assert_eq!(found.verdict, Verdict::Malicious, "{found:#?}");
+    assert_eq!(found.findings[0].engine, Engine::Clamav);
+    assert!(found.findings[0]
+        .rule_or_signature
+        .starts_with("Rampart.Test.Marker"));
+
+    // Over clamd's StreamMaxLength: not sent, and not clean.
+    let big = vec![b'b'; 2 * 1024 * 1024];
+    let too_large = insp.scan_bytes(ScanContext::download(), &big);
+    assert_eq!(
+        too_large.verdict,
+        Verdict::Unscannable(UnscannableReason::TooLarge)
+    );
+    assert_eq!(too_large.findings[0].fail, Some(FailMode::Open));
+
+    // clamd stopped: unscannable engine-error with the fail mode recorded.
+    drop(clamd);
+    let down = insp.scan_bytes(ScanContext::download(), b"just a clean body\n");
+    assert_eq!(
+        down.verdict,
+        Verdict::Unscannable(UnscannableReason::EngineError),
+        "{down:#?}"
+    );
+    assert_eq!(down.findings[0].engine, Engine::Clamav);
+    assert_eq!(down.findings[0].fail, Some(FailMode::Open));
+    assert!(down.fails_open());
+}
