@@ -61,3 +61,8 @@ pub fn preview(exceptions: Vec<ExceptionRule>) -> String {
         "# placeholder keep-sets: server 192.0.2.1 and 2001:db8::1, gateway 192.0.2.2, resolver 192.0.2.53\n{text}"
     )
 }
+
+#[cfg(test)]
+mod tests_compile;
+#[cfg(test)]
+mod tests_rules;

@@ -106,6 +106,15 @@ fn element_text(v: &Value) -> String {
     if let Some(p) = v.get("prefix") {
         let addr = p.get("addr").and_then(Value::as_str).unwrap_or("?");
         let len = p.get("len").and_then(Value::as_u64).unwrap_or(0);
+        // A full-length prefix is the address itself, as the spec writes it.
+        let full = match addr.parse::<IpAddr>() {
+            Ok(IpAddr::V4(_)) => 32,
+            Ok(IpAddr::V6(_)) => 128,
+            Err(_) => u64::MAX,
+        };
+        if len == full {
+            return addr.to_string();
+        }
         return format!("{addr}/{len}");
     }
     if let Some([a, b]) = v.get("range").and_then(Value::as_array).map(Vec::as_slice) {
