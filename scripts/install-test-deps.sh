@@ -1,22 +1,58 @@
 #!/usr/bin/env bash
-# Installs what the test suite drives for real: curl, openssl, Squid (as an
-# upstream proxy), rsyslog (syslog sink), nftables and iproute2 (agent tests in
-# network namespaces), git and Python requests/pip (TLS trust tests).
-# Debian 12, as root. Idempotent.
+# Installs what the test suite drives for real, on a fresh Debian 12, as root.
+# Idempotent. Debian packages come from apt; PyPI packages go only into the
+# virtual environment this script creates ($RAMPART_TEST_VENV, default
+# /opt/rampart-test-venv): Debian 12's own python3 refuses system-wide pip.
+#
+# What each group is for:
+#   base      curl, openssl, git, python3-requests (trust and proxy tests), procps
+#   upstream  squid (egress chaining peer), rsyslog (syslog sink)
+#   netns     nftables, iproute2, conntrack, dnsmasq (agent steering and isolation
+#             tests in network namespaces)
+#   inspect   zip, p7zip-full, qpdf (encrypted fixtures), clamav-daemon (INSTREAM)
+#   build     build-essential, pkg-config (crates that build C), python3-venv
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
+packages=(
+  # base
+  curl openssl ca-certificates git python3 python3-requests python3-venv procps util-linux
+  # upstream
+  squid rsyslog rsyslog-gnutls
+  # netns
+  nftables iproute2 conntrack dnsmasq-base
+  # inspect
+  zip unzip p7zip-full qpdf clamav-daemon
+  # build
+  build-essential pkg-config
+)
 need_apt=()
-for pkg in curl openssl squid rsyslog rsyslog-gnutls util-linux nftables iproute2 git python3 python3-pip ca-certificates procps; do
+for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-# Squid's Debian package starts a system instance; tests start their own.
-systemctl disable --now squid >/dev/null 2>&1 || service squid stop >/dev/null 2>&1 || true
+# Squid's and ClamAV's Debian packages start system instances (and freshclam
+# would try to download signatures); tests start their own on loopback.
+for unit in squid clamav-daemon clamav-freshclam; do
+  systemctl disable --now "$unit" >/dev/null 2>&1 || service "$unit" stop >/dev/null 2>&1 || true
+done
 pkill -x squid 2>/dev/null || true
-python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q requests
+pkill -x clamd 2>/dev/null || true
+pkill -x freshclam 2>/dev/null || true
+
+# PyPI packages for tests, in a venv of our own (tests look for it at
+# $RAMPART_TEST_VENV or /opt/rampart-test-venv).
+venv=${RAMPART_TEST_VENV:-/opt/rampart-test-venv}
+pypi=(msoffcrypto-tool)
+if [[ ! -x "$venv/bin/python" ]]; then
+  /usr/bin/python3 -m venv "$venv"
+fi
+for p in "${pypi[@]}"; do
+  "$venv/bin/python" -m pip show -q "$p" >/dev/null 2>&1 || "$venv/bin/python" -m pip install -q "$p"
+done
+
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 # scripts/fuzz-smoke.sh runs the parsers' fuzz targets for a bounded time.
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz

@@ -25,8 +25,12 @@ const WRITE_INTERVAL: Duration = Duration::from_millis(50);
 /// What happened to one request or tunnel, built up along the flow and logged once at its end.
 #[derive(Debug, Clone, Serialize)]
 pub struct FlowRecord {
-    /// Time-ordered unique id of the flow (UUIDv7); block pages and events show it.
+    /// Time-ordered unique id of this record (UUIDv7); block pages and events show it.
     pub id: uuid::Uuid,
+    /// The client connection's flow id when this record is one request of a
+    /// decrypted tunnel: the tunnel's record id, shared by all its requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_id: Option<uuid::Uuid>,
     /// Unix time of the start of the request, with milliseconds.
     #[serde(serialize_with = "serialize_time")]
     pub time: SystemTime,
@@ -56,6 +60,9 @@ pub struct FlowRecord {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// The response body's file type by magic bytes, when the response phase classified it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_type: Option<&'static str>,
     /// The policy decision that applied, when a rule (or a stage default) decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyRecord>,
@@ -129,6 +136,10 @@ pub struct PolicyRecord {
     /// `user-alert` only: the user had proceeded past the coaching page, so the request passed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub proceeded: bool,
+    /// Rules passed over because they need facts this flow never has (a URL
+    /// path or method inside a tunnel that is not decrypted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Arc<str>>,
 }
 
 fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -152,6 +163,7 @@ impl FlowRecord {
     pub fn new(client: SocketAddr, method: &str, target: String) -> Self {
         FlowRecord {
             id: uuid::Uuid::now_v7(),
+            flow_id: None,
             time: SystemTime::now(),
             client,
             user: None,
@@ -166,6 +178,7 @@ impl FlowRecord {
             server: None,
             error: None,
             content_type: None,
+            file_type: None,
             policy: None,
             decryption: None,
             device: None,

@@ -164,7 +164,7 @@ fn fill(s: &mut FlowSummary, record: &FlowRecord) {
         error,
     } = s;
     let is_tunnel = record.method == "CONNECT";
-    *flow_id = record.id;
+    *flow_id = record.flow_id.unwrap_or(record.id);
     *start_ms = millis(record.time);
     *end_ms = *start_ms + record.duration_ms.as_millis() as i64;
     *reporter = Cow::Borrowed("gateway");
@@ -338,6 +338,7 @@ mod tests {
             action: "alert",
             matched: vec!["category finance".into(), "app bank".into()],
             proceeded: false,
+            skipped: Vec::new(),
         });
         r
     }

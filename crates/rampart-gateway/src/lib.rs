@@ -17,6 +17,7 @@ pub mod destination;
 pub mod error;
 pub mod flow_events;
 pub mod gateway;
+pub mod head_limit;
 pub mod intercept;
 pub mod listener;
 pub mod metrics;
@@ -24,8 +25,10 @@ pub mod policy_stage;
 pub mod proxy;
 pub mod relay;
 pub mod resolver;
+pub mod response_gate;
 pub mod state;
 pub mod tunnel;
+pub mod url_redact;
 
 pub use config::GatewayConfig;
 pub use gateway::{raise_fd_limit, Gateway, GatewayError, GatewayHandle};

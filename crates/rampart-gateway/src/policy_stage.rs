@@ -1,19 +1,58 @@
-//! The policy phases of the data path: the connection stage when a CONNECT
-//! target (host, port) is known, the request stage for each forwarded request
-//! (full URL). Each turns the policy's verdict into what the gateway does —
-//! block or pass, which egress — and records the decision in the flow record.
+//! The policy phases of the data path, one function each: the connection
+//! phase when a CONNECT target (host, port) is known, the request phase for
+//! each forwarded request (full URL), and the response phase once the
+//! response's first bytes are known (file type). Each turns the policy's
+//! verdict into what the gateway does — block, pass, or wait for the next
+//! phase — and records the decision in the flow record.
+//!
+//! Undecided rules never fail open: every phase is told the last phase the
+//! flow will reach ([`FlowFacts::last`]). A rule needing facts that will never
+//! come is skipped (and recorded as skipped); a rule needing facts that come
+//! later makes the phase return [`StageResult::pending`], and the caller must
+//! run the later phase, which evaluates the whole stage again.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use rampart_policy::{
-    AccessAction, ConnectionFacts, Decision, DecryptionAction, Egress, Identity, ObjectKind,
-    Outcome, Policy, Process, RequestFacts,
+    AccessAction, ConnectionFacts, Decision, DecryptionAction, Egress, EvalPoint, Identity,
+    ObjectKind, Outcome, Policy, Process, RequestFacts, ResponseFacts,
 };
 
 use crate::access_log::{FlowRecord, PolicyRecord};
 use crate::connector::EgressChoice;
 
-/// What the data path must do after a policy stage.
+/// What the policy phases know about a flow before its requests.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowFacts<'a> {
+    pub identity: &'a Identity,
+    /// The endpoint process (agent flows), for rules with `processes` conditions.
+    pub process: Option<&'a Process>,
+    /// The name the policy sees: CONNECT host, SNI, or the request's host.
+    pub host: &'a str,
+    /// The address connected to, for CIDR rules.
+    pub dst_ip: Option<IpAddr>,
+    pub port: u16,
+    /// The last phase this flow reaches: `Connection` for a tunnel that is not
+    /// decrypted, `Response` for plain HTTP and decrypted requests (whose
+    /// responses are classified).
+    pub last: EvalPoint,
+}
+
+impl<'a> FlowFacts<'a> {
+    fn connection(&self) -> ConnectionFacts<'a> {
+        ConnectionFacts {
+            identity: self.identity,
+            process: self.process,
+            host: Some(self.host),
+            dst_ip: self.dst_ip,
+            port: self.port,
+        }
+    }
+}
+
+/// What the data path must do after a policy phase.
+#[derive(Default)]
 pub struct StageResult {
     /// Set when an access rule blocks: the rule's name and the category that matched, if any.
     pub blocked: Option<Blocked>,
@@ -22,70 +61,37 @@ pub struct StageResult {
     pub coach: Option<Blocked>,
     pub egress: EgressChoice,
     /// The decryption decision when a rule (not the stage default) made it:
-    /// the action and the rule's name. Only the connection stage sets it.
+    /// the action and the rule's name. Only the connection phase sets it.
     pub decryption: Option<(DecryptionAction, String)>,
+    /// Access is undecided until a later phase: the caller must run it, and
+    /// must not treat this as an allow.
+    pub pending: bool,
 }
 
 /// The rule that blocked (or coaches) a request, for the page the user sees.
+#[derive(Debug, Clone)]
 pub struct Blocked {
     pub rule: Arc<str>,
     pub category: Option<Arc<str>>,
 }
 
-/// Connection stage (CONNECT): access, egress, and the decryption decision
+/// Connection phase (CONNECT): access, egress, and the decryption decision
 /// that TLS interception applies to the tunnel.
-pub fn connection_stage(
+pub fn connection_phase(
     policy: &Policy,
-    identity: &Identity,
-    host: &str,
-    port: u16,
+    facts: &FlowFacts<'_>,
     record: &mut FlowRecord,
 ) -> StageResult {
-    let dst_ip = host.parse().ok();
-    connection_stage_with_process(policy, identity, None, host, dst_ip, port, record)
-}
-
-/// [`connection_stage`] for a flow whose endpoint process is known (agent tunnel
-/// flows), so rules with `processes` conditions can match. `host` may be a name
-/// the agent saw (SNI, Host) while `dst_ip` is the address it connects to.
-pub fn connection_stage_with_process(
-    policy: &Policy,
-    identity: &Identity,
-    process: Option<&Process>,
-    host: &str,
-    dst_ip: Option<std::net::IpAddr>,
-    port: u16,
-    record: &mut FlowRecord,
-) -> StageResult {
-    let facts = ConnectionFacts {
-        identity,
-        process,
-        host: Some(host),
-        dst_ip,
-        port,
-    };
-    let verdict = policy.evaluate_connection(&facts);
+    let verdict = policy.evaluate_connection_until(&facts.connection(), facts.last);
     let egress = match &verdict.egress {
         Outcome::Decided(d) => egress_choice(d),
         Outcome::Pending { .. } => EgressChoice::Default,
     };
-    let blocked = match &verdict.access {
-        Outcome::Decided(d) => apply_access(policy, d, record).blocked,
-        // A rule that needs the URL cannot be decided inside a tunnel that is
-        // not decrypted; it is recorded as undecided and the tunnel passes.
-        Outcome::Pending {
-            rule_name, rule_id, ..
-        } => {
-            record.policy = Some(PolicyRecord {
-                revision: policy.revision().into(),
-                stage: "access",
-                rule_id: rule_id.clone(),
-                rule: rule_name.clone(),
-                action: "pending-url",
-                matched: Vec::new(),
-                proceeded: false,
-            });
-            None
+    let (access, pending) = match &verdict.access {
+        Outcome::Decided(d) => (apply_access(policy, d, &verdict.skipped, record), false),
+        Outcome::Pending { .. } => {
+            record_pending(policy, &verdict.access, record);
+            (AccessResult::default(), true)
         }
     };
     if !verdict.decryption.default {
@@ -98,10 +104,9 @@ pub fn connection_stage_with_process(
             action: d.action.as_str(),
             matched: d.matched.iter().map(|m| m.to_string()).collect(),
             proceeded: false,
+            skipped: Vec::new(),
         });
     }
-    // A coaching page cannot be shown inside a tunnel that is not decrypted:
-    // user-alert passes there like alert, and is recorded as user-alert.
     let decryption = (!verdict.decryption.default).then(|| {
         (
             verdict.decryption.action,
@@ -109,59 +114,117 @@ pub fn connection_stage_with_process(
         )
     });
     StageResult {
-        blocked,
+        // A coaching page cannot be shown inside a tunnel: at the connection
+        // user-alert passes like alert, and is recorded as user-alert. A
+        // decrypted tunnel's requests are coached by the request phase.
+        blocked: access.blocked,
         coach: None,
         egress,
         decryption,
+        pending,
     }
 }
 
-/// Request stage (absolute-form HTTP): the full URL is known.
-pub fn request_stage(
+/// Request phase (absolute-form HTTP, and each request of a decrypted
+/// tunnel): the full URL is known. `path` is the path with its query.
+pub fn request_phase(
     policy: &Policy,
-    identity: &Identity,
-    host: &str,
-    port: u16,
+    facts: &FlowFacts<'_>,
     method: &str,
     path: &str,
     record: &mut FlowRecord,
 ) -> StageResult {
-    request_stage_with_process(policy, identity, None, host, port, method, path, record)
-}
-
-/// [`request_stage`] for requests inside an agent's decrypted tunnel, with its process.
-#[allow(clippy::too_many_arguments)]
-pub fn request_stage_with_process(
-    policy: &Policy,
-    identity: &Identity,
-    process: Option<&Process>,
-    host: &str,
-    port: u16,
-    method: &str,
-    path: &str,
-    record: &mut FlowRecord,
-) -> StageResult {
-    let facts = RequestFacts {
-        connection: ConnectionFacts {
-            identity,
-            process,
-            host: Some(host),
-            dst_ip: host.parse().ok(),
-            port,
-        },
+    let request = RequestFacts {
+        connection: facts.connection(),
         method,
         path,
     };
-    let verdict = policy.evaluate_request(&facts);
-    let access = match &verdict.access {
-        Outcome::Decided(d) => apply_access(policy, d, record),
-        Outcome::Pending { .. } => AccessResult::default(),
+    let verdict = policy.evaluate_request_until(&request, facts.last);
+    let (access, pending) = match &verdict.access {
+        Outcome::Decided(d) => (apply_access(policy, d, &verdict.skipped, record), false),
+        Outcome::Pending { .. } => {
+            record_pending(policy, &verdict.access, record);
+            (AccessResult::default(), true)
+        }
     };
     StageResult {
         blocked: access.blocked,
         coach: access.coach,
         egress: egress_choice(&verdict.egress),
         decryption: None,
+        pending,
+    }
+}
+
+/// Response phase: the request phase left access pending on a rule that needs
+/// the response (a file type); the whole stage is evaluated again with it.
+pub fn response_phase(
+    policy: &Policy,
+    facts: &FlowFacts<'_>,
+    method: &str,
+    path: &str,
+    file_type: Option<&str>,
+    record: &mut FlowRecord,
+) -> StageResult {
+    let response = ResponseFacts {
+        request: RequestFacts {
+            connection: facts.connection(),
+            method,
+            path,
+        },
+        file_type,
+    };
+    let decision = policy.evaluate_response(&response);
+    let access = apply_access(policy, &decision, &[], record);
+    StageResult {
+        blocked: access.blocked,
+        coach: access.coach,
+        egress: EgressChoice::Default,
+        decryption: None,
+        pending: false,
+    }
+}
+
+/// The tunnel of a pending connection phase will not be decrypted after all
+/// (not TLS, a pinned client, the decider's choice): its URL never comes, so
+/// the stage is decided now with the rules that can still match.
+pub fn settle_undecrypted(
+    policy: &Policy,
+    facts: &FlowFacts<'_>,
+    record: &mut FlowRecord,
+) -> Option<Blocked> {
+    let facts = FlowFacts {
+        last: EvalPoint::Connection,
+        ..*facts
+    };
+    connection_phase(policy, &facts, record).blocked
+}
+
+fn record_pending(
+    policy: &Policy,
+    outcome: &Outcome<AccessAction>,
+    record: &mut FlowRecord,
+) {
+    if let Outcome::Pending {
+        rule_id,
+        rule_name,
+        until,
+        ..
+    } = outcome
+    {
+        record.policy = Some(PolicyRecord {
+            revision: policy.revision().into(),
+            stage: "access",
+            rule_id: rule_id.clone(),
+            rule: rule_name.clone(),
+            action: match until {
+                EvalPoint::Response => "pending-response",
+                _ => "pending-url",
+            },
+            matched: Vec::new(),
+            proceeded: false,
+            skipped: Vec::new(),
+        });
     }
 }
 
@@ -174,6 +237,7 @@ struct AccessResult {
 fn apply_access(
     policy: &Policy,
     decision: &Decision<AccessAction>,
+    skipped: &[Arc<str>],
     record: &mut FlowRecord,
 ) -> AccessResult {
     record.policy = Some(PolicyRecord {
@@ -184,6 +248,7 @@ fn apply_access(
         action: decision.action.as_str(),
         matched: decision.matched.iter().map(|m| m.to_string()).collect(),
         proceeded: false,
+        skipped: skipped.to_vec(),
     });
     let rule = || Blocked {
         rule: decision.rule_name.clone(),

@@ -13,6 +13,15 @@ use crate::policy::Policy;
 use crate::rule::{process_matches, CondKind, Conds, Ctx, Rule, RuleAction, Tri};
 use crate::verdict::*;
 
+/// The earliest point at which one of the undecided rules can be decided.
+fn earliest(undecided: &[(&Rule, EvalPoint)]) -> EvalPoint {
+    undecided
+        .iter()
+        .map(|(_, p)| *p)
+        .min()
+        .unwrap_or(EvalPoint::Response)
+}
+
 /// The result of walking one stage's rules.
 pub(crate) enum Walk<'p> {
     Rule(&'p Rule),
@@ -21,29 +30,57 @@ pub(crate) enum Walk<'p> {
 }
 
 impl Policy {
-    /// Connection stage: decryption (always decided), plus access and egress when no
-    /// earlier-ordered rule needs the URL or method.
+    /// Connection stage for a flow that may still reach every later point (its
+    /// URL and response may come): see [`Policy::evaluate_connection_until`].
     pub fn evaluate_connection(&self, facts: &ConnectionFacts<'_>) -> ConnectionVerdict {
-        let ctx = self.context(facts, None, None, None, EvalPoint::Connection);
+        self.evaluate_connection_until(facts, EvalPoint::Response)
+    }
+
+    /// Connection stage: decryption (always decided), plus access and egress
+    /// evaluated with what is known at the connection. `last` is the last point
+    /// this flow will reach: `Connection` for a tunnel that will not be
+    /// decrypted (rules on the URL, method or file type are skipped: they can
+    /// never match it), `Request` for a flow whose responses are not inspected,
+    /// `Response` otherwise (such rules defer the decision to that point).
+    pub fn evaluate_connection_until(
+        &self,
+        facts: &ConnectionFacts<'_>,
+        last: EvalPoint,
+    ) -> ConnectionVerdict {
+        let mut ctx = self.context(facts, None, None, None, EvalPoint::Connection);
+        ctx.last = Some(last);
         ConnectionVerdict {
             decryption: self.decide_now(Stage::Decryption, &ctx, decryption_of),
             access: self.outcome(Stage::Access, &ctx, access_of),
             egress: self.outcome(Stage::Egress, &ctx, egress_of),
+            skipped: self.skipped(Stage::Access, &ctx),
         }
     }
 
-    /// Request stage: access (pending only on file-type rules) and egress.
+    /// Request stage for a flow whose response may be inspected.
     pub fn evaluate_request(&self, facts: &RequestFacts<'_>) -> RequestVerdict {
-        let ctx = self.context(
+        self.evaluate_request_until(facts, EvalPoint::Response)
+    }
+
+    /// Request stage: access (pending only on rules that need the response,
+    /// when `last` is `Response`) and egress (decided now).
+    pub fn evaluate_request_until(
+        &self,
+        facts: &RequestFacts<'_>,
+        last: EvalPoint,
+    ) -> RequestVerdict {
+        let mut ctx = self.context(
             &facts.connection,
             Some(facts.path),
             Some(facts.method),
             None,
             EvalPoint::Request,
         );
+        ctx.last = Some(last);
         RequestVerdict {
             access: self.outcome(Stage::Access, &ctx, access_of),
             egress: self.decide_now(Stage::Egress, &ctx, egress_of),
+            skipped: self.skipped(Stage::Access, &ctx),
         }
     }
 
@@ -55,6 +92,30 @@ impl Policy {
             Some(r.path),
             Some(r.method),
             facts.file_type,
+            EvalPoint::Response,
+        );
+        self.decide_now(Stage::Access, &ctx, access_of)
+    }
+
+    /// The access decision with every fact the flow will ever have, all at
+    /// once: what `policy explain` reports and what the gateway's staged
+    /// decisions must always agree with. `facts` holds the URL and the file
+    /// type only if the flow reaches the request and response points (`last`);
+    /// the others are ignored.
+    pub fn evaluate_access_full(
+        &self,
+        facts: &ResponseFacts<'_>,
+        last: EvalPoint,
+    ) -> Decision<AccessAction> {
+        let r = &facts.request;
+        let reaches = |p: EvalPoint| last >= p;
+        let ctx = self.context(
+            &r.connection,
+            reaches(EvalPoint::Request).then_some(r.path),
+            reaches(EvalPoint::Request).then_some(r.method),
+            reaches(EvalPoint::Response)
+                .then_some(facts.file_type)
+                .flatten(),
             EvalPoint::Response,
         );
         self.decide_now(Stage::Access, &ctx, access_of)
@@ -184,8 +245,9 @@ impl Policy {
         ctx.pending = pending;
     }
 
-    /// Walks the indexed candidates of a stage in rule order.
-    pub(crate) fn walk(&self, stage: Stage, ctx: &Ctx<'_>) -> Walk<'_> {
+    /// The candidate rules of a stage for this flow, in rule order: the rules
+    /// indexed under its destination objects, identity, and the unindexed ones.
+    fn candidates(&self, stage: Stage, ctx: &Ctx<'_>) -> SmallVec<[u32; 32]> {
         let set = self.stage(stage);
         let mut candidates: SmallVec<[u32; 32]> = SmallVec::new();
         candidates.extend_from_slice(&set.always);
@@ -209,15 +271,82 @@ impl Policy {
         }
         candidates.sort_unstable();
         candidates.dedup();
-        for i in candidates {
+        candidates
+    }
+
+    /// Walks the candidates of a stage in rule order, first match wins.
+    ///
+    /// A rule that cannot be decided yet (it needs a fact a later point brings)
+    /// does not stop the walk: the rules after it are still looked at, because
+    /// the flow's outcome is one of the undecided rules' actions or the action
+    /// of the first rule that surely matches (or the default). When all those
+    /// possible outcomes are the same action, the stage is decided now — e.g. a
+    /// `file_types` block before a host block still blocks that host at once,
+    /// without contacting it. Otherwise it is pending, and the later point
+    /// walks the whole stage again with more facts. Never "allow" by default
+    /// while something could still block, and never the reverse.
+    pub(crate) fn walk(&self, stage: Stage, ctx: &Ctx<'_>) -> Walk<'_> {
+        let set = self.stage(stage);
+        let mut undecided: SmallVec<[(&Rule, EvalPoint); 4]> = SmallVec::new();
+        for i in self.candidates(stage, ctx) {
             let rule = &set.rules[i as usize];
             match rule.eval(ctx) {
-                Tri::Yes => return Walk::Rule(rule),
+                Tri::Yes => {
+                    return match undecided.first() {
+                        None => Walk::Rule(rule),
+                        Some(_) if undecided.iter().all(|(u, _)| u.action == rule.action) => {
+                            Walk::Rule(rule)
+                        }
+                        Some(&(first, _)) => Walk::Pending(first, earliest(&undecided)),
+                    };
+                }
                 Tri::No => {}
-                Tri::Unknown(p) => return Walk::Pending(rule, p),
+                Tri::Unknown(p) => undecided.push((rule, p)),
             }
         }
-        Walk::Default
+        match undecided.first() {
+            None => Walk::Default,
+            Some(_) if undecided.iter().all(|(u, _)| u.action == set.default) => Walk::Default,
+            Some(&(first, _)) => Walk::Pending(first, earliest(&undecided)),
+        }
+    }
+
+    /// The rules of `stage`, before the one that decides this flow, that were
+    /// passed over only because they need facts this flow will never have (a
+    /// URL inside a tunnel that is not decrypted): recorded on the flow's
+    /// event so nobody mistakes them for rules that did not apply.
+    pub(crate) fn skipped(&self, stage: Stage, ctx: &Ctx<'_>) -> Vec<Arc<str>> {
+        if ctx.last.is_none_or(|last| last >= EvalPoint::Response) {
+            return Vec::new();
+        }
+        let set = self.stage(stage);
+        let open = Ctx {
+            point: ctx.point,
+            user: ctx.user,
+            groups: ctx.groups.clone(),
+            devices: ctx.devices.clone(),
+            source_ip: ctx.source_ip,
+            process: ctx.process,
+            objects: ctx.objects.clone(),
+            pending: ctx.pending.clone(),
+            port: ctx.port,
+            method: ctx.method,
+            file_type: ctx.file_type,
+            last: None,
+        };
+        let mut skipped = Vec::new();
+        for i in self.candidates(stage, ctx) {
+            let rule = &set.rules[i as usize];
+            match rule.eval(ctx) {
+                Tri::No => {
+                    if matches!(rule.eval(&open), Tri::Unknown(_)) {
+                        skipped.push(rule.name.clone());
+                    }
+                }
+                _ => break,
+            }
+        }
+        skipped
     }
 
     /// Decides at the last point this stage can wait for: undecidable rules don't match.
@@ -236,6 +365,7 @@ impl Policy {
         ctx_final.port = ctx.port;
         ctx_final.method = ctx.method;
         ctx_final.file_type = ctx.file_type;
+        ctx_final.last = Some(EvalPoint::Response);
         match self.walk(stage, &ctx_final) {
             Walk::Rule(rule) => self.decision(rule, &ctx_final, of(&rule.action)),
             _ => self.default_decision(stage, of(&self.stage(stage).default)),

@@ -115,20 +115,47 @@ impl Policy {
                 final_ctx.point = Some(EvalPoint::Response);
             }
             let mut e = self.stage_explanation(stage, EvalPoint::Request, &final_ctx, of);
-            e.note = Some(match self.walk(stage, &conn_ctx) {
+            let mut note = match self.walk(stage, &conn_ctx) {
                 Walk::Pending(rule, until) => format!(
-                    "undecided at connection: rule \"{}\" needs the {until} stage",
+                    "undecided at the connection until the {until} (rule \"{}\" needs it)",
                     rule.name
                 ),
-                _ => "already decided at connection".to_string(),
-            });
+                Walk::Rule(rule) => format!(
+                    "decided at the connection: {} by rule \"{}\"",
+                    of(&rule.action),
+                    rule.name
+                ),
+                Walk::Default => format!(
+                    "decided at the connection: {} by the {stage} default",
+                    of(&self.stage(stage).default)
+                ),
+            };
+            if stage == Stage::Access {
+                // A tunnel that is not decrypted never shows its URL: rules on
+                // the path or method are skipped, and the rest decides at once.
+                let mut tunnel_ctx = self.context(conn, None, None, None, EvalPoint::Connection);
+                tunnel_ctx.last = Some(EvalPoint::Connection);
+                let (action, by) = match self.walk(stage, &tunnel_ctx) {
+                    Walk::Rule(rule) => (of(&rule.action), format!("rule \"{}\"", rule.name)),
+                    _ => (
+                        of(&self.stage(stage).default),
+                        format!("the {stage} default"),
+                    ),
+                };
+                note.push_str(&format!("; if not decrypted: {action} by {by}"));
+                let skipped = self.skipped(stage, &tunnel_ctx);
+                if !skipped.is_empty() {
+                    let names: Vec<String> = skipped.iter().map(|n| format!("\"{n}\"")).collect();
+                    note.push_str(&format!(" (skipped, needs the URL: {})", names.join(", ")));
+                }
+            }
             if let Walk::Pending(rule, until) = self.walk(stage, &req_ctx) {
-                e.note = Some(format!(
-                    "{}; at request, rule \"{}\" waits for the {until} (file type)",
-                    e.note.take().unwrap_or_default(),
+                note.push_str(&format!(
+                    "; at the request, undecided until the {until} (rule \"{}\" needs the file type)",
                     rule.name
                 ));
             }
+            e.note = Some(note);
             stages.push(e);
         }
         Explanation {

@@ -104,12 +104,20 @@ pub(crate) struct Ctx<'a> {
     pub port: Option<u16>,
     pub method: Option<&'a str>,
     pub file_type: Option<&'a str>,
+    /// The last point this flow will reach: facts of later points never come
+    /// (a URL inside a tunnel that is not decrypted, a file type on a flow
+    /// that is not inspected). `None`: every point may still come.
+    pub last: Option<EvalPoint>,
 }
 
 impl Ctx<'_> {
-    fn later(&self, needed: EvalPoint) -> Tri {
+    /// A fact that is not known now: absent for good if its point has passed or
+    /// will never be reached (the condition cannot match and the rule is
+    /// skipped), otherwise undecided until that point.
+    pub(crate) fn later(&self, needed: EvalPoint) -> Tri {
         match self.point {
             Some(p) if p >= needed => Tri::No,
+            _ if self.last.is_some_and(|last| last < needed) => Tri::No,
             _ => Tri::Unknown(needed),
         }
     }
@@ -166,7 +174,9 @@ impl Conds {
                 if any_in(&self.objects, &ctx.objects) {
                     Tri::Yes
                 } else if self.objects.iter().any(|o| ctx.pending.contains(o)) {
-                    Tri::Unknown(EvalPoint::Request)
+                    // Only a path entry could still put the destination in: that
+                    // needs the URL, which a tunnel that is not decrypted never shows.
+                    ctx.later(EvalPoint::Request)
                 } else {
                     Tri::No
                 }

@@ -100,6 +100,9 @@ pub struct ConnectionVerdict {
     pub decryption: Decision<DecryptionAction>,
     pub access: Outcome<AccessAction>,
     pub egress: Outcome<Egress>,
+    /// Access rules passed over because they need facts this flow will never
+    /// have (the URL of a tunnel that is not decrypted), by name.
+    pub skipped: Vec<Arc<str>>,
 }
 
 /// Request-stage verdict. Access stays pending only for rules on file types.
@@ -107,6 +110,9 @@ pub struct ConnectionVerdict {
 pub struct RequestVerdict {
     pub access: Outcome<AccessAction>,
     pub egress: Decision<Egress>,
+    /// Access rules passed over because they need facts this flow will never
+    /// have (a file type on a flow that is not inspected), by name.
+    pub skipped: Vec<Arc<str>>,
 }
 
 /// The agent's steering verdict.

@@ -43,6 +43,21 @@ pub struct TlsConfig {
     /// Known CDN setups where the Host / `:authority` of a decrypted request may differ
     /// from the name the TLS connection was opened for (otherwise blocked as domain fronting).
     pub fronting_exceptions: Vec<FrontingException>,
+    /// A CONNECT whose ClientHello names another site (an SNI that neither is
+    /// the CONNECT host nor resolves to the address connected to): `block`
+    /// (the default) closes the tunnel; `alert` lets it on, recorded as
+    /// fronting, with the policy of both names applied (the stricter wins) and
+    /// decryption decided by the CONNECT host alone.
+    pub fronting: FrontingMode,
+}
+
+/// What happens to a CONNECT whose SNI names another destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FrontingMode {
+    #[default]
+    Block,
+    Alert,
 }
 
 /// One domain-fronting exception: on TLS connections opened for a name matching `sni`,
@@ -72,6 +87,7 @@ impl Default for TlsConfig {
             client_hello_timeout: Duration::from_secs(10),
             pinned_clients: PinnedClientSettings::default(),
             fronting_exceptions: Vec::new(),
+            fronting: FrontingMode::Block,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - `/bytes/N` → N bytes, streamed in 256 KiB chunks (nothing held in memory)
 //! - `/slow/MS` → answers after MS milliseconds
 //! - `/status/N` → an empty response with status N
+//! - `/magic/KIND` → a small file of that kind by its magic bytes (`exe`, `pdf`,
+//!   `zip`; anything else is plain text), served as `application/octet-stream`
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -155,6 +157,18 @@ async fn route(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
             let mut resp = Response::new(StreamBody::new(stream).boxed());
             resp.headers_mut()
                 .insert("content-length", total.to_string().parse().unwrap());
+            resp
+        }
+        "magic" => {
+            let body: &'static [u8] = match arg {
+                "exe" => b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00This program cannot be run in DOS mode.",
+                "pdf" => b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n",
+                "zip" => b"PK\x05\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+                _ => b"just some text\n",
+            };
+            let mut resp = Response::new(full(Bytes::from_static(body)));
+            resp.headers_mut()
+                .insert("content-type", "application/octet-stream".parse().unwrap());
             resp
         }
         "slow" => {

@@ -21,9 +21,10 @@ use crate::resolver::Resolver;
 use upstream::{UpstreamGroup, UpstreamProxy};
 
 /// What a rule (or the `[egress]` default) asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub enum EgressChoice {
     /// `[egress] default`.
+    #[default]
     Default,
     Direct,
     /// Direct, from this local source address.

@@ -42,6 +42,8 @@ use tokio::net::TcpStream;
 
 use crate::access_log::{AccessLog, TlsRecord};
 use crate::metrics::Metrics;
+use crate::policy_stage::{self, Blocked, FlowFacts};
+use rampart_policy::EvalPoint;
 use crate::proxy::body::FlowLog;
 use crate::state::GatewayState;
 
@@ -89,6 +91,13 @@ impl Interception {
     pub fn ca(&self) -> &Arc<CertificateAuthority> {
         &self.ca
     }
+
+    /// What the TLS decider (do-not-decrypt hosts, built-in pinned apps,
+    /// auto-bypass) says of `host` when no policy rule decided: the
+    /// connection phase's forecast, confirmed once the ClientHello is read.
+    pub fn would_decrypt(&self, host: &str) -> bool {
+        self.decider.should_decrypt(host).decrypt
+    }
 }
 
 /// One CONNECT tunnel that may be intercepted: what the connection stage knew.
@@ -115,6 +124,16 @@ pub struct Tunnel {
     pub tunnel_bypass: bool,
     /// A plain-HTTP tunnel of an agent ([`Tunnel::run_plain_http`]), not a TLS one.
     pub plain_http: bool,
+    /// The connection phase left access undecided until the requests are
+    /// seen: if the tunnel is relayed without decrypting after all, access is
+    /// settled before a byte moves ([`Tunnel::settle_access`]).
+    pub access_pending: bool,
+    /// The CONNECT target's host as asked (may be an address, where `host`
+    /// is the name the policy sees), and its address when it is one.
+    pub connect_host: String,
+    pub connect_ip: Option<std::net::IpAddr>,
+    /// The origin's address when connected directly.
+    pub origin_ip: Option<std::net::IpAddr>,
 }
 
 /// The reason recorded for flows an agent sent as `tunnel-bypass`.
@@ -193,7 +212,163 @@ impl Tunnel {
             process: process.cloned(),
             tunnel_bypass,
             plain_http: false,
+            access_pending: false,
+            connect_host: host.to_string(),
+            connect_ip: host.parse().ok(),
+            origin_ip: None,
         })
+    }
+
+    /// Carries the connection phase's pending access, the CONNECT target and
+    /// the origin address when connected directly (not through an upstream proxy).
+    pub fn with_connect_facts(
+        mut self,
+        pending: bool,
+        connect_host: &str,
+        connect_ip: Option<std::net::IpAddr>,
+        origin_ip: Option<std::net::IpAddr>,
+    ) -> Self {
+        self.access_pending = pending;
+        self.connect_host = connect_host
+            .trim_matches(['[', ']'])
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        self.connect_ip = connect_ip;
+        self.origin_ip = origin_ip;
+        self
+    }
+
+    /// Whether `name` (the SNI, or the name the agent reported) is another site
+    /// than the CONNECT target: not a configured fronting exception, and not
+    /// resolving to the address asked for or connected to. A name that does
+    /// not resolve cannot be shown to be the same site, so it counts as another.
+    async fn names_other_site(&self, interception: &Interception, name: &str) -> bool {
+        if !matches!(
+            interception.fronting.check(name, &self.connect_host),
+            Fronting::Refused
+        ) {
+            return false;
+        }
+        let known: Vec<std::net::IpAddr> =
+            self.connect_ip.into_iter().chain(self.origin_ip).collect();
+        if known.is_empty() {
+            return true;
+        }
+        match self.state.connector.resolver().resolve(name).await {
+            Ok(addrs) => !addrs.iter().any(|a| known.contains(a)),
+            Err(_) => true,
+        }
+    }
+
+    /// The connection phase blocked a tunnel that would be decrypted: read the
+    /// ClientHello, then serve the block page inside TLS (no origin is contacted).
+    pub async fn run_block_page<C: ClientSide>(self, client: C, blocked: Blocked, log: &mut FlowLog) {
+        let Some(interception) = self.interception.clone() else {
+            return;
+        };
+        let (client, hello) = client.client_hello(interception.hello_timeout).await;
+        let name = match &hello {
+            Ok(hello) => hello
+                .server_name
+                .as_ref()
+                .map(|s| s.trim_end_matches('.').to_ascii_lowercase())
+                .unwrap_or_else(|| self.host.clone()),
+            Err(e) => {
+                log.record.error = Some(format!(
+                    "{}; no block page: the client sent no ClientHello ({e})",
+                    log.record.error.take().unwrap_or_default()
+                ));
+                return;
+            }
+        };
+        self.block_page_after_hello(&interception, client, &name, blocked, log)
+            .await;
+    }
+
+    /// TLS with the client under a leaf for `name`, then the block page for
+    /// every request of the tunnel.
+    async fn block_page_after_hello<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        interception: &Interception,
+        client: S,
+        name: &str,
+        blocked: Blocked,
+        log: &mut FlowLog,
+    ) {
+        log.record.status = 403;
+        if log.record.error.is_none() {
+            log.record.error = Some(format!(
+                "blocked by rule \"{}\" (block page served inside TLS)",
+                blocked.rule
+            ));
+            log.metrics().error("blocked");
+        }
+        let record = TlsRecord {
+            decision: "decrypt",
+            reason: "block page".into(),
+            sni: Some(name.to_string()),
+            ..Default::default()
+        };
+        log.record.tls = Some(record.clone());
+        let config = match LeafNames::for_host(name) {
+            Ok(names) => interception.configs.server_config(&names, &[]).await,
+            Err(e) => Err(e),
+        };
+        let config = match config {
+            Ok(config) => config,
+            Err(e) => {
+                log.record.error = Some(format!("minting a leaf for {name}: {e}"));
+                return;
+            }
+        };
+        let activity = stream::Activity::new();
+        let client = stream::Counted::new(client, activity.clone());
+        let acceptor =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client);
+        let client_tls = match acceptor.await {
+            Ok(start) => start.into_stream(config).await,
+            Err(e) => Err(e),
+        };
+        match client_tls {
+            Ok(client_tls) => {
+                session::serve_block_page(self, client_tls, name, blocked, record, log.record.id)
+                    .await
+            }
+            Err(e) => log.record.error = Some(format!("client TLS handshake failed: {e}")),
+        }
+        log.record.bytes_from_client = activity.read();
+        log.record.bytes_to_client = activity.written();
+    }
+
+    /// The facts the policy phases see for this tunnel under `name`.
+    fn facts<'a>(&'a self, name: &'a str, last: EvalPoint) -> FlowFacts<'a> {
+        FlowFacts {
+            identity: &self.identity,
+            process: self.process.as_ref(),
+            host: name,
+            dst_ip: self.connect_ip,
+            port: self.port,
+            last,
+        }
+    }
+
+    /// The tunnel will be relayed without decrypting: its URL never comes, so
+    /// an access decision left pending at the connection is made now, with the
+    /// rules that can still match. `true` when the tunnel may go on.
+    fn settle_access(&self, names: &[&str], log: &mut FlowLog) -> bool {
+        if !self.access_pending {
+            return true;
+        }
+        for name in names {
+            let facts = self.facts(name, EvalPoint::Connection);
+            if let Some(blocked) =
+                policy_stage::settle_undecrypted(&self.state.policy, &facts, &mut log.record)
+            {
+                refuse_tunnel(log, &format!("blocked by rule \"{}\"", blocked.rule), "blocked");
+                return false;
+            }
+        }
+        true
     }
 
     /// An agent flow to a port of `proxy.agent_http_ports`: when it carries plain
@@ -226,6 +401,10 @@ impl Tunnel {
             process: process.cloned(),
             tunnel_bypass: false,
             plain_http: true,
+            access_pending: false,
+            connect_host: host.to_string(),
+            connect_ip: host.parse().ok(),
+            origin_ip: None,
         })
     }
 
@@ -241,7 +420,10 @@ impl Tunnel {
         let (client, is_http) = stream::read_http_start(client, timeout).await;
         match is_http {
             Ok(true) => {}
-            Ok(false) => return Handoff::Splice { client, origin },
+            Ok(false) if self.settle_access(&[&self.host], log) => {
+                return Handoff::Splice { client, origin }
+            }
+            Ok(false) => return Handoff::Done,
             Err(e) => {
                 log.record.error = Some(format!("reading the first request: {e}"));
                 return Handoff::Done;
@@ -285,6 +467,9 @@ impl Tunnel {
                     log.metrics().error("not_tls");
                     return Handoff::Done;
                 }
+                if !self.settle_access(&[&self.host], log) {
+                    return Handoff::Done;
+                }
                 return Handoff::Splice { client, origin };
             }
             Err(PeekError::Timeout { .. }) => {
@@ -294,6 +479,9 @@ impl Tunnel {
                     reason: "no ClientHello from the client".into(),
                     ..Default::default()
                 });
+                if !self.settle_access(&[&self.host], log) {
+                    return Handoff::Done;
+                }
                 return Handoff::Splice { client, origin };
             }
             Err(e) => {
@@ -301,18 +489,78 @@ impl Tunnel {
                 return Handoff::Done;
             }
         };
-        let sni = hello.server_name.as_ref().map(|s| s.to_ascii_lowercase());
+        let sni = hello
+            .server_name
+            .as_ref()
+            .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
         let host = sni.clone().unwrap_or_else(|| self.host.clone());
-        let (decrypt, reason) = self.decide(&interception, &host);
-        let record = TlsRecord {
+        // The name in the ClientHello must be the site the tunnel goes to:
+        // otherwise a do-not-decrypt SNI would open an uninspected tunnel to
+        // any destination (DESIGN §6, fronting).
+        let fronting = host != self.connect_host && self.names_other_site(&interception, &host).await;
+        if fronting {
+            let reason = format!(
+                "domain fronting: the ClientHello names {} but the CONNECT is for {}",
+                host, self.connect_host
+            );
+            log.record.tls = Some(TlsRecord {
+                decision: "fronting",
+                reason: reason.clone(),
+                sni: sni.clone(),
+                version: offered_version(&hello),
+                ..Default::default()
+            });
+            if self.state.config.tls.as_ref().map(|t| t.fronting).unwrap_or_default()
+                == rampart_tls::config::FrontingMode::Block
+            {
+                refuse_tunnel(log, &reason, "domain_fronting");
+                return Handoff::Done;
+            }
+            tracing::info!(client = %self.client, %reason, "fronting allowed by tls.fronting = \"alert\"");
+        }
+        // Decryption follows the CONNECT host when the SNI names another site,
+        // never the SNI alone.
+        let decide_on = if fronting { self.host.clone() } else { host.clone() };
+        let (decrypt, reason) = self.decide(&interception, &decide_on);
+        // A different SNI is a second name for the policy: the stricter wins.
+        if let Some(sni) = sni.as_deref().filter(|s| *s != self.host) {
+            let last = if decrypt {
+                EvalPoint::Response
+            } else {
+                EvalPoint::Connection
+            };
+            let mut probe = log.record.clone();
+            let stage =
+                policy_stage::connection_phase(&self.state.policy, &self.facts(sni, last), &mut probe);
+            if let Some(blocked) = stage.blocked {
+                log.record.policy = probe.policy;
+                if decrypt {
+                    self.block_page_after_hello(&interception, client, sni, blocked, log)
+                        .await;
+                    return Handoff::Done;
+                }
+                refuse_tunnel(log, &format!("blocked by rule \"{}\"", blocked.rule), "blocked");
+                return Handoff::Done;
+            }
+        }
+        let mut record = TlsRecord {
             decision: if decrypt { "decrypt" } else { "do-not-decrypt" },
             reason,
             sni: sni.clone(),
             version: offered_version(&hello),
             ..Default::default()
         };
+        if fronting {
+            record.reason = format!("{}; fronting allowed (tls.fronting = alert)", record.reason);
+        }
         if !decrypt {
             log.record.tls = Some(record);
+            let names: Vec<&str> = std::iter::once(self.host.as_str())
+                .chain(sni.as_deref().filter(|s| *s != self.host))
+                .collect();
+            if !self.settle_access(&names, log) {
+                return Handoff::Done;
+            }
             return Handoff::Splice { client, origin };
         }
         // The decrypted tunnel's own record counts the bytes on the client's side
@@ -392,7 +640,7 @@ impl Tunnel {
                     }
                 };
                 if let Ok(client_tls) = start.into_stream(config).await {
-                    session::serve_origin_failure(self, client_tls, &host, failure, record).await;
+                    session::serve_origin_failure(self, client_tls, &host, failure, record, log.record.id).await;
                 }
                 return;
             }
@@ -504,6 +752,14 @@ impl Tunnel {
         let decision = interception.decider.should_decrypt(host);
         (decision.decrypt, decision.reason.to_string())
     }
+}
+
+/// Ends a tunnel the gateway refuses after its 200 (the client sees the
+/// connection close), recorded as a 403 with the reason.
+fn refuse_tunnel(log: &mut FlowLog, reason: &str, metric: &str) {
+    log.record.status = 403;
+    log.record.error = Some(reason.to_string());
+    log.metrics().error(metric);
 }
 
 /// What the ClientHello said, for [`Tunnel::decrypt`].

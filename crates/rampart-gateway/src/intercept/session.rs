@@ -21,7 +21,9 @@ use tokio::sync::Mutex;
 use super::stream::{Activity, Counted};
 use super::{Fronting, FrontingExceptions, Tunnel};
 use crate::access_log::{FlowRecord, ProcessRecord, TlsRecord};
-use crate::policy_stage;
+use crate::policy_stage::{self, Blocked, FlowFacts};
+use crate::response_gate::{self, HeldRequest};
+use rampart_policy::EvalPoint;
 use crate::proxy::body::{FlowLog, MeteredBody, ProxyBody};
 use crate::proxy::headers::strip_hop_by_hop;
 use crate::proxy::{blocked_response, coaching_gate, error_response, proceed_response};
@@ -65,11 +67,20 @@ struct Session {
     /// The TLS facts every request record carries; `None` for plain HTTP.
     tls: Option<TlsRecord>,
     coaching: Arc<crate::coaching::Coaching>,
+    /// The client connection's flow id (the tunnel record's), shared by every request.
+    flow_id: uuid::Uuid,
 }
 
 impl Session {
-    fn new(tunnel: &Tunnel, host: &str, tls: Option<TlsRecord>, log: Option<&FlowLog>) -> Self {
+    fn new(
+        tunnel: &Tunnel,
+        host: &str,
+        tls: Option<TlsRecord>,
+        log: Option<&FlowLog>,
+        flow_id: uuid::Uuid,
+    ) -> Self {
         Session {
+            flow_id,
             tunnel_client: tunnel.client,
             user: log.and_then(|l| l.record.user.clone()),
             groups: log.map(|l| l.record.groups.clone()).unwrap_or_default(),
@@ -119,6 +130,7 @@ impl Session {
 
     fn flow_log(&self, method: &str, url: String) -> FlowLog {
         let mut record = FlowRecord::new(self.tunnel_client, method, url);
+        record.flow_id = Some(self.flow_id);
         record.user = self.user.clone();
         record.groups = self.groups.clone();
         record.device = self.device.clone();
@@ -202,7 +214,7 @@ async fn serve_requests<C: Io, O: Io>(
             }
         }
     };
-    let session = Arc::new(Session::new(tunnel, host, tls, Some(log)));
+    let session = Arc::new(Session::new(tunnel, host, tls, Some(log), log.record.id));
     let sender = Arc::new(sender);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let session = session.clone();
@@ -312,14 +324,20 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
             log,
         );
     }
-    let stage = policy_stage::request_stage_with_process(
+    let facts = FlowFacts {
+        identity: &session.identity,
+        process: session.process.as_ref(),
+        host: &site,
+        dst_ip: site.parse().ok(),
+        port: session.port,
+        last: EvalPoint::Response,
+    };
+    let method = req.method().as_str().to_string();
+    let stage = policy_stage::request_phase(
         &session.state.policy,
-        &session.identity,
-        session.process.as_ref(),
-        &site,
-        session.port,
-        req.method().as_str(),
-        req.uri().path(),
+        &facts,
+        &method,
+        &path,
         &mut log.record,
     );
     if let Some(blocked) = &stage.blocked {
@@ -343,6 +361,7 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
         };
     }
 
+    let accept = req.headers().get(header::ACCEPT).cloned();
     // A WebSocket (or other) upgrade is passed through once the request was
     // allowed: the hop-by-hop Connection/Upgrade pair must reach the origin.
     let upgrade = req.headers().get(header::UPGRADE).cloned();
@@ -445,8 +464,18 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, ProxyBody::empty(Some(log)));
     }
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    strip_hop_by_hop(response.headers_mut());
+    if stage.pending {
+        let held = HeldRequest {
+            facts,
+            method: &method,
+            path: &path,
+            accept: accept.clone(),
+            url: url.clone(),
+        };
+        return response_gate::decide(&session.state.policy, held, response, log).await;
+    }
+    let (parts, body) = response.into_parts();
     Response::from_parts(parts, ProxyBody::origin(body, log))
 }
 
@@ -469,12 +498,65 @@ pub(super) async fn serve_origin_failure<S: Io>(
     host: &str,
     failure: OriginTlsFailure,
     tls: TlsRecord,
+    flow_id: uuid::Uuid,
 ) {
-    let session = Arc::new(Session::new(tunnel, host, Some(tls), None));
     let failure = Arc::new(failure);
+    serve_own_pages(tunnel, client, host, tls, flow_id, move |session, url, log| {
+        let page = BlockPage::origin_certificate(
+            &session.host,
+            &failure,
+            Some(url),
+            &log.record.id.to_string(),
+        );
+        log.record.error = Some(failure.explain(&session.host));
+        log.metrics().error("origin_certificate");
+        (page, StatusCode::BAD_GATEWAY)
+    })
+    .await
+}
+
+/// The connection phase blocked the tunnel: every request in it gets the
+/// block page naming the rule (HTML for browsers, text for others).
+pub(super) async fn serve_block_page<S: Io>(
+    tunnel: &Tunnel,
+    client: ClientTls<S>,
+    host: &str,
+    blocked: Blocked,
+    tls: TlsRecord,
+    flow_id: uuid::Uuid,
+) {
+    serve_own_pages(tunnel, client, host, tls, flow_id, move |_, url, log| {
+        let page = BlockPage::policy(
+            &blocked.rule,
+            blocked.category.as_deref(),
+            Some(url),
+            &log.record.id.to_string(),
+        );
+        log.record.error = Some(format!("blocked by rule \"{}\"", blocked.rule));
+        log.metrics().error("blocked");
+        (page, StatusCode::FORBIDDEN)
+    })
+    .await
+}
+
+/// Serves a page of the gateway's own to every request of a decrypted tunnel
+/// that has no origin behind it; each request is logged with the tunnel's flow id.
+async fn serve_own_pages<S, F>(
+    tunnel: &Tunnel,
+    client: ClientTls<S>,
+    host: &str,
+    tls: TlsRecord,
+    flow_id: uuid::Uuid,
+    page_for: F,
+) where
+    S: Io,
+    F: Fn(&Session, &str, &mut FlowLog) -> (BlockPage, StatusCode) + Send + Sync + 'static,
+{
+    let session = Arc::new(Session::new(tunnel, host, Some(tls), None, flow_id));
+    let page_for = Arc::new(page_for);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let session = session.clone();
-        let failure = failure.clone();
+        let page_for = page_for.clone();
         async move {
             let path = req
                 .uri()
@@ -483,23 +565,15 @@ pub(super) async fn serve_origin_failure<S: Io>(
                 .unwrap_or_else(|| "/".into());
             let url = session.url(&path);
             let mut log = session.flow_log(req.method().as_str(), url.clone());
-            let page = BlockPage::origin_certificate(
-                &session.host,
-                &failure,
-                Some(&url),
-                &log.record.id.to_string(),
-            );
+            let (page, fallback) = page_for(&session, &url, &mut log);
             let accept = req
                 .headers()
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok());
             let rendered = page.render(accept);
             log.record.status = rendered.status;
-            log.record.error = Some(failure.explain(&session.host));
-            log.metrics().error("origin_certificate");
             let mut response = Response::new(ProxyBody::full(rendered.body, Some(log)));
-            *response.status_mut() =
-                StatusCode::from_u16(rendered.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            *response.status_mut() = StatusCode::from_u16(rendered.status).unwrap_or(fallback);
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(rendered.content_type),

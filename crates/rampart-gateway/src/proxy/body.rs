@@ -1,6 +1,7 @@
 //! Body wrappers that count bytes as they stream (nothing is buffered), and
 //! the flow log that is written once, when the response body is dropped.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +33,8 @@ impl MeteredBody {
 
 impl Body for MeteredBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    // Marked as the client's, so a failure to read it is never blamed on the origin.
+    type Error = crate::error::ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -45,7 +47,7 @@ impl Body for MeteredBody {
                 this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
-        polled
+        polled.map(|frame| frame.map(|r| r.map_err(crate::error::ClientBodyError)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -122,6 +124,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Inner,
         log: Option<FlowLog>,
+        // Bytes the response phase held to classify the body, sent first.
+        held: Option<VecDeque<Bytes>>,
     }
 }
 
@@ -130,6 +134,21 @@ impl ProxyBody {
         ProxyBody {
             inner: Either::Left(inner),
             log: Some(log),
+            held: None,
+        }
+    }
+
+    /// An origin's body whose first bytes the response phase held: `held`
+    /// goes out first, then `rest` (absent when the body had ended).
+    pub fn held(held: VecDeque<Bytes>, rest: Option<Incoming>, log: FlowLog) -> Self {
+        let inner = match rest {
+            Some(rest) => Either::Left(rest),
+            None => Either::Right(Either::Right(Empty::new())),
+        };
+        ProxyBody {
+            inner,
+            log: Some(log),
+            held: Some(held),
         }
     }
 
@@ -137,6 +156,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Either::Right(Either::Left(Full::new(bytes.into()))),
             log,
+            held: None,
         }
     }
 
@@ -144,6 +164,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Either::Right(Either::Right(Empty::new())),
             log,
+            held: None,
         }
     }
 }
@@ -157,20 +178,43 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
+        if let Some(held) = this.held.as_mut() {
+            if let Some(data) = held.pop_front() {
+                if let Some(log) = this.log.as_mut() {
+                    log.record.bytes_to_client += data.len() as u64;
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            *this.held = None;
+        }
         let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let (Some(data), Some(log)) = (frame.data_ref(), this.log.as_mut()) {
                 log.record.bytes_to_client += data.len() as u64;
             }
         }
+        if let (Poll::Ready(Some(Err(e))), Some(log)) = (&polled, this.log.as_mut()) {
+            // The status already went out; the log says why the body did not.
+            log.record.error = Some(format!("the origin's response body failed: {e}"));
+        }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.held.as_ref().is_none_or(VecDeque::is_empty) && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let held: u64 = self
+            .held
+            .as_ref()
+            .map_or(0, |h| h.iter().map(|b| b.len() as u64).sum());
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + held);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
     }
 }

@@ -16,10 +16,10 @@ use crate::access_log::TlsRecord;
 use crate::config::split_host_port;
 use crate::connector::Connected;
 use crate::intercept::{stream::Prefixed, Handoff, Replayed, TUNNEL_BYPASS_REASON};
-use crate::policy_stage;
+use crate::policy_stage::{self, Blocked, FlowFacts};
 use crate::relay::{self, RelayEnd};
 use crate::state::GatewayState;
-use rampart_policy::{Identity, Process};
+use rampart_policy::{DecryptionAction, EvalPoint, Identity, Process};
 
 /// How a CONNECT differs between the listeners.
 #[derive(Debug, Default)]
@@ -108,19 +108,55 @@ pub async fn tunnel_with(
         .parse()
         .ok()
         .or_else(|| policy_host.parse().ok());
-    let stage = policy_stage::connection_stage_with_process(
-        &state.policy,
+    // Will this tunnel's requests be seen? Then rules on the URL (and on the
+    // response) decide later; otherwise they are skipped now. The decryption
+    // decision made here is confirmed (or changed) once the ClientHello is read.
+    let tls_tunnel = !options.tunnel_bypass
+        && state.config.proxy.tls_ports.contains(port)
+        && state.interception.is_some();
+    let plain_inspected = !options.tunnel_bypass
+        && options.inspect_plain_http
+        && state.config.proxy.agent_http_ports.contains(port);
+    let mut facts = FlowFacts {
         identity,
-        options.process.as_ref(),
-        &policy_host,
+        process: options.process.as_ref(),
+        host: &policy_host,
         dst_ip,
         port,
-        &mut log.record,
-    );
-    if let Some(blocked) = &stage.blocked {
-        // Inside a tunnel we cannot render a page the browser would show:
-        // the CONNECT itself is refused with the reason.
-        return blocked_response(blocked, None, None, log);
+        last: EvalPoint::Response,
+    };
+    let mut stage = policy_stage::connection_phase(&state.policy, &facts, &mut log.record);
+    let will_decrypt = tls_tunnel
+        && match &stage.decryption {
+            Some((action, _)) => matches!(action, DecryptionAction::Decrypt),
+            None => state
+                .interception
+                .as_ref()
+                .is_some_and(|i| i.would_decrypt(&policy_host)),
+        };
+    if !will_decrypt && !plain_inspected {
+        facts.last = EvalPoint::Connection;
+        stage = policy_stage::connection_phase(&state.policy, &facts, &mut log.record);
+    }
+    if let Some(blocked) = stage.blocked {
+        if will_decrypt {
+            // A browser shows nothing useful for a refused CONNECT: decrypt
+            // (without contacting the origin) and answer with the block page.
+            if let Some(tunnel) = crate::intercept::Tunnel::for_connect(
+                shared.state.load_full(),
+                identity,
+                options.process.as_ref(),
+                false,
+                log.record.client,
+                &policy_host,
+                port,
+                stage.decryption.clone(),
+                shared,
+            ) {
+                return block_inside_tls(req, tunnel, blocked, shared, log);
+            }
+        }
+        return blocked_response(&blocked, None, None, log);
     }
     let connected = match state.connector.route(&stage.egress) {
         Ok(route) => state.connector.open_tunnel(&route, &host, port).await,
@@ -134,6 +170,12 @@ pub async fn tunnel_with(
         }
     };
     log.record.status = 200;
+    // The origin's address, when connected directly: the ClientHello's name must resolve to it.
+    let origin_ip = connected
+        .egress
+        .0
+        .starts_with("direct")
+        .then_some(connected.peer.ip());
     log.record.egress = Some(connected.egress.0.clone());
     log.record.server = Some(connected.peer);
 
@@ -149,7 +191,8 @@ pub async fn tunnel_with(
         port,
         stage.decryption.clone(),
         shared,
-    );
+    )
+    .map(|tunnel| tunnel.with_connect_facts(stage.pending, &host, dst_ip, origin_ip));
     let intercept = match intercept {
         Some(tunnel) => Some(tunnel),
         None if options.inspect_plain_http && !options.tunnel_bypass => {
@@ -162,6 +205,7 @@ pub async fn tunnel_with(
                 port,
                 shared,
             )
+            .map(|tunnel| tunnel.with_connect_facts(stage.pending, &host, dst_ip, origin_ip))
         }
         None => None,
     };
@@ -184,6 +228,47 @@ pub async fn tunnel_with(
         drop(log);
     });
     // The tunnel logs itself when it ends, so this response carries no log.
+    Response::new(ProxyBody::empty(None))
+}
+
+/// The CONNECT was blocked on a flow that would be decrypted: answer 200, then
+/// serve the block page inside TLS to every request of the tunnel.
+fn block_inside_tls(
+    mut req: Request<Incoming>,
+    tunnel: crate::intercept::Tunnel,
+    blocked: Blocked,
+    shared: &Shared,
+    mut log: FlowLog,
+) -> Response<ProxyBody> {
+    log.record.status = 403;
+    log.record.error = Some(format!(
+        "blocked by rule \"{}\" (block page served inside TLS)",
+        blocked.rule
+    ));
+    log.metrics().error("blocked");
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    shared.tunnels.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) if parts.read_buf.is_empty() => {
+                    let client = parts.io.into_inner();
+                    Box::pin(tunnel.run_block_page(client, blocked, &mut log)).await
+                }
+                Ok(parts) => {
+                    // The ClientHello came right behind the CONNECT head.
+                    let client = Prefixed::new(parts.read_buf.to_vec(), parts.io.into_inner());
+                    let client = crate::intercept::Replayed(client);
+                    Box::pin(tunnel.run_block_page(client, blocked, &mut log)).await
+                }
+                Err(upgraded) => {
+                    let client = crate::intercept::Replayed(TokioIo::new(upgraded));
+                    Box::pin(tunnel.run_block_page(client, blocked, &mut log)).await
+                }
+            },
+            Err(e) => log.record.error = Some(format!("client upgrade failed: {e}")),
+        }
+        drop(log);
+    });
     Response::new(ProxyBody::empty(None))
 }
 

@@ -12,7 +12,9 @@ use super::body::{FlowLog, MeteredBody, ProxyBody};
 use super::{blocked_response, coaching_gate, error_response, headers, proceed_response, Shared};
 use crate::connector::forward::UpstreamConnInfo;
 use crate::error::ConnectError;
-use crate::policy_stage;
+use crate::policy_stage::{self, FlowFacts};
+use crate::response_gate::{self, HeldRequest};
+use rampart_policy::EvalPoint;
 use crate::state::GatewayState;
 use rampart_policy::Identity;
 
@@ -68,15 +70,16 @@ pub async fn forward(
     if uri.path() == crate::coaching::PROCEED_PATH {
         return proceed_response(&shared.coaching, state, identity, host, uri.query(), log);
     }
-    let stage = policy_stage::request_stage(
-        &state.policy,
+    let facts = FlowFacts {
         identity,
+        process: None,
         host,
+        dst_ip: host.parse().ok(),
         port,
-        req.method().as_str(),
-        path,
-        &mut log.record,
-    );
+        last: EvalPoint::Response,
+    };
+    let method = req.method().as_str().to_string();
+    let stage = policy_stage::request_phase(&state.policy, &facts, &method, path, &mut log.record);
     if let Some(blocked) = &stage.blocked {
         let target = log.record.target.clone();
         return blocked_response(
@@ -99,6 +102,7 @@ pub async fn forward(
     };
     let client = state.client(&route);
 
+    let accept = req.headers().get(header::ACCEPT).cloned();
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     set_host(&mut parts.headers, &authority);
@@ -124,6 +128,9 @@ pub async fn forward(
         }
     };
 
+    if let Some(reason) = headers::conflicting_framing(response.headers()) {
+        return error_response(StatusCode::BAD_GATEWAY, reason, log, Some("origin_framing"));
+    }
     let (mut parts, body) = response.into_parts();
     if let Some(info) = parts.extensions.get::<UpstreamConnInfo>() {
         log.record.egress = Some(info.egress.0.clone());
@@ -138,6 +145,17 @@ pub async fn forward(
     headers::strip_hop_by_hop(&mut parts.headers);
     if state.config.proxy.via {
         headers::append_via(&mut parts.headers, &state.via);
+    }
+    if stage.pending {
+        let held = HeldRequest {
+            facts,
+            method: &method,
+            path,
+            accept,
+            url: log.record.target.clone(),
+        };
+        let response = Response::from_parts(parts, body);
+        return response_gate::decide(&state.policy, held, response, log).await;
     }
     Response::from_parts(parts, ProxyBody::origin(body, log))
 }
@@ -164,6 +182,9 @@ fn client_failure(error: hyper_util::client::legacy::Error, log: FlowLog) -> Res
     // The connector's own error, if that is what failed, says precisely what went wrong.
     let mut source = error.source();
     while let Some(err) = source {
+        if let Some(body) = err.downcast_ref::<crate::error::ClientBodyError>() {
+            return error_response(StatusCode::BAD_REQUEST, &body.to_string(), log, Some("client_body"));
+        }
         if let Some(connect) = err.downcast_ref::<ConnectError>() {
             let reason = connect.to_string();
             return error_response(connect.status(), &reason, log, Some(connect.kind()));

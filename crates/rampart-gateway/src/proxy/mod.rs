@@ -46,6 +46,8 @@ pub async fn handle(
     client: SocketAddr,
     shared: Arc<Shared>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let mut req = req;
+    crate::url_redact::strip_userinfo(req.uri_mut());
     let state = shared.state.load_full();
     let target = if req.method() == Method::CONNECT {
         req.uri()
@@ -62,6 +64,16 @@ pub async fn handle(
         shared.events.clone(),
     );
 
+    let max_head = state.config.limits.max_header_bytes;
+    if crate::head_limit::head_size(&req) > max_head {
+        let reason = format!("request head larger than max_header_bytes ({max_head} bytes)");
+        return Ok(error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &reason,
+            log,
+            Some("header_too_large"),
+        ));
+    }
     if !state.admission.source_allowed(client.ip()) {
         return Ok(deny(
             StatusCode::FORBIDDEN,
@@ -89,6 +101,13 @@ pub async fn handle(
             log.record.user = user.as_ref().map(|u| Arc::from(u.name.as_str()));
             if let Some(u) = &user {
                 log.record.groups = u.groups.clone();
+                // Groups the policy's [identities] gives the user take part in
+                // its decisions, so events carry them too.
+                for g in state.policy.groups_of_user(&u.name) {
+                    if !log.record.groups.iter().any(|x| x == g) {
+                        log.record.groups.push(g.to_string());
+                    }
+                }
             }
             Identity {
                 user: user.as_ref().map(|u| u.name.clone()),

@@ -1,0 +1,303 @@
+//! The data path's policy phases, end to end with curl and openssl through the
+//! real binary: undecided rules never fail open, a file-type rule really
+//! blocks, the ClientHello's name must agree with the CONNECT target, a blocked
+//! HTTPS site shows the block page, requests of one tunnel share its flow id,
+//! groups from `[identities]` reach the events, and the policy revision does
+//! not depend on how its path is spelled.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::origin::Origin;
+use support::tls_origin::TlsOrigin;
+use support::{curl, free_port, hash_password, rampart_bin, run, Rampart};
+
+/// A gateway with `policy`, users alice and bob (password `pw`), the test
+/// names resolved to loopback, every port allowed for CONNECT, `tls_port`
+/// intercepted and `roots` trusted for origins.
+fn gateway(policy: &str, tls_port: u16, roots: &[&Path]) -> (Rampart, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let hash = hash_password("pw");
+    let roots: Vec<String> = roots
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    let gw = Rampart::start(&format!(
+        "policy = {path:?}\n\
+         [proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {tls_port}]\n\
+         users = [{{ name = \"alice\", password_hash = \"{hash}\" }}, {{ name = \"bob\", password_hash = \"{hash}\" }}]\n\
+         [tunnel]\nlisten = \"127.0.0.1:0\"\n\
+         [resolve]\n\"ok.test\" = \"127.0.0.1\"\n\"evil.test\" = \"127.0.0.1\"\n\"shop.test\" = \"127.0.0.1\"\n\
+         [tls]\nsystem_roots = false\nextra_roots = [{roots}]\n",
+        path = policy_path.display().to_string(),
+        roots = roots.join(", ")
+    ));
+    (gw, dir)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn a_file_types_rule_before_a_host_block_does_not_let_the_host_through() {
+    let origin = Origin::start();
+    let policy = r#"
+[[access]]
+name = "alert on executables"
+when = { file_types = ["exe"] }
+action = "alert"
+
+[[access]]
+name = "no evil"
+when = { hosts = ["evil.test"] }
+action = "block"
+"#;
+    let (gw, _dir) = gateway(policy, free_port(), &[]);
+    let url = format!("http://evil.test:{}/hello", origin.port());
+    let (_, body, _) = curl(&gw.proxy_url(), &["-w", "\n%{http_code}", &url]);
+    assert!(body.ends_with("403"), "{body}");
+    assert!(body.contains("no evil"), "{body}");
+    // Blocked at once: evil.test never saw the request.
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let record = gw.find_record(|r| r["target"] == url.as_str());
+    assert_eq!(record["policy"]["action"], "block", "{record}");
+}
+
+#[test]
+fn a_file_types_block_blocks_an_executable_download_with_the_block_page() {
+    let origin = Origin::start();
+    let policy = r#"
+[[access]]
+name = "no executables"
+when = { file_types = ["exe"] }
+action = "block"
+"#;
+    let (gw, _dir) = gateway(policy, free_port(), &[]);
+    let exe = format!("http://ok.test:{}/magic/exe", origin.port());
+    let pdf = format!("http://ok.test:{}/magic/pdf", origin.port());
+    let (_, page, _) = curl(
+        &gw.proxy_url(),
+        &["-H", "Accept: text/html", "-w", "\n%{http_code}", &exe],
+    );
+    assert!(page.ends_with("403"), "{page}");
+    assert!(page.contains("<html") && page.contains("no executables"), "{page}");
+    // Another type passes untouched, held bytes and all.
+    let (_, body, _) = curl(&gw.proxy_url(), &[&pdf]);
+    assert!(body.starts_with("%PDF-1.7") && body.ends_with("%%EOF\n"), "{body}");
+
+    let record = gw.find_record(|r| r["target"] == exe.as_str());
+    assert_eq!(record["status"], 403);
+    assert_eq!(record["file_type"], "exe", "{record}");
+    assert_eq!(record["policy"]["action"], "block");
+    let record = gw.find_record(|r| r["target"] == pdf.as_str());
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["file_type"], "pdf", "{record}");
+    assert_eq!(record["policy"]["action"], "allow");
+}
+
+#[test]
+fn a_methods_rule_before_a_host_block_refuses_an_undecrypted_tunnel_to_that_host() {
+    let origin = TlsOrigin::start("evil.test");
+    let policy = r#"
+[[decryption]]
+name = "never decrypt evil"
+when = { hosts = ["evil.test"] }
+action = "do-not-decrypt"
+
+[[access]]
+name = "uploads are fine"
+when = { methods = ["POST"] }
+action = "allow"
+
+[[access]]
+name = "no evil"
+when = { hosts = ["evil.test"] }
+action = "block"
+"#;
+    let (gw, _dir) = gateway(policy, origin.port, &[&origin.ca_pem]);
+    let url = format!("https://evil.test:{}/", origin.port);
+    let (code, _, err) = curl(&gw.proxy_url(), &["--cacert", s(&origin.ca_pem), &url]);
+    assert_ne!(code, 0);
+    assert!(err.contains("403"), "curl: {err}");
+    let target = format!("evil.test:{}", origin.port);
+    let record = gw.find_record(|r| r["target"] == target.as_str());
+    assert_eq!(record["status"], 403);
+    assert_eq!(record["policy"]["action"], "block", "{record}");
+    assert_eq!(record["policy"]["rule"], "no evil");
+    // The method rule could never be decided inside this tunnel: recorded as skipped.
+    assert_eq!(record["policy"]["skipped"][0], "uploads are fine", "{record}");
+}
+
+/// openssl s_client through the proxy's CONNECT, with the given SNI.
+fn s_client(gw: &Rampart, connect: &str, sni: &str, ca: &Path) -> String {
+    let proxy = gw.proxy_url().trim_start_matches("http://").to_string();
+    let out = run(Command::new("timeout")
+        .args(["20", "openssl", "s_client", "-proxy", &proxy, "-connect", connect])
+        .args(["-servername", sni, "-CAfile", s(ca), "-verify_return_error", "-brief"])
+        .stdin(Stdio::null()));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_pinned_app_sni_cannot_open_an_uninspected_tunnel_to_another_destination() {
+    let origin = TlsOrigin::start("evil.test");
+    let (gw, _dir) = gateway("", origin.port, &[&origin.ca_pem]);
+    let connect = format!("evil.test:{}", origin.port);
+    // www.dropbox.com is a built-in pinned app (do-not-decrypt): before this
+    // fix the tunnel to evil.test was spliced untouched.
+    let out = s_client(&gw, &connect, "www.dropbox.com", &origin.ca_pem);
+    assert!(
+        !out.contains("Verification: OK") && !out.contains("CONNECTION ESTABLISHED"),
+        "a TLS session was established through a fronted tunnel:\n{out}"
+    );
+    let record = gw.find_record(|r| r["target"] == connect.as_str());
+    assert_eq!(record["tls"]["decision"], "fronting", "{record}");
+    assert_eq!(record["status"], 403);
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("names www.dropbox.com but the CONNECT is for evil.test"),
+        "{record}"
+    );
+    // The same CONNECT with its own name is decrypted as usual.
+    let ca = gw.gateway_ca();
+    let out = s_client(&gw, &connect, "evil.test", &ca);
+    assert!(out.contains("Verification: OK"), "{out}");
+}
+
+#[test]
+fn a_blocked_https_site_shows_the_block_page_inside_tls_without_contacting_it() {
+    // Nothing listens on this port: the block page must come from the gateway alone.
+    let port = free_port();
+    let policy = r#"
+[[access]]
+name = "no evil"
+when = { hosts = ["evil.test"] }
+action = "block"
+"#;
+    let (gw, _dir) = gateway(policy, port, &[]);
+    let ca = gw.gateway_ca();
+    let url = format!("https://evil.test:{port}/login");
+    let (code, page, err) = curl(
+        &gw.proxy_url(),
+        &["--cacert", s(&ca), "-H", "Accept: text/html", "-w", "\n%{http_code}", &url],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(page.ends_with("403"), "{page}");
+    assert!(page.contains("<html") && page.contains("no evil"), "{page}");
+    assert!(page.contains("Event ID"), "{page}");
+    let tunnel = gw.find_record(|r| r["method"] == "CONNECT");
+    assert_eq!(tunnel["policy"]["action"], "block");
+    let request = gw.find_record(|r| r["target"] == url.as_str());
+    assert_eq!(request["status"], 403);
+    assert_eq!(request["flow_id"], tunnel["id"], "{request}");
+
+    // A tool without Accept: text/html gets the plain-text page.
+    let (_, text, _) = curl(&gw.proxy_url(), &["--cacert", s(&ca), &url]);
+    assert!(text.contains("no evil") && !text.contains("<html"), "{text}");
+}
+
+#[test]
+fn requests_in_one_decrypted_tunnel_share_its_flow_id_and_see_the_query() {
+    let origin = TlsOrigin::start("shop.test");
+    let policy = r#"
+[lists]
+token-urls = ["shop.test/*token=*"]
+
+[[access]]
+name = "no tokens in URLs"
+when = { lists = ["token-urls"] }
+action = "block"
+"#;
+    let (gw, _dir) = gateway(policy, origin.port, &[&origin.ca_pem]);
+    let ca = gw.gateway_ca();
+    let base = format!("https://shop.test:{}", origin.port);
+    let urls = [
+        format!("{base}/a"),
+        format!("{base}/b?page=2"),
+        format!("{base}/c?token=secret"),
+    ];
+    let (code, _, err) = curl(
+        &gw.proxy_url(),
+        &["-v", "--http1.1", "--cacert", s(&ca), &urls[0], &urls[1], &urls[2]],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("Re-using existing connection"), "{err}");
+    let tunnel = gw.find_record(|r| r["method"] == "CONNECT");
+    for url in &urls {
+        let r = gw.find_record(|r| r["target"] == url.as_str());
+        assert_eq!(r["flow_id"], tunnel["id"], "{r}");
+    }
+    // The query is part of what the request phase matches, as on the proxy listener.
+    let blocked = gw.find_record(|r| r["target"] == urls[2].as_str());
+    assert_eq!(blocked["status"], 403, "{blocked}");
+    let fine = gw.find_record(|r| r["target"] == urls[1].as_str());
+    assert_eq!(fine["status"], 200, "{fine}");
+    // The events of the three requests are found by the tunnel's flow id.
+    let flow = tunnel["id"].as_str().unwrap();
+    let mut found = Vec::new();
+    support::eventually(std::time::Duration::from_secs(15), || {
+        found = gw.search_events(&format!("flow_id = {flow}"), "json");
+        found.len() >= 4
+    });
+    assert!(found.len() >= 4, "{found:#?}");
+}
+
+#[test]
+fn groups_from_identities_are_recorded_on_events_and_the_access_log() {
+    let origin = Origin::start();
+    let policy = r#"
+[identities]
+users = [{ name = "alice", groups = ["engineering"] }]
+"#;
+    let (gw, _dir) = gateway(policy, free_port(), &[]);
+    let url = format!("http://ok.test:{}/hello", origin.port());
+    let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", &url]);
+    assert_eq!(body, "hello from origin");
+    let record = gw.find_record(|r| r["target"] == url.as_str());
+    assert_eq!(record["groups"][0], "engineering", "{record}");
+    let mut found = Vec::new();
+    support::eventually(std::time::Duration::from_secs(15), || {
+        found = gw.search_events("group = engineering", "json");
+        !found.is_empty()
+    });
+    assert!(!found.is_empty(), "no event for group = engineering");
+}
+
+#[test]
+fn the_policy_revision_is_the_same_from_any_path_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = "[[access]]\nname = \"x\"\nwhen = { hosts = [\"a.test\"] }\naction = \"block\"\n";
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let revision = |arg: &str| {
+        let out = run(Command::new(rampart_bin())
+            .args(["policy", "check", arg])
+            .current_dir(dir.path()));
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let rev = text
+            .split("revision ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .map(str::to_string);
+        rev.unwrap_or_else(|| panic!("no revision in {text}"))
+    };
+    let relative = revision("policy.toml");
+    let dotted = revision("./policy.toml");
+    let absolute = revision(dir.path().join("policy.toml").to_str().unwrap());
+    assert_eq!(relative, absolute);
+    assert_eq!(relative, dotted);
+}
