@@ -19,6 +19,13 @@ pub enum ConfigError {
     OpenProxy { listen: SocketAddr },
 }
 
+/// The client's request body could not be read (malformed chunked framing,
+/// a connection closed mid-body): the client's fault, answered with 400 and
+/// never blamed on the origin.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed request body from the client: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// Why a connection to an origin or an upstream proxy could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
