@@ -51,6 +51,9 @@ pub(crate) trait EntrySink {
     ) -> Result<(), Stop>;
     /// An entry whose data is encrypted.
     fn encrypted(&mut self, name: &str, rule: &'static str);
+    /// An entry that cannot be opened (an unsupported compression method);
+    /// the others may still be.
+    fn unreadable(&mut self, name: &str, detail: String);
 }
 
 /// Walks `reader` (a `kind` container) through `sink`. `gzip_name` names the
@@ -96,7 +99,7 @@ fn walk_zip<R: Read + Seek>(reader: R, sink: &mut dyn EntrySink) -> Result<(), W
         }
         match zip.by_index(i) {
             Ok(mut file) => sink.entry(&name, &mut file, Some(compressed))?,
-            Err(e) => return Err(WalkError::Corrupt(format!("zip entry {name:?}: {e}"))),
+            Err(e) => sink.unreadable(&name, format!("zip: {e}")),
         }
     }
     Ok(())

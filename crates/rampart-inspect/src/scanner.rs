@@ -518,6 +518,22 @@ impl EntrySink for Sink<'_, '_> {
         );
     }
 
+    fn unreadable(&mut self, name: &str, detail: String) {
+        let path = format!("{}!/{}", self.parent, name);
+        let obj = Object {
+            path: &path,
+            file_type: FileType::Unknown,
+            sha256: String::new(),
+            size: 0,
+        };
+        self.walk.push(
+            &obj,
+            Verdict::Unscannable(UnscannableReason::Corrupt),
+            Engine::Archive,
+            detail,
+        );
+    }
+
     fn entry(
         &mut self,
         name: &str,
