@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rampart_gateway::config::{
     AccessLogConfig, EgressConfig, LimitsConfig, ProxyConfig, UpstreamGroupConfig,
@@ -18,9 +19,10 @@ pub struct RampartConfig {
     /// Where the CA, the event store and the logs live.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Policy file (or directory); the built-in default policy when absent.
+    /// Policy file (or directory), and its test cases: `policy = "FILE"` or a
+    /// `[policy]` table. The built-in default policy when absent.
     #[serde(default)]
-    pub policy: Option<PathBuf>,
+    pub policy: PolicyConfig,
     #[serde(default)]
     pub proxy: ProxyConfig,
     #[serde(default)]
@@ -61,7 +63,7 @@ impl Default for RampartConfig {
     fn default() -> Self {
         RampartConfig {
             data_dir: default_data_dir(),
-            policy: None,
+            policy: PolicyConfig::default(),
             proxy: ProxyConfig::default(),
             api: ApiConfig::default(),
             limits: LimitsConfig::default(),
@@ -84,20 +86,156 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("./rampart-data")
 }
 
-/// `[api]`: the API / metrics / health listener.
+/// `policy = "FILE"`, or `[policy]` with `file` and `tests`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Policy file or directory; `None` runs the built-in default policy.
+    pub file: Option<PathBuf>,
+    /// A cases file (`rampart policy test` format): every reload, and the start, run
+    /// these cases and refuse a policy that fails one.
+    pub tests: Option<PathBuf>,
+}
+
+/// The table form of [`PolicyConfig`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyTable {
+    file: Option<PathBuf>,
+    tests: Option<PathBuf>,
+}
+
+impl<'de> Deserialize<'de> for PolicyConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PolicyConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a policy path, or a [policy] table with `file` and `tests`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PolicyConfig, E> {
+                Ok(PolicyConfig {
+                    file: Some(PathBuf::from(v)),
+                    tests: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<PolicyConfig, A::Error> {
+                // Through the derived table type, so unknown keys are named in errors.
+                let t =
+                    PolicyTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(PolicyConfig {
+                    file: t.file,
+                    tests: t.tests,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `[api]`: the API / console / metrics / health listener, and the limits that keep
+/// a flood on it from taking descriptors and memory from the proxy. The API has its
+/// own connection budget, separate from `[limits]` (the proxy's).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
+    /// Connections open at once; beyond it new ones get a 503 and are closed.
+    #[serde(deserialize_with = "api_max_connections")]
+    pub max_connections: usize,
+    /// The same, per client address.
+    #[serde(deserialize_with = "api_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Time to send a complete request head, counted from the accept or from the
+    /// end of the previous response (so it also bounds an idle keep-alive wait).
+    #[serde(deserialize_with = "api_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// A connection on which no byte moves either way for this long is closed (a
+    /// stalled body upload, a client that stopped reading its response).
+    #[serde(deserialize_with = "api_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Largest request head (request line and header fields); larger gets `431`.
+    #[serde(deserialize_with = "api_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; more gets `431`.
+    #[serde(deserialize_with = "api_max_headers")]
+    pub max_headers: usize,
+    /// Largest request body; larger gets `413`.
+    #[serde(deserialize_with = "api_max_body_bytes")]
+    pub max_body_bytes: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 512,
+            max_connections_per_source: 64,
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 1024 * 1024,
         }
     }
 }
+
+/// `deserialize_with` functions that name their key in the error, e.g.
+/// `rampart.toml:9:19: api.max_connections = 0 is not allowed; it must be at least 1`.
+macro_rules! checked {
+    ($($name:ident: $key:literal, $ty:ty, $check:expr;)*) => {$(
+        fn $name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+            let check: fn($ty) -> Result<$ty, String> = $check;
+            check(Deserialize::deserialize(d)?)
+                .map_err(|why| serde::de::Error::custom(format!("{} {why}", $key)))
+        }
+    )*};
+}
+
+checked! {
+    api_max_connections: "api.max_connections", usize, at_least_one;
+    api_max_connections_per_source: "api.max_connections_per_source", usize, at_least_one;
+    api_max_headers: "api.max_headers", usize, at_least_one;
+    api_max_body_bytes: "api.max_body_bytes", usize, at_least_one;
+    api_max_header_bytes: "api.max_header_bytes", usize, header_bytes;
+    api_header_timeout: "api.header_timeout", HumanDuration, api_timeout;
+    api_idle_timeout: "api.idle_timeout", HumanDuration, api_timeout;
+}
+
+fn at_least_one(value: usize) -> Result<usize, String> {
+    match value {
+        0 => Err("= 0 is not allowed; it must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+/// hyper cannot read a request head into a buffer under 8 KiB.
+fn header_bytes(value: usize) -> Result<usize, String> {
+    if value < 8192 {
+        return Err(format!("= {value} is too small; it must be at least 8192"));
+    }
+    Ok(value)
+}
+
+/// API timeouts: at least 100 ms (shorter would cut off ordinary clients) and at
+/// most a day (longer is a typo, and holds descriptors for ever).
+fn api_timeout(value: HumanDuration) -> Result<HumanDuration, String> {
+    let d = value.0;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(86_400) {
+        return Err(format!(
+            "= \"{}\" is out of range; it must be between 100ms and 1d",
+            humantime_serde::re::humantime::format_duration(d)
+        ));
+    }
+    Ok(value)
+}
+
+/// A duration written like `"10s"`, for [`checked!`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct HumanDuration(#[serde(with = "humantime_serde")] pub Duration);
 
 /// `[log]`: the process's own diagnostic log (not the access log).
 #[derive(Debug, Clone, Deserialize)]
@@ -223,7 +361,7 @@ impl RampartConfig {
             self.tunnel.listen = addr;
         }
         if let Some(policy) = &o.policy {
-            self.policy = Some(policy.clone());
+            self.policy.file = Some(policy.clone());
         }
         for (host, ip) in &o.resolve {
             self.resolve.insert(host.clone(), *ip);
@@ -246,6 +384,8 @@ impl RampartConfig {
             access_log: self.access_log.clone(),
             coaching: self.coaching.clone(),
             own_listeners,
+            // The gateway keeps its own registry across reloads; this one is replaced.
+            listener_registry: Default::default(),
             policy: None,
             tls: Some(self.tls.clone()),
         }
@@ -309,6 +449,56 @@ mod tests {
             err.starts_with("x.toml:2:13: keepalive = \"200ms\" is too short"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn api_limits_have_defaults_and_invalid_values_name_their_key() {
+        let cfg = RampartConfig::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(cfg.api.max_connections, 512);
+        assert_eq!(cfg.api.header_timeout.0, Duration::from_secs(10));
+        let cfg = RampartConfig::parse(
+            "[api]\nmax_connections = 10\nheader_timeout = \"2s\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.api.max_connections, 10);
+        assert_eq!(cfg.api.header_timeout.0, Duration::from_secs(2));
+        for (text, expected) in [
+            (
+                "[api]\nmax_connections = 0\n",
+                "x.toml:2:19: api.max_connections = 0 is not allowed",
+            ),
+            (
+                "[api]\nheader_timeout = \"10ms\"\n",
+                "x.toml:2:18: api.header_timeout = \"10ms\" is out of range",
+            ),
+            (
+                "[api]\nmax_header_bytes = 100\n",
+                "x.toml:2:20: api.max_header_bytes = 100 is too small",
+            ),
+        ] {
+            let err = RampartConfig::parse(text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn policy_is_a_path_or_a_table_with_tests() {
+        let cfg = RampartConfig::parse("policy = \"p.toml\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(cfg.policy.file, Some(PathBuf::from("p.toml")));
+        assert_eq!(cfg.policy.tests, None);
+        let cfg = RampartConfig::parse(
+            "[policy]\nfile = \"p.toml\"\ntests = \"cases.toml\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.policy.tests, Some(PathBuf::from("cases.toml")));
+        let err = RampartConfig::parse("[policy]\ntest = \"c.toml\"\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `test`"), "{err}");
     }
 
     #[test]

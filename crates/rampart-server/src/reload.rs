@@ -4,6 +4,11 @@
 //! blocking thread) and swaps the new generation in atomically; a broken file
 //! is rejected with every diagnostic kept for `/api/v1/policy/status`, and the
 //! previous generation keeps serving.
+//!
+//! A policy that compiles is still refused when it looks like an accident: an
+//! empty file, a policy without rules replacing one with rules (unless the API
+//! forces it), or a revision that fails the policy's own test cases
+//! (`[policy] tests`). The watcher only reads a file once it has stopped changing.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,11 +22,16 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Overrides, RampartConfig};
+use crate::config::{Overrides, PolicyConfig, RampartConfig};
 
 /// Quiet time after the last file event before a change reloads: editors and
 /// `cp` write a file in several steps.
-pub const DEBOUNCE: Duration = Duration::from_millis(500);
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// After the events are quiet, the policy files must also keep the same size,
+/// modification time and content hash for this long before they are read: a
+/// writer that pauses between writes sends no events while it pauses.
+pub const STABLE_FOR: Duration = Duration::from_millis(300);
 
 /// What asked for a reload (shown in logs and the status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,6 +59,21 @@ pub struct LoadedPolicy {
     pub warnings: Vec<Diagnostic>,
 }
 
+impl LoadedPolicy {
+    /// Rules the policy's own files define (0 for the built-in default).
+    pub fn own_rules(&self) -> usize {
+        self.policy.as_ref().map_or(0, |p| p.own_rules())
+    }
+}
+
+/// A test case of `[policy] tests` that the new revision fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedCase {
+    pub name: String,
+    /// What differed, e.g. `access: expected block, got allow (rule default)`.
+    pub failures: Vec<String>,
+}
+
 /// Why a policy (or the configuration carrying it) was rejected.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ReloadError {
@@ -59,6 +84,23 @@ pub enum ReloadError {
         message: String,
         diagnostics: Vec<Diagnostic>,
     },
+    /// The new policy has no rules of its own while the serving one has some.
+    #[error(
+        "{path}: the new policy has no rules, the serving one has {serving}; \
+         refused (a file being written looks like this). Reload through the API with \
+         ?force=true to apply it on purpose"
+    )]
+    LostRules { path: String, serving: usize },
+    /// `[policy] tests` could not be run, or a case failed.
+    #[error("{message}")]
+    Tests {
+        message: String,
+        failed: Vec<FailedCase>,
+    },
+    /// The policy files changed while they were being loaded (watcher only; not a
+    /// rejection: the watcher waits for them to settle and tries again).
+    #[error("the policy files changed while they were being loaded")]
+    Unsettled,
     #[error("gateway rejected the new configuration: {0}")]
     Gateway(String),
 }
@@ -70,32 +112,104 @@ impl ReloadError {
             _ => &[],
         }
     }
+
+    fn failed_cases(&self) -> &[FailedCase] {
+        match self {
+            ReloadError::Tests { failed, .. } => failed,
+            _ => &[],
+        }
+    }
 }
 
-/// Compiles the policy file (or directory). Errors carry every diagnostic.
-pub fn load_policy(path: Option<&Path>) -> Result<LoadedPolicy, ReloadError> {
-    let Some(path) = path else {
+/// Compiles the policy file (or directory) and runs its test cases. Errors carry
+/// every diagnostic and every failed case. An empty policy file is refused.
+pub fn load_policy(config: &PolicyConfig) -> Result<LoadedPolicy, ReloadError> {
+    load_policy_with(config, false)
+}
+
+/// [`load_policy`]; `allow_empty` accepts an empty policy file (a forced reload).
+fn load_policy_with(config: &PolicyConfig, allow_empty: bool) -> Result<LoadedPolicy, ReloadError> {
+    let Some(path) = config.file.as_deref() else {
         return Ok(LoadedPolicy {
             policy: None,
             warnings: Vec::new(),
         });
     };
-    match Policy::load(path) {
-        Ok((policy, warnings)) => {
-            for warning in &warnings {
-                tracing::warn!(%warning, "policy warning");
-            }
-            tracing::info!(path = %path.display(), revision = policy.revision(), "policy loaded");
-            Ok(LoadedPolicy {
-                policy: Some(Arc::new(policy)),
-                warnings,
-            })
-        }
-        Err(error) => Err(ReloadError::Policy {
-            message: error.to_string(),
-            diagnostics: error.diagnostics,
-        }),
+    let (policy, warnings) = Policy::load_with(path, rampart_policy::LoadOptions { allow_empty })
+        .map_err(|error| ReloadError::Policy {
+        message: error.to_string(),
+        diagnostics: error.diagnostics,
+    })?;
+    if let Some(cases) = config.tests.as_deref() {
+        run_policy_tests(&policy, cases)?;
     }
+    for warning in &warnings {
+        tracing::warn!(%warning, "policy warning");
+    }
+    tracing::info!(path = %path.display(), revision = policy.revision(), "policy loaded");
+    Ok(LoadedPolicy {
+        policy: Some(Arc::new(policy)),
+        warnings,
+    })
+}
+
+/// Runs every case of the cases file `path` against `policy`: the revision is
+/// refused unless all pass.
+fn run_policy_tests(policy: &Policy, path: &Path) -> Result<(), ReloadError> {
+    let tests_error = |message: String| ReloadError::Tests {
+        message,
+        failed: Vec::new(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        tests_error(format!(
+            "cannot read the policy tests {} ([policy] tests): {e}",
+            path.display()
+        ))
+    })?;
+    let cases = rampart_policy::parse_cases(&text)
+        .map_err(|e| tests_error(format!("{}: {e}", path.display())))?;
+    if cases.cases.is_empty() {
+        return Err(tests_error(format!(
+            "{}: no [[case]] tables ([policy] tests needs at least one case)",
+            path.display()
+        )));
+    }
+    let failed: Vec<FailedCase> = cases
+        .cases
+        .iter()
+        .map(|case| policy.run_case(case))
+        .filter(|result| !result.passed())
+        .map(|result| FailedCase {
+            name: result.name,
+            failures: result.failures,
+        })
+        .collect();
+    let Some(first) = failed.first() else {
+        tracing::info!(tests = %path.display(), cases = cases.cases.len(),
+            revision = policy.revision(), "policy tests passed");
+        return Ok(());
+    };
+    let message = format!(
+        "policy revision {} fails {} of {} test cases of {}; first: case \"{}\": {}",
+        policy.revision(),
+        failed.len(),
+        cases.cases.len(),
+        path.display(),
+        first.name,
+        first.failures.join("; ")
+    );
+    Err(ReloadError::Tests { message, failed })
+}
+
+/// How one reload may treat the policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadOptions {
+    /// Apply an empty policy, or one without rules replacing one with rules
+    /// (`POST /api/v1/policy/reload?force=true`). Test cases still apply.
+    pub force: bool,
+    /// The watcher's fingerprint of the files it waited on: if they differ once the
+    /// policy is compiled, the reload is skipped ([`ReloadError::Unsettled`]).
+    pub settled: Option<Fingerprint>,
 }
 
 /// One diagnostic as the status API shows it.
@@ -134,6 +248,8 @@ pub struct LastError {
     pub trigger: Trigger,
     pub message: String,
     pub diagnostics: Vec<DiagnosticView>,
+    /// Test cases of `[policy] tests` that the refused revision failed.
+    pub failed_cases: Vec<FailedCase>,
 }
 
 /// What `GET /api/v1/policy/status` answers.
@@ -147,6 +263,8 @@ pub struct PolicyStatus {
     pub source: Option<PathBuf>,
     /// Warnings of the serving policy.
     pub warnings: usize,
+    /// Rules the serving policy's own files define.
+    pub rules: usize,
     /// Reloads applied and rejected since start.
     pub reloads_ok: u64,
     pub reloads_rejected: u64,
@@ -186,6 +304,7 @@ impl Reloader {
             loaded_at: now_rfc3339(),
             source: policy_path,
             warnings: initial.warnings.len(),
+            rules: initial.own_rules(),
             reloads_ok: 0,
             reloads_rejected: 0,
             last_error: None,
@@ -212,8 +331,17 @@ impl Reloader {
     /// Reloads on a blocking thread (category databases can take seconds to
     /// compile) and waits for the outcome.
     pub async fn reload(self: &Arc<Self>, trigger: Trigger) -> ReloadOutcome {
+        self.reload_with(trigger, ReloadOptions::default()).await
+    }
+
+    /// [`Reloader::reload`] with options (force, or the watcher's fingerprint).
+    pub async fn reload_with(
+        self: &Arc<Self>,
+        trigger: Trigger,
+        options: ReloadOptions,
+    ) -> ReloadOutcome {
         let this = self.clone();
-        match tokio::task::spawn_blocking(move || this.reload_blocking(trigger)).await {
+        match tokio::task::spawn_blocking(move || this.reload_blocking(trigger, &options)).await {
             Ok(outcome) => outcome,
             Err(e) => ReloadOutcome {
                 result: Err(ReloadError::Gateway(format!("reload task failed: {e}"))),
@@ -223,9 +351,10 @@ impl Reloader {
     }
 
     /// The reload itself. Must run inside the runtime (the gateway spawns health checks).
-    pub fn reload_blocking(&self, trigger: Trigger) -> ReloadOutcome {
+    pub fn reload_blocking(&self, trigger: Trigger, options: &ReloadOptions) -> ReloadOutcome {
         let _one_at_a_time = lock(&self.running);
-        let result = self.apply(trigger);
+        let serving_rules = lock(&self.status).rules;
+        let result = self.apply(options, serving_rules);
         let mut status = lock(&self.status);
         match &result {
             Ok((loaded, source)) => {
@@ -233,10 +362,17 @@ impl Reloader {
                 status.loaded_at = now_rfc3339();
                 status.source = source.clone();
                 status.warnings = loaded.warnings.len();
+                status.rules = loaded.own_rules();
                 status.reloads_ok += 1;
                 status.last_error = None;
                 tracing::info!(trigger = trigger.as_str(), revision = %status.revision,
                     "configuration and policy reloaded");
+            }
+            Err(ReloadError::Unsettled) => {
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    "the policy files changed while being loaded; waiting for them to settle"
+                );
             }
             Err(error) => {
                 status.reloads_rejected += 1;
@@ -245,9 +381,12 @@ impl Reloader {
                     trigger,
                     message: error.to_string(),
                     diagnostics: error.diagnostics().iter().map(Into::into).collect(),
+                    failed_cases: error.failed_cases().to_vec(),
                 });
                 match error {
-                    ReloadError::Policy { .. } => {
+                    ReloadError::Policy { .. }
+                    | ReloadError::LostRules { .. }
+                    | ReloadError::Tests { .. } => {
                         tracing::error!(trigger = trigger.as_str(), error = %error,
                         "policy rejected, the previous configuration and policy keep serving")
                     }
@@ -262,7 +401,11 @@ impl Reloader {
         }
     }
 
-    fn apply(&self, _trigger: Trigger) -> Result<(LoadedPolicy, Option<PathBuf>), ReloadError> {
+    fn apply(
+        &self,
+        options: &ReloadOptions,
+        serving_rules: usize,
+    ) -> Result<(LoadedPolicy, Option<PathBuf>), ReloadError> {
         // Embedded defaults plus flags: only the policy file can change.
         let config = match &self.config_path {
             Some(path) => match RampartConfig::load(path) {
@@ -274,8 +417,9 @@ impl Reloader {
             },
             None => RampartConfig::default().with_overrides(&self.overrides),
         };
-        let loaded = match load_policy(config.policy.as_deref()) {
+        let loaded = match self.checked_policy(&config.policy, options, serving_rules) {
             Ok(loaded) => loaded,
+            Err(ReloadError::Unsettled) => return Err(ReloadError::Unsettled),
             Err(e) => {
                 self.handle.reload_rejected();
                 return Err(e);
@@ -287,7 +431,33 @@ impl Reloader {
         self.handle
             .reload(gateway_config)
             .map_err(|e| ReloadError::Gateway(e.to_string()))?;
-        Ok((loaded, config.policy))
+        Ok((loaded, config.policy.file))
+    }
+
+    /// Loads the new policy and refuses what looks like an accident (see the module
+    /// documentation).
+    fn checked_policy(
+        &self,
+        config: &PolicyConfig,
+        options: &ReloadOptions,
+        serving_rules: usize,
+    ) -> Result<LoadedPolicy, ReloadError> {
+        let loaded = load_policy_with(config, options.force)?;
+        if let (Some(expected), Some(path)) = (&options.settled, config.file.as_deref()) {
+            if fingerprint(path) != *expected {
+                return Err(ReloadError::Unsettled);
+            }
+        }
+        if !options.force && loaded.own_rules() == 0 && serving_rules > 0 {
+            return Err(ReloadError::LostRules {
+                path: config.file.as_deref().map_or_else(
+                    || "<built-in default policy>".into(),
+                    |p| p.display().to_string(),
+                ),
+                serving: serving_rules,
+            });
+        }
+        Ok(loaded)
     }
 }
 
@@ -319,7 +489,62 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Watches the policy file (or directory) and reloads after [`DEBOUNCE`] of quiet.
+/// What the watcher compares to decide that the policy files stopped changing:
+/// for each `.toml` file, its name, size, modification time and content hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>, [u8; 32])>);
+
+/// The fingerprint of a policy file, or of the `.toml` files of a policy
+/// directory. A file that cannot be read counts as missing (and a later read
+/// fails with its own error).
+pub fn fingerprint(path: &Path) -> Fingerprint {
+    use sha2::Digest;
+    let mut files = Vec::new();
+    if path.is_dir() {
+        if let Ok(entries) = std::fs::read_dir(path) {
+            files.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml")),
+            );
+        }
+        files.sort();
+    } else {
+        files.push(path.to_path_buf());
+    }
+    Fingerprint(
+        files
+            .into_iter()
+            .filter_map(|f| {
+                let meta = std::fs::metadata(&f).ok()?;
+                let content = std::fs::read(&f).ok()?;
+                let hash: [u8; 32] = sha2::Sha256::digest(&content).into();
+                Some((f, meta.len(), meta.modified().ok(), hash))
+            })
+            .collect(),
+    )
+}
+
+/// Waits until the policy files keep the same fingerprint for [`STABLE_FOR`];
+/// returns that fingerprint, or `None` on shutdown.
+async fn settle(path: &Path, shutdown: &CancellationToken) -> Option<Fingerprint> {
+    let mut last = fingerprint(path);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(STABLE_FOR) => {}
+        }
+        let now = fingerprint(path);
+        if now == last {
+            return Some(now);
+        }
+        last = now;
+    }
+}
+
+/// Watches the policy file (or directory) and reloads once the file events have
+/// been quiet for [`DEBOUNCE`] and the files unchanged for [`STABLE_FOR`].
 /// Follows the policy path when a reload changes it.
 pub fn spawn_watcher(reloader: Arc<Reloader>, shutdown: CancellationToken) {
     tokio::spawn(async move {
@@ -339,7 +564,24 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, shutdown: CancellationToken) {
                     got = rx.recv() => if got.is_none() { return },
                 }
             }
-            reloader.reload(Trigger::FileChange).await;
+            // Then until their content stopped changing, and reload exactly that.
+            loop {
+                let settled = match watched.as_deref() {
+                    Some(path) => match settle(path, &shutdown).await {
+                        Some(fp) => Some(fp),
+                        None => return,
+                    },
+                    None => None,
+                };
+                let options = ReloadOptions {
+                    force: false,
+                    settled,
+                };
+                let outcome = reloader.reload_with(Trigger::FileChange, options).await;
+                if !matches!(outcome.result, Err(ReloadError::Unsettled)) {
+                    break;
+                }
+            }
             let now = reloader.policy_path();
             if now != watched {
                 drop(watcher);
@@ -442,6 +684,68 @@ mod tests {
     use super::*;
     use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
 
+    fn file(path: &Path) -> PolicyConfig {
+        PolicyConfig {
+            file: Some(path.to_path_buf()),
+            tests: None,
+        }
+    }
+
+    const BLOCK_NEWS: &str =
+        "[[access]]\nid = \"no-news\"\nwhen = { hosts = [\"news.test\"] }\naction = \"block\"\n";
+
+    #[test]
+    fn a_revision_failing_its_own_test_case_is_refused_and_names_the_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        let cases = dir.path().join("cases.toml");
+        std::fs::write(&path, BLOCK_NEWS).unwrap();
+        std::fs::write(
+            &cases,
+            "[[case]]\nname = \"news stays blocked\"\nurl = \"https://news.test/\"\nexpect = { access = \"block\" }\n",
+        )
+        .unwrap();
+        let config = PolicyConfig {
+            file: Some(path.clone()),
+            tests: Some(cases),
+        };
+        assert!(load_policy(&config).is_ok());
+        std::fs::write(&path, BLOCK_NEWS.replace("news.test", "sports.test")).unwrap();
+        let Err(ReloadError::Tests { message, failed }) = load_policy(&config) else {
+            panic!("must be refused");
+        };
+        assert!(message.contains("case \"news stays blocked\""), "{message}");
+        assert_eq!(failed[0].name, "news stays blocked");
+        assert!(
+            failed[0].failures[0].contains("expected block"),
+            "{failed:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_policy_file_is_refused_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, "# nothing yet\n").unwrap();
+        let Err(ReloadError::Policy { message, .. }) = load_policy(&file(&path)) else {
+            panic!("must be refused");
+        };
+        assert!(message.contains("policy file is empty"), "{message}");
+        assert_eq!(load_policy_with(&file(&path), true).unwrap().own_rules(), 0);
+    }
+
+    #[test]
+    fn fingerprint_changes_with_content_of_the_same_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, "[lists]\na = [\"x.test\"]\n").unwrap();
+        let before = fingerprint(&path);
+        assert_eq!(before, fingerprint(&path));
+        std::fs::write(&path, "[lists]\na = [\"y.test\"]\n").unwrap();
+        assert_ne!(before, fingerprint(&path));
+        assert_ne!(fingerprint(dir.path()), Fingerprint(Vec::new()));
+    }
+
     fn event(kind: EventKind, path: &str) -> notify::Event {
         notify::Event::new(kind).add_path(PathBuf::from(path))
     }
@@ -491,7 +795,7 @@ mod tests {
         let Err(ReloadError::Policy {
             message,
             diagnostics,
-        }) = load_policy(Some(&path))
+        }) = load_policy(&file(&path))
         else {
             panic!("must be rejected");
         };
@@ -505,7 +809,7 @@ mod tests {
 
     #[test]
     fn no_policy_file_is_the_built_in_default() {
-        let loaded = load_policy(None).unwrap();
+        let loaded = load_policy(&PolicyConfig::default()).unwrap();
         assert!(loaded.policy.is_none());
         assert_eq!(revision_of(&loaded), Policy::builtin_default().revision());
     }

@@ -43,8 +43,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let loaded =
-        crate::reload::load_policy(config.policy.as_deref()).context("loading the policy")?;
+    let loaded = crate::reload::load_policy(&config.policy).context("loading the policy")?;
     let mut gateway_config = config.gateway_config(vec![api_addr]);
     gateway_config.policy = loaded.policy.clone();
     let (pipeline, events) = rampart_events::Pipeline::start(&config.data_dir, &config.events)
@@ -64,7 +63,7 @@ pub async fn run(
         config_path,
         overrides,
         api_addr,
-        config.policy.clone(),
+        config.policy.file.clone(),
         &loaded,
     );
     spawn_signal_handlers(shutdown.clone(), reloader.clone())?;
@@ -73,6 +72,7 @@ pub async fn run(
         .context("loading the admin token")?;
 
     let event_gauges = api::EventGauges::register(&mut registry);
+    let api_listener_metrics = api::listener::ApiListenerMetrics::register(&mut registry);
     let api = api::router(ApiState {
         registry: Arc::new(registry),
         gateway: handle.clone(),
@@ -97,12 +97,14 @@ pub async fn run(
         }
         None => (api, None),
     };
-    let api_shutdown = shutdown.clone();
-    let api_task = tokio::spawn(async move {
-        axum::serve(api_listener, api)
-            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
-            .await
-    });
+    let api_task = tokio::spawn(api::listener::serve(
+        api_listener,
+        api,
+        config.api.clone(),
+        api_listener_metrics,
+        shutdown.clone(),
+        config.limits.shutdown_grace,
+    ));
 
     tracing::info!(
         proxy = %proxy_addr,
@@ -113,10 +115,8 @@ pub async fn run(
     );
     gateway.run(shutdown.clone()).await;
     shutdown.cancel();
-    match api_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "API listener ended with an error"),
-        Err(e) => tracing::warn!(error = %e, "API task failed"),
+    if let Err(e) = api_task.await {
+        tracing::warn!(error = %e, "API task failed");
     }
     // Every event of the drained flows reaches the store before exit.
     tokio::task::spawn_blocking(move || pipeline.close())

@@ -2,17 +2,22 @@
 //! - `GET /api/v1/policy/status`: serving revision, when and from where it was
 //!   loaded, warnings, reload counts and the last rejected reload with every diagnostic;
 //! - `POST /api/v1/policy/reload`: the same reload as SIGHUP; 200 with the status
-//!   when applied, 422 with the status (and its `last_error`) when rejected.
+//!   when applied, 422 with the status (and its `last_error`, with any failed
+//!   policy test case) when rejected. `?force=true` (or the body `{"force": true}`)
+//!   applies an empty policy, or one without rules replacing one with rules.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::reload::{Reloader, Trigger};
+use serde::Deserialize;
+
+use crate::reload::{ReloadOptions, Reloader, Trigger};
 
 #[derive(Clone)]
 pub struct PolicyApiState {
@@ -55,11 +60,46 @@ async fn status(State(state): State<PolicyApiState>, headers: HeaderMap) -> Resp
     Json(state.reloader.status()).into_response()
 }
 
-async fn reload(State(state): State<PolicyApiState>, headers: HeaderMap) -> Response {
+/// `?force=true`, or the same in a JSON body: `{"force": true}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadParams {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn reload(
+    State(state): State<PolicyApiState>,
+    headers: HeaderMap,
+    Query(query): Query<ReloadParams>,
+    body: Bytes,
+) -> Response {
     if let Some(denied) = unauthorized(&headers, &state) {
         return denied;
     }
-    let outcome = state.reloader.reload(Trigger::Api).await;
+    let from_body =
+        if body.iter().all(u8::is_ascii_whitespace) {
+            ReloadParams::default()
+        } else {
+            match serde_json::from_slice::<ReloadParams>(&body) {
+                Ok(params) => params,
+                Err(e) => return (
+                    StatusCode::BAD_REQUEST,
+                    Json(serde_json::json!({
+                        "error": format!("the body must be empty or {{\"force\": true|false}}: {e}")
+                    })),
+                )
+                    .into_response(),
+            }
+        };
+    let options = ReloadOptions {
+        force: query.force || from_body.force,
+        settled: None,
+    };
+    if options.force {
+        tracing::warn!("policy reload forced through the API: empty policies are accepted");
+    }
+    let outcome = state.reloader.reload_with(Trigger::Api, options).await;
     let code = match outcome.result {
         Ok(()) => StatusCode::OK,
         Err(_) => StatusCode::UNPROCESSABLE_ENTITY,
