@@ -44,11 +44,26 @@ fn topology() -> Topology {
         );
     };
     // `nodad`: the addresses are usable at once, no duplicate detection delay.
-    ip(&topo.endpoint, &["-6", "addr", "add", "fd77:1::1/64", "dev", "togw", "nodad"]);
-    ip(&topo.gateway, &["-6", "addr", "add", "fd77:1::2/64", "dev", "toep", "nodad"]);
-    ip(&topo.endpoint, &["-6", "addr", "add", "fd77:2::1/64", "dev", "toor", "nodad"]);
-    ip(&topo.origin, &["-6", "addr", "add", "fd77:2::2/64", "dev", "toep", "nodad"]);
-    ip(&topo.origin, &["addr", "add", &format!("{JUMP4}/24"), "dev", "toep"]);
+    ip(
+        &topo.endpoint,
+        &["-6", "addr", "add", "fd77:1::1/64", "dev", "togw", "nodad"],
+    );
+    ip(
+        &topo.gateway,
+        &["-6", "addr", "add", "fd77:1::2/64", "dev", "toep", "nodad"],
+    );
+    ip(
+        &topo.endpoint,
+        &["-6", "addr", "add", "fd77:2::1/64", "dev", "toor", "nodad"],
+    );
+    ip(
+        &topo.origin,
+        &["-6", "addr", "add", "fd77:2::2/64", "dev", "toep", "nodad"],
+    );
+    ip(
+        &topo.origin,
+        &["addr", "add", &format!("{JUMP4}/24"), "dev", "toep"],
+    );
     topo
 }
 
@@ -56,7 +71,9 @@ fn topology() -> Topology {
 fn tcp_echo(ns: &str, binds: Vec<SocketAddr>) {
     serve_in(Some(ns), move |ready| async move {
         for bind in binds {
-            let listener = tokio::net::TcpListener::bind(bind).await.expect("bind echo");
+            let listener = tokio::net::TcpListener::bind(bind)
+                .await
+                .expect("bind echo");
             tokio::spawn(async move {
                 while let Ok((mut stream, _)) = listener.accept().await {
                     tokio::spawn(async move {
@@ -114,9 +131,11 @@ fn echoes(stream: &mut TcpStream) -> bool {
 }
 
 fn tcp_ok(ns: &str, target: SocketAddr) -> bool {
-    in_ns(ns, move || match TcpStream::connect_timeout(&target, BLOCKED) {
-        Ok(mut s) => echoes(&mut s),
-        Err(_) => false,
+    in_ns(ns, move || {
+        match TcpStream::connect_timeout(&target, BLOCKED) {
+            Ok(mut s) => echoes(&mut s),
+            Err(_) => false,
+        }
     })
 }
 
@@ -168,7 +187,10 @@ fn ping(target: IpAddr) -> std::io::Result<bool> {
             return Ok(false);
         };
         // SAFETY: recv_from initialised the first n bytes.
-        let data: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+        let data: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
         // IPv4 raw sockets deliver the IP header too; IPv6 ones do not.
         let icmp = if target.is_ipv4() {
             let ihl = usize::from(data.first().copied().unwrap_or(0x45) & 0x0f) * 4;
@@ -234,13 +256,17 @@ fn attacker_reachable(topo: &Topology) -> Vec<(&'static str, bool)> {
 
 #[test]
 fn isolation_keeps_the_server_cuts_the_attacker_and_release_restores_everything() {
-    if !root_or_skip("isolation_keeps_the_server_cuts_the_attacker_and_release_restores_everything") {
+    if !root_or_skip("isolation_keeps_the_server_cuts_the_attacker_and_release_restores_everything")
+    {
         return;
     }
     let topo = topology();
     let dir = TempDir::new("scenario");
     let ep = topo.endpoint.clone();
-    tcp_echo(&topo.gateway, vec![sock(SERVER4, SERVER_PORT), sock(SERVER6, SERVER_PORT)]);
+    tcp_echo(
+        &topo.gateway,
+        vec![sock(SERVER4, SERVER_PORT), sock(SERVER6, SERVER_PORT)],
+    );
     tcp_echo(
         &topo.origin,
         vec![
@@ -250,17 +276,28 @@ fn isolation_keeps_the_server_cuts_the_attacker_and_release_restores_everything(
             sock(JUMP4, 23),
         ],
     );
-    udp_echo(&topo.origin, vec![sock(ATTACKER4, UDP_PORT), sock(ATTACKER6, UDP_PORT)]);
+    udp_echo(
+        &topo.origin,
+        vec![sock(ATTACKER4, UDP_PORT), sock(ATTACKER6, UDP_PORT)],
+    );
+    // A host firewall of the test's own: it must survive release untouched, and its
+    // `ct` rule makes the namespace track connections before isolation, as any host
+    // with a stateful firewall does (conntrack is off in a namespace nobody asks for it).
     topo.nft_script(
         &ep,
-        "table inet other_test {\n\tchain out {\n\t\ttype filter hook output priority 0; policy accept;\n\t\tmeta l4proto udp counter\n\t}\n}\n",
+        "table inet other_test {\n\tchain out {\n\t\ttype filter hook output priority 0; policy accept;\n\t\tct state established counter\n\t}\n}\n",
     );
-    let other_before = topo.nft(&ep, &["list", "table", "inet", "other_test"]);
+    let other_before = topo.nft(&ep, &["-s", "list", "table", "inet", "other_test"]);
 
     // Before: everything works, and a "reverse shell" is open to the attacker.
-    assert!(attacker_reachable(&topo).iter().all(|(_, ok)| *ok), "{:?}", attacker_reachable(&topo));
+    assert!(
+        attacker_reachable(&topo).iter().all(|(_, ok)| *ok),
+        "{:?}",
+        attacker_reachable(&topo)
+    );
     let mut shell = in_ns(&ep, || {
-        TcpStream::connect_timeout(&sock(ATTACKER4, SHELL_PORT), Duration::from_secs(2)).expect("shell")
+        TcpStream::connect_timeout(&sock(ATTACKER4, SHELL_PORT), Duration::from_secs(2))
+            .expect("shell")
     });
     assert!(echoes(&mut shell), "the shell works before isolation");
 
@@ -278,23 +315,37 @@ fn isolation_keeps_the_server_cuts_the_attacker_and_release_restores_everything(
     assert_eq!(report.state, KernelState::Isolated, "{report:?}");
     assert!(report.conntrack_error.is_none(), "{report:?}");
     assert!(report.flows_cut >= 1, "the shell's flow is cut: {report:?}");
-    eprintln!("isolation applied in {:?}, {} flow pairs cut", report.load_time, report.flows_cut);
+    eprintln!(
+        "isolation applied in {:?}, {} flow pairs cut",
+        report.load_time, report.flows_cut
+    );
 
     // Kept: the server, over IPv4 and IPv6, and its self-test.
     assert!(tcp_ok(&ep, sock(SERVER4, SERVER_PORT)), "server over IPv4");
     assert!(tcp_ok(&ep, sock(SERVER6, SERVER_PORT)), "server over IPv6");
-    assert!(ping_ok(&ep, SERVER6), "IPv6 to the server (neighbour discovery works)");
-    let tested = in_ns(&ep, || self_test(&[sock(SERVER4, SERVER_PORT)], Duration::from_secs(2)));
+    assert!(
+        ping_ok(&ep, SERVER6),
+        "IPv6 to the server (neighbour discovery works)"
+    );
+    let tested = in_ns(&ep, || {
+        self_test(&[sock(SERVER4, SERVER_PORT)], Duration::from_secs(2))
+    });
     assert_eq!(tested.expect("self-test"), sock(SERVER4, SERVER_PORT));
 
     // Cut: the attacker by every protocol and family, and the already-open shell.
     let reach = attacker_reachable(&topo);
-    assert!(reach.iter().all(|(_, ok)| !*ok), "attacker still reachable: {reach:?}");
+    assert!(
+        reach.iter().all(|(_, ok)| !*ok),
+        "attacker still reachable: {reach:?}"
+    );
     assert!(!echoes(&mut shell), "the open shell is cut");
 
     // The exception: exactly port 22 of the jump host.
     assert!(tcp_ok(&ep, sock(JUMP4, 22)), "jump host port 22 passes");
-    assert!(!tcp_ok(&ep, sock(JUMP4, 23)), "jump host port 23 stays blocked");
+    assert!(
+        !tcp_ok(&ep, sock(JUMP4, 23)),
+        "jump host port 23 stays blocked"
+    );
 
     let state = dir.0.clone();
     let status = in_ns(&ep, move || isolation::status(&state, &Isolator::default()));
@@ -304,11 +355,19 @@ fn isolation_keeps_the_server_cuts_the_attacker_and_release_restores_everything(
 
     // Release: this table only; the test's own table is untouched.
     let state = dir.0.clone();
-    let status = in_ns(&ep, move || isolation::release(&state, &Isolator::default(), None));
+    let status = in_ns(&ep, move || {
+        isolation::release(&state, &Isolator::default(), None)
+    });
     assert_eq!(status.expect("release"), IsolationStatus::Released);
-    assert_eq!(topo.nft(&ep, &["list", "table", "inet", "other_test"]), other_before);
+    assert_eq!(
+        topo.nft(&ep, &["-s", "list", "table", "inet", "other_test"]),
+        other_before
+    );
     let reach = attacker_reachable(&topo);
-    assert!(reach.iter().all(|(_, ok)| *ok), "release restores everything: {reach:?}");
+    assert!(
+        reach.iter().all(|(_, ok)| *ok),
+        "release restores everything: {reach:?}"
+    );
     assert!(tcp_ok(&ep, sock(JUMP4, 23)));
 }
 
@@ -327,13 +386,21 @@ fn deleting_the_table_by_hand_is_drift_and_start_repairs_it() {
     })
     .expect("isolate");
     let status = |dir: PathBuf| in_ns(&ep, move || isolation::status(&dir, &Isolator::default()));
-    assert_eq!(status(dir.0.clone()).expect("status"), IsolationStatus::Isolated);
+    assert_eq!(
+        status(dir.0.clone()).expect("status"),
+        IsolationStatus::Isolated
+    );
 
     // Someone adds a rule: drift, with the reason.
-    topo.nft(&ep, &["add", "rule", "inet", "rampart_isolate", "output", "accept"]);
+    topo.nft(
+        &ep,
+        &["add", "rule", "inet", "rampart_isolate", "output", "accept"],
+    );
     let state = dir.0.clone();
     let kernel = in_ns(&ep, move || {
-        let desired = isolation::state::load(&state).expect("load").expect("state");
+        let desired = isolation::state::load(&state)
+            .expect("load")
+            .expect("state");
         match desired.desired {
             isolation::Desired::Isolated { spec } => Isolator::default().kernel_state(&spec),
             isolation::Desired::Released => panic!("isolated state expected"),
@@ -342,31 +409,44 @@ fn deleting_the_table_by_hand_is_drift_and_start_repairs_it() {
     .expect("kernel state");
     match kernel {
         KernelState::Drift { reasons } => {
-            assert!(reasons.iter().any(|r| r.contains("chain output has")), "{reasons:?}")
+            assert!(
+                reasons.iter().any(|r| r.contains("chain output has")),
+                "{reasons:?}"
+            )
         }
         other => panic!("drift expected, got {other:?}"),
     }
 
     // Someone deletes the table: drift, the attacker is reachable, start repairs it.
     topo.nft(&ep, &["delete", "table", "inet", "rampart_isolate"]);
-    assert_eq!(status(dir.0.clone()).expect("status"), IsolationStatus::Drift);
+    assert_eq!(
+        status(dir.0.clone()).expect("status"),
+        IsolationStatus::Drift
+    );
     assert!(tcp_ok(&ep, sock(ATTACKER4, SHELL_PORT)));
     let state = dir.0.clone();
-    let outcome = in_ns(&ep, move || isolation::reapply_at_start(&state, &Isolator::default()))
-        .expect("reapply")
-        .expect("a persisted state");
+    let outcome = in_ns(&ep, move || {
+        isolation::reapply_at_start(&state, &Isolator::default())
+    })
+    .expect("reapply")
+    .expect("a persisted state");
     assert_eq!(outcome.found, KernelState::Absent);
     assert_eq!(outcome.status, IsolationStatus::Isolated);
     assert!(!tcp_ok(&ep, sock(ATTACKER4, SHELL_PORT)), "isolated again");
     // A second start finds it in place and does nothing.
     let state = dir.0.clone();
-    let again = in_ns(&ep, move || isolation::reapply_at_start(&state, &Isolator::default()))
-        .expect("reapply")
-        .expect("a persisted state");
+    let again = in_ns(&ep, move || {
+        isolation::reapply_at_start(&state, &Isolator::default())
+    })
+    .expect("reapply")
+    .expect("a persisted state");
     assert_eq!(again.found, KernelState::Isolated);
     assert!(again.applied.is_none());
     let state = dir.0.clone();
-    in_ns(&ep, move || isolation::release(&state, &Isolator::default(), None)).expect("release");
+    in_ns(&ep, move || {
+        isolation::release(&state, &Isolator::default(), None)
+    })
+    .expect("release");
 }
 
 #[test]
