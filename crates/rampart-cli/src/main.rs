@@ -62,6 +62,8 @@ enum Command {
     Agent(cmd::agent::AgentArgs),
     /// Enrolled devices and enrollment tokens.
     Device(cmd::device::DeviceArgs),
+    /// Endpoint isolation: check an exception file.
+    Isolation(cmd::isolation::IsolationArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Events(args) => cmd::events::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Device(args) => cmd::device::run(args),
+        Command::Isolation(args) => cmd::isolation::run(args),
     };
     match result {
         Ok(code) => code,

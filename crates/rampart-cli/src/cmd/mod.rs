@@ -4,6 +4,7 @@ pub mod ca;
 pub mod device;
 pub mod events;
 pub mod hash_password;
+pub mod isolation;
 pub mod policy;
 pub mod server;
 pub mod trust;
