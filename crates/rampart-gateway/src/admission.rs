@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 use base64::Engine;
 use http::HeaderValue;
@@ -87,6 +87,11 @@ pub struct Logins {
     cache: CredentialCache,
     /// Bounds Argon2 work (each verification takes ~20 ms of CPU and ~19 MiB).
     verifications: Arc<Semaphore>,
+    /// Argon2 working memory, one buffer per permit, reused: allocating 19 MiB
+    /// per verification on whichever blocking thread runs it leaves that much in
+    /// every thread's malloc arena (hundreds of MiB under a flood) and costs
+    /// page faults that would make verifications' durations uneven.
+    memory: Arc<std::sync::Mutex<Vec<Vec<argon2::Block>>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -106,6 +111,7 @@ impl Logins {
             limiter: FailureLimiter::new(),
             cache: CredentialCache::new(),
             verifications: Arc::new(Semaphore::new(permits)),
+            memory: Arc::default(),
             metrics,
         }
     }
@@ -333,14 +339,14 @@ impl Admission {
             // The semaphore is never closed; refuse rather than verify unbounded.
             Err(_) => return None,
         };
+        let memory = logins.memory.clone();
         let matched = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let Ok(hash) = PasswordHash::new(&phc) else {
-                return false;
-            };
-            Argon2::default()
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok()
+            // At most one buffer per permit exists: the semaphore bounds the takers.
+            let mut blocks = lock(&memory).pop().unwrap_or_default();
+            let matched = verify_with_memory(&phc, password.as_bytes(), &mut blocks);
+            lock(&memory).push(blocks);
+            matched
         })
         .await
         .unwrap_or_else(|e| {
@@ -362,6 +368,59 @@ impl Admission {
             }
         }
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether `password` matches the Argon2 PHC string `phc`, computed in
+/// `blocks` (grown to the hash's memory cost if needed, then kept for reuse).
+fn verify_with_memory(phc: &str, password: &[u8], blocks: &mut Vec<argon2::Block>) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let Some(expected) = hash.hash else {
+        return false;
+    };
+    let argon2 = match argon2_of(&hash) {
+        Ok(argon2) => argon2,
+        Err(_) => return false,
+    };
+    let Some(salt) = hash.salt else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let needed = argon2.params().block_count();
+    if blocks.len() < needed {
+        blocks.resize(needed, argon2::Block::default());
+    }
+    let mut out = [0u8; 64];
+    let Some(out) = out.get_mut(..expected.len()) else {
+        return false;
+    };
+    if argon2
+        .hash_password_into_with_memory(password, salt, out, &mut blocks[..needed])
+        .is_err()
+    {
+        return false;
+    }
+    // `Output`'s equality is constant-time.
+    argon2::password_hash::Output::new(out).is_ok_and(|computed| computed == expected)
+}
+
+/// An Argon2 context with `hash`'s algorithm, version and parameters.
+fn argon2_of(hash: &PasswordHash<'_>) -> Result<Argon2<'static>, argon2::password_hash::Error> {
+    let algorithm = argon2::Algorithm::try_from(hash.algorithm)?;
+    let version = match hash.version {
+        Some(v) => argon2::Version::try_from(v)?,
+        None => argon2::Version::default(),
+    };
+    let params = argon2::Params::try_from(hash)?;
+    Ok(Argon2::new(algorithm, version, params))
 }
 
 fn throttled(logins: &Logins, key: &LimitKey, wait: Duration) -> Denied {
@@ -400,19 +459,11 @@ fn parse(header: &HeaderValue) -> Option<Credentials> {
 /// `phc` costs.
 fn dummy_hash_like(phc: &str) -> Result<String, argon2::password_hash::Error> {
     use rand_core::{OsRng, RngCore};
-    let model = PasswordHash::new(phc)?;
-    let algorithm = argon2::Algorithm::try_from(model.algorithm)?;
-    let version = match model.version {
-        Some(v) => argon2::Version::try_from(v)?,
-        None => argon2::Version::default(),
-    };
-    let params = argon2::Params::try_from(&model)?;
+    let argon2 = argon2_of(&PasswordHash::new(phc)?)?;
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut secret);
     let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::new(algorithm, version, params)
-        .hash_password(&secret, &salt)?
-        .to_string())
+    Ok(argon2.hash_password(&secret, &salt)?.to_string())
 }
 
 /// Hashes a password into an Argon2id PHC string for `[[proxy.users]]`.
@@ -587,6 +638,20 @@ mod tests {
         let changed = Admission::new(&config_with_user("n3w")).unwrap();
         let stale = changed.authenticate(&logins, CLIENT, Some(&right)).await;
         assert_eq!(failure(stale), AuthFailure::Throttled);
+    }
+
+    #[test]
+    fn verification_with_reused_memory_matches_the_library_verifier() {
+        let phc = hash_password("s3cret").unwrap();
+        let mut blocks = Vec::new();
+        assert!(verify_with_memory(&phc, b"s3cret", &mut blocks));
+        assert!(!verify_with_memory(&phc, b"s3cres", &mut blocks));
+        assert!(!verify_with_memory(&phc, b"", &mut blocks));
+        let small = "$argon2id$v=19$m=8192,t=3,p=1$c29tZXNhbHRzb21lc2FsdA$\
+                     xBzZ/4mfgAFEuFzd/AKtHiJiKbL96B7Q4Lk+tmYE5wo";
+        assert!(!verify_with_memory(small, b"s3cret", &mut blocks));
+        assert!(verify_with_memory(&phc, b"s3cret", &mut blocks));
+        assert!(!verify_with_memory("not a hash", b"s3cret", &mut blocks));
     }
 
     #[test]
