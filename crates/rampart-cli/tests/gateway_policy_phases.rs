@@ -6,35 +6,50 @@
 //! not depend on how its path is spelled.
 
 mod support;
+#[path = "support/https_fixtures.rs"]
+mod https_fixtures;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use https_fixtures::{CertKind, PyHttpsOrigin, Serve, TestPki};
 use support::origin::Origin;
 use support::tls_origin::TlsOrigin;
 use support::{curl, free_port, hash_password, rampart_bin, run, Rampart};
 
-/// A gateway with `policy`, users alice and bob (password `pw`), the test
-/// names resolved to loopback, every port allowed for CONNECT, `tls_port`
-/// intercepted and `roots` trusted for origins.
+/// A gateway with `policy`, the test names resolved to loopback, every port
+/// allowed for CONNECT, `tls_port` intercepted and `roots` trusted for origins.
 fn gateway(policy: &str, tls_port: u16, roots: &[&Path]) -> (Rampart, tempfile::TempDir) {
+    gateway_with_users(policy, tls_port, roots, "")
+}
+
+/// [`gateway`] with `users` as the `[proxy] users` line (proxy authentication).
+fn gateway_with_users(
+    policy: &str,
+    tls_port: u16,
+    roots: &[&Path],
+    users: &str,
+) -> (Rampart, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let policy_path = dir.path().join("policy.toml");
     std::fs::write(&policy_path, policy).unwrap();
-    let hash = hash_password("pw");
     let roots: Vec<String> = roots
         .iter()
         .map(|p| format!("{:?}", p.display().to_string()))
         .collect();
+    // Origins are trusted by the roots given; with none, the system's.
+    let tls = if roots.is_empty() {
+        String::new()
+    } else {
+        format!("[tls]\nsystem_roots = false\nextra_roots = [{}]\n", roots.join(", "))
+    };
     let gw = Rampart::start(&format!(
         "policy = {path:?}\n\
          [proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {tls_port}]\n\
-         users = [{{ name = \"alice\", password_hash = \"{hash}\" }}, {{ name = \"bob\", password_hash = \"{hash}\" }}]\n\
+         {users}\n\
          [tunnel]\nlisten = \"127.0.0.1:0\"\n\
-         [resolve]\n\"ok.test\" = \"127.0.0.1\"\n\"evil.test\" = \"127.0.0.1\"\n\"shop.test\" = \"127.0.0.1\"\n\
-         [tls]\nsystem_roots = false\nextra_roots = [{roots}]\n",
+         [resolve]\n\"ok.test\" = \"127.0.0.1\"\n\"evil.test\" = \"127.0.0.1\"\n\"shop.test\" = \"127.0.0.1\"\n{tls}",
         path = policy_path.display().to_string(),
-        roots = roots.join(", ")
     ));
     (gw, dir)
 }
@@ -58,17 +73,45 @@ when = { hosts = ["evil.test"] }
 action = "block"
 "#;
     let (gw, _dir) = gateway(policy, free_port(), &[]);
+    // Not an executable: the first rule does not match, the second blocks.
     let url = format!("http://evil.test:{}/hello", origin.port());
     let (_, body, _) = curl(&gw.proxy_url(), &["-w", "\n%{http_code}", &url]);
     assert!(body.ends_with("403"), "{body}");
     assert!(body.contains("no evil"), "{body}");
-    // Blocked at once: evil.test never saw the request.
+    let record = gw.find_record(|r| r["target"] == url.as_str());
+    assert_eq!(record["policy"]["action"], "block", "{record}");
+    assert_eq!(record["policy"]["rule"], "no evil", "{record}");
+    // An executable matches the first rule: alerted and passed, as the policy says.
+    let exe = format!("http://evil.test:{}/magic/exe", origin.port());
+    let (_, body, _) = curl(&gw.proxy_url(), &["-w", "\n%{http_code}", &exe]);
+    assert!(body.starts_with("MZ") && body.ends_with("200"), "{body}");
+    let record = gw.find_record(|r| r["target"] == exe.as_str());
+    assert_eq!(record["policy"]["action"], "alert", "{record}");
+}
+
+#[test]
+fn a_block_that_every_undecided_rule_agrees_with_never_contacts_the_origin() {
+    let origin = Origin::start();
+    let policy = r#"
+[[access]]
+name = "no executables"
+when = { file_types = ["exe"] }
+action = "block"
+
+[[access]]
+name = "no evil"
+when = { hosts = ["evil.test"] }
+action = "block"
+"#;
+    let (gw, _dir) = gateway(policy, free_port(), &[]);
+    let url = format!("http://evil.test:{}/hello", origin.port());
+    let (_, body, _) = curl(&gw.proxy_url(), &["-w", "\n%{http_code}", &url]);
+    assert!(body.ends_with("403"), "{body}");
+    // Whatever the file type, the answer is block: evil.test never saw the request.
     assert_eq!(
         origin.requests.load(std::sync::atomic::Ordering::Relaxed),
         0
     );
-    let record = gw.find_record(|r| r["target"] == url.as_str());
-    assert_eq!(record["policy"]["action"], "block", "{record}");
 }
 
 #[test]
@@ -153,7 +196,7 @@ fn s_client(gw: &Rampart, connect: &str, sni: &str, ca: &Path) -> String {
 #[test]
 fn a_pinned_app_sni_cannot_open_an_uninspected_tunnel_to_another_destination() {
     let origin = TlsOrigin::start("evil.test");
-    let (gw, _dir) = gateway("", origin.port, &[&origin.ca_pem]);
+    let (gw, _dir) = gateway("[defaults]\naccess = \"allow\"\n", origin.port, &[&origin.ca_pem]);
     let connect = format!("evil.test:{}", origin.port);
     // www.dropbox.com is a built-in pinned app (do-not-decrypt): before this
     // fix the tunnel to evil.test was spliced untouched.
@@ -211,28 +254,42 @@ action = "block"
 }
 
 #[test]
-fn requests_in_one_decrypted_tunnel_share_its_flow_id_and_see_the_query() {
-    let origin = TlsOrigin::start("shop.test");
+fn requests_in_one_decrypted_tunnel_share_its_flow_id_and_are_each_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    for name in ["a", "b", "c"] {
+        std::fs::write(root.join(name), format!("file {name}\n")).unwrap();
+    }
+    std::fs::write(root.join("setup.exe"), b"MZ\x90\x00\x03\x00\x00\x00 a PE file").unwrap();
+    let pki = TestPki::new(dir.path(), "shop", &["shop.test"], CertKind::Valid);
+    let origin = PyHttpsOrigin::start(Serve::Static, &root, &pki);
     let policy = r#"
 [lists]
-token-urls = ["shop.test/*token=*"]
+token-urls = ["shop.test/c"]
 
 [[access]]
-name = "no tokens in URLs"
+name = "no c"
 when = { lists = ["token-urls"] }
 action = "block"
+
+[[access]]
+name = "no executables"
+when = { file_types = ["exe"] }
+action = "block"
 "#;
-    let (gw, _dir) = gateway(policy, origin.port, &[&origin.ca_pem]);
+    let (gw, _dir) = gateway(policy, origin.port, &[&pki.ca_pem]);
     let ca = gw.gateway_ca();
     let base = format!("https://shop.test:{}", origin.port);
     let urls = [
         format!("{base}/a"),
         format!("{base}/b?page=2"),
         format!("{base}/c?token=secret"),
+        format!("{base}/setup.exe"),
     ];
     let (code, _, err) = curl(
         &gw.proxy_url(),
-        &["-v", "--http1.1", "--cacert", s(&ca), &urls[0], &urls[1], &urls[2]],
+        &["-v", "--http1.1", "--cacert", s(&ca), &urls[0], &urls[1], &urls[2], &urls[3]],
     );
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("Re-using existing connection"), "{err}");
@@ -241,19 +298,24 @@ action = "block"
         let r = gw.find_record(|r| r["target"] == url.as_str());
         assert_eq!(r["flow_id"], tunnel["id"], "{r}");
     }
-    // The query is part of what the request phase matches, as on the proxy listener.
+    // Path rules match inside the tunnel (the query is ignored by path patterns,
+    // and recorded on the URL).
     let blocked = gw.find_record(|r| r["target"] == urls[2].as_str());
     assert_eq!(blocked["status"], 403, "{blocked}");
     let fine = gw.find_record(|r| r["target"] == urls[1].as_str());
     assert_eq!(fine["status"], 200, "{fine}");
-    // The events of the three requests are found by the tunnel's flow id.
+    // The response phase works inside TLS too: the executable is blocked.
+    let exe = gw.find_record(|r| r["target"] == urls[3].as_str());
+    assert_eq!(exe["status"], 403, "{exe}");
+    assert_eq!(exe["file_type"], "exe", "{exe}");
+    // The events of the requests are found by the tunnel's flow id.
     let flow = tunnel["id"].as_str().unwrap();
     let mut found = Vec::new();
     support::eventually(std::time::Duration::from_secs(15), || {
         found = gw.search_events(&format!("flow_id = {flow}"), "json");
-        found.len() >= 4
+        found.len() >= 5
     });
-    assert!(found.len() >= 4, "{found:#?}");
+    assert!(found.len() >= 5, "{found:#?}");
 }
 
 #[test]
@@ -263,7 +325,9 @@ fn groups_from_identities_are_recorded_on_events_and_the_access_log() {
 [identities]
 users = [{ name = "alice", groups = ["engineering"] }]
 "#;
-    let (gw, _dir) = gateway(policy, free_port(), &[]);
+    let hash = hash_password("pw");
+    let users = format!("users = [{{ name = \"alice\", password_hash = \"{hash}\" }}]");
+    let (gw, _dir) = gateway_with_users(policy, free_port(), &[], &users);
     let url = format!("http://ok.test:{}/hello", origin.port());
     let (_, body, _) = curl(&gw.proxy_url(), &["-U", "alice:pw", &url]);
     assert_eq!(body, "hello from origin");
