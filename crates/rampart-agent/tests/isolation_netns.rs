@@ -442,6 +442,27 @@ fn deleting_the_table_by_hand_is_drift_and_start_repairs_it() {
     .expect("a persisted state");
     assert_eq!(again.found, KernelState::Isolated);
     assert!(again.applied.is_none());
+
+    // The server moves to a new address: the sets are refreshed in place, the rules
+    // (and their fingerprint) stay, and the status follows the new spec.
+    let mut moved = spec("");
+    moved.server_addrs.push("10.77.1.9".parse().expect("ip"));
+    let kernel = in_ns(&ep, move || {
+        let isolator = Isolator::default();
+        isolator.refresh_sets(&moved).expect("refresh");
+        (
+            isolator.kernel_state(&moved),
+            isolator.kernel_state(&spec("")),
+        )
+    });
+    assert_eq!(kernel.0.expect("state"), KernelState::Isolated);
+    match kernel.1.expect("state") {
+        KernelState::Drift { reasons } => assert_eq!(
+            reasons,
+            vec!["set keep4 holds [10.77.1.2, 10.77.1.9], expected [10.77.1.2]".to_string()]
+        ),
+        other => panic!("drift against the old spec expected, got {other:?}"),
+    }
     let state = dir.0.clone();
     in_ns(&ep, move || {
         isolation::release(&state, &Isolator::default(), None)

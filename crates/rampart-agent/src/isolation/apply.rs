@@ -226,6 +226,22 @@ fn original_tuple(line: &str) -> Option<(IpAddr, IpAddr)> {
     Some((src, dst))
 }
 
+/// The addresses of the server's and gateway's host names, for the keep sets (call it
+/// again from time to time and [`Isolator::refresh_sets`] when the answer changes).
+/// A name that does not resolve contributes nothing; literal addresses pass through.
+pub fn resolve_hosts(hosts: &[&str]) -> Vec<IpAddr> {
+    use std::net::ToSocketAddrs;
+    let mut addrs: Vec<IpAddr> = hosts
+        .iter()
+        .filter_map(|h| (*h, 0u16).to_socket_addrs().ok())
+        .flatten()
+        .map(|s| s.ip())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
 /// After applying: can this host still open a TCP connection to the server? Tries
 /// each address in turn; the caller decides what to do with a failure, and isolation
 /// is never lifted because of it (a device that cannot reach its server stays cut off
@@ -266,6 +282,17 @@ mod tests {
         assert_eq!(
             original_tuple("conntrack v1.4.7 (conntrack-tools): 2 flow entries"),
             None
+        );
+    }
+
+    #[test]
+    fn literal_addresses_resolve_to_themselves() {
+        assert_eq!(
+            resolve_hosts(&["192.0.2.1", "2001:db8::1", "192.0.2.1"]),
+            vec![
+                "192.0.2.1".parse::<IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ]
         );
     }
 

@@ -22,7 +22,7 @@ pub mod rules;
 pub mod state;
 pub mod table;
 
-pub use apply::{self_test, ApplyReport, Isolator};
+pub use apply::{resolve_hosts, self_test, ApplyReport, Isolator};
 pub use ast::{Action, Cidr, Direction, Endpoint, ExceptionRule, Family, PortSpec, Proto};
 pub use error::{IsolationError, RuleError, RuleErrorKind, RuleErrors};
 pub use readback::KernelState;

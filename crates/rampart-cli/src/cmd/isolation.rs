@@ -39,6 +39,10 @@ fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
             eprintln!("{errors}");
             Ok(ExitCode::FAILURE)
         }
-        Err(other) => Err(other.into()),
+        // Printed here rather than through anyhow: the error already names its cause.
+        Err(other) => {
+            eprintln!("rampart: {other}");
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
