@@ -69,3 +69,20 @@ fn dlp_all_builtin_profiles_16mib_text(bencher: Bencher) {
         scan.finish()
     });
 }
+
+#[divan::bench(sample_count = 5, sample_size = 1, args = rampart_inspect::dlp::BUILTIN_PROFILES)]
+fn dlp_one_profile_16mib_text(bencher: Bencher, profile: &str) {
+    let dlp = Dlp::new(&DlpConfig {
+        profiles: vec![profile.to_owned()],
+        ..DlpConfig::default()
+    })
+    .expect("built-in profile");
+    let body = text(16 * 1024 * 1024);
+    bencher.counter(BytesCount::new(body.len())).bench(|| {
+        let mut scan = dlp.scan();
+        for chunk in body.chunks(256 * 1024) {
+            scan.feed(chunk);
+        }
+        scan.finish()
+    });
+}

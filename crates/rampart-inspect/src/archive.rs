@@ -19,6 +19,8 @@ pub(crate) enum Stop {
     Timeout,
     /// One entry is larger than `max_scan_size`.
     TooLarge,
+    /// A limit was hit and recorded deeper down: unwind every level.
+    Unwind,
 }
 
 /// How a container could not be opened (its entries unseen).
@@ -113,7 +115,66 @@ fn walk_gzip<R: Read>(reader: R, name: &str, sink: &mut dyn EntrySink) -> Result
     Ok(())
 }
 
-fn walk_tar<R: Read>(reader: R, sink: &mut dyn EntrySink) -> Result<(), WalkError> {
+/// Largest GNU long-name or pax header entry accepted. The tar crate reads
+/// these into memory whole, so an archive could otherwise make it allocate
+/// as much as its own size; real ones are a few hundred bytes.
+const TAR_MAX_META_ENTRY: u64 = 64 * 1024;
+
+/// Checks the sizes of the metadata entries (`L`, `K`, `x`, `g`) before the
+/// tar crate reads them, by hopping from header to header.
+fn tar_prescan<R: Read + Seek>(reader: &mut R) -> Result<(), WalkError> {
+    use std::io::SeekFrom;
+    let end = reader
+        .seek(SeekFrom::End(0))
+        .map_err(|e| WalkError::Corrupt(format!("tar: {e}")))?;
+    let mut at = 0u64;
+    let mut header = [0u8; 512];
+    while at.saturating_add(512) <= end {
+        reader
+            .seek(SeekFrom::Start(at))
+            .and_then(|_| reader.read_exact(&mut header))
+            .map_err(|e| WalkError::Corrupt(format!("tar: {e}")))?;
+        if header.iter().all(|b| *b == 0) {
+            break;
+        }
+        let Some(size) = tar_size(&header[124..136]) else {
+            // Let the tar crate report the malformed header.
+            break;
+        };
+        if matches!(header[156], b'L' | b'K' | b'x' | b'g') && size > TAR_MAX_META_ENTRY {
+            return Err(WalkError::Stop(Stop::Bomb(format!(
+                "tar metadata entry of {size} bytes (more than {TAR_MAX_META_ENTRY})"
+            ))));
+        }
+        at = at
+            .saturating_add(512)
+            .saturating_add(size.div_ceil(512).saturating_mul(512));
+    }
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| WalkError::Corrupt(format!("tar: {e}")))?;
+    Ok(())
+}
+
+/// A tar size field: octal text, or base-256 when the high bit is set.
+fn tar_size(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        let mut v: u64 = u64::from(field[0] & 0x7f);
+        for b in &field[1..] {
+            v = v.checked_mul(256)?.checked_add(u64::from(*b))?;
+        }
+        return Some(v);
+    }
+    let text = std::str::from_utf8(field).ok()?;
+    let digits = text.trim_matches(|c: char| c == ' ' || c == '\0');
+    if digits.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(digits, 8).ok()
+}
+
+fn walk_tar<R: Read + Seek>(mut reader: R, sink: &mut dyn EntrySink) -> Result<(), WalkError> {
+    tar_prescan(&mut reader)?;
     let mut archive = tar::Archive::new(reader);
     let entries = archive
         .entries()
@@ -185,5 +246,36 @@ fn walk_7z<R: Read + Seek>(
             Ok(())
         }
         Err(e) => Err(WalkError::Corrupt(format!("7z: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tar_size_fields_parse_octal_and_base256() {
+        assert_eq!(tar_size(b"00000001750\0"), Some(1000));
+        assert_eq!(tar_size(b"           \0"), Some(0));
+        let mut b256 = [0u8; 12];
+        b256[0] = 0x80;
+        b256[11] = 0x10;
+        assert_eq!(tar_size(&b256), Some(16));
+        assert_eq!(tar_size(b"12x45678901\0"), None);
+    }
+
+    #[test]
+    fn huge_gnu_long_name_entry_is_refused_before_reading() {
+        let mut header = [0u8; 512];
+        header[..13].copy_from_slice(b"././@LongLink");
+        header[124..136].copy_from_slice(b"77777777777\0");
+        header[156] = b'L';
+        let mut data = header.to_vec();
+        data.extend_from_slice(&[b'a'; 1024]);
+        let mut cursor = std::io::Cursor::new(data);
+        assert!(matches!(
+            tar_prescan(&mut cursor),
+            Err(WalkError::Stop(Stop::Bomb(_)))
+        ));
     }
 }

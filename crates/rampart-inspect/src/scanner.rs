@@ -233,7 +233,6 @@ impl<'a> Walk<'a> {
         if self.stopped {
             return;
         }
-        self.stopped = true;
         match stop {
             Stop::Bomb(detail) => self.push(
                 obj,
@@ -251,7 +250,10 @@ impl<'a> Walk<'a> {
                 ),
             ),
             Stop::Timeout => self.timed_out(obj, "archive extraction"),
+            // Recorded where it happened; `stopped` is already set.
+            Stop::Unwind => {}
         }
+        self.stopped = true;
     }
 
     fn check_encryption(&mut self, obj: &Object<'_>, spool: &Spool) {
@@ -487,7 +489,7 @@ struct Sink<'w, 'a> {
 impl EntrySink for Sink<'_, '_> {
     fn count_entry(&mut self) -> Result<(), Stop> {
         if self.walk.stopped {
-            return Err(Stop::Timeout);
+            return Err(Stop::Unwind);
         }
         self.walk.entries += 1;
         let max = self.walk.inner.config.archive.max_entries;
@@ -626,7 +628,7 @@ impl EntrySink for Sink<'_, '_> {
             .scan_object(&path, &spool, &sha256, self.depth + 1);
         if self.walk.stopped {
             // A limit was hit deeper down: unwind every level.
-            return Err(Stop::Timeout);
+            return Err(Stop::Unwind);
         }
         Ok(())
     }

@@ -449,3 +449,18 @@ fn spooled_body_is_scanned_like_one_in_memory() {
     // Spool files are unlinked: nothing is left behind.
     assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn scan_time_budget_exhausted_is_unscannable_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "a.txt", b"a\n");
+    run(d, "zip", &["-q", "a.zip", "a.txt"]);
+    let insp = inspector(d, |c| c.scan_timeout = std::time::Duration::from_nanos(1));
+    let report = insp.scan_bytes(ScanContext::download(), &read(d, "a.zip"));
+    assert_eq!(
+        report.verdict,
+        Verdict::Unscannable(UnscannableReason::Timeout),
+        "{report:#?}"
+    );
+}
