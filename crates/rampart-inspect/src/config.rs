@@ -220,3 +220,55 @@ pub struct CustomDlpProfile {
 fn one() -> usize {
     1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_section_with_every_part_parses() {
+        let text = r#"
+            hold_timeout = "10s"
+            memory_threshold = 2097152
+            max_scan_size = 50000000
+            spool_dir = "/var/lib/rampart/inspect-spool"
+            scan_timeout = "20s"
+            [archive]
+            max_depth = 3
+            max_ratio = 200
+            [hash_lists]
+            files = ["/etc/rampart/bad-hashes.txt"]
+            [yara]
+            rules = ["/etc/rampart/rules/marker.yar"]
+            fail = "open"
+            [clamav]
+            address = "tcp:127.0.0.1:3310"
+            io_timeout = "5s"
+            fail = "closed"
+            [dlp]
+            profiles = ["payment-card", "iban"]
+            [[dlp.custom]]
+            name = "project-falcon"
+            keywords = ["Falcon"]
+            min_count = 2
+        "#;
+        let c: InspectConfig = toml::from_str(text).unwrap();
+        assert_eq!(c.hold_timeout, Duration::from_secs(10));
+        assert_eq!(c.archive.max_depth, 3);
+        assert_eq!(c.archive.max_entries, ArchiveLimits::default().max_entries);
+        assert_eq!(c.yara.fail, FailMode::Open);
+        assert_eq!(c.clamav.as_ref().unwrap().chunk_size, 64 * 1024);
+        assert_eq!(c.dlp.custom[0].min_count, 2);
+        assert!(c.hash_lists.builtin);
+    }
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let c = InspectConfig::default();
+        assert_eq!(c.memory_threshold, 1024 * 1024);
+        assert_eq!(c.max_scan_size, 100_000_000);
+        assert_eq!(c.archive.max_depth, 5);
+        let err = toml::from_str::<InspectConfig>("max_scan_sise = 1").unwrap_err();
+        assert!(err.to_string().contains("max_scan_sise"));
+    }
+}

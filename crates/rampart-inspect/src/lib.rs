@@ -40,4 +40,17 @@ pub use error::InspectError;
 pub use file_type::{sniff, FileType, ISO_SNIFF_LEN, SNIFF_LEN};
 pub use inspector::Inspector;
 pub use session::{ScanContext, ScanSession};
-pub use verdict::{Direction, Engine, Finding, ScanReport, UnscannableReason, Verdict};
+pub use verdict::{
+    Direction, Engine, EngineTimes, Finding, ScanReport, UnscannableReason, Verdict,
+};
+
+/// The gateway shares one Inspector across tasks and moves sessions into
+/// `spawn_blocking`.
+#[allow(dead_code)]
+fn _assert_thread_safe() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Inspector>();
+    send::<ScanSession>();
+    send_sync::<ScanReport>();
+}

@@ -15,7 +15,7 @@ use crate::clamd::ClamdVerdict;
 use crate::file_type::{sniff, FileType, ISO_SNIFF_LEN};
 use crate::inspector::Inner;
 use crate::spool::Spool;
-use crate::verdict::{Direction, Engine, Finding, UnscannableReason, Verdict};
+use crate::verdict::{Direction, Engine, EngineTimes, Finding, UnscannableReason, Verdict};
 
 const READ_BLOCK: usize = 256 * 1024;
 
@@ -28,6 +28,7 @@ pub(crate) struct Walk<'a> {
     /// Set once a limit stopped the walk: nothing more is opened.
     stopped: bool,
     pub(crate) findings: Vec<Finding>,
+    pub(crate) times: EngineTimes,
 }
 
 /// Facts about the object being scanned, for findings.
@@ -48,6 +49,7 @@ impl<'a> Walk<'a> {
             expanded: 0,
             stopped: false,
             findings: Vec::new(),
+            times: EngineTimes::default(),
         }
     }
 
@@ -128,17 +130,27 @@ impl<'a> Walk<'a> {
             }
         }
         // 2. Encrypted documents.
+        let t = Instant::now();
         self.check_encryption(&obj, spool);
+        self.times.encryption += t.elapsed();
         // 3. Hash lists.
+        let t = Instant::now();
         self.check_hashes(&obj, spool, sha256);
+        self.times.hash += t.elapsed();
         // 4. YARA.
+        let t = Instant::now();
         self.check_yara(&obj, spool);
+        self.times.yara += t.elapsed();
         // 5. clamd sees the body once: it opens archives itself.
         if depth == 0 {
+            let t = Instant::now();
             self.check_clamd(&obj, spool);
+            self.times.clamav += t.elapsed();
         }
         // 6. DLP.
+        let t = Instant::now();
         self.check_dlp(&obj, spool);
+        self.times.dlp += t.elapsed();
     }
 
     /// A body cut at `max_scan_size`: only its full hash is known.
@@ -175,8 +187,12 @@ impl<'a> Walk<'a> {
             sha256: sha256.to_owned(),
             size: spool.len(),
         };
+        let t = Instant::now();
         self.check_yara(&obj, spool);
+        self.times.yara += t.elapsed();
+        let t = Instant::now();
         self.check_dlp(&obj, spool);
+        self.times.dlp += t.elapsed();
     }
 
     fn walk_archive(&mut self, obj: &Object<'_>, spool: &Spool, depth: u32) {

@@ -156,12 +156,14 @@ impl ScanSession {
         } else {
             walk.scan_object(&root, &self.spool, &sha256, 0);
         }
+        let times = walk.times;
         ScanReport::new(
             file_type,
             self.size,
             sha_hex,
             walk.findings,
             started.elapsed(),
+            times,
         )
     }
 }
@@ -176,12 +178,6 @@ fn root_name(context: &ScanContext) -> String {
         .filter(|n| !n.is_empty())
         .unwrap_or("body")
         .to_owned()
-}
-
-#[allow(dead_code)]
-fn _assert_send(s: ScanSession) -> impl Send {
-    // The gateway moves a session into spawn_blocking.
-    s
 }
 
 #[cfg(test)]

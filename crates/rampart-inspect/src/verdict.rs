@@ -173,6 +173,25 @@ impl Direction {
     }
 }
 
+/// Where `finish` spent its time, for per-engine scan-time metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EngineTimes {
+    /// Typing, archive extraction and spooling: the time not spent in the
+    /// engines below.
+    #[serde(with = "humantime_serde")]
+    pub archive: Duration,
+    #[serde(with = "humantime_serde")]
+    pub encryption: Duration,
+    #[serde(with = "humantime_serde")]
+    pub hash: Duration,
+    #[serde(with = "humantime_serde")]
+    pub yara: Duration,
+    #[serde(with = "humantime_serde")]
+    pub clamav: Duration,
+    #[serde(with = "humantime_serde")]
+    pub dlp: Duration,
+}
+
 /// The outcome of scanning one body.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScanReport {
@@ -188,6 +207,8 @@ pub struct ScanReport {
     /// Time spent in `finish`.
     #[serde(with = "humantime_serde")]
     pub scan_time: Duration,
+    /// `scan_time` by engine.
+    pub engine_times: EngineTimes,
 }
 
 impl ScanReport {
@@ -197,7 +218,14 @@ impl ScanReport {
         sha256: String,
         findings: Vec<Finding>,
         scan_time: Duration,
+        mut engine_times: EngineTimes,
     ) -> ScanReport {
+        let engines = engine_times.encryption
+            + engine_times.hash
+            + engine_times.yara
+            + engine_times.clamav
+            + engine_times.dlp;
+        engine_times.archive = scan_time.saturating_sub(engines);
         let verdict = findings
             .iter()
             .map(|f| f.verdict)
@@ -210,6 +238,7 @@ impl ScanReport {
             sha256,
             findings,
             scan_time,
+            engine_times,
         }
     }
 
