@@ -464,3 +464,19 @@ fn scan_time_budget_exhausted_is_unscannable_timeout() {
         "{report:#?}"
     );
 }
+
+#[test]
+fn gzip_encoded_eicar_is_malicious() {
+    // A `Content-Encoding: gzip` body fed as it travels, not decoded first.
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(EICAR).unwrap();
+    let body = enc.finish().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let report = inspector(spool.path(), |_| {}).scan_bytes(
+        ScanContext::download().with_file_name("eicar.com.gz"),
+        &body,
+    );
+    assert_eq!(report.file_type, FileType::Gzip);
+    assert_eq!(report.verdict, Verdict::Malicious, "{report:#?}");
+    assert_eq!(report.findings[0].container_path, "eicar.com.gz!/eicar.com");
+}
