@@ -48,6 +48,7 @@ pub fn parse_listing(json: &str) -> Result<KernelTable, IsolationError> {
         .and_then(Value::as_array)
         .ok_or_else(|| IsolationError::ReadBack("no \"nftables\" array".into()))?;
     let mut table = KernelTable::default();
+    let mut rule_counts: BTreeMap<String, usize> = BTreeMap::new();
     let ours = |obj: &Value| obj.get("table").and_then(Value::as_str) == Some(TABLE);
     for item in items {
         if let Some(chain) = item.get("chain").filter(|c| ours(c)) {
@@ -83,16 +84,21 @@ pub fn parse_listing(json: &str) -> Result<KernelTable, IsolationError> {
             let Some(chain) = rule.get("chain").and_then(Value::as_str) else {
                 continue;
             };
-            if let Some(state) = table.chains.get_mut(chain) {
-                if chain == "input" && state.rules == 0 {
-                    table.fingerprint = rule
-                        .get("comment")
-                        .and_then(Value::as_str)
-                        .and_then(|c| c.strip_prefix(FINGERPRINT_PREFIX))
-                        .map(str::to_string);
-                }
-                state.rules += 1;
+            // Counted apart from the chains: the listing's order is not a promise.
+            let count = rule_counts.entry(chain.to_string()).or_insert(0usize);
+            if chain == "input" && *count == 0 {
+                table.fingerprint = rule
+                    .get("comment")
+                    .and_then(Value::as_str)
+                    .and_then(|c| c.strip_prefix(FINGERPRINT_PREFIX))
+                    .map(str::to_string);
             }
+            *count += 1;
+        }
+    }
+    for (chain, count) in rule_counts {
+        if let Some(state) = table.chains.get_mut(&chain) {
+            state.rules = count;
         }
     }
     Ok(table)
