@@ -86,3 +86,39 @@ fn dlp_one_profile_16mib_text(bencher: Bencher, profile: &str) {
         scan.finish()
     });
 }
+
+/// The inspection bench mix: type + SHA-256 + 100 YARA rules on a
+/// 64 MiB download (rules of literal strings, as marker/IOC rules are).
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn type_sha256_yara100_64mib_download(bencher: Bencher) {
+    let spool = tempfile::tempdir().expect("temp dir");
+    let mut rules = String::new();
+    for i in 0..100 {
+        rules.push_str(&format!(
+            "rule ioc_{i} {{ strings: $a = \"rampart-ioc-{i:03}-payload\" $b = {{ 4D 5A 90 00 03 {:02X} {:02X} }} condition: $a or $b }}\n",
+            i % 256,
+            (i * 7) % 256
+        ));
+    }
+    let path = spool.path().join("bench.yar");
+    std::fs::write(&path, rules).expect("write rules");
+    let inspector = Inspector::new(InspectConfig {
+        spool_dir: Some(spool.path().to_path_buf()),
+        yara: rampart_inspect::YaraConfig {
+            rules: vec![path],
+            ..Default::default()
+        },
+        ..InspectConfig::default()
+    })
+    .expect("config with rules");
+    let body = noise(BODY);
+    bencher.counter(BytesCount::new(BODY)).bench(|| {
+        let mut session = inspector.session(ScanContext::download());
+        for chunk in body.chunks(CHUNK) {
+            session.feed(chunk).expect("spool");
+        }
+        let report = session.finish();
+        assert_eq!(report.verdict.as_str(), "clean");
+        report
+    });
+}
