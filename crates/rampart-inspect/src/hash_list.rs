@@ -293,16 +293,28 @@ mod tests {
 
     #[test]
     fn a_million_hashes_load_and_are_found() {
+        // Distinct pseudo-random hashes, cheap to make in a debug build.
+        let hash_of = |i: u64| -> [u8; 32] {
+            let mut h = [0u8; 32];
+            let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            for part in h.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                part.copy_from_slice(&x.to_le_bytes());
+            }
+            h[..8].copy_from_slice(&i.to_be_bytes());
+            h
+        };
         let mut text = String::with_capacity(65 * 1_000_000);
-        for i in 0u32..1_000_000 {
-            let h: [u8; 32] = Sha256::digest(i.to_le_bytes()).into();
-            text.push_str(&hex::encode(h));
+        for i in 0u64..1_000_000 {
+            text.push_str(&hex::encode(hash_of(i)));
             text.push('\n');
         }
         let lists = HashLists::from_text("big", &text).unwrap();
         assert_eq!(lists.len(), 1_000_000);
         assert_eq!(lists.sha256.hashes.capacity() * 32, 32_000_000);
-        let probe: [u8; 32] = Sha256::digest(777_777u32.to_le_bytes()).into();
-        assert!(lists.find_sha256(&probe).is_some());
+        assert!(lists.find_sha256(&hash_of(777_777)).is_some());
+        assert!(lists.find_sha256(&hash_of(1_000_001)).is_none());
     }
 }
