@@ -258,7 +258,7 @@ impl Admission {
         if let Some(user) = logins.cache.get(&digest, &self.fingerprint) {
             return Ok(Some(user));
         }
-        let source_key = LimitKey::Source(source);
+        let source_key = LimitKey::Source(limit_scope(source));
         let now = Instant::now();
         if let Some(wait) = logins.limiter.blocked(&source_key, now) {
             return Err(throttled(logins, &source_key, wait));
@@ -367,6 +367,19 @@ impl Admission {
                 None
             }
         }
+    }
+}
+
+/// What failed logins are counted against for a source: the IPv4 address, or
+/// the IPv6 /64 (one host usually holds a whole /64, so rotating addresses
+/// inside it must not reset the count).
+fn limit_scope(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
     }
 }
 
@@ -652,6 +665,16 @@ mod tests {
         assert!(!verify_with_memory(small, b"s3cret", &mut blocks));
         assert!(verify_with_memory(&phc, b"s3cret", &mut blocks));
         assert!(!verify_with_memory("not a hash", b"s3cret", &mut blocks));
+    }
+
+    #[test]
+    fn ipv6_sources_are_limited_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(limit_scope(a), limit_scope(b));
+        assert_ne!(limit_scope(a), limit_scope(c));
+        assert_eq!(limit_scope(CLIENT), CLIENT);
     }
 
     #[test]
