@@ -148,6 +148,20 @@ impl GatewayHandle {
                 "proxy.listen changed: a new listen address takes effect only after a restart");
         }
         config.proxy.listen = self.listen;
+        let running = self
+            .shared
+            .state
+            .load()
+            .config
+            .proxy
+            .auth_verify_concurrency;
+        if config.proxy.auth_verify_concurrency != running {
+            tracing::warn!(
+                old = running,
+                new = config.proxy.auth_verify_concurrency,
+                "proxy.auth_verify_concurrency changed: it takes effect only after a restart"
+            );
+        }
         config.listener_registry = self.listeners.clone();
         warn_if_open_to_all(&config);
         match GatewayState::new(config, &self.instance_id) {
