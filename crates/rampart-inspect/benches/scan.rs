@@ -89,6 +89,7 @@ fn dlp_one_profile_16mib_text(bencher: Bencher, profile: &str) {
 
 /// The inspection bench mix: type + SHA-256 + 100 YARA rules on a
 /// 64 MiB download (rules of literal strings, as marker/IOC rules are).
+#[cfg(feature = "yara")]
 #[divan::bench(sample_count = 5, sample_size = 1)]
 fn type_sha256_yara100_64mib_download(bencher: Bencher) {
     let spool = tempfile::tempdir().expect("temp dir");

@@ -4,7 +4,7 @@
 //! shared by the whole body: entry count, expanded bytes and the time budget.
 
 use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use md5::Md5;
 use sha1::Sha1;
@@ -53,7 +53,8 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn remaining(&self) -> Option<Duration> {
+    #[cfg(feature = "yara")]
+    fn remaining(&self) -> Option<std::time::Duration> {
         self.deadline
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())

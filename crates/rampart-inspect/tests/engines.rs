@@ -4,8 +4,9 @@ mod common;
 
 use common::{inspector, run, write, EICAR};
 use md5::Digest as _;
-use rampart_inspect::{Engine, InspectConfig, InspectError, Inspector, ScanContext, Verdict};
+use rampart_inspect::{InspectConfig, Inspector, ScanContext, Verdict};
 
+#[cfg(feature = "yara")]
 const MARKER_RULE: &str = r#"
 rule Rampart_Test_Marker
 {
@@ -17,6 +18,7 @@ rule Rampart_Test_Marker
 "#;
 
 #[test]
+#[cfg(feature = "yara")]
 fn yara_rule_matching_a_marker_makes_a_download_malicious() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -27,13 +29,14 @@ fn yara_rule_matching_a_marker_makes_a_download_malicious() {
         b"some text RAMPART-YARA-TEST-MARKER more text",
     );
     assert_eq!(report.verdict, Verdict::Malicious);
-    assert_eq!(report.findings[0].engine, Engine::Yara);
+    assert_eq!(report.findings[0].engine, rampart_inspect::Engine::Yara);
     assert_eq!(report.findings[0].rule_or_signature, "Rampart_Test_Marker");
     let clean = insp.scan_bytes(ScanContext::download(), b"nothing here");
     assert_eq!(clean.verdict, Verdict::Clean);
 }
 
 #[test]
+#[cfg(feature = "yara")]
 fn yara_rules_see_archive_entries_and_spooled_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -59,6 +62,7 @@ fn yara_rules_see_archive_entries_and_spooled_bodies() {
 }
 
 #[test]
+#[cfg(feature = "yara")]
 fn broken_yara_rule_file_is_rejected_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -74,7 +78,10 @@ fn broken_yara_rule_file_is_rejected_with_file_and_line() {
     let err = Inspector::new(config)
         .err()
         .expect("broken rules must not build");
-    assert!(matches!(err, InspectError::YaraCompile { .. }));
+    assert!(matches!(
+        err,
+        rampart_inspect::InspectError::YaraCompile { .. }
+    ));
     let msg = err.to_string();
     assert!(msg.contains(&format!("{}:5:", bad.display())), "{msg}");
 }
