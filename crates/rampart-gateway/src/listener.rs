@@ -131,6 +131,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
+            // The read buffer, not the head: one read can overshoot it, so the
+            // exact `max_header_bytes` check is `head_limit` on the parsed request.
+            // This bound still caps memory and answers heads that never end.
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers)
             .keep_alive(true);
