@@ -140,11 +140,16 @@ fn tcp_ok(ns: &str, target: SocketAddr) -> bool {
 }
 
 fn udp_ok(ns: &str, target: SocketAddr) -> bool {
+    udp_from_port_ok(ns, 0, target)
+}
+
+/// A UDP round trip from a chosen local port (0: any).
+fn udp_from_port_ok(ns: &str, local_port: u16, target: SocketAddr) -> bool {
     in_ns(ns, move || {
         let bind: SocketAddr = if target.is_ipv4() {
-            "0.0.0.0:0".parse().expect("addr")
+            SocketAddr::new([0, 0, 0, 0].into(), local_port)
         } else {
-            "[::]:0".parse().expect("addr")
+            SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), local_port)
         };
         let Ok(socket) = UdpSocket::bind(bind) else {
             return false;
@@ -503,4 +508,72 @@ fn a_thousand_exception_rules_apply_in_one_batch_within_budget() {
     );
     // The target is 200 ms; the assertion leaves room for a loaded CI machine.
     assert!(timings.1 < Duration::from_secs(2), "{timings:?}");
+}
+
+#[test]
+fn dhcp_ports_and_dns_to_the_configured_resolver_stay_open_other_dns_does_not() {
+    if !root_or_skip("dhcp_ports_and_dns_to_the_configured_resolver_stay_open_other_dns_does_not") {
+        return;
+    }
+    let topo = topology();
+    let dir = TempDir::new("dhcp-dns");
+    let ep = topo.endpoint.clone();
+    let resolver = "10.77.2.53";
+    let out = topo.exec(
+        &topo.origin,
+        "ip",
+        &["addr", "add", "10.77.2.53/24", "dev", "toep"],
+    );
+    assert!(out.status.success());
+    // Stand-ins answering on the DHCP server port and on DNS, on a resolver address
+    // and on an address that is not a resolver.
+    udp_echo(
+        &topo.origin,
+        vec![
+            sock(ATTACKER4, 67),
+            sock(resolver, 53),
+            sock(resolver, 5353),
+            sock(ATTACKER4, 53),
+        ],
+    );
+    tcp_echo(&topo.origin, vec![sock(resolver, 53), sock(ATTACKER4, 53)]);
+    let mut with_resolver = spec("");
+    with_resolver.resolvers = vec![resolver.parse().expect("ip")];
+    let state = dir.0.clone();
+    let report = in_ns(&ep, move || {
+        isolation::isolate(&state, &Isolator::default(), with_resolver, None)
+    })
+    .expect("isolate");
+    assert_eq!(report.state, KernelState::Isolated, "{report:?}");
+
+    assert!(
+        udp_from_port_ok(&ep, 68, sock(ATTACKER4, 67)),
+        "DHCPv4 client port 68 -> 67"
+    );
+    assert!(
+        !udp_from_port_ok(&ep, 69, sock(ATTACKER4, 67)),
+        "only the DHCP client port"
+    );
+    assert!(
+        udp_ok(&ep, sock(resolver, 53)),
+        "DNS over UDP to the resolver"
+    );
+    assert!(
+        tcp_ok(&ep, sock(resolver, 53)),
+        "DNS over TCP to the resolver"
+    );
+    assert!(
+        !udp_ok(&ep, sock(resolver, 5353)),
+        "only port 53 of the resolver"
+    );
+    assert!(!udp_ok(&ep, sock(ATTACKER4, 53)), "no DNS to other servers");
+    assert!(
+        !tcp_ok(&ep, sock(ATTACKER4, 53)),
+        "no DNS over TCP to other servers"
+    );
+    let state = dir.0.clone();
+    in_ns(&ep, move || {
+        isolation::release(&state, &Isolator::default(), None)
+    })
+    .expect("release");
 }

@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use rampart_agent::isolation::{parse_rules, ruleset, IsolationSpec};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match parse_rules("fuzz.pf", text) {
         Ok(exceptions) => {
             let spec = IsolationSpec {
