@@ -241,3 +241,21 @@ fn oversized_api_request_heads_and_bodies_are_refused() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
     assert_eq!(http_get_status(gw.api, "/healthz"), Some(200));
 }
+
+#[test]
+fn a_stalled_api_request_body_is_closed_after_the_idle_timeout() {
+    let gw = Rampart::start("[api]\nidle_timeout = \"1s\"\nheader_timeout = \"30s\"\n");
+    let started = std::time::Instant::now();
+    // A complete head promising 100 bytes, then 10 of them and silence.
+    let answer = support::raw_exchange_until_close(
+        gw.api,
+        b"POST /api/v1/policy/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+        Duration::from_secs(10),
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}: {answer:?}"
+    );
+    assert_eq!(http_get_status(gw.api, "/healthz"), Some(200));
+}
