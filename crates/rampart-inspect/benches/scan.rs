@@ -123,3 +123,14 @@ fn type_sha256_yara100_64mib_download(bencher: Bencher) {
         report
     });
 }
+
+/// The ceiling for the scanner's hot path: SHA-256 alone (sha2 uses the
+/// CPU's SHA extensions when present).
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn sha256_only_64mib(bencher: Bencher) {
+    use sha2::Digest;
+    let body = noise(BODY);
+    bencher
+        .counter(BytesCount::new(BODY))
+        .bench(|| sha2::Sha256::digest(&body));
+}
