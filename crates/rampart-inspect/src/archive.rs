@@ -1,5 +1,5 @@
-//! Opening archives: zip (and the zip-based Office formats), gzip, tar and
-//! 7z. This module only walks a container and hands each entry's
+//! Opening archives: zip (and the zip-based Office formats), gzip, bzip2,
+//! xz, tar and 7z. This module only walks a container and hands each entry's
 //! decompressed stream to an [`EntrySink`]; the sink (the scanner) counts
 //! every byte against the entry, size, ratio and time limits while it reads,
 //! so a bomb is stopped by what it *produces*, never by what its headers
@@ -59,7 +59,7 @@ pub(crate) trait EntrySink {
 }
 
 /// Walks `reader` (a `kind` container) through `sink`. `gzip_name` names the
-/// single member of a gzip stream.
+/// single member of a gzip, bzip2 or xz stream.
 pub(crate) fn walk<R: Read + Seek>(
     kind: FileType,
     reader: R,
@@ -69,7 +69,18 @@ pub(crate) fn walk<R: Read + Seek>(
 ) -> Result<(), WalkError> {
     match kind {
         FileType::Zip | FileType::Docx | FileType::Xlsx | FileType::Pptx => walk_zip(reader, sink),
-        FileType::Gzip => walk_gzip(reader, gzip_name, sink),
+        FileType::Gzip => walk_single(flate2::read::MultiGzDecoder::new(reader), gzip_name, sink),
+        FileType::Bzip2 => walk_single(bzip2::read::MultiBzDecoder::new(reader), gzip_name, sink),
+        FileType::Xz => walk_single(
+            // Multi-stream, and a dictionary no larger than 7z's allowance.
+            lzma_rust2::XzReader::new_mem_limit(
+                reader,
+                true,
+                u32::try_from(sevenz_memory_kib).unwrap_or(u32::MAX),
+            ),
+            gzip_name,
+            sink,
+        ),
         FileType::Tar => walk_tar(reader, sink),
         FileType::SevenZip => walk_7z(reader, sevenz_memory_kib, sink),
         _ => Ok(()),
@@ -107,10 +118,14 @@ fn walk_zip<R: Read + Seek>(reader: R, sink: &mut dyn EntrySink) -> Result<(), W
     Ok(())
 }
 
-fn walk_gzip<R: Read>(reader: R, name: &str, sink: &mut dyn EntrySink) -> Result<(), WalkError> {
+/// A compressed stream of one file (gzip, bzip2, xz): its one entry.
+/// Multi-member decoders: `cat a.gz b.gz` is one valid stream of both.
+fn walk_single<D: Read>(
+    mut decoder: D,
+    name: &str,
+    sink: &mut dyn EntrySink,
+) -> Result<(), WalkError> {
     sink.count_entry()?;
-    // Multi-member: `cat a.gz b.gz` is one valid gzip stream of both.
-    let mut decoder = flate2::read::MultiGzDecoder::new(reader);
     sink.entry(name, &mut decoder, None)?;
     Ok(())
 }

@@ -146,6 +146,8 @@ impl FileType {
                 | FileType::Pptx
                 | FileType::SevenZip
                 | FileType::Gzip
+                | FileType::Bzip2
+                | FileType::Xz
                 | FileType::Tar
         )
     }

@@ -481,17 +481,25 @@ impl<'a> Walk<'a> {
     }
 }
 
-/// The member of `x.gz` is `x`; of `x.tgz`, `x.tar`.
+/// The member of `x.gz` is `x`; of `x.tgz`, `x.tar` (likewise for bzip2 and
+/// xz); anything else gets `.decompressed` appended.
 fn gunzipped_name(path: &str) -> String {
     let last = path.rsplit("!/").next().unwrap_or(path);
     let last = last.rsplit('/').next().unwrap_or(last);
-    if let Some(stem) = last.strip_suffix(".tgz") {
-        format!("{stem}.tar")
-    } else if let Some(stem) = last.strip_suffix(".gz").filter(|s| !s.is_empty()) {
-        stem.to_owned()
-    } else {
-        format!("{last}.gunzipped")
+    for (suffix, replacement) in [
+        (".tgz", ".tar"),
+        (".tbz2", ".tar"),
+        (".tbz", ".tar"),
+        (".txz", ".tar"),
+        (".gz", ""),
+        (".bz2", ""),
+        (".xz", ""),
+    ] {
+        if let Some(stem) = last.strip_suffix(suffix).filter(|s| !s.is_empty()) {
+            return format!("{stem}{replacement}");
+        }
     }
+    format!("{last}.decompressed")
 }
 
 /// The walker's view of one container being opened.
@@ -659,6 +667,7 @@ mod tests {
     fn gzip_members_are_named_after_the_container() {
         assert_eq!(gunzipped_name("bundle.tar.gz"), "bundle.tar");
         assert_eq!(gunzipped_name("a.zip!/logs.tgz"), "logs.tar");
-        assert_eq!(gunzipped_name("body"), "body.gunzipped");
+        assert_eq!(gunzipped_name("body"), "body.decompressed");
+        assert_eq!(gunzipped_name("x.tar.xz"), "x.tar");
     }
 }

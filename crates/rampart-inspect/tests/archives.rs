@@ -480,3 +480,22 @@ fn gzip_encoded_eicar_is_malicious() {
     assert_eq!(report.verdict, Verdict::Malicious, "{report:#?}");
     assert_eq!(report.findings[0].container_path, "eicar.com.gz!/eicar.com");
 }
+
+#[test]
+fn eicar_in_tar_bz2_and_tar_xz_is_malicious() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "eicar.com", EICAR);
+    run(d, "tar", &["cjf", "e.tar.bz2", "eicar.com"]);
+    run(d, "tar", &["cJf", "e.tar.xz", "eicar.com"]);
+    let insp = inspector(d, |_| {});
+    for (name, file_type) in [("e.tar.bz2", FileType::Bzip2), ("e.tar.xz", FileType::Xz)] {
+        let report = insp.scan_bytes(ScanContext::download().with_file_name(name), &read(d, name));
+        assert_eq!(report.file_type, file_type);
+        assert_eq!(report.verdict, Verdict::Malicious, "{report:#?}");
+        assert_eq!(
+            report.findings[0].container_path,
+            format!("{name}!/e.tar!/eicar.com")
+        );
+    }
+}
