@@ -79,20 +79,23 @@ fn news_is_blocked_for_engineering_except_the_press_list() {
     assert_eq!(body, "hello from origin");
 
     // CONNECT to a news host is refused for alice too (host known at the connection stage).
-    let (_, head, _) = curl(
+    // HTTPS to a blocked site: the tunnel would be decrypted, so the gateway
+    // answers the CONNECT and shows the block page inside TLS (no origin contacted).
+    let ca = gw.gateway_ca();
+    let (_, page, _) = curl(
         &gw.proxy_url(),
         &[
             "-U",
             "alice:pw",
-            "-sS",
-            "-o",
-            "/dev/null",
+            "--cacert",
+            ca.to_str().unwrap(),
             "-w",
-            "%{http_connect}",
+            "\n%{http_code}",
             "https://www.news.test:443/",
         ],
     );
-    assert_eq!(head.trim(), "403");
+    assert!(page.ends_with("403"), "{page}");
+    assert!(page.contains("no news for engineering"), "{page}");
 
     let log = gw.access_log();
     let blocked = log

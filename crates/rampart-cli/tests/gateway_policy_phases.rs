@@ -365,3 +365,42 @@ fn the_policy_revision_is_the_same_from_any_path_spelling() {
     assert_eq!(relative, absolute);
     assert_eq!(relative, dotted);
 }
+
+/// The serial of the leaf the gateway presents for `name` through a CONNECT to `port`.
+fn leaf_serial(gw: &Rampart, name: &str, port: u16) -> String {
+    let proxy = gw.proxy_url().trim_start_matches("http://").to_string();
+    let script = format!(
+        "timeout 20 openssl s_client -proxy {proxy} -connect {name}:{port} -servername {name} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+    );
+    let out = run(Command::new("sh").arg("-c").arg(&script));
+    let serial = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(serial.starts_with("serial="), "{script}: {out:?}");
+    serial
+}
+
+#[test]
+fn a_policy_reload_keeps_the_minted_leaves() {
+    let origin = TlsOrigin::start("shop.test");
+    let (gw, dir) = gateway("[defaults]\naccess = \"allow\"\n", origin.port, &[&origin.ca_pem]);
+    let before = leaf_serial(&gw, "shop.test", origin.port);
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[[access]]\nname = \"no evil\"\nwhen = { hosts = [\"evil.test\"] }\naction = \"block\"\n",
+    )
+    .unwrap();
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        support::eventually(std::time::Duration::from_secs(15), || {
+            gw.stderr().matches("reloaded").count() >= 1
+        }),
+        "no reload: {}",
+        gw.stderr()
+    );
+    // The new policy is in force...
+    let url = format!("http://evil.test:{}/", free_port());
+    let (_, body, _) = curl(&gw.proxy_url(), &["-w", "\n%{http_code}", &url]);
+    assert!(body.ends_with("403"), "{body}");
+    // ...and the leaf minted before the reload is still the one served.
+    let after = leaf_serial(&gw, "shop.test", origin.port);
+    assert_eq!(before, after);
+}

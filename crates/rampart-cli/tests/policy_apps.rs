@@ -173,19 +173,15 @@ fn an_access_rule_on_a_catalog_app_blocks_it_and_lets_other_hosts_pass() {
         assert!(body.ends_with("403"), "{host}: {body}");
         assert!(body.contains("no generative AI"), "{host}: {body}");
     }
-    // CONNECT is refused at the connection stage (the host is all it needs).
-    let (_, head, _) = curl(
+    // HTTPS is blocked at the connection stage (the host is all it needs); the
+    // tunnel would be decrypted, so the block page is shown inside TLS.
+    let ca = gw.gateway_ca();
+    let (_, page, _) = curl(
         &gw.proxy_url(),
-        &[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_connect}",
-            "https://chatgpt.com:443/",
-        ],
+        &["--cacert", ca.to_str().unwrap(), "-w", "\n%{http_code}", "https://chatgpt.com:443/"],
     );
-    assert_eq!(head.trim(), "403");
+    assert!(page.ends_with("403"), "{page}");
+    assert!(page.contains("no generative AI"), "{page}");
 
     // A host outside the app passes.
     let other = format!("http://docs.test:{port}/hello");

@@ -164,7 +164,8 @@ impl GatewayHandle {
         }
         config.listener_registry = self.listeners.clone();
         warn_if_open_to_all(&config);
-        match GatewayState::new(config, &self.instance_id) {
+        let current = self.shared.state.load_full();
+        match GatewayState::next(config, &self.instance_id, Some(&current)) {
             Ok(state) => {
                 self.shared.state.store(Arc::new(state));
                 self.shared

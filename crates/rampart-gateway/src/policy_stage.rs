@@ -51,6 +51,21 @@ impl<'a> FlowFacts<'a> {
     }
 }
 
+/// The groups a flow's record carries: those of its identity source (proxy
+/// user list, device certificate) and those the policy's `[identities]` gives
+/// the user, which take part in its decisions too.
+pub fn record_groups(policy: &Policy, user: Option<&str>, groups: &[String]) -> Vec<String> {
+    let mut all = groups.to_vec();
+    if let Some(user) = user {
+        for g in policy.groups_of_user(user) {
+            if !all.iter().any(|x| x == g) {
+                all.push(g.to_string());
+            }
+        }
+    }
+    all
+}
+
 /// What the data path must do after a policy phase.
 #[derive(Default)]
 pub struct StageResult {
@@ -200,11 +215,7 @@ pub fn settle_undecrypted(
     connection_phase(policy, &facts, record).blocked
 }
 
-fn record_pending(
-    policy: &Policy,
-    outcome: &Outcome<AccessAction>,
-    record: &mut FlowRecord,
-) {
+fn record_pending(policy: &Policy, outcome: &Outcome<AccessAction>, record: &mut FlowRecord) {
     if let Outcome::Pending {
         rule_id,
         rule_name,

@@ -38,6 +38,19 @@ pub struct GatewayState {
 impl GatewayState {
     /// Validates and compiles `config`. Must run inside a tokio runtime (health checks).
     pub fn new(config: GatewayConfig, instance_id: &str) -> Result<Self, ConfigError> {
+        GatewayState::next(config, instance_id, None)
+    }
+
+    /// The generation after `previous` (a reload): what did not change is kept
+    /// rather than rebuilt. An unchanged `[tls]` keeps the interception as it
+    /// is — the CA in memory, the minted-leaf cache, the pinned-client counts
+    /// and auto-bypasses — so a policy edit costs no leaf and forgets no
+    /// pinned client. A changed `[tls]` reloads the CA from disk.
+    pub fn next(
+        config: GatewayConfig,
+        instance_id: &str,
+        previous: Option<&GatewayState>,
+    ) -> Result<Self, ConfigError> {
         validate(&config)?;
         let admission = Admission::new(&config.proxy)?;
         let policy = config
@@ -60,7 +73,10 @@ impl GatewayState {
                 )
             })
             .collect();
+        let kept =
+            previous.filter(|p| p.config.tls == config.tls && p.config.data_dir == config.data_dir);
         let interception = match &config.tls {
+            Some(_) if kept.is_some() => kept.and_then(|p| p.interception.clone()),
             Some(tls) => Some(Arc::new(
                 crate::intercept::Interception::new(tls, &config.data_dir).map_err(|e| {
                     ConfigError::Invalid {

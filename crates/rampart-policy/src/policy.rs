@@ -1068,6 +1068,10 @@ impl<'d> Compiler<'d> {
             RuleAction::Access(defaults.access.unwrap_or(AccessAction::Allow)),
             RuleAction::Egress(egress_default),
         ];
+        self.warn_undecidable(
+            &sets[Stage::Access as usize],
+            &sets[Stage::Decryption as usize],
+        );
         for (s, rules) in sets.into_iter().enumerate() {
             self.warn_shadowed(&rules);
             let mut set = self.index(
@@ -1140,6 +1144,67 @@ impl<'d> Compiler<'d> {
                 def.stage
             );
             self.diags.push(Diagnostic::warning(&def.loc, msg));
+        }
+    }
+
+    /// An access rule that needs what only decryption shows (method, URL path,
+    /// file type) while every destination it names is never decrypted can
+    /// never match those tunnels: the gateway skips it there (DESIGN §6), which
+    /// is rarely what its author meant.
+    fn warn_undecidable(&mut self, access: &[Rule], decryption: &[Rule]) {
+        // The decryption rule that decides an object alone, if it only names destinations.
+        let never_decrypted = |o: u32| -> Option<&Rule> {
+            let mut lineage = vec![o];
+            lineage.extend_from_slice(&self.policy.objects[o as usize].ancestors);
+            let first = decryption
+                .iter()
+                .filter(|d| !d.disabled)
+                .find(|d| d.when.objects.iter().any(|x| lineage.contains(x)))?;
+            let only_destinations = first.unless.is_none()
+                && first.when.users.is_empty()
+                && first.when.groups.is_empty()
+                && first.when.devices.is_empty()
+                && first.when.networks.is_empty()
+                && first.when.processes.is_empty()
+                && first.when.ports.is_empty();
+            (only_destinations
+                && first.action == RuleAction::Decryption(DecryptionAction::DoNotDecrypt))
+            .then_some(first)
+        };
+        let mut warnings = Vec::new();
+        for rule in access.iter().filter(|r| !r.disabled) {
+            let w = &rule.when;
+            let needs = if !w.methods.is_empty() {
+                "the method"
+            } else if !w.file_types.is_empty() {
+                "the file type"
+            } else {
+                continue;
+            };
+            if w.objects.is_empty() {
+                continue;
+            }
+            let deciders: Option<Vec<&Rule>> =
+                w.objects.iter().map(|&o| never_decrypted(o)).collect();
+            if let Some(deciders) = deciders {
+                let names: Vec<String> = deciders
+                    .iter()
+                    .map(|d| format!("\"{}\" ({})", d.name, d.loc))
+                    .collect();
+                let mut names = names;
+                names.dedup();
+                warnings.push((
+                    rule.loc.clone(),
+                    format!(
+                        "rule \"{}\" needs {needs}, but every destination it names is never decrypted (decryption rule {}): it can never match their tunnels and is skipped there",
+                        rule.name,
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+        for (loc, msg) in warnings {
+            self.diags.push(Diagnostic::warning(&loc, msg));
         }
     }
 

@@ -781,3 +781,40 @@ fn an_empty_or_comment_only_policy_file_is_refused_unless_allowed() {
     fs::write(&path, "# lists\n[lists]\n").unwrap();
     assert!(Policy::load(&path).is_ok());
 }
+
+#[test]
+fn a_method_rule_on_a_never_decrypted_destination_is_reported_as_undecidable() {
+    let src = r#"
+[lists]
+bank = ["bank.example"]
+
+[[decryption]]
+name = "banks stay private"
+when = { lists = ["bank"] }
+action = "do-not-decrypt"
+
+[[access]]
+name = "no uploads to banks"
+when = { lists = ["bank"], methods = ["POST"] }
+action = "block"
+
+[[access]]
+name = "no uploads to dropbox"
+when = { apps = ["dropbox"], methods = ["POST"] }
+action = "block"
+"#;
+    let (_, diags) = compile(src);
+    let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    let bank = text
+        .iter()
+        .find(|d| d.contains("\"no uploads to banks\" needs the method"))
+        .unwrap_or_else(|| panic!("no warning for the bank rule: {text:#?}"));
+    assert!(bank.starts_with("policy.toml:10:"), "{bank}");
+    assert!(bank.contains("\"banks stay private\""), "{bank}");
+    // Built-in pinned apps are never decrypted either.
+    assert!(
+        text.iter()
+            .any(|d| d.contains("\"no uploads to dropbox\" needs the method")),
+        "{text:#?}"
+    );
+}

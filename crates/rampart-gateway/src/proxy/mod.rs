@@ -47,6 +47,17 @@ pub async fn handle(
     shared: Arc<Shared>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut req = req;
+    if req.method() == Method::CONNECT
+        && req
+            .uri()
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'))
+    {
+        // RFC 9110 §9.3.6: a CONNECT target is host:port, nothing more. The
+        // credentials are dropped before anything logs them, and the target
+        // left behind is answered with 400.
+        *req.uri_mut() = http::Uri::from_static("/");
+    }
     crate::url_redact::strip_userinfo(req.uri_mut());
     let state = shared.state.load_full();
     let target = if req.method() == Method::CONNECT {
@@ -100,14 +111,8 @@ pub async fn handle(
         Ok(user) => {
             log.record.user = user.as_ref().map(|u| Arc::from(u.name.as_str()));
             if let Some(u) = &user {
-                log.record.groups = u.groups.clone();
-                // Groups the policy's [identities] gives the user take part in
-                // its decisions, so events carry them too.
-                for g in state.policy.groups_of_user(&u.name) {
-                    if !log.record.groups.iter().any(|x| x == g) {
-                        log.record.groups.push(g.to_string());
-                    }
-                }
+                log.record.groups =
+                    crate::policy_stage::record_groups(&state.policy, Some(&u.name), &u.groups);
             }
             Identity {
                 user: user.as_ref().map(|u| u.name.clone()),

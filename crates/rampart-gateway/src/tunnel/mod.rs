@@ -513,7 +513,11 @@ async fn flow(
         .unwrap_or_else(|| req.uri().to_string());
     let mut record = FlowRecord::new(peer, "CONNECT", target);
     record.user = identity.user.as_deref().map(Arc::from);
-    record.groups = identity.groups.clone();
+    record.groups = crate::policy_stage::record_groups(
+        &state.policy,
+        identity.user.as_deref(),
+        &identity.groups,
+    );
     record.device = Some(Arc::from(identity.device.as_str()));
     record.process = process_from(req.headers());
     let options = ConnectOptions {
