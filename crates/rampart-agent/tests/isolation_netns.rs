@@ -577,3 +577,61 @@ fn dhcp_ports_and_dns_to_the_configured_resolver_stay_open_other_dns_does_not() 
     })
     .expect("release");
 }
+
+#[test]
+fn a_pass_out_exception_does_not_admit_a_connection_opened_from_its_port() {
+    if !root_or_skip("a_pass_out_exception_does_not_admit_a_connection_opened_from_its_port") {
+        return;
+    }
+    let topo = topology();
+    let dir = TempDir::new("reply-direction");
+    let ep = topo.endpoint.clone();
+    // Listeners on the endpoint (bind shells), and the attacker connecting to them
+    // *from* port 22, the port the exception passes towards it.
+    tcp_echo(&ep, vec![sock("10.77.2.1", 9998), sock("10.77.2.1", 9999)]);
+    // Connections are tracked before isolation, as on any host with a stateful firewall.
+    topo.nft_script(
+        &ep,
+        "table inet other_test {\n\tchain in {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tct state established counter\n\t}\n}\n",
+    );
+    let from_port_22 = |to_port: u16| {
+        in_ns(&topo.origin, move || {
+            use socket2::{Domain, Socket, Type};
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            socket.set_reuse_address(true).expect("reuse");
+            socket
+                .bind(&sock(ATTACKER4, 22).into())
+                .expect("bind port 22");
+            socket
+                .connect_timeout(&sock("10.77.2.1", to_port).into(), BLOCKED)
+                .ok()
+                .map(|()| TcpStream::from(socket))
+        })
+    };
+    let mut open = from_port_22(9999).expect("connects before isolation");
+    assert!(echoes(&mut open), "works before isolation");
+    let state = dir.0.clone();
+    in_ns(&ep, move || {
+        isolation::isolate(
+            &state,
+            &Isolator::default(),
+            spec("pass out proto tcp to 10.77.2.2 port 22"),
+            None,
+        )
+    })
+    .expect("isolate");
+    assert!(
+        !echoes(&mut open),
+        "the open connection from port 22 is cut"
+    );
+    let inbound = from_port_22(9998).is_some_and(|mut s| echoes(&mut s));
+    assert!(
+        !inbound,
+        "a new connection from the passed port must not count as a reply"
+    );
+    let state = dir.0.clone();
+    in_ns(&ep, move || {
+        isolation::release(&state, &Isolator::default(), None)
+    })
+    .expect("release");
+}

@@ -241,3 +241,95 @@ pub fn reapply_at_start(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "rampart-isolation-state-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn the_desired_state_round_trips_through_isolation_json() {
+        let dir = temp_dir("roundtrip");
+        assert_eq!(load(&dir).unwrap(), None, "no file: no desired state");
+        let spec = IsolationSpec {
+            server_addrs: vec!["192.0.2.1".parse().unwrap()],
+            exceptions: super::super::parse_rules(
+                "ex.pf",
+                "pass out proto tcp to 203.0.113.2 port 22",
+            )
+            .unwrap(),
+            ..Default::default()
+        };
+        let state = IsolationState::new(Desired::Isolated { spec }, Some("alert 42".into()));
+        save(&dir, &state).unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(state));
+        let text = std::fs::read_to_string(state_path(&dir)).unwrap();
+        assert!(text.contains("\"desired\": \"isolated\""), "{text}");
+        save(&dir, &IsolationState::new(Desired::Released, None)).unwrap();
+        assert_eq!(load(&dir).unwrap().unwrap().desired, Desired::Released);
+        assert!(
+            !dir.join(".isolation.json.tmp").exists(),
+            "the temporary file is renamed"
+        );
+        std::fs::write(state_path(&dir), "{ not json").unwrap();
+        let err = load(&dir).unwrap_err().to_string();
+        assert!(err.contains("isolation.json is invalid"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn status_is_desired_against_kernel() {
+        let isolated = Desired::Isolated {
+            spec: IsolationSpec::default(),
+        };
+        let drift = KernelState::Drift { reasons: vec![] };
+        let cases = [
+            (
+                Some(&isolated),
+                KernelState::Isolated,
+                IsolationStatus::Isolated,
+            ),
+            (Some(&isolated), KernelState::Absent, IsolationStatus::Drift),
+            (Some(&isolated), drift.clone(), IsolationStatus::Drift),
+            (
+                Some(&Desired::Released),
+                KernelState::Absent,
+                IsolationStatus::Released,
+            ),
+            (
+                Some(&Desired::Released),
+                drift,
+                IsolationStatus::ReleasePending,
+            ),
+            (None, KernelState::Absent, IsolationStatus::Released),
+        ];
+        for (desired, kernel, want) in cases {
+            assert_eq!(
+                IsolationStatus::of(desired, &kernel),
+                want,
+                "{desired:?} {kernel:?}"
+            );
+        }
+        assert_eq!(IsolationStatus::ReleasePending.as_str(), "release-pending");
+        assert_eq!(
+            serde_json::to_string(&IsolationStatus::ReleasePending).unwrap(),
+            "\"release-pending\""
+        );
+    }
+
+    #[test]
+    fn isolating_without_a_kept_address_is_refused_before_anything_is_written() {
+        let dir = temp_dir("nokeep");
+        let err = isolate(&dir, &Isolator::default(), IsolationSpec::default(), None).unwrap_err();
+        assert!(matches!(err, IsolationError::NoKeptAddress), "{err}");
+        assert_eq!(load(&dir).unwrap(), None);
+    }
+}
