@@ -6,26 +6,27 @@
 use http::uri::{Authority, Parts};
 use http::Uri;
 
-/// Removes the userinfo from `uri`'s authority, if it has any. A target whose
-/// authority cannot be rebuilt without it becomes `/`, which the proxy answers
-/// with 400 (no host): the credentials are dropped either way.
-pub fn strip_userinfo(uri: &mut Uri) {
+/// Removes the userinfo from `uri`'s authority; true when it had one. A
+/// target whose authority cannot be rebuilt without it becomes `/`, which the
+/// proxy answers with 400 (no host): the credentials are dropped either way.
+pub fn strip_userinfo(uri: &mut Uri) -> bool {
     let Some(authority) = uri.authority() else {
-        return;
+        return false;
     };
     let Some((_, host)) = authority.as_str().rsplit_once('@') else {
-        return;
+        return false;
     };
     let host = match host.parse::<Authority>() {
         Ok(host) => host,
         Err(_) => {
             *uri = Uri::from_static("/");
-            return;
+            return true;
         }
     };
     let mut parts = Parts::from(std::mem::take(uri));
     parts.authority = Some(host);
     *uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+    true
 }
 
 #[cfg(test)]
