@@ -48,6 +48,18 @@ fn gateway(dir: &Path, policy_toml: &str, extra_toml: &str) -> Result<Rampart, S
     )
 }
 
+/// Waits until the gateway watches its policy file: the watcher starts after the
+/// listeners answer, and a change made before it would go unseen.
+fn wait_for_watcher(gw: &Rampart) {
+    assert!(
+        eventually(Duration::from_secs(10), || gw
+            .stderr()
+            .contains("watching the policy for changes")),
+        "{}",
+        gw.stderr()
+    );
+}
+
 fn policy_path(dir: &Path) -> PathBuf {
     dir.join("policy.toml")
 }
@@ -107,6 +119,7 @@ fn truncating_the_policy_file_while_traffic_runs_never_lets_a_blocked_site_throu
         "",
     )
     .unwrap();
+    wait_for_watcher(&gw);
     assert_eq!(status_through(gw.proxy, "news.test", origin.port()), 403);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -179,6 +192,7 @@ fn an_empty_policy_file_is_refused_and_applies_only_when_forced() {
         "",
     )
     .unwrap();
+    wait_for_watcher(&gw);
     std::fs::write(&path, "").unwrap();
     // The watcher refuses it, says why, and the old policy keeps blocking.
     assert!(
