@@ -635,3 +635,105 @@ fn a_pass_out_exception_does_not_admit_a_connection_opened_from_its_port() {
     })
     .expect("release");
 }
+
+/// Every rule shape the parser accepts must be a rule nftables accepts: random token
+/// sequences, the ones that parse, all compiled into one table and checked by
+/// `nft -c` (check only, nothing is loaded) inside a namespace.
+#[test]
+fn every_rule_the_parser_accepts_is_accepted_by_nft() {
+    if !root_or_skip("every_rule_the_parser_accepts_is_accepted_by_nft") {
+        return;
+    }
+    const TOKENS: &[&str] = &[
+        "pass",
+        "block",
+        "in",
+        "out",
+        "log",
+        "quick",
+        "inet",
+        "inet6",
+        "proto",
+        "tcp",
+        "udp",
+        "icmp",
+        "icmp6",
+        "{",
+        "}",
+        ",",
+        "from",
+        "to",
+        "port",
+        "any",
+        "all",
+        "no state",
+        "10.0.0.1",
+        "10.0.0.0/8",
+        "192.0.2.0/24",
+        "2001:db8::1",
+        "2001:db8::/32",
+        "::/0",
+        "22",
+        "ssh",
+        "1000:2000",
+        "65535",
+        "53",
+        "$m4",
+        "$m6",
+        "$mp",
+    ];
+    let mut seed: u64 = 0x5eed_1234_abcd_ef01;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut exceptions = Vec::new();
+    let mut tries = 0;
+    while exceptions.len() < 400 && tries < 200_000 {
+        tries += 1;
+        let action = if next() % 2 == 0 { "pass" } else { "block" };
+        let len = (next() % 14) as usize;
+        let body: Vec<&str> = (0..len)
+            .map(|_| TOKENS[(next() % TOKENS.len() as u64) as usize])
+            .collect();
+        let text = format!(
+            "m4 = \"{{ 10.1.0.0/16 10.2.0.1 }}\"\nm6 = \"2001:db8:6::/48\"\nmp = \"{{ 80 443 }}\"\n{action} {}\n",
+            body.join(" ")
+        );
+        if let Ok(rules) = parse_rules("random.pf", &text) {
+            exceptions.extend(rules);
+        }
+    }
+    assert!(
+        exceptions.len() >= 100,
+        "only {} random rules parsed",
+        exceptions.len()
+    );
+    let count = exceptions.len();
+    let mut spec = spec("");
+    spec.exceptions = exceptions;
+    let (batch, _) = isolation::ruleset(&spec);
+    let topo = topology();
+    let out = in_ns(&topo.endpoint, move || {
+        let mut child = std::process::Command::new("nft")
+            .args(["-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(batch.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("nft")
+    });
+    assert!(
+        out.status.success(),
+        "nft refused a compiled rule ({count} rules): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
