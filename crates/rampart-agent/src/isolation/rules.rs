@@ -416,7 +416,10 @@ impl RuleParser<'_, '_, '_> {
                 },
             );
         }
-        if KEYWORDS.contains(&word) || PROTOS.contains(&word) || word.parse::<IpAddr>().is_ok() {
+        // Only a word that looks like a keyword can be a misspelt one; a stray number
+        // or address is just out of place.
+        let keyword_like = word.starts_with(|c: char| c.is_ascii_alphabetic());
+        if !keyword_like || KEYWORDS.contains(&word) || PROTOS.contains(&word) {
             return self.expected(expected);
         }
         self.p.err(

@@ -313,6 +313,10 @@ fn structure_errors_point_at_the_token() {
         "ex.pf:1:14: expected the next part of the rule in pf order: in|out, log, quick, inet|inet6, proto, from, to, no state, found \"10.0.0.1\""
     );
     assert_eq!(
+        err("pass out proto tcp to 10.0.0.1 port 22 23"),
+        "ex.pf:1:40: expected the next part of the rule in pf order: in|out, log, quick, inet|inet6, proto, from, to, no state, found \"23\""
+    );
+    assert_eq!(
         err("pass out to 10.0.0.1 no"),
         "ex.pf:1:24: expected `state` after `no`, found end of line"
     );
