@@ -29,9 +29,49 @@ impl FailMode {
     }
 }
 
+/// What the gateway does with a verdict when no policy rule on `verdicts`
+/// decided the response (the default inspection policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerdictAction {
+    /// Refuse the body: the block page when it is still held, a cut transfer otherwise.
+    Block,
+    /// Pass it, with a Detection Finding.
+    Alert,
+    /// Pass it; the verdict is still recorded on the flow.
+    Allow,
+}
+
+/// `[inspect.actions]`: the default inspection policy, per verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerdictActions {
+    pub malicious: VerdictAction,
+    pub encrypted: VerdictAction,
+    pub unscannable: VerdictAction,
+    pub sensitive: VerdictAction,
+}
+
+impl Default for VerdictActions {
+    fn default() -> Self {
+        VerdictActions {
+            malicious: VerdictAction::Block,
+            encrypted: VerdictAction::Alert,
+            unscannable: VerdictAction::Alert,
+            sensitive: VerdictAction::Alert,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InspectConfig {
+    /// Scan bodies at all (plain HTTP and decrypted TLS, both directions).
+    /// Used by the gateway, not here.
+    pub enabled: bool,
+    /// The default inspection policy (used by the gateway): what each verdict
+    /// does when no policy rule on `verdicts` decided.
+    pub actions: VerdictActions,
     /// How long the gateway holds a body's last chunk waiting for the verdict
     /// before it applies the fail mode. Used by the gateway, not here.
     #[serde(with = "humantime_serde")]
@@ -59,6 +99,8 @@ pub struct InspectConfig {
 impl Default for InspectConfig {
     fn default() -> Self {
         InspectConfig {
+            enabled: true,
+            actions: VerdictActions::default(),
             hold_timeout: Duration::from_secs(30),
             memory_threshold: MIB,
             max_scan_size: 100 * 1000 * 1000,

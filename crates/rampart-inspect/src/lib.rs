@@ -11,7 +11,7 @@
 //! # Ok::<(), rampart_inspect::InspectError>(())
 //! ```
 //!
-//! Modules: [`file_type`] (magic bytes), `archive` (zip, gzip, tar, 7z with
+//! Modules: [`file_type`] (magic bytes), `archive` (zip, gzip, bzip2, xz, tar, 7z with
 //! limits), `encryption`, [`hash_list`], `yara` (boreal), [`clamd`]
 //! (INSTREAM), [`dlp`], `session`/`spool` (bounded buffering) and
 //! [`verdict`] (what comes out).
@@ -34,7 +34,7 @@ mod yara;
 
 pub use config::{
     ArchiveLimits, ClamdConfig, CustomDlpProfile, DlpConfig, FailMode, HashListConfig,
-    InspectConfig, YaraConfig,
+    InspectConfig, VerdictAction, VerdictActions, YaraConfig,
 };
 pub use error::InspectError;
 pub use file_type::{sniff, FileType, ISO_SNIFF_LEN, SNIFF_LEN};
