@@ -124,7 +124,8 @@ impl Chains {
             "udp sport 67 udp dport 68 accept comment \"DHCPv4\"".to_string(),
             "meta nfproto ipv6 udp sport 547 udp dport 546 accept comment \"DHCPv6\"".to_string(),
             // Without neighbour discovery IPv6 cannot reach even the kept addresses.
-            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert, nd-redirect, mld-listener-query } accept".to_string(),
+            // Redirects are left out: no one on the link may reroute an isolated host.
+            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert, mld-listener-query } accept".to_string(),
             "ip saddr @dns4 meta l4proto { tcp, udp } th sport 53 ct state established ct direction reply accept comment \"DNS\"".to_string(),
             "ip6 saddr @dns6 meta l4proto { tcp, udp } th sport 53 ct state established ct direction reply accept comment \"DNS\"".to_string(),
             // ICMP errors about a tracked flow (path MTU for the tunnel).

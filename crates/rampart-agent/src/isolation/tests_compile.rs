@@ -142,7 +142,7 @@ table inet rampart_isolate {{
 		ip6 saddr @keep6 accept
 		udp sport 67 udp dport 68 accept comment "DHCPv4"
 		meta nfproto ipv6 udp sport 547 udp dport 546 accept comment "DHCPv6"
-		icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert, nd-redirect, mld-listener-query }} accept
+		icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert, mld-listener-query }} accept
 		ip saddr @dns4 meta l4proto {{ tcp, udp }} th sport 53 ct state established ct direction reply accept comment "DNS"
 		ip6 saddr @dns6 meta l4proto {{ tcp, udp }} th sport 53 ct state established ct direction reply accept comment "DNS"
 		ct state related meta l4proto {{ icmp, ipv6-icmp }} accept
