@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use rampart_policy::{
     AccessAction, ConnectionFacts, Decision, DecryptionAction, Egress, EvalPoint, Identity,
-    ObjectKind, Outcome, Policy, Process, RequestFacts, ResponseFacts,
+    InspectionFacts, ObjectKind, Outcome, Policy, Process, RequestFacts, ResponseFacts,
 };
 
 use crate::access_log::{FlowRecord, PolicyRecord};
@@ -172,13 +172,15 @@ pub fn request_phase(
 }
 
 /// Response phase: the request phase left access pending on a rule that needs
-/// the response (a file type); the whole stage is evaluated again with it.
+/// the response (file type, verdicts, DLP profiles, direction, size); the
+/// whole stage is evaluated again with what inspection found. Uploads come
+/// here too, with `inspection.direction` = upload, once their body is scanned.
 pub fn response_phase(
     policy: &Policy,
     facts: &FlowFacts<'_>,
     method: &str,
     path: &str,
-    file_type: Option<&str>,
+    inspection: InspectionFacts<'_>,
     record: &mut FlowRecord,
 ) -> StageResult {
     let response = ResponseFacts {
@@ -187,7 +189,7 @@ pub fn response_phase(
             method,
             path,
         },
-        file_type,
+        inspection,
     };
     let decision = policy.evaluate_response(&response);
     let access = apply_access(policy, &decision, &[], record);

@@ -92,7 +92,10 @@ pub async fn decide(
         &held.facts,
         held.method,
         held.path,
-        file_type,
+        rampart_policy::InspectionFacts {
+            file_type,
+            ..Default::default()
+        },
         &mut log.record,
     );
     if let Some(blocked) = &stage.blocked {

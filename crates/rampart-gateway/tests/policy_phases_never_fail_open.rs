@@ -1,6 +1,6 @@
 //! The property DESIGN §6 asks for: for random policies (rules mixing host,
-//! list with path entries, method, file type, user, group, process and port
-//! conditions in random order) and random flows (plain HTTP, decrypted and
+//! list with path entries, method, file type, inspection verdict, direction,
+//! user, group, process and port conditions in random order) and random flows (plain HTTP, decrypted and
 //! not-decrypted tunnels, agent flows), the decision the gateway enforces —
 //! through its real policy phases, in the order the data path calls them —
 //! equals the decision of one evaluation with every fact the flow ever has,
@@ -12,14 +12,15 @@ use proptest::prelude::*;
 use rampart_gateway::access_log::FlowRecord;
 use rampart_gateway::policy_stage::{self, FlowFacts};
 use rampart_policy::{
-    AccessAction, ConnectionFacts, EvalPoint, Identity, Policy, Process, RequestFacts,
-    ResponseFacts,
+    AccessAction, ConnectionFacts, Direction, EvalPoint, Identity, InspectionFacts, Policy,
+    Process, RequestFacts, ResponseFacts,
 };
 
 const HOSTS: [&str; 4] = ["a.test", "b.test", "www.c.test", "d.test"];
 const PATHS: [&str; 4] = ["/", "/admin/x", "/files/setup.exe", "/docs/?q=1"];
 const METHODS: [&str; 2] = ["GET", "POST"];
 const TYPES: [&str; 4] = ["exe", "zip", "pdf", "html"];
+const VERDICTS: [&str; 4] = ["malicious", "encrypted", "unscannable", "clean"];
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
 const PROCESSES: [&str; 2] = ["curl", "python3.11"];
 const PORTS: [u16; 2] = [443, 8443];
@@ -28,20 +29,18 @@ const ACTIONS: [&str; 4] = ["allow", "block", "alert", "user-alert"];
 /// One random condition, as TOML.
 fn condition() -> impl Strategy<Value = String> {
     prop_oneof![
-        prop::sample::subsequence(HOSTS.to_vec(), 1..3)
-            .prop_map(|h| format!("hosts = {h:?}")),
+        prop::sample::subsequence(HOSTS.to_vec(), 1..3).prop_map(|h| format!("hosts = {h:?}")),
         prop::sample::select(vec!["admin-paths", "exe-paths", "c-site"])
             .prop_map(|l| format!("lists = [{l:?}]")),
-        prop::sample::subsequence(METHODS.to_vec(), 1..2)
-            .prop_map(|m| format!("methods = {m:?}")),
-        prop::sample::subsequence(TYPES.to_vec(), 1..3)
-            .prop_map(|t| format!("file_types = {t:?}")),
-        prop::sample::subsequence(USERS.to_vec(), 1..3)
-            .prop_map(|u| format!("users = {u:?}")),
+        prop::sample::subsequence(METHODS.to_vec(), 1..2).prop_map(|m| format!("methods = {m:?}")),
+        prop::sample::subsequence(TYPES.to_vec(), 1..3).prop_map(|t| format!("file_types = {t:?}")),
+        prop::sample::subsequence(VERDICTS.to_vec(), 1..3)
+            .prop_map(|v| format!("verdicts = {v:?}")),
+        prop::sample::select(vec!["download", "upload"]).prop_map(|d| format!("direction = {d:?}")),
+        prop::sample::subsequence(USERS.to_vec(), 1..3).prop_map(|u| format!("users = {u:?}")),
         prop::sample::select(vec!["engineering", "sales"])
             .prop_map(|g| format!("groups = [{g:?}]")),
-        prop::sample::select(vec!["curl", "python3*"])
-            .prop_map(|p| format!("processes = [{p:?}]")),
+        prop::sample::select(vec!["curl", "python3*"]).prop_map(|p| format!("processes = [{p:?}]")),
         prop::sample::select(vec![443u16, 8443]).prop_map(|p| format!("ports = [{p}]")),
     ]
 }
@@ -106,6 +105,9 @@ struct Flow {
     path: &'static str,
     method: &'static str,
     file_type: Option<&'static str>,
+    /// Empty: the body was not scanned.
+    verdicts: Vec<&'static str>,
+    direction: Option<Direction>,
     user: Option<&'static str>,
     process: Option<&'static str>,
     port: u16,
@@ -118,22 +120,43 @@ fn flow() -> impl Strategy<Value = Flow> {
         prop::sample::select(PATHS.to_vec()),
         prop::sample::select(METHODS.to_vec()),
         prop::option::of(prop::sample::select(TYPES.to_vec())),
+        prop::sample::subsequence(VERDICTS.to_vec(), 0..3),
+        prop::option::of(prop::sample::select(vec![
+            Direction::Download,
+            Direction::Upload,
+        ])),
         prop::option::of(prop::sample::select(USERS.to_vec())),
         prop::option::of(prop::sample::select(PROCESSES.to_vec())),
         prop::sample::select(PORTS.to_vec()),
     )
         .prop_map(
-            |(kind, host, path, method, file_type, user, process, port)| Flow {
-                kind,
-                host,
-                path,
-                method,
-                file_type,
-                user,
-                process,
-                port,
+            |(kind, host, path, method, file_type, verdicts, direction, user, process, port)| {
+                Flow {
+                    kind,
+                    host,
+                    path,
+                    method,
+                    file_type,
+                    verdicts,
+                    direction,
+                    user,
+                    process,
+                    port,
+                }
             },
         )
+}
+
+impl Flow {
+    /// What inspection found, as the response phase is given it.
+    fn inspection(&self) -> InspectionFacts<'_> {
+        InspectionFacts {
+            file_type: self.file_type,
+            verdicts: &self.verdicts,
+            direction: self.direction,
+            ..Default::default()
+        }
+    }
 }
 
 /// What the gateway enforced, and the action it recorded.
@@ -157,7 +180,12 @@ fn action_of(record: &FlowRecord) -> String {
 
 /// The data path's sequence of phases for `flow` (connect.rs, session.rs,
 /// forward.rs, response_gate.rs call them in this order).
-fn enforce(policy: &Policy, identity: &Identity, process: Option<&Process>, flow: &Flow) -> Enforced {
+fn enforce(
+    policy: &Policy,
+    identity: &Identity,
+    process: Option<&Process>,
+    flow: &Flow,
+) -> Enforced {
     let last = match flow.kind {
         Kind::Spliced => EvalPoint::Connection,
         Kind::Plain | Kind::Decrypted => EvalPoint::Response,
@@ -181,7 +209,10 @@ fn enforce(policy: &Policy, identity: &Identity, process: Option<&Process>, flow
         }
         if matches!(flow.kind, Kind::Spliced) {
             // A spliced tunnel is never left pending: the URL never comes.
-            assert!(!stage.pending, "a tunnel that is not decrypted was left pending");
+            assert!(
+                !stage.pending,
+                "a tunnel that is not decrypted was left pending"
+            );
             return Enforced {
                 blocked: false,
                 action: action_of(&tunnel),
@@ -201,7 +232,7 @@ fn enforce(policy: &Policy, identity: &Identity, process: Option<&Process>, flow
         &facts,
         flow.method,
         flow.path,
-        flow.file_type,
+        flow.inspection(),
         &mut request,
     );
     Enforced {
@@ -243,7 +274,7 @@ fn check(rules: &[String], default_block: bool, flow: &Flow) -> Result<(), TestC
                 method: flow.method,
                 path: flow.path,
             },
-            file_type: flow.file_type,
+            inspection: flow.inspection(),
         },
         last,
     );
@@ -298,6 +329,8 @@ fn a_file_type_rule_first_does_not_shadow_a_host_block() {
             path: "/",
             method: "GET",
             file_type: Some("html"),
+            verdicts: Vec::new(),
+            direction: None,
             user: None,
             process: None,
             port: 443,
@@ -321,6 +354,8 @@ fn a_method_rule_first_does_not_open_an_undecrypted_tunnel_to_a_blocked_host() {
         path: "/",
         method: "GET",
         file_type: None,
+        verdicts: Vec::new(),
+        direction: None,
         user: None,
         process: None,
         port: 443,
@@ -347,5 +382,8 @@ fn most_generated_policies_compile() {
             Err(e) => last_error = e.to_string(),
         }
     }
-    assert!(ok * 10 >= total * 8, "only {ok}/{total} compiled; last error: {last_error}");
+    assert!(
+        ok * 10 >= total * 8,
+        "only {ok}/{total} compiled; last error: {last_error}"
+    );
 }

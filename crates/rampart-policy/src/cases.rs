@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use crate::facts::{
-    ConnectionFacts, Identity, Process, RequestFacts, ResponseFacts, SteeringFacts,
+    ConnectionFacts, Direction, Identity, InspectionFacts, Process, RequestFacts, ResponseFacts,
+    SteeringFacts,
 };
 use crate::policy::Policy;
 use crate::verdict::{Decision, Outcome};
@@ -43,6 +44,18 @@ pub struct Case {
     pub process_path: Option<String>,
     #[serde(default)]
     pub file_type: Option<String>,
+    /// Inspection verdicts of the body (`malicious`, `encrypted`...).
+    #[serde(default)]
+    pub verdicts: Vec<String>,
+    /// DLP profiles that found sensitive data.
+    #[serde(default)]
+    pub dlp: Vec<String>,
+    /// `download` or `upload`.
+    #[serde(default)]
+    pub direction: Option<String>,
+    /// Body size in bytes.
+    #[serde(default)]
+    pub size: Option<u64>,
     pub expect: Expect,
 }
 
@@ -212,12 +225,33 @@ impl Policy {
             method: case.method.as_deref().unwrap_or("GET"),
             path: &parts.path,
         };
+        let direction = match case.direction.as_deref().map(|d| (d, Direction::parse(d))) {
+            None => None,
+            Some((_, Some(d))) => Some(d),
+            Some((d, None)) => {
+                return CaseResult {
+                    name: case.name.clone(),
+                    failures: vec![format!(
+                        "unknown direction \"{d}\" (expected one of: {})",
+                        Direction::NAMES.join(", ")
+                    )],
+                };
+            }
+        };
+        let verdicts: Vec<&str> = case.verdicts.iter().map(String::as_str).collect();
+        let dlp: Vec<&str> = case.dlp.iter().map(String::as_str).collect();
         let rv = self.evaluate_request(&req);
         let access = match rv.access {
             Outcome::Decided(d) => d,
             Outcome::Pending { .. } => self.evaluate_response(&ResponseFacts {
                 request: req,
-                file_type: case.file_type.as_deref(),
+                inspection: InspectionFacts {
+                    file_type: case.file_type.as_deref(),
+                    verdicts: &verdicts,
+                    dlp: &dlp,
+                    direction,
+                    size: case.size,
+                },
             }),
         };
         check_decision(&mut failures, "access", &e.access, &e.access_rule, &access);

@@ -47,7 +47,13 @@ impl Policy {
         facts: &ConnectionFacts<'_>,
         last: EvalPoint,
     ) -> ConnectionVerdict {
-        let mut ctx = self.context(facts, None, None, None, EvalPoint::Connection);
+        let mut ctx = self.context(
+            facts,
+            None,
+            None,
+            InspectionFacts::default(),
+            EvalPoint::Connection,
+        );
         ctx.last = Some(last);
         ConnectionVerdict {
             decryption: self.decide_now(Stage::Decryption, &ctx, decryption_of),
@@ -73,7 +79,7 @@ impl Policy {
             &facts.connection,
             Some(facts.path),
             Some(facts.method),
-            None,
+            InspectionFacts::default(),
             EvalPoint::Request,
         );
         ctx.last = Some(last);
@@ -84,14 +90,16 @@ impl Policy {
         }
     }
 
-    /// Response stage: the final access decision, with the inspected file type.
+    /// Response stage: the final access decision, with what inspection found
+    /// (file type, verdicts, DLP profiles, direction, size). Uploads are
+    /// decided here too, with `direction` = upload, once their body is scanned.
     pub fn evaluate_response(&self, facts: &ResponseFacts<'_>) -> Decision<AccessAction> {
         let r = &facts.request;
         let ctx = self.context(
             &r.connection,
             Some(r.path),
             Some(r.method),
-            facts.file_type,
+            facts.inspection,
             EvalPoint::Response,
         );
         self.decide_now(Stage::Access, &ctx, access_of)
@@ -99,9 +107,9 @@ impl Policy {
 
     /// The access decision with every fact the flow will ever have, all at
     /// once: what `policy explain` reports and what the gateway's staged
-    /// decisions must always agree with. `facts` holds the URL and the file
-    /// type only if the flow reaches the request and response points (`last`);
-    /// the others are ignored.
+    /// decisions must always agree with. The URL of `facts` counts only if the
+    /// flow reaches the request point, and its inspection only if it reaches
+    /// the response point (`last`); the others are ignored.
     pub fn evaluate_access_full(
         &self,
         facts: &ResponseFacts<'_>,
@@ -113,9 +121,11 @@ impl Policy {
             &r.connection,
             reaches(EvalPoint::Request).then_some(r.path),
             reaches(EvalPoint::Request).then_some(r.method),
-            reaches(EvalPoint::Response)
-                .then_some(facts.file_type)
-                .flatten(),
+            if reaches(EvalPoint::Response) {
+                facts.inspection
+            } else {
+                InspectionFacts::default()
+            },
             EvalPoint::Response,
         );
         self.decide_now(Stage::Access, &ctx, access_of)
@@ -131,7 +141,13 @@ impl Policy {
             dst_ip: facts.dst_ip,
             port: facts.port,
         };
-        let mut ctx = self.context(&conn, None, None, None, EvalPoint::Connection);
+        let mut ctx = self.context(
+            &conn,
+            None,
+            None,
+            InspectionFacts::default(),
+            EvalPoint::Connection,
+        );
         ctx.pending.clear();
         let set = self.stage(Stage::Steering);
         let (decision, log) = match self.walk(Stage::Steering, &ctx) {
@@ -157,7 +173,7 @@ impl Policy {
         facts: &ConnectionFacts<'a>,
         path: Option<&'a str>,
         method: Option<&'a str>,
-        file_type: Option<&'a str>,
+        inspection: InspectionFacts<'a>,
         point: EvalPoint,
     ) -> Ctx<'a> {
         let mut ctx = Ctx {
@@ -165,7 +181,7 @@ impl Policy {
             process: facts.process,
             port: Some(facts.port),
             method,
-            file_type,
+            inspection,
             source_ip: facts.identity.source_ip,
             ..Default::default()
         };
@@ -331,7 +347,7 @@ impl Policy {
             pending: ctx.pending.clone(),
             port: ctx.port,
             method: ctx.method,
-            file_type: ctx.file_type,
+            inspection: ctx.inspection,
             last: None,
         };
         let mut skipped = Vec::new();
@@ -364,7 +380,7 @@ impl Policy {
         ctx_final.objects = ctx.objects.clone();
         ctx_final.port = ctx.port;
         ctx_final.method = ctx.method;
-        ctx_final.file_type = ctx.file_type;
+        ctx_final.inspection = ctx.inspection;
         ctx_final.last = Some(EvalPoint::Response);
         match self.walk(stage, &ctx_final) {
             Walk::Rule(rule) => self.decision(rule, &ctx_final, of(&rule.action)),
@@ -478,8 +494,37 @@ impl Policy {
                     }
                 }
                 CondKind::FileTypes => {
-                    if let Some(t) = ctx.file_type {
+                    if let Some(t) = ctx.inspection.file_type {
                         push(ObjectKind::FileType, &Arc::from(t));
+                    }
+                }
+                CondKind::Verdicts => {
+                    for v in conds.verdicts.iter().filter(|v| {
+                        ctx.inspection
+                            .verdicts
+                            .iter()
+                            .any(|h| v.eq_ignore_ascii_case(h))
+                    }) {
+                        push(ObjectKind::Verdict, &Arc::from(&**v));
+                    }
+                }
+                CondKind::Dlp => {
+                    for p in conds
+                        .dlp
+                        .iter()
+                        .filter(|p| ctx.inspection.dlp.iter().any(|h| p.eq_ignore_ascii_case(h)))
+                    {
+                        push(ObjectKind::Dlp, &Arc::from(&**p));
+                    }
+                }
+                CondKind::Direction => {
+                    if let Some(d) = ctx.inspection.direction {
+                        push(ObjectKind::Direction, &Arc::from(d.as_str()));
+                    }
+                }
+                CondKind::Size => {
+                    if let Some(n) = ctx.inspection.size {
+                        push(ObjectKind::Size, &Arc::from(n.to_string().as_str()));
                     }
                 }
             }

@@ -8,7 +8,7 @@ use crate::action::{EvalPoint, Stage};
 use crate::diagnostic::Location;
 use crate::domain::normalize_host;
 use crate::evaluate::{access_of, decryption_of, egress_of, steering_of, Walk};
-use crate::facts::{RequestFacts, SteeringFacts};
+use crate::facts::{InspectionFacts, RequestFacts, ResponseFacts, SteeringFacts};
 use crate::policy::Policy;
 use crate::rule::{CondKind, Conds, Ctx, Rule, RuleAction, Tri};
 use crate::verdict::{MatchedObject, ObjectKind};
@@ -72,7 +72,13 @@ impl Policy {
                 port: conn.port,
             };
             let verdict = self.evaluate_steering(&sf);
-            let mut ctx = self.context(conn, None, None, None, EvalPoint::Connection);
+            let mut ctx = self.context(
+                conn,
+                None,
+                None,
+                InspectionFacts::default(),
+                EvalPoint::Connection,
+            );
             ctx.pending.clear();
             let mut e =
                 self.stage_explanation(Stage::Steering, EvalPoint::Connection, &ctx, steering_of);
@@ -81,8 +87,20 @@ impl Policy {
             }
             stages.push(e);
         }
-        let conn_ctx = self.context(conn, None, None, None, EvalPoint::Connection);
-        let mut dec_ctx = self.context(conn, None, None, None, EvalPoint::Connection);
+        let conn_ctx = self.context(
+            conn,
+            None,
+            None,
+            InspectionFacts::default(),
+            EvalPoint::Connection,
+        );
+        let mut dec_ctx = self.context(
+            conn,
+            None,
+            None,
+            InspectionFacts::default(),
+            EvalPoint::Connection,
+        );
         dec_ctx.pending.clear();
         dec_ctx.point = Some(EvalPoint::Response);
         stages.push(self.stage_explanation(
@@ -95,7 +113,7 @@ impl Policy {
             conn,
             Some(facts.path),
             Some(facts.method),
-            None,
+            InspectionFacts::default(),
             EvalPoint::Request,
         );
         for stage in [Stage::Access, Stage::Egress] {
@@ -108,7 +126,7 @@ impl Policy {
                 conn,
                 Some(facts.path),
                 Some(facts.method),
-                None,
+                InspectionFacts::default(),
                 EvalPoint::Request,
             );
             if stage == Stage::Egress {
@@ -133,7 +151,13 @@ impl Policy {
             if stage == Stage::Access {
                 // A tunnel that is not decrypted never shows its URL: rules on
                 // the path or method are skipped, and the rest decides at once.
-                let mut tunnel_ctx = self.context(conn, None, None, None, EvalPoint::Connection);
+                let mut tunnel_ctx = self.context(
+                    conn,
+                    None,
+                    None,
+                    InspectionFacts::default(),
+                    EvalPoint::Connection,
+                );
                 tunnel_ctx.last = Some(EvalPoint::Connection);
                 let (action, by) = match self.walk(stage, &tunnel_ctx) {
                     Walk::Rule(rule) => (of(&rule.action), format!("rule \"{}\"", rule.name)),
@@ -151,7 +175,7 @@ impl Policy {
             }
             if let Walk::Pending(rule, until) = self.walk(stage, &req_ctx) {
                 note.push_str(&format!(
-                    "; at the request, undecided until the {until} (rule \"{}\" needs the file type)",
+                    "; at the request, undecided until the {until} (rule \"{}\" needs the inspected body)",
                     rule.name
                 ));
             }
@@ -164,6 +188,28 @@ impl Policy {
             destination: self.destination_matches(conn.host, Some(facts.path)),
             stages,
         }
+    }
+
+    /// [`Policy::explain`] plus the response stage: the final access decision
+    /// with what inspection found (file type, verdicts, DLP profiles,
+    /// direction, size) — what the gateway's response phase decides, for a
+    /// download or (with direction upload) an upload.
+    pub fn explain_response(&self, facts: &ResponseFacts<'_>) -> Explanation {
+        let mut explanation = self.explain(&facts.request);
+        let r = &facts.request;
+        let mut ctx = self.context(
+            &r.connection,
+            Some(r.path),
+            Some(r.method),
+            facts.inspection,
+            EvalPoint::Response,
+        );
+        ctx.last = Some(EvalPoint::Response);
+        let of = |a: &RuleAction| access_of(a).to_string();
+        let mut e = self.stage_explanation(Stage::Access, EvalPoint::Response, &ctx, of);
+        e.note = Some(format!("with {}", describe_inspection(&facts.inspection)));
+        explanation.stages.push(e);
+        explanation
     }
 
     fn stage_explanation<A: fmt::Display>(
@@ -319,6 +365,17 @@ impl Policy {
                     .map(|t| format!("file type {t}"))
                     .collect(),
             ),
+            CondKind::Verdicts => join(c.verdicts.iter().map(|v| format!("verdict {v}")).collect()),
+            CondKind::Dlp => join(c.dlp.iter().map(|p| format!("dlp {p}")).collect()),
+            CondKind::Direction => c
+                .direction
+                .map(|d| format!("direction {d}"))
+                .unwrap_or_default(),
+            CondKind::Size => match c.size {
+                Some((min, u64::MAX)) => format!("size at least {min} bytes"),
+                Some((min, max)) => format!("size {min}-{max} bytes"),
+                None => String::new(),
+            },
         }
     }
 
@@ -405,6 +462,27 @@ impl Policy {
         out.retain(|d| d.object.kind != ObjectKind::Hosts);
         out
     }
+}
+
+/// The inspection facts in words, for the response stage's note.
+fn describe_inspection(i: &InspectionFacts<'_>) -> String {
+    let list = |v: &[&str]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    format!(
+        "file type {}, verdicts {}, dlp {}, direction {}, size {}",
+        i.file_type.unwrap_or("unknown"),
+        list(i.verdicts),
+        list(i.dlp),
+        i.direction.map(|d| d.as_str()).unwrap_or("unknown"),
+        i.size
+            .map(|n| format!("{n} bytes"))
+            .unwrap_or_else(|| "unknown".into()),
+    )
 }
 
 impl fmt::Display for Explanation {

@@ -39,12 +39,76 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
 }
 
-/// Facts known once the response is seen.
+/// Which way an inspected body travels. Uploads are inspected when the
+/// request body is sent, downloads when the response comes; both are facts of
+/// the response point, so one rule can name either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Download,
+    Upload,
+}
+
+impl Direction {
+    /// The names a policy writes, in the order messages list them.
+    pub const NAMES: &'static [&'static str] = &["download", "upload"];
+
+    /// Parses a policy name, ignoring ASCII case.
+    pub fn parse(s: &str) -> Option<Direction> {
+        if s.eq_ignore_ascii_case("download") {
+            Some(Direction::Download)
+        } else if s.eq_ignore_ascii_case("upload") {
+            Some(Direction::Upload)
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Download => "download",
+            Direction::Upload => "upload",
+        }
+    }
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The inspection verdict names a `verdicts` condition may use.
+pub const VERDICTS: &[&str] = &[
+    "malicious",
+    "encrypted",
+    "unscannable",
+    "sensitive",
+    "clean",
+];
+
+/// What content inspection found in a body: the facts of the response point.
+/// `Default` is "nothing known" (a body that was not inspected): at the
+/// response point, conditions on absent facts do not match.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InspectionFacts<'a> {
+    /// File type found by magic bytes (`zip`, `exe`, `pdf`...), lowercase.
+    pub file_type: Option<&'a str>,
+    /// Every verdict of the body (one of [`VERDICTS`]; a body can have several
+    /// findings, e.g. `sensitive` and `encrypted`). Empty: not scanned.
+    pub verdicts: &'a [&'a str],
+    /// DLP profiles that found sensitive data (`payment-card`, `iban`, custom
+    /// profile names), any case.
+    pub dlp: &'a [&'a str],
+    pub direction: Option<Direction>,
+    /// Size of the body in bytes.
+    pub size: Option<u64>,
+}
+
+/// Facts known once the response (or, for an upload, the request body) is inspected.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseFacts<'a> {
     pub request: RequestFacts<'a>,
-    /// File type found by inspection (`zip`, `exe`, `pdf`...), lowercase.
-    pub file_type: Option<&'a str>,
+    pub inspection: InspectionFacts<'a>,
 }
 
 /// Facts the agent knows when deciding how to steer a connection.

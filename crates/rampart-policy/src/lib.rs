@@ -46,7 +46,10 @@ pub use cases::{parse_cases, split_url, Case, CaseFile, CaseResult, Expect, UrlP
 pub use diagnostic::{Diagnostic, Location, PolicyError, Severity};
 pub use domain::{normalize_host, DomainMode, Pattern};
 pub use explain::{DestinationMatch, Explanation, NearMiss, StageExplanation};
-pub use facts::{ConnectionFacts, Identity, Process, RequestFacts, ResponseFacts, SteeringFacts};
+pub use facts::{
+    ConnectionFacts, Direction, Identity, InspectionFacts, Process, RequestFacts, ResponseFacts,
+    SteeringFacts, VERDICTS,
+};
 pub use policy::{AppInfo, LoadOptions, Policy, PolicyStats, UpstreamGroup, UpstreamProxy};
 pub use steering_export::{ExportedSteeringRule, SkippedSteeringRule, SteeringExport};
 pub use verdict::{

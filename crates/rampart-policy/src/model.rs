@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::action::{AccessAction, DecryptionAction, Stage, SteeringAction};
 use crate::diagnostic::Location;
 use crate::domain::Pattern;
+use crate::facts::Direction;
 
 /// A reference by name to something defined elsewhere (a list, a category...).
 #[derive(Debug, Clone)]
@@ -91,6 +92,13 @@ pub(crate) struct ConditionsDef {
     pub ports: Vec<(u16, u16)>,
     pub methods: Vec<String>,
     pub file_types: Vec<String>,
+    /// Lowercase, validated names.
+    pub verdicts: Vec<String>,
+    /// Lowercase profile names (custom profiles live in the gateway config).
+    pub dlp: Vec<String>,
+    pub direction: Option<Direction>,
+    /// Inclusive byte bounds; an absent bound is open.
+    pub size: Option<(Option<u64>, Option<u64>)>,
 }
 
 #[derive(Debug, Clone)]

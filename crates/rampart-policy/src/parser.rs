@@ -12,6 +12,7 @@ use toml::Spanned;
 use crate::action::{AccessAction, DecryptionAction, Stage, SteeringAction};
 use crate::diagnostic::{suggest, Diagnostic, Location, SourceMap};
 use crate::domain::Pattern;
+use crate::facts::{Direction, VERDICTS};
 use crate::model::*;
 
 type Value<'i> = Spanned<DeValue<'i>>;
@@ -41,6 +42,10 @@ const CONDITION_KEYS: &[&str] = &[
     "ports",
     "methods",
     "file_types",
+    "verdicts",
+    "dlp",
+    "direction",
+    "size",
 ];
 const RULE_KEYS: &[&str] = &[
     "id",
@@ -796,10 +801,123 @@ impl Parser<'_> {
         if let Some(x) = get("ports") {
             c.ports = self.ports(x);
         }
+        if let Some(x) = get("verdicts") {
+            c.verdicts = self.verdicts(x);
+        }
+        if let Some(x) = get("dlp") {
+            c.dlp = self
+                .strings(x, "dlp")
+                .into_iter()
+                .map(|r| r.name.trim().to_ascii_lowercase())
+                .collect();
+        }
+        if let Some(x) = get("direction") {
+            c.direction = self.direction(x);
+        }
+        if let Some(x) = get("size") {
+            c.size = self.size(x);
+        }
         if what == "unless" && t.is_empty() {
             self.error(&v.span(), "`unless` is empty; remove it");
         }
         Some(c)
+    }
+
+    /// Verdict names, checked here: a misspelt verdict would silently never match.
+    fn verdicts(&mut self, v: &Value<'_>) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in self.strings(v, "verdicts") {
+            let name = r.name.trim().to_ascii_lowercase();
+            if VERDICTS.contains(&name.as_str()) {
+                out.push(name);
+            } else {
+                self.diags.push(
+                    Diagnostic::error(
+                        &r.loc,
+                        format!(
+                            "unknown verdict \"{}\" (expected one of: {})",
+                            r.name,
+                            VERDICTS.join(", ")
+                        ),
+                    )
+                    .with_suggestion(suggest(&name, VERDICTS.iter().copied())),
+                );
+            }
+        }
+        out
+    }
+
+    /// `direction = "download"`, or a list of one (two would match everything).
+    fn direction(&mut self, v: &Value<'_>) -> Option<Direction> {
+        let item = match v.get_ref() {
+            DeValue::Array(a) if a.len() == 1 => &a[0],
+            DeValue::Array(_) => {
+                self.error(
+                    &v.span(),
+                    "direction takes one value, \"download\" or \"upload\"; remove it to match both",
+                );
+                return None;
+            }
+            _ => v,
+        };
+        let s = self.string(item, "direction")?;
+        match Direction::parse(s.trim()) {
+            Some(d) => Some(d),
+            None => {
+                let loc = self.loc(&item.span());
+                self.diags.push(
+                    Diagnostic::error(
+                        &loc,
+                        format!(
+                            "unknown direction \"{s}\" (expected one of: {})",
+                            Direction::NAMES.join(", ")
+                        ),
+                    )
+                    .with_suggestion(suggest(&s, Direction::NAMES.iter().copied())),
+                );
+                None
+            }
+        }
+    }
+
+    /// `size = { min = "10MB", max = "1GiB" }`: either bound optional, in bytes
+    /// or with a unit; `min` must not exceed `max`.
+    fn size(&mut self, v: &Value<'_>) -> Option<(Option<u64>, Option<u64>)> {
+        let t = self.table(v, "size")?;
+        self.check_keys(t, &["min", "max"], "`size`");
+        let mut bound = |key: &str| -> Option<u64> {
+            let b = t.get(key)?;
+            let parsed = match b.get_ref() {
+                DeValue::Integer(i) => i.as_str().parse::<u64>().ok(),
+                DeValue::String(s) => parse_size(s),
+                _ => None,
+            };
+            if parsed.is_none() {
+                self.error(
+                    &b.span(),
+                    format!("size {key} must be a number of bytes or a size like \"10MB\", \"512KiB\", \"1.5GB\" (units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+                );
+            }
+            parsed
+        };
+        let (min, max) = (bound("min"), bound("max"));
+        if t.get("min").is_none() && t.get("max").is_none() {
+            self.error(&v.span(), "size needs `min`, `max` or both");
+            return None;
+        }
+        if let (Some(a), Some(b)) = (min, max) {
+            if a > b {
+                let at = t.get("min").map(|m| m.span()).unwrap_or(v.span());
+                self.error(
+                    &at,
+                    format!("size min ({a} bytes) is larger than max ({b} bytes)"),
+                );
+                return None;
+            }
+        }
+        // A bound that failed to parse was reported; do not widen the rule silently.
+        let given = |key: &str, parsed: Option<u64>| t.get(key).is_none() || parsed.is_some();
+        (given("min", min) && given("max", max)).then_some((min, max))
     }
 
     fn ports(&mut self, v: &Value<'_>) -> Vec<(u16, u16)> {
@@ -833,6 +951,49 @@ impl Parser<'_> {
             }
         }
         out
+    }
+}
+
+/// Parses a byte size: `1234`, `10MB` (10^6), `512KiB` (2^10), `1.5 GB`.
+/// Units ignore case except that `kib`-style names are binary and `kb`-style
+/// decimal, as in `bytesize` and IEC 80000-13. `None` on anything else,
+/// negative numbers, or more than `u64::MAX` bytes.
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = (&s[..split], s[split..].trim());
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    match number.split_once('.') {
+        None => number.parse::<u64>().ok()?.checked_mul(multiplier),
+        Some((int, frac)) => {
+            // Exact decimal arithmetic: "1.5GB" is 1_500_000_000, not a float's guess.
+            if (int.is_empty() && frac.is_empty()) || frac.contains('.') || frac.len() > 12 {
+                return None;
+            }
+            let int: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
+            let digits: u128 = if frac.is_empty() {
+                0
+            } else {
+                frac.parse().ok()?
+            };
+            let scale = 10u128.pow(frac.len() as u32);
+            let total =
+                u128::from(int) * u128::from(multiplier) + digits * u128::from(multiplier) / scale;
+            u64::try_from(total).ok()
+        }
     }
 }
 

@@ -946,6 +946,12 @@ impl<'d> Compiler<'d> {
         out.ports = c.ports.clone();
         out.methods = c.methods.iter().map(|m| m.as_str().into()).collect();
         out.file_types = c.file_types.iter().map(|m| m.as_str().into()).collect();
+        out.verdicts = c.verdicts.iter().map(|v| v.as_str().into()).collect();
+        out.dlp = c.dlp.iter().map(|p| p.as_str().into()).collect();
+        out.direction = c.direction;
+        out.size = c
+            .size
+            .map(|(min, max)| (min.unwrap_or(0), max.unwrap_or(u64::MAX)));
         out
     }
 
@@ -1089,18 +1095,32 @@ impl<'d> Compiler<'d> {
         let conds = std::iter::once(&def.when).chain(def.unless.as_ref());
         let mut problems = Vec::new();
         for c in conds {
+            // The response-point conditions, by name: all come from inspection.
+            let inspected = [
+                ("file_types", !c.file_types.is_empty()),
+                ("verdicts", !c.verdicts.is_empty()),
+                ("dlp", !c.dlp.is_empty()),
+                ("direction", c.direction.is_some()),
+                ("size", c.size.is_some()),
+            ];
             match def.stage {
                 Stage::Steering | Stage::Decryption => {
                     if !c.methods.is_empty() {
-                        problems.push("`methods` (the method is only known after decryption)");
+                        problems.push(
+                            "`methods` (the method is only known after decryption)".to_string(),
+                        );
                     }
-                    if !c.file_types.is_empty() {
-                        problems.push("`file_types` (the content is only known after decryption)");
+                    for (name, _) in inspected.iter().filter(|(_, used)| *used) {
+                        problems.push(format!(
+                            "`{name}` (the content is only known after decryption)"
+                        ));
                     }
                 }
                 Stage::Egress => {
-                    if !c.file_types.is_empty() {
-                        problems.push("`file_types` (egress is chosen before the response exists)");
+                    for (name, _) in inspected.iter().filter(|(_, used)| *used) {
+                        problems.push(format!(
+                            "`{name}` (egress is chosen before the response exists)"
+                        ));
                     }
                 }
                 Stage::Access => {}
@@ -1178,6 +1198,8 @@ impl<'d> Compiler<'d> {
                 "the method"
             } else if !w.file_types.is_empty() {
                 "the file type"
+            } else if w.needs_response() {
+                "the inspected body"
             } else {
                 continue;
             };

@@ -9,7 +9,7 @@ use smallvec::SmallVec;
 
 use crate::action::{AccessAction, DecryptionAction, Egress, EvalPoint, Stage, SteeringAction};
 use crate::diagnostic::Location;
-use crate::facts::Process;
+use crate::facts::{Direction, InspectionFacts, Process};
 use crate::glob::Glob;
 
 /// Result of matching a condition or rule against what is known so far.
@@ -53,6 +53,10 @@ pub(crate) enum CondKind {
     Ports,
     Methods,
     FileTypes,
+    Verdicts,
+    Dlp,
+    Direction,
+    Size,
 }
 
 impl CondKind {
@@ -67,6 +71,10 @@ impl CondKind {
             CondKind::Ports => "ports",
             CondKind::Methods => "methods",
             CondKind::FileTypes => "file_types",
+            CondKind::Verdicts => "verdicts",
+            CondKind::Dlp => "dlp",
+            CondKind::Direction => "direction",
+            CondKind::Size => "size",
         }
     }
 }
@@ -86,6 +94,13 @@ pub(crate) struct Conds {
     pub ports: Vec<(u16, u16)>,
     pub methods: Vec<Box<str>>,
     pub file_types: Vec<Box<str>>,
+    /// Lowercase verdict names (validated against [`crate::VERDICTS`]).
+    pub verdicts: Vec<Box<str>>,
+    /// Lowercase DLP profile names.
+    pub dlp: Vec<Box<str>>,
+    pub direction: Option<Direction>,
+    /// Inclusive byte bounds (an absent bound is 0 or `u64::MAX`).
+    pub size: Option<(u64, u64)>,
 }
 
 /// What is known about a flow, resolved to policy ids.
@@ -103,7 +118,8 @@ pub(crate) struct Ctx<'a> {
     pub pending: SmallVec<[u32; 8]>,
     pub port: Option<u16>,
     pub method: Option<&'a str>,
-    pub file_type: Option<&'a str>,
+    /// The facts of the response point; all absent before it.
+    pub inspection: InspectionFacts<'a>,
     /// The last point this flow will reach: facts of later points never come
     /// (a URL inside a tunnel that is not decrypted, a file type on a flow
     /// that is not inspected). `None`: every point may still come.
@@ -121,6 +137,13 @@ impl Ctx<'_> {
             _ => Tri::Unknown(needed),
         }
     }
+}
+
+/// Whether a flow's names (verdicts, DLP profiles; any case) include one the
+/// rule lists (stored lowercase). Compared without allocating.
+fn any_named(wanted: &[Box<str>], have: &[&str]) -> bool {
+    have.iter()
+        .any(|h| wanted.iter().any(|w| w.eq_ignore_ascii_case(h)))
 }
 
 fn any_in(wanted: &[u32], have: &[u32]) -> bool {
@@ -202,15 +225,50 @@ impl Conds {
                 if self.file_types.is_empty() {
                     return None;
                 }
-                match ctx.file_type {
+                match ctx.inspection.file_type {
                     Some(t) => yes(self.file_types.iter().any(|x| x.eq_ignore_ascii_case(t))),
+                    None => ctx.later(EvalPoint::Response),
+                }
+            }
+            CondKind::Verdicts => {
+                if self.verdicts.is_empty() {
+                    return None;
+                }
+                // No verdict means the body was not scanned: never read as `clean`.
+                match ctx.inspection.verdicts {
+                    [] => ctx.later(EvalPoint::Response),
+                    have => yes(any_named(&self.verdicts, have)),
+                }
+            }
+            CondKind::Dlp => {
+                if self.dlp.is_empty() {
+                    return None;
+                }
+                match ctx.inspection.dlp {
+                    // At the response point an empty list means no profile found
+                    // anything: `later` gives `No` there and `Unknown` before.
+                    [] => ctx.later(EvalPoint::Response),
+                    have => yes(any_named(&self.dlp, have)),
+                }
+            }
+            CondKind::Direction => {
+                let wanted = self.direction?;
+                match ctx.inspection.direction {
+                    Some(d) => yes(d == wanted),
+                    None => ctx.later(EvalPoint::Response),
+                }
+            }
+            CondKind::Size => {
+                let (min, max) = self.size?;
+                match ctx.inspection.size {
+                    Some(n) => yes((min..=max).contains(&n)),
                     None => ctx.later(EvalPoint::Response),
                 }
             }
         })
     }
 
-    pub(crate) const KINDS: [CondKind; 9] = [
+    pub(crate) const KINDS: [CondKind; 13] = [
         CondKind::Users,
         CondKind::Groups,
         CondKind::Devices,
@@ -220,7 +278,20 @@ impl Conds {
         CondKind::Ports,
         CondKind::Methods,
         CondKind::FileTypes,
+        CondKind::Verdicts,
+        CondKind::Dlp,
+        CondKind::Direction,
+        CondKind::Size,
     ];
+
+    /// Whether any condition needs a fact of the response point (inspection).
+    pub(crate) fn needs_response(&self) -> bool {
+        !self.file_types.is_empty()
+            || !self.verdicts.is_empty()
+            || !self.dlp.is_empty()
+            || self.direction.is_some()
+            || self.size.is_some()
+    }
 
     pub(crate) fn eval(&self, ctx: &Ctx<'_>) -> Tri {
         let mut acc = Tri::Yes;
@@ -261,6 +332,14 @@ impl Conds {
             && ports_ok
             && sub(&self.methods, &broader.methods)
             && sub(&self.file_types, &broader.file_types)
+            && sub(&self.verdicts, &broader.verdicts)
+            && sub(&self.dlp, &broader.dlp)
+            && (broader.direction.is_none() || self.direction == broader.direction)
+            && match (self.size, broader.size) {
+                (_, None) => true,
+                (Some((a, b)), Some((x, y))) => x <= a && b <= y,
+                (None, Some(_)) => false,
+            }
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use crate::action::{EvalPoint, Stage};
 use crate::evaluate::steering_of;
-use crate::facts::{ConnectionFacts, Identity};
+use crate::facts::{ConnectionFacts, Identity, InspectionFacts};
 use crate::policy::Policy;
 use crate::rule::{CondKind, Conds, Ctx, Rule, Tri};
 use crate::SteeringAction;
@@ -67,7 +67,13 @@ impl Policy {
             dst_ip: None,
             port: 0,
         };
-        let ctx = self.context(&facts, None, None, None, EvalPoint::Connection);
+        let ctx = self.context(
+            &facts,
+            None,
+            None,
+            InspectionFacts::default(),
+            EvalPoint::Connection,
+        );
         let set = self.stage(Stage::Steering);
         let mut rules = Vec::new();
         let mut skipped = Vec::new();

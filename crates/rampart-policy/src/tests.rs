@@ -588,7 +588,13 @@ fn indexed_evaluation_agrees_with_rule_order_over_many_rules() {
             dst_ip: None,
             port: 443,
         };
-        let ctx = p.context(&conn, Some("/"), Some("GET"), None, EvalPoint::Request);
+        let ctx = p.context(
+            &conn,
+            Some("/"),
+            Some("GET"),
+            InspectionFacts::default(),
+            EvalPoint::Request,
+        );
         let expected = p
             .stage(Stage::Access)
             .rules
@@ -742,12 +748,18 @@ fn explanation_says_when_a_file_type_rule_waits_for_the_response() {
     );
     let exe = p.evaluate_response(&ResponseFacts {
         request: req,
-        file_type: Some("EXE"),
+        inspection: InspectionFacts {
+            file_type: Some("EXE"),
+            ..Default::default()
+        },
     });
     assert_eq!((exe.action, &*exe.rule_id), (AccessAction::Block, "no-exe"));
     let pdf = p.evaluate_response(&ResponseFacts {
         request: req,
-        file_type: Some("pdf"),
+        inspection: InspectionFacts {
+            file_type: Some("pdf"),
+            ..Default::default()
+        },
     });
     assert!(pdf.default);
 }

@@ -23,6 +23,13 @@ pub enum ObjectKind {
     Port,
     Method,
     FileType,
+    /// An inspection verdict (`malicious`, `encrypted`...).
+    Verdict,
+    /// A DLP profile that found sensitive data.
+    Dlp,
+    Direction,
+    /// The size of the body in bytes.
+    Size,
 }
 
 impl ObjectKind {
@@ -41,6 +48,10 @@ impl ObjectKind {
             ObjectKind::Port => "port",
             ObjectKind::Method => "method",
             ObjectKind::FileType => "file-type",
+            ObjectKind::Verdict => "verdict",
+            ObjectKind::Dlp => "dlp",
+            ObjectKind::Direction => "direction",
+            ObjectKind::Size => "size",
         }
     }
 }
