@@ -276,6 +276,8 @@ impl Admission {
                 });
             }
         };
+        // Held until the outcome is recorded, so the next queued guess sees it.
+        let mut held_permit = None;
         let (verified, user_key) = match credentials {
             Credentials::Bearer(token) => {
                 let user = self.tokens.get(&token).cloned();
@@ -289,7 +291,20 @@ impl Admission {
                 if let Some(wait) = logins.limiter.blocked(&user_key, now) {
                     return Err(throttled(logins, &user_key, wait));
                 }
-                let user = self.verify_basic(logins, name, password).await;
+                let Ok(permit) = logins.verifications.clone().acquire_owned().await else {
+                    // The semaphore is never closed; refuse rather than verify unbounded.
+                    return Err(Denied::now(AuthFailure::Rejected));
+                };
+                // Checked again after the wait: guesses queued behind the permit
+                // before a backoff began must not all be verified anyway.
+                let now = Instant::now();
+                for key in [&source_key, &user_key] {
+                    if let Some(wait) = logins.limiter.blocked(key, now) {
+                        return Err(throttled(logins, key, wait));
+                    }
+                }
+                let (user, returned) = self.verify_basic(logins, permit, name, password).await;
+                held_permit = returned;
                 (user, Some(user_key))
             }
         };
@@ -313,6 +328,7 @@ impl Admission {
                     let user_wait = logins.limiter.record_failure(user_key, &self.backoff, now);
                     retry_after = retry_after.max(user_wait);
                 }
+                drop(held_permit);
                 Err(Denied {
                     failure: AuthFailure::Rejected,
                     retry_after,
@@ -321,9 +337,16 @@ impl Admission {
         }
     }
 
-    /// Verifies a Basic login on the blocking pool, never on an async worker.
-    /// Known and unknown names take the same path and cost the same.
-    async fn verify_basic(&self, logins: &Logins, name: String, password: String) -> Option<User> {
+    /// Verifies a Basic login on the blocking pool, never on an async worker,
+    /// and gives `permit` back (unless the task failed). Known and unknown
+    /// names take the same path and cost the same.
+    async fn verify_basic(
+        &self,
+        logins: &Logins,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        name: String,
+        password: String,
+    ) -> (Option<User>, Option<tokio::sync::OwnedSemaphorePermit>) {
         let stored = self.users.get(&name);
         let phc = match (stored, &self.dummy_phc) {
             (Some(stored), _) => stored.phc.clone(),
@@ -331,29 +354,25 @@ impl Admission {
             // Tokens only: no hash to compare against and no name to protect.
             (None, None) => {
                 logins.failure("unknown_user");
-                return None;
+                return (None, Some(permit));
             }
         };
-        let permit = match logins.verifications.clone().acquire_owned().await {
-            Ok(permit) => permit,
-            // The semaphore is never closed; refuse rather than verify unbounded.
-            Err(_) => return None,
-        };
         let memory = logins.memory.clone();
-        let matched = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+        // The task owns the permit while Argon2 runs, even if this request is
+        // cancelled meanwhile: the concurrency bound holds.
+        let (matched, permit) = tokio::task::spawn_blocking(move || {
             // At most one buffer per permit exists: the semaphore bounds the takers.
             let mut blocks = lock(&memory).pop().unwrap_or_default();
             let matched = verify_with_memory(&phc, password.as_bytes(), &mut blocks);
             lock(&memory).push(blocks);
-            matched
+            (matched, Some(permit))
         })
         .await
         .unwrap_or_else(|e| {
             tracing::error!(error = %e, "password verification task failed");
-            false
+            (false, None)
         });
-        match stored {
+        let user = match stored {
             Some(stored) if matched => Some(User {
                 name,
                 groups: stored.groups.clone(),
@@ -366,7 +385,8 @@ impl Admission {
                 logins.failure("unknown_user");
                 None
             }
-        }
+        };
+        (user, permit)
     }
 }
 
@@ -620,6 +640,36 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(user.name, "alice");
+    }
+
+    #[tokio::test]
+    async fn guesses_queued_before_the_backoff_began_are_not_verified() {
+        let mut config = config_with_user("s3cret");
+        config.auth_max_failures = 2;
+        config.auth_backoff = Duration::from_secs(60);
+        let admission = Arc::new(Admission::new(&config).unwrap());
+        let logins = Arc::new(logins());
+        let guesses: Vec<_> = (0..8)
+            .map(|i| {
+                let (admission, logins) = (admission.clone(), logins.clone());
+                tokio::spawn(async move {
+                    let guess = basic("alice", &format!("guess{i}"));
+                    admission
+                        .authenticate(&logins, CLIENT, Some(&guess))
+                        .await
+                        .unwrap_err()
+                        .failure
+                })
+            })
+            .collect();
+        let mut verified = 0;
+        for guess in guesses {
+            if guess.await.unwrap() == AuthFailure::Rejected {
+                verified += 1;
+            }
+        }
+        // One permit: the third guess to get it already sees the backoff.
+        assert_eq!(verified, 2);
     }
 
     #[tokio::test]
