@@ -63,6 +63,9 @@ pub struct FlowRecord {
     /// The response body's file type by magic bytes, when the response phase classified it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_type: Option<&'static str>,
+    /// What content inspection found and did, when the body was scanned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inspection: Option<crate::inspection::InspectionRecord>,
     /// The policy decision that applied, when a rule (or a stage default) decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyRecord>,
@@ -179,6 +182,7 @@ impl FlowRecord {
             error: None,
             content_type: None,
             file_type: None,
+            inspection: None,
             policy: None,
             decryption: None,
             device: None,

@@ -33,6 +33,8 @@ pub struct GatewayConfig {
     /// `[tls]`: TLS interception of CONNECT tunnels to `proxy.tls_ports`; `None` never
     /// intercepts (the gateway library alone, without a data dir for the CA).
     pub tls: Option<rampart_tls::config::TlsConfig>,
+    /// `[inspect]`: content inspection of plain and decrypted bodies (docs/inspection.md).
+    pub inspect: rampart_inspect::InspectConfig,
     /// Addresses of the process's other listeners (API, tunnel), so loop
     /// protection refuses them as destinations too.
     pub own_listeners: Vec<SocketAddr>,

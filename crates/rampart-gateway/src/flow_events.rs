@@ -99,6 +99,9 @@ fn alerts(record: &FlowRecord, is_tunnel: bool) -> Vec<AlertSpec> {
             });
         }
     }
+    if let Some(inspection) = record.inspection.as_ref().filter(|i| i.is_finding()) {
+        out.push(inspection_alert(record, inspection));
+    }
     if let Some(policy) = &record.policy {
         if matches!(policy.action, "alert" | "user-alert") {
             let title = match (policy.action, policy.proceeded) {
@@ -120,6 +123,61 @@ fn alerts(record: &FlowRecord, is_tunnel: bool) -> Vec<AlertSpec> {
         }
     }
     out
+}
+
+/// The Detection Finding of a body that inspection did not find clean: what
+/// was found, where (the container path), by which engine, and what was done.
+fn inspection_alert(
+    record: &FlowRecord,
+    inspection: &crate::inspection::InspectionRecord,
+) -> AlertSpec {
+    let verdict = inspection.verdict.as_str();
+    let kind = verdict.split(':').next().unwrap_or(verdict);
+    let (what, severity) = match kind {
+        "malicious" => ("Malware", Severity::High),
+        "sensitive" => ("Sensitive data", Severity::High),
+        "encrypted" => ("Encrypted content", Severity::Medium),
+        _ => ("Unscannable content", Severity::Medium),
+    };
+    let done = match inspection.action {
+        "block" => "blocked",
+        "alert" => "allowed",
+        _ => "recorded",
+    };
+    let first = inspection.findings.first();
+    let place = first
+        .map(|f| f.path.as_str())
+        .or(inspection.file_name.as_deref())
+        .unwrap_or(record.target.as_str());
+    let mut desc = format!(
+        "{} {} {}: {verdict}; file type {}, {} bytes, sha256 {}; decided by {}",
+        inspection.direction,
+        record.method,
+        record.target,
+        inspection.file_type,
+        inspection.size,
+        inspection.sha256,
+        inspection.decided_by
+    );
+    for f in &inspection.findings {
+        desc.push_str(&format!(
+            "; {} by {} ({}) in {} (sha256 {})",
+            f.verdict, f.engine, f.rule, f.path, f.sha256
+        ));
+        if !f.masked.is_empty() {
+            desc.push_str(&format!(" matches {}", f.masked.join(", ")));
+        }
+    }
+    AlertSpec {
+        title: format!("{what} {done}: {place}"),
+        desc: Some(desc),
+        severity,
+        types: vec![
+            "inspection".to_string(),
+            kind.to_string(),
+            first.map_or("scanner", |f| f.engine).to_string(),
+        ],
+    }
 }
 
 /// Overwrite every field of `s` with `record`'s flow. The destructuring names

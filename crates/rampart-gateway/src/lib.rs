@@ -18,6 +18,7 @@ pub mod error;
 pub mod flow_events;
 pub mod gateway;
 pub mod head_limit;
+pub mod inspection;
 pub mod intercept;
 pub mod listener;
 pub mod metrics;

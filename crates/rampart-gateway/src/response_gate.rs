@@ -1,25 +1,33 @@
-//! The response phase's hold: when the request phase left access pending on a
-//! rule that needs the response (a `file_types` condition), the response head
-//! and its first bytes are held, the file type is classified by magic bytes
-//! (`rampart_inspect::file_type`), and the whole access stage is evaluated
-//! again. Blocked: the client gets the block page and the origin's body is
-//! dropped. Allowed: the held bytes go out first, then the rest streams.
+//! The response phase: holds the response head and the first bytes of its
+//! body when something needs them —
 //!
-//! With no pending rule this module is not entered: a flow without response
-//! rules pays nothing for it.
+//! - the request phase left access pending on a rule that needs the response
+//!   (`file_types`): the whole access stage is evaluated again with the file
+//!   type found by magic bytes (`rampart_inspect::file_type`);
+//! - content inspection is on (`[inspect]`, DESIGN §6a): the body is scanned.
+//!
+//! A body that ends within the hold (`inspect.memory_threshold`, 1 MiB by
+//! default) is scanned whole before a byte goes out, so a refused download gets
+//! the block page naming the file and the reason. A longer body streams while
+//! it is scanned, its last chunk held until the verdict; a refused one is cut
+//! before that chunk (the client sees an incomplete transfer, never a clean
+//! one). Allowed: the held bytes go out first, then the rest streams.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::policy_stage::{self, FlowFacts};
-use crate::proxy::body::{FlowLog, ProxyBody};
+use crate::inspection::{self, Judgement};
+use crate::policy_stage::{self, Blocked, FlowFacts};
+use crate::proxy::body::{BodyScan, FlowLog, ProxyBody};
 use crate::proxy::{blocked_response, error_response};
-use rampart_policy::Policy;
+use crate::state::GatewayState;
 
 /// What the request phase knew, for the response phase to decide with.
 pub struct HeldRequest<'a> {
@@ -33,32 +41,71 @@ pub struct HeldRequest<'a> {
     pub url: String,
 }
 
-/// How long the origin may take to send the first bytes of a held body.
-const HOLD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Whether the response phase must see this response at all: with nothing
+/// pending and inspection off, the response streams untouched.
+pub fn needed(state: &GatewayState, pending: bool) -> bool {
+    pending || state.inspector.is_some()
+}
 
-/// Holds `response` until its file type is known, runs the response phase, and
-/// answers with the block page or the response (held bytes first).
-pub async fn decide(
-    policy: &Policy,
+/// Bytes held to classify a body when only a file-type rule needs them.
+const SNIFF_HOLD: usize = rampart_inspect::SNIFF_LEN;
+
+/// Holds `response` as the phase needs, decides, and answers with the block
+/// page or the response (held bytes first).
+pub async fn respond(
+    state: &GatewayState,
     held: HeldRequest<'_>,
+    pending: bool,
     response: Response<Incoming>,
     mut log: FlowLog,
 ) -> Response<ProxyBody> {
     let (parts, mut body) = response.into_parts();
+    // HEAD, 204, 304: nothing to classify or scan; a pending rule on the
+    // response's type cannot match a response without a body.
+    if body.is_end_stream() {
+        if pending {
+            let stage = policy_stage::response_phase(
+                &state.policy,
+                &held.facts,
+                held.method,
+                held.path,
+                rampart_policy::InspectionFacts::default(),
+                &mut log.record,
+            );
+            if let Some(blocked) = &stage.blocked {
+                return blocked_response(blocked, held.accept.as_ref(), Some(&held.url), log);
+            }
+        }
+        return Response::from_parts(parts, ProxyBody::origin(body, log));
+    }
+    let inspector = state.inspector.clone();
+    let limit = match &inspector {
+        Some(i) => (i.config().memory_threshold as usize).max(SNIFF_HOLD),
+        None => SNIFF_HOLD,
+    };
+    let hold_timeout = inspector
+        .as_ref()
+        .map_or(Duration::from_secs(30), |i| i.config().hold_timeout);
+    let mut scan = inspector
+        .as_ref()
+        .map(|i| inspection::download_session(i, &parts.headers, held.path));
     let mut prefix: VecDeque<Bytes> = VecDeque::new();
     let mut have = 0usize;
     let mut ended = false;
     let read = async {
-        while have < rampart_inspect::file_type::SNIFF_LEN {
+        while have < limit {
             match body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
+                        if let Some((session, _)) = scan.as_mut() {
+                            session.feed(&data).map_err(|e| e.to_string())?;
+                        }
                         have += data.len();
                         prefix.push_back(data);
                     }
                     // Trailers end the body; they are not forwarded here.
                 }
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => return Err(e.to_string()),
                 None => {
                     ended = true;
                     break;
@@ -67,40 +114,128 @@ pub async fn decide(
         }
         Ok(())
     };
-    match tokio::time::timeout(HOLD_TIMEOUT, read).await {
+    match tokio::time::timeout(hold_timeout, read).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            let reason = format!("the origin's response body failed before its type was known: {e}");
+            let reason = format!("the origin's response body failed while it was held: {e}");
             return error_response(StatusCode::BAD_GATEWAY, &reason, log, Some("origin"));
         }
         Err(_) => {
-            // Never passed without a decision: a body that does not start is
+            // Never passed without a decision: a body that does not come is
             // refused like any origin that does not answer.
             let reason = format!(
-                "the origin sent no body within {}s, so its file type could not be checked",
-                HOLD_TIMEOUT.as_secs()
+                "the origin's body did not arrive within {}s (inspect.hold_timeout)",
+                hold_timeout.as_secs()
             );
             return error_response(StatusCode::GATEWAY_TIMEOUT, &reason, log, Some("timeout"));
         }
     }
-    let head: Vec<u8> = prefix.iter().flat_map(|b| b.iter().copied()).collect();
-    // An empty body has no type: rules on file types cannot match it.
-    let file_type = (!head.is_empty()).then(|| rampart_inspect::file_type::sniff(&head).name());
-    log.record.file_type = file_type;
-    let stage = policy_stage::response_phase(
-        policy,
-        &held.facts,
-        held.method,
-        held.path,
-        rampart_policy::InspectionFacts {
-            file_type,
-            ..Default::default()
-        },
-        &mut log.record,
-    );
-    if let Some(blocked) = &stage.blocked {
-        return blocked_response(blocked, held.accept.as_ref(), Some(&held.url), log);
+
+    if ended {
+        // The whole body is here: scan it, then decide before a byte goes out.
+        let judgement = match (scan, &inspector) {
+            (Some((session, name)), Some(inspector)) => {
+                let size = session.size();
+                Some(
+                    match inspection::finish(inspector, session, hold_timeout).await {
+                        Some(report) => inspection::judge(
+                            &report,
+                            &inspector.config().actions,
+                            "download",
+                            name,
+                        ),
+                        None => inspection::timed_out(
+                            &inspector.config().actions,
+                            "download",
+                            name,
+                            size,
+                        ),
+                    },
+                )
+            }
+            _ => None,
+        };
+        let file_type = match &judgement {
+            Some(j) => j.record.file_type,
+            None => sniff(&prefix),
+        };
+        log.record.file_type = Some(file_type);
+        if pending {
+            let stage = policy_stage::response_phase(
+                &state.policy,
+                &held.facts,
+                held.method,
+                held.path,
+                rampart_policy::InspectionFacts {
+                    file_type: Some(file_type),
+                    ..Default::default()
+                },
+                &mut log.record,
+            );
+            if let Some(blocked) = &stage.blocked {
+                if let Some(j) = judgement {
+                    log.record.inspection = Some(j.record);
+                }
+                return blocked_response(blocked, held.accept.as_ref(), Some(&held.url), log);
+            }
+        }
+        if let Some(Judgement { record, block }) = judgement {
+            let reason = inspection::block_reason(&record);
+            log.record.inspection = Some(record);
+            if block {
+                log.metrics().error("inspection");
+                let blocked = Blocked {
+                    rule: Arc::from(reason.as_str()),
+                    category: None,
+                };
+                return blocked_response(&blocked, held.accept.as_ref(), Some(&held.url), log);
+            }
+        }
+        return Response::from_parts(parts, ProxyBody::held(prefix, None, log));
     }
-    let rest = (!ended).then_some(body);
-    Response::from_parts(parts, ProxyBody::held(prefix, rest, log))
+
+    // A long body: the type is known from its first bytes; the verdict comes at its end.
+    let head: Vec<u8> = prefix
+        .iter()
+        .flat_map(|b| b.iter().copied())
+        .take(SNIFF_HOLD)
+        .collect();
+    let file_type = rampart_inspect::sniff(&head).name();
+    log.record.file_type = Some(file_type);
+    if pending {
+        let stage = policy_stage::response_phase(
+            &state.policy,
+            &held.facts,
+            held.method,
+            held.path,
+            rampart_policy::InspectionFacts {
+                file_type: Some(file_type),
+                ..Default::default()
+            },
+            &mut log.record,
+        );
+        if let Some(blocked) = &stage.blocked {
+            return blocked_response(blocked, held.accept.as_ref(), Some(&held.url), log);
+        }
+    }
+    match (scan, inspector) {
+        (Some((session, name)), Some(inspector)) => {
+            let scan = BodyScan::new(inspector, session, name, hold_timeout);
+            Response::from_parts(parts, ProxyBody::scanned(prefix, body, scan, log))
+        }
+        _ => Response::from_parts(parts, ProxyBody::held(prefix, Some(body), log)),
+    }
+}
+
+fn sniff(prefix: &VecDeque<Bytes>) -> &'static str {
+    let head: Vec<u8> = prefix
+        .iter()
+        .flat_map(|b| b.iter().copied())
+        .take(SNIFF_HOLD)
+        .collect();
+    // An empty body has no type: rules on file types cannot match it.
+    if head.is_empty() {
+        return "empty";
+    }
+    rampart_inspect::sniff(&head).name()
 }

@@ -28,6 +28,8 @@ pub struct GatewayState {
     pub loop_token: String,
     /// TLS interception (CA, leaf cache, origin verification); `None` when `[tls]` is absent.
     pub interception: Option<Arc<crate::intercept::Interception>>,
+    /// Content inspection (`[inspect]`); `None` when disabled.
+    pub inspector: Option<Arc<rampart_inspect::Inspector>>,
     clients: Mutex<HashMap<String, ForwardClient>>,
     /// The client of the plain direct route, which nearly every request takes:
     /// kept apart so the data path neither formats a key nor takes the lock.
@@ -87,6 +89,31 @@ impl GatewayState {
             )),
             None => None,
         };
+        let inspector = if !config.inspect.enabled {
+            None
+        } else if let Some(p) = previous.filter(|p| p.config.inspect == config.inspect) {
+            // Unchanged: keep the compiled YARA rules and loaded hash lists.
+            p.inspector.clone()
+        } else {
+            let mut settings = config.inspect.clone();
+            // Bodies past the memory threshold spool under the data dir (the
+            // system temp dir for a gateway without one).
+            if settings.spool_dir.is_none() && !config.data_dir.as_os_str().is_empty() {
+                settings.spool_dir = Some(config.data_dir.join("inspect-spool"));
+            }
+            if let Some(dir) = &settings.spool_dir {
+                std::fs::create_dir_all(dir).map_err(|e| ConfigError::Invalid {
+                    key: "inspect.spool_dir".into(),
+                    reason: format!("cannot create {}: {e}", dir.display()),
+                })?;
+            }
+            let inspector =
+                rampart_inspect::Inspector::new(settings).map_err(|e| ConfigError::Invalid {
+                    key: "inspect".into(),
+                    reason: e.to_string(),
+                })?;
+            Some(Arc::new(inspector))
+        };
         let loop_token = format!("rampart/{instance_id}");
         let via = HeaderValue::from_str(&format!("1.1 {} ({loop_token})", config.proxy.via_name))
             .map_err(|_| ConfigError::Invalid {
@@ -101,6 +128,7 @@ impl GatewayState {
             via,
             loop_token,
             interception,
+            inspector,
             clients: Mutex::new(HashMap::new()),
             direct_client: OnceLock::new(),
             health_checks,

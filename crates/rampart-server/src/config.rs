@@ -57,6 +57,9 @@ pub struct RampartConfig {
     /// `[runtime]`: busy polling before the runtime threads sleep (docs/configuration.md).
     #[serde(default)]
     pub runtime: rampart_gateway::busy_poll::RuntimeConfig,
+    /// `[inspect]`: content inspection (docs/inspection.md).
+    #[serde(default)]
+    pub inspect: rampart_inspect::InspectConfig,
 }
 
 impl Default for RampartConfig {
@@ -78,6 +81,7 @@ impl Default for RampartConfig {
             tls: Default::default(),
             agent: Default::default(),
             runtime: Default::default(),
+            inspect: Default::default(),
         }
     }
 }
@@ -388,6 +392,7 @@ impl RampartConfig {
             listener_registry: Default::default(),
             policy: None,
             tls: Some(self.tls.clone()),
+            inspect: self.inspect.clone(),
         }
     }
 }

@@ -22,11 +22,11 @@ use super::stream::{Activity, Counted};
 use super::{Fronting, FrontingExceptions, Tunnel};
 use crate::access_log::{FlowRecord, ProcessRecord, TlsRecord};
 use crate::policy_stage::{self, Blocked, FlowFacts};
-use crate::response_gate::{self, HeldRequest};
-use rampart_policy::EvalPoint;
 use crate::proxy::body::{FlowLog, MeteredBody, ProxyBody};
 use crate::proxy::headers::strip_hop_by_hop;
 use crate::proxy::{blocked_response, coaching_gate, error_response, proceed_response};
+use crate::response_gate::{self, HeldRequest};
+use rampart_policy::EvalPoint;
 
 /// The decrypted client side: TLS over the (metered) client stream of the tunnel.
 type ClientTls<S> = tokio_rustls::server::TlsStream<Counted<S>>;
@@ -465,7 +465,7 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
         return Response::from_parts(parts, ProxyBody::empty(Some(log)));
     }
     strip_hop_by_hop(response.headers_mut());
-    if stage.pending {
+    if response_gate::needed(&session.state, stage.pending) {
         let held = HeldRequest {
             facts,
             method: &method,
@@ -473,7 +473,7 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
             accept: accept.clone(),
             url: url.clone(),
         };
-        return response_gate::decide(&session.state.policy, held, response, log).await;
+        return response_gate::respond(&session.state, held, stage.pending, response, log).await;
     }
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, ProxyBody::origin(body, log))
@@ -501,17 +501,24 @@ pub(super) async fn serve_origin_failure<S: Io>(
     flow_id: uuid::Uuid,
 ) {
     let failure = Arc::new(failure);
-    serve_own_pages(tunnel, client, host, tls, flow_id, move |session, url, log| {
-        let page = BlockPage::origin_certificate(
-            &session.host,
-            &failure,
-            Some(url),
-            &log.record.id.to_string(),
-        );
-        log.record.error = Some(failure.explain(&session.host));
-        log.metrics().error("origin_certificate");
-        (page, StatusCode::BAD_GATEWAY)
-    })
+    serve_own_pages(
+        tunnel,
+        client,
+        host,
+        tls,
+        flow_id,
+        move |session, url, log| {
+            let page = BlockPage::origin_certificate(
+                &session.host,
+                &failure,
+                Some(url),
+                &log.record.id.to_string(),
+            );
+            log.record.error = Some(failure.explain(&session.host));
+            log.metrics().error("origin_certificate");
+            (page, StatusCode::BAD_GATEWAY)
+        },
+    )
     .await
 }
 

@@ -126,6 +126,120 @@ pin_project_lite::pin_project! {
         log: Option<FlowLog>,
         // Bytes the response phase held to classify the body, sent first.
         held: Option<VecDeque<Bytes>>,
+        // A long body scanned while it streams (content inspection).
+        scan: Option<Box<BodyScan>>,
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The scan of a body too long to hold whole: every chunk is fed to the
+/// scanner as it passes, the last one is held until the verdict, and a body
+/// the verdict refuses is cut before it (never delivered as if clean).
+pub struct BodyScan {
+    inspector: Arc<rampart_inspect::Inspector>,
+    session: Option<rampart_inspect::ScanSession>,
+    name: Option<String>,
+    timeout: std::time::Duration,
+    held_last: Option<Bytes>,
+    finishing:
+        Option<Pin<Box<dyn std::future::Future<Output = crate::inspection::Judgement> + Send>>>,
+    done: bool,
+}
+
+impl BodyScan {
+    pub fn new(
+        inspector: Arc<rampart_inspect::Inspector>,
+        session: rampart_inspect::ScanSession,
+        name: Option<String>,
+        timeout: std::time::Duration,
+    ) -> Box<BodyScan> {
+        Box::new(BodyScan {
+            inspector,
+            session: Some(session),
+            name,
+            timeout,
+            held_last: None,
+            finishing: None,
+            done: false,
+        })
+    }
+
+    fn start_finish(&mut self) {
+        let Some(session) = self.session.take() else {
+            self.done = true;
+            return;
+        };
+        let inspector = self.inspector.clone();
+        let name = self.name.take();
+        let timeout = self.timeout;
+        self.finishing = Some(Box::pin(async move {
+            let size = session.size();
+            let actions = inspector.config().actions.clone();
+            match crate::inspection::finish(&inspector, session, timeout).await {
+                Some(report) => crate::inspection::judge(&report, &actions, "download", name),
+                None => crate::inspection::timed_out(&actions, "download", name, size),
+            }
+        }));
+    }
+
+    fn poll(
+        &mut self,
+        mut inner: Pin<&mut Inner>,
+        log: &mut Option<FlowLog>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(self.held_last.take().map(|last| {
+                    if let Some(log) = log.as_mut() {
+                        log.record.bytes_to_client += last.len() as u64;
+                    }
+                    Ok(Frame::data(last))
+                }));
+            }
+            if let Some(finishing) = self.finishing.as_mut() {
+                let judgement = std::task::ready!(finishing.as_mut().poll(cx));
+                self.finishing = None;
+                self.done = true;
+                if let Some(log) = log.as_mut() {
+                    if judgement.block {
+                        log.record.error = Some(format!(
+                            "download cut before its last bytes: {}",
+                            crate::inspection::block_reason(&judgement.record)
+                        ));
+                        log.metrics().error("inspection");
+                    }
+                    log.record.inspection = Some(judgement.record);
+                }
+                if judgement.block {
+                    self.held_last = None;
+                    return Poll::Ready(Some(Err("refused by content inspection".into())));
+                }
+                continue;
+            }
+            match std::task::ready!(inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        if let Some(session) = self.session.as_mut() {
+                            // A spool failure is recorded in the session and
+                            // reported by its verdict (unscannable), never dropped.
+                            let _ = session.feed(&data);
+                        }
+                        if let Some(previous) = self.held_last.replace(data) {
+                            if let Some(log) = log.as_mut() {
+                                log.record.bytes_to_client += previous.len() as u64;
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(previous))));
+                        }
+                    }
+                    // Trailers end the body (they are not forwarded after a scan).
+                    Err(_) => self.start_finish(),
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => self.start_finish(),
+            }
+        }
     }
 }
 
@@ -135,6 +249,7 @@ impl ProxyBody {
             inner: Either::Left(inner),
             log: Some(log),
             held: None,
+            scan: None,
         }
     }
 
@@ -149,6 +264,23 @@ impl ProxyBody {
             inner,
             log: Some(log),
             held: Some(held),
+            scan: None,
+        }
+    }
+
+    /// An origin's body scanned while it streams: `held` (already fed to the
+    /// scan) goes out first, then `rest` through the scan.
+    pub fn scanned(
+        held: VecDeque<Bytes>,
+        rest: Incoming,
+        scan: Box<BodyScan>,
+        log: FlowLog,
+    ) -> Self {
+        ProxyBody {
+            inner: Either::Left(rest),
+            log: Some(log),
+            held: Some(held),
+            scan: Some(scan),
         }
     }
 
@@ -157,6 +289,7 @@ impl ProxyBody {
             inner: Either::Right(Either::Left(Full::new(bytes.into()))),
             log,
             held: None,
+            scan: None,
         }
     }
 
@@ -165,6 +298,7 @@ impl ProxyBody {
             inner: Either::Right(Either::Right(Empty::new())),
             log,
             held: None,
+            scan: None,
         }
     }
 }
@@ -187,6 +321,9 @@ impl Body for ProxyBody {
             }
             *this.held = None;
         }
+        if let Some(scan) = this.scan.as_mut() {
+            return scan.poll(this.inner, this.log, cx);
+        }
         let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let (Some(data), Some(log)) = (frame.data_ref(), this.log.as_mut()) {
@@ -201,7 +338,9 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.held.as_ref().is_none_or(VecDeque::is_empty) && self.inner.is_end_stream()
+        self.held.as_ref().is_none_or(VecDeque::is_empty)
+            && self.scan.is_none()
+            && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

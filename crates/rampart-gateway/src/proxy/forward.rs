@@ -14,8 +14,8 @@ use crate::connector::forward::UpstreamConnInfo;
 use crate::error::ConnectError;
 use crate::policy_stage::{self, FlowFacts};
 use crate::response_gate::{self, HeldRequest};
-use rampart_policy::EvalPoint;
 use crate::state::GatewayState;
+use rampart_policy::EvalPoint;
 use rampart_policy::Identity;
 
 pub async fn forward(
@@ -146,7 +146,7 @@ pub async fn forward(
     if state.config.proxy.via {
         headers::append_via(&mut parts.headers, &state.via);
     }
-    if stage.pending {
+    if response_gate::needed(state, stage.pending) {
         let held = HeldRequest {
             facts,
             method: &method,
@@ -155,7 +155,7 @@ pub async fn forward(
             url: log.record.target.clone(),
         };
         let response = Response::from_parts(parts, body);
-        return response_gate::decide(&state.policy, held, response, log).await;
+        return response_gate::respond(state, held, stage.pending, response, log).await;
     }
     Response::from_parts(parts, ProxyBody::origin(body, log))
 }
@@ -183,7 +183,12 @@ fn client_failure(error: hyper_util::client::legacy::Error, log: FlowLog) -> Res
     let mut source = error.source();
     while let Some(err) = source {
         if let Some(body) = err.downcast_ref::<crate::error::ClientBodyError>() {
-            return error_response(StatusCode::BAD_REQUEST, &body.to_string(), log, Some("client_body"));
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &body.to_string(),
+                log,
+                Some("client_body"),
+            );
         }
         if let Some(connect) = err.downcast_ref::<ConnectError>() {
             let reason = connect.to_string();

@@ -1,0 +1,237 @@
+//! Content inspection on the data path, end to end through the real binary
+//! with curl: EICAR downloaded plain and inside decrypted TLS (HTTP/1.1 and
+//! HTTP/2), inside a zip inside a tar.gz, a long download cut before its last
+//! bytes, an encrypted zip alerted, the finding as an event, and inspection
+//! switched off. Fixtures are made at run time with Debian's zip and tar.
+
+#[path = "support/https_fixtures.rs"]
+mod https_fixtures;
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use https_fixtures::{CertKind, PyHttpsOrigin, Serve, TestPki};
+use support::{curl, eventually, free_port, have, run, Rampart};
+
+const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+/// A plain HTTP origin serving `dir` (Python's http.server), killed on drop.
+struct FileOrigin {
+    port: u16,
+    child: Child,
+}
+
+impl FileOrigin {
+    fn start(dir: &Path) -> FileOrigin {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 http.server");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "http.server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        FileOrigin { port, child }
+    }
+}
+
+impl Drop for FileOrigin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sh(dir: &Path, script: &str) {
+    let out = run(Command::new("sh").arg("-c").arg(script).current_dir(dir));
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The download fixtures: eicar.com, eicar.tgz (eicar.com in a zip in a tar.gz),
+/// secret.zip (password-protected), big.zip (3 MiB of noise and eicar.com),
+/// clean.txt.
+fn fixtures(dir: &Path) {
+    for tool in ["zip", "tar", "head"] {
+        assert!(
+            have(tool),
+            "{tool} is missing: run scripts/install-test-deps.sh"
+        );
+    }
+    std::fs::write(dir.join("eicar.com"), EICAR).unwrap();
+    std::fs::write(dir.join("clean.txt"), "nothing to see here\n").unwrap();
+    sh(dir, "mkdir -p nest && cp eicar.com nest/ && cd nest && zip -q inner.zip eicar.com && tar czf ../eicar.tgz inner.zip");
+    sh(dir, "zip -q -P secret secret.zip clean.txt");
+    sh(
+        dir,
+        "head -c 3145728 /dev/urandom > noise.bin && zip -q -0 big.zip noise.bin eicar.com",
+    );
+}
+
+fn gateway(extra: &str, tls_port: u16, roots: &[&Path]) -> Rampart {
+    let roots: Vec<String> = roots
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    let tls = if roots.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "[tls]\nsystem_roots = false\nextra_roots = [{}]\n",
+            roots.join(", ")
+        )
+    };
+    Rampart::start(&format!(
+        "[proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {tls_port}]\n\
+         [tunnel]\nlisten = \"127.0.0.1:0\"\n\
+         [resolve]\n\"files.test\" = \"127.0.0.1\"\n{tls}{extra}"
+    ))
+}
+
+#[test]
+fn eicar_downloads_are_blocked_plain_nested_and_long_and_an_encrypted_zip_is_alerted() {
+    let dir = tempfile::tempdir().unwrap();
+    fixtures(dir.path());
+    let origin = FileOrigin::start(dir.path());
+    let gw = gateway("", free_port(), &[]);
+    let url = |f: &str| format!("http://files.test:{}/{f}", origin.port);
+
+    // EICAR itself: the block page names the file and the reason.
+    let (_, page, _) = curl(
+        &gw.proxy_url(),
+        &[
+            "-H",
+            "Accept: text/html",
+            "-w",
+            "\n%{http_code}",
+            &url("eicar.com"),
+        ],
+    );
+    assert!(page.ends_with("403"), "{page}");
+    assert!(page.contains("threat protection: malicious"), "{page}");
+    assert!(page.contains("eicar.com"), "{page}");
+    let record = gw.find_record(|r| r["target"] == url("eicar.com").as_str());
+    assert_eq!(record["inspection"]["verdict"], "malicious", "{record}");
+    assert_eq!(record["inspection"]["action"], "block", "{record}");
+    assert_eq!(
+        record["inspection"]["findings"][0]["engine"], "hash",
+        "{record}"
+    );
+
+    // In a zip in a tar.gz: found at depth three, with its path.
+    let (_, page, _) = curl(
+        &gw.proxy_url(),
+        &["-w", "\n%{http_code}", &url("eicar.tgz")],
+    );
+    assert!(page.ends_with("403"), "{page}");
+    assert!(page.contains("inner.zip!/eicar.com"), "{page}");
+
+    // A long body streams while it is scanned and is cut before its last bytes.
+    let out = dir.path().join("big.out");
+    let (code, _, err) = curl(
+        &gw.proxy_url(),
+        &["-o", out.to_str().unwrap(), &url("big.zip")],
+    );
+    assert_ne!(code, 0, "a malicious long download completed: {err}");
+    let got = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let full = std::fs::metadata(dir.path().join("big.zip")).unwrap().len();
+    assert!(got < full, "{got} of {full} bytes delivered");
+    let record = gw.find_record(|r| r["target"] == url("big.zip").as_str());
+    assert_eq!(record["inspection"]["verdict"], "malicious", "{record}");
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cut before its last bytes"),
+        "{record}"
+    );
+
+    // A password-protected zip cannot be opened: alerted (the default), passed.
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-o", "/dev/null", "-w", "%{http_code}", &url("secret.zip")],
+    );
+    assert_eq!(body, "200");
+    let record = gw.find_record(|r| r["target"] == url("secret.zip").as_str());
+    assert_eq!(record["inspection"]["verdict"], "encrypted", "{record}");
+    assert_eq!(record["inspection"]["action"], "alert", "{record}");
+    assert_eq!(
+        record["inspection"]["findings"][0]["path"], "secret.zip!/clean.txt",
+        "{record}"
+    );
+
+    // Clean files pass untouched.
+    let (_, body, _) = curl(&gw.proxy_url(), &[&url("clean.txt")]);
+    assert_eq!(body, "nothing to see here\n");
+
+    // Each non-clean verdict is a Detection Finding in the event store.
+    let mut alerts = Vec::new();
+    eventually(Duration::from_secs(15), || {
+        alerts = gw.search_events("type = alert", "json");
+        alerts.len() >= 3
+    });
+    let text = serde_json::to_string(&alerts).unwrap();
+    assert!(text.contains("Malware blocked"), "{text}");
+    assert!(text.contains("Encrypted content"), "{text}");
+}
+
+#[test]
+fn eicar_inside_decrypted_tls_is_blocked_over_http1_and_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("eicar.com"), EICAR).unwrap();
+    std::fs::write(root.join("clean.txt"), "fine\n").unwrap();
+    let pki = TestPki::new(dir.path(), "files", &["files.test"], CertKind::Valid);
+    let origin = PyHttpsOrigin::start(Serve::Static, &root, &pki);
+    let gw = gateway("", origin.port, &[&pki.ca_pem]);
+    let ca = gw.gateway_ca();
+    let url = format!("https://files.test:{}/eicar.com", origin.port);
+    for proto in ["--http1.1", "--http2"] {
+        let (code, page, err) = curl(
+            &gw.proxy_url(),
+            &[
+                proto,
+                "--cacert",
+                ca.to_str().unwrap(),
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+        );
+        assert_eq!(code, 0, "{proto}: {err}");
+        assert!(page.ends_with("403"), "{proto}: {page}");
+        assert!(
+            page.contains("threat protection: malicious"),
+            "{proto}: {page}"
+        );
+    }
+    let clean = format!("https://files.test:{}/clean.txt", origin.port);
+    let (_, body, _) = curl(&gw.proxy_url(), &["--cacert", ca.to_str().unwrap(), &clean]);
+    assert_eq!(body, "fine\n");
+}
+
+#[test]
+fn with_inspection_off_eicar_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    fixtures(dir.path());
+    let origin = FileOrigin::start(dir.path());
+    let gw = gateway("[inspect]\nenabled = false\n", free_port(), &[]);
+    let url = format!("http://files.test:{}/eicar.com", origin.port);
+    let (_, body, _) = curl(&gw.proxy_url(), &[&url]);
+    assert_eq!(body.as_bytes(), EICAR);
+    let record = gw.find_record(|r| r["target"] == url.as_str());
+    assert!(record["inspection"].is_null(), "{record}");
+}
