@@ -170,7 +170,10 @@ impl Policy {
                 let skipped = self.skipped(stage, &tunnel_ctx);
                 if !skipped.is_empty() {
                     let names: Vec<String> = skipped.iter().map(|n| format!("\"{n}\"")).collect();
-                    note.push_str(&format!(" (skipped, needs the URL: {})", names.join(", ")));
+                    note.push_str(&format!(
+                        " (skipped, needs the URL or the body: {})",
+                        names.join(", ")
+                    ));
                 }
             }
             if let Walk::Pending(rule, until) = self.walk(stage, &req_ctx) {
@@ -515,7 +518,13 @@ impl fmt::Display for Explanation {
                         .unwrap_or_default()
                 )
             };
-            writeln!(f, "{}: {} by {how}", s.stage, s.action)?;
+            // The response stage repeats access with the inspected body's facts.
+            let at = if s.point == EvalPoint::Response {
+                " at the response"
+            } else {
+                ""
+            };
+            writeln!(f, "{}{at}: {} by {how}", s.stage, s.action)?;
             if let Some(d) = &s.description {
                 writeln!(f, "  {d}")?;
             }

@@ -50,6 +50,7 @@ pub use facts::{
     ConnectionFacts, Direction, Identity, InspectionFacts, Process, RequestFacts, ResponseFacts,
     SteeringFacts, VERDICTS,
 };
+pub use parser::parse_size as parse_byte_size;
 pub use policy::{AppInfo, LoadOptions, Policy, PolicyStats, UpstreamGroup, UpstreamProxy};
 pub use steering_export::{ExportedSteeringRule, SkippedSteeringRule, SteeringExport};
 pub use verdict::{

@@ -958,7 +958,7 @@ impl Parser<'_> {
 /// Units ignore case except that `kib`-style names are binary and `kb`-style
 /// decimal, as in `bytesize` and IEC 80000-13. `None` on anything else,
 /// negative numbers, or more than `u64::MAX` bytes.
-pub(crate) fn parse_size(s: &str) -> Option<u64> {
+pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -830,3 +830,520 @@ action = "block"
         "{text:#?}"
     );
 }
+
+/// Block malware, alert on what cannot be opened, keep cards from leaving,
+/// and alert on big downloads: the inspection rules of docs/policy.md.
+const INSPECTION_POLICY: &str = r#"
+[[access]]
+id = "no-malware"
+when = { verdicts = ["malicious"] }
+action = "block"
+[[access]]
+id = "unopened"
+when = { verdicts = ["encrypted", "Unscannable"] }
+action = "alert"
+[[access]]
+id = "no-cards-out"
+when = { dlp = ["Payment-Card", "acme-project-names"], direction = "upload" }
+action = "block"
+[[access]]
+id = "big-downloads"
+when = { size = { min = "10MB" }, direction = ["download"] }
+action = "alert"
+"#;
+
+fn response(
+    p: &Policy,
+    verdicts: &[&str],
+    dlp: &[&str],
+    direction: Option<Direction>,
+    size: Option<u64>,
+) -> Decision<AccessAction> {
+    let id = Identity::default();
+    p.evaluate_response(&ResponseFacts {
+        request: RequestFacts {
+            connection: ConnectionFacts {
+                identity: &id,
+                process: None,
+                host: Some("files.example"),
+                dst_ip: None,
+                port: 443,
+            },
+            method: "GET",
+            path: "/f",
+        },
+        inspection: InspectionFacts {
+            file_type: None,
+            verdicts,
+            dlp,
+            direction,
+            size,
+        },
+    })
+}
+
+#[test]
+fn verdicts_dlp_direction_and_size_decide_at_the_response() {
+    let (p, _) = compile(INSPECTION_POLICY);
+    let down = Some(Direction::Download);
+    let up = Some(Direction::Upload);
+    let rule = |d: Decision<AccessAction>| (d.action, d.rule_id.to_string());
+    let by = |a, r: &str| (a, r.to_string());
+    use AccessAction::{Alert, Allow, Block};
+    assert_eq!(
+        rule(response(&p, &["malicious"], &[], down, Some(1))),
+        by(Block, "no-malware")
+    );
+    // Any of several findings matches; verdict names ignore case.
+    assert_eq!(
+        rule(response(&p, &["sensitive", "UNSCANNABLE"], &[], up, None)),
+        by(Alert, "unopened")
+    );
+    assert_eq!(
+        rule(response(&p, &["sensitive"], &["PAYMENT-card"], up, None)),
+        by(Block, "no-cards-out")
+    );
+    assert_eq!(
+        rule(response(
+            &p,
+            &["sensitive"],
+            &["acme-project-names"],
+            up,
+            None
+        )),
+        by(Block, "no-cards-out")
+    );
+    // The same finding on a download, or another profile, is not that rule's.
+    assert_eq!(
+        rule(response(&p, &["sensitive"], &["payment-card"], down, None)),
+        by(Allow, "default")
+    );
+    assert_eq!(
+        rule(response(&p, &["sensitive"], &["iban"], up, None)),
+        by(Allow, "default")
+    );
+    assert_eq!(
+        rule(response(&p, &["clean"], &[], down, Some(10_000_000))),
+        by(Alert, "big-downloads")
+    );
+    assert_eq!(
+        rule(response(&p, &["clean"], &[], down, Some(9_999_999))),
+        by(Allow, "default")
+    );
+    // Facts inspection did not give are absent at the response: no match.
+    assert_eq!(
+        rule(response(&p, &[], &[], None, Some(50_000_000))),
+        by(Allow, "default")
+    );
+}
+
+#[test]
+fn matched_lists_the_verdict_dlp_profile_direction_and_size_that_matched() {
+    let (p, _) = compile(INSPECTION_POLICY);
+    let names = |d: Decision<AccessAction>| -> Vec<String> {
+        d.matched.iter().map(|m| m.to_string()).collect()
+    };
+    assert_eq!(
+        names(response(
+            &p,
+            &["malicious", "encrypted"],
+            &[],
+            Some(Direction::Download),
+            None
+        )),
+        ["verdict malicious"]
+    );
+    assert_eq!(
+        names(response(
+            &p,
+            &["sensitive"],
+            &["payment-card"],
+            Some(Direction::Upload),
+            None
+        )),
+        ["dlp payment-card", "direction upload"]
+    );
+    assert_eq!(
+        names(response(
+            &p,
+            &["clean"],
+            &[],
+            Some(Direction::Download),
+            Some(12_345_678)
+        )),
+        ["direction download", "size 12345678"]
+    );
+}
+
+fn conn_facts(id: &Identity) -> ConnectionFacts<'_> {
+    ConnectionFacts {
+        identity: id,
+        process: None,
+        host: Some("files.example"),
+        dst_ip: None,
+        port: 443,
+    }
+}
+
+#[test]
+fn inspection_conditions_leave_access_undecided_until_the_response() {
+    let (p, _) = compile(INSPECTION_POLICY);
+    let id = Identity::default();
+    let at_connection = p.evaluate_connection(&conn_facts(&id)).access;
+    let at_request = p
+        .evaluate_request(&RequestFacts {
+            connection: conn_facts(&id),
+            method: "GET",
+            path: "/f",
+        })
+        .access;
+    for outcome in [at_connection, at_request] {
+        match outcome {
+            Outcome::Pending { until, rule_id, .. } => {
+                assert_eq!((until, &*rule_id), (EvalPoint::Response, "no-malware"))
+            }
+            other => panic!("expected pending until the response: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn inspection_conditions_are_skipped_when_the_flow_never_reaches_the_response() {
+    let (p, _) = compile(INSPECTION_POLICY);
+    let id = Identity::default();
+    let all = ["no-malware", "unopened", "no-cards-out", "big-downloads"];
+    // A tunnel that is not decrypted, and a request whose body is not inspected.
+    let tunnel = p.evaluate_connection_until(&conn_facts(&id), EvalPoint::Connection);
+    let uninspected = p.evaluate_request_until(
+        &RequestFacts {
+            connection: conn_facts(&id),
+            method: "GET",
+            path: "/f",
+        },
+        EvalPoint::Request,
+    );
+    for (access, skipped) in [
+        (tunnel.access, tunnel.skipped),
+        (uninspected.access, uninspected.skipped),
+    ] {
+        let d = access.decided().expect("decided: no response will come");
+        assert_eq!((d.action, d.default), (AccessAction::Allow, true));
+        let skipped: Vec<&str> = skipped.iter().map(|s| &**s).collect();
+        assert_eq!(skipped, all);
+    }
+}
+
+#[test]
+fn a_host_block_after_a_verdict_alert_waits_but_a_verdict_block_does_not() {
+    let (p, _) = compile(
+        r#"
+        [[access]]
+        id = "unopened"
+        when = { verdicts = ["encrypted"] }
+        action = "alert"
+        [[access]]
+        id = "malware"
+        when = { verdicts = ["malicious"] }
+        action = "block"
+        [[access]]
+        id = "host"
+        when = { hosts = ["files.example"] }
+        action = "block"
+        "#,
+    );
+    let id = Identity::default();
+    // An encrypted file would only alert: the host block must wait for the verdict.
+    match p.evaluate_connection(&conn_facts(&id)).access {
+        Outcome::Pending { rule_id, .. } => assert_eq!(&*rule_id, "unopened"),
+        other => panic!("{other:?}"),
+    }
+    // Without the alert rule every outcome blocks: decided at once.
+    let (p, _) = compile(
+        r#"
+        [[access]]
+        id = "malware"
+        when = { verdicts = ["malicious"] }
+        action = "block"
+        [[access]]
+        id = "host"
+        when = { hosts = ["files.example"] }
+        action = "block"
+        "#,
+    );
+    let d = p.evaluate_connection(&conn_facts(&id)).access;
+    assert_eq!(d.decided().map(|d| &*d.rule_id), Some("host"));
+}
+
+#[test]
+fn unknown_verdict_is_an_error_with_its_place_and_a_suggestion() {
+    let errs =
+        errors("[[access]]\nwhen = { verdicts = [\"clean\", \"malicous\"] }\naction = \"block\"\n");
+    assert_eq!(
+        errs,
+        ["policy.toml:2:31: unknown verdict \"malicous\" (expected one of: malicious, encrypted, unscannable, sensitive, clean) (did you mean \"malicious\"?)"]
+    );
+}
+
+#[test]
+fn direction_is_one_known_value() {
+    let errs = errors("[[access]]\nwhen = { direction = \"uplaod\" }\naction = \"block\"\n");
+    assert_eq!(
+        errs,
+        ["policy.toml:2:22: unknown direction \"uplaod\" (expected one of: download, upload) (did you mean \"upload\"?)"]
+    );
+    let errs = errors(
+        "[[access]]\nwhen = { direction = [\"download\", \"upload\"] }\naction = \"block\"\n",
+    );
+    assert_eq!(
+        errs,
+        ["policy.toml:2:22: direction takes one value, \"download\" or \"upload\"; remove it to match both"]
+    );
+    let errs = errors("[[access]]\nwhen = { direction = 1 }\naction = \"block\"\n");
+    assert_eq!(
+        errs,
+        ["policy.toml:2:22: direction must be a string, found integer"]
+    );
+}
+
+#[test]
+fn dlp_accepts_any_profile_name_but_not_an_empty_one() {
+    let errs = errors("[[access]]\nwhen = { dlp = [\"iban\", \" \"] }\naction = \"block\"\n");
+    assert_eq!(errs, ["policy.toml:2:25: empty name in dlp"]);
+    let errs = errors("[[access]]\nwhen = { dlp = [] }\naction = \"block\"\n");
+    assert_eq!(
+        errs,
+        ["policy.toml:2:16: dlp is empty; remove it to match anything"]
+    );
+}
+
+#[test]
+fn size_bounds_take_units_and_reject_min_above_max() {
+    let (p, _) = compile(
+        "[[access]]\nid = \"mid\"\nwhen = { size = { min = 1024, max = \"1.5 KiB\" } }\naction = \"block\"\n",
+    );
+    let at = |n| response(&p, &[], &[], None, Some(n)).rule_id.to_string();
+    assert_eq!(
+        [at(1023), at(1024), at(1536), at(1537)],
+        ["default", "mid", "mid", "default"]
+    );
+    let errs = errors(
+        "[[access]]\nwhen = { size = { min = \"1GB\", max = \"10MB\" } }\naction = \"block\"\n",
+    );
+    assert_eq!(
+        errs,
+        ["policy.toml:2:25: size min (1000000000 bytes) is larger than max (10000000 bytes)"]
+    );
+    let errs =
+        errors("[[access]]\nwhen = { size = { max = \"10 XB\", maxi = 1 } }\naction = \"block\"\n");
+    let text = errs.join("\n");
+    assert!(
+        text.contains(
+            "policy.toml:2:25: size max must be a number of bytes or a size like \"10MB\""
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("policy.toml:2:34: unknown key \"maxi\" in `size` (did you mean \"max\"?)"),
+        "{text}"
+    );
+    let errs = errors("[[access]]\nwhen = { size = {} }\naction = \"block\"\n");
+    assert_eq!(errs, ["policy.toml:2:17: size needs `min`, `max` or both"]);
+}
+
+#[test]
+fn byte_sizes_parse_decimal_and_binary_units_exactly() {
+    use crate::parser::parse_size;
+    assert_eq!(parse_size("0"), Some(0));
+    assert_eq!(parse_size("10MB"), Some(10_000_000));
+    assert_eq!(parse_size("10 mb"), Some(10_000_000));
+    assert_eq!(parse_size("512KiB"), Some(524_288));
+    assert_eq!(parse_size("1.5GB"), Some(1_500_000_000));
+    assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+    assert_eq!(parse_size(".5kB"), Some(500));
+    assert_eq!(parse_size("16777216TiB"), None, "beyond u64");
+    for bad in ["", "MB", "-1", "1.2.3MB", "10 XB", "1e6", "."] {
+        assert_eq!(parse_size(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn inspection_conditions_are_errors_outside_access_rules() {
+    for (stage, action, key, why) in [
+        (
+            "steering",
+            "action = \"bypass\"",
+            "verdicts = [\"clean\"]",
+            "the content is only known after decryption",
+        ),
+        (
+            "decryption",
+            "action = \"decrypt\"",
+            "dlp = [\"iban\"]",
+            "the content is only known after decryption",
+        ),
+        (
+            "decryption",
+            "action = \"decrypt\"",
+            "direction = \"upload\"",
+            "the content is only known after decryption",
+        ),
+        (
+            "egress",
+            "action = \"direct\"",
+            "size = { max = 1 }",
+            "egress is chosen before the response exists",
+        ),
+    ] {
+        let name = key.split(' ').next().unwrap_or_default();
+        let errs = errors(&format!("[[{stage}]]\nwhen = {{ {key} }}\n{action}\n"));
+        assert_eq!(
+            errs,
+            [format!(
+                "policy.toml:1:1: a [[{stage}]] rule cannot use `{name}` ({why})"
+            )],
+        );
+    }
+}
+
+#[test]
+fn a_narrower_verdict_or_size_rule_after_a_broader_one_is_warned_as_shadowed() {
+    let (_, warnings) = compile(
+        r#"
+        [[access]]
+        id = "unopened"
+        when = { verdicts = ["encrypted", "unscannable"] }
+        action = "alert"
+        [[access]]
+        id = "encrypted-uploads"
+        when = { verdicts = ["encrypted"], direction = "upload", size = { min = "1MB", max = "2MB" } }
+        action = "block"
+        [[access]]
+        id = "any-size"
+        when = { size = { min = 1 } }
+        action = "block"
+        [[access]]
+        id = "huge"
+        when = { size = { min = "1GB" } }
+        action = "block"
+        "#,
+    );
+    let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    let text = text.join("\n");
+    assert!(
+        text.contains("rule \"encrypted-uploads\" is never reached: rule \"unopened\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("rule \"huge\" is never reached: rule \"any-size\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains("rule \"any-size\" is never reached"),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_shows_the_response_stage_with_the_inspected_facts() {
+    let (p, _) = compile(INSPECTION_POLICY);
+    let id = Identity::default();
+    let req = RequestFacts {
+        connection: conn_facts(&id),
+        method: "POST",
+        path: "/upload",
+    };
+    let text = p
+        .explain_response(&ResponseFacts {
+            request: req,
+            inspection: InspectionFacts {
+                verdicts: &["sensitive"],
+                dlp: &["payment-card"],
+                direction: Some(Direction::Upload),
+                size: Some(2048),
+                ..Default::default()
+            },
+        })
+        .to_string();
+    assert!(
+        text.contains("access: undecided until the response stage (block if it matches)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "access at the response: block by rule \"no-cards-out\" (id no-cards-out, policy.toml:"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("matched: dlp payment-card, direction upload"),
+        "{text}"
+    );
+    assert!(
+        text.contains("with file type unknown, verdicts sensitive, dlp payment-card, direction upload, size 2048 bytes"),
+        "{text}"
+    );
+    // Without inspection facts the explanation is what it always was.
+    assert!(!p.explain(&req).to_string().contains("at the response"));
+}
+
+#[test]
+fn policy_test_cases_can_give_inspection_facts() {
+    let (p, _) = compile(INSPECTION_POLICY);
+    let cases = parse_cases(
+        r#"
+        [[case]]
+        name = "a card number uploaded is blocked"
+        url = "https://files.example/upload"
+        method = "POST"
+        verdicts = ["sensitive"]
+        dlp = ["payment-card"]
+        direction = "upload"
+        size = 512
+        expect = { access = "block", access_rule = "no-cards-out" }
+        [[case]]
+        name = "a big clean download alerts"
+        url = "https://files.example/iso"
+        verdicts = ["clean"]
+        direction = "download"
+        size = 700000000
+        expect = { access = "alert", access_rule = "big-downloads" }
+        [[case]]
+        name = "a misspelt direction fails the case"
+        url = "https://files.example/"
+        direction = "sideways"
+        expect = { access = "allow" }
+        "#,
+    )
+    .unwrap();
+    let results: Vec<CaseResult> = cases.cases.iter().map(|c| p.run_case(c)).collect();
+    assert!(results[0].passed(), "{:?}", results[0]);
+    assert!(results[1].passed(), "{:?}", results[1]);
+    assert_eq!(
+        results[2].failures,
+        ["unknown direction \"sideways\" (expected one of: download, upload)"]
+    );
+}
+
+#[test]
+fn a_verdict_rule_on_a_never_decrypted_destination_is_reported_as_undecidable() {
+    let (_, warnings) = compile(
+        r#"
+        [lists]
+        bank = ["bank.example"]
+        [[decryption]]
+        name = "banks"
+        when = { lists = ["bank"] }
+        action = "do-not-decrypt"
+        [[access]]
+        name = "bank malware"
+        when = { lists = ["bank"], verdicts = ["malicious"] }
+        action = "block"
+        "#,
+    );
+    let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    let text = text.join("\n");
+    assert!(
+        text.contains("rule \"bank malware\" needs the inspected body, but every destination it names is never decrypted"),
+        "{text}"
+    );
+}

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use rampart_policy::{
-    parse_cases, split_url, ConnectionFacts, Diagnostic, Identity, Policy, Process, RequestFacts,
+    parse_byte_size, parse_cases, split_url, ConnectionFacts, Diagnostic, Direction, Identity,
+    InspectionFacts, Policy, Process, RequestFacts, ResponseFacts, VERDICTS,
 };
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +68,29 @@ struct ExplainArgs {
     /// Destination address, for address-block list entries.
     #[arg(long)]
     dst_ip: Option<IpAddr>,
+    /// File type inspection found (exe, zip, pdf...); adds the response stage.
+    #[arg(long)]
+    file_type: Option<String>,
+    /// Inspection verdict of the body (repeatable); adds the response stage.
+    #[arg(long = "verdict", value_parser = clap::builder::PossibleValuesParser::new(VERDICTS))]
+    verdicts: Vec<String>,
+    /// DLP profile that found sensitive data (repeatable); adds the response stage.
+    #[arg(long = "dlp")]
+    dlp: Vec<String>,
+    /// Which way the body travels; adds the response stage.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Direction::NAMES))]
+    direction: Option<String>,
+    /// Body size: bytes or with a unit (10MB, 512KiB); adds the response stage.
+    #[arg(long, value_parser = parse_size_arg)]
+    size: Option<u64>,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_byte_size(s).ok_or_else(|| {
+        format!(
+            "\"{s}\" is not a size (bytes, or a number with B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+        )
+    })
 }
 
 pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
@@ -147,11 +171,34 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         dst_ip: a.dst_ip,
         port: url.port,
     };
-    let explanation = policy.explain(&RequestFacts {
+    let request = RequestFacts {
         connection: conn,
         method: &a.method,
         path: &url.path,
-    });
+    };
+    let verdicts: Vec<&str> = a.verdicts.iter().map(String::as_str).collect();
+    let dlp: Vec<&str> = a.dlp.iter().map(String::as_str).collect();
+    let inspection = InspectionFacts {
+        file_type: a.file_type.as_deref(),
+        verdicts: &verdicts,
+        dlp: &dlp,
+        // clap allowed only Direction::NAMES.
+        direction: a.direction.as_deref().and_then(Direction::parse),
+        size: a.size,
+    };
+    let inspected = inspection.file_type.is_some()
+        || !verdicts.is_empty()
+        || !dlp.is_empty()
+        || inspection.direction.is_some()
+        || inspection.size.is_some();
+    let explanation = if inspected {
+        policy.explain_response(&ResponseFacts {
+            request,
+            inspection,
+        })
+    } else {
+        policy.explain(&request)
+    };
     print!("{explanation}");
     Ok(ExitCode::SUCCESS)
 }
