@@ -235,3 +235,79 @@ fn with_inspection_off_eicar_passes() {
     let record = gw.find_record(|r| r["target"] == url.as_str());
     assert!(record["inspection"].is_null(), "{record}");
 }
+
+#[test]
+fn a_card_number_uploaded_as_multipart_or_json_is_blocked_and_logged_masked() {
+    let origin = support::origin::Origin::start();
+    let gw = gateway(
+        "[inspect.actions]\nsensitive = \"block\"\n",
+        free_port(),
+        &[],
+    );
+    let sink = format!("http://files.test:{}/sink", origin.port());
+    let dir = tempfile::tempdir().unwrap();
+    let form = dir.path().join("payment.txt");
+    std::fs::write(
+        &form,
+        "name: Alice\ncard: 4111 1111 1111 1111\nexp: 12/29\n",
+    )
+    .unwrap();
+
+    // multipart/form-data with a file part
+    let file_arg = format!("file=@{}", form.display());
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["-F", &file_arg, "-w", "\n%{http_code}", &sink],
+    );
+    assert!(body.ends_with("403"), "multipart: {body}");
+    assert!(body.contains("threat protection: sensitive"), "{body}");
+    // JSON
+    let json = r#"{"order": 17, "card": "4111-1111-1111-1111"}"#;
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            json,
+            "-w",
+            "\n%{http_code}",
+            &sink,
+        ],
+    );
+    assert!(body.ends_with("403"), "json: {body}");
+    // Neither reached the origin.
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // A number that fails the Luhn check is not a card: it passes.
+    let json = r#"{"order": 17, "card": "4111-1111-1111-1112"}"#;
+    let (_, body, _) = curl(&gw.proxy_url(), &["--data", json, &sink]);
+    assert_eq!(body, json.len().to_string());
+
+    // The record holds only the masked value, never the number.
+    let record = gw.find_record(|r| r["upload_inspection"]["verdict"] == "sensitive");
+    assert_eq!(record["upload_inspection"]["action"], "block", "{record}");
+    let log = std::fs::read_to_string(gw.data_dir().join("access.log")).unwrap();
+    assert!(
+        log.contains("4111 **** **** 1111") || log.contains("4111-****-****-1111"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("4111 1111 1111 1111") && !log.contains("4111-1111-1111-1111"),
+        "{log}"
+    );
+    let mut alerts = Vec::new();
+    eventually(Duration::from_secs(15), || {
+        alerts = gw.search_events("type = alert", "json");
+        alerts.len() >= 2
+    });
+    let text = serde_json::to_string(&alerts).unwrap();
+    assert!(text.contains("Sensitive data blocked"), "{text}");
+    assert!(
+        !text.contains("4111 1111 1111 1111") && !text.contains("1111-1111-1111"),
+        "{text}"
+    );
+}

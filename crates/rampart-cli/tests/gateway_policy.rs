@@ -208,10 +208,11 @@ fn a_broken_policy_on_reload_keeps_the_old_one_serving() {
     );
     assert!(body.ends_with("403"), "old policy still blocks: {body}");
 
-    // A valid new policy without the rule applies.
+    // A valid new policy without the rule applies. (It keeps a rule: a policy
+    // with none replacing one with rules is refused unless forced.)
     std::fs::write(
         dir.path().join("policy.toml"),
-        "[lists]\nnothing = [\"x.test\"]\n",
+        "[lists]\nnothing = [\"x.test\"]\n[[access]]\nname = \"x\"\nwhen = { lists = [\"nothing\"] }\naction = \"block\"\n",
     )
     .unwrap();
     gw.signal(Signal::SIGHUP);

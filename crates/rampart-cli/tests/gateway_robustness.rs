@@ -191,5 +191,5 @@ fn per_source_connection_cap_refuses_the_excess() {
     still_serves(&gw, &origin);
     assert!(gw
         .metrics()
-        .contains("rampart_connections_rejected_total{kind=\"max_connections_per_source\"}"));
+        .contains("rampart_connections_rejected_total{listener=\"proxy\",reason=\"max_connections_per_source\"}"));
 }

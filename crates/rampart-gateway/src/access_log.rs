@@ -66,6 +66,9 @@ pub struct FlowRecord {
     /// What content inspection found and did, when the body was scanned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inspection: Option<crate::inspection::InspectionRecord>,
+    /// What content inspection found in the request body (an upload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_inspection: Option<crate::inspection::InspectionRecord>,
     /// The policy decision that applied, when a rule (or a stage default) decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyRecord>,
@@ -183,6 +186,7 @@ impl FlowRecord {
             content_type: None,
             file_type: None,
             inspection: None,
+            upload_inspection: None,
             policy: None,
             decryption: None,
             device: None,

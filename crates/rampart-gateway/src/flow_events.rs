@@ -99,8 +99,10 @@ fn alerts(record: &FlowRecord, is_tunnel: bool) -> Vec<AlertSpec> {
             });
         }
     }
-    if let Some(inspection) = record.inspection.as_ref().filter(|i| i.is_finding()) {
-        out.push(inspection_alert(record, inspection));
+    for inspection in [&record.upload_inspection, &record.inspection] {
+        if let Some(inspection) = inspection.as_ref().filter(|i| i.is_finding()) {
+            out.push(inspection_alert(record, inspection));
+        }
     }
     if let Some(policy) = &record.policy {
         if matches!(policy.action, "alert" | "user-alert") {

@@ -223,6 +223,17 @@ impl GatewayHandle {
         self.shared.state.load().policy.clone()
     }
 
+    /// `rampart_connections_rejected_total`: the family other listeners of the
+    /// process (the API) count their refusals in, so there is one family.
+    pub fn rejected_connections(
+        &self,
+    ) -> prometheus_client::metrics::family::Family<
+        crate::metrics::RejectedLabels,
+        prometheus_client::metrics::counter::Counter,
+    > {
+        self.shared.metrics.connections_rejected.clone()
+    }
+
     pub fn tunnels_open(&self) -> usize {
         self.shared.tunnels.len()
     }

@@ -16,6 +16,9 @@ pub mod credential_cache;
 pub mod destination;
 pub mod error;
 pub mod flow_events;
+/// Entry points of the fuzz targets in `fuzz/` (not an API).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod head_limit;
 pub mod inspection;
@@ -29,6 +32,7 @@ pub mod resolver;
 pub mod response_gate;
 pub mod state;
 pub mod tunnel;
+pub mod upload_gate;
 pub mod url_redact;
 
 pub use config::GatewayConfig;

@@ -15,7 +15,6 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::KindLabels;
 use crate::proxy::{self, Shared};
 
 /// Open-connection counters behind the `[limits]` caps.
@@ -118,8 +117,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
                 shared
                     .metrics
                     .connections_rejected
-                    .get_or_create(&KindLabels {
-                        kind: cap.to_string(),
+                    .get_or_create(&crate::metrics::RejectedLabels {
+                        listener: "proxy".into(),
+                        reason: cap.to_string(),
                     })
                     .inc();
                 tracing::debug!(%peer, cap, "connection refused by cap");

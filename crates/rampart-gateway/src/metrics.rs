@@ -54,6 +54,16 @@ pub struct DirectionLabels {
     pub direction: Direction,
 }
 
+/// Labels of `rampart_connections_rejected_total`, shared by every listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectedLabels {
+    /// `proxy`, `api`, `tunnel`.
+    pub listener: String,
+    /// The cap or limit that refused the connection.
+    pub reason: String,
+}
+
+/// Labels of counters split by one kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
@@ -78,7 +88,7 @@ pub struct ScopeLabels {
 pub struct Metrics {
     pub connections_accepted: Counter,
     pub connections_active: Gauge,
-    pub connections_rejected: Family<KindLabels, Counter>,
+    pub connections_rejected: Family<RejectedLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub bytes: Family<DirectionLabels, Counter>,
     pub errors: Family<KindLabels, Counter>,
@@ -124,7 +134,7 @@ impl Metrics {
         );
         r.register(
             "connections_rejected",
-            "Client connections refused by a connection cap, by cap",
+            "Connections refused at accept, by listener and reason (the cap or limit)",
             self.connections_rejected.clone(),
         );
         r.register(

@@ -44,6 +44,9 @@ pub async fn run(
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let loaded = crate::reload::load_policy(&config.policy).context("loading the policy")?;
+    let isolation_config = crate::isolation::Compiled::load(&config.isolation, &config.response)
+        .map_err(anyhow::Error::msg)
+        .context("loading [isolation] and [[response]]")?;
     let mut gateway_config = config.gateway_config(vec![api_addr]);
     gateway_config.policy = loaded.policy.clone();
     let (pipeline, events) = rampart_events::Pipeline::start(&config.data_dir, &config.events)
@@ -70,9 +73,11 @@ pub async fn run(
     crate::reload::spawn_watcher(reloader.clone(), shutdown.clone());
     let admin_token = crate::api::events::load_or_create_admin_token(&config.data_dir)
         .context("loading the admin token")?;
+    let admin_token_for_isolation: Arc<str> = admin_token.clone().into();
 
     let event_gauges = api::EventGauges::register(&mut registry);
-    let api_listener_metrics = api::listener::ApiListenerMetrics::register(&mut registry);
+    let api_listener_metrics =
+        api::listener::ApiListenerMetrics::new(handle.rejected_connections());
     let api = api::router(ApiState {
         registry: Arc::new(registry),
         gateway: handle.clone(),
@@ -81,16 +86,36 @@ pub async fn run(
     })
     .merge(api::events::router(events_api))
     .merge(api::policy::router(api::policy::PolicyApiState {
-        reloader,
+        reloader: reloader.clone(),
         admin_token: admin_token.into(),
     }));
     let (api, _tunnel_task) = match tunnel {
         Some(tunnel) => {
             let devices = api::devices::router(tunnel.api_state());
+            let registry = tunnel.registry();
+            let isolation = crate::isolation::IsolationService::new(
+                &config.data_dir,
+                registry.clone(),
+                Some(agent_events.clone()),
+                isolation_config,
+                registry.gateway(),
+            );
+            // Response rules see every event as the store commits it.
+            pipeline.set_stored_hook(
+                crate::isolation::response::ResponseHook::start(&isolation)
+                    .context("starting the response rules")?,
+            );
+            reloader.set_isolation(isolation.clone());
+            let devices =
+                devices.merge(api::isolation::router(api::isolation::IsolationApiState {
+                    service: isolation.clone(),
+                    admin_token: admin_token_for_isolation.clone(),
+                }));
             let agent_api = crate::devices::agent_api::AgentApiService::new(
                 handle.clone(),
                 Some(agent_events),
                 config.agent.clone(),
+                Some(isolation),
             );
             let task = tunnel.spawn(handle.clone(), Some(agent_api), shutdown.clone());
             (api.merge(devices), Some(task))

@@ -16,18 +16,31 @@ use hyper::body::Incoming;
 use crate::access_log::{AccessLog, FlowRecord};
 use crate::metrics::Metrics;
 
-pin_project_lite::pin_project! {
-    /// A client's request body on its way to the origin, counted.
-    pub struct MeteredBody {
-        #[pin]
-        inner: Incoming,
-        counter: Arc<AtomicU64>,
-    }
+/// A client's request body on its way to the origin, counted: streamed, or
+/// held whole first (an upload that inspection scanned before forwarding),
+/// with the rest still streaming when only its start was held.
+pub struct MeteredBody {
+    held: VecDeque<Bytes>,
+    inner: Option<Incoming>,
+    counter: Arc<AtomicU64>,
 }
 
 impl MeteredBody {
     pub fn new(inner: Incoming, counter: Arc<AtomicU64>) -> Self {
-        MeteredBody { inner, counter }
+        MeteredBody {
+            held: VecDeque::new(),
+            inner: Some(inner),
+            counter,
+        }
+    }
+
+    /// `held` first (already read from the client), then `rest` if any.
+    pub fn held(held: VecDeque<Bytes>, rest: Option<Incoming>, counter: Arc<AtomicU64>) -> Self {
+        MeteredBody {
+            held,
+            inner: rest,
+            counter,
+        }
     }
 }
 
@@ -37,11 +50,18 @@ impl Body for MeteredBody {
     type Error = crate::error::ClientBodyError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let this = &mut *self;
+        if let Some(data) = this.held.pop_front() {
+            this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -51,11 +71,23 @@ impl Body for MeteredBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.held.is_empty() && self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let held: u64 = self.held.iter().map(|b| b.len() as u64).sum();
+        match &self.inner {
+            Some(inner) => {
+                let hint = inner.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(hint.lower() + held);
+                if let Some(upper) = hint.upper() {
+                    out.set_upper(upper + held);
+                }
+                out
+            }
+            None => SizeHint::with_exact(held),
+        }
     }
 }
 

@@ -29,10 +29,9 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use rampart_gateway::metrics::RejectedLabels;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -50,28 +49,17 @@ too many connections to the API\r\n";
 /// At most one warning per this interval and kind; the others are counted in it.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Labels of `rampart_connections_rejected_total` for the API listener.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RejectedLabels {
-    pub listener: String,
-    pub reason: String,
-}
-
-/// The API listener's counters on `/metrics`.
+/// The API listener's counters on `/metrics`: its refusals go into the
+/// gateway's `rampart_connections_rejected_total` family, `listener="api"`.
 #[derive(Clone, Default)]
 pub struct ApiListenerMetrics {
     rejected: Family<RejectedLabels, Counter>,
 }
 
 impl ApiListenerMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = ApiListenerMetrics::default();
-        registry.sub_registry_with_prefix("rampart").register(
-            "connections_rejected",
-            "Connections refused at accept, by listener and reason",
-            m.rejected.clone(),
-        );
-        m
+    /// Counts into `family` (the gateway's, see `GatewayHandle::rejected_connections`).
+    pub fn new(family: Family<RejectedLabels, Counter>) -> Self {
+        ApiListenerMetrics { rejected: family }
     }
 
     fn rejected(&self, reason: Refusal) {
