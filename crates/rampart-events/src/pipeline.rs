@@ -70,6 +70,37 @@ pub struct PipelineStats {
     pub store_errors: AtomicU64,
     /// Bytes waiting in the overflow spool (gauge).
     pub spool_bytes: AtomicU64,
+    /// Told about events once committed ([`Pipeline::set_stored_hook`]); kept
+    /// here because the writer thread already shares this struct.
+    pub hook: StoredHookSlot,
+}
+
+/// Told about every event the writer commits to the store: the server's
+/// response rules match stored events here, on the ingest path.
+pub trait StoredHook: Send + Sync {
+    /// Runs on the writer thread right after a commit: must not block (hand
+    /// the work to another thread).
+    fn stored(&self, events: &[PreparedEvent]);
+}
+
+/// The installed [`StoredHook`], if any.
+#[derive(Default)]
+pub struct StoredHookSlot(std::sync::RwLock<Option<Arc<dyn StoredHook>>>);
+
+impl std::fmt::Debug for StoredHookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoredHookSlot")
+    }
+}
+
+impl StoredHookSlot {
+    fn stored(&self, events: &[PreparedEvent]) {
+        if let Ok(hook) = self.0.read() {
+            if let Some(hook) = hook.as_ref() {
+                hook.stored(events);
+            }
+        }
+    }
 }
 
 impl PipelineStats {
@@ -300,6 +331,13 @@ impl Pipeline {
             },
             sender,
         ))
+    }
+
+    /// Install the hook told about every committed event (replacing any).
+    pub fn set_stored_hook(&self, hook: Arc<dyn StoredHook>) {
+        if let Ok(mut slot) = self.stats.hook.0.write() {
+            *slot = Some(hook);
+        }
     }
 
     pub fn stats(&self) -> Arc<PipelineStats> {
@@ -633,6 +671,7 @@ impl Writer {
         match self.store.insert_prepared(&batch.events) {
             Ok(_) => {
                 self.stats.stored.fetch_add(n as u64, Ordering::Relaxed);
+                self.stats.hook.stored(&batch.events);
                 if !self.feeds.is_empty() {
                     // With sinks every record is a full event (see `Batch::encode`).
                     let events: Vec<&Event> =
@@ -697,6 +736,7 @@ impl Writer {
                 self.stats
                     .stored
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
+                self.stats.hook.stored(&prepared);
                 if !self.feeds.is_empty() {
                     let events: Vec<Event> =
                         records.iter().map(|r| r.to_event().into_owned()).collect();

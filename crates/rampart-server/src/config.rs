@@ -57,6 +57,12 @@ pub struct RampartConfig {
     /// `[runtime]`: busy polling before the runtime threads sleep (docs/configuration.md).
     #[serde(default)]
     pub runtime: rampart_gateway::busy_poll::RuntimeConfig,
+    /// `[isolation]`: exceptions and resolvers for isolated devices (docs/isolation.md).
+    #[serde(default)]
+    pub isolation: crate::isolation::IsolationConfig,
+    /// `[[response]]`: response rules, event query → isolate (docs/isolation.md).
+    #[serde(default)]
+    pub response: Vec<crate::isolation::ResponseRuleConfig>,
     /// `[inspect]`: content inspection (docs/inspection.md).
     #[serde(default)]
     pub inspect: rampart_inspect::InspectConfig,
@@ -81,6 +87,8 @@ impl Default for RampartConfig {
             tls: Default::default(),
             agent: Default::default(),
             runtime: Default::default(),
+            isolation: Default::default(),
+            response: Vec::new(),
             inspect: Default::default(),
         }
     }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod devices;
+pub mod isolation;
 pub mod reload;
 pub mod run;
 

@@ -287,6 +287,9 @@ pub struct Reloader {
     status: Mutex<PolicyStatus>,
     /// Reloads run one at a time: two triggers at once must not interleave swaps.
     running: Mutex<()>,
+    /// `[isolation]` and `[[response]]` are checked with the rest of the file and
+    /// swapped in only when the whole reload succeeds.
+    isolation: Mutex<Option<Arc<crate::isolation::IsolationService>>>,
 }
 
 impl Reloader {
@@ -316,7 +319,13 @@ impl Reloader {
             api_addr,
             status: Mutex::new(status),
             running: Mutex::new(()),
+            isolation: Mutex::new(None),
         })
+    }
+
+    /// Reload `[isolation]` and `[[response]]` into `service` from now on.
+    pub fn set_isolation(&self, service: Arc<crate::isolation::IsolationService>) {
+        *lock(&self.isolation) = Some(service);
     }
 
     pub fn status(&self) -> PolicyStatus {
@@ -417,6 +426,15 @@ impl Reloader {
             },
             None => RampartConfig::default().with_overrides(&self.overrides),
         };
+        // A bad exception file or response query refuses the reload: the old ones stay.
+        let isolation = match crate::isolation::Compiled::load(&config.isolation, &config.response)
+        {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                self.handle.reload_rejected();
+                return Err(ReloadError::Config(e));
+            }
+        };
         let loaded = match self.checked_policy(&config.policy, options, serving_rules) {
             Ok(loaded) => loaded,
             Err(ReloadError::Unsettled) => return Err(ReloadError::Unsettled),
@@ -431,6 +449,9 @@ impl Reloader {
         self.handle
             .reload(gateway_config)
             .map_err(|e| ReloadError::Gateway(e.to_string()))?;
+        if let Some(service) = lock(&self.isolation).as_ref() {
+            service.replace(isolation);
+        }
         Ok((loaded, config.policy.file))
     }
 

@@ -47,7 +47,7 @@ fn authorized(state: &DevicesState, headers: &HeaderMap) -> bool {
     constant_time_eq(value.trim().as_bytes(), state.admin_token.as_bytes())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -2,6 +2,7 @@
 //! routes of each concern (mounted here as they are built).
 
 pub mod events;
+pub mod isolation;
 pub mod listener;
 pub mod policy;
 

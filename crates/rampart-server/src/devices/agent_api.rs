@@ -9,6 +9,10 @@
 //! - `POST /api/v1/agent/events`: a batch of the agent's own decisions (bypass,
 //!   tunnel-bypass, block with `log = true`), stored as Network Activity events with
 //!   `bypass = client`.
+//! - `GET /api/v1/agent/isolation[?wait=SECONDS]`: the device's desired isolation
+//!   state (`crate::isolation`); with `If-None-Match` and `wait`, answered as soon as
+//!   it changes (long poll), `304` when it did not within `wait`.
+//! - `POST /api/v1/agent/isolation`: the agent's report of what the kernel holds.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +29,9 @@ use sha2::{Digest, Sha256};
 
 pub const CONFIG_PATH: &str = "/api/v1/agent/config";
 pub const EVENTS_PATH: &str = "/api/v1/agent/events";
+pub const ISOLATION_PATH: &str = "/api/v1/agent/isolation";
+/// Longest long poll of the isolation document.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Largest upload batch accepted; the agent sends at most this many per request.
 pub const MAX_BATCH: usize = 1000;
 /// Longest text kept from an uploaded field (process paths, host names).
@@ -151,6 +158,7 @@ pub struct AgentApiService {
     gateway: GatewayHandle,
     events: Option<EventSender>,
     dist: AgentDistributionConfig,
+    isolation: Option<Arc<crate::isolation::IsolationService>>,
     /// Renders of the current policy revision, per identity: exports walk the domain
     /// index, so they are computed once per revision and identity.
     cache: Mutex<(String, HashMap<CacheKey, Rendered>)>,
@@ -161,11 +169,13 @@ impl AgentApiService {
         gateway: GatewayHandle,
         events: Option<EventSender>,
         dist: AgentDistributionConfig,
+        isolation: Option<Arc<crate::isolation::IsolationService>>,
     ) -> Arc<Self> {
         Arc::new(AgentApiService {
             gateway,
             events,
             dist,
+            isolation,
             cache: Mutex::new((String::new(), HashMap::new())),
         })
     }
@@ -277,6 +287,15 @@ impl AgentApi for AgentApiService {
         identity: Arc<DeviceIdentity>,
         request: Request<Bytes>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Bytes>> + Send>> {
+        if request.uri().path() == ISOLATION_PATH {
+            return match &self.isolation {
+                Some(service) => Box::pin(isolation_call(service.clone(), identity, request)),
+                None => Box::pin(std::future::ready(plain(
+                    StatusCode::NOT_FOUND,
+                    "isolation is not served here",
+                ))),
+            };
+        }
         let response = match (request.method(), request.uri().path()) {
             (&Method::GET, CONFIG_PATH) => self.config(&identity, &request),
             (&Method::POST, EVENTS_PATH) => self.upload(&identity, request.body()),
@@ -288,6 +307,97 @@ impl AgentApi for AgentApiService {
             _ => plain(StatusCode::METHOD_NOT_ALLOWED, "the tunnel carries CONNECT"),
         };
         Box::pin(std::future::ready(response))
+    }
+}
+
+/// `GET` (long poll) or `POST` (report) of `/api/v1/agent/isolation`. The inventory
+/// and state files are read on a blocking thread.
+async fn isolation_call(
+    service: Arc<crate::isolation::IsolationService>,
+    identity: Arc<DeviceIdentity>,
+    request: Request<Bytes>,
+) -> Response<Bytes> {
+    let json = |status: StatusCode, body: Vec<u8>, etag: Option<String>| {
+        let mut b = Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CACHE_CONTROL, "no-cache");
+        if let Some(etag) = etag {
+            b = b.header(header::ETAG, etag);
+        }
+        b.body(Bytes::from(body))
+            .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+    };
+    match *request.method() {
+        Method::POST => {
+            let body: crate::isolation::AgentReportBody =
+                match serde_json::from_slice(request.body()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return plain(StatusCode::BAD_REQUEST, &format!("invalid report: {e}"))
+                    }
+                };
+            let device = identity.device.clone();
+            let result =
+                tokio::task::spawn_blocking(move || service.agent_report(&device, body)).await;
+            match result {
+                Ok(Ok(())) => json(StatusCode::OK, b"{\"ok\":true}".to_vec(), None),
+                Ok(Err(e)) => plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
+        Method::GET => {
+            let known = request
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| {
+                    v.trim()
+                        .trim_start_matches("W/")
+                        .trim_matches('"')
+                        .to_string()
+                });
+            let wait = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("wait=")))
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(std::time::Duration::ZERO, std::time::Duration::from_secs)
+                .min(MAX_WAIT);
+            let deadline = tokio::time::Instant::now() + wait;
+            // Subscribed before the first look, so a change in between is not missed.
+            let mut changed = service.changed();
+            loop {
+                let (svc, id) = (service.clone(), identity.clone());
+                let doc = match tokio::task::spawn_blocking(move || {
+                    svc.agent_doc(&id.device, &id.groups)
+                })
+                .await
+                {
+                    Ok(doc) => doc,
+                    Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                };
+                let etag = format!("\"{}\"", doc.revision);
+                if known.as_deref() != Some(doc.revision.as_str()) {
+                    let body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+                    return json(StatusCode::OK, body, Some(etag));
+                }
+                match tokio::time::timeout_at(deadline, changed.changed()).await {
+                    Ok(Ok(())) => continue,
+                    // Timed out, or the service is gone: nothing new.
+                    _ => {
+                        return Response::builder()
+                            .status(StatusCode::NOT_MODIFIED)
+                            .header(header::ETAG, etag)
+                            .body(Bytes::new())
+                            .unwrap_or_else(|_| {
+                                plain(StatusCode::INTERNAL_SERVER_ERROR, "response")
+                            })
+                    }
+                }
+            }
+        }
+        _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method"),
     }
 }
 

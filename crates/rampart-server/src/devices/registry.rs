@@ -62,6 +62,11 @@ impl DeviceRegistry {
         })
     }
 
+    /// The tunnel address enrolled agents use.
+    pub fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
     pub fn ca(&self) -> &DeviceCa {
         &self.ca
     }

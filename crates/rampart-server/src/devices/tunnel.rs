@@ -86,6 +86,10 @@ impl TunnelSetup {
         self.addr
     }
 
+    pub fn registry(&self) -> Arc<DeviceRegistry> {
+        self.registry.clone()
+    }
+
     /// State for [`crate::api::devices::router`].
     pub fn api_state(&self) -> DevicesState {
         DevicesState {
