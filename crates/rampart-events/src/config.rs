@@ -38,6 +38,14 @@ pub struct EventsConfig {
     pub full_sync: bool,
     /// Disk the overflow spool may use when the store falls behind.
     pub spool_max_size: ByteSize,
+    /// Write every event to the write-ahead journal (`DATA_DIR/journal/`)
+    /// within about a millisecond, so a crash of the process loses none that
+    /// the store had not committed yet. `false` only to measure what it costs.
+    pub journal: bool,
+    /// How often the journal is fsynced: on power loss (not on a crash of the
+    /// process) at most this much of the newest events is lost.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
     pub sinks: Vec<SinkConfig>,
 }
 
@@ -50,6 +58,8 @@ impl Default for EventsConfig {
             max_size: None,
             full_sync: false,
             spool_max_size: ByteSize(1 << 30),
+            journal: true,
+            fsync_interval: Duration::from_secs(1),
             sinks: Vec::new(),
         }
     }
@@ -234,6 +244,12 @@ impl EventsConfig {
         if self.queue_size == 0 {
             return Err("events.queue_size must be at least 1".into());
         }
+        if self.fsync_interval < Duration::from_millis(10) {
+            return Err(format!(
+                "events.fsync_interval = {:?} is below 10ms: every fsync would stall the disk (use e.g. \"1s\")",
+                self.fsync_interval
+            ));
+        }
         Ok(())
     }
 }
@@ -301,6 +317,7 @@ queue_size = 1000
 max_age = "7d"
 max_size = "2GiB"
 full_sync = true
+fsync_interval = "250ms"
 
 [[events.sinks]]
 type = "file"
@@ -335,6 +352,8 @@ batch_size = 100
         assert_eq!(c.queue_size, 1000);
         assert_eq!(c.max_age, Some(Duration::from_secs(7 * 86400)));
         assert_eq!(c.max_size, Some(ByteSize(2 << 30)));
+        assert_eq!(c.fsync_interval, Duration::from_millis(250));
+        assert!(c.journal);
         assert_eq!(c.sinks.len(), 4);
         c.validate().unwrap();
         let s = &c.sinks[2];

@@ -24,6 +24,7 @@ pub mod event;
 pub mod field;
 pub mod flow;
 pub mod http_client;
+pub mod journal;
 pub mod pipeline;
 pub mod query;
 pub mod record;

@@ -11,6 +11,13 @@
 //! the in-memory queue stays short even when SQLite stalls. The writer gathers
 //! what arrives for up to [`COMMIT_WINDOW`] and commits it as one transaction
 //! (group commit), then hands the same rendered JSON to each sink's spool.
+//!
+//! Crash safety: the drainer runs every [`JOURNAL_INTERVAL`] and first appends
+//! what it took to the write-ahead journal (`journal.rs`, one `write(2)`), so
+//! an event is in the kernel about a millisecond after `send`, long before its
+//! commit. The writer records how far its commits reached in the journal; the
+//! next start stores whatever the journal holds past that (see
+//! [`Pipeline::start`]), skipping events the store already has.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,6 +32,7 @@ use crate::config::EventsConfig;
 use crate::error::EventsError;
 use crate::event::{now_ms, Event};
 use crate::flow::FlowEvent;
+use crate::journal::{self, CommitMarker, Journal, JournalSync, Position, Recovery};
 use crate::record::Record;
 use crate::sink::{self, SinkFeed, SinkStats};
 use crate::spool::Spool;
@@ -44,9 +52,16 @@ const COMMIT_WINDOW: Duration = Duration::from_millis(300);
 /// Events rendered and waiting for the writer at most; beyond this the
 /// drainer spills to disk rather than holding more in memory.
 const MAX_IN_FLIGHT: usize = 65_536;
-/// How often the drainer empties the queue when it is not saturated: events
-/// reach the store well within the one-second durability bound.
+/// How often the drainer empties the queue when it is not saturated and the
+/// journal is off: events reach the store well within the one-second bound.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// With the journal on, the drainer empties the queue this often and journals
+/// what it took: the window in which a `kill -9` can lose a handed-over event.
+const JOURNAL_INTERVAL: Duration = Duration::from_millis(1);
+/// Empty polls after which the drainer parks until the next event rather than
+/// waking every millisecond on an idle gateway. The first `send` after that
+/// pays one wake-up; under load the drainer never parks.
+const IDLE_POLLS: u32 = 8;
 /// Batches in flight between drainer and writer (one per drain tick; the
 /// writer takes them while it gathers); beyond this the drainer spills.
 const BATCH_SLOTS: usize = 64;
@@ -266,6 +281,29 @@ impl Pipeline {
         // Upgrading a store an older version wrote can take a while: the
         // writer thread does it (`prepare`) while events queue and spill.
         let writer = StoreWriter::open_unprepared(&db, config.full_sync)?;
+        // Opened before anything is appended: what the last run left is
+        // replayed by the writer, and this run writes a fresh segment.
+        let (journal, recovery) = if config.journal {
+            let (j, r) = Journal::open(&journal::journal_dir(data_dir))?;
+            (Some(j), Some(r))
+        } else {
+            (None, None)
+        };
+        let journal_sync = journal.as_ref().map(Journal::syncer);
+        let writer_journal = match (&journal, recovery) {
+            (Some(j), Some(recovery)) => Some(WriterJournal {
+                marker: CommitMarker::new(&journal::journal_dir(data_dir)),
+                start: j.start(),
+                recovery: Some(recovery),
+                committed: None,
+                to_mark: None,
+                last_mark: Instant::now(),
+                interval: config.fsync_interval,
+                full_sync: config.full_sync,
+                usable: true,
+            }),
+            _ => None,
+        };
         let spool = Arc::new(Mutex::new(Spool::open(
             &data_dir.join("spool").join("store"),
             config.spool_max_size.0,
@@ -287,6 +325,8 @@ impl Pipeline {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let d = Drainer {
             rx,
+            journal,
+            journal_failed_at: None,
             for_sinks,
             btx,
             in_flight: in_flight.clone(),
@@ -305,13 +345,25 @@ impl Pipeline {
             closing: closing.clone(),
             max_age_ms: config.max_age.map(|d| d.as_millis() as i64),
             max_bytes: config.max_size.map(|b| b.0),
+            journal: writer_journal,
         };
         threads.push(spawn("rampart-events-write", move || w.run())?);
         let checkpointer = Checkpointer::open(&db)?;
         let stop = closing.clone();
+        let fsync_interval = config.fsync_interval;
         threads.push(spawn("rampart-events-checkpoint", move || {
+            // The journal's fsync runs here, off the drainer: an fsync that
+            // takes milliseconds never delays the next journal batch.
+            let tick = fsync_interval.min(Duration::from_millis(250));
+            let mut last_sync = Instant::now();
             while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(250));
+                std::thread::sleep(tick);
+                if let Some(sync) = &journal_sync {
+                    if last_sync.elapsed() >= fsync_interval {
+                        last_sync = Instant::now();
+                        sync_journal(sync);
+                    }
+                }
                 checkpointer.run();
             }
         })?);
@@ -376,6 +428,12 @@ impl Pipeline {
     }
 }
 
+fn sync_journal(sync: &JournalSync) {
+    if let Err(err) = sync.sync() {
+        tracing::warn!(%err, "event journal fsync failed; events stay safe from a crash, not from power loss");
+    }
+}
+
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, EventsError> {
     std::thread::Builder::new()
         .name(name.to_string())
@@ -401,6 +459,9 @@ struct Batch {
     records: Vec<Box<Record>>,
     /// The records' JSON (with sinks only; empty otherwise).
     docs: Vec<String>,
+    /// Where the journal ends after these events: once they are committed
+    /// the store has everything before it.
+    journal_end: Option<Position>,
 }
 
 impl Batch {
@@ -455,6 +516,7 @@ impl Batch {
         self.events.extend(other.events);
         self.records.extend(other.records);
         self.docs.extend(other.docs);
+        self.journal_end = self.journal_end.max(other.journal_end);
     }
 
     /// Every event as an overflow-spool line: its stored form (see [`stored_line`]).
@@ -512,6 +574,10 @@ fn render_json(e: &Event) -> String {
 
 struct Drainer {
     rx: Receiver<Queued>,
+    /// The write-ahead journal (`[events] journal`, on by default).
+    journal: Option<Journal>,
+    /// When a journal write last failed (logged at most every 10 s).
+    journal_failed_at: Option<Instant>,
     /// Whether sinks need every event as OCSF JSON.
     for_sinks: bool,
     btx: SyncSender<Batch>,
@@ -523,27 +589,47 @@ struct Drainer {
 }
 
 impl Drainer {
-    fn run(self) {
+    fn run(mut self) {
         let mut saturated = false;
+        let mut empty_polls = 0u32;
         loop {
             // Poll on a short timer rather than parking in `recv`: a parked
             // receiver makes every `send` on the data path pay a futex wake-up.
-            if !saturated {
-                std::thread::sleep(DRAIN_INTERVAL);
+            // With the journal, park only once the gateway is idle.
+            let mut batch = Vec::new();
+            if self.journal.is_some() && empty_polls >= IDLE_POLLS {
+                match self.rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(r) => batch.push(r),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        if self.closing.load(Ordering::SeqCst) {
+                            self.finish();
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            } else if !saturated {
+                std::thread::sleep(if self.journal.is_some() {
+                    JOURNAL_INTERVAL
+                } else {
+                    DRAIN_INTERVAL
+                });
             }
             let closing = self.closing.load(Ordering::SeqCst);
-            let mut batch = Vec::new();
             match self.rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(TryRecvError::Empty) => {}
-                Err(TryRecvError::Disconnected) => {
+                Err(TryRecvError::Disconnected) if batch.is_empty() => {
                     if closing {
+                        self.finish();
                         return;
                     }
                     // Every sender is gone: nothing more will come; wait for close.
                     std::thread::sleep(Duration::from_millis(50));
                     continue;
                 }
+                Err(TryRecvError::Disconnected) => {}
             }
             while batch.len() < MAX_BATCH {
                 match self.rx.try_recv() {
@@ -552,12 +638,18 @@ impl Drainer {
                 }
             }
             saturated = batch.len() >= MAX_BATCH;
+            empty_polls = if batch.is_empty() {
+                empty_polls.saturating_add(1)
+            } else {
+                0
+            };
             if !batch.is_empty() {
                 self.stats
                     .drained
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let n = batch.len();
-                let batch = Batch::encode(batch, self.for_sinks);
+                let mut batch = Batch::encode(batch, self.for_sinks);
+                batch.journal_end = self.journal(&batch);
                 if self.in_flight.load(Ordering::Relaxed) + n > MAX_IN_FLIGHT {
                     self.spill(batch);
                 } else {
@@ -571,8 +663,36 @@ impl Drainer {
                     }
                 }
             } else if closing {
+                self.finish();
                 return;
             }
+        }
+    }
+
+    /// Append the batch's events to the journal: in the kernel on return.
+    /// A failed write is logged (not on every batch) and the events go on
+    /// to the store all the same: only their crash safety is lost.
+    fn journal(&mut self, batch: &Batch) -> Option<Position> {
+        let journal = self.journal.as_mut()?;
+        match journal.append(batch.events.iter().map(PreparedEvent::stored)) {
+            Ok(end) => Some(end),
+            Err(err) => {
+                if self
+                    .journal_failed_at
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                {
+                    self.journal_failed_at = Some(Instant::now());
+                    tracing::error!(%err, events = batch.len(), "event journal write failed; these events are lost if the process crashes before they are stored");
+                }
+                None
+            }
+        }
+    }
+
+    /// On close: make the journal durable (the sync thread may stop first).
+    fn finish(&mut self) {
+        if let Some(journal) = self.journal.as_mut() {
+            sync_journal(&journal.syncer());
         }
     }
 
@@ -611,6 +731,55 @@ struct Writer {
     closing: Arc<AtomicBool>,
     max_age_ms: Option<i64>,
     max_bytes: Option<u64>,
+    journal: Option<WriterJournal>,
+}
+
+/// The writer's side of the journal: the previous run's tail to replay, and
+/// the committed marker.
+struct WriterJournal {
+    recovery: Option<Recovery>,
+    marker: CommitMarker,
+    /// Where this run's journal starts: once the previous run's tail is
+    /// stored, everything before it is committed.
+    start: Position,
+    /// How far committed batches reach in the journal.
+    committed: Option<Position>,
+    /// What `committed` was at the previous marker update: the next one writes it.
+    to_mark: Option<Position>,
+    last_mark: Instant,
+    interval: Duration,
+    /// Commits are fsynced: the marker need not lag behind them.
+    full_sync: bool,
+    /// False when the previous run's tail could not be stored: the marker is
+    /// then left alone, so the next start tries again.
+    usable: bool,
+}
+
+impl WriterJournal {
+    fn committed(&mut self, end: Option<Position>) {
+        self.committed = self.committed.max(end);
+    }
+
+    /// Every `fsync_interval`, persist how far the store has committed. The
+    /// marker lags one interval behind (unless `full_sync`): by then the
+    /// checkpointer has fsynced those commits, so power loss cannot take an
+    /// event from the store after the journal let it go.
+    fn mark(&mut self, force: bool) {
+        if !self.usable || (!force && self.last_mark.elapsed() < self.interval) {
+            return;
+        }
+        self.last_mark = Instant::now();
+        let pos = if self.full_sync {
+            self.committed
+        } else {
+            std::mem::replace(&mut self.to_mark, self.committed)
+        };
+        if let Some(pos) = pos {
+            if let Err(err) = self.marker.write(pos) {
+                tracing::warn!(%err, "event journal marker update failed; a restart replays more (duplicates are skipped)");
+            }
+        }
+    }
 }
 
 impl Writer {
@@ -619,6 +788,7 @@ impl Writer {
             // Each commit tries again; until then batches go to the spool.
             tracing::error!(%err, "event store upgrade failed");
         }
+        self.replay_journal();
         let mut last_retention = Instant::now() - RETENTION_EVERY;
         let mut disconnected = false;
         loop {
@@ -650,18 +820,109 @@ impl Writer {
                 self.commit(pending);
                 self.in_flight.fetch_sub(n, Ordering::Relaxed);
             } else if !self.replay_spool() && disconnected {
+                self.finish();
                 return;
             }
             if last_retention.elapsed() >= RETENTION_EVERY {
                 last_retention = Instant::now();
                 self.retention();
             }
+            if let Some(j) = self.journal.as_mut() {
+                j.mark(false);
+            }
             if disconnected && self.closing.load(Ordering::SeqCst) {
                 // Drain the spool before stopping, within reason.
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while Instant::now() < deadline && self.replay_spool() {}
+                self.finish();
                 return;
             }
+        }
+    }
+
+    /// On close: mark everything committed in the journal.
+    fn finish(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            // Once the checkpoint has fsynced the WAL, every commit is
+            // durable and the marker may say so without lagging.
+            if self.store.checkpoint().is_ok() {
+                j.to_mark = j.committed;
+                j.mark(true);
+            }
+        }
+    }
+
+    /// Store what the previous run journaled and the store had not committed
+    /// (a `kill -9`, a crash, power loss after the last fsync). Events the
+    /// store already has are skipped by id, so a replay interrupted by another
+    /// crash is simply done again.
+    fn replay_journal(&mut self) {
+        let Some(recovery) = self.journal.as_mut().and_then(|j| j.recovery.take()) else {
+            return;
+        };
+        if recovery.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut stored = 0u64;
+        let mut unreadable = 0u64;
+        let result = recovery.replay(|payloads| {
+            let mut records = Vec::with_capacity(payloads.len());
+            let mut prepared = Vec::with_capacity(payloads.len());
+            for p in payloads {
+                match decode_stored(p) {
+                    Ok(record) => {
+                        prepared.push(PreparedEvent::new(&record, p));
+                        records.push(record);
+                    }
+                    // Intact by its checksum, yet not an event: written by a
+                    // newer version, or damage the checksum missed.
+                    Err(_) => unreadable += 1,
+                }
+            }
+            let n = self.store.insert_prepared(&prepared)?;
+            stored += n as u64;
+            self.stats.stored.fetch_add(n as u64, Ordering::Relaxed);
+            // Sinks are at least once: events the store already had may be
+            // delivered again.
+            self.feed_records(&records);
+            Ok(())
+        });
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        match result {
+            Ok((read, damaged)) => {
+                j.committed(Some(j.start));
+                tracing::info!(
+                    journaled = read,
+                    stored,
+                    unreadable,
+                    damaged_segments = damaged,
+                    ms = started.elapsed().as_millis() as u64,
+                    "event journal replayed"
+                );
+                if unreadable > 0 {
+                    self.stats.dropped.fetch_add(unreadable, Ordering::Relaxed);
+                }
+            }
+            Err(err) => {
+                j.usable = false;
+                tracing::error!(%err, "event journal replay failed; it is kept and replayed at the next start");
+            }
+        }
+    }
+
+    /// Hand replayed records to the sinks (as full events with their JSON).
+    fn feed_records(&self, records: &[Record]) {
+        if self.feeds.is_empty() || records.is_empty() {
+            return;
+        }
+        let events: Vec<Event> = records.iter().map(|r| r.to_event().into_owned()).collect();
+        let docs: Vec<String> = events.iter().map(render_json).collect();
+        let events: Vec<&Event> = events.iter().collect();
+        for feed in &self.feeds {
+            feed.push(&events, &docs);
         }
     }
 
@@ -670,6 +931,9 @@ impl Writer {
         let n = batch.len();
         match self.store.insert_prepared(&batch.events) {
             Ok(_) => {
+                if let Some(j) = self.journal.as_mut() {
+                    j.committed(batch.journal_end);
+                }
                 self.stats.stored.fetch_add(n as u64, Ordering::Relaxed);
                 self.stats.hook.stored(&batch.events);
                 if !self.feeds.is_empty() {
@@ -737,15 +1001,7 @@ impl Writer {
                     .stored
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
                 self.stats.hook.stored(&prepared);
-                if !self.feeds.is_empty() {
-                    let events: Vec<Event> =
-                        records.iter().map(|r| r.to_event().into_owned()).collect();
-                    let docs: Vec<String> = events.iter().map(render_json).collect();
-                    let events: Vec<&Event> = events.iter().collect();
-                    for feed in &self.feeds {
-                        feed.push(&events, &docs);
-                    }
-                }
+                self.feed_records(&records);
                 if let Ok(mut s) = self.spool.lock() {
                     if let Err(err) = s.ack(chunk.end) {
                         tracing::error!(%err, "event spool cursor update failed");

@@ -15,7 +15,7 @@ use crate::error::EventsError;
 const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Where reading stopped: a segment number and a byte offset inside it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {
     pub segment: u64,
     pub offset: u64,

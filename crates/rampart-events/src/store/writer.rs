@@ -250,6 +250,15 @@ impl StoreWriter {
         Ok(inserted)
     }
 
+    /// Copy committed WAL pages into the database, fsyncing the WAL first:
+    /// after it, every commit so far survives power loss (the journal's
+    /// committed marker relies on this at shutdown).
+    pub fn checkpoint(&self) -> Result<(), EventsError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(|e| self.err(e))
+    }
+
     /// Delete events older than `max_age_ms` and, while the database is larger
     /// than `max_bytes`, the oldest events; then return freed pages to the OS.
     ///
