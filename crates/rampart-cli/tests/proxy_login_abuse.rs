@@ -336,3 +336,46 @@ fn cached_login_is_dropped_when_a_reload_changes_the_password() {
         .unwrap();
     assert_eq!(new.status, 200, "{}", new.body);
 }
+
+#[test]
+fn a_burst_of_64_concurrent_guesses_from_one_source_gets_only_a_few_verified() {
+    let origin = Origin::start();
+    let gw = Rampart::start(&config_with_alice("auth_max_failures = 5"));
+    let url = origin.url("/hello");
+    let guesses: Vec<_> = (0..64)
+        .map(|i| {
+            let (url, proxy) = (url.clone(), gw.proxy);
+            std::thread::spawn(move || {
+                let reply = Client::connect(proxy)
+                    .get(&url, &basic("alice", &format!("guess{i}")))
+                    .unwrap();
+                assert_eq!(reply.status, 407);
+                reply.header("Retry-After").is_some()
+            })
+        })
+        .collect();
+    let with_retry_after = guesses
+        .into_iter()
+        .map(|g| g.join().expect("guess thread"))
+        .filter(|&retry_after| retry_after)
+        .count();
+    let metrics = gw.metrics();
+    let verified = metric(
+        &metrics,
+        "rampart_auth_failures_total{reason=\"wrong_password\"}",
+    );
+    let throttled = metric(&metrics, "rampart_auth_throttled_total{scope=\"source\"}")
+        + metric(&metrics, "rampart_auth_throttled_total{scope=\"user\"}");
+    // Guesses already waiting for a verification slot re-check the backoff once
+    // they get it: only the first auth_max_failures (plus the slots) are verified.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        (5..=5 + cpus as u64).contains(&verified),
+        "{verified} verified\n{metrics}"
+    );
+    assert_eq!(verified + throttled, 64, "{metrics}");
+    assert!(
+        with_retry_after as u64 >= throttled,
+        "{with_retry_after} with Retry-After"
+    );
+}
