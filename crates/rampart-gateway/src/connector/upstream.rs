@@ -153,11 +153,8 @@ pub async fn connect_handshake(
                 "closed the connection during CONNECT".into(),
             ));
         }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut headers);
-        match response.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let status = response.code.unwrap_or(0);
+        match parse_connect_reply(&buf) {
+            Ok(ConnectReply::Complete { status, head_len }) => {
                 if !(200..300).contains(&status) {
                     return Err(ConnectError::UpstreamStatus {
                         proxy: proxy.url.to_string(),
@@ -166,9 +163,36 @@ pub async fn connect_handshake(
                 }
                 return Ok(buf.split_off(head_len).freeze());
             }
-            Ok(httparse::Status::Partial) => continue,
+            Ok(ConnectReply::Partial) => continue,
             Err(e) => return Err(protocol_error(format!("malformed CONNECT response: {e}"))),
         }
+    }
+}
+
+/// How far an upstream proxy's reply to our CONNECT has been read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectReply {
+    /// The head has not ended yet: read more.
+    Partial,
+    /// A whole head: its status, and where the tunnel's first bytes start.
+    Complete { status: u16, head_len: usize },
+}
+
+/// Parses the reply head at the start of `buf`. Public (and pure) so the
+/// `connect_reply` fuzz target reaches the bytes an upstream proxy controls
+/// without a socket. Any headers are ignored: a 2xx reply to CONNECT has no
+/// content, whatever Content-Length or Transfer-Encoding it names
+/// (RFC 9110 §9.3.6).
+pub fn parse_connect_reply(buf: &[u8]) -> Result<ConnectReply, httparse::Error> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(buf)? {
+        httparse::Status::Complete(head_len) => Ok(ConnectReply::Complete {
+            // httparse only completes a head with a three-digit status.
+            status: response.code.unwrap_or(0),
+            head_len,
+        }),
+        httparse::Status::Partial => Ok(ConnectReply::Partial),
     }
 }
 
@@ -223,4 +247,30 @@ async fn check_once(
             })??;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_reply_is_partial_until_the_blank_line_and_keeps_tunnel_bytes_out() {
+        let reply = b"HTTP/1.1 200 Connection established\r\nVia: 1.1 p\r\n\r\n\x16\x03\x01";
+        for cut in 0..reply.len() - 3 {
+            assert_eq!(parse_connect_reply(&reply[..cut]), Ok(ConnectReply::Partial));
+        }
+        assert_eq!(
+            parse_connect_reply(reply),
+            Ok(ConnectReply::Complete {
+                status: 200,
+                head_len: reply.len() - 3
+            })
+        );
+    }
+
+    #[test]
+    fn connect_reply_garbage_is_an_error() {
+        assert!(parse_connect_reply(b"\x16\x03\x01\x00\x05hello").is_err());
+        assert!(parse_connect_reply(b"HTTP/1.1 2x0 OK\r\n\r\n").is_err());
+    }
 }

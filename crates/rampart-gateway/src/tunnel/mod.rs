@@ -483,7 +483,8 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// The process metadata an authenticated agent sends with each flow.
-fn process_from(headers: &HeaderMap) -> Option<ProcessRecord> {
+/// `pub(crate)` for the `tunnel_metadata` fuzz target (`crate::fuzzing`).
+pub(crate) fn process_from(headers: &HeaderMap) -> Option<ProcessRecord> {
     let text = |name: &str| header_text(headers, name);
     let number = |name: &str| text(name).and_then(|v| v.parse::<u32>().ok());
     let name = text("x-rampart-process")?;
