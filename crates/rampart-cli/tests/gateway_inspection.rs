@@ -81,6 +81,11 @@ fn fixtures(dir: &Path) {
 }
 
 fn gateway(extra: &str, tls_port: u16, roots: &[&Path]) -> Rampart {
+    gateway_with_top("", extra, tls_port, roots)
+}
+
+/// [`gateway`] with `top` before every table (e.g. `policy = "FILE"`).
+fn gateway_with_top(top: &str, extra: &str, tls_port: u16, roots: &[&Path]) -> Rampart {
     let roots: Vec<String> = roots
         .iter()
         .map(|p| format!("{:?}", p.display().to_string()))
@@ -94,7 +99,7 @@ fn gateway(extra: &str, tls_port: u16, roots: &[&Path]) -> Rampart {
         )
     };
     Rampart::start(&format!(
-        "[proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {tls_port}]\n\
+        "{top}[proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {tls_port}]\n\
          [tunnel]\nlisten = \"127.0.0.1:0\"\n\
          [resolve]\n\"files.test\" = \"127.0.0.1\"\n{tls}{extra}"
     ))
@@ -175,6 +180,19 @@ fn eicar_downloads_are_blocked_plain_nested_and_long_and_an_encrypted_zip_is_ale
     // Clean files pass untouched.
     let (_, body, _) = curl(&gw.proxy_url(), &[&url("clean.txt")]);
     assert_eq!(body, "nothing to see here\n");
+
+    // /metrics counts scans by verdict and bytes scanned.
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains(
+            "rampart_inspect_scans_total{direction=\"download\",verdict=\"malicious\"} 3"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rampart_inspect_bytes_total{direction=\"download\"}"),
+        "{metrics}"
+    );
 
     // Each non-clean verdict is a Detection Finding in the event store.
     let mut alerts = Vec::new();
@@ -309,5 +327,58 @@ fn a_card_number_uploaded_as_multipart_or_json_is_blocked_and_logged_masked() {
     assert!(
         !text.contains("4111 1111 1111 1111") && !text.contains("1111-1111-1111"),
         "{text}"
+    );
+}
+
+#[test]
+fn policy_rules_on_inspection_verdicts_decide_before_the_defaults() {
+    let origin = support::origin::Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    fixtures(dir.path());
+    let files = FileOrigin::start(dir.path());
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[[access]]
+name = "no cards out"
+when = { dlp = ["payment-card"], direction = "upload" }
+action = "block"
+
+[[access]]
+name = "no encrypted archives in"
+when = { verdicts = ["encrypted"], direction = "download" }
+action = "block"
+"#,
+    )
+    .unwrap();
+    let top = format!("policy = {:?}\n", policy.display().to_string());
+    let gw = gateway_with_top(&top, "", free_port(), &[]);
+    let sink = format!("http://files.test:{}/sink", origin.port());
+    let json = r#"{"card": "4111 1111 1111 1111"}"#;
+    let (_, body, _) = curl(
+        &gw.proxy_url(),
+        &["--data", json, "-w", "\n%{http_code}", &sink],
+    );
+    assert!(
+        body.ends_with("403") && body.contains("no cards out"),
+        "{body}"
+    );
+    // sensitive's default action is alert: it is the policy rule that blocked.
+    let record = gw.find_record(|r| r["policy"]["rule"] == "no cards out");
+    assert_eq!(
+        record["upload_inspection"]["verdict"], "sensitive",
+        "{record}"
+    );
+
+    let url = format!("http://files.test:{}/secret.zip", files.port);
+    let (_, body, _) = curl(&gw.proxy_url(), &["-w", "\n%{http_code}", &url]);
+    assert!(
+        body.ends_with("403") && body.contains("no encrypted archives in"),
+        "{body}"
+    );
+    assert_eq!(
+        origin.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
     );
 }

@@ -57,6 +57,9 @@ pub struct InspectionRecord {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub findings: Vec<FindingRecord>,
     pub scan_ms: u64,
+    /// Where the scan spent its time, for `rampart_inspect_scan_seconds`.
+    #[serde(skip)]
+    pub engine_times: Option<rampart_inspect::EngineTimes>,
 }
 
 impl InspectionRecord {
@@ -64,6 +67,42 @@ impl InspectionRecord {
     pub fn is_finding(&self) -> bool {
         self.verdict != "clean"
     }
+
+    /// Every verdict among the findings (`clean` when none), for the policy's
+    /// `verdicts` condition.
+    pub fn verdict_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self.findings.iter().map(|f| f.verdict).collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.is_empty() {
+            names.push("clean");
+        }
+        names
+    }
+
+    /// DLP profiles that matched, for the policy's `dlp` condition.
+    pub fn dlp_profiles(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .findings
+            .iter()
+            .filter(|f| f.engine == "dlp")
+            .map(|f| f.rule.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+/// Whether the access decision the response phase recorded came from a rule on
+/// the inspection verdict or DLP profile: then the policy has decided what
+/// this verdict does, and `[inspect.actions]` (the default) does not apply.
+pub fn policy_decided_verdict(record: &crate::access_log::FlowRecord) -> bool {
+    record.policy.as_ref().is_some_and(|p| {
+        p.matched
+            .iter()
+            .any(|m| m.starts_with("verdict ") || m.starts_with("dlp "))
+    })
 }
 
 /// A scan's outcome with the default inspection policy applied.
@@ -140,6 +179,7 @@ pub fn judge(
             decided_by,
             findings,
             scan_ms: report.scan_time.as_millis() as u64,
+            engine_times: Some(report.engine_times),
         },
     }
 }
@@ -222,6 +262,7 @@ pub fn timed_out(
             decided_by: "inspect.hold_timeout".into(),
             findings: Vec::new(),
             scan_ms: 0,
+            engine_times: None,
         },
     }
 }

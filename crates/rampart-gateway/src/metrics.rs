@@ -85,7 +85,34 @@ pub struct ScopeLabels {
     pub scope: &'static str,
 }
 
+/// Labels of the inspection counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScanLabels {
+    /// `download` or `upload`.
+    pub direction: &'static str,
+    /// `clean`, `malicious`, `encrypted`, `unscannable`, `sensitive`.
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineLabels {
+    pub engine: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScanDirectionLabels {
+    pub direction: &'static str,
+}
+
 pub struct Metrics {
+    /// Bodies scanned by content inspection, by direction and verdict.
+    pub inspect_scans: Family<ScanLabels, Counter>,
+    /// Bytes scanned, by direction.
+    pub inspect_bytes: Family<ScanDirectionLabels, Counter>,
+    /// Engine errors and timeouts, by engine.
+    pub inspect_engine_errors: Family<EngineLabels, Counter>,
+    /// Time spent scanning, by engine.
+    pub inspect_seconds: Family<EngineLabels, Counter<f64, AtomicU64>>,
     pub connections_accepted: Counter,
     pub connections_active: Gauge,
     pub connections_rejected: Family<RejectedLabels, Counter>,
@@ -105,6 +132,10 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         Metrics {
+            inspect_scans: Family::default(),
+            inspect_bytes: Family::default(),
+            inspect_engine_errors: Family::default(),
+            inspect_seconds: Family::default(),
             connections_accepted: Counter::default(),
             connections_active: Gauge::default(),
             connections_rejected: Family::default(),
@@ -173,13 +204,80 @@ impl Metrics {
             self.auth_failures.clone(),
         );
         r.register(
+            "inspect_scans",
+            "Bodies scanned by content inspection, by direction and verdict",
+            self.inspect_scans.clone(),
+        );
+        r.register(
+            "inspect_bytes",
+            "Body bytes scanned by content inspection, by direction",
+            self.inspect_bytes.clone(),
+        );
+        r.register(
+            "inspect_engine_errors",
+            "Inspection engine errors and timeouts (unscannable: engine-error or timeout), by engine",
+            self.inspect_engine_errors.clone(),
+        );
+        r.register(
+            "inspect_scan_seconds",
+            "Time spent scanning bodies, by engine",
+            self.inspect_seconds.clone(),
+        );
+        r.register(
             "auth_throttled",
             "Proxy logins refused without verification during a failed-login backoff, by scope",
             self.auth_throttled.clone(),
         );
     }
 
+    /// Counts what content inspection did for one flow.
+    fn record_inspection(&self, record: &FlowRecord) {
+        for ins in [&record.inspection, &record.upload_inspection]
+            .into_iter()
+            .flatten()
+        {
+            let verdict = ins.verdict.split(':').next().unwrap_or("").to_string();
+            self.inspect_scans
+                .get_or_create(&ScanLabels {
+                    direction: ins.direction,
+                    verdict,
+                })
+                .inc();
+            self.inspect_bytes
+                .get_or_create(&ScanDirectionLabels {
+                    direction: ins.direction,
+                })
+                .inc_by(ins.size);
+            for f in &ins.findings {
+                if matches!(f.reason, Some("engine-error" | "timeout")) {
+                    self.inspect_engine_errors
+                        .get_or_create(&EngineLabels { engine: f.engine })
+                        .inc();
+                }
+            }
+            if let Some(t) = &ins.engine_times {
+                for (engine, d) in [
+                    ("archive", t.archive),
+                    ("encryption", t.encryption),
+                    ("hash", t.hash),
+                    ("yara", t.yara),
+                    ("clamav", t.clamav),
+                    ("dlp", t.dlp),
+                ] {
+                    if !d.is_zero() {
+                        self.inspect_seconds
+                            .get_or_create(&EngineLabels { engine })
+                            .inc_by(d.as_secs_f64());
+                    }
+                }
+            }
+        }
+    }
+
     pub fn record_flow(&self, record: &FlowRecord) {
+        if record.inspection.is_some() || record.upload_inspection.is_some() {
+            self.record_inspection(record);
+        }
         let kind = if record.method == "CONNECT" {
             FlowKind::Connect
         } else {

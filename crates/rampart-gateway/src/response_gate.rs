@@ -160,7 +160,17 @@ pub async fn respond(
             None => sniff(&prefix),
         };
         log.record.file_type = Some(file_type);
+        let mut policy_decided = false;
         if pending {
+            let verdicts = judgement
+                .as_ref()
+                .map(|j| j.record.verdict_names())
+                .unwrap_or_default();
+            let dlp = judgement
+                .as_ref()
+                .map(|j| j.record.dlp_profiles())
+                .unwrap_or_default();
+            let size = prefix.iter().map(|b| b.len() as u64).sum();
             let stage = policy_stage::response_phase(
                 &state.policy,
                 &held.facts,
@@ -168,7 +178,10 @@ pub async fn respond(
                 held.path,
                 rampart_policy::InspectionFacts {
                     file_type: Some(file_type),
-                    ..Default::default()
+                    verdicts: &verdicts,
+                    dlp: &dlp,
+                    direction: Some(rampart_policy::Direction::Download),
+                    size: Some(size),
                 },
                 &mut log.record,
             );
@@ -178,11 +191,13 @@ pub async fn respond(
                 }
                 return blocked_response(blocked, held.accept.as_ref(), Some(&held.url), log);
             }
+            policy_decided = inspection::policy_decided_verdict(&log.record);
         }
         if let Some(Judgement { record, block }) = judgement {
             let reason = inspection::block_reason(&record);
             log.record.inspection = Some(record);
-            if block {
+            // A policy rule that allowed this verdict on purpose wins over the default.
+            if block && !policy_decided {
                 log.metrics().error("inspection");
                 let blocked = Blocked {
                     rule: Arc::from(reason.as_str()),

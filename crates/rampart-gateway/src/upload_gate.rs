@@ -17,6 +17,12 @@ use hyper::body::Incoming;
 use rampart_inspect::{Inspector, ScanContext, VerdictAction};
 
 use crate::inspection::{self, FindingRecord, InspectionRecord, Judgement};
+use crate::policy_stage::{self, Blocked};
+use crate::proxy::body::{FlowLog, MeteredBody, ProxyBody};
+use crate::proxy::{blocked_response, error_response};
+use crate::response_gate::HeldRequest;
+use crate::state::GatewayState;
+use http::{Response, StatusCode};
 
 /// The most of one upload held in memory to scan it before forwarding.
 pub const UPLOAD_HOLD: usize = 8 * 1024 * 1024;
@@ -108,6 +114,97 @@ pub async fn hold(
     })
 }
 
+/// The request phase for an upload: holds and scans `body` (when inspection is
+/// on), lets the policy decide on the verdict when a rule waits for it
+/// (`direction = "upload"`, `dlp`, `verdicts`), applies `[inspect.actions]`
+/// otherwise, and gives the body to forward — or the block page, sent before
+/// the origin sees a byte.
+pub async fn screen(
+    state: &GatewayState,
+    held: &HeldRequest<'_>,
+    pending: bool,
+    body: Incoming,
+    headers: &http::HeaderMap,
+    mut log: FlowLog,
+) -> Result<(MeteredBody, FlowLog), Response<ProxyBody>> {
+    let upload = match hold(state.inspector.as_ref(), body, headers, held.path).await {
+        Ok(upload) => upload,
+        Err(e) => {
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                &e.to_string(),
+                log,
+                Some("client_body"),
+            ))
+        }
+    };
+    let (held_bytes, rest, judgement) = match upload {
+        Upload::Stream(body) => {
+            let counter = log.request_counter();
+            return Ok((MeteredBody::new(body, counter), log));
+        }
+        Upload::Judged {
+            held,
+            rest,
+            judgement,
+        } => (held, rest, judgement),
+    };
+    let Judgement { record, block } = judgement;
+    if pending {
+        let verdicts = record.verdict_names();
+        let dlp = record.dlp_profiles();
+        let facts = rampart_policy::InspectionFacts {
+            file_type: Some(record.file_type),
+            verdicts: &verdicts,
+            dlp: &dlp,
+            direction: Some(rampart_policy::Direction::Upload),
+            size: Some(record.size),
+        };
+        let mut probe = log.record.clone();
+        let stage = policy_stage::response_phase(
+            &state.policy,
+            &held.facts,
+            held.method,
+            held.path,
+            facts,
+            &mut probe,
+        );
+        if let Some(blocked) = &stage.blocked {
+            log.record.policy = probe.policy;
+            log.record.upload_inspection = Some(record);
+            return Err(blocked_response(
+                blocked,
+                held.accept.as_ref(),
+                Some(&held.url),
+                log,
+            ));
+        }
+        if inspection::policy_decided_verdict(&probe) {
+            // The policy allowed this verdict on purpose: no default action.
+            log.record.upload_inspection = Some(record);
+            let counter = log.request_counter();
+            return Ok((MeteredBody::held(held_bytes, rest, counter), log));
+        }
+    }
+    let reason = inspection::block_reason(&record);
+    log.record.upload_inspection = Some(record);
+    if block {
+        log.metrics().error("inspection");
+        let blocked = Blocked {
+            rule: Arc::from(reason.as_str()),
+            category: None,
+        };
+        return Err(blocked_response(
+            &blocked,
+            held.accept.as_ref(),
+            Some(&held.url),
+            log,
+        ));
+    }
+    let counter = log.request_counter();
+    Ok((MeteredBody::held(held_bytes, rest, counter), log))
+}
+
 /// The record of an upload too large to hold: never clean, the unscannable action applies.
 fn too_large(action: VerdictAction, name: Option<String>, held: u64) -> Judgement {
     let block = action == VerdictAction::Block;
@@ -139,6 +236,7 @@ fn too_large(action: VerdictAction, name: Option<String>, held: u64) -> Judgemen
                 fail: None,
             }],
             scan_ms: 0,
+            engine_times: None,
         },
     }
 }

@@ -21,13 +21,12 @@ use tokio::sync::Mutex;
 use super::stream::{Activity, Counted};
 use super::{Fronting, FrontingExceptions, Tunnel};
 use crate::access_log::{FlowRecord, ProcessRecord, TlsRecord};
-use crate::inspection;
 use crate::policy_stage::{self, Blocked, FlowFacts};
 use crate::proxy::body::{FlowLog, MeteredBody, ProxyBody};
 use crate::proxy::headers::strip_hop_by_hop;
 use crate::proxy::{blocked_response, coaching_gate, error_response, proceed_response};
 use crate::response_gate::{self, HeldRequest};
-use crate::upload_gate::{self, Upload};
+use crate::upload_gate;
 use rampart_policy::EvalPoint;
 
 /// The decrypted client side: TLS over the (metered) client stream of the tunnel.
@@ -416,35 +415,25 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
             parts.headers.remove(header::HOST);
         }
     }
-    let inspector = session.state.inspector.as_ref();
-    let body = match upload_gate::hold(inspector, body, &parts.headers, &path).await {
-        Ok(Upload::Stream(body)) => MeteredBody::new(body, log.request_counter()),
-        Ok(Upload::Judged {
-            held,
-            rest,
-            judgement,
-        }) => {
-            let block = judgement.block;
-            let reason = inspection::block_reason(&judgement.record);
-            log.record.upload_inspection = Some(judgement.record);
-            if block {
-                log.metrics().error("inspection");
-                let blocked = Blocked {
-                    rule: Arc::from(reason.as_str()),
-                    category: None,
-                };
-                return blocked_response(&blocked, accept.as_ref(), Some(&url), log);
-            }
-            MeteredBody::held(held, rest, log.request_counter())
-        }
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &e.to_string(),
-                log,
-                Some("client_body"),
-            )
-        }
+    let held = HeldRequest {
+        facts,
+        method: &method,
+        path: &path,
+        accept: accept.clone(),
+        url: url.clone(),
+    };
+    let (body, mut log) = match upload_gate::screen(
+        &session.state,
+        &held,
+        stage.pending,
+        body,
+        &parts.headers,
+        log,
+    )
+    .await
+    {
+        Ok(screened) => screened,
+        Err(page) => return page,
     };
     let outgoing = Request::from_parts(parts, body);
     let sent = match sender {
@@ -498,13 +487,6 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
     }
     strip_hop_by_hop(response.headers_mut());
     if response_gate::needed(&session.state, stage.pending) {
-        let held = HeldRequest {
-            facts,
-            method: &method,
-            path: &path,
-            accept: accept.clone(),
-            url: url.clone(),
-        };
         return response_gate::respond(&session.state, held, stage.pending, response, log).await;
     }
     let (parts, body) = response.into_parts();

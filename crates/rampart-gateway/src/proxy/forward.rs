@@ -8,15 +8,14 @@ use http::uri::{Authority, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::body::{FlowLog, MeteredBody, ProxyBody};
+use super::body::{FlowLog, ProxyBody};
 use super::{blocked_response, coaching_gate, error_response, headers, proceed_response, Shared};
 use crate::connector::forward::UpstreamConnInfo;
 use crate::error::ConnectError;
-use crate::inspection;
 use crate::policy_stage::{self, FlowFacts};
 use crate::response_gate::{self, HeldRequest};
 use crate::state::GatewayState;
-use crate::upload_gate::{self, Upload};
+use crate::upload_gate;
 use rampart_policy::EvalPoint;
 use rampart_policy::Identity;
 
@@ -114,36 +113,18 @@ pub async fn forward(
     if state.config.proxy.x_forwarded_for {
         headers::append_forwarded_for(&mut parts.headers, log.record.client.ip());
     }
-    let body = match upload_gate::hold(state.inspector.as_ref(), body, &parts.headers, path).await {
-        Ok(Upload::Stream(body)) => MeteredBody::new(body, log.request_counter()),
-        Ok(Upload::Judged {
-            held,
-            rest,
-            judgement,
-        }) => {
-            let block = judgement.block;
-            let reason = inspection::block_reason(&judgement.record);
-            log.record.upload_inspection = Some(judgement.record);
-            if block {
-                log.metrics().error("inspection");
-                let blocked = policy_stage::Blocked {
-                    rule: std::sync::Arc::from(reason.as_str()),
-                    category: None,
-                };
-                let target = log.record.target.clone();
-                return blocked_response(&blocked, accept.as_ref(), Some(&target), log);
-            }
-            MeteredBody::held(held, rest, log.request_counter())
-        }
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &e.to_string(),
-                log,
-                Some("client_body"),
-            )
-        }
+    let held = HeldRequest {
+        facts,
+        method: &method,
+        path,
+        accept,
+        url: log.record.target.clone(),
     };
+    let (body, mut log) =
+        match upload_gate::screen(state, &held, stage.pending, body, &parts.headers, log).await {
+            Ok(screened) => screened,
+            Err(page) => return page,
+        };
     let outgoing = Request::from_parts(parts, body);
 
     let response_timeout = state.config.limits.response_timeout;
@@ -178,13 +159,6 @@ pub async fn forward(
         headers::append_via(&mut parts.headers, &state.via);
     }
     if response_gate::needed(state, stage.pending) {
-        let held = HeldRequest {
-            facts,
-            method: &method,
-            path,
-            accept,
-            url: log.record.target.clone(),
-        };
         let response = Response::from_parts(parts, body);
         return response_gate::respond(state, held, stage.pending, response, log).await;
     }
