@@ -1,6 +1,6 @@
 //! The property DESIGN §6 asks for: for random policies (rules mixing host,
-//! list with path entries, method, file type, inspection verdict, direction,
-//! user, group, process and port conditions in random order) and random flows (plain HTTP, decrypted and
+//! list with path entries, method, file type, inspection verdict, DLP profile,
+//! direction, size, user, group, process and port conditions in random order) and random flows (plain HTTP, decrypted and
 //! not-decrypted tunnels, agent flows), the decision the gateway enforces —
 //! through its real policy phases, in the order the data path calls them —
 //! equals the decision of one evaluation with every fact the flow ever has,
@@ -21,6 +21,8 @@ const PATHS: [&str; 4] = ["/", "/admin/x", "/files/setup.exe", "/docs/?q=1"];
 const METHODS: [&str; 2] = ["GET", "POST"];
 const TYPES: [&str; 4] = ["exe", "zip", "pdf", "html"];
 const VERDICTS: [&str; 4] = ["malicious", "encrypted", "unscannable", "clean"];
+const DLP: [&str; 2] = ["payment-card", "iban"];
+const SIZES: [u64; 3] = [0, 1000, 4096];
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
 const PROCESSES: [&str; 2] = ["curl", "python3.11"];
 const PORTS: [u16; 2] = [443, 8443];
@@ -37,6 +39,9 @@ fn condition() -> impl Strategy<Value = String> {
         prop::sample::subsequence(VERDICTS.to_vec(), 1..3)
             .prop_map(|v| format!("verdicts = {v:?}")),
         prop::sample::select(vec!["download", "upload"]).prop_map(|d| format!("direction = {d:?}")),
+        prop::sample::subsequence(DLP.to_vec(), 1..2).prop_map(|p| format!("dlp = {p:?}")),
+        prop::sample::select(vec!["min = 1000", "max = \"1kB\"", "min = 1, max = 5000"])
+            .prop_map(|b| format!("size = {{ {b} }}")),
         prop::sample::subsequence(USERS.to_vec(), 1..3).prop_map(|u| format!("users = {u:?}")),
         prop::sample::select(vec!["engineering", "sales"])
             .prop_map(|g| format!("groups = [{g:?}]")),
@@ -108,6 +113,8 @@ struct Flow {
     /// Empty: the body was not scanned.
     verdicts: Vec<&'static str>,
     direction: Option<Direction>,
+    dlp: Vec<&'static str>,
+    size: Option<u64>,
     user: Option<&'static str>,
     process: Option<&'static str>,
     port: u16,
@@ -119,18 +126,24 @@ fn flow() -> impl Strategy<Value = Flow> {
         prop::sample::select(HOSTS.to_vec()),
         prop::sample::select(PATHS.to_vec()),
         prop::sample::select(METHODS.to_vec()),
-        prop::option::of(prop::sample::select(TYPES.to_vec())),
-        prop::sample::subsequence(VERDICTS.to_vec(), 0..3),
-        prop::option::of(prop::sample::select(vec![
-            Direction::Download,
-            Direction::Upload,
-        ])),
+        // What inspection found, grouped: proptest tuples stop at twelve.
+        (
+            prop::option::of(prop::sample::select(TYPES.to_vec())),
+            prop::sample::subsequence(VERDICTS.to_vec(), 0..3),
+            prop::sample::subsequence(DLP.to_vec(), 0..2),
+            prop::option::of(prop::sample::select(vec![
+                Direction::Download,
+                Direction::Upload,
+            ])),
+            prop::option::of(prop::sample::select(SIZES.to_vec())),
+        ),
         prop::option::of(prop::sample::select(USERS.to_vec())),
         prop::option::of(prop::sample::select(PROCESSES.to_vec())),
         prop::sample::select(PORTS.to_vec()),
     )
         .prop_map(
-            |(kind, host, path, method, file_type, verdicts, direction, user, process, port)| {
+            |(kind, host, path, method, inspected, user, process, port)| {
+                let (file_type, verdicts, dlp, direction, size) = inspected;
                 Flow {
                     kind,
                     host,
@@ -139,6 +152,8 @@ fn flow() -> impl Strategy<Value = Flow> {
                     file_type,
                     verdicts,
                     direction,
+                    dlp,
+                    size,
                     user,
                     process,
                     port,
@@ -153,8 +168,9 @@ impl Flow {
         InspectionFacts {
             file_type: self.file_type,
             verdicts: &self.verdicts,
+            dlp: &self.dlp,
             direction: self.direction,
-            ..Default::default()
+            size: self.size,
         }
     }
 }
@@ -331,11 +347,52 @@ fn a_file_type_rule_first_does_not_shadow_a_host_block() {
             file_type: Some("html"),
             verdicts: Vec::new(),
             direction: None,
+            dlp: Vec::new(),
+            size: None,
             user: None,
             process: None,
             port: 443,
         };
         check(&rules, false, &flow).unwrap();
+    }
+}
+
+#[test]
+fn a_verdict_alert_first_does_not_shadow_a_host_block_and_a_card_upload_is_blocked() {
+    let rules = vec![
+        "when = { verdicts = [\"encrypted\"] }\naction = \"alert\"\n".to_string(),
+        "when = { dlp = [\"payment-card\"], direction = \"upload\" }\naction = \"block\"\n"
+            .to_string(),
+        "when = { hosts = [\"d.test\"] }\naction = \"block\"\n".to_string(),
+    ];
+    let text = policy_text(&rules, false);
+    let (policy, _) = Policy::from_str(&text, "policy.toml", Path::new(".")).unwrap();
+    for kind in [Kind::Plain, Kind::Decrypted, Kind::Spliced] {
+        for (host, dlp, direction) in [
+            ("d.test", vec![], Some(Direction::Download)),
+            ("a.test", vec!["payment-card"], Some(Direction::Upload)),
+            ("a.test", vec!["payment-card"], Some(Direction::Download)),
+        ] {
+            let flow = Flow {
+                kind,
+                host,
+                path: "/",
+                method: "POST",
+                file_type: Some("pdf"),
+                verdicts: vec!["sensitive"],
+                direction,
+                dlp,
+                size: Some(100),
+                user: None,
+                process: None,
+                port: 443,
+            };
+            check(&rules, false, &flow).unwrap();
+            let inspected = !matches!(kind, Kind::Spliced);
+            let expected = host == "d.test" || (inspected && direction == Some(Direction::Upload));
+            let enforced = enforce(&policy, &Identity::default(), None, &flow);
+            assert_eq!(enforced.blocked, expected, "{flow:?}: {enforced:?}");
+        }
     }
 }
 
@@ -356,6 +413,8 @@ fn a_method_rule_first_does_not_open_an_undecrypted_tunnel_to_a_blocked_host() {
         file_type: None,
         verdicts: Vec::new(),
         direction: None,
+        dlp: Vec::new(),
+        size: None,
         user: None,
         process: None,
         port: 443,
