@@ -213,6 +213,62 @@ fn explain_shows_rules_that_nearly_matched() {
 }
 
 #[test]
+fn explain_adds_the_response_stage_only_when_given_inspection_facts() {
+    let dir = scratch("inspection");
+    let policy = write(
+        &dir,
+        "policy.toml",
+        r#"
+[[access]]
+name = "block malware"
+when = { verdicts = ["malicious"] }
+action = "block"
+
+[[access]]
+name = "no card numbers out"
+when = { dlp = ["payment-card"], direction = "upload" }
+action = "block"
+"#,
+    );
+    let base = [
+        "policy",
+        "explain",
+        policy.to_str().unwrap(),
+        "--url",
+        "https://files.example/up",
+    ];
+    let plain = rampart(&base);
+    let stdout = text(&plain.stdout);
+    assert!(plain.status.success(), "{stdout}");
+    assert!(!stdout.contains("at the response"), "{stdout}");
+    let mut args = base.to_vec();
+    args.extend([
+        "--verdict",
+        "sensitive",
+        "--dlp",
+        "payment-card",
+        "--direction",
+        "upload",
+        "--size",
+        "2KiB",
+    ]);
+    let inspected = rampart(&args);
+    let stdout = text(&inspected.stdout);
+    assert!(
+        stdout.contains("access at the response: block by rule \"no card numbers out\"")
+            && stdout.contains("matched: dlp payment-card, direction upload")
+            && stdout.contains("size 2048 bytes"),
+        "{stdout}"
+    );
+    let mut args = base.to_vec();
+    args.extend(["--verdict", "malicous"]);
+    let bad = rampart(&args);
+    let stderr = text(&bad.stderr);
+    assert!(!bad.status.success(), "{stderr}");
+    assert!(stderr.contains("'malicious'"), "{stderr}");
+}
+
+#[test]
 fn policy_test_passes_on_the_example_cases() {
     let out = rampart(&[
         "policy",
