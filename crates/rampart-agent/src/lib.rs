@@ -18,6 +18,7 @@ pub mod glob;
 mod h2_flow;
 pub mod http_head;
 pub mod isolation;
+pub mod isolation_sync;
 mod local_proxy;
 pub mod mtls_tunnel;
 pub mod process;

@@ -71,6 +71,9 @@ impl AgentBuilder {
             config.log.max_bytes,
             config.log.keep,
         )?);
+        // Before anything is steered, the kernel matches the persisted isolation state:
+        // an agent killed while isolated finds its table, a crash mid-release ends it.
+        reapply_isolation(&config.data_dir, &log).await;
         crate::relay::raise_fd_limit();
         crate::relay::keep_freed_heap();
         let transparent = config.steering.mode == SteeringMode::Transparent;
@@ -173,6 +176,25 @@ impl AgentBuilder {
                 config.sync.poll_interval,
                 stopped.clone(),
             )));
+            if let Some(enrollment) = &enrollment {
+                // Isolation commanded by the server: long-polled, applied at once.
+                let (docs_tx, docs_rx) =
+                    watch::channel(crate::isolation_sync::IsolationDoc::load(&config.data_dir));
+                tasks.push(tokio::spawn(crate::isolation_sync::run_fetch(
+                    Arc::clone(control),
+                    config.data_dir.clone(),
+                    docs_tx,
+                    stopped.clone(),
+                )));
+                tasks.push(tokio::spawn(crate::isolation_sync::run_enforce(
+                    Arc::clone(control),
+                    config.data_dir.clone(),
+                    crate::isolation_sync::Home::of(enrollment),
+                    Arc::clone(&log),
+                    docs_rx,
+                    stopped.clone(),
+                )));
+            }
             if let Some(uploader) = &uploader {
                 tasks.push(tokio::spawn(Arc::clone(uploader).run(
                     Arc::clone(control),
@@ -298,6 +320,33 @@ impl AgentBuilder {
             table,
             listen,
         })
+    }
+}
+
+/// `reapply_at_start` on a blocking thread, logged.
+async fn reapply_isolation(data_dir: &std::path::Path, log: &AgentLog) {
+    let dir = data_dir.to_path_buf();
+    let outcome = tokio::task::spawn_blocking(move || {
+        crate::isolation::reapply_at_start(&dir, &crate::isolation::Isolator::default())
+    })
+    .await;
+    match outcome {
+        Ok(Ok(Some(o))) => log.write(
+            Level::Info,
+            &format!(
+                "Isolation at start: {} (kernel had {:?}; re-applied: {}; leftover table removed: {})",
+                o.status.as_str(),
+                o.found,
+                o.applied.is_some(),
+                o.released
+            ),
+        ),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => log.write(
+            Level::Warn,
+            &format!("Isolation could not be re-applied at start: {e}"),
+        ),
+        Err(e) => log.write(Level::Warn, &format!("Isolation check at start failed: {e}")),
     }
 }
 

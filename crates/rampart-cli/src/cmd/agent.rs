@@ -50,6 +50,15 @@ enum AgentCommand {
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         timeout: u64,
     },
+    /// Release this device's isolation with a one-time break-glass code from
+    /// `rampart device release-code ID`; works without the server (root).
+    Release {
+        /// The code, as the administrator read it out (case and dashes do not matter).
+        #[arg(long, value_name = "CODE")]
+        code: String,
+        #[command(flatten)]
+        location: Location,
+    },
     /// Enroll this device with a Rampart server (generates the device key locally).
     Enroll {
         /// The server's API base URL, e.g. http://rampart.example:8080.
@@ -100,6 +109,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         AgentCommand::Env { config, shell } => env(config.as_deref(), &shell),
         AgentCommand::Status { location, json } => status(&location, json),
         AgentCommand::Update { location, timeout } => update(&location, timeout),
+        AgentCommand::Release { code, location } => release(&location, &code),
         AgentCommand::Enroll {
             server,
             token,
@@ -126,6 +136,26 @@ fn run_agent(path: &Path) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(rampart_agent::run(config))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn release(location: &Location, code: &str) -> anyhow::Result<ExitCode> {
+    let (dir, config) = location.resolve()?;
+    let log = rampart_agent::AgentLog::open(
+        &dir.join("agent.log"),
+        config.log.max_bytes,
+        config.log.keep,
+    )
+    .ok();
+    match rampart_agent::isolation_sync::break_glass_release(&dir, code, log.as_ref()) {
+        Ok(status) => {
+            println!(
+                "isolation released with the break-glass code (now {}); the server is told when the agent reaches it",
+                status.as_str()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => bail!("{e}"),
+    }
 }
 
 fn env(config: Option<&Path>, shell: &str) -> anyhow::Result<ExitCode> {

@@ -1,5 +1,6 @@
 //! `rampart device list` and `rampart device token create`: enrolled devices and
-//! one-time enrollment tokens, from the local data dir or a running server's API.
+//! one-time enrollment tokens, from the local data dir or a running server's API;
+//! `rampart device isolate|release|status|release-code`: isolation (docs/isolation.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use rampart_events::http_client::{request, Target};
 use rampart_server::devices::{DeviceRecord, Inventory, TokenStore};
+use rampart_server::isolation::{IsolationStore, IsolationView};
 
 #[derive(Debug, clap::Args)]
 pub struct DeviceArgs {
@@ -27,6 +29,40 @@ enum DeviceCommand {
     /// Revoke a device: the gateway closes its open tunnel and refuses it from now on.
     Revoke {
         /// Device id, as `rampart device list` shows it.
+        id: String,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Isolate a device: the agent cuts it off the network except for Rampart.
+    Isolate {
+        /// Device id, as `rampart device list` shows it.
+        id: String,
+        /// Why (recorded with the isolation and its event).
+        #[arg(long, value_name = "R")]
+        reason: Option<String>,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Release an isolated device.
+    Release {
+        id: String,
+        #[arg(long, value_name = "R")]
+        reason: Option<String>,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// A device's isolation: desired, as the agent reported it, pending or not.
+    Status {
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Issue a one-time break-glass code that releases the device locally
+    /// (`rampart agent release --code`), even when it cannot reach the server.
+    ReleaseCode {
         id: String,
         #[command(flatten)]
         source: Source,
@@ -97,6 +133,14 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         DeviceCommand::List { source, json } => list(&source, json),
         DeviceCommand::Revoke { id, source } => revoke(&source, &id),
+        DeviceCommand::Isolate { id, reason, source } => {
+            change(&source, &id, "isolate", reason.as_deref())
+        }
+        DeviceCommand::Release { id, reason, source } => {
+            change(&source, &id, "release", reason.as_deref())
+        }
+        DeviceCommand::Status { id, json, source } => isolation_status(&source, &id, json),
+        DeviceCommand::ReleaseCode { id, source } => release_code(&source, &id),
         DeviceCommand::Token {
             command:
                 TokenCommand::Create {
@@ -146,29 +190,56 @@ fn call(source: &Source, method: &str, path: &str, body: &str) -> anyhow::Result
 }
 
 fn list(source: &Source, json: bool) -> anyhow::Result<ExitCode> {
-    let devices: Vec<DeviceRecord> = if source.server.is_some() {
-        serde_json::from_slice(&call(source, "GET", "/api/v1/devices", "")?)
-            .context("the server's device list is not valid JSON")?
+    let (devices, isolation): (Vec<DeviceRecord>, Vec<IsolationView>) = if source.server.is_some() {
+        (
+            serde_json::from_slice(&call(source, "GET", "/api/v1/devices", "")?)
+                .context("the server's device list is not valid JSON")?,
+            serde_json::from_slice(&call(source, "GET", "/api/v1/isolation", "")?)
+                .context("the server's isolation list is not valid JSON")?,
+        )
     } else {
-        Inventory::new(&source.data_dir).list()?
+        (
+            Inventory::new(&source.data_dir).list()?,
+            IsolationStore::new(&source.data_dir)
+                .all()?
+                .iter()
+                .map(|(id, r)| IsolationView::of(id, r))
+                .collect(),
+        )
+    };
+    let isolation_of = |id: &str| {
+        isolation
+            .iter()
+            .find(|v| v.device == id)
+            .map_or("released", |v| v.state.as_str())
+            .to_string()
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&devices)?);
+        let rows: Vec<serde_json::Value> = devices
+            .iter()
+            .map(|d| {
+                let mut v = serde_json::to_value(d).unwrap_or_default();
+                v["isolation"] = serde_json::Value::String(isolation_of(&d.id));
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<21} {:<16} {:<20} {:<8} {:<25} MODE",
-        "ID", "USER", "HOSTNAME", "AGENT", "LAST SEEN"
+        "{:<21} {:<16} {:<20} {:<8} {:<25} {:<24} ISOLATION",
+        "ID", "USER", "HOSTNAME", "AGENT", "LAST SEEN", "MODE"
     );
     for d in &devices {
         println!(
-            "{:<21} {:<16} {:<20} {:<8} {:<25} {}",
+            "{:<21} {:<16} {:<20} {:<8} {:<25} {:<24} {}",
             d.id,
             d.user.as_deref().unwrap_or("-"),
             d.hostname,
             d.agent_version,
             d.last_seen,
-            d.steering_mode
+            d.steering_mode,
+            isolation_of(&d.id)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -207,5 +278,127 @@ fn revoke(source: &Source, id: &str) -> anyhow::Result<ExitCode> {
         bail!("no device {id:?} in {}", source.data_dir.display());
     }
     println!("revoked {id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn need_server(source: &Source, what: &str) -> anyhow::Result<()> {
+    if source.server.is_none() {
+        bail!("{what} talks to the running server: add --server URL --token T");
+    }
+    Ok(())
+}
+
+fn change(
+    source: &Source,
+    id: &str,
+    action: &str,
+    reason: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    need_server(source, &format!("device {action}"))?;
+    let body = serde_json::json!({ "reason": reason }).to_string();
+    let view: serde_json::Value = serde_json::from_slice(&call(
+        source,
+        "POST",
+        &format!("/api/v1/devices/{id}/{action}"),
+        &body,
+    )?)
+    .context("the server's answer is not valid JSON")?;
+    let changed = view["changed"].as_bool().unwrap_or(false);
+    println!(
+        "{id}: {} ({}; generation {})",
+        view["state"].as_str().unwrap_or("?"),
+        if changed {
+            "requested"
+        } else {
+            "already requested, nothing changed"
+        },
+        view["generation"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn isolation_status(source: &Source, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let view: IsolationView = if source.server.is_some() {
+        serde_json::from_slice(&call(
+            source,
+            "GET",
+            &format!("/api/v1/devices/{id}/isolation"),
+            "",
+        )?)
+        .context("the server's answer is not valid JSON")?
+    } else {
+        match IsolationStore::new(&source.data_dir).get(id)? {
+            Some(r) => IsolationView::of(id, &r),
+            None => bail!(
+                "no isolation record for {id:?} in {}",
+                source.data_dir.display()
+            ),
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("device:     {}", view.device);
+    println!(
+        "state:      {}{}",
+        view.state,
+        if view.pending {
+            " (pending: not confirmed by the agent yet)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "desired:    {} (generation {}) by {} since {}",
+        view.desired, view.generation, view.by, view.since
+    );
+    println!("reason:     {}", or(&view.reason));
+    println!("trigger:    {}", or(&view.trigger_event));
+    println!(
+        "agent says: {} (reported {})",
+        view.actual,
+        or(&view.reported_at)
+    );
+    if let Some(ms) = view.confirm_latency_ms {
+        println!(
+            "confirmed:  {} ({ms} ms after the request)",
+            or(&view.confirmed_at)
+        );
+    }
+    if let Some(detail) = &view.detail {
+        println!("detail:     {detail}");
+    }
+    if let Some(err) = &view.self_test_error {
+        println!("self-test:  FAILED: {err} (isolation stays on)");
+    }
+    println!(
+        "break-glass code issued: {}",
+        if view.break_glass_code {
+            "yes (unused)"
+        } else {
+            "no"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn release_code(source: &Source, id: &str) -> anyhow::Result<ExitCode> {
+    need_server(source, "device release-code")?;
+    let answer: serde_json::Value = serde_json::from_slice(&call(
+        source,
+        "POST",
+        &format!("/api/v1/devices/{id}/release-code"),
+        "",
+    )?)
+    .context("the server's answer is not valid JSON")?;
+    let code = answer["code"]
+        .as_str()
+        .context("the server's answer has no code")?;
+    println!("{code}");
+    eprintln!(
+        "one-time code for {id}: shown once; on the device: rampart agent release --code {code}"
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -102,6 +102,9 @@ impl DeviceIsolation {
     /// `pending` until confirmed, then the agent's status; `released` for a device
     /// never isolated.
     pub fn state(&self) -> &str {
+        if self.generation == 0 {
+            return "released";
+        }
         match &self.actual {
             Some(a) if a.generation == self.generation => match (self.desired, a.status.as_str()) {
                 (Wanted::Isolated, "isolated") => "isolated",
