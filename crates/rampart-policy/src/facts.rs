@@ -105,6 +105,32 @@ pub struct InspectionFacts<'a> {
 }
 
 /// Facts known once the response (or, for an upload, the request body) is inspected.
+///
+/// ```
+/// use rampart_policy::*;
+/// use std::path::Path;
+///
+/// let src = r#"
+///     [[access]]
+///     name = "no card numbers out"
+///     when = { dlp = ["payment-card"], direction = "upload" }
+///     action = "block"
+/// "#;
+/// let (policy, _) = Policy::from_str(src, "policy.toml", Path::new(".")).unwrap();
+/// let who = Identity::default();
+/// let connection = ConnectionFacts { identity: &who, process: None, host: Some("files.example"), dst_ip: None, port: 443 };
+/// let request = RequestFacts { connection, method: "POST", path: "/upload" };
+/// // Until the body is scanned the rule can still match: access waits for the response.
+/// assert!(policy.evaluate_request(&request).access.decided().is_none());
+/// let inspection = InspectionFacts {
+///     verdicts: &["sensitive"],
+///     dlp: &["payment-card"],
+///     direction: Some(Direction::Upload),
+///     ..Default::default()
+/// };
+/// let d = policy.evaluate_response(&ResponseFacts { request, inspection });
+/// assert_eq!(d.action, AccessAction::Block);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseFacts<'a> {
     pub request: RequestFacts<'a>,
