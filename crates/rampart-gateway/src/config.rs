@@ -41,6 +41,9 @@ pub struct GatewayConfig {
     /// Listeners opened after the gateway started (the agent tunnel registers
     /// itself here); the gateway keeps one registry across reloads.
     pub listener_registry: crate::destination::ListenerRegistry,
+    /// Descriptors the process's API listener may hold (`[api] max_connections`),
+    /// kept out of the data path's descriptor budget.
+    pub api_connections: usize,
 }
 
 /// `[proxy]`: the HTTP proxy listener and who may use it.
@@ -168,8 +171,10 @@ pub struct ProxyToken {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Client connections open at once, over all sources.
-    pub max_connections: usize,
+    /// Client connections open at once, over all sources. `None` (the default):
+    /// what the descriptor limit allows (`fd_budget::DescriptorPlan`); a value
+    /// above that is an error at start.
+    pub max_connections: Option<usize>,
     /// Client connections open at once from one source address.
     pub max_connections_per_source: usize,
     /// Largest request head (request line + headers) accepted, in bytes.
@@ -202,7 +207,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            max_connections: 20_000,
+            max_connections: None,
             max_connections_per_source: 2_000,
             max_header_bytes: 64 * 1024,
             max_headers: 100,

@@ -75,6 +75,22 @@ impl Gateway {
             metrics.clone(),
         ));
         let listeners = config.listener_registry.clone();
+        // Read after `raise_fd_limit` (the CLI calls it before the runtime starts).
+        let plan = crate::fd_budget::DescriptorPlan::current(config.api_connections as u64)
+            .map_err(config_error)?;
+        plan.check_max_connections(config.limits.max_connections)
+            .map_err(config_error)?;
+        tracing::info!(
+            limit = plan.limit,
+            headroom = plan.headroom,
+            api = plan.api,
+            data_path = plan.data_path,
+            max_connections = config
+                .limits
+                .max_connections
+                .unwrap_or(plan.max_connections()),
+            "descriptor budget"
+        );
         warn_if_open_to_all(&config);
         let state = GatewayState::new(config, &instance_id)?;
         let shared = Arc::new(Shared {
@@ -85,6 +101,7 @@ impl Gateway {
             tunnels: TaskTracker::new(),
             coaching: Arc::new(crate::coaching::Coaching::new()),
             logins,
+            descriptors: crate::fd_budget::FdBudget::new(plan),
         });
         Ok(Gateway {
             shared,
@@ -163,6 +180,16 @@ impl GatewayHandle {
             );
         }
         config.listener_registry = self.listeners.clone();
+        // The budget was fixed at start; a reload may move the cap within it only.
+        if let Err(e) = self
+            .shared
+            .descriptors
+            .plan()
+            .check_max_connections(config.limits.max_connections)
+        {
+            self.reload_rejected();
+            return Err(config_error(e));
+        }
         warn_if_open_to_all(&config);
         let current = self.shared.state.load_full();
         match GatewayState::next(config, &self.instance_id, Some(&current)) {
@@ -236,6 +263,18 @@ impl GatewayHandle {
 
     pub fn tunnels_open(&self) -> usize {
         self.shared.tunnels.len()
+    }
+}
+
+/// A descriptor-budget error as a configuration error naming its key.
+fn config_error(error: crate::fd_budget::BudgetError) -> ConfigError {
+    let key = match error {
+        crate::fd_budget::BudgetError::LimitTooLow { .. } => "RLIMIT_NOFILE",
+        crate::fd_budget::BudgetError::MaxConnectionsTooHigh { .. } => "limits.max_connections",
+    };
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: error.to_string(),
     }
 }
 

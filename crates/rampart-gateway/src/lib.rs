@@ -15,6 +15,7 @@ pub mod connector;
 pub mod credential_cache;
 pub mod destination;
 pub mod error;
+pub mod fd_budget;
 pub mod flow_events;
 /// Entry points of the fuzz targets in `fuzz/` (not an API).
 #[doc(hidden)]

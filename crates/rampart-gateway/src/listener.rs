@@ -15,7 +15,13 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::fd_budget::{self, RateLimitedWarning};
 use crate::proxy::{self, Shared};
+
+/// The answer to a connection the descriptor budget cannot hold.
+const OVER_BUDGET: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+Retry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: 38\r\n\r\n\
+proxy at its descriptor limit, retry\r\n";
 
 /// Open-connection counters behind the `[limits]` caps.
 #[derive(Default)]
@@ -73,6 +79,17 @@ impl Drop for ConnectionSlot {
     }
 }
 
+fn count_rejected(shared: &Shared, reason: &str) {
+    shared
+        .metrics
+        .connections_rejected
+        .get_or_create(&crate::metrics::RejectedLabels {
+            listener: "proxy".into(),
+            reason: reason.to_string(),
+        })
+        .inc();
+}
+
 /// Binds a listening socket with a deep backlog and SO_REUSEADDR (restarts do
 /// not wait for TIME_WAIT).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -91,6 +108,8 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let counts = Arc::new(ConnectionCounts::default());
     let connections = TaskTracker::new();
+    let refused_warning = RateLimitedWarning::new();
+    let accept_warning = RateLimitedWarning::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -99,32 +118,47 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                // EMFILE/ENFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accepting a connection failed");
+                // EMFILE/ENFILE and friends (the budget's headroom spent by
+                // something outside it): counted, warned about once per
+                // interval, and backed off instead of spinning on the ready listener.
+                count_rejected(&shared, "accept_error");
+                if let Some(held_back) = accept_warning.check() {
+                    tracing::warn!(error = %e, held_back, "proxy listener: accepting a connection failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let state = shared.state.load();
         let limits = &state.config.limits;
+        let max_connections = limits
+            .max_connections
+            .unwrap_or_else(|| shared.descriptors.plan().max_connections());
         let slot = match counts.try_acquire(
             peer.ip(),
-            limits.max_connections,
+            max_connections,
             limits.max_connections_per_source,
         ) {
             Ok(slot) => slot,
             Err(cap) => {
-                shared
-                    .metrics
-                    .connections_rejected
-                    .get_or_create(&crate::metrics::RejectedLabels {
-                        listener: "proxy".into(),
-                        reason: cap.to_string(),
-                    })
-                    .inc();
+                count_rejected(&shared, cap);
                 tracing::debug!(%peer, cap, "connection refused by cap");
                 continue;
             }
+        };
+        // The client's socket and the origin socket it will need (a tunnel's
+        // pipes are taken later, by the CONNECT). Declared before the
+        // connection so that they return to the budget after it closes.
+        let Some(descriptors) = shared.descriptors.try_take(fd_budget::PROXY_CONNECTION) else {
+            count_rejected(&shared, "fd_budget");
+            if let Some(held_back) = refused_warning.check() {
+                tracing::warn!(%peer, held_back,
+                    "proxy listener: connection refused, the descriptor budget is spent \
+                     (raise LimitNOFILE / ulimit -n; see docs/configuration.md)");
+            }
+            // Never waits: a full send buffer just means the client sees the close.
+            let _ = stream.try_write(OVER_BUDGET);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let mut builder = http1::Builder::new();
@@ -164,6 +198,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             }
             metrics.connections_active.dec();
             drop(slot);
+            drop(descriptors);
         });
     }
     drop(listener);

@@ -401,6 +401,7 @@ impl RampartConfig {
             policy: None,
             tls: Some(self.tls.clone()),
             inspect: self.inspect.clone(),
+            api_connections: self.api.max_connections,
         }
     }
 }

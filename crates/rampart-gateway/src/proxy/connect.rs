@@ -37,6 +37,10 @@ pub struct ConnectOptions {
     /// Serve plain HTTP/1 on `proxy.agent_http_ports` request by request (agent
     /// flows: proxy clients send plain HTTP in absolute form instead).
     pub inspect_plain_http: bool,
+    /// Descriptor-budget units the tunnel takes beyond what its listener took
+    /// at accept (`crate::fd_budget`): a proxy CONNECT its pipes, an agent
+    /// stream its origin socket. Taken before the origin is contacted.
+    pub descriptor_units: u32,
 }
 
 /// The proxy listener's CONNECT.
@@ -49,6 +53,7 @@ pub async fn tunnel(
 ) -> Response<ProxyBody> {
     let options = ConnectOptions {
         check_ports: true,
+        descriptor_units: crate::fd_budget::SPLICE_PIPES,
         ..Default::default()
     };
     tunnel_with(req, state, shared, identity, log, options).await
@@ -158,6 +163,11 @@ pub async fn tunnel_with(
         }
         return blocked_response(&blocked, None, None, log);
     }
+    let Some(descriptors) = shared.descriptors.try_take(options.descriptor_units) else {
+        // Only the proxy listener checks CONNECT ports; agent streams do not.
+        let listener = if options.check_ports { "proxy" } else { "agent_tunnel" };
+        return crate::fd_budget::refuse_connect(shared, listener, log);
+    };
     let connected = match state.connector.route(&stage.egress) {
         Ok(route) => state.connector.open_tunnel(&route, &host, port).await,
         Err(e) => Err(e),
@@ -226,6 +236,7 @@ pub async fn tunnel_with(
             Err(e) => log.record.error = Some(format!("client upgrade failed: {e}")),
         }
         drop(log);
+        drop(descriptors);
     });
     // The tunnel logs itself when it ends, so this response carries no log.
     Response::new(ProxyBody::empty(None))

@@ -38,6 +38,8 @@ pub struct Shared {
     pub coaching: Arc<crate::coaching::Coaching>,
     /// Failed-login limits, verified-credential cache and the Argon2 bound; outlive reloads.
     pub logins: Arc<crate::admission::Logins>,
+    /// The data path's descriptor budget (proxy and agent flows); fixed at start.
+    pub descriptors: crate::fd_budget::FdBudget,
 }
 
 /// Handles one request from `client`.

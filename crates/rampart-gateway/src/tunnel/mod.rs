@@ -210,6 +210,8 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let threads = threads::ConnectionThreads::start(threads::default_count(), options.busy_poll);
     let live = LiveTunnels::new();
+    let refused_warning = crate::fd_budget::RateLimitedWarning::new();
+    let accept_warning = crate::fd_budget::RateLimitedWarning::new();
     if let Some(admission) = &admission {
         tokio::spawn(revalidate(
             admission.clone(),
@@ -223,12 +225,32 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "agent tunnel accept failed");
+                    // EMFILE and friends: counted, warned about once per
+                    // interval, and backed off instead of spinning.
+                    count_rejected(&gateway, "accept_error");
+                    if let Some(held_back) = accept_warning.check() {
+                        tracing::warn!(error = %e, held_back, "agent tunnel accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
+        };
+        // The agent's socket; its streams take their origin sockets one by one.
+        let Some(descriptors) = gateway
+            .shared()
+            .descriptors
+            .try_take(crate::fd_budget::AGENT_CONNECTION)
+        else {
+            // A closed accept: the agent reconnects with backoff.
+            count_rejected(&gateway, "fd_budget");
+            if let Some(held_back) = refused_warning.check() {
+                tracing::warn!(%peer, held_back,
+                    "agent tunnel: connection refused, the descriptor budget is spent \
+                     (raise LimitNOFILE / ulimit -n; see docs/configuration.md)");
+            }
+            drop(tcp);
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let connection = Connection {
@@ -240,6 +262,7 @@ pub async fn serve(
             keepalive: options.keepalive,
             shutdown: shutdown.clone(),
             peer,
+            descriptors,
         };
         let Some(threads) = &threads else {
             tokio::spawn(connection.run(tcp));
@@ -257,6 +280,16 @@ pub async fn serve(
             Err(e) => tracing::warn!(%peer, error = %e, "agent tunnel socket not usable"),
         }
     }
+}
+
+fn count_rejected(gateway: &GatewayHandle, reason: &str) {
+    gateway
+        .rejected_connections()
+        .get_or_create(&crate::metrics::RejectedLabels {
+            listener: "agent_tunnel".into(),
+            reason: reason.to_string(),
+        })
+        .inc();
 }
 
 /// Closes the open connections of devices the admission no longer admits, every
@@ -304,6 +337,8 @@ struct Connection {
     keepalive: Duration,
     shutdown: CancellationToken,
     peer: SocketAddr,
+    /// The connection's socket in the descriptor budget; returned when `run` ends.
+    descriptors: crate::fd_budget::Descriptors,
 }
 
 impl Connection {
@@ -319,6 +354,7 @@ impl Connection {
             keepalive,
             shutdown,
             peer,
+            descriptors: _descriptors,
         } = self;
         let accept = acceptor.accept(tcp).into_fallible();
         let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
@@ -531,6 +567,7 @@ async fn flow(
             == Some("tunnel-bypass"),
         policy_host: header_text(req.headers(), "x-rampart-host"),
         inspect_plain_http: true,
+        descriptor_units: crate::fd_budget::AGENT_STREAM,
     };
     let policy_identity = rampart_policy::Identity {
         user: identity.user.clone(),
