@@ -34,6 +34,8 @@ pub enum EventsError {
     NoDevice(String),
     #[error("sink {sink}: {message}")]
     Sink { sink: String, message: String },
+    #[error("event journal {0} is in use by another process on this data dir (a server, or `rampart events import`)")]
+    JournalBusy(PathBuf),
     #[error("admin token {path}: {message}")]
     Token { path: PathBuf, message: String },
 }

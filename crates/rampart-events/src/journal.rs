@@ -219,6 +219,10 @@ pub struct Journal {
     buf: Vec<u8>,
     /// Another handle on the segment being written, for [`JournalSync`].
     shared: std::sync::Arc<std::sync::Mutex<Option<File>>>,
+    /// Held (an exclusive `flock`) while this journal is open: a second
+    /// process on the same data dir must not replay, then delete, segments
+    /// this one is still writing.
+    _lock: File,
 }
 
 impl Journal {
@@ -226,6 +230,20 @@ impl Journal {
     /// replay, and a fresh segment is started after it.
     pub fn open(dir: &Path) -> Result<(Journal, Recovery), EventsError> {
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(EventsError::JournalBusy(dir.to_path_buf()))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path, e)),
+        }
         let segments = list_segments(dir)?;
         let from = read_marker(dir);
         let segment = segments.last().map_or(1, |id| id + 1);
@@ -241,6 +259,7 @@ impl Journal {
                 len,
                 buf: Vec::with_capacity(64 << 10),
                 shared,
+                _lock: lock,
             },
             Recovery {
                 dir: dir.to_path_buf(),
@@ -556,6 +575,18 @@ mod tests {
             }
         );
         assert_eq!(replayed(&r), [b"x".to_vec()]);
+    }
+
+    #[test]
+    fn a_second_open_of_a_journal_in_use_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        assert!(matches!(
+            Journal::open(dir.path()),
+            Err(EventsError::JournalBusy(_))
+        ));
+        drop(j);
+        assert!(Journal::open(dir.path()).is_ok());
     }
 
     #[test]

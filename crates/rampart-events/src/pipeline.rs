@@ -284,8 +284,16 @@ impl Pipeline {
         // Opened before anything is appended: what the last run left is
         // replayed by the writer, and this run writes a fresh segment.
         let (journal, recovery) = if config.journal {
-            let (j, r) = Journal::open(&journal::journal_dir(data_dir))?;
-            (Some(j), Some(r))
+            match Journal::open(&journal::journal_dir(data_dir)) {
+                Ok((j, r)) => (Some(j), Some(r)),
+                // Another process (an import next to a running server) has
+                // it: the store still takes this one's events, unjournaled.
+                Err(err @ EventsError::JournalBusy(_)) => {
+                    tracing::warn!(%err, "events of this process are not journaled");
+                    (None, None)
+                }
+                Err(err) => return Err(err),
+            }
         } else {
             (None, None)
         };

@@ -171,3 +171,40 @@ fn without_the_journal_nothing_is_written_to_it() {
     pipeline.close();
     assert!(!journal::journal_dir(dir.path()).exists());
 }
+
+/// How long after `send` an event is in the kernel (the journal file has
+/// grown): the window a `kill -9` can hit. A measurement, not a check (a loaded
+/// machine stretches it): `cargo test --release -p rampart-events --test journal
+/// -- --ignored --nocapture journal_window`.
+#[test]
+#[ignore]
+fn journal_window_from_send_to_the_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pipeline, sender) = Pipeline::start(dir.path(), &EventsConfig::default()).unwrap();
+    let seg = journal::journal_dir(dir.path()).join(format!("{:016}.wal", 1));
+    let len = || std::fs::metadata(&seg).map(|m| m.len()).unwrap_or(0);
+    let all = flows(3000);
+    let mut lags = Vec::with_capacity(all.len());
+    for (i, f) in all.iter().enumerate() {
+        let before = len();
+        let t = Instant::now();
+        sender.send_flow_ref(f);
+        while len() == before && t.elapsed() < Duration::from_secs(1) {
+            std::hint::spin_loop();
+        }
+        lags.push(t.elapsed());
+        // Irregular gaps of 0–3 ms, like requests ending at ~1,000/s.
+        std::thread::sleep(Duration::from_micros((i as u64 * 7919) % 3000));
+    }
+    lags.sort();
+    let at = |p: f64| lags[((lags.len() - 1) as f64 * p) as usize];
+    eprintln!(
+        "send → journal: p50 {:?}, p90 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(0.999),
+        at(1.0)
+    );
+    pipeline.close();
+}
