@@ -35,7 +35,7 @@ pub enum Upload {
     Judged {
         held: VecDeque<Bytes>,
         rest: Option<Incoming>,
-        judgement: Judgement,
+        judgement: Box<Judgement>,
     },
 }
 
@@ -110,7 +110,7 @@ pub async fn hold(
     Ok(Upload::Judged {
         held,
         rest: (!ended).then_some(body),
-        judgement,
+        judgement: Box::new(judgement),
     })
 }
 
@@ -149,7 +149,7 @@ pub async fn screen(
             judgement,
         } => (held, rest, judgement),
     };
-    let Judgement { record, block } = judgement;
+    let Judgement { record, block } = *judgement;
     if pending {
         let verdicts = record.verdict_names();
         let dlp = record.dlp_profiles();

@@ -296,7 +296,7 @@ fn check(rules: &[String], default_block: bool, flow: &Flow) -> Result<(), TestC
     );
     let full_blocks = full.action == AccessAction::Block;
     prop_assert!(
-        !(full_blocks && !enforced.blocked),
+        !full_blocks || enforced.blocked,
         "FAIL OPEN: the full evaluation blocks (rule {:?}) but the gateway let it through ({:?})\npolicy:\n{text}",
         full.rule_name,
         enforced

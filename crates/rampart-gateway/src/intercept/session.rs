@@ -224,16 +224,22 @@ async fn serve_requests<C: Io, O: Io>(
     });
     let io = TokioIo::new(client);
     let idle = tunnel.state.config.limits.tunnel_idle_timeout;
+    let limits = &tunnel.state.config.limits;
     let served = async {
         if h2 {
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_header_list_size(limits.max_header_bytes.max(8192) as u32)
                 .serve_connection(io, service)
                 .await
         } else {
+            // The same head limits as the proxy listener: a decrypted request
+            // is no less hostile than a plain one.
             hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(idle)
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .max_headers(limits.max_headers)
                 .serve_connection(io, service)
                 .with_upgrades()
                 .await
@@ -261,6 +267,16 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
         .unwrap_or_else(|| "/".into());
     let url = session.url(&path);
     let mut log = session.flow_log(req.method().as_str(), url.clone());
+    let max_head = session.state.config.limits.max_header_bytes;
+    if crate::head_limit::head_size(&req) > max_head {
+        let reason = format!("request head larger than max_header_bytes ({max_head} bytes)");
+        return error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &reason,
+            log,
+            Some("header_too_large"),
+        );
+    }
 
     // The name the request addresses must be the one the TLS session was
     // opened for; otherwise the SNI a filter saw is not the site being used.
@@ -455,14 +471,24 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
     let mut response = match sent {
         Ok(response) => response,
         Err(e) => {
+            // A body the client could not send properly is the client's fault, not the origin's.
+            let client_fault = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<crate::error::ClientBodyError>())
+                .map(|b| b.to_string());
+            if let Some(reason) = client_fault {
+                return error_response(StatusCode::BAD_REQUEST, &reason, log, Some("client_body"));
+            }
             return error_response(
                 StatusCode::BAD_GATEWAY,
                 &format!("origin request failed: {e}"),
                 log,
                 Some("origin"),
-            )
+            );
         }
     };
+    if let Some(reason) = crate::proxy::headers::conflicting_framing(response.headers()) {
+        return error_response(StatusCode::BAD_GATEWAY, reason, log, Some("origin_framing"));
+    }
     log.record.status = response.status().as_u16();
     log.record.content_type = response
         .headers()

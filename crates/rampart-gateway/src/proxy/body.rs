@@ -268,7 +268,7 @@ impl BodyScan {
                     // Trailers end the body (they are not forwarded after a scan).
                     Err(_) => self.start_finish(),
                 },
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => self.start_finish(),
             }
         }
