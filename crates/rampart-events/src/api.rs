@@ -181,7 +181,7 @@ impl FromRequestParts<EventsApiState> for Authorized {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(crate::token::bearer)
             .map(str::trim);
         match given {
             Some(t) if token::matches(state.token(), t) => Ok(Authorized),

@@ -11,13 +11,24 @@ fn flat_fields() -> impl Iterator<Item = Field> {
     Field::ALL.into_iter().filter(|f| *f != Field::Reporter)
 }
 
-/// RFC 3339 time with milliseconds, UTC.
+/// RFC 3339 time with exactly three fraction digits, UTC
+/// (`2023-11-14T22:13:20.120Z`): a fixed width, so times sort as strings
+/// (`sort`, `jq`, a SIEM's text column) the way they sort as instants.
 pub fn time_text(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
+        .filter(|t| (0..=9999).contains(&t.year()))
+        .map(|t| {
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            )
         })
         .unwrap_or_else(|| ms.to_string())
 }
@@ -185,5 +196,29 @@ fn clip(s: &str, w: usize) -> String {
         let mut c: String = s.chars().take(w.saturating_sub(1)).collect();
         c.push('…');
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time_text;
+
+    #[test]
+    fn times_have_a_fixed_width_fraction_and_sort_as_strings() {
+        assert_eq!(time_text(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert_eq!(time_text(1_700_000_000_120), "2023-11-14T22:13:20.120Z");
+        let mut texts: Vec<String> = [1_700_000_000_999i64, 1_700_000_000_000, 1_700_000_000_050]
+            .iter()
+            .map(|ms| time_text(*ms))
+            .collect();
+        texts.sort();
+        assert_eq!(
+            texts,
+            [
+                "2023-11-14T22:13:20.000Z",
+                "2023-11-14T22:13:20.050Z",
+                "2023-11-14T22:13:20.999Z"
+            ]
+        );
     }
 }

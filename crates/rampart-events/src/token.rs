@@ -15,6 +15,9 @@ pub fn token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.token")
 }
 
+/// Start of every admin token created here.
+pub const ADMIN_TOKEN_PREFIX: &str = "rmpa_";
+
 fn err(path: &Path, message: impl Into<String>) -> EventsError {
     EventsError::Token {
         path: path.to_path_buf(),
@@ -32,7 +35,13 @@ pub fn load_or_create(data_dir: &Path) -> Result<String, EventsError> {
     fs::create_dir_all(data_dir).map_err(|e| err(data_dir, e.to_string()))?;
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    // The prefix keeps the token from starting with `-` (base64url may), which a
+    // shell command line such as `--token "$(cat admin.token)"` would take for an
+    // option; it also makes a leaked token recognisable to secret scanners.
+    let token = format!(
+        "{ADMIN_TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
     // create_new + mode: the file never exists with wider permissions, not even briefly.
     match OpenOptions::new()
         .write(true)
@@ -73,6 +82,15 @@ pub fn load(path: &Path) -> Result<String, EventsError> {
     Ok(token)
 }
 
+/// The credentials of an `Authorization: Bearer TOKEN` value. The scheme is
+/// case-insensitive (RFC 9110 §11.1), so `bearer TOKEN` is accepted too.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
 /// Compare in constant time, so response timing does not reveal a token prefix.
 pub fn matches(expected: &str, given: &str) -> bool {
     let (a, b) = (expected.as_bytes(), given.as_bytes());
@@ -106,6 +124,24 @@ mod tests {
         let p = token_path(dir.path());
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(load(&p).unwrap_err().to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn admin_tokens_never_start_with_a_dash() {
+        for _ in 0..200 {
+            let dir = tempfile::tempdir().unwrap();
+            let token = load_or_create(dir.path()).unwrap();
+            assert!(token.starts_with(ADMIN_TOKEN_PREFIX), "{token}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! default) or in Squid's native format so existing Squid tooling keeps
 //! working. The data path only hands a finished `FlowRecord` to a bounded
 //! channel; a writer task formats and writes, so a slow disk never stalls
-//! proxying (records beyond the channel's capacity are counted as dropped).
+//! proxying (records beyond the channel's capacity, and records whose write
+//! failed, are counted as dropped).
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,17 +148,14 @@ pub struct PolicyRecord {
     pub skipped: Vec<Arc<str>>,
 }
 
+/// RFC 3339 with exactly three fraction digits, the events' format: fixed width,
+/// so lines sort as strings in time order.
 fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     let ms = t
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    let dt = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let text = dt
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    s.serialize_str(&text)
+    s.serialize_str(&rampart_events::render::time_text(ms))
 }
 
 fn serialize_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -285,17 +282,21 @@ impl AccessLog {
         };
         let format = config.format;
         let (sender, mut receiver) = mpsc::channel::<FlowRecord>(QUEUE_CAPACITY);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer_dropped = dropped.clone();
         // A plain thread: file writes block, and this keeps them off the runtime.
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                let mut buf = std::io::BufWriter::with_capacity(64 * 1024, &mut out);
+                let mut batch = Vec::with_capacity(64 * 1024);
+                let mut failing = false;
                 // Poll on a short timer instead of sleeping in `blocking_recv`:
                 // a parked receiver costs the data path a futex wake-up (and a
                 // context switch on a pinned CPU) for every request it logs.
                 loop {
                     std::thread::sleep(WRITE_INTERVAL);
                     let mut closed = false;
+                    let mut records = 0u64;
                     loop {
                         match receiver.try_recv() {
                             Ok(record) => {
@@ -303,8 +304,9 @@ impl AccessLog {
                                     AccessLogFormat::Json => record.to_json(),
                                     AccessLogFormat::Squid => record.to_squid(),
                                 };
-                                let _ = buf.write_all(line.as_bytes());
-                                let _ = buf.write_all(b"\n");
+                                batch.extend_from_slice(line.as_bytes());
+                                batch.push(b'\n');
+                                records += 1;
                             }
                             Err(mpsc::error::TryRecvError::Empty) => break,
                             Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -313,8 +315,10 @@ impl AccessLog {
                             }
                         }
                     }
-                    if let Err(e) = buf.flush() {
-                        tracing::error!(error = %e, "writing the access log failed");
+                    if records > 0 {
+                        let written = write_batch(&mut out, &batch);
+                        failing = account(&writer_dropped, records, written, failing);
+                        batch.clear();
                     }
                     if closed {
                         return;
@@ -323,7 +327,7 @@ impl AccessLog {
             })?;
         Ok(AccessLog {
             sender: Some(sender),
-            dropped: Arc::new(AtomicU64::new(0)),
+            dropped,
         })
     }
 
@@ -337,6 +341,45 @@ impl AccessLog {
 
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Writes one tick's records with one `write_all` and flushes.
+fn write_batch(out: &mut dyn std::io::Write, batch: &[u8]) -> std::io::Result<()> {
+    out.write_all(batch)?;
+    out.flush()
+}
+
+/// Counts the records of a batch that could not be written (ENOSPC, EIO, a closed
+/// pipe) as dropped, like records that found the queue full: `access_log_dropped`
+/// must move whenever lines are missing from the log. Logs the first failure and the
+/// recovery, not every tick. Returns whether writes are failing now.
+fn account(
+    dropped: &AtomicU64,
+    records: u64,
+    written: std::io::Result<()>,
+    was_failing: bool,
+) -> bool {
+    match written {
+        Ok(()) => {
+            if was_failing {
+                tracing::info!("writing the access log works again");
+            }
+            false
+        }
+        Err(e) => {
+            // A partial write may have left part of the batch in the file; the
+            // whole batch is counted, since no line of it is known to be whole.
+            dropped.fetch_add(records, Ordering::Relaxed);
+            if !was_failing {
+                tracing::error!(
+                    error = %e,
+                    records,
+                    "writing the access log failed; records are counted in access_log_dropped"
+                );
+            }
+            true
+        }
     }
 }
 
@@ -367,6 +410,38 @@ mod tests {
             record().to_squid(),
             "1700000000.123     12 10.0.0.5 TCP_MISS/200 1024 GET http://a.example/x alice HIER_DIRECT/192.0.2.1 text/html"
         );
+    }
+
+    /// A destination that refuses every write, as a full disk does.
+    struct FullDisk;
+    impl std::io::Write for FullDisk {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn failed_writes_are_counted_as_dropped() {
+        let dropped = AtomicU64::new(0);
+        let failing = account(&dropped, 3, write_batch(&mut FullDisk, b"a\nb\nc\n"), false);
+        assert!(failing);
+        let failing = account(&dropped, 2, write_batch(&mut FullDisk, b"d\ne\n"), failing);
+        assert_eq!(dropped.load(Ordering::Relaxed), 5);
+        let mut ok = Vec::new();
+        assert!(!account(&dropped, 1, write_batch(&mut ok, b"f\n"), failing));
+        assert_eq!(dropped.load(Ordering::Relaxed), 5);
+        assert_eq!(ok, b"f\n");
+    }
+
+    #[test]
+    fn time_has_a_fixed_width_fraction() {
+        let mut r = record();
+        r.time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["time"], "2023-11-14T22:13:20.000Z");
     }
 
     #[test]

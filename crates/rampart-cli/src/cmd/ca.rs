@@ -6,6 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use super::state::DataDirArgs;
+
 #[derive(Debug, clap::Args)]
 pub struct CaArgs {
     #[command(subcommand)]
@@ -26,9 +28,8 @@ enum CaCommand {
 
 #[derive(Debug, clap::Args)]
 struct InitArgs {
-    /// Data directory holding ca.pem and ca.key.
-    #[arg(long, value_name = "DIR", default_value = "./rampart-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: DataDirArgs,
     /// Create an RSA-2048 CA instead of ECDSA P-256 (for clients that only accept RSA).
     #[arg(long, conflicts_with = "import_cert")]
     rsa: bool,
@@ -48,9 +49,8 @@ struct InitArgs {
 
 #[derive(Debug, clap::Args)]
 struct ShowArgs {
-    /// Data directory holding ca.pem and ca.key.
-    #[arg(long, value_name = "DIR", default_value = "./rampart-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: DataDirArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -58,9 +58,8 @@ struct ShowArgs {
 
 #[derive(Debug, clap::Args)]
 struct ExportArgs {
-    /// Data directory holding ca.pem and ca.key.
-    #[arg(long, value_name = "DIR", default_value = "./rampart-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: DataDirArgs,
     /// Write DER (the signing certificate only) instead of PEM (the whole ca.pem chain).
     #[arg(long)]
     der: bool,
@@ -78,7 +77,8 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
-    let paths = CaPaths::in_dir(&args.data_dir);
+    let data_dir = args.dir.resolve()?;
+    let paths = CaPaths::in_dir(&data_dir);
     let ca = match (&args.import_cert, &args.import_key) {
         (Some(cert), Some(key)) => CertificateAuthority::import(&paths, cert, key, args.force)?,
         _ => {
@@ -100,20 +100,20 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
         } else {
             "created"
         },
-        args.data_dir.display()
+        data_dir.display()
     );
     println!("{}", ca.info());
     println!("cert file:    {}", paths.cert.display());
     println!("key file:     {} (mode 0600)", paths.key.display());
     println!(
         "next: make your tools trust it with `rampart trust env --data-dir {}`",
-        args.data_dir.display()
+        data_dir.display()
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let paths = CaPaths::in_dir(&args.data_dir);
+    let paths = CaPaths::in_dir(&args.dir.resolve()?);
     // Load with the key so `show` fails exactly when the gateway would refuse to start.
     let ca = CertificateAuthority::load(&paths)?;
     if args.json {
@@ -128,7 +128,7 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let paths = CaPaths::in_dir(&args.data_dir);
+    let paths = CaPaths::in_dir(&args.dir.resolve()?);
     let ca = CertificateAuthority::load(&paths)?;
     let bytes = if args.der {
         ca.certificate_der().to_vec()

@@ -10,6 +10,8 @@ use rampart_events::http_client::{request, Target};
 use rampart_server::devices::{DeviceRecord, Inventory, TokenStore};
 use rampart_server::isolation::{IsolationStore, IsolationView};
 
+use super::state::DataDirArgs;
+
 #[derive(Debug, clap::Args)]
 pub struct DeviceArgs {
     #[command(subcommand)]
@@ -95,9 +97,8 @@ enum TokenCommand {
 /// Local data dir, or a running server (`--server URL --token T`).
 #[derive(Debug, clap::Args)]
 struct Source {
-    /// Server data directory.
-    #[arg(long, value_name = "DIR", default_value = "./rampart-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: DataDirArgs,
     /// API base URL of a running server, e.g. http://127.0.0.1:8080.
     #[arg(long, value_name = "URL", requires = "token")]
     server: Option<String>,
@@ -198,9 +199,10 @@ fn list(source: &Source, json: bool) -> anyhow::Result<ExitCode> {
                 .context("the server's isolation list is not valid JSON")?,
         )
     } else {
+        let data_dir = source.dir.resolve()?;
         (
-            Inventory::new(&source.data_dir).list()?,
-            IsolationStore::new(&source.data_dir)
+            Inventory::new(&data_dir).list()?,
+            IsolationStore::new(&data_dir)
                 .all()?
                 .iter()
                 .map(|(id, r)| IsolationView::of(id, r))
@@ -227,19 +229,20 @@ fn list(source: &Source, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<21} {:<16} {:<20} {:<8} {:<25} {:<24} ISOLATION",
-        "ID", "USER", "HOSTNAME", "AGENT", "LAST SEEN", "MODE"
+        "{:<21} {:<16} {:<20} {:<8} {:<25} {:<24} {:<10} REVOKED",
+        "ID", "USER", "HOSTNAME", "AGENT", "LAST SEEN", "MODE", "ISOLATION"
     );
     for d in &devices {
         println!(
-            "{:<21} {:<16} {:<20} {:<8} {:<25} {:<24} {}",
+            "{:<21} {:<16} {:<20} {:<8} {:<25} {:<24} {:<10} {}",
             d.id,
             d.user.as_deref().unwrap_or("-"),
             d.hostname,
             d.agent_version,
             d.last_seen,
             d.steering_mode,
-            isolation_of(&d.id)
+            isolation_of(&d.id),
+            d.revoked_at.as_deref().unwrap_or("-")
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -265,7 +268,7 @@ fn create_token(
             .context("the server's answer has no token")?
             .to_string()
     } else {
-        TokenStore::new(&source.data_dir).create(user, groups, ttl)?
+        TokenStore::new(&source.dir.resolve()?).create(user, groups, ttl)?
     };
     println!("{token}");
     Ok(ExitCode::SUCCESS)
@@ -274,8 +277,11 @@ fn create_token(
 fn revoke(source: &Source, id: &str) -> anyhow::Result<ExitCode> {
     if source.server.is_some() {
         call(source, "POST", &format!("/api/v1/devices/{id}/revoke"), "")?;
-    } else if !Inventory::new(&source.data_dir).revoke(id)? {
-        bail!("no device {id:?} in {}", source.data_dir.display());
+    } else {
+        let data_dir = source.dir.resolve()?;
+        if !Inventory::new(&data_dir).revoke(id)? {
+            bail!("no device {id:?} in {}", data_dir.display());
+        }
     }
     println!("revoked {id}");
     Ok(ExitCode::SUCCESS)
@@ -327,12 +333,10 @@ fn isolation_status(source: &Source, id: &str, json: bool) -> anyhow::Result<Exi
         )?)
         .context("the server's answer is not valid JSON")?
     } else {
-        match IsolationStore::new(&source.data_dir).get(id)? {
+        let data_dir = source.dir.resolve()?;
+        match IsolationStore::new(&data_dir).get(id)? {
             Some(r) => IsolationView::of(id, &r),
-            None => bail!(
-                "no isolation record for {id:?} in {}",
-                source.data_dir.display()
-            ),
+            None => bail!("no isolation record for {id:?} in {}", data_dir.display()),
         }
     };
     if json {

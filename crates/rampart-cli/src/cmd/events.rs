@@ -14,6 +14,8 @@ use rampart_events::store::{Cursor, SearchRequest};
 use rampart_events::time_range::{parse_instant, parse_span};
 use rampart_events::{db_path, parse_query, Event, EventsConfig, Pipeline, StoreReader};
 
+use super::state::DataDirArgs;
+
 #[derive(Debug, Args)]
 pub struct EventsArgs {
     #[command(subcommand)]
@@ -36,8 +38,8 @@ enum EventsCommand {
 #[derive(Debug, Args)]
 struct Source {
     /// Data directory holding events.db (used unless --server is given).
-    #[arg(long, default_value = "./rampart-data", env = "RAMPART_DATA_DIR")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: DataDirArgs,
     /// API base URL of a running server, e.g. http://127.0.0.1:8080.
     #[arg(long, env = "RAMPART_SERVER")]
     server: Option<String>,
@@ -101,10 +103,18 @@ struct TailArgs {
 #[derive(Debug, Args)]
 struct TimelineArgs {
     /// Device id (or host name) to follow.
-    #[arg(long, required_unless_present = "alert", conflicts_with = "alert")]
+    #[arg(
+        long,
+        required_unless_present_any = ["alert", "user"],
+        conflicts_with_all = ["alert", "user"]
+    )]
     device: Option<String>,
+    /// User to follow: everything the user did, with or without an agent (proxy
+    /// users who authenticate with a password have no device).
+    #[arg(long, value_name = "U", conflicts_with = "alert")]
+    user: Option<String>,
     /// Centre time, RFC 3339.
-    #[arg(long, requires = "device")]
+    #[arg(long, conflicts_with = "alert")]
     around: Option<String>,
     /// Centre on this alert (its device and time).
     #[arg(long)]
@@ -122,8 +132,8 @@ struct TimelineArgs {
 struct ImportArgs {
     /// NDJSON file of OCSF events, or `-` for stdin.
     file: PathBuf,
-    #[arg(long, default_value = "./rampart-data", env = "RAMPART_DATA_DIR")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: DataDirArgs,
 }
 
 pub fn run(args: EventsArgs) -> Result<ExitCode> {
@@ -153,7 +163,9 @@ fn backend(s: &Source) -> Result<Backend> {
                 s.server_ca.as_deref(),
             )?))
         }
-        None => Ok(Backend::Local(StoreReader::open(&db_path(&s.data_dir))?)),
+        None => Ok(Backend::Local(StoreReader::open(&db_path(
+            &s.dir.resolve()?,
+        ))?)),
     }
 }
 
@@ -349,40 +361,71 @@ fn timeline(a: TimelineArgs) -> Result<ExitCode> {
         let (alert_event, events) = found.ok_or_else(|| anyhow!("no alert with id {alert}"))?;
         (events, Some(alert_event.id().to_string()))
     } else {
-        let device = a
-            .device
-            .as_deref()
-            .context("--device is required without --alert")?;
         let around = match &a.around {
             Some(t) => parse_instant(t).map_err(|e| anyhow!("--around: {e}"))?,
             None => rampart_events::now_ms(),
         };
         let (from, to) = (around - window_ms, around + window_ms);
-        let events = match &backend {
-            Backend::Local(r) => r.timeline(device, from, to, 100_000)?,
-            Backend::Remote(c) => {
-                let q = format!(
-                    "device = \"{}\"",
-                    device.replace('\\', "\\\\").replace('"', "\\\"")
-                );
-                let mut all = Vec::new();
-                let mut cursor = None;
-                loop {
-                    let page = c.search(&q, Some(from), Some(to + 1), 1000, cursor.as_deref())?;
-                    all.extend(page.events);
-                    match page.next_cursor {
-                        Some(cur) => cursor = Some(cur),
-                        None => break,
-                    }
-                }
-                all.reverse();
-                all
+        let (field, value) = match (&a.device, &a.user) {
+            (Some(device), _) => ("device", device.as_str()),
+            (None, Some(user)) => ("user", user.as_str()),
+            (None, None) => bail!("--device or --user is required without --alert"),
+        };
+        let events = match (&backend, field) {
+            (Backend::Local(r), "device") => r.timeline(value, from, to, 100_000)?,
+            _ => {
+                let q = format!("{field} = {}", quoted(value));
+                window_events(&backend, &q, from, to)?
             }
         };
         (events, None)
     };
     print(&events, a.format, marked.as_deref())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A query literal: the value in double quotes, escaped.
+fn quoted(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Every event matching `q` from `from` to `to` (inclusive), oldest first, page by
+/// page: a timeline must not stop at one page.
+fn window_events(backend: &Backend, q: &str, from: i64, to: i64) -> Result<Vec<Event>> {
+    let mut all = Vec::new();
+    match backend {
+        Backend::Local(r) => {
+            let parsed = query(q)?;
+            let mut cursor = None;
+            loop {
+                let page = r.search(&SearchRequest {
+                    query: parsed.clone(),
+                    from_ms: Some(from),
+                    to_ms: Some(to.saturating_add(1)),
+                    limit: 1000,
+                    cursor,
+                })?;
+                all.extend(page.events);
+                match page.next_cursor {
+                    Some(text) => cursor = Some(Cursor::parse(&text)?),
+                    None => break,
+                }
+            }
+        }
+        Backend::Remote(c) => {
+            let mut cursor = None;
+            loop {
+                let page = c.search(q, Some(from), Some(to + 1), 1000, cursor.as_deref())?;
+                all.extend(page.events);
+                match page.next_cursor {
+                    Some(cur) => cursor = Some(cur),
+                    None => break,
+                }
+            }
+        }
+    }
+    all.reverse();
+    Ok(all)
 }
 
 fn import(a: ImportArgs) -> Result<ExitCode> {
@@ -398,7 +441,7 @@ fn import(a: ImportArgs) -> Result<ExitCode> {
         max_age: None,
         ..EventsConfig::default()
     };
-    let (pipeline, sender) = Pipeline::start(&a.data_dir, &config)?;
+    let (pipeline, sender) = Pipeline::start(&a.dir.resolve()?, &config)?;
     let stats = pipeline.stats();
     let mut sent = 0u64;
     let mut reported = 0u64;

@@ -7,4 +7,6 @@ pub mod hash_password;
 pub mod isolation;
 pub mod policy;
 pub mod server;
+pub mod state;
 pub mod trust;
+pub mod user;

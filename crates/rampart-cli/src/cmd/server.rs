@@ -12,11 +12,12 @@ use rampart_server::{Overrides, RampartConfig, Role};
 /// Flags shared by `server` and `gateway`; each overrides the config file.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    /// Configuration file (TOML); embedded defaults when omitted.
-    #[arg(long, short = 'c', value_name = "FILE")]
+    /// Configuration file (TOML); embedded defaults when omitted. The same
+    /// variable points `rampart ca|trust|events|device` at this file's data_dir.
+    #[arg(long, short = 'c', value_name = "FILE", env = "RAMPART_CONFIG")]
     config: Option<PathBuf>,
     /// Data directory for the CA, event store and logs [default: ./rampart-data].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "RAMPART_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// HTTP proxy listener address [default: 127.0.0.1:3128].
     #[arg(long, value_name = "ADDR")]

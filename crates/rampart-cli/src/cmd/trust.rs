@@ -9,6 +9,8 @@ use rampart_tls::trust::{
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use super::state::DataDirArgs;
+
 /// Bundle file `trust env` maintains inside the data directory.
 const DEFAULT_BUNDLE_FILE: &str = "trust-bundle.pem";
 
@@ -49,9 +51,8 @@ struct VerifyArgs {
 
 #[derive(Debug, clap::Args)]
 struct InstallArgs {
-    /// Data directory holding ca.pem and ca.key.
-    #[arg(long, value_name = "DIR", default_value = "./rampart-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: DataDirArgs,
     /// Remove the certificates a previous install added, instead of adding them.
     #[arg(long)]
     remove: bool,
@@ -65,9 +66,8 @@ struct InstallArgs {
 
 #[derive(Debug, clap::Args)]
 struct BundleArgs {
-    /// Data directory holding ca.pem and ca.key.
-    #[arg(long, value_name = "DIR", default_value = "./rampart-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: DataDirArgs,
     /// Where to write the bundle.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -75,9 +75,8 @@ struct BundleArgs {
 
 #[derive(Debug, clap::Args)]
 struct EnvArgs {
-    /// Data directory holding ca.pem and ca.key.
-    #[arg(long, value_name = "DIR", default_value = "./rampart-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    dir: DataDirArgs,
     /// Shell syntax: sh (also bash, zsh), fish or powershell.
     #[arg(long, value_name = "SHELL", default_value = "sh")]
     shell: Shell,
@@ -96,7 +95,7 @@ pub fn run(args: TrustArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bundle(args: BundleArgs) -> anyhow::Result<ExitCode> {
-    let ca = CertificateAuthority::load(&CaPaths::in_dir(&args.data_dir))?;
+    let ca = CertificateAuthority::load(&CaPaths::in_dir(&args.dir.resolve()?))?;
     let written = write_combined(&ca, &args.out)?;
     eprintln!(
         "wrote {}: {} system roots + Rampart CA {} (sha256 {})",
@@ -109,12 +108,13 @@ fn bundle(args: BundleArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn env(args: EnvArgs) -> anyhow::Result<ExitCode> {
-    let paths = CaPaths::in_dir(&args.data_dir);
+    let data_dir = args.dir.resolve()?;
+    let paths = CaPaths::in_dir(&data_dir);
     let ca = CertificateAuthority::load(&paths)?;
     let bundle = args
         .bundle
         .clone()
-        .unwrap_or_else(|| args.data_dir.join(DEFAULT_BUNDLE_FILE));
+        .unwrap_or_else(|| data_dir.join(DEFAULT_BUNDLE_FILE));
     if needs_refresh(&bundle, &paths.cert) {
         let written = write_combined(&ca, &bundle)?;
         eprintln!(
@@ -274,7 +274,7 @@ fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
         }
         !removed.is_empty()
     } else {
-        let ca = CertificateAuthority::load(&CaPaths::in_dir(&args.data_dir))?;
+        let ca = CertificateAuthority::load(&CaPaths::in_dir(&args.dir.resolve()?))?;
         for path in install_ca_files(&args.ca_dir, &ca)? {
             println!("installed {}", path.display());
         }

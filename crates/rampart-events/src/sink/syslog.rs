@@ -123,13 +123,7 @@ pub fn message(e: &Event, format: SyslogFormat, hostname: &str) -> String {
         _ => 2, // critical
     };
     let pri = FACILITY * 8 + severity;
-    let ts = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.time) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "-".into());
+    let ts = crate::render::time_text(e.time);
     let msgid = e.event_type().map_or("event", |t| t.as_str());
     let payload = match format {
         SyslogFormat::Json => serde_json::to_string(e).unwrap_or_default(),

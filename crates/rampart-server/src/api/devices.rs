@@ -40,7 +40,7 @@ fn authorized(state: &DevicesState, headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(rampart_events::token::bearer)
     else {
         return false;
     };

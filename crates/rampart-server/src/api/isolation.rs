@@ -44,7 +44,7 @@ fn refused(state: &IsolationApiState, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(rampart_events::token::bearer)
         .map(str::trim);
     let ok = given.is_some_and(|t| {
         crate::api::devices::constant_time_eq(t.as_bytes(), state.admin_token.as_bytes())

@@ -37,7 +37,7 @@ fn unauthorized(headers: &HeaderMap, state: &PolicyApiState) -> Option<Response>
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(rampart_events::token::bearer)
         .map(str::trim);
     let message = match given {
         Some(t) if rampart_events::token::matches(&state.admin_token, t) => return None,
