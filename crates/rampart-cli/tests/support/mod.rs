@@ -51,6 +51,16 @@ impl Rampart {
 
     /// Like `start`, but returns the server's stderr if it exits or never becomes ready.
     pub fn try_start(extra_toml: &str, args: &[&str]) -> Result<Rampart, String> {
+        Self::try_start_with(extra_toml, args, |_| {})
+    }
+
+    /// Like `try_start`, with a last look at the command before it is spawned
+    /// (resource limits through `pre_exec`, environment).
+    pub fn try_start_with(
+        extra_toml: &str,
+        args: &[&str],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Rampart, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         // A `--proxy-listen` flag wins over the file, as in the product.
         let flag_proxy = args
@@ -67,7 +77,8 @@ impl Rampart {
         std::fs::write(&config_path, config).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let child = Command::new(rampart_bin())
+        let mut command = Command::new(rampart_bin());
+        command
             .arg("server")
             .arg("--config")
             .arg(&config_path)
@@ -75,9 +86,9 @@ impl Rampart {
             .env("RUST_LOG", "info,rampart_gateway=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn rampart");
+            .stderr(stderr);
+        prepare(&mut command);
+        let child = command.spawn().expect("spawn rampart");
         let mut r = Rampart {
             child,
             proxy,
