@@ -30,7 +30,7 @@ enum PolicyCommand {
         deny_warnings: bool,
     },
     /// Show the decision of each stage for a URL, the rule that made it and why.
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
     /// Run policy unit tests: each [[case]] of CASES gives a flow and expected decisions.
     Test {
         /// Policy file or directory.
@@ -99,7 +99,7 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
             file,
             deny_warnings,
         } => check(file, deny_warnings),
-        PolicyCommand::Explain(a) => explain(a),
+        PolicyCommand::Explain(a) => explain(*a),
         PolicyCommand::Test { file, cases } => test(file, cases),
     }
 }
