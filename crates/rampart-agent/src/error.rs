@@ -42,6 +42,11 @@ pub enum AgentError {
     /// The gateway could not be reached (triggers the fail mode).
     #[error("gateway {gateway} unreachable: {source}")]
     GatewayUnreachable { gateway: String, source: io::Error },
+    /// The gateway refused this device's certificate as revoked (a `certificate_revoked`
+    /// TLS alert). Unlike an unreachable gateway, this fails closed whatever the fail
+    /// mode: a revoked (lost, compromised) device must not go direct, out of inspection.
+    #[error("gateway {gateway} refused this device: its certificate is revoked ({detail})")]
+    DeviceRevoked { gateway: String, detail: String },
     /// The gateway answered the tunnel request with something other than success.
     #[error("gateway {gateway} refused tunnel to {target}: {status}")]
     GatewayRefused {
@@ -63,7 +68,16 @@ pub enum AgentError {
 impl AgentError {
     /// True when the failure means the gateway is down, so the fail mode applies.
     pub fn is_gateway_unreachable(&self) -> bool {
-        matches!(self, AgentError::GatewayUnreachable { .. })
+        matches!(
+            self,
+            AgentError::GatewayUnreachable { .. } | AgentError::DeviceRevoked { .. }
+        )
+    }
+
+    /// True when the gateway refused the device as revoked: the fail mode is closed
+    /// then, whatever the configuration says.
+    pub fn is_device_revoked(&self) -> bool {
+        matches!(self, AgentError::DeviceRevoked { .. })
     }
 }
 

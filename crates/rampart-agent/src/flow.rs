@@ -173,10 +173,19 @@ impl FlowContext {
         self.counters.fail_mode.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%err, "gateway unreachable, applying fail mode");
         let fail = self.live.fail();
-        if fail.allows_direct(label) {
-            let note = match fail.mode {
-                FailMode::Open => "gateway unreachable, fail-open",
-                FailMode::Closed => "gateway unreachable, fail-closed allowlist",
+        // A revoked device fails closed whatever the mode: going direct would take a
+        // lost or compromised laptop out of inspection (docs/agent.md).
+        let revoked = err.is_device_revoked();
+        let direct = if revoked {
+            fail.allows_direct_when_revoked(label)
+        } else {
+            fail.allows_direct(label)
+        };
+        if direct {
+            let note = match (revoked, fail.mode) {
+                (true, _) => "device revoked, fail-closed allowlist",
+                (false, FailMode::Open) => "gateway unreachable, fail-open",
+                (false, FailMode::Closed) => "gateway unreachable, fail-closed allowlist",
             };
             self.counters.count(SteeringAction::Bypass);
             self.log
@@ -188,7 +197,11 @@ impl FlowContext {
                 SteeringAction::Block,
                 &flow.process,
                 label,
-                Some("gateway unreachable, fail-closed"),
+                Some(if revoked {
+                    "device revoked, fail-closed"
+                } else {
+                    "gateway unreachable, fail-closed"
+                }),
             );
             Outcome::Blocked
         }

@@ -79,6 +79,10 @@ pub struct MtlsH2Tunnel {
     /// for one reconnect instead of each dialling their own.
     link: tokio::sync::Mutex<Link>,
     up: Arc<AtomicBool>,
+    /// The last dial was refused with `certificate_revoked`: until a dial succeeds,
+    /// every flow fails as [`AgentError::DeviceRevoked`] (fail closed), the flows
+    /// during the back-off too.
+    revoked: AtomicBool,
 }
 
 impl MtlsH2Tunnel {
@@ -158,6 +162,7 @@ impl MtlsH2Tunnel {
                 retry_at: None,
             }),
             up: Arc::new(AtomicBool::new(false)),
+            revoked: AtomicBool::new(false),
         })
     }
 
@@ -170,6 +175,23 @@ impl MtlsH2Tunnel {
     /// Whether the HTTP/2 connection is currently established.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    fn revoked_error(&self, detail: String) -> AgentError {
+        AgentError::DeviceRevoked {
+            gateway: self.gateway.clone(),
+            detail,
+        }
+    }
+
+    /// A failed dial: [`AgentError::DeviceRevoked`] when the gateway's answer was the
+    /// `certificate_revoked` alert, else unreachable (the configured fail mode).
+    fn refused(&self, message: String) -> AgentError {
+        if names_revocation(&message) {
+            self.revoked_error(message)
+        } else {
+            self.unreachable(message)
+        }
     }
 
     fn unreachable(&self, message: String) -> AgentError {
@@ -191,10 +213,12 @@ impl MtlsH2Tunnel {
         if let Some(at) = link.retry_at {
             let now = Instant::now();
             if now < at {
-                return Err(self.unreachable(format!(
-                    "tunnel down, next attempt in {} ms",
-                    (at - now).as_millis()
-                )));
+                let wait = format!("tunnel down, next attempt in {} ms", (at - now).as_millis());
+                return Err(if self.revoked.load(Ordering::Relaxed) {
+                    self.revoked_error(wait)
+                } else {
+                    self.unreachable(wait)
+                });
             }
         }
         match self.dial().await {
@@ -202,9 +226,28 @@ impl MtlsH2Tunnel {
                 link.failures = 0;
                 link.retry_at = None;
                 link.live = Some(live.clone());
+                if self.revoked.swap(false, Ordering::Relaxed) {
+                    self.write_log(
+                        Level::Info,
+                        &format!(
+                            "Gateway {} accepts this device again: fail mode as configured",
+                            self.gateway
+                        ),
+                    );
+                }
                 Ok(live)
             }
             Err(err) => {
+                if err.is_device_revoked() && !self.revoked.swap(true, Ordering::Relaxed) {
+                    self.write_log(
+                        Level::Warn,
+                        &format!(
+                            "Device certificate revoked by gateway {}: failing closed whatever \
+                             fail_mode says; only fail_closed_allow hosts go direct",
+                            self.gateway
+                        ),
+                    );
+                }
                 let delay = FIRST_BACKOFF
                     .saturating_mul(1 << link.failures.min(16))
                     .min(MAX_BACKOFF);
@@ -235,7 +278,7 @@ impl MtlsH2Tunnel {
         )
         .await
         .map_err(|_| self.unreachable("TLS handshake timed out".into()))?
-        .map_err(|e| self.unreachable(format!("TLS handshake failed: {e}")))?;
+        .map_err(|e| self.refused(format!("TLS handshake failed: {e}")))?;
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -243,7 +286,7 @@ impl MtlsH2Tunnel {
             .enable_push(false)
             .handshake::<_, Bytes>(tls)
             .await
-            .map_err(|e| self.unreachable(format!("HTTP/2 handshake failed: {e}")))?;
+            .map_err(|e| self.refused(format!("HTTP/2 handshake failed: {e}")))?;
         let mut pings = connection
             .ping_pong()
             .ok_or_else(|| self.unreachable("HTTP/2 ping handle unavailable".into()))?;
@@ -257,7 +300,7 @@ impl MtlsH2Tunnel {
         match ping_answered(&mut pings, &mut driver, self.connector.timeout).await {
             Ok(()) => {}
             Err(Unanswered::Ended(reason)) => {
-                return Err(self.unreachable(format!("tunnel refused: {reason}")));
+                return Err(self.refused(format!("tunnel refused: {reason}")));
             }
             Err(Unanswered::TimedOut) => {
                 return Err(self.unreachable(format!(
@@ -434,6 +477,16 @@ impl GatewayTunnel for MtlsH2Tunnel {
 type Driver = tokio::task::JoinHandle<Result<(), h2::Error>>;
 
 /// Why the connection driven by `driver` ended, from its result.
+/// Whether a failed dial's reason is the gateway's `certificate_revoked` alert. The
+/// alert reaches us as text (h2 and tokio-rustls keep only the message of the TLS
+/// error by the time a driver ends), so the check is against rustls' own wording of
+/// that alert, not a hand-written string.
+fn names_revocation(reason: &str) -> bool {
+    let alert =
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked).to_string();
+    reason.contains(&alert)
+}
+
 fn end_reason(ended: Result<Result<(), h2::Error>, tokio::task::JoinError>) -> String {
     match ended {
         Ok(Ok(())) => "closed".to_string(),
@@ -498,5 +551,21 @@ async fn keep_alive(pings: &mut h2::PingPong, driver: &mut Driver, every: Durati
                 return format!("no answer to a keep-alive PING in {every:?}")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_revocation;
+
+    #[test]
+    fn only_the_certificate_revoked_alert_counts_as_revocation() {
+        assert!(names_revocation(
+            "tunnel refused: received fatal alert: CertificateRevoked"
+        ));
+        assert!(!names_revocation(
+            "tunnel refused: received fatal alert: BadCertificate"
+        ));
+        assert!(!names_revocation("TLS handshake failed: connection reset"));
     }
 }

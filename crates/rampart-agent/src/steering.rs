@@ -202,8 +202,18 @@ impl FailPolicy {
     pub fn allows_direct(&self, host: &str) -> bool {
         match self.mode {
             FailMode::Open => true,
-            FailMode::Closed => self.allow.iter().any(|g| g.matches(host)),
+            FailMode::Closed => self.allowlisted(host),
         }
+    }
+
+    /// Whether a flow to `host` may go direct while the gateway refuses this device as
+    /// revoked: only the allowlist, in either mode (a revoked device fails closed).
+    pub fn allows_direct_when_revoked(&self, host: &str) -> bool {
+        self.allowlisted(host)
+    }
+
+    fn allowlisted(&self, host: &str) -> bool {
+        self.allow.iter().any(|g| g.matches(host))
     }
 }
 
@@ -331,5 +341,14 @@ mod tests {
         assert!(fail.allows_direct("vpn.corp.example"));
         assert!(!fail.allows_direct("example.com"));
         assert!(FailPolicy::new(FailMode::Open, &[]).allows_direct("example.com"));
+    }
+
+    #[test]
+    fn a_revoked_device_fails_closed_in_open_mode_keeping_the_allowlist() {
+        let open = FailPolicy::new(FailMode::Open, &["*.corp.example".to_string()]);
+        assert!(!open.allows_direct_when_revoked("example.com"));
+        assert!(open.allows_direct_when_revoked("login.corp.example"));
+        let closed = FailPolicy::new(FailMode::Closed, &[]);
+        assert!(!closed.allows_direct_when_revoked("example.com"));
     }
 }
