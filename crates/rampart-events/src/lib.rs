@@ -23,6 +23,9 @@ mod error;
 pub mod event;
 pub mod field;
 pub mod flow;
+/// Entry points of the fuzz targets in `fuzz/` (not an API).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http_client;
 pub mod journal;
 pub mod pipeline;

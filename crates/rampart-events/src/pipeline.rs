@@ -554,8 +554,9 @@ fn stored_line(stored: &[u8]) -> Vec<u8> {
     line
 }
 
-/// A spooled line back as a record and its stored form.
-fn parse_spool_line(line: &[u8]) -> Result<(Record, Vec<u8>), String> {
+/// A spooled line back as a record and its stored form. `pub(crate)` for the
+/// `spool_line` fuzz target (`crate::fuzzing`).
+pub(crate) fn parse_spool_line(line: &[u8]) -> Result<(Record, Vec<u8>), String> {
     if let Some(b64) = line.strip_prefix(STORED_LINE_PREFIX) {
         use base64::Engine;
         let stored = base64::engine::general_purpose::STANDARD_NO_PAD

@@ -11,16 +11,17 @@
 //! the decoded records (`scan.rs`).
 
 mod columns;
-mod doc;
+// The decoders of bytes read from disk are crate-visible for `crate::fuzzing`.
+pub(crate) mod doc;
 mod migrate;
 mod plan;
-mod postings;
+pub(crate) mod postings;
 mod prepared;
 mod reader;
 mod scan;
 mod schema;
-mod segment;
-mod varint;
+pub(crate) mod segment;
+pub(crate) mod varint;
 mod writer;
 
 pub use columns::Row;

@@ -180,6 +180,12 @@ impl Segment {
                 found: usize::try_from(found).unwrap_or(usize::MAX),
             });
         }
+        // Each length takes at least one byte: a count beyond what is left is a
+        // damaged row, refused before it sizes an allocation (a 19-byte segment
+        // claiming 2^40 events used to abort the process allocating 8 TiB).
+        if count > plain.len() - r.pos() {
+            return Err(SegmentError::Truncated);
+        }
         let mut lengths = Vec::with_capacity(count);
         for _ in 0..count {
             lengths.push(r.varint()?);
@@ -325,5 +331,18 @@ mod tests {
             Segment::decode(&huge, 40),
             Err(SegmentError::TooLong(_))
         ));
+    }
+
+    /// Run through the `store_decode` fuzz target: a segment whose row and
+    /// header agree on 2^40 events, with no lengths behind them, aborted the
+    /// process allocating 8 TiB.
+    #[test]
+    fn a_count_beyond_the_data_is_refused_before_allocating() {
+        // 7 bytes plain (format 1, varint 2^40) as one LZ4 literal run.
+        let data = [7, 0, 0, 0, 0x70, 1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20];
+        assert_eq!(
+            Segment::decode(&data, 1 << 40).err(),
+            Some(SegmentError::Truncated)
+        );
     }
 }
