@@ -14,6 +14,9 @@ pub mod connector;
 pub mod enrollment;
 pub mod error;
 pub mod flow;
+/// Entry points of the fuzz targets in `fuzz/` (not an API).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod glob;
 mod h2_flow;
 pub mod http_head;

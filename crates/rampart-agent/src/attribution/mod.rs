@@ -5,11 +5,12 @@
 //! likeliest owners and stops at the first match) → name, executable path, user.
 //! Process details are cached for a short time-to-live.
 
-mod owner_index;
-mod proc_fd;
-mod proc_net;
+// The parsers of /proc and passwd text are crate-visible for `crate::fuzzing`.
+pub(crate) mod owner_index;
+pub(crate) mod proc_fd;
+pub(crate) mod proc_net;
 pub mod sock_diag;
-mod users;
+pub(crate) mod users;
 
 use crate::process::ProcessInfo;
 use owner_index::{OwnerIndex, ProcRoot};

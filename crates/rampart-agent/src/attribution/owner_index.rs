@@ -272,7 +272,8 @@ fn start_time(dir: &Path) -> Option<u64> {
     parse_start_time(std::str::from_utf8(&buf[..len]).ok()?)
 }
 
-fn parse_start_time(stat: &str) -> Option<u64> {
+/// Start time (clock ticks) from `/proc/<pid>/stat`; `pub(crate)` for the `proc_net` fuzz target.
+pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     // After the name: state is field 3, so start time (22) is the 20th field here.
     after_name.split_whitespace().nth(19)?.parse().ok()

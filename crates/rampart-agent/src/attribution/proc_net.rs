@@ -46,7 +46,8 @@ pub fn find_in_table(text: &str, local: SocketAddr, remote: SocketAddr) -> Optio
     })
 }
 
-fn parse_row(line: &str) -> Option<(SocketAddr, SocketAddr, SocketOwner)> {
+/// One row of the table; `pub(crate)` for the `proc_net` fuzz target.
+pub(crate) fn parse_row(line: &str) -> Option<(SocketAddr, SocketAddr, SocketOwner)> {
     let mut fields = line.split_whitespace();
     let _slot = fields.next()?;
     let local = parse_endpoint(fields.next()?)?;

@@ -118,7 +118,8 @@ fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
 }
 
 /// Parse the kernel's reply to an exact lookup: one inet_diag_msg or an error message.
-fn parse_reply(buf: &[u8]) -> io::Result<Option<SocketOwner>> {
+/// `pub(crate)` for the `sock_diag` fuzz target (`crate::fuzzing`).
+pub(crate) fn parse_reply(buf: &[u8]) -> io::Result<Option<SocketOwner>> {
     let malformed = || io::Error::new(io::ErrorKind::InvalidData, "short sock_diag reply");
     let len = u32_at(buf, 0).ok_or_else(malformed)? as usize;
     let kind = u16_at(buf, 4).ok_or_else(malformed)?;
@@ -127,11 +128,17 @@ fn parse_reply(buf: &[u8]) -> io::Result<Option<SocketOwner>> {
     }
     match kind {
         NLMSG_ERROR => {
+            // struct nlmsgerr starts with a negated errno (0 acknowledges).
+            // Negate with a check: i32::MIN has no positive counterpart, and a
+            // positive value is no errno; either is a malformed reply, not a panic.
             let errno = u32_at(buf, NLMSG_HDR_LEN).ok_or_else(malformed)? as i32;
-            if errno == 0 || -errno == libc::ENOENT {
-                Ok(None)
-            } else {
-                Err(io::Error::from_raw_os_error(-errno))
+            match errno.checked_neg() {
+                Some(0) | Some(libc::ENOENT) => Ok(None),
+                Some(code) if code > 0 => Err(io::Error::from_raw_os_error(code)),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("sock_diag error message with errno {errno}"),
+                )),
             }
         }
         SOCK_DIAG_BY_FAMILY => {
@@ -190,6 +197,27 @@ mod tests {
         short[..4].copy_from_slice(&((NLMSG_HDR_LEN + 4) as u32).to_ne_bytes());
         short[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
         assert!(parse_reply(&short).is_err());
+    }
+
+    /// Found by the `sock_diag` fuzz target: an error message whose errno is
+    /// i32::MIN panicked negating it.
+    #[test]
+    fn an_error_reply_with_an_impossible_errno_is_malformed_not_a_panic() {
+        let mut reply = vec![0u8; NLMSG_HDR_LEN + 4];
+        reply[..4].copy_from_slice(&((NLMSG_HDR_LEN + 4) as u32).to_ne_bytes());
+        reply[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        for errno in [i32::MIN, 5] {
+            reply[NLMSG_HDR_LEN..].copy_from_slice(&errno.to_ne_bytes());
+            let err = parse_reply(&reply).expect_err("malformed");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{errno}");
+        }
+        reply[NLMSG_HDR_LEN..].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
+        assert_eq!(
+            parse_reply(&reply).expect_err("EPERM").raw_os_error(),
+            Some(libc::EPERM)
+        );
+        reply[NLMSG_HDR_LEN..].copy_from_slice(&(-libc::ENOENT).to_ne_bytes());
+        assert_eq!(parse_reply(&reply).expect("none"), None);
     }
 
     fn unsafe_free_uid() -> u32 {
