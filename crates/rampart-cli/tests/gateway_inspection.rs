@@ -78,6 +78,7 @@ fn fixtures(dir: &Path) {
         dir,
         "head -c 3145728 /dev/urandom > noise.bin && zip -q -0 big.zip noise.bin eicar.com",
     );
+    sh(dir, "zip -q -0 -P secret bigsecret.zip noise.bin");
 }
 
 fn gateway(extra: &str, tls_port: u16, roots: &[&Path]) -> Rampart {
@@ -380,5 +381,25 @@ action = "block"
     assert_eq!(
         origin.requests.load(std::sync::atomic::Ordering::Relaxed),
         0
+    );
+
+    // A long encrypted download streams while scanned; the rule decides at its
+    // end, with the verdict, and the transfer is cut before its last bytes.
+    let big = format!("http://files.test:{}/bigsecret.zip", files.port);
+    let out = dir.path().join("bigsecret.out");
+    let (code, _, err) = curl(&gw.proxy_url(), &["-o", out.to_str().unwrap(), &big]);
+    assert_ne!(code, 0, "the encrypted download completed: {err}");
+    let record = gw.find_record(|r| r["target"] == big.as_str());
+    assert_eq!(record["inspection"]["verdict"], "encrypted", "{record}");
+    assert_eq!(
+        record["policy"]["rule"], "no encrypted archives in",
+        "{record}"
+    );
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cut before its last bytes"),
+        "{record}"
     );
 }

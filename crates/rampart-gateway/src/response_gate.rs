@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 
 use crate::inspection::{self, Judgement};
 use crate::policy_stage::{self, Blocked, FlowFacts};
-use crate::proxy::body::{BodyScan, FlowLog, ProxyBody};
+use crate::proxy::body::{BodyScan, FlowLog, PolicyRecheck, ProxyBody};
 use crate::proxy::{blocked_response, error_response};
 use crate::state::GatewayState;
 
@@ -64,16 +64,8 @@ pub async fn respond(
     // response's type cannot match a response without a body.
     if body.is_end_stream() {
         if pending {
-            let stage = policy_stage::response_phase(
-                &state.policy,
-                &held.facts,
-                held.method,
-                held.path,
-                rampart_policy::InspectionFacts::default(),
-                &mut log.record,
-            );
-            if let Some(blocked) = &stage.blocked {
-                return blocked_response(blocked, held.accept.as_ref(), Some(&held.url), log);
+            if let Some(blocked) = policy_blocks(state, &held, Default::default(), &mut log) {
+                return blocked_response(&blocked, held.accept.as_ref(), Some(&held.url), log);
             }
         }
         return Response::from_parts(parts, ProxyBody::origin(body, log));
@@ -171,25 +163,18 @@ pub async fn respond(
                 .map(|j| j.record.dlp_profiles())
                 .unwrap_or_default();
             let size = prefix.iter().map(|b| b.len() as u64).sum();
-            let stage = policy_stage::response_phase(
-                &state.policy,
-                &held.facts,
-                held.method,
-                held.path,
-                rampart_policy::InspectionFacts {
-                    file_type: Some(file_type),
-                    verdicts: &verdicts,
-                    dlp: &dlp,
-                    direction: Some(rampart_policy::Direction::Download),
-                    size: Some(size),
-                },
-                &mut log.record,
-            );
-            if let Some(blocked) = &stage.blocked {
+            let facts = rampart_policy::InspectionFacts {
+                file_type: Some(file_type),
+                verdicts: &verdicts,
+                dlp: &dlp,
+                direction: Some(rampart_policy::Direction::Download),
+                size: Some(size),
+            };
+            if let Some(blocked) = policy_blocks(state, &held, facts, &mut log) {
                 if let Some(j) = judgement {
                     log.record.inspection = Some(j.record);
                 }
-                return blocked_response(blocked, held.accept.as_ref(), Some(&held.url), log);
+                return blocked_response(&blocked, held.accept.as_ref(), Some(&held.url), log);
             }
             policy_decided = inspection::policy_decided_verdict(&log.record);
         }
@@ -217,29 +202,46 @@ pub async fn respond(
         .collect();
     let file_type = rampart_inspect::sniff(&head).name();
     log.record.file_type = Some(file_type);
-    if pending {
-        let stage = policy_stage::response_phase(
-            &state.policy,
-            &held.facts,
-            held.method,
-            held.path,
-            rampart_policy::InspectionFacts {
-                file_type: Some(file_type),
-                ..Default::default()
-            },
-            &mut log.record,
-        );
-        if let Some(blocked) = &stage.blocked {
-            return blocked_response(blocked, held.accept.as_ref(), Some(&held.url), log);
+    if pending && inspector.is_none() {
+        // Not scanned: the type is all the response phase will ever know.
+        let facts = rampart_policy::InspectionFacts {
+            file_type: Some(file_type),
+            direction: Some(rampart_policy::Direction::Download),
+            ..Default::default()
+        };
+        if let Some(blocked) = policy_blocks(state, &held, facts, &mut log) {
+            return blocked_response(&blocked, held.accept.as_ref(), Some(&held.url), log);
         }
     }
+    // Scanned while it streams: the response phase runs when the verdict is
+    // known, with every fact at once (BodyScan), and cuts the body if it blocks.
     match (scan, inspector) {
         (Some((session, name)), Some(inspector)) => {
-            let scan = BodyScan::new(inspector, session, name, hold_timeout);
+            let recheck = pending.then(|| PolicyRecheck::new(state, &held));
+            let scan = BodyScan::new(inspector, session, name, hold_timeout, recheck);
             Response::from_parts(parts, ProxyBody::scanned(prefix, body, scan, log))
         }
         _ => Response::from_parts(parts, ProxyBody::held(prefix, Some(body), log)),
     }
+}
+
+/// The response phase's policy decision with what is known of the body:
+/// the block, if a rule blocks.
+fn policy_blocks(
+    state: &GatewayState,
+    held: &HeldRequest<'_>,
+    inspection: rampart_policy::InspectionFacts<'_>,
+    log: &mut FlowLog,
+) -> Option<Blocked> {
+    policy_stage::response_phase(
+        &state.policy,
+        &held.facts,
+        held.method,
+        held.path,
+        inspection,
+        &mut log.record,
+    )
+    .blocked
 }
 
 fn sniff(prefix: &VecDeque<Bytes>) -> &'static str {

@@ -165,6 +165,71 @@ pin_project_lite::pin_project! {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What the response phase needs to decide a streamed body once its verdict is
+/// known: owned copies of the request's facts (the body outlives the handler).
+pub struct PolicyRecheck {
+    policy: Arc<rampart_policy::Policy>,
+    identity: rampart_policy::Identity,
+    process: Option<rampart_policy::Process>,
+    host: String,
+    dst_ip: Option<std::net::IpAddr>,
+    port: u16,
+    method: String,
+    path: String,
+}
+
+impl PolicyRecheck {
+    pub fn new(
+        state: &crate::state::GatewayState,
+        held: &crate::response_gate::HeldRequest<'_>,
+    ) -> PolicyRecheck {
+        PolicyRecheck {
+            policy: state.policy.clone(),
+            identity: held.facts.identity.clone(),
+            process: held.facts.process.cloned(),
+            host: held.facts.host.to_string(),
+            dst_ip: held.facts.dst_ip,
+            port: held.facts.port,
+            method: held.method.to_string(),
+            path: held.path.to_string(),
+        }
+    }
+
+    /// The response phase with the scan's facts; the rule's block, if any.
+    fn blocks(
+        &self,
+        record: &crate::inspection::InspectionRecord,
+        log: &mut FlowLog,
+    ) -> Option<crate::policy_stage::Blocked> {
+        let facts = crate::policy_stage::FlowFacts {
+            identity: &self.identity,
+            process: self.process.as_ref(),
+            host: &self.host,
+            dst_ip: self.dst_ip,
+            port: self.port,
+            last: rampart_policy::EvalPoint::Response,
+        };
+        let verdicts = record.verdict_names();
+        let dlp = record.dlp_profiles();
+        let inspection = rampart_policy::InspectionFacts {
+            file_type: Some(record.file_type),
+            verdicts: &verdicts,
+            dlp: &dlp,
+            direction: Some(rampart_policy::Direction::Download),
+            size: Some(record.size),
+        };
+        crate::policy_stage::response_phase(
+            &self.policy,
+            &facts,
+            &self.method,
+            &self.path,
+            inspection,
+            &mut log.record,
+        )
+        .blocked
+    }
+}
+
 /// The scan of a body too long to hold whole: every chunk is fed to the
 /// scanner as it passes, the last one is held until the verdict, and a body
 /// the verdict refuses is cut before it (never delivered as if clean).
@@ -177,6 +242,8 @@ pub struct BodyScan {
     finishing:
         Option<Pin<Box<dyn std::future::Future<Output = crate::inspection::Judgement> + Send>>>,
     done: bool,
+    /// Set when a policy rule waits for the response: it decides with the verdict.
+    recheck: Option<PolicyRecheck>,
 }
 
 impl BodyScan {
@@ -185,6 +252,7 @@ impl BodyScan {
         session: rampart_inspect::ScanSession,
         name: Option<String>,
         timeout: std::time::Duration,
+        recheck: Option<PolicyRecheck>,
     ) -> Box<BodyScan> {
         Box::new(BodyScan {
             inspector,
@@ -194,6 +262,7 @@ impl BodyScan {
             held_last: None,
             finishing: None,
             done: false,
+            recheck,
         })
     }
 
@@ -231,15 +300,27 @@ impl BodyScan {
                 }));
             }
             if let Some(finishing) = self.finishing.as_mut() {
-                let judgement = std::task::ready!(finishing.as_mut().poll(cx));
+                let mut judgement = std::task::ready!(finishing.as_mut().poll(cx));
                 self.finishing = None;
                 self.done = true;
                 if let Some(log) = log.as_mut() {
+                    let mut reason = crate::inspection::block_reason(&judgement.record);
+                    if let Some(recheck) = &self.recheck {
+                        match recheck.blocks(&judgement.record, log) {
+                            Some(blocked) => {
+                                judgement.block = true;
+                                reason = format!("blocked by rule \"{}\"", blocked.rule);
+                            }
+                            // A rule that allowed this verdict on purpose wins over the default.
+                            None if crate::inspection::policy_decided_verdict(&log.record) => {
+                                judgement.block = false;
+                            }
+                            None => {}
+                        }
+                    }
                     if judgement.block {
-                        log.record.error = Some(format!(
-                            "download cut before its last bytes: {}",
-                            crate::inspection::block_reason(&judgement.record)
-                        ));
+                        log.record.error =
+                            Some(format!("download cut before its last bytes: {reason}"));
                         log.metrics().error("inspection");
                     }
                     log.record.inspection = Some(judgement.record);
