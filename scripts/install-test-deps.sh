@@ -11,6 +11,7 @@
 #             tests in network namespaces)
 #   inspect   zip, p7zip-full, qpdf (encrypted fixtures), clamav-daemon (INSTREAM)
 #   build     build-essential, pkg-config (crates that build C), python3-venv
+#   console   chromium (driven by Playwright from the venv; never `playwright install`)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 packages=(
@@ -24,6 +25,8 @@ packages=(
   zip unzip p7zip-full qpdf clamav-daemon
   # build
   build-essential pkg-config
+  # console
+  chromium
 )
 need_apt=()
 for pkg in "${packages[@]}"; do
@@ -45,7 +48,7 @@ pkill -x freshclam 2>/dev/null || true
 # PyPI packages for tests, in a venv of our own (tests look for it at
 # $RAMPART_TEST_VENV or /opt/rampart-test-venv).
 venv=${RAMPART_TEST_VENV:-/opt/rampart-test-venv}
-pypi=(msoffcrypto-tool)
+pypi=(msoffcrypto-tool playwright)
 if [[ ! -x "$venv/bin/python" ]]; then
   /usr/bin/python3 -m venv "$venv"
 fi

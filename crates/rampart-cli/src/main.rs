@@ -64,6 +64,8 @@ enum Command {
     Device(cmd::device::DeviceArgs),
     /// Endpoint isolation: check an exception file.
     Isolation(cmd::isolation::IsolationArgs),
+    /// Web console accounts: add, list, remove.
+    User(cmd::user::UserArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => cmd::agent::run(args),
         Command::Device(args) => cmd::device::run(args),
         Command::Isolation(args) => cmd::isolation::run(args),
+        Command::User(args) => cmd::user::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod devices;
 pub mod isolation;
 pub mod reload;

@@ -88,7 +88,13 @@ pub async fn run(
     .merge(api::policy::router(api::policy::PolicyApiState {
         reloader: reloader.clone(),
         admin_token: admin_token.into(),
-    }));
+    }))
+    .merge(crate::console::router(crate::console::ConsoleState::new(
+        &config.data_dir,
+        reloader.clone(),
+        handle.clone(),
+        false,
+    )));
     let (api, _tunnel_task) = match tunnel {
         Some(tunnel) => {
             let devices = api::devices::router(tunnel.api_state());

@@ -1,0 +1,234 @@
+//! Shared by the console tests: a server with events made by real proxied
+//! curl requests, console users made with `rampart user add`, and a curl
+//! client with a cookie jar.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::support::origin::Origin;
+use super::support::{curl, eventually, rampart_bin, Rampart};
+
+pub const POLICY: &str = r#"
+[lists]
+blocked = ["blocked.test"]
+watched = ["watched.test"]
+
+[[access]]
+id = "block-list"
+name = "blocked hosts"
+when = { lists = ["blocked"] }
+action = "block"
+
+[[access]]
+id = "watch-list"
+name = "watched hosts"
+when = { lists = ["watched"] }
+action = "alert"
+"#;
+
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+pub const ANALYST_PASSWORD: &str = "analyst-password-1";
+
+/// A server whose store holds an allowed, a blocked and an alerted request
+/// (made with curl through its proxy), and an admin and an analyst.
+pub struct Console {
+    pub server: Rampart,
+    pub _origin: Origin,
+    pub _dir: tempfile::TempDir,
+}
+
+impl Console {
+    pub fn start() -> Console {
+        let origin = Origin::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(&policy, POLICY).expect("write policy");
+        let server = Rampart::start(&format!(
+            "policy = {:?}\n[proxy]\nallow_loopback_destinations = true\n[resolve]\n\"ok.test\" = \"127.0.0.1\"\n\"blocked.test\" = \"127.0.0.1\"\n\"watched.test\" = \"127.0.0.1\"\n",
+            policy.display().to_string()
+        ));
+        let port = origin.port();
+        for host in ["ok.test", "blocked.test", "watched.test"] {
+            curl(
+                &server.proxy_url(),
+                &[&format!("http://{host}:{port}/hello")],
+            );
+        }
+        assert!(
+            eventually(Duration::from_secs(10), || server
+                .search_events("", "json")
+                .len()
+                >= 4),
+            "the proxied requests never reached the store: {:?}",
+            server.search_events("", "json")
+        );
+        let console = Console {
+            server,
+            _origin: origin,
+            _dir: dir,
+        };
+        console.add_user("root", "admin", ADMIN_PASSWORD);
+        console.add_user("ana", "analyst", ANALYST_PASSWORD);
+        console
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.server.api)
+    }
+
+    /// `rampart user add NAME --role ROLE` with the password on stdin.
+    pub fn add_user(&self, name: &str, role: &str, password: &str) {
+        let out = self.user_cmd(&["add", name, "--role", role], Some(password));
+        assert!(
+            out.status.success(),
+            "user add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn user_cmd(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let data = self.server.data_dir();
+        let mut child = Command::new(rampart_bin())
+            .arg("user")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rampart user");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin");
+            writeln!(pipe, "{input}").expect("write password");
+        }
+        child.wait_with_output().expect("rampart user")
+    }
+}
+
+/// One HTTP response as curl saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Vec<String> {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        self.headers
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with(&prefix))
+            .map(|l| l[prefix.len()..].trim().to_string())
+            .collect()
+    }
+
+    /// The value of the first `name="csrf"` hidden field.
+    pub fn csrf(&self) -> String {
+        let marker = "name=\"csrf\" value=\"";
+        let start = self
+            .body
+            .find(marker)
+            .unwrap_or_else(|| panic!("no csrf field in {}", self.body))
+            + marker.len();
+        let end = self.body[start..].find('"').expect("closing quote") + start;
+        self.body[start..end].to_string()
+    }
+}
+
+/// curl with its own cookie jar: a browser-like session, without redirects followed.
+pub struct Client {
+    base: String,
+    jar: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Client {
+            base: base.to_string(),
+            jar: dir.path().join("cookies"),
+            _dir: dir,
+        }
+    }
+
+    fn exchange(&self, args: &[&str]) -> Reply {
+        let out = Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "30", "-b"])
+            .arg(&self.jar)
+            .arg("-c")
+            .arg(&self.jar)
+            .args(args)
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no status in {text:?} ({})",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        Reply {
+            status,
+            headers: head.to_string(),
+            body: body.to_string(),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.exchange(&[&format!("{}{path}", self.base)])
+    }
+
+    /// GET with query parameters URL-encoded by curl.
+    pub fn get_query(&self, path: &str, params: &[(&str, &str)]) -> Reply {
+        let mut args = vec!["-G".to_string()];
+        for (k, v) in params {
+            args.push("--data-urlencode".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.push(format!("{}{path}", self.base));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.exchange(&refs)
+    }
+
+    /// A form POST (application/x-www-form-urlencoded).
+    pub fn post(&self, path: &str, form: &[(&str, &str)]) -> Reply {
+        let mut args = vec!["-X".to_string(), "POST".to_string()];
+        for (k, v) in form {
+            args.push("--data-urlencode".into());
+            args.push(format!("{k}={v}"));
+        }
+        if form.is_empty() {
+            args.push("-d".into());
+            args.push(String::new());
+        }
+        args.push(format!("{}{path}", self.base));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.exchange(&refs)
+    }
+
+    /// The login form, then the POST with its CSRF token.
+    pub fn login(&self, user: &str, password: &str) -> Reply {
+        let form = self.get("/login");
+        assert_eq!(form.status, 200, "{form:?}");
+        let csrf = form.csrf();
+        self.post(
+            "/login",
+            &[
+                ("username", user),
+                ("password", password),
+                ("csrf", &csrf),
+                ("next", "/events"),
+            ],
+        )
+    }
+}

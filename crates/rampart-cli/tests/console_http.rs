@@ -1,0 +1,257 @@
+//! The web console over HTTP with curl: who may see what, cookies, CSRF,
+//! login rate limiting, the events pages and export, the audit log.
+
+#[path = "console/common.rs"]
+mod common;
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{Client, Console, ADMIN_PASSWORD, ANALYST_PASSWORD};
+
+#[test]
+fn pages_without_a_session_redirect_to_login_and_assets_do_not() {
+    let c = Console::start();
+    let anon = Client::new(&c.base());
+    for path in [
+        "/",
+        "/events",
+        "/alerts",
+        "/policy",
+        "/events/export?format=csv",
+    ] {
+        let r = anon.get(path);
+        if path == "/" {
+            // `/` forwards to /events, which then asks for a login.
+            assert_eq!(r.status, 303, "{path}: {r:?}");
+            continue;
+        }
+        assert_eq!(r.status, 303, "{path}: {r:?}");
+        let location = r.header("location").join("");
+        assert!(location.starts_with("/login?next="), "{path}: {location}");
+    }
+    assert_eq!(anon.get("/assets/console.css").status, 200);
+    assert_eq!(anon.get("/login").status, 200);
+    // The JSON API keeps its own bearer-token rule.
+    assert_eq!(anon.get("/api/v1/events").status, 401);
+}
+
+#[test]
+fn login_sets_a_strict_httponly_session_cookie_and_the_search_shows_the_blocked_request() {
+    let c = Console::start();
+    let admin = Client::new(&c.base());
+    let r = admin.login("root", ADMIN_PASSWORD);
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(r.header("location"), vec!["/events".to_string()]);
+    let cookie = r
+        .header("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("rampart_session="))
+        .expect("session cookie");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    // Served over plain HTTP here: `Secure` would make browsers drop it.
+    assert!(!cookie.contains("Secure"), "{cookie}");
+
+    let page = admin.get_query("/events", &[("q", "action = block"), ("range", "1h")]);
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("blocked.test"), "{}", page.body);
+    assert!(page.body.contains("blocked hosts"), "{}", page.body);
+    assert!(!page.body.contains("ok.test"), "{}", page.body);
+
+    let alerts = admin.get("/alerts?range=1h");
+    assert!(alerts.body.contains("watched.test"), "{}", alerts.body);
+    assert!(!alerts.body.contains("blocked.test"), "{}", alerts.body);
+}
+
+#[test]
+fn a_query_error_is_shown_with_a_caret_under_the_column() {
+    let c = Console::start();
+    let admin = Client::new(&c.base());
+    admin.login("root", ADMIN_PASSWORD);
+    let r = admin.get_query("/events", &[("q", "user = alice and")]);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("<pre class=\"error\""), "{}", r.body);
+    assert!(r.body.contains("  user = alice and\n"), "{}", r.body);
+    assert!(r.body.contains('^'), "{}", r.body);
+}
+
+#[test]
+fn event_detail_has_the_ocsf_record_and_search_links_and_html_is_escaped() {
+    let c = Console::start();
+    let admin = Client::new(&c.base());
+    admin.login("root", ADMIN_PASSWORD);
+    let blocked = c.server.search_events("action = block", "json");
+    let id = blocked[0]["id"].as_str().expect("event id").to_string();
+    let r = admin.get(&format!("/events/{id}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("OCSF record"), "{}", r.body);
+    assert!(r.body.contains("&quot;class_uid&quot;: 4002"), "{}", r.body);
+    assert!(r.body.contains("search for this value"), "{}", r.body);
+    assert!(
+        r.body.contains("host%20%3D%20%22blocked.test%22"),
+        "{}",
+        r.body
+    );
+    assert_eq!(admin.get("/events/no-such-id").status, 404);
+    // A query echoed back is escaped, never markup.
+    let r = admin.get_query("/events", &[("q", "host = \"<script>x</script>\"")]);
+    assert!(!r.body.contains("<script>x"), "{}", r.body);
+    assert!(r.body.contains("&lt;script&gt;x"), "{}", r.body);
+}
+
+#[test]
+fn export_gives_ndjson_ocsf_documents_and_csv_with_a_header() {
+    let c = Console::start();
+    let admin = Client::new(&c.base());
+    admin.login("root", ADMIN_PASSWORD);
+    let nd = admin.get_query(
+        "/events/export",
+        &[("q", "action = block"), ("format", "ndjson")],
+    );
+    assert_eq!(nd.status, 200, "{nd:?}");
+    let lines: Vec<serde_json::Value> = nd
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one OCSF document a line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", nd.body);
+    assert_eq!(lines[0]["class_uid"], 4002);
+    let csv = admin.get_query("/events/export", &[("q", ""), ("format", "csv")]);
+    assert_eq!(csv.status, 200);
+    assert!(csv
+        .header("content-disposition")
+        .join("")
+        .contains("events.csv"));
+    let mut rows = csv.body.lines();
+    assert!(
+        rows.next().unwrap_or("").starts_with("time,"),
+        "{}",
+        csv.body
+    );
+    assert!(rows.count() >= 4, "{}", csv.body);
+}
+
+#[test]
+fn forms_without_their_csrf_token_are_refused_403() {
+    let c = Console::start();
+    // Login without the double-submit token.
+    let anon = Client::new(&c.base());
+    let r = anon.post(
+        "/login",
+        &[("username", "root"), ("password", ADMIN_PASSWORD)],
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    let admin = Client::new(&c.base());
+    assert_eq!(admin.login("root", ADMIN_PASSWORD).status, 303);
+    assert_eq!(admin.post("/policy/reload", &[]).status, 403);
+    assert_eq!(
+        admin.post("/policy/reload", &[("csrf", "forged")]).status,
+        403
+    );
+    assert_eq!(admin.post("/logout", &[]).status, 403);
+    // Still logged in: the refused logout did nothing.
+    assert_eq!(admin.get("/events").status, 200);
+}
+
+#[test]
+fn an_analyst_reads_but_cannot_reload_the_policy_and_an_admin_reload_is_audited() {
+    let c = Console::start();
+    let analyst = Client::new(&c.base());
+    assert_eq!(analyst.login("ana", ANALYST_PASSWORD).status, 303);
+    let page = analyst.get("/policy");
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("Reload policy"), "{}", page.body);
+    let csrf = page.csrf();
+    let r = analyst.post("/policy/reload", &[("csrf", &csrf)]);
+    assert_eq!(r.status, 403, "{r:?}");
+
+    let admin = Client::new(&c.base());
+    admin.login("root", ADMIN_PASSWORD);
+    let page = admin.get("/policy");
+    assert!(page.body.contains("Reload policy"), "{}", page.body);
+    let r = admin.post("/policy/reload", &[("csrf", &page.csrf())]);
+    assert_eq!(r.status, 303, "{r:?}");
+    assert!(
+        r.header("location").join("").contains("reloaded=applied"),
+        "{r:?}"
+    );
+
+    let audit_path = c.server.data_dir().join("console-audit.ndjson");
+    let audit = std::fs::read_to_string(&audit_path).expect("audit log");
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert!(
+        records.iter().any(|r| r["user"] == "root"
+            && r["action"] == "policy.reload"
+            && r["outcome"] == "applied"),
+        "{audit}"
+    );
+    assert!(
+        records.iter().any(|r| r["user"] == "ana"
+            && r["action"] == "policy.reload"
+            && r["outcome"] == "denied"),
+        "{audit}"
+    );
+    let mode = std::fs::metadata(&audit_path)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn repeated_wrong_passwords_lock_the_user_out_even_with_the_right_one() {
+    let c = Console::start();
+    let guesser = Client::new(&c.base());
+    for _ in 0..5 {
+        let r = guesser.login("root", "wrong-password");
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+    let r = guesser.login("root", ADMIN_PASSWORD);
+    assert_eq!(r.status, 429, "{r:?}");
+    assert!(!r.header("retry-after").is_empty(), "{r:?}");
+    // Another user from the same source is not locked out by root's failures.
+    assert_eq!(
+        Client::new(&c.base()).login("ana", ANALYST_PASSWORD).status,
+        303
+    );
+}
+
+#[test]
+fn logout_ends_the_session_and_a_removed_user_is_out_at_the_next_request() {
+    let c = Console::start();
+    let admin = Client::new(&c.base());
+    admin.login("root", ADMIN_PASSWORD);
+    let page = admin.get("/events");
+    assert_eq!(page.status, 200);
+    let r = admin.post("/logout", &[("csrf", &page.csrf())]);
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(admin.get("/events").status, 303);
+
+    let analyst = Client::new(&c.base());
+    analyst.login("ana", ANALYST_PASSWORD);
+    assert_eq!(analyst.get("/events").status, 200);
+    let out = c.user_cmd(&["remove", "ana"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(analyst.get("/events").status, 303);
+
+    let users = c.server.data_dir().join("console-users.json");
+    let mode = std::fs::metadata(&users)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let list = c.user_cmd(&["list"], None);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("root") && text.contains("admin") && !text.contains("ana "),
+        "{text}"
+    );
+}

@@ -1,0 +1,423 @@
+//! Event search (the CLI's query language), the event detail with the full
+//! OCSF record, alerts, and export as NDJSON or CSV.
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use maud::{html, Markup};
+use rampart_events::field::Field;
+use rampart_events::render::{flat_json, ocsf_line, table_time};
+use rampart_events::store::Cursor;
+use rampart_events::{parse_query, Event, EventsError, Query as EventQuery, SearchRequest};
+use serde::Deserialize;
+
+use super::auth::{urlencode, Viewer};
+use super::layout;
+use super::ConsoleState;
+
+/// Rows per page.
+const PAGE: usize = 50;
+/// Most events one export returns.
+const EXPORT_MAX: usize = 10_000;
+/// The time ranges of the picker, the first is the default.
+const RANGES: [(&str, i64); 4] = [
+    ("24h", 24 * 3600_000),
+    ("15m", 15 * 60_000),
+    ("1h", 3600_000),
+    ("7d", 7 * 24 * 3600_000),
+];
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SearchParams {
+    #[serde(default)]
+    q: String,
+    range: Option<String>,
+    cursor: Option<String>,
+    format: Option<String>,
+}
+
+impl SearchParams {
+    fn range(&self) -> (&'static str, i64) {
+        RANGES
+            .into_iter()
+            .find(|(name, _)| Some(*name) == self.range.as_deref())
+            .unwrap_or(RANGES[0])
+    }
+}
+
+/// A link to the search for `q` over `range`.
+pub fn search_href(q: &str, range: &str) -> String {
+    format!("/events?q={}&range={}", urlencode(q), urlencode(range))
+}
+
+/// `field = "value"` (numbers bare), quoted as the query language reads it.
+fn clause(field: &str, value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Number(n) => format!("{field} = {n}"),
+        other => {
+            let text = other
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| other.to_string());
+            format!(
+                "{field} = \"{}\"",
+                text.replace('\\', "\\\\").replace('"', "\\\"")
+            )
+        }
+    }
+}
+
+enum Outcome {
+    Page(Vec<Event>, Option<String>),
+    QueryError(String),
+    Failed(String),
+}
+
+async fn run_search(
+    state: &ConsoleState,
+    q: &str,
+    forced: Option<&str>,
+    range_ms: i64,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Outcome {
+    let mut query: EventQuery = match parse_query(q) {
+        Ok(query) => query,
+        Err(e) => return Outcome::QueryError(e.render(q)),
+    };
+    if let Some(extra) = forced {
+        match parse_query(extra) {
+            Ok(extra) => {
+                query.expr = match (extra.expr, query.expr) {
+                    (Some(a), Some(b)) => {
+                        Some(rampart_events::query::Expr::And(Box::new(a), Box::new(b)))
+                    }
+                    (a, b) => a.or(b),
+                }
+            }
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+    }
+    let cursor = match cursor
+        .filter(|c| !c.is_empty())
+        .map(Cursor::parse)
+        .transpose()
+    {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let req = SearchRequest {
+        query,
+        from_ms: Some(rampart_events::now_ms() - range_ms),
+        to_ms: None,
+        limit,
+        cursor,
+    };
+    match state.with_reader(move |r| r.search(&req)).await {
+        Ok(page) => Outcome::Page(page.events, page.next_cursor),
+        Err(EventsError::NoStore(_)) => Outcome::Page(Vec::new(), None),
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+fn host_or_url(e: &Event) -> String {
+    e.url()
+        .or_else(|| e.host())
+        .map(str::to_string)
+        .or_else(|| e.message.clone())
+        .unwrap_or_default()
+}
+
+fn results_table(events: &[Event], range: &str) -> Markup {
+    html! {
+        table {
+            thead { tr { th { "Time (UTC)" } th { "Type" } th { "Action" } th { "User" } th { "Device" } th { "Host / URL" } th { "Rule" } } }
+            tbody {
+                @for e in events {
+                    @let action = Field::Action.text(e).unwrap_or_default();
+                    tr class=(if action == "block" { "block" } else { "" }) {
+                        td { a href=(format!("/events/{}", e.id())) { (table_time(e.time)) } }
+                        td { (Field::Type.text(e).unwrap_or_default()) }
+                        td { (action) }
+                        td { @if let Some(u) = e.user_name() { a href=(search_href(&clause("user", &u.into()), range)) { (u) } } }
+                        td { @if let Some(d) = e.device_name() { a href=(search_href(&clause("device", &d.into()), range)) { (d) } } }
+                        td.wrap { (host_or_url(e)) }
+                        td { (Field::Rule.text(e).unwrap_or_default()) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn search_form(action: &str, q: &str, range: &str, placeholder: &str) -> Markup {
+    html! {
+        form.search method="get" action=(action) role="search" {
+            label { "Query"
+                input name="q" value=(q) placeholder=(placeholder) aria-label="Query" spellcheck="false";
+            }
+            label { "Range"
+                select name="range" {
+                    @for (name, _) in ["15m", "1h", "24h", "7d"].map(|n| (n, ())) {
+                        option value=(name) selected[name == range] { (name) }
+                    }
+                }
+            }
+            button type="submit" { "Search" }
+        }
+    }
+}
+
+async fn list_page(state: ConsoleState, viewer: Viewer, p: SearchParams, alerts: bool) -> Response {
+    let (range, range_ms) = p.range();
+    let (path, title, forced) = if alerts {
+        ("/alerts", "Alerts", Some("type = alert"))
+    } else {
+        ("/events", "Events", None)
+    };
+    let outcome = run_search(&state, &p.q, forced, range_ms, p.cursor.as_deref(), PAGE).await;
+    let status = match outcome {
+        Outcome::Page(..) => StatusCode::OK,
+        Outcome::QueryError(_) => StatusCode::BAD_REQUEST,
+        Outcome::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = html! {
+        h1 { (title) }
+        (search_form(path, &p.q, range, "user = alice and action = block"))
+        @match &outcome {
+            Outcome::QueryError(text) => pre.error role="alert" { (text) },
+            Outcome::Failed(text) => p.error role="alert" { "Search failed: " (text) },
+            Outcome::Page(events, next) => {
+                p.muted {
+                    (events.len()) " events"
+                    @if p.cursor.is_some() { " (older page)" }
+                    " · export "
+                    a href=(format!("/events/export?q={}&range={}&format=ndjson", urlencode(&combined(&p.q, forced)), range)) { "NDJSON" }
+                    " "
+                    a href=(format!("/events/export?q={}&range={}&format=csv", urlencode(&combined(&p.q, forced)), range)) { "CSV" }
+                }
+                @if events.is_empty() {
+                    p { "No events match in the last " (range) "." }
+                } @else {
+                    (results_table(events, range))
+                }
+                div.pager {
+                    @if p.cursor.is_some() {
+                        a href=(format!("{path}?q={}&range={range}", urlencode(&p.q))) { "Newest" }
+                    }
+                    @if let Some(next) = next {
+                        a href=(format!("{path}?q={}&range={range}&cursor={}", urlencode(&p.q), urlencode(next))) rel="next" { "Older →" }
+                    }
+                }
+            }
+        }
+    };
+    (status, layout::page(title, &viewer, path, body)).into_response()
+}
+
+fn combined(q: &str, forced: Option<&str>) -> String {
+    match (forced, q.trim().is_empty()) {
+        (Some(f), true) => f.to_string(),
+        (Some(f), false) => format!("{f} and ({q})"),
+        (None, _) => q.to_string(),
+    }
+}
+
+pub async fn search_page(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    Query(p): Query<SearchParams>,
+) -> Response {
+    list_page(state, viewer, p, false).await
+}
+
+pub async fn alerts_page(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    Query(p): Query<SearchParams>,
+) -> Response {
+    list_page(state, viewer, p, true).await
+}
+
+pub async fn detail_page(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let wanted = id.clone();
+    let found = state.with_reader(move |r| r.get(&wanted)).await;
+    let event = match found {
+        Ok(Some(e)) => e,
+        Ok(None) | Err(EventsError::NoStore(_)) => {
+            let body =
+                html! { h1 { "No such event" } p { "No event has the id " code { (id) } "." } };
+            return (
+                StatusCode::NOT_FOUND,
+                layout::page("Event", &viewer, "/events", body),
+            )
+                .into_response();
+        }
+        Err(e) => {
+            let body =
+                html! { h1 { "Event" } p.error { "Reading the event failed: " (e.to_string()) } };
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                layout::page("Event", &viewer, "/events", body),
+            )
+                .into_response();
+        }
+    };
+    let flat = flat_json(&event);
+    let ocsf = serde_json::to_string_pretty(&event).unwrap_or_default();
+    let body = html! {
+        h1 { "Event " code { (event.id().to_string()) } }
+        p { a href="/events" { "← Events" } }
+        h2 { "Fields" }
+        dl.kv {
+            @if let serde_json::Value::Object(map) = &flat {
+                @for (k, v) in map {
+                    dt { (k) }
+                    dd {
+                        @let text = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                        (text) " "
+                        @if k != "time" && k != "message" && Field::parse(k).is_some() {
+                            a.search-value href=(search_href(&clause(k, v), "7d")) title=(format!("Search for {k} = this value")) { "search for this value" }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "OCSF record" }
+        pre.ocsf { (ocsf) }
+    };
+    layout::page("Event", &viewer, "/events", body).into_response()
+}
+
+/// The result of a search as a file: NDJSON (one OCSF document a line) or
+/// CSV (the flat fields), at most `EXPORT_MAX` events, newest first.
+pub async fn export(
+    State(state): State<ConsoleState>,
+    _viewer: Viewer,
+    Query(p): Query<SearchParams>,
+) -> Response {
+    let (_, range_ms) = p.range();
+    let csv = match p.format.as_deref() {
+        Some("csv") => true,
+        Some("ndjson") | None => false,
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown export format {other:?}: use ndjson or csv\n"),
+            )
+                .into_response()
+        }
+    };
+    let mut events = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        match run_search(&state, &p.q, None, range_ms, cursor.as_deref(), 1000).await {
+            Outcome::Page(mut page, next) => {
+                events.append(&mut page);
+                match next {
+                    Some(n) if events.len() < EXPORT_MAX => cursor = Some(n),
+                    _ => break,
+                }
+            }
+            Outcome::QueryError(text) => {
+                return (StatusCode::BAD_REQUEST, format!("{text}\n")).into_response()
+            }
+            Outcome::Failed(text) => {
+                return (StatusCode::INTERNAL_SERVER_ERROR, format!("{text}\n")).into_response()
+            }
+        }
+    }
+    events.truncate(EXPORT_MAX);
+    let (body, content_type, name) = if csv {
+        (csv_text(&events), "text/csv; charset=utf-8", "events.csv")
+    } else {
+        let mut out = String::new();
+        for e in &events {
+            out.push_str(&ocsf_line(e));
+            out.push('\n');
+        }
+        (out, "application/x-ndjson", "events.ndjson")
+    };
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn csv_text(events: &[Event]) -> String {
+    let fields: Vec<Field> = Field::ALL
+        .into_iter()
+        .filter(|f| *f != Field::Reporter)
+        .collect();
+    let mut out = String::from("time");
+    for f in &fields {
+        out.push(',');
+        out.push_str(f.name());
+    }
+    out.push('\n');
+    for e in events {
+        let flat = flat_json(e);
+        out.push_str(&csv_cell(flat["time"].as_str().unwrap_or("")));
+        for f in &fields {
+            out.push(',');
+            let v = &flat[f.name()];
+            let text = match v {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out.push_str(&csv_cell(&text));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// RFC 4180 quoting; a leading `=`, `+`, `-` or `@` gets a `'` so a
+/// spreadsheet never runs a logged URL as a formula.
+fn csv_cell(text: &str) -> String {
+    let guarded = if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    };
+    if guarded.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", guarded.replace('"', "\"\""))
+    } else {
+        guarded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clause_quotes_the_way_the_query_language_reads() {
+        let c = clause("host", &serde_json::Value::from("a\"b"));
+        assert_eq!(c, "host = \"a\\\"b\"");
+        assert!(parse_query(&c).is_ok());
+        assert_eq!(
+            clause("status", &serde_json::Value::from(403)),
+            "status = 403"
+        );
+    }
+
+    #[test]
+    fn csv_cells_are_quoted_and_formulas_defused() {
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("=cmd()"), "'=cmd()");
+    }
+}

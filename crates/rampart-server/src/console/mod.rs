@@ -1,0 +1,144 @@
+//! The web console, served on the API listener at `/`: server-rendered HTML
+//! (maud), one embedded CSS file and a few lines of embedded JS, local
+//! accounts with roles, server-side sessions and CSRF tokens.
+//!
+//! Mounted by the server next to the JSON API:
+//!
+//! ```ignore
+//! let app = api.merge(console::router(console::ConsoleState::new(&data_dir, events_reader, reloader, gateway)));
+//! ```
+
+pub mod auth;
+pub mod events;
+pub mod layout;
+pub mod policy;
+pub mod session;
+pub mod users;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use rampart_events::{EventsError, StoreReader};
+
+use crate::reload::Reloader;
+use session::{AuditLog, LoginLimiter, Sessions};
+use users::UserStore;
+
+/// How long a session lasts from login.
+pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// What the console's handlers share.
+#[derive(Clone)]
+pub struct ConsoleState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    users: UserStore,
+    sessions: Sessions,
+    limiter: LoginLimiter,
+    audit: AuditLog,
+    db: PathBuf,
+    readers: Mutex<Vec<StoreReader>>,
+    reloader: Arc<Reloader>,
+    gateway: rampart_gateway::GatewayHandle,
+    /// Cookies get `Secure` when the console is served over TLS.
+    secure_cookies: bool,
+}
+
+impl ConsoleState {
+    pub fn new(
+        data_dir: &Path,
+        reloader: Arc<Reloader>,
+        gateway: rampart_gateway::GatewayHandle,
+        secure_cookies: bool,
+    ) -> ConsoleState {
+        ConsoleState {
+            inner: Arc::new(Inner {
+                users: UserStore::new(data_dir),
+                sessions: Sessions::new(SESSION_TTL),
+                // 5 failures per user and 20 per source in 15 minutes.
+                limiter: LoginLimiter::new(Duration::from_secs(15 * 60), 20, 5),
+                audit: AuditLog::new(data_dir),
+                db: rampart_events::db_path(data_dir),
+                readers: Mutex::new(Vec::new()),
+                reloader,
+                gateway,
+                secure_cookies,
+            }),
+        }
+    }
+
+    /// Runs `f` with a pooled store reader on the blocking pool.
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&StoreReader) -> Result<T, EventsError> + Send + 'static,
+    ) -> Result<T, EventsError> {
+        let inner = self.inner.clone();
+        let db = inner.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().ok().and_then(|mut p| p.pop());
+            let reader = match pooled {
+                Some(r) => r,
+                None => StoreReader::open(&inner.db)?,
+            };
+            let result = f(&reader);
+            if let Ok(mut pool) = inner.readers.lock() {
+                if pool.len() < 4 {
+                    pool.push(reader);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| EventsError::Io {
+            path: db,
+            source: std::io::Error::other(e.to_string()),
+        })?
+    }
+}
+
+/// The console's routes. Every page but `/login` and the assets needs a session.
+pub fn router(state: ConsoleState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/events") }))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/events", get(events::search_page))
+        .route("/events/export", get(events::export))
+        .route("/events/{id}", get(events::detail_page))
+        .route("/alerts", get(events::alerts_page))
+        .route("/policy", get(policy::policy_page))
+        .route("/policy/reload", post(policy::reload))
+        .route("/assets/console.css", get(css))
+        .route("/assets/console.js", get(js))
+        .with_state(state)
+}
+
+const CSS: &str = include_str!("assets/console.css");
+const JS: &str = include_str!("assets/console.js");
+
+async fn css() -> Response {
+    asset(CSS, "text/css; charset=utf-8")
+}
+
+async fn js() -> Response {
+    asset(JS, "text/javascript; charset=utf-8")
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
