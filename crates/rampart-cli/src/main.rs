@@ -66,6 +66,9 @@ enum Command {
     Isolation(cmd::isolation::IsolationArgs),
     /// Web console accounts: add, list, remove.
     User(cmd::user::UserArgs),
+    /// A demo origin on this machine (HTTP and HTTPS, its own CA) and the demo.toml
+    /// that makes the server reach and trust it: the README tour, offline.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Device(args) => cmd::device::run(args),
         Command::Isolation(args) => cmd::isolation::run(args),
         Command::User(args) => cmd::user::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(code) => code,
@@ -104,7 +108,7 @@ impl Command {
     fn is_long_running(&self) -> bool {
         matches!(
             self,
-            Command::Server(_) | Command::Gateway(_) | Command::Agent(_)
+            Command::Server(_) | Command::Gateway(_) | Command::Agent(_) | Command::Demo(_)
         )
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod demo;
 pub mod console;
 pub mod devices;
 pub mod isolation;

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod agent;
 pub mod ca;
+pub mod demo;
 pub mod device;
 pub mod events;
 pub mod hash_password;
