@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Shared by the console tests: a server with events made by real proxied
 //! curl requests, console users made with `rampart user add`, and a curl
 //! client with a cookie jar.

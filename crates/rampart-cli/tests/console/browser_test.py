@@ -1,0 +1,122 @@
+"""The web console in a real headless Chromium (Debian's), driven by Playwright.
+
+Run by console_browser.rs against a live `rampart server`:
+    python browser_test.py BASE_URL OUT_DIR ADMIN_PASSWORD ANALYST_PASSWORD
+Exit status 0 when every check passed; screenshots of each page in OUT_DIR.
+Never downloads a browser: it launches /usr/bin/chromium.
+"""
+
+import os
+import re
+import sys
+
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def shot(page, out, name):
+    path = os.path.join(out, f"{name}.png")
+    page.screenshot(path=path, full_page=True)
+    print(f"screenshot {path}")
+
+
+def login(page, base, user, password):
+    page.goto(f"{base}/login")
+    page.get_by_label("User").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(re.compile(r"/events"))
+
+
+def logout(page):
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/login$"))
+
+
+def main():
+    base, out, admin_pw, analyst_pw = sys.argv[1:5]
+    os.makedirs(out, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+
+        # No session: any page goes to the login form.
+        page.goto(f"{base}/events")
+        expect(page).to_have_url(re.compile(r"/login\?next=%2Fevents"))
+        shot(page, out, "01-login")
+
+        # Log in, search with the keyboard ("/" focuses the box), check the rows.
+        login(page, base, "root", admin_pw)
+        page.keyboard.press("/")
+        expect(page.locator("input[name=q]")).to_be_focused()
+        page.keyboard.type("action = block")
+        page.keyboard.press("Enter")
+        rows = page.locator("main table tbody tr")
+        expect(rows).to_have_count(1)
+        expect(rows.first).to_contain_text("blocked.test")
+        expect(rows.first).to_contain_text("blocked hosts")
+        shot(page, out, "02-events-search")
+
+        # A bad query shows the caret.
+        page.locator("input[name=q]").fill("user = alice and")
+        page.locator("input[name=q]").press("Enter")
+        expect(page.locator("pre.error")).to_contain_text("^")
+        shot(page, out, "03-query-error")
+
+        # Detail of the blocked request, with its OCSF record and a value search.
+        page.goto(f"{base}/events?q=action+%3D+block")
+        page.locator("main table tbody tr a").first.click()
+        expect(page.locator("pre.ocsf")).to_contain_text('"class_uid": 4002')
+        shot(page, out, "04-event-detail")
+        page.get_by_title("Search for host = this value").click()
+        expect(page.locator("main table tbody tr").first).to_contain_text("blocked.test")
+
+        # Alerts.
+        page.get_by_role("link", name="Alerts").click()
+        expect(page.locator("main table tbody tr").first).to_contain_text("watched.test")
+        shot(page, out, "05-alerts")
+
+        # Explain, the same text as `rampart policy explain`.
+        page.get_by_role("link", name="Policy").click()
+        page.get_by_label("URL").fill("http://blocked.test/")
+        page.get_by_label("User", exact=True).fill("alice")
+        page.get_by_role("button", name="Explain").click()
+        expect(page.locator("pre.explain")).to_contain_text("blocked hosts")
+        expect(page.get_by_role("button", name="Reload policy")).to_be_visible()
+        shot(page, out, "06-policy-explain")
+
+        # A state-changing form posted without its CSRF token is refused.
+        refused = context.request.post(f"{base}/policy/reload", form={"x": "1"}, max_redirects=0)
+        assert refused.status == 403, f"reload without CSRF token: {refused.status}"
+        logout(page)
+
+        # The analyst reads but has no admin action, and posting one is refused.
+        login(page, base, "ana", analyst_pw)
+        page.goto(f"{base}/policy")
+        expect(page.get_by_role("button", name="Reload policy")).to_have_count(0)
+        token = page.locator("input[name=csrf]").first.get_attribute("value")
+        denied = context.request.post(f"{base}/policy/reload", form={"csrf": token}, max_redirects=0)
+        assert denied.status == 403, f"analyst reload: {denied.status}"
+        shot(page, out, "07-policy-analyst")
+        logout(page)
+
+        # After logout the pages are closed again.
+        page.goto(f"{base}/alerts")
+        expect(page).to_have_url(re.compile(r"/login\?next="))
+        browser.close()
+    print("console browser checks passed")
+
+
+if __name__ == "__main__":
+    main()
