@@ -418,9 +418,9 @@ fn a_revoked_device_cannot_open_the_tunnel_and_the_agent_fails_closed() {
 }
 
 #[test]
-fn a_revoked_device_cannot_open_the_tunnel_and_the_agent_fails_open() {
+fn a_revoked_device_in_fail_open_mode_fails_closed_and_never_reaches_the_origin_directly() {
     revoked_device_follows_the_fail_mode(
-        "a_revoked_device_cannot_open_the_tunnel_and_the_agent_fails_open",
+        "a_revoked_device_in_fail_open_mode_fails_closed_and_never_reaches_the_origin_directly",
         false,
     );
 }
@@ -476,9 +476,11 @@ impl TunnelledAgent {
 
 /// `rampart device revoke` in the data dir while the server runs: the tunnel
 /// connection already open is closed at the listener's next check, the device
-/// certificate opens no new tunnel, and steered flows take the fail mode. Closed comes from the server's `[agent]` table (it
-/// overrides the agent's local `fail_mode = "open"`), with an allowlist; open is the
-/// agent's own setting.
+/// certificate opens no new tunnel, and steered flows fail closed (allowlist kept)
+/// whatever the fail mode: a revoked device never goes direct. With `fail_closed`
+/// the mode is closed, from the server's `[agent]` table (it overrides the agent's
+/// local `fail_mode = "open"`); without, it is the agent's own `fail_mode = "open"`,
+/// and the revocation still contains the device.
 fn revoked_device_follows_the_fail_mode(test: &str, fail_closed: bool) {
     if !root_or_skip(test) {
         return;
@@ -490,7 +492,7 @@ fn revoked_device_follows_the_fail_mode(test: &str, fail_closed: bool) {
     };
     let scene = TunnelledAgent::start(
         agent_table,
-        "[gateway]\nconnect_timeout = \"3s\"\nfail_mode = \"open\"\n[sync]\npoll_interval = \"1h\"\n",
+        "[gateway]\nconnect_timeout = \"3s\"\nfail_mode = \"open\"\nfail_closed_allow = [\"allowed.test\"]\n[sync]\npoll_interval = \"1h\"\n",
     );
     let TunnelledAgent {
         agent,
@@ -554,48 +556,42 @@ fn revoked_device_follows_the_fail_mode(test: &str, fail_closed: bool) {
         server.stderr()
     );
     let requests_before = http.requests_for("shop.test").len();
-    let (code, body, err) = curl(pair, &["http://shop.test/after"]);
+    let (code, body, _) = curl(pair, &["http://shop.test/after"]);
     let log = agent.log();
-    if fail_closed {
-        assert!(
-            code != 0 || !body.contains("origin saw"),
-            "a steered flow passed without a tunnel: {body}"
-        );
-        assert_eq!(
-            http.requests_for("shop.test").len(),
-            requests_before,
-            "fail-closed must not reach the origin"
-        );
-        assert!(
-            log.lines().any(|l| l
-                .contains("Dropping connection from process: curl, host: shop.test")
-                && l.ends_with("(gateway unreachable, fail-closed)")),
-            "{log}"
-        );
-        // The allowlisted host stays reachable, directly from the endpoint.
-        let (code, body, err) = curl(pair, &["http://allowed.test/fix"]);
-        assert_eq!(code, 0, "{err}\n{}", agent.log());
-        assert_eq!(
-            body,
-            format!("origin saw {ENDPOINT_ADDR} for allowed.test/fix")
-        );
-        assert!(agent.log().lines().any(|l| l
-            .contains("Bypassing connection from process: curl, host: allowed.test")
-            && l.ends_with("(gateway unreachable, fail-closed allowlist)")));
-    } else {
-        // Fail-open: the flow goes directly from the endpoint.
-        assert_eq!(code, 0, "{err}\n{log}");
-        assert_eq!(
-            body,
-            format!("origin saw {ENDPOINT_ADDR} for shop.test/after")
-        );
-        assert!(
-            log.lines().any(|l| l
-                .contains("Bypassing connection from process: curl, host: shop.test")
-                && l.ends_with("(gateway unreachable, fail-open)")),
-            "{log}"
-        );
-    }
+    assert!(
+        code != 0 || !body.contains("origin saw"),
+        "a steered flow of a revoked device passed without a tunnel: {body}"
+    );
+    assert_eq!(
+        http.requests_for("shop.test").len(),
+        requests_before,
+        "a revoked device reached the origin directly"
+    );
+    assert!(
+        log.lines().any(
+            |l| l.contains("Dropping connection from process: curl, host: shop.test")
+                && l.ends_with("(device revoked, fail-closed)")
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("Device certificate revoked by gateway"),
+        "the agent's log does not say it fails closed:\n{log}"
+    );
+    assert!(
+        !log.contains("(gateway unreachable, fail-open)"),
+        "a revoked device went direct:\n{log}"
+    );
+    // The allowlisted host stays reachable, directly from the endpoint.
+    let (code, body, err) = curl(pair, &["http://allowed.test/fix"]);
+    assert_eq!(code, 0, "{err}\n{}", agent.log());
+    assert_eq!(
+        body,
+        format!("origin saw {ENDPOINT_ADDR} for allowed.test/fix")
+    );
+    assert!(agent.log().lines().any(|l| l
+        .contains("Bypassing connection from process: curl, host: allowed.test")
+        && l.ends_with("(device revoked, fail-closed allowlist)")));
     // Later flows dial the gateway again (after the agent's back-off) and are refused.
     assert!(
         eventually(Duration::from_secs(30), || {
