@@ -278,8 +278,10 @@ fn fill(s: &mut FlowSummary, record: &FlowRecord) {
     *verdict = match policy.map(|p| p.action) {
         Some("block") => Verdict::Block,
         Some("alert" | "user-alert") => Verdict::Alert,
-        // Admission refusals (ACL, authentication, ports) are blocks too.
-        _ if matches!(record.status, 403 | 407) => Verdict::Block,
+        // The gateway's own refusals are blocks too: admission (ACL,
+        // authentication, ports, destinations), malformed or oversized
+        // requests, loops, fronting, inspection.
+        _ if matches!(record.status, 400 | 403 | 407 | 413 | 421 | 431 | 508) => Verdict::Block,
         _ => Verdict::Allow,
     };
     set(stage, policy.map(|p| p.stage));

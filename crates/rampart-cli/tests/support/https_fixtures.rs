@@ -3,6 +3,8 @@
 //! (a PEP 503 simple index, any static files), a Git repository over the smart
 //! HTTP protocol (`git http-backend` as CGI), or a WebSocket echo (RFC 6455,
 //! written by hand so no PyPI package is needed). Only loopback is used.
+// Each test binary uses the part it needs.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
