@@ -317,6 +317,22 @@ action = "block"
         "an isolated device event names the rule and the trigger: {events:#?}"
     );
 
+    // Deleting the table by hand is drift: reported and repaired within the check.
+    assert!(pair
+        .on_endpoint("nft", &["delete", "table", "inet", "rampart_isolate"])
+        .status
+        .success());
+    assert!(
+        eventually(Duration::from_secs(15), || table_present(
+            &pair,
+            "rampart_isolate"
+        ) && log()
+            .contains("Isolation drift")),
+        "drift repaired\n{}",
+        log()
+    );
+    assert!(!ping(&pair), "isolated again after the drift was repaired");
+
     // kill -9: the table stays; a restarted agent finds it and reports isolated again.
     let pid = nix::unistd::Pid::from_raw(agent.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();

@@ -193,17 +193,14 @@ impl IsolationService {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    fn device_groups(
-        &self,
-        device: &str,
-    ) -> Result<Option<(Vec<String>, String, Option<String>)>, DeviceError> {
+    /// The device's inventory record (groups, hostname), `None` for an unknown device.
+    fn device(&self, device: &str) -> Result<Option<crate::devices::DeviceRecord>, DeviceError> {
         Ok(self
             .registry
             .inventory()
             .list()?
             .into_iter()
-            .find(|d| d.id == device)
-            .map(|d| (d.groups, d.hostname, d.user)))
+            .find(|d| d.id == device))
     }
 
     /// Isolate (`Wanted::Isolated`) or release a device; idempotent.
@@ -213,9 +210,10 @@ impl IsolationService {
         wanted: Wanted,
         request: Request,
     ) -> Result<state::Change, IsolationServiceError> {
-        let Some((_, hostname, _)) = self.device_groups(device)? else {
+        let Some(record) = self.device(device)? else {
             return Err(IsolationServiceError::NoDevice(device.to_string()));
         };
+        let hostname = record.hostname;
         let change = self.store.set(device, wanted, request)?;
         if change.changed {
             self.bump();
@@ -264,7 +262,7 @@ impl IsolationService {
         let Some(events) = &self.events else {
             return;
         };
-        let hostname = self.device_groups(device).ok().flatten().map(|(_, h, _)| h);
+        let hostname = self.device(device).ok().flatten().map(|d| d.hostname);
         let mut event = device_event(
             DeviceActivity::ConfigApplied,
             device,
@@ -284,7 +282,7 @@ impl IsolationService {
     }
 
     pub fn view(&self, device: &str) -> Result<IsolationView, IsolationServiceError> {
-        if self.device_groups(device)?.is_none() {
+        if self.device(device)?.is_none() {
             return Err(IsolationServiceError::NoDevice(device.to_string()));
         }
         let record = self.store.get(device)?;
@@ -318,7 +316,7 @@ impl IsolationService {
 
     /// A new one-time break-glass code for `device` (shown once).
     pub fn issue_code(&self, device: &str) -> Result<String, IsolationServiceError> {
-        if self.device_groups(device)?.is_none() {
+        if self.device(device)?.is_none() {
             return Err(IsolationServiceError::NoDevice(device.to_string()));
         }
         let code = self.store.issue_code(device)?;
@@ -382,10 +380,7 @@ impl IsolationService {
             if let Some(change) = self.store.code_used(device, &used.id, used.generation)? {
                 if change.changed {
                     self.bump();
-                    let hostname = self
-                        .device_groups(device)?
-                        .map(|(_, h, _)| h)
-                        .unwrap_or_default();
+                    let hostname = self.device(device)?.map(|d| d.hostname).unwrap_or_default();
                     self.record(device, &hostname, &change.record);
                 }
             }

@@ -135,7 +135,7 @@ impl StoredHook for ResponseHook {
                     let n = self
                         .skipped
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if n % 1000 == 0 {
+                    if n.is_multiple_of(1000) {
                         tracing::error!(
                             skipped = n + 1,
                             "response rules are behind; stored events skipped"
@@ -175,8 +175,8 @@ pub(crate) fn act(service: &IsolationService, event: &dyn FieldValues) {
         .map(|d| d.into_owned())
         .unwrap_or_default();
     // The device's groups from the inventory (the certificate's), not the event's.
-    let groups = match service.device_groups(&device) {
-        Ok(Some((groups, _, _))) => groups,
+    let groups = match service.device(&device) {
+        Ok(Some(record)) => record.groups,
         Ok(None) => return,
         Err(err) => {
             tracing::error!(%err, device, "response rules: cannot read the device inventory");

@@ -12,7 +12,6 @@ use std::sync::Mutex;
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::devices::{devices_dir, now_unix, rfc3339, write_atomic, DeviceError};
 
@@ -362,16 +361,10 @@ fn new_code() -> String {
         .join("-")
 }
 
-/// The hash the agent compares: the same function lives in the agent
-/// (`rampart_agent::isolation_sync::code_hash`); the code is normalised (case,
-/// dashes, spaces) so it can be typed loosely.
+/// The hash the agent compares a typed code against: the agent's own function, so
+/// the two can never disagree (case, dashes and spaces do not matter).
 pub fn code_hash(salt: &str, device: &str, code: &str) -> String {
-    let normal: String = code
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
-    hex::encode(Sha256::digest(format!("{salt}:{device}:{normal}")))
+    rampart_agent::isolation_sync::code_hash(salt, device, code)
 }
 
 #[cfg(test)]
