@@ -49,7 +49,7 @@ fn tour_commands(readme: &str) -> Vec<String> {
 
 /// Starts `rampart demo` on free ports; returns it and its (http, https) ports, read
 /// from its first line of output.
-fn start_demo(dir: &Path) -> (Killed, u16, u16) {
+fn start_demo(dir: &Path) -> (Killed, u16, u16, BufReader<std::process::ChildStdout>) {
     let mut child = Command::new(rampart_bin())
         .args([
             "demo",
@@ -66,7 +66,9 @@ fn start_demo(dir: &Path) -> (Killed, u16, u16) {
     let stdout = child.stdout.take().expect("demo stdout");
     let demo = Killed(child);
     let mut first = String::new();
-    BufReader::new(stdout)
+    // Kept open for the whole test, as a terminal would be.
+    let mut output = BufReader::new(stdout);
+    output
         .read_line(&mut first)
         .expect("demo prints its origin");
     let port_after = |scheme: &str| -> u16 {
@@ -79,7 +81,7 @@ fn start_demo(dir: &Path) -> (Killed, u16, u16) {
             .unwrap_or_else(|| panic!("no {scheme} port in {first:?}"))
     };
     let (http, https) = (port_after("http"), port_after("https"));
-    (demo, http, https)
+    (demo, http, https, output)
 }
 
 #[test]
@@ -95,7 +97,7 @@ fn every_command_of_the_readme_tour_succeeds_offline_against_the_demo_origin() {
         .expect("link examples");
 
     // Quick start, terminal 1: `rampart demo`.
-    let (_demo, http_port, https_port) = start_demo(dir.path());
+    let (_demo, http_port, https_port, _demo_output) = start_demo(dir.path());
     assert!(dir.path().join("rampart-demo/demo.toml").exists());
 
     // Quick start, terminal 2: `rampart server --config rampart-demo/demo.toml`.

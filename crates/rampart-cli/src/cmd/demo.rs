@@ -1,6 +1,7 @@
 //! `rampart demo`: the loopback origin of the README tour (rampart_server::demo), until
 //! Ctrl-C. Parses flags, writes the files, prints what to run next.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,14 +32,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let http_port = http.local_addr().context("demo HTTP port")?.port();
         let https_port = https.local_addr().context("demo HTTPS port")?.port();
         let setup = demo::prepare(&args.dir, http_port, https_port)?;
-        println!("demo origin: http://{DEMO_HOST}:{http_port}/ and https://{DEMO_HOST}:{https_port}/ (on 127.0.0.1)");
-        println!("its CA:      {}", setup.ca_file.display());
-        println!("wrote        {}", setup.config_file.display());
-        println!(
-            "next:        rampart server --config {}",
+        // One write, errors ignored: the origin keeps serving when whoever started it
+        // stops reading its output (a closed pipe, a detached terminal).
+        let banner = format!(
+            "demo origin: http://{DEMO_HOST}:{http_port}/ and https://{DEMO_HOST}:{https_port}/ (on 127.0.0.1)\n\
+             its CA:      {}\n\
+             wrote        {}\n\
+             next:        rampart server --config {}\n\
+             Ctrl-C stops the origin.\n",
+            setup.ca_file.display(),
+            setup.config_file.display(),
             setup.config_file.display()
         );
-        println!("Ctrl-C stops the origin.");
+        let mut stdout = std::io::stdout();
+        let _ = stdout
+            .write_all(banner.as_bytes())
+            .and_then(|()| stdout.flush());
         tokio::select! {
             served = demo::serve(&setup, http, https) => served.map(|()| ExitCode::SUCCESS),
             _ = tokio::signal::ctrl_c() => Ok(ExitCode::SUCCESS),
