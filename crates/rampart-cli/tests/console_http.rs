@@ -255,3 +255,27 @@ fn logout_ends_the_session_and_a_removed_user_is_out_at_the_next_request() {
         "{text}"
     );
 }
+
+#[test]
+fn the_overview_counts_the_last_day_and_each_number_links_to_its_search() {
+    let c = Console::start();
+    let admin = Client::new(&c.base());
+    admin.login("root", ADMIN_PASSWORD);
+    let r = admin.get("/");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("<svg class=\"chart\""), "{}", r.body);
+    assert!(r.body.contains("<strong>1</strong> blocks"), "{}", r.body);
+    assert!(r.body.contains("<strong>1</strong> alerts"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("href=\"/events?q=action%20%3D%20block&amp;range=24h\""),
+        "{}",
+        r.body
+    );
+    // The top blocked host links to the search for it.
+    assert!(
+        r.body.contains("host%20%3D%20%22blocked.test%22"),
+        "{}",
+        r.body
+    );
+}

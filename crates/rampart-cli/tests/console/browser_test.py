@@ -35,7 +35,7 @@ def login(page, base, user, password):
     page.get_by_label("User").fill(user)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
-    expect(page).to_have_url(re.compile(r"/events"))
+    expect(page).not_to_have_url(re.compile(r"/login"))
 
 
 def logout(page):
@@ -58,8 +58,16 @@ def main():
 
         # Log in, search with the keyboard ("/" focuses the box), check the rows.
         login(page, base, "root", admin_pw)
+        # Logged in at `/`: the overview, with counts that link to their searches.
+        expect(page).to_have_url(re.compile(r"/$"))
+        expect(page.locator("svg.chart")).to_be_visible()
+        expect(page.locator("a.total").nth(1)).to_contain_text("1 blocks")
+        shot(page, out, "00-overview")
+        page.locator("a.total").nth(1).click()
+        expect(page.locator("main table tbody tr")).to_have_count(1)
         page.keyboard.press("/")
         expect(page.locator("input[name=q]")).to_be_focused()
+        page.keyboard.press("Control+a")
         page.keyboard.type("action = block")
         page.keyboard.press("Enter")
         rows = page.locator("main table tbody tr")

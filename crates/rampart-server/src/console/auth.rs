@@ -28,22 +28,31 @@ impl Viewer {
     }
 
     /// 403 unless the form carried this session's CSRF token.
-    pub fn check_csrf(&self, given: Option<&str>) -> Result<(), Response> {
+    pub fn check_csrf(&self, given: Option<&str>) -> Result<(), Denied> {
         match given {
             Some(t) if rampart_events::token::matches(&self.session.csrf, t) => Ok(()),
-            _ => Err(forbidden(
+            _ => Err(Denied(
                 "missing or wrong CSRF token: reload the page and try again",
             )),
         }
     }
 
     /// 403 unless the user is an admin.
-    pub fn require_admin(&self) -> Result<(), Response> {
+    pub fn require_admin(&self) -> Result<(), Denied> {
         if self.is_admin() {
             Ok(())
         } else {
-            Err(forbidden("this action needs the admin role"))
+            Err(Denied("this action needs the admin role"))
         }
+    }
+}
+
+/// A refused action (403), small enough to return in a `Result`.
+pub struct Denied(&'static str);
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        forbidden(self.0)
     }
 }
 
@@ -264,7 +273,7 @@ pub async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Err(denied) = viewer.check_csrf(form.csrf.as_deref()) {
-        return denied;
+        return denied.into_response();
     }
     state.inner.sessions.remove(&viewer.session_id);
     let mut resp = Redirect::to("/login").into_response();

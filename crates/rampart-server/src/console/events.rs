@@ -21,10 +21,10 @@ const PAGE: usize = 50;
 const EXPORT_MAX: usize = 10_000;
 /// The time ranges of the picker, the first is the default.
 const RANGES: [(&str, i64); 4] = [
-    ("24h", 24 * 3600_000),
+    ("24h", 24 * 3_600_000),
     ("15m", 15 * 60_000),
-    ("1h", 3600_000),
-    ("7d", 7 * 24 * 3600_000),
+    ("1h", 3_600_000),
+    ("7d", 7 * 24 * 3_600_000),
 ];
 
 #[derive(Debug, Default, Deserialize)]

@@ -25,7 +25,8 @@ pub fn bare(title: &str, body: Markup) -> Html<String> {
     )
 }
 
-const NAV: [(&str, &str); 3] = [
+const NAV: [(&str, &str); 4] = [
+    ("/", "Overview"),
     ("/events", "Events"),
     ("/alerts", "Alerts"),
     ("/policy", "Policy"),

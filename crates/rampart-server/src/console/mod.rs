@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod events;
 pub mod layout;
+pub mod overview;
 pub mod policy;
 pub mod session;
 pub mod users;
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use rampart_events::{EventsError, StoreReader};
@@ -106,7 +107,7 @@ impl ConsoleState {
 /// The console's routes. Every page but `/login` and the assets needs a session.
 pub fn router(state: ConsoleState) -> Router {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/events") }))
+        .route("/", get(overview::overview_page))
         .route("/login", get(auth::login_page).post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/events", get(events::search_page))

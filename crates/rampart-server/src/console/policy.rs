@@ -116,7 +116,7 @@ pub async fn reload(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Err(denied) = viewer.check_csrf(form.csrf.as_deref()) {
-        return denied;
+        return denied.into_response();
     }
     if let Err(denied) = viewer.require_admin() {
         state.inner.audit.record(
@@ -127,7 +127,7 @@ pub async fn reload(
             "denied",
             &viewer.source,
         );
-        return denied;
+        return denied.into_response();
     }
     let outcome = state
         .inner
