@@ -333,6 +333,8 @@ action = "block"
     );
     assert!(!ping(&pair), "isolated again after the drift was repaired");
 
+    // Reports the server got so far: the restarted agent must add one.
+    let reports_before = server.stderr().matches("isolation report").count();
     // kill -9: the table stays; a restarted agent finds it and reports isolated again.
     let pid = nix::unistd::Pid::from_raw(agent.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -358,13 +360,15 @@ action = "block"
         "{}",
         log()
     );
-    let reported_before = status(&pair, &server, &id)["reported_at"].clone();
+    let mut last = serde_json::Value::Null;
     assert!(
         eventually(Duration::from_secs(30), || {
-            let v = status(&pair, &server, &id);
-            v["state"] == "isolated" && v["reported_at"] != reported_before
-        }) || status(&pair, &server, &id)["state"] == "isolated",
-        "the restarted agent reports isolated"
+            last = status(&pair, &server, &id);
+            last["state"] == "isolated"
+                && server.stderr().matches("isolation report").count() > reports_before
+        }),
+        "the restarted agent reports isolated: {last:#}\n{}",
+        log()
     );
 
     // Release: connectivity back, and another table is left alone.

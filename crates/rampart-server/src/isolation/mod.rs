@@ -397,6 +397,7 @@ impl IsolationService {
             self_test_error: body.self_test_error.map(|d| d.chars().take(2048).collect()),
             at: crate::devices::rfc3339(crate::devices::now_unix()),
         };
+        tracing::info!(device, generation = report.generation, status = %report.status, "isolation report");
         if let Some((record, first)) = self.store.report(device, report)? {
             if first {
                 let latency = record.confirmed_ms.map(|c| c - record.since_ms);
