@@ -118,9 +118,11 @@ mod tests {
                 let mut socket = tokio::net::TcpStream::from_std(accepted).unwrap();
                 let mut ping = [0u8; 4];
                 socket.read_exact(&mut ping).await.unwrap();
-                socket.write_all(b"pong").await.unwrap();
+                // Named before answering: once the client has its pong the next
+                // connection may finish first on the other thread.
                 let name = std::thread::current().name().map(str::to_string);
                 names.send(name).unwrap();
+                socket.write_all(b"pong").await.unwrap();
             });
             client.write_all(b"ping").await.unwrap();
             let mut pong = [0u8; 4];
