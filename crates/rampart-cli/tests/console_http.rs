@@ -279,3 +279,57 @@ fn the_overview_counts_the_last_day_and_each_number_links_to_its_search() {
         r.body
     );
 }
+
+#[test]
+fn an_admin_acknowledges_an_alert_with_a_note_and_an_analyst_cannot() {
+    let c = Console::start();
+    let alert = c.server.search_events("type = alert", "json");
+    let id = alert[0]["id"].as_str().expect("alert id").to_string();
+
+    let analyst = Client::new(&c.base());
+    analyst.login("ana", ANALYST_PASSWORD);
+    let page = analyst.get("/alerts");
+    assert!(!page.body.contains("Acknowledge</button>"), "{}", page.body);
+    let r = analyst.post(
+        &format!("/alerts/{id}/ack"),
+        &[("csrf", &page.csrf()), ("note", "mine")],
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+
+    let admin = Client::new(&c.base());
+    admin.login("root", ADMIN_PASSWORD);
+    let page = admin.get("/alerts");
+    assert!(page.body.contains("Acknowledge</button>"), "{}", page.body);
+    let r = admin.post(&format!("/alerts/{id}/ack"), &[("note", "no csrf")]);
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = admin.post(
+        &format!("/alerts/{id}/ack"),
+        &[("csrf", &page.csrf()), ("note", "known scanner <b>lab</b>")],
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    let page = admin.get("/alerts");
+    assert!(page.body.contains("by root"), "{}", page.body);
+    assert!(
+        page.body.contains("known scanner &lt;b&gt;lab&lt;/b&gt;"),
+        "{}",
+        page.body
+    );
+    // Only alerts can be acknowledged.
+    let blocked = c.server.search_events("action = block", "json");
+    let not_alert = blocked[0]["id"].as_str().expect("id");
+    let r = admin.post(
+        &format!("/alerts/{not_alert}/ack"),
+        &[("csrf", &page.csrf())],
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+
+    let acks = c.server.data_dir().join("console-acks.json");
+    let mode = std::fs::metadata(&acks).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let audit =
+        std::fs::read_to_string(c.server.data_dir().join("console-audit.ndjson")).expect("audit");
+    assert!(
+        audit.contains("\"action\":\"alert.acknowledge\"") && audit.contains(&id),
+        "{audit}"
+    );
+}

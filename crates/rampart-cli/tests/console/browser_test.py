@@ -93,6 +93,10 @@ def main():
         # Alerts.
         page.get_by_role("link", name="Alerts").click()
         expect(page.locator("main table tbody tr").first).to_contain_text("watched.test")
+        page.get_by_label("Acknowledgement note").first.fill("looked at it")
+        page.get_by_role("button", name="Acknowledge").first.click()
+        expect(page.locator("main table tbody tr").first).to_contain_text("by root")
+        expect(page.locator("main table tbody tr").first).to_contain_text("looked at it")
         shot(page, out, "05-alerts")
 
         # Explain, the same text as `rampart policy explain`.

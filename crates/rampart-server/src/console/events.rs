@@ -128,10 +128,18 @@ fn host_or_url(e: &Event) -> String {
         .unwrap_or_default()
 }
 
-fn results_table(events: &[Event], range: &str) -> Markup {
+/// The alerts page's extra columns: acknowledgements, and the form for admins.
+struct AckColumn {
+    acks: std::collections::BTreeMap<String, super::acks::Ack>,
+    /// The session's CSRF token when the viewer may acknowledge.
+    csrf: Option<String>,
+}
+
+fn results_table(events: &[Event], range: &str, ack: Option<&AckColumn>) -> Markup {
     html! {
         table {
-            thead { tr { th { "Time (UTC)" } th { "Type" } th { "Action" } th { "User" } th { "Device" } th { "Host / URL" } th { "Rule" } } }
+            thead { tr { th { "Time (UTC)" } th { "Type" } th { "Action" } th { "User" } th { "Device" } th { "Host / URL" } th { "Rule" }
+                @if ack.is_some() { th { "Severity" } th { "Acknowledged" } } } }
             tbody {
                 @for e in events {
                     @let action = Field::Action.text(e).unwrap_or_default();
@@ -143,6 +151,21 @@ fn results_table(events: &[Event], range: &str) -> Markup {
                         td { @if let Some(d) = e.device_name() { a href=(search_href(&clause("device", &d.into()), range)) { (d) } } }
                         td.wrap { (host_or_url(e)) }
                         td { (Field::Rule.text(e).unwrap_or_default()) }
+                        @if let Some(ack) = ack {
+                            @let id = e.id().to_string();
+                            td { (Field::Severity.text(e).unwrap_or_default()) }
+                            td {
+                                @if let Some(a) = ack.acks.get(&id) {
+                                    span.ok { "by " (a.by) " at " (a.time) } @if !a.note.is_empty() { ": " (a.note) }
+                                } @else if let Some(csrf) = &ack.csrf {
+                                    form.ack method="post" action=(format!("/alerts/{id}/ack")) {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        input name="note" placeholder="note" aria-label="Acknowledgement note";
+                                        button type="submit" { "Acknowledge" }
+                                    }
+                                } @else { span.muted { "no" } }
+                            }
+                        }
                     }
                 }
             }
@@ -176,6 +199,17 @@ async fn list_page(state: ConsoleState, viewer: Viewer, p: SearchParams, alerts:
         ("/events", "Events", None)
     };
     let outcome = run_search(&state, &p.q, forced, range_ms, p.cursor.as_deref(), PAGE).await;
+    let ack = if alerts {
+        Some(AckColumn {
+            acks: state.inner.acks.load().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "console: acknowledgements unreadable");
+                Default::default()
+            }),
+            csrf: viewer.is_admin().then(|| viewer.session.csrf.clone()),
+        })
+    } else {
+        None
+    };
     let status = match outcome {
         Outcome::Page(..) => StatusCode::OK,
         Outcome::QueryError(_) => StatusCode::BAD_REQUEST,
@@ -199,7 +233,7 @@ async fn list_page(state: ConsoleState, viewer: Viewer, p: SearchParams, alerts:
                 @if events.is_empty() {
                     p { "No events match in the last " (range) "." }
                 } @else {
-                    (results_table(events, range))
+                    (results_table(events, range, ack.as_ref()))
                 }
                 div.pager {
                     @if p.cursor.is_some() {
@@ -420,4 +454,52 @@ mod tests {
         assert_eq!(csv_cell("a,b"), "\"a,b\"");
         assert_eq!(csv_cell("=cmd()"), "'=cmd()");
     }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AckForm {
+    csrf: Option<String>,
+    #[serde(default)]
+    note: String,
+}
+
+/// Admin only: acknowledge an alert with a note, audited.
+pub async fn acknowledge(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    UrlPath(id): UrlPath<String>,
+    axum::Form(form): axum::Form<AckForm>,
+) -> Response {
+    if let Err(denied) = viewer.check_csrf(form.csrf.as_deref()) {
+        return denied.into_response();
+    }
+    let audit = |outcome: &str| {
+        state.inner.audit.record(
+            &viewer.session.user,
+            viewer.session.role,
+            "alert.acknowledge",
+            &id,
+            outcome,
+            &viewer.source,
+        )
+    };
+    if let Err(denied) = viewer.require_admin() {
+        audit("denied");
+        return denied.into_response();
+    }
+    let wanted = id.clone();
+    match state.with_reader(move |r| r.get(&wanted)).await {
+        Ok(Some(e)) if e.finding_info.is_some() => {}
+        Ok(_) | Err(EventsError::NoStore(_)) => {
+            return (StatusCode::NOT_FOUND, format!("no alert {id}\n")).into_response()
+        }
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+    let note: String = form.note.trim().chars().take(500).collect();
+    if let Err(e) = state.inner.acks.add(&id, &viewer.session.user, &note) {
+        audit("failed");
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response();
+    }
+    audit("ok");
+    (StatusCode::SEE_OTHER, [(header::LOCATION, "/alerts")]).into_response()
 }

@@ -8,6 +8,7 @@
 //! let app = api.merge(console::router(console::ConsoleState::new(&data_dir, events_reader, reloader, gateway)));
 //! ```
 
+pub mod acks;
 pub mod auth;
 pub mod events;
 pub mod layout;
@@ -44,6 +45,7 @@ struct Inner {
     sessions: Sessions,
     limiter: LoginLimiter,
     audit: AuditLog,
+    acks: acks::AckStore,
     db: PathBuf,
     readers: Mutex<Vec<StoreReader>>,
     reloader: Arc<Reloader>,
@@ -66,6 +68,7 @@ impl ConsoleState {
                 // 5 failures per user and 20 per source in 15 minutes.
                 limiter: LoginLimiter::new(Duration::from_secs(15 * 60), 20, 5),
                 audit: AuditLog::new(data_dir),
+                acks: acks::AckStore::new(data_dir),
                 db: rampart_events::db_path(data_dir),
                 readers: Mutex::new(Vec::new()),
                 reloader,
@@ -114,6 +117,7 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/events/export", get(events::export))
         .route("/events/{id}", get(events::detail_page))
         .route("/alerts", get(events::alerts_page))
+        .route("/alerts/{id}/ack", post(events::acknowledge))
         .route("/policy", get(policy::policy_page))
         .route("/policy/reload", post(policy::reload))
         .route("/assets/console.css", get(css))
