@@ -514,21 +514,22 @@ fn revoking_a_device_closes_its_open_tunnel_connection_and_flows() {
         gw.access_log()
     );
     // The next flow makes the agent dial again: the handshake refuses the device with
-    // a certificate_revoked alert, which the agent log names, and the flow takes the
-    // fail mode (open by default: straight to the echo server).
+    // a certificate_revoked alert, which the agent log names, and the flow fails
+    // closed although the fail mode is open (the default): a revoked device never
+    // goes direct.
     let mut next = TcpStream::connect(proxy).unwrap();
     next.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     write!(next, "CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").unwrap();
     let mut answer = [0u8; 12];
     next.read_exact(&mut answer).unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 200");
+    assert_eq!(&answer, b"HTTP/1.1 403");
     let agent_log = || std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
     // A failed dial, not a tunnel that came up and went down: the agent counts the
     // tunnel up only once the gateway answered a PING on it.
     let refused = format!(
-        "WARN Tunnel to gateway {tunnel} unavailable: gateway {tunnel} unreachable: \
-         tunnel refused: received fatal alert: CertificateRevoked"
+        "WARN Tunnel to gateway {tunnel} unavailable: gateway {tunnel} refused this device: \
+         its certificate is revoked (tunnel refused: received fatal alert: CertificateRevoked)"
     );
     assert!(
         eventually(Duration::from_secs(10), || agent_log().contains(&refused)),
@@ -546,8 +547,13 @@ fn revoking_a_device_closes_its_open_tunnel_connection_and_flows() {
     assert!(
         agent_log()
             .lines()
-            .any(|l| l.ends_with("(gateway unreachable, fail-open)")),
+            .any(|l| l.ends_with("(device revoked, fail-closed)")),
         "{}",
+        agent_log()
+    );
+    assert!(
+        !agent_log().contains("(gateway unreachable, fail-open)"),
+        "a revoked device went direct:\n{}",
         agent_log()
     );
 }
