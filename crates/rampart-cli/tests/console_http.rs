@@ -333,3 +333,21 @@ fn an_admin_acknowledges_an_alert_with_a_note_and_an_analyst_cannot() {
         "{audit}"
     );
 }
+
+#[test]
+fn the_device_timeline_page_needs_a_session_and_lists_the_window() {
+    let c = Console::start();
+    let anon = Client::new(&c.base());
+    assert_eq!(anon.get("/timeline?device=laptop-1&at=0").status, 303);
+    let analyst = Client::new(&c.base());
+    analyst.login("ana", ANALYST_PASSWORD);
+    let r = analyst.get("/timeline?device=laptop-1&at=1763900000000");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("Device laptop-1"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("0 events from 2025-11-23 12:08:20.000 to 2025-11-23 12:18:20.000"),
+        "{}",
+        r.body
+    );
+}

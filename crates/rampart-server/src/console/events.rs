@@ -306,6 +306,9 @@ pub async fn detail_page(
     let body = html! {
         h1 { "Event " code { (event.id().to_string()) } }
         p { a href="/events" { "← Events" } }
+        @if let Some(device) = event.device_name() {
+            p { a href=(format!("/timeline?device={}&at={}", urlencode(device), event.time)) { "Device timeline ±5 min around this event" } }
+        }
         h2 { "Fields" }
         dl.kv {
             @if let serde_json::Value::Object(map) = &flat {
@@ -502,4 +505,37 @@ pub async fn acknowledge(
     }
     audit("ok");
     (StatusCode::SEE_OTHER, [(header::LOCATION, "/alerts")]).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TimelineParams {
+    device: String,
+    /// Milliseconds since the epoch.
+    at: i64,
+}
+
+/// Everything one device did 5 minutes either side of a moment, oldest first:
+/// the same data as `rampart events timeline`.
+pub async fn timeline_page(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    Query(p): Query<TimelineParams>,
+) -> Response {
+    const WINDOW_MS: i64 = 5 * 60_000;
+    let device = p.device.clone();
+    let at = p.at;
+    let found = state
+        .with_reader(move |r| r.timeline(&device, at - WINDOW_MS, at + WINDOW_MS, 1000))
+        .await;
+    let body = match found {
+        Ok(events) => html! {
+            h1 { "Device " (p.device) }
+            p.muted { (events.len()) " events from " (table_time(at - WINDOW_MS)) " to " (table_time(at + WINDOW_MS)) " UTC, oldest first" }
+            (results_table(&events, "24h", None))
+        },
+        Err(e) => {
+            html! { h1 { "Device " (p.device) } p.error role="alert" { "Reading the timeline failed: " (e.to_string()) } }
+        }
+    };
+    layout::page("Device timeline", &viewer, "/events", body).into_response()
 }

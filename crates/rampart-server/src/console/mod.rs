@@ -117,6 +117,7 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/events/export", get(events::export))
         .route("/events/{id}", get(events::detail_page))
         .route("/alerts", get(events::alerts_page))
+        .route("/timeline", get(events::timeline_page))
         .route("/alerts/{id}/ack", post(events::acknowledge))
         .route("/policy", get(policy::policy_page))
         .route("/policy/reload", post(policy::reload))
