@@ -43,9 +43,9 @@ use tokio::net::TcpStream;
 use crate::access_log::{AccessLog, TlsRecord};
 use crate::metrics::Metrics;
 use crate::policy_stage::{self, Blocked, FlowFacts};
-use rampart_policy::EvalPoint;
 use crate::proxy::body::FlowLog;
 use crate::state::GatewayState;
+use rampart_policy::EvalPoint;
 
 /// Everything interception needs that lives as long as one configuration generation.
 pub struct Interception {
@@ -262,7 +262,12 @@ impl Tunnel {
 
     /// The connection phase blocked a tunnel that would be decrypted: read the
     /// ClientHello, then serve the block page inside TLS (no origin is contacted).
-    pub async fn run_block_page<C: ClientSide>(self, client: C, blocked: Blocked, log: &mut FlowLog) {
+    pub async fn run_block_page<C: ClientSide>(
+        self,
+        client: C,
+        blocked: Blocked,
+        log: &mut FlowLog,
+    ) {
         let Some(interception) = self.interception.clone() else {
             return;
         };
@@ -364,7 +369,11 @@ impl Tunnel {
             if let Some(blocked) =
                 policy_stage::settle_undecrypted(&self.state.policy, &facts, &mut log.record)
             {
-                refuse_tunnel(log, &format!("blocked by rule \"{}\"", blocked.rule), "blocked");
+                refuse_tunnel(
+                    log,
+                    &format!("blocked by rule \"{}\"", blocked.rule),
+                    "blocked",
+                );
                 return false;
             }
         }
@@ -497,7 +506,8 @@ impl Tunnel {
         // The name in the ClientHello must be the site the tunnel goes to:
         // otherwise a do-not-decrypt SNI would open an uninspected tunnel to
         // any destination (DESIGN §6, fronting).
-        let fronting = host != self.connect_host && self.names_other_site(&interception, &host).await;
+        let fronting =
+            host != self.connect_host && self.names_other_site(&interception, &host).await;
         if fronting {
             let reason = format!(
                 "domain fronting: the ClientHello names {} but the CONNECT is for {}",
@@ -510,7 +520,13 @@ impl Tunnel {
                 version: offered_version(&hello),
                 ..Default::default()
             });
-            if self.state.config.tls.as_ref().map(|t| t.fronting).unwrap_or_default()
+            if self
+                .state
+                .config
+                .tls
+                .as_ref()
+                .map(|t| t.fronting)
+                .unwrap_or_default()
                 == rampart_tls::config::FrontingMode::Block
             {
                 refuse_tunnel(log, &reason, "domain_fronting");
@@ -520,7 +536,11 @@ impl Tunnel {
         }
         // Decryption follows the CONNECT host when the SNI names another site,
         // never the SNI alone.
-        let decide_on = if fronting { self.host.clone() } else { host.clone() };
+        let decide_on = if fronting {
+            self.host.clone()
+        } else {
+            host.clone()
+        };
         let (decrypt, reason) = self.decide(&interception, &decide_on);
         // A different SNI is a second name for the policy: the stricter wins.
         if let Some(sni) = sni.as_deref().filter(|s| *s != self.host) {
@@ -530,8 +550,11 @@ impl Tunnel {
                 EvalPoint::Connection
             };
             let mut probe = log.record.clone();
-            let stage =
-                policy_stage::connection_phase(&self.state.policy, &self.facts(sni, last), &mut probe);
+            let stage = policy_stage::connection_phase(
+                &self.state.policy,
+                &self.facts(sni, last),
+                &mut probe,
+            );
             if let Some(blocked) = stage.blocked {
                 log.record.policy = probe.policy;
                 if decrypt {
@@ -539,7 +562,11 @@ impl Tunnel {
                         .await;
                     return Handoff::Done;
                 }
-                refuse_tunnel(log, &format!("blocked by rule \"{}\"", blocked.rule), "blocked");
+                refuse_tunnel(
+                    log,
+                    &format!("blocked by rule \"{}\"", blocked.rule),
+                    "blocked",
+                );
                 return Handoff::Done;
             }
         }
@@ -640,7 +667,15 @@ impl Tunnel {
                     }
                 };
                 if let Ok(client_tls) = start.into_stream(config).await {
-                    session::serve_origin_failure(self, client_tls, &host, failure, record, log.record.id).await;
+                    session::serve_origin_failure(
+                        self,
+                        client_tls,
+                        &host,
+                        failure,
+                        record,
+                        log.record.id,
+                    )
+                    .await;
                 }
                 return;
             }

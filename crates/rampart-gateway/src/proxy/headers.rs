@@ -59,11 +59,12 @@ pub fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
 /// `Transfer-Encoding` and `Content-Length` (RFC 9112 §6.3: "ought to be
 /// handled as an error", the shape of response splitting and smuggling).
 pub fn conflicting_framing(headers: &HeaderMap) -> Option<&'static str> {
-    (headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH))
-        .then_some(
-            "the origin sent an invalid response: both Content-Length and Transfer-Encoding \
+    (headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH))
+    .then_some(
+        "the origin sent an invalid response: both Content-Length and Transfer-Encoding \
              (RFC 9112 section 6.3)",
-        )
+    )
 }
 
 /// True when a `Via` entry carries this process's loop token.
