@@ -474,6 +474,28 @@ fn revoking_a_device_closes_its_open_tunnel_connection_and_flows() {
         admin.trim(),
     ]);
     assert!(out.status.success(), "revoke: {}", text(&out).1);
+    // `device list` shows it revoked (the REVOKED column has the time), found through
+    // the server's configuration like every local read.
+    let listed = rampart(&[
+        "device",
+        "list",
+        "--config",
+        gw.config_path.to_str().unwrap(),
+    ]);
+    let (table, _) = text(&listed);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(device.as_str()))
+        .unwrap_or_else(|| panic!("{device} not listed:\n{table}"));
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .ends_with("REVOKED")
+            && !row.trim_end().ends_with(" -"),
+        "the revoked device is not shown revoked:\n{table}"
+    );
     flow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut rest = [0u8; 64];
