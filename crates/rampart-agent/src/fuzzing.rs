@@ -86,7 +86,10 @@ fn tcp_table(text: &str) {
     let _ = proc_net::find_in_table(text, unspecified, unspecified);
     for line in text.lines().skip(1) {
         if let Some((local, remote, _)) = proc_net::parse_row(line) {
-            assert!(proc_net::find_in_table(text, local, remote).is_some(), "{line:?}");
+            assert!(
+                proc_net::find_in_table(text, local, remote).is_some(),
+                "{line:?}"
+            );
         }
     }
 }

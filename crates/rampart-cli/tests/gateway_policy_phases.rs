@@ -5,9 +5,9 @@
 //! groups from `[identities]` reach the events, and the policy revision does
 //! not depend on how its path is spelled.
 
-mod support;
 #[path = "support/https_fixtures.rs"]
 mod https_fixtures;
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -41,7 +41,10 @@ fn gateway_with_users(
     let tls = if roots.is_empty() {
         String::new()
     } else {
-        format!("[tls]\nsystem_roots = false\nextra_roots = [{}]\n", roots.join(", "))
+        format!(
+            "[tls]\nsystem_roots = false\nextra_roots = [{}]\n",
+            roots.join(", ")
+        )
     };
     let gw = Rampart::start(&format!(
         "policy = {path:?}\n\
@@ -131,10 +134,16 @@ action = "block"
         &["-H", "Accept: text/html", "-w", "\n%{http_code}", &exe],
     );
     assert!(page.ends_with("403"), "{page}");
-    assert!(page.contains("<html") && page.contains("no executables"), "{page}");
+    assert!(
+        page.contains("<html") && page.contains("no executables"),
+        "{page}"
+    );
     // Another type passes untouched, held bytes and all.
     let (_, body, _) = curl(&gw.proxy_url(), &[&pdf]);
-    assert!(body.starts_with("%PDF-1.7") && body.ends_with("%%EOF\n"), "{body}");
+    assert!(
+        body.starts_with("%PDF-1.7") && body.ends_with("%%EOF\n"),
+        "{body}"
+    );
 
     let record = gw.find_record(|r| r["target"] == exe.as_str());
     assert_eq!(record["status"], 403);
@@ -176,15 +185,27 @@ action = "block"
     assert_eq!(record["policy"]["action"], "block", "{record}");
     assert_eq!(record["policy"]["rule"], "no evil");
     // The method rule could never be decided inside this tunnel: recorded as skipped.
-    assert_eq!(record["policy"]["skipped"][0], "uploads are fine", "{record}");
+    assert_eq!(
+        record["policy"]["skipped"][0], "uploads are fine",
+        "{record}"
+    );
 }
 
 /// openssl s_client through the proxy's CONNECT, with the given SNI.
 fn s_client(gw: &Rampart, connect: &str, sni: &str, ca: &Path) -> String {
     let proxy = gw.proxy_url().trim_start_matches("http://").to_string();
     let out = run(Command::new("timeout")
-        .args(["20", "openssl", "s_client", "-proxy", &proxy, "-connect", connect])
-        .args(["-servername", sni, "-CAfile", s(ca), "-verify_return_error", "-brief"])
+        .args([
+            "20", "openssl", "s_client", "-proxy", &proxy, "-connect", connect,
+        ])
+        .args([
+            "-servername",
+            sni,
+            "-CAfile",
+            s(ca),
+            "-verify_return_error",
+            "-brief",
+        ])
         .stdin(Stdio::null()));
     format!(
         "{}{}",
@@ -196,7 +217,11 @@ fn s_client(gw: &Rampart, connect: &str, sni: &str, ca: &Path) -> String {
 #[test]
 fn a_pinned_app_sni_cannot_open_an_uninspected_tunnel_to_another_destination() {
     let origin = TlsOrigin::start("evil.test");
-    let (gw, _dir) = gateway("[defaults]\naccess = \"allow\"\n", origin.port, &[&origin.ca_pem]);
+    let (gw, _dir) = gateway(
+        "[defaults]\naccess = \"allow\"\n",
+        origin.port,
+        &[&origin.ca_pem],
+    );
     let connect = format!("evil.test:{}", origin.port);
     // www.dropbox.com is a built-in pinned app (do-not-decrypt): before this
     // fix the tunnel to evil.test was spliced untouched.
@@ -236,7 +261,15 @@ action = "block"
     let url = format!("https://evil.test:{port}/login");
     let (code, page, err) = curl(
         &gw.proxy_url(),
-        &["--cacert", s(&ca), "-H", "Accept: text/html", "-w", "\n%{http_code}", &url],
+        &[
+            "--cacert",
+            s(&ca),
+            "-H",
+            "Accept: text/html",
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ],
     );
     assert_eq!(code, 0, "{err}");
     assert!(page.ends_with("403"), "{page}");
@@ -250,7 +283,10 @@ action = "block"
 
     // A tool without Accept: text/html gets the plain-text page.
     let (_, text, _) = curl(&gw.proxy_url(), &["--cacert", s(&ca), &url]);
-    assert!(text.contains("no evil") && !text.contains("<html"), "{text}");
+    assert!(
+        text.contains("no evil") && !text.contains("<html"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -261,7 +297,11 @@ fn requests_in_one_decrypted_tunnel_share_its_flow_id_and_are_each_decided() {
     for name in ["a", "b", "c"] {
         std::fs::write(root.join(name), format!("file {name}\n")).unwrap();
     }
-    std::fs::write(root.join("setup.exe"), b"MZ\x90\x00\x03\x00\x00\x00 a PE file").unwrap();
+    std::fs::write(
+        root.join("setup.exe"),
+        b"MZ\x90\x00\x03\x00\x00\x00 a PE file",
+    )
+    .unwrap();
     let pki = TestPki::new(dir.path(), "shop", &["shop.test"], CertKind::Valid);
     let origin = PyHttpsOrigin::start(Serve::Static, &root, &pki);
     let policy = r#"
@@ -289,7 +329,16 @@ action = "block"
     ];
     let (code, _, err) = curl(
         &gw.proxy_url(),
-        &["-v", "--http1.1", "--cacert", s(&ca), &urls[0], &urls[1], &urls[2], &urls[3]],
+        &[
+            "-v",
+            "--http1.1",
+            "--cacert",
+            s(&ca),
+            &urls[0],
+            &urls[1],
+            &urls[2],
+            &urls[3],
+        ],
     );
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("Re-using existing connection"), "{err}");
@@ -381,7 +430,11 @@ fn leaf_serial(gw: &Rampart, name: &str, port: u16) -> String {
 #[test]
 fn a_policy_reload_keeps_the_minted_leaves() {
     let origin = TlsOrigin::start("shop.test");
-    let (gw, dir) = gateway("[defaults]\naccess = \"allow\"\n", origin.port, &[&origin.ca_pem]);
+    let (gw, dir) = gateway(
+        "[defaults]\naccess = \"allow\"\n",
+        origin.port,
+        &[&origin.ca_pem],
+    );
     let before = leaf_serial(&gw, "shop.test", origin.port);
     std::fs::write(
         dir.path().join("policy.toml"),

@@ -178,7 +178,13 @@ fn an_access_rule_on_a_catalog_app_blocks_it_and_lets_other_hosts_pass() {
     let ca = gw.gateway_ca();
     let (_, page, _) = curl(
         &gw.proxy_url(),
-        &["--cacert", ca.to_str().unwrap(), "-w", "\n%{http_code}", "https://chatgpt.com:443/"],
+        &[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-w",
+            "\n%{http_code}",
+            "https://chatgpt.com:443/",
+        ],
     );
     assert!(page.ends_with("403"), "{page}");
     assert!(page.contains("no generative AI"), "{page}");

@@ -44,7 +44,9 @@ fn segment(data: &[u8]) {
     if let Ok(seg) = Segment::decode(data, count) {
         assert_eq!(seg.len(), count);
         for i in 0..count {
-            let form = seg.stored(i).expect("every counted event has a stored form");
+            let form = seg
+                .stored(i)
+                .expect("every counted event has a stored form");
             stored(form);
         }
         assert!(seg.stored(count).is_none());
@@ -191,8 +193,16 @@ mod tests {
         .concat();
         vec![
             ("store_decode", "segment", segment),
-            ("store_decode", "doc", [&[1][..], &doc::encode(&json)].concat()),
-            ("store_decode", "doc_text", [&[1][..], json.as_bytes()].concat()),
+            (
+                "store_decode",
+                "doc",
+                [&[1][..], &doc::encode(&json)].concat(),
+            ),
+            (
+                "store_decode",
+                "doc_text",
+                [&[1][..], json.as_bytes()].concat(),
+            ),
             (
                 "store_decode",
                 "flow",

@@ -56,9 +56,13 @@ pub fn tunnel_metadata(data: &[u8]) {
         return;
     };
     // Every text field is bounded, whatever the agent sends.
-    for text in [Some(&record.name), record.path.as_ref(), record.user.as_ref()]
-        .into_iter()
-        .flatten()
+    for text in [
+        Some(&record.name),
+        record.path.as_ref(),
+        record.user.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         assert!(text.chars().count() <= 4096);
     }

@@ -4,8 +4,8 @@
 
 pub mod api;
 pub mod config;
-pub mod demo;
 pub mod console;
+pub mod demo;
 pub mod devices;
 pub mod isolation;
 pub mod reload;

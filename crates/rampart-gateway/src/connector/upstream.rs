@@ -257,7 +257,10 @@ mod tests {
     fn connect_reply_is_partial_until_the_blank_line_and_keeps_tunnel_bytes_out() {
         let reply = b"HTTP/1.1 200 Connection established\r\nVia: 1.1 p\r\n\r\n\x16\x03\x01";
         for cut in 0..reply.len() - 3 {
-            assert_eq!(parse_connect_reply(&reply[..cut]), Ok(ConnectReply::Partial));
+            assert_eq!(
+                parse_connect_reply(&reply[..cut]),
+                Ok(ConnectReply::Partial)
+            );
         }
         assert_eq!(
             parse_connect_reply(reply),

@@ -165,7 +165,11 @@ pub async fn tunnel_with(
     }
     let Some(descriptors) = shared.descriptors.try_take(options.descriptor_units) else {
         // Only the proxy listener checks CONNECT ports; agent streams do not.
-        let listener = if options.check_ports { "proxy" } else { "agent_tunnel" };
+        let listener = if options.check_ports {
+            "proxy"
+        } else {
+            "agent_tunnel"
+        };
         return crate::fd_budget::refuse_connect(shared, listener, log);
     };
     let connected = match state.connector.route(&stage.egress) {
