@@ -5,7 +5,6 @@
 //! explicit allow-invalid-certificate exception. Every origin has a
 //! certificate from a throwaway CA that only the gateway trusts.
 
-#[allow(dead_code)]
 #[path = "support/https_fixtures.rs"]
 mod https_fixtures;
 mod support;
