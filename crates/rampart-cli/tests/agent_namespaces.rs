@@ -14,10 +14,10 @@ mod support;
 use std::process::Output;
 use std::time::Duration;
 
-use support::eventually;
 use support::netns::{
     root_or_skip, NetPair, NsAgent, NsServer, NsTlsOrigin, PeerOrigin, ENDPOINT_ADDR, SERVERS_ADDR,
 };
+use support::{eventually, KillOnDrop};
 
 const HOSTS: &[&str] = &[
     "shop.test",
@@ -695,16 +695,6 @@ fn a_gateway_that_goes_silent_is_dropped_by_the_keepalive_and_flows_fail_open() 
         agent.log()
     );
     assert!(!http.requests_for("shop.test").is_empty());
-}
-
-/// A child process killed when the test ends, pass or fail.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Echo servers on 4444 (a "reverse shell" port) and 5555 in the servers namespace.

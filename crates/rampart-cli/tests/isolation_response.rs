@@ -12,19 +12,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::netns::{root_or_skip, NetPair, NsAgent, NsServer, SERVERS_ADDR};
-use support::{eventually, rampart_bin, run};
+use support::{eventually, rampart_bin, run, KillOnDrop};
 
 /// The attacker's address: in the servers namespace, but not the server's.
 const ATTACKER: &str = "10.78.0.3";
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// TCP echo on the attacker's 4444 and 5555 and the server's 5555, UDP echo on the
 /// attacker's 5556.

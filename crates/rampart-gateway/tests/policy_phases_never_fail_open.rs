@@ -316,8 +316,16 @@ fn check(rules: &[String], default_block: bool, flow: &Flow) -> Result<(), TestC
     Ok(())
 }
 
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+    // 3,000 cases in CI; `PROPTEST_CASES=100000` for a long run.
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn enforced_decision_equals_the_full_information_decision(

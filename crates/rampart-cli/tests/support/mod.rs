@@ -444,3 +444,13 @@ pub fn hash_password(password: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// A child process killed when the test ends, pass or fail.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -349,11 +349,12 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
         port: session.port,
         last: EvalPoint::Response,
     };
-    let method = req.method().as_str().to_string();
+    // A clone of a standard method allocates nothing (the request is consumed below).
+    let method = req.method().clone();
     let stage = policy_stage::request_phase(
         &session.state.policy,
         &facts,
-        &method,
+        method.as_str(),
         &path,
         &mut log.record,
     );
@@ -433,7 +434,7 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
     }
     let held = HeldRequest {
         facts,
-        method: &method,
+        method: method.as_str(),
         path: &path,
         accept: accept.clone(),
         url: url.clone(),

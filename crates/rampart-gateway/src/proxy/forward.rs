@@ -79,8 +79,15 @@ pub async fn forward(
         port,
         last: EvalPoint::Response,
     };
-    let method = req.method().as_str().to_string();
-    let stage = policy_stage::request_phase(&state.policy, &facts, &method, path, &mut log.record);
+    // A clone of a standard method allocates nothing (the request is consumed below).
+    let method = req.method().clone();
+    let stage = policy_stage::request_phase(
+        &state.policy,
+        &facts,
+        method.as_str(),
+        path,
+        &mut log.record,
+    );
     if let Some(blocked) = &stage.blocked {
         let target = log.record.target.clone();
         return blocked_response(
@@ -115,7 +122,7 @@ pub async fn forward(
     }
     let held = HeldRequest {
         facts,
-        method: &method,
+        method: method.as_str(),
         path,
         accept,
         url: log.record.target.clone(),
