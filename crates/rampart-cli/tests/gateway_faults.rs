@@ -381,7 +381,8 @@ fn fill(dir: &Path) {
 fn full_data_disk_keeps_the_proxy_serving_counts_the_errors_and_does_not_crash() {
     require_root("full_data_disk_keeps_the_proxy_serving_counts_the_errors_and_does_not_crash");
     let origin = Origin::start();
-    let mut mount = None;
+    // A cell: the harness may call `prepare` again if it has to retry on fresh ports.
+    let mount = std::cell::RefCell::new(None);
     let mut gw = Rampart::try_start_with(
         "[proxy]\nallow_loopback_destinations = true\n",
         &[],
@@ -395,7 +396,7 @@ fn full_data_disk_keeps_the_proxy_serving_counts_the_errors_and_does_not_crash()
                 .map(PathBuf::from)
                 .expect("the harness passes --config");
             let data_dir = config.parent().expect("config dir").join("data");
-            mount = Some(TmpfsMount::mount(&data_dir, "16m"));
+            *mount.borrow_mut() = Some(TmpfsMount::mount(&data_dir, "16m"));
         },
     )
     .unwrap_or_else(|log| panic!("rampart did not start on a tmpfs data dir:\n{log}"));

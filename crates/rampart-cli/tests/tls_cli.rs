@@ -2,7 +2,7 @@
 //! openssl, curl, git, pip and Python requests checking its output (loopback only).
 use rampart_tls::ca::{der_to_pem, CaPaths, CertificateAuthority};
 use rampart_tls::leaf::LeafNames;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -400,11 +400,7 @@ fn origin(data: &Path, host: &str, dir: &Path) -> Origin {
     )
     .unwrap();
     std::fs::write(dir.join("origin.key"), leaf.key_pem()).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = rampart_testkit::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let child = Command::new("openssl")
         .args([

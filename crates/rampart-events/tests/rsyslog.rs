@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,13 +27,7 @@ impl Drop for Rsyslog {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use rampart_testkit::free_port;
 
 fn start_rsyslog(dir: &Path, tls: Option<(&Path, &Path)>) -> Rsyslog {
     assert!(

@@ -296,11 +296,7 @@ fn hec_collector(listener: TcpListener, token: &'static str, got: Arc<Mutex<Vec<
 #[test]
 fn hec_events_spool_while_the_collector_is_down_and_arrive_after_it_returns() {
     // Reserve a port, then free it: the collector is "down" until we bind it again.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = rampart_testkit::free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut s = sink(SinkKind::Hec, "splunk");
     s.url = Some(format!("http://127.0.0.1:{port}/services/collector/event"));
@@ -346,11 +342,7 @@ fn hec_events_spool_while_the_collector_is_down_and_arrive_after_it_returns() {
 
 #[test]
 fn undelivered_sink_events_survive_a_restart() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = rampart_testkit::free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut s = sink(SinkKind::Hec, "later");
     s.url = Some(format!("http://127.0.0.1:{port}/services/collector/event"));

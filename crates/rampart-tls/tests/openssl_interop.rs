@@ -2,7 +2,7 @@
 //! talking to `openssl s_server` presenting a minted leaf (loopback only).
 use rampart_tls::ca::{der_to_pem, CaOptions, CaPaths, CertificateAuthority};
 use rampart_tls::leaf::LeafNames;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,11 +57,7 @@ impl Drop for SServer {
 }
 
 fn s_server(cert: &Path, chain: &Path, key: &Path) -> (SServer, SocketAddr) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = rampart_testkit::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let child = Command::new("openssl")
         .args(["s_server", "-accept", &addr.to_string(), "-www", "-quiet"])

@@ -10,18 +10,12 @@ pub mod squid;
 pub mod tls_origin;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound and released; the tiny race is acceptable in tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
-}
+pub use rampart_testkit::free_port;
 
 pub fn rampart_bin() -> &'static str {
     env!("CARGO_BIN_EXE_rampart")
@@ -54,12 +48,37 @@ impl Rampart {
         Self::try_start_with(extra_toml, args, |_| {})
     }
 
+    /// Like `try_start_with`, but starts again on fresh ports when another
+    /// process took one of the picked ports in between (possible on a busy
+    /// machine running many tests at once; never hides any other failure).
+    fn start_retrying_taken_ports(
+        extra_toml: &str,
+        args: &[&str],
+        prepare: &dyn Fn(&mut Command),
+    ) -> Result<Rampart, String> {
+        let mut attempt = 0;
+        loop {
+            match Self::try_start_once(extra_toml, args, prepare) {
+                Err(log) if log.contains("Address already in use") && attempt < 4 => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
     /// Like `try_start`, with a last look at the command before it is spawned
     /// (resource limits through `pre_exec`, environment).
     pub fn try_start_with(
         extra_toml: &str,
         args: &[&str],
-        prepare: impl FnOnce(&mut Command),
+        prepare: impl Fn(&mut Command),
+    ) -> Result<Rampart, String> {
+        Self::start_retrying_taken_ports(extra_toml, args, &prepare)
+    }
+
+    fn try_start_once(
+        extra_toml: &str,
+        args: &[&str],
+        prepare: &dyn Fn(&mut Command),
     ) -> Result<Rampart, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         // A `--proxy-listen` flag wins over the file, as in the product.
