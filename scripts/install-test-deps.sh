@@ -12,6 +12,8 @@
 #   inspect   zip, p7zip-full, qpdf (encrypted fixtures), clamav-daemon (INSTREAM)
 #   build     build-essential, pkg-config (crates that build C), python3-venv
 #   console   chromium (driven by Playwright from the venv; never `playwright install`)
+#   fleet     nats-server (JetStream), postgresql (fleet event store), haproxy
+#             (PROXY protocol v2 in front of gateways); tests start their own
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 packages=(
@@ -27,6 +29,8 @@ packages=(
   build-essential pkg-config
   # console
   chromium
+  # fleet
+  nats-server postgresql haproxy
 )
 need_apt=()
 for pkg in "${packages[@]}"; do
@@ -38,7 +42,7 @@ if ((${#need_apt[@]})); then
 fi
 # Squid's and ClamAV's Debian packages start system instances (and freshclam
 # would try to download signatures); tests start their own on loopback.
-for unit in squid clamav-daemon clamav-freshclam; do
+for unit in squid clamav-daemon clamav-freshclam nats-server postgresql haproxy; do
   systemctl disable --now "$unit" >/dev/null 2>&1 || service "$unit" stop >/dev/null 2>&1 || true
 done
 pkill -x squid 2>/dev/null || true
