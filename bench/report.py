@@ -35,23 +35,31 @@ METRICS = {
     "i_p99_full_ms": ("  p99 of the whole run, connection set-up included", "ms", False, 3),
 }
 
+# (title, columns, column names, main peer, further peers with a ratio column, rows)
+# g3proxy's "-log" targets log every request to a file, like Rampart (and
+# Squid); the plain ones log nothing (`log: discard`). Issue 22's ratios are
+# against the latter.
 TABLES = [
     (
         "Forward proxy (issue 2)",
-        ["direct", "squid", "tinyproxy", "mitmproxy", "rampart"],
+        ["direct", "squid", "tinyproxy", "mitmproxy", "g3proxy", "g3proxy-log", "rampart"],
         {"direct": "direct", "squid": "Squid", "tinyproxy": "tinyproxy",
-         "mitmproxy": "mitmproxy", "rampart": "Rampart"},
+         "mitmproxy": "mitmproxy", "g3proxy": "g3proxy", "g3proxy-log": "g3proxy logged",
+         "rampart": "Rampart"},
         "squid",
+        ["g3proxy", "g3proxy-log"],
         ["plain_rps", "plain_cpu_us", "https_rps", "https_cpu_us", "big_mbps",
          "big_cpu_s_gb", "p99_ms", "p99_added_ms", "p99_full_ms",
          "rss_rest_mib", "rss_tunnel_kib"],
     ),
     (
         "TLS interception (issue 3)",
-        ["direct", "squid-bump", "mitmproxy-mitm", "rampart-mitm"],
+        ["direct", "squid-bump", "mitmproxy-mitm", "g3proxy-mitm", "g3proxy-mitm-log", "rampart-mitm"],
         {"direct": "direct", "squid-bump": "Squid ssl_bump",
-         "mitmproxy-mitm": "mitmproxy", "rampart-mitm": "Rampart"},
+         "mitmproxy-mitm": "mitmproxy", "g3proxy-mitm": "g3proxy",
+         "g3proxy-mitm-log": "g3proxy logged", "rampart-mitm": "Rampart"},
         "squid-bump",
+        ["g3proxy-mitm", "g3proxy-mitm-log"],
         ["i_rps_ka", "i_ka_cpu_us", "i_rps_new", "i_new_cpu_us", "i_big_mbps",
          "i_big_cpu_s_gb", "i_p99_ms", "i_p99_added_ms", "i_p99_full_ms"],
     ),
@@ -71,6 +79,14 @@ TARGETS = [
     ("i_rps_new", "rampart-mitm", "ratio", "squid-bump", 5.0, "intercepted new-connection req/s ≥ 5 × Squid ssl_bump"),
     ("i_big_mbps", "rampart-mitm", "ratio", "squid-bump", 2.6, "intercepted bulk MB/s ≥ 2.6 × Squid ssl_bump"),
     ("i_p99_added_ms", "rampart-mitm", "max", None, 0.30, "intercepted p99 at 500 req/s ≤ 0.30 ms (read as added over direct HTTPS)"),
+    # Issue 22: against g3proxy with `log: discard`, Rampart logging everything.
+    ("plain_cpu_us", "rampart", "ratio_max", "g3proxy", 0.9, "plain HTTP CPU per request ≤ 0.9 × g3proxy (issue 22)"),
+    ("plain_rps", "rampart", "ratio", "g3proxy", 1.05, "plain HTTP req/s ≥ 1.05 × g3proxy (issue 22)"),
+    ("i_ka_cpu_us", "rampart-mitm", "ratio_max", "g3proxy-mitm", 0.85, "intercepted keep-alive CPU per request ≤ 0.85 × g3proxy (issue 22)"),
+    ("i_rps_new", "rampart-mitm", "ratio", "g3proxy-mitm", 1.5, "intercepted new-connection req/s ≥ 1.5 × g3proxy (issue 22)"),
+    ("i_big_mbps", "rampart-mitm", "ratio", "g3proxy-mitm", 1.0, "intercepted bulk MB/s ≥ 1.0 × g3proxy (issue 22)"),
+    ("i_big_cpu_s_gb", "rampart-mitm", "ratio_max", "g3proxy-mitm", 0.8, "intercepted CPU per GB ≤ 0.8 × g3proxy (issue 22)"),
+    ("i_p99_ms", "rampart-mitm", "ratio_max", "g3proxy-mitm", 1.0, "intercepted p99 at 500 req/s ≤ g3proxy's (issue 22)"),
 ]
 
 
@@ -128,14 +144,18 @@ def render(values, notes, ran_targets):
     med = medians(values)
     derive(med, values)
     out = []
-    for title, cols, names, main_peer, rows in TABLES:
+    with_figures = {k[1] for k in med} | {k[1] for k in notes}
+    for title, cols, names, main_peer, extra_refs, rows in TABLES:
         if not any(m in {k[0] for k in med} for m in rows):
             continue
         rampart = cols[-1]
+        # Peers left out of this run (BENCH_PEERS) get no column.
+        cols = [c for c in cols if c in ("direct", rampart) or c in with_figures or c in ran_targets]
         peers = [c for c in cols if c not in ("direct", rampart)]
+        refs = [main_peer] + [p for p in extra_refs if p in cols]
         out.append(f"### {title}\n")
         head = ["Metric", "unit"] + [names[c] for c in cols]
-        head += [f"Rampart / {names[main_peer]}", "Rampart / best peer", "Rampart / direct"]
+        head += [f"Rampart / {names[p]}" for p in refs] + ["Rampart / best peer", "Rampart / direct"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         for m in rows:
@@ -161,9 +181,9 @@ def render(values, notes, ran_targets):
             best = (max(peer_vals) if higher else min(peer_vals)) if peer_vals else None
             if m.endswith("added_ms"):
                 # Ratios of differences mean little; the target is absolute.
-                cells += ["—", "—", "—"]
+                cells += ["—"] * (len(refs) + 2)
             else:
-                for ref in (med.get((m, main_peer)), best, med.get((m, "direct"))):
+                for ref in [med.get((m, p)) for p in refs] + [best, med.get((m, "direct"))]:
                     q = ratio(r, ref)
                     cells.append("—" if q is None else f"{q:.2f}×")
             out.append("| " + " | ".join(cells) + " |")
@@ -193,14 +213,17 @@ def render(values, notes, ran_targets):
             out.append(f"| {text} | — | {state} | — |")
             continue
         dec = METRICS[m][3]
-        if kind == "ratio":
+        if kind in ("ratio", "ratio_max"):
             refv = med.get((m, ref))
             q = ratio(r, refv)
+            if refv is None and not notes.get((m, ref)):
+                continue  # that peer was not in this run
             if q is None:
                 out.append(f"| {text} | {fmt(r, dec)} | no reference | — |")
                 continue
-            met = q >= bound
-            margin = (q / bound - 1) * 100
+            # "ratio": at least bound × the reference; "ratio_max": at most.
+            met = q >= bound if kind == "ratio" else q <= bound
+            margin = (q / bound - 1) * 100 if kind == "ratio" else (1 - q / bound) * 100
             out.append(f"| {text} | {q:.2f}× | {'yes' if met else 'NO'} | {margin:+.0f} % |")
         else:
             met = r <= bound

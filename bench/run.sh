@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Rampart benchmark: the same load through Squid, tinyproxy, mitmproxy, Rampart
-# and directly, in one run, on loopback. See bench/README.md.
+# Rampart benchmark: the same load through Squid, tinyproxy, mitmproxy, g3proxy,
+# Rampart and directly, in one run, on loopback. See bench/README.md.
 #
 #   bench/run.sh [all|plain|connect|latency|rss|intercept]...
 #   BENCH_QUICK=1 bench/run.sh          smoke test: 2 s loops, 1 run, 64 MiB object
@@ -10,7 +10,11 @@
 #   BENCH_DURATION=SECS     length of each timed load loop (default 10; quick 2)
 #   BENCH_RUNS=N            runs per figure, the median is reported (default 3; quick 1)
 #   BENCH_BIG_SIZE=SIZE     size of the bulk object (default 1G; quick 64M)
-#   BENCH_PEERS="..."       subset of: squid tinyproxy mitmproxy rampart
+#   BENCH_PEERS="..."       subset of: squid tinyproxy mitmproxy g3proxy rampart
+#   G3PROXY_BIN, G3FCGEN_BIN  g3proxy and g3fcgen (default bench/.peers/g3/, made by
+#                           bench/g3proxy-build.sh PATH-TO-G3-CHECKOUT)
+#   BENCH_G3_LOG=0          leave out g3proxy's "everything logged" columns
+#                           (g3proxy-log, g3proxy-mitm-log): only its `log: discard` ones
 #   BENCH_PROXY_CPU=1       CPU the proxy under test is pinned to
 #   BENCH_LOAD_CPU=0        CPU for the load generators and the origin
 #   BENCH_TUNNELS=1000      idle CONNECT tunnels held for the RSS figure
@@ -62,7 +66,10 @@ INTERCEPT_MEASURES=" ${BENCH_INTERCEPT:-keepalive new p99 bulk} "
 TUNNELS=${BENCH_TUNNELS:-1000}
 PROXY_CPU=${BENCH_PROXY_CPU:-1}
 LOAD_CPU=${BENCH_LOAD_CPU:-0}
-PEERS=${BENCH_PEERS:-squid tinyproxy mitmproxy rampart}
+PEERS=${BENCH_PEERS:-squid tinyproxy mitmproxy g3proxy rampart}
+G3PROXY_BIN=${G3PROXY_BIN:-$BENCH_DIR/.peers/g3/g3proxy}
+G3FCGEN_BIN=${G3FCGEN_BIN:-$BENCH_DIR/.peers/g3/g3fcgen}
+G3_LOG=${BENCH_G3_LOG:-1}
 RAMPART_BIN=${RAMPART_BIN:-$REPO_DIR/target/release/rampart}
 SQUID_BIN=$(command -v squid || echo /usr/sbin/squid)
 SQUID_SSL_DIR="$BENCH_DIR/.peers/squid-openssl"
@@ -201,7 +208,9 @@ setup_origin() {
         2>/dev/null
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
         -keyout "$t/origin.key" -out "$t/origin.csr" -subj "/CN=localhost" 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' >"$t/ext.cnf"
+    # keyUsage as public CAs issue it: g3fcgen copies the origin certificate's
+    # extensions into the leaf it mints ("mimic") and fails without one.
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n' >"$t/ext.cnf"
     openssl x509 -req -in "$t/origin.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
         -out "$t/origin.pem" -days 2 -extfile "$t/ext.cnf" 2>/dev/null
     ORIGIN_CA="$t/ca.pem"
@@ -367,6 +376,116 @@ start_mitmproxy() { # mitmproxy (HTTP proxy, tunnels CONNECT) | mitmproxy-mitm (
     wait_port "$PORT" "$PID" "$name"
 }
 
+free_udp_port() {
+    python3 -c 'import socket; s=socket.socket(type=socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# g3proxy (bytedance/g3), built by bench/g3proxy-build.sh. One tokio worker
+# thread (`runtime.thread_number: 1`), pinned like every proxy here.
+#   g3proxy            forward proxy, `log: discard` (logs nothing)
+#   g3proxy-log        the same with every log to a file: `log: stdout` sends its
+#                      task logs (one per HTTP request / CONNECT tunnel), escape
+#                      and resolve logs to standard output, which this script
+#                      points at $WORK/NAME/access.log (g3proxy has no file log
+#                      driver; its drivers are discard, stdout, journal, syslog,
+#                      fluentd). An intercepting g3proxy logs each intercepted
+#                      request through its audit ("intercept") logger, which
+#                      follows the same default.
+#   g3proxy-mitm       TLS interception: an auditor with protocol inspection and
+#                      g3fcgen as its certificate generator; g3fcgen mints a leaf
+#                      that copies the origin's certificate (which therefore
+#                      carries keyUsage, see setup_origin), signed by the bench's
+#                      interception CA. Origin verified against the origin CA.
+#   g3proxy-mitm-log   the same, everything logged as in g3proxy-log.
+start_g3proxy() {
+    local name=$1
+    local d="$WORK/$name"
+    mkdir -p "$d/ctl"
+    [[ -x $G3PROXY_BIN ]] || die "no g3proxy at $G3PROXY_BIN: run bench/g3proxy-build.sh PATH-TO-G3-CHECKOUT"
+    PORT=$(free_port)
+    local log_driver=discard stdout_to=""
+    if [[ $name == *-log ]]; then
+        log_driver=stdout
+        stdout_to=">>\"$d/access.log\""
+    fi
+    local auditor="" auditor_ref="" fcgen="" udp=""
+    if [[ $name == g3proxy-mitm* ]]; then
+        [[ -x $G3FCGEN_BIN ]] || die "no g3fcgen at $G3FCGEN_BIN: run bench/g3proxy-build.sh PATH-TO-G3-CHECKOUT"
+        # g3fcgen's UDP port is a command-line default (127.0.0.1:2999) or
+        # UDP_LISTEN_ADDR; a free port keeps two runs (or a test) apart.
+        udp=$(free_udp_port)
+        cat >"$d/g3fcgen.yaml" <<EOF
+---
+backend:
+  ca_certificate: $MITM_CA
+  ca_private_key: $MITM_KEY
+EOF
+        auditor="auditor:
+  - name: bench
+    protocol_inspection: {}
+    tls_cert_generator:
+      query_peer_addr: 127.0.0.1:$udp
+    tls_interception_client:
+      ca_certificate: $ORIGIN_CA
+"
+        auditor_ref="    auditor: bench"
+        # Started by the launcher, so after its exec g3fcgen is g3proxy's
+        # child: cputime.py's process tree and the group kill cover both (as
+        # Squid's certificate helpers are covered).
+        fcgen="UDP_LISTEN_ADDR=127.0.0.1:$udp \"$G3FCGEN_BIN\" -c \"$d/g3fcgen.yaml\" &"
+    fi
+    cat >"$d/g3proxy.yaml" <<EOF
+---
+runtime:
+  thread_number: 1
+
+log: $log_driver
+
+# Names never go to a DNS server: the escaper maps the origin's name itself.
+resolver:
+  - name: none
+    type: deny_all
+
+escaper:
+  - name: direct
+    type: direct_fixed
+    resolver: none
+    resolve_redirection:
+      - exact: localhost
+        to: [127.0.0.1]
+    # The origin is on loopback, which g3proxy refuses by default.
+    egress_network_filter:
+      default: allow
+      allow:
+        - 127.0.0.0/8
+        - ::1/128
+
+$auditor
+server:
+  - name: bench
+    type: http_proxy
+    escaper: direct
+$auditor_ref
+    listen:
+      address: 127.0.0.1:$PORT
+EOF
+    cat >"$d/launch.sh" <<EOF
+#!/usr/bin/env bash
+$fcgen
+exec "$G3PROXY_BIN" -c "$d/g3proxy.yaml" -C "$d/ctl" -G "$name" $stdout_to
+EOF
+    spawn "$name" "$PROXY_CPU" bash "$d/launch.sh"
+    PID=$LAST_PID
+    wait_port "$PORT" "$PID" "$name"
+    if [[ -n $udp ]]; then
+        for _ in $(seq 100); do
+            ss -Hlun "src 127.0.0.1:$udp" | grep -q . && return 0
+            sleep 0.1
+        done
+        die "g3fcgen did not listen on UDP $udp (log: $WORK/$name.log)"
+    fi
+}
+
 start_rampart() { # rampart | rampart-mitm
     local name=$1
     local d="$WORK/$name"
@@ -445,6 +564,7 @@ start_target() { # TARGET -> PORT, PID
     tinyproxy) start_tinyproxy ;;
     mitmproxy | mitmproxy-mitm) start_mitmproxy "$1" ;;
     rampart | rampart-mitm) start_rampart "$1" ;;
+    g3proxy | g3proxy-log | g3proxy-mitm | g3proxy-mitm-log) start_g3proxy "$1" ;;
     *) die "unknown target $1" ;;
     esac
     [[ " ${STARTED_TARGETS[*]} " == *" $1 "* ]] || STARTED_TARGETS+=("$1")
@@ -456,10 +576,18 @@ targets_for() { # plain|intercept
     if [[ $1 == intercept ]]; then
         has_peer squid && list+=(squid-bump)
         has_peer mitmproxy && list+=(mitmproxy-mitm)
+        if has_peer g3proxy && [[ -x $G3PROXY_BIN ]]; then
+            list+=(g3proxy-mitm)
+            [[ $G3_LOG == 1 ]] && list+=(g3proxy-mitm-log)
+        fi
         has_peer rampart && [[ -x $RAMPART_BIN ]] && list+=(rampart-mitm)
     else
         local p
         for p in squid tinyproxy mitmproxy; do has_peer "$p" && list+=("$p"); done
+        if has_peer g3proxy && [[ -x $G3PROXY_BIN ]]; then
+            list+=(g3proxy)
+            [[ $G3_LOG == 1 ]] && list+=(g3proxy-log)
+        fi
         has_peer rampart && [[ -x $RAMPART_BIN ]] && list+=(rampart)
     fi
     echo "${list[@]}"
@@ -832,6 +960,9 @@ log "work dir $WORK; scenarios: ${SCENARIOS[*]}; ${RUNS} run(s) of ${DUR}s; peer
 if has_peer rampart && [[ ! -x $RAMPART_BIN ]]; then
     log "Rampart binary not found at $RAMPART_BIN: its column will read 'pending'"
 fi
+if has_peer g3proxy && [[ ! -x $G3PROXY_BIN ]]; then
+    log "g3proxy not found at $G3PROXY_BIN (bench/g3proxy-build.sh PATH-TO-G3-CHECKOUT builds it): no g3proxy columns"
+fi
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 START_TS=$(date +%s)
 setup_origin
@@ -848,11 +979,11 @@ ran=("${STARTED_TARGETS[@]}")
 {
     echo "## Rampart benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "- command: \`$(for v in BENCH_QUICK BENCH_DURATION BENCH_RUNS BENCH_BIG_SIZE BENCH_PEERS; do [[ -n ${!v:-} ]] && printf '%s=%q ' "$v" "${!v}"; done)bench/run.sh ${*:-all}\`"
+    echo "- command: \`$(for v in BENCH_QUICK BENCH_DURATION BENCH_RUNS BENCH_BIG_SIZE BENCH_PEERS BENCH_G3_LOG BENCH_RAMPART_TOML BENCH_INTERCEPT; do [[ -n ${!v:-} ]] && printf '%s=%q ' "$v" "${!v}"; done)bench/run.sh ${*:-all}\`"
     echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r)"
     echo "- load average at start: $LOADAVG_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- ${RUNS} run(s) of ${DUR} s per figure (median), big object $BIG_SIZE, proxy on CPU $PROXY_CPU, load and origin on CPU $LOAD_CPU; took ${ELAPSED} s"
-    echo "- versions: squid $("$SQUID_BIN" -v | head -n1 | awk '{print $4}'), tinyproxy $(tinyproxy -v 2>&1 | awk '{print $2}'), mitmproxy $("$MITMDUMP" --version 2>/dev/null | awk '/Mitmproxy:/ {print $2}'), nginx $(nginx -v 2>&1 | cut -d/ -f2), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk", $2}'), $(oha --version), rampart $([[ -x $RAMPART_BIN ]] && echo "binary built $(date -u -r "$RAMPART_BIN" '+%Y-%m-%d %H:%M UTC') (HEAD $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null))" || echo pending)"
+    echo "- versions: squid $("$SQUID_BIN" -v | head -n1 | awk '{print $4}'), tinyproxy $(tinyproxy -v 2>&1 | awk '{print $2}'), mitmproxy $("$MITMDUMP" --version 2>/dev/null | awk '/Mitmproxy:/ {print $2}'), g3proxy $("$G3PROXY_BIN" -V 2>/dev/null | awk '{print $2; exit}') (g3fcgen $("$G3FCGEN_BIN" -V 2>/dev/null | awk '{print $2; exit}')), nginx $(nginx -v 2>&1 | cut -d/ -f2), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk", $2}'), $(oha --version), rampart $([[ -x $RAMPART_BIN ]] && echo "binary built $(date -u -r "$RAMPART_BIN" '+%Y-%m-%d %H:%M UTC') (HEAD $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null))" || echo pending)"
     echo
     python3 "$BENCH_DIR/report.py" "$RESULTS" "${ran[@]}"
 } | tee "$OUT_DIR/table.md"

@@ -1,1 +1,0 @@
-//! NATS JetStream transport (configuration revisions and events).
