@@ -1,5 +1,6 @@
 //! Typed events based on OCSF 1.3: HTTP Activity (4002), Network Activity (4001),
-//! Detection Finding (2004) and Device Config State (5002) for device/agent events.
+//! Detection Finding (2004), Device Config State (5002) for device/agent events and
+//! API Activity (6003) for the audit trail of console actions.
 //!
 //! One schema serves the store, the API and every sink: an [`Event`] serialises to
 //! an OCSF document whose Rampart-specific attributes (TLS decision, bypass site,
@@ -12,7 +13,7 @@ use uuid::Uuid;
 /// The OCSF schema version the documents follow.
 pub const OCSF_VERSION: &str = "1.3.0";
 
-/// The four kinds of event Rampart records; the query field `type` takes these names.
+/// The kinds of event Rampart records; the query field `type` takes these names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventType {
@@ -24,14 +25,17 @@ pub enum EventType {
     Alert,
     /// Device/agent state: enrolment, isolation, agent start/stop (OCSF Device Config State, 5002).
     Device,
+    /// An administrator's action or a login in the console (OCSF API Activity, 6003).
+    Audit,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 4] = [
+    pub const ALL: [EventType; 5] = [
         EventType::Http,
         EventType::Network,
         EventType::Alert,
         EventType::Device,
+        EventType::Audit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +44,7 @@ impl EventType {
             EventType::Network => "network",
             EventType::Alert => "alert",
             EventType::Device => "device",
+            EventType::Audit => "audit",
         }
     }
 
@@ -55,6 +60,7 @@ impl EventType {
             EventType::Network => 4001,
             EventType::Alert => 2004,
             EventType::Device => 5002,
+            EventType::Audit => 6003,
         }
     }
 
@@ -68,6 +74,7 @@ impl EventType {
             EventType::Network => "Network Activity",
             EventType::Alert => "Detection Finding",
             EventType::Device => "Device Config State",
+            EventType::Audit => "API Activity",
         }
     }
 
@@ -76,6 +83,7 @@ impl EventType {
             EventType::Http | EventType::Network => (4, "Network Activity"),
             EventType::Alert => (2, "Findings"),
             EventType::Device => (5, "Discovery"),
+            EventType::Audit => (6, "Application Activity"),
         }
     }
 }

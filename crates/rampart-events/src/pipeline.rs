@@ -34,7 +34,7 @@ use crate::event::{now_ms, Event};
 use crate::flow::FlowEvent;
 use crate::journal::{self, CommitMarker, Journal, JournalSync, Position, Recovery};
 use crate::record::Record;
-use crate::sink::{self, SinkFeed, SinkStats};
+use crate::sink::{SinkStats, Sinks};
 use crate::spool::Spool;
 use crate::store::{db_path, decode_stored, encode_doc, Checkpointer, PreparedEvent, StoreWriter};
 
@@ -169,8 +169,9 @@ pub struct EventSender {
     tx: Option<Sender<Queued>>,
     queue_size: u64,
     stats: Arc<PipelineStats>,
-    /// Prepare flow events on the caller's thread (see [`EventSender::send_flow`]).
-    prepare_flows: bool,
+    /// Set while a sink runs: flows are then handed over whole, else prepared
+    /// on the caller's thread (see [`EventSender::send_flow`]).
+    sinks_active: Arc<AtomicBool>,
 }
 
 impl EventSender {
@@ -191,7 +192,7 @@ impl EventSender {
         if self.tx.is_none() {
             return;
         }
-        if self.prepare_flows {
+        if !self.sinks_active.load(Ordering::Relaxed) {
             self.send_queued(Queued::Prepared(PreparedEvent::from_flow(&flow)));
         } else {
             self.send_queued(Queued::Record(Box::new(Record::Flow(flow))));
@@ -204,7 +205,7 @@ impl EventSender {
         if self.tx.is_none() {
             return;
         }
-        if self.prepare_flows {
+        if !self.sinks_active.load(Ordering::Relaxed) {
             self.send_queued(Queued::Prepared(PreparedEvent::from_flow(flow)));
         } else {
             self.send_queued(Queued::Record(Box::new(Record::Flow(flow.clone()))));
@@ -246,7 +247,7 @@ pub struct Pipeline {
     stats: Arc<PipelineStats>,
     closing: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    sinks: Vec<(String, Arc<SinkStats>)>,
+    sinks: Arc<Sinks>,
     db: PathBuf,
 }
 
@@ -267,13 +268,14 @@ impl Pipeline {
                 tx: None,
                 queue_size: 0,
                 stats: stats.clone(),
-                prepare_flows: false,
+                sinks_active: Arc::new(AtomicBool::new(false)),
             };
+            let closing = Arc::new(AtomicBool::new(false));
             let pipeline = Pipeline {
                 stats,
-                closing: Arc::new(AtomicBool::new(false)),
+                sinks: Arc::new(Sinks::start(&[], data_dir, closing.clone())?),
+                closing,
                 threads: Vec::new(),
-                sinks: Vec::new(),
                 db,
             };
             return Ok((pipeline, sender));
@@ -319,15 +321,7 @@ impl Pipeline {
         let stats = Arc::new(PipelineStats::default());
         let closing = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let mut feeds = Vec::new();
-        let mut sinks = Vec::new();
-        for sc in &config.sinks {
-            let (feed, handle) = sink::start(sc, data_dir, closing.clone())?;
-            sinks.push((sc.name.clone(), feed.stats.clone()));
-            feeds.push(feed);
-            threads.push(handle);
-        }
-        let for_sinks = !feeds.is_empty();
+        let sinks = Arc::new(Sinks::start(&config.sinks, data_dir, closing.clone())?);
         let (tx, rx) = mpsc::channel::<Queued>();
         let (btx, brx) = mpsc::sync_channel::<Batch>(BATCH_SLOTS);
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -335,7 +329,7 @@ impl Pipeline {
             rx,
             journal,
             journal_failed_at: None,
-            for_sinks,
+            sinks: sinks.clone(),
             btx,
             in_flight: in_flight.clone(),
             spool: spool.clone(),
@@ -348,7 +342,7 @@ impl Pipeline {
             in_flight,
             store: writer,
             spool,
-            feeds,
+            sinks: sinks.clone(),
             stats: stats.clone(),
             closing: closing.clone(),
             max_age_ms: config.max_age.map(|d| d.as_millis() as i64),
@@ -379,7 +373,7 @@ impl Pipeline {
             tx: Some(tx),
             queue_size: config.queue_size.max(1) as u64,
             stats: stats.clone(),
-            prepare_flows: !for_sinks,
+            sinks_active: sinks.active_flag(),
         };
         Ok((
             Pipeline {
@@ -405,8 +399,13 @@ impl Pipeline {
     }
 
     /// Per-sink counters, by sink name.
-    pub fn sink_stats(&self) -> &[(String, Arc<SinkStats>)] {
-        &self.sinks
+    pub fn sink_stats(&self) -> Vec<(String, Arc<SinkStats>)> {
+        self.sinks.stats()
+    }
+
+    /// The running sinks, to change them in place (a reload).
+    pub fn sinks(&self) -> Arc<Sinks> {
+        self.sinks.clone()
     }
 
     /// The database file.
@@ -431,6 +430,10 @@ impl Pipeline {
     pub fn close(self) {
         self.closing.store(true, Ordering::SeqCst);
         for t in self.threads {
+            let _ = t.join();
+        }
+        // After the writer: the last batches are in their spools by now.
+        for t in self.sinks.take_threads() {
             let _ = t.join();
         }
     }
@@ -587,8 +590,8 @@ struct Drainer {
     journal: Option<Journal>,
     /// When a journal write last failed (logged at most every 10 s).
     journal_failed_at: Option<Instant>,
-    /// Whether sinks need every event as OCSF JSON.
-    for_sinks: bool,
+    /// While any sink runs, every event is rendered as OCSF JSON.
+    sinks: Arc<Sinks>,
     btx: SyncSender<Batch>,
     /// Events handed to the writer and not yet committed (or spilled by it).
     in_flight: Arc<AtomicUsize>,
@@ -657,7 +660,7 @@ impl Drainer {
                     .drained
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let n = batch.len();
-                let mut batch = Batch::encode(batch, self.for_sinks);
+                let mut batch = Batch::encode(batch, self.sinks.is_active());
                 batch.journal_end = self.journal(&batch);
                 if self.in_flight.load(Ordering::Relaxed) + n > MAX_IN_FLIGHT {
                     self.spill(batch);
@@ -735,7 +738,7 @@ struct Writer {
     in_flight: Arc<AtomicUsize>,
     store: StoreWriter,
     spool: Arc<Mutex<Spool>>,
-    feeds: Vec<SinkFeed>,
+    sinks: Arc<Sinks>,
     stats: Arc<PipelineStats>,
     closing: Arc<AtomicBool>,
     max_age_ms: Option<i64>,
@@ -924,15 +927,17 @@ impl Writer {
 
     /// Hand replayed records to the sinks (as full events with their JSON).
     fn feed_records(&self, records: &[Record]) {
-        if self.feeds.is_empty() || records.is_empty() {
+        if !self.sinks.is_active() || records.is_empty() {
             return;
         }
         let events: Vec<Event> = records.iter().map(|r| r.to_event().into_owned()).collect();
         let docs: Vec<String> = events.iter().map(render_json).collect();
         let events: Vec<&Event> = events.iter().collect();
-        for feed in &self.feeds {
-            feed.push(&events, &docs);
-        }
+        self.sinks.with_feeds(|feeds| {
+            for feed in feeds {
+                feed.push(&events, &docs);
+            }
+        });
     }
 
     /// Store a batch; on failure spill it so nothing is lost, and back off.
@@ -945,12 +950,18 @@ impl Writer {
                 }
                 self.stats.stored.fetch_add(n as u64, Ordering::Relaxed);
                 self.stats.hook.stored(&batch.events);
-                if !self.feeds.is_empty() {
-                    // With sinks every record is a full event (see `Batch::encode`).
+                // A batch encoded while sinks ran has every record as a full
+                // event with its JSON (see `Batch::encode`); one encoded before
+                // the first sink was added has none, and feeds nothing.
+                if batch.docs.len() == batch.records.len() && !batch.docs.is_empty() {
                     let events: Vec<&Event> =
                         batch.records.iter().filter_map(|r| r.as_event()).collect();
-                    for feed in &self.feeds {
-                        feed.push(&events, &batch.docs);
+                    if events.len() == batch.docs.len() {
+                        self.sinks.with_feeds(|feeds| {
+                            for feed in feeds {
+                                feed.push(&events, &batch.docs);
+                            }
+                        });
                     }
                 }
             }

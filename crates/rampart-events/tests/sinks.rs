@@ -410,3 +410,85 @@ fn file_sinks_write_ndjson_and_squid_lines_with_a_query_filter() {
     assert_eq!(cols[2], "10.0.0.9");
     assert_eq!(cols[5], "GET");
 }
+
+/// Events sent now, in the flow form the gateway uses; returns their ids.
+fn send_flows(sender: &rampart_events::EventSender, from: u64, n: u64) -> HashSet<String> {
+    let now = rampart_events::now_ms();
+    (from..from + n)
+        .map(|i| {
+            let f = common::http_flow(i, now + i as i64);
+            let id = f.id.to_string();
+            sender.send_flow(f);
+            id
+        })
+        .collect()
+}
+
+fn ndjson_ids(path: &Path) -> HashSet<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["metadata"]["uid"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn sinks_added_changed_and_removed_while_running_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pipeline, sender) = Pipeline::start(dir.path(), &EventsConfig::default()).unwrap();
+    send_flows(&sender, 0, 50);
+    assert!(pipeline.wait_stored(50, Duration::from_secs(20)));
+
+    // Added: every event from then on reaches it.
+    let first = dir.path().join("out/first.ndjson");
+    let mut a = sink(SinkKind::File, "audit");
+    a.path = Some(first.clone());
+    let changes = pipeline.sinks().reconfigure(&[a.clone()]).unwrap();
+    assert_eq!(changes.added, vec!["audit".to_string()]);
+    let batch1 = send_flows(&sender, 100, 200);
+    assert!(wait_until(Duration::from_secs(10), || ndjson_ids(&first) == batch1));
+
+    // A broken sink refuses the whole change; the running one keeps delivering.
+    let mut broken = sink(SinkKind::Syslog, "broken");
+    broken.address = None;
+    assert!(pipeline.sinks().reconfigure(&[a.clone(), broken]).is_err());
+    assert_eq!(pipeline.sink_stats().len(), 1);
+
+    // Changed (new file): what it has not delivered yet, and everything after,
+    // goes to the new destination; unchanged configuration is a no-op.
+    let second = dir.path().join("out/second.ndjson");
+    let mut b = a.clone();
+    b.path = Some(second.clone());
+    assert!(pipeline
+        .sinks()
+        .reconfigure(&[a.clone()])
+        .unwrap()
+        .is_empty());
+    let batch2 = send_flows(&sender, 1000, 300);
+    let changes = pipeline.sinks().reconfigure(&[b]).unwrap();
+    assert_eq!(changes.changed, vec!["audit".to_string()]);
+    let batch3 = send_flows(&sender, 2000, 100);
+    let mut after_first: HashSet<String> = batch2.union(&batch3).cloned().collect();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let delivered: HashSet<String> = ndjson_ids(&first)
+            .union(&ndjson_ids(&second))
+            .cloned()
+            .collect();
+        after_first.iter().all(|id| delivered.contains(id))
+    }));
+    assert!(ndjson_ids(&second).is_superset(&batch3));
+
+    // Removed: nothing more is written to it.
+    let changes = pipeline.sinks().reconfigure(&[]).unwrap();
+    assert_eq!(changes.removed, vec!["audit".to_string()]);
+    let written = ndjson_ids(&second).len();
+    after_first = send_flows(&sender, 5000, 50);
+    assert!(pipeline.wait_stored(50 + 200 + 300 + 100 + 50, Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ndjson_ids(&second).len(), written);
+    assert!(ndjson_ids(&second).is_disjoint(&after_first));
+    pipeline.close();
+}

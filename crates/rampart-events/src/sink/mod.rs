@@ -11,6 +11,7 @@
 pub mod cef;
 mod file;
 mod hec;
+mod set;
 pub mod squid;
 mod syslog;
 
@@ -27,6 +28,7 @@ use crate::query::Query;
 use crate::spool::Spool;
 
 pub use file::RotatingFile;
+pub use set::{SinkChanges, Sinks};
 
 /// A place events are delivered to.
 pub trait Destination: Send {
@@ -82,47 +84,90 @@ impl SinkFeed {
     }
 }
 
-/// Open the sink's spool, build its destination and start its delivery thread.
-pub(crate) fn start(
-    config: &SinkConfig,
-    data_dir: &Path,
-    closing: Arc<AtomicBool>,
-) -> Result<(SinkFeed, JoinHandle<()>), EventsError> {
-    let sink_err = |message: String| EventsError::Sink {
-        sink: config.name.clone(),
-        message,
-    };
-    config.validate().map_err(sink_err)?;
-    let filter = crate::query::parse(&config.query)?;
-    let spool = Arc::new(Mutex::new(Spool::open(
-        &data_dir.join("spool").join(format!("sink-{}", config.name)),
-        config.spool_max_size.0,
-    )?));
-    let destination = build(config).map_err(sink_err)?;
-    let stats = Arc::new(SinkStats::default());
-    let worker = Worker {
-        name: config.name.clone(),
-        destination,
-        spool: spool.clone(),
-        stats: stats.clone(),
-        batch_size: config.batch_size,
-        retry_initial: config.retry_initial,
-        retry_max: config.retry_max,
-        closing,
-    };
-    let handle = std::thread::Builder::new()
-        .name(format!("rampart-sink-{}", config.name))
-        .spawn(move || worker.run())
-        .map_err(|e| sink_err(e.to_string()))?;
-    Ok((
-        SinkFeed {
-            name: config.name.clone(),
+/// Where a sink's spool lives: by name, so a sink that is changed, or removed
+/// and added again, finds its undelivered events.
+pub(crate) fn spool_dir(data_dir: &Path, name: &str) -> std::path::PathBuf {
+    data_dir.join("spool").join(format!("sink-{name}"))
+}
+
+/// A sink whose configuration is checked and whose destination is built, not
+/// yet running: a reload prepares every new sink before it changes anything.
+pub(crate) struct Prepared {
+    filter: Query,
+    destination: Box<dyn Destination>,
+}
+
+impl Prepared {
+    pub(crate) fn new(config: &SinkConfig) -> Result<Prepared, EventsError> {
+        let sink_err = |message: String| EventsError::Sink {
+            sink: config.name.clone(),
+            message,
+        };
+        config.validate().map_err(sink_err)?;
+        let filter = crate::query::parse(&config.query)?;
+        let destination = build(config).map_err(sink_err)?;
+        Ok(Prepared {
             filter,
-            spool,
-            stats,
-        },
-        handle,
-    ))
+            destination,
+        })
+    }
+
+    /// Start delivering from `spool` (a new one, or the one a changed sink of
+    /// the same name leaves behind: its undelivered events go to the new
+    /// destination).
+    pub(crate) fn run(
+        self,
+        config: &SinkConfig,
+        spool: Arc<Mutex<Spool>>,
+        stats: Arc<SinkStats>,
+        closing: Arc<AtomicBool>,
+    ) -> Result<(SinkFeed, Running), EventsError> {
+        let retire = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            name: config.name.clone(),
+            destination: self.destination,
+            spool: spool.clone(),
+            stats: stats.clone(),
+            batch_size: config.batch_size,
+            retry_initial: config.retry_initial,
+            retry_max: config.retry_max,
+            closing,
+            retire: retire.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("rampart-sink-{}", config.name))
+            .spawn(move || worker.run())
+            .map_err(|e| EventsError::Sink {
+                sink: config.name.clone(),
+                message: format!("cannot start its delivery thread: {e}"),
+            })?;
+        Ok((
+            SinkFeed {
+                name: config.name.clone(),
+                filter: self.filter,
+                spool,
+                stats,
+            },
+            Running { handle, retire },
+        ))
+    }
+}
+
+/// A sink's delivery thread.
+pub(crate) struct Running {
+    pub(crate) handle: JoinHandle<()>,
+    /// Set to stop the thread without draining its spool (the sink was removed
+    /// or replaced; what it had not delivered stays in the spool).
+    retire: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Stop the thread at its next step and wait for it (at most one delivery
+    /// attempt, or 50 ms).
+    pub(crate) fn retire(self) {
+        self.retire.store(true, Ordering::SeqCst);
+        let _ = self.handle.join();
+    }
 }
 
 /// The destination a sink configuration describes.
@@ -152,13 +197,19 @@ struct Worker {
     batch_size: usize,
     retry_initial: Duration,
     retry_max: Duration,
+    /// The pipeline closes: deliver what is spooled, then stop.
     closing: Arc<AtomicBool>,
+    /// The sink was removed or replaced: stop now.
+    retire: Arc<AtomicBool>,
 }
 
 impl Worker {
     fn run(mut self) {
         let mut backoff = self.retry_initial;
         loop {
+            if self.retire.load(Ordering::SeqCst) {
+                return;
+            }
             let closing = self.closing.load(Ordering::SeqCst);
             let chunk = match self.spool.lock() {
                 Ok(mut s) => {
@@ -216,7 +267,10 @@ impl Worker {
     fn sleep(&self, d: Duration) {
         let step = Duration::from_millis(50);
         let mut left = d;
-        while !left.is_zero() && !self.closing.load(Ordering::SeqCst) {
+        while !left.is_zero()
+            && !self.closing.load(Ordering::SeqCst)
+            && !self.retire.load(Ordering::SeqCst)
+        {
             let s = left.min(step);
             std::thread::sleep(s);
             left -= s;
