@@ -307,7 +307,7 @@ impl Policy {
         })
     }
 
-    fn describe(&self, c: &Conds, kind: CondKind) -> String {
+    pub(crate) fn describe(&self, c: &Conds, kind: CondKind) -> String {
         let join = |v: Vec<String>| v.join(", ");
         match kind {
             CondKind::Users => join(

@@ -38,6 +38,7 @@ mod model;
 mod parser;
 mod policy;
 mod rule;
+mod rule_table;
 mod steering_export;
 mod verdict;
 
@@ -52,6 +53,7 @@ pub use facts::{
 };
 pub use parser::parse_size as parse_byte_size;
 pub use policy::{AppInfo, LoadOptions, Policy, PolicyStats, UpstreamGroup, UpstreamProxy};
+pub use rule_table::{RuleRow, StageDefault};
 pub use steering_export::{ExportedSteeringRule, SkippedSteeringRule, SteeringExport};
 pub use verdict::{
     ConnectionVerdict, Decision, MatchedObject, ObjectKind, Outcome, RequestVerdict,

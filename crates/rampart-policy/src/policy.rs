@@ -22,7 +22,7 @@ use crate::verdict::ObjectKind;
 
 /// The app catalog shipped with Rampart.
 pub(crate) const CATALOG: &str = include_str!("../catalog/apps.toml");
-const CATALOG_ORIGIN: &str = "<app catalog>";
+pub(crate) const CATALOG_ORIGIN: &str = "<app catalog>";
 
 /// A named destination object: category, custom category, app, list or inline hosts.
 #[derive(Debug, Clone)]
