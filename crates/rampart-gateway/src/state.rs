@@ -91,8 +91,12 @@ impl GatewayState {
         };
         let inspector = if !config.inspect.enabled {
             None
-        } else if let Some(p) = previous.filter(|p| p.config.inspect == config.inspect) {
-            // Unchanged: keep the compiled YARA rules and loaded hash lists.
+        } else if let Some(p) = previous.filter(|p| {
+            p.config.inspect == config.inspect
+                && p.inspector.as_ref().is_some_and(|i| !i.sources_changed())
+        }) {
+            // Unchanged, rule and hash files included: keep the compiled
+            // YARA rules and loaded hash lists.
             p.inspector.clone()
         } else {
             let mut settings = config.inspect.clone();

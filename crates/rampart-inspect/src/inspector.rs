@@ -2,8 +2,10 @@
 //! share it (it is an `Arc` inside), start a [`ScanSession`] per body;
 //! a reload builds a new Inspector and swaps it in.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
 
 use crate::clamd::ClamdClient;
 use crate::config::InspectConfig;
@@ -26,6 +28,41 @@ pub(crate) struct Inner {
     pub(crate) yara: Option<crate::yara::YaraRules>,
     pub(crate) clamd: Option<ClamdClient>,
     pub(crate) dlp: Dlp,
+    /// What the rule and hash list files held when they were loaded.
+    sources: Vec<SourceFingerprint>,
+}
+
+/// A file the Inspector loaded, by content: a reload that keeps the same
+/// `[inspect]` section must still notice an edited rule or hash list file.
+#[derive(PartialEq, Eq)]
+struct SourceFingerprint {
+    path: PathBuf,
+    /// SHA-256 of the content; `None` when the file could not be read.
+    digest: Option<[u8; 32]>,
+}
+
+impl SourceFingerprint {
+    fn of(path: &Path) -> SourceFingerprint {
+        let digest = std::fs::File::open(path).ok().and_then(|mut f| {
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut f, &mut hasher).ok()?;
+            Some(hasher.finalize().into())
+        });
+        SourceFingerprint {
+            path: path.to_path_buf(),
+            digest,
+        }
+    }
+}
+
+fn fingerprint_sources(config: &InspectConfig) -> Vec<SourceFingerprint> {
+    config
+        .yara
+        .rules
+        .iter()
+        .chain(&config.hash_lists.files)
+        .map(|p| SourceFingerprint::of(p))
+        .collect()
 }
 
 impl Inspector {
@@ -34,6 +71,8 @@ impl Inspector {
     /// file and line or the config key.
     pub fn new(config: InspectConfig) -> Result<Inspector, InspectError> {
         check_limits(&config)?;
+        // Taken before loading: an edit made while loading shows as a change next time.
+        let sources = fingerprint_sources(&config);
         let spool_dir = config.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
         std::fs::create_dir_all(&spool_dir).map_err(|source| InspectError::SpoolDir {
             path: spool_dir.clone(),
@@ -66,8 +105,18 @@ impl Inspector {
                 yara,
                 clamd,
                 dlp,
+                sources,
             }),
         })
+    }
+
+    /// Whether a YARA rule file or hash list file named in the config has
+    /// changed on disk since this Inspector loaded it: a reload with the same
+    /// `[inspect]` section must then build a new Inspector (and refuse a
+    /// broken file) rather than keep this one. Files pulled in by a YARA
+    /// `include` are not followed.
+    pub fn sources_changed(&self) -> bool {
+        fingerprint_sources(&self.inner.config) != self.inner.sources
     }
 
     pub fn config(&self) -> &InspectConfig {

@@ -25,6 +25,7 @@ mod error;
 pub mod file_type;
 pub mod hash_list;
 mod inspector;
+mod multipart;
 mod scanner;
 mod session;
 mod spool;

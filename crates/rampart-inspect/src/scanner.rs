@@ -154,6 +154,81 @@ impl<'a> Walk<'a> {
         self.times.dlp += t.elapsed();
     }
 
+    /// A `multipart/form-data` upload: every part is scanned as a top-level
+    /// object (engines, archives and DLP alike) and named by its file name;
+    /// the form's raw encoding is only checked against the hash lists. A
+    /// body that is not a well-formed form is scanned whole, never less.
+    pub(crate) fn scan_form(&mut self, root: &str, spool: &Spool, sha256: &[u8; 32], boundary: &str) {
+        let max_parts = self.inner.config.archive.max_entries;
+        let parts = spool
+            .reader()
+            .map_err(|e| e.to_string())
+            .and_then(|mut r| crate::multipart::parts(&mut r, spool.len(), boundary, max_parts));
+        let Ok(parts) = parts else {
+            self.scan_object(root, spool, sha256, 0);
+            return;
+        };
+        let head = spool.head(ISO_SNIFF_LEN).unwrap_or_default();
+        let form = Object {
+            path: root,
+            file_type: sniff(&head),
+            sha256: hex::encode(sha256),
+            size: spool.len(),
+        };
+        let t = Instant::now();
+        self.check_hashes(&form, spool, sha256);
+        self.times.hash += t.elapsed();
+        for (index, part) in parts.iter().enumerate() {
+            if self.stopped {
+                return;
+            }
+            let label = part.label(index);
+            match self.copy_part(spool, part) {
+                Ok((part_spool, part_sha)) => self.scan_object(&label, &part_spool, &part_sha, 0),
+                Err(e) => {
+                    let obj = Object {
+                        path: &label,
+                        file_type: FileType::Unknown,
+                        sha256: String::new(),
+                        size: part.len,
+                    };
+                    self.push_failure(
+                        &obj,
+                        UnscannableReason::EngineError,
+                        Engine::Scanner,
+                        format!("spool: {e}"),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    /// One part of a form, copied to a spool of its own (memory up to the
+    /// threshold, then a file) with its SHA-256.
+    fn copy_part(
+        &self,
+        spool: &Spool,
+        part: &crate::multipart::Part,
+    ) -> std::io::Result<(Spool, [u8; 32])> {
+        use std::io::{Seek, SeekFrom};
+        let mut reader = spool.reader()?;
+        reader.seek(SeekFrom::Start(part.start))?;
+        let mut reader = reader.take(part.len);
+        let mut out = Spool::new(self.inner.config.memory_threshold, &self.inner.spool_dir);
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; READ_BLOCK];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write(&buf[..n])?;
+        }
+        Ok((out, hasher.finalize().into()))
+    }
+
     /// A body cut at `max_scan_size`: only its full hash is known.
     pub(crate) fn check_hashes_only(
         &mut self,

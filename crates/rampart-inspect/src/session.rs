@@ -44,6 +44,13 @@ impl ScanContext {
         self.file_name = Some(name.into());
         self
     }
+
+    /// The body's `Content-Type`: an upload sent as `multipart/form-data` is
+    /// scanned part by part, each named by its file name.
+    pub fn with_content_type(mut self, content_type: impl Into<String>) -> ScanContext {
+        self.content_type = Some(content_type.into());
+        self
+    }
 }
 
 /// A body being scanned. Memory is bounded by `memory_threshold`; the spool
@@ -108,6 +115,30 @@ impl ScanSession {
         Ok(())
     }
 
+    /// The boundary of an upload sent as `multipart/form-data`.
+    fn form_boundary(&self) -> Option<String> {
+        if self.context.direction != Direction::Upload {
+            return None;
+        }
+        crate::multipart::boundary(self.context.content_type.as_deref()?)
+    }
+
+    /// How many bytes of the body are kept for the scan: every byte fed, up
+    /// to `max_scan_size`.
+    pub fn kept_len(&self) -> u64 {
+        self.spool.len()
+    }
+
+    /// A second handle on the spool file, once the kept bytes have spilled
+    /// past `memory_threshold` to disk (`None` while they are in memory): the
+    /// gateway forwards a held upload from it, with positioned reads
+    /// (`FileExt::read_at`) because the scan moves the shared file offset.
+    /// The file holds the first [`ScanSession::kept_len`] bytes of the body
+    /// and stays readable through this handle after the session is dropped.
+    pub fn spool_file(&self) -> Option<std::io::Result<std::fs::File>> {
+        self.spool.file().map(std::fs::File::try_clone)
+    }
+
     /// Scans what was fed and returns the report. Blocking (file I/O,
     /// decompression, rule engines, clamd): run it off the async workers.
     pub fn finish(self) -> ScanReport {
@@ -153,6 +184,8 @@ impl ScanSession {
             walk.check_hashes_only(&root, file_type, &sha256, self.size);
             // Rules and DLP still look at the part that was kept.
             walk.scan_prefix(&root, &self.spool, file_type, &sha_hex);
+        } else if let Some(boundary) = self.form_boundary() {
+            walk.scan_form(&root, &self.spool, &sha256, &boundary);
         } else {
             walk.scan_object(&root, &self.spool, &sha256, 0);
         }

@@ -47,6 +47,11 @@ impl Spool {
         Ok(())
     }
 
+    /// The spool file, once the content has spilled to disk.
+    pub(crate) fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
     /// The first `n` bytes (fewer if the spool is shorter).
     pub(crate) fn head(&self, n: usize) -> io::Result<Vec<u8>> {
         match &self.file {

@@ -151,6 +151,22 @@ fn card_number_upload_as_json_and_multipart_is_sensitive_and_masked() {
         report.findings[0].masked_matches,
         vec!["5500 **** **** 0004"]
     );
+
+    // With its Content-Type, the form is scanned part by part: the finding
+    // names the uploaded file, and an EICAR file part is found by its hash.
+    let context = ScanContext::upload()
+        .with_file_name("upload")
+        .with_content_type("multipart/form-data; boundary=XyZ");
+    let report = insp.scan_bytes(context.clone(), multipart);
+    assert_eq!(report.verdict, Verdict::Sensitive);
+    assert_eq!(report.findings[0].container_path, "cards.csv");
+    let mut form = b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"; filename=\"x/eicar.com\"\r\n\r\n"
+        .to_vec();
+    form.extend_from_slice(EICAR);
+    form.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let report = insp.scan_bytes(context, &form);
+    assert_eq!(report.verdict, Verdict::Malicious, "{report:#?}");
+    assert_eq!(report.findings[0].container_path, "eicar.com");
 }
 
 #[test]
