@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::agent_log::{AgentLog, Level};
+use crate::connector::Connector;
 use crate::enrollment::Enrollment;
 use crate::isolation::{self, Desired, IsolationSpec, IsolationStatus, Isolator};
 use crate::mtls_tunnel::MtlsH2Tunnel;
@@ -225,17 +226,27 @@ pub struct BreakGlassReport {
     pub at: String,
 }
 
-/// Where the agent's own server and gateway are (from the enrollment).
+/// Where the agent's own server and gateway are (from the enrollment), and how the
+/// agent connects to them.
 #[derive(Debug, Clone)]
 pub struct Home {
     /// Host names or addresses of the server's API and the gateway's tunnel.
     pub server_host: String,
     pub gateway_host: String,
-    /// What the self-test connects to.
+    /// The server API's port, for the self-test against the server's current
+    /// addresses.
+    pub server_port: u16,
+    /// What the self-test connects to besides the server's current addresses (the
+    /// server and gateway as resolved at start).
     pub self_test: Vec<SocketAddr>,
+    /// The agent's own outbound connector: the self-test carries the agent's socket
+    /// mark, so the steering table does not redirect it to the agent itself.
+    pub connector: Connector,
 }
 
 impl Home {
+    /// From the enrollment, with an unmarked connector (local-proxy mode); the agent
+    /// runtime passes its own with [`Home::with_connector`].
     pub fn of(enrollment: &Enrollment) -> Home {
         let server = enrollment
             .server
@@ -262,8 +273,39 @@ impl Home {
         Home {
             server_host,
             gateway_host,
+            server_port,
             self_test,
+            connector: Connector {
+                mark: None,
+                timeout: SELF_TEST_TIMEOUT,
+            },
         }
+    }
+
+    /// Use the agent's connector (its socket mark) for the self-test; the timeout
+    /// stays the self-test's own.
+    pub fn with_connector(mut self, connector: Connector) -> Home {
+        self.connector = Connector {
+            timeout: SELF_TEST_TIMEOUT,
+            ..connector
+        };
+        self
+    }
+
+    /// The self-test's targets for `spec`: the server at its current addresses first,
+    /// then what was resolved at start.
+    pub fn self_test_targets(&self, spec: &IsolationSpec) -> Vec<SocketAddr> {
+        let mut targets: Vec<SocketAddr> = spec
+            .server_addrs
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, self.server_port))
+            .collect();
+        for target in &self.self_test {
+            if !targets.contains(target) {
+                targets.push(*target);
+            }
+        }
+        targets
     }
 }
 
@@ -284,7 +326,15 @@ fn split_host_port(authority: &str, default_port: u16) -> (String, u16) {
 
 /// The spec to enforce for `doc`: exceptions parsed (errors name the server's file),
 /// the agent's server and gateway plus the document's hosts resolved.
-pub fn spec_for(doc: &IsolationDoc, home: &Home) -> Result<IsolationSpec, String> {
+///
+/// A name that resolves to nothing now keeps the addresses of `previous` (the spec
+/// in force): while isolated, DNS is open only to `[isolation] resolvers`, and a
+/// failed lookup must never drop the management channel from the keep sets.
+pub fn spec_for(
+    doc: &IsolationDoc,
+    home: &Home,
+    previous: Option<&IsolationSpec>,
+) -> Result<IsolationSpec, String> {
     let file = doc
         .exceptions_file
         .as_deref()
@@ -292,22 +342,68 @@ pub fn spec_for(doc: &IsolationDoc, home: &Home) -> Result<IsolationSpec, String
     let exceptions = isolation::parse_rules(file, &doc.exceptions).map_err(|e| e.to_string())?;
     let mut gateway_hosts: Vec<&str> = vec![home.gateway_host.as_str()];
     gateway_hosts.extend(doc.keep_hosts.iter().map(String::as_str));
+    let (mut server_addrs, server_unresolved) = resolve_each(&[home.server_host.as_str()]);
+    let (mut gateway_addrs, gateway_unresolved) = resolve_each(&gateway_hosts);
+    if let Some(previous) = previous {
+        if server_unresolved {
+            server_addrs = union(&previous.server_addrs, server_addrs);
+        }
+        if gateway_unresolved {
+            gateway_addrs = union(&previous.gateway_addrs, gateway_addrs);
+        }
+    }
     Ok(IsolationSpec {
-        server_addrs: isolation::resolve_hosts(&[home.server_host.as_str()]),
-        gateway_addrs: isolation::resolve_hosts(&gateway_hosts),
+        server_addrs,
+        gateway_addrs,
         resolvers: doc.resolvers.clone(),
         exceptions,
     })
 }
 
-/// Make the kernel match `doc` (blocking: runs `nft`); the reports to send, in order.
+/// Every host's addresses, and whether one of them resolved to nothing.
+fn resolve_each(hosts: &[&str]) -> (Vec<IpAddr>, bool) {
+    let mut unresolved = false;
+    let mut addrs = Vec::new();
+    for host in hosts {
+        let found = isolation::resolve_hosts(&[host]);
+        unresolved |= found.is_empty();
+        addrs.extend(found);
+    }
+    addrs.sort();
+    addrs.dedup();
+    (addrs, unresolved)
+}
+
+fn union(a: &[IpAddr], b: Vec<IpAddr>) -> Vec<IpAddr> {
+    let mut all: Vec<IpAddr> = a.iter().copied().chain(b).collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// What [`reconcile`] did: the reports to send, in order, and where to run the
+/// self-test when the table was (re)loaded or its addresses changed. The self-test
+/// runs afterwards, on the agent's own connector ([`run_self_test`]), and its
+/// outcome goes into the last report.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    pub reports: Vec<Report>,
+    pub self_test: Option<Vec<SocketAddr>>,
+}
+
+/// Make the kernel match `doc` (blocking: runs `nft`): the reports to send, in
+/// order, and whether a self-test is due.
 pub fn reconcile(
     data_dir: &Path,
     isolator: &Isolator,
     doc: &IsolationDoc,
     home: &Home,
     log: &AgentLog,
-) -> Vec<Report> {
+) -> Reconciled {
+    let only = |reports: Vec<Report>| Reconciled {
+        reports,
+        self_test: None,
+    };
     let glass = BreakGlassUse::load(data_dir);
     let released_by_glass = glass
         .as_ref()
@@ -333,13 +429,13 @@ pub fn reconcile(
         Err(e) => report(IsolationStatus::Pending, Some(e.to_string()), None),
     };
     let local = isolation::state::load(data_dir).ok().flatten();
+    let local_spec = match local.as_ref().map(|s| &s.desired) {
+        Some(Desired::Isolated { spec }) => Some(spec),
+        _ => None,
+    };
     if doc.desired != "isolated" || released_by_glass {
-        let isolated_here = matches!(
-            local.as_ref().map(|s| &s.desired),
-            Some(Desired::Isolated { .. })
-        );
         let table_left = isolator.read_back().ok().flatten().is_some();
-        if isolated_here || table_left {
+        if local_spec.is_some() || table_left {
             let why = if released_by_glass {
                 "break-glass code".to_string()
             } else {
@@ -347,35 +443,33 @@ pub fn reconcile(
                     .clone()
                     .unwrap_or_else(|| "released by the server".into())
             };
-            return match isolation::release(data_dir, isolator, Some(why.clone())) {
-                Ok(status) => {
-                    log.write(
-                        Level::Info,
-                        &format!("Isolation released (generation {}): {why}", doc.generation),
-                    );
-                    vec![report(status, None, None)]
-                }
-                Err(e) => {
-                    log.write(Level::Warn, &format!("Isolation release failed: {e}"));
-                    vec![current(Some(format!("release failed: {e}")))]
-                }
-            };
+            return only(
+                match isolation::release(data_dir, isolator, Some(why.clone())) {
+                    Ok(status) => {
+                        log.write(
+                            Level::Info,
+                            &format!("Isolation released (generation {}): {why}", doc.generation),
+                        );
+                        vec![report(status, None, None)]
+                    }
+                    Err(e) => {
+                        log.write(Level::Warn, &format!("Isolation release failed: {e}"));
+                        vec![current(Some(format!("release failed: {e}")))]
+                    }
+                },
+            );
         }
-        return vec![current(None)];
+        return only(vec![current(None)]);
     }
-    let spec = match spec_for(doc, home) {
+    let spec = match spec_for(doc, home, local_spec) {
         Ok(spec) => spec,
         Err(e) => {
             log.write(Level::Warn, &format!("Isolation exceptions refused: {e}"));
-            return vec![current(Some(format!("exceptions refused: {e}")))];
+            return only(vec![current(Some(format!("exceptions refused: {e}")))]);
         }
     };
     let mut reports = Vec::new();
-    let same = matches!(
-        local.as_ref().map(|s| &s.desired),
-        Some(Desired::Isolated { spec: s }) if *s == spec
-    );
-    if same {
+    if local_spec == Some(&spec) {
         match isolation::status(data_dir, isolator) {
             Ok(IsolationStatus::Drift) => {
                 let reasons = match isolator.kernel_state(&spec) {
@@ -389,15 +483,51 @@ pub fn reconcile(
                 );
                 reports.push(report(IsolationStatus::Drift, Some(reasons), None));
             }
-            Ok(status) => return vec![report(status, None, None)],
-            Err(e) => return vec![report(IsolationStatus::Pending, Some(e.to_string()), None)],
+            Ok(status) => return only(vec![report(status, None, None)]),
+            Err(e) => {
+                return only(vec![report(
+                    IsolationStatus::Pending,
+                    Some(e.to_string()),
+                    None,
+                )])
+            }
+        }
+    } else if let Some(old) = local_spec.filter(|old| old.same_rules(&spec)) {
+        // Same rules, other addresses (a kept name now resolves elsewhere): when the
+        // kernel holds exactly the old table, only its sets change.
+        if matches!(
+            isolator.kernel_state(old),
+            Ok(isolation::KernelState::Isolated)
+        ) {
+            let (before, after) = (kept_text(old), kept_text(&spec));
+            match isolation::refresh(data_dir, isolator, spec.clone()) {
+                Ok(refreshed) => {
+                    log.write(
+                        Level::Info,
+                        &format!(
+                            "Isolation addresses refreshed (generation {}): kept {before} -> {after}; rules unchanged, {} flows cut",
+                            doc.generation, refreshed.flows_cut
+                        ),
+                    );
+                    let status = IsolationStatus::of(
+                        Some(&Desired::Isolated { spec: spec.clone() }),
+                        &refreshed.state,
+                    );
+                    return Reconciled {
+                        reports: vec![report(status, refreshed.conntrack_error, None)],
+                        self_test: Some(home.self_test_targets(&spec)),
+                    };
+                }
+                Err(e) => log.write(
+                    Level::Warn,
+                    &format!("Isolation addresses could not be refreshed in place ({e}); reloading the table"),
+                ),
+            }
         }
     }
+    let targets = home.self_test_targets(&spec);
     match isolation::isolate(data_dir, isolator, spec, doc.reason.clone()) {
         Ok(applied) => {
-            let self_test = isolation::self_test(&home.self_test, SELF_TEST_TIMEOUT)
-                .err()
-                .map(|e| e.to_string());
             log.write(
                 Level::Warn,
                 &format!(
@@ -408,12 +538,6 @@ pub fn reconcile(
                     doc.reason.as_deref().unwrap_or("no reason given")
                 ),
             );
-            if let Some(err) = &self_test {
-                log.write(
-                    Level::Warn,
-                    &format!("Isolation self-test failed (isolation stays on): {err}"),
-                );
-            }
             let status = IsolationStatus::of(
                 isolation::state::load(data_dir)
                     .ok()
@@ -422,14 +546,51 @@ pub fn reconcile(
                     .as_ref(),
                 &applied.state,
             );
-            reports.push(report(status, applied.conntrack_error, self_test));
+            reports.push(report(status, applied.conntrack_error, None));
+            Reconciled {
+                reports,
+                self_test: Some(targets),
+            }
         }
         Err(e) => {
             log.write(Level::Warn, &format!("Isolation failed: {e}"));
             reports.push(current(Some(format!("apply failed: {e}"))));
+            only(reports)
         }
     }
-    reports
+}
+
+/// The kept (server and gateway) addresses of `spec`, for the log.
+fn kept_text(spec: &IsolationSpec) -> String {
+    let sets = isolation::KeepSets::from_spec(spec);
+    let all: Vec<String> = sets
+        .keep4
+        .iter()
+        .chain(&sets.keep6)
+        .map(IpAddr::to_string)
+        .collect();
+    format!("[{}]", all.join(", "))
+}
+
+/// After the table was loaded or refreshed: can the agent still reach its server on
+/// the path its own traffic takes? A failure is logged and goes into `report`;
+/// isolation stays on whatever the outcome (never fail open).
+pub async fn run_self_test(
+    targets: &[SocketAddr],
+    connector: &Connector,
+    report: Option<&mut Report>,
+    log: &AgentLog,
+) {
+    if let Err(err) = isolation::self_test(targets, connector).await {
+        let err = err.to_string();
+        log.write(
+            Level::Warn,
+            &format!("Isolation self-test failed (isolation stays on): {err}"),
+        );
+        if let Some(report) = report {
+            report.self_test_error = Some(err);
+        }
+    }
 }
 
 /// Long-polls the server for the document and publishes each new one.
@@ -503,11 +664,17 @@ pub async fn run_enforce(
         let doc = docs.borrow_and_update().clone();
         if let Some(doc) = doc {
             let (dir, h, l) = (data_dir.clone(), home.clone(), log.clone());
-            let reports = tokio::task::spawn_blocking(move || {
+            let Reconciled {
+                mut reports,
+                self_test,
+            } = tokio::task::spawn_blocking(move || {
                 reconcile(&dir, &Isolator::default(), &doc, &h, &l)
             })
             .await
             .unwrap_or_default();
+            if let Some(targets) = self_test {
+                run_self_test(&targets, &home.connector, reports.last_mut(), &log).await;
+            }
             for report in reports {
                 if last_sent.as_ref() == Some(&report) {
                     continue;
@@ -606,6 +773,70 @@ mod tests {
         );
         assert_eq!(split_host_port("[::1]:9", 1), ("::1".to_string(), 9));
         assert_eq!(split_host_port("host", 443), ("host".to_string(), 443));
+        assert_eq!(home.connector.mark, None, "unmarked until the runtime says");
+        let marked = home.with_connector(Connector {
+            mark: Some(0x5241),
+            timeout: Duration::from_secs(30),
+        });
+        assert_eq!(marked.connector.mark, Some(0x5241));
+        assert_eq!(marked.connector.timeout, SELF_TEST_TIMEOUT);
+    }
+
+    fn doc(keep_hosts: &[&str]) -> IsolationDoc {
+        IsolationDoc {
+            revision: "r".into(),
+            generation: 1,
+            desired: "isolated".into(),
+            reason: None,
+            exceptions: String::new(),
+            exceptions_file: None,
+            keep_hosts: keep_hosts.iter().map(|h| h.to_string()).collect(),
+            resolvers: vec![],
+            break_glass: None,
+        }
+    }
+
+    #[test]
+    fn a_kept_name_that_stops_resolving_keeps_its_addresses() {
+        let home = Home::of(&Enrollment {
+            device_id: "dev-a".into(),
+            user: None,
+            groups: vec![],
+            gateway: "192.0.2.2:3129".into(),
+            server: "http://192.0.2.1:8080".into(),
+        });
+        let first = spec_for(&doc(&["198.51.100.7"]), &home, None).unwrap();
+        assert_eq!(
+            first.gateway_addrs,
+            vec![
+                "192.0.2.2".parse::<IpAddr>().unwrap(),
+                "198.51.100.7".parse().unwrap()
+            ]
+        );
+        // A literal that moved: the new address replaces the old one.
+        let moved = spec_for(&doc(&["198.51.100.8"]), &home, Some(&first)).unwrap();
+        assert_eq!(
+            moved.gateway_addrs,
+            vec![
+                "192.0.2.2".parse::<IpAddr>().unwrap(),
+                "198.51.100.8".parse().unwrap()
+            ]
+        );
+        assert!(first.same_rules(&moved));
+        assert_eq!(
+            first.kept_addresses_dropped_by(&moved),
+            vec!["198.51.100.7".parse::<IpAddr>().unwrap()]
+        );
+        // A name that resolves to nothing (an empty name fails without asking DNS):
+        // the addresses in force stay.
+        let failed = spec_for(&doc(&[""]), &home, Some(&first)).unwrap();
+        assert_eq!(failed.gateway_addrs, first.gateway_addrs);
+        assert_eq!(failed.server_addrs, first.server_addrs);
+        // The self-test goes to the server's current addresses first.
+        assert_eq!(
+            home.self_test_targets(&first)[0],
+            "192.0.2.1:8080".parse::<SocketAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -189,7 +189,7 @@ impl AgentBuilder {
                 tasks.push(tokio::spawn(crate::isolation_sync::run_enforce(
                     Arc::clone(control),
                     config.data_dir.clone(),
-                    crate::isolation_sync::Home::of(enrollment),
+                    crate::isolation_sync::Home::of(enrollment).with_connector(connector),
                     Arc::clone(&log),
                     docs_rx,
                     stopped.clone(),

@@ -18,9 +18,10 @@
 use super::error::IsolationError;
 use super::readback::{compare, parse_listing, KernelState, KernelTable};
 use super::table::{refresh_sets_script, release_script, ruleset, IsolationSpec, KeepSets, TABLE};
+use crate::connector::Connector;
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -158,13 +159,44 @@ impl Isolator {
         Ok(compare(self.read_back()?.as_ref(), &expected))
     }
 
-    /// Replace the kept and resolver addresses without reloading the rules (for a
-    /// server or gateway name that now resolves differently).
-    pub fn refresh_sets(&self, spec: &IsolationSpec) -> Result<(), IsolationError> {
-        self.nft_batch(
-            "refresh the sets of",
-            &refresh_sets_script(&KeepSets::from_spec(spec)),
-        )
+    /// Replace the kept and resolver addresses in place, without reloading the rules
+    /// (a server, gateway or `[isolation] keep` name now resolves to other
+    /// addresses), then cut the flows of the addresses that are no longer kept
+    /// (`dropped`) and read the table back. The rules, their counters and every other
+    /// flow (a jump-host session opened through an exception) are left as they are.
+    pub fn refresh_sets(
+        &self,
+        spec: &IsolationSpec,
+        dropped: &[IpAddr],
+    ) -> Result<ApplyReport, IsolationError> {
+        if spec.server_addrs.is_empty() && spec.gateway_addrs.is_empty() {
+            return Err(IsolationError::NoKeptAddress);
+        }
+        let (_, expected) = ruleset(spec);
+        let started = Instant::now();
+        self.nft_batch("refresh the sets of", &refresh_sets_script(&expected.sets))?;
+        let load_time = started.elapsed();
+        let (flows_cut, conntrack_error) = if dropped.is_empty() {
+            (0, None)
+        } else {
+            let kept = &expected.sets;
+            let cut = self.cut_matching(|src, dst| {
+                let touches = dropped.contains(src) || dropped.contains(dst);
+                let still_kept = |a: &IpAddr| a.is_loopback() || kept.keeps(a);
+                touches && !still_kept(src) && !still_kept(dst)
+            });
+            match cut {
+                Ok(n) => (n, None),
+                Err(e) => (0, Some(e.to_string())),
+            }
+        };
+        let state = compare(self.read_back()?.as_ref(), &expected);
+        Ok(ApplyReport {
+            state,
+            load_time,
+            flows_cut,
+            conntrack_error,
+        })
     }
 
     /// Delete `table inet rampart_isolate` and nothing else; fine when it is absent.
@@ -176,6 +208,16 @@ impl Isolator {
     /// loopback (see the module doc for why kept flows' entries stay). Returns how
     /// many address pairs were cleared.
     pub fn cut_flows(&self, sets: &KeepSets) -> Result<usize, IsolationError> {
+        let kept = |a: &IpAddr| a.is_loopback() || sets.keeps(a);
+        self.cut_matching(|src, dst| !kept(src) && !kept(dst))
+    }
+
+    /// Delete the conntrack entries whose original source and destination `cut`
+    /// selects; returns how many address pairs were cleared.
+    fn cut_matching(
+        &self,
+        cut: impl Fn(&IpAddr, &IpAddr) -> bool,
+    ) -> Result<usize, IsolationError> {
         let mut pairs = BTreeSet::new();
         for family in ["ipv4", "ipv6"] {
             let ran = run(&self.conntrack, "conntrack", &["-L", "-f", family], None)?;
@@ -187,14 +229,13 @@ impl Isolator {
             }
             for line in ran.stdout.lines() {
                 if let Some((src, dst)) = original_tuple(line) {
-                    let kept = |a: &IpAddr| a.is_loopback() || sets.keeps(a);
-                    if !kept(&src) && !kept(&dst) {
+                    if cut(&src, &dst) {
                         pairs.insert((family, src, dst));
                     }
                 }
             }
         }
-        let mut cut = 0;
+        let mut cleared = 0;
         for (family, src, dst) in &pairs {
             let (src, dst) = (src.to_string(), dst.to_string());
             let ran = run(
@@ -205,7 +246,7 @@ impl Isolator {
             )?;
             // Exit 1 with "0 flow entries" means the flow ended meanwhile: fine.
             if ran.ok {
-                cut += 1;
+                cleared += 1;
             } else if !ran.stderr.contains("0 flow entries") {
                 return Err(IsolationError::Conntrack {
                     action: "delete flows",
@@ -213,7 +254,7 @@ impl Isolator {
                 });
             }
         }
-        Ok(cut)
+        Ok(cleared)
     }
 }
 
@@ -246,10 +287,19 @@ pub fn resolve_hosts(hosts: &[&str]) -> Vec<IpAddr> {
 /// each address in turn; the caller decides what to do with a failure, and isolation
 /// is never lifted because of it (a device that cannot reach its server stays cut off
 /// rather than fail open).
-pub fn self_test(targets: &[SocketAddr], timeout: Duration) -> Result<SocketAddr, IsolationError> {
+///
+/// The connection is made with the agent's own `connector`, so it carries the socket
+/// mark the agent's tunnel carries: in transparent (and steer-all) mode an unmarked
+/// connection would be redirected to the agent's own local listener by the steering
+/// table and "succeed" without a packet leaving the host. Marked, it takes the path
+/// the management channel really takes.
+pub async fn self_test(
+    targets: &[SocketAddr],
+    connector: &Connector,
+) -> Result<SocketAddr, IsolationError> {
     let mut last = "no server address to test".to_string();
     for target in targets {
-        match TcpStream::connect_timeout(target, timeout) {
+        match connector.connect_addr(*target).await {
             Ok(_) => return Ok(*target),
             Err(e) => last = format!("{target}: {e}"),
         }
@@ -296,9 +346,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn self_test_reports_every_address_it_tried() {
-        let err = self_test(&[], Duration::from_millis(10)).unwrap_err();
+    #[tokio::test]
+    async fn self_test_reports_every_address_it_tried() {
+        let connector = Connector {
+            mark: None,
+            timeout: Duration::from_millis(10),
+        };
+        let err = self_test(&[], &connector).await.unwrap_err();
         assert!(err.to_string().contains("no server address"), "{err}");
+        // A closed port on loopback: refused at once, and named in the error.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = closed.local_addr().unwrap();
+        drop(closed);
+        let err = self_test(&[target], &connector).await.unwrap_err();
+        assert!(err.to_string().contains(&target.to_string()), "{err}");
     }
 }

@@ -28,7 +28,7 @@ pub use error::{IsolationError, RuleError, RuleErrorKind, RuleErrors};
 pub use readback::KernelState;
 pub use rules::parse_rules;
 pub use state::{
-    isolate, reapply_at_start, release, status, Desired, IsolationState, IsolationStatus,
+    isolate, reapply_at_start, refresh, release, status, Desired, IsolationState, IsolationStatus,
     StartOutcome,
 };
 pub use table::{ruleset, IsolationSpec, KeepSets, TABLE};

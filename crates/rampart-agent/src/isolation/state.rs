@@ -153,6 +153,39 @@ pub fn isolate(
     isolator.apply(&spec)
 }
 
+/// The same isolation with other addresses (a kept name resolves differently): the
+/// rules stay loaded, the sets are refreshed in place and the flows of addresses no
+/// longer kept are cut. Falls back to a full [`isolate`] when the rules differ or
+/// nothing was isolated. The reason and start time of the isolation are kept.
+pub fn refresh(
+    data_dir: &Path,
+    isolator: &Isolator,
+    spec: IsolationSpec,
+) -> Result<ApplyReport, IsolationError> {
+    let current = load(data_dir)?;
+    let (old_spec, reason, since) = match current {
+        Some(IsolationState {
+            desired: Desired::Isolated { spec: old },
+            reason,
+            since,
+        }) if old.same_rules(&spec) => (old, reason, since),
+        other => return isolate(data_dir, isolator, spec, other.and_then(|s| s.reason)),
+    };
+    if spec.server_addrs.is_empty() && spec.gateway_addrs.is_empty() {
+        return Err(IsolationError::NoKeptAddress);
+    }
+    let dropped = old_spec.kept_addresses_dropped_by(&spec);
+    save(
+        data_dir,
+        &IsolationState {
+            desired: Desired::Isolated { spec: spec.clone() },
+            reason,
+            since,
+        },
+    )?;
+    isolator.refresh_sets(&spec, &dropped)
+}
+
 /// Release: persist `released`, then delete the table (this table only).
 pub fn release(
     data_dir: &Path,

@@ -45,6 +45,27 @@ pub struct IsolationSpec {
     pub exceptions: Vec<ExceptionRule>,
 }
 
+impl IsolationSpec {
+    /// Whether `other` compiles to the same rules: then only the sets' contents can
+    /// differ, and [`super::Isolator::refresh_sets`] updates them in place.
+    pub fn same_rules(&self, other: &IsolationSpec) -> bool {
+        self.exceptions == other.exceptions
+    }
+
+    /// The server and gateway addresses this spec keeps and `next` does not.
+    pub fn kept_addresses_dropped_by(&self, next: &IsolationSpec) -> Vec<IpAddr> {
+        let now = KeepSets::from_spec(next);
+        let before = KeepSets::from_spec(self);
+        before
+            .keep4
+            .iter()
+            .chain(&before.keep6)
+            .filter(|a| !now.keeps(a))
+            .copied()
+            .collect()
+    }
+}
+
 /// The contents of the named sets, which can change (names re-resolved) without
 /// reloading the rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
