@@ -110,6 +110,10 @@ pub struct ProxyConfig {
     /// Argon2 verifications running at once (on the blocking pool); 0 means half
     /// the CPUs, at least one. Read at start.
     pub auth_verify_concurrency: usize,
+    /// Load balancers whose connections start with a PROXY protocol header (v2 or
+    /// v1) naming the real client. From these networks the header is mandatory;
+    /// from any other address a header is refused. Empty (the default): off.
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 impl Default for ProxyConfig {
@@ -136,6 +140,7 @@ impl Default for ProxyConfig {
             auth_backoff_max: Duration::from_secs(300),
             auth_failure_window: Duration::from_secs(900),
             auth_verify_concurrency: 0,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -202,6 +207,11 @@ pub struct LimitsConfig {
     /// On SIGTERM, how long in-flight requests and tunnels may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// On SIGTERM, how long `/healthz` answers 503 while the listeners still accept,
+    /// before they close: a load balancer's health checks take the gateway out of
+    /// rotation first (docs/fleet.md). `0s` (the default) closes them at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -218,6 +228,7 @@ impl Default for LimitsConfig {
             handshake_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
         }
     }
 }

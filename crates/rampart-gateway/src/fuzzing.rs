@@ -100,3 +100,50 @@ pub fn connect_reply(data: &[u8]) {
         Ok(ConnectReply::Partial) | Err(_) => {}
     }
 }
+
+/// A balancer's connection read the way the listeners read it: the first input
+/// byte sets how many bytes arrive per segment (1 to 64), the rest is the stream.
+/// The reader consumes only bytes that belong to the header, never one past it,
+/// and where it finds a whole header, parsing the whole stream at once finds the
+/// same header with the same length (the split into segments changes nothing).
+pub fn proxy_header(data: &[u8]) {
+    use crate::proxy_header::{next_step, scan, starts_like_header, Scan, Step, MAX_HEADER_BYTES};
+    let Some((&segment, stream)) = data.split_first() else {
+        return;
+    };
+    let _ = starts_like_header(stream);
+    let segment = usize::from(segment % 64) + 1;
+    let mut delivered = 0;
+    let mut consumed = 0;
+    loop {
+        delivered = (delivered + segment).min(stream.len());
+        let peeked = (delivered - consumed).min(MAX_HEADER_BYTES - consumed);
+        if peeked == 0 {
+            return;
+        }
+        match next_step(&stream[..consumed + peeked], consumed) {
+            Step::Done { header, take } => {
+                assert!(take <= peeked, "took {take} of {peeked} peeked bytes");
+                let len = consumed + take;
+                assert_eq!(scan(stream), Scan::Complete { header, len });
+                return;
+            }
+            Step::Consume(n) => {
+                assert_eq!(n, peeked, "an unfinished header takes every peeked byte");
+                consumed += n;
+                assert!(consumed < MAX_HEADER_BYTES);
+            }
+            // A header the whole stream holds within the cap is never refused
+            // because of where the segments split it.
+            Step::Refuse(reason) => {
+                if let Scan::Complete { len, .. } = scan(stream) {
+                    assert!(
+                        len > MAX_HEADER_BYTES,
+                        "refused ({reason}) a header of {len} bytes"
+                    );
+                }
+                return;
+            }
+        }
+    }
+}

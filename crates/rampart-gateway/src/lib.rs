@@ -28,6 +28,7 @@ pub mod listener;
 pub mod metrics;
 pub mod policy_stage;
 pub mod proxy;
+pub mod proxy_header;
 pub mod relay;
 pub mod resolver;
 pub mod response_gate;

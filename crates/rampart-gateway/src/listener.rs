@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -103,12 +103,27 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// What serving one accepted connection needs from the accept loop.
+#[derive(Clone)]
+struct AcceptContext {
+    shared: Arc<Shared>,
+    counts: Arc<ConnectionCounts>,
+    connections: TaskTracker,
+    refused_warning: Arc<RateLimitedWarning>,
+    shutdown: CancellationToken,
+}
+
 /// Accepts and serves proxy connections until `shutdown` is cancelled, then
 /// lets in-flight requests finish for up to `grace`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let counts = Arc::new(ConnectionCounts::default());
     let connections = TaskTracker::new();
-    let refused_warning = RateLimitedWarning::new();
+    let context = AcceptContext {
+        shared: shared.clone(),
+        counts: Arc::new(ConnectionCounts::default()),
+        connections: connections.clone(),
+        refused_warning: Arc::new(RateLimitedWarning::new()),
+        shutdown: shutdown.clone(),
+    };
     let accept_warning = RateLimitedWarning::new();
     loop {
         let accepted = tokio::select! {
@@ -130,75 +145,26 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             }
         };
         let state = shared.state.load();
-        let limits = &state.config.limits;
-        let max_connections = limits
-            .max_connections
-            .unwrap_or_else(|| shared.descriptors.plan().max_connections());
-        let slot = match counts.try_acquire(
-            peer.ip(),
-            max_connections,
-            limits.max_connections_per_source,
-        ) {
-            Ok(slot) => slot,
-            Err(cap) => {
-                count_rejected(&shared, cap);
-                tracing::debug!(%peer, cap, "connection refused by cap");
-                continue;
-            }
-        };
-        // The client's socket and the origin socket it will need (a tunnel's
-        // pipes are taken later, by the CONNECT). Declared before the
-        // connection so that they return to the budget after it closes.
-        let Some(descriptors) = shared.descriptors.try_take(fd_budget::PROXY_CONNECTION) else {
-            count_rejected(&shared, "fd_budget");
-            if let Some(held_back) = refused_warning.check() {
-                tracing::warn!(%peer, held_back,
-                    "proxy listener: connection refused, the descriptor budget is spent \
-                     (raise LimitNOFILE / ulimit -n; see docs/configuration.md)");
-            }
-            // Never waits: a full send buffer just means the client sees the close.
-            let _ = stream.try_write(OVER_BUDGET);
+        if state.config.proxy.proxy_protocol_from.is_empty() {
+            drop(state);
+            admit(stream, peer, &context);
             continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            // The read buffer, not the head: one read can overshoot it, so the
-            // exact `max_header_bytes` check is `head_limit` on the parsed request.
-            // This bound still caps memory and answers heads that never end.
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .max_headers(limits.max_headers)
-            .keep_alive(true);
+        }
+        // Behind a load balancer: the client is known only once its header is
+        // read, so caps and admission wait for it, off the accept loop.
+        let balancers = state.config.proxy.proxy_protocol_from.clone();
+        let first_bytes_timeout = state.config.limits.header_timeout;
         drop(state);
-
-        let conn_shared = shared.clone();
-        let service = service_fn(move |req| proxy::handle(req, peer, conn_shared.clone()));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let metrics = shared.metrics.clone();
-        metrics.connections_accepted.inc();
-        let shutdown = shutdown.clone();
+        let context = context.clone();
         connections.spawn(async move {
-            metrics.connections_active.inc();
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = shutdown.cancelled() => {
-                    // Finish the request in flight, then close; idle keep-alive
-                    // connections close at once.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            let mut stream = stream;
+            match crate::proxy_header::arrival(&mut stream, peer, &balancers, first_bytes_timeout)
+                .await
+            {
+                Ok(crate::proxy_header::Arrival::Client(client)) => admit(stream, client, &context),
+                Ok(crate::proxy_header::Arrival::HealthCheck) => {}
+                Err(refusal) => refusal.record(&context.shared.metrics, "proxy"),
             }
-            metrics.connections_active.dec();
-            drop(slot);
-            drop(descriptors);
         });
     }
     drop(listener);
@@ -213,4 +179,87 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             "requests still in flight at the end of the shutdown grace period"
         );
     }
+}
+
+/// Serves one connection from `peer` (the client itself, or the client a load
+/// balancer's PROXY header named) under the connection caps and the descriptor budget.
+fn admit(stream: TcpStream, peer: SocketAddr, context: &AcceptContext) {
+    let AcceptContext {
+        shared,
+        counts,
+        connections,
+        refused_warning,
+        shutdown,
+    } = context;
+    let state = shared.state.load();
+    let limits = &state.config.limits;
+    let max_connections = limits
+        .max_connections
+        .unwrap_or_else(|| shared.descriptors.plan().max_connections());
+    let slot = match counts.try_acquire(
+        peer.ip(),
+        max_connections,
+        limits.max_connections_per_source,
+    ) {
+        Ok(slot) => slot,
+        Err(cap) => {
+            count_rejected(shared, cap);
+            tracing::debug!(%peer, cap, "connection refused by cap");
+            return;
+        }
+    };
+    // The client's socket and the origin socket it will need (a tunnel's
+    // pipes are taken later, by the CONNECT). Declared before the
+    // connection so that they return to the budget after it closes.
+    let Some(descriptors) = shared.descriptors.try_take(fd_budget::PROXY_CONNECTION) else {
+        count_rejected(shared, "fd_budget");
+        if let Some(held_back) = refused_warning.check() {
+            tracing::warn!(%peer, held_back,
+                "proxy listener: connection refused, the descriptor budget is spent \
+                 (raise LimitNOFILE / ulimit -n; see docs/configuration.md)");
+        }
+        // Never waits: a full send buffer just means the client sees the close.
+        let _ = stream.try_write(OVER_BUDGET);
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // The read buffer, not the head: one read can overshoot it, so the
+        // exact `max_header_bytes` check is `head_limit` on the parsed request.
+        // This bound still caps memory and answers heads that never end.
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    drop(state);
+
+    let conn_shared = shared.clone();
+    let service = service_fn(move |req| proxy::handle(req, peer, conn_shared.clone()));
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let metrics = shared.metrics.clone();
+    metrics.connections_accepted.inc();
+    let shutdown = shutdown.clone();
+    connections.spawn(async move {
+        metrics.connections_active.inc();
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = shutdown.cancelled() => {
+                // Finish the request in flight, then close; idle keep-alive
+                // connections close at once.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        }
+        metrics.connections_active.dec();
+        drop(slot);
+        drop(descriptors);
+    });
 }

@@ -280,6 +280,9 @@ pub struct TunnelConfig {
     /// closes it ([`rampart_gateway::tunnel::ServeOptions::keepalive`]).
     #[serde(deserialize_with = "keepalive")]
     pub keepalive: std::time::Duration,
+    /// Load balancers whose connections start with a PROXY protocol header naming
+    /// the agent (docs/fleet.md); from anyone else a header is refused. Empty: off.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 /// `[tunnel] keepalive`: a duration of at least one second (shorter would close
@@ -301,6 +304,7 @@ impl Default for TunnelConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3129)),
             advertise: None,
             keepalive: rampart_gateway::tunnel::DEFAULT_KEEPALIVE,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }

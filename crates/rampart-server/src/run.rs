@@ -61,20 +61,39 @@ pub async fn run(
     let handle = gateway.handle();
 
     let shutdown = CancellationToken::new();
+    // Cancelled first on SIGTERM: `/healthz` turns 503 `[limits] drain_delay` before
+    // `shutdown` closes the listeners.
+    let draining = CancellationToken::new();
     let reloader = Reloader::new(
         handle.clone(),
         config_path,
         overrides,
         api_addr,
-        config.policy.file.clone(),
+        &config,
         &loaded,
     );
-    spawn_signal_handlers(shutdown.clone(), reloader.clone())?;
+    reloader.set_sinks(pipeline.sinks());
+    spawn_signal_handlers(
+        Drain {
+            draining: draining.clone(),
+            delay: config.limits.drain_delay,
+            shutdown: shutdown.clone(),
+        },
+        reloader.clone(),
+    )?;
     crate::reload::spawn_watcher(reloader.clone(), shutdown.clone());
     let admin_token = crate::api::events::load_or_create_admin_token(&config.data_dir)
         .context("loading the admin token")?;
     let admin_token_for_isolation: Arc<str> = admin_token.clone().into();
 
+    let console = crate::console::ConsoleState::new(
+        &config.data_dir,
+        reloader.clone(),
+        handle.clone(),
+        crate::console::secure_cookies_for(config.api.listen),
+        Some(agent_events.clone()),
+        config.policy.tests.clone(),
+    );
     let event_gauges = api::EventGauges::register(&mut registry);
     let api_listener_metrics =
         api::listener::ApiListenerMetrics::new(handle.rejected_connections());
@@ -83,18 +102,14 @@ pub async fn run(
         gateway: handle.clone(),
         pipeline_stats: pipeline.stats(),
         event_gauges,
+        draining: draining.clone(),
     })
     .merge(api::events::router(events_api))
     .merge(api::policy::router(api::policy::PolicyApiState {
         reloader: reloader.clone(),
         admin_token: admin_token.into(),
     }))
-    .merge(crate::console::router(crate::console::ConsoleState::new(
-        &config.data_dir,
-        reloader.clone(),
-        handle.clone(),
-        false,
-    )));
+    .merge(crate::console::router(console.clone()));
     let (api, _tunnel_task) = match tunnel {
         Some(tunnel) => {
             let devices = api::devices::router(tunnel.api_state());
@@ -112,6 +127,7 @@ pub async fn run(
                     .context("starting the response rules")?,
             );
             reloader.set_isolation(isolation.clone());
+            console.set_devices(registry.clone(), isolation.clone());
             let devices =
                 devices.merge(api::isolation::router(api::isolation::IsolationApiState {
                     service: isolation.clone(),
@@ -168,24 +184,44 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_signal_handlers(
+/// How SIGTERM/SIGINT stop the process: `draining` at once (`/healthz` answers 503),
+/// `shutdown` (listeners close, requests in flight finish) after `delay`, or at a
+/// second signal.
+struct Drain {
+    draining: CancellationToken,
+    delay: std::time::Duration,
     shutdown: CancellationToken,
-    reloader: Arc<Reloader>,
-) -> anyhow::Result<()> {
+}
+
+fn spawn_signal_handlers(drain: Drain, reloader: Arc<Reloader>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: draining"); shutdown.cancel(); return; }
-                _ = int.recv() => { tracing::info!("SIGINT: draining"); shutdown.cancel(); return; }
+            let signal = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
                 // In its own task: compiling a large policy must not delay SIGTERM.
                 _ = hup.recv() => {
                     let reloader = reloader.clone();
                     tokio::spawn(async move { reloader.reload(Trigger::Signal).await });
+                    continue;
+                }
+            };
+            tracing::info!(drain_delay = ?drain.delay, "{signal}: draining");
+            drain.draining.cancel();
+            if !drain.delay.is_zero() {
+                // Still serving while the balancer's health checks see the 503 and
+                // stop sending new connections; a second signal cuts the wait short.
+                tokio::select! {
+                    _ = tokio::time::sleep(drain.delay) => {}
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
                 }
             }
+            drain.shutdown.cancel();
+            return;
         }
     });
     Ok(())

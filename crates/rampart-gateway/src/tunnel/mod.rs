@@ -184,6 +184,9 @@ pub struct ServeOptions {
     /// that vanished without closing (a laptop lid shut, a cut link) would otherwise
     /// hold its connection and its flows' origin sockets open for hours.
     pub keepalive: Duration,
+    /// `[tunnel] proxy_protocol_from`: load balancers whose connections start with a
+    /// PROXY header naming the agent's address ([`crate::proxy_header`]); empty: off.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 /// Default of `[tunnel] keepalive` ([`ServeOptions::keepalive`]): longer than the agents' own 30 s, so a live
@@ -210,6 +213,7 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let threads = threads::ConnectionThreads::start(threads::default_count(), options.busy_poll);
     let live = LiveTunnels::new();
+    let balancers: Arc<[ipnet::IpNet]> = options.proxy_protocol_from.clone().into();
     let refused_warning = crate::fd_budget::RateLimitedWarning::new();
     let accept_warning = crate::fd_budget::RateLimitedWarning::new();
     if let Some(admission) = &admission {
@@ -260,6 +264,7 @@ pub async fn serve(
             agent_api: agent_api.clone(),
             live: live.clone(),
             keepalive: options.keepalive,
+            balancers: balancers.clone(),
             shutdown: shutdown.clone(),
             peer,
             descriptors,
@@ -335,6 +340,8 @@ struct Connection {
     agent_api: Option<Arc<dyn AgentApi>>,
     live: Arc<LiveTunnels>,
     keepalive: Duration,
+    /// `[tunnel] proxy_protocol_from`.
+    balancers: Arc<[ipnet::IpNet]>,
     shutdown: CancellationToken,
     peer: SocketAddr,
     /// The connection's socket in the descriptor budget; returned when `run` ends.
@@ -344,7 +351,7 @@ struct Connection {
 impl Connection {
     /// Handshake, device identity and admission, then HTTP/2 until the agent leaves
     /// or `shutdown` (then open streams finish first).
-    async fn run(self, tcp: tokio::net::TcpStream) {
+    async fn run(self, mut tcp: tokio::net::TcpStream) {
         let Connection {
             acceptor,
             shared,
@@ -352,10 +359,25 @@ impl Connection {
             agent_api,
             live,
             keepalive,
+            balancers,
             shutdown,
             peer,
             descriptors: _descriptors,
         } = self;
+        // Behind a load balancer, the agent's address is in the PROXY header.
+        let peer = if balancers.is_empty() {
+            peer
+        } else {
+            use crate::proxy_header::{arrival, Arrival};
+            match arrival(&mut tcp, peer, &balancers, HANDSHAKE_TIMEOUT).await {
+                Ok(Arrival::Client(agent)) => agent,
+                Ok(Arrival::HealthCheck) => return,
+                Err(refusal) => {
+                    refusal.record(&shared.metrics, "agent_tunnel");
+                    return;
+                }
+            }
+        };
         let accept = acceptor.accept(tcp).into_fallible();
         let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
             Ok(Ok(stream)) => stream,

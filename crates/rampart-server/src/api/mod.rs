@@ -27,6 +27,9 @@ pub struct ApiState {
     pub gateway: GatewayHandle,
     pub pipeline_stats: Arc<rampart_events::PipelineStats>,
     pub event_gauges: EventGauges,
+    /// Cancelled on SIGTERM: `/healthz` answers 503 so load balancers stop
+    /// sending new connections while requests in flight finish.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 /// Event pipeline counters on `/metrics`: queued, spilled to disk, dropped
@@ -78,7 +81,10 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> impl IntoResponse {
+async fn healthz(State(state): State<ApiState>) -> impl IntoResponse {
+    if state.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
     (StatusCode::OK, "ok\n")
 }
 

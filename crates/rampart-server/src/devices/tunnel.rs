@@ -24,6 +24,8 @@ pub struct TunnelSetup {
     busy_poll: Option<std::time::Duration>,
     /// `[tunnel] keepalive`.
     keepalive: std::time::Duration,
+    /// `[tunnel] proxy_protocol_from`.
+    proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 impl TunnelSetup {
@@ -79,6 +81,7 @@ impl TunnelSetup {
             admin_token,
             busy_poll: config.runtime.busy_poll,
             keepalive: config.tunnel.keepalive,
+            proxy_protocol_from: config.tunnel.proxy_protocol_from.clone(),
         }))
     }
 
@@ -117,6 +120,7 @@ impl TunnelSetup {
             rampart_gateway::tunnel::ServeOptions {
                 busy_poll: self.busy_poll,
                 keepalive: self.keepalive,
+                proxy_protocol_from: self.proxy_protocol_from,
             },
             shutdown,
         ))
