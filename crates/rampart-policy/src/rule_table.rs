@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::action::{EvalPoint, Stage};
 use crate::diagnostic::Location;
 use crate::policy::{Policy, CATALOG_ORIGIN};
-use crate::rule::{CondKind, Conds, RuleAction};
+use crate::rule::{Conds, RuleAction};
 
 /// One rule of one stage.
 #[derive(Debug, Clone, PartialEq, Eq)]

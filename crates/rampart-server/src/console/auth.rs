@@ -10,6 +10,7 @@ use axum::Form;
 use maud::html;
 use serde::Deserialize;
 
+use super::audit::{Entry, Outcome};
 use super::layout;
 use super::session::{random_token, Session, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use super::users::Role;
@@ -214,6 +215,19 @@ pub async fn login(
     let source = peer.ip().to_string();
     let user = form.username.trim().to_string();
     if let Some(wait) = state.inner.limiter.blocked(&source, &user) {
+        state.inner.audit.record(Entry {
+            user: &user,
+            role: None,
+            action: "login",
+            target: "console",
+            outcome: Outcome::Failed,
+            source: &source,
+            path: "/login",
+            status: 429,
+            device: None,
+            detail: Some("too many failed logins: refused without checking the password"),
+            revision: None,
+        });
         let mut resp = login_form(
             &state,
             form.next.as_deref(),
@@ -234,10 +248,19 @@ pub async fn login(
         .flatten();
     let Some(role) = role else {
         state.inner.limiter.failed(&source, &user);
-        state
-            .inner
-            .audit
-            .record(&user, Role::Analyst, "login", "console", "failed", &source);
+        state.inner.audit.record(Entry {
+            user: &user,
+            role: None,
+            action: "login",
+            target: "console",
+            outcome: Outcome::Failed,
+            source: &source,
+            path: "/login",
+            status: 401,
+            device: None,
+            detail: Some("wrong user name or password"),
+            revision: None,
+        });
         return login_form(
             &state,
             form.next.as_deref(),
@@ -246,10 +269,19 @@ pub async fn login(
         );
     };
     let id = state.inner.sessions.create(&user, role);
-    state
-        .inner
-        .audit
-        .record(&user, role, "login", "console", "ok", &source);
+    state.inner.audit.record(Entry {
+        user: &user,
+        role: Some(role),
+        action: "login",
+        target: "console",
+        outcome: Outcome::Ok,
+        source: &source,
+        path: "/login",
+        status: 303,
+        device: None,
+        detail: None,
+        revision: None,
+    });
     let mut resp = Redirect::to(safe_next(form.next.as_deref())).into_response();
     resp.headers_mut().append(
         header::SET_COOKIE,
@@ -276,6 +308,10 @@ pub async fn logout(
         return denied.into_response();
     }
     state.inner.sessions.remove(&viewer.session_id);
+    state
+        .inner
+        .audit
+        .record(Entry::of(&viewer, "logout", "console", "/logout"));
     let mut resp = Redirect::to("/login").into_response();
     resp.headers_mut().append(
         header::SET_COOKIE,

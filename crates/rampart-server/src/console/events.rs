@@ -11,6 +11,7 @@ use rampart_events::store::Cursor;
 use rampart_events::{parse_query, Event, EventsError, Query as EventQuery, SearchRequest};
 use serde::Deserialize;
 
+use super::audit::{self, Entry};
 use super::auth::{urlencode, Viewer};
 use super::layout;
 use super::ConsoleState;
@@ -121,6 +122,9 @@ async fn run_search(
 }
 
 fn host_or_url(e: &Event) -> String {
+    if e.event_type() == Some(rampart_events::EventType::Audit) {
+        return e.message.clone().unwrap_or_default();
+    }
     e.url()
         .or_else(|| e.host())
         .map(str::to_string)
@@ -129,13 +133,13 @@ fn host_or_url(e: &Event) -> String {
 }
 
 /// The alerts page's extra columns: acknowledgements, and the form for admins.
-struct AckColumn {
+pub(super) struct AckColumn {
     acks: std::collections::BTreeMap<String, super::acks::Ack>,
     /// The session's CSRF token when the viewer may acknowledge.
     csrf: Option<String>,
 }
 
-fn results_table(events: &[Event], range: &str, ack: Option<&AckColumn>) -> Markup {
+pub(super) fn results_table(events: &[Event], range: &str, ack: Option<&AckColumn>) -> Markup {
     html! {
         table {
             thead { tr { th { "Time (UTC)" } th { "Type" } th { "Action" } th { "User" } th { "Device" } th { "Host / URL" } th { "Rule" }
@@ -476,18 +480,10 @@ pub async fn acknowledge(
     if let Err(denied) = viewer.check_csrf(form.csrf.as_deref()) {
         return denied.into_response();
     }
-    let audit = |outcome: &str| {
-        state.inner.audit.record(
-            &viewer.session.user,
-            viewer.session.role,
-            "alert.acknowledge",
-            &id,
-            outcome,
-            &viewer.source,
-        )
-    };
+    let path = format!("/alerts/{id}/ack");
+    let entry = Entry::of(&viewer, "alert.acknowledge", &id, &path);
     if let Err(denied) = viewer.require_admin() {
-        audit("denied");
+        state.inner.audit.record(entry.denied());
         return denied.into_response();
     }
     let wanted = id.clone();
@@ -500,10 +496,19 @@ pub async fn acknowledge(
     }
     let note: String = form.note.trim().chars().take(500).collect();
     if let Err(e) = state.inner.acks.add(&id, &viewer.session.user, &note) {
-        audit("failed");
-        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response();
+        let why = format!("{e:#}");
+        state.inner.audit.record(Entry {
+            outcome: audit::Outcome::Failed,
+            status: 500,
+            detail: Some(&why),
+            ..entry
+        });
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")).into_response();
     }
-    audit("ok");
+    state.inner.audit.record(Entry {
+        detail: Some(&note),
+        ..entry
+    });
     (StatusCode::SEE_OTHER, [(header::LOCATION, "/alerts")]).into_response()
 }
 

@@ -25,10 +25,11 @@ pub fn bare(title: &str, body: Markup) -> Html<String> {
     )
 }
 
-const NAV: [(&str, &str); 4] = [
+const NAV: [(&str, &str); 5] = [
     ("/", "Overview"),
     ("/events", "Events"),
     ("/alerts", "Alerts"),
+    ("/devices", "Devices"),
     ("/policy", "Policy"),
 ];
 

@@ -5,11 +5,15 @@
 //! Mounted by the server next to the JSON API:
 //!
 //! ```ignore
-//! let app = api.merge(console::router(console::ConsoleState::new(&data_dir, events_reader, reloader, gateway)));
+//! let console = console::ConsoleState::new(&data_dir, reloader, gateway, secure, events, tests);
+//! console.set_devices(registry, isolation); // when the agent tunnel runs
+//! let app = api.merge(console::router(console));
 //! ```
 
 pub mod acks;
+pub mod audit;
 pub mod auth;
+pub mod devices;
 pub mod events;
 pub mod layout;
 pub mod overview;
@@ -17,18 +21,22 @@ pub mod policy;
 pub mod session;
 pub mod users;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use rampart_events::{EventsError, StoreReader};
+use rampart_events::{EventSender, EventsError, StoreReader};
 
+use crate::devices::DeviceRegistry;
+use crate::isolation::IsolationService;
 use crate::reload::Reloader;
-use session::{AuditLog, LoginLimiter, Sessions};
+use audit::AuditLog;
+use session::{LoginLimiter, Sessions};
 use users::UserStore;
 
 /// How long a session lasts from login.
@@ -50,8 +58,28 @@ struct Inner {
     readers: Mutex<Vec<StoreReader>>,
     reloader: Arc<Reloader>,
     gateway: rampart_gateway::GatewayHandle,
-    /// Cookies get `Secure` when the console is served over TLS.
+    /// Cookies get `Secure` unless the API listener is plain HTTP on loopback.
     secure_cookies: bool,
+    /// `[policy] tests`: the cases the policy page runs against the serving policy.
+    policy_tests: Option<PathBuf>,
+    /// The device inventory and isolation, when the server runs the agent tunnel.
+    devices: OnceLock<DeviceServices>,
+}
+
+/// What the device pages use: the inventory (and who is connected) and isolation.
+pub struct DeviceServices {
+    pub registry: Arc<DeviceRegistry>,
+    pub isolation: Arc<IsolationService>,
+}
+
+/// Whether session cookies must carry `Secure` for an API listener on `listen`.
+///
+/// The API listener serves plain HTTP (it has no TLS of its own). Plain HTTP is
+/// acceptable on loopback only; anywhere else the console is meant to sit behind a
+/// TLS-terminating reverse proxy, so the cookies are marked `Secure` and a browser
+/// talking plain HTTP to a non-loopback address never gets a session at all.
+pub fn secure_cookies_for(listen: SocketAddr) -> bool {
+    !listen.ip().is_loopback()
 }
 
 impl ConsoleState {
@@ -60,6 +88,8 @@ impl ConsoleState {
         reloader: Arc<Reloader>,
         gateway: rampart_gateway::GatewayHandle,
         secure_cookies: bool,
+        events: Option<EventSender>,
+        policy_tests: Option<PathBuf>,
     ) -> ConsoleState {
         ConsoleState {
             inner: Arc::new(Inner {
@@ -67,15 +97,29 @@ impl ConsoleState {
                 sessions: Sessions::new(SESSION_TTL),
                 // 5 failures per user and 20 per source in 15 minutes.
                 limiter: LoginLimiter::new(Duration::from_secs(15 * 60), 20, 5),
-                audit: AuditLog::new(data_dir),
+                audit: AuditLog::new(data_dir, events),
                 acks: acks::AckStore::new(data_dir),
                 db: rampart_events::db_path(data_dir),
                 readers: Mutex::new(Vec::new()),
                 reloader,
                 gateway,
                 secure_cookies,
+                policy_tests,
+                devices: OnceLock::new(),
             }),
         }
+    }
+
+    /// Enables the device pages (the server runs the agent tunnel).
+    pub fn set_devices(&self, registry: Arc<DeviceRegistry>, isolation: Arc<IsolationService>) {
+        let _ = self.inner.devices.set(DeviceServices {
+            registry,
+            isolation,
+        });
+    }
+
+    fn devices(&self) -> Option<&DeviceServices> {
+        self.inner.devices.get()
     }
 
     /// Runs `f` with a pooled store reader on the blocking pool.
@@ -121,6 +165,10 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/alerts/{id}/ack", post(events::acknowledge))
         .route("/policy", get(policy::policy_page))
         .route("/policy/reload", post(policy::reload))
+        .route("/devices", get(devices::list_page))
+        .route("/devices/{id}", get(devices::device_page))
+        .route("/devices/{id}/isolate", post(devices::isolate))
+        .route("/devices/{id}/release", post(devices::release))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .with_state(state)

@@ -1,10 +1,7 @@
 //! Server-side sessions (the cookie holds only a random id), the per-session
-//! CSRF token, login rate limiting and the audit log of admin actions.
+//! CSRF token and login rate limiting.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -141,59 +138,6 @@ impl LoginLimiter {
                 map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
             }
         }
-    }
-}
-
-/// The audit log: one JSON line per admin action (and logins), in
-/// `<data dir>/console-audit.ndjson` (0600).
-pub struct AuditLog {
-    path: PathBuf,
-    lock: Mutex<()>,
-}
-
-/// File name of the audit log inside the data dir.
-pub const AUDIT_FILE: &str = "console-audit.ndjson";
-
-impl AuditLog {
-    pub fn new(data_dir: &Path) -> AuditLog {
-        AuditLog {
-            path: data_dir.join(AUDIT_FILE),
-            lock: Mutex::new(()),
-        }
-    }
-
-    /// Appends a record; a failure is logged, and the action it describes still
-    /// reports its own outcome to the user.
-    pub fn record(
-        &self,
-        user: &str,
-        role: Role,
-        action: &str,
-        target: &str,
-        outcome: &str,
-        source: &str,
-    ) {
-        let line = serde_json::json!({
-            "time": rampart_events::render::time_text(rampart_events::now_ms()),
-            "user": user,
-            "role": role.as_str(),
-            "action": action,
-            "target": target,
-            "outcome": outcome,
-            "source": source,
-        })
-        .to_string();
-        let _guard = self.lock.lock();
-        let result = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)
-            .and_then(|mut f| writeln!(f, "{line}"));
-        if let Err(e) = result {
-            tracing::error!(path = %self.path.display(), error = %e, "console audit log write failed");
-        }
-        tracing::info!(target: "rampart::audit", user, action, target, outcome, "console action");
     }
 }
 

@@ -47,7 +47,14 @@ pub struct DeviceRegistry {
     gateway: String,
     /// Tells the tunnel listener to check its open connections now (an API revocation).
     revocations: Arc<tokio::sync::Notify>,
+    /// The devices with a tunnel open, as the listener last listed them (every
+    /// couple of seconds while any is open), and when.
+    connected: std::sync::Mutex<(Vec<String>, Option<std::time::Instant>)>,
 }
+
+/// How long the listener's last list of open tunnels counts: it lists them every 2 s
+/// while one is open and not at all once none is.
+const CONNECTED_FRESH: std::time::Duration = std::time::Duration::from_secs(6);
 
 impl DeviceRegistry {
     /// Opens (creating the CA if needed) the registry of `data_dir`; `gateway` is the
@@ -59,7 +66,17 @@ impl DeviceRegistry {
             inventory: Inventory::new(data_dir),
             gateway,
             revocations: Arc::new(tokio::sync::Notify::new()),
+            connected: std::sync::Mutex::new((Vec::new(), None)),
         })
+    }
+
+    /// Devices with an agent tunnel open now (the console's "online").
+    pub fn connected(&self) -> Vec<String> {
+        let guard = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.1 {
+            Some(at) if at.elapsed() < CONNECTED_FRESH => guard.0.clone(),
+            _ => Vec::new(),
+        }
     }
 
     /// The tunnel address enrolled agents use.
@@ -150,6 +167,8 @@ impl rampart_gateway::tunnel::DeviceAdmission for DeviceRegistry {
     }
 
     fn revoked_among(&self, open: &[String]) -> Vec<String> {
+        *self.connected.lock().unwrap_or_else(|p| p.into_inner()) =
+            (open.to_vec(), Some(std::time::Instant::now()));
         match self.inventory.list() {
             // A device missing from the inventory was not enrolled here (or its record
             // was removed by hand): as at admission, it may not use the tunnel.

@@ -10,3 +10,9 @@ document.addEventListener("keydown", function (e) {
     q.blur();
   }
 });
+// Forms that change a device ask once more before they post (the server still
+// requires the confirmation box and a reason without this script).
+document.addEventListener("submit", function (e) {
+  var text = e.target.getAttribute("data-confirm");
+  if (text && !window.confirm(text)) e.preventDefault();
+});

@@ -1,0 +1,463 @@
+//! Devices: the list by state (online, offline, isolated, revoked) and one device's
+//! page — identity, isolation (desired and what the agent reported), the timeline,
+//! and for admins isolate and release. Isolate and release go through the same
+//! [`IsolationService`](crate::isolation::IsolationService) as the API and the CLI.
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use maud::{html, Markup};
+use rampart_events::render::table_time;
+use rampart_events::EventsError;
+use serde::Deserialize;
+
+use super::audit::{Entry, Outcome};
+use super::auth::{urlencode, Viewer};
+use super::events::{results_table, search_href};
+use super::layout;
+use super::ConsoleState;
+use crate::devices::DeviceRecord;
+use crate::isolation::{IsolationServiceError, IsolationView, Request, Wanted};
+
+/// Half the width of the device page's timeline.
+const WINDOW_MS: i64 = 5 * 60_000;
+/// Longest reason kept (the API keeps as much).
+const REASON_MAX: usize = 512;
+
+/// Whether the agent is connected: the first column of the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    Online,
+    Offline,
+    Revoked,
+}
+
+impl Presence {
+    fn as_str(self) -> &'static str {
+        match self {
+            Presence::Online => "online",
+            Presence::Offline => "offline",
+            Presence::Revoked => "revoked",
+        }
+    }
+}
+
+/// One device with what the list and the page show about it.
+struct DeviceRow {
+    record: DeviceRecord,
+    presence: Presence,
+    isolation: IsolationView,
+}
+
+impl DeviceRow {
+    /// Isolated, or asked to be and not yet released.
+    fn isolated(&self) -> bool {
+        self.isolation.desired == Wanted::Isolated.as_str()
+    }
+
+    fn matches(&self, filter: &str) -> bool {
+        match filter {
+            "isolated" => self.isolated(),
+            "" | "all" => true,
+            other => self.presence.as_str() == other,
+        }
+    }
+}
+
+fn not_available(viewer: &Viewer) -> Response {
+    let body = html! {
+        h1 { "Devices" }
+        p { "This server runs no agent tunnel, so it has no devices: devices enroll with the all-in-one "
+            code { "rampart server" } " (see docs/agent.md)." }
+    };
+    (
+        StatusCode::NOT_FOUND,
+        layout::page("Devices", viewer, "/devices", body),
+    )
+        .into_response()
+}
+
+/// Every device with its presence and isolation state.
+async fn load_rows(state: &ConsoleState) -> Option<Result<Vec<DeviceRow>, String>> {
+    let services = state.devices()?;
+    let registry = services.registry.clone();
+    let isolation = services.isolation.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        let records = registry.inventory().list().map_err(|e| e.to_string())?;
+        let states = isolation.states().map_err(|e| e.to_string())?;
+        let connected = registry.connected();
+        Ok::<_, String>(
+            records
+                .into_iter()
+                .map(|record| {
+                    let presence = if record.revoked_at.is_some() {
+                        Presence::Revoked
+                    } else if connected.contains(&record.id) {
+                        Presence::Online
+                    } else {
+                        Presence::Offline
+                    };
+                    let isolation = match states.get(&record.id) {
+                        Some(r) => IsolationView::of(&record.id, r),
+                        None => never_isolated(&record.id),
+                    };
+                    DeviceRow {
+                        record,
+                        presence,
+                        isolation,
+                    }
+                })
+                .collect(),
+        )
+    })
+    .await
+    .map_err(|e| e.to_string());
+    Some(rows.and_then(|r| r))
+}
+
+/// What the isolation API answers for a device never isolated.
+fn never_isolated(device: &str) -> IsolationView {
+    IsolationView {
+        device: device.to_string(),
+        desired: Wanted::Released.as_str().to_string(),
+        actual: "unknown".to_string(),
+        state: "released".to_string(),
+        pending: false,
+        generation: 0,
+        reason: None,
+        by: "-".to_string(),
+        since: String::new(),
+        trigger_event: None,
+        confirmed_at: None,
+        confirm_latency_ms: None,
+        reported_at: None,
+        detail: None,
+        self_test_error: None,
+        break_glass_code: false,
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ListParams {
+    #[serde(default)]
+    state: String,
+}
+
+const FILTERS: [&str; 5] = ["all", "online", "offline", "isolated", "revoked"];
+
+pub async fn list_page(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    Query(p): Query<ListParams>,
+) -> Response {
+    let Some(rows) = load_rows(&state).await else {
+        return not_available(&viewer);
+    };
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            let body = html! { h1 { "Devices" } p.error role="alert" { "Reading the device inventory failed: " (e) } };
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                layout::page("Devices", &viewer, "/devices", body),
+            )
+                .into_response();
+        }
+    };
+    let filter = FILTERS
+        .into_iter()
+        .find(|f| *f == p.state)
+        .unwrap_or("all");
+    let count = |f: &str| rows.iter().filter(|r| r.matches(f)).count();
+    let body = html! {
+        h1 { "Devices" }
+        nav.totals aria-label="Device states" {
+            @for f in FILTERS {
+                @let href = format!("/devices?state={f}");
+                @if f == filter {
+                    a.total href=(href) aria-current="true" { strong { (count(f)) } " " (f) }
+                } @else {
+                    a.total href=(href) { strong { (count(f)) } " " (f) }
+                }
+            }
+        }
+        @if rows.is_empty() {
+            p { "No device has enrolled yet. Create an enrollment token with "
+                code { "rampart device token create --user NAME" } " and enroll an agent with it." }
+        } @else {
+            table.devices {
+                thead { tr { th { "Device" } th { "State" } th { "Isolation" } th { "User" } th { "Hostname" } th { "Agent" } th { "Last seen (UTC)" } } }
+                tbody {
+                    @for r in rows.iter().filter(|r| r.matches(filter)) {
+                        tr {
+                            td { a href=(format!("/devices/{}", urlencode(&r.record.id))) { (r.record.id) } }
+                            td { span class=(format!("state {}", r.presence.as_str())) { (r.presence.as_str()) } }
+                            td { span class=(if r.isolated() { "bad" } else { "" }) { (r.isolation.state) } }
+                            td { (r.record.user.as_deref().unwrap_or("-")) }
+                            td { (r.record.hostname) }
+                            td { (r.record.agent_version) }
+                            td { (r.record.last_seen) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout::page("Devices", &viewer, "/devices", body).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DeviceParams {
+    /// The middle of the timeline, milliseconds since the epoch; default now.
+    at: Option<i64>,
+    /// Set by the isolate/release redirect.
+    done: Option<String>,
+}
+
+fn isolation_form(viewer: &Viewer, device: &str, isolated: bool) -> Markup {
+    let (verb, action, warning) = if isolated {
+        (
+            "Release",
+            "release",
+            "The device gets its network back.",
+        )
+    } else {
+        (
+            "Isolate",
+            "isolate",
+            "The device loses every connection except to Rampart and the exceptions of [isolation].",
+        )
+    };
+    html! {
+        form.isolation method="post" action=(format!("/devices/{}/{action}", urlencode(device)))
+            data-confirm=(format!("{verb} {device}? {warning}")) {
+            h2 { (verb) " this device" }
+            input type="hidden" name="csrf" value=(viewer.session.csrf);
+            label { "Reason (kept in the audit trail)"
+                input name="reason" required maxlength=(REASON_MAX) placeholder="e.g. beaconing to a known C2 host, ticket SEC-123";
+            }
+            label.check { input type="checkbox" name="confirm" value="yes" required; " " (warning) " I confirm." }
+            button type="submit" id=(action) { (verb) " device" }
+        }
+    }
+}
+
+pub async fn device_page(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    UrlPath(id): UrlPath<String>,
+    Query(p): Query<DeviceParams>,
+) -> Response {
+    let Some(rows) = load_rows(&state).await else {
+        return not_available(&viewer);
+    };
+    let row = match rows {
+        Ok(rows) => rows.into_iter().find(|r| r.record.id == id),
+        Err(e) => {
+            let body = html! { h1 { "Device" } p.error role="alert" { "Reading the device inventory failed: " (e) } };
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                layout::page("Device", &viewer, "/devices", body),
+            )
+                .into_response();
+        }
+    };
+    let Some(row) = row else {
+        let body = html! { h1 { "No such device" } p { "No enrolled device has the id " code { (id) } "." } p { a href="/devices" { "← Devices" } } };
+        return (
+            StatusCode::NOT_FOUND,
+            layout::page("Device", &viewer, "/devices", body),
+        )
+            .into_response();
+    };
+    let at = p.at.unwrap_or_else(rampart_events::now_ms);
+    let device = id.clone();
+    let timeline = match state
+        .with_reader(move |r| r.timeline(&device, at - WINDOW_MS, at + WINDOW_MS, 1000))
+        .await
+    {
+        Ok(events) => Ok(events),
+        Err(EventsError::NoStore(_)) => Ok(Vec::new()),
+        Err(e) => Err(e.to_string()),
+    };
+    let d = &row.record;
+    let iso = &row.isolation;
+    let body = html! {
+        h1 { "Device " (d.id) }
+        p { a href="/devices" { "← Devices" } " · " a href=(search_href(&format!("device = \"{}\"", d.id.replace('"', "\\\"")), "7d")) { "all events of this device (7 days)" } }
+        @if let Some(done) = &p.done { p.ok role="status" { (done) } }
+        div.columns {
+            section {
+                h2 { "Identity" }
+                dl.kv {
+                    dt { "State" } dd { span class=(format!("state {}", row.presence.as_str())) { (row.presence.as_str()) } }
+                    dt { "User" } dd { (d.user.as_deref().unwrap_or("-")) }
+                    dt { "Groups" } dd { (if d.groups.is_empty() { "-".to_string() } else { d.groups.join(", ") }) }
+                    dt { "Hostname" } dd { (d.hostname) }
+                    dt { "Agent version" } dd { (d.agent_version) }
+                    dt { "Steering mode" } dd { (d.steering_mode) }
+                    dt { "Enrolled" } dd { (d.enrolled_at) }
+                    dt { "Last seen" } dd { (d.last_seen) }
+                    @if let Some(r) = &d.revoked_at { dt { "Revoked" } dd.bad { (r) } }
+                }
+            }
+            section {
+                h2 { "Isolation" }
+                dl.kv.isolation {
+                    dt { "State" } dd id="isolation-state" class=(if row.isolated() { "bad" } else { "" }) { (iso.state) }
+                    dt { "Desired" } dd id="isolation-desired" { (iso.desired) }
+                    dt { "Reported by the agent" } dd { (iso.actual) @if let Some(t) = &iso.reported_at { " at " (t) } }
+                    @if iso.pending { dt { "Pending" } dd { "the agent has not confirmed generation " (iso.generation) " yet" } }
+                    @if iso.generation > 0 {
+                        dt { "Asked by" } dd { (iso.by) " at " (iso.since) }
+                        dt { "Reason" } dd { (iso.reason.as_deref().unwrap_or("-")) }
+                    }
+                    @if let Some(t) = &iso.trigger_event { dt { "Triggering event" } dd { a href=(format!("/events/{}", urlencode(t))) { (t) } } }
+                    @if let Some(c) = &iso.confirmed_at { dt { "Confirmed" } dd { (c) @if let Some(ms) = iso.confirm_latency_ms { " (" (ms) " ms after the request)" } } }
+                    @if let Some(e) = &iso.self_test_error { dt { "Self-test" } dd.bad { (e) } }
+                    @if let Some(e) = &iso.detail { dt { "Agent detail" } dd { (e) } }
+                    @if iso.break_glass_code { dt { "Break-glass code" } dd { "issued, unused" } }
+                }
+                @if viewer.is_admin() {
+                    (isolation_form(&viewer, &d.id, row.isolated()))
+                }
+            }
+        }
+        h2 { "Timeline" }
+        form.search method="get" action=(format!("/devices/{}", urlencode(&d.id))) {
+            label { "Around (ms since the epoch)" input name="at" value=(at) inputmode="numeric"; }
+            button type="submit" { "Show" }
+        }
+        @match &timeline {
+            Ok(events) => {
+                p.muted { (events.len()) " events from " (table_time(at - WINDOW_MS)) " to " (table_time(at + WINDOW_MS)) " UTC, oldest first" }
+                @if !events.is_empty() { (results_table(events, "24h", None)) }
+            }
+            Err(e) => p.error role="alert" { "Reading the timeline failed: " (e) },
+        }
+    };
+    layout::page("Device", &viewer, "/devices", body).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IsolationForm {
+    csrf: Option<String>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+pub async fn isolate(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    UrlPath(id): UrlPath<String>,
+    Form(form): Form<IsolationForm>,
+) -> Response {
+    change(state, viewer, id, form, Wanted::Isolated).await
+}
+
+pub async fn release(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    UrlPath(id): UrlPath<String>,
+    Form(form): Form<IsolationForm>,
+) -> Response {
+    change(state, viewer, id, form, Wanted::Released).await
+}
+
+fn bad_request(viewer: &Viewer, message: &str) -> Response {
+    let body = html! { h1 { "Not done" } p.error role="alert" { (message) } p { a href="javascript:history.back()" { "← Back" } } };
+    (
+        StatusCode::BAD_REQUEST,
+        layout::page("Not done", viewer, "/devices", body),
+    )
+        .into_response()
+}
+
+/// Admin only, CSRF-checked, confirmed and with a reason: isolate or release
+/// through the isolation service, audited either way.
+async fn change(
+    state: ConsoleState,
+    viewer: Viewer,
+    id: String,
+    form: IsolationForm,
+    wanted: Wanted,
+) -> Response {
+    if let Err(denied) = viewer.check_csrf(form.csrf.as_deref()) {
+        return denied.into_response();
+    }
+    let (action, verb) = match wanted {
+        Wanted::Isolated => ("device.isolate", "isolate"),
+        Wanted::Released => ("device.release", "release"),
+    };
+    let path = format!("/devices/{id}/{verb}");
+    let reason: String = form
+        .reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(REASON_MAX)
+        .collect::<String>()
+        .trim()
+        .to_string();
+    let entry = Entry {
+        device: Some(&id),
+        detail: Some(&reason),
+        ..Entry::of(&viewer, action, &id, &path)
+    };
+    if let Err(denied) = viewer.require_admin() {
+        state.inner.audit.record(entry.denied());
+        return denied.into_response();
+    }
+    if form.confirm != "yes" {
+        return bad_request(&viewer, &format!("Tick the confirmation box to {verb} {id}."));
+    }
+    if reason.is_empty() {
+        return bad_request(
+            &viewer,
+            &format!("Give a reason to {verb} {id}: it is kept in the audit trail."),
+        );
+    }
+    let Some(services) = state.devices() else {
+        return not_available(&viewer);
+    };
+    let isolation = services.isolation.clone();
+    let (device, by, why) = (id.clone(), viewer.session.user.clone(), reason.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        isolation.set(
+            &device,
+            wanted,
+            Request {
+                reason: Some(why),
+                by,
+                trigger_event: None,
+            },
+        )
+    })
+    .await;
+    let failure = match result {
+        Ok(Ok(change)) => {
+            state.inner.audit.record(entry);
+            let done = if change.changed {
+                format!("{id}: {} requested ({reason})", wanted.as_str())
+            } else {
+                format!("{id} was already {}: nothing changed", wanted.as_str())
+            };
+            let to = format!("/devices/{}?done={}", urlencode(&id), urlencode(&done));
+            return (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response();
+        }
+        Ok(Err(e @ IsolationServiceError::NoDevice(_))) => (StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let (status, message) = failure;
+    state.inner.audit.record(Entry {
+        outcome: Outcome::Failed,
+        status: status.as_u16(),
+        detail: Some(&message),
+        ..entry
+    });
+    let body = html! { h1 { "Not done" } p.error role="alert" { (verb) " " (id) " failed: " (message) } };
+    (status, layout::page("Not done", &viewer, "/devices", body)).into_response()
+}
