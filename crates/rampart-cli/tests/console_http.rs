@@ -186,7 +186,8 @@ fn an_analyst_reads_but_cannot_reload_the_policy_and_an_admin_reload_is_audited(
     assert!(
         records.iter().any(|r| r["user"] == "root"
             && r["action"] == "policy.reload"
-            && r["outcome"] == "applied"),
+            && r["outcome"] == "ok"
+            && r["detail"] == "applied"),
         "{audit}"
     );
     assert!(

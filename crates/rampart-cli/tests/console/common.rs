@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::support::origin::Origin;
-use super::support::{curl, eventually, rampart_bin, Rampart};
+use super::support::{curl, eventually, rampart_bin, run, Rampart};
 
 pub const POLICY: &str = r#"
 [lists]
@@ -42,13 +42,30 @@ pub struct Console {
 
 impl Console {
     pub fn start() -> Console {
+        Self::start_with_tests(None)
+    }
+
+    /// As [`Console::start`], with `[policy] tests` naming a cases file of `cases`
+    /// (in the console's temporary dir, see [`Console::cases_path`]).
+    pub fn start_with_tests(cases: Option<&str>) -> Console {
         let origin = Origin::start();
         let dir = tempfile::tempdir().expect("tempdir");
         let policy = dir.path().join("policy.toml");
         std::fs::write(&policy, POLICY).expect("write policy");
+        let policy_toml = match cases {
+            None => format!("policy = {:?}\n", policy.display().to_string()),
+            Some(cases) => {
+                let path = dir.path().join("cases.toml");
+                std::fs::write(&path, cases).expect("write cases");
+                format!(
+                    "[policy]\nfile = {:?}\ntests = {:?}\n",
+                    policy.display().to_string(),
+                    path.display().to_string()
+                )
+            }
+        };
         let server = Rampart::start(&format!(
-            "policy = {:?}\n[proxy]\nallow_loopback_destinations = true\n[resolve]\n\"ok.test\" = \"127.0.0.1\"\n\"blocked.test\" = \"127.0.0.1\"\n\"watched.test\" = \"127.0.0.1\"\n",
-            policy.display().to_string()
+            "{policy_toml}[proxy]\nallow_loopback_destinations = true\n[resolve]\n\"ok.test\" = \"127.0.0.1\"\n\"blocked.test\" = \"127.0.0.1\"\n\"watched.test\" = \"127.0.0.1\"\n",
         ));
         let port = origin.port();
         for host in ["ok.test", "blocked.test", "watched.test"] {
@@ -77,6 +94,71 @@ impl Console {
 
     pub fn base(&self) -> String {
         format!("http://{}", self.server.api)
+    }
+
+    /// The `[policy] tests` file of [`Console::start_with_tests`].
+    pub fn cases_path(&self) -> PathBuf {
+        self._dir.path().join("cases.toml")
+    }
+
+    /// The server's admin API token (`<data dir>/admin.token`).
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.server.data_dir().join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_string()
+    }
+
+    /// Enrolls a device for `user` the way an agent does (`rampart device token
+    /// create`, then `rampart agent enroll` against the API), without running the
+    /// agent: the device is in the inventory and offline. Returns its id.
+    pub fn enroll_device(&self, user: &str) -> String {
+        let data = self.server.data_dir();
+        let out = run(Command::new(rampart_bin())
+            .args(["device", "token", "create", "--user", user, "--data-dir"])
+            .arg(&data));
+        assert!(
+            out.status.success(),
+            "token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let dir = self._dir.path().join(format!("agent-{user}"));
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\n[steering]\nmode = \"local-proxy\"\n",
+                dir.join("state").display().to_string()
+            ),
+        )
+        .expect("agent config");
+        let out = run(Command::new(rampart_bin())
+            .args(["agent", "enroll", "--server", &self.base(), "--token", &token, "--config"])
+            .arg(&config));
+        assert!(
+            out.status.success(),
+            "agent enroll: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let enrollment: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("state/enrollment.json")).expect("enrollment.json"),
+        )
+        .expect("enrollment JSON");
+        enrollment["device_id"]
+            .as_str()
+            .expect("device_id")
+            .to_string()
+    }
+
+    /// `rampart device ARGS --server API --token T` (the CLI against this server).
+    pub fn device_cmd(&self, args: &[&str]) -> std::process::Output {
+        run(Command::new(rampart_bin())
+            .arg("device")
+            .args(args)
+            .args(["--server", &self.base(), "--token", &self.admin_token()]))
     }
 
     /// `rampart user add NAME --role ROLE` with the password on stdin.

@@ -196,3 +196,16 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::secure_cookies_for;
+
+    #[test]
+    fn cookies_are_secure_unless_the_api_listens_on_loopback() {
+        assert!(!secure_cookies_for("127.0.0.1:8080".parse().unwrap()));
+        assert!(!secure_cookies_for("[::1]:8080".parse().unwrap()));
+        assert!(secure_cookies_for("0.0.0.0:8080".parse().unwrap()));
+        assert!(secure_cookies_for("192.0.2.10:8080".parse().unwrap()));
+    }
+}
