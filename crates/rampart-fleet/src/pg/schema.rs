@@ -1,0 +1,128 @@
+//! The fleet store's schema, applied when a server connects: numbered
+//! migrations, each run once, under an advisory lock so servers starting
+//! together do not race.
+
+use tokio_postgres::Client;
+
+use super::error::{sql, PgStoreError};
+use super::partition;
+
+/// Key of the advisory lock every schema change (migrations, partition DDL) takes.
+pub const DDL_LOCK: i64 = 0x7261_6d70_6172_7401; // "rampart" + 1
+
+/// The table queries read: partitioned by `event_time` (ms since the epoch).
+pub const EVENTS: &str = "rampart_events";
+
+/// Migration `n` is `MIGRATIONS[n - 1]`. Append only: a released migration never changes.
+const MIGRATIONS: &[&str] = &[MIGRATION_1];
+
+/// Schema 1. The primary key holds the partition key, as PostgreSQL requires
+/// of a unique index on a partitioned table; ids are time-ordered UUIDv7 and
+/// an event's time never changes, so `(id, event_time)` is unique by id.
+/// `seq` is the insertion order: ties in time sort by it, as in the embedded
+/// store, and `tail` follows it. The edge partitions hold times no day
+/// partition can name (before year 1, from year 10000).
+const MIGRATION_1: &str = r#"
+CREATE SEQUENCE rampart_events_seq AS bigint CACHE 1000;
+CREATE TABLE rampart_events (
+  id uuid NOT NULL,
+  event_time bigint NOT NULL,
+  seq bigint NOT NULL DEFAULT nextval('rampart_events_seq'),
+  flow text COLLATE "C",
+  event_type text COLLATE "C",
+  action text COLLATE "C",
+  user_name text COLLATE "C",
+  device text COLLATE "C",
+  process text COLLATE "C",
+  src_ip text COLLATE "C",
+  dst_ip text COLLATE "C",
+  host text COLLATE "C",
+  url text COLLATE "C",
+  method text COLLATE "C",
+  category text COLLATE "C",
+  app text COLLATE "C",
+  rule text COLLATE "C",
+  rule_id text COLLATE "C",
+  revision text COLLATE "C",
+  tls text COLLATE "C",
+  bypass text COLLATE "C",
+  severity text COLLATE "C",
+  alert text COLLATE "C",
+  reporter text COLLATE "C",
+  dst_port bigint,
+  status bigint,
+  bytes_in bigint,
+  bytes_out bigint,
+  group_members text[] COLLATE "C" NOT NULL DEFAULT '{}',
+  group_text text COLLATE "C",
+  doc jsonb NOT NULL,
+  PRIMARY KEY (id, event_time)
+) PARTITION BY RANGE (event_time);
+CREATE INDEX rampart_events_time ON rampart_events (event_time, seq);
+CREATE INDEX rampart_events_seq_idx ON rampart_events (seq);
+CREATE INDEX rampart_events_user ON rampart_events (user_name, event_time, seq);
+CREATE INDEX rampart_events_device ON rampart_events (device, event_time, seq);
+CREATE INDEX rampart_events_host ON rampart_events (host, event_time, seq);
+CREATE INDEX rampart_events_alerts ON rampart_events (event_time, seq) WHERE event_type = 'alert';
+"#;
+
+/// Bring the schema up to date (idempotent). Refuses a database whose
+/// encoding is not UTF-8 (text comparison and `like` would differ from the
+/// query language's) or whose schema is newer than this build.
+pub async fn migrate(client: &mut Client) -> Result<(), PgStoreError> {
+    let encoding: String = client
+        .query_one("SHOW server_encoding", &[])
+        .await
+        .map_err(sql("reading the database encoding"))?
+        .get(0);
+    if encoding != "UTF8" {
+        return Err(PgStoreError::Encoding(encoding));
+    }
+    let tx = client
+        .transaction()
+        .await
+        .map_err(sql("starting the schema migration"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
+        .await
+        .map_err(sql("locking the schema"))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS rampart_fleet_schema (\n  version integer PRIMARY KEY,\n  applied_at timestamptz NOT NULL DEFAULT now()\n)",
+    )
+    .await
+    .map_err(sql("creating the schema version table"))?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM rampart_fleet_schema",
+            &[],
+        )
+        .await
+        .map_err(sql("reading the schema version"))?
+        .get(0);
+    let known = MIGRATIONS.len() as i32;
+    if current > known {
+        return Err(PgStoreError::NewerSchema {
+            found: current,
+            known,
+        });
+    }
+    for (n, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.batch_execute(migration)
+            .await
+            .map_err(sql("applying a schema migration"))?;
+        if n == 0 {
+            tx.batch_execute(&partition::edge_partitions_sql())
+                .await
+                .map_err(sql("creating the edge partitions"))?;
+        }
+        tx.execute(
+            "INSERT INTO rampart_fleet_schema (version) VALUES ($1)",
+            &[&(n as i32 + 1)],
+        )
+        .await
+        .map_err(sql("recording the schema version"))?;
+    }
+    tx.commit()
+        .await
+        .map_err(sql("committing the schema migration"))?;
+    Ok(())
+}
