@@ -21,7 +21,7 @@ fn venv_python() -> PathBuf {
 }
 
 #[test]
-fn login_search_detail_explain_roles_csrf_and_redirects_work_in_chromium() {
+fn login_search_detail_devices_isolation_explain_roles_csrf_and_redirects_work_in_chromium() {
     assert!(
         Path::new("/usr/bin/chromium").exists(),
         "/usr/bin/chromium is missing: install it with {INSTALL}"
@@ -39,6 +39,7 @@ fn login_search_detail_explain_roles_csrf_and_redirects_work_in_chromium() {
     );
 
     let c = Console::start();
+    let device = c.enroll_device("alice");
     // Kept after the test so a reviewer can look at the pages.
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     let _ = std::fs::remove_dir_all(&out);
@@ -50,6 +51,7 @@ fn login_search_detail_explain_roles_csrf_and_redirects_work_in_chromium() {
         .arg(&out)
         .arg(ADMIN_PASSWORD)
         .arg(ANALYST_PASSWORD)
+        .arg(&device)
         .output()
         .expect("run the browser script");
     println!("screenshots in {}", out.display());
@@ -62,5 +64,12 @@ fn login_search_detail_explain_roles_csrf_and_redirects_work_in_chromium() {
         String::from_utf8_lossy(&run.stderr),
         c.server.stderr()
     );
-    assert!(out.join("02-events-search.png").exists());
+    for shot in [
+        "02-events-search.png",
+        "08-devices.png",
+        "09-device-isolated.png",
+        "11-audit-events.png",
+    ] {
+        assert!(out.join(shot).exists(), "{shot} missing");
+    }
 }

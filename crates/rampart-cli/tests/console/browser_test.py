@@ -1,7 +1,7 @@
 """The web console in a real headless Chromium (Debian's), driven by Playwright.
 
 Run by console_browser.rs against a live `rampart server`:
-    python browser_test.py BASE_URL OUT_DIR ADMIN_PASSWORD ANALYST_PASSWORD
+    python browser_test.py BASE_URL OUT_DIR ADMIN_PASSWORD ANALYST_PASSWORD DEVICE_ID
 Exit status 0 when every check passed; screenshots of each page in OUT_DIR.
 Never downloads a browser: it launches /usr/bin/chromium.
 """
@@ -44,12 +44,15 @@ def logout(page):
 
 
 def main():
-    base, out, admin_pw, analyst_pw = sys.argv[1:5]
+    base, out, admin_pw, analyst_pw, device = sys.argv[1:6]
     os.makedirs(out, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         page = context.new_page()
+        # The isolate and release buttons ask for a confirmation: say yes.
+        dialogs = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
 
         # No session: any page goes to the login form.
         page.goto(f"{base}/events")
@@ -99,6 +102,47 @@ def main():
         expect(page.locator("main table tbody tr").first).to_contain_text("looked at it")
         shot(page, out, "05-alerts")
 
+        # Devices: the enrolled device is listed, offline and released.
+        page.get_by_role("link", name="Devices").click()
+        row = page.locator("table.devices tbody tr", has_text=device)
+        expect(row).to_contain_text("offline")
+        expect(row).to_contain_text("released")
+        shot(page, out, "08-devices")
+
+        # Isolate it with a reason: the device page shows the request, pending
+        # until an agent confirms (this device runs no agent).
+        row.get_by_role("link", name=device).click()
+        expect(page.locator("h1")).to_contain_text(device)
+        page.get_by_label("Reason").fill("beaconing to a C2 host")
+        page.get_by_role("checkbox").check()
+        page.get_by_role("button", name="Isolate device").click()
+        expect(page.locator("#isolation-desired")).to_have_text("isolated")
+        expect(page.locator("#isolation-state")).to_have_text("pending")
+        expect(page.get_by_role("status")).to_contain_text("isolated requested")
+        assert any("Isolate" in m for m in dialogs), f"no confirmation asked: {dialogs}"
+        shot(page, out, "09-device-isolated")
+        page.goto(f"{base}/devices?state=isolated")
+        expect(page.locator("table.devices tbody tr", has_text=device)).to_have_count(1)
+
+        # Release it.
+        page.goto(f"{base}/devices/{device}")
+        page.get_by_label("Reason").fill("false positive")
+        page.get_by_role("checkbox").check()
+        page.get_by_role("button", name="Release device").click()
+        expect(page.locator("#isolation-desired")).to_have_text("released")
+        shot(page, out, "10-device-released")
+
+        # Both actions are audit events in the event search.
+        page.goto(f"{base}/events")
+        page.locator("input[name=q]").fill(f'type = audit and device = "{device}"')
+        page.locator("select[name=range]").select_option("1h")
+        page.locator("input[name=q]").press("Enter")
+        rows = page.locator("main table tbody tr")
+        expect(rows.filter(has_text="device.isolate")).to_have_count(1)
+        expect(rows.filter(has_text="device.release")).to_have_count(1)
+        expect(rows.filter(has_text="device.isolate")).to_contain_text("beaconing to a C2 host")
+        shot(page, out, "11-audit-events")
+
         # Explain, the same text as `rampart policy explain`.
         page.get_by_role("link", name="Policy").click()
         page.get_by_label("URL").fill("http://blocked.test/")
@@ -106,6 +150,7 @@ def main():
         page.get_by_role("button", name="Explain").click()
         expect(page.locator("pre.explain")).to_contain_text("blocked hosts")
         expect(page.get_by_role("button", name="Reload policy")).to_be_visible()
+        expect(page.locator("#stage-access")).to_contain_text("blocked hosts")
         shot(page, out, "06-policy-explain")
 
         # A state-changing form posted without its CSRF token is refused.
@@ -121,6 +166,15 @@ def main():
         denied = context.request.post(f"{base}/policy/reload", form={"csrf": token}, max_redirects=0)
         assert denied.status == 403, f"analyst reload: {denied.status}"
         shot(page, out, "07-policy-analyst")
+        page.goto(f"{base}/devices/{device}")
+        expect(page.get_by_role("button", name="Isolate device")).to_have_count(0)
+        denied = context.request.post(
+            f"{base}/devices/{device}/isolate",
+            form={"csrf": token, "reason": "curious", "confirm": "yes"},
+            max_redirects=0,
+        )
+        assert denied.status == 403, f"analyst isolate: {denied.status}"
+        shot(page, out, "12-device-analyst")
         logout(page)
 
         # After logout the pages are closed again.
