@@ -1,20 +1,30 @@
 //! Uploads (request bodies of plain HTTP and decrypted requests) are scanned
 //! before they are forwarded (DESIGN §6a: DLP, malware, encrypted files going
-//! out). The body is held whole, up to [`UPLOAD_HOLD`], scanned, and then either
-//! refused with the block page — the origin never sees a byte — or forwarded
-//! from the held copy. A larger body cannot be held: it is forwarded and
-//! recorded as `unscannable: too-large`, with `inspect.actions.unscannable`
-//! applied (block refuses it before anything is sent), so an unscanned upload
-//! is never recorded as clean.
+//! out). The body is held whole, scanned, and then either refused with the
+//! block page — the origin never sees a byte — or forwarded from the held copy.
+//!
+//! Memory per upload is bounded: up to `inspect.memory_threshold` the body is
+//! held in memory; past it, the scan's own spool file under the data dir holds
+//! it (written once, read back for forwarding, unlinked when the flow ends).
+//! A body larger than `inspect.max_scan_size` cannot be held: reading stops
+//! there, the upload is recorded as `unscannable: too-large` with
+//! `inspect.actions.unscannable` applied (block refuses it before anything is
+//! sent), and otherwise the held part is forwarded followed by the rest as it
+//! comes — an unscanned upload is never recorded as clean.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use rampart_inspect::{Inspector, ScanContext, VerdictAction};
+use rampart_inspect::{Inspector, ScanContext, ScanSession, VerdictAction};
 
 use crate::inspection::{self, FindingRecord, InspectionRecord, Judgement};
 use crate::policy_stage::{self, Blocked};
@@ -24,8 +34,86 @@ use crate::response_gate::HeldRequest;
 use crate::state::GatewayState;
 use http::{Response, StatusCode};
 
-/// The most of one upload held in memory to scan it before forwarding.
-pub const UPLOAD_HOLD: usize = 8 * 1024 * 1024;
+/// Bytes read back from the spool file per chunk forwarded.
+const SPOOL_READ_CHUNK: u64 = 256 * 1024;
+
+/// An upload held on disk: the scan's spool file (the first `len` bytes of
+/// the body), read back in chunks on the blocking pool, then `tail` — bytes
+/// read from the client but not kept by the scan (past `max_scan_size`).
+pub struct SpooledUpload {
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: u64,
+    reading: Option<tokio::task::JoinHandle<io::Result<Bytes>>>,
+    tail: VecDeque<Bytes>,
+}
+
+impl SpooledUpload {
+    fn new(file: std::fs::File, len: u64, tail: VecDeque<Bytes>) -> SpooledUpload {
+        SpooledUpload {
+            file: Arc::new(file),
+            offset: 0,
+            len,
+            reading: None,
+            tail,
+        }
+    }
+
+    /// Bytes still to forward.
+    pub fn remaining(&self) -> u64 {
+        self.len - self.offset + self.tail.iter().map(|b| b.len() as u64).sum::<u64>()
+    }
+
+    /// The next chunk to forward; `None` once everything held went out.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            if let Some(reading) = self.reading.as_mut() {
+                let result = std::task::ready!(Pin::new(reading).poll(cx));
+                self.reading = None;
+                let chunk = match result {
+                    Ok(Ok(chunk)) if chunk.is_empty() => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the held upload's spool file ended early",
+                    )),
+                    Ok(Ok(chunk)) => {
+                        self.offset += chunk.len() as u64;
+                        Ok(chunk)
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(io::Error::other(e.to_string())),
+                };
+                return Poll::Ready(Some(chunk.map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("reading the held upload back from its spool file: {e}"),
+                    )
+                })));
+            }
+            if self.offset < self.len {
+                let file = self.file.clone();
+                let offset = self.offset;
+                let n = SPOOL_READ_CHUNK.min(self.len - offset) as usize;
+                // Positioned reads: the scan may still be moving the shared offset.
+                self.reading = Some(tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; n];
+                    let got = file.read_at(&mut buf, offset)?;
+                    buf.truncate(got);
+                    Ok(Bytes::from(buf))
+                }));
+                continue;
+            }
+            return Poll::Ready(self.tail.pop_front().map(Ok));
+        }
+    }
+}
+
+/// Where a held upload is.
+pub enum HeldBody {
+    /// In memory, whole or up to `max_scan_size`.
+    Memory(VecDeque<Bytes>),
+    /// On disk (past `memory_threshold`).
+    Spooled(SpooledUpload),
+}
 
 /// What holding an upload gave.
 pub enum Upload {
@@ -33,19 +121,82 @@ pub enum Upload {
     Stream(Incoming),
     /// Held and judged; forward `held` then `rest` unless the judgement blocks.
     Judged {
-        held: VecDeque<Bytes>,
+        held: HeldBody,
         rest: Option<Incoming>,
         judgement: Box<Judgement>,
     },
 }
 
-/// Reading the client's body failed while it was held.
+/// Reading the client's body failed while it was held, or it could not be held.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     #[error("malformed request body from the client: {0}")]
     Client(String),
     #[error("the client sent its request body too slowly (inspect.hold_timeout)")]
     Timeout,
+    /// Never forwarded unscanned: the upload is refused.
+    #[error("the upload could not be held for inspection: cannot spool it to disk ({0}); check the spool directory (inspect.spool_dir) and free space")]
+    Spool(String),
+}
+
+impl UploadError {
+    fn status(&self) -> StatusCode {
+        match self {
+            UploadError::Client(_) | UploadError::Timeout => StatusCode::BAD_REQUEST,
+            UploadError::Spool(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            UploadError::Client(_) | UploadError::Timeout => "client_body",
+            UploadError::Spool(_) => "inspection",
+        }
+    }
+}
+
+/// An upload being read from the client: in memory until the scan's spool
+/// spills to disk, then from the spool file.
+struct Holding {
+    memory: VecDeque<Bytes>,
+    file: Option<std::fs::File>,
+    /// Bytes read but not kept by the scan (past `max_scan_size`).
+    tail: VecDeque<Bytes>,
+    read: u64,
+}
+
+impl Holding {
+    /// Feeds `data` to the scan and keeps it where the body is held.
+    fn take(&mut self, session: &mut ScanSession, data: Bytes) -> Result<(), UploadError> {
+        let kept_before = session.kept_len();
+        session
+            .feed(&data)
+            .map_err(|e| UploadError::Spool(e.to_string()))?;
+        self.read += data.len() as u64;
+        if self.file.is_none() {
+            if let Some(file) = session.spool_file() {
+                // The spool file now holds every byte kept so far: the
+                // in-memory copy is no longer needed.
+                self.file = Some(file.map_err(|e| UploadError::Spool(e.to_string()))?);
+                self.memory.clear();
+            } else {
+                self.memory.push_back(data);
+                return Ok(());
+            }
+        }
+        let kept = (session.kept_len() - kept_before) as usize;
+        if kept < data.len() {
+            self.tail.push_back(data.slice(kept..));
+        }
+        Ok(())
+    }
+
+    fn into_body(self, kept_len: u64) -> HeldBody {
+        match self.file {
+            Some(file) => HeldBody::Spooled(SpooledUpload::new(file, kept_len, self.tail)),
+            None => HeldBody::Memory(self.memory),
+        }
+    }
 }
 
 /// Holds and scans `body` when inspection is on and it has one.
@@ -67,20 +218,28 @@ pub async fn hold(
     if let Some(n) = &name {
         context = context.with_file_name(n.clone());
     }
+    if let Some(ct) = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        context = context.with_content_type(ct);
+    }
     let mut session = inspector.session(context);
     let timeout = inspector.config().hold_timeout;
-    let mut held: VecDeque<Bytes> = VecDeque::new();
-    let mut have = 0usize;
+    let limit = inspector.config().max_scan_size;
+    let mut holding = Holding {
+        memory: VecDeque::new(),
+        file: None,
+        tail: VecDeque::new(),
+        read: 0,
+    };
     let mut ended = false;
     let read = async {
-        while have <= UPLOAD_HOLD {
+        while holding.read <= limit {
             match body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        // A spool failure is reported by the verdict, never dropped.
-                        let _ = session.feed(&data);
-                        have += data.len();
-                        held.push_back(data);
+                        holding.take(&mut session, data)?;
                     }
                 }
                 Some(Err(e)) => return Err(UploadError::Client(e.to_string())),
@@ -98,17 +257,18 @@ pub async fn hold(
         Err(_) => return Err(UploadError::Timeout),
     }
     let actions = &inspector.config().actions;
+    let read = holding.read;
+    let kept_len = session.kept_len();
     let judgement = if ended {
-        let size = session.size();
         match inspection::finish(inspector, session, timeout).await {
             Some(report) => inspection::judge(&report, actions, "upload", name),
-            None => inspection::timed_out(actions, "upload", name, size),
+            None => inspection::timed_out(actions, "upload", name, read),
         }
     } else {
-        too_large(actions.unscannable, name, have as u64)
+        too_large(actions.unscannable, name, read, limit)
     };
     Ok(Upload::Judged {
-        held,
+        held: holding.into_body(kept_len),
         rest: (!ended).then_some(body),
         judgement: Box::new(judgement),
     })
@@ -129,14 +289,7 @@ pub async fn screen(
 ) -> Result<(MeteredBody, FlowLog), Response<ProxyBody>> {
     let upload = match hold(state.inspector.as_ref(), body, headers, held.path).await {
         Ok(upload) => upload,
-        Err(e) => {
-            return Err(error_response(
-                StatusCode::BAD_REQUEST,
-                &e.to_string(),
-                log,
-                Some("client_body"),
-            ))
-        }
+        Err(e) => return Err(error_response(e.status(), &e.to_string(), log, Some(e.kind()))),
     };
     let (held_bytes, rest, judgement) = match upload {
         Upload::Stream(body) => {
@@ -206,7 +359,7 @@ pub async fn screen(
 }
 
 /// The record of an upload too large to hold: never clean, the unscannable action applies.
-fn too_large(action: VerdictAction, name: Option<String>, held: u64) -> Judgement {
+fn too_large(action: VerdictAction, name: Option<String>, held: u64, limit: u64) -> Judgement {
     let block = action == VerdictAction::Block;
     Judgement {
         block,
@@ -228,7 +381,7 @@ fn too_large(action: VerdictAction, name: Option<String>, held: u64) -> Judgemen
                 reason: Some("too-large"),
                 path: name.unwrap_or_else(|| "upload".into()),
                 engine: "scanner",
-                rule: format!("larger than the upload hold ({} MiB)", UPLOAD_HOLD >> 20),
+                rule: format!("larger than max_scan_size ({limit} bytes)"),
                 file_type: "unknown",
                 sha256: String::new(),
                 size: held,

@@ -21,6 +21,8 @@ use crate::metrics::Metrics;
 /// with the rest still streaming when only its start was held.
 pub struct MeteredBody {
     held: VecDeque<Bytes>,
+    /// An upload held on disk by inspection, forwarded before `inner`.
+    spooled: Option<crate::upload_gate::SpooledUpload>,
     inner: Option<Incoming>,
     counter: Arc<AtomicU64>,
 }
@@ -29,15 +31,25 @@ impl MeteredBody {
     pub fn new(inner: Incoming, counter: Arc<AtomicU64>) -> Self {
         MeteredBody {
             held: VecDeque::new(),
+            spooled: None,
             inner: Some(inner),
             counter,
         }
     }
 
     /// `held` first (already read from the client), then `rest` if any.
-    pub fn held(held: VecDeque<Bytes>, rest: Option<Incoming>, counter: Arc<AtomicU64>) -> Self {
+    pub fn held(
+        held: crate::upload_gate::HeldBody,
+        rest: Option<Incoming>,
+        counter: Arc<AtomicU64>,
+    ) -> Self {
+        let (held, spooled) = match held {
+            crate::upload_gate::HeldBody::Memory(held) => (held, None),
+            crate::upload_gate::HeldBody::Spooled(s) => (VecDeque::new(), Some(s)),
+        };
         MeteredBody {
             held,
+            spooled,
             inner: rest,
             counter,
         }
@@ -46,8 +58,9 @@ impl MeteredBody {
 
 impl Body for MeteredBody {
     type Data = Bytes;
-    // Marked as the client's, so a failure to read it is never blamed on the origin.
-    type Error = crate::error::ClientBodyError;
+    // The client's failures are marked `ClientBodyError`, so a failure to read
+    // its body is never blamed on the origin.
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -58,6 +71,16 @@ impl Body for MeteredBody {
             this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
+        if let Some(spooled) = this.spooled.as_mut() {
+            match std::task::ready!(spooled.poll_chunk(cx)) {
+                Some(Ok(data)) => {
+                    this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+                None => this.spooled = None,
+            }
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -67,15 +90,20 @@ impl Body for MeteredBody {
                 this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
-        polled.map(|frame| frame.map(|r| r.map_err(crate::error::ClientBodyError)))
+        polled.map(|frame| {
+            frame.map(|r| r.map_err(|e| Box::new(crate::error::ClientBodyError(e)) as BoxError))
+        })
     }
 
     fn is_end_stream(&self) -> bool {
-        self.held.is_empty() && self.inner.as_ref().is_none_or(|i| i.is_end_stream())
+        self.held.is_empty()
+            && self.spooled.is_none()
+            && self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        let held: u64 = self.held.iter().map(|b| b.len() as u64).sum();
+        let held: u64 = self.held.iter().map(|b| b.len() as u64).sum::<u64>()
+            + self.spooled.as_ref().map_or(0, |s| s.remaining());
         match &self.inner {
             Some(inner) => {
                 let hint = inner.size_hint();

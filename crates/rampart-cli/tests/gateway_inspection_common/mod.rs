@@ -1,0 +1,400 @@
+//! What the content-inspection end-to-end tests share: a Python origin that
+//! serves files and records uploads (plain HTTP or HTTPS), a real clamd with
+//! a signature database written by the test, the gateway's configuration,
+//! and the admin API for reloads.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::https_fixtures::TestPki;
+use crate::support::{free_port, have, raw_exchange, run, Rampart};
+
+pub const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+/// The string the test's clamd signature matches.
+pub const CLAMD_MARKER: &str = "RAMPART-CLAMD-TEST-MARKER";
+/// The name clamd reports for it (`.UNOFFICIAL`: not from ClamAV's own databases).
+pub const CLAMD_SIGNATURE: &str = "Rampart.Test.Marker.UNOFFICIAL";
+
+/// Fails the test with the fix when a tool the test drives is missing.
+pub fn require(tools: &[&str]) {
+    for tool in tools {
+        assert!(
+            have(tool),
+            "{tool} is missing: run scripts/install-test-deps.sh (as root)"
+        );
+    }
+}
+
+/// Runs `script` with sh in `dir`; panics with its stderr when it fails.
+pub fn sh(dir: &Path, script: &str) {
+    let out = run(Command::new("sh").arg("-c").arg(script).current_dir(dir));
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const ORIGIN_PY: &str = r#"
+import hashlib, http.server, os, ssl, sys
+
+root, cert, key = sys.argv[1], sys.argv[2], sys.argv[3]
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, directory=root, **kw)
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("origin: " + (fmt % args) + "\n")
+        sys.stderr.flush()
+
+    def do_POST(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        digest = hashlib.sha256(body).hexdigest()
+        with open(os.path.join(root, "uploads.log"), "a") as log:
+            log.write("%s %d %s\n" % (self.path, len(body), digest))
+        out = ("%d %s" % (len(body), digest)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if cert:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print("PORT %d" % server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// A Python origin serving `root` for GET and answering POST with the
+/// length and SHA-256 of the body it received (also appended to
+/// `root/uploads.log`); plain HTTP, or HTTPS with `pki`. Killed on drop.
+pub struct FileOrigin {
+    pub port: u16,
+    pub root: PathBuf,
+    child: Child,
+}
+
+impl FileOrigin {
+    pub fn plain(root: &Path) -> FileOrigin {
+        FileOrigin::start(root, None)
+    }
+
+    pub fn https(root: &Path, pki: &TestPki) -> FileOrigin {
+        FileOrigin::start(root, Some(pki))
+    }
+
+    fn start(root: &Path, pki: Option<&TestPki>) -> FileOrigin {
+        require(&["python3"]);
+        let (cert, key) = match pki {
+            Some(p) => (
+                p.cert_pem.display().to_string(),
+                p.key_pem.display().to_string(),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(ORIGIN_PY)
+            .arg(root)
+            .arg(cert)
+            .arg(key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn python3 origin");
+        let stdout = child.stdout.take().expect("origin stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let port = line.trim().strip_prefix("PORT ").and_then(|p| p.parse().ok());
+        let Some(port) = port else {
+            let _ = child.kill();
+            panic!("the python origin did not start: {line:?}");
+        };
+        FileOrigin {
+            port,
+            root: root.to_path_buf(),
+            child,
+        }
+    }
+
+    /// Lines `PATH LENGTH SHA256` of the uploads the origin received.
+    pub fn uploads(&self) -> Vec<String> {
+        std::fs::read_to_string(self.root.join("uploads.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for FileOrigin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real clamd (Debian clamav-daemon) on a loopback TCP port, with a
+/// database directory holding only the test's own signature (an `.ndb`
+/// body signature of [`CLAMD_MARKER`]): nothing is downloaded. Killed on drop.
+pub struct Clamd {
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Clamd {
+    pub fn start(dir: &Path) -> Clamd {
+        require(&["clamd"]);
+        let home = dir.join("clamd");
+        let db = home.join("db");
+        std::fs::create_dir_all(&db).unwrap();
+        let hex: String = CLAMD_MARKER.bytes().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(db.join("rampart-test.ndb"), format!("Rampart.Test.Marker:0:*:{hex}\n"))
+            .unwrap();
+        let port = free_port();
+        let log = home.join("clamd.log");
+        let conf = home.join("clamd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Foreground yes\nDatabaseDirectory {}\nTCPSocket {port}\nTCPAddr 127.0.0.1\n\
+                 LogFile {}\nTemporaryDirectory {}\nStreamMaxLength 25M\n",
+                db.display(),
+                log.display(),
+                home.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("clamd")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn clamd");
+        let mut clamd = Clamd {
+            port,
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(Ok(Some(status))) = clamd.child.as_mut().map(Child::try_wait) {
+                panic!("clamd exited ({status}): {}", clamd.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clamd did not listen within 30 s: {}",
+                clamd.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        clamd
+    }
+
+    pub fn address(&self) -> String {
+        format!("tcp:127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops clamd (an engine going down under the gateway).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Clamd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A gateway that reaches `files.test` on loopback, decrypts CONNECTs to
+/// `tls_port` trusting `roots`, with `extra` TOML (inspection settings) and
+/// `top` before every table (e.g. `policy = "FILE"`).
+pub fn gateway(top: &str, extra: &str, tls_port: u16, roots: &[&Path]) -> Rampart {
+    let roots: Vec<String> = roots
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    let tls = if roots.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "[tls]\nsystem_roots = false\nextra_roots = [{}]\n",
+            roots.join(", ")
+        )
+    };
+    Rampart::start(&format!(
+        "{top}[proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\n\
+         tls_ports = [443, {tls_port}]\n\
+         [resolve]\n\"files.test\" = \"127.0.0.1\"\n{tls}{extra}"
+    ))
+}
+
+/// An admin API call on the gateway; (status, JSON body).
+pub fn api(gw: &Rampart, method: &str, path: &str) -> (u16, serde_json::Value) {
+    let token = std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n",
+        api = gw.api,
+        token = token.trim(),
+    );
+    let answer = raw_exchange(gw.api, request.as_bytes(), Duration::from_secs(30));
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let json = answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+/// SHA-256 of a file as lowercase hex, with sha256sum.
+pub fn sha256_of(path: &Path) -> String {
+    let out = run(Command::new("sha256sum").arg(path));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// An HTTPS origin speaking HTTP/2 and HTTP/1.1 (ALPN), so that curl
+/// `--http2` through an intercepted CONNECT runs HTTP/2 on both sides of the
+/// gateway. GET serves files under `root`; POST stores the body it received
+/// as `root/received-N` and answers its length (also logged in
+/// `root/uploads.log` as `PATH LENGTH FILE`). Stops on drop.
+pub struct H2Origin {
+    pub port: u16,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl H2Origin {
+    pub fn start(root: &Path, pki: &TestPki) -> H2Origin {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert_pem)
+            .expect("origin cert")
+            .map(|c| c.expect("origin cert"))
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&pki.key_pem).expect("origin key");
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("origin TLS config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("origin runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("origin bind");
+        let port = listener.local_addr().expect("origin address").port();
+        let root = root.to_path_buf();
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        runtime.spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let root = root.clone();
+                let received = received.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req| {
+                        serve(req, root.clone(), received.clone())
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        H2Origin {
+            port,
+            _runtime: runtime,
+        }
+    }
+}
+
+async fn serve(
+    req: hyper::Request<hyper::body::Incoming>,
+    root: PathBuf,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    let path = req.uri().path().to_owned();
+    if req.method() == hyper::Method::POST {
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => bytes::Bytes::new(),
+        };
+        let n = received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = root.join(format!("received-{n}"));
+        let _ = std::fs::write(&file, &body);
+        let line = format!("{path} {} {}\n", body.len(), file.display());
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("uploads.log"))
+            .expect("uploads.log");
+        let _ = std::io::Write::write_all(&mut log, line.as_bytes());
+        return Ok(hyper::Response::new(body.len().to_string().into()));
+    }
+    let name = path.trim_start_matches('/');
+    match std::fs::read(root.join(name)).ok().filter(|_| !name.contains("..")) {
+        Some(content) => Ok(hyper::Response::new(content.into())),
+        None => {
+            let mut response = hyper::Response::new(bytes::Bytes::from_static(b"not found").into());
+            *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+            Ok(response)
+        }
+    }
+}
