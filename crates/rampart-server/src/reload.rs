@@ -9,6 +9,19 @@
 //! empty file, a policy without rules replacing one with rules (unless the API
 //! forces it), or a revision that fails the policy's own test cases
 //! (`[policy] tests`). The watcher only reads a file once it has stopped changing.
+//!
+//! What a reload does to each section of the configuration file (also in
+//! docs/configuration.md, "Reloading"):
+//! - swapped in place, keeping what need not change: the policy, `[proxy]`
+//!   admission and rules, `[limits]` (within the descriptor budget fixed at
+//!   start), `[egress]`, `[upstreams]`, `[resolve]`, `[coaching]`, `[tls]` (the
+//!   CA, minted leaves and pinned-client state are kept while `[tls]` is
+//!   unchanged), `[inspect]` (compiled rules kept while unchanged), `[isolation]`,
+//!   `[[response]]`, `[agent]`;
+//! - applied in place: `[[events.sinks]]` added, changed or removed (see
+//!   `rampart_events::sink::Sinks`);
+//! - need a restart, named in the log and in the reload answer
+//!   ([`PolicyStatus::restart_required`]): see [`restart_required`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -270,6 +283,11 @@ pub struct PolicyStatus {
     pub reloads_rejected: u64,
     /// Set while the newest reload attempt failed; cleared by a successful one.
     pub last_error: Option<LastError>,
+    /// Keys changed in the file since the process started that take effect
+    /// only after a restart (empty when the running process matches the file).
+    pub restart_required: Vec<String>,
+    /// Sinks the newest successful reload added, changed or removed.
+    pub sinks_changed: Vec<String>,
 }
 
 /// Result of one reload, for the API.
@@ -290,6 +308,13 @@ pub struct Reloader {
     /// `[isolation]` and `[[response]]` are checked with the rest of the file and
     /// swapped in only when the whole reload succeeds.
     isolation: Mutex<Option<Arc<crate::isolation::IsolationService>>>,
+    /// The event sinks, changed in place by a reload.
+    sinks: Mutex<Option<Arc<rampart_events::sink::Sinks>>>,
+    /// The configuration the process started with: what a restart would change.
+    started: RampartConfig,
+    /// The policy path in force, for the watcher: a reload may add, move or
+    /// remove the policy file, and the watcher follows.
+    policy_path: tokio::sync::watch::Sender<Option<PathBuf>>,
 }
 
 impl Reloader {
@@ -299,9 +324,10 @@ impl Reloader {
         config_path: Option<PathBuf>,
         overrides: Overrides,
         api_addr: SocketAddr,
-        policy_path: Option<PathBuf>,
+        started: &RampartConfig,
         initial: &LoadedPolicy,
     ) -> Arc<Self> {
+        let policy_path = started.policy.file.clone();
         let status = PolicyStatus {
             revision: revision_of(initial),
             loaded_at: now_rfc3339(),
@@ -311,6 +337,8 @@ impl Reloader {
             reloads_ok: 0,
             reloads_rejected: 0,
             last_error: None,
+            restart_required: Vec::new(),
+            sinks_changed: Vec::new(),
         };
         Arc::new(Reloader {
             handle,
@@ -320,7 +348,20 @@ impl Reloader {
             status: Mutex::new(status),
             running: Mutex::new(()),
             isolation: Mutex::new(None),
+            sinks: Mutex::new(None),
+            policy_path: tokio::sync::watch::channel(started.policy.file.clone()).0,
+            started: started.clone(),
         })
+    }
+
+    /// Apply `[[events.sinks]]` changes to these sinks from now on.
+    pub fn set_sinks(&self, sinks: Arc<rampart_events::sink::Sinks>) {
+        *lock(&self.sinks) = Some(sinks);
+    }
+
+    /// Follows the policy path in force (the watcher's subscription).
+    pub fn watch_policy_path(&self) -> tokio::sync::watch::Receiver<Option<PathBuf>> {
+        self.policy_path.subscribe()
     }
 
     /// Reload `[isolation]` and `[[response]]` into `service` from now on.
@@ -366,7 +407,24 @@ impl Reloader {
         let result = self.apply(options, serving_rules);
         let mut status = lock(&self.status);
         match &result {
-            Ok((loaded, source)) => {
+            Ok(Applied {
+                loaded,
+                source,
+                restart_required,
+                sinks_changed,
+            }) => {
+                if status.source != *source {
+                    self.policy_path.send_replace(source.clone());
+                }
+                if !restart_required.is_empty() {
+                    tracing::warn!(trigger = trigger.as_str(), keys = %restart_required.join(", "),
+                        "these settings changed in the configuration file and take effect only after a restart");
+                }
+                if !sinks_changed.is_empty() {
+                    tracing::info!(sinks = %sinks_changed.join(", "), "event sinks changed");
+                }
+                status.restart_required = restart_required.clone();
+                status.sinks_changed = sinks_changed.clone();
                 status.revision = revision_of(loaded);
                 status.loaded_at = now_rfc3339();
                 status.source = source.clone();
@@ -410,11 +468,7 @@ impl Reloader {
         }
     }
 
-    fn apply(
-        &self,
-        options: &ReloadOptions,
-        serving_rules: usize,
-    ) -> Result<(LoadedPolicy, Option<PathBuf>), ReloadError> {
+    fn apply(&self, options: &ReloadOptions, serving_rules: usize) -> Result<Applied, ReloadError> {
         // Embedded defaults plus flags: only the policy file can change.
         let config = match &self.config_path {
             Some(path) => match RampartConfig::load(path) {
@@ -443,6 +497,24 @@ impl Reloader {
                 return Err(e);
             }
         };
+        // Sinks first: a sink that cannot start refuses the reload before the
+        // gateway swaps anything (the sink set itself changes all or nothing).
+        let sinks_changed = match lock(&self.sinks).as_ref() {
+            Some(sinks) => match sinks.reconfigure(&config.events.sinks) {
+                Ok(changes) => changes
+                    .added
+                    .iter()
+                    .map(|n| format!("{n} (added)"))
+                    .chain(changes.changed.iter().map(|n| format!("{n} (changed)")))
+                    .chain(changes.removed.iter().map(|n| format!("{n} (removed)")))
+                    .collect(),
+                Err(e) => {
+                    self.handle.reload_rejected();
+                    return Err(ReloadError::Config(format!("[[events.sinks]]: {e}")));
+                }
+            },
+            None => Vec::new(),
+        };
         let mut gateway_config = config.gateway_config(vec![self.api_addr]);
         gateway_config.policy = loaded.policy.clone();
         // `GatewayHandle::reload` counts its own outcome in rampart_config_reloads_total.
@@ -452,7 +524,12 @@ impl Reloader {
         if let Some(service) = lock(&self.isolation).as_ref() {
             service.replace(isolation);
         }
-        Ok((loaded, config.policy.file))
+        Ok(Applied {
+            loaded,
+            source: config.policy.file.clone(),
+            restart_required: restart_required(&self.started, &config),
+            sinks_changed,
+        })
     }
 
     /// Loads the new policy and refuses what looks like an accident (see the module
@@ -480,6 +557,54 @@ impl Reloader {
         }
         Ok(loaded)
     }
+}
+
+/// What a successful reload applied.
+struct Applied {
+    loaded: LoadedPolicy,
+    source: Option<PathBuf>,
+    restart_required: Vec<String>,
+    sinks_changed: Vec<String>,
+}
+
+/// The keys that differ between the configuration the process started with
+/// and `new`, among those a reload cannot apply: listeners are bound, the data
+/// dir holds open stores, the event pipeline's queue and journal are sized at
+/// start, the access log file is open, logging and the runtime are set up once.
+///
+/// Compared through `Debug`: every section is plain data, and a `Debug`
+/// difference is a value difference.
+pub fn restart_required(started: &RampartConfig, new: &RampartConfig) -> Vec<String> {
+    fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    let mut keys = Vec::new();
+    let mut check = |key: &str, changed: bool| {
+        if changed {
+            keys.push(key.to_string());
+        }
+    };
+    check("data_dir", started.data_dir != new.data_dir);
+    check("proxy.listen", started.proxy.listen != new.proxy.listen);
+    check(
+        "proxy.auth_verify_concurrency",
+        started.proxy.auth_verify_concurrency != new.proxy.auth_verify_concurrency,
+    );
+    check("api", differs(&started.api, &new.api));
+    check("tunnel", differs(&started.tunnel, &new.tunnel));
+    check("access_log", differs(&started.access_log, &new.access_log));
+    check("log", differs(&started.log, &new.log));
+    check("runtime", differs(&started.runtime, &new.runtime));
+    let events_without_sinks = |c: &RampartConfig| {
+        let mut e = c.events.clone();
+        e.sinks.clear();
+        format!("{e:?}")
+    };
+    check(
+        "events (other than sinks)",
+        events_without_sinks(started) != events_without_sinks(new),
+    );
+    keys
 }
 
 fn revision_of(loaded: &LoadedPolicy) -> String {
@@ -570,12 +695,25 @@ async fn settle(path: &Path, shutdown: &CancellationToken) -> Option<Fingerprint
 pub fn spawn_watcher(reloader: Arc<Reloader>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let mut path_rx = reloader.watch_policy_path();
         let mut watched = reloader.policy_path();
         let mut watcher = watch(watched.as_deref(), tx.clone());
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 got = rx.recv() => if got.is_none() { return },
+                // A reload (SIGHUP, the API) added, moved or removed the policy
+                // file: watch the new one from now on.
+                changed = path_rx.changed() => {
+                    if changed.is_err() { return }
+                    let now = path_rx.borrow_and_update().clone();
+                    if now != watched {
+                        drop(watcher);
+                        watched = now;
+                        watcher = watch(watched.as_deref(), tx.clone());
+                    }
+                    continue;
+                }
             }
             // Debounce: wait until the files have been quiet for DEBOUNCE.
             loop {

@@ -29,6 +29,7 @@ pub struct Rampart {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     stderr_path: PathBuf,
+    tunnel_port: u16,
 }
 
 impl Rampart {
@@ -92,7 +93,8 @@ impl Rampart {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config_path = dir.path().join("rampart.toml");
         let data_dir = dir.path().join("data");
-        let config = compose_config(extra_toml, &data_dir, proxy, api);
+        let tunnel_port = free_port();
+        let config = compose_config(extra_toml, &data_dir, proxy, api, tunnel_port);
         std::fs::write(&config_path, config).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
@@ -115,6 +117,7 @@ impl Rampart {
             dir,
             config_path,
             stderr_path,
+            tunnel_port,
         };
         r.wait_ready()?;
         Ok(r)
@@ -196,7 +199,13 @@ impl Rampart {
     }
 
     pub fn rewrite_config(&self, extra_toml: &str) {
-        let config = compose_config(extra_toml, &self.data_dir(), self.proxy, self.api);
+        let config = compose_config(
+            extra_toml,
+            &self.data_dir(),
+            self.proxy,
+            self.api,
+            self.tunnel_port,
+        );
         std::fs::write(&self.config_path, config).expect("write config");
     }
 
@@ -238,7 +247,13 @@ impl Drop for Rampart {
     }
 }
 
-fn compose_config(extra_toml: &str, data_dir: &Path, proxy: SocketAddr, api: SocketAddr) -> String {
+fn compose_config(
+    extra_toml: &str,
+    data_dir: &Path,
+    proxy: SocketAddr,
+    api: SocketAddr,
+    tunnel_port: u16,
+) -> String {
     // Sections the test gives win; listeners and data dir are always ours.
     let mut out = format!("data_dir = {:?}\n", data_dir.display().to_string());
     let has_proxy_section = extra_toml.contains("[proxy]");
@@ -257,12 +272,10 @@ fn compose_config(extra_toml: &str, data_dir: &Path, proxy: SocketAddr, api: Soc
     if !has_api_section {
         preamble.push_str(&format!("[api]\nlisten = \"{api}\"\n"));
     }
-    // Every server gets its own agent tunnel port: tests run in parallel.
+    // Every server gets its own agent tunnel port (tests run in parallel),
+    // the same one when a test rewrites its configuration.
     if !extra_toml.contains("[tunnel]") {
-        preamble.push_str(&format!(
-            "[tunnel]\nlisten = \"127.0.0.1:{}\"\n",
-            free_port()
-        ));
+        preamble.push_str(&format!("[tunnel]\nlisten = \"127.0.0.1:{tunnel_port}\"\n"));
     }
     // Top-level keys of the test's TOML must come before any table.
     let (top, tables) = split_top_level(&body);
