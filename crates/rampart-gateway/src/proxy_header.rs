@@ -185,6 +185,11 @@ pub(crate) enum Scan {
 pub(crate) fn scan(bytes: &[u8]) -> Scan {
     let parsed = ppp::HeaderResult::parse(bytes);
     if parsed.is_incomplete() {
+        // `ppp` also calls a v1 line with fields missing unfinished, even once its
+        // line has ended: no later byte can complete it.
+        if matches!(parsed, ppp::HeaderResult::V1(_)) && !v1_line_unfinished(bytes) {
+            return Scan::Invalid("v1 line with fields missing".to_string());
+        }
         return Scan::Incomplete;
     }
     match parsed {
@@ -251,8 +256,11 @@ pub(crate) fn scan(bytes: &[u8]) -> Scan {
 /// The longest v1 line, CRLF included (spec §2.1).
 const V1_MAX_LINE: usize = 107;
 
+/// Whether `bytes` can still become a v1 line: no line end yet, within the
+/// longest line, and a prefix of `PROXY ` or a line starting with it.
 fn v1_line_unfinished(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"PROXY ") && bytes.len() < V1_MAX_LINE && !bytes.contains(&b'\n')
+    let prefix = bytes.len().min(6);
+    bytes[..prefix] == b"PROXY "[..prefix] && bytes.len() < V1_MAX_LINE && !bytes.contains(&b'\n')
 }
 
 /// The reader's next move, given `seen` (the bytes consumed so far, `consumed` of
