@@ -499,12 +499,13 @@ fn wait_state(
     last
 }
 
-/// The server (with `server_toml` added) and an enrolled agent in steer-all mode.
+/// The server (with `server_toml` first: top-level keys, then tables) and an enrolled
+/// agent in steer-all mode.
 fn server_and_agent(pair: &NetPair, dir: &Path, server_toml: &str) -> (NsServer, NsAgent) {
     let server = NsServer::start(
         pair,
         dir,
-        &format!("[proxy]\nallow_networks = [\"127.0.0.0/8\"]\n{server_toml}"),
+        &format!("{server_toml}\n[proxy]\nallow_networks = [\"127.0.0.0/8\"]\n"),
     );
     let agent =
         NsAgent::enroll_and_run_steering(pair, &server, dir, "dana", "eng", "steer_all = true", "");
