@@ -387,15 +387,7 @@ fn full_data_disk_keeps_the_proxy_serving_counts_the_errors_and_does_not_crash()
         "[proxy]\nallow_loopback_destinations = true\n",
         &[],
         |command| {
-            // The data dir is `data` beside the config file the harness wrote.
-            let args: Vec<_> = command.get_args().collect();
-            let config = args
-                .iter()
-                .position(|a| *a == "--config")
-                .and_then(|i| args.get(i + 1))
-                .map(PathBuf::from)
-                .expect("the harness passes --config");
-            let data_dir = config.parent().expect("config dir").join("data");
+            let data_dir = support::data_dir_of(command);
             *mount.borrow_mut() = Some(TmpfsMount::mount(&data_dir, "16m"));
         },
     )

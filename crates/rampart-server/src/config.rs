@@ -319,6 +319,8 @@ pub struct Overrides {
     pub resolve: Vec<(String, IpAddr)>,
     pub allow_loopback_destinations: bool,
     pub tunnel_listen: Option<SocketAddr>,
+    /// The gateway role: load the fleet's CA, never create one.
+    pub never_create_ca: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -384,6 +386,9 @@ impl RampartConfig {
         }
         if o.allow_loopback_destinations {
             self.proxy.allow_loopback_destinations = true;
+        }
+        if o.never_create_ca {
+            self.tls.create_ca = false;
         }
         self
     }

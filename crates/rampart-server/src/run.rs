@@ -32,6 +32,9 @@ pub async fn run(
     role: Role,
 ) -> anyhow::Result<()> {
     prepare_data_dir(&config.data_dir)?;
+    if role == Role::Gateway {
+        require_fleet_ca(&config)?;
+    }
 
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -51,8 +54,6 @@ pub async fn run(
     gateway_config.policy = loaded.policy.clone();
     let (pipeline, events) = rampart_events::Pipeline::start(&config.data_dir, &config.events)
         .context("starting the event store")?;
-    let events_api = crate::api::events::EventsApiState::new(&config.data_dir)
-        .context("preparing the events API (admin token)")?;
     let agent_events = events.clone();
     let gateway = Gateway::bind(gateway_config, metrics, Some(events))
         .await
@@ -82,67 +83,78 @@ pub async fn run(
         reloader.clone(),
     )?;
     crate::reload::spawn_watcher(reloader.clone(), shutdown.clone());
-    let admin_token = crate::api::events::load_or_create_admin_token(&config.data_dir)
-        .context("loading the admin token")?;
-    let admin_token_for_isolation: Arc<str> = admin_token.clone().into();
-
-    let console = crate::console::ConsoleState::new(
-        &config.data_dir,
-        reloader.clone(),
-        handle.clone(),
-        crate::console::secure_cookies_for(config.api.listen),
-        Some(agent_events.clone()),
-        config.policy.tests.clone(),
-    );
     let event_gauges = api::EventGauges::register(&mut registry);
     let api_listener_metrics =
         api::listener::ApiListenerMetrics::new(handle.rejected_connections());
-    let api = api::router(ApiState {
+    let health_and_metrics = api::router(ApiState {
         registry: Arc::new(registry),
         gateway: handle.clone(),
         pipeline_stats: pipeline.stats(),
         event_gauges,
         draining: draining.clone(),
-    })
-    .merge(api::events::router(events_api))
-    .merge(api::policy::router(api::policy::PolicyApiState {
-        reloader: reloader.clone(),
-        admin_token: admin_token.into(),
-    }))
-    .merge(crate::console::router(console.clone()));
-    let (api, _tunnel_task) = match tunnel {
-        Some(tunnel) => {
-            let devices = api::devices::router(tunnel.api_state());
-            let registry = tunnel.registry();
-            let isolation = crate::isolation::IsolationService::new(
-                &config.data_dir,
-                registry.clone(),
-                Some(agent_events.clone()),
-                isolation_config,
-                registry.gateway(),
-            );
-            // Response rules see every event as the store commits it.
-            pipeline.set_stored_hook(
-                crate::isolation::response::ResponseHook::start(&isolation)
-                    .context("starting the response rules")?,
-            );
-            reloader.set_isolation(isolation.clone());
-            console.set_devices(registry.clone(), isolation.clone());
-            let devices =
-                devices.merge(api::isolation::router(api::isolation::IsolationApiState {
-                    service: isolation.clone(),
-                    admin_token: admin_token_for_isolation.clone(),
-                }));
-            let agent_api = crate::devices::agent_api::AgentApiService::new(
-                handle.clone(),
-                Some(agent_events),
-                config.agent.clone(),
-                Some(isolation),
-            );
-            let task = tunnel.spawn(handle.clone(), Some(agent_api), shutdown.clone());
-            (api.merge(devices), Some(task))
+    });
+    // The gateway role (scale-out) serves health and metrics only: no admin
+    // token, admin API, console or device administration (DESIGN.md §9: the
+    // server administers the fleet).
+    let (api, _tunnel_task) = if role == Role::Gateway {
+        let task = tunnel.map(|t| t.spawn(handle.clone(), None, shutdown.clone()));
+        (health_and_metrics, task)
+    } else {
+        let events_api = crate::api::events::EventsApiState::new(&config.data_dir)
+            .context("preparing the events API (admin token)")?;
+        let admin_token = crate::api::events::load_or_create_admin_token(&config.data_dir)
+            .context("loading the admin token")?;
+        let admin_token_for_isolation: Arc<str> = admin_token.clone().into();
+
+        let console = crate::console::ConsoleState::new(
+            &config.data_dir,
+            reloader.clone(),
+            handle.clone(),
+            crate::console::secure_cookies_for(config.api.listen),
+            Some(agent_events.clone()),
+            config.policy.tests.clone(),
+        );
+        let api = health_and_metrics
+            .merge(api::events::router(events_api))
+            .merge(api::policy::router(api::policy::PolicyApiState {
+                reloader: reloader.clone(),
+                admin_token: admin_token.into(),
+            }))
+            .merge(crate::console::router(console.clone()));
+        match tunnel {
+            Some(tunnel) => {
+                let devices = api::devices::router(tunnel.api_state());
+                let registry = tunnel.registry();
+                let isolation = crate::isolation::IsolationService::new(
+                    &config.data_dir,
+                    registry.clone(),
+                    Some(agent_events.clone()),
+                    isolation_config,
+                    registry.gateway(),
+                );
+                // Response rules see every event as the store commits it.
+                pipeline.set_stored_hook(
+                    crate::isolation::response::ResponseHook::start(&isolation)
+                        .context("starting the response rules")?,
+                );
+                reloader.set_isolation(isolation.clone());
+                console.set_devices(registry.clone(), isolation.clone());
+                let devices =
+                    devices.merge(api::isolation::router(api::isolation::IsolationApiState {
+                        service: isolation.clone(),
+                        admin_token: admin_token_for_isolation.clone(),
+                    }));
+                let agent_api = crate::devices::agent_api::AgentApiService::new(
+                    handle.clone(),
+                    Some(agent_events),
+                    config.agent.clone(),
+                    Some(isolation),
+                );
+                let task = tunnel.spawn(handle.clone(), Some(agent_api), shutdown.clone());
+                (api.merge(devices), Some(task))
+            }
+            None => (api, None),
         }
-        None => (api, None),
     };
     let api_task = tokio::spawn(api::listener::serve(
         api_listener,
@@ -171,6 +183,22 @@ pub async fn run(
         .ok();
     tracing::info!("rampart stopped");
     Ok(())
+}
+
+/// `rampart gateway` signs with the fleet's CA and never makes its own: a
+/// gateway with a CA of its own would show every client an unknown issuer.
+fn require_fleet_ca(config: &RampartConfig) -> anyhow::Result<()> {
+    let paths = config.tls.ca_paths(&config.data_dir);
+    if paths.cert.exists() && paths.key.exists() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "rampart gateway never creates a CA: every gateway of a fleet signs with the fleet's one CA. \
+         Copy the server's CA certificate and key (its DATA_DIR/ca.pem and DATA_DIR/ca.key; keep the key \
+         mode 0600, owned by the user rampart runs as) to {} and {}, or point [tls] ca_cert and ca_key at them",
+        paths.cert.display(),
+        paths.key.display()
+    )
 }
 
 /// Creates the data dir, readable by the owner only: it holds keys and logs.

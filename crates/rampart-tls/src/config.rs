@@ -49,6 +49,15 @@ pub struct TlsConfig {
     /// fronting, with the policy of both names applied (the stricter wins) and
     /// decryption decided by the CONNECT host alone.
     pub fronting: FrontingMode,
+    /// Create the CA on first start when neither file exists. Not a key of
+    /// the file: `rampart gateway` (the fleet role) sets it off, because
+    /// every gateway of a fleet must sign with the fleet's one CA.
+    #[serde(skip, default = "create_ca_by_default")]
+    pub create_ca: bool,
+}
+
+fn create_ca_by_default() -> bool {
+    true
 }
 
 /// What happens to a CONNECT whose SNI names another destination.
@@ -88,6 +97,7 @@ impl Default for TlsConfig {
             pinned_clients: PinnedClientSettings::default(),
             fronting_exceptions: Vec::new(),
             fronting: FrontingMode::Block,
+            create_ca: true,
         }
     }
 }

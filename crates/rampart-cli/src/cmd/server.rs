@@ -62,6 +62,7 @@ fn run(args: ServerArgs, role: Role) -> anyhow::Result<ExitCode> {
         resolve: args.resolve,
         allow_loopback_destinations: args.allow_loopback_destinations,
         tunnel_listen: args.tunnel_listen,
+        never_create_ca: role == Role::Gateway,
     };
     let file = match &args.config {
         Some(path) => RampartConfig::load(path)?,

@@ -17,6 +17,19 @@ use std::time::{Duration, Instant};
 
 pub use rampart_testkit::free_port;
 
+/// The data dir of a server the harness is about to spawn (`data` beside the
+/// `--config` file it wrote), for a `prepare` closure that puts files there.
+pub fn data_dir_of(command: &Command) -> PathBuf {
+    let args: Vec<_> = command.get_args().collect();
+    let config = args
+        .iter()
+        .position(|a| *a == "--config")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .expect("the harness passes --config");
+    config.parent().expect("config dir").join("data")
+}
+
 pub fn rampart_bin() -> &'static str {
     env!("CARGO_BIN_EXE_rampart")
 }
@@ -53,13 +66,14 @@ impl Rampart {
     /// process took one of the picked ports in between (possible on a busy
     /// machine running many tests at once; never hides any other failure).
     fn start_retrying_taken_ports(
+        role: &str,
         extra_toml: &str,
         args: &[&str],
         prepare: &dyn Fn(&mut Command),
     ) -> Result<Rampart, String> {
         let mut attempt = 0;
         loop {
-            match Self::try_start_once(extra_toml, args, prepare) {
+            match Self::try_start_once(role, extra_toml, args, prepare) {
                 Err(log) if log.contains("Address already in use") && attempt < 4 => attempt += 1,
                 other => return other,
             }
@@ -73,10 +87,20 @@ impl Rampart {
         args: &[&str],
         prepare: impl Fn(&mut Command),
     ) -> Result<Rampart, String> {
-        Self::start_retrying_taken_ports(extra_toml, args, &prepare)
+        Self::start_retrying_taken_ports("server", extra_toml, args, &prepare)
+    }
+
+    /// `rampart gateway` (the fleet role) instead of `rampart server`; `prepare`
+    /// as in [`Rampart::try_start_with`] (e.g. to put the fleet's CA in place).
+    pub fn try_start_gateway_role(
+        extra_toml: &str,
+        prepare: impl Fn(&mut Command),
+    ) -> Result<Rampart, String> {
+        Self::start_retrying_taken_ports("gateway", extra_toml, &[], &prepare)
     }
 
     fn try_start_once(
+        role: &str,
         extra_toml: &str,
         args: &[&str],
         prepare: &dyn Fn(&mut Command),
@@ -100,7 +124,7 @@ impl Rampart {
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut command = Command::new(rampart_bin());
         command
-            .arg("server")
+            .arg(role)
             .arg("--config")
             .arg(&config_path)
             .args(args)

@@ -65,8 +65,11 @@ impl Interception {
     pub fn new(tls: &TlsConfig, data_dir: &Path) -> Result<Self, TlsError> {
         rampart_tls::install_crypto_provider();
         tls.validate()?;
-        let (ca, created) =
-            CertificateAuthority::load_or_create(&tls.ca_paths(data_dir), &tls.ca_options())?;
+        let (ca, created) = if tls.create_ca {
+            CertificateAuthority::load_or_create(&tls.ca_paths(data_dir), &tls.ca_options())?
+        } else {
+            (CertificateAuthority::load(&tls.ca_paths(data_dir))?, false)
+        };
         if created {
             tracing::info!(cert = %ca.paths().cert.display(), "created the gateway CA");
         }
