@@ -60,7 +60,11 @@ fn devices_are_listed_online_offline_isolated_and_revoked_with_last_seen() {
     assert!(online, "{}", analyst.get("/devices").body);
     let page = analyst.get("/devices?state=online");
     assert!(!page.body.contains(&offline), "{}", page.body);
-    assert!(page.body.contains("<strong>1</strong> online"), "{}", page.body);
+    assert!(
+        page.body.contains("<strong>1</strong> online"),
+        "{}",
+        page.body
+    );
 
     let page = analyst.get("/devices?state=offline");
     assert!(page.body.contains(&offline), "{}", page.body);
@@ -152,7 +156,11 @@ fn an_admin_isolates_and_releases_from_the_device_page_and_the_cli_sees_the_same
         "{}",
         page.body
     );
-    assert!(page.body.contains("beaconing to a C2 host"), "{}", page.body);
+    assert!(
+        page.body.contains("beaconing to a C2 host"),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains("Release device"), "{}", page.body);
 
     // The action is an audit event, and the device's own event names who and why.
@@ -220,7 +228,11 @@ fn an_analyst_sees_a_device_but_cannot_isolate_it_and_the_refusal_is_audited() {
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(isolation_status(&c, &device)["desired"], "released");
     let refused = audit_events(&c, "type = audit and action = block and user = ana", 1);
-    assert_eq!(refused[0]["http_response"]["code"], 403, "{:#?}", refused[0]);
+    assert_eq!(
+        refused[0]["http_response"]["code"], 403,
+        "{:#?}",
+        refused[0]
+    );
     assert!(
         refused[0]["http_request"]["url"]["url_string"]
             .as_str()
@@ -276,7 +288,11 @@ fn logins_failed_logins_and_logouts_are_audit_events_found_by_events_search() {
     again.login("root", ADMIN_PASSWORD);
     let page = again.get_query("/events", &[("q", "type = audit and action = block")]);
     assert_eq!(page.status, 200);
-    assert!(page.body.contains("console: root login console: failed"), "{}", page.body);
+    assert!(
+        page.body.contains("console: root login console: failed"),
+        "{}",
+        page.body
+    );
 }
 
 const CASES: &str = r#"
@@ -317,7 +333,11 @@ fn the_policy_page_shows_rules_per_stage_and_the_policy_test_cases_pass_or_fail(
     assert!(access.contains("Default: allow"), "{access}");
     assert!(page.body.contains("id=\"revision\""), "{}", page.body);
     assert!(page.body.contains("2 passed, 0 failed"), "{}", page.body);
-    assert!(page.body.contains("<td class=\"pass\">pass</td>"), "{}", page.body);
+    assert!(
+        page.body.contains("<td class=\"pass\">pass</td>"),
+        "{}",
+        page.body
+    );
 
     // A case the serving policy fails shows as FAIL with the reason.
     let mut cases = CASES.to_string();
@@ -327,7 +347,15 @@ fn the_policy_page_shows_rules_per_stage_and_the_policy_test_cases_pass_or_fail(
     std::fs::write(c.cases_path(), cases).expect("rewrite cases");
     let page = analyst.get("/policy");
     assert!(page.body.contains("2 passed, 1 failed"), "{}", page.body);
-    assert!(page.body.contains("<td class=\"fail\">FAIL</td>"), "{}", page.body);
-    assert!(page.body.contains("watched hosts are blocked"), "{}", page.body);
+    assert!(
+        page.body.contains("<td class=\"fail\">FAIL</td>"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("watched hosts are blocked"),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains("expected block"), "{}", page.body);
 }

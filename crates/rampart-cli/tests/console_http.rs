@@ -269,7 +269,14 @@ fn the_overview_counts_the_last_day_and_each_number_links_to_its_search() {
     assert!(r.body.contains("<strong>1</strong> alerts"), "{}", r.body);
     assert!(
         r.body
-            .contains("href=\"/events?q=action%20%3D%20block&amp;range=24h\""),
+            .contains("href=\"/events?q=type%20in%20%28http%2C%20network%29%20and%20action%20%3D%20block&amp;range=24h\""),
+        "{}",
+        r.body
+    );
+    // Devices by state, each linking to the filtered device list.
+    assert!(
+        r.body
+            .contains("href=\"/devices?state=online\"><strong>0</strong> online"),
         "{}",
         r.body
     );

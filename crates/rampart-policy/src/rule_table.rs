@@ -143,7 +143,8 @@ when = { lists = ["blocked"] }
 unless = { users = ["alice"] }
 action = "alert"
 "#;
-        let (policy, _) = Policy::from_str(text, "policy.toml", std::path::Path::new(".")).expect("policy");
+        let (policy, _) =
+            Policy::from_str(text, "policy.toml", std::path::Path::new(".")).expect("policy");
         let rows: Vec<RuleRow> = policy
             .rule_table()
             .into_iter()

@@ -135,7 +135,15 @@ impl Console {
         )
         .expect("agent config");
         let out = run(Command::new(rampart_bin())
-            .args(["agent", "enroll", "--server", &self.base(), "--token", &token, "--config"])
+            .args([
+                "agent",
+                "enroll",
+                "--server",
+                &self.base(),
+                "--token",
+                &token,
+                "--config",
+            ])
             .arg(&config));
         assert!(
             out.status.success(),
@@ -155,10 +163,12 @@ impl Console {
 
     /// `rampart device ARGS --server API --token T` (the CLI against this server).
     pub fn device_cmd(&self, args: &[&str]) -> std::process::Output {
-        run(Command::new(rampart_bin())
-            .arg("device")
-            .args(args)
-            .args(["--server", &self.base(), "--token", &self.admin_token()]))
+        run(Command::new(rampart_bin()).arg("device").args(args).args([
+            "--server",
+            &self.base(),
+            "--token",
+            &self.admin_token(),
+        ]))
     }
 
     /// `rampart user add NAME --role ROLE` with the password on stdin.

@@ -9,7 +9,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rampart_events::event::{Actor, Device, Endpoint, HttpRequest, HttpResponse, Policy, Url, User};
+use rampart_events::event::{
+    Actor, Device, Endpoint, HttpRequest, HttpResponse, Policy, Url, User,
+};
 use rampart_events::{Event, EventSender, EventType, Severity, Verdict};
 
 use super::auth::Viewer;

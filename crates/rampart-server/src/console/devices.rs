@@ -44,7 +44,7 @@ impl Presence {
 }
 
 /// One device with what the list and the page show about it.
-struct DeviceRow {
+pub(super) struct DeviceRow {
     record: DeviceRecord,
     presence: Presence,
     isolation: IsolationView,
@@ -79,7 +79,7 @@ fn not_available(viewer: &Viewer) -> Response {
 }
 
 /// Every device with its presence and isolation state.
-async fn load_rows(state: &ConsoleState) -> Option<Result<Vec<DeviceRow>, String>> {
+pub(super) async fn load_rows(state: &ConsoleState) -> Option<Result<Vec<DeviceRow>, String>> {
     let services = state.devices()?;
     let registry = services.registry.clone();
     let isolation = services.isolation.clone();
@@ -138,6 +138,12 @@ fn never_isolated(device: &str) -> IsolationView {
     }
 }
 
+/// The overview's device figures: (online, isolated, revoked, all).
+pub(super) fn state_counts(rows: &[DeviceRow]) -> [(&'static str, usize); 4] {
+    ["online", "isolated", "revoked", "all"]
+        .map(|f| (f, rows.iter().filter(|r| r.matches(f)).count()))
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct ListParams {
     #[serde(default)]
@@ -165,10 +171,7 @@ pub async fn list_page(
                 .into_response();
         }
     };
-    let filter = FILTERS
-        .into_iter()
-        .find(|f| *f == p.state)
-        .unwrap_or("all");
+    let filter = FILTERS.into_iter().find(|f| *f == p.state).unwrap_or("all");
     let count = |f: &str| rows.iter().filter(|r| r.matches(f)).count();
     let body = html! {
         h1 { "Devices" }
@@ -217,11 +220,7 @@ pub struct DeviceParams {
 
 fn isolation_form(viewer: &Viewer, device: &str, isolated: bool) -> Markup {
     let (verb, action, warning) = if isolated {
-        (
-            "Release",
-            "release",
-            "The device gets its network back.",
-        )
+        ("Release", "release", "The device gets its network back.")
     } else {
         (
             "Isolate",
@@ -411,7 +410,10 @@ async fn change(
         return denied.into_response();
     }
     if form.confirm != "yes" {
-        return bad_request(&viewer, &format!("Tick the confirmation box to {verb} {id}."));
+        return bad_request(
+            &viewer,
+            &format!("Tick the confirmation box to {verb} {id}."),
+        );
     }
     if reason.is_empty() {
         return bad_request(
@@ -458,6 +460,7 @@ async fn change(
         detail: Some(&message),
         ..entry
     });
-    let body = html! { h1 { "Not done" } p.error role="alert" { (verb) " " (id) " failed: " (message) } };
+    let body =
+        html! { h1 { "Not done" } p.error role="alert" { (verb) " " (id) " failed: " (message) } };
     (status, layout::page("Not done", &viewer, "/devices", body)).into_response()
 }

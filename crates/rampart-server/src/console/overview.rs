@@ -1,6 +1,7 @@
 //! The overview: the last 24 hours at a glance — requests, blocks and alerts
 //! by hour as an SVG chart drawn here, top blocked hosts and categories, top
-//! users by alerts. Every number links to the search that produced it.
+//! users by alerts, devices by state. Every number links to the search (or the
+//! device list) that produced it.
 
 use std::collections::HashMap;
 
@@ -167,6 +168,10 @@ pub async fn overview_page(State(state): State<ConsoleState>, viewer: Viewer) ->
         Err(EventsError::NoStore(_)) => Ok(Figures::default()),
         Err(e) => Err(e.to_string()),
     };
+    let devices = match super::devices::load_rows(&state).await {
+        Some(Ok(rows)) => Some(super::devices::state_counts(&rows)),
+        _ => None,
+    };
     let body = match figures {
         Err(e) => {
             html! { h1 { "Overview" } p.error role="alert" { "Reading the store failed: " (e) } }
@@ -178,8 +183,15 @@ pub async fn overview_page(State(state): State<ConsoleState>, viewer: Viewer) ->
                 @if f.partial { p.muted { "Figures from the newest " (f.scanned) " events only." } }
                 div.totals {
                     a.total href=(search_href("type in (http, network)", "24h")) { strong { (sum(&f.requests)) } " requests" }
-                    a.total href=(search_href("action = block", "24h")) { strong { (sum(&f.blocks)) } " blocks" }
+                    a.total href=(search_href("type in (http, network) and action = block", "24h")) { strong { (sum(&f.blocks)) } " blocks" }
                     a.total href=(search_href("type = alert", "24h")) { strong { (sum(&f.alerts)) } " alerts" }
+                }
+                @if let Some(counts) = &devices {
+                    div.totals aria-label="Devices" {
+                        @for (state, n) in counts {
+                            a.total.devices href=(format!("/devices?state={state}")) { strong { (n) } " " (if *state == "all" { "devices" } else { state }) }
+                        }
+                    }
                 }
                 (chart(&f))
                 div.tops {
