@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::agent_log::{AgentLog, Level};
 use crate::connector::Connector;
 use crate::enrollment::Enrollment;
+use crate::isolation::lookup::NameLookups;
 use crate::isolation::{self, Desired, IsolationSpec, IsolationStatus, Isolator};
 use crate::mtls_tunnel::MtlsH2Tunnel;
 
@@ -34,6 +35,8 @@ const LONG_POLL: Duration = Duration::from_secs(25);
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Time the self-test gives a TCP connection to the server.
 const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a check waits for the kept names to resolve (see [`NameLookups`]).
+const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
 /// The break-glass part of the server's document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +245,9 @@ pub struct Home {
     /// The agent's own outbound connector: the self-test carries the agent's socket
     /// mark, so the steering table does not redirect it to the agent itself.
     pub connector: Connector,
+    /// Lookups of the kept names, bounded so a blocked resolver cannot hold up a
+    /// release.
+    pub lookups: NameLookups,
 }
 
 impl Home {
@@ -279,6 +285,7 @@ impl Home {
                 mark: None,
                 timeout: SELF_TEST_TIMEOUT,
             },
+            lookups: NameLookups::default(),
         }
     }
 
@@ -342,8 +349,9 @@ pub fn spec_for(
     let exceptions = isolation::parse_rules(file, &doc.exceptions).map_err(|e| e.to_string())?;
     let mut gateway_hosts: Vec<&str> = vec![home.gateway_host.as_str()];
     gateway_hosts.extend(doc.keep_hosts.iter().map(String::as_str));
-    let (mut server_addrs, server_unresolved) = resolve_each(&[home.server_host.as_str()]);
-    let (mut gateway_addrs, gateway_unresolved) = resolve_each(&gateway_hosts);
+    let (mut server_addrs, server_unresolved) =
+        resolve_each(&home.lookups, &[home.server_host.as_str()]);
+    let (mut gateway_addrs, gateway_unresolved) = resolve_each(&home.lookups, &gateway_hosts);
     if let Some(previous) = previous {
         if server_unresolved {
             server_addrs = union(&previous.server_addrs, server_addrs);
@@ -361,13 +369,14 @@ pub fn spec_for(
 }
 
 /// Every host's addresses, and whether one of them resolved to nothing.
-fn resolve_each(hosts: &[&str]) -> (Vec<IpAddr>, bool) {
+fn resolve_each(lookups: &NameLookups, hosts: &[&str]) -> (Vec<IpAddr>, bool) {
     let mut unresolved = false;
     let mut addrs = Vec::new();
-    for host in hosts {
-        let found = isolation::resolve_hosts(&[host]);
-        unresolved |= found.is_empty();
-        addrs.extend(found);
+    for found in lookups.resolve_all(hosts, RESOLVE_WAIT) {
+        match found {
+            Some(found) => addrs.extend(found),
+            None => unresolved = true,
+        }
     }
     addrs.sort();
     addrs.dedup();
@@ -832,6 +841,23 @@ mod tests {
         let failed = spec_for(&doc(&[""]), &home, Some(&first)).unwrap();
         assert_eq!(failed.gateway_addrs, first.gateway_addrs);
         assert_eq!(failed.server_addrs, first.server_addrs);
+        // A lookup that hangs (DNS is cut while isolated) is abandoned after
+        // RESOLVE_WAIT: the check goes on with the addresses in force.
+        let mut stuck = home.clone();
+        stuck.lookups = NameLookups::with(|host| {
+            if host == "stuck.test" {
+                std::thread::sleep(Duration::from_secs(10));
+            }
+            Vec::new()
+        });
+        let started = std::time::Instant::now();
+        let waited = spec_for(&doc(&["stuck.test"]), &stuck, Some(&first)).unwrap();
+        assert!(
+            started.elapsed() < RESOLVE_WAIT + Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(waited.gateway_addrs, first.gateway_addrs);
         // The self-test goes to the server's current addresses first.
         assert_eq!(
             home.self_test_targets(&first)[0],

@@ -783,7 +783,8 @@ fn a_kept_host_name_that_moves_is_refreshed_in_place_without_reloading_the_rules
     );
     let log = agent.log();
     assert!(
-        log.contains(&format!("{MGMT_FIRST}")) && log.contains(&format!("{MGMT_MOVED}]")),
+        log.contains(&format!("{MGMT_FIRST}] -> ["))
+            && log.contains(&format!("{MGMT_MOVED}]; rules unchanged")),
         "{log}"
     );
     assert!(ping(&pair, MGMT_MOVED), "the new address is kept");

@@ -7,7 +7,8 @@
 //! - [`table`]: the whole `table inet rampart_isolate` as one atomic `nft -f -` batch;
 //! - [`apply`]: load, read back, cut flows (conntrack), release, self-test;
 //! - [`readback`]: the kernel's table compared with what was applied;
-//! - [`state`]: the desired state in `isolation.json`, re-applied at start.
+//! - [`state`]: the desired state in `isolation.json`, re-applied at start;
+//! - [`lookup`]: the kept host names looked up with a deadline.
 //!
 //! Entry points for the agent runtime: [`isolate`], [`release`], [`status`],
 //! [`reapply_at_start`], [`self_test`].
@@ -17,6 +18,7 @@ pub mod ast;
 pub mod compile;
 pub mod error;
 mod lexer;
+pub mod lookup;
 pub mod readback;
 pub mod rules;
 pub mod state;
