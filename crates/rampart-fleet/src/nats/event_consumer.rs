@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use rampart_events::Event;
 use tokio::task::JoinHandle;
 
@@ -50,6 +50,8 @@ pub struct ConsumerSettings {
     pub durable_name: String,
     /// Events handed to the sink at most per batch.
     pub batch: usize,
+    /// How long to wait for more events once one arrived, to fill a batch.
+    pub linger: Duration,
     /// A delivered event not acknowledged within this time is delivered again.
     pub ack_wait: Duration,
     /// First pause after a failed sink batch (doubling up to `retry_max`).
@@ -64,6 +66,7 @@ impl ConsumerSettings {
             nats: NatsSettings::new(nats_url, "rampart-server-events"),
             durable_name: "rampart-fleet-store".into(),
             batch: 2000,
+            linger: Duration::from_millis(20),
             ack_wait: Duration::from_secs(60),
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
@@ -191,15 +194,17 @@ async fn consume_until_failure<S: EventSink>(
             Some(Err(e)) => return Err(NatsError::js("pulling events", e)),
             Some(Ok(m)) => m,
         };
+        // Bulk inserts pay per batch: linger a little for a fuller one.
         let mut batch = vec![first];
+        let linger_until = tokio::time::Instant::now() + settings.linger;
         while batch.len() < settings.batch {
-            match messages.next().now_or_never() {
-                Some(Some(Ok(m))) => batch.push(m),
-                Some(Some(Err(e))) => {
+            match tokio::time::timeout_at(linger_until, messages.next()).await {
+                Ok(Some(Ok(m))) => batch.push(m),
+                Ok(Some(Err(e))) => {
                     tracing::debug!(%e, "pull interrupted; committing what arrived");
                     break;
                 }
-                _ => break,
+                Ok(None) | Err(_) => break,
             }
         }
         if deliver(batch, sink, counters).await {
