@@ -66,6 +66,9 @@ pub struct RampartConfig {
     /// `[inspect]`: content inspection (docs/inspection.md).
     #[serde(default)]
     pub inspect: rampart_inspect::InspectConfig,
+    /// `[fleet]`: scale-out through NATS JetStream (docs/fleet.md).
+    #[serde(default)]
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 impl Default for RampartConfig {
@@ -90,6 +93,7 @@ impl Default for RampartConfig {
             isolation: Default::default(),
             response: Vec::new(),
             inspect: Default::default(),
+            fleet: Default::default(),
         }
     }
 }

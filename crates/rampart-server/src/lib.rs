@@ -7,6 +7,7 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod devices;
+pub mod fleet;
 pub mod isolation;
 pub mod reload;
 pub mod run;

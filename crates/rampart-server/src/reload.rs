@@ -53,6 +53,8 @@ pub enum Trigger {
     Signal,
     FileChange,
     Api,
+    /// A configuration revision of the fleet (`rampart gateway`).
+    Fleet,
 }
 
 impl Trigger {
@@ -61,6 +63,7 @@ impl Trigger {
             Trigger::Signal => "SIGHUP",
             Trigger::FileChange => "file change",
             Trigger::Api => "API",
+            Trigger::Fleet => "fleet revision",
         }
     }
 }
@@ -315,6 +318,8 @@ pub struct Reloader {
     /// The policy path in force, for the watcher: a reload may add, move or
     /// remove the policy file, and the watcher follows.
     policy_path: tokio::sync::watch::Sender<Option<PathBuf>>,
+    /// Counts applied reloads (the fleet publisher republishes on each).
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl Reloader {
@@ -350,6 +355,7 @@ impl Reloader {
             isolation: Mutex::new(None),
             sinks: Mutex::new(None),
             policy_path: tokio::sync::watch::channel(started.policy.file.clone()).0,
+            applied: tokio::sync::watch::channel(0).0,
             started: started.clone(),
         })
     }
@@ -357,6 +363,11 @@ impl Reloader {
     /// Apply `[[events.sinks]]` changes to these sinks from now on.
     pub fn set_sinks(&self, sinks: Arc<rampart_events::sink::Sinks>) {
         *lock(&self.sinks) = Some(sinks);
+    }
+
+    /// Changes once per applied reload.
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// Follows the policy path in force (the watcher's subscription).
@@ -423,6 +434,7 @@ impl Reloader {
                 if !sinks_changed.is_empty() {
                     tracing::info!(sinks = %sinks_changed.join(", "), "event sinks changed");
                 }
+                self.applied.send_modify(|n| *n += 1);
                 status.restart_required = restart_required.clone();
                 status.sinks_changed = sinks_changed.clone();
                 status.revision = revision_of(loaded);
@@ -595,6 +607,7 @@ pub fn restart_required(started: &RampartConfig, new: &RampartConfig) -> Vec<Str
     check("access_log", differs(&started.access_log, &new.access_log));
     check("log", differs(&started.log, &new.log));
     check("runtime", differs(&started.runtime, &new.runtime));
+    check("fleet", differs(&started.fleet, &new.fleet));
     let events_without_sinks = |c: &RampartConfig| {
         let mut e = c.events.clone();
         e.sinks.clear();

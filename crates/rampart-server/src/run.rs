@@ -35,6 +35,20 @@ pub async fn run(
     if role == Role::Gateway {
         require_fleet_ca(&config)?;
     }
+    // A fleet gateway runs the fleet's configuration laid under its own file,
+    // and does not serve before it has one.
+    let (config, config_path, fleet_gateway) = match (&config.fleet.nats, role, &config_path) {
+        (Some(_), Role::Gateway, Some(local_path)) => {
+            let fleet = crate::fleet::FleetGateway::start(local_path, &config).await?;
+            let merged = RampartConfig::load(&fleet.config_path)?.with_overrides(&overrides);
+            let path = fleet.config_path.clone();
+            (merged, Some(path), Some(fleet))
+        }
+        (Some(_), Role::Gateway, None) => {
+            anyhow::bail!("rampart gateway with [fleet] needs its own file: --config FILE")
+        }
+        _ => (config, config_path, None),
+    };
 
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -65,6 +79,8 @@ pub async fn run(
     // Cancelled first on SIGTERM: `/healthz` turns 503 `[limits] drain_delay` before
     // `shutdown` closes the listeners.
     let draining = CancellationToken::new();
+    let reloader_config_path = config_path.clone();
+    let reloader_overrides = overrides.clone();
     let reloader = Reloader::new(
         handle.clone(),
         config_path,
@@ -74,6 +90,16 @@ pub async fn run(
         &loaded,
     );
     reloader.set_sinks(pipeline.sinks());
+    match &fleet_gateway {
+        Some(fleet) => fleet.set_reloader(reloader.clone()),
+        None if config.fleet.nats.is_some() => crate::fleet::spawn_publisher(
+            reloader.clone(),
+            reloader_config_path.clone(),
+            reloader_overrides.clone(),
+            shutdown.clone(),
+        ),
+        None => {}
+    }
     spawn_signal_handlers(
         Drain {
             draining: draining.clone(),
