@@ -196,10 +196,11 @@ fn eicar_downloads_are_blocked_plain_nested_and_long_and_an_encrypted_zip_is_ale
     );
 
     // Each non-clean verdict is a Detection Finding in the event store.
+    // Four findings: wait for all of them (the store writes in batches).
     let mut alerts = Vec::new();
     eventually(Duration::from_secs(15), || {
         alerts = gw.search_events("type = alert", "json");
-        alerts.len() >= 3
+        alerts.len() >= 4
     });
     let text = serde_json::to_string(&alerts).unwrap();
     assert!(text.contains("Malware blocked"), "{text}");

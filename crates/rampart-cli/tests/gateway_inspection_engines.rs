@@ -5,10 +5,10 @@
 //! a body past `max_scan_size`; YARA rules and a broken rule file at reload;
 //! encrypted 7z (`7z -p`), docx (`msoffcrypto-tool`) and PDF (`qpdf --encrypt`).
 
+mod gateway_inspection_common;
 #[path = "support/https_fixtures.rs"]
 mod https_fixtures;
 mod support;
-mod gateway_inspection_common;
 
 use std::path::Path;
 use std::time::Duration;
@@ -22,7 +22,13 @@ use support::{curl, eventually, free_port};
 /// `curl -w '\n%{http_code} %{http_version}'` through the gateway; the body
 /// and the last line's status and HTTP version.
 fn fetch(gw: &support::Rampart, args: &[&str]) -> (String, String) {
-    let mut all = vec!["-s", "-H", "Accept: text/html", "-w", "\n%{http_code} %{http_version}"];
+    let mut all = vec![
+        "-s",
+        "-H",
+        "Accept: text/html",
+        "-w",
+        "\n%{http_code} %{http_version}",
+    ];
     all.extend_from_slice(args);
     let (_, out, _) = curl(&gw.proxy_url(), &all);
     let (body, last) = out.rsplit_once('\n').unwrap_or(("", &out));
@@ -81,7 +87,10 @@ fn clamd_finds_its_signature_plain_and_over_intercepted_http2_and_clamd_down_fai
     assert!(page.contains(CLAMD_SIGNATURE), "{page}");
     let clean = format!("https://files.test:{}/clean.txt", tls.port);
     let (body, status) = fetch(&gw, &["--http2", "--cacert", ca, &clean]);
-    assert_eq!((body.as_str(), status.as_str()), ("nothing to see here\n", "200 2"));
+    assert_eq!(
+        (body.as_str(), status.as_str()),
+        ("nothing to see here\n", "200 2")
+    );
 
     // Each block is a Detection Finding naming clamd's signature and the file.
     let text = alerts_containing(&gw, CLAMD_SIGNATURE);
@@ -92,10 +101,16 @@ fn clamd_finds_its_signature_plain_and_over_intercepted_http2_and_clamd_down_fai
     clamd.stop();
     let url = format!("http://files.test:{}/clean.txt", plain.port);
     let (page, status) = fetch(&gw, &[&url]);
-    assert!(status.starts_with("403"), "clamd down passed a body: {status} {page}");
+    assert!(
+        status.starts_with("403"),
+        "clamd down passed a body: {status} {page}"
+    );
     let record = gw.find_record(|r| r["target"] == url.as_str());
     let inspection = &record["inspection"];
-    assert_eq!(inspection["verdict"], "unscannable: engine-error", "{record}");
+    assert_eq!(
+        inspection["verdict"], "unscannable: engine-error",
+        "{record}"
+    );
     assert_eq!(inspection["action"], "block", "{record}");
     assert_eq!(inspection["findings"][0]["engine"], "clamav", "{record}");
     assert_eq!(inspection["findings"][0]["fail"], "closed", "{record}");
@@ -125,11 +140,20 @@ fn clamd_down_with_fail_open_passes_the_download_with_a_finding() {
     );
     let url = format!("http://files.test:{}/clean.txt", origin.port);
     let (body, status) = fetch(&gw, &[&url]);
-    assert_eq!((body.as_str(), status.as_str()), ("nothing to see here\n", "200 1.1"));
+    assert_eq!(
+        (body.as_str(), status.as_str()),
+        ("nothing to see here\n", "200 1.1")
+    );
     let record = gw.find_record(|r| r["target"] == url.as_str());
-    assert_eq!(record["inspection"]["verdict"], "unscannable: engine-error", "{record}");
+    assert_eq!(
+        record["inspection"]["verdict"], "unscannable: engine-error",
+        "{record}"
+    );
     assert_eq!(record["inspection"]["action"], "alert", "{record}");
-    assert_eq!(record["inspection"]["findings"][0]["fail"], "open", "{record}");
+    assert_eq!(
+        record["inspection"]["findings"][0]["fail"], "open",
+        "{record}"
+    );
     alerts_containing(&gw, "engine-error");
 }
 
@@ -177,15 +201,26 @@ fn zip_bombs_nested_and_overlapping_end_unscannable_bomb_with_memory_bounded() {
     );
     let origin = FileOrigin::plain(&root);
     // The configured action for unscannable content: block.
-    let gw = gateway("", "[inspect.actions]\nunscannable = \"block\"\n", free_port(), &[]);
+    let gw = gateway(
+        "",
+        "[inspect.actions]\nunscannable = \"block\"\n",
+        free_port(),
+        &[],
+    );
     let rss_before = gw.rss_kib();
     // The overlapping bomb (under memory_threshold) is held whole: the block page.
     let url = format!("http://files.test:{}/overlap.zip", origin.port);
     let (page, status) = fetch(&gw, &[&url]);
     let record = gw.find_record(|r| r["target"] == url.as_str());
     assert!(status.starts_with("403"), "{status} {record}");
-    assert!(page.contains("threat protection: unscannable: bomb"), "{page}");
-    assert_eq!(record["inspection"]["verdict"], "unscannable: bomb", "{record}");
+    assert!(
+        page.contains("threat protection: unscannable: bomb"),
+        "{page}"
+    );
+    assert_eq!(
+        record["inspection"]["verdict"], "unscannable: bomb",
+        "{record}"
+    );
     assert_eq!(record["inspection"]["action"], "block", "{record}");
     // The nested one (2 MiB) streams while scanned and is cut before its end.
     let url = format!("http://files.test:{}/nested.zip", origin.port);
@@ -193,9 +228,15 @@ fn zip_bombs_nested_and_overlapping_end_unscannable_bomb_with_memory_bounded() {
     let (code, _, _) = curl(&gw.proxy_url(), &["-sS", "-o", out.to_str().unwrap(), &url]);
     assert_ne!(code, 0, "the nested bomb was delivered whole");
     let record = gw.find_record(|r| r["target"] == url.as_str());
-    assert_eq!(record["inspection"]["verdict"], "unscannable: bomb", "{record}");
+    assert_eq!(
+        record["inspection"]["verdict"], "unscannable: bomb",
+        "{record}"
+    );
     assert!(
-        record["error"].as_str().unwrap_or("").contains("cut before its last bytes"),
+        record["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cut before its last bytes"),
         "{record}"
     );
     // Bombs expand into the spool and are stopped by what they produce:
@@ -221,7 +262,10 @@ fn a_download_past_max_scan_size_is_unscannable_too_large_and_streams_whole_with
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::metadata(&out).unwrap().len(), 5_000_000);
     let record = gw.find_record(|r| r["target"] == url.as_str());
-    assert_eq!(record["inspection"]["verdict"], "unscannable: too-large", "{record}");
+    assert_eq!(
+        record["inspection"]["verdict"], "unscannable: too-large",
+        "{record}"
+    );
     assert_eq!(record["inspection"]["action"], "alert", "{record}");
     assert_eq!(record["inspection"]["size"], 5_000_000, "{record}");
     alerts_containing(&gw, "too-large");
@@ -229,7 +273,8 @@ fn a_download_past_max_scan_size_is_unscannable_too_large_and_streams_whole_with
 
 const MARKER_RULE: &str = "rule Rampart_Marker_One\n{\n    strings:\n        $m = \"RAMPART-YARA-MARKER-ONE\"\n    condition:\n        $m\n}\n";
 const SECOND_RULE: &str = "rule Rampart_Marker_Two\n{\n    strings:\n        $m = \"RAMPART-YARA-MARKER-TWO\"\n    condition:\n        $m\n}\n";
-const BROKEN_RULE: &str = "rule Broken\n{\n    strings:\n        $m = \"unterminated\n    condition:\n        $m\n}\n";
+const BROKEN_RULE: &str =
+    "rule Broken\n{\n    strings:\n        $m = \"unterminated\n    condition:\n        $m\n}\n";
 
 #[test]
 fn a_yara_rule_blocks_a_download_and_a_broken_rule_file_is_refused_at_reload_the_old_rules_keep_blocking(
@@ -244,7 +289,10 @@ fn a_yara_rule_blocks_a_download_and_a_broken_rule_file_is_refused_at_reload_the
     let origin = FileOrigin::plain(&root);
     let gw = gateway(
         "",
-        &format!("[inspect.yara]\nrules = [{:?}]\n", rules.display().to_string()),
+        &format!(
+            "[inspect.yara]\nrules = [{:?}]\n",
+            rules.display().to_string()
+        ),
         free_port(),
         &[],
     );
@@ -254,7 +302,10 @@ fn a_yara_rule_blocks_a_download_and_a_broken_rule_file_is_refused_at_reload_the
     assert!(status.starts_with("403"), "{status}: {page}");
     assert!(page.contains("Rampart_Marker_One"), "{page}");
     let record = gw.find_record(|r| r["target"] == one.as_str());
-    assert_eq!(record["inspection"]["findings"][0]["engine"], "yara", "{record}");
+    assert_eq!(
+        record["inspection"]["findings"][0]["engine"], "yara",
+        "{record}"
+    );
     assert!(fetch(&gw, &[&two]).1.starts_with("200"));
 
     // The rule file is replaced by one that does not compile: refused, with
@@ -262,18 +313,30 @@ fn a_yara_rule_blocks_a_download_and_a_broken_rule_file_is_refused_at_reload_the
     std::fs::write(&rules, BROKEN_RULE).unwrap();
     let (code, status) = api(&gw, "POST", "/api/v1/policy/reload");
     assert_ne!(code, 200, "a broken YARA file was accepted: {status}");
-    let message = status["last_error"]["message"].as_str().unwrap_or_default().to_owned();
+    let message = status["last_error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let (_, status) = api(&gw, "GET", "/api/v1/policy/status");
     let message = format!("{message} {}", status["last_error"]["message"]);
-    assert!(message.contains(&format!("{}:4", rules.display())), "{message}");
-    assert!(fetch(&gw, &[&one]).1.starts_with("403"), "old rules stopped blocking");
+    assert!(
+        message.contains(&format!("{}:4", rules.display())),
+        "{message}"
+    );
+    assert!(
+        fetch(&gw, &[&one]).1.starts_with("403"),
+        "old rules stopped blocking"
+    );
 
     // A valid edit of the same file is applied by the next reload.
     std::fs::write(&rules, SECOND_RULE).unwrap();
     let (code, status) = api(&gw, "POST", "/api/v1/policy/reload");
     assert_eq!(code, 200, "{status}");
     let (page, status) = fetch(&gw, &[&two]);
-    assert!(status.starts_with("403") && page.contains("Rampart_Marker_Two"), "{page}");
+    assert!(
+        status.starts_with("403") && page.contains("Rampart_Marker_Two"),
+        "{page}"
+    );
     assert!(fetch(&gw, &[&one]).1.starts_with("200"));
 }
 
@@ -289,7 +352,10 @@ fn encrypted_fixtures(root: &Path) {
     );
     std::fs::write(root.join("report.txt"), "quarterly figures\n").unwrap();
     sh(root, "7z a -bd -y -psecret data.7z report.txt >/dev/null");
-    sh(root, "7z a -bd -y -psecret -mhe=on hidden.7z report.txt >/dev/null");
+    sh(
+        root,
+        "7z a -bd -y -psecret -mhe=on hidden.7z report.txt >/dev/null",
+    );
     sh(root, "qpdf --empty --encrypt user owner 256 -- locked.pdf");
     // A minimal Word document, then encrypted (ECMA-376 agile encryption).
     sh(
@@ -335,7 +401,10 @@ fn encrypted_7z_docx_and_pdf_downloads_are_found_encrypted_and_handled_per_the_a
         let url = format!("http://files.test:{}/{file}", plain.port);
         let (page, status) = fetch(&blocking, &[&url]);
         assert!(status.starts_with("403"), "{file}: {status}");
-        assert!(page.contains("threat protection: encrypted"), "{file}: {page}");
+        assert!(
+            page.contains("threat protection: encrypted"),
+            "{file}: {page}"
+        );
         let record = blocking.find_record(|r| r["target"] == url.as_str());
         let inspection = &record["inspection"];
         assert_eq!(inspection["verdict"], "encrypted", "{record}");
@@ -345,7 +414,10 @@ fn encrypted_7z_docx_and_pdf_downloads_are_found_encrypted_and_handled_per_the_a
     // Inside intercepted TLS over HTTP/2 as well.
     let ca = blocking.gateway_ca();
     let url = format!("https://files.test:{}/locked.docx", tls.port);
-    let (page, status) = fetch(&blocking, &["--http2", "--cacert", ca.to_str().unwrap(), &url]);
+    let (page, status) = fetch(
+        &blocking,
+        &["--http2", "--cacert", ca.to_str().unwrap(), &url],
+    );
     assert_eq!(status, "403 2", "{page}");
     assert!(page.contains("locked.docx"), "{page}");
 
@@ -354,7 +426,10 @@ fn encrypted_7z_docx_and_pdf_downloads_are_found_encrypted_and_handled_per_the_a
     for file in ["data.7z", "hidden.7z", "locked.docx", "locked.pdf"] {
         let url = format!("http://files.test:{}/{file}", plain.port);
         let out = dir.path().join(format!("{file}.out"));
-        let (code, _, err) = curl(&alerting.proxy_url(), &["-sS", "-o", out.to_str().unwrap(), &url]);
+        let (code, _, err) = curl(
+            &alerting.proxy_url(),
+            &["-sS", "-o", out.to_str().unwrap(), &url],
+        );
         assert_eq!(code, 0, "{file}: {err}");
         assert_eq!(
             std::fs::read(&out).unwrap(),

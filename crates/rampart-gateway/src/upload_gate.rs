@@ -289,7 +289,14 @@ pub async fn screen(
 ) -> Result<(MeteredBody, FlowLog), Response<ProxyBody>> {
     let upload = match hold(state.inspector.as_ref(), body, headers, held.path).await {
         Ok(upload) => upload,
-        Err(e) => return Err(error_response(e.status(), &e.to_string(), log, Some(e.kind()))),
+        Err(e) => {
+            return Err(error_response(
+                e.status(),
+                &e.to_string(),
+                log,
+                Some(e.kind()),
+            ))
+        }
     };
     let (held_bytes, rest, judgement) = match upload {
         Upload::Stream(body) => {

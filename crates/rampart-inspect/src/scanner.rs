@@ -158,7 +158,13 @@ impl<'a> Walk<'a> {
     /// object (engines, archives and DLP alike) and named by its file name;
     /// the form's raw encoding is only checked against the hash lists. A
     /// body that is not a well-formed form is scanned whole, never less.
-    pub(crate) fn scan_form(&mut self, root: &str, spool: &Spool, sha256: &[u8; 32], boundary: &str) {
+    pub(crate) fn scan_form(
+        &mut self,
+        root: &str,
+        spool: &Spool,
+        sha256: &[u8; 32],
+        boundary: &str,
+    ) {
         let max_parts = self.inner.config.archive.max_entries;
         let parts = spool
             .reader()

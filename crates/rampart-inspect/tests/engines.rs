@@ -160,8 +160,9 @@ fn card_number_upload_as_json_and_multipart_is_sensitive_and_masked() {
     let report = insp.scan_bytes(context.clone(), multipart);
     assert_eq!(report.verdict, Verdict::Sensitive);
     assert_eq!(report.findings[0].container_path, "cards.csv");
-    let mut form = b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"; filename=\"x/eicar.com\"\r\n\r\n"
-        .to_vec();
+    let mut form =
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"; filename=\"x/eicar.com\"\r\n\r\n"
+            .to_vec();
     form.extend_from_slice(EICAR);
     form.extend_from_slice(b"\r\n--XyZ--\r\n");
     let report = insp.scan_bytes(context, &form);

@@ -133,7 +133,10 @@ impl FileOrigin {
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let port = line.trim().strip_prefix("PORT ").and_then(|p| p.parse().ok());
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok());
         let Some(port) = port else {
             let _ = child.kill();
             panic!("the python origin did not start: {line:?}");
@@ -178,8 +181,11 @@ impl Clamd {
         let db = home.join("db");
         std::fs::create_dir_all(&db).unwrap();
         let hex: String = CLAMD_MARKER.bytes().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(db.join("rampart-test.ndb"), format!("Rampart.Test.Marker:0:*:{hex}\n"))
-            .unwrap();
+        std::fs::write(
+            db.join("rampart-test.ndb"),
+            format!("Rampart.Test.Marker:0:*:{hex}\n"),
+        )
+        .unwrap();
         let port = free_port();
         let log = home.join("clamd.log");
         let conf = home.join("clamd.conf");
@@ -389,7 +395,10 @@ async fn serve(
         return Ok(hyper::Response::new(body.len().to_string().into()));
     }
     let name = path.trim_start_matches('/');
-    match std::fs::read(root.join(name)).ok().filter(|_| !name.contains("..")) {
+    match std::fs::read(root.join(name))
+        .ok()
+        .filter(|_| !name.contains(".."))
+    {
         Some(content) => Ok(hyper::Response::new(content.into())),
         None => {
             let mut response = hyper::Response::new(bytes::Bytes::from_static(b"not found").into());
