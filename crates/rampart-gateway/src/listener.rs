@@ -108,7 +108,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 struct AcceptContext {
     shared: Arc<Shared>,
     counts: Arc<ConnectionCounts>,
-    connections: TaskTracker,
     refused_warning: Arc<RateLimitedWarning>,
     shutdown: CancellationToken,
 }
@@ -120,7 +119,6 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     let context = AcceptContext {
         shared: shared.clone(),
         counts: Arc::new(ConnectionCounts::default()),
-        connections: connections.clone(),
         refused_warning: Arc::new(RateLimitedWarning::new()),
         shutdown: shutdown.clone(),
     };
@@ -145,23 +143,31 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             }
         };
         let state = shared.state.load();
-        if state.config.proxy.proxy_protocol_from.is_empty() {
-            drop(state);
-            admit(stream, peer, &context);
+        let behind_balancer = !state.config.proxy.proxy_protocol_from.is_empty();
+        drop(state);
+        if !behind_balancer {
+            if let Some(connection) = admit(stream, peer, &context) {
+                connections.spawn(connection);
+            }
             continue;
         }
         // Behind a load balancer: the client is known only once its header is
-        // read, so caps and admission wait for it, off the accept loop.
-        let balancers = state.config.proxy.proxy_protocol_from.clone();
-        let first_bytes_timeout = state.config.limits.header_timeout;
-        drop(state);
+        // read, so caps and admission wait for it, in the connection's own task.
         let context = context.clone();
         connections.spawn(async move {
             let mut stream = stream;
-            match crate::proxy_header::arrival(&mut stream, peer, &balancers, first_bytes_timeout)
-                .await
-            {
-                Ok(crate::proxy_header::Arrival::Client(client)) => admit(stream, client, &context),
+            let state = context.shared.state.load_full();
+            let (balancers, timeout) = (
+                &state.config.proxy.proxy_protocol_from,
+                state.config.limits.header_timeout,
+            );
+            match crate::proxy_header::arrival(&mut stream, peer, balancers, timeout).await {
+                Ok(crate::proxy_header::Arrival::Client(client)) => {
+                    drop(state);
+                    if let Some(connection) = admit(stream, client, &context) {
+                        connection.await;
+                    }
+                }
                 Ok(crate::proxy_header::Arrival::HealthCheck) => {}
                 Err(refusal) => refusal.record(&context.shared.metrics, "proxy"),
             }
@@ -181,13 +187,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     }
 }
 
-/// Serves one connection from `peer` (the client itself, or the client a load
-/// balancer's PROXY header named) under the connection caps and the descriptor budget.
-fn admit(stream: TcpStream, peer: SocketAddr, context: &AcceptContext) {
+/// Admits one connection from `peer` (the client itself, or the client a load
+/// balancer's PROXY header named) under the connection caps and the descriptor
+/// budget; the returned future serves it. `None`: refused (and counted).
+fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: &AcceptContext,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     let AcceptContext {
         shared,
         counts,
-        connections,
         refused_warning,
         shutdown,
     } = context;
@@ -205,7 +215,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, context: &AcceptContext) {
         Err(cap) => {
             count_rejected(shared, cap);
             tracing::debug!(%peer, cap, "connection refused by cap");
-            return;
+            return None;
         }
     };
     // The client's socket and the origin socket it will need (a tunnel's
@@ -220,7 +230,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, context: &AcceptContext) {
         }
         // Never waits: a full send buffer just means the client sees the close.
         let _ = stream.try_write(OVER_BUDGET);
-        return;
+        return None;
     };
     let _ = stream.set_nodelay(true);
     let mut builder = http1::Builder::new();
@@ -243,7 +253,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, context: &AcceptContext) {
     let metrics = shared.metrics.clone();
     metrics.connections_accepted.inc();
     let shutdown = shutdown.clone();
-    connections.spawn(async move {
+    Some(async move {
         metrics.connections_active.inc();
         tokio::pin!(connection);
         let result = tokio::select! {
@@ -261,5 +271,5 @@ fn admit(stream: TcpStream, peer: SocketAddr, context: &AcceptContext) {
         metrics.connections_active.dec();
         drop(slot);
         drop(descriptors);
-    });
+    })
 }

@@ -231,6 +231,15 @@ pub(crate) fn scan(bytes: &[u8]) -> Scan {
                 }
             }
         }
+        // Without a CR in sight `ppp` takes all the input as the line, so a bare LF
+        // at the end of what has arrived would pass for its end: only CRLF ends it.
+        ppp::HeaderResult::V1(Ok(header)) if !header.header.ends_with("\r\n") => {
+            if v1_line_unfinished(bytes) {
+                Scan::Incomplete
+            } else {
+                Scan::Invalid("v1 line not ended by CRLF".to_string())
+            }
+        }
         ppp::HeaderResult::V1(Ok(header)) => {
             let len = header.header.len();
             let header = match header.addresses {
@@ -256,11 +265,16 @@ pub(crate) fn scan(bytes: &[u8]) -> Scan {
 /// The longest v1 line, CRLF included (spec §2.1).
 const V1_MAX_LINE: usize = 107;
 
-/// Whether `bytes` can still become a v1 line: no line end yet, within the
-/// longest line, and a prefix of `PROXY ` or a line starting with it.
+/// Whether `bytes` can still become a v1 line: a prefix of `PROXY ` or a line
+/// starting with it, within the longest line, and not ended yet. The line ends
+/// where `ppp` ends it: two bytes from its first CR.
 fn v1_line_unfinished(bytes: &[u8]) -> bool {
     let prefix = bytes.len().min(6);
-    bytes[..prefix] == b"PROXY "[..prefix] && bytes.len() < V1_MAX_LINE && !bytes.contains(&b'\n')
+    let ended = bytes
+        .iter()
+        .position(|&b| b == b'\r')
+        .is_some_and(|cr| cr + 2 <= bytes.len());
+    bytes[..prefix] == b"PROXY "[..prefix] && bytes.len() < V1_MAX_LINE && !ended
 }
 
 /// The reader's next move, given `seen` (the bytes consumed so far, `consumed` of
@@ -447,6 +461,11 @@ mod tests {
         }
         assert!(matches!(scan(line), Scan::Complete { .. }));
         assert!(matches!(scan(b"PROXY TCP4 x\r\n"), Scan::Invalid(_)));
+        // A bare LF does not end a line (found by the fuzz target).
+        let unknown = b"PROXY UNKNOWN a \nb\r\n";
+        for cut in 1..unknown.len() {
+            assert_eq!(scan(&unknown[..cut]), Scan::Incomplete, "cut {cut}");
+        }
     }
 
     #[test]
