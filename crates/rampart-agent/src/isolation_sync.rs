@@ -10,7 +10,7 @@
 //! `<data dir>/break-glass.json` before it deletes the table, and the running agent
 //! then treats that isolation as released and reports the use when it can.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,12 +270,19 @@ impl Home {
         };
         let (server_host, server_port) = split_host_port(&server, default_port);
         let (gateway_host, gateway_port) = split_host_port(&enrollment.gateway, 443);
-        let mut self_test: Vec<SocketAddr> = Vec::new();
-        for (host, port) in [(&server_host, server_port), (&gateway_host, gateway_port)] {
-            if let Ok(addrs) = (host.as_str(), port).to_socket_addrs() {
-                self_test.extend(addrs);
-            }
-        }
+        // Bounded: an agent restarted while isolated may have no DNS.
+        let lookups = NameLookups::default();
+        let found = lookups.resolve_all(&[&server_host, &gateway_host], RESOLVE_WAIT);
+        let self_test: Vec<SocketAddr> = found
+            .into_iter()
+            .zip([server_port, gateway_port])
+            .flat_map(|(addrs, port)| {
+                addrs
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |ip| SocketAddr::new(ip, port))
+            })
+            .collect();
         Home {
             server_host,
             gateway_host,
@@ -285,7 +292,7 @@ impl Home {
                 mark: None,
                 timeout: SELF_TEST_TIMEOUT,
             },
-            lookups: NameLookups::default(),
+            lookups,
         }
     }
 
