@@ -476,6 +476,10 @@ impl<'a> Walk<'a> {
         };
         let fail = Some(config.fail);
         if obj.size > config.max_stream_size {
+            // Not an engine failure: the fail mode is for clamd being down or
+            // erroring. A body clamd would refuse is unscannable for it, and
+            // `inspect.actions.unscannable` decides (else every download past
+            // StreamMaxLength would be blocked by fail = "closed").
             self.push_failure(
                 obj,
                 UnscannableReason::TooLarge,
@@ -484,7 +488,7 @@ impl<'a> Walk<'a> {
                     "larger than clamav.max_stream_size ({} bytes)",
                     config.max_stream_size
                 ),
-                fail,
+                None,
             );
             return;
         }

@@ -127,7 +127,8 @@ fn real_clamd_finds_its_signature_and_clamd_down_is_engine_error() {
         too_large.verdict,
         Verdict::Unscannable(UnscannableReason::TooLarge)
     );
-    assert_eq!(too_large.findings[0].fail, Some(FailMode::Open));
+    // Not an engine failure: inspect.actions.unscannable decides, not the fail mode.
+    assert_eq!(too_large.findings[0].fail, None);
 
     // clamd stopped: unscannable engine-error with the fail mode recorded.
     drop(clamd);
@@ -140,4 +141,35 @@ fn real_clamd_finds_its_signature_and_clamd_down_is_engine_error() {
     assert_eq!(down.findings[0].engine, Engine::Clamav);
     assert_eq!(down.findings[0].fail, Some(FailMode::Open));
     assert!(down.fails_open());
+}
+
+#[test]
+fn a_body_past_max_stream_size_is_too_large_for_clamd_without_its_fail_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: the body must not even be sent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("tcp:{}", listener.local_addr().unwrap());
+    drop(listener);
+    let mut config = InspectConfig {
+        spool_dir: Some(dir.path().to_path_buf()),
+        ..InspectConfig::default()
+    };
+    config.clamav = Some(ClamdConfig {
+        address,
+        max_stream_size: 1000,
+        fail: FailMode::Closed,
+        ..ClamdConfig::default()
+    });
+    let insp = Inspector::new(config).unwrap();
+    let report = insp.scan_bytes(ScanContext::download(), &vec![b'a'; 5000]);
+    assert_eq!(
+        report.verdict,
+        Verdict::Unscannable(UnscannableReason::TooLarge),
+        "{report:#?}"
+    );
+    let finding = &report.findings[0];
+    assert_eq!(finding.engine, Engine::Clamav);
+    // The unscannable action decides, not clamd's fail = "closed".
+    assert_eq!(finding.fail, None, "{report:#?}");
+    assert!(!report.fails_open());
 }
