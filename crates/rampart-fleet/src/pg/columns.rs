@@ -60,7 +60,7 @@ pub fn column(field: Field) -> Column {
 }
 
 /// The lowercased text columns, in table order.
-pub const TEXT_FIELDS: [Field; 20] = [
+pub const TEXT_FIELDS: [Field; 21] = [
     Field::Flow,
     Field::Type,
     Field::Action,
@@ -81,6 +81,7 @@ pub const TEXT_FIELDS: [Field; 20] = [
     Field::Bypass,
     Field::Severity,
     Field::Alert,
+    Field::Reporter,
 ];
 
 /// The integer columns, in table order.
@@ -153,6 +154,23 @@ impl EventColumns {
             group_members,
             group_text: joined.as_deref().map(stored_text),
             group_joined,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_query_field_has_a_written_column() {
+        for f in Field::ALL {
+            let written = match column(f) {
+                Column::Id | Column::Groups => true,
+                Column::Text(_) => TEXT_FIELDS.contains(&f),
+                Column::Integer(_) => INTEGER_FIELDS.contains(&f),
+            };
+            assert!(written, "{f:?} has a column that inserts never fill");
         }
     }
 }

@@ -34,7 +34,7 @@ pub struct PreparedRow {
     pub id: Uuid,
     pub time: i64,
     pub columns: EventColumns,
-    pub doc: JsonbDoc,
+    pub doc: JsonDoc,
 }
 
 impl PreparedRow {
@@ -47,36 +47,39 @@ impl PreparedRow {
             id: e.id(),
             time: e.time,
             columns: EventColumns::of(e),
-            doc: JsonbDoc(json),
+            doc: JsonDoc(json),
         })
     }
 }
 
-/// A JSON document sent as `jsonb` in binary form (version byte 1, then
-/// the text), rendered once.
+/// A JSON document rendered once and sent as is: `json`'s binary form is
+/// the text (`jsonb`'s is a version byte, then the text).
 #[derive(Debug, Clone)]
-pub struct JsonbDoc(Vec<u8>);
+pub struct JsonDoc(Vec<u8>);
 
-impl ToSql for JsonbDoc {
+impl ToSql for JsonDoc {
     fn to_sql(
         &self,
-        _ty: &Type,
+        ty: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        out.put_u8(1);
+        if *ty == Type::JSONB {
+            out.put_u8(1);
+        }
         out.extend_from_slice(&self.0);
         Ok(IsNull::No)
     }
 
     fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB
+        *ty == Type::JSON || *ty == Type::JSONB
     }
 
     to_sql_checked!();
 }
 
-/// PostgreSQL's `jsonb` refuses `\u0000`: such strings get U+FFFD instead
-/// (as the typed columns do). The document is re-rendered only then.
+/// PostgreSQL text cannot hold NUL (`jsonb` refuses `\u0000`, `json` keeps
+/// it but fails when a value is extracted as text): such strings get U+FFFD
+/// instead, as the typed columns do. The document is re-rendered only then.
 fn without_nul(json: Vec<u8>) -> Result<Vec<u8>, serde_json::Error> {
     if !json.windows(6).any(|w| w == b"\\u0000") {
         return Ok(json);
@@ -148,7 +151,7 @@ async fn write_copy(client: &mut Client, rows: &[PreparedRow]) -> Result<u64, Pg
     let mut types = vec![Type::INT4, Type::UUID, Type::INT8];
     types.extend(std::iter::repeat_n(Type::TEXT, TEXT_FIELDS.len()));
     types.extend(std::iter::repeat_n(Type::INT8, INTEGER_FIELDS.len()));
-    types.extend([Type::TEXT_ARRAY, Type::TEXT, Type::JSONB]);
+    types.extend([Type::TEXT_ARRAY, Type::TEXT, Type::JSON]);
     let writer = BinaryCopyInWriter::new(sink, &types);
     pin_mut!(writer);
     let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(types.len());
@@ -205,7 +208,7 @@ async fn write_arrays(client: &mut Client, rows: &[PreparedRow]) -> Result<u64, 
         .iter()
         .map(|r| r.columns.group_text.as_deref())
         .collect();
-    let docs: Vec<&JsonbDoc> = rows.iter().map(|r| &r.doc).collect();
+    let docs: Vec<&JsonDoc> = rows.iter().map(|r| &r.doc).collect();
 
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ids, &times];
     let mut arrays = vec!["$1::uuid[]".to_string(), "$2::bigint[]".to_string()];
@@ -222,7 +225,7 @@ async fn write_arrays(client: &mut Client, rows: &[PreparedRow]) -> Result<u64, 
     params.push(&group_text);
     arrays.push(format!("${}::text[]", params.len()));
     params.push(&docs);
-    arrays.push(format!("${}::jsonb[]", params.len()));
+    arrays.push(format!("${}::json[]", params.len()));
 
     let n = arrays.len();
     let names: Vec<String> = (1..=n).map(|i| format!("c{i}")).collect();

@@ -5,7 +5,7 @@
 //! - One table, `rampart_events`, range-partitioned by event time into
 //!   daily partitions created ahead and on demand (`partition.rs`), with a
 //!   typed column per query field (`columns.rs`) and the whole OCSF document
-//!   as `jsonb`. The schema is migrated when a server connects (`schema.rs`).
+//!   as `json`. The schema is migrated when a server connects (`schema.rs`).
 //! - Inserts are idempotent by event id (`ON CONFLICT DO NOTHING`), in bulk
 //!   (`ingest.rs`), and say how many events were new.
 //! - Searches take the query language's parsed [`Query`], translated to SQL

@@ -22,6 +22,11 @@ const MIGRATIONS: &[&str] = &[MIGRATION_1];
 /// `seq` is the insertion order: ties in time sort by it, as in the embedded
 /// store, and `tail` follows it. The edge partitions hold times no day
 /// partition can name (before year 1, from year 10000).
+///
+/// The document is `json` (validated, kept as text), not `jsonb`: parsing
+/// into `jsonb` was 30 % of PostgreSQL's CPU per inserted event here
+/// (~17 of ~56 µs for a 1.7 kB document), every query field has its own
+/// column, and `->`/`->>` still reach into the document from SQL.
 const MIGRATION_1: &str = r#"
 CREATE SEQUENCE rampart_events_seq AS bigint CACHE 1000;
 CREATE TABLE rampart_events (
@@ -55,7 +60,7 @@ CREATE TABLE rampart_events (
   bytes_out bigint,
   group_members text[] COLLATE "C" NOT NULL DEFAULT '{}',
   group_text text COLLATE "C",
-  doc jsonb NOT NULL,
+  doc json NOT NULL,
   PRIMARY KEY (id, event_time)
 ) PARTITION BY RANGE (event_time);
 CREATE INDEX rampart_events_time ON rampart_events (event_time, seq);

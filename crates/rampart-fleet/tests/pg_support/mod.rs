@@ -125,7 +125,7 @@ impl Postgres {
                 ],
                 Mode::Durable => &[
                     "shared_buffers=2GB",
-                    "max_wal_size=8GB",
+                    "max_wal_size=2GB",
                     "checkpoint_timeout=15min",
                     "wal_compression=on",
                 ],
@@ -158,6 +158,11 @@ impl Postgres {
 
     pub fn url_for(&self, database: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// The postmaster's pid (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn dir(&self) -> &Path {
