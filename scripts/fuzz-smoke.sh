@@ -2,8 +2,8 @@
 # Runs every cargo-fuzz target of every crates/*/fuzz (every parser we own:
 # policy, query language, TLS ClientHello, archives, isolation rules, store and
 # spool decoding, the agent's request heads, ClientHello and /proc and netlink
-# parsing, the gateway's tunnel metadata, client identity and upstream CONNECT
-# replies) for a bounded time, so CI exercises the parsers with
+# parsing, the gateway's tunnel metadata, client identity, upstream CONNECT
+# replies and PROXY protocol headers) for a bounded time, so CI exercises the parsers with
 # coverage-guided inputs on every change, not only when someone remembers to
 # fuzz by hand.
 #
