@@ -169,7 +169,13 @@ pub fn refresh(
             reason,
             since,
         }) if old.same_rules(&spec) => (old, reason, since),
-        other => return isolate(data_dir, isolator, spec, other.and_then(|s| s.reason)),
+        // Other rules: a full load, keeping the isolation's reason.
+        Some(IsolationState {
+            desired: Desired::Isolated { .. },
+            reason,
+            ..
+        }) => return isolate(data_dir, isolator, spec, reason),
+        _ => return isolate(data_dir, isolator, spec, None),
     };
     if spec.server_addrs.is_empty() && spec.gateway_addrs.is_empty() {
         return Err(IsolationError::NoKeptAddress);
