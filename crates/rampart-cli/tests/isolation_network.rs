@@ -7,7 +7,8 @@
 //!
 //! Proven here: IPv6 is cut as strictly as IPv4 and comes back at release; an open
 //! TCP connection dies at isolation (its conntrack entry is gone, the flow stops);
-//! the DHCP lease renews while isolated; the `[isolation]` jump-host exception lets
+//! the DHCP lease renews and DNS to the configured resolver (only) answers while
+//! isolated; the `[isolation]` jump-host exception lets
 //! exactly that TCP port through; the device's timeline shows who isolated and
 //! released it and why; a kept host name that moves is refreshed without reloading
 //! the rules. An ignored test measures the p95 figures of bench/RESULTS.md.
@@ -32,6 +33,8 @@ const MGMT_MOVED: &str = "10.78.0.6";
 const MGMT_NAME: &str = "mgmt.rampart.test";
 const DHCP_SERVER: &str = "10.79.0.2";
 const DHCP_LEASE: &str = "10.79.0.10";
+/// The name the lan's resolver gives the jump host.
+const JUMP_NAME: &str = "jump.rampart.test";
 /// How long a blocked attempt may take before it counts as dropped.
 const BLOCKED: Duration = Duration::from_millis(700);
 
@@ -68,7 +71,8 @@ fn sock(ip: &str, port: u16) -> SocketAddr {
 /// IPv6 on the endpoint–servers link, the peers' addresses, and their echo servers:
 /// TCP (every chunk answered with `echo:` + chunk, the connection kept open) on the
 /// attacker's 4444 and 5555 (both families), the jump host's 22 and 23 and the
-/// management addresses' 22; UDP on the attacker's 5556 (both families).
+/// management addresses' 22; UDP on the attacker's 5556 (both families) and 53 (a
+/// DNS server that is not the configured resolver).
 fn start_peers(pair: &NetPair) -> KillOnDrop {
     ip(&[
         "-n",
@@ -133,8 +137,8 @@ V4, V6 = socket.AF_INET, socket.AF_INET6
 for f, a, p in ((V4, "{ATTACKER4}", 4444), (V4, "{ATTACKER4}", 5555), (V6, "{ATTACKER6}", 5555),
                 (V4, "{JUMP}", 22), (V4, "{JUMP}", 23), (V4, "{MGMT_FIRST}", 22), (V4, "{MGMT_MOVED}", 22)):
     threading.Thread(target=tcp, args=(f, a, p), daemon=True).start()
-for f, a in ((V4, "{ATTACKER4}"), (V6, "{ATTACKER6}")):
-    threading.Thread(target=udp, args=(f, a, 5556), daemon=True).start()
+for f, a, p in ((V4, "{ATTACKER4}", 5556), (V6, "{ATTACKER6}", 5556), (V4, "{ATTACKER4}", 53)):
+    threading.Thread(target=udp, args=(f, a, p), daemon=True).start()
 threading.Event().wait()
 "#
     );
@@ -259,7 +263,8 @@ fn conntrack_entries(pair: &NetPair, family: &str, peer: &str) -> String {
 }
 
 /// A third namespace, "lan", joined to the endpoint by a second veth pair: a real
-/// `dnsmasq` serves DHCP on it (one address, 10.79.0.10, no DNS), and a real
+/// `dnsmasq` serves DHCP on it (one address, 10.79.0.10) and DNS (the configured
+/// resolver: it knows the jump host's name), and a real
 /// `udhcpc` on the endpoint holds the lease. `udhcpc` renews on SIGUSR1 by unicast
 /// to the server through the kernel's UDP socket, so the renewal crosses the
 /// endpoint's nftables hooks (its first discovery uses raw sockets, which do not).
@@ -312,7 +317,8 @@ impl DhcpLan {
             .args(["netns", "exec", &ns, "dnsmasq", "--keep-in-foreground"])
             .args([
                 "--conf-file=/dev/null",
-                "--port=0",
+                "--no-resolv",
+                "--no-hosts",
                 "--interface=toep",
                 "--bind-interfaces",
                 "--no-ping",
@@ -322,6 +328,8 @@ impl DhcpLan {
             .arg(format!(
                 "--dhcp-range={DHCP_LEASE},{DHCP_LEASE},255.255.255.0,2m"
             ))
+            .arg(format!("--listen-address={DHCP_SERVER}"))
+            .arg(format!("--address=/{JUMP_NAME}/{JUMP}"))
             .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
             .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
             .arg(format!(
@@ -430,6 +438,28 @@ impl Drop for DhcpLan {
     }
 }
 
+/// The endpoint's resolver is the lan's dnsmasq: `ip netns exec` mounts this file over
+/// /etc/resolv.conf for the processes it starts afterwards.
+fn use_lan_resolver(pair: &NetPair) {
+    let etc = PathBuf::from("/etc/netns").join(&pair.endpoint);
+    std::fs::write(
+        etc.join("resolv.conf"),
+        format!("nameserver {DHCP_SERVER}\noptions timeout:1 attempts:1\n"),
+    )
+    .expect("write the endpoint's resolv.conf");
+}
+
+/// `getent ahostsv4 NAME` on the endpoint (glibc's resolver, as any program uses it):
+/// the first address, or the error.
+fn lookup(pair: &NetPair, name: &str) -> String {
+    let out = pair.on_endpoint("getent", &["ahostsv4", name]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().next() {
+        Some(addr) if out.status.success() => addr.to_string(),
+        _ => format!("error: exit {:?}", out.status.code()),
+    }
+}
+
 /// `rampart device ...` against the server's API, from the servers namespace.
 fn device(pair: &NetPair, server: &NsServer, args: &[&str]) -> (bool, String) {
     let out = run(pair
@@ -513,9 +543,10 @@ fn server_and_agent(pair: &NetPair, dir: &Path, server_toml: &str) -> (NsServer,
 }
 
 #[test]
-fn while_isolated_ipv6_and_open_flows_are_cut_dhcp_renews_and_only_the_jump_host_passes() {
+fn while_isolated_ipv6_and_open_flows_are_cut_dhcp_and_dns_keep_working_and_only_the_jump_host_passes(
+) {
     let test =
-        "while_isolated_ipv6_and_open_flows_are_cut_dhcp_renews_and_only_the_jump_host_passes";
+        "while_isolated_ipv6_and_open_flows_are_cut_dhcp_and_dns_keep_working_and_only_the_jump_host_passes";
     if !ready(test, &["conntrack", "dnsmasq", "udhcpc"]) {
         return;
     }
@@ -523,6 +554,7 @@ fn while_isolated_ipv6_and_open_flows_are_cut_dhcp_renews_and_only_the_jump_host
     let pair = NetPair::create(&[]);
     let _peers = start_peers(&pair);
     let lan = DhcpLan::start(&pair, dir.path());
+    use_lan_resolver(&pair);
     let exceptions = dir.path().join("exceptions.pf");
     std::fs::write(
         &exceptions,
@@ -533,7 +565,7 @@ fn while_isolated_ipv6_and_open_flows_are_cut_dhcp_renews_and_only_the_jump_host
         &pair,
         dir.path(),
         &format!(
-            "[isolation]\nexceptions = {:?}\n",
+            "[isolation]\nexceptions = {:?}\nresolvers = [\"{DHCP_SERVER}\"]\n",
             exceptions.display().to_string()
         ),
     );
@@ -552,6 +584,12 @@ fn while_isolated_ipv6_and_open_flows_are_cut_dhcp_renews_and_only_the_jump_host
         ping(&pair, DHCP_SERVER),
         "the DHCP server answers ping before"
     );
+    assert_eq!(
+        lookup(&pair, JUMP_NAME),
+        JUMP,
+        "DNS through the lan's resolver"
+    );
+    assert!(udp(&pair, sock(ATTACKER4, 53)), "another DNS server before");
     let open = |target: SocketAddr| {
         in_netns(&pair.endpoint, move || {
             TcpStream::connect_timeout(&target, Duration::from_secs(2)).expect("open a connection")
@@ -621,6 +659,17 @@ fn while_isolated_ipv6_and_open_flows_are_cut_dhcp_renews_and_only_the_jump_host
     );
     lan.renew()
         .unwrap_or_else(|e| panic!("DHCP renewal while isolated: {e}"));
+
+    // DNS goes to the configured resolver only.
+    assert_eq!(
+        lookup(&pair, JUMP_NAME),
+        JUMP,
+        "DNS to the configured resolver while isolated"
+    );
+    assert!(
+        !udp(&pair, sock(ATTACKER4, 53)),
+        "no DNS to a server that is not a configured resolver"
+    );
 
     // The jump-host exception: exactly its SSH port.
     assert_eq!(
