@@ -50,6 +50,9 @@ pub struct FleetConfig {
     /// Gateway: its id in the fleet (letters, digits, `-`, `_`); default the
     /// host name.
     pub gateway_id: Option<String>,
+    /// Server: the PostgreSQL fleet event store the events stream is consumed
+    /// into, e.g. `postgresql://rampart@10.0.0.6/rampart`.
+    pub postgres: Option<String>,
 }
 
 // ---------------------------------------------------------------- server --
@@ -184,7 +187,115 @@ fn bundle_policy(path: &Path) -> anyhow::Result<PolicyBundle> {
     Ok(bundle)
 }
 
+/// Consumes the fleet's events stream into the PostgreSQL fleet store. The
+/// consumer acknowledges a batch only once PostgreSQL committed it: while
+/// PostgreSQL is down events wait in JetStream. Runs until the process ends.
+pub async fn start_event_consumer(
+    nats: &str,
+    postgres: &str,
+) -> anyhow::Result<rampart_fleet::nats::EventConsumer> {
+    let store = connect_store(postgres).await?;
+    let consumer = rampart_fleet::nats::EventConsumer::start(
+        rampart_fleet::nats::ConsumerSettings::new(nats),
+        Arc::new(PgSink(store)),
+    )
+    .await
+    .with_context(|| format!("consuming the fleet's events from NATS at {nats}"))?;
+    tracing::info!(nats, "fleet: consuming events into PostgreSQL");
+    Ok(consumer)
+}
+
+/// Connects to the fleet store, waiting for PostgreSQL if it is not up yet.
+async fn connect_store(url: &str) -> anyhow::Result<rampart_fleet::pg::FleetStore> {
+    let mut logged = false;
+    loop {
+        match rampart_fleet::pg::FleetStore::connect(url).await {
+            Ok(store) => return Ok(store),
+            Err(e) if !logged => {
+                tracing::warn!(error = %e, "fleet: PostgreSQL is not reachable yet; events wait in JetStream");
+                logged = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+struct PgSink(rampart_fleet::pg::FleetStore);
+
+impl rampart_fleet::nats::EventSink for PgSink {
+    type Error = rampart_fleet::pg::PgStoreError;
+
+    async fn insert_batch(
+        &self,
+        events: &[rampart_fleet::nats::ReceivedEvent],
+    ) -> Result<usize, Self::Error> {
+        let batch: Vec<rampart_events::Event> = events.iter().map(|e| e.event.clone()).collect();
+        self.0.insert_batch(&batch).await.map(|n| n as usize)
+    }
+}
+
 // --------------------------------------------------------------- gateway --
+
+/// Publishes every event the gateway stores to the fleet's events stream.
+/// The publisher spools to `DATA_DIR/spool/nats-events` while NATS is
+/// unreachable and replays in order; JetStream drops a re-sent event by its id.
+///
+/// The hand-over is after the gateway's local commit (its store and journal
+/// hold every event first); a crash between that commit and the publish
+/// leaves those events in the local store only.
+pub async fn start_event_forwarder(
+    pipeline: &rampart_events::Pipeline,
+    nats: &str,
+    gateway_id: &str,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    let publisher = rampart_fleet::nats::EventPublisher::start(
+        rampart_fleet::nats::PublisherSettings::new(nats, gateway_id, data_dir.to_path_buf()),
+    )
+    .await
+    .with_context(|| format!("publishing events to NATS at {nats}"))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<rampart_events::Event>>();
+    pipeline.set_stored_hook(Arc::new(Forwarder(tx)));
+    tokio::spawn(async move {
+        while let Some(mut batch) = rx.recv().await {
+            // Take what else is waiting: one publish per burst.
+            while let Ok(more) = rx.try_recv() {
+                batch.extend(more);
+                if batch.len() >= 5000 {
+                    break;
+                }
+            }
+            if let Err(e) = publisher.publish(&batch).await {
+                tracing::error!(error = %e, events = batch.len(), "fleet: events could not be published or spooled");
+            }
+        }
+    });
+    Ok(())
+}
+
+struct Forwarder(tokio::sync::mpsc::UnboundedSender<Vec<rampart_events::Event>>);
+
+impl rampart_events::pipeline::StoredHook for Forwarder {
+    fn stored(&self, events: &[rampart_events::store::PreparedEvent]) {
+        let batch: Vec<rampart_events::Event> = events
+            .iter()
+            .filter_map(|p| rampart_events::store::decode_stored(p.stored()).ok())
+            .map(|r| r.to_event().into_owned())
+            .collect();
+        if !batch.is_empty() {
+            let _ = self.0.send(batch);
+        }
+    }
+}
+
+/// This gateway's id in the fleet.
+pub fn gateway_id(config: &FleetConfig) -> anyhow::Result<String> {
+    match &config.gateway_id {
+        Some(id) => Ok(id.clone()),
+        None => host_name(),
+    }
+}
 
 /// A gateway's side of the fleet: the watcher, and the reloader it applies
 /// revisions through once the gateway runs.
@@ -205,10 +316,7 @@ impl FleetGateway {
             .nats
             .clone()
             .context("[fleet] nats is not set")?;
-        let id = match &local.fleet.gateway_id {
-            Some(id) => id.clone(),
-            None => host_name()?,
-        };
+        let id = gateway_id(&local.fleet)?;
         let state_dir = local.data_dir.join("fleet");
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;

@@ -90,15 +90,31 @@ pub async fn run(
         &loaded,
     );
     reloader.set_sinks(pipeline.sinks());
-    match &fleet_gateway {
-        Some(fleet) => fleet.set_reloader(reloader.clone()),
-        None if config.fleet.nats.is_some() => crate::fleet::spawn_publisher(
-            reloader.clone(),
-            reloader_config_path.clone(),
-            reloader_overrides.clone(),
-            shutdown.clone(),
-        ),
-        None => {}
+    // Kept for the process's life: dropping it stops consuming.
+    let mut _event_consumer = None;
+    match (&fleet_gateway, &config.fleet.nats) {
+        (Some(fleet), Some(nats)) => {
+            fleet.set_reloader(reloader.clone());
+            crate::fleet::start_event_forwarder(
+                &pipeline,
+                nats,
+                &crate::fleet::gateway_id(&config.fleet)?,
+                &config.data_dir,
+            )
+            .await?;
+        }
+        (None, Some(nats)) => {
+            if let Some(postgres) = &config.fleet.postgres {
+                _event_consumer = Some(crate::fleet::start_event_consumer(nats, postgres).await?);
+            }
+            crate::fleet::spawn_publisher(
+                reloader.clone(),
+                reloader_config_path.clone(),
+                reloader_overrides.clone(),
+                shutdown.clone(),
+            );
+        }
+        _ => {}
     }
     spawn_signal_handlers(
         Drain {

@@ -49,6 +49,10 @@ struct Source {
     /// Extra PEM roots to trust for an https --server.
     #[arg(long, requires = "server")]
     server_ca: Option<PathBuf>,
+    /// The fleet's PostgreSQL event store (`[fleet] postgres` of the server),
+    /// e.g. postgresql://rampart@10.0.0.6/rampart: search every gateway's events.
+    #[arg(long, env = "RAMPART_FLEET_STORE", conflicts_with = "server")]
+    fleet_store: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -148,9 +152,20 @@ pub fn run(args: EventsArgs) -> Result<ExitCode> {
 enum Backend {
     Local(StoreReader),
     Remote(RemoteClient),
+    /// The fleet store, with the runtime its client runs on.
+    Fleet(rampart_fleet::pg::FleetStore, tokio::runtime::Runtime),
 }
 
 fn backend(s: &Source) -> Result<Backend> {
+    if let Some(url) = &s.fleet_store {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let store = runtime
+            .block_on(rampart_fleet::pg::FleetStore::connect(url))
+            .map_err(|e| anyhow!("the fleet store at {url}: {e}"))?;
+        return Ok(Backend::Fleet(store, runtime));
+    }
     match &s.server {
         Some(url) => {
             let token = s
@@ -240,6 +255,13 @@ fn search(a: SearchArgs) -> Result<ExitCode> {
                 cursor: cursor.as_deref().map(Cursor::parse).transpose()?,
             })?,
             Backend::Remote(c) => c.search(&a.query, from_ms, to_ms, want, cursor.as_deref())?,
+            Backend::Fleet(store, runtime) => runtime.block_on(store.search(&SearchRequest {
+                query: parsed.clone(),
+                from_ms,
+                to_ms,
+                limit: want,
+                cursor: cursor.as_deref().map(Cursor::parse).transpose()?,
+            }))?,
         };
         events.extend(page.events);
         match page.next_cursor {
@@ -279,6 +301,9 @@ fn tail(a: TailArgs) -> Result<ExitCode> {
         Ok(false)
     };
     match backend {
+        Backend::Fleet(..) => Err(anyhow!(
+            "events tail does not follow the fleet store yet: use events search --fleet-store with --since"
+        )),
         Backend::Local(r) => {
             let mut last_seq = r.last_seq()?;
             if a.last > 0 {
@@ -357,6 +382,9 @@ fn timeline(a: TimelineArgs) -> Result<ExitCode> {
         let found = match &backend {
             Backend::Local(r) => r.alert_timeline(alert, window_ms)?,
             Backend::Remote(c) => c.alert_timeline(alert, &a.window)?,
+            Backend::Fleet(..) => return Err(anyhow!(
+                "events timeline --alert does not read the fleet store yet: use --device or --user"
+            )),
         };
         let (alert_event, events) = found.ok_or_else(|| anyhow!("no alert with id {alert}"))?;
         (events, Some(alert_event.id().to_string()))
@@ -394,6 +422,24 @@ fn quoted(value: &str) -> String {
 fn window_events(backend: &Backend, q: &str, from: i64, to: i64) -> Result<Vec<Event>> {
     let mut all = Vec::new();
     match backend {
+        Backend::Fleet(store, runtime) => {
+            let parsed = query(q)?;
+            let mut cursor = None;
+            loop {
+                let page = runtime.block_on(store.search(&SearchRequest {
+                    query: parsed.clone(),
+                    from_ms: Some(from),
+                    to_ms: Some(to.saturating_add(1)),
+                    limit: 1000,
+                    cursor,
+                }))?;
+                all.extend(page.events);
+                match page.next_cursor {
+                    Some(text) => cursor = Some(Cursor::parse(&text)?),
+                    None => break,
+                }
+            }
+        }
         Backend::Local(r) => {
             let parsed = query(q)?;
             let mut cursor = None;
