@@ -227,7 +227,12 @@ impl Inner {
 
     fn spool_all(&self, outgoing: &[Outgoing]) -> Result<PublishOutcome, NatsError> {
         let lines: Vec<Vec<u8>> = outgoing.iter().map(Outgoing::spool_line).collect();
-        lock(&self.spool).append(lines.iter().map(Vec::as_slice))?;
+        {
+            let mut spool = lock(&self.spool);
+            spool.append(lines.iter().map(Vec::as_slice))?;
+            // Only on the outage path: worth an fsync so a power loss keeps them too.
+            spool.sync()?;
+        }
         self.spooled.notify_one();
         Ok(PublishOutcome {
             acknowledged: 0,
