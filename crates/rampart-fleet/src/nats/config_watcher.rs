@@ -160,7 +160,9 @@ async fn apply_from_disk(shared: &Arc<Shared>) {
             shared.status.send_modify(|s| {
                 s.rejected = Some(RejectedRevision {
                     id,
-                    kv_revision,
+                    // 0: the same revision from NATS is tried again (the cause,
+                    // a missing key file say, may be fixed by then).
+                    kv_revision: 0,
                     error,
                     rejected_ms: rampart_events::now_ms(),
                 });
