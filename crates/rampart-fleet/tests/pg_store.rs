@@ -152,7 +152,7 @@ fn events_of_different_days_land_in_their_own_daily_partitions() {
         assert!((today..=today + 3).all(|d| days.contains(&d)), "{days:?}");
         // A time no day partition can name goes to an edge partition.
         let far = http_event("alice", "d1", "h.example", 300_000_000_000_000);
-        assert_eq!(store.insert_batch(&[far.clone()]).await.unwrap(), 1);
+        assert_eq!(store.insert_batch(std::slice::from_ref(&far)).await.unwrap(), 1);
         let row = client
             .query_one(
                 "SELECT tableoid::regclass::text FROM rampart_events WHERE id = $1",
