@@ -366,8 +366,12 @@ pub async fn release(
     change(state, viewer, id, form, Wanted::Released).await
 }
 
-fn bad_request(viewer: &Viewer, message: &str) -> Response {
-    let body = html! { h1 { "Not done" } p.error role="alert" { (message) } p { a href="javascript:history.back()" { "← Back" } } };
+fn bad_request(viewer: &Viewer, device: &str, message: &str) -> Response {
+    let body = html! {
+        h1 { "Not done" }
+        p.error role="alert" { (message) }
+        p { a href=(format!("/devices/{}", urlencode(device))) { "← Back to " (device) } }
+    };
     (
         StatusCode::BAD_REQUEST,
         layout::page("Not done", viewer, "/devices", body),
@@ -412,12 +416,14 @@ async fn change(
     if form.confirm != "yes" {
         return bad_request(
             &viewer,
+            &id,
             &format!("Tick the confirmation box to {verb} {id}."),
         );
     }
     if reason.is_empty() {
         return bad_request(
             &viewer,
+            &id,
             &format!("Give a reason to {verb} {id}: it is kept in the audit trail."),
         );
     }
