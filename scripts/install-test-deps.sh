@@ -7,7 +7,7 @@
 # What each group is for:
 #   base      curl, openssl, git, python3-requests (trust and proxy tests), procps
 #   upstream  squid (egress chaining peer), rsyslog (syslog sink)
-#   netns     nftables, iproute2, conntrack, dnsmasq (agent steering and isolation
+#   netns     nftables, iproute2, conntrack, dnsmasq, udhcpc (agent steering and isolation
 #             tests in network namespaces)
 #   inspect   zip, p7zip-full, qpdf (encrypted fixtures), clamav-daemon (INSTREAM)
 #   build     build-essential, pkg-config (crates that build C), python3-venv
@@ -22,7 +22,7 @@ packages=(
   # upstream
   squid rsyslog rsyslog-gnutls
   # netns
-  nftables iproute2 conntrack dnsmasq-base
+  nftables iproute2 conntrack dnsmasq-base udhcpc
   # inspect
   zip unzip p7zip-full qpdf clamav-daemon
   # build

@@ -62,6 +62,8 @@ enum Command {
     Agent(cmd::agent::AgentArgs),
     /// Enrolled devices and enrollment tokens.
     Device(cmd::device::DeviceArgs),
+    /// The fleet of gateways (scale-out through NATS): status.
+    Fleet(cmd::fleet::FleetArgs),
     /// Endpoint isolation: check an exception file.
     Isolation(cmd::isolation::IsolationArgs),
     /// Web console accounts: add, list, remove.
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Events(args) => cmd::events::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Device(args) => cmd::device::run(args),
+        Command::Fleet(args) => cmd::fleet::run(args),
         Command::Isolation(args) => cmd::isolation::run(args),
         Command::User(args) => cmd::user::run(args),
         Command::Demo(args) => cmd::demo::run(args),

@@ -49,6 +49,23 @@ fn status_of(gw: &Rampart, url: &str) -> u16 {
     curl_status(&gw.proxy_url(), url, &["--max-time", "10"])
 }
 
+/// `rampart fleet status --format json`: (exit code, one object per gateway).
+fn fleet_status(nats: &NatsServer) -> (i32, Vec<serde_json::Value>) {
+    let out = support::run(std::process::Command::new(support::rampart_bin()).args([
+        "fleet",
+        "status",
+        "--nats",
+        &nats.url(),
+        "--format",
+        "json",
+    ]));
+    let entries = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out.status.code().unwrap_or(-1), entries)
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
@@ -81,6 +98,20 @@ fn gateways_apply_the_servers_revisions_and_keep_the_last_good_one() {
         assert_eq!(status_of(gw, &video), 200, "{}", gw.stderr());
     }
 
+    // `rampart fleet status` lists both, serving the same revision.
+    let (code, entries) = fleet_status(&nats);
+    assert_eq!(code, 0, "{entries:?}");
+    let ids: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["gateway_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["gw-1", "gw-2"]);
+    assert!(entries
+        .iter()
+        .all(|e| e["state"] == "applied" && e["health"] == "up"));
+    assert_eq!(entries[0]["revision"], entries[1]["revision"]);
+    assert!(entries[0]["revision"].is_string());
+
     // A policy change on the server reaches every gateway.
     write(&policy, &block(&["news.test", "video.test"]));
     for gw in &gateways {
@@ -108,6 +139,23 @@ fn gateways_apply_the_servers_revisions_and_keep_the_last_good_one() {
         assert_eq!(status_of(gw, &video), 403);
         assert_eq!(status_of(gw, &news), 403);
     }
+
+    // The fleet status names the rejection and fails for scripts.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (code, entries) = fleet_status(&nats);
+            code == 2
+                && entries.len() == 2
+                && entries.iter().all(|e| {
+                    e["state"] == "rejected"
+                        && e["error"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("no_such_key"))
+                })
+        }),
+        "{:?}",
+        fleet_status(&nats)
+    );
 
     // A good revision after the bad one applies again.
     write(&shared, SHARED);

@@ -4,6 +4,7 @@ pub mod ca;
 pub mod demo;
 pub mod device;
 pub mod events;
+pub mod fleet;
 pub mod hash_password;
 pub mod isolation;
 pub mod policy;
