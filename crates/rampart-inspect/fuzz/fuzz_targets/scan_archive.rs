@@ -1,5 +1,6 @@
 //! Any bytes, as a download or an upload, must give a report: sniffing, the
-//! archive walker (zip, gzip, tar, 7z, nested), encryption checks, hash
+//! archive walker (zip, gzip, tar, 7z, nested), the multipart/form-data
+//! splitter (uploads declared as forms), encryption checks, hash
 //! lists and DLP never panic, and the small limits keep memory and time
 //! bounded however the headers lie.
 #![no_main]
@@ -36,10 +37,17 @@ fn inspector() -> &'static Inspector {
 fuzz_target!(|data: &[u8]| {
     let file_type = rampart_inspect::sniff(data);
     assert!(rampart_inspect::FileType::ALL_NAMES.contains(&file_type.name()));
-    let context = if data.first().is_some_and(|b| b & 1 == 1) {
+    let flags = data.first().copied().unwrap_or(0);
+    let context = if flags & 1 == 1 {
         ScanContext::upload()
     } else {
         ScanContext::download()
+    };
+    // Uploads declared as forms also go through the multipart splitter.
+    let context = if flags & 3 == 3 {
+        context.with_content_type("multipart/form-data; boundary=XyZ")
+    } else {
+        context
     };
     let report = inspector().scan_bytes(context.with_file_name("fuzz.bin"), data);
     assert_eq!(report.size, data.len() as u64);
