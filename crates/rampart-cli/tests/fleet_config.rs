@@ -28,21 +28,7 @@ fn block(hosts: &[&str]) -> String {
 }
 
 fn gateway(nats: &NatsServer, id: &str, server: &Rampart) -> Rampart {
-    let server_data = server.data_dir();
-    Rampart::try_start_gateway_role(
-        &format!(
-            "[fleet]\nnats = \"{}\"\ngateway_id = \"{id}\"\n",
-            nats.url()
-        ),
-        move |command| {
-            let data = support::data_dir_of(command);
-            std::fs::create_dir_all(&data).unwrap();
-            for f in ["ca.pem", "ca.key"] {
-                std::fs::copy(server_data.join(f), data.join(f)).unwrap();
-            }
-        },
-    )
-    .unwrap_or_else(|log| panic!("gateway {id} did not start:\n{log}"))
+    Rampart::start_fleet_gateway(&nats.url(), id, &server.data_dir())
 }
 
 fn status_of(gw: &Rampart, url: &str) -> u16 {

@@ -64,34 +64,24 @@ fn gateway_events_reach_postgres_once_even_across_a_nats_outage() {
         shared.display().to_string(),
         pg.url()
     ));
-    let server_data = server.data_dir();
-    let gw = Rampart::try_start_gateway_role(
-        &format!(
-            "[fleet]\nnats = \"{}\"\ngateway_id = \"gw-a\"\n",
-            nats.url()
-        ),
-        move |command| {
-            let data = support::data_dir_of(command);
-            std::fs::create_dir_all(&data).unwrap();
-            for f in ["ca.pem", "ca.key"] {
-                std::fs::copy(server_data.join(f), data.join(f)).unwrap();
-            }
-        },
-    )
-    .unwrap_or_else(|log| panic!("the gateway did not start:\n{log}"));
+    let gw = Rampart::start_fleet_gateway(&nats.url(), "gw-a", &server.data_dir());
+    let other = Rampart::start_fleet_gateway(&nats.url(), "gw-b", &server.data_dir());
 
-    // Through the gateway: found in the fleet store.
+    // Through each gateway: one search of the fleet store finds both.
     assert_eq!(
-        curl_status(&gw.proxy_url(), &origin.url("/hello?fleet-first"), &[]),
+        curl_status(&gw.proxy_url(), &origin.url("/hello?via-a"), &[]),
+        200
+    );
+    assert_eq!(
+        curl_status(&other.proxy_url(), &origin.url("/hello?via-b"), &[]),
         200
     );
     assert!(
-        eventually(Duration::from_secs(20), || !paths_with(
-            &fleet_search(&pg.url(), ""),
-            "fleet-first"
-        )
-        .is_empty()),
-        "the event never reached PostgreSQL\n--- gateway:\n{}\n--- server:\n{}",
+        eventually(Duration::from_secs(20), || {
+            let all = fleet_search(&pg.url(), "");
+            !paths_with(&all, "via-a").is_empty() && !paths_with(&all, "via-b").is_empty()
+        }),
+        "the events never reached PostgreSQL\n--- gateway:\n{}\n--- server:\n{}",
         gw.stderr(),
         server.stderr()
     );

@@ -99,6 +99,23 @@ impl Rampart {
         Self::start_retrying_taken_ports("gateway", extra_toml, &[], &prepare)
     }
 
+    /// `rampart gateway` in the fleet at `nats` as `id`, with the fleet's CA
+    /// (`ca.pem`, `ca.key`) copied from `ca_dir` (a server's data dir).
+    pub fn start_fleet_gateway(nats: &str, id: &str, ca_dir: &Path) -> Rampart {
+        let ca_dir = ca_dir.to_path_buf();
+        Self::try_start_gateway_role(
+            &format!("[fleet]\nnats = \"{nats}\"\ngateway_id = \"{id}\"\n"),
+            move |command| {
+                let data = data_dir_of(command);
+                std::fs::create_dir_all(&data).expect("gateway data dir");
+                for f in ["ca.pem", "ca.key"] {
+                    std::fs::copy(ca_dir.join(f), data.join(f)).expect("copy the fleet CA");
+                }
+            },
+        )
+        .unwrap_or_else(|log| panic!("gateway {id} did not start:\n{log}"))
+    }
+
     fn try_start_once(
         role: &str,
         extra_toml: &str,
