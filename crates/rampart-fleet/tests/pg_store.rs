@@ -662,7 +662,7 @@ async fn compare_search(
 fn embedded_and_fleet_stores_return_the_same_events_for_generated_queries() {
     let pg = Postgres::start(Mode::Fast);
     let rt = runtime();
-    let fleet = rt.block_on(store(&pg, InsertMethod::Copy));
+    let fleet = rt.block_on(store(&pg, InsertMethod::default()));
     let client = rt.block_on(raw(&pg));
     let cases: u32 = std::env::var("PROPTEST_CASES")
         .ok()

@@ -19,13 +19,16 @@ use super::columns::{column_name, EventColumns, INTEGER_FIELDS, TEXT_FIELDS};
 use super::error::{sql, PgStoreError};
 use super::schema::EVENTS;
 
-/// How [`super::FleetStore::insert_batch`] writes rows.
+/// How [`super::FleetStore::insert_batch`] writes rows. Measured here
+/// (`tests/pg_bench.rs`, batches of 2,000, 1.5 kB documents) the array insert
+/// took less CPU than COPY + staging (client 7.0 vs 9.8 µs, PostgreSQL 34 vs
+/// 37 µs per event) and needs no temporary table: it is the default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum InsertMethod {
     /// `COPY ... FROM STDIN BINARY` into a staging table, then one insert.
-    #[default]
     Copy,
     /// One `INSERT ... SELECT FROM unnest(...)` with array parameters.
+    #[default]
     Arrays,
 }
 
