@@ -146,6 +146,8 @@ for i in $(seq 1 "$rules"); do
     printf 'rule bench_%d { strings: $a = "RAMPART-BENCH-RULE-%06d-A" $b = { 52 42 %02x 52 42 4d 41 52 4b } condition: $a or $b }\n' "$i" "$i" "$((i % 256))"
 done > "$work/rules.yar"
 
+# Starts Rampart named $1 with extra TOML $2; its proxy port in $rampart_port
+# (not echoed: a command substitution's subshell would lose the pid to kill).
 start_rampart() { # name extra-toml
     local dir="$work/$1" port api
     mkdir -p "$dir"
@@ -164,7 +166,7 @@ EOF
     "$rampart" server --config "$dir/rampart.toml" >"$dir/stderr.log" 2>&1 &
     pids+=($!)
     wait_port "$port" "rampart $1"
-    echo "$port"
+    rampart_port=$port
 }
 
 # One download through $1 (a proxy URL or "direct"): bytes per second, or
@@ -190,13 +192,15 @@ median_mbs() { # proxy
     printf '%s\n' "${vals[@]}" | sort -n | awk -v n="${#vals[@]}" '{a[NR]=$1} END {printf "%.0f", a[int((n+1)/2)]/1e6}'
 }
 
-plain=$(start_rampart plain "[inspect]
-enabled = false")
-inspect=$(start_rampart inspect "[inspect]
+start_rampart plain "[inspect]
+enabled = false"
+plain=$rampart_port
+start_rampart inspect "[inspect]
 max_scan_size = $(( (size_mb + 50) * 1024 * 1024 ))
 [inspect.yara]
-rules = [\"$work/rules.yar\"]")
-inspect_clamd=$(start_rampart inspect-clamd "[inspect]
+rules = [\"$work/rules.yar\"]"
+inspect=$rampart_port
+start_rampart inspect-clamd "[inspect]
 max_scan_size = $(( (size_mb + 50) * 1024 * 1024 ))
 scan_timeout = \"300s\"
 hold_timeout = \"300s\"
@@ -205,7 +209,8 @@ rules = [\"$work/rules.yar\"]
 [inspect.clamav]
 address = \"tcp:127.0.0.1:$clamd_port\"
 max_stream_size = $(( (size_mb + 50) * 1024 * 1024 ))
-io_timeout = \"300s\"")
+io_timeout = \"300s\""
+inspect_clamd=$rampart_port
 
 declare -A mbs
 mbs[direct]=$(median_mbs direct)
