@@ -6,9 +6,6 @@
 
 mod support;
 
-#[path = "../../rampart-fleet/tests/pg_support/mod.rs"]
-mod pg_support;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -53,7 +50,7 @@ fn paths_with(events: &[serde_json::Value], marker: &str) -> Vec<String> {
 #[test]
 fn gateway_events_reach_postgres_once_even_across_a_nats_outage() {
     let mut nats = NatsServer::start();
-    let pg = pg_support::Postgres::start(pg_support::Mode::Fast);
+    let pg = rampart_testkit::postgres::Postgres::start(rampart_testkit::postgres::Mode::Fast);
     let origin = Origin::start();
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("gateway.toml");

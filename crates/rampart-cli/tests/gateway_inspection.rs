@@ -208,7 +208,11 @@ fn eicar_downloads_are_blocked_plain_nested_and_long_and_an_encrypted_zip_is_ale
 }
 
 #[test]
-fn eicar_inside_decrypted_tls_is_blocked_over_http1_and_http2() {
+fn eicar_inside_decrypted_tls_is_blocked_whichever_protocol_the_client_offers() {
+    // The gateway speaks to the client what the origin speaks, and this origin
+    // speaks HTTP/1.1 only: `--http2` here checks that a client offering h2 is
+    // still blocked. HTTP/2 end to end (origin included) is in
+    // gateway_inspection_engines.rs and gateway_inspection_uploads.rs.
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("www");
     std::fs::create_dir_all(&root).unwrap();

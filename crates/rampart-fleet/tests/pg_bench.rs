@@ -13,14 +13,12 @@
 //! PostgreSQL, then the p50/p95/p99 latency of a user + one-day search and of a
 //! device's one-hour timeline.
 
-mod pg_support;
-
 use std::time::{Duration, Instant};
 
-use pg_support::{Mode, Postgres};
 use rampart_events::event::{TlsDecision, Verdict};
 use rampart_events::{parse_query, Event, FlowEvent, FlowKind, FlowSummary, SearchRequest};
 use rampart_fleet::pg::{FleetStore, FleetStoreConfig, InsertMethod, TimelineSubject, DAY_MS};
+use rampart_testkit::postgres::{Mode, Postgres};
 
 /// 2026-11-20T00:00:00Z: ten days of events from here.
 const START_MS: i64 = 1_795_132_800_000;

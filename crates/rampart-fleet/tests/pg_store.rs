@@ -3,11 +3,8 @@
 //! values that stay values, and agreement with the embedded store on
 //! generated events and queries.
 
-mod pg_support;
-
 use std::collections::BTreeSet;
 
-use pg_support::{Mode, Postgres};
 use proptest::prelude::*;
 use rampart_events::event::{Bypass, BypassSite, DeviceActivity, Severity, TlsDecision, Verdict};
 use rampart_events::store::Cursor;
@@ -16,6 +13,7 @@ use rampart_events::{
     StoreReader, StoreWriter,
 };
 use rampart_fleet::pg::{FleetStore, FleetStoreConfig, InsertMethod, TimelineSubject, DAY_MS};
+use rampart_testkit::postgres::{Mode, Postgres};
 
 /// 2026-01-10T00:00:00Z.
 const BASE_MS: i64 = 1_768_003_200_000;

@@ -1,6 +1,7 @@
 //! Helpers shared by Rampart's end-to-end tests and benches, in every crate.
 
 pub mod nats;
+pub mod postgres;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};

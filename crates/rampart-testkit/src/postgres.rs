@@ -3,8 +3,6 @@
 //! same directory), shut down and deleted on drop. As root (CI), both run as
 //! the `postgres` system user, since PostgreSQL refuses to run as root.
 
-#![allow(dead_code)]
-
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -104,7 +102,7 @@ impl Postgres {
         );
         let mut last_log = String::new();
         for _ in 0..5 {
-            let port = rampart_testkit::free_port();
+            let port = crate::free_port();
             let log: PathBuf = dir.path().join(format!("postgres-{port}.log"));
             let log_file = std::fs::File::create(&log).expect("postgres log file");
             if let Some((uid, gid)) = owner {
