@@ -193,8 +193,10 @@ fn bundle_policy(path: &Path) -> anyhow::Result<PolicyBundle> {
 pub async fn start_event_consumer(
     nats: &str,
     postgres: &str,
+    retention: Option<Duration>,
 ) -> anyhow::Result<rampart_fleet::nats::EventConsumer> {
-    let store = connect_store(postgres).await?;
+    let store = Arc::new(connect_store(postgres).await?);
+    spawn_partition_upkeep(store.clone(), retention);
     let consumer = rampart_fleet::nats::EventConsumer::start(
         rampart_fleet::nats::ConsumerSettings::new(nats),
         Arc::new(PgSink(store)),
@@ -221,7 +223,34 @@ async fn connect_store(url: &str) -> anyhow::Result<rampart_fleet::pg::FleetStor
     }
 }
 
-struct PgSink(rampart_fleet::pg::FleetStore);
+/// Creates the coming days' partitions ahead of their events and drops the
+/// days older than `[events] max_age` (the fleet store keeps what the embedded
+/// store would), at start and every hour.
+fn spawn_partition_upkeep(store: Arc<rampart_fleet::pg::FleetStore>, retention: Option<Duration>) {
+    tokio::spawn(async move {
+        loop {
+            let now = rampart_events::now_ms();
+            if let Err(e) = store.maintain_partitions(now).await {
+                tracing::warn!(error = %e, "fleet store: creating the coming days' partitions failed; inserts create them on demand");
+            }
+            if let Some(age) = retention {
+                let days = (age.as_secs() / 86_400).max(1) as u32;
+                match store.drop_partitions_older_than(days, now).await {
+                    Ok(dropped) if !dropped.is_empty() => {
+                        tracing::info!(partitions = %dropped.join(", "), "fleet store: retention dropped old days")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fleet store: retention failed; retrying in an hour")
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    });
+}
+
+struct PgSink(Arc<rampart_fleet::pg::FleetStore>);
 
 impl rampart_fleet::nats::EventSink for PgSink {
     type Error = rampart_fleet::pg::PgStoreError;

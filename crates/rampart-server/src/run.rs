@@ -105,7 +105,10 @@ pub async fn run(
         }
         (None, Some(nats)) => {
             if let Some(postgres) = &config.fleet.postgres {
-                _event_consumer = Some(crate::fleet::start_event_consumer(nats, postgres).await?);
+                _event_consumer = Some(
+                    crate::fleet::start_event_consumer(nats, postgres, config.events.max_age)
+                        .await?,
+                );
             }
             crate::fleet::spawn_publisher(
                 reloader.clone(),
