@@ -121,4 +121,30 @@ fn gateway_events_reach_postgres_once_even_across_a_nats_outage() {
     let unique: HashSet<&String> = ids.iter().collect();
     assert_eq!(ids.len(), 20, "{ids:?}");
     assert_eq!(unique.len(), 20);
+
+    // `events tail --fleet-store` follows what arrives from then on.
+    let tail = std::process::Command::new(rampart_bin())
+        .args([
+            "events",
+            "tail",
+            "--fleet-store",
+            &pg.url(),
+            "--last",
+            "0",
+            "--count",
+            "1",
+            "--format",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        curl_status(&other.proxy_url(), &origin.url("/hello?tailed"), &[]),
+        200
+    );
+    let out = tail.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("tailed"), "{text}");
 }

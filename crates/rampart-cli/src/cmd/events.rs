@@ -301,9 +301,31 @@ fn tail(a: TailArgs) -> Result<ExitCode> {
         Ok(false)
     };
     match backend {
-        Backend::Fleet(..) => Err(anyhow!(
-            "events tail does not follow the fleet store yet: use events search --fleet-store with --since"
-        )),
+        Backend::Fleet(store, runtime) => {
+            let mut last_seq = runtime.block_on(store.last_seq())?;
+            if a.last > 0 {
+                let page = runtime.block_on(store.search(&SearchRequest {
+                    query: parsed.clone(),
+                    limit: a.last,
+                    ..Default::default()
+                }))?;
+                let mut recent = page.events;
+                recent.reverse();
+                if emit(recent)? {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            loop {
+                let batch = runtime.block_on(store.after(last_seq, &parsed, 1000))?;
+                if let Some((s, _)) = batch.last() {
+                    last_seq = *s;
+                }
+                if emit(batch.into_iter().map(|(_, e)| e).collect())? {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
         Backend::Local(r) => {
             let mut last_seq = r.last_seq()?;
             if a.last > 0 {
@@ -382,9 +404,9 @@ fn timeline(a: TimelineArgs) -> Result<ExitCode> {
         let found = match &backend {
             Backend::Local(r) => r.alert_timeline(alert, window_ms)?,
             Backend::Remote(c) => c.alert_timeline(alert, &a.window)?,
-            Backend::Fleet(..) => return Err(anyhow!(
-                "events timeline --alert does not read the fleet store yet: use --device or --user"
-            )),
+            Backend::Fleet(store, runtime) => {
+                runtime.block_on(store.alert_timeline(alert, window_ms))?
+            }
         };
         let (alert_event, events) = found.ok_or_else(|| anyhow!("no alert with id {alert}"))?;
         (events, Some(alert_event.id().to_string()))
