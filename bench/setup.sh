@@ -27,7 +27,8 @@ else
 fi
 
 # --- Debian packages -------------------------------------------------------
-apt_pkgs=(squid tinyproxy wrk curl openssl python3 python3-venv python3-pip util-linux procps)
+apt_pkgs=(squid tinyproxy wrk curl openssl python3 python3-venv python3-pip util-linux procps
+    capnproto libssl-dev pkg-config) # the last three: bench/g3proxy-build.sh (g3proxy, g3fcgen)
 # nginx-light is enough (core HTTP + SSL); accept full nginx if it is already there.
 if ! command -v nginx >/dev/null 2>&1; then
     apt_pkgs+=(nginx-light)
