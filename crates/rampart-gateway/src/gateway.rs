@@ -264,6 +264,11 @@ impl GatewayHandle {
     pub fn tunnels_open(&self) -> usize {
         self.shared.tunnels.len()
     }
+
+    /// Client connections open now (the `connections_active` gauge).
+    pub fn connections_active(&self) -> u64 {
+        self.shared.metrics.connections_active.get().max(0) as u64
+    }
 }
 
 /// A descriptor-budget error as a configuration error naming its key.

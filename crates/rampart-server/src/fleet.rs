@@ -329,7 +329,7 @@ pub fn gateway_id(config: &FleetConfig) -> anyhow::Result<String> {
 /// A gateway's side of the fleet: the watcher, and the reloader it applies
 /// revisions through once the gateway runs.
 pub struct FleetGateway {
-    _watcher: ConfigWatcher,
+    watcher: Arc<ConfigWatcher>,
     reloader: Arc<OnceLock<Arc<Reloader>>>,
     /// The merged configuration file the gateway runs (and reloads) from.
     pub config_path: PathBuf,
@@ -376,7 +376,7 @@ impl FleetGateway {
             let _ = tokio::time::timeout(Duration::from_secs(10), status.changed()).await;
         }
         Ok(FleetGateway {
-            _watcher: watcher,
+            watcher: Arc::new(watcher),
             reloader,
             config_path: state_dir.join("rampart.toml"),
         })
@@ -386,6 +386,71 @@ impl FleetGateway {
     pub fn set_reloader(&self, reloader: Arc<Reloader>) {
         let _ = self.reloader.set(reloader);
     }
+
+    /// Sends the gateway's load with its heartbeats (open connections and
+    /// CPU, for `rampart fleet status`), refreshed every 5 s.
+    pub fn report_load(&self, gateway: rampart_gateway::GatewayHandle) {
+        // Weak: the reports stop when the gateway drops its watcher.
+        let watcher = Arc::downgrade(&self.watcher);
+        tokio::spawn(async move {
+            let mut cpu = CpuMeter::new();
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let load = rampart_fleet::nats::GatewayLoad {
+                    active_connections: gateway.connections_active(),
+                    cpu_percent: cpu.percent_since_last(),
+                    ..Default::default()
+                };
+                match watcher.upgrade() {
+                    Some(w) => w.set_load(load),
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+/// This process's CPU use between two readings of `/proc/self/stat`, in
+/// percent of one CPU.
+struct CpuMeter {
+    last: Option<(u64, std::time::Instant)>,
+}
+
+impl CpuMeter {
+    fn new() -> CpuMeter {
+        let mut meter = CpuMeter { last: None };
+        meter.percent_since_last();
+        meter
+    }
+
+    fn percent_since_last(&mut self) -> f64 {
+        let now = std::time::Instant::now();
+        let Some(ticks) = process_cpu_ticks() else {
+            return 0.0;
+        };
+        let percent = match self.last {
+            Some((before, at)) => {
+                // Linux reports in clock ticks of 1/100 s (USER_HZ).
+                let used = ticks.saturating_sub(before) as f64 / 100.0;
+                let wall = now.duration_since(at).as_secs_f64().max(1e-3);
+                (used / wall * 100.0 * 10.0).round() / 10.0
+            }
+            None => 0.0,
+        };
+        self.last = Some((ticks, now));
+        percent
+    }
+}
+
+/// utime + stime of this process, in clock ticks.
+fn process_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// Turns a revision into the gateway's running configuration.

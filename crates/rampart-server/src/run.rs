@@ -95,6 +95,7 @@ pub async fn run(
     match (&fleet_gateway, &config.fleet.nats) {
         (Some(fleet), Some(nats)) => {
             fleet.set_reloader(reloader.clone());
+            fleet.report_load(handle.clone());
             crate::fleet::start_event_forwarder(
                 &pipeline,
                 nats,
