@@ -132,12 +132,20 @@ def main():
         expect(page.locator("#isolation-desired")).to_have_text("released")
         shot(page, out, "10-device-released")
 
-        # Both actions are audit events in the event search.
-        page.goto(f"{base}/events")
-        page.locator("input[name=q]").fill(f'type = audit and device = "{device}"')
-        page.locator("select[name=range]").select_option("1h")
-        page.locator("input[name=q]").press("Enter")
+        # Both actions are audit events in the event search. The store commits
+        # in groups (up to a few hundred ms, longer on a loaded machine): search
+        # again until both are there, as a user would press Enter again.
         rows = page.locator("main table tbody tr")
+        for _ in range(40):
+            page.goto(f"{base}/events")
+            page.locator("input[name=q]").fill(f'type = audit and device = "{device}"')
+            page.locator("select[name=range]").select_option("1h")
+            page.locator("input[name=q]").press("Enter")
+            page.wait_for_load_state()
+            if (rows.filter(has_text="device.isolate").count() == 1
+                    and rows.filter(has_text="device.release").count() == 1):
+                break
+            page.wait_for_timeout(500)
         expect(rows.filter(has_text="device.isolate")).to_have_count(1)
         expect(rows.filter(has_text="device.release")).to_have_count(1)
         expect(rows.filter(has_text="device.isolate")).to_contain_text("beaconing to a C2 host")
