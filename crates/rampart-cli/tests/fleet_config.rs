@@ -102,7 +102,7 @@ fn gateways_apply_the_servers_revisions_and_keep_the_last_good_one() {
     write(&policy, &block(&["news.test", "video.test"]));
     for gw in &gateways {
         assert!(
-            eventually(Duration::from_secs(15), || status_of(gw, &video) == 403),
+            eventually(Duration::from_secs(30), || status_of(gw, &video) == 403),
             "the new revision was not applied:\n{}\n--- server:\n{}",
             gw.stderr(),
             server.stderr()
@@ -115,7 +115,7 @@ fn gateways_apply_the_servers_revisions_and_keep_the_last_good_one() {
     server.signal(Signal::SIGHUP);
     for gw in &gateways {
         assert!(
-            eventually(Duration::from_secs(15), || gw
+            eventually(Duration::from_secs(30), || gw
                 .stderr()
                 .contains("no_such_key")),
             "the gateway did not report the rejected revision:\n{}\n--- server:\n{}",
@@ -128,7 +128,7 @@ fn gateways_apply_the_servers_revisions_and_keep_the_last_good_one() {
 
     // The fleet status names the rejection and fails for scripts.
     assert!(
-        eventually(Duration::from_secs(10), || {
+        eventually(Duration::from_secs(20), || {
             let (code, entries) = fleet_status(&nats);
             code == 2
                 && entries.len() == 2
@@ -149,7 +149,7 @@ fn gateways_apply_the_servers_revisions_and_keep_the_last_good_one() {
     server.signal(Signal::SIGHUP);
     for gw in &gateways {
         assert!(
-            eventually(Duration::from_secs(15), || status_of(gw, &video) == 200),
+            eventually(Duration::from_secs(30), || status_of(gw, &video) == 200),
             "{}",
             gw.stderr()
         );

@@ -93,6 +93,8 @@ async fn publisher(nats: &NatsServer) -> ConfigPublisher {
 }
 
 /// Poll `check` every 20 ms until it returns true; panic with `what` after `timeout`.
+/// Timeouts here are generous on purpose: CI runs this beside the whole suite
+/// on 2 CPUs, where one NATS round trip has taken seconds.
 async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -239,14 +241,14 @@ async fn revision_published_is_applied_by_three_watchers_and_each_reports_it() {
     assert_eq!(published.id, rev.id);
     for (watcher, applied) in &watchers {
         assert!(
-            watcher.wait_applied(&rev.id, Duration::from_secs(5)).await,
+            watcher.wait_applied(&rev.id, Duration::from_secs(20)).await,
             "watcher did not apply {}",
             rev.id
         );
         assert_eq!(*applied.lock().unwrap(), vec![rev.id.clone()]);
     }
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         "three gateways report the revision",
         || async {
             let fleet = server.fleet_status().await.unwrap();
@@ -264,7 +266,7 @@ async fn revision_published_is_applied_by_three_watchers_and_each_reports_it() {
     for (i, g) in fleet.iter().enumerate() {
         assert_eq!(g.health, GatewayHealth::Up);
         assert_eq!(g.load.active_connections, 10 * (i as u64 + 1));
-        assert!(rampart_events::now_ms() - g.last_seen_ms < 2_000);
+        assert!(rampart_events::now_ms() - g.last_seen_ms < 10_000);
     }
     // Each gateway kept it on disk, owner-only (it holds the coaching key).
     for dir in &dirs {
@@ -314,13 +316,17 @@ async fn invalid_revision_is_rejected_by_all_with_its_error_and_the_old_one_stay
     let good = revision(&ca, "[[access]]\naction = \"allow\"\n");
     server.publish(&good).await.unwrap();
     for (watcher, _) in &watchers {
-        assert!(watcher.wait_applied(&good.id, Duration::from_secs(5)).await);
+        assert!(
+            watcher
+                .wait_applied(&good.id, Duration::from_secs(20))
+                .await
+        );
     }
 
     let broken = revision(&ca, "[[access]]\naction = \"explode\"\n");
     let published = server.publish(&broken).await.unwrap();
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         "three gateways report the rejection",
         || async {
             let statuses = server.gateway_statuses().await.unwrap();
@@ -376,7 +382,7 @@ async fn invalid_revision_is_rejected_by_all_with_its_error_and_the_old_one_stay
     );
     server.publish(&foreign).await.unwrap();
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         "three gateways refuse the unknown CA key",
         || async {
             let statuses = server.gateway_statuses().await.unwrap();
@@ -395,7 +401,7 @@ async fn invalid_revision_is_rejected_by_all_with_its_error_and_the_old_one_stay
     for (watcher, _) in &watchers {
         assert!(
             watcher
-                .wait_applied(&fixed.id, Duration::from_secs(5))
+                .wait_applied(&fixed.id, Duration::from_secs(20))
                 .await
         );
         assert_eq!(watcher.status().state, GatewayState::Applied);
@@ -419,7 +425,7 @@ async fn watcher_restarted_while_nats_is_down_starts_from_its_last_good_revision
         .await
         .unwrap();
         server.publish(&rev).await.unwrap();
-        assert!(watcher.wait_applied(&rev.id, Duration::from_secs(5)).await);
+        assert!(watcher.wait_applied(&rev.id, Duration::from_secs(20)).await);
     }
     drop(server);
     nats.stop();
@@ -433,7 +439,7 @@ async fn watcher_restarted_while_nats_is_down_starts_from_its_last_good_revision
     .await
     .expect("starts without NATS");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(5),
         "start waited for NATS: {:?}",
         started.elapsed()
     );
@@ -447,7 +453,7 @@ async fn watcher_restarted_while_nats_is_down_starts_from_its_last_good_revision
     nats.restart();
     let server = publisher(&nats).await;
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "the restarted gateway reports after NATS returns",
         || async {
             server.fleet_status().await.is_ok_and(|fleet| {
@@ -464,7 +470,11 @@ async fn watcher_restarted_while_nats_is_down_starts_from_its_last_good_revision
     assert_eq!(applied.lock().unwrap().len(), 1);
     let next = revision(&ca, "[[access]]\naction = \"block\"\n");
     server.publish(&next).await.unwrap();
-    assert!(watcher.wait_applied(&next.id, Duration::from_secs(5)).await);
+    assert!(
+        watcher
+            .wait_applied(&next.id, Duration::from_secs(20))
+            .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,7 +505,7 @@ async fn config_propagation_to_three_watchers_p95_within_one_second() {
         server.publish(&rev).await.unwrap();
         for w in &watchers {
             assert!(
-                w.wait_applied(&rev.id, Duration::from_secs(5)).await,
+                w.wait_applied(&rev.id, Duration::from_secs(20)).await,
                 "round {round}"
             );
         }
@@ -522,7 +532,7 @@ async fn events_published_while_nats_is_stopped_are_spooled_and_arrive_exactly_o
     let all = events(3000);
 
     let publisher = event_publisher(&nats, "gw1", data.path()).await;
-    eventually(Duration::from_secs(5), "publisher connected", || async {
+    eventually(Duration::from_secs(20), "publisher connected", || async {
         publisher.connected()
     })
     .await;
@@ -567,7 +577,7 @@ async fn failing_sink_gets_events_redelivered_and_finally_stores_every_id_once()
     for chunk in all.chunks(500) {
         publisher.publish(chunk).await.unwrap();
     }
-    assert!(publisher.drained(Duration::from_secs(10)).await);
+    assert!(publisher.drained(Duration::from_secs(20)).await);
     let sink = Arc::new(TestSink::failing(6));
     let consumer = consumer(&nats, sink.clone()).await;
     eventually(
@@ -594,7 +604,7 @@ async fn event_published_twice_with_the_same_id_is_stored_once() {
     let publisher = event_publisher(&nats, "gw3", data.path()).await;
     let batch = events(200);
     // Connected first, so that both publishes go straight to NATS.
-    eventually(Duration::from_secs(5), "publisher connected", || async {
+    eventually(Duration::from_secs(20), "publisher connected", || async {
         publisher.connected()
     })
     .await;
@@ -604,7 +614,7 @@ async fn event_published_twice_with_the_same_id_is_stored_once() {
     let js = async_nats::jetstream::new(client);
     let first = publisher.publish(&batch).await.unwrap();
     let second = publisher.publish(&batch).await.unwrap();
-    assert!(publisher.drained(Duration::from_secs(10)).await);
+    assert!(publisher.drained(Duration::from_secs(20)).await);
     assert_eq!(
         (first.acknowledged, first.duplicates),
         (200, 0),
@@ -624,7 +634,7 @@ async fn event_published_twice_with_the_same_id_is_stored_once() {
 
     let sink = Arc::new(TestSink::default());
     let _consumer = consumer(&nats, sink.clone()).await;
-    eventually(Duration::from_secs(10), "200 events stored", || async {
+    eventually(Duration::from_secs(20), "200 events stored", || async {
         sink.distinct() == 200
     })
     .await;
@@ -659,7 +669,7 @@ async fn events_throughput_from_three_publishers_to_the_consumer() {
     for (i, dir) in dirs.iter().enumerate() {
         let p = event_publisher(&nats, &format!("gw{}", i + 1), dir.path()).await;
         // Connected and stream ready before the clock starts.
-        eventually(Duration::from_secs(5), "publisher connected", || async {
+        eventually(Duration::from_secs(20), "publisher connected", || async {
             p.connected()
         })
         .await;

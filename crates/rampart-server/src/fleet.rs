@@ -187,10 +187,34 @@ fn bundle_policy(path: &Path) -> anyhow::Result<PolicyBundle> {
     Ok(bundle)
 }
 
-/// Consumes the fleet's events stream into the PostgreSQL fleet store. The
-/// consumer acknowledges a batch only once PostgreSQL committed it: while
-/// PostgreSQL is down events wait in JetStream. Runs until the process ends.
-pub async fn start_event_consumer(
+/// Consumes the fleet's events stream into the PostgreSQL fleet store until
+/// `shutdown`, in the background: the server starts and serves while
+/// PostgreSQL or NATS is still down (events wait in JetStream meanwhile).
+pub fn spawn_event_consumer(
+    nats: String,
+    postgres: String,
+    retention: Option<Duration>,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let started = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            started = start_event_consumer(&nats, &postgres, retention) => started,
+        };
+        match started {
+            // Held until shutdown: dropping the consumer stops it.
+            Ok(_consumer) => shutdown.cancelled().await,
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "fleet: events are not consumed into PostgreSQL"
+            ),
+        }
+    });
+}
+
+/// The consumer acknowledges a batch only once PostgreSQL committed it: while
+/// PostgreSQL is down events wait in JetStream.
+async fn start_event_consumer(
     nats: &str,
     postgres: &str,
     retention: Option<Duration>,

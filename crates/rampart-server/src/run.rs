@@ -90,8 +90,6 @@ pub async fn run(
         &loaded,
     );
     reloader.set_sinks(pipeline.sinks());
-    // Kept for the process's life: dropping it stops consuming.
-    let mut _event_consumer = None;
     match (&fleet_gateway, &config.fleet.nats) {
         (Some(fleet), Some(nats)) => {
             fleet.set_reloader(reloader.clone());
@@ -106,9 +104,11 @@ pub async fn run(
         }
         (None, Some(nats)) => {
             if let Some(postgres) = &config.fleet.postgres {
-                _event_consumer = Some(
-                    crate::fleet::start_event_consumer(nats, postgres, config.events.max_age)
-                        .await?,
+                crate::fleet::spawn_event_consumer(
+                    nats.clone(),
+                    postgres.clone(),
+                    config.events.max_age,
+                    shutdown.clone(),
                 );
             }
             crate::fleet::spawn_publisher(
