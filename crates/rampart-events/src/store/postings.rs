@@ -48,9 +48,12 @@ pub fn block_seqs(block: i64) -> (i64, i64) {
     (block * BLOCK_EVENTS + 1, (block + 1) * BLOCK_EVENTS)
 }
 
-/// The key a value is posted under.
+/// The key a value is posted under: lowercased the way the query matcher
+/// compares (Unicode, not ASCII only), or a query for `host = "ÜNÏ.EXAMPLE"`
+/// would find the event in memory and not through the index (found by the
+/// fleet store's differential test).
 pub fn key(value: &str) -> String {
-    value.to_ascii_lowercase()
+    value.to_lowercase()
 }
 
 /// Collects one field's postings for one block. The map is hashed with a
