@@ -9,7 +9,7 @@
 //! Documented in `docs/openapi.yaml`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Path as UrlPath, Query as UrlQuery, State};
 use axum::http::request::Parts;
@@ -23,7 +23,7 @@ use serde_json::json;
 use crate::error::EventsError;
 use crate::event::Event;
 use crate::query::parse;
-use crate::store::{db_path, Cursor, SearchRequest, StoreReader};
+use crate::store::{db_path, Cursor, ReaderPool, SearchRequest, StoreReader};
 use crate::time_range::{parse_instant, parse_span};
 use crate::token;
 
@@ -37,10 +37,8 @@ pub struct EventsApiState {
 }
 
 struct Inner {
-    db: PathBuf,
     token: String,
-    /// Reader connections reused across requests.
-    readers: Mutex<Vec<StoreReader>>,
+    readers: ReaderPool,
 }
 
 impl EventsApiState {
@@ -54,9 +52,8 @@ impl EventsApiState {
     pub fn with_token(db: PathBuf, token: String) -> EventsApiState {
         EventsApiState {
             inner: Arc::new(Inner {
-                db,
                 token,
-                readers: Mutex::new(Vec::new()),
+                readers: ReaderPool::new(db, 8),
             }),
         }
     }
@@ -71,23 +68,10 @@ impl EventsApiState {
         f: impl FnOnce(&StoreReader) -> Result<T, EventsError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().ok().and_then(|mut p| p.pop());
-            let reader = match pooled {
-                Some(r) => r,
-                None => StoreReader::open(&inner.db)?,
-            };
-            let result = f(&reader);
-            if let Ok(mut pool) = inner.readers.lock() {
-                if pool.len() < 8 {
-                    pool.push(reader);
-                }
-            }
-            result
-        })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(ApiError::from)
+        tokio::task::spawn_blocking(move || inner.readers.with(f))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(ApiError::from)
     }
 }
 

@@ -18,6 +18,7 @@ mod plan;
 pub(crate) mod postings;
 mod prepared;
 mod reader;
+mod reader_pool;
 mod scan;
 mod schema;
 pub(crate) mod segment;
@@ -27,6 +28,7 @@ mod writer;
 pub use columns::Row;
 pub use prepared::PreparedEvent;
 pub use reader::{Cursor, Page, SearchRequest, StoreReader};
+pub use reader_pool::ReaderPool;
 pub use writer::{Checkpointer, RetentionReport, StoreWriter};
 
 /// The stored form of an event's JSON document, for [`PreparedEvent::new`].

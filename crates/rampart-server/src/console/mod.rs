@@ -23,7 +23,7 @@ pub mod users;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::http::{header, StatusCode};
@@ -54,8 +54,7 @@ struct Inner {
     limiter: LoginLimiter,
     audit: AuditLog,
     acks: acks::AckStore,
-    db: PathBuf,
-    readers: Mutex<Vec<StoreReader>>,
+    readers: rampart_events::store::ReaderPool,
     reloader: Arc<Reloader>,
     gateway: rampart_gateway::GatewayHandle,
     /// Cookies get `Secure` unless the API listener is plain HTTP on loopback.
@@ -99,8 +98,10 @@ impl ConsoleState {
                 limiter: LoginLimiter::new(Duration::from_secs(15 * 60), 20, 5),
                 audit: AuditLog::new(data_dir, events),
                 acks: acks::AckStore::new(data_dir),
-                db: rampart_events::db_path(data_dir),
-                readers: Mutex::new(Vec::new()),
+                readers: rampart_events::store::ReaderPool::new(
+                    rampart_events::db_path(data_dir),
+                    4,
+                ),
                 reloader,
                 gateway,
                 secure_cookies,
@@ -128,26 +129,13 @@ impl ConsoleState {
         f: impl FnOnce(&StoreReader) -> Result<T, EventsError> + Send + 'static,
     ) -> Result<T, EventsError> {
         let inner = self.inner.clone();
-        let db = inner.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().ok().and_then(|mut p| p.pop());
-            let reader = match pooled {
-                Some(r) => r,
-                None => StoreReader::open(&inner.db)?,
-            };
-            let result = f(&reader);
-            if let Ok(mut pool) = inner.readers.lock() {
-                if pool.len() < 4 {
-                    pool.push(reader);
-                }
-            }
-            result
-        })
-        .await
-        .map_err(|e| EventsError::Io {
-            path: db,
-            source: std::io::Error::other(e.to_string()),
-        })?
+        let db = inner.readers.db().to_path_buf();
+        tokio::task::spawn_blocking(move || inner.readers.with(f))
+            .await
+            .map_err(|e| EventsError::Io {
+                path: db,
+                source: std::io::Error::other(e.to_string()),
+            })?
     }
 }
 
