@@ -211,7 +211,9 @@ fn over_budget_api_connections_get_503_and_the_api_recovers_after_the_header_tim
         gw.api, "/healthz"
     ) == Some(200)));
     assert_eq!(
-        rt.block_on(all_closed(&mut held, Duration::from_millis(200))),
+        // Each held connection gets up to 2 s to show its close: on a loaded
+        // CI machine the server's timer and the close can lag the health check.
+        rt.block_on(all_closed(&mut held, Duration::from_secs(2))),
         0
     );
     assert!(
