@@ -14,6 +14,14 @@ mod parser;
 
 pub use parser::{parse, Expr, FieldValues, Op, Query, Value};
 
+/// The one case folding of the query language: text comparisons, set
+/// membership, `like`, the embedded store's postings keys and the fleet
+/// store's columns all fold with it, so an index never disagrees with the
+/// in-memory match. Unicode lowercase, not ASCII: "İris" and "i̇ris" are equal.
+pub fn fold(text: &str) -> String {
+    text.to_lowercase()
+}
+
 /// A query that could not be parsed, with the 1-based column of the offending text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("query column {column}: {message}")]

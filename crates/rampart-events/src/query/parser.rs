@@ -434,9 +434,10 @@ fn compare<E: FieldValues + ?Sized>(field: Field, op: Op, value: &Value, e: &E) 
         Value::Text(t) => {
             let actual = e.text(field);
             if field.kind() == FieldKind::Set {
-                let has = actual
-                    .as_deref()
-                    .is_some_and(|s| s.split(',').any(|m| m.eq_ignore_ascii_case(t)));
+                let has = actual.as_deref().is_some_and(|s| {
+                    let wanted = super::fold(t);
+                    s.split(',').any(|m| super::fold(m) == wanted)
+                });
                 return match op {
                     Op::Ne => !has,
                     Op::Like => actual.is_some_and(|s| like(&s, t)),
@@ -446,8 +447,8 @@ fn compare<E: FieldValues + ?Sized>(field: Field, op: Op, value: &Value, e: &E) 
             let Some(actual) = actual else {
                 return op == Op::Ne;
             };
-            let a = actual.to_lowercase();
-            let b = t.to_lowercase();
+            let a = super::fold(&actual);
+            let b = super::fold(t);
             match op {
                 Op::Eq => a == b,
                 Op::Ne => a != b,
@@ -463,8 +464,8 @@ fn compare<E: FieldValues + ?Sized>(field: Field, op: Op, value: &Value, e: &E) 
 
 /// `like` semantics: a glob (`*`, `?`) matched whole, else a substring; case-insensitive.
 pub(crate) fn like(haystack: &str, pattern: &str) -> bool {
-    let h: Vec<char> = haystack.to_lowercase().chars().collect();
-    let p: Vec<char> = pattern.to_lowercase().chars().collect();
+    let h: Vec<char> = super::fold(haystack).chars().collect();
+    let p: Vec<char> = super::fold(pattern).chars().collect();
     if !p.iter().any(|c| *c == '*' || *c == '?') {
         let needle: String = p.iter().collect();
         let hay: String = h.iter().collect();

@@ -120,7 +120,7 @@ fn integer(v: Option<i64>) -> ToSqlOutput<'static> {
 /// The `groups` column: lowercase members between commas, so `eq` is a `LIKE '%,x,%'`.
 fn group_set<'a>(groups: impl Iterator<Item = &'a str>) -> ToSqlOutput<'static> {
     let joined = groups.collect::<Vec<_>>().join(",");
-    owned_text((!joined.is_empty()).then(|| format!(",{},", joined.to_lowercase())))
+    owned_text((!joined.is_empty()).then(|| format!(",{},", crate::query::fold(&joined))))
 }
 
 /// One column's value, borrowed from the event when it is stored there as text.
@@ -238,7 +238,7 @@ mod tests {
         match f.kind() {
             FieldKind::Integer => f.integer(e).map_or(Value::Null, Value::Integer),
             FieldKind::Set => f.text(e).map_or(Value::Null, |g| {
-                Value::Text(format!(",{},", g.to_lowercase()))
+                Value::Text(format!(",{},", crate::query::fold(&g)))
             }),
             FieldKind::Text => f.text(e).map_or(Value::Null, Value::Text),
         }

@@ -9,14 +9,14 @@
 //! event (about 2 µs per event per index). Queries read one blob per block
 //! and field they touch.
 //!
-//! Values are keyed by their ASCII lowercase, so a lookup yields every event
-//! the case-insensitive query could match; the query still runs on those
-//! events and decides.
+//! Values are keyed by their lowercase ([`key`], the folding the query
+//! matcher uses), so a lookup yields every event the case-insensitive query
+//! could match; the query still runs on those events and decides.
 //!
 //! Blob layout (all integers LEB128 varints):
 //!
 //! ```text
-//! u8 format (1)
+//! u8 format (2; 1 in stores written before non-ASCII values were folded)
 //! nkeys
 //! nkeys × { key_len, key bytes, list_len (bytes), list }   keys in byte order
 //! list = count, first offset, then the gaps between successive offsets
@@ -30,7 +30,11 @@ use super::varint;
 /// Events per index block.
 pub const BLOCK_EVENTS: i64 = 8192;
 
+/// Keys folded by [`key`] only when they had an ASCII capital: a value such
+/// as "İris" or "ǅ" was posted as written. Still read (see [`lookup`]).
 const FORMAT_V1: u8 = 1;
+/// Every key folded by [`key`].
+const FORMAT_V2: u8 = 2;
 
 /// A postings blob that cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -53,7 +57,7 @@ pub fn block_seqs(block: i64) -> (i64, i64) {
 /// would find the event in memory and not through the index (found by the
 /// fleet store's differential test).
 pub fn key(value: &str) -> String {
-    value.to_lowercase()
+    crate::query::fold(value)
 }
 
 /// Collects one field's postings for one block. The map is hashed with a
@@ -68,9 +72,11 @@ pub struct PostingsBuilder {
 impl PostingsBuilder {
     /// Record that the event at `offset` (added in increasing order) has `value`.
     pub fn add(&mut self, value: &str, offset: u32) {
-        // Most values repeat within a block: look up by the borrowed lowercase
-        // form first and allocate a key only for a new value.
-        if value.bytes().any(|b| b.is_ascii_uppercase()) {
+        // Most values repeat within a block: look up by the borrowed form
+        // first and allocate a key only for a new value. Only an ASCII value
+        // without capitals is known to be its own key: outside ASCII, letters
+        // that are not capitals still fold ("ǅ" → "ǆ").
+        if !value.is_ascii() || value.bytes().any(|b| b.is_ascii_uppercase()) {
             self.lists.entry(key(value)).or_default().push(offset);
         } else if let Some(list) = self.lists.get_mut(value) {
             list.push(offset);
@@ -87,7 +93,7 @@ impl PostingsBuilder {
     pub fn encode(&self) -> Vec<u8> {
         let mut entries: Vec<(&String, &Vec<u32>)> = self.lists.iter().collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut out = vec![FORMAT_V1];
+        let mut out = vec![FORMAT_V2];
         varint::put(&mut out, entries.len() as u64);
         let mut list = Vec::new();
         for (key, offsets) in entries {
@@ -123,22 +129,44 @@ impl PostingsBuilder {
 pub fn lookup(blob: &[u8], key: &str) -> Result<Vec<u32>, PostingsError> {
     let mut r = varint::Reader::new(blob);
     let format = r.byte()?;
-    if format != FORMAT_V1 {
+    if format != FORMAT_V1 && format != FORMAT_V2 {
         return Err(PostingsError::UnknownFormat(format));
     }
     let nkeys = r.varint()?;
+    let mut found: Vec<u32> = Vec::new();
     for _ in 0..nkeys {
         let klen = r.len()?;
         let k = r.take(klen)?;
         let llen = r.len()?;
         let list = r.take(llen)?;
+        if format == FORMAT_V1 && !k.is_ascii() {
+            // A V1 key outside ASCII may be an unfolded value: compare its
+            // fold, wherever it sorts (the Kelvin sign folds to ASCII "k").
+            let folded = std::str::from_utf8(k).map(crate::query::fold);
+            if folded.as_deref() == Ok(key) {
+                found = merge(&found, &decode_list(list)?);
+            }
+            continue;
+        }
         match k.cmp(key.as_bytes()) {
             std::cmp::Ordering::Less => continue,
-            std::cmp::Ordering::Greater => break,
-            std::cmp::Ordering::Equal => return decode_list(list),
+            std::cmp::Ordering::Greater if format == FORMAT_V2 => break,
+            std::cmp::Ordering::Greater => continue,
+            std::cmp::Ordering::Equal => found = merge(&found, &decode_list(list)?),
         }
     }
-    Ok(Vec::new())
+    Ok(found)
+}
+
+/// Sorted union of two ascending offset lists.
+fn merge(a: &[u32], b: &[u32]) -> Vec<u32> {
+    if a.is_empty() {
+        return b.to_vec();
+    }
+    let mut out: Vec<u32> = a.iter().chain(b).copied().collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 fn decode_list(list: &[u8]) -> Result<Vec<u32>, PostingsError> {
@@ -178,6 +206,47 @@ mod tests {
     fn blocks_partition_the_seqs() {
         assert_eq!(block_seqs(0), (1, BLOCK_EVENTS));
         assert_eq!(block_seqs(1), (BLOCK_EVENTS + 1, 2 * BLOCK_EVENTS));
+    }
+
+    #[test]
+    fn values_outside_ascii_are_posted_folded() {
+        // "İris" has no ASCII capital but folds to "i̇ris"; "ǅ" is no capital
+        // and still folds. Both were once posted as written.
+        let mut b = PostingsBuilder::default();
+        for (i, v) in ["İris", "i̇ris", "ǅ", "\u{212A}elvin"].iter().enumerate() {
+            b.add(v, i as u32);
+        }
+        let blob = b.encode();
+        assert_eq!(lookup(&blob, &key("İRIS")).unwrap(), vec![0, 1]);
+        assert_eq!(lookup(&blob, &key("Ǆ")).unwrap(), vec![2]);
+        assert_eq!(lookup(&blob, &key("kelvin")).unwrap(), vec![3]);
+    }
+
+    #[test]
+    fn v1_blobs_with_unfolded_keys_still_answer_folded_lookups() {
+        // A V1 blob as the old builder wrote it: "İris" and the Kelvin sign
+        // kept as written, ASCII values lowercased, keys in byte order.
+        let mut blob = vec![FORMAT_V1];
+        let entries: [(&str, &[u32]); 3] =
+            [("alice", &[0]), ("İris", &[1, 4]), ("\u{212A}elvin", &[2])];
+        varint::put(&mut blob, entries.len() as u64);
+        for (k, offsets) in entries {
+            varint::put(&mut blob, k.len() as u64);
+            blob.extend_from_slice(k.as_bytes());
+            let mut list = Vec::new();
+            varint::put(&mut list, offsets.len() as u64);
+            let mut prev = 0;
+            for (i, &o) in offsets.iter().enumerate() {
+                varint::put(&mut list, u64::from(if i == 0 { o } else { o - prev }));
+                prev = o;
+            }
+            varint::put(&mut blob, list.len() as u64);
+            blob.extend_from_slice(&list);
+        }
+        assert_eq!(lookup(&blob, &key("İris")).unwrap(), vec![1, 4]);
+        assert_eq!(lookup(&blob, &key("KELVIN")).unwrap(), vec![2]);
+        assert_eq!(lookup(&blob, "alice").unwrap(), vec![0]);
+        assert_eq!(lookup(&blob, "bob").unwrap(), Vec::<u32>::new());
     }
 
     #[test]

@@ -2,15 +2,16 @@
 //! fixed mapping (never from user input), holding what the in-memory query
 //! evaluation compares against, so SQL and `Query::matches` agree.
 //!
-//! Text fields are stored lowercased (Rust's `to_lowercase`, the one the query
-//! language applies to both sides) in `COLLATE "C"` columns: equality, order
+//! Text fields are stored folded (`rampart_events::query::fold`, the one the
+//! query language applies to both sides) in `COLLATE "C"` columns: equality, order
 //! and `like` then behave byte for byte as in memory. Groups are a set: the
-//! members (split on `,`, ASCII-lowercased as `eq` compares them) in a
+//! members (split on `,`, folded as `eq` compares them) in a
 //! `text[]`, and the joined text for `like`.
 
 use std::borrow::Cow;
 
 use rampart_events::field::{Field, FieldKind};
+use rampart_events::query::fold;
 use rampart_events::Event;
 
 /// Where a query field lives in the table.
@@ -113,7 +114,7 @@ pub fn pg_text(text: &str) -> Cow<'_, str> {
 
 /// A text field's stored value: lowercased, NUL replaced.
 pub fn stored_text(text: &str) -> String {
-    let lower = text.to_lowercase();
+    let lower = fold(text);
     match pg_text(&lower) {
         Cow::Borrowed(_) => lower,
         Cow::Owned(o) => o,
@@ -141,9 +142,7 @@ impl EventColumns {
         let integer = INTEGER_FIELDS.map(|f| f.integer(e));
         debug_assert_eq!(Field::Group.kind(), FieldKind::Set);
         let joined = Field::Group.text(e);
-        let group_joined = joined
-            .as_deref()
-            .map(|j| pg_text(&j.to_ascii_lowercase()).into_owned());
+        let group_joined = joined.as_deref().map(|j| pg_text(&fold(j)).into_owned());
         let group_members = group_joined
             .as_deref()
             .map(|j| j.split(',').map(str::to_string).collect())

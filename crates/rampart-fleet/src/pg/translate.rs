@@ -9,7 +9,7 @@
 //! NULL then acts exactly as false.
 
 use rampart_events::field::{Field, FieldKind};
-use rampart_events::query::{Expr, Op, Query, Value};
+use rampart_events::query::{fold, Expr, Op, Query, Value};
 use tokio_postgres::types::ToSql;
 
 use super::columns::{column, pg_text, Column};
@@ -166,7 +166,7 @@ fn compare(cond: &mut Condition, field: Field, op: Op, value: &Value, negated: b
                 let rhs = if op == Op::Like {
                     cond.bind(Box::new(like_pattern(t)), "text")
                 } else {
-                    cond.bind(Box::new(pg_text(&t.to_lowercase()).into_owned()), "text")
+                    cond.bind(Box::new(pg_text(&fold(t)).into_owned()), "text")
                 };
                 scalar(&lhs, op, &rhs, negated)
             }
@@ -194,16 +194,13 @@ fn text_lhs(col: Column) -> String {
 }
 
 /// A set field: `like` on the joined text, every other operator means "has
-/// this member" (`!=`: has not), members compared ASCII-case-insensitively.
+/// this member" (`!=`: has not), members compared after `fold`, as in memory.
 fn groups(cond: &mut Condition, op: Op, t: &str, negated: bool) -> String {
     if op == Op::Like {
         let p = cond.bind(Box::new(like_pattern(t)), "text");
         return scalar("group_text", Op::Like, &p, negated);
     }
-    let p = cond.bind(
-        Box::new(vec![pg_text(&t.to_ascii_lowercase()).into_owned()]),
-        "text[]",
-    );
+    let p = cond.bind(Box::new(vec![pg_text(&fold(t)).into_owned()]), "text[]");
     let has = format!("group_members @> {p}");
     if (op == Op::Ne) != negated {
         format!("NOT ({has})")
@@ -231,7 +228,7 @@ fn in_list(cond: &mut Condition, field: Field, values: &[Value], negated: bool) 
         Column::Groups if all_text => {
             let members: Vec<String> = texts()
                 .iter()
-                .map(|t| pg_text(&t.to_ascii_lowercase()).into_owned())
+                .map(|t| pg_text(&fold(t)).into_owned())
                 .collect();
             let p = cond.bind(Box::new(members), "text[]");
             let any = format!("group_members && {p}");
@@ -255,7 +252,7 @@ fn in_list(cond: &mut Condition, field: Field, values: &[Value], negated: bool) 
         col @ (Column::Text(_) | Column::Id) if all_text && field.kind() == FieldKind::Text => {
             let lowered: Vec<String> = texts()
                 .iter()
-                .map(|t| pg_text(&t.to_lowercase()).into_owned())
+                .map(|t| pg_text(&fold(t)).into_owned())
                 .collect();
             let p = cond.bind(Box::new(lowered), "text[]");
             any_of(&text_lhs(col), &p, negated)
@@ -284,7 +281,7 @@ fn any_of(lhs: &str, array: &str, negated: bool) -> String {
 /// whole, else a substring; lowercased like the column. `%`, `_` and `\` in
 /// the value are escaped, so they match themselves.
 pub fn like_pattern(value: &str) -> String {
-    let lower = value.to_lowercase();
+    let lower = fold(value);
     let glob = lower.contains(['*', '?']);
     let mut out = String::with_capacity(lower.len() + 2);
     if !glob {
