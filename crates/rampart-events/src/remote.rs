@@ -61,7 +61,7 @@ impl RemoteClient {
         extra_ca: Option<&std::path::Path>,
     ) -> Result<RemoteClient, EventsError> {
         let base = server.trim_end_matches('/').to_string();
-        let target = Target::parse(&base).map_err(remote_err)?;
+        let target = Target::parse(&base).map_err(|e| remote_err(e.to_string()))?;
         let tls = if target.https {
             Some(crate::tls_client::client_config(extra_ca).map_err(remote_err)?)
         } else {
@@ -76,7 +76,7 @@ impl RemoteClient {
 
     fn get(&self, path_and_query: &str) -> Result<Option<Vec<u8>>, EventsError> {
         let url = format!("{}{path_and_query}", self.base);
-        let target = Target::parse(&url).map_err(remote_err)?;
+        let target = Target::parse(&url).map_err(|e| remote_err(e.to_string()))?;
         let auth = format!("Bearer {}", self.token);
         let resp = request(
             "GET",

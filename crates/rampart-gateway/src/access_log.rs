@@ -3,11 +3,14 @@
 //! working. The data path only hands a finished `FlowRecord` to a bounded
 //! channel; a writer task formats and writes, so a slow disk never stalls
 //! proxying (records beyond the channel's capacity, and records whose write
-//! failed, are counted as dropped).
+//! failed, are counted as dropped). The file rotates by size and age and is
+//! reopened on request (`file`).
+
+mod file;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -245,6 +248,29 @@ impl FlowRecord {
 pub struct AccessLog {
     sender: Option<mpsc::Sender<FlowRecord>>,
     dropped: Arc<AtomicU64>,
+    /// Set by [`AccessLog::reopen`]; the writer reopens the file at its next tick.
+    reopen: Arc<AtomicBool>,
+}
+
+/// Where the writer thread puts lines.
+enum Output {
+    Stdout(std::io::Stdout),
+    File(file::LogFile),
+}
+
+impl Output {
+    fn write_batch(&mut self, batch: &[u8]) -> std::io::Result<()> {
+        match self {
+            Output::Stdout(out) => write_batch(out, batch),
+            Output::File(log) => log.write_batch(batch),
+        }
+    }
+
+    fn reopen(&mut self) {
+        if let Output::File(log) = self {
+            log.reopen();
+        }
+    }
 }
 
 impl AccessLog {
@@ -253,7 +279,14 @@ impl AccessLog {
         AccessLog {
             sender: None,
             dropped: Arc::new(AtomicU64::new(0)),
+            reopen: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Asks the writer to close the file and open its path again (SIGUSR1,
+    /// after logrotate moved it away); done within one write interval.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::SeqCst);
     }
 
     /// Opens the destination and starts the writer task.
@@ -261,29 +294,24 @@ impl AccessLog {
         if !config.enabled {
             return Ok(Self::disabled());
         }
-        let mut out: Box<dyn std::io::Write + Send> = if config.path == "-" {
-            Box::new(std::io::stdout())
+        let mut out = if config.path == "-" {
+            Output::Stdout(std::io::stdout())
         } else {
             let mut path = PathBuf::from(&config.path);
             if path.is_relative() {
                 path = data_dir.join(path);
             }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("opening access log {}: {e}", path.display()),
-                    )
-                })?;
-            Box::new(file)
+            Output::File(file::LogFile::open(
+                path,
+                file::Rotation::from_config(config),
+            )?)
         };
         let format = config.format;
         let (sender, mut receiver) = mpsc::channel::<FlowRecord>(QUEUE_CAPACITY);
         let dropped = Arc::new(AtomicU64::new(0));
         let writer_dropped = dropped.clone();
+        let reopen = Arc::new(AtomicBool::new(false));
+        let writer_reopen = reopen.clone();
         // A plain thread: file writes block, and this keeps them off the runtime.
         std::thread::Builder::new()
             .name("access-log".into())
@@ -295,6 +323,9 @@ impl AccessLog {
                 // context switch on a pinned CPU) for every request it logs.
                 loop {
                     std::thread::sleep(WRITE_INTERVAL);
+                    if writer_reopen.swap(false, Ordering::SeqCst) {
+                        out.reopen();
+                    }
                     let mut closed = false;
                     let mut records = 0u64;
                     loop {
@@ -316,7 +347,7 @@ impl AccessLog {
                         }
                     }
                     if records > 0 {
-                        let written = write_batch(&mut out, &batch);
+                        let written = out.write_batch(&batch);
                         failing = account(&writer_dropped, records, written, failing);
                         batch.clear();
                     }
@@ -328,6 +359,7 @@ impl AccessLog {
         Ok(AccessLog {
             sender: Some(sender),
             dropped,
+            reopen,
         })
     }
 

@@ -295,6 +295,15 @@ pub struct AccessLogConfig {
     /// File path (relative paths are inside the data dir), or `-` for stdout.
     pub path: String,
     pub format: AccessLogFormat,
+    /// Rotate before the file would grow past this; 0: never by size.
+    pub max_size: rampart_events::config::ByteSize,
+    /// Rotate at the first write once the file is this old; 0: never by age.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Rotated files kept (the oldest beyond are deleted).
+    pub keep: usize,
+    /// gzip rotated files (in the background: the writer never waits for it).
+    pub compress: bool,
 }
 
 impl Default for AccessLogConfig {
@@ -303,6 +312,10 @@ impl Default for AccessLogConfig {
             enabled: true,
             path: "access.log".to_string(),
             format: AccessLogFormat::Json,
+            max_size: rampart_events::config::ByteSize(100 << 20),
+            max_age: Duration::from_secs(24 * 3600),
+            keep: 7,
+            compress: false,
         }
     }
 }

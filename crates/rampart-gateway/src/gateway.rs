@@ -232,6 +232,12 @@ impl GatewayHandle {
             .inc();
     }
 
+    /// Closes the access log and opens its path again (SIGUSR1: logrotate
+    /// moved the file away).
+    pub fn reopen_access_log(&self) {
+        self.shared.access_log.reopen();
+    }
+
     /// Brings state-derived gauges up to date; call before encoding metrics.
     pub fn refresh_metrics(&self) {
         let state = self.shared.state.load();

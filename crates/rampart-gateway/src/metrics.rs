@@ -190,7 +190,7 @@ impl Metrics {
         );
         r.register(
             "access_log_dropped",
-            "Access log records dropped because the writer fell behind",
+            "Access log records lost: the writer's queue was full, or writing them failed (a full disk, an I/O error)",
             self.access_log_dropped.clone(),
         );
         r.register(

@@ -342,6 +342,8 @@ pub enum ConfigFileError {
         message: String,
     },
 }
+    /// `--pid-file`: written once the listeners are bound (not a setting of the file).
+    pub pid_file: Option<PathBuf>,
 
 impl RampartConfig {
     /// Reads and parses `path`.

@@ -9,8 +9,10 @@ pub mod demo;
 pub mod devices;
 pub mod fleet;
 pub mod isolation;
+pub mod pid_file;
 pub mod reload;
 pub mod run;
+pub mod sink_metrics;
 
 pub use config::{Overrides, RampartConfig};
 pub use run::{run, Role};

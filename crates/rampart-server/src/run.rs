@@ -1,5 +1,6 @@
-//! Process lifecycle: data dir, listeners, signals (SIGTERM/SIGINT drain,
-//! SIGHUP reload; reloading itself is `crate::reload`) and orderly shutdown.
+//! Process lifecycle: data dir, listeners, pid file, signals (SIGTERM/SIGINT
+//! drain, SIGHUP reload, SIGUSR1 reopen the access log; reloading itself is
+//! `crate::reload`) and orderly shutdown.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
-use rampart_gateway::{Gateway, Metrics};
+use rampart_gateway::{Gateway, GatewayHandle, Metrics};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,11 @@ pub async fn run(
     overrides: Overrides,
     role: Role,
 ) -> anyhow::Result<()> {
+    // Refused before anything binds when the file names a running Rampart.
+    let mut pid_file = match &overrides.pid_file {
+        Some(path) => Some(crate::pid_file::PidFile::claim(path)?),
+        None => None,
+    };
     prepare_data_dir(&config.data_dir)?;
     if role == Role::Gateway {
         require_fleet_ca(&config)?;
@@ -132,9 +138,14 @@ pub async fn run(
     let event_gauges = api::EventGauges::register(&mut registry);
     let api_listener_metrics =
         api::listener::ApiListenerMetrics::new(handle.rejected_connections());
+        handle.clone(),
     let health_and_metrics = api::router(ApiState {
         registry: Arc::new(registry),
         gateway: handle.clone(),
+    registry.register_collector(Box::new(crate::sink_metrics::SinkMetrics::new(
+        pipeline.sinks(),
+        pipeline.stats(),
+    )));
         pipeline_stats: pipeline.stats(),
         event_gauges,
         draining: draining.clone(),
@@ -256,6 +267,10 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("setting permissions of {}", dir.display()))?;
     }
     Ok(())
+    // Every listener is bound: a reader of the pid file finds a process that serves.
+    if let Some(pid_file) = pid_file.as_mut() {
+        pid_file.write()?;
+    }
 }
 
 /// How SIGTERM/SIGINT stop the process: `draining` at once (`/healthz` answers 503),
@@ -267,11 +282,16 @@ struct Drain {
     shutdown: CancellationToken,
 }
 
-fn spawn_signal_handlers(drain: Drain, reloader: Arc<Reloader>) -> anyhow::Result<()> {
+fn spawn_signal_handlers(
+    drain: Drain,
+    reloader: Arc<Reloader>,
+    gateway: GatewayHandle,
+) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
+    drop(pid_file);
         loop {
             let signal = tokio::select! {
                 _ = term.recv() => "SIGTERM",
@@ -300,3 +320,11 @@ fn spawn_signal_handlers(drain: Drain, reloader: Arc<Reloader>) -> anyhow::Resul
     });
     Ok(())
 }
+    let mut usr1 =
+        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+                // logrotate moved the access log away: write to a new file at its path.
+                _ = usr1.recv() => {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    gateway.reopen_access_log();
+                    continue;
+                }

@@ -40,6 +40,11 @@ pub struct ServerArgs {
     /// Diagnostic log filter, e.g. info or rampart_gateway=debug [default: [log] level, or RUST_LOG].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Write the process id to FILE once the listeners are bound (removed at a
+    /// clean exit), for `kill -HUP "$(cat FILE)"` (reload) and `kill -USR1`
+    /// (reopen the access log); refuses to start if FILE names a running rampart.
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
 }
 
 /// `rampart gateway` takes the same flags.
@@ -63,6 +68,7 @@ fn run(args: ServerArgs, role: Role) -> anyhow::Result<ExitCode> {
         allow_loopback_destinations: args.allow_loopback_destinations,
         tunnel_listen: args.tunnel_listen,
         never_create_ca: role == Role::Gateway,
+        pid_file: args.pid_file,
     };
     let file = match &args.config {
         Some(path) => RampartConfig::load(path)?,

@@ -2,12 +2,10 @@
 //! `{"time", "host", "source", "sourcetype", "index", "event"}` posted with
 //! `Authorization: Splunk TOKEN`. Any HEC-compatible collector accepts them.
 
-use std::sync::Arc;
-
 use super::Destination;
 use crate::config::SinkConfig;
 use crate::event::Event;
-use crate::http_client::{request, Target};
+use crate::http_client::{HttpClient, Target};
 
 pub struct Hec {
     target: Target,
@@ -15,13 +13,14 @@ pub struct Hec {
     sourcetype: String,
     index: Option<String>,
     host: String,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Keeps the connection to the collector open between batches.
+    client: HttpClient,
 }
 
 impl Hec {
     pub fn new(c: &SinkConfig) -> Result<Hec, String> {
         let url = c.url.as_deref().ok_or("missing `url`")?;
-        let target = Target::parse(url)?;
+        let target = Target::parse(url).map_err(|e| e.to_string())?;
         let tls = if target.https {
             Some(crate::tls_client::client_config(c.ca_file.as_deref())?)
         } else {
@@ -35,7 +34,7 @@ impl Hec {
             host: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "rampart".into()),
-            tls,
+            client: HttpClient::new(tls),
         })
     }
 }
@@ -64,16 +63,18 @@ pub fn body(events: &[Event], host: &str, sourcetype: &str, index: Option<&str>)
 impl Destination for Hec {
     fn deliver(&mut self, events: &[Event]) -> Result<(), String> {
         let payload = body(events, &self.host, &self.sourcetype, self.index.as_deref());
-        let resp = request(
-            "POST",
-            &self.target,
-            &[
-                ("Authorization", &self.auth),
-                ("Content-Type", "application/json"),
-            ],
-            &payload,
-            self.tls.as_ref(),
-        )?;
+        let resp = self
+            .client
+            .send(
+                "POST",
+                &self.target,
+                &[
+                    ("Authorization", &self.auth),
+                    ("Content-Type", "application/json"),
+                ],
+                &payload,
+            )
+            .map_err(|e| e.to_string())?;
         if (200..300).contains(&resp.status) {
             Ok(())
         } else {

@@ -16,7 +16,7 @@ pub mod squid;
 mod syslog;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -47,7 +47,21 @@ pub struct SinkStats {
     pub dropped: AtomicU64,
     /// Bytes waiting in the sink's spool (gauge).
     pub pending_bytes: AtomicU64,
+    /// `time` (ms since the epoch) of the oldest event not yet delivered, 0
+    /// when nothing waits: the first event of the batch being delivered.
+    pub oldest_pending_ms: AtomicI64,
     pub last_error: Mutex<Option<String>>,
+}
+
+impl SinkStats {
+    /// How long the oldest undelivered event has waited, at `now_ms`: 0 when
+    /// the spool is drained.
+    pub fn oldest_pending_seconds(&self, now_ms: i64) -> f64 {
+        match self.oldest_pending_ms.load(Ordering::Relaxed) {
+            0 => 0.0,
+            oldest => (now_ms - oldest).max(0) as f64 / 1000.0,
+        }
+    }
 }
 
 /// The writer's side of a sink: filter and spool.
@@ -224,6 +238,7 @@ impl Worker {
                 Err(_) => return,
             };
             let Some(chunk) = chunk else {
+                self.stats.oldest_pending_ms.store(0, Ordering::Relaxed);
                 if closing {
                     return;
                 }
@@ -235,6 +250,12 @@ impl Worker {
                 .iter()
                 .filter_map(|l| serde_json::from_slice(l).ok())
                 .collect();
+            // Spool order is commit order, close to time order: the batch's
+            // oldest event is the oldest waiting.
+            let oldest = events.iter().map(|e| e.time).filter(|&t| t > 0).min();
+            self.stats
+                .oldest_pending_ms
+                .store(oldest.unwrap_or(0), Ordering::Relaxed);
             match self.destination.deliver(&events) {
                 Ok(()) => {
                     if let Ok(mut s) = self.spool.lock() {
