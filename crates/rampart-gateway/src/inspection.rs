@@ -231,11 +231,21 @@ pub async fn finish(
     session: ScanSession,
     timeout: Duration,
 ) -> Option<ScanReport> {
-    if session.size() <= INLINE_FINISH && inspector.config().clamav.is_none() {
+    if session.size() <= INLINE_FINISH
+        && inspector.config().clamav.is_none()
+        && !session.is_streaming()
+    {
         return Some(session.finish());
     }
-    let task = tokio::task::spawn_blocking(move || session.finish());
-    match tokio::time::timeout(timeout, task).await {
+    let (report_tx, report_rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let (report, leftovers) = session.finish_deferred();
+        // The verdict goes out first; freeing a large spool (its pages, the
+        // file) happens after, off the held body's critical path.
+        let _ = report_tx.send(report);
+        drop(leftovers);
+    });
+    match tokio::time::timeout(timeout, report_rx).await {
         Ok(Ok(report)) => Some(report),
         _ => None,
     }

@@ -5,7 +5,9 @@
 //!
 //! One connection per scan: clamd closes an INSTREAM connection after its
 //! reply unless `IDSESSION` is used, and connecting to a local socket costs
-//! microseconds next to a scan, so no pool is kept.
+//! microseconds next to a scan, so no pool is kept. A download is sent while
+//! it streams ([`ClamdClient::instream`]): the connection is opened when the
+//! body turns out long, and clamd has the whole body when its last byte is in.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -94,7 +96,7 @@ impl ClamdClient {
         })
     }
 
-    fn connect(&self) -> Result<Box<dyn Stream>, ClamdError> {
+    fn connect(&self) -> Result<Box<dyn Stream + Send>, ClamdError> {
         let fail = |source| ClamdError::Connect {
             address: match &self.address {
                 ClamdAddress::Unix(p) => p.display().to_string(),
@@ -131,31 +133,30 @@ impl ClamdClient {
     /// Sends `body` with INSTREAM and returns clamd's verdict. The caller
     /// keeps `body` under clamd's StreamMaxLength.
     pub fn scan(&self, body: &mut dyn Read) -> Result<ClamdVerdict, ClamdError> {
-        let mut stream = self.connect()?;
-        stream.write_all(b"zINSTREAM\0")?;
+        let mut stream = self.instream()?;
         let mut buf = vec![0u8; self.chunk_size];
         loop {
             let n = read_full(body, &mut buf)?;
             if n == 0 {
                 break;
             }
-            let len = u32::try_from(n).map_err(|_| ClamdError::Reply("chunk too large".into()))?;
-            if let Err(e) = stream
-                .write_all(&len.to_be_bytes())
-                .and_then(|()| stream.write_all(&buf[..n]))
-            {
-                // clamd closes the socket after "INSTREAM size limit
-                // exceeded"; its reply says more than the broken pipe.
-                return Err(read_reply(&mut stream)
-                    .ok()
-                    .filter(|r| !r.is_empty())
-                    .map(ClamdError::Reply)
-                    .unwrap_or(ClamdError::Io(e)));
-            }
+            stream.send(&buf[..n])?;
         }
-        stream.write_all(&[0, 0, 0, 0])?;
-        stream.flush()?;
-        parse_reply(&read_reply(&mut stream)?)
+        stream.finish()
+    }
+
+    /// Opens an INSTREAM scan that is fed chunk by chunk as the body
+    /// arrives ([`ClamdStream::send`]) and answered by
+    /// [`ClamdStream::finish`]: clamd receives the body while it streams
+    /// instead of after it ended.
+    pub fn instream(&self) -> Result<ClamdStream, ClamdError> {
+        let mut stream = self.connect()?;
+        stream.write_all(b"zINSTREAM\0")?;
+        Ok(ClamdStream {
+            stream,
+            chunk_size: self.chunk_size,
+            sent: 0,
+        })
     }
 
     /// `zPING`: whether clamd answers.
@@ -166,6 +167,56 @@ impl ClamdClient {
             "PONG" => Ok(()),
             other => Err(ClamdError::Reply(other.to_owned())),
         }
+    }
+}
+
+/// One INSTREAM scan in progress (see [`ClamdClient::instream`]).
+pub struct ClamdStream {
+    stream: Box<dyn Stream + Send>,
+    chunk_size: usize,
+    sent: u64,
+}
+
+impl ClamdStream {
+    /// Bytes sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Sends `data` as INSTREAM chunks of at most `chunk_size` bytes.
+    pub fn send(&mut self, data: &[u8]) -> Result<(), ClamdError> {
+        for piece in data.chunks(self.chunk_size) {
+            let len =
+                u32::try_from(piece.len()).map_err(|_| ClamdError::Reply("chunk too large".into()))?;
+            if let Err(e) = self
+                .stream
+                .write_all(&len.to_be_bytes())
+                .and_then(|()| self.stream.write_all(piece))
+            {
+                // clamd closes the socket after "INSTREAM size limit
+                // exceeded"; its reply says more than the broken pipe.
+                return Err(read_reply(&mut self.stream)
+                    .ok()
+                    .filter(|r| !r.is_empty())
+                    .map(ClamdError::Reply)
+                    .unwrap_or(ClamdError::Io(e)));
+            }
+            self.sent += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream and waits for clamd's verdict.
+    pub fn finish(mut self) -> Result<ClamdVerdict, ClamdError> {
+        self.stream.write_all(&[0, 0, 0, 0])?;
+        self.stream.flush()?;
+        parse_reply(&read_reply(&mut self.stream)?)
+    }
+}
+
+impl std::fmt::Debug for ClamdStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClamdStream").field("sent", &self.sent).finish()
     }
 }
 
@@ -183,7 +234,7 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Reads the NUL-terminated reply (bounded: clamd's replies are one line).
-fn read_reply(stream: &mut dyn Stream) -> io::Result<String> {
+fn read_reply(stream: &mut (dyn Stream + Send)) -> io::Result<String> {
     let mut reply = Vec::new();
     BufReader::new(stream.take(4096)).read_until(0, &mut reply)?;
     if reply.last() == Some(&0) {

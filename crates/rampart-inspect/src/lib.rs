@@ -40,7 +40,7 @@ pub use config::{
 pub use error::InspectError;
 pub use file_type::{sniff, FileType, ISO_SNIFF_LEN, SNIFF_LEN};
 pub use inspector::Inspector;
-pub use session::{ScanContext, ScanSession};
+pub use session::{Leftovers, ScanContext, ScanSession};
 pub use verdict::{
     Direction, Engine, EngineTimes, Finding, ScanReport, UnscannableReason, Verdict,
 };

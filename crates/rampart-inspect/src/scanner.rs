@@ -14,6 +14,7 @@ use crate::archive::{self, EntrySink, Stop, WalkError};
 use crate::clamd::ClamdVerdict;
 use crate::file_type::{sniff, FileType, ISO_SNIFF_LEN};
 use crate::inspector::Inner;
+use crate::session::{ClamdOutcome, Streamed};
 use crate::spool::Spool;
 use crate::verdict::{Direction, Engine, EngineTimes, Finding, UnscannableReason, Verdict};
 
@@ -29,6 +30,9 @@ pub(crate) struct Walk<'a> {
     stopped: bool,
     pub(crate) findings: Vec<Finding>,
     pub(crate) times: EngineTimes,
+    /// Engine results the session computed while the body streamed: used
+    /// for the top-level object instead of reading its spool again.
+    pub(crate) streamed: Streamed,
 }
 
 /// Facts about the object being scanned, for findings.
@@ -50,6 +54,7 @@ impl<'a> Walk<'a> {
             stopped: false,
             findings: Vec::new(),
             times: EngineTimes::default(),
+            streamed: Streamed::default(),
         }
     }
 
@@ -136,7 +141,12 @@ impl<'a> Walk<'a> {
         self.times.encryption += t.elapsed();
         // 3. Hash lists.
         let t = Instant::now();
-        self.check_hashes(&obj, spool, sha256);
+        let legacy = if depth == 0 {
+            self.streamed.legacy.take()
+        } else {
+            None
+        };
+        self.check_hashes(&obj, spool, sha256, legacy);
         self.times.hash += t.elapsed();
         // 4. YARA.
         let t = Instant::now();
@@ -182,7 +192,7 @@ impl<'a> Walk<'a> {
             size: spool.len(),
         };
         let t = Instant::now();
-        self.check_hashes(&form, spool, sha256);
+        self.check_hashes(&form, spool, sha256, None);
         self.times.hash += t.elapsed();
         for (index, part) in parts.iter().enumerate() {
             if self.stopped {
@@ -383,13 +393,27 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn check_hashes(&mut self, obj: &Object<'_>, spool: &Spool, sha256: &[u8; 32]) {
+    /// `legacy`: the MD5 and SHA-1 when the session computed them while
+    /// the body streamed.
+    fn check_hashes(
+        &mut self,
+        obj: &Object<'_>,
+        spool: &Spool,
+        sha256: &[u8; 32],
+        legacy: Option<([u8; 16], [u8; 20])>,
+    ) {
         let lists = &self.inner.hashes;
         if let Some(hit) = lists.find_sha256(sha256) {
             self.push(obj, Verdict::Malicious, Engine::Hash, hit.rule());
             return;
         }
         if !lists.needs_legacy_digests() {
+            return;
+        }
+        if let Some((md5, sha1)) = legacy {
+            if let Some(hit) = lists.find_sha1(&sha1).or_else(|| lists.find_md5(&md5)) {
+                self.push(obj, Verdict::Malicious, Engine::Hash, hit.rule());
+            }
             return;
         }
         // MD5/SHA-1 only when an imported feed has them: a second pass.
@@ -475,7 +499,8 @@ impl<'a> Walk<'a> {
             return;
         };
         let fail = Some(config.fail);
-        if obj.size > config.max_stream_size {
+        let streamed = self.streamed.clamd.take();
+        if obj.size > config.max_stream_size || matches!(streamed, Some(ClamdOutcome::TooLarge)) {
             // Not an engine failure: the fail mode is for clamd being down or
             // erroring. A body clamd would refuse is unscannable for it, and
             // `inspect.actions.unscannable` decides (else every download past
@@ -492,10 +517,14 @@ impl<'a> Walk<'a> {
             );
             return;
         }
-        let result = spool
-            .reader()
-            .map_err(crate::clamd::ClamdError::Io)
-            .and_then(|mut r| client.scan(&mut r));
+        let result = match streamed {
+            // Sent while the body streamed: only the answer was missing.
+            Some(ClamdOutcome::Verdict(result)) => result,
+            _ => spool
+                .reader()
+                .map_err(crate::clamd::ClamdError::Io)
+                .and_then(|mut r| client.scan(&mut r)),
+        };
         match result {
             Ok(ClamdVerdict::Clean) => {}
             Ok(ClamdVerdict::Found(sig)) => self.push(obj, Verdict::Malicious, Engine::Clamav, sig),

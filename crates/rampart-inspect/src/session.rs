@@ -1,11 +1,19 @@
 //! One body's scan: fed chunk by chunk while the gateway forwards it, then
 //! finished (blocking; call it under `spawn_blocking`) for the verdict.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::io::Read;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use md5::Md5;
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
+use crate::clamd::{ClamdError, ClamdStream, ClamdVerdict};
 use crate::error::InspectError;
 use crate::file_type::{sniff, ISO_SNIFF_LEN};
 use crate::inspector::Inner;
@@ -55,50 +63,107 @@ impl ScanContext {
 
 /// A body being scanned. Memory is bounded by `memory_threshold`; the spool
 /// file (if any) is deleted when the session drops.
+///
+/// Chunks are taken in one of two ways. Inline (the default), [`feed`]
+/// hashes and spools each chunk on the caller's thread: right for short
+/// bodies and for uploads, which are held whole anyway. Once a download is
+/// known to be long, [`stream_in_background`] moves that work to a thread of
+/// the session's own, so the gateway's thread only forwards: chunks are
+/// handed over by reference ([`feed_bytes`], no copy), hashed and spooled
+/// there while the body streams, and — with clamd configured — sent to clamd
+/// as they arrive, so that at the end only the engines that need the whole
+/// body (archives, YARA) remain. The queue between the two is bounded
+/// ([`poll_ready`]), so a slow engine slows the download instead of growing
+/// memory.
+///
+/// [`feed`]: ScanSession::feed
+/// [`feed_bytes`]: ScanSession::feed_bytes
+/// [`poll_ready`]: ScanSession::poll_ready
+/// [`stream_in_background`]: ScanSession::stream_in_background
 pub struct ScanSession {
     inner: Arc<Inner>,
     context: ScanContext,
-    hasher: Sha256,
-    spool: Spool,
+    /// Bytes fed so far (also those still queued for the background thread).
     size: u64,
+    intake: IntakeState,
+}
+
+enum IntakeState {
+    Inline(Box<Intake>),
+    Background(Background),
+    /// The background thread panicked: the body was not scanned.
+    Lost(String),
+}
+
+/// What is done with every chunk as it arrives, on whichever thread runs it.
+struct Intake {
+    inner: Arc<Inner>,
+    hasher: Sha256,
+    /// MD5 and SHA-1 of the whole body, kept only when an imported hash
+    /// list has such digests (no second pass over the spool at the end).
+    legacy: Option<(Md5, Sha1)>,
+    spool: Spool,
     /// Past `max_scan_size`: still hashed, no longer kept.
     truncated: bool,
     spool_error: Option<String>,
+    /// clamd fed while the body streams (background sessions only).
+    clamd: ClamdFeed,
+    /// Time spent sending to clamd while streaming.
+    clamd_time: Duration,
 }
 
-impl ScanSession {
-    pub(crate) fn new(inner: Arc<Inner>, context: ScanContext) -> ScanSession {
+/// The state of a streamed clamd scan of the top-level body.
+enum ClamdFeed {
+    /// Not streamed: clamd (if configured) scans from the spool at the end.
+    Off,
+    Open(ClamdStream),
+    /// Longer than `clamav.max_stream_size`: the stream was dropped and the
+    /// end reports `too-large` for clamav, as an unstreamed scan would.
+    TooLarge,
+    Failed(ClamdError),
+}
+
+/// What the streamed clamd scan left for the end of the body.
+pub(crate) enum ClamdOutcome {
+    Verdict(Result<ClamdVerdict, ClamdError>),
+    TooLarge,
+}
+
+/// What the intake computed while the body streamed, for the top-level
+/// object's engines at the end.
+#[derive(Default)]
+pub(crate) struct Streamed {
+    pub(crate) legacy: Option<([u8; 16], [u8; 20])>,
+    pub(crate) clamd: Option<ClamdOutcome>,
+}
+
+impl Intake {
+    fn new(inner: Arc<Inner>) -> Intake {
         let spool = Spool::new(inner.config.memory_threshold, &inner.spool_dir);
-        ScanSession {
+        let legacy = inner
+            .hashes
+            .needs_legacy_digests()
+            .then(|| (Md5::new(), Sha1::new()));
+        Intake {
             inner,
-            context,
             hasher: Sha256::new(),
+            legacy,
             spool,
-            size: 0,
             truncated: false,
             spool_error: None,
+            clamd: ClamdFeed::Off,
+            clamd_time: Duration::ZERO,
         }
     }
 
-    /// Bytes fed so far.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Whether the body has passed `max_scan_size` (its verdict will be
-    /// `unscannable: too-large`, or worse).
-    pub fn is_too_large(&self) -> bool {
-        self.truncated
-    }
-
-    /// Adds the next chunk of the body. Errors only when the spool file
-    /// cannot be written; the session then finishes as `unscannable:
-    /// engine-error`, so the gateway may ignore the error and carry on.
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), InspectError> {
+    fn take(&mut self, chunk: &[u8]) -> Result<(), InspectError> {
         // The hash covers every byte, also past the cap, so hash lists still
         // recognise a file too large to scan.
         self.hasher.update(chunk);
-        self.size += chunk.len() as u64;
+        if let Some((md5, sha1)) = &mut self.legacy {
+            md5.update(chunk);
+            sha1.update(chunk);
+        }
         if self.truncated || self.spool_error.is_some() {
             return Ok(());
         }
@@ -111,8 +176,294 @@ impl ScanSession {
         }
         if keep.len() < chunk.len() {
             self.truncated = true;
+            // A truncated body is not sent to clamd (as before streaming).
+            self.clamd = ClamdFeed::Off;
         }
+        self.send_to_clamd(keep);
         Ok(())
+    }
+
+    /// Opens the streamed clamd scan and sends what was kept so far (the
+    /// held start of the body, in memory or a small spool file).
+    fn open_clamd(&mut self) {
+        let Some(client) = &self.inner.clamd else {
+            return;
+        };
+        if self.truncated || self.spool_error.is_some() {
+            return;
+        }
+        let started = Instant::now();
+        self.clamd = match client.instream() {
+            Ok(stream) => ClamdFeed::Open(stream),
+            Err(e) => ClamdFeed::Failed(e),
+        };
+        let kept = self.spool.reader().and_then(|mut r| {
+            let mut buf = Vec::new();
+            r.read_to_end(&mut buf)?;
+            Ok(buf)
+        });
+        match kept {
+            Ok(kept) => self.send_to_clamd(&kept),
+            Err(e) => self.clamd = ClamdFeed::Failed(ClamdError::Io(e)),
+        }
+        self.clamd_time += started.elapsed();
+    }
+
+    fn send_to_clamd(&mut self, data: &[u8]) {
+        let ClamdFeed::Open(stream) = &mut self.clamd else {
+            return;
+        };
+        let max = self
+            .inner
+            .config
+            .clamav
+            .as_ref()
+            .map_or(u64::MAX, |c| c.max_stream_size);
+        if stream.sent() + data.len() as u64 > max {
+            // Dropping the connection ends clamd's side of the scan.
+            self.clamd = ClamdFeed::TooLarge;
+            return;
+        }
+        let started = Instant::now();
+        if let Err(e) = stream.send(data) {
+            self.clamd = ClamdFeed::Failed(e);
+        }
+        self.clamd_time += started.elapsed();
+    }
+
+    /// Ends the streamed engines: clamd's answer, the legacy digests.
+    fn streamed(&mut self) -> Streamed {
+        let legacy = self.legacy.take().map(|(md5, sha1)| {
+            let md5: [u8; 16] = md5.finalize().into();
+            let sha1: [u8; 20] = sha1.finalize().into();
+            (md5, sha1)
+        });
+        let clamd = match std::mem::replace(&mut self.clamd, ClamdFeed::Off) {
+            ClamdFeed::Off => None,
+            ClamdFeed::TooLarge => Some(ClamdOutcome::TooLarge),
+            ClamdFeed::Failed(e) => Some(ClamdOutcome::Verdict(Err(e))),
+            ClamdFeed::Open(stream) => {
+                let started = Instant::now();
+                let verdict = stream.finish();
+                self.clamd_time += started.elapsed();
+                Some(ClamdOutcome::Verdict(verdict))
+            }
+        };
+        Streamed { legacy, clamd }
+    }
+}
+
+/// Chunks queued for the background thread, with the waker of a feeder
+/// waiting for room.
+struct Queue {
+    state: Mutex<QueueState>,
+    arrived: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    chunks: VecDeque<Bytes>,
+    queued: usize,
+    /// No more chunks will come: the thread drains the queue and returns.
+    closed: bool,
+    /// The session was dropped: the thread stops at once.
+    abandoned: bool,
+    waiting: Option<Waker>,
+}
+
+/// Most bytes queued for the background thread per body: past this the
+/// feeder waits ([`ScanSession::poll_ready`]), so memory per flow stays
+/// bounded when the thread falls behind (clamd busy, a slow disk).
+const QUEUE_LIMIT: usize = 1024 * 1024;
+
+struct Background {
+    queue: Arc<Queue>,
+    thread: Option<JoinHandle<Option<Intake>>>,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // A panic while holding this lock cannot leave the queue
+        // inconsistent (each update is a single push or pop).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The background thread: takes every queued chunk, then returns the
+/// intake for the end of the scan.
+fn run_intake(mut intake: Intake, queue: Arc<Queue>) -> Intake {
+    intake.open_clamd();
+    loop {
+        let chunk = {
+            let mut state = queue.lock();
+            loop {
+                if state.abandoned {
+                    return intake;
+                }
+                if let Some(chunk) = state.chunks.pop_front() {
+                    state.queued -= chunk.len();
+                    if state.queued < QUEUE_LIMIT {
+                        if let Some(waker) = state.waiting.take() {
+                            waker.wake();
+                        }
+                    }
+                    break chunk;
+                }
+                if state.closed {
+                    return intake;
+                }
+                state = queue
+                    .arrived
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        // A spool failure is recorded in the intake and reported at the end.
+        let _ = intake.take(&chunk);
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // The body was abandoned mid-stream (client gone, error): the thread
+        // stops after its current chunk and drops the spool.
+        let mut state = self.queue.lock();
+        state.abandoned = true;
+        state.chunks.clear();
+        drop(state);
+        self.queue.arrived.notify_one();
+    }
+}
+
+impl ScanSession {
+    pub(crate) fn new(inner: Arc<Inner>, context: ScanContext) -> ScanSession {
+        let intake = Intake::new(inner.clone());
+        ScanSession {
+            inner,
+            context,
+            size: 0,
+            intake: IntakeState::Inline(Box::new(intake)),
+        }
+    }
+
+    /// Bytes fed so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the body has passed `max_scan_size` (its verdict will be
+    /// `unscannable: too-large`, or worse). Always false while the body
+    /// streams in the background (the thread decides; the verdict says).
+    pub fn is_too_large(&self) -> bool {
+        match &self.intake {
+            IntakeState::Inline(i) => i.truncated,
+            _ => false,
+        }
+    }
+
+    /// Whether chunks are taken by the session's background thread
+    /// ([`ScanSession::stream_in_background`]); its `finish` then waits for
+    /// that thread and must run off the async workers.
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.intake, IntakeState::Background(_))
+    }
+
+    /// Moves the per-chunk work (hashing, spooling, clamd) of a long
+    /// download to a thread of its own; see [`ScanSession`]. Not for uploads
+    /// held in the spool ([`ScanSession::spool_file`] needs the inline
+    /// intake) nor for forms. When the thread cannot be started the session
+    /// stays inline: slower, the same verdict.
+    pub fn stream_in_background(&mut self) {
+        if self.form_boundary().is_some() {
+            return;
+        }
+        let IntakeState::Inline(_) = &self.intake else {
+            return;
+        };
+        let IntakeState::Inline(intake) =
+            std::mem::replace(&mut self.intake, IntakeState::Lost(String::new()))
+        else {
+            return;
+        };
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState::default()),
+            arrived: Condvar::new(),
+        });
+        // The intake is handed over once the thread runs: if it cannot be
+        // started, the intake is still here and the session stays inline.
+        let (hand_over, received) = std::sync::mpsc::sync_channel::<Intake>(1);
+        let thread_queue = queue.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rampart-scan".into())
+            .spawn(move || {
+                received
+                    .recv()
+                    .ok()
+                    .map(|intake| run_intake(intake, thread_queue))
+            });
+        self.intake = match spawned {
+            Ok(thread) => match hand_over.send(*intake) {
+                Ok(()) => IntakeState::Background(Background {
+                    queue,
+                    thread: Some(thread),
+                }),
+                Err(std::sync::mpsc::SendError(intake)) => IntakeState::Inline(Box::new(intake)),
+            },
+            Err(_) => IntakeState::Inline(intake),
+        };
+    }
+
+    /// Adds the next chunk of the body. Errors only when the spool file
+    /// cannot be written; the session then finishes as `unscannable:
+    /// engine-error`, so the gateway may ignore the error and carry on.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), InspectError> {
+        match &mut self.intake {
+            IntakeState::Inline(intake) => {
+                self.size += chunk.len() as u64;
+                intake.take(chunk)
+            }
+            _ => {
+                self.feed_bytes(Bytes::copy_from_slice(chunk));
+                Ok(())
+            }
+        }
+    }
+
+    /// [`ScanSession::feed`] for a chunk the caller holds as `Bytes`: a
+    /// background session queues it without copying. Check
+    /// [`ScanSession::poll_ready`] before reading the next chunk.
+    pub fn feed_bytes(&mut self, chunk: Bytes) {
+        match &mut self.intake {
+            IntakeState::Inline(intake) => {
+                self.size += chunk.len() as u64;
+                // A spool failure is recorded in the intake and reported by finish.
+                let _ = intake.take(&chunk);
+            }
+            IntakeState::Background(background) => {
+                self.size += chunk.len() as u64;
+                let mut state = background.queue.lock();
+                state.queued += chunk.len();
+                state.chunks.push_back(chunk);
+                drop(state);
+                background.queue.arrived.notify_one();
+            }
+            IntakeState::Lost(_) => self.size += chunk.len() as u64,
+        }
+    }
+
+    /// Ready when the session takes another chunk without going past its
+    /// queue bound; otherwise `Pending`, and `cx` is woken when the
+    /// background thread has caught up. Always ready inline.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let IntakeState::Background(background) = &self.intake else {
+            return Poll::Ready(());
+        };
+        let mut state = background.queue.lock();
+        if state.queued < QUEUE_LIMIT {
+            return Poll::Ready(());
+        }
+        state.waiting = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// The boundary of an upload sent as `multipart/form-data`.
@@ -124,32 +475,102 @@ impl ScanSession {
     }
 
     /// How many bytes of the body are kept for the scan: every byte fed, up
-    /// to `max_scan_size`.
+    /// to `max_scan_size` (inline sessions; 0 while streaming in the background).
     pub fn kept_len(&self) -> u64 {
-        self.spool.len()
+        match &self.intake {
+            IntakeState::Inline(i) => i.spool.len(),
+            _ => 0,
+        }
     }
 
     /// A second handle on the spool file, once the kept bytes have spilled
-    /// past `memory_threshold` to disk (`None` while they are in memory): the
-    /// gateway forwards a held upload from it, with positioned reads
-    /// (`FileExt::read_at`) because the scan moves the shared file offset.
-    /// The file holds the first [`ScanSession::kept_len`] bytes of the body
-    /// and stays readable through this handle after the session is dropped.
+    /// past `memory_threshold` to disk (`None` while they are in memory, and
+    /// for a session streaming in the background): the gateway forwards a
+    /// held upload from it, with positioned reads (`FileExt::read_at`)
+    /// because the scan moves the shared file offset. The file holds the
+    /// first [`ScanSession::kept_len`] bytes of the body and stays readable
+    /// through this handle after the session is dropped.
     pub fn spool_file(&self) -> Option<std::io::Result<std::fs::File>> {
-        self.spool.file().map(std::fs::File::try_clone)
+        match &self.intake {
+            IntakeState::Inline(i) => i.spool.file().map(std::fs::File::try_clone),
+            _ => None,
+        }
     }
 
     /// Scans what was fed and returns the report. Blocking (file I/O,
-    /// decompression, rule engines, clamd): run it off the async workers.
+    /// decompression, rule engines, clamd, the background thread): run it
+    /// off the async workers.
     pub fn finish(self) -> ScanReport {
+        self.finish_deferred().0
+    }
+
+    /// [`ScanSession::finish`], leaving the release of the body's spool
+    /// (unmapping and freeing a large file's pages takes milliseconds) to
+    /// whoever drops the returned [`Leftovers`], after the verdict is out.
+    pub fn finish_deferred(mut self) -> (ScanReport, Leftovers) {
         let started = Instant::now();
-        let sha256: [u8; 32] = self.hasher.clone().finalize().into();
+        let intake = match std::mem::replace(&mut self.intake, IntakeState::Lost(String::new())) {
+            IntakeState::Inline(intake) => Ok(*intake),
+            IntakeState::Background(mut background) => {
+                {
+                    let mut state = background.queue.lock();
+                    state.closed = true;
+                }
+                background.queue.arrived.notify_one();
+                match background.thread.take().map(JoinHandle::join) {
+                    Some(Ok(Some(intake))) => Ok(intake),
+                    _ => Err("the scan thread panicked".to_owned()),
+                }
+            }
+            IntakeState::Lost(reason) => Err(if reason.is_empty() {
+                "the scan thread was lost".to_owned()
+            } else {
+                reason
+            }),
+        };
+        match intake {
+            Ok(intake) => self.scan(intake, started),
+            Err(reason) => (self.lost(&reason, started), Leftovers { _spool: None }),
+        }
+    }
+
+    /// The report of a body whose intake was lost: never clean.
+    fn lost(&self, reason: &str, started: Instant) -> ScanReport {
+        let root = root_name(&self.context);
+        let finding = Finding {
+            verdict: Verdict::Unscannable(UnscannableReason::EngineError),
+            reason: Some(UnscannableReason::EngineError),
+            container_path: root,
+            engine: Engine::Scanner,
+            rule_or_signature: reason.to_owned(),
+            file_type: crate::file_type::FileType::Unknown,
+            sha256: String::new(),
+            size: self.size,
+            count: 0,
+            masked_matches: Vec::new(),
+            fail: None,
+        };
+        ScanReport::new(
+            crate::file_type::FileType::Unknown,
+            self.size,
+            String::new(),
+            vec![finding],
+            started.elapsed(),
+            Default::default(),
+        )
+    }
+
+    fn scan(&self, mut intake: Intake, started: Instant) -> (ScanReport, Leftovers) {
+        let streamed = intake.streamed();
+        let sha256: [u8; 32] = intake.hasher.clone().finalize().into();
         let sha_hex = hex::encode(sha256);
         let root = root_name(&self.context);
-        let head = self.spool.head(ISO_SNIFF_LEN).unwrap_or_default();
+        let spool = &intake.spool;
+        let head = spool.head(ISO_SNIFF_LEN).unwrap_or_default();
         let file_type = sniff(&head);
         let mut walk = Walk::new(&self.inner, self.context.direction, started);
-        if let Some(message) = &self.spool_error {
+        walk.times.clamav += intake.clamd_time;
+        if let Some(message) = &intake.spool_error {
             walk.findings.push(Finding {
                 verdict: Verdict::Unscannable(UnscannableReason::EngineError),
                 reason: Some(UnscannableReason::EngineError),
@@ -164,7 +585,7 @@ impl ScanSession {
                 fail: None,
             });
             walk.check_hashes_only(&root, file_type, &sha256, self.size);
-        } else if self.truncated {
+        } else if intake.truncated {
             walk.findings.push(Finding {
                 verdict: Verdict::Unscannable(UnscannableReason::TooLarge),
                 reason: Some(UnscannableReason::TooLarge),
@@ -183,22 +604,35 @@ impl ScanSession {
             });
             walk.check_hashes_only(&root, file_type, &sha256, self.size);
             // Rules and DLP still look at the part that was kept.
-            walk.scan_prefix(&root, &self.spool, file_type, &sha_hex);
+            walk.scan_prefix(&root, spool, file_type, &sha_hex);
         } else if let Some(boundary) = self.form_boundary() {
-            walk.scan_form(&root, &self.spool, &sha256, &boundary);
+            walk.scan_form(&root, spool, &sha256, &boundary);
         } else {
-            walk.scan_object(&root, &self.spool, &sha256, 0);
+            walk.streamed = streamed;
+            walk.scan_object(&root, spool, &sha256, 0);
         }
         let times = walk.times;
-        ScanReport::new(
+        let report = ScanReport::new(
             file_type,
             self.size,
             sha_hex,
             walk.findings,
             started.elapsed(),
             times,
+        );
+        (
+            report,
+            Leftovers {
+                _spool: Some(intake.spool),
+            },
         )
     }
+}
+
+/// What a finished scan still holds (the body's spool): dropping it frees
+/// the memory or file. See [`ScanSession::finish_deferred`].
+pub struct Leftovers {
+    _spool: Option<Spool>,
 }
 
 /// The top-level name in container paths: the file name's last path

@@ -94,7 +94,9 @@ impl Spool {
                 // by tempfile_in, never shared), so nothing else can truncate
                 // or change it while the map lives; the map borrows `self`,
                 // which blocks further writes.
-                let map = unsafe { memmap2::Mmap::map(file)? };
+                // Populated at once: YARA reads every page in order, and
+                // one pre-fault pass costs less than a fault per few pages.
+                let map = unsafe { memmap2::MmapOptions::new().populate().map(file)? };
                 Ok(SpoolBytes::Map(map))
             }
         }

@@ -173,3 +173,70 @@ fn a_body_past_max_stream_size_is_too_large_for_clamd_without_its_fail_mode() {
     assert_eq!(finding.fail, None, "{report:#?}");
     assert!(!report.fails_open());
 }
+
+/// A download fed to a session streaming in the background: clamd gets the
+/// body while it arrives (INSTREAM opened at the hand-over), and the verdicts
+/// are those of a scan from the spool.
+fn stream(insp: &Inspector, body: &[u8], chunk: usize) -> rampart_inspect::ScanReport {
+    let mut session = insp.session(ScanContext::download().with_file_name("x.bin"));
+    // The first bytes are fed inline, as the gateway does while it holds them.
+    let (held, rest) = body.split_at(body.len().min(chunk));
+    session.feed(held).unwrap();
+    session.stream_in_background();
+    assert!(session.is_streaming());
+    for piece in rest.chunks(chunk) {
+        session.feed_bytes(bytes::Bytes::copy_from_slice(piece));
+    }
+    session.finish()
+}
+
+#[test]
+fn clamd_is_fed_while_the_body_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clamd, socket) = start_clamd(dir.path());
+    let insp = Inspector::new(InspectConfig {
+        spool_dir: Some(dir.path().to_path_buf()),
+        memory_threshold: 4096,
+        clamav: Some(config(&socket)),
+        ..InspectConfig::default()
+    })
+    .unwrap();
+
+    // The marker straddles two chunks of 1000 bytes.
+    let mut body = vec![b'a'; 2990];
+    body.extend_from_slice(MARKER.as_bytes());
+    body.extend_from_slice(&[b'z'; 50_000]);
+    let found = stream(&insp, &body, 1000);
+    assert_eq!(found.verdict, Verdict::Malicious, "{found:#?}");
+    assert_eq!(found.findings[0].engine, Engine::Clamav);
+    assert!(found.findings[0]
+        .rule_or_signature
+        .starts_with("Rampart.Test.Marker"));
+    assert_eq!(found.size, body.len() as u64);
+    assert!(found.engine_times.clamav > Duration::ZERO);
+
+    let clean = stream(&insp, &vec![b'c'; 300_000], 16 * 1024);
+    assert_eq!(clean.verdict, Verdict::Clean, "{clean:#?}");
+
+    // Past clamd's StreamMaxLength (1 MiB here): dropped mid-stream, too-large
+    // for clamav under the unscannable action, never clean.
+    let too_large = stream(&insp, &vec![b'b'; 2 * 1024 * 1024], 64 * 1024);
+    assert_eq!(
+        too_large.verdict,
+        Verdict::Unscannable(UnscannableReason::TooLarge),
+        "{too_large:#?}"
+    );
+    assert_eq!(too_large.findings[0].engine, Engine::Clamav);
+    assert_eq!(too_large.findings[0].fail, None);
+
+    // clamd stopped: the stream cannot open; engine-error with the fail mode.
+    drop(clamd);
+    let down = stream(&insp, &vec![b'd'; 100_000], 10_000);
+    assert_eq!(
+        down.verdict,
+        Verdict::Unscannable(UnscannableReason::EngineError),
+        "{down:#?}"
+    );
+    assert_eq!(down.findings[0].engine, Engine::Clamav);
+    assert_eq!(down.findings[0].fail, Some(FailMode::Open));
+}

@@ -200,6 +200,7 @@ pub struct PolicyRecheck {
     identity: rampart_policy::Identity,
     process: Option<rampart_policy::Process>,
     host: String,
+    also_host: Option<String>,
     dst_ip: Option<std::net::IpAddr>,
     port: u16,
     method: String,
@@ -216,6 +217,7 @@ impl PolicyRecheck {
             identity: held.facts.identity.clone(),
             process: held.facts.process.cloned(),
             host: held.facts.host.to_string(),
+            also_host: held.facts.also_host.map(str::to_string),
             dst_ip: held.facts.dst_ip,
             port: held.facts.port,
             method: held.method.to_string(),
@@ -236,6 +238,7 @@ impl PolicyRecheck {
             dst_ip: self.dst_ip,
             port: self.port,
             last: rampart_policy::EvalPoint::Response,
+            also_host: self.also_host.as_deref(),
         };
         let verdicts = record.verdict_names();
         let dlp = record.dlp_profiles();
@@ -282,6 +285,10 @@ impl BodyScan {
         timeout: std::time::Duration,
         recheck: Option<PolicyRecheck>,
     ) -> Box<BodyScan> {
+        let mut session = session;
+        // A body too long to hold: hashing, spooling and clamd run on the
+        // session's own thread while this one forwards.
+        session.stream_in_background();
         Box::new(BodyScan {
             inspector,
             session: Some(session),
@@ -359,13 +366,19 @@ impl BodyScan {
                 }
                 continue;
             }
+            if let Some(session) = self.session.as_mut() {
+                // The scan's queue is full: read on once it caught up, so a
+                // slow engine slows the download rather than grow memory.
+                std::task::ready!(session.poll_ready(cx));
+            }
             match std::task::ready!(inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         if let Some(session) = self.session.as_mut() {
-                            // A spool failure is recorded in the session and
-                            // reported by its verdict (unscannable), never dropped.
-                            let _ = session.feed(&data);
+                            // Shared, not copied. A spool failure is recorded in
+                            // the session and reported by its verdict
+                            // (unscannable), never dropped.
+                            session.feed_bytes(data.clone());
                         }
                         if let Some(previous) = self.held_last.replace(data) {
                             if let Some(log) = log.as_mut() {
