@@ -1,8 +1,21 @@
-//! Helpers shared by Rampart's end-to-end tests and benches, in every crate.
+//! Helpers shared by Rampart's end-to-end tests and benches, in every crate:
+//! free ports, external processes, loopback origins (plain, TLS, Python), test
+//! CAs, network namespaces, real clients (curl, raw HTTP), NATS and PostgreSQL.
 
+pub mod curl;
+pub mod http;
 pub mod nats;
+pub mod netns;
+pub mod origin;
+pub mod pki;
 pub mod postgres;
+pub mod process;
+pub mod python_origin;
+pub mod tls_origin;
 
+pub use curl::{curl, curl_status, Curl, CurlReply};
+pub use http::{http_get_body, http_get_status, raw_exchange, raw_exchange_until_close};
+pub use process::{eventually, have, require, run, sh, KillOnDrop};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -23,6 +23,54 @@ pub struct Postgres {
     child: Child,
     dir: tempfile::TempDir,
     pub port: u16,
+    mode: Mode,
+    owner: Option<(u32, u32)>,
+}
+
+/// `postgres` on `dir/data` at `port`, logging to a file of its own.
+fn spawn(dir: &Path, port: u16, mode: Mode, owner: Option<(u32, u32)>) -> (Child, PathBuf) {
+    let data = dir.join("data");
+    let log: PathBuf = dir.join(format!(
+        "postgres-{port}-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    ));
+    let log_file = std::fs::File::create(&log).expect("postgres log file");
+    if let Some((uid, gid)) = owner {
+        chown_tree(&log, uid, gid);
+    }
+    let mut cmd = command("postgres", owner);
+    cmd.arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(dir)
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .args(["-c", "max_connections=50"]);
+    let settings: &[&str] = match mode {
+        Mode::Fast => &[
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        ],
+        Mode::Durable => &[
+            "shared_buffers=2GB",
+            "max_wal_size=2GB",
+            "checkpoint_timeout=15min",
+            "wal_compression=on",
+        ],
+    };
+    for s in settings {
+        cmd.args(["-c", s]);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file.try_clone().expect("log file"))
+        .spawn()
+        .expect("start postgres");
+    (child, log)
 }
 
 fn postgres_user() -> Option<(u32, u32)> {
@@ -103,42 +151,17 @@ impl Postgres {
         let mut last_log = String::new();
         for _ in 0..5 {
             let port = crate::free_port();
-            let log: PathBuf = dir.path().join(format!("postgres-{port}.log"));
-            let log_file = std::fs::File::create(&log).expect("postgres log file");
-            if let Some((uid, gid)) = owner {
-                chown_tree(&log, uid, gid);
-            }
-            let mut cmd = command("postgres", owner);
-            cmd.arg("-D")
-                .arg(&data)
-                .args(["-p", &port.to_string(), "-k"])
-                .arg(dir.path())
-                .args(["-c", "listen_addresses=127.0.0.1"])
-                .args(["-c", "max_connections=50"]);
-            let settings: &[&str] = match mode {
-                Mode::Fast => &[
-                    "fsync=off",
-                    "synchronous_commit=off",
-                    "full_page_writes=off",
-                ],
-                Mode::Durable => &[
-                    "shared_buffers=2GB",
-                    "max_wal_size=2GB",
-                    "checkpoint_timeout=15min",
-                    "wal_compression=on",
-                ],
-            };
-            for s in settings {
-                cmd.args(["-c", s]);
-            }
-            let mut child = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log_file.try_clone().expect("log file"))
-                .spawn()
-                .expect("start postgres");
+            let (mut child, log) = spawn(dir.path(), port, mode, owner);
             match wait_ready(&mut child, &log) {
-                Ok(()) => return Postgres { child, dir, port },
+                Ok(()) => {
+                    return Postgres {
+                        child,
+                        dir,
+                        port,
+                        mode,
+                        owner,
+                    }
+                }
                 Err(text) => {
                     // Most likely the port was taken between the pick and the bind.
                     last_log = text;
@@ -147,6 +170,21 @@ impl Postgres {
             }
         }
         panic!("postgres did not start:\n{last_log}");
+    }
+
+    /// Starts the server again (after [`Postgres::stop`]) on the same data
+    /// and port: an outage and a recovery, for the fleet's failure tests.
+    pub fn restart(&mut self) {
+        stop(&mut self.child);
+        let (mut child, log) = spawn(self.dir.path(), self.port, self.mode, self.owner);
+        if let Err(text) = wait_ready(&mut child, &log) {
+            stop(&mut child);
+            panic!(
+                "postgres did not start again on port {}:\n{text}",
+                self.port
+            );
+        }
+        self.child = child;
     }
 
     /// A URL for the `postgres` database (trust authentication on loopback).

@@ -1,51 +1,26 @@
 //! Test harness: network namespaces created by the test itself, servers and the agent
 //! running inside them, and real clients (`curl`, `python3`) started with
 //! `ip netns exec`.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use rampart_agent::{AgentBuilder, AgentConfig, AgentError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-/// Whether the test can create namespaces; prints why it skips otherwise.
-pub fn root_or_skip(test: &str) -> bool {
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
-    if !root {
-        eprintln!("SKIPPED {test}: needs root to create network namespaces and nftables tables");
-    }
-    let tools = ["ip", "nft", "curl", "python3"].iter().all(|tool| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    });
-    if root && !tools {
-        eprintln!("SKIPPED {test}: needs ip, nft, curl and python3");
-    }
-    root && tools
-}
+pub use rampart_testkit::netns::enter_netns;
+use rampart_testkit::netns::{addr_up, namespaces_available, unique_id, veth, Netns};
+pub use rampart_testkit::process::stdout;
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Whether the test can create namespaces; says why it skips otherwise (and fails
+/// under CI, where the tests run as root with the tools installed).
+pub fn root_or_skip(test: &str) -> bool {
+    namespaces_available(test, &["ip", "nft", "curl", "python3"])
 }
 
 pub const ENDPOINT_TO_GATEWAY: &str = "10.77.1.1";
@@ -59,67 +34,30 @@ pub struct Topology {
     pub endpoint: String,
     pub gateway: String,
     pub origin: String,
+    _namespaces: [Netns; 3],
 }
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Topology {
     pub fn create() -> Self {
-        let id = format!(
-            "{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = unique_id();
+        let names = ["ep", "gw", "or"].map(|role| format!("rpa{id}{role}"));
+        let _namespaces = names.clone().map(|name| Netns::create(&name));
+        let [endpoint, gateway, origin] = names;
         let topo = Topology {
-            endpoint: format!("rpa{id}ep"),
-            gateway: format!("rpa{id}gw"),
-            origin: format!("rpa{id}or"),
+            endpoint,
+            gateway,
+            origin,
+            _namespaces,
         };
-        for ns in [&topo.endpoint, &topo.gateway, &topo.origin] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        let link = |peer_ns: &str, ep_addr: &str, peer_addr: &str| {
-            // Created inside the endpoint namespace with the peer moved straight into
-            // the other one: no interface ever appears in the host's namespace.
-            ip(&[
-                "-n",
-                &topo.endpoint,
-                "link",
-                "add",
-                &format!("to{}", &peer_ns[peer_ns.len() - 2..]),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "toep",
-                "netns",
-                peer_ns,
-            ]);
+        for (peer_ns, ep_addr, peer_addr) in [
+            (&topo.gateway, ENDPOINT_TO_GATEWAY, GATEWAY_ADDR),
+            (&topo.origin, ENDPOINT_TO_ORIGIN, ORIGIN_ADDR),
+        ] {
             let ep_if = format!("to{}", &peer_ns[peer_ns.len() - 2..]);
-            ip(&[
-                "-n",
-                &topo.endpoint,
-                "addr",
-                "add",
-                &format!("{ep_addr}/24"),
-                "dev",
-                &ep_if,
-            ]);
-            ip(&["-n", &topo.endpoint, "link", "set", &ep_if, "up"]);
-            ip(&[
-                "-n",
-                peer_ns,
-                "addr",
-                "add",
-                &format!("{peer_addr}/24"),
-                "dev",
-                "toep",
-            ]);
-            ip(&["-n", peer_ns, "link", "set", "toep", "up"]);
-        };
-        link(&topo.gateway, ENDPOINT_TO_GATEWAY, GATEWAY_ADDR);
-        link(&topo.origin, ENDPOINT_TO_ORIGIN, ORIGIN_ADDR);
+            veth(&topo.endpoint, &ep_if, peer_ns, "toep");
+            addr_up(&topo.endpoint, &ep_if, &format!("{ep_addr}/24"));
+            addr_up(peer_ns, "toep", &format!("{peer_addr}/24"));
+        }
         topo
     }
 
@@ -162,23 +100,6 @@ impl Topology {
             "nft script failed:\n{script}"
         );
     }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in [&self.endpoint, &self.gateway, &self.origin] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// Move the calling thread into namespace `ns` (network namespaces are per thread;
-/// threads and processes it starts afterwards inherit it).
-pub fn enter_netns(ns: &str) {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
-    // SAFETY: setns only reads the descriptor, which stays open for the call.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
 }
 
 /// Run `make()`'s future forever on a thread inside `ns` (or the test's own namespace);
@@ -448,8 +369,4 @@ pub fn data_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rampart-agent-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-pub fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
