@@ -457,3 +457,75 @@ fn a_policy_reload_keeps_the_minted_leaves() {
     let after = leaf_serial(&gw, "shop.test", origin.port);
     assert_eq!(before, after);
 }
+
+#[test]
+fn fronting_let_through_in_alert_mode_judges_each_request_under_the_connect_host_too() {
+    // The ClientHello and the requests name ok.test; the CONNECT goes to
+    // evil.test, whose admin path is blocked. ok.test resolves elsewhere, so
+    // the names are two sites: fronting, which `tls.fronting = "alert"` lets
+    // through. Before, the decrypted requests were judged under the SNI alone
+    // and /admin of the CONNECT host was served.
+    let origin = TlsOrigin::start("ok.test");
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy_path,
+        r#"
+[lists]
+evil-admin = ["evil.test/admin"]
+
+[[access]]
+name = "no evil admin"
+when = { lists = ["evil-admin"] }
+action = "block"
+"#,
+    )
+    .unwrap();
+    let gw = Rampart::start(&format!(
+        "policy = {path:?}\n\
+         [proxy]\nallow_loopback_destinations = true\nconnect_ports = [\"1025-65535\"]\ntls_ports = [{port}]\n\
+         [tunnel]\nlisten = \"127.0.0.1:0\"\n\
+         [resolve]\n\"evil.test\" = \"127.0.0.1\"\n\"ok.test\" = \"127.0.0.2\"\n\
+         [tls]\nfronting = \"alert\"\nsystem_roots = false\nextra_roots = [{ca:?}]\n",
+        path = policy_path.display().to_string(),
+        port = origin.port,
+        ca = origin.ca_pem.display().to_string(),
+    ));
+    let ca = gw.gateway_ca();
+    let port = origin.port;
+    let fronted = |path: &str| {
+        let (code, out, err) = curl(
+            &gw.proxy_url(),
+            &[
+                "--cacert",
+                s(&ca),
+                "--connect-to",
+                &format!("ok.test:{port}:evil.test:{port}"),
+                "-w",
+                "\n%{http_code}",
+                &format!("https://ok.test:{port}{path}"),
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let admin = fronted("/admin");
+    assert!(admin.ends_with("403"), "{admin}");
+    assert!(admin.contains("no evil admin"), "{admin}");
+    let request = gw.find_record(|r| r["target"] == format!("https://ok.test:{port}/admin").as_str());
+    assert_eq!(request["status"], 403, "{request}");
+    assert_eq!(request["policy"]["rule"], "no evil admin", "{request}");
+    // The tunnel itself was fronting, let through and recorded as such.
+    let tunnel = gw.find_record(|r| {
+        r["method"] == "CONNECT" && r["target"] == format!("evil.test:{port}").as_str()
+    });
+    assert!(
+        tunnel["tls"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("fronting allowed")),
+        "{tunnel}"
+    );
+    // Other paths of both names pass: alert mode still serves.
+    let page = fronted("/public");
+    assert!(page.ends_with("200"), "{page}");
+}

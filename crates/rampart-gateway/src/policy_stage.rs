@@ -37,6 +37,11 @@ pub struct FlowFacts<'a> {
     /// decrypted, `Response` for plain HTTP and decrypted requests (whose
     /// responses are classified).
     pub last: EvalPoint,
+    /// A second name the flow goes to: the CONNECT host of a decrypted tunnel
+    /// whose SNI names another site, let through by `tls.fronting = "alert"`.
+    /// The request and response phases evaluate both names and the stricter
+    /// result wins, so alerting on fronting never evaluates the SNI alone.
+    pub also_host: Option<&'a str>,
 }
 
 impl<'a> FlowFacts<'a> {
@@ -149,6 +154,18 @@ pub fn request_phase(
     path: &str,
     record: &mut FlowRecord,
 ) -> StageResult {
+    stricter_of_both_names(facts, record, |facts, record| {
+        request_phase_on(policy, facts, method, path, record)
+    })
+}
+
+fn request_phase_on(
+    policy: &Policy,
+    facts: &FlowFacts<'_>,
+    method: &str,
+    path: &str,
+    record: &mut FlowRecord,
+) -> StageResult {
     let request = RequestFacts {
         connection: facts.connection(),
         method,
@@ -183,6 +200,19 @@ pub fn response_phase(
     inspection: InspectionFacts<'_>,
     record: &mut FlowRecord,
 ) -> StageResult {
+    stricter_of_both_names(facts, record, |facts, record| {
+        response_phase_on(policy, facts, method, path, inspection, record)
+    })
+}
+
+fn response_phase_on(
+    policy: &Policy,
+    facts: &FlowFacts<'_>,
+    method: &str,
+    path: &str,
+    inspection: InspectionFacts<'_>,
+    record: &mut FlowRecord,
+) -> StageResult {
     let response = ResponseFacts {
         request: RequestFacts {
             connection: facts.connection(),
@@ -199,6 +229,45 @@ pub fn response_phase(
         egress: EgressChoice::Default,
         decryption: None,
         pending: false,
+    }
+}
+
+/// Runs `phase` on the flow's name and, when the flow has a second name
+/// ([`FlowFacts::also_host`]), on that one too: a block from either wins, then
+/// a pending decision (the later phase evaluates both again), then coaching.
+/// The record keeps the decision that won.
+fn stricter_of_both_names(
+    facts: &FlowFacts<'_>,
+    record: &mut FlowRecord,
+    mut phase: impl FnMut(&FlowFacts<'_>, &mut FlowRecord) -> StageResult,
+) -> StageResult {
+    let first = phase(facts, record);
+    let Some(other) = facts.also_host.filter(|h| *h != facts.host) else {
+        return first;
+    };
+    if first.blocked.is_some() {
+        return first;
+    }
+    let other_facts = FlowFacts {
+        host: other,
+        dst_ip: facts.dst_ip,
+        also_host: None,
+        ..*facts
+    };
+    let mut probe = record.clone();
+    let second = phase(&other_facts, &mut probe);
+    let second_wins = second.blocked.is_some()
+        || (second.pending && !first.pending)
+        || (!first.pending && first.coach.is_none() && second.coach.is_some());
+    if !second_wins {
+        return first;
+    }
+    record.policy = probe.policy;
+    StageResult {
+        // Egress follows the name the request is sent to.
+        egress: first.egress,
+        pending: first.pending || second.pending,
+        ..second
     }
 }
 

@@ -202,6 +202,21 @@ fn enforce(
     process: Option<&Process>,
     flow: &Flow,
 ) -> Enforced {
+    enforce_fronted(policy, identity, process, flow, None)
+}
+
+/// [`enforce`] for a decrypted tunnel whose CONNECT went to `connect_host`
+/// while its SNI and requests name `flow.host` (fronting let through by
+/// `tls.fronting = "alert"`): the connection phase runs on both names
+/// (connect.rs on the CONNECT host, intercept's probe on the SNI), and the
+/// request and response phases carry the CONNECT host as `also_host`.
+fn enforce_fronted(
+    policy: &Policy,
+    identity: &Identity,
+    process: Option<&Process>,
+    flow: &Flow,
+    connect_host: Option<&'static str>,
+) -> Enforced {
     let last = match flow.kind {
         Kind::Spliced => EvalPoint::Connection,
         Kind::Plain | Kind::Decrypted => EvalPoint::Response,
@@ -213,7 +228,25 @@ fn enforce(
         dst_ip: None,
         port: flow.port,
         last,
+        also_host: connect_host,
     };
+    if let Some(connect_host) = connect_host {
+        let mut tunnel = record();
+        let on_connect_host = FlowFacts {
+            host: connect_host,
+            also_host: None,
+            ..facts
+        };
+        if policy_stage::connection_phase(policy, &on_connect_host, &mut tunnel)
+            .blocked
+            .is_some()
+        {
+            return Enforced {
+                blocked: true,
+                action: action_of(&tunnel),
+            };
+        }
+    }
     if !matches!(flow.kind, Kind::Plain) {
         let mut tunnel = record();
         let stage = policy_stage::connection_phase(policy, &facts, &mut tunnel);
@@ -316,6 +349,79 @@ fn check(rules: &[String], default_block: bool, flow: &Flow) -> Result<(), TestC
     Ok(())
 }
 
+/// The full evaluation of `flow` under `host` blocks.
+fn full_blocks(
+    policy: &Policy,
+    identity: &Identity,
+    process: Option<&Process>,
+    flow: &Flow,
+    host: &str,
+) -> bool {
+    let full = policy.evaluate_access_full(
+        &ResponseFacts {
+            request: RequestFacts {
+                connection: ConnectionFacts {
+                    identity,
+                    process,
+                    host: Some(host),
+                    dst_ip: None,
+                    port: flow.port,
+                },
+                method: flow.method,
+                path: flow.path,
+            },
+            inspection: flow.inspection(),
+        },
+        EvalPoint::Response,
+    );
+    full.action == AccessAction::Block
+}
+
+/// A fronted decrypted tunnel is blocked exactly when either of its names
+/// is blocked by the full evaluation: alert mode never judges the SNI alone.
+fn check_fronted(
+    rules: &[String],
+    default_block: bool,
+    flow: &Flow,
+    connect_host: &'static str,
+) -> Result<(), TestCaseError> {
+    let text = policy_text(rules, default_block);
+    let Ok((policy, _)) = Policy::from_str(&text, "policy.toml", Path::new(".")) else {
+        return Ok(());
+    };
+    let identity = Identity {
+        user: flow.user.map(String::from),
+        ..Default::default()
+    };
+    let process = flow.process.map(|name| Process {
+        name: name.to_string(),
+        path: Some(format!("/usr/bin/{name}")),
+    });
+    let flow = Flow {
+        kind: Kind::Decrypted,
+        ..flow.clone()
+    };
+    let enforced = enforce_fronted(
+        &policy,
+        &identity,
+        process.as_ref(),
+        &flow,
+        Some(connect_host),
+    );
+    let expected = full_blocks(&policy, &identity, process.as_ref(), &flow, flow.host)
+        || full_blocks(&policy, &identity, process.as_ref(), &flow, connect_host);
+    prop_assert_eq!(
+        enforced.blocked,
+        expected,
+        "fronted flow (SNI {}, CONNECT {}): enforced {:?}\npolicy:\n{}",
+        flow.host,
+        connect_host,
+        enforced,
+        text
+    );
+    Ok(())
+}
+
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -336,6 +442,16 @@ proptest! {
         for f in &flows {
             check(&rules, default_block, f)?;
         }
+    }
+
+    #[test]
+    fn a_fronted_decrypted_flow_is_blocked_when_either_name_is(
+        rules in prop::collection::vec(rule(), 1..7),
+        default_block in any::<bool>(),
+        flow in flow(),
+        connect_host in prop::sample::select(HOSTS.to_vec()),
+    ) {
+        check_fronted(&rules, default_block, &flow, connect_host)?;
     }
 }
 

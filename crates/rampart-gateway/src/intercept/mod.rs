@@ -131,6 +131,10 @@ pub struct Tunnel {
     /// seen: if the tunnel is relayed without decrypting after all, access is
     /// settled before a byte moves ([`Tunnel::settle_access`]).
     pub access_pending: bool,
+    /// The ClientHello named another site than the CONNECT target and
+    /// `tls.fronting = "alert"` let it through: the decrypted requests are
+    /// judged under both names (`FlowFacts::also_host`).
+    pub fronting_alerted: bool,
     /// The CONNECT target's host as asked (may be an address, where `host`
     /// is the name the policy sees), and its address when it is one.
     pub connect_host: String,
@@ -216,6 +220,7 @@ impl Tunnel {
             tunnel_bypass,
             plain_http: false,
             access_pending: false,
+            fronting_alerted: false,
             connect_host: host.to_string(),
             connect_ip: host.parse().ok(),
             origin_ip: None,
@@ -357,6 +362,7 @@ impl Tunnel {
             dst_ip: self.connect_ip,
             port: self.port,
             last,
+            also_host: None,
         }
     }
 
@@ -414,6 +420,7 @@ impl Tunnel {
             tunnel_bypass: false,
             plain_http: true,
             access_pending: false,
+            fronting_alerted: false,
             connect_host: host.to_string(),
             connect_ip: host.parse().ok(),
             origin_ip: None,
@@ -452,7 +459,7 @@ impl Tunnel {
     /// Peeks, decides, and serves a decrypted tunnel; the tunnel's own record
     /// (`log`) gets the TLS facts and, for a pinning client, the rejection.
     pub async fn run<C: ClientSide>(
-        self,
+        mut self,
         client: C,
         origin: TcpStream,
         log: &mut FlowLog,
@@ -536,6 +543,7 @@ impl Tunnel {
                 return Handoff::Done;
             }
             tracing::info!(client = %self.client, %reason, "fronting allowed by tls.fronting = \"alert\"");
+            self.fronting_alerted = true;
         }
         // Decryption follows the CONNECT host when the SNI names another site,
         // never the SNI alone.

@@ -70,6 +70,9 @@ struct Session {
     coaching: Arc<crate::coaching::Coaching>,
     /// The client connection's flow id (the tunnel record's), shared by every request.
     flow_id: uuid::Uuid,
+    /// The CONNECT host when the SNI (`host`) names another site and
+    /// `tls.fronting = "alert"` let the tunnel through: policy sees both.
+    fronted_connect_host: Option<String>,
 }
 
 impl Session {
@@ -101,6 +104,10 @@ impl Session {
             metrics: tunnel.metrics.clone(),
             events: tunnel.events.clone(),
             host: host.to_string(),
+            fronted_connect_host: tunnel
+                .fronting_alerted
+                .then(|| tunnel.host.clone())
+                .filter(|h| h != host),
             port: tunnel.port,
             tls,
             coaching: tunnel.coaching.clone(),
@@ -348,6 +355,7 @@ async fn handle(req: Request<Incoming>, session: &Session, sender: &Sender) -> R
         dst_ip: site.parse().ok(),
         port: session.port,
         last: EvalPoint::Response,
+        also_host: session.fronted_connect_host.as_deref(),
     };
     // A clone of a standard method allocates nothing (the request is consumed below).
     let method = req.method().clone();

@@ -129,6 +129,7 @@ pub async fn tunnel_with(
         dst_ip,
         port,
         last: EvalPoint::Response,
+        also_host: None,
     };
     let mut stage = policy_stage::connection_phase(&state.policy, &facts, &mut log.record);
     let will_decrypt = tls_tunnel

@@ -78,6 +78,7 @@ pub async fn forward(
         dst_ip: host.parse().ok(),
         port,
         last: EvalPoint::Response,
+        also_host: None,
     };
     // A clone of a standard method allocates nothing (the request is consumed below).
     let method = req.method().clone();
