@@ -208,8 +208,20 @@ impl ClamdStream {
 
     /// Ends the stream and waits for clamd's verdict.
     pub fn finish(mut self) -> Result<ClamdVerdict, ClamdError> {
+        self.end()?;
+        self.reply()
+    }
+
+    /// Ends the stream (the zero-length chunk): clamd starts scanning, and
+    /// the caller may do other work before [`ClamdStream::reply`].
+    pub fn end(&mut self) -> Result<(), ClamdError> {
         self.stream.write_all(&[0, 0, 0, 0])?;
         self.stream.flush()?;
+        Ok(())
+    }
+
+    /// Waits for clamd's verdict on an ended stream.
+    pub fn reply(mut self) -> Result<ClamdVerdict, ClamdError> {
         parse_reply(&read_reply(&mut self.stream)?)
     }
 }

@@ -520,6 +520,7 @@ impl<'a> Walk<'a> {
         let result = match streamed {
             // Sent while the body streamed: only the answer was missing.
             Some(ClamdOutcome::Verdict(result)) => result,
+            Some(ClamdOutcome::Awaiting(stream)) => stream.reply(),
             _ => spool
                 .reader()
                 .map_err(crate::clamd::ClamdError::Io)

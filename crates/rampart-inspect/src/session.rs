@@ -126,6 +126,9 @@ enum ClamdFeed {
 /// What the streamed clamd scan left for the end of the body.
 pub(crate) enum ClamdOutcome {
     Verdict(Result<ClamdVerdict, ClamdError>),
+    /// The whole body was sent and the stream ended: clamd scans while the
+    /// other engines run, its answer is read when clamd's turn comes.
+    Awaiting(ClamdStream),
     TooLarge,
 }
 
@@ -231,7 +234,8 @@ impl Intake {
         self.clamd_time += started.elapsed();
     }
 
-    /// Ends the streamed engines: clamd's answer, the legacy digests.
+    /// Ends the streamed engines: clamd's stream (its answer is read later),
+    /// the legacy digests.
     fn streamed(&mut self) -> Streamed {
         let legacy = self.legacy.take().map(|(md5, sha1)| {
             let md5: [u8; 16] = md5.finalize().into();
@@ -242,12 +246,10 @@ impl Intake {
             ClamdFeed::Off => None,
             ClamdFeed::TooLarge => Some(ClamdOutcome::TooLarge),
             ClamdFeed::Failed(e) => Some(ClamdOutcome::Verdict(Err(e))),
-            ClamdFeed::Open(stream) => {
-                let started = Instant::now();
-                let verdict = stream.finish();
-                self.clamd_time += started.elapsed();
-                Some(ClamdOutcome::Verdict(verdict))
-            }
+            ClamdFeed::Open(mut stream) => Some(match stream.end() {
+                Ok(()) => ClamdOutcome::Awaiting(stream),
+                Err(e) => ClamdOutcome::Verdict(Err(e)),
+            }),
         };
         Streamed { legacy, clamd }
     }
