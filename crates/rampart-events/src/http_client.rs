@@ -275,22 +275,21 @@ fn classify(authority: &str, error: &hyper_util::client::legacy::Error) -> HttpE
     }
 }
 
-/// The rustls error in an error's chain, if any (tokio-rustls wraps it in an
-/// `io::Error`, whose `source()` skips it, hence the look inside each one).
+/// The rustls error in an error's chain, if any. It sits inside `io::Error`s
+/// (tokio-rustls wraps it, hyper-rustls wraps that again), whose `source()`
+/// skips the error they carry: each one is looked inside too.
 fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut next = Some(error);
-    while let Some(e) = next {
+    let mut pending = vec![error];
+    while let Some(e) = pending.pop() {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        if let Some(tls) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(tls);
+        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            pending.push(inner);
         }
-        next = e.source();
+        if let Some(source) = e.source() {
+            pending.push(source);
+        }
     }
     None
 }
