@@ -2,17 +2,18 @@
 //! serves files and records uploads (plain HTTP or HTTPS), a real clamd with
 //! a signature database written by the test, the gateway's configuration,
 //! and the admin API for reloads.
-#![allow(dead_code)]
+// Each test binary uses the part it needs (re-exports included).
+#![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rampart_testkit::python_origin::PythonServer;
+
 use crate::https_fixtures::TestPki;
-use crate::support::{free_port, have, raw_exchange, run, Rampart};
+use crate::support::{free_port, raw_exchange, run, Rampart};
 
 pub const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 /// The string the test's clamd signature matches.
@@ -20,26 +21,7 @@ pub const CLAMD_MARKER: &str = "RAMPART-CLAMD-TEST-MARKER";
 /// The name clamd reports for it (`.UNOFFICIAL`: not from ClamAV's own databases).
 pub const CLAMD_SIGNATURE: &str = "Rampart.Test.Marker.UNOFFICIAL";
 
-/// Fails the test with the fix when a tool the test drives is missing.
-pub fn require(tools: &[&str]) {
-    for tool in tools {
-        assert!(
-            have(tool),
-            "{tool} is missing: run scripts/install-test-deps.sh (as root)"
-        );
-    }
-}
-
-/// Runs `script` with sh in `dir`; panics with its stderr when it fails.
-pub fn sh(dir: &Path, script: &str) {
-    let out = run(Command::new("sh").arg("-c").arg(script).current_dir(dir));
-    assert!(
-        out.status.success(),
-        "{script}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use rampart_testkit::{require, sh};
 
 const ORIGIN_PY: &str = r#"
 import hashlib, http.server, os, ssl, sys
@@ -93,7 +75,7 @@ server.serve_forever()
 pub struct FileOrigin {
     pub port: u16,
     pub root: PathBuf,
-    child: Child,
+    _server: PythonServer,
 }
 
 impl FileOrigin {
@@ -106,45 +88,16 @@ impl FileOrigin {
     }
 
     fn start(root: &Path, pki: Option<&TestPki>) -> FileOrigin {
-        require(&["python3"]);
         let (cert, key) = match pki {
-            Some(p) => (
-                p.cert_pem.display().to_string(),
-                p.key_pem.display().to_string(),
-            ),
-            None => (String::new(), String::new()),
+            Some(p) => (p.cert_pem.as_path(), p.key_pem.as_path()),
+            None => (Path::new(""), Path::new("")),
         };
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(ORIGIN_PY)
-            .arg(root)
-            .arg(cert)
-            .arg(key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn python3 origin");
-        let stdout = child.stdout.take().expect("origin stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok());
-        let Some(port) = port else {
-            let _ = child.kill();
-            panic!("the python origin did not start: {line:?}");
-        };
+        let server =
+            PythonServer::start("the python file origin", ORIGIN_PY, [root, cert, key], None);
         FileOrigin {
-            port,
+            port: server.port,
             root: root.to_path_buf(),
-            child,
+            _server: server,
         }
     }
 
@@ -155,13 +108,6 @@ impl FileOrigin {
             .lines()
             .map(str::to_owned)
             .collect()
-    }
-}
-
-impl Drop for FileOrigin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -6,77 +6,10 @@
 // Each test binary uses the part it needs.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::path::Path;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SanType,
-};
-
-/// What the origin's certificate is like.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum CertKind {
-    Valid,
-    Expired,
-    SelfSigned,
-}
-
-/// PEM files of a test CA and a leaf for some names (plus 127.0.0.1).
-pub struct TestPki {
-    pub ca_pem: PathBuf,
-    pub cert_pem: PathBuf,
-    pub key_pem: PathBuf,
-}
-
-impl TestPki {
-    /// Writes `<tag>-ca.pem`, `<tag>-cert.pem`, `<tag>-key.pem` into `dir`.
-    pub fn new(dir: &Path, tag: &str, names: &[&str], kind: CertKind) -> TestPki {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, format!("Tools Test Origin CA {tag}"));
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let key = KeyPair::generate().expect("leaf key");
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .expect("leaf params");
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let now = time::OffsetDateTime::now_utc();
-        if kind == CertKind::Expired {
-            params.not_before = now - time::Duration::days(30);
-            params.not_after = now - time::Duration::days(1);
-        } else {
-            params.not_before = now - time::Duration::days(1);
-            params.not_after = now + time::Duration::days(2);
-        }
-        let cert = if kind == CertKind::SelfSigned {
-            params.self_signed(&key).expect("self-signed leaf")
-        } else {
-            params.signed_by(&key, &issuer).expect("leaf")
-        };
-        let pki = TestPki {
-            ca_pem: dir.join(format!("{tag}-ca.pem")),
-            cert_pem: dir.join(format!("{tag}-cert.pem")),
-            key_pem: dir.join(format!("{tag}-key.pem")),
-        };
-        std::fs::write(&pki.ca_pem, ca_cert.pem()).expect("write CA");
-        std::fs::write(&pki.cert_pem, cert.pem()).expect("write cert");
-        std::fs::write(&pki.key_pem, key.serialize_pem()).expect("write key");
-        pki
-    }
-}
+pub use rampart_testkit::pki::{CertKind, TestPki};
+use rampart_testkit::python_origin::PythonServer;
 
 /// What the Python origin serves.
 #[derive(Clone, Copy, Debug)]
@@ -92,8 +25,7 @@ pub enum Serve {
 /// A running Python HTTPS origin; killed on drop.
 pub struct PyHttpsOrigin {
     pub port: u16,
-    child: Child,
-    stderr_path: PathBuf,
+    server: PythonServer,
 }
 
 impl PyHttpsOrigin {
@@ -103,57 +35,27 @@ impl PyHttpsOrigin {
             Serve::Git => "git",
             Serve::WebSocketEcho => "ws",
         };
-        let stderr_path = root.with_extension(format!("{mode}-origin.log"));
-        let stderr = std::fs::File::create(&stderr_path).expect("origin log");
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(ORIGIN_PY)
-            .arg(mode)
-            .arg(root)
-            .arg(&pki.cert_pem)
-            .arg(&pki.key_pem)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn python3 origin");
-        // The server binds port 0 and prints the port it got: no race for a free port.
-        let stdout = child.stdout.take().expect("origin stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!(
-                    "python origin did not start ({line:?}): {}",
-                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                )
-            });
+        let log = root.with_extension(format!("{mode}-origin.log"));
+        let server = PythonServer::start(
+            "the python HTTPS origin",
+            ORIGIN_PY,
+            [
+                Path::new(mode),
+                root,
+                pki.cert_pem.as_path(),
+                pki.key_pem.as_path(),
+            ],
+            Some(&log),
+        );
         PyHttpsOrigin {
-            port,
-            child,
-            stderr_path,
+            port: server.port,
+            server,
         }
     }
 
     /// What the origin logged (one line per request it served, errors).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-}
-
-impl Drop for PyHttpsOrigin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.log()
     }
 }
 

@@ -1,21 +1,35 @@
 //! Shared harness for end-to-end tests: start the real `rampart` binary on
 //! loopback with ephemeral ports, a real HTTP origin, and run real clients.
 //! Every process started here is killed when its handle drops.
-#![allow(dead_code)]
+// Each test binary uses the part it needs (re-exports included).
+#![allow(dead_code, unused_imports)]
 
 pub mod enrolled_agent;
 pub mod netns;
-pub mod origin;
 pub mod squid;
-pub mod tls_origin;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use rampart_testkit::free_port;
+// The generic pieces live in rampart-testkit, shared with every crate's tests;
+// they are re-exported here under the names the CLI tests have always used.
+pub use rampart_testkit::{
+    curl, curl_status, eventually, free_port, have, http_get_body, http_get_status, raw_exchange,
+    raw_exchange_until_close, run, KillOnDrop,
+};
+
+/// The loopback HTTP origin (`/hello`, `/echo`, `/bytes/N`...).
+pub mod origin {
+    pub use rampart_testkit::origin::Origin;
+}
+
+/// `openssl s_server` with a throwaway CA.
+pub mod tls_origin {
+    pub use rampart_testkit::tls_origin::TlsOrigin;
+}
 
 /// The data dir of a server the harness is about to spawn (`data` beside the
 /// `--config` file it wrote), for a `prepare` closure that puts files there.
@@ -351,80 +365,6 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A minimal blocking HTTP GET (for health checks and metrics).
-pub fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let raw = http_get_raw(addr, path)?;
-    raw.split_whitespace().nth(1)?.parse().ok()
-}
-
-pub fn http_get_body(addr: SocketAddr, path: &str) -> Option<String> {
-    let raw = http_get_raw(addr, path)?;
-    raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-fn http_get_raw(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
-/// Sends raw bytes to `addr` and returns the first response (head plus its
-/// Content-Length body), or what came back before close or timeout.
-pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(timeout)).unwrap();
-    s.write_all(bytes).expect("write");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16384];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-        if response_complete(&out) {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&out).to_string()
-}
-
-/// Sends raw bytes and returns everything until the peer closes (or timeout).
-pub fn raw_exchange_until_close(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(timeout)).unwrap();
-    s.write_all(bytes).expect("write");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).to_string()
-}
-
-fn response_complete(raw: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    let length = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().to_string())
-        })
-        .and_then(|v| v.parse::<usize>().ok());
-    match length {
-        Some(n) => body.len() >= n,
-        None => false,
-    }
-}
-
-/// Runs a command and returns its output; panics with stderr when it cannot start.
 /// `rampart events search ARGS --data-dir DATA_DIR` (a `json` or `ocsf` format among
 /// the args), one document per line; the command must succeed.
 pub fn events_search(data_dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
@@ -442,58 +382,6 @@ pub fn events_search(data_dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
         .collect()
-}
-
-pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-/// `curl` through `proxy` with the given extra arguments; returns (status, stdout, stderr).
-pub fn curl(proxy: &str, args: &[&str]) -> (i32, String, String) {
-    let out = run(Command::new("curl")
-        .arg("-sS")
-        .arg("--max-time")
-        .arg("60")
-        .arg("-x")
-        .arg(proxy)
-        .args(args));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-/// The HTTP status curl reports for a request through `proxy`.
-pub fn curl_status(proxy: &str, url: &str, extra: &[&str]) -> u16 {
-    let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
-    args.extend_from_slice(extra);
-    args.push(url);
-    let (_, out, _) = curl(proxy, &args);
-    out.trim().parse().unwrap_or(0)
-}
-
-/// Waits until `f` returns true, polling for up to `timeout`.
-pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-/// Whether an external program is installed (tests that need one say so loudly when it is missing).
-pub fn have(program: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
 }
 
 /// An Argon2 hash for `[[proxy.users]]`, made by the real `rampart hash-password`.
@@ -516,14 +404,4 @@ pub fn hash_password(password: &str) -> String {
         .expect("utf-8")
         .trim()
         .to_string()
-}
-
-/// A child process killed when the test ends, pass or fail.
-pub struct KillOnDrop(pub std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

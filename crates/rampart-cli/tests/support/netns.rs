@@ -8,13 +8,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use rampart_testkit::netns::{addr_up, command_in, namespaces_available, unique_id, veth, Netns};
+pub use rampart_testkit::netns::{enter_netns, in_netns, ip, reachable};
+use rampart_testkit::tls_origin::{openssl_pki, s_server_args};
 
 use super::{events_search, eventually, rampart_bin, run};
 
@@ -27,48 +28,23 @@ pub const SERVERS_ADDR: &str = "10.78.0.2";
 /// (`CI` set, where tests run as root) a missing privilege or tool fails the test
 /// instead of skipping it.
 pub fn root_or_skip(test: &str) -> bool {
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
-    let missing: Vec<&str> = ["ip", "nft", "curl", "python3", "openssl"]
-        .into_iter()
-        .filter(|tool| !super::have(tool))
-        .collect();
+    if !namespaces_available(test, &["ip", "nft", "curl", "python3", "openssl"]) {
+        return false;
+    }
     let python_requests = Command::new("python3")
         .args(["-c", "import requests"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    let why = if !root {
-        Some("needs root to create network namespaces and nftables tables".to_string())
-    } else if !missing.is_empty() {
-        Some(format!("needs {}", missing.join(", ")))
-    } else if !python_requests {
-        Some("needs python3-requests".to_string())
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => panic!("{test}: {why}"),
-        Some(why) => {
-            eprintln!("SKIPPED {test}: {why}");
+    match python_requests {
+        true => true,
+        false if std::env::var_os("CI").is_some() => panic!("{test}: needs python3-requests"),
+        false => {
+            eprintln!("SKIPPED {test}: needs python3-requests");
             false
         }
     }
 }
-
-fn ip(args: &[&str]) {
-    let out = run(Command::new("ip").args(args));
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Two namespaces joined by a veth pair: `endpoint` (10.78.0.1) and `servers`
 /// (10.78.0.2). Test host names resolve to the servers' address inside the endpoint
@@ -77,47 +53,22 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub struct NetPair {
     pub endpoint: String,
     pub servers: String,
+    // Deleted on drop, the endpoint's hosts file first.
+    _namespaces: [Netns; 2],
 }
 
 impl NetPair {
     pub fn create(hosts: &[&str]) -> NetPair {
-        let id = format!(
-            "{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = unique_id();
+        let (endpoint, servers) = (format!("rpc{id}ep"), format!("rpc{id}sv"));
         let pair = NetPair {
-            endpoint: format!("rpc{id}ep"),
-            servers: format!("rpc{id}sv"),
+            _namespaces: [Netns::create(&endpoint), Netns::create(&servers)],
+            endpoint,
+            servers,
         };
-        // Registered before anything can fail, so a half-built pair is cleaned up too.
-        for ns in [&pair.endpoint, &pair.servers] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        // Created inside the endpoint namespace with the peer moved straight into the
-        // servers' one: no interface ever appears in the host's namespace.
-        ip(&[
-            "-n",
-            &pair.endpoint,
-            "link",
-            "add",
-            "tosv",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "toep",
-            "netns",
-            &pair.servers,
-        ]);
-        for (ns, dev, addr) in [
-            (&pair.endpoint, "tosv", ENDPOINT_ADDR),
-            (&pair.servers, "toep", SERVERS_ADDR),
-        ] {
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
+        veth(&pair.endpoint, "tosv", &pair.servers, "toep");
+        addr_up(&pair.endpoint, "tosv", &format!("{ENDPOINT_ADDR}/24"));
+        addr_up(&pair.servers, "toep", &format!("{SERVERS_ADDR}/24"));
         let etc = pair.etc_dir();
         std::fs::create_dir_all(&etc).expect("create /etc/netns/<endpoint>");
         let mut file = "127.0.0.1 localhost\n::1 localhost\n".to_string();
@@ -135,21 +86,7 @@ impl NetPair {
     /// A command that runs `program` inside namespace `ns`, with no proxy variables
     /// (transparent steering must catch the clients without them).
     pub fn command(&self, ns: &str, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, program]);
-        for var in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "NO_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-            "no_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd
+        command_in(ns, program)
     }
 
     /// Runs `program args` in the endpoint namespace.
@@ -160,42 +97,9 @@ impl NetPair {
 
 impl Drop for NetPair {
     fn drop(&mut self) {
-        // Deleting a namespace deletes its interfaces and nftables tables with it.
-        for ns in [&self.endpoint, &self.servers] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
+        // The namespaces themselves go with `_namespaces`.
         let _ = std::fs::remove_dir_all(self.etc_dir());
     }
-}
-
-/// Runs `f` on a thread inside namespace `ns` (network namespaces are per thread) and
-/// returns its result.
-pub fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter_netns(&ns);
-        f()
-    })
-    .join()
-    .expect("thread in namespace")
-}
-
-fn enter_netns(ns: &str) {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
-    // SAFETY: setns only reads the descriptor, which stays open for the call; it
-    // changes the namespace of the calling thread alone.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
-
-/// Whether something accepts TCP connections at `addr` inside `ns`.
-pub fn reachable(ns: &str, addr: SocketAddr) -> bool {
-    in_netns(ns, move || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
-    })
 }
 
 /// One request as a [`PeerOrigin`] saw it.
@@ -305,41 +209,12 @@ pub struct NsTlsOrigin {
 impl NsTlsOrigin {
     pub fn start(pair: &NetPair, ns: &str, bind: SocketAddr, names: &[&str]) -> NsTlsOrigin {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sh = |script: &str| {
-            let out = run(Command::new("sh")
-                .arg("-c")
-                .arg(script)
-                .current_dir(dir.path()));
-            assert!(
-                out.status.success(),
-                "{script}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-        sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=Rampart-Test-Origin-CA 2>/dev/null");
-        sh(&format!(
-            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf.key -out leaf.csr -subj /CN={} 2>/dev/null && \
-             printf 'subjectAltName={}\\nextendedKeyUsage=serverAuth\\n' > ext.cnf && \
-             openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2 -extfile ext.cnf 2>/dev/null",
-            names[0],
-            sans.join(",")
-        ));
-        let child = pair
-            .command(ns, "openssl")
-            .args(["s_server", "-quiet", "-www", "-accept"])
-            .arg(bind.to_string())
-            .arg("-cert")
-            .arg(dir.path().join("leaf.pem"))
-            .arg("-key")
-            .arg(dir.path().join("leaf.key"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openssl s_server");
+        let pki = openssl_pki(dir.path(), names);
+        let mut command = pair.command(ns, "openssl");
+        s_server_args(&mut command, &bind.to_string(), &pki);
+        let child = command.spawn().expect("openssl s_server");
         let origin = NsTlsOrigin {
-            ca_pem: dir.path().join("ca.pem"),
+            ca_pem: pki.ca_pem,
             child,
             _dir: dir,
         };
