@@ -100,27 +100,65 @@ impl LogFile {
         }
     }
 
-    /// Appends one batch of whole lines, rotating first when it is due. On a
-    /// failed write the file is cut back to its last whole line.
+    /// Appends one batch of whole lines, rotating first when it is due (and
+    /// between lines when the batch would pass `max_size`). On a failed write
+    /// the file is cut back to its last whole line.
     pub(super) fn write_batch(&mut self, batch: &[u8]) -> std::io::Result<()> {
         if self.file.is_none() {
             self.open_file()?;
         }
-        if self.rotation_due(batch.len() as u64) {
-            if let Err(e) = self.rotate() {
-                tracing::error!(
-                    path = %self.path.display(),
-                    error = %e,
-                    "rotating the access log failed; writing on to the current file"
-                );
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let part = self.next_part(rest);
+            if self.rotation_due(part.len() as u64) {
+                if let Err(e) = self.rotate() {
+                    tracing::error!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "rotating the access log failed; writing on to the current file"
+                    );
+                }
+            }
+            self.append(&rest[..part.len()])?;
+            rest = &rest[part.len()..];
+        }
+        Ok(())
+    }
+
+    /// The whole lines at the start of `rest` that fit in the current file
+    /// under `max_size` (at least one line: a longer line gets a file of its own).
+    fn next_part<'a>(&self, rest: &'a [u8]) -> &'a [u8] {
+        let max = self.rotation.max_size;
+        if !self.regular || max == 0 || self.size + rest.len() as u64 <= max {
+            return rest;
+        }
+        let room = max.saturating_sub(self.size) as usize;
+        let mut end = 0;
+        for (i, b) in rest.iter().enumerate() {
+            if *b == b'\n' {
+                if i + 1 > room && end > 0 {
+                    break;
+                }
+                end = i + 1;
+                if i + 1 > room {
+                    break;
+                }
             }
         }
+        if end == 0 {
+            rest
+        } else {
+            &rest[..end]
+        }
+    }
+
+    fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
         let Some(file) = self.file.as_mut() else {
             return Err(std::io::Error::other("the access log is not open"));
         };
-        match file.write_all(batch) {
+        match file.write_all(data) {
             Ok(()) => {
-                self.size += batch.len() as u64;
+                self.size += data.len() as u64;
                 Ok(())
             }
             Err(e) => {
@@ -318,6 +356,29 @@ mod tests {
             .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap())
             .collect();
         assert_eq!(old, ["line-2-abcdefgh\n", "line-3-abcdefgh\n"]);
+    }
+
+    #[test]
+    fn a_batch_larger_than_max_size_is_split_between_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let mut log = LogFile::open(path.clone(), rotation(20, 10, false)).unwrap();
+        log.write_batch(b"aaaaaaaa\nbbbbbbbb\ncccccccc\ndddddddddddddddddddddddd\ne\n")
+            .unwrap();
+        let mut files: Vec<String> = rotated_files(&path)
+            .iter()
+            .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap())
+            .collect();
+        files.push(std::fs::read_to_string(&path).unwrap());
+        assert_eq!(
+            files,
+            [
+                "aaaaaaaa\nbbbbbbbb\n",
+                "cccccccc\n",
+                "dddddddddddddddddddddddd\n",
+                "e\n"
+            ]
+        );
     }
 
     #[test]
