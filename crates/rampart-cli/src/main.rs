@@ -3,8 +3,9 @@
 
 mod cmd;
 mod logging;
+mod package_assets;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// The async runtime of the daemons. With one CPU (`available_parallelism`
@@ -71,6 +72,9 @@ enum Command {
     /// A demo origin on this machine (HTTP and HTTPS, its own CA) and the demo.toml
     /// that makes the server reach and trust it: the README tour, offline.
     Demo(cmd::demo::DemoArgs),
+    /// Write shell completions and man pages into DIR (for packaging).
+    #[command(hide = true)]
+    PackageAssets(package_assets::PackageAssetsArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Isolation(args) => cmd::isolation::run(args),
         Command::User(args) => cmd::user::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::PackageAssets(args) => package_assets::run(args, Cli::command()),
     };
     match result {
         Ok(code) => code,
