@@ -484,6 +484,10 @@ pub struct Unmapped {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_activity: Option<DeviceActivity>,
+    /// The fleet gateway that recorded the event (its `[fleet] gateway_id`),
+    /// set by the server as it takes the event from the fleet's stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// One event: an OCSF document with Rampart's extensions in `unmapped`.

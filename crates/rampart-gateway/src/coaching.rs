@@ -80,7 +80,10 @@ struct Claims {
 
 /// Process-wide coaching state: the signing key, used links and allowances.
 pub struct Coaching {
-    key: [u8; 32],
+    /// Replaceable: a fleet gateway takes the fleet's shared key from its
+    /// configuration revision ([`Coaching::set_key`]) so that a link shown by
+    /// one gateway is honoured by another.
+    key: std::sync::RwLock<[u8; 32]>,
     used: Mutex<HashMap<String, u64>>,
     allowances: Mutex<HashMap<(String, String), Instant>>,
 }
@@ -95,9 +98,18 @@ impl Coaching {
 
     fn with_key(key: [u8; 32]) -> Self {
         Coaching {
-            key,
+            key: std::sync::RwLock::new(key),
             used: Mutex::new(HashMap::new()),
             allowances: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Signs and checks links with `key` from now on (the fleet's shared
+    /// coaching key). Links signed with the previous key stop working.
+    pub fn set_key(&self, key: [u8; 32]) {
+        match self.key.write() {
+            Ok(mut k) => *k = key,
+            Err(poisoned) => *poisoned.into_inner() = key,
         }
     }
 
@@ -183,7 +195,8 @@ impl Coaching {
 
     fn keyed(&self) -> Hmac<Sha256> {
         // HMAC accepts keys of any length: this cannot fail.
-        match <Hmac<Sha256> as Mac>::new_from_slice(&self.key) {
+        let key = *self.key.read().unwrap_or_else(|p| p.into_inner());
+        match <Hmac<Sha256> as Mac>::new_from_slice(&key) {
             Ok(mac) => mac,
             Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
         }

@@ -275,6 +275,12 @@ impl GatewayHandle {
     pub fn connections_active(&self) -> u64 {
         self.shared.metrics.connections_active.get().max(0) as u64
     }
+
+    /// Sign and check coaching "proceed" links with `key` (a fleet's shared
+    /// key, so one gateway honours the links another showed).
+    pub fn set_coaching_key(&self, key: [u8; 32]) {
+        self.shared.coaching.set_key(key);
+    }
 }
 
 /// A descriptor-budget error as a configuration error naming its key.

@@ -13,12 +13,16 @@
 //! checked, atomic reload as SIGHUP, and a revision that fails it is reported
 //! as rejected while the previous one keeps serving.
 //!
-//! Not distributed yet (say so rather than pretend): revoked device ids and the
-//! coaching key travel empty, so agents enrol and tunnel to the server, and a
-//! coaching "proceed" link works on the gateway that showed the page.
+//! Shared state (issue 20, item 5): each revision carries the server's revoked
+//! device ids (a gateway refuses those devices' tunnels and closes their open
+//! connections), the fleet's coaching key (a "proceed" link shown by one
+//! gateway is honoured by any other) and the device CA's certificate with its
+//! key fingerprint (a gateway whose device CA key differs rejects the
+//! revision). The server re-publishes within a second of a revocation.
+//! Coaching allowances and pinned-client auto-bypass state stay per gateway.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -57,9 +61,10 @@ pub struct FleetConfig {
 
 // ---------------------------------------------------------------- server --
 
-/// Publishes the current revision now and after every applied reload, until
-/// `shutdown`. NATS may be down: the task keeps trying, and the revision in
-/// the bucket is the newest one the server applied.
+/// Publishes the current revision now, after every applied reload and within
+/// a second of a device revocation, until `shutdown`. NATS may be down: the
+/// task keeps trying, and the revision in the bucket is the newest one the
+/// server applied.
 pub fn spawn_publisher(
     reloader: Arc<Reloader>,
     config_path: Option<PathBuf>,
@@ -73,45 +78,109 @@ pub fn spawn_publisher(
                 Some(path) => RampartConfig::load(path).map(|c| c.with_overrides(&overrides)),
                 None => Ok(RampartConfig::default().with_overrides(&overrides)),
             };
-            let outcome = match config {
-                Ok(config) => publish(&config).await,
-                Err(e) => Err(anyhow::anyhow!(e.to_string())),
+            let (outcome, data_dir) = match config {
+                Ok(config) => (publish(&config).await, Some(config.data_dir.clone())),
+                Err(e) => (Err(anyhow::anyhow!(e.to_string())), None),
             };
-            if let Err(e) = outcome {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "fleet: publishing the configuration revision failed; retrying in 5 s"
-                );
+            let published_revoked = match outcome {
+                Ok(revoked) => revoked,
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "fleet: publishing the configuration revision failed; retrying in 5 s"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                    }
+                }
+            };
+            // Revocations are made through the API or `rampart device revoke
+            // --data-dir` (a file edit): the inventory is read every second.
+            loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                    changed = applied.changed() => {
+                        if changed.is_err() { return }
+                        break;
+                    }
+                    _ = tokio::time::sleep(REVOCATION_POLL) => {
+                        let Some(dir) = &data_dir else { break };
+                        let now = revoked_devices(dir);
+                        if now.as_ref().ok() != Some(&published_revoked) {
+                            break;
+                        }
+                    }
                 }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = applied.changed() => if changed.is_err() { return },
             }
         }
     });
 }
 
-async fn publish(config: &RampartConfig) -> anyhow::Result<()> {
-    let Some(url) = &config.fleet.nats else {
-        return Ok(());
-    };
+/// How often the server looks for new revocations to publish.
+const REVOCATION_POLL: Duration = Duration::from_secs(1);
+
+/// Publishes the revision `config` describes (unless the bucket has it
+/// already); returns the revoked device ids it carries.
+async fn publish(config: &RampartConfig) -> anyhow::Result<Vec<String>> {
     let revision = build_revision(config)?;
+    let Some(url) = &config.fleet.nats else {
+        return Ok(revision.revoked_devices);
+    };
     let client = rampart_fleet::nats::connect(&NatsSettings::new(url, "rampart-server"), true)
         .await
         .with_context(|| format!("connecting to NATS at {url}"))?;
     let publisher = ConfigPublisher::new(client).await?;
     if let Some((_, current)) = publisher.current().await? {
         if current.id == revision.id {
-            return Ok(());
+            return Ok(revision.revoked_devices);
         }
     }
     publisher.publish(&revision).await?;
-    tracing::info!(revision = %revision.id, "fleet: configuration revision published");
-    Ok(())
+    tracing::info!(revision = %revision.id, revoked_devices = revision.revoked_devices.len(),
+        "fleet: configuration revision published");
+    Ok(revision.revoked_devices)
+}
+
+/// The ids of the devices revoked on this server (sorted).
+fn revoked_devices(data_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let devices = crate::devices::Inventory::new(data_dir)
+        .list()
+        .context("reading the device inventory for the revoked devices")?;
+    let mut revoked: Vec<String> = devices
+        .into_iter()
+        .filter(|d| d.revoked_at.is_some())
+        .map(|d| d.id)
+        .collect();
+    revoked.sort();
+    Ok(revoked)
+}
+
+/// The fleet's coaching key (32 random bytes, hex), made on first use and
+/// kept in `DATA_DIR/fleet/coaching.key` (owner-only): every revision carries
+/// the same one, so links stay valid across revisions and server restarts.
+fn coaching_key(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("fleet").join("coaching.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let key = text.trim().to_string();
+        if decode_coaching_key(&key).is_ok() {
+            return Ok(key);
+        }
+        tracing::warn!(path = %path.display(), "fleet: the coaching key file is damaged; making a new key");
+    }
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let key = hex::encode(bytes);
+    crate::devices::write_atomic(&path, key.as_bytes(), 0o600)
+        .with_context(|| format!("writing the fleet's coaching key {}", path.display()))?;
+    Ok(key)
+}
+
+/// The 32 bytes of a revision's coaching key.
+fn decode_coaching_key(key: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = hex::decode(key).context("the coaching key is not hex")?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| anyhow::anyhow!("the coaching key is {} bytes, not 32", bytes.len()))
 }
 
 /// The revision the server's configuration describes.
@@ -133,13 +202,23 @@ pub fn build_revision(config: &RampartConfig) -> anyhow::Result<ConfigRevision> 
         std::fs::read_to_string(p).with_context(|| format!("reading the CA file {}", p.display()))
     };
     let ca = CaMaterial::from_pem(&read(&paths.cert)?, &read(&paths.key)?)?;
-    Ok(ConfigRevision::new(
+    let revision = ConfigRevision::new(
         gateway_config,
         policy,
-        Vec::new(),
-        String::new(),
+        revoked_devices(&config.data_dir)?,
+        coaching_key(&config.data_dir)?,
         ca,
-    ))
+    );
+    let device_ca = (
+        crate::devices::DeviceCa::cert_path(&config.data_dir),
+        crate::devices::DeviceCa::key_path(&config.data_dir),
+    );
+    if !(device_ca.0.exists() && device_ca.1.exists()) {
+        return Ok(revision);
+    }
+    let device_ca = CaMaterial::from_pem(&read(&device_ca.0)?, &read(&device_ca.1)?)
+        .context("the device CA")?;
+    Ok(revision.with_device_ca(device_ca))
 }
 
 /// The policy file and the files beside it (lists, category files), by their
@@ -283,7 +362,16 @@ impl rampart_fleet::nats::EventSink for PgSink {
         &self,
         events: &[rampart_fleet::nats::ReceivedEvent],
     ) -> Result<usize, Self::Error> {
-        let batch: Vec<rampart_events::Event> = events.iter().map(|e| e.event.clone()).collect();
+        // Stamped with the gateway it came from (the subject it was published
+        // on), so one search over the fleet says which gateway saw what.
+        let batch: Vec<rampart_events::Event> = events
+            .iter()
+            .map(|e| {
+                let mut event = e.event.clone();
+                event.unmapped.gateway = Some(e.gateway_id.clone());
+                event
+            })
+            .collect();
         self.0.insert_batch(&batch).await.map(|n| n as usize)
     }
 }
@@ -294,9 +382,14 @@ impl rampart_fleet::nats::EventSink for PgSink {
 /// The publisher spools to `DATA_DIR/spool/nats-events` while NATS is
 /// unreachable and replays in order; JetStream drops a re-sent event by its id.
 ///
-/// The hand-over is after the gateway's local commit (its store and journal
-/// hold every event first); a crash between that commit and the publish
-/// leaves those events in the local store only.
+/// The forwarder reads the gateway's own store from a cursor, the sequence
+/// number of the last event handed to the publisher (acknowledged by JetStream
+/// or in its spool), kept in `DATA_DIR/fleet/published-seq`. A gateway killed
+/// between its local commit and the publish sends those events after its
+/// restart: it resumes from the cursor. The cursor is written after each
+/// publish without an fsync: after a power cut it may be behind, and the
+/// events sent again are dropped as copies (by `Nats-Msg-Id` in JetStream,
+/// by event id in PostgreSQL).
 pub async fn start_event_forwarder(
     pipeline: &rampart_events::Pipeline,
     nats: &str,
@@ -308,37 +401,120 @@ pub async fn start_event_forwarder(
     )
     .await
     .with_context(|| format!("publishing events to NATS at {nats}"))?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<rampart_events::Event>>();
-    pipeline.set_stored_hook(Arc::new(Forwarder(tx)));
-    tokio::spawn(async move {
-        while let Some(mut batch) = rx.recv().await {
-            // Take what else is waiting: one publish per burst.
-            while let Ok(more) = rx.try_recv() {
-                batch.extend(more);
-                if batch.len() >= 5000 {
-                    break;
-                }
-            }
-            if let Err(e) = publisher.publish(&batch).await {
-                tracing::error!(error = %e, events = batch.len(), "fleet: events could not be published or spooled");
-            }
-        }
-    });
+    let db = pipeline.db_path().to_path_buf();
+    let reader = rampart_events::StoreReader::open(&db)
+        .with_context(|| format!("opening the gateway's event store {}", db.display()))?;
+    let cursor = PublishCursor::open(&data_dir.join("fleet").join("published-seq"), &reader)?;
+    // The store's commits wake the forwarder (coalesced: one pending wake-up
+    // is enough, the forwarder reads everything after its cursor).
+    let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+    pipeline.set_stored_hook(Arc::new(WakeOnStored(wake)));
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("rampart-fleet-forward".into())
+        .spawn(move || forward(reader, cursor, publisher, woken, runtime))
+        .context("starting the fleet event forwarder")?;
     Ok(())
 }
 
-struct Forwarder(tokio::sync::mpsc::UnboundedSender<Vec<rampart_events::Event>>);
+/// Events read from the store per publish.
+const FORWARD_BATCH: usize = 5000;
 
-impl rampart_events::pipeline::StoredHook for Forwarder {
-    fn stored(&self, events: &[rampart_events::store::PreparedEvent]) {
-        let batch: Vec<rampart_events::Event> = events
-            .iter()
-            .filter_map(|p| rampart_events::store::decode_stored(p.stored()).ok())
-            .map(|r| r.to_event().into_owned())
-            .collect();
-        if !batch.is_empty() {
-            let _ = self.0.send(batch);
+/// The forwarder's loop: publish what the store holds after the cursor, then
+/// move the cursor; wait for a commit (or a second) when there is nothing.
+fn forward(
+    reader: rampart_events::StoreReader,
+    mut cursor: PublishCursor,
+    publisher: rampart_fleet::nats::EventPublisher,
+    woken: std::sync::mpsc::Receiver<()>,
+    runtime: tokio::runtime::Handle,
+) {
+    let everything = match rampart_events::parse_query("") {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::error!(error = %e, "fleet: events are not forwarded (the empty query does not parse)");
+            return;
         }
+    };
+    loop {
+        let batch = match reader.after(cursor.seq, &everything, FORWARD_BATCH) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(error = %e, "fleet: reading the event store to forward failed; retrying in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Some(&(last, _)) = batch.last() else {
+            match woken.recv_timeout(Duration::from_secs(1)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                _ => continue,
+            }
+        };
+        let events: Vec<rampart_events::Event> = batch.into_iter().map(|(_, e)| e).collect();
+        match runtime.block_on(publisher.publish(&events)) {
+            Ok(_) => cursor.advance(last),
+            Err(e) => {
+                tracing::error!(error = %e, events = events.len(),
+                    "fleet: events could not be published or spooled; retrying in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// The sequence number of the last event handed to the publisher, on disk.
+struct PublishCursor {
+    path: PathBuf,
+    seq: i64,
+}
+
+impl PublishCursor {
+    /// The saved cursor; without one (a new gateway) the store's newest event:
+    /// what an older version or the all-in-one role stored is not sent.
+    fn open(path: &Path, reader: &rampart_events::StoreReader) -> anyhow::Result<PublishCursor> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let saved = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok());
+        let mut cursor = PublishCursor {
+            path: path.to_path_buf(),
+            seq: 0,
+        };
+        match saved {
+            Some(seq) => cursor.seq = seq,
+            None => {
+                let seq = reader
+                    .last_seq()
+                    .context("reading the event store's newest sequence number")?;
+                cursor.advance(seq);
+            }
+        }
+        Ok(cursor)
+    }
+
+    fn advance(&mut self, seq: i64) {
+        self.seq = seq;
+        let tmp = self.path.with_extension("tmp");
+        let written = std::fs::write(&tmp, format!("{seq}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            // Not fatal: the events are published; after a restart the ones
+            // since the saved cursor are sent again and dropped as copies.
+            tracing::warn!(error = %e, path = %self.path.display(), "fleet: saving the publish cursor failed");
+        }
+    }
+}
+
+struct WakeOnStored(std::sync::mpsc::SyncSender<()>);
+
+impl rampart_events::pipeline::StoredHook for WakeOnStored {
+    fn stored(&self, _events: &[rampart_events::store::PreparedEvent]) {
+        // Full: a wake-up is pending already.
+        let _ = self.0.try_send(());
     }
 }
 
@@ -355,6 +531,10 @@ pub fn gateway_id(config: &FleetConfig) -> anyhow::Result<String> {
 pub struct FleetGateway {
     watcher: Arc<ConfigWatcher>,
     reloader: Arc<OnceLock<Arc<Reloader>>>,
+    /// The revision's revoked device ids: the agent tunnel's admission.
+    revoked: Arc<rampart_gateway::tunnel::RevokedDevices>,
+    /// The revision's coaching key, and the running gateway to give it to.
+    coaching: Arc<CoachingKeySlot>,
     /// The merged configuration file the gateway runs (and reloads) from.
     pub config_path: PathBuf,
 }
@@ -374,11 +554,16 @@ impl FleetGateway {
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
         let reloader: Arc<OnceLock<Arc<Reloader>>> = Arc::new(OnceLock::new());
+        let revoked = Arc::new(rampart_gateway::tunnel::RevokedDevices::new());
+        let coaching = Arc::new(CoachingKeySlot::default());
         let applier = Applier {
             local_path: local_path.to_path_buf(),
             ca_key: local.tls.ca_paths(&local.data_dir).key,
+            device_ca_key: crate::devices::DeviceCa::key_path(&local.data_dir),
             state_dir: state_dir.clone(),
             reloader: reloader.clone(),
+            revoked: revoked.clone(),
+            coaching: coaching.clone(),
         };
         let watcher = ConfigWatcher::start(
             WatcherSettings::new(&url, &id, state_dir.clone()),
@@ -402,6 +587,8 @@ impl FleetGateway {
         Ok(FleetGateway {
             watcher: Arc::new(watcher),
             reloader,
+            revoked,
+            coaching,
             config_path: state_dir.join("rampart.toml"),
         })
     }
@@ -409,6 +596,18 @@ impl FleetGateway {
     /// Apply later revisions through this reloader (the running gateway's).
     pub fn set_reloader(&self, reloader: Arc<Reloader>) {
         let _ = self.reloader.set(reloader);
+    }
+
+    /// The running gateway: it signs coaching links with the fleet's key from
+    /// now on (the one of the revision applied at start, then each new one).
+    pub fn set_gateway(&self, gateway: rampart_gateway::GatewayHandle) {
+        self.coaching.set_gateway(gateway);
+    }
+
+    /// Who may use this gateway's agent tunnel: any device of the fleet's
+    /// device CA that the newest revision does not list as revoked.
+    pub fn admission(&self) -> Arc<dyn rampart_gateway::tunnel::DeviceAdmission> {
+        self.revoked.clone()
     }
 
     /// Sends the gateway's load with its heartbeats (open connections and
@@ -477,16 +676,51 @@ fn process_cpu_ticks() -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The fleet's coaching key, held until the gateway runs (the first revision
+/// is applied before it exists).
+#[derive(Default)]
+struct CoachingKeySlot {
+    state: Mutex<(Option<[u8; 32]>, Option<rampart_gateway::GatewayHandle>)>,
+}
+
+impl CoachingKeySlot {
+    fn set_key(&self, key: [u8; 32]) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 = Some(key);
+        if let Some(gateway) = &state.1 {
+            gateway.set_coaching_key(key);
+        }
+    }
+
+    fn set_gateway(&self, gateway: rampart_gateway::GatewayHandle) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = state.0 {
+            gateway.set_coaching_key(key);
+        }
+        state.1 = Some(gateway);
+    }
+}
+
 /// Turns a revision into the gateway's running configuration.
 struct Applier {
     local_path: PathBuf,
     ca_key: PathBuf,
+    /// `DATA_DIR/devices/ca.key`: present when this gateway serves agents.
+    device_ca_key: PathBuf,
     state_dir: PathBuf,
     reloader: Arc<OnceLock<Arc<Reloader>>>,
+    revoked: Arc<rampart_gateway::tunnel::RevokedDevices>,
+    coaching: Arc<CoachingKeySlot>,
 }
 
 impl Applier {
     fn apply(&self, revision: &ConfigRevision) -> Result<(), String> {
+        // Revocations first, whatever becomes of the rest: a revision this
+        // gateway cannot apply (a bad shared file, a CA it lacks) must not keep
+        // a revoked device in. A revocation is never undone, so taking the
+        // list of a rejected revision cannot let anyone in.
+        self.revoked
+            .replace(revision.revoked_devices.iter().cloned());
         self.apply_inner(revision).map_err(|e| format!("{e:#}"))
     }
 
@@ -494,6 +728,21 @@ impl Applier {
         let key = std::fs::read_to_string(&self.ca_key)
             .with_context(|| format!("reading this gateway's CA key {}", self.ca_key.display()))?;
         revision.ca.check_key(&key)?;
+        if let (Some(device_ca), Ok(device_key)) = (
+            &revision.device_ca,
+            std::fs::read_to_string(&self.device_ca_key),
+        ) {
+            device_ca.check_key(&device_key).with_context(|| {
+                format!(
+                    "the device CA key {} is not the fleet's",
+                    self.device_ca_key.display()
+                )
+            })?;
+        }
+        let coaching_key = match revision.coaching_key.as_str() {
+            "" => None,
+            key => Some(decode_coaching_key(key)?),
+        };
         let dir = self.state_dir.join(format!("rev-{}", revision.id));
         let merged = self.write_revision(revision, &dir)?;
         // The same checks a reload makes, before anything changes.
@@ -511,8 +760,12 @@ impl Applier {
                 anyhow::bail!("{e}");
             }
         }
+        if let Some(key) = coaching_key {
+            self.coaching.set_key(key);
+        }
         self.remove_old_revisions(&dir);
-        tracing::info!(revision = %revision.id, "fleet: configuration revision applied");
+        tracing::info!(revision = %revision.id, revoked_devices = revision.revoked_devices.len(),
+            "fleet: configuration revision applied");
         Ok(())
     }
 

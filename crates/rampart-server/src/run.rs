@@ -60,8 +60,12 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
     let api_addr = api_listener.local_addr()?;
-    let tunnel =
-        crate::devices::tunnel::TunnelSetup::prepare(&config, role == Role::AllInOne).await?;
+    let tunnel = crate::devices::tunnel::TunnelSetup::prepare(
+        &config,
+        role == Role::AllInOne,
+        fleet_gateway.as_ref().map(|f| f.admission()),
+    )
+    .await?;
 
     let metrics = Arc::new(Metrics::new());
     let mut registry = Registry::default();
@@ -99,6 +103,7 @@ pub async fn run(
     match (&fleet_gateway, &config.fleet.nats) {
         (Some(fleet), Some(nats)) => {
             fleet.set_reloader(reloader.clone());
+            fleet.set_gateway(handle.clone());
             fleet.report_load(handle.clone());
             crate::fleet::start_event_forwarder(
                 &pipeline,

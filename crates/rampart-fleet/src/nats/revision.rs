@@ -21,9 +21,16 @@ pub struct ConfigRevision {
     pub policy: PolicyBundle,
     /// Devices whose certificates gateways must refuse.
     pub revoked_devices: Vec<String>,
-    /// Key that signs coaching "proceed" links, shared by all gateways.
+    /// Key that signs coaching "proceed" links, shared by all gateways: 64 hex
+    /// digits (32 bytes); empty: each gateway keeps a key of its own. A secret:
+    /// the bucket must be readable by the server and the gateways only.
     pub coaching_key: String,
     pub ca: CaMaterial,
+    /// The device CA (agents' certificates, the tunnel's server certificate):
+    /// its certificate and key fingerprint, as for [`ConfigRevision::ca`]. Absent
+    /// in revisions of servers without one (and of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_ca: Option<CaMaterial>,
 }
 
 /// The policy and the files it loads, by the path the policy names them with.
@@ -56,9 +63,17 @@ impl ConfigRevision {
             revoked_devices,
             coaching_key,
             ca,
+            device_ca: None,
         };
         revision.id = revision.content_id();
         revision
+    }
+
+    /// The same revision with the device CA's material (a new id).
+    pub fn with_device_ca(mut self, device_ca: CaMaterial) -> ConfigRevision {
+        self.device_ca = Some(device_ca);
+        self.id = self.content_id();
+        self
     }
 
     fn content_id(&self) -> String {
@@ -80,6 +95,11 @@ impl ConfigRevision {
         field(self.coaching_key.as_bytes());
         field(self.ca.certificate_pem.as_bytes());
         field(self.ca.key_fingerprint.as_bytes());
+        // Only when present: the id of a revision without one is unchanged.
+        if let Some(device_ca) = &self.device_ca {
+            field(device_ca.certificate_pem.as_bytes());
+            field(device_ca.key_fingerprint.as_bytes());
+        }
         hex::encode(&hash.finalize()[..16])
     }
 

@@ -11,11 +11,14 @@
 
 mod identity;
 mod live;
+// A fleet gateway's admission: the server's revoked device ids (issue 20).
+mod revoked;
 mod threads;
 mod verifier;
 
 pub use identity::{DeviceIdentity, IdentityError};
 pub use live::{LiveTunnel, LiveTunnels};
+pub use revoked::RevokedDevices;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -26,12 +26,21 @@ pub struct TunnelSetup {
     keepalive: std::time::Duration,
     /// `[tunnel] proxy_protocol_from`.
     proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// Who may use the tunnel: the registry's inventory, or a fleet gateway's
+    /// revoked list (its devices are enrolled on the server).
+    admission: Arc<dyn rampart_gateway::tunnel::DeviceAdmission>,
 }
 
 impl TunnelSetup {
     /// All-in-one: always (creating the device CA on first start). Gateway role: only
-    /// when a device CA exists in the data dir. `None` means no tunnel.
-    pub async fn prepare(config: &RampartConfig, all_in_one: bool) -> anyhow::Result<Option<Self>> {
+    /// when a device CA exists in the data dir. `None` means no tunnel. `fleet`: a
+    /// fleet gateway's admission (the server's revoked ids) instead of the local
+    /// inventory, which holds none of the devices the server enrolled.
+    pub async fn prepare(
+        config: &RampartConfig,
+        all_in_one: bool,
+        fleet: Option<Arc<dyn rampart_gateway::tunnel::DeviceAdmission>>,
+    ) -> anyhow::Result<Option<Self>> {
         if !all_in_one && !DeviceCa::exists(&config.data_dir) {
             tracing::info!("no device CA in the data dir: agent tunnel listener disabled");
             return Ok(None);
@@ -63,12 +72,13 @@ impl TunnelSetup {
             .ca()
             .tunnel_server_cert(&names)
             .context("issuing the tunnel certificate")?;
-        let admission: Arc<dyn rampart_gateway::tunnel::DeviceAdmission> = registry.clone();
+        let admission: Arc<dyn rampart_gateway::tunnel::DeviceAdmission> =
+            fleet.unwrap_or_else(|| registry.clone());
         let tls = rampart_gateway::tunnel::server_config(
             registry.ca().cert_pem(),
             &issued.cert_pem,
             &issued.key_pem,
-            Some(admission),
+            Some(admission.clone()),
         )?;
         let admin_token: Arc<str> = rampart_events::token::load_or_create(&config.data_dir)
             .context("loading the admin token")?
@@ -82,6 +92,7 @@ impl TunnelSetup {
             busy_poll: config.runtime.busy_poll,
             keepalive: config.tunnel.keepalive,
             proxy_protocol_from: config.tunnel.proxy_protocol_from.clone(),
+            admission,
         }))
     }
 
@@ -110,12 +121,11 @@ impl TunnelSetup {
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
         tracing::info!(tunnel = %self.addr, "agent tunnel listening");
-        let admission: Arc<dyn rampart_gateway::tunnel::DeviceAdmission> = self.registry.clone();
         tokio::spawn(rampart_gateway::tunnel::serve(
             self.listener,
             self.tls,
             gateway,
-            Some(admission),
+            Some(self.admission),
             agent_api,
             rampart_gateway::tunnel::ServeOptions {
                 busy_poll: self.busy_poll,
