@@ -78,10 +78,18 @@ fn http_and_connect_chain_through_a_real_squid() {
     let origin = Origin::start();
     let tls = TlsOrigin::start("localhost");
     let squid = Squid::start();
+    // Health checks without a target ask Squid itself (`OPTIONS *`): its
+    // answer keeps it up even with the strictest threshold.
     let edge = Rampart::start(&egress_config(
         &[format!("http://127.0.0.1:{}", squid.port)],
-        "",
+        "failure_threshold = 1\nhealth_check_interval = \"200ms\"\n",
     ));
+    std::thread::sleep(Duration::from_millis(800));
+    let up = format!(
+        "rampart_upstream_up{{group=\"egress\",proxy=\"127.0.0.1:{}\"}} 1",
+        squid.port
+    );
+    assert!(edge.metrics().contains(&up), "{}", edge.metrics());
 
     let (code, body, err) = curl(&edge.proxy_url(), &[&origin.url("/hello")]);
     assert_eq!((code, body.as_str()), (0, "hello from origin"), "{err}");

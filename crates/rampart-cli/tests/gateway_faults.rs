@@ -208,6 +208,28 @@ fn stalled_upstream_proxy_times_out_with_the_reason_and_is_marked_down() {
     );
 }
 
+#[test]
+fn a_stalled_upstream_proxy_is_marked_down_by_health_checks_without_a_target() {
+    // No request goes through it: only the active check can find it stalled.
+    let stalled = FaultyServer::start(read_and_never_answer);
+    let edge = Rampart::start(&format!(
+        "[limits]\nconnect_timeout = \"500ms\"\n\
+         [egress]\ndefault = \"egress\"\n\
+         [upstreams.egress]\nproxies = [\"http://{}\"]\nfailure_threshold = 1\n\
+         health_check_interval = \"300ms\"\n",
+        stalled.addr,
+    ));
+    let series = format!(
+        "rampart_upstream_up{{group=\"egress\",proxy=\"{}\"}} 0",
+        stalled.addr
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || edge.metrics().contains(&series)),
+        "a proxy that accepts and never answers passes its health check:\n{}",
+        edge.metrics()
+    );
+}
+
 /// A network namespace with only loopback, entered by a thread of the test:
 /// processes that thread starts (the server, curl) live in it, so no DNS query
 /// or packet can leave the machine. The namespace goes away with its last

@@ -197,7 +197,10 @@ pub fn parse_connect_reply(buf: &[u8]) -> Result<ConnectReply, httparse::Error> 
 }
 
 /// Runs active health checks for `group` until the returned handle is dropped
-/// or aborted. A check is a TCP connect (and a CONNECT to the configured target).
+/// or aborted. A check is a CONNECT through the proxy to the configured
+/// target or, without one, a request the proxy must answer itself: a proxy
+/// that accepts connections and never answers is down (a TCP connect alone
+/// would find it healthy).
 pub fn spawn_health_checks(
     group: Arc<UpstreamGroup>,
     resolver: crate::resolver::Resolver,
@@ -239,12 +242,57 @@ async fn check_once(
     let mut stream =
         super::direct::connect_happy_eyeballs(&addrs, None, timeout, &proxy.url.authority())
             .await?;
-    if let Some(target) = &group.health_check_target {
-        tokio::time::timeout(timeout, connect_handshake(&mut stream, proxy, target))
+    let timed_out = |_| ConnectError::Timeout {
+        target: proxy.url.authority(),
+    };
+    match &group.health_check_target {
+        Some(target) => {
+            tokio::time::timeout(timeout, connect_handshake(&mut stream, proxy, target))
+                .await
+                .map_err(timed_out)??;
+        }
+        None => tokio::time::timeout(timeout, answers_http(&mut stream, proxy))
             .await
-            .map_err(|_| ConnectError::Timeout {
-                target: proxy.url.authority(),
-            })??;
+            .map_err(timed_out)??,
+    }
+    Ok(())
+}
+
+/// Whether the proxy answers a request of its own: `OPTIONS *` (RFC 9110
+/// §9.3.7: about the server itself, so it is never forwarded anywhere). Any
+/// status line counts, an error status too: the proxy is alive and parsing.
+async fn answers_http(stream: &mut TcpStream, proxy: &UpstreamProxy) -> Result<(), ConnectError> {
+    let authority = proxy.url.authority();
+    let failed = |detail: String| ConnectError::UpstreamProtocol {
+        proxy: authority.clone(),
+        detail,
+    };
+    let request = format!("OPTIONS * HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| failed(format!("health check request not sent: {e}")))?;
+    let mut reply = [0u8; 12];
+    let mut got = 0;
+    while got < reply.len() {
+        let n = stream
+            .read(&mut reply[got..])
+            .await
+            .map_err(|e| failed(format!("health check reply not read: {e}")))?;
+        if n == 0 {
+            return Err(failed("closed the health check without an answer".into()));
+        }
+        got += n;
+    }
+    // "HTTP/1.1 400" is 12 bytes: the version and a three-digit status.
+    let status_line = std::str::from_utf8(&reply).unwrap_or_default();
+    let valid = status_line.starts_with("HTTP/1.")
+        && status_line[9..12].bytes().all(|b| b.is_ascii_digit());
+    if !valid {
+        return Err(failed(format!(
+            "health check answered with something other than HTTP: {:?}",
+            String::from_utf8_lossy(&reply)
+        )));
     }
     Ok(())
 }
