@@ -280,6 +280,10 @@ pub struct TunnelConfig {
     /// `host:port` enrolled agents connect to, when it differs from `listen` (NAT, a
     /// load balancer, or listening on 0.0.0.0).
     pub advertise: Option<String>,
+    /// A device's `last_seen` moves while its tunnel is open, written at most this
+    /// often per device (default 1m).
+    #[serde(with = "humantime_serde")]
+    pub last_seen_interval: std::time::Duration,
     /// A connection silent for this long gets a PING; no answer within as long again
     /// closes it ([`rampart_gateway::tunnel::ServeOptions::keepalive`]).
     #[serde(deserialize_with = "keepalive")]
@@ -307,6 +311,7 @@ impl Default for TunnelConfig {
         TunnelConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3129)),
             advertise: None,
+            last_seen_interval: crate::devices::inventory::DEFAULT_LAST_SEEN_INTERVAL,
             keepalive: rampart_gateway::tunnel::DEFAULT_KEEPALIVE,
             proxy_protocol_from: Vec::new(),
         }

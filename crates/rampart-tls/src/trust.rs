@@ -217,6 +217,33 @@ pub fn env_script(shell: Shell, bundle: &Path, ca: &Path) -> String {
     out
 }
 
+/// The script that reverts [`env_script`]: it removes every variable that script sets.
+/// A value the variable had before `trust env` was applied is not restored (the
+/// script cannot know it); apply this in the shell where `trust env` was applied.
+pub fn unset_script(shell: Shell) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "# Stop pointing developer tools at the Rampart bundle. Apply with: {}\n",
+        match shell {
+            Shell::Sh => "eval \"$(rampart trust env --unset)\"",
+            Shell::Fish => "rampart trust env --unset --shell fish | source",
+            Shell::Powershell => "rampart trust env --unset --shell powershell | Invoke-Expression",
+        }
+    ));
+    for var in TRUST_VARIABLES {
+        let line = match shell {
+            Shell::Sh => format!("unset {}", var.name),
+            Shell::Fish => format!("set -e {}", var.name),
+            Shell::Powershell => format!(
+                "Remove-Item Env:{} -ErrorAction SilentlyContinue",
+                var.name
+            ),
+        };
+        out.push_str(&format!("{line:<72} # {}\n", var.tools));
+    }
+    out
+}
+
 /// Directory Debian's `update-ca-certificates` reads local CA certificates from.
 pub const DEBIAN_LOCAL_CA_DIR: &str = "/usr/local/share/ca-certificates";
 /// Prefix of the files `rampart trust install` writes there; `--remove` deletes exactly these.
@@ -226,12 +253,12 @@ pub const INSTALLED_FILE_PREFIX: &str = "rampart-gateway-ca";
 /// (update-ca-certificates wants one certificate per file), replacing earlier ones.
 pub fn install_ca_files(
     dir: &Path,
-    ca: &CertificateAuthority,
+    chain: &[CertificateDer<'_>],
 ) -> Result<Vec<std::path::PathBuf>, TlsError> {
     remove_ca_files(dir)?;
     std::fs::create_dir_all(dir).map_err(|e| TlsError::io(dir, e))?;
     let mut written = Vec::new();
-    for (i, cert) in ca.chain().iter().enumerate() {
+    for (i, cert) in chain.iter().enumerate() {
         let name = if i == 0 {
             format!("{INSTALLED_FILE_PREFIX}.crt")
         } else {
@@ -315,7 +342,7 @@ mod tests {
         let store = dir.path().join("store");
         std::fs::create_dir_all(&store).unwrap();
         std::fs::write(store.join("corp.crt"), "keep me").unwrap();
-        let written = install_ca_files(&store, &ca).unwrap();
+        let written = install_ca_files(&store, ca.chain()).unwrap();
         assert_eq!(written, vec![store.join("rampart-gateway-ca.crt")]);
         assert_eq!(
             std::fs::read_to_string(&written[0]).unwrap(),
@@ -342,6 +369,19 @@ mod tests {
         for var in TRUST_VARIABLES {
             assert!(s.contains(var.name), "{}", var.name);
         }
+    }
+
+    #[test]
+    fn unset_script_removes_every_variable_env_script_sets() {
+        let set = env_script(Shell::Sh, Path::new("/b.pem"), Path::new("/c.pem"));
+        let unset = unset_script(Shell::Sh);
+        for var in TRUST_VARIABLES {
+            assert!(set.contains(&format!("export {}=", var.name)), "{}", var.name);
+            assert!(unset.contains(&format!("unset {}", var.name)), "{unset}");
+        }
+        assert!(unset_script(Shell::Fish).contains("set -e PIP_CERT"));
+        assert!(unset_script(Shell::Powershell)
+            .contains("Remove-Item Env:NODE_EXTRA_CA_CERTS -ErrorAction SilentlyContinue"));
     }
 
     #[test]

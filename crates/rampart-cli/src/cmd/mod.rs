@@ -11,4 +11,5 @@ pub mod policy;
 pub mod server;
 pub mod state;
 pub mod trust;
+pub mod trust_stores;
 pub mod user;

@@ -1,15 +1,16 @@
 //! `rampart trust bundle|env`: make developer tools trust the gateway CA. The work is in
 //! `rampart_tls::trust`; this parses flags, writes files and prints.
 use anyhow::Context;
-use rampart_tls::ca::{CaPaths, CertificateAuthority};
+use rampart_tls::ca::{read_certificates, sha256_fingerprint, CaPaths, CertificateAuthority};
 use rampart_tls::trust::{
-    compose_bundle, env_script, install_ca_files, remove_ca_files, system_roots, write_bundle,
-    Shell, DEBIAN_LOCAL_CA_DIR,
+    compose_bundle, env_script, install_ca_files, remove_ca_files, system_roots, unset_script,
+    write_bundle, Shell, DEBIAN_LOCAL_CA_DIR,
 };
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::state::DataDirArgs;
+use super::trust_stores::{browser_databases, find_certutil, JavaKeystore, NssDatabase};
 
 /// Bundle file `trust env` maintains inside the data directory.
 const DEFAULT_BUNDLE_FILE: &str = "trust-bundle.pem";
@@ -30,8 +31,9 @@ enum TrustCommand {
     /// Make an HTTPS request with each installed tool (curl, Python requests, pip, git,
     /// node) in the current environment and report pass/fail per tool.
     Verify(VerifyArgs),
-    /// Add the Rampart CA to the Debian/Ubuntu system store (update-ca-certificates);
-    /// --remove undoes exactly that. Needs root.
+    /// Add the Rampart CA to trust stores: the Debian/Ubuntu system store
+    /// (update-ca-certificates; the default, needs root), a Java keystore (--java) and
+    /// the NSS databases of Chromium and Firefox (--nss). --remove undoes exactly that.
     Install(InstallArgs),
 }
 
@@ -56,12 +58,42 @@ struct InstallArgs {
     /// Remove the certificates a previous install added, instead of adding them.
     #[arg(long)]
     remove: bool,
+    /// Change the system store (the default when no --java/--nss option is given).
+    #[arg(long)]
+    system: bool,
     /// Local CA directory read by the update command.
     #[arg(long, value_name = "DIR", default_value = DEBIAN_LOCAL_CA_DIR)]
     ca_dir: PathBuf,
     /// Command that rebuilds the system store afterwards.
     #[arg(long, value_name = "PROGRAM", default_value = "update-ca-certificates")]
     update_command: String,
+    /// Change a Java keystore with keytool: the JDK's cacerts unless --java-keystore.
+    #[arg(long)]
+    java: bool,
+    /// The Java keystore to change instead of the JDK's cacerts (implies --java).
+    #[arg(long, value_name = "FILE")]
+    java_keystore: Option<PathBuf>,
+    /// The keystore's password (the JDK's cacerts ships with "changeit").
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "RAMPART_JAVA_STOREPASS",
+        default_value = "changeit",
+        hide_env_values = true
+    )]
+    java_storepass: String,
+    /// keytool to run [default: $JAVA_HOME/bin/keytool, else keytool on PATH].
+    #[arg(long, value_name = "PATH")]
+    keytool: Option<PathBuf>,
+    /// Change NSS databases with certutil: ~/.pki/nssdb (Chromium, Chrome) and the
+    /// Firefox profiles under your home directory, unless --nss-db. Run it as the
+    /// browser's user, not with sudo.
+    #[arg(long)]
+    nss: bool,
+    /// An NSS database directory to change instead (repeatable; implies --nss); created
+    /// without a password when it does not exist.
+    #[arg(long, value_name = "DIR")]
+    nss_db: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +115,9 @@ struct EnvArgs {
     /// Bundle to point tools at [default: DIR/trust-bundle.pem, rewritten when older than ca.pem].
     #[arg(long, value_name = "FILE")]
     bundle: Option<PathBuf>,
+    /// Print what reverts the variables instead (unsets every one of them).
+    #[arg(long, conflicts_with = "bundle")]
+    unset: bool,
 }
 
 pub fn run(args: TrustArgs) -> anyhow::Result<ExitCode> {
@@ -108,6 +143,11 @@ fn bundle(args: BundleArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn env(args: EnvArgs) -> anyhow::Result<ExitCode> {
+    if args.unset {
+        // Reverting needs no CA: it must work after the data dir is gone.
+        print!("{}", unset_script(args.shell));
+        return Ok(ExitCode::SUCCESS);
+    }
     let data_dir = args.dir.resolve()?;
     let paths = CaPaths::in_dir(&data_dir);
     let ca = CertificateAuthority::load(&paths)?;
@@ -151,7 +191,7 @@ struct ToolCheck {
     reached: &'static [&'static str],
 }
 
-fn tool_checks(url: &str, timeout: u64, scratch: &Path) -> Vec<ToolCheck> {
+fn tool_checks(url: &str, proxy: Option<&str>, timeout: u64, scratch: &Path) -> Vec<ToolCheck> {
     let t = timeout.to_string();
     vec![
         ToolCheck {
@@ -195,26 +235,94 @@ fn tool_checks(url: &str, timeout: u64, scratch: &Path) -> Vec<ToolCheck> {
         ToolCheck {
             name: "node",
             program: "node",
-            args: vec![
-                "-e".into(),
-                "require('https').get(process.argv[1], r => { r.resume(); process.exit(0) }).on('error', e => { console.error(e.code || e.message); process.exit(1) })".into(),
-                url.into(),
-            ],
+            args: vec!["-e".into(), NODE_GET.into(), url.into(), proxy.unwrap_or_default().into()],
             tls_failure: &["CERT", "certificate", "SELF_SIGNED"],
             reached: &[],
         },
+        ToolCheck {
+            name: "cargo",
+            program: "cargo",
+            // A sparse registry's first request is its config.json: cargo's HTTP client
+            // (libcurl, CARGO_HTTP_CAINFO, the proxy variables) fetches it, and any
+            // answer after the handshake shows TLS worked.
+            args: vec![
+                "search".into(), "--limit".into(), "1".into(), "--index".into(),
+                format!("sparse+{}", with_trailing_slash(url)), "rampart-trust-verify-probe".into(),
+            ],
+            tls_failure: &["SSL", "certificate"],
+            reached: &["failed to get successful HTTP response", "expected value", "config.json` is not valid"],
+        },
     ]
+}
+
+/// node's https module ignores the proxy variables: the script opens the CONNECT
+/// tunnel itself (argv: URL, proxy URL or ""), then verifies TLS with node's roots
+/// plus NODE_EXTRA_CA_CERTS, host name included.
+const NODE_GET: &str = r#"const [url, proxy] = process.argv.slice(1);
+const https = require('https'), http = require('http'), tls = require('tls');
+const target = new URL(url);
+const fail = e => { console.error(e.code || e.message); process.exit(1); };
+const get = socket => https.get(url, socket ? { createConnection: () => tls.connect({ socket, servername: target.hostname }) } : {},
+  r => { r.resume(); process.exit(0); }).on('error', fail);
+if (!proxy) get(null); else {
+  const p = new URL(proxy);
+  http.request({ host: p.hostname, port: p.port || 80, method: 'CONNECT', path: `${target.hostname}:${target.port || 443}` })
+    .on('connect', (res, socket) => res.statusCode === 200 ? get(socket) : fail(new Error(`ProxyError: CONNECT answered ${res.statusCode}`)))
+    .on('error', fail).end();
+}"#;
+
+fn with_trailing_slash(url: &str) -> String {
+    if url.ends_with('/') {
+        url.to_string()
+    } else {
+        format!("{url}/")
+    }
+}
+
+/// The proxy a tool will use: `--proxy`, else the environment's HTTPS proxy.
+fn effective_proxy(flag: Option<&str>) -> Option<String> {
+    flag.map(str::to_string).or_else(|| {
+        ["HTTPS_PROXY", "https_proxy"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|p| !p.is_empty()))
+    })
+}
+
+/// A CARGO_HOME for the check: the user's cargo configuration (proxy, `http.cainfo`)
+/// copied into `scratch`, so the registry cache cargo writes lands there and not in
+/// the user's ~/.cargo.
+fn cargo_home(scratch: &Path) -> anyhow::Result<PathBuf> {
+    let home = scratch.join("cargo-home");
+    std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+    let user_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(user_home) = user_home {
+        for name in ["config.toml", "config"] {
+            let from = user_home.join(name);
+            if from.is_file() {
+                std::fs::copy(&from, home.join(name))
+                    .with_context(|| format!("copying {}", from.display()))?;
+            }
+        }
+    }
+    Ok(home)
 }
 
 fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let scratch = std::env::temp_dir().join(format!("rampart-trust-verify-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let mut failed = 0;
-    for check in tool_checks(&args.url, args.timeout, &scratch) {
+    let proxy = effective_proxy(args.proxy.as_deref());
+    let cargo_home = cargo_home(&scratch)?;
+    for check in tool_checks(&args.url, proxy.as_deref(), args.timeout, &scratch) {
         let mut cmd = std::process::Command::new(check.program);
         cmd.args(&check.args)
             .stdin(std::process::Stdio::null())
-            .env("GIT_TERMINAL_PROMPT", "0");
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("CARGO_HOME", &cargo_home)
+            .env("CARGO_NET_RETRY", "0")
+            .env("CARGO_HTTP_TIMEOUT", args.timeout.to_string());
         if let Some(proxy) = &args.proxy {
             for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
                 cmd.env(var, proxy);
@@ -264,6 +372,84 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
+    let java = args.java || args.java_keystore.is_some();
+    let nss = args.nss || !args.nss_db.is_empty();
+    // Without a store named, the system store, as before the other stores existed.
+    let system = args.system || !(java || nss);
+    let chain = if args.remove {
+        Vec::new()
+    } else {
+        // Trust stores take public certificates only: no need to read the CA key.
+        let paths = CaPaths::in_dir(&args.dir.resolve()?);
+        let chain = read_certificates(&paths.cert)?;
+        let Some(signing) = chain.first() else {
+            anyhow::bail!("{}: no certificate in the file", paths.cert.display());
+        };
+        println!("CA sha256 {}", sha256_fingerprint(signing.as_ref()));
+        chain
+    };
+    if system {
+        install_system(&args, &chain)?;
+    }
+    if java {
+        let keystore = JavaKeystore::new(
+            args.keytool.clone(),
+            args.java_keystore.clone(),
+            args.java_storepass.clone(),
+        )?;
+        let (verb, names) = if args.remove {
+            ("removed", keystore.remove()?)
+        } else {
+            ("added", keystore.install(&chain)?)
+        };
+        report("java", &keystore.describe(), verb, &names);
+    }
+    if nss {
+        let certutil = find_certutil()?;
+        let explicit = !args.nss_db.is_empty();
+        let dirs = if explicit {
+            args.nss_db.clone()
+        } else {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .context("HOME is not set: name the NSS database with --nss-db DIR")?;
+            let found = browser_databases(&home);
+            anyhow::ensure!(
+                !found.is_empty() || args.remove,
+                "no NSS database under {} (~/.pki/nssdb or a Firefox profile): start                  Chromium or Firefox once, or name one with --nss-db DIR",
+                home.display()
+            );
+            found
+        };
+        for dir in dirs {
+            // Removing never creates a database; installing creates one only where named.
+            let db = NssDatabase::open(dir, &certutil, explicit && !args.remove)?;
+            let (verb, names) = if args.remove {
+                ("removed", db.remove()?)
+            } else {
+                ("added", db.install(&chain)?)
+            };
+            report("nss", &format!("sql:{}", db.dir.display()), verb, &names);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per store changed: `nss  sql:/home/u/.pki/nssdb: added rampart-gateway-ca`.
+fn report(store: &str, place: &str, verb: &str, names: &[String]) {
+    if names.is_empty() {
+        println!("{store:<6} {place}: no Rampart CA there");
+    } else {
+        println!("{store:<6} {place}: {verb} {}", names.join(", "));
+    }
+}
+
+/// The Debian/Ubuntu system store: one file per certificate in `--ca-dir`, then the
+/// update command.
+fn install_system(
+    args: &InstallArgs,
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+) -> anyhow::Result<()> {
     let changed = if args.remove {
         let removed = remove_ca_files(&args.ca_dir)?;
         if removed.is_empty() {
@@ -274,15 +460,9 @@ fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
         }
         !removed.is_empty()
     } else {
-        let ca = CertificateAuthority::load(&CaPaths::in_dir(&args.dir.resolve()?))?;
-        for path in install_ca_files(&args.ca_dir, &ca)? {
+        for path in install_ca_files(&args.ca_dir, chain)? {
             println!("installed {}", path.display());
         }
-        println!(
-            "CA {} (sha256 {})",
-            ca.info().subject,
-            ca.info().sha256_fingerprint
-        );
         true
     };
     if changed {
@@ -300,7 +480,7 @@ fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
             args.update_command
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Writes system roots + CA to `out`; returns the number of system roots included.

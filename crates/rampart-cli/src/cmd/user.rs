@@ -8,13 +8,18 @@ use std::process::ExitCode;
 use anyhow::Context;
 use rampart_server::console::users::{Role, UserStore};
 
+use super::state::DataDirArgs;
+
 #[derive(Debug, clap::Args)]
 pub struct UserArgs {
     #[command(subcommand)]
     command: UserCommand,
-    /// Data directory of the server [default: ./rampart-data].
+    /// Data directory of the server [default: the data_dir of --config, else ./rampart-data].
     #[arg(long, value_name = "DIR", env = "RAMPART_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// The server's configuration file: use its data_dir, as the server does.
+    #[arg(long, value_name = "FILE", env = "RAMPART_CONFIG", global = true)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -33,9 +38,11 @@ enum UserCommand {
 }
 
 pub fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
-    let dir = args
-        .data_dir
-        .unwrap_or_else(|| PathBuf::from("./rampart-data"));
+    let dir = DataDirArgs {
+        data_dir: args.data_dir,
+        config: args.config,
+    }
+    .resolve()?;
     let store = UserStore::new(&dir);
     match args.command {
         UserCommand::Add { name, role } => {

@@ -60,10 +60,20 @@ impl DeviceRegistry {
     /// Opens (creating the CA if needed) the registry of `data_dir`; `gateway` is the
     /// tunnel address enrolled agents are told to use.
     pub fn open(data_dir: &Path, gateway: String) -> Result<Self, DeviceError> {
+        Self::open_with_seen_interval(data_dir, gateway, super::inventory::DEFAULT_LAST_SEEN_INTERVAL)
+    }
+
+    /// As [`DeviceRegistry::open`], writing a device's `last_seen` at most every
+    /// `seen_interval` (`[tunnel] last_seen_interval`).
+    pub fn open_with_seen_interval(
+        data_dir: &Path,
+        gateway: String,
+        seen_interval: std::time::Duration,
+    ) -> Result<Self, DeviceError> {
         Ok(DeviceRegistry {
             ca: DeviceCa::open_or_create(data_dir)?,
             tokens: TokenStore::new(data_dir),
-            inventory: Inventory::new(data_dir),
+            inventory: Inventory::new(data_dir).with_seen_interval(seen_interval),
             gateway,
             revocations: Arc::new(tokio::sync::Notify::new()),
             connected: std::sync::Mutex::new((Vec::new(), None)),
@@ -169,6 +179,11 @@ impl rampart_gateway::tunnel::DeviceAdmission for DeviceRegistry {
     fn revoked_among(&self, open: &[String]) -> Vec<String> {
         *self.connected.lock().unwrap_or_else(|p| p.into_inner()) =
             (open.to_vec(), Some(std::time::Instant::now()));
+        // An open tunnel is a device seen now: `last_seen` follows it (rate-limited in
+        // the inventory), not only the moment the connection was made.
+        if let Err(e) = self.inventory.seen_open(open) {
+            tracing::warn!(error = %e, "cannot record last seen for the connected devices");
+        }
         match self.inventory.list() {
             // A device missing from the inventory was not enrolled here (or its record
             // was removed by hand): as at admission, it may not use the tunnel.

@@ -56,7 +56,11 @@ impl TunnelSetup {
             .clone()
             .unwrap_or_else(|| addr.to_string());
         let registry = Arc::new(
-            DeviceRegistry::open(&config.data_dir, advertised.clone())
+            DeviceRegistry::open_with_seen_interval(
+                &config.data_dir,
+                advertised.clone(),
+                config.tunnel.last_seen_interval,
+            )
                 .context("opening the device CA and inventory")?,
         );
         let mut names = vec![
