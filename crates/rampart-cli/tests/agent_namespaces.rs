@@ -714,23 +714,12 @@ for p in (4444, 5555):
 threading.Event().wait()
 "#
     );
-    let child = pair
-        .command(&pair.servers, "python3")
-        .args(["-c", &script])
-        .spawn()
-        .map(KillOnDrop)
-        .expect("echo servers");
-    for port in [4444, 5555] {
-        let addr = format!("{SERVERS_ADDR}:{port}").parse().unwrap();
-        assert!(
-            eventually(Duration::from_secs(20), || support::netns::reachable(
-                &pair.servers,
-                addr
-            )),
-            "echo server on {addr} did not start"
-        );
-    }
-    child
+    let listening = [4444, 5555].map(|port| {
+        format!("{SERVERS_ADDR}:{port}")
+            .parse()
+            .expect("socket address")
+    });
+    pair.python_servers(&script, &listening)
 }
 
 /// A raw TCP exchange from python3 in the endpoint namespace: what came back, or

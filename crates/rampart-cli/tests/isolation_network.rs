@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::netns::{in_netns, root_or_skip, NetPair, NsAgent, NsServer};
+use rampart_testkit::netns::{addr_up, veth, Netns};
+use support::netns::{in_netns, ip, root_or_skip, NetPair, NsAgent, NsServer};
 use support::{eventually, have, rampart_bin, run, KillOnDrop};
 
 const ATTACKER4: &str = "10.78.0.3";
@@ -52,16 +53,6 @@ fn ready(test: &str, extra: &[&str]) -> bool {
     assert!(std::env::var_os("CI").is_none(), "{why}");
     eprintln!("SKIPPED {why}");
     false
-}
-
-fn ip(args: &[&str]) {
-    let out = run(Command::new("ip").args(args));
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn sock(ip: &str, port: u16) -> SocketAddr {
@@ -142,26 +133,14 @@ for f, a, p in ((V4, "{ATTACKER4}", 5556), (V6, "{ATTACKER6}", 5556), (V4, "{ATT
 threading.Event().wait()
 "#
     );
-    let child = pair
-        .command(&pair.servers, "python3")
-        .args(["-c", &script])
-        .spawn()
-        .map(KillOnDrop)
-        .expect("start the peers");
-    for addr in [
-        sock(ATTACKER4, 5555),
-        sock(ATTACKER6, 5555),
-        sock(MGMT_MOVED, 22),
-    ] {
-        assert!(
-            eventually(Duration::from_secs(20), || support::netns::reachable(
-                &pair.servers,
-                addr
-            )),
-            "peer {addr} did not start"
-        );
-    }
-    child
+    pair.python_servers(
+        &script,
+        &[
+            sock(ATTACKER4, 5555),
+            sock(ATTACKER6, 5555),
+            sock(MGMT_MOVED, 22),
+        ],
+    )
 }
 
 /// From the endpoint (steered by the agent like any process): send `id` over a new
@@ -269,10 +248,11 @@ fn conntrack_entries(pair: &NetPair, family: &str, peer: &str) -> String {
 /// to the server through the kernel's UDP socket, so the renewal crosses the
 /// endpoint's nftables hooks (its first discovery uses raw sockets, which do not).
 struct DhcpLan {
-    ns: String,
     dir: PathBuf,
     dnsmasq: Option<KillOnDrop>,
     udhcpc: Option<KillOnDrop>,
+    // Deleted after the two programs have stopped (fields drop in order).
+    _ns: Netns,
 }
 
 impl DhcpLan {
@@ -280,39 +260,16 @@ impl DhcpLan {
         let ns = format!("{}dh", pair.endpoint);
         let dir = dir.join("dhcp");
         std::fs::create_dir_all(&dir).expect("dhcp dir");
-        ip(&["netns", "add", &ns]);
+        let lan_ns = Netns::create(&ns);
         let mut lan = DhcpLan {
-            ns: ns.clone(),
             dir: dir.clone(),
             dnsmasq: None,
             udhcpc: None,
+            _ns: lan_ns,
         };
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &pair.endpoint,
-            "link",
-            "add",
-            "todh",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "toep",
-            "netns",
-            &ns,
-        ]);
+        veth(&pair.endpoint, "todh", &ns, "toep");
         ip(&["-n", &pair.endpoint, "link", "set", "todh", "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{DHCP_SERVER}/24"),
-            "dev",
-            "toep",
-        ]);
-        ip(&["-n", &ns, "link", "set", "toep", "up"]);
+        addr_up(&ns, "toep", &format!("{DHCP_SERVER}/24"));
         let dnsmasq = Command::new("ip")
             .args(["netns", "exec", &ns, "dnsmasq", "--keep-in-foreground"])
             .args([
@@ -424,17 +381,6 @@ impl DhcpLan {
             ));
         }
         Ok(())
-    }
-}
-
-impl Drop for DhcpLan {
-    fn drop(&mut self) {
-        self.udhcpc.take();
-        self.dnsmasq.take();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.ns])
-            .stderr(Stdio::null())
-            .status();
     }
 }
 

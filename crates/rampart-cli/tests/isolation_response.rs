@@ -56,23 +56,9 @@ threading.Thread(target=udp, args=("{ATTACKER}", 5556), daemon=True).start()
 threading.Event().wait()
 "#
     );
-    let child = pair
-        .command(&pair.servers, "python3")
-        .args(["-c", &script])
-        .spawn()
-        .map(KillOnDrop)
-        .expect("attacker");
-    for addr in [format!("{ATTACKER}:4444"), format!("{SERVERS_ADDR}:5555")] {
-        let addr = addr.parse().unwrap();
-        assert!(
-            eventually(Duration::from_secs(20), || support::netns::reachable(
-                &pair.servers,
-                addr
-            )),
-            "attacker on {addr} did not start"
-        );
-    }
-    child
+    let listening = [format!("{ATTACKER}:4444"), format!("{SERVERS_ADDR}:5555")]
+        .map(|addr| addr.parse().expect("socket address"));
+    pair.python_servers(&script, &listening)
 }
 
 /// From the endpoint: a TCP exchange with `addr:port` (`echo:id`, or `error ...`).

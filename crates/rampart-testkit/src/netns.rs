@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::process::{have, run};
+use crate::process::{eventually, have, run, KillOnDrop};
 
 /// `ip ARGS`, asserting success.
 pub fn ip(args: &[&str]) {
@@ -124,6 +124,22 @@ pub fn reachable(ns: &str, addr: SocketAddr) -> bool {
     in_netns(ns, move || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
     })
+}
+
+/// Spawns `command` (usually [`command_in`] `ns`) and waits up to 20 s until
+/// something accepts TCP connections at each of `listening` inside `ns`.
+pub fn spawn_listening(command: &mut Command, ns: &str, listening: &[SocketAddr]) -> KillOnDrop {
+    let child = command
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap_or_else(|e| panic!("spawn {command:?} in {ns}: {e}"));
+    for addr in listening {
+        assert!(
+            eventually(Duration::from_secs(20), || reachable(ns, *addr)),
+            "nothing listens on {addr} in {ns} 20 s after {command:?}"
+        );
+    }
+    child
 }
 
 /// Whether the test can create namespaces: root, and `tools` installed. Without

@@ -13,11 +13,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rampart_testkit::netns::{addr_up, command_in, namespaces_available, unique_id, veth, Netns};
+use rampart_testkit::netns::{
+    addr_up, command_in, namespaces_available, spawn_listening, unique_id, veth, Netns,
+};
 pub use rampart_testkit::netns::{enter_netns, in_netns, ip, reachable};
 use rampart_testkit::tls_origin::{openssl_pki, s_server_args};
 
-use super::{events_search, eventually, rampart_bin, run};
+use super::{events_search, eventually, rampart_bin, run, KillOnDrop};
 
 /// The endpoint's address on the veth pair.
 pub const ENDPOINT_ADDR: &str = "10.78.0.1";
@@ -87,6 +89,16 @@ impl NetPair {
     /// (transparent steering must catch the clients without them).
     pub fn command(&self, ns: &str, program: &str) -> Command {
         command_in(ns, program)
+    }
+
+    /// `python3 -c script` in the servers namespace, returned once something accepts
+    /// TCP connections at each of `listening` (within 20 s).
+    pub fn python_servers(&self, script: &str, listening: &[SocketAddr]) -> KillOnDrop {
+        spawn_listening(
+            self.command(&self.servers, "python3").args(["-c", script]),
+            &self.servers,
+            listening,
+        )
     }
 
     /// Runs `program args` in the endpoint namespace.
@@ -277,7 +289,7 @@ impl NsServer {
             format!("[tunnel]\nlisten = \"{tunnel}\"\n")
         };
         let config = format!(
-            "data_dir = {:?}\n{}\n[api]\nlisten = \"{api}\"\n{tunnel_table}{tables}\n",
+            "data_dir = {:?}\n{}\n[api]\nlisten = \"{api}\"\ntls = \"off\"\n{tunnel_table}{tables}\n",
             dir.join("data").display().to_string(),
             top.join("\n"),
         );
