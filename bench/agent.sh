@@ -236,6 +236,8 @@ connect_ports = [443, "1025-65535"]
 $PROXY_CLIENTS
 [api]
 listen = "$SERVER_ADDR:$API_PORT"
+# Plain HTTP also in the namespace setup (10.199.0.1): enrollment below uses http://.
+tls = "off"
 [tunnel]
 listen = "$SERVER_ADDR:$TUNNEL_PORT"
 EOF

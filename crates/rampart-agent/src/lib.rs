@@ -12,6 +12,7 @@ pub mod client_hello;
 pub mod config;
 pub mod connector;
 pub mod enrollment;
+pub mod enrollment_pin;
 pub mod error;
 pub mod flow;
 /// Entry points of the fuzz targets in `fuzz/` (not an API).

@@ -69,6 +69,8 @@ enum Command {
     Isolation(cmd::isolation::IsolationArgs),
     /// Web console accounts: add, list, remove.
     User(cmd::user::UserArgs),
+    /// Scoped API tokens (admin, analyst, enroll): create, list, revoke.
+    Token(cmd::token::TokenArgs),
     /// A demo origin on this machine (HTTP and HTTPS, its own CA) and the demo.toml
     /// that makes the server reach and trust it: the README tour, offline.
     Demo(cmd::demo::DemoArgs),
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         Command::Fleet(args) => cmd::fleet::run(args),
         Command::Isolation(args) => cmd::isolation::run(args),
         Command::User(args) => cmd::user::run(args),
+        Command::Token(args) => cmd::token::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::PackageAssets(args) => package_assets::run(args, Cli::command()),
     };

@@ -181,6 +181,14 @@ pub struct ApiConfig {
     /// Largest request body; larger gets `413`.
     #[serde(deserialize_with = "api_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// `off`, `on` or `auto` (HTTPS unless listening on 127.0.0.1/::1); see `api::tls`.
+    pub tls: crate::api::tls::TlsMode,
+    /// The API's certificate chain (PEM, leaf first); with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Names (DNS or IP) a minted API certificate carries besides the listen address.
+    pub tls_names: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -194,6 +202,10 @@ impl Default for ApiConfig {
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             max_body_bytes: 1024 * 1024,
+            tls: Default::default(),
+            tls_cert: None,
+            tls_key: None,
+            tls_names: Vec::new(),
         }
     }
 }

@@ -158,21 +158,43 @@ pub async fn run(
     // The gateway role (scale-out) serves health and metrics only: no admin
     // token, admin API, console or device administration (DESIGN.md §9: the
     // server administers the fleet).
+    // HTTPS on the API (`[api] tls`); the gateway role's API carries no credentials
+    // (health and metrics only), so there `auto` stays plain HTTP for load balancers.
+    let gateway_plain = role == Role::Gateway
+        && config.api.tls == api::tls::TlsMode::Auto
+        && config.api.tls_cert.is_none();
+    let mut api_tls = if gateway_plain {
+        None
+    } else {
+        api::tls::ApiTls::prepare(
+            &config.api,
+            &config.data_dir,
+            &config.tls.ca_paths(&config.data_dir),
+        )
+        .context("preparing TLS for the API listener ([api] tls)")?
+    };
     let (api, _tunnel_task) = if role == Role::Gateway {
         let task = tunnel.map(|t| t.spawn(handle.clone(), None, shutdown.clone()));
         (health_and_metrics, task)
     } else {
-        let events_api = crate::api::events::EventsApiState::new(&config.data_dir)
-            .context("preparing the events API (admin token)")?;
         let admin_token = crate::api::events::load_or_create_admin_token(&config.data_dir)
             .context("loading the admin token")?;
-        let admin_token_for_isolation: Arc<str> = admin_token.clone().into();
+        // Every /api/ call passes the token gate (scopes, audit); the routes behind it
+        // check the gate's internal token.
+        let auth =
+            api::auth::ApiAuth::new(&config.data_dir, admin_token, Some(agent_events.clone()));
+        let admin_token = auth.internal_token();
+        let events_api = crate::api::events::EventsApiState::with_token(
+            rampart_events::db_path(&config.data_dir),
+            admin_token.to_string(),
+        );
+        let admin_token_for_isolation = admin_token.clone();
 
         let console = crate::console::ConsoleState::new(
             &config.data_dir,
             reloader.clone(),
             handle.clone(),
-            crate::console::secure_cookies_for(config.api.listen),
+            crate::console::secure_cookies_for(config.api.listen) || api_tls.is_some(),
             Some(agent_events.clone()),
             config.policy.tests.clone(),
         );
@@ -180,12 +202,15 @@ pub async fn run(
             .merge(api::events::router(events_api))
             .merge(api::policy::router(api::policy::PolicyApiState {
                 reloader: reloader.clone(),
-                admin_token: admin_token.into(),
+                admin_token,
             }))
             .merge(crate::console::router(console.clone()));
         match tunnel {
             Some(tunnel) => {
-                let devices = api::devices::router(tunnel.api_state());
+                let devices = api::devices::router(api::devices::DevicesState {
+                    admin_token: admin_token_for_isolation.clone(),
+                    ..tunnel.api_state()
+                });
                 let registry = tunnel.registry();
                 let isolation = crate::isolation::IsolationService::new(
                     &config.data_dir,
@@ -213,9 +238,9 @@ pub async fn run(
                     Some(isolation),
                 );
                 let task = tunnel.spawn(handle.clone(), Some(agent_api), shutdown.clone());
-                (api.merge(devices), Some(task))
+                (auth.guard(api.merge(devices)), Some(task))
             }
-            None => (api, None),
+            None => (auth.guard(api), None),
         }
     };
     let api_task = tokio::spawn(api::listener::serve(
@@ -223,9 +248,21 @@ pub async fn run(
         api,
         config.api.clone(),
         api_listener_metrics,
+        api_tls.as_ref().map(|t| t.config.clone()),
         shutdown.clone(),
         config.limits.shutdown_grace,
     ));
+    if let Some(tls) = api_tls.as_mut() {
+        tls.spawn_renewal(shutdown.clone());
+        match &tls.source {
+            api::tls::CertSource::Minted { ca_sha256, names } => tracing::info!(
+                url = %api::tls::base_url(&config.api, api_addr), ?names, %ca_sha256,
+                "the API serves HTTPS with a certificate from Rampart's CA; agents enroll with --ca-sha256 {ca_sha256}"),
+            api::tls::CertSource::Files { cert } => tracing::info!(
+                url = %api::tls::base_url(&config.api, api_addr), cert = %cert.display(),
+                "the API serves HTTPS"),
+        }
+    }
 
     tracing::info!(
         proxy = %proxy_addr,

@@ -63,6 +63,26 @@ impl LeafNames {
         })
     }
 
+    /// Names for a certificate of Rampart's own (the API listener's): each host as in
+    /// [`LeafNames::for_host`], duplicates dropped, the first one the subject CN.
+    pub fn for_hosts<S: AsRef<str>>(hosts: &[S]) -> Result<Self, TlsError> {
+        let mut names: Vec<SanName> = Vec::new();
+        for host in hosts {
+            for name in LeafNames::for_host(host.as_ref())?.names {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        if names.is_empty() {
+            return Err(TlsError::InvalidHost {
+                host: String::new(),
+                reason: "no names to issue a certificate for".to_string(),
+            });
+        }
+        Ok(LeafNames { names })
+    }
+
     /// Names copied from the origin's leaf certificate, for clients that sent no SNI:
     /// its DNS and IP SANs (wildcards kept), or its CN when it has no SANs.
     pub fn mimic(origin_leaf_der: &[u8]) -> Result<Self, TlsError> {

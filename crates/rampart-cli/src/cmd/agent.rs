@@ -69,9 +69,16 @@ enum AgentCommand {
         token: String,
         #[command(flatten)]
         location: Location,
-        /// Extra CA file to trust for an https:// server.
+        /// Extra CA file to trust for an https:// server, beside the system roots.
         #[arg(long, value_name = "FILE")]
         ca_file: Option<PathBuf>,
+        /// Pin the server: trust only the CA with this SHA-256 fingerprint (as
+        /// `rampart ca show` prints it on the server) for an https:// server.
+        #[arg(long, value_name = "FINGERPRINT", conflicts_with_all = ["ca_file", "ca_cert"])]
+        ca_sha256: Option<String>,
+        /// Pin the server: trust only the CA certificate(s) in FILE for an https:// server.
+        #[arg(long, value_name = "FILE", conflicts_with = "ca_file")]
+        ca_cert: Option<PathBuf>,
     },
 }
 
@@ -115,7 +122,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             token,
             location,
             ca_file,
-        } => enroll(&server, &token, &location, ca_file.as_deref()),
+            ca_sha256,
+            ca_cert,
+        } => {
+            let pin = match (ca_sha256, ca_cert) {
+                (Some(fp), _) => Some(rampart_agent::enrollment_pin::ServerPin::parse_sha256(&fp)?),
+                (None, Some(file)) => Some(rampart_agent::enrollment_pin::ServerPin::from_ca_file(
+                    &file,
+                )?),
+                (None, None) => None,
+            };
+            enroll(&server, &token, &location, ca_file.as_deref(), pin)
+        }
     }
 }
 
@@ -278,14 +296,21 @@ fn enroll(
     token: &str,
     location: &Location,
     ca_file: Option<&Path>,
+    pin: Option<rampart_agent::enrollment_pin::ServerPin>,
 ) -> anyhow::Result<ExitCode> {
     let (dir, config) = location.resolve()?;
     let base = server.trim_end_matches('/');
     let target = Target::parse(&format!("{base}/api/v1/enroll")).map_err(anyhow::Error::msg)?;
-    let tls = if target.https {
-        Some(rampart_events::tls_client::client_config(ca_file).map_err(anyhow::Error::msg)?)
-    } else {
-        None
+    if pin.is_some() && !target.https {
+        bail!("--ca-sha256/--ca-cert pin an https:// server; {base} is plain HTTP");
+    }
+    let pinned = pin.as_ref().map(|p| p.client()).transpose()?;
+    let tls = match (&pinned, target.https) {
+        (Some(pinned), _) => Some(pinned.config.clone()),
+        (None, true) => {
+            Some(rampart_events::tls_client::client_config(ca_file).map_err(anyhow::Error::msg)?)
+        }
+        (None, false) => None,
     };
     let key = new_key_request()?;
     let mode = match config.steering.mode {
@@ -307,7 +332,12 @@ fn enroll(
         body.as_bytes(),
         tls.as_ref(),
     )
-    .map_err(|e| anyhow::anyhow!("{base}: {e}"))?;
+    .map_err(|e| match pinned.as_ref().and_then(|p| p.mismatch()) {
+        Some(mismatch) => anyhow::anyhow!(
+            "{base}: enrollment refused: {mismatch}. Check the fingerprint with `rampart ca show` on the server; the token was not sent"
+        ),
+        None => anyhow::anyhow!("{base}: {e}"),
+    })?;
     let answer: serde_json::Value = serde_json::from_slice(&response.body)
         .with_context(|| format!("{base} answered {} with a non-JSON body", response.status))?;
     if response.status != 200 {

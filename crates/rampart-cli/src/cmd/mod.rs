@@ -10,6 +10,7 @@ pub mod isolation;
 pub mod policy;
 pub mod server;
 pub mod state;
+pub mod token;
 pub mod trust;
 pub mod trust_stores;
 pub mod user;

@@ -10,6 +10,9 @@
 //!
 //! Warnings about refusals and accept errors are rate-limited: a flood is one
 //! log line every few seconds with a count, never a line per connection.
+//!
+//! With TLS (`super::tls`) the handshake must finish within the header timeout, and a
+//! failed handshake only closes its connection.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -170,15 +173,17 @@ impl RateLimitedWarning {
 }
 
 /// Serves `router` on `listener` under `limits` until `shutdown`, then lets
-/// requests in flight finish for up to `grace`.
+/// requests in flight finish for up to `grace`. HTTPS when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ApiConfig,
     metrics: ApiListenerMetrics,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let budget = Arc::new(Budget::default());
     let refused_warning = RateLimitedWarning::new();
     let accept_warning = RateLimitedWarning::new();
@@ -216,8 +221,9 @@ pub async fn serve(
         let router = router.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            serve_connection(stream, peer, router, &limits, shutdown).await;
+            serve_connection(stream, peer, router, &limits, tls, shutdown).await;
             drop(slot);
         });
     }
@@ -234,21 +240,57 @@ pub async fn serve(
     }
 }
 
-/// One API connection: HTTP/1.1 with the head limits, the body cap per request,
-/// and the idle timeout around it all.
+/// One API connection: the TLS handshake when `tls` is given, then
+/// [`serve_http`].
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
     limits: &ApiConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let activity = Activity::new();
-    let io = TokioIo::new(Tracked {
+    let tracked = Tracked {
         inner: stream,
         activity: activity.clone(),
-    });
+    };
+    let Some(acceptor) = tls else {
+        return serve_http(tracked, activity, peer, router, limits, shutdown).await;
+    };
+    // A client that never completes the handshake holds its slot only this long.
+    let handshake = tokio::time::timeout(limits.header_timeout.0, acceptor.accept(tracked));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "API TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "API TLS handshake timed out");
+                return;
+            }
+        },
+        _ = shutdown.cancelled() => return,
+    };
+    serve_http(stream, activity, peer, router, limits, shutdown).await;
+}
+
+/// HTTP/1.1 on one connection with the head limits, the body cap per request, and
+/// the idle timeout around it all.
+async fn serve_http<S>(
+    stream: S,
+    activity: Activity,
+    peer: SocketAddr,
+    router: Router,
+    limits: &ApiConfig,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
     let max_body = limits.max_body_bytes;
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let router = router.clone();

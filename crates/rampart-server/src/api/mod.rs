@@ -1,10 +1,13 @@
 //! The API listener: health, Prometheus metrics, and the versioned `/api/v1`
 //! routes of each concern (mounted here as they are built).
 
+pub mod auth;
 pub mod events;
 pub mod isolation;
 pub mod listener;
 pub mod policy;
+pub mod tls;
+pub mod tokens;
 
 use std::sync::Arc;
 
