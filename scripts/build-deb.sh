@@ -5,12 +5,14 @@
 #
 # Without --binary it builds `rampart` in release mode first. With --binary it
 # packages that file as it is (the .deb test packages the debug binary the test
-# run already built). Either way it then writes the shell completions and man
-# pages (`rampart package-assets`, generated from the same clap definitions as
-# --help) and runs `cargo deb --no-build` on a staging target directory whose
-# `release/` holds exactly that binary and those files: cargo-deb's
-# `target/release/...` asset paths then name them, whatever profile built the
-# binary. Needs cargo-deb (`cargo install cargo-deb --locked`).
+# run already built). --fast compresses less (xz at a low level: about 6 s of
+# CPU here instead of 35; cargo-deb's gzip is slower still). Either way it then
+# writes the shell completions and man pages (`rampart package-assets`,
+# generated from the same clap definitions as --help) and runs
+# `cargo deb --no-build` on a staging target directory whose `release/` holds
+# exactly that binary and those files: cargo-deb's `target/release/...` asset
+# paths then name them, whatever profile built the binary. Needs cargo-deb
+# (`cargo install cargo-deb --locked`).
 set -eu
 
 usage() {
