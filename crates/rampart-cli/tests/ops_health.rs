@@ -187,7 +187,10 @@ fn access_log_rotates_by_size_and_keeps_every_line() {
     );
     for (name, text) in &files {
         assert!(text.len() <= 2048, "{name} is {} bytes", text.len());
-        assert!(text.is_empty() || text.ends_with('\n'), "{name} ends mid-line");
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "{name} ends mid-line"
+        );
         // NAME.YYYYMMDDTHHMMSS.mmmZ: sorts in time order.
         if name != "access.log" {
             let stamp = name.trim_start_matches("access.log.");
@@ -223,7 +226,10 @@ fn logged_in(path: &Path, marker: &str) -> bool {
 fn kill_from_pid_file(signal: &str, pid_file: &Path) {
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("kill -{signal} \"$(cat '{}')\"", pid_file.display()))
+        .arg(format!(
+            "kill -{signal} \"$(cat '{}')\"",
+            pid_file.display()
+        ))
         .status()
         .unwrap();
     assert!(status.success(), "kill -{signal} failed");
@@ -252,7 +258,9 @@ fn access_log_reopens_on_sigusr1_after_mv_and_after_logrotate() {
     assert!(eventually(Duration::from_secs(10), || pid_file.exists()));
 
     request("first");
-    assert!(eventually(Duration::from_secs(10), || logged_in(&log, "first")));
+    assert!(eventually(Duration::from_secs(10), || logged_in(
+        &log, "first"
+    )));
     std::fs::rename(&log, &moved).unwrap();
     // Until told, the writer keeps the file it has open (now named .moved).
     request("second");
@@ -268,7 +276,9 @@ fn access_log_reopens_on_sigusr1_after_mv_and_after_logrotate() {
         gw.stderr()
     );
     request("third");
-    assert!(eventually(Duration::from_secs(10), || logged_in(&log, "third")));
+    assert!(eventually(Duration::from_secs(10), || logged_in(
+        &log, "third"
+    )));
     assert!(!logged_in(&log, "second") && !logged_in(&moved, "third"));
 
     // A real logrotate run with the postrotate line of the docs.
@@ -319,8 +329,10 @@ fn pid_file_is_written_refuses_a_second_server_and_is_removed_at_exit() {
     let mut gw = Rampart::start_with_args(BASE, &["--pid-file", &pid_arg]);
     let own_pid = format!("{}\n", gw.pid());
     assert!(
-        eventually(Duration::from_secs(10), || std::fs::read_to_string(&pid_file)
-            .is_ok_and(|t| t == own_pid)),
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(
+            &pid_file
+        )
+        .is_ok_and(|t| t == own_pid)),
         "pid file: {:?}",
         std::fs::read_to_string(&pid_file)
     );
@@ -397,7 +409,10 @@ impl TinyDisk {
 impl Drop for TinyDisk {
     fn drop(&mut self) {
         // Lazy: a process still holding a file there must not keep it mounted.
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -410,13 +425,18 @@ fn access_log_dropped_counts_writes_that_fail_on_a_full_disk() {
         "{BASE}[access_log]\npath = {:?}\nmax_size = 0\n",
         log.display().to_string()
     ));
-    let dropped = |gw: &Rampart| sample(&gw.metrics(), "rampart_access_log_dropped").unwrap_or(-1.0);
+    let dropped =
+        |gw: &Rampart| sample(&gw.metrics(), "rampart_access_log_dropped").unwrap_or(-1.0);
     assert_eq!(dropped(&gw), 0.0);
 
     let filler = disk.fill();
     for i in 0..5 {
         let url = origin.url(&format!("/hello?full-{i}"));
-        assert_eq!(curl_status(&gw.proxy_url(), &url, &[]), 200, "proxying goes on");
+        assert_eq!(
+            curl_status(&gw.proxy_url(), &url, &[]),
+            200,
+            "proxying goes on"
+        );
     }
     assert!(
         eventually(Duration::from_secs(10), || dropped(&gw) >= 5.0),
@@ -434,7 +454,10 @@ fn access_log_dropped_counts_writes_that_fail_on_a_full_disk() {
         curl_status(&gw.proxy_url(), &origin.url("/hello?space-again"), &[]),
         200
     );
-    assert!(eventually(Duration::from_secs(10), || logged_in(&log, "space-again")));
+    assert!(eventually(Duration::from_secs(10), || logged_in(
+        &log,
+        "space-again"
+    )));
     assert_eq!(dropped(&gw), before);
     for line in std::fs::read_to_string(&log).unwrap().lines() {
         serde_json::from_str::<serde_json::Value>(line)

@@ -64,7 +64,9 @@ impl Target {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -284,7 +286,10 @@ fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a 
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             pending.push(inner);
         }
         if let Some(source) = e.source() {
@@ -315,7 +320,10 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("splunk.example", 8088));
         assert_eq!(t.path, "/services/collector/event");
         let t = Target::parse("http://[::1]/x?y=1").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("::1", 80, "/x?y=1"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("::1", 80, "/x?y=1")
+        );
         let t = Target::parse("http://127.0.0.1:8080").unwrap();
         assert_eq!(t.path, "/");
         let err = Target::parse("ftp://x").unwrap_err().to_string();
@@ -397,7 +405,10 @@ mod tests {
 
         let trusted = crate::tls_client::client_config(Some(&ca_file)).unwrap();
         let response = request("GET", &target, &[], b"", Some(&trusted)).unwrap();
-        assert_eq!((response.status, response.body.as_slice()), (200, b"abcde".as_slice()));
+        assert_eq!(
+            (response.status, response.body.as_slice()),
+            (200, b"abcde".as_slice())
+        );
 
         let untrusted = crate::tls_client::client_config(None).unwrap();
         let err = request("GET", &target, &[], b"", Some(&untrusted)).unwrap_err();

@@ -161,7 +161,10 @@ mod tests {
     fn a_file_naming_another_program_is_stale() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rampart.pid");
-        let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         std::fs::write(&path, format!("{}\n", sleeper.id())).unwrap();
         let claimed = PidFile::claim(&path);
         let _ = sleeper.kill();

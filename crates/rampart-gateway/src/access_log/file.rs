@@ -178,11 +178,8 @@ impl LogFile {
         }
         let r = &self.rotation;
         let by_size = r.max_size > 0 && self.size + incoming > r.max_size;
-        let by_age = !r.max_age.is_zero()
-            && self
-                .started
-                .elapsed()
-                .is_ok_and(|age| age >= r.max_age);
+        let by_age =
+            !r.max_age.is_zero() && self.started.elapsed().is_ok_and(|age| age >= r.max_age);
         by_size || by_age
     }
 
@@ -265,8 +262,7 @@ fn gzip(path: &Path) -> std::io::Result<()> {
 
 /// The rotated files of `path`, oldest first (a file and its `.gz` once).
 fn rotated_files(path: &Path) -> Vec<String> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
-    else {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return Vec::new();
     };
     let dir = if dir.as_os_str().is_empty() {
@@ -319,7 +315,9 @@ fn prune(path: &Path, keep: usize) {
             match std::fs::remove_file(dir.join(&name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(file = %name, error = %e, "cannot delete an old access log"),
+                Err(e) => {
+                    tracing::warn!(file = %name, error = %e, "cannot delete an old access log")
+                }
             }
         }
     }
