@@ -9,16 +9,14 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SanType,
-};
-use support::{curl, Rampart};
+use rampart_testkit::https_origin::HttpsOrigin;
+use rampart_testkit::pki::{CertKind, TestPki};
+use rampart_testkit::Curl;
+use support::Rampart;
 
 /// What the origin's certificate is like.
 #[derive(Clone, Copy, PartialEq)]
@@ -34,113 +32,53 @@ enum OriginCert {
 struct TlsOrigin {
     port: u16,
     ca_pem: PathBuf,
-    _runtime: tokio::runtime::Runtime,
+    _origin: HttpsOrigin,
 }
 
 fn origin(dir: &Path, name: &str, kind: OriginCert) -> TlsOrigin {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Intercept Test Origin CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let ca_pem = dir.join(format!("origin-ca-{name}.pem"));
-    std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let san_name = if kind == OriginCert::WrongHost {
-        "elsewhere.test"
-    } else {
-        name
+    let (san_name, cert_kind) = match kind {
+        OriginCert::Valid => (name, CertKind::Valid),
+        OriginCert::Expired => (name, CertKind::Expired),
+        OriginCert::SelfSigned => (name, CertKind::SelfSigned),
+        OriginCert::WrongHost => ("elsewhere.test", CertKind::Valid),
     };
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![san_name.to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    params.distinguished_name.push(DnType::CommonName, san_name);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let now = time::OffsetDateTime::now_utc();
-    if kind == OriginCert::Expired {
-        params.not_before = now - time::Duration::days(30);
-        params.not_after = now - time::Duration::days(1);
-    } else {
-        params.not_before = now - time::Duration::days(1);
-        params.not_after = now + time::Duration::days(2);
-    }
-    let cert = if kind == OriginCert::SelfSigned {
-        params.self_signed(&key).unwrap()
-    } else {
-        params.signed_by(&key, &issuer).unwrap()
-    };
-
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let certs = vec![cert.der().clone()];
-    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    runtime.spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
+    let pki = TestPki::with_ca_name(
+        dir,
+        &format!("origin-{name}"),
+        "Intercept Test Origin CA",
+        &[san_name],
+        cert_kind,
+    );
+    let origin = HttpsOrigin::start(&pki, |mut req| async move {
+        if req.headers().contains_key(hyper::header::UPGRADE) {
+            // Echo every byte after the 101, like a WebSocket echo server.
+            let upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(
-                    |mut req: hyper::Request<hyper::body::Incoming>| async move {
-                        if req.headers().contains_key(hyper::header::UPGRADE) {
-                            // Echo every byte after the 101, like a WebSocket echo server.
-                            let upgrade = hyper::upgrade::on(&mut req);
-                            tokio::spawn(async move {
-                                if let Ok(upgraded) = upgrade.await {
-                                    let mut io = hyper_util::rt::TokioIo::new(upgraded);
-                                    let (mut r, mut w) = tokio::io::split(&mut io);
-                                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                                }
-                            });
-                            let mut response = hyper::Response::new(Full::new(Bytes::new()));
-                            *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-                            response.headers_mut().insert(
-                                hyper::header::CONNECTION,
-                                hyper::header::HeaderValue::from_static("upgrade"),
-                            );
-                            response.headers_mut().insert(
-                                hyper::header::UPGRADE,
-                                hyper::header::HeaderValue::from_static("websocket"),
-                            );
-                            return Ok::<_, std::convert::Infallible>(response);
-                        }
-                        let body = format!("hello {:?} {}", req.version(), req.uri().path());
-                        Ok(hyper::Response::new(Full::new(Bytes::from(body))))
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
+                if let Ok(upgraded) = upgrade.await {
+                    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                    let (mut r, mut w) = tokio::io::split(&mut io);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
             });
+            let mut response = hyper::Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+            response.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("upgrade"),
+            );
+            response.headers_mut().insert(
+                hyper::header::UPGRADE,
+                hyper::header::HeaderValue::from_static("websocket"),
+            );
+            return response;
         }
+        let body = format!("hello {:?} {}", req.version(), req.uri().path());
+        hyper::Response::new(Full::new(Bytes::from(body)))
     });
     TlsOrigin {
-        port,
-        ca_pem,
-        _runtime: runtime,
+        port: origin.port,
+        ca_pem: pki.ca_pem,
+        _origin: origin,
     }
 }
 
@@ -168,22 +106,62 @@ fn gateway_with_policy(policy: Option<&Path>, port: u16, roots: &[&Path], extra:
     ))
 }
 
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
+/// A `shop.test` origin, a gateway (with `extra` after its `[tls]` table) that
+/// trusts it, and the gateway's CA for the client.
+struct Intercepted {
+    o: TlsOrigin,
+    gw: Rampart,
+    ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn intercepted(extra: &str) -> Intercepted {
+    let dir = tempfile::tempdir().unwrap();
+    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
+    let gw = gateway(o.port, &[&o.ca_pem], extra);
+    let ca = gw.gateway_ca();
+    Intercepted {
+        o,
+        gw,
+        ca,
+        _dir: dir,
+    }
+}
+
+/// A request for `url` naming `host` in its Host header, over `version`
+/// (`--http1.1` or `--http2`): the body with `\n<status>` appended.
+fn fronted(gw: &Rampart, ca: &Path, version: &str, host: &str, url: &str) -> String {
+    let (code, body, err) = curl_via(
+        gw,
+        ca,
+        &[
+            version,
+            "-H",
+            &format!("Host: {host}"),
+            "-w",
+            "\n%{http_code}",
+            url,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    body
+}
+
+/// curl through `gw` trusting only `ca`: (exit code, body, stderr).
+fn curl_via(gw: &Rampart, ca: &Path, args: &[&str]) -> (i32, String, String) {
+    let reply = Curl::through(&gw.proxy_url())
+        .cacert(ca)
+        .args(args.iter().copied())
+        .run(&[]);
+    (reply.exit, reply.body, reply.stderr)
 }
 
 #[test]
 fn curl_http1_sees_a_rampart_issued_certificate_and_every_request_is_logged() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
-    let gw = gateway(o.port, &[&o.ca_pem], "");
-    let ca = gw.gateway_ca();
+    let Intercepted { o, gw, ca, _dir } = intercepted("");
     let url = format!("https://shop.test:{}/first", o.port);
     let url2 = format!("https://shop.test:{}/second", o.port);
-    let (code, body, err) = curl(
-        &gw.proxy_url(),
-        &["-v", "--http1.1", "--cacert", path_str(&ca), &url, &url2],
-    );
+    let (code, body, err) = curl_via(&gw, &ca, &["-v", "--http1.1", &url, &url2]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(body, "hello HTTP/1.1 /firsthello HTTP/1.1 /second");
     assert!(err.contains("issuer: CN=Rampart Gateway CA"), "{err}");
@@ -205,15 +183,9 @@ fn curl_http1_sees_a_rampart_issued_certificate_and_every_request_is_logged() {
 
 #[test]
 fn curl_http2_is_proxied_as_http2_on_both_sides() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
-    let gw = gateway(o.port, &[&o.ca_pem], "");
-    let ca = gw.gateway_ca();
+    let Intercepted { o, gw, ca, _dir } = intercepted("");
     let url = format!("https://shop.test:{}/h2", o.port);
-    let (code, body, err) = curl(
-        &gw.proxy_url(),
-        &["--http2", "--cacert", path_str(&ca), &url],
-    );
+    let (code, body, err) = curl_via(&gw, &ca, &["--http2", &url]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(body, "hello HTTP/2.0 /h2");
     let record = gw.find_record(|r| r["target"] == url.as_str());
@@ -272,10 +244,7 @@ fn a_do_not_decrypt_host_shows_the_origins_own_certificate_and_is_logged() {
     .unwrap();
     let gw = gateway_with_policy(Some(&policy), o.port, &[&o.ca_pem], "");
     let url = format!("https://pinned.test:{}/private", o.port);
-    let (code, body, err) = curl(
-        &gw.proxy_url(),
-        &["-v", "--cacert", path_str(&o.ca_pem), &url],
-    );
+    let (code, body, err) = curl_via(&gw, &o.ca_pem, &["-v", &url]);
     assert_eq!(code, 0, "{err}");
     assert!(body.starts_with("hello HTTP/"), "{body}");
     assert!(err.contains("issuer: CN=Intercept Test Origin CA"), "{err}");
@@ -291,10 +260,7 @@ fn the_tls_config_do_not_decrypt_list_is_spliced() {
     let o = origin(dir.path(), "pinned.test", OriginCert::Valid);
     let gw = gateway(o.port, &[&o.ca_pem], "do_not_decrypt = [\"pinned.test\"]\n");
     let url = format!("https://pinned.test:{}/", o.port);
-    let (code, _, err) = curl(
-        &gw.proxy_url(),
-        &["-v", "--cacert", path_str(&o.ca_pem), &url],
-    );
+    let (code, _, err) = curl_via(&gw, &o.ca_pem, &["-v", &url]);
     assert_eq!(code, 0, "{err}");
     let tunnel = gw.find_record(|r| r["method"] == "CONNECT");
     assert_eq!(tunnel["tls"]["reason"], "tls.do_not_decrypt pinned.test");
@@ -312,20 +278,14 @@ fn invalid_origin_certificates_are_blocked_with_an_explanation_and_never_pass() 
         let gw = gateway(o.port, &[&o.ca_pem], "");
         let ca = gw.gateway_ca();
         let url = format!("https://bad.test:{}/", o.port);
-        let (code, body, err) = curl(
-            &gw.proxy_url(),
-            &["--cacert", path_str(&ca), "-w", "\n%{http_code}", &url],
-        );
+        let (code, body, err) = curl_via(&gw, &ca, &["-w", "\n%{http_code}", &url]);
         assert_eq!(code, 0, "{code_name}: {err}");
         assert!(body.ends_with("\n502"), "{code_name}: {body}");
         assert!(
             !body.contains("hello"),
             "{code_name}: origin content leaked: {body}"
         );
-        let (_, html, _) = curl(
-            &gw.proxy_url(),
-            &["--cacert", path_str(&ca), "-H", "Accept: text/html", &url],
-        );
+        let (_, html, _) = curl_via(&gw, &ca, &["-H", "Accept: text/html", &url]);
         assert!(html.starts_with("<!DOCTYPE html>"), "{code_name}: {html}");
         let record = gw.find_record(|r| r["target"] == url.as_str());
         assert_eq!(record["status"], 502);
@@ -347,20 +307,13 @@ fn a_policy_block_of_a_path_inside_https_gets_the_html_block_page() {
     let ca = gw.gateway_ca();
     let open = format!("https://shop.test:{}/public", o.port);
     let secret = format!("https://shop.test:{}/secret/plans", o.port);
-    let (code, body, err) = curl(&gw.proxy_url(), &["--cacert", path_str(&ca), &open]);
+    let (code, body, err) = curl_via(&gw, &ca, &[&open]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(body, "hello HTTP/2.0 /public");
-    let (code, page, err) = curl(
-        &gw.proxy_url(),
-        &[
-            "--cacert",
-            path_str(&ca),
-            "-H",
-            "Accept: text/html",
-            "-w",
-            "\n%{http_code}",
-            &secret,
-        ],
+    let (code, page, err) = curl_via(
+        &gw,
+        &ca,
+        &["-H", "Accept: text/html", "-w", "\n%{http_code}", &secret],
     );
     assert_eq!(code, 0, "{err}");
     assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
@@ -373,26 +326,10 @@ fn a_policy_block_of_a_path_inside_https_gets_the_html_block_page() {
 
 #[test]
 fn a_host_header_that_does_not_match_the_sni_is_blocked_as_domain_fronting() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
-    let gw = gateway(o.port, &[&o.ca_pem], "");
-    let ca = gw.gateway_ca();
+    let Intercepted { o, gw, ca, _dir } = intercepted("");
     let url = format!("https://shop.test:{}/front", o.port);
     for version in ["--http1.1", "--http2"] {
-        let (code, body, err) = curl(
-            &gw.proxy_url(),
-            &[
-                version,
-                "--cacert",
-                path_str(&ca),
-                "-H",
-                "Host: hidden.test",
-                "-w",
-                "\n%{http_code}",
-                &url,
-            ],
-        );
-        assert_eq!(code, 0, "{err}");
+        let body = fronted(&gw, &ca, version, "hidden.test", &url);
         assert!(body.ends_with("\n403"), "{version}: {body}");
         assert!(body.contains("domain fronting"), "{version}: {body}");
     }
@@ -400,13 +337,10 @@ fn a_host_header_that_does_not_match_the_sni_is_blocked_as_domain_fronting() {
 
 #[test]
 fn a_client_without_sni_gets_a_certificate_with_the_origins_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
-    let gw = gateway(o.port, &[&o.ca_pem], "");
-    let ca = gw.gateway_ca();
+    let Intercepted { o, gw, ca, _dir } = intercepted("");
     // curl sends no SNI for an IP address.
     let url = format!("https://127.0.0.1:{}/nosni", o.port);
-    let (code, body, err) = curl(&gw.proxy_url(), &["--cacert", path_str(&ca), &url]);
+    let (code, body, err) = curl_via(&gw, &ca, &[&url]);
     assert_eq!(code, 0, "{err}");
     assert!(body.ends_with("/nosni"), "{body}");
     let record = gw.find_record(|r| r["target"] == url.as_str());
@@ -420,7 +354,7 @@ fn a_client_that_does_not_trust_rampart_is_recorded_as_a_pinned_client() {
     let o = origin(dir.path(), "shop.test", OriginCert::Valid);
     let gw = gateway(o.port, &[&o.ca_pem], "");
     let url = format!("https://shop.test:{}/", o.port);
-    let (code, _, _) = curl(&gw.proxy_url(), &["--cacert", path_str(&o.ca_pem), &url]);
+    let (code, _, _) = curl_via(&gw, &o.ca_pem, &[&url]);
     assert_eq!(code, 60);
     let tunnel = gw.find_record(|r| r["method"] == "CONNECT");
     assert!(
@@ -459,10 +393,7 @@ fn a_ca_key_readable_by_others_refuses_to_start() {
 
 #[test]
 fn an_upgrade_is_passed_through_after_the_request_is_allowed() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
-    let gw = gateway(o.port, &[&o.ca_pem], "");
-    let ca = gw.gateway_ca();
+    let Intercepted { o, gw, ca, _dir } = intercepted("");
     // CONNECT, TLS with the gateway CA, an Upgrade request, then bytes echoed back.
     let script = r#"
 import socket, ssl, sys
@@ -520,22 +451,12 @@ fn decrypted_requests_and_an_invalid_origin_certificate_reach_the_event_store() 
     ));
     let ca = gw.gateway_ca();
     let ok_url = format!("https://shop.test:{}/evented", good.port);
-    let (code, _, err) = curl(&gw.proxy_url(), &["--cacert", path_str(&ca), &ok_url]);
+    let (code, _, err) = curl_via(&gw, &ca, &[&ok_url]);
     assert_eq!(code, 0, "{err}");
     let bad_url = format!("https://bad.test:{}/", bad.port);
-    curl(&gw.proxy_url(), &["--cacert", path_str(&ca), &bad_url]);
+    curl_via(&gw, &ca, &[&bad_url]);
 
-    let search = |query: &str| -> Vec<serde_json::Value> {
-        let out = Command::new(support::rampart_bin())
-            .args(["events", "search", query, "--format", "json", "--data-dir"])
-            .arg(gw.data_dir())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    };
+    let search = |query: &str| gw.search_events(query, "json");
     assert!(
         support::eventually(Duration::from_secs(10), || {
             search("type = alert")
@@ -606,46 +527,15 @@ fn plain_text_on_a_tls_port_is_tunnelled_or_refused_by_config_and_logged() {
 
 #[test]
 fn fronting_exceptions_let_listed_cdn_hosts_through_and_still_block_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
-    let gw = gateway(
-        o.port,
-        &[&o.ca_pem],
+    let Intercepted { o, gw, ca, _dir } = intercepted(
         "fronting_exceptions = [{ sni = \"shop.test\", hosts = [\"*.cdn-alias.test\"] }]\n",
     );
-    let ca = gw.gateway_ca();
     let url = format!("https://shop.test:{}/front", o.port);
     for version in ["--http1.1", "--http2"] {
-        let (code, body, err) = curl(
-            &gw.proxy_url(),
-            &[
-                version,
-                "--cacert",
-                path_str(&ca),
-                "-H",
-                "Host: img.cdn-alias.test",
-                "-w",
-                "\n%{http_code}",
-                &url,
-            ],
-        );
-        assert_eq!(code, 0, "{err}");
+        let body = fronted(&gw, &ca, version, "img.cdn-alias.test", &url);
         assert!(body.ends_with("/front\n200"), "{version}: {body}");
         // Not covered by the exception: still domain fronting.
-        let (code, body, err) = curl(
-            &gw.proxy_url(),
-            &[
-                version,
-                "--cacert",
-                path_str(&ca),
-                "-H",
-                "Host: hidden.test",
-                "-w",
-                "\n%{http_code}",
-                &url,
-            ],
-        );
-        assert_eq!(code, 0, "{err}");
+        let body = fronted(&gw, &ca, version, "hidden.test", &url);
         assert!(
             body.contains("domain fronting") && body.ends_with("\n403"),
             "{version}: {body}"
@@ -660,21 +550,12 @@ fn fronting_exceptions_let_listed_cdn_hosts_through_and_still_block_others() {
 
 #[test]
 fn a_decrypted_tunnel_counts_its_bytes_each_way() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
-    let gw = gateway(o.port, &[&o.ca_pem], "");
-    let ca = gw.gateway_ca();
+    let Intercepted { o, gw, ca, _dir } = intercepted("");
     let url = format!("https://shop.test:{}/counted", o.port);
-    let (code, _, err) = curl(
-        &gw.proxy_url(),
-        &[
-            "--http1.1",
-            "--cacert",
-            path_str(&ca),
-            "--data-binary",
-            &"x".repeat(5000),
-            &url,
-        ],
+    let (code, _, err) = curl_via(
+        &gw,
+        &ca,
+        &["--http1.1", "--data-binary", &"x".repeat(5000), &url],
     );
     assert_eq!(code, 0, "{err}");
     let tunnel = gw.find_record(|r| r["method"] == "CONNECT" && r["tls"]["decision"] == "decrypt");
@@ -690,14 +571,7 @@ fn a_decrypted_tunnel_counts_its_bytes_each_way() {
 
 #[test]
 fn an_idle_decrypted_connection_is_closed_after_the_tunnel_idle_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = origin(dir.path(), "shop.test", OriginCert::Valid);
-    let gw = gateway(
-        o.port,
-        &[&o.ca_pem],
-        "[limits]\ntunnel_idle_timeout = \"2s\"\n",
-    );
-    let ca = gw.gateway_ca();
+    let Intercepted { o, gw, ca, _dir } = intercepted("[limits]\ntunnel_idle_timeout = \"2s\"\n");
     // CONNECT, TLS with ALPN h2 or http/1.1, one exchange, then silence: the
     // gateway must close the connection (recv returns b"") after about 2 s.
     let script = r#"

@@ -4,6 +4,7 @@
 
 pub mod curl;
 pub mod http;
+pub mod https_origin;
 pub mod nats;
 pub mod netns;
 pub mod origin;

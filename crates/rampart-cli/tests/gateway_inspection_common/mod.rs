@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rampart_testkit::https_origin::HttpsOrigin;
 use rampart_testkit::python_origin::PythonServer;
 
 use crate::https_fixtures::TestPki;
@@ -259,59 +260,17 @@ pub fn sha256_of(path: &Path) -> String {
 /// `root/uploads.log` as `PATH LENGTH FILE`). Stops on drop.
 pub struct H2Origin {
     pub port: u16,
-    _runtime: tokio::runtime::Runtime,
+    _origin: HttpsOrigin,
 }
 
 impl H2Origin {
     pub fn start(root: &Path, pki: &TestPki) -> H2Origin {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert_pem)
-            .expect("origin cert")
-            .map(|c| c.expect("origin cert"))
-            .collect();
-        let key = PrivateKeyDer::from_pem_file(&pki.key_pem).expect("origin key");
-        let mut config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("origin TLS config");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("origin runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("origin bind");
-        let port = listener.local_addr().expect("origin address").port();
         let root = root.to_path_buf();
         let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        runtime.spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                let root = root.clone();
-                let received = received.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |req| {
-                        serve(req, root.clone(), received.clone())
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
-                });
-            }
-        });
+        let origin = HttpsOrigin::start(pki, move |req| serve(req, root.clone(), received.clone()));
         H2Origin {
-            port,
-            _runtime: runtime,
+            port: origin.port,
+            _origin: origin,
         }
     }
 }
@@ -320,7 +279,7 @@ async fn serve(
     req: hyper::Request<hyper::body::Incoming>,
     root: PathBuf,
     received: std::sync::Arc<std::sync::atomic::AtomicU64>,
-) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
     use http_body_util::BodyExt;
     let path = req.uri().path().to_owned();
     if req.method() == hyper::Method::POST {
@@ -338,18 +297,18 @@ async fn serve(
             .open(root.join("uploads.log"))
             .expect("uploads.log");
         let _ = std::io::Write::write_all(&mut log, line.as_bytes());
-        return Ok(hyper::Response::new(body.len().to_string().into()));
+        return hyper::Response::new(body.len().to_string().into());
     }
     let name = path.trim_start_matches('/');
     match std::fs::read(root.join(name))
         .ok()
         .filter(|_| !name.contains(".."))
     {
-        Some(content) => Ok(hyper::Response::new(content.into())),
+        Some(content) => hyper::Response::new(content.into()),
         None => {
             let mut response = hyper::Response::new(bytes::Bytes::from_static(b"not found").into());
             *response.status_mut() = hyper::StatusCode::NOT_FOUND;
-            Ok(response)
+            response
         }
     }
 }
