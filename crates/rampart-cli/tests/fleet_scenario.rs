@@ -14,9 +14,9 @@
 //! - A gateway killed between its local commit and the publish sends those
 //!   events after its restart.
 
-mod support;
 #[path = "support/fleet.rs"]
 mod fleet;
+mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -90,24 +90,35 @@ fn ids_by_marker(events: &[serde_json::Value], prefix: &str) -> BTreeMap<String,
             .unwrap_or_default();
         let Some(at) = url.find(prefix) else { continue };
         let marker = url[at..].to_string();
-        by_marker
-            .entry(marker)
-            .or_default()
-            .push(e["metadata"]["uid"].as_str().unwrap_or_default().to_string());
+        by_marker.entry(marker).or_default().push(
+            e["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
     }
     by_marker
 }
 
 /// Waits until every marker `prefix0..prefixN` is in the fleet store, then
 /// checks that each is there exactly once (one event, one id).
-fn assert_arrived_once(pg: &Postgres, prefix: &str, markers: &[String], context: &dyn Fn() -> String) {
+fn assert_arrived_once(
+    pg: &Postgres,
+    prefix: &str,
+    markers: &[String],
+    context: &dyn Fn() -> String,
+) {
     let mut found = BTreeMap::new();
     let arrived = eventually(Duration::from_secs(40), || {
         found = ids_by_marker(&fleet::fleet_events_with(&pg.url(), prefix), prefix);
         markers.iter().all(|m| found.contains_key(m))
     });
     let missing: Vec<&String> = markers.iter().filter(|m| !found.contains_key(*m)).collect();
-    assert!(arrived, "events never reached PostgreSQL: {missing:?}\n{}", context());
+    assert!(
+        arrived,
+        "events never reached PostgreSQL: {missing:?}\n{}",
+        context()
+    );
     let ids: Vec<&String> = found.values().flatten().collect();
     let unique: HashSet<&&String> = ids.iter().collect();
     assert_eq!(
@@ -167,7 +178,12 @@ fn three_gateways_behind_haproxy_follow_the_server_share_revocations_and_coachin
                 &url,
             ],
         );
-        assert_eq!((code, status.as_str()), (0, "200"), "{url}: {stderr}\n{}", logs(&gws));
+        assert_eq!(
+            (code, status.as_str()),
+            (0, "200"),
+            "{url}: {stderr}\n{}",
+            logs(&gws)
+        );
     }
     for gw in &gws {
         let served = gw
@@ -175,7 +191,11 @@ fn three_gateways_behind_haproxy_follow_the_server_share_revocations_and_coachin
             .iter()
             .filter(|r| r.to_string().contains("?https-"))
             .count();
-        assert!(served > 0, "a gateway served none of the requests:\n{}", gw.stderr());
+        assert!(
+            served > 0,
+            "a gateway served none of the requests:\n{}",
+            gw.stderr()
+        );
     }
 
     // Every gateway's events reach the fleet store, stamped with its id and
@@ -189,7 +209,11 @@ fn three_gateways_behind_haproxy_follow_the_server_share_revocations_and_coachin
             .collect();
         gateways.len() == 3
     });
-    assert!(all_three, "events of every gateway in PostgreSQL: {seen:?}\n{}", server.stderr());
+    assert!(
+        all_three,
+        "events of every gateway in PostgreSQL: {seen:?}\n{}",
+        server.stderr()
+    );
     for e in &seen {
         assert_eq!(e["src_endpoint"]["ip"], "127.0.0.1", "{e}");
     }
@@ -198,7 +222,10 @@ fn three_gateways_behind_haproxy_follow_the_server_share_revocations_and_coachin
     // A policy change on the server: applied and enforced by each gateway.
     let news = format!("http://news.test:{}/hello", origin.port());
     for gw in &gws {
-        assert_eq!(curl_status(&gw.proxy_url(), &news, &["--max-time", "10"]), 200);
+        assert_eq!(
+            curl_status(&gw.proxy_url(), &news, &["--max-time", "10"]),
+            200
+        );
     }
     let changed = Instant::now();
     std::fs::write(&policy, format!("{COACH_VIDEO}{BLOCK_NEWS}")).unwrap();
@@ -214,13 +241,17 @@ fn three_gateways_behind_haproxy_follow_the_server_share_revocations_and_coachin
             server.stderr()
         );
     }
-    println!("policy change enforced by 3 gateways after {:?}", changed.elapsed());
+    println!(
+        "policy change enforced by 3 gateways after {:?}",
+        changed.elapsed()
+    );
     let (code, entries) = fleet::fleet_status(&nats.url());
     assert_eq!(code, 0, "{entries:?}");
     assert_eq!(entries.len(), 3, "{entries:?}");
     assert!(
-        entries.iter().all(|e| e["state"] == "applied"
-            && e["revision"] == entries[0]["revision"]),
+        entries
+            .iter()
+            .all(|e| e["state"] == "applied" && e["revision"] == entries[0]["revision"]),
         "{entries:?}"
     );
 
@@ -246,7 +277,11 @@ fn three_gateways_behind_haproxy_follow_the_server_share_revocations_and_coachin
         "--token",
         &admin_token(&server),
     ]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for gw in &gws {
         let tunnel = fleet::tunnel_addr(gw);
         let mut last = Ok(0);
@@ -254,24 +289,38 @@ fn three_gateways_behind_haproxy_follow_the_server_share_revocations_and_coachin
             last = device.probe_tunnel(tunnel);
             last.as_ref().is_err_and(|e| e.contains("revoked"))
         });
-        assert!(refused, "still admitted after the revocation: {last:?}\n{}", gw.stderr());
+        assert!(
+            refused,
+            "still admitted after the revocation: {last:?}\n{}",
+            gw.stderr()
+        );
     }
-    println!("revocation enforced by 3 gateways after {:?}", revoked_at.elapsed());
+    println!(
+        "revocation enforced by 3 gateways after {:?}",
+        revoked_at.elapsed()
+    );
 
     // A coaching page shown by gw-1; its proceed link followed through gw-2.
     let video = format!("http://video.test:{}/hello", origin.port());
     let (_, body, _) = curl(&gws[0].proxy_url(), &["-w", "\n%{http_code}", &video]);
-    assert!(body.ends_with("403") && body.contains("video needs a reason"), "{body}");
+    assert!(
+        body.ends_with("403") && body.contains("video needs a reason"),
+        "{body}"
+    );
     let link = proceed_link(&body);
     let (_, body, _) = curl(&gws[1].proxy_url(), &["-L", "--max-time", "10", &link]);
-    assert_eq!(body, "hello from origin", "gw-2 refused gw-1's proceed link");
+    assert_eq!(
+        body, "hello from origin",
+        "gw-2 refused gw-1's proceed link"
+    );
 
     // gw-3 killed: HAProxy takes it out, and every request after the health
     // check interval succeeds on the others.
     let killed = Instant::now();
     fleet::kill9(&mut gws[2]);
     assert!(
-        eventually(Duration::from_secs(5), || haproxy.server_status("gw2") == "DOWN"),
+        eventually(Duration::from_secs(5), || haproxy.server_status("gw2")
+            == "DOWN"),
         "HAProxy did not mark the killed gateway down:\n{}",
         haproxy.log()
     );
@@ -311,7 +360,10 @@ fn events_survive_a_postgres_outage_and_a_gateway_restarts_without_nats_on_its_l
         for i in 0..10 {
             let marker = format!("pg-down-{g}-{i}");
             let url = origin.url(&format!("/hello?{marker}"));
-            assert_eq!(curl_status(&gw.proxy_url(), &url, &["--max-time", "10"]), 200);
+            assert_eq!(
+                curl_status(&gw.proxy_url(), &url, &["--max-time", "10"]),
+                200
+            );
             markers.push(format!("?{marker}"));
         }
     }
@@ -325,13 +377,22 @@ fn events_survive_a_postgres_outage_and_a_gateway_restarts_without_nats_on_its_l
     let video = format!("http://video.test:{}/hello", origin.port());
     nats.stop();
     fleet::restart(&mut gws[0]);
-    assert_eq!(curl_status(&gws[0].proxy_url(), &news, &["--max-time", "10"]), 403);
-    assert_eq!(curl_status(&gws[0].proxy_url(), &video, &["--max-time", "10"]), 200);
+    assert_eq!(
+        curl_status(&gws[0].proxy_url(), &news, &["--max-time", "10"]),
+        403
+    );
+    assert_eq!(
+        curl_status(&gws[0].proxy_url(), &video, &["--max-time", "10"]),
+        200
+    );
     let mut markers = Vec::new();
     for i in 0..5 {
         let marker = format!("nats-down-{i}");
         let url = origin.url(&format!("/hello?{marker}"));
-        assert_eq!(curl_status(&gws[0].proxy_url(), &url, &["--max-time", "10"]), 200);
+        assert_eq!(
+            curl_status(&gws[0].proxy_url(), &url, &["--max-time", "10"]),
+            200
+        );
         markers.push(format!("?{marker}"));
     }
     // A new revision made while NATS is down reaches it once NATS is back.
@@ -371,7 +432,16 @@ fn events_committed_locally_but_not_published_when_a_gateway_is_killed_are_sent_
     let mut gw = fleet::gateway(&nats.url(), "gw-crash", &server.data_dir());
     let context = || format!("--- server:\n{}", server.stderr());
 
-    // NATS frozen (SIGSTOP): the gateway's first publish waits for its
+    // One event through first: the stream exists and the gateway's spool is
+    // empty, so its next publish goes straight to NATS.
+    let warm = origin.url("/hello?crash-warm");
+    assert_eq!(
+        curl_status(&gw.proxy_url(), &warm, &["--max-time", "10"]),
+        200
+    );
+    assert_arrived_once(&pg, "?crash-warm", &["?crash-warm".to_string()], &context);
+
+    // NATS frozen (SIGSTOP): the gateway's next publish waits for its
     // acknowledgement (up to 5 s before it would spool), so the events
     // committed meanwhile are in its local store and nowhere else.
     let nats_pid = Pid::from_raw(nats.pid().expect("nats-server runs") as i32);
@@ -387,18 +457,25 @@ fn events_committed_locally_but_not_published_when_a_gateway_is_killed_are_sent_
     for i in 0..5 {
         let marker = format!("crash-{i}");
         let url = origin.url(&format!("/hello?{marker}"));
-        assert_eq!(curl_status(&gw.proxy_url(), &url, &["--max-time", "10"]), 200);
+        assert_eq!(
+            curl_status(&gw.proxy_url(), &url, &["--max-time", "10"]),
+            200
+        );
         markers.push(format!("?{marker}"));
     }
     // Committed by the local store...
     let local = || {
-        support::events_search(&gw.data_dir(), &["--limit", "1000", "--format", "json"])
+        let text = support::events_search(&gw.data_dir(), &["--limit", "1000", "--format", "json"])
             .iter()
-            .filter(|e| e.to_string().contains("?crash-"))
+            .map(|e| e.to_string())
+            .collect::<String>();
+        markers
+            .iter()
+            .filter(|m| text.contains(&format!("{m}\"")))
             .count()
     };
     assert!(
-        eventually(Duration::from_secs(3), || local() == 5),
+        eventually(Duration::from_secs(2), || local() == 5),
         "the local store did not commit the events:\n{}",
         gw.stderr()
     );
@@ -410,12 +487,21 @@ fn events_committed_locally_but_not_published_when_a_gateway_is_killed_are_sent_
     let spooled_text: String = std::fs::read_dir(&spool)
         .map(|d| {
             d.filter_map(Result::ok)
-                .map(|f| String::from_utf8_lossy(&std::fs::read(f.path()).unwrap_or_default()).into_owned())
+                .map(|f| {
+                    String::from_utf8_lossy(&std::fs::read(f.path()).unwrap_or_default())
+                        .into_owned()
+                })
                 .collect()
         })
         .unwrap_or_default();
-    let spooled = markers.iter().filter(|m| spooled_text.contains(m.as_str())).count();
-    assert!(spooled < markers.len(), "every event reached the spool: the crash window was missed");
+    let spooled = markers
+        .iter()
+        .filter(|m| spooled_text.contains(m.as_str()))
+        .count();
+    assert!(
+        spooled < markers.len(),
+        "every event reached the spool: the crash window was missed"
+    );
     drop(resume);
 
     // Restarted: it resumes from its publish cursor and sends them, once each.

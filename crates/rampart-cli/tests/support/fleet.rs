@@ -234,9 +234,9 @@ pub fn fleet_events_with(store: &str, marker: &str) -> Vec<serde_json::Value> {
 
 /// `rampart fleet status --format json`: (exit code, one object per gateway).
 pub fn fleet_status(nats: &str) -> (i32, Vec<serde_json::Value>) {
-    let out = run(Command::new(rampart_bin()).args([
-        "fleet", "status", "--nats", nats, "--format", "json",
-    ]));
+    let out =
+        run(Command::new(rampart_bin())
+            .args(["fleet", "status", "--nats", nats, "--format", "json"]));
     let entries = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
