@@ -161,6 +161,118 @@ fn spliced_tunnels_past_the_descriptor_budget_get_503_counted_while_plain_client
     );
 }
 
+/// Holds open as many decrypted tunnels as the gateway lets through (up to
+/// `max`): each a CONNECT, a TLS handshake verified against `ca`, and one
+/// request answered inside it. Prints how many were held, then waits for
+/// stdin to close.
+const HOLD_DECRYPTED: &str = r#"
+import socket, ssl, sys
+proxy_port, target, ca, max_n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+host, port = target.rsplit(":", 1)
+ctx = ssl.create_default_context(cafile=ca)
+held = []
+for _ in range(max_n):
+    try:
+        s = socket.create_connection(("127.0.0.1", proxy_port), timeout=5)
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(1)
+            if not chunk:
+                break
+            head += chunk
+        if not head.startswith(b"HTTP/1.1 200"):
+            break
+        t = ctx.wrap_socket(s, server_hostname=host)
+        t.sendall(f"GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        if b"200" not in t.recv(64):
+            break
+        held.append(t)
+    except OSError:
+        break
+print(len(held), flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn decrypted_tunnels_give_back_the_splice_pipes_units() {
+    // A decrypted tunnel holds two descriptors (client and origin sockets),
+    // a spliced one six (its two pipes too): under the same limit the budget
+    // must hold about three times as many decrypted tunnels. Before, the
+    // pipes' units stayed taken by tunnels that never splice.
+    let origin = support::tls_origin::TlsOrigin::start("tls.test");
+    let gw = Rampart::try_start_with(
+        &format!(
+            "[proxy]\nallow_loopback_destinations = true\nconnect_ports = [\"1025-65535\"]\ntls_ports = [{port}]\n\
+             [api]\nmax_connections = 16\n\
+             [resolve]\n\"tls.test\" = \"127.0.0.1\"\n\
+             [tls]\nsystem_roots = false\nextra_roots = [{ca:?}]\n",
+            port = origin.port,
+            ca = origin.ca_pem.display().to_string(),
+        ),
+        &[],
+        limit_descriptors,
+    )
+    .unwrap_or_else(|log| panic!("rampart did not start under RLIMIT_NOFILE={NOFILE}:\n{log}"));
+    let ca = gw.gateway_ca();
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg(HOLD_DECRYPTED)
+        .arg(gw.proxy.port().to_string())
+        .arg(format!("tls.test:{}", origin.port))
+        .arg(&ca)
+        .arg("400")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("the holder's count");
+    let held: usize = line.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
+    println!("decrypted tunnels held: {held}");
+    // The spliced test above holds about 50 at this limit; without the
+    // pipes' units each decrypted tunnel costs a third of that.
+    assert!(
+        held >= 100,
+        "only {held} decrypted tunnels held open under RLIMIT_NOFILE={NOFILE}:\n{}",
+        gw.stderr()
+    );
+    // Every one of them was decrypted (not spliced), and the process kept
+    // its descriptors: a plain request is still served.
+    let decrypted = gw
+        .access_log()
+        .iter()
+        .filter(|r| r["tls"]["decision"] == "decrypt")
+        .count();
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    assert!(
+        eventually_count(&gw, held),
+        "{decrypted} of {held} tunnels logged as decrypted"
+    );
+    let stderr = gw.stderr();
+    assert!(
+        stderr.matches("Too many open files").count() <= 3,
+        "the process ran out of descriptors:\n{stderr}"
+    );
+}
+
+/// Whether the access log comes to hold `n` decrypted tunnel records (they are
+/// written when the tunnels close).
+fn eventually_count(gw: &Rampart, n: usize) -> bool {
+    support::eventually(Duration::from_secs(10), || {
+        gw.access_log()
+            .iter()
+            .filter(|r| r["method"] == "CONNECT" && r["tls"]["decision"] == "decrypt")
+            .count()
+            >= n
+    })
+}
+
 #[test]
 fn max_connections_above_what_the_descriptor_limit_allows_refuses_to_start_naming_the_fix() {
     let result = Rampart::try_start_with(

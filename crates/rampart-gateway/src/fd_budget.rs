@@ -19,7 +19,9 @@
 //! - a proxy connection: its socket and one origin socket ([`PROXY_CONNECTION`]);
 //!   a plain forward or an intercepted tunnel needs nothing more;
 //! - a spliced CONNECT tunnel: two pipes more ([`SPLICE_PIPES`]), taken before
-//!   the origin is contacted so that a refusal is a clean 503;
+//!   the origin is contacted so that a refusal is a clean 503; a tunnel that
+//!   may be decrypted carries them and gives them back once it is
+//!   (`intercept::Tunnel::pipes`);
 //! - an agent connection: its socket ([`AGENT_CONNECTION`]), and each of its
 //!   CONNECT streams one origin socket ([`AGENT_STREAM`]; agent streams are
 //!   copied, not spliced).

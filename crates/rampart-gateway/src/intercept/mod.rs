@@ -135,6 +135,11 @@ pub struct Tunnel {
     /// `tls.fronting = "alert"` let it through: the decrypted requests are
     /// judged under both names (`FlowFacts::also_host`).
     pub fronting_alerted: bool,
+    /// The descriptor units of the splice pipes, taken with the CONNECT
+    /// (before the origin is contacted, so a refusal is a clean 503): handed
+    /// back to the budget as soon as the tunnel is decrypted instead, which
+    /// needs no pipes; carried out with [`Handoff::Splice`] otherwise.
+    pub pipes: Option<crate::fd_budget::Descriptors>,
     /// The CONNECT target's host as asked (may be an address, where `host`
     /// is the name the policy sees), and its address when it is one.
     pub connect_host: String,
@@ -150,8 +155,13 @@ pub const TUNNEL_BYPASS_REASON: &str = "tunnel-bypass by agent";
 pub enum Handoff<C> {
     /// The tunnel was served (decrypted, blocked, or the client went away).
     Done,
-    /// Not decrypted: relay these two streams byte for byte.
-    Splice { client: C, origin: TcpStream },
+    /// Not decrypted: relay these two streams byte for byte, holding the
+    /// splice pipes' descriptor units ([`Tunnel::pipes`]) while it lasts.
+    Splice {
+        client: C,
+        origin: TcpStream,
+        pipes: Option<crate::fd_budget::Descriptors>,
+    },
 }
 
 /// The client side of a tunnel: how its ClientHello is looked at without losing
@@ -221,6 +231,7 @@ impl Tunnel {
             plain_http: false,
             access_pending: false,
             fronting_alerted: false,
+            pipes: None,
             connect_host: host.to_string(),
             connect_ip: host.parse().ok(),
             origin_ip: None,
@@ -421,6 +432,7 @@ impl Tunnel {
             plain_http: true,
             access_pending: false,
             fronting_alerted: false,
+            pipes: None,
             connect_host: host.to_string(),
             connect_ip: host.parse().ok(),
             origin_ip: None,
@@ -430,7 +442,7 @@ impl Tunnel {
     /// Serves a plain-HTTP tunnel request by request; anything that does not start
     /// like an HTTP/1 request is handed back to be relayed untouched.
     pub async fn run_plain_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-        self,
+        mut self,
         client: S,
         origin: TcpStream,
         log: &mut FlowLog,
@@ -440,7 +452,11 @@ impl Tunnel {
         match is_http {
             Ok(true) => {}
             Ok(false) if self.settle_access(&[&self.host], log) => {
-                return Handoff::Splice { client, origin }
+                return Handoff::Splice {
+                    client,
+                    origin,
+                    pipes: self.pipes.take(),
+                }
             }
             Ok(false) => return Handoff::Done,
             Err(e) => {
@@ -489,7 +505,11 @@ impl Tunnel {
                 if !self.settle_access(&[&self.host], log) {
                     return Handoff::Done;
                 }
-                return Handoff::Splice { client, origin };
+                return Handoff::Splice {
+                    client,
+                    origin,
+                    pipes: self.pipes.take(),
+                };
             }
             Err(PeekError::Timeout { .. }) => {
                 // A server-speaks-first protocol: nothing to decide on.
@@ -501,7 +521,11 @@ impl Tunnel {
                 if !self.settle_access(&[&self.host], log) {
                     return Handoff::Done;
                 }
-                return Handoff::Splice { client, origin };
+                return Handoff::Splice {
+                    client,
+                    origin,
+                    pipes: self.pipes.take(),
+                };
             }
             Err(e) => {
                 log.record.error = Some(e.to_string());
@@ -599,8 +623,14 @@ impl Tunnel {
             if !self.settle_access(&names, log) {
                 return Handoff::Done;
             }
-            return Handoff::Splice { client, origin };
+            return Handoff::Splice {
+                client,
+                origin,
+                pipes: self.pipes.take(),
+            };
         }
+        // Decrypted: no pipes, so their descriptor units go back to the budget.
+        drop(self.pipes.take());
         // The decrypted tunnel's own record counts the bytes on the client's side
         // (TLS records included), as a spliced tunnel's does.
         let activity = stream::Activity::new();

@@ -208,7 +208,7 @@ pub async fn tunnel_with(
         shared,
     )
     .map(|tunnel| tunnel.with_connect_facts(stage.pending, &host, dst_ip, origin_ip));
-    let intercept = match intercept {
+    let mut intercept = match intercept {
         Some(tunnel) => Some(tunnel),
         None if options.inspect_plain_http && !options.tunnel_bypass => {
             crate::intercept::Tunnel::for_plain_http(
@@ -224,6 +224,14 @@ pub async fn tunnel_with(
         }
         None => None,
     };
+    // On the proxy listener the CONNECT's units are the splice pipes': a
+    // tunnel that may be decrypted carries them, and gives them back if it is.
+    let mut descriptors = Some(descriptors);
+    if options.descriptor_units == crate::fd_budget::SPLICE_PIPES {
+        if let Some(tunnel) = intercept.as_mut() {
+            tunnel.pipes = descriptors.take();
+        }
+    }
     if options.tunnel_bypass && intercept.is_none() {
         // Not a TLS port (or interception off): nothing is peeked, but the
         // decision is still the agent's and is recorded as such.
@@ -305,7 +313,8 @@ async fn run_tunnel(
             let client = parts.io.into_inner();
             // TLS interception needs the ClientHello still unread on the socket
             // and an origin that has sent nothing yet.
-            let (mut client, mut origin) = match intercept {
+            // `_pipes`: the splice pipes' units, held until the relay ends.
+            let (mut client, mut origin, _pipes) = match intercept {
                 Some(tunnel)
                     if !tunnel.plain_http && parts.read_buf.is_empty() && leftover.is_empty() =>
                 {
@@ -314,10 +323,14 @@ async fn run_tunnel(
                     // tunnel's task to it.
                     match Box::pin(tunnel.run(client, origin, log)).await {
                         Handoff::Done => return,
-                        Handoff::Splice { client, origin } => (client, origin),
+                        Handoff::Splice {
+                            client,
+                            origin,
+                            pipes,
+                        } => (client, origin, pipes),
                     }
                 }
-                _ => (client, origin),
+                _ => (client, origin, None),
             };
             // Bytes the client sent right behind its CONNECT head, and bytes the
             // upstream proxy sent behind its 200, must not be lost.
@@ -352,11 +365,12 @@ async fn run_tunnel(
                 _ => Handoff::Splice {
                     client: Prefixed::new(Vec::new(), client),
                     origin,
+                    pipes: None,
                 },
             };
             let (mut client, mut origin) = match handoff {
                 Handoff::Done => return,
-                Handoff::Splice { client, origin } => (client, origin),
+                Handoff::Splice { client, origin, .. } => (client, origin),
             };
             if !leftover.is_empty() {
                 if let Err(e) = client.write_all(&leftover).await {
