@@ -156,6 +156,7 @@ impl ClamdClient {
             stream,
             chunk_size: self.chunk_size,
             sent: 0,
+            gathered: Vec::with_capacity(self.chunk_size),
         })
     }
 
@@ -170,38 +171,62 @@ impl ClamdClient {
     }
 }
 
-/// One INSTREAM scan in progress (see [`ClamdClient::instream`]).
+/// One INSTREAM scan in progress (see [`ClamdClient::instream`]). Small
+/// pieces are gathered into INSTREAM chunks of `chunk_size`: a body arrives
+/// in network-sized pieces, and clamd pays per chunk.
 pub struct ClamdStream {
     stream: Box<dyn Stream + Send>,
     chunk_size: usize,
+    /// Bytes taken so far (sent or gathered).
     sent: u64,
+    gathered: Vec<u8>,
 }
 
 impl ClamdStream {
-    /// Bytes sent so far.
+    /// Bytes taken so far.
     pub fn sent(&self) -> u64 {
         self.sent
     }
 
-    /// Sends `data` as INSTREAM chunks of at most `chunk_size` bytes.
-    pub fn send(&mut self, data: &[u8]) -> Result<(), ClamdError> {
-        for piece in data.chunks(self.chunk_size) {
-            let len =
-                u32::try_from(piece.len()).map_err(|_| ClamdError::Reply("chunk too large".into()))?;
-            if let Err(e) = self
-                .stream
-                .write_all(&len.to_be_bytes())
-                .and_then(|()| self.stream.write_all(piece))
-            {
-                // clamd closes the socket after "INSTREAM size limit
-                // exceeded"; its reply says more than the broken pipe.
-                return Err(read_reply(&mut self.stream)
-                    .ok()
-                    .filter(|r| !r.is_empty())
-                    .map(ClamdError::Reply)
-                    .unwrap_or(ClamdError::Io(e)));
+    /// Sends `data` in INSTREAM chunks of at most `chunk_size` bytes; a tail
+    /// shorter than that waits for the next call or [`ClamdStream::end`].
+    pub fn send(&mut self, mut data: &[u8]) -> Result<(), ClamdError> {
+        self.sent += data.len() as u64;
+        if !self.gathered.is_empty() {
+            let take = data.len().min(self.chunk_size - self.gathered.len());
+            self.gathered.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.gathered.len() < self.chunk_size {
+                return Ok(());
             }
-            self.sent += piece.len() as u64;
+            let full = std::mem::take(&mut self.gathered);
+            self.write_chunk(&full)?;
+            self.gathered = full;
+            self.gathered.clear();
+        }
+        let mut pieces = data.chunks_exact(self.chunk_size);
+        for piece in &mut pieces {
+            self.write_chunk(piece)?;
+        }
+        self.gathered.extend_from_slice(pieces.remainder());
+        Ok(())
+    }
+
+    fn write_chunk(&mut self, piece: &[u8]) -> Result<(), ClamdError> {
+        let len =
+            u32::try_from(piece.len()).map_err(|_| ClamdError::Reply("chunk too large".into()))?;
+        if let Err(e) = self
+            .stream
+            .write_all(&len.to_be_bytes())
+            .and_then(|()| self.stream.write_all(piece))
+        {
+            // clamd closes the socket after "INSTREAM size limit
+            // exceeded"; its reply says more than the broken pipe.
+            return Err(read_reply(&mut self.stream)
+                .ok()
+                .filter(|r| !r.is_empty())
+                .map(ClamdError::Reply)
+                .unwrap_or(ClamdError::Io(e)));
         }
         Ok(())
     }
@@ -215,6 +240,10 @@ impl ClamdStream {
     /// Ends the stream (the zero-length chunk): clamd starts scanning, and
     /// the caller may do other work before [`ClamdStream::reply`].
     pub fn end(&mut self) -> Result<(), ClamdError> {
+        if !self.gathered.is_empty() {
+            let tail = std::mem::take(&mut self.gathered);
+            self.write_chunk(&tail)?;
+        }
         self.stream.write_all(&[0, 0, 0, 0])?;
         self.stream.flush()?;
         Ok(())
@@ -228,7 +257,9 @@ impl ClamdStream {
 
 impl std::fmt::Debug for ClamdStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClamdStream").field("sent", &self.sent).finish()
+        f.debug_struct("ClamdStream")
+            .field("sent", &self.sent)
+            .finish()
     }
 }
 

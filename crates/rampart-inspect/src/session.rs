@@ -314,10 +314,7 @@ fn run_intake(mut intake: Intake, queue: Arc<Queue>) -> Intake {
                 if state.closed {
                     return intake;
                 }
-                state = queue
-                    .arrived
-                    .wait(state)
-                    .unwrap_or_else(|e| e.into_inner());
+                state = queue.arrived.wait(state).unwrap_or_else(|e| e.into_inner());
             }
         };
         // A spool failure is recorded in the intake and reported at the end.

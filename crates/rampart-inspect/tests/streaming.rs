@@ -81,7 +81,11 @@ fn a_streamed_zip_is_walked_and_md5_feeds_match_without_a_second_pass() {
     let d = dir.path();
     write(d, "eicar.com", EICAR);
     write(d, "filler.bin", &noise(1024 * 1024));
-    run(d, "zip", &["-q", "-0", "bundle.zip", "filler.bin", "eicar.com"]);
+    run(
+        d,
+        "zip",
+        &["-q", "-0", "bundle.zip", "filler.bin", "eicar.com"],
+    );
     let zip = common::read(d, "bundle.zip");
     let sample = noise(700_000);
     let list = write(
