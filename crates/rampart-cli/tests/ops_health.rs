@@ -368,6 +368,68 @@ fn pid_file_is_written_refuses_a_second_server_and_is_removed_at_exit() {
     assert!(!pid_file.exists(), "the pid file outlived the server");
 }
 
+#[test]
+fn agent_pid_file_is_written_after_its_listener_refuses_a_second_agent_and_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("agent.toml");
+    // Not enrolled: local-proxy mode towards a gateway named in the file.
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[gateway]\nproxy = \"127.0.0.1:1\"\n[steering]\nmode = \"local-proxy\"\n[local_proxy]\nlisten = \"{listen}\"\n",
+            dir.path().join("state").display().to_string()
+        ),
+    )
+    .unwrap();
+    let pid_file = dir.path().join("agent.pid");
+    let agent = |stderr: Stdio| {
+        Command::new(support::rampart_bin())
+            .args(["agent", "run", "--config"])
+            .arg(&config)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
+    let mut first = KillOnDrop(agent(Stdio::null()));
+    let own_pid = format!("{}\n", first.0.id());
+    assert!(
+        eventually(Duration::from_secs(15), || std::fs::read_to_string(
+            &pid_file
+        )
+        .is_ok_and(|t| t == own_pid)),
+        "the agent wrote no pid file"
+    );
+    assert!(
+        std::net::TcpStream::connect(&listen).is_ok(),
+        "the pid file came before the listener"
+    );
+
+    let second = agent(Stdio::piped()).wait_with_output().unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("running rampart"), "{err}");
+
+    kill_from_pid_file("TERM", &pid_file);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = first.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!pid_file.exists(), "the pid file outlived the agent");
+}
+
 /// A tmpfs of 64 KiB mounted on a temporary directory, unmounted on drop
 /// (also when the test fails).
 struct TinyDisk {

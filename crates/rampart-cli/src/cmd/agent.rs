@@ -23,6 +23,10 @@ enum AgentCommand {
         /// Agent configuration file.
         #[arg(long, short = 'c', value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Write the process id to FILE once the local listeners are bound
+        /// (removed at a clean exit); refuses to start if FILE names a running rampart.
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
     },
     /// Print the variables that point applications at the local proxy.
     Env {
@@ -112,7 +116,7 @@ impl Location {
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        AgentCommand::Run { config } => run_agent(&config),
+        AgentCommand::Run { config, pid_file } => run_agent(&config, pid_file.as_deref()),
         AgentCommand::Env { config, shell } => env(config.as_deref(), &shell),
         AgentCommand::Status { location, json } => status(&location, json),
         AgentCommand::Update { location, timeout } => update(&location, timeout),
@@ -137,7 +141,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn run_agent(path: &Path) -> anyhow::Result<ExitCode> {
+fn run_agent(path: &Path, pid_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = AgentConfig::load(path)?;
     crate::logging::init("info", "text");
     // One thread: the agent's work per flow is small and sequential (the HTTP/2
@@ -152,8 +156,36 @@ fn run_agent(path: &Path) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(rampart_agent::run(config))?;
+    let Some(pid_file) = pid_file else {
+        runtime.block_on(rampart_agent::run(config))?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut pid_file = rampart_server::pid_file::PidFile::claim(pid_file)?;
+    runtime.block_on(async {
+        let agent = rampart_agent::AgentBuilder::new(config).start().await?;
+        pid_file.write()?;
+        wait_for_stop_signal().await;
+        agent.shutdown().await?;
+        anyhow::Ok(())
+    })?;
+    drop(pid_file);
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT or SIGTERM, as `rampart_agent::run` waits for.
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn release(location: &Location, code: &str) -> anyhow::Result<ExitCode> {
