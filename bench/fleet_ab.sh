@@ -10,6 +10,8 @@
 # measured process's user + system time over the run divided by wrk's requests;
 # nats-server's CPU per request is shown for B (the hop the fleet adds).
 # usage: RAMPART_BIN=target/release/rampart ROUNDS=4 DURATION=10 bash bench/fleet_ab.sh
+# PERF=1: also `perf record` the fleet gateway during its measured runs and print
+# where its CPU went (the top symbols, self time).
 # Needs nginx, wrk and nats-server (bench/setup.sh, scripts/install-test-deps.sh).
 set -euo pipefail
 BIN=${RAMPART_BIN:-target/release/rampart}
@@ -96,11 +98,23 @@ CFG
     taskset -c 0 wrk -t1 -c50 -d2s -s "$WORK/abs.lua" "http://127.0.0.1:$port/" >/dev/null
     local c0 c1 n0 n1 out reqs rps
     c0=$(cpu_ticks "$pid"); n0=$(cpu_ticks "$NATS_PID")
+    local perf_pid=""
+    if [[ ${PERF:-0} == 1 && $1 == fleet ]]; then
+        perf record -q -F 499 -g -p "$pid" -o "$d/perf.data" -- sleep "$DURATION" 2>/dev/null &
+        perf_pid=$!
+    fi
     out=$(taskset -c 0 wrk -t1 -c50 -d"${DURATION}s" -s "$WORK/abs.lua" "http://127.0.0.1:$port/")
     c1=$(cpu_ticks "$pid"); n1=$(cpu_ticks "$NATS_PID")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     local errs; errs=$(awk '/Non-2xx|Socket errors/' <<<"$out" | tr '\n' ' ')
+    if [[ -n $perf_pid ]]; then
+        wait "$perf_pid" || true
+        for sort in comm symbol; do
+            perf report -i "$d/perf.data" --no-children --sort "$sort" --percent-limit 1.5 --stdio 2>/dev/null \
+                | grep -E '^ +[0-9.]+%' | sed 's/  *-  *-  *$//' | head -15
+        done
+    fi
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
     python3 -c "print(f'{\"$1\":8} req/s={float(\"$rps\"):9.0f}  CPU/req={($c1-$c0)/$TCK/$reqs*1e6:6.2f} us  nats-server CPU/req={($n1-$n0)/$TCK/$reqs*1e6:5.2f} us  requests=$reqs  {\"$errs\"}')"
 }

@@ -347,7 +347,7 @@ fn events_survive_a_postgres_outage_and_a_gateway_restarts_without_nats_on_its_l
     std::fs::write(&policy, BLOCK_NEWS).unwrap();
     std::fs::write(&shared, shared_config(None)).unwrap();
     let server = server(&nats, &pg, &policy, &shared);
-    let mut gws = vec![
+    let mut gws = [
         fleet::gateway(&nats.url(), "gw-a", &server.data_dir()),
         fleet::gateway(&nats.url(), "gw-b", &server.data_dir()),
     ];
