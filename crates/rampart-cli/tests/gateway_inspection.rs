@@ -4,72 +4,23 @@
 //! bytes, an encrypted zip alerted, the finding as an event, and inspection
 //! switched off. Fixtures are made at run time with Debian's zip and tar.
 
+mod gateway_inspection_common;
 #[path = "support/https_fixtures.rs"]
 mod https_fixtures;
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use gateway_inspection_common::{require, sh, FileOrigin, EICAR};
 use https_fixtures::{CertKind, PyHttpsOrigin, Serve, TestPki};
-use support::{curl, eventually, free_port, have, run, Rampart};
-
-const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
-
-/// A plain HTTP origin serving `dir` (Python's http.server), killed on drop.
-struct FileOrigin {
-    port: u16,
-    child: Child,
-}
-
-impl FileOrigin {
-    fn start(dir: &Path) -> FileOrigin {
-        let port = free_port();
-        let child = Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1"])
-            .arg(port.to_string())
-            .arg("--directory")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 http.server");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "http.server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        FileOrigin { port, child }
-    }
-}
-
-impl Drop for FileOrigin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sh(dir: &Path, script: &str) {
-    let out = run(Command::new("sh").arg("-c").arg(script).current_dir(dir));
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use support::{curl, eventually, free_port, Rampart};
 
 /// The download fixtures: eicar.com, eicar.tgz (eicar.com in a zip in a tar.gz),
 /// secret.zip (password-protected), big.zip (3 MiB of noise and eicar.com),
 /// clean.txt.
 fn fixtures(dir: &Path) {
-    for tool in ["zip", "tar", "head"] {
-        assert!(
-            have(tool),
-            "{tool} is missing: run scripts/install-test-deps.sh"
-        );
-    }
+    require(&["zip", "tar", "head"]);
     std::fs::write(dir.join("eicar.com"), EICAR).unwrap();
     std::fs::write(dir.join("clean.txt"), "nothing to see here\n").unwrap();
     sh(dir, "mkdir -p nest && cp eicar.com nest/ && cd nest && zip -q inner.zip eicar.com && tar czf ../eicar.tgz inner.zip");
@@ -82,35 +33,14 @@ fn fixtures(dir: &Path) {
 }
 
 fn gateway(extra: &str, tls_port: u16, roots: &[&Path]) -> Rampart {
-    gateway_with_top("", extra, tls_port, roots)
-}
-
-/// [`gateway`] with `top` before every table (e.g. `policy = "FILE"`).
-fn gateway_with_top(top: &str, extra: &str, tls_port: u16, roots: &[&Path]) -> Rampart {
-    let roots: Vec<String> = roots
-        .iter()
-        .map(|p| format!("{:?}", p.display().to_string()))
-        .collect();
-    let tls = if roots.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "[tls]\nsystem_roots = false\nextra_roots = [{}]\n",
-            roots.join(", ")
-        )
-    };
-    Rampart::start(&format!(
-        "{top}[proxy]\nallow_loopback_destinations = true\nconnect_ports = [443, \"1025-65535\"]\ntls_ports = [443, {tls_port}]\n\
-         [tunnel]\nlisten = \"127.0.0.1:0\"\n\
-         [resolve]\n\"files.test\" = \"127.0.0.1\"\n{tls}{extra}"
-    ))
+    gateway_inspection_common::gateway("", extra, tls_port, roots)
 }
 
 #[test]
 fn eicar_downloads_are_blocked_plain_nested_and_long_and_an_encrypted_zip_is_alerted() {
     let dir = tempfile::tempdir().unwrap();
     fixtures(dir.path());
-    let origin = FileOrigin::start(dir.path());
+    let origin = FileOrigin::plain(dir.path());
     let gw = gateway("", free_port(), &[]);
     let url = |f: &str| format!("http://files.test:{}/{f}", origin.port);
 
@@ -251,7 +181,7 @@ fn eicar_inside_decrypted_tls_is_blocked_whichever_protocol_the_client_offers() 
 fn with_inspection_off_eicar_passes() {
     let dir = tempfile::tempdir().unwrap();
     fixtures(dir.path());
-    let origin = FileOrigin::start(dir.path());
+    let origin = FileOrigin::plain(dir.path());
     let gw = gateway("[inspect]\nenabled = false\n", free_port(), &[]);
     let url = format!("http://files.test:{}/eicar.com", origin.port);
     let (_, body, _) = curl(&gw.proxy_url(), &[&url]);
@@ -341,7 +271,7 @@ fn policy_rules_on_inspection_verdicts_decide_before_the_defaults() {
     let origin = support::origin::Origin::start();
     let dir = tempfile::tempdir().unwrap();
     fixtures(dir.path());
-    let files = FileOrigin::start(dir.path());
+    let files = FileOrigin::plain(dir.path());
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,
@@ -359,7 +289,7 @@ action = "block"
     )
     .unwrap();
     let top = format!("policy = {:?}\n", policy.display().to_string());
-    let gw = gateway_with_top(&top, "", free_port(), &[]);
+    let gw = gateway_inspection_common::gateway(&top, "", free_port(), &[]);
     let sink = format!("http://files.test:{}/sink", origin.port());
     let json = r#"{"card": "4111 1111 1111 1111"}"#;
     let (_, body, _) = curl(

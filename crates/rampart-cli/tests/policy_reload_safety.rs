@@ -79,25 +79,7 @@ fn status_through(proxy: SocketAddr, host: &str, port: u16) -> u16 {
 
 /// An admin API call; returns (status, JSON body).
 fn api(gw: &Rampart, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let token = std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}",
-        api = gw.api,
-        token = token.trim(),
-        len = body.len()
-    );
-    let answer = raw_exchange(gw.api, request.as_bytes(), Duration::from_secs(30));
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let json = answer
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(serde_json::Value::Null);
-    (status, json)
+    gw.admin_api(method, path, body)
 }
 
 fn last_error(gw: &Rampart) -> String {

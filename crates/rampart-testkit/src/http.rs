@@ -33,11 +33,7 @@ fn http_get_raw(addr: SocketAddr, path: &str) -> Option<String> {
 /// Sends raw bytes to `addr` and returns the first response (head plus its
 /// Content-Length body), or what came back before close or timeout.
 pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(timeout))
-        .expect("a non-zero read timeout");
-    s.write_all(bytes)
-        .unwrap_or_else(|e| panic!("write to {addr}: {e}"));
+    let mut s = send(addr, bytes, timeout);
     let mut out = Vec::new();
     let mut buf = [0u8; 16384];
     loop {
@@ -54,14 +50,20 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String
 
 /// Sends raw bytes and returns everything until the peer closes (or timeout).
 pub fn raw_exchange_until_close(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
+    let mut s = send(addr, bytes, timeout);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// Connects to `addr`, writes `bytes`, and gives reads `timeout`.
+fn send(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(timeout))
         .expect("a non-zero read timeout");
     s.write_all(bytes)
         .unwrap_or_else(|e| panic!("write to {addr}: {e}"));
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).to_string()
+    s
 }
 
 fn response_complete(raw: &[u8]) -> bool {

@@ -223,24 +223,7 @@ pub fn gateway(top: &str, extra: &str, tls_port: u16, roots: &[&Path]) -> Rampar
 
 /// An admin API call on the gateway; (status, JSON body).
 pub fn api(gw: &Rampart, method: &str, path: &str) -> (u16, serde_json::Value) {
-    let token = std::fs::read_to_string(gw.data_dir().join("admin.token")).unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Length: 0\r\nConnection: close\r\n\r\n",
-        api = gw.api,
-        token = token.trim(),
-    );
-    let answer = raw_exchange(gw.api, request.as_bytes(), Duration::from_secs(30));
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let json = answer
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or(serde_json::Value::Null);
-    (status, json)
+    gw.admin_api(method, path, "")
 }
 
 /// SHA-256 of a file as lowercase hex, with sha256sum.

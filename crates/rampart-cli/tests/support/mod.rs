@@ -249,6 +249,31 @@ impl Rampart {
         out
     }
 
+    /// An admin API call with the token from the data dir and a JSON `body`
+    /// (may be empty): (status, JSON answer or `Null`).
+    pub fn admin_api(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let token = std::fs::read_to_string(self.data_dir().join("admin.token"))
+            .expect("the server's admin.token");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}",
+            api = self.api,
+            token = token.trim(),
+            len = body.len()
+        );
+        let answer = raw_exchange(self.api, request.as_bytes(), Duration::from_secs(30));
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let json = answer
+            .split_once("\r\n\r\n")
+            .and_then(|(_, b)| serde_json::from_str(b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
     pub fn metrics(&self) -> String {
         http_get_body(self.api, "/metrics").unwrap_or_default()
     }
