@@ -349,6 +349,7 @@ fn deb_installs_into_a_fresh_root_and_the_server_unit_command_serves() {
     }
 
     // Install.
+    let host_before = host_state();
     init_dpkg_root(&root);
     run(dpkg(&root).arg("-i").arg(&deb));
     let status = text(&run(dpkg_query(&root).args([
@@ -399,6 +400,43 @@ fn deb_installs_into_a_fresh_root_and_the_server_unit_command_serves() {
         root.join("var/lib/rampart/ca.pem").exists(),
         "purge removed the data dir"
     );
+    assert_eq!(
+        host_state(),
+        host_before,
+        "installing into the throw-away root changed this machine"
+    );
+}
+
+/// What installing the package would change on this machine: the rampart
+/// account, dpkg's record of the package and its stat override, the enabled
+/// units. (Not whole files: other tests' package installs may change them.)
+fn host_state() -> Vec<(String, bool)> {
+    let contains =
+        |path: &str, needle: &str| fs::read_to_string(path).is_ok_and(|text| text.contains(needle));
+    let mut state = vec![
+        (
+            "rampart user".to_owned(),
+            contains("/etc/passwd", "\nrampart:"),
+        ),
+        (
+            "rampart group".to_owned(),
+            contains("/etc/group", "\nrampart:"),
+        ),
+        (
+            "dpkg's rampart package".to_owned(),
+            contains("/var/lib/dpkg/status", "Package: rampart\n"),
+        ),
+        (
+            "stat override".to_owned(),
+            contains("/var/lib/dpkg/statoverride", "/etc/rampart/"),
+        ),
+    ];
+    for unit in UNITS {
+        let wanted = format!("/etc/systemd/system/multi-user.target.wants/{unit}");
+        let present = fs::symlink_metadata(&wanted).is_ok();
+        state.push((wanted, present));
+    }
+    state
 }
 
 fn dpkg_query(root: &Path) -> Command {
