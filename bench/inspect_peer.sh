@@ -1,25 +1,41 @@
 #!/usr/bin/env bash
-# Inspection bench (issue 17): a bulk plain-HTTP download through
-#   direct                      (curl straight to the origin)
-#   rampart                     (inspection off)
-#   rampart+inspect             (type + SHA-256 + archive walk + YARA rules, no clamd)
-#   rampart+inspect+clamd       (the same plus clamd INSTREAM)
-#   squid+c-icap+clamd          (Squid RESPMOD to c-icap's virus_scan, clamd_mod)
-# all on loopback, one clamd shared by both clamd columns, its database only a
-# test signature written here (no freshclam). Figures: MB/s, median of runs.
+# Inspection bench (issue 17): one bulk download, repeated, through
+#   direct                      curl straight to the origin (nginx, sendfile)
+#   rampart                     inspection off
+#   rampart+inspect             type + SHA-256 + archive walk + N YARA rules, no clamd
+#   rampart+inspect+clamd       the same plus clamd (INSTREAM)
+#   squid+c-icap+clamd          Squid RESPMOD to c-icap's virus_scan, clamd_mod
+#   c-icap+clamd (no Squid)     plain mode: c-icap-client sends the file to the
+#                               same c-icap service (an upper bound for the Squid
+#                               stack: the proxy hop is left out)
+# and, with BENCH_TLS=1, intercepted HTTPS instead of plain HTTP:
+#   rampart-mitm (off / inspect / inspect+clamd), g3proxy-mitm (no AV engine:
+#   interception only), squid-bump+c-icap+clamd (Squid ssl_bump + the same ICAP).
+# All on loopback; one clamd shared by every clamd column, its database only a
+# test signature written here (no freshclam). Figures: MB/s (median of runs)
+# and CPU seconds per GB of each process involved (its whole process tree,
+# over all the runs of the column, from /proc: bench/cputime.py).
 #
-# Known (2026-12-07, Debian 12): c-icap-modules 0.5.5's clamd_mod cannot parse
-# ClamAV 1.4.6's VERSION answer ("clamd_get_versions: Can not parse response")
-# and the RESPMOD of a large body then never completes (curl's 120 s cap ends
-# it: the column reads FAILED). The Rampart columns are valid on their own.
+# RAMPART_BASE_BIN=/path adds the same Rampart columns for a second binary
+# (a before/after comparison in one run, on the same host state).
 #
-# Plain HTTP only: Squid's ssl_bump needs Debian's squid-openssl, which
-# replaces the squid package other tests run; the intercepted comparison is
-# left for a machine where that swap is safe.
+# The Squid + c-icap stack (Debian 12: Squid 5.7, c-icap 0.5.10, virus_scan
+# 0.5.5): Squid sends c-icap the first 64 KiB of a body and no more, while
+# virus_scan (mode=simple) answers only after the whole body: every body
+# above 64 KiB stalls until BENCH_PEER_TIMEOUT and the column reads FAILED.
+# See bench/RESULTS.md, "Session 12: inspection", for what was tried. The
+# clamd_mod warning "clamd_get_versions: ... Can not parse response" is not
+# the cause (ClamAV answers "ClamAV 1.4.6" without a database version with a
+# test-only database; clamd_mod carries on).
 #
-# Needs: Debian squid, clamav-daemon, c-icap, libc-icap-mod-virus-scan,
-# python3, curl; target/release/rampart (cargo build --release -p rampart-cli).
-# Env: BENCH_SIZE_MB (200), BENCH_RUNS (3), BENCH_YARA_RULES (100), RAMPART_BIN.
+# Needs: nginx, squid, clamd, c-icap (+ libc-icap-mod-virus-scan), python3,
+# curl, openssl; target/release/rampart (cargo build --release -p rampart-cli);
+# with BENCH_TLS=1 also bench/.peers/squid-openssl (bench/setup.sh) and
+# bench/.peers/g3 (bench/g3proxy-build.sh); a missing peer is reported and
+# its column left out.
+# Env: BENCH_SIZE_MB (200), BENCH_RUNS (3), BENCH_YARA_RULES (100),
+#      BENCH_PEER_TIMEOUT (20 s, per Squid-stack download), RAMPART_BIN,
+#      RAMPART_BASE_BIN, BENCH_TLS (0), BENCH_KEEP (1: keep the work dir).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,11 +43,18 @@ root=$(cd "$here/.." && pwd)
 size_mb=${BENCH_SIZE_MB:-200}
 runs=${BENCH_RUNS:-3}
 rules=${BENCH_YARA_RULES:-100}
+peer_timeout=${BENCH_PEER_TIMEOUT:-20}
+tls=${BENCH_TLS:-0}
 rampart=${RAMPART_BIN:-$root/target/release/rampart}
-for tool in squid clamd c-icap python3 curl; do
-    command -v "$tool" >/dev/null || { echo "$tool is missing (bench/setup.sh; apt-get install -y c-icap libc-icap-mod-virus-scan clamav-daemon squid)" >&2; exit 1; }
+rampart_base=${RAMPART_BASE_BIN:-}
+squid_ssl_dir="$here/.peers/squid-openssl"
+g3proxy_bin=${G3PROXY_BIN:-$here/.peers/g3/g3proxy}
+g3fcgen_bin=${G3FCGEN_BIN:-$here/.peers/g3/g3fcgen}
+for tool in nginx squid clamd c-icap c-icap-client python3 curl openssl; do
+    command -v "$tool" >/dev/null || { echo "$tool is missing (bench/setup.sh; apt-get install -y nginx c-icap libc-icap-mod-virus-scan clamav-daemon squid)" >&2; exit 1; }
 done
 [ -x "$rampart" ] || { echo "$rampart is missing: cargo build --release -p rampart-cli" >&2; exit 1; }
+[ -z "$rampart_base" ] || [ -x "$rampart_base" ] || { echo "RAMPART_BASE_BIN=$rampart_base is not executable" >&2; exit 1; }
 [ -f /usr/lib/x86_64-linux-gnu/c_icap/virus_scan.so ] || { echo "apt-get install -y libc-icap-mod-virus-scan" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/inspect-peer.XXXXXX)
@@ -51,6 +74,9 @@ while True:
     try: s.bind(("127.0.0.1",p)); s.close(); print(p); break
     except OSError: pass'
 }
+free_udp_port() {
+    python3 -c 'import socket; s=socket.socket(type=socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
 wait_port() {
     for _ in $(seq 1 300); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
@@ -58,15 +84,71 @@ wait_port() {
     done
     echo "nothing listens on $1 ($2)" >&2; exit 1
 }
+cpu_of() { # pid...: CPU seconds of their process trees
+    local total=0 p
+    for p in "$@"; do total=$(awk -v a="$total" -v b="$(python3 "$here/cputime.py" "$p")" 'BEGIN { printf "%.3f", a + b }'); done
+    echo "$total"
+}
 
-# Origin: a random (incompressible, signature-free) file.
-mkdir -p "$work/www"
+# TLS material: an origin CA and an interception CA shared by every intercepting proxy.
+tlsdir="$work/tls"
+mkdir -p "$tlsdir"
+mkca() { # name cn
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$tlsdir/$1.key" -out "$tlsdir/$1.pem" -days 2 -subj "/CN=$2" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+}
+mkca origin-ca "inspect bench origin CA"
+mkca mitm-ca "inspect bench interception CA"
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$tlsdir/origin.key" -out "$tlsdir/origin.csr" -subj "/CN=localhost" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n' >"$tlsdir/ext.cnf"
+openssl x509 -req -in "$tlsdir/origin.csr" -CA "$tlsdir/origin-ca.pem" -CAkey "$tlsdir/origin-ca.key" \
+    -CAcreateserial -out "$tlsdir/origin.pem" -days 2 -extfile "$tlsdir/ext.cnf" 2>/dev/null
+
+# Origin: nginx serving a random (incompressible, signature-free) file, plain and TLS.
+mkdir -p "$work/www" "$work/nginx/tmp"
 head -c "$((size_mb * 1024 * 1024))" /dev/urandom > "$work/www/bulk.bin"
-origin_port=$(free_port)
-python3 -m http.server --bind 127.0.0.1 --directory "$work/www" "$origin_port" >/dev/null 2>&1 &
+# A small file each path fetches once before it is measured (connections,
+# clamd's first scan, page cache).
+head -c $((1024 * 1024)) /dev/urandom > "$work/www/warm.bin"
+# nginx's worker runs as nobody: the files must be readable by it.
+chmod 755 "$work" "$work/www"
+chmod 644 "$work/www/bulk.bin" "$work/www/warm.bin"
+http_port=$(free_port)
+https_port=$(free_port)
+cat > "$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    client_body_temp_path $work/nginx/tmp;
+    proxy_temp_path $work/nginx/tmp;
+    fastcgi_temp_path $work/nginx/tmp;
+    uwsgi_temp_path $work/nginx/tmp;
+    scgi_temp_path $work/nginx/tmp;
+    server { listen 127.0.0.1:$http_port; root $work/www; }
+    server {
+        listen 127.0.0.1:$https_port ssl;
+        ssl_certificate $tlsdir/origin.pem;
+        ssl_certificate_key $tlsdir/origin.key;
+        root $work/www;
+    }
+}
+EOF
+nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" >"$work/nginx/stdout.log" 2>&1 &
 pids+=($!)
-wait_port "$origin_port" origin
-url="http://127.0.0.1:$origin_port/bulk.bin"
+wait_port "$http_port" origin
+wait_port "$https_port" "origin (TLS)"
+if [ "$tls" = 1 ]; then
+    url="https://localhost:$https_port/bulk.bin"
+else
+    url="http://127.0.0.1:$http_port/bulk.bin"
+fi
 
 # clamd with a test-only database.
 mkdir -p "$work/clamd/db"
@@ -84,10 +166,11 @@ MaxScanSize $((size_mb + 50))M
 MaxFileSize $((size_mb + 50))M
 EOF
 clamd -c "$work/clamd/clamd.conf" >/dev/null 2>&1 &
-pids+=($!)
+clamd_pid=$!
+pids+=($clamd_pid)
 wait_port "$clamd_port" clamd
 
-# c-icap: virus_scan through clamd_mod.
+# c-icap: virus_scan through clamd_mod (clamd reads c-icap's temporary file: zSCAN).
 icap_port=$(free_port)
 mkdir -p "$work/icap"
 chmod 777 "$work/icap"
@@ -117,15 +200,38 @@ virus_scan.MaxObjectSize $((size_mb + 50))M
 virus_scan.DefaultEngine clamd
 EOF
 c-icap -N -f "$work/icap/c-icap.conf" >"$work/icap/stdout.log" 2>&1 &
-pids+=($!)
+icap_pid=$!
+pids+=($icap_pid)
 wait_port "$icap_port" c-icap
 
-# Squid: RESPMOD to c-icap, no cache.
+# Squid: RESPMOD to c-icap, no cache; with TLS, ssl_bump from squid-openssl.
 squid_port=$(free_port)
+squid_bin=squid
 mkdir -p "$work/squid"
 chmod 777 "$work/squid"
-cat > "$work/squid/squid.conf" <<EOF
-http_port 127.0.0.1:$squid_port
+squid_http_port="http_port 127.0.0.1:$squid_port"
+squid_bump=""
+if [ "$tls" = 1 ]; then
+    if [ -x "$squid_ssl_dir/usr/sbin/squid" ]; then
+        squid_bin="$squid_ssl_dir/usr/sbin/squid"
+        "$squid_ssl_dir/usr/lib/squid/security_file_certgen" -c -s "$work/squid/ssl_db" -M 16MB >/dev/null
+        cat "$tlsdir/mitm-ca.pem" "$tlsdir/mitm-ca.key" > "$work/squid/ca.pem"
+        squid_http_port="http_port 127.0.0.1:$squid_port ssl-bump generate-host-certificates=on dynamic_cert_mem_cache_size=16MB tls-cert=$work/squid/ca.pem"
+        squid_bump="sslcrtd_program $squid_ssl_dir/usr/lib/squid/security_file_certgen -s $work/squid/ssl_db -M 16MB
+sslcrtd_children 4 startup=1 idle=1
+acl step1 at_step SslBump1
+ssl_bump peek step1
+ssl_bump bump all
+tls_outgoing_options cafile=$tlsdir/origin-ca.pem"
+    else
+        squid_bin=""
+        echo "no squid-openssl at $squid_ssl_dir (bench/setup.sh): the Squid column is left out" >&2
+    fi
+fi
+squid_pid=""
+if [ -n "$squid_bin" ]; then
+    cat > "$work/squid/squid.conf" <<EOF
+$squid_http_port
 pid_filename $work/squid/squid.pid
 access_log none
 cache_log $work/squid/cache.log
@@ -133,74 +239,177 @@ cache deny all
 cache_mem 8 MB
 http_access allow localhost
 http_access deny all
+$squid_bump
 icap_enable on
 icap_service av respmod_precache bypass=0 icap://127.0.0.1:$icap_port/avscan
 adaptation_access av allow all
+pinger_enable off
+dns_nameservers 127.0.0.1
 EOF
-squid -N -f "$work/squid/squid.conf" >/dev/null 2>&1 &
-pids+=($!)
-wait_port "$squid_port" squid
+    chown -R proxy:proxy "$work/squid" 2>/dev/null || true
+    "$squid_bin" -N -f "$work/squid/squid.conf" >/dev/null 2>&1 &
+    squid_pid=$!
+    pids+=($squid_pid)
+    wait_port "$squid_port" squid
+fi
+
+# g3proxy-mitm (TLS only): interception, no AV engine.
+g3_pid=""
+g3_port=""
+if [ "$tls" = 1 ]; then
+    if [ -x "$g3proxy_bin" ] && [ -x "$g3fcgen_bin" ]; then
+        mkdir -p "$work/g3/ctl"
+        g3_port=$(free_port)
+        udp=$(free_udp_port)
+        cat > "$work/g3/g3fcgen.yaml" <<EOF
+---
+backend:
+  ca_certificate: $tlsdir/mitm-ca.pem
+  ca_private_key: $tlsdir/mitm-ca.key
+EOF
+        cat > "$work/g3/g3proxy.yaml" <<EOF
+---
+runtime:
+  thread_number: 1
+log: discard
+resolver:
+  - name: none
+    type: deny_all
+escaper:
+  - name: direct
+    type: direct_fixed
+    resolver: none
+    resolve_redirection:
+      - exact: localhost
+        to: [127.0.0.1]
+    egress_network_filter:
+      default: allow
+      allow:
+        - 127.0.0.0/8
+auditor:
+  - name: bench
+    protocol_inspection: {}
+    tls_cert_generator:
+      query_peer_addr: 127.0.0.1:$udp
+    tls_interception_client:
+      ca_certificate: $tlsdir/origin-ca.pem
+server:
+  - name: bench
+    type: http_proxy
+    escaper: direct
+    auditor: bench
+    listen:
+      address: 127.0.0.1:$g3_port
+EOF
+        cat > "$work/g3/launch.sh" <<EOF
+#!/usr/bin/env bash
+UDP_LISTEN_ADDR=127.0.0.1:$udp "$g3fcgen_bin" -c "$work/g3/g3fcgen.yaml" &
+exec "$g3proxy_bin" -c "$work/g3/g3proxy.yaml" -C "$work/g3/ctl" -G inspect-bench
+EOF
+        bash "$work/g3/launch.sh" >"$work/g3/stdout.log" 2>&1 &
+        g3_pid=$!
+        pids+=($g3_pid)
+        wait_port "$g3_port" g3proxy
+        sleep 0.5
+    else
+        echo "no g3proxy at $g3proxy_bin (bench/g3proxy-build.sh): its column is left out" >&2
+    fi
+fi
 
 # YARA rules: N rules with marker strings that never occur in random data.
 for i in $(seq 1 "$rules"); do
     printf 'rule bench_%d { strings: $a = "RAMPART-BENCH-RULE-%06d-A" $b = { 52 42 %02x 52 42 4d 41 52 4b } condition: $a or $b }\n' "$i" "$i" "$((i % 256))"
 done > "$work/rules.yar"
 
-# Starts Rampart named $1 with extra TOML $2; its proxy port in $rampart_port
-# (not echoed: a command substitution's subshell would lose the pid to kill).
-start_rampart() { # name extra-toml
-    local dir="$work/$1" port api
-    mkdir -p "$dir"
+# Starts Rampart binary $1 named $2 with extra TOML $3; its proxy port in
+# $rampart_port and pid in $rampart_pid (not echoed: a command substitution's
+# subshell would lose the pid to kill). With TLS the origin's port is
+# intercepted, the origin CA trusted and the bench's interception CA imported.
+start_rampart() { # binary name extra-toml
+    local bin=$1 dir="$work/$2" port api tls_ports="[443]" tls_section=""
+    mkdir -p "$dir/data"
     port=$(free_port); api=$(free_port)
+    if [ "$tls" = 1 ]; then
+        tls_ports="[443, $https_port]"
+        tls_section="[tls]
+extra_roots = [\"$tlsdir/origin-ca.pem\"]"
+        "$bin" ca init --data-dir "$dir/data" --force \
+            --import-cert "$tlsdir/mitm-ca.pem" --import-key "$tlsdir/mitm-ca.key" >"$dir/ca-init.log" 2>&1 ||
+            { echo "rampart ca init failed: $(cat "$dir/ca-init.log")" >&2; exit 1; }
+    fi
     cat > "$dir/rampart.toml" <<EOF
 data_dir = "$dir/data"
 [proxy]
 listen = "127.0.0.1:$port"
+connect_ports = ["443", "1025-65535"]
+tls_ports = $tls_ports
 allow_loopback_destinations = true
 [api]
 listen = "127.0.0.1:$api"
 [tunnel]
 listen = "127.0.0.1:$(free_port)"
-$2
+$tls_section
+$3
 EOF
-    "$rampart" server --config "$dir/rampart.toml" >"$dir/stderr.log" 2>&1 &
-    pids+=($!)
-    wait_port "$port" "rampart $1"
+    "$bin" server --config "$dir/rampart.toml" >"$dir/stderr.log" 2>&1 &
+    rampart_pid=$!
+    pids+=($rampart_pid)
+    wait_port "$port" "rampart $2"
     rampart_port=$port
 }
 
-# One download through $1 (a proxy URL or "direct"): bytes per second, or
-# FAILED (curl error or short body: a scanner that refused it).
+# One download through $1 (a proxy URL or "direct"), at most $2 seconds:
+# bytes per second, or FAILED (curl error or short body: a scanner that
+# refused it, or a stack that stalled).
 download() {
-    local out
-    if [ "$1" = direct ]; then
-        out=$(curl -s --max-time 120 -o /dev/null -w '%{http_code} %{size_download} %{speed_download}' "$url" || true)
-    else
-        out=$(curl -s --max-time 120 -x "$1" -o /dev/null -w '%{http_code} %{size_download} %{speed_download}' "$url" || true)
+    local out proxy=() ca="$tlsdir/mitm-ca.pem"
+    if [ "$1" = direct ]; then ca="$tlsdir/origin-ca.pem"; else proxy=(-x "$1"); fi
+    if [ "${3:-}" = warm ]; then
+        curl -s --max-time "$2" --cacert "$ca" "${proxy[@]}" -o /dev/null "${url%/bulk.bin}/warm.bin" || true
+        return
     fi
+    out=$(curl -s --max-time "$2" --cacert "$ca" "${proxy[@]}" -o /dev/null \
+        -w '%{http_code} %{size_download} %{speed_download}' "$url" || true)
     set -- $out
     if [ "${1:-}" = 200 ] && [ "${2:-0}" = "$((size_mb * 1024 * 1024))" ]; then echo "$3"; else echo FAILED; fi
 }
 
-median_mbs() { # proxy
-    local vals=() v
+# Measures one column: $1 label, $2 proxy URL or "direct", $3 timeout, then
+# "name=pid" pairs whose CPU is counted. Appends a table row to $rows.
+rows=""
+declare -A mbs
+measure() {
+    local label=$1 proxy=$2 timeout=$3
+    shift 3
+    local before=() pair vals=() v failed=0 i=0 cpu_cells=""
+    download "$proxy" "$timeout" warm
+    for pair in "$@"; do before+=("$(cpu_of "${pair#*=}")"); done
     for _ in $(seq 1 "$runs"); do
-        v=$(download "$1")
-        [ "$v" = FAILED ] && { echo FAILED; return; }
+        v=$(download "$proxy" "$timeout")
+        if [ "$v" = FAILED ]; then failed=1; break; fi
         vals+=("$v")
     done
-    printf '%s\n' "${vals[@]}" | sort -n | awk -v n="${#vals[@]}" '{a[NR]=$1} END {printf "%.0f", a[int((n+1)/2)]/1e6}'
+    local median=FAILED
+    if [ "$failed" = 0 ]; then
+        median=$(printf '%s\n' "${vals[@]}" | sort -n | awk -v n="${#vals[@]}" '{a[NR]=$1} END {printf "%.0f", a[int((n+1)/2)]/1e6}')
+    fi
+    local gb
+    gb=$(awk -v n="${#vals[@]}" -v s="$size_mb" 'BEGIN { printf "%.4f", (n > 0 ? n : 1) * s / 1024 }')
+    for pair in "$@"; do
+        local after
+        after=$(cpu_of "${pair#*=}")
+        cpu_cells+="${pair%%=*} $(awk -v a="$after" -v b="${before[$i]}" -v g="$gb" 'BEGIN { printf "%.2f", (a - b) / g }'), "
+        i=$((i + 1))
+    done
+    mbs[$label]=$median
+    rows+="| $label | $median | ${cpu_cells%, } |"$'\n'
 }
 
-start_rampart plain "[inspect]
-enabled = false"
-plain=$rampart_port
-start_rampart inspect "[inspect]
+inspect_toml="[inspect]
 max_scan_size = $(( (size_mb + 50) * 1024 * 1024 ))
 [inspect.yara]
 rules = [\"$work/rules.yar\"]"
-inspect=$rampart_port
-start_rampart inspect-clamd "[inspect]
+clamd_toml="[inspect]
 max_scan_size = $(( (size_mb + 50) * 1024 * 1024 ))
 scan_timeout = \"300s\"
 hold_timeout = \"300s\"
@@ -210,34 +419,65 @@ rules = [\"$work/rules.yar\"]
 address = \"tcp:127.0.0.1:$clamd_port\"
 max_stream_size = $(( (size_mb + 50) * 1024 * 1024 ))
 io_timeout = \"300s\""
-inspect_clamd=$rampart_port
 
-declare -A mbs
-mbs[direct]=$(median_mbs direct)
-mbs[rampart]=$(median_mbs "http://127.0.0.1:$plain")
-mbs[rampart_inspect]=$(median_mbs "http://127.0.0.1:$inspect")
-mbs[rampart_inspect_clamd]=$(median_mbs "http://127.0.0.1:$inspect_clamd")
-mbs[squid_icap_clamd]=$(median_mbs "http://127.0.0.1:$squid_port")
+rampart_columns() { # binary suffix
+    local bin=$1 sfx=$2
+    start_rampart "$bin" "plain$sfx" "[inspect]
+enabled = false"
+    measure "rampart$sfx, inspection off" "http://127.0.0.1:$rampart_port" 120 "rampart=$rampart_pid"
+    mbs[off$sfx]=${mbs["rampart$sfx, inspection off"]}
+    start_rampart "$bin" "inspect$sfx" "$inspect_toml"
+    measure "rampart$sfx, type + hash + archive + $rules YARA rules" "http://127.0.0.1:$rampart_port" 120 "rampart=$rampart_pid"
+    mbs[inspect$sfx]=${mbs["rampart$sfx, type + hash + archive + $rules YARA rules"]}
+    start_rampart "$bin" "inspect-clamd$sfx" "$clamd_toml"
+    measure "rampart$sfx, the same + clamd" "http://127.0.0.1:$rampart_port" 300 "rampart=$rampart_pid" "clamd=$clamd_pid"
+    mbs[clamd$sfx]=${mbs["rampart$sfx, the same + clamd"]}
+}
 
-# Proof that each scanning path really scanned: the ICAP log has the request,
-# Rampart's access log has an inspection record.
+measure direct direct 120 "origin=${pids[0]}"
+rampart_columns "$rampart" ""
+[ -z "$rampart_base" ] || rampart_columns "$rampart_base" " (base)"
+if [ -n "$g3_pid" ]; then
+    measure "g3proxy-mitm (no AV)" "http://127.0.0.1:$g3_port" 120 "g3proxy=$g3_pid"
+fi
+squid_label=none
+if [ -n "$squid_pid" ]; then
+    squid_label="squid + c-icap virus_scan + clamd"
+    [ "$tls" != 1 ] || squid_label="squid ssl-bump + c-icap virus_scan + clamd"
+    measure "$squid_label" "http://127.0.0.1:$squid_port" "$peer_timeout" \
+        "squid=$squid_pid" "c-icap=$icap_pid" "clamd=$clamd_pid"
+fi
+
+# c-icap + clamd without Squid: the ICAP service's own rate on the same file.
+icap_direct=n/a
+if [ "$tls" != 1 ]; then
+    c0=$(cpu_of "$icap_pid"); k0=$(cpu_of "$clamd_pid")
+    t0=$(date +%s.%N)
+    c-icap-client -i 127.0.0.1 -p "$icap_port" -s avscan -f "$work/www/bulk.bin" \
+        -resp "http://127.0.0.1/bulk.bin" -o "$work/icap-out.bin" >"$work/icap-client.log" 2>&1 || true
+    t1=$(date +%s.%N)
+    c1=$(cpu_of "$icap_pid"); k1=$(cpu_of "$clamd_pid")
+    if grep -q "204\|200 OK" "$work/icap-client.log"; then
+        icap_direct=$(awk -v a="$t0" -v b="$t1" -v s="$size_mb" 'BEGIN { printf "%.0f", s * 1048576 / (b - a) / 1e6 }')
+    else
+        icap_direct=FAILED
+    fi
+    gb=$(awk -v s="$size_mb" 'BEGIN { printf "%.4f", s / 1024 }')
+    rows+="| c-icap virus_scan + clamd, no Squid (c-icap-client, one run) | $icap_direct | c-icap $(awk -v a="$c1" -v b="$c0" -v g="$gb" 'BEGIN { printf "%.2f", (a - b) / g }'), clamd $(awk -v a="$k1" -v b="$k0" -v g="$gb" 'BEGIN { printf "%.2f", (a - b) / g }') |"$'\n'
+fi
+
+# Proof that each scanning path really scanned.
 sleep 1
-icap_seen=$(grep -c avscan "$work/icap/access.log" 2>/dev/null || echo 0)
 rampart_scanned=$(grep -c '"inspection"' "$work/inspect-clamd/data/access.log" 2>/dev/null || echo 0)
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "FAILED" && b != "FAILED") printf "%.2f", a / b; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "FAILED" && b != "FAILED" && a != "n/a") printf "%.2f", a / b; else print "n/a" }'; }
 cat <<EOF
-## Inspection: bulk plain-HTTP download, ${size_mb} MiB, median of $runs (MB/s)
+## Inspection: bulk $([ "$tls" = 1 ] && echo "intercepted HTTPS" || echo "plain-HTTP") download, ${size_mb} MiB, median of $runs (MB/s; CPU s per GB over all runs)
 
-| path | MB/s |
-|---|---|
-| direct | ${mbs[direct]} |
-| rampart, inspection off | ${mbs[rampart]} |
-| rampart, type + hash + archive + $rules YARA rules | ${mbs[rampart_inspect]} |
-| rampart, the same + clamd | ${mbs[rampart_inspect_clamd]} |
-| squid + c-icap virus_scan + clamd | ${mbs[squid_icap_clamd]} |
-
-- rampart inspection / rampart without: $(ratio "${mbs[rampart_inspect]}" "${mbs[rampart]}") (target ≥ 0.6)
-- rampart + clamd / squid + c-icap + clamd: $(ratio "${mbs[rampart_inspect_clamd]}" "${mbs[squid_icap_clamd]}") (target ≥ 3)
-- scanned: c-icap access-log lines for avscan: $icap_seen; Rampart (clamd run) access-log records with inspection: $rampart_scanned
+| path | MB/s | CPU s/GB |
+|---|---|---|
+$rows
+- rampart inspection / rampart without: $(ratio "${mbs[inspect]}" "${mbs[off]}") (target ≥ 0.6)$([ -z "$rampart_base" ] || echo "; base binary: $(ratio "${mbs[inspect (base)]}" "${mbs[off (base)]}")")
+- rampart + clamd / squid + c-icap + clamd: $(ratio "${mbs[clamd]}" "${mbs[$squid_label]:-FAILED}") (target ≥ 3)$([ "$icap_direct" = n/a ] || echo "; / c-icap + clamd without Squid: $(ratio "${mbs[clamd]}" "$icap_direct")")
+- Rampart (clamd run) access-log records with an inspection: $rampart_scanned
 EOF
