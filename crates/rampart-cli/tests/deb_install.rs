@@ -368,6 +368,7 @@ fn deb_installs_into_a_fresh_root_and_the_server_unit_command_serves() {
     );
     check_installed_files(&root);
     check_units(&root);
+    check_shipped_examples(&root);
 
     // An upgrade (the same package again runs every upgrade path of the
     // scripts) keeps an edited configuration, its mode and the enabled server.
@@ -528,6 +529,41 @@ fn check_installed_files(root: &Path) {
         .arg("-dc")
         .arg(man.join("rampart-server.1.gz"))));
     assert!(server_page.contains("proxy\\-listen"), "{server_page}");
+}
+
+/// The example files under /usr/share/doc/rampart/examples parse: the
+/// gateway's and the full server file through the same loader as `rampart
+/// gateway|server` (`ca show --config` reads the whole file for its data_dir),
+/// the agent's through `agent status`.
+fn check_shipped_examples(root: &Path) {
+    let binary = root.join("usr/bin/rampart");
+    let examples = root.join("usr/share/doc/rampart/examples");
+    for file in ["gateway-local.toml", "rampart.toml"] {
+        let path = examples.join(file);
+        let out = Command::new(&binary)
+            .args(["ca", "show", "--config"])
+            .arg(&path)
+            .env_remove("RAMPART_DATA_DIR")
+            .output()
+            .expect("rampart ca show");
+        let said = text(&out);
+        // The data dir is named only once the file has loaded.
+        assert!(
+            said.contains("(data_dir of") && !said.contains("reading the data dir from"),
+            "{file} does not load: {said}"
+        );
+    }
+    let agent = text(
+        &Command::new(&binary)
+            .args(["agent", "status", "--config"])
+            .arg(examples.join("agent.toml"))
+            .output()
+            .expect("rampart agent status"),
+    );
+    assert!(
+        agent.contains("configured mode: transparent"),
+        "agent.toml does not load: {agent}"
+    );
 }
 
 /// The units pass `systemd-analyze verify` against this machine's systemd unit
