@@ -17,7 +17,9 @@
 
 use super::error::IsolationError;
 use super::readback::{compare, parse_listing, KernelState, KernelTable};
-use super::table::{refresh_sets_script, release_script, ruleset, IsolationSpec, KeepSets, TABLE};
+use super::table::{
+    refresh_sets_script, release_script, ruleset, Expected, IsolationSpec, KeepSets, TABLE,
+};
 use crate::connector::Connector;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -116,14 +118,32 @@ impl Isolator {
             return Err(IsolationError::NoKeptAddress);
         }
         let (script, expected) = ruleset(spec);
+        self.load(&script, &expected)
+    }
+
+    /// Load a batch made by [`ruleset`] (the caller may have written it elsewhere
+    /// first, e.g. the boot script), then read it back and cut flows as [`Self::apply`].
+    pub fn load(&self, script: &str, expected: &Expected) -> Result<ApplyReport, IsolationError> {
+        if expected.sets.keep4.is_empty() && expected.sets.keep6.is_empty() {
+            return Err(IsolationError::NoKeptAddress);
+        }
         let started = Instant::now();
-        self.nft_batch("load", &script)?;
+        self.nft_batch("load", script)?;
         let load_time = started.elapsed();
-        let (flows_cut, conntrack_error) = match self.cut_flows(&expected.sets) {
+        // Cutting flows and reading the table back are independent once it is
+        // loaded: run them side by side (each waits on its own child process).
+        let (cut, kernel) = std::thread::scope(|scope| {
+            let kernel = scope.spawn(|| self.read_back());
+            let cut = self.cut_flows(&expected.sets);
+            (cut, kernel.join())
+        });
+        let (flows_cut, conntrack_error) = match cut {
             Ok(n) => (n, None),
             Err(e) => (0, Some(e.to_string())),
         };
-        let state = compare(self.read_back()?.as_ref(), &expected);
+        let kernel = kernel
+            .map_err(|_| IsolationError::ReadBack("the read-back thread panicked".into()))??;
+        let state = compare(kernel.as_ref(), &expected);
         Ok(ApplyReport {
             state,
             load_time,
@@ -219,8 +239,17 @@ impl Isolator {
         cut: impl Fn(&IpAddr, &IpAddr) -> bool,
     ) -> Result<usize, IsolationError> {
         let mut pairs = BTreeSet::new();
-        for family in ["ipv4", "ipv6"] {
-            let ran = run(&self.conntrack, "conntrack", &["-L", "-f", family], None)?;
+        // Both families' listings at once: each is a child process.
+        let listings = std::thread::scope(|scope| {
+            let v6 = scope.spawn(|| run(&self.conntrack, "conntrack", &["-L", "-f", "ipv6"], None));
+            let v4 = run(&self.conntrack, "conntrack", &["-L", "-f", "ipv4"], None);
+            [("ipv4", Some(v4)), ("ipv6", v6.join().ok())]
+        });
+        for (family, ran) in listings {
+            let ran = ran.ok_or_else(|| IsolationError::Conntrack {
+                action: "list flows",
+                stderr: "the listing thread panicked".into(),
+            })??;
             if !ran.ok {
                 return Err(IsolationError::Conntrack {
                     action: "list flows",

@@ -4,6 +4,7 @@
 //! - [`rules`]: the operator's exceptions, a pf-style subset, parsed with
 //!   `FILE:LINE:COL` errors into the typed [`ast`];
 //! - [`compile`]: exceptions → nftables rules (pf's last-match order, `quick`);
+//! - [`sets`]: runs of rules of one shape folded into one rule and a named set;
 //! - [`table`]: the whole `table inet rampart_isolate` as one atomic `nft -f -` batch;
 //! - [`apply`]: load, read back, cut flows (conntrack), release, self-test;
 //! - [`readback`]: the kernel's table compared with what was applied;
@@ -21,6 +22,7 @@ mod lexer;
 pub mod lookup;
 pub mod readback;
 pub mod rules;
+pub mod sets;
 pub mod state;
 pub mod table;
 
@@ -68,3 +70,5 @@ pub fn preview(exceptions: Vec<ExceptionRule>) -> String {
 mod tests_compile;
 #[cfg(test)]
 mod tests_rules;
+#[cfg(test)]
+mod tests_sets;

@@ -7,6 +7,7 @@ use super::table::{Expected, KeepSets, FINGERPRINT_PREFIX, TABLE};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::net::IpAddr;
 
 /// One base chain as the kernel reports it.
@@ -129,6 +130,14 @@ fn element_text(v: &Value) -> String {
     if let Some(inner) = v.get("elem").and_then(|e| e.get("val")) {
         return element_text(inner);
     }
+    // A concatenation (`addr . port`), as the batch writes it.
+    if let Some(parts) = v.get("concat").and_then(Value::as_array) {
+        return parts
+            .iter()
+            .map(element_text)
+            .collect::<Vec<_>>()
+            .join(" . ");
+    }
     v.to_string()
 }
 
@@ -201,9 +210,51 @@ pub fn compare(kernel: Option<&KernelTable>, expected: &Expected) -> KernelState
             Some(_) => {}
         }
     }
+    for (name, want) in &expected.exception_sets {
+        match kernel.sets.get(name) {
+            None => reasons.push(format!("exception set {name} is missing")),
+            Some(have) if have != want => reasons.push(set_difference(name, have, want)),
+            Some(_) => {}
+        }
+    }
     if reasons.is_empty() {
         KernelState::Isolated
     } else {
         KernelState::Drift { reasons }
     }
+}
+
+/// How an exception set differs, briefly: it may hold thousands of elements.
+fn set_difference(name: &str, have: &[String], want: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let missing: Vec<&str> = want
+        .iter()
+        .filter(|e| have.binary_search(e).is_err())
+        .map(String::as_str)
+        .collect();
+    let extra: Vec<&str> = have
+        .iter()
+        .filter(|e| want.binary_search(e).is_err())
+        .map(String::as_str)
+        .collect();
+    let list = |v: &[&str]| {
+        let shown = v.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
+        if v.len() > SHOWN {
+            format!("{shown}, ... ({} in all)", v.len())
+        } else {
+            shown
+        }
+    };
+    let mut text = format!(
+        "exception set {name} holds {} elements, expected {}",
+        have.len(),
+        want.len()
+    );
+    if !missing.is_empty() {
+        let _ = write!(text, "; missing [{}]", list(&missing));
+    }
+    if !extra.is_empty() {
+        let _ = write!(text, "; unexpected [{}]", list(&extra));
+    }
+    text
 }

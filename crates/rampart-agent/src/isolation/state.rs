@@ -1,11 +1,17 @@
 //! `<data dir>/isolation.json`: the desired isolation state, written before the kernel
 //! is touched, so an agent that crashes mid-way, is killed or the host that reboots
 //! re-applies it at start ([`reapply_at_start`]), before anything is steered.
+//!
+//! `<data dir>/isolation.nft`: while isolation is wanted, the very batch the agent
+//! loads, kept for boot. The kernel forgets the table at a reboot; a oneshot unit
+//! ordered before `network-pre.target` runs `nft -f <data dir>/isolation.nft`, so the
+//! device comes up isolated before any interface is configured and before the agent
+//! (which needs the network) starts. Release deletes the file before the table.
 
 use super::apply::{ApplyReport, Isolator};
 use super::error::IsolationError;
 use super::readback::KernelState;
-use super::table::IsolationSpec;
+use super::table::{ruleset, IsolationSpec};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -84,6 +90,58 @@ pub fn state_path(data_dir: &Path) -> PathBuf {
     data_dir.join("isolation.json")
 }
 
+/// The batch loaded at boot while isolation is wanted (see the module doc).
+pub fn boot_script_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("isolation.nft")
+}
+
+/// The first lines of the boot script: what it is and who reads it.
+const BOOT_SCRIPT_HEADER: &str = "#!/usr/sbin/nft -f\n\
+# Written by the Rampart agent while this device is isolated; deleted on release.\n\
+# Loaded at boot before the network comes up (`nft -f` this file): see\n\
+# docs/isolation.md, \"At boot\". Do not edit: the agent rewrites it.\n";
+
+/// Write the boot script: a temporary file renamed over the old one, so `nft -f` at
+/// boot reads a whole batch or the previous one, never half of one. Not synced on
+/// its own: [`save`], which always follows, syncs the directory, and an agent start
+/// re-applies `isolation.json` anyway (the file only closes the window before it).
+fn write_boot_script(data_dir: &Path, script: &str) -> Result<(), IsolationError> {
+    let path = boot_script_path(data_dir);
+    let tmp = data_dir.join(".isolation.nft.tmp");
+    std::fs::create_dir_all(data_dir).map_err(|source| IsolationError::StateIo {
+        action: "create the directory of",
+        path: path.clone(),
+        source,
+    })?;
+    let mut text = String::with_capacity(BOOT_SCRIPT_HEADER.len() + script.len());
+    text.push_str(BOOT_SCRIPT_HEADER);
+    text.push_str(script);
+    std::fs::write(&tmp, text).map_err(|source| IsolationError::StateIo {
+        action: "write",
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, &path).map_err(|source| IsolationError::StateIo {
+        action: "replace",
+        path,
+        source,
+    })
+}
+
+/// Delete the boot script; fine when there is none.
+fn remove_boot_script(data_dir: &Path) -> Result<(), IsolationError> {
+    let path = boot_script_path(data_dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(IsolationError::StateIo {
+            action: "delete",
+            path,
+            source,
+        }),
+    }
+}
+
 /// The persisted state, `None` if there is none.
 pub fn load(data_dir: &Path) -> Result<Option<IsolationState>, IsolationError> {
     let path = state_path(data_dir);
@@ -148,9 +206,11 @@ pub fn isolate(
     if spec.server_addrs.is_empty() && spec.gateway_addrs.is_empty() {
         return Err(IsolationError::NoKeptAddress);
     }
-    let state = IsolationState::new(Desired::Isolated { spec: spec.clone() }, reason);
+    let (script, expected) = ruleset(&spec);
+    write_boot_script(data_dir, &script)?;
+    let state = IsolationState::new(Desired::Isolated { spec }, reason);
     save(data_dir, &state)?;
-    isolator.apply(&spec)
+    isolator.load(&script, &expected)
 }
 
 /// The same isolation with other addresses (a kept name resolves differently): the
@@ -181,6 +241,8 @@ pub fn refresh(
         return Err(IsolationError::NoKeptAddress);
     }
     let dropped = old_spec.kept_addresses_dropped_by(&spec);
+    // The boot script carries the new addresses too.
+    write_boot_script(data_dir, &ruleset(&spec).0)?;
     save(
         data_dir,
         &IsolationState {
@@ -199,6 +261,7 @@ pub fn release(
     reason: Option<String>,
 ) -> Result<IsolationStatus, IsolationError> {
     save(data_dir, &IsolationState::new(Desired::Released, reason))?;
+    remove_boot_script(data_dir)?;
     isolator.release()?;
     status(data_dir, isolator)
 }
@@ -243,6 +306,11 @@ pub fn reapply_at_start(
     };
     match &state.desired {
         Desired::Isolated { spec } => {
+            // A state written by an agent without boot scripts, or a file lost: the
+            // next boot must find it. Best effort: re-applying matters more.
+            if let Err(err) = write_boot_script(data_dir, &ruleset(spec).0) {
+                tracing::warn!(%err, "cannot write the isolation boot script");
+            }
             let found = isolator.kernel_state(spec)?;
             let applied = match found {
                 KernelState::Isolated => None,
@@ -260,6 +328,9 @@ pub fn reapply_at_start(
             }))
         }
         Desired::Released => {
+            if let Err(err) = remove_boot_script(data_dir) {
+                tracing::warn!(%err, "cannot delete the isolation boot script");
+            }
             let present = isolator.read_back()?.is_some();
             if present {
                 isolator.release()?;

@@ -10,6 +10,7 @@
 
 use super::ast::ExceptionRule;
 use super::compile::{compile, CompiledExceptions};
+use super::sets::{fold, ExceptionSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt::Write;
@@ -120,11 +121,12 @@ impl KeepSets {
     }
 }
 
-/// The rules of each chain, before rendering.
+/// The rules of each chain, and the named sets the folded exception rules use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chains {
     pub input: Vec<String>,
     pub output: Vec<String>,
+    pub sets: Vec<ExceptionSet>,
 }
 
 impl Chains {
@@ -163,8 +165,9 @@ impl Chains {
             "ip6 daddr @dns6 meta l4proto { tcp, udp } th dport 53 accept comment \"DNS\"".to_string(),
             "ct state related meta l4proto { icmp, ipv6-icmp } accept".to_string(),
         ];
-        input.extend(input_replies);
-        output.extend(output_replies);
+        let mut sets = Vec::new();
+        input.extend(fold(&input_replies, "in", &mut sets));
+        output.extend(fold(&output_replies, "out", &mut sets));
         // A TCP flow that conntrack picks up mid-stream (its entry was deleted when
         // isolation began) is `new` without SYN: refuse it, so a cut connection cannot
         // come back through an exception. Kept addresses are accepted above, so the
@@ -172,13 +175,17 @@ impl Chains {
         let syn_only = "ct state new tcp flags & (fin | syn | rst | ack) != syn drop".to_string();
         input.push(syn_only.clone());
         output.push(syn_only);
-        input.extend(input_decisions);
-        output.extend(output_decisions);
-        Chains { input, output }
+        input.extend(fold(&input_decisions, "in", &mut sets));
+        output.extend(fold(&output_decisions, "out", &mut sets));
+        Chains {
+            input,
+            output,
+            sets,
+        }
     }
 
-    /// A hash of every rule: equal fingerprints mean the same rules, whatever the
-    /// sets contain.
+    /// A hash of every rule and of the exception sets' elements: equal fingerprints
+    /// mean the same rules, whatever the kept-address sets contain.
     pub fn fingerprint(&self) -> String {
         let mut hash = Sha256::new();
         for (chain, rules) in [("input", &self.input), ("output", &self.output)] {
@@ -186,6 +193,14 @@ impl Chains {
             for rule in rules {
                 hash.update(b"\n");
                 hash.update(rule.as_bytes());
+            }
+            hash.update(b"\n\n");
+        }
+        for set in &self.sets {
+            hash.update(format!("set {} {}", set.name, set.kind).as_bytes());
+            for element in &set.elements {
+                hash.update(b"\n");
+                hash.update(element.as_bytes());
             }
             hash.update(b"\n\n");
         }
@@ -206,6 +221,8 @@ pub struct Expected {
     pub output_rules: usize,
     pub forward_rules: usize,
     pub sets: KeepSets,
+    /// The exception sets by name, elements sorted as the read-back sorts them.
+    pub exception_sets: Vec<(String, Vec<String>)>,
 }
 
 /// The complete batch for `nft -f -`, and what it should leave in the kernel.
@@ -213,7 +230,10 @@ pub fn ruleset(spec: &IsolationSpec) -> (String, Expected) {
     let chains = Chains::build(&spec.exceptions);
     let sets = KeepSets::from_spec(spec);
     let fingerprint = chains.fingerprint();
-    let mut t = String::with_capacity(256 + 120 * (chains.input.len() + chains.output.len()));
+    let elements: usize = chains.sets.iter().map(|s| s.elements.len()).sum();
+    let mut t = String::with_capacity(
+        2048 + 120 * (chains.input.len() + chains.output.len()) + 40 * elements,
+    );
     let _ = writeln!(t, "table inet {TABLE} {{}}");
     let _ = writeln!(t, "delete table inet {TABLE}");
     let _ = writeln!(t, "table inet {TABLE} {{");
@@ -227,6 +247,17 @@ pub fn ruleset(spec: &IsolationSpec) -> (String, Expected) {
             let _ = write!(t, " elements = {{ {} }};", join(elements));
         }
         let _ = writeln!(t, " }}");
+    }
+    for set in &chains.sets {
+        // Elements never overlap (see `sets`), so no `auto-merge`: the kernel keeps
+        // exactly these elements and the read-back can compare them one by one.
+        let _ = writeln!(
+            t,
+            "\tset {} {{ type {}; flags interval; elements = {{ {} }}; }}",
+            set.name,
+            set.kind,
+            set.elements.join(", ")
+        );
     }
     for (name, rules) in [("input", &chains.input), ("output", &chains.output)] {
         let _ = writeln!(t, "\tchain {name} {{");
@@ -253,12 +284,22 @@ pub fn ruleset(spec: &IsolationSpec) -> (String, Expected) {
         "\tchain forward {{\n\t\ttype filter hook forward priority {PRIORITY}; policy drop;\n\t}}"
     );
     let _ = writeln!(t, "}}");
+    let exception_sets = chains
+        .sets
+        .iter()
+        .map(|set| {
+            let mut elements = set.elements.clone();
+            elements.sort();
+            (set.name.clone(), elements)
+        })
+        .collect();
     let expected = Expected {
         fingerprint,
         input_rules: chains.input.len(),
         output_rules: chains.output.len(),
         forward_rules: 0,
         sets,
+        exception_sets,
     };
     (t, expected)
 }
