@@ -891,6 +891,23 @@ fn containerfile_copies_existing_paths_and_its_command_serves_with_its_config() 
         }
     }
     let config_in_image = config_in_image.expect("no COPY of /etc/rampart/rampart.toml");
+    // The build context leaves out the target dir (gigabytes) and nothing the
+    // COPY lines need.
+    let ignore = fs::read_to_string(repo.join(".dockerignore")).expect(".dockerignore");
+    let ignored: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(ignored.contains(&"target/"), "{ignored:?}");
+    for needed in ["Cargo.toml", "Cargo.lock", "crates/", "packaging/"] {
+        assert!(
+            !ignored
+                .iter()
+                .any(|pattern| needed.starts_with(pattern.trim_end_matches('*'))),
+            ".dockerignore leaves out {needed}"
+        );
+    }
     let build_stage = &instructions[..runtime_start];
     assert!(
         build_stage.contains(&("WORKDIR".to_owned(), "/src".to_owned())),
