@@ -113,11 +113,17 @@ impl<'a> Walk<'a> {
     /// Scans one complete object held in `spool`.
     pub(crate) fn scan_object(&mut self, path: &str, spool: &Spool, sha256: &[u8; 32], depth: u32) {
         let head = spool.head(ISO_SNIFF_LEN).unwrap_or_default();
+        // A streamed body whose spool holds only its start: its full length.
+        let kept = if depth == 0 {
+            self.streamed.kept.take()
+        } else {
+            None
+        };
         let obj = Object {
             path,
             file_type: sniff(&head),
             sha256: hex::encode(sha256),
-            size: spool.len(),
+            size: kept.unwrap_or_else(|| spool.len()),
         };
         // 1. Archives.
         if obj.file_type.is_archive() && !self.stopped {

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clamd::{ClamdError, ClamdStream, ClamdVerdict};
 use crate::error::InspectError;
-use crate::file_type::{sniff, ISO_SNIFF_LEN};
+use crate::file_type::{sniff, FileType, ISO_SNIFF_LEN};
 use crate::inspector::Inner;
 use crate::scanner::Walk;
 use crate::spool::Spool;
@@ -110,6 +110,12 @@ struct Intake {
     clamd: ClamdFeed,
     /// Time spent sending to clamd while streaming.
     clamd_time: Duration,
+    /// False once a streaming body is known to need no second look at its
+    /// bytes (see [`Intake::decide_spooling`]): the rest is hashed and sent
+    /// to clamd but not written to the spool.
+    spooling: bool,
+    /// Bytes kept for the scan but not spooled (counted as kept).
+    unspooled: u64,
 }
 
 /// The state of a streamed clamd scan of the top-level body.
@@ -138,6 +144,9 @@ pub(crate) enum ClamdOutcome {
 pub(crate) struct Streamed {
     pub(crate) legacy: Option<([u8; 16], [u8; 20])>,
     pub(crate) clamd: Option<ClamdOutcome>,
+    /// The body's kept length when its spool holds only its start (the
+    /// rest needed no second look).
+    pub(crate) kept: Option<u64>,
 }
 
 impl Intake {
@@ -156,6 +165,8 @@ impl Intake {
             spool_error: None,
             clamd: ClamdFeed::Off,
             clamd_time: Duration::ZERO,
+            spooling: true,
+            unspooled: 0,
         }
     }
 
@@ -171,9 +182,11 @@ impl Intake {
             return Ok(());
         }
         let max = self.inner.config.max_scan_size;
-        let room = max.saturating_sub(self.spool.len());
+        let room = max.saturating_sub(self.kept());
         let keep = &chunk[..chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
-        if let Err(e) = self.spool.write(keep) {
+        if !self.spooling {
+            self.unspooled += keep.len() as u64;
+        } else if let Err(e) = self.spool.write(keep) {
             self.spool_error = Some(e.to_string());
             return Err(InspectError::Spool(e));
         }
@@ -184,6 +197,43 @@ impl Intake {
         }
         self.send_to_clamd(keep);
         Ok(())
+    }
+
+    /// Bytes kept for the scan (spooled or not), at most `max_scan_size`.
+    fn kept(&self) -> u64 {
+        self.spool.len() + self.unspooled
+    }
+
+    /// Whether the rest of a streaming body needs its spool: only the
+    /// engines that read the body again at the end do (the archive walk,
+    /// the encryption checks of Office and PDF files, YARA, DLP on a textual
+    /// body). Hashes and clamd take the bytes as they pass, and the type
+    /// comes from the start, which is already spooled. A body whose start
+    /// is shorter than the type sniff needs keeps spooling.
+    fn decide_spooling(&mut self, direction: Direction) {
+        let Ok(head) = self.spool.head(ISO_SNIFF_LEN) else {
+            return;
+        };
+        if head.len() < ISO_SNIFF_LEN {
+            return;
+        }
+        let file_type = sniff(&head);
+        let textual = matches!(
+            file_type,
+            FileType::Text | FileType::Html | FileType::Script | FileType::Unknown
+        );
+        let dlp_wanted = !self.inner.dlp.is_empty()
+            && textual
+            && (direction == Direction::Upload || self.inner.config.dlp.downloads);
+        #[cfg(feature = "yara")]
+        let yara = self.inner.yara.is_some();
+        #[cfg(not(feature = "yara"))]
+        let yara = false;
+        let reread = file_type.is_archive()
+            || matches!(file_type, FileType::Ole | FileType::Pdf)
+            || yara
+            || dlp_wanted;
+        self.spooling = reread;
     }
 
     /// Opens the streamed clamd scan and sends what was kept so far (the
@@ -251,7 +301,11 @@ impl Intake {
                 Err(e) => ClamdOutcome::Verdict(Err(e)),
             }),
         };
-        Streamed { legacy, clamd }
+        Streamed {
+            legacy,
+            clamd,
+            kept: (!self.spooling).then(|| self.kept()),
+        }
     }
 }
 
@@ -293,7 +347,8 @@ impl Queue {
 
 /// The background thread: takes every queued chunk, then returns the
 /// intake for the end of the scan.
-fn run_intake(mut intake: Intake, queue: Arc<Queue>) -> Intake {
+fn run_intake(mut intake: Intake, queue: Arc<Queue>, direction: Direction) -> Intake {
+    intake.decide_spooling(direction);
     intake.open_clamd();
     loop {
         let chunk = {
@@ -391,6 +446,7 @@ impl ScanSession {
         // The intake is handed over once the thread runs: if it cannot be
         // started, the intake is still here and the session stays inline.
         let (hand_over, received) = std::sync::mpsc::sync_channel::<Intake>(1);
+        let direction = self.context.direction;
         let thread_queue = queue.clone();
         let spawned = std::thread::Builder::new()
             .name("rampart-scan".into())
@@ -398,7 +454,7 @@ impl ScanSession {
                 received
                     .recv()
                     .ok()
-                    .map(|intake| run_intake(intake, thread_queue))
+                    .map(|intake| run_intake(intake, thread_queue, direction))
             });
         self.intake = match spawned {
             Ok(thread) => match hand_over.send(*intake) {

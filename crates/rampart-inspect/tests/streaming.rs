@@ -179,3 +179,26 @@ fn poll_ready_waits_while_the_queue_is_full_and_wakes_when_it_drains() {
     assert_eq!(session.poll_ready(&mut cx), Poll::Ready(()));
     assert_eq!(session.finish().verdict, Verdict::Clean);
 }
+
+#[test]
+fn a_streamed_body_keeps_its_spool_only_when_an_engine_reads_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let insp = inspector(dir.path(), |c| c.memory_threshold = 64 * 1024);
+    // Noise: typed from its start, hashed as it passes, not spooled past it.
+    let noise_body = noise(5 * 1024 * 1024 + 3);
+    let report = streamed(&insp, "n.bin", &noise_body, 64 * 1024, 32 * 1024);
+    let inline = insp.scan_bytes(ScanContext::download(), &noise_body);
+    assert_eq!(report.verdict, Verdict::Clean, "{report:#?}");
+    assert_eq!(report.size, inline.size);
+    assert_eq!(report.sha256, inline.sha256);
+
+    // A PDF is read again at the end (/Encrypt): it keeps spooling.
+    let mut pdf = b"%PDF-1.7\n".to_vec();
+    pdf.extend_from_slice(&vec![b' '; 3 * 1024 * 1024]);
+    pdf.extend_from_slice(b"\ntrailer\n<< /Root 1 0 R /Encrypt 5 0 R >>\n%%EOF\n");
+    let inline = insp.scan_bytes(ScanContext::download(), &pdf);
+    assert_eq!(inline.verdict, Verdict::Encrypted, "{inline:#?}");
+    let report = streamed(&insp, "e.pdf", &pdf, 64 * 1024, 16 * 1024);
+    assert_eq!(report.verdict, Verdict::Encrypted, "{report:#?}");
+    assert_eq!(report.size, pdf.len() as u64);
+}
