@@ -2,56 +2,20 @@
 //! allowed request, a blocked one and an alert, found with `rampart events
 //! search` and through the API with the admin token.
 
+#[path = "console/common.rs"]
+mod common;
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
 use support::origin::Origin;
-use support::{curl, eventually, Rampart};
-
-const POLICY: &str = r#"
-[lists]
-blocked = ["blocked.test"]
-watched = ["watched.test"]
-
-[[access]]
-id = "block-list"
-name = "blocked hosts"
-when = { lists = ["blocked"] }
-action = "block"
-
-[[access]]
-id = "watch-list"
-name = "watched hosts"
-when = { lists = ["watched"] }
-action = "alert"
-"#;
 
 #[test]
 fn allowed_blocked_and_alerted_requests_are_events_in_the_store_and_api() {
     let origin = Origin::start();
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let gw = Rampart::start(&format!(
-        "policy = {:?}\n[proxy]\nallow_loopback_destinations = true\n[resolve]\n\"ok.test\" = \"127.0.0.1\"\n\"blocked.test\" = \"127.0.0.1\"\n\"watched.test\" = \"127.0.0.1\"\n",
-        policy.display().to_string()
-    ));
-    let port = origin.port();
-    for host in ["ok.test", "blocked.test", "watched.test"] {
-        curl(&gw.proxy_url(), &[&format!("http://{host}:{port}/hello")]);
-    }
-
-    // Durable within about a second of the flow's end (group commit).
-    assert!(
-        eventually(Duration::from_secs(10), || gw
-            .search_events("", "json")
-            .len()
-            >= 4),
-        "events: {:?}",
-        gw.search_events("", "json")
-    );
+    // Waits until the three requests are durable in the store.
+    let gw = common::events_server(&origin, dir.path(), None);
     let blocked = gw.search_events("action = block", "json");
     assert_eq!(blocked.len(), 1, "{blocked:?}");
     assert_eq!(blocked[0]["host"], "blocked.test");

@@ -4,7 +4,7 @@
 //! client with a cookie jar.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -32,6 +32,47 @@ action = "alert"
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 pub const ANALYST_PASSWORD: &str = "analyst-password-1";
 
+/// A server with [`POLICY`] (and `[policy] tests` naming a cases file of `cases`,
+/// `dir/cases.toml`) whose store holds an allowed request to `ok.test`, one blocked
+/// (`blocked.test`) and one alerted (`watched.test`), made with curl through its
+/// proxy to `origin`.
+pub fn events_server(origin: &Origin, dir: &Path, cases: Option<&str>) -> Rampart {
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let policy_toml = match cases {
+        None => format!("policy = {:?}\n", policy.display().to_string()),
+        Some(cases) => {
+            let path = dir.join("cases.toml");
+            std::fs::write(&path, cases).expect("write cases");
+            format!(
+                "[policy]\nfile = {:?}\ntests = {:?}\n",
+                policy.display().to_string(),
+                path.display().to_string()
+            )
+        }
+    };
+    let server = Rampart::start(&format!(
+        "{policy_toml}[proxy]\nallow_loopback_destinations = true\n[resolve]\n\"ok.test\" = \"127.0.0.1\"\n\"blocked.test\" = \"127.0.0.1\"\n\"watched.test\" = \"127.0.0.1\"\n",
+    ));
+    let port = origin.port();
+    for host in ["ok.test", "blocked.test", "watched.test"] {
+        curl(
+            &server.proxy_url(),
+            &[&format!("http://{host}:{port}/hello")],
+        );
+    }
+    // Durable within about a second of the flow's end (group commit).
+    assert!(
+        eventually(Duration::from_secs(10), || server
+            .search_events("", "json")
+            .len()
+            >= 4),
+        "the proxied requests never reached the store: {:?}",
+        server.search_events("", "json")
+    );
+    server
+}
+
 /// A server whose store holds an allowed, a blocked and an alerted request
 /// (made with curl through its proxy), and an admin and an analyst.
 pub struct Console {
@@ -50,38 +91,7 @@ impl Console {
     pub fn start_with_tests(cases: Option<&str>) -> Console {
         let origin = Origin::start();
         let dir = tempfile::tempdir().expect("tempdir");
-        let policy = dir.path().join("policy.toml");
-        std::fs::write(&policy, POLICY).expect("write policy");
-        let policy_toml = match cases {
-            None => format!("policy = {:?}\n", policy.display().to_string()),
-            Some(cases) => {
-                let path = dir.path().join("cases.toml");
-                std::fs::write(&path, cases).expect("write cases");
-                format!(
-                    "[policy]\nfile = {:?}\ntests = {:?}\n",
-                    policy.display().to_string(),
-                    path.display().to_string()
-                )
-            }
-        };
-        let server = Rampart::start(&format!(
-            "{policy_toml}[proxy]\nallow_loopback_destinations = true\n[resolve]\n\"ok.test\" = \"127.0.0.1\"\n\"blocked.test\" = \"127.0.0.1\"\n\"watched.test\" = \"127.0.0.1\"\n",
-        ));
-        let port = origin.port();
-        for host in ["ok.test", "blocked.test", "watched.test"] {
-            curl(
-                &server.proxy_url(),
-                &[&format!("http://{host}:{port}/hello")],
-            );
-        }
-        assert!(
-            eventually(Duration::from_secs(10), || server
-                .search_events("", "json")
-                .len()
-                >= 4),
-            "the proxied requests never reached the store: {:?}",
-            server.search_events("", "json")
-        );
+        let server = events_server(&origin, dir.path(), cases);
         let console = Console {
             server,
             _origin: origin,
