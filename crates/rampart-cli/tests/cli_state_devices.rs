@@ -32,7 +32,8 @@ fn rampart_elsewhere(args: &[&str], env: &[(&str, &str)]) -> (bool, String, Stri
 
 /// The device's `last_seen` as `device list --config --json` shows it.
 fn last_seen(config: &str, device: &str) -> String {
-    let (ok, stdout, stderr) = rampart_elsewhere(&["device", "list", "--json", "--config", config], &[]);
+    let (ok, stdout, stderr) =
+        rampart_elsewhere(&["device", "list", "--json", "--config", config], &[]);
     assert!(ok, "{stderr}");
     let devices: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("device list JSON");
     devices
@@ -77,9 +78,18 @@ fn last_seen_moves_while_the_agent_tunnels_and_stops_when_it_stops() {
     // The table shows the same time in LAST SEEN.
     let (ok, table, stderr) = rampart_elsewhere(&["device", "list", "--config", &config], &[]);
     assert!(ok, "{stderr}");
-    assert!(table.lines().next().unwrap_or_default().contains("LAST SEEN"), "{table}");
     assert!(
-        table.lines().any(|l| l.starts_with(&device) && l.contains(&now[..16])),
+        table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("LAST SEEN"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&device) && l.contains(&now[..16])),
         "{now} not in LAST SEEN:\n{table}"
     );
 
@@ -88,7 +98,11 @@ fn last_seen_moves_while_the_agent_tunnels_and_stops_when_it_stops() {
     std::thread::sleep(Duration::from_secs(3));
     let stopped = last_seen(&config, &device);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(last_seen(&config, &device), stopped, "last_seen moved without a tunnel");
+    assert_eq!(
+        last_seen(&config, &device),
+        stopped,
+        "last_seen moved without a tunnel"
+    );
 }
 
 #[test]
@@ -113,7 +127,11 @@ fn every_local_state_command_names_the_data_dir_it_uses() {
         &["user", "list"],
     ];
     for command in commands {
-        let with_config: Vec<&str> = command.iter().copied().chain(["--config", &config_arg]).collect();
+        let with_config: Vec<&str> = command
+            .iter()
+            .copied()
+            .chain(["--config", &config_arg])
+            .collect();
         let (ok, _, stderr) = rampart_elsewhere(&with_config, &[]);
         assert!(ok, "{command:?} --config: {stderr}");
         assert!(
@@ -122,7 +140,10 @@ fn every_local_state_command_names_the_data_dir_it_uses() {
         );
         let (ok, _, stderr) = rampart_elsewhere(command, &[("RAMPART_CONFIG", &config_arg)]);
         assert!(ok, "{command:?} with RAMPART_CONFIG: {stderr}");
-        assert!(stderr.contains(&format!("data dir {data_arg}")), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("data dir {data_arg}")),
+            "{command:?}: {stderr}"
+        );
         let (ok, _, stderr) = rampart_elsewhere(command, &[("RAMPART_DATA_DIR", &data_arg)]);
         assert!(ok, "{command:?} with RAMPART_DATA_DIR: {stderr}");
         assert!(
@@ -131,7 +152,10 @@ fn every_local_state_command_names_the_data_dir_it_uses() {
         );
     }
     // events read the same directory: no store there yet, and the error names it.
-    let (ok, _, stderr) = rampart_elsewhere(&["events", "search", "host = a", "--config", &config_arg], &[]);
+    let (ok, _, stderr) = rampart_elsewhere(
+        &["events", "search", "host = a", "--config", &config_arg],
+        &[],
+    );
     assert!(!ok);
     assert!(
         stderr.contains(&format!("data dir {data_arg} (data_dir of {config_arg})"))

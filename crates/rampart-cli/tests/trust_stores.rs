@@ -132,12 +132,22 @@ fn nss_install_adds_the_ca_for_tls_and_remove_restores_the_database() {
     let db_arg = db.to_str().expect("utf-8");
     let data_arg = data.to_str().expect("utf-8");
     let out = ok(rampart(&[
-        "trust", "install", "--nss-db", db_arg, "--data-dir", data_arg,
+        "trust",
+        "install",
+        "--nss-db",
+        db_arg,
+        "--data-dir",
+        data_arg,
     ]));
     assert!(out.contains("added rampart-gateway-ca"), "{out}");
     // Installing again replaces the entry instead of adding a second one.
     ok(rampart(&[
-        "trust", "install", "--nss-db", db_arg, "--data-dir", data_arg,
+        "trust",
+        "install",
+        "--nss-db",
+        db_arg,
+        "--data-dir",
+        data_arg,
     ]));
 
     let listing = ok(certutil(&db, &["-L"]));
@@ -152,13 +162,20 @@ fn nss_install_adds_the_ca_for_tls_and_remove_restores_the_database() {
     let stored = ok(certutil(&db, &["-L", "-a", "-n", "rampart-gateway-ca"]));
     let ca_pem = std::fs::read_to_string(data.join("ca.pem")).expect("ca.pem");
     assert_eq!(pem_body(&stored), pem_body(&ca_pem));
-    let valid = ok(certutil(&db, &["-V", "-u", "L", "-n", "rampart-gateway-ca"]));
+    let valid = ok(certutil(
+        &db,
+        &["-V", "-u", "L", "-n", "rampart-gateway-ca"],
+    ));
     assert!(valid.contains("certificate is valid"), "{valid}");
 
-    let out = ok(rampart(&["trust", "install", "--remove", "--nss-db", db_arg]));
+    let out = ok(rampart(&[
+        "trust", "install", "--remove", "--nss-db", db_arg,
+    ]));
     assert!(out.contains("removed rampart-gateway-ca"), "{out}");
     assert_eq!(nss_snapshot(&db), before);
-    let out = ok(rampart(&["trust", "install", "--remove", "--nss-db", db_arg]));
+    let out = ok(rampart(&[
+        "trust", "install", "--remove", "--nss-db", db_arg,
+    ]));
     assert!(out.contains("no Rampart CA there"), "{out}");
     assert_eq!(nss_snapshot(&db), before);
 }
@@ -252,7 +269,9 @@ fn java_keystore_gets_the_ca_as_a_trusted_entry_and_remove_restores_the_list() {
     let listed = keytool_list(&keystore, "s3cret-store");
     let entry = listed
         .lines()
-        .position(|l| l.starts_with("rampart-gateway-ca,") && l.trim_end().ends_with("trustedCertEntry,"))
+        .position(|l| {
+            l.starts_with("rampart-gateway-ca,") && l.trim_end().ends_with("trustedCertEntry,")
+        })
         .unwrap_or_else(|| panic!("no trusted rampart-gateway-ca entry:\n{listed}"));
     // keytool prints the SHA-256 fingerprint on the next line, as `ca show` does.
     let fingerprint = listed.lines().nth(entry + 1).expect("fingerprint line");
@@ -264,7 +283,10 @@ fn java_keystore_gets_the_ca_as_a_trusted_entry_and_remove_restores_the_list() {
     ]));
     let ours = shown
         .lines()
-        .find_map(|l| l.split_once("sha256").map(|(_, f)| f.trim_start_matches(':').trim().to_string()))
+        .find_map(|l| {
+            l.split_once("sha256")
+                .map(|(_, f)| f.trim_start_matches(':').trim().to_string())
+        })
         .or_else(|| {
             shown
                 .lines()
@@ -368,11 +390,17 @@ fn node_and_cargo_pass_trust_verify_through_an_intercepting_rampart_only_after_t
     };
     let before = verify("untrusted");
     for tool in ["node", "cargo"] {
-        assert!(before.contains(&format!("{tool:<16} FAIL")), "{tool}: {before}");
+        assert!(
+            before.contains(&format!("{tool:<16} FAIL")),
+            "{tool}: {before}"
+        );
     }
     let after = verify("trusted");
     for tool in ["node", "cargo"] {
-        assert!(after.contains(&format!("{tool:<16} pass")), "{tool}: {after}");
+        assert!(
+            after.contains(&format!("{tool:<16} pass")),
+            "{tool}: {after}"
+        );
     }
     // Both went through the gateway and were decrypted there: the origin's own
     // certificate (from a CA only the gateway trusts) was never what they verified.
@@ -381,9 +409,11 @@ fn node_and_cargo_pass_trust_verify_through_an_intercepting_rampart_only_after_t
             .as_str()
             .is_some_and(|t| t.starts_with(&url) && t.ends_with("/config.json"))
     });
-    assert_eq!(cargo_request["tls"]["decision"], "decrypt", "{cargo_request}");
-    let node_request = gw.find_record(|r| {
-        r["target"].as_str() == Some(url.as_str()) && r["method"] == "GET"
-    });
+    assert_eq!(
+        cargo_request["tls"]["decision"], "decrypt",
+        "{cargo_request}"
+    );
+    let node_request =
+        gw.find_record(|r| r["target"].as_str() == Some(url.as_str()) && r["method"] == "GET");
     assert_eq!(node_request["tls"]["decision"], "decrypt", "{node_request}");
 }

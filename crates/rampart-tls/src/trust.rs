@@ -234,10 +234,9 @@ pub fn unset_script(shell: Shell) -> String {
         let line = match shell {
             Shell::Sh => format!("unset {}", var.name),
             Shell::Fish => format!("set -e {}", var.name),
-            Shell::Powershell => format!(
-                "Remove-Item Env:{} -ErrorAction SilentlyContinue",
-                var.name
-            ),
+            Shell::Powershell => {
+                format!("Remove-Item Env:{} -ErrorAction SilentlyContinue", var.name)
+            }
         };
         out.push_str(&format!("{line:<72} # {}\n", var.tools));
     }
@@ -376,7 +375,11 @@ mod tests {
         let set = env_script(Shell::Sh, Path::new("/b.pem"), Path::new("/c.pem"));
         let unset = unset_script(Shell::Sh);
         for var in TRUST_VARIABLES {
-            assert!(set.contains(&format!("export {}=", var.name)), "{}", var.name);
+            assert!(
+                set.contains(&format!("export {}=", var.name)),
+                "{}",
+                var.name
+            );
             assert!(unset.contains(&format!("unset {}", var.name)), "{unset}");
         }
         assert!(unset_script(Shell::Fish).contains("set -e PIP_CERT"));

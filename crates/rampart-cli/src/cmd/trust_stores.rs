@@ -174,7 +174,13 @@ impl JavaKeystore {
             let alias = entry_name(i);
             let mut command = self.command();
             // No -file: keytool reads the certificate from standard input.
-            command.args(["-importcert", "-noprompt", "-trustcacerts", "-alias", &alias]);
+            command.args([
+                "-importcert",
+                "-noprompt",
+                "-trustcacerts",
+                "-alias",
+                &alias,
+            ]);
             self.store_args(&mut command);
             let output = run_tool(
                 &mut command,
@@ -314,7 +320,9 @@ impl NssDatabase {
                 &output,
             ));
         }
-        Ok(parse_certutil_list(&String::from_utf8_lossy(&output.stdout)))
+        Ok(parse_certutil_list(&String::from_utf8_lossy(
+            &output.stdout,
+        )))
     }
 
     /// Adds the chain, trusted to issue server certificates (replacing an earlier
@@ -329,7 +337,12 @@ impl NssDatabase {
             command
                 .args(["-A", "-n", &nickname, "-t", NSS_TRUST, "-d"])
                 .arg(self.spec());
-            let output = run_tool(&mut command, Some(cert.as_ref()), "certutil -A", CERTUTIL_HINT)?;
+            let output = run_tool(
+                &mut command,
+                Some(cert.as_ref()),
+                "certutil -A",
+                CERTUTIL_HINT,
+            )?;
             if !output.status.success() {
                 return Err(tool_failure(
                     &format!("adding {nickname} to {}", self.dir.display()),

@@ -232,10 +232,16 @@ mod tests {
         assert_eq!(last_seen(&inventory, "b"), "2026-01-01T00:00:00Z");
         assert_eq!(last_seen(&inventory, "gone"), "2026-01-01T00:00:00Z");
         // Within the interval nothing is written, not even the file.
-        let modified = std::fs::metadata(&inventory.path).unwrap().modified().unwrap();
+        let modified = std::fs::metadata(&inventory.path)
+            .unwrap()
+            .modified()
+            .unwrap();
         inventory.seen_open(&open).unwrap();
         assert_eq!(
-            std::fs::metadata(&inventory.path).unwrap().modified().unwrap(),
+            std::fs::metadata(&inventory.path)
+                .unwrap()
+                .modified()
+                .unwrap(),
             modified
         );
         std::thread::sleep(Duration::from_millis(2100));

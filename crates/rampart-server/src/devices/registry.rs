@@ -60,7 +60,11 @@ impl DeviceRegistry {
     /// Opens (creating the CA if needed) the registry of `data_dir`; `gateway` is the
     /// tunnel address enrolled agents are told to use.
     pub fn open(data_dir: &Path, gateway: String) -> Result<Self, DeviceError> {
-        Self::open_with_seen_interval(data_dir, gateway, super::inventory::DEFAULT_LAST_SEEN_INTERVAL)
+        Self::open_with_seen_interval(
+            data_dir,
+            gateway,
+            super::inventory::DEFAULT_LAST_SEEN_INTERVAL,
+        )
     }
 
     /// As [`DeviceRegistry::open`], writing a device's `last_seen` at most every

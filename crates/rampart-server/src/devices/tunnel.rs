@@ -61,7 +61,7 @@ impl TunnelSetup {
                 advertised.clone(),
                 config.tunnel.last_seen_interval,
             )
-                .context("opening the device CA and inventory")?,
+            .context("opening the device CA and inventory")?,
         );
         let mut names = vec![
             "localhost".to_string(),
