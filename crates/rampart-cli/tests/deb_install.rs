@@ -572,19 +572,14 @@ fn check_units(root: &Path) {
     let units = root.join("lib/systemd/system");
     for unit in UNITS {
         let text = fs::read_to_string(units.join(unit)).expect("unit");
-        assert!(
-            service_values(&text, "Restart") == ["on-failure"],
+        assert_eq!(
+            service_values(&text, "Restart"),
+            ["on-failure"],
             "{unit}: Restart"
         );
-        assert!(
-            service_values(&text, "NoNewPrivileges") == ["yes"],
-            "{unit}"
-        );
-        assert!(
-            service_values(&text, "ProtectSystem") == ["strict"],
-            "{unit}"
-        );
-        assert!(service_values(&text, "PrivateTmp") == ["yes"], "{unit}");
+        assert_eq!(service_values(&text, "NoNewPrivileges"), ["yes"], "{unit}");
+        assert_eq!(service_values(&text, "ProtectSystem"), ["strict"], "{unit}");
+        assert_eq!(service_values(&text, "PrivateTmp"), ["yes"], "{unit}");
         assert!(
             !service_values(&text, "ExecReload").is_empty(),
             "{unit}: no ExecReload"
