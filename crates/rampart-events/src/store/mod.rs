@@ -13,6 +13,7 @@
 mod columns;
 // The decoders of bytes read from disk are crate-visible for `crate::fuzzing`.
 pub(crate) mod doc;
+pub mod hourly;
 mod migrate;
 mod plan;
 pub(crate) mod postings;

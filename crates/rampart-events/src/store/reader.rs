@@ -195,6 +195,23 @@ impl StoreReader {
         Ok(None)
     }
 
+    /// The hourly summaries from `from_ms` on (`store::hourly`). A store no
+    /// writer of this version has opened yet has none: `since_ms` is then
+    /// `i64::MAX` (nothing is counted).
+    pub fn hourly(&self, from_ms: i64) -> Result<super::hourly::Hourly, EventsError> {
+        let err = |source| EventsError::Store {
+            path: self.path.clone(),
+            source,
+        };
+        if !schema::has_table(&self.conn, "hourly").map_err(err)? {
+            return Ok(super::hourly::Hourly {
+                rows: Vec::new(),
+                since_ms: i64::MAX,
+            });
+        }
+        super::hourly::read(&self.conn, from_ms).map_err(err)
+    }
+
     /// Everything `device` did in `[from_ms, to_ms]`, oldest first.
     pub fn timeline(
         &self,

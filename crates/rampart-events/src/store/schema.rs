@@ -35,7 +35,8 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
          CREATE TABLE IF NOT EXISTS postings (\n  block INTEGER NOT NULL,\n  field TEXT NOT NULL,\n  data BLOB NOT NULL,\n  PRIMARY KEY (block, field)\n) WITHOUT ROWID;\n\
          CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n\
          INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '4');\n",
-    )
+    )?;
+    super::hourly::create(conn)
 }
 
 /// The table of one row per event that schemas 1–3 stored events in; the

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
+use super::hourly::{self, HourlyBuilder};
 use super::postings::{self, PostingsBuilder, BLOCK_EVENTS};
 use super::prepared::{indexed_values, PreparedEvent};
 use super::schema::{self, INDEXED};
@@ -119,6 +120,7 @@ impl StoreWriter {
             path: path.clone(),
             source,
         };
+        hourly::start(&self.conn, crate::event::now_ms()).map_err(store_err)?;
         migrate::legacy_rows(&mut self.conn).map_err(store_err)?;
         migrate::indexed_fields(&mut self.conn).map_err(store_err)?;
         let tx = self
@@ -209,6 +211,7 @@ impl StoreWriter {
         let mut segment = SegmentBuilder::default();
         let mut segment_first = seq + 1;
         let mut inserted = 0;
+        let mut summary = HourlyBuilder::default();
         for event in events {
             let id = event.id();
             // Already stored (a replayed spool, a retried upload): skip it.
@@ -224,6 +227,7 @@ impl StoreWriter {
             inserted += 1;
             segment.push(id, time, event.stored());
             filling.add(seq, time, event.indexed());
+            summary.add(time, event.indexed());
             if segment.is_full() {
                 write_segment(&tx, segment_first, &mut segment).map_err(wrap)?;
                 segment_first = seq + 1;
@@ -245,6 +249,7 @@ impl StoreWriter {
         if filling.count > 0 && inserted > 0 {
             filling.write(&tx).map_err(wrap)?;
         }
+        summary.write(&tx).map_err(wrap)?;
         tx.commit().map_err(wrap)?;
         self.filling = Some(filling);
         Ok(inserted)
@@ -322,6 +327,15 @@ impl StoreWriter {
                     )
                 })
                 .map_err(|e| self.err(e))?;
+            // Hours before the oldest stored event; with none left, hours
+            // before what age retention allows (everything, for size alone).
+            let oldest: Option<i64> = self
+                .conn
+                .query_row("SELECT min(min_time) FROM segments", [], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            let keep_from = oldest
+                .unwrap_or_else(|| max_age_ms.map_or(now_ms, |age| now_ms.saturating_sub(age)));
+            hourly::prune(&self.conn, keep_from).map_err(|e| self.err(e))?;
             self.conn
                 .execute_batch("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
                 .map_err(|e| self.err(e))?;
