@@ -260,6 +260,10 @@ fn minted_names(api: &ApiConfig) -> Result<Vec<String>, ApiTlsError> {
     if !ip.is_unspecified() {
         names.push(ip.to_string());
     }
+    // `tls = "on"` on loopback: clients say localhost as often as the address.
+    if ip.is_loopback() {
+        names.push("localhost".to_string());
+    }
     names.extend(api.tls_names.iter().map(|n| n.trim().to_string()));
     if ip.is_unspecified() && api.tls_names.is_empty() {
         tracing::warn!(listen = %api.listen,
