@@ -14,6 +14,8 @@
 #   console   chromium (driven by Playwright from the venv; never `playwright install`)
 #   fleet     nats-server (JetStream), postgresql (fleet event store), haproxy
 #             (PROXY protocol v2 in front of gateways); tests start their own
+#   package   systemd (systemd-analyze verify), logrotate, binutils (strip), dpkg
+#             (the .deb install test; cargo-deb below builds the package)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 packages=(
@@ -31,6 +33,8 @@ packages=(
   chromium
   # fleet
   nats-server postgresql haproxy
+  # package
+  systemd logrotate binutils dpkg
 )
 need_apt=()
 for pkg in "${packages[@]}"; do
@@ -63,3 +67,5 @@ done
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 # scripts/fuzz-smoke.sh runs the parsers' fuzz targets for a bounded time.
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+# scripts/build-deb.sh and the .deb install test package the binary with it.
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version 3.8.0
