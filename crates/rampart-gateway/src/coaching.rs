@@ -374,6 +374,21 @@ mod tests {
     }
 
     #[test]
+    fn gateways_sharing_a_key_honour_each_others_tokens() {
+        // A fleet: the revision's key set on two gateways' states.
+        let (a, b, other) = (Coaching::new(), Coaching::new(), Coaching::new());
+        a.set_key([7; 32]);
+        b.set_key([7; 32]);
+        let t = a.issue("ip:10.0.0.1", "a.example", "http://a.example/", TEN_MIN);
+        assert_eq!(
+            other.redeem(&t, "ip:10.0.0.1", "a.example", TEN_MIN),
+            Err(ProceedError::BadSignature)
+        );
+        assert!(b.redeem(&t, "ip:10.0.0.1", "a.example", TEN_MIN).is_ok());
+        assert!(b.allowed("ip:10.0.0.1", "a.example"));
+    }
+
+    #[test]
     fn a_token_is_bound_to_subject_and_host() {
         let c = Coaching::new();
         let t = c.issue("ip:10.0.0.1", "a.example", "http://a.example/", TEN_MIN);

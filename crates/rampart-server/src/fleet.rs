@@ -902,6 +902,50 @@ mod tests {
     }
 
     #[test]
+    fn the_coaching_key_is_made_once_owner_only_and_decodes_to_32_bytes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = coaching_key(dir.path()).unwrap();
+        assert_eq!(coaching_key(dir.path()).unwrap(), key, "kept across calls");
+        assert_eq!(decode_coaching_key(&key).unwrap().len(), 32);
+        let mode = std::fs::metadata(dir.path().join("fleet/coaching.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(decode_coaching_key("abcd").is_err());
+        assert!(decode_coaching_key("not hex").is_err());
+    }
+
+    #[test]
+    fn the_publish_cursor_starts_at_the_newest_event_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pipeline, events) =
+            rampart_events::Pipeline::start(dir.path(), &rampart_events::EventsConfig::default())
+                .unwrap();
+        for _ in 0..3 {
+            events.send(rampart_events::device_event(
+                rampart_events::DeviceActivity::Enrolled,
+                "dev-1",
+                None,
+                None,
+                None,
+                rampart_events::now_ms(),
+            ));
+        }
+        assert!(pipeline.wait_stored(3, Duration::from_secs(10)));
+        let reader = rampart_events::StoreReader::open(pipeline.db_path()).unwrap();
+        let path = dir.path().join("fleet/published-seq");
+        let mut cursor = PublishCursor::open(&path, &reader).unwrap();
+        let newest = reader.last_seq().unwrap();
+        assert_eq!(cursor.seq, newest, "a new gateway does not send its history");
+        cursor.advance(newest - 2);
+        let reopened = PublishCursor::open(&path, &reader).unwrap();
+        assert_eq!(reopened.seq, newest - 2, "resumes where it was");
+        pipeline.close();
+    }
+
+    #[test]
     fn a_policy_bundle_keeps_relative_names_and_skips_hidden_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("policy.toml"), "# p\n").unwrap();
