@@ -938,7 +938,10 @@ mod tests {
         let path = dir.path().join("fleet/published-seq");
         let mut cursor = PublishCursor::open(&path, &reader).unwrap();
         let newest = reader.last_seq().unwrap();
-        assert_eq!(cursor.seq, newest, "a new gateway does not send its history");
+        assert_eq!(
+            cursor.seq, newest,
+            "a new gateway does not send its history"
+        );
         cursor.advance(newest - 2);
         let reopened = PublishCursor::open(&path, &reader).unwrap();
         assert_eq!(reopened.seq, newest - 2, "resumes where it was");
