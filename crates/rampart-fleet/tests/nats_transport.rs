@@ -85,6 +85,39 @@ fn watcher_settings(nats: &NatsServer, id: &str, dir: &Path) -> WatcherSettings 
     settings
 }
 
+/// Revision ids a watcher's apply function was called with, in order.
+type Applied = Arc<Mutex<Vec<String>>>;
+
+/// A config watcher for gateway `id` keeping its state in `dir`.
+async fn watcher(
+    nats: &NatsServer,
+    ca: &FleetCa,
+    id: &str,
+    dir: &Path,
+) -> (ConfigWatcher, Applied) {
+    let applied = Applied::default();
+    let watcher = ConfigWatcher::start(
+        watcher_settings(nats, id, dir),
+        gateway_apply(ca.key_pem.clone(), applied.clone()),
+    )
+    .await
+    .expect("config watcher starts");
+    (watcher, applied)
+}
+
+/// Watchers for gateways gw1, gw2 and gw3, each with its own state dir.
+async fn three_watchers(
+    nats: &NatsServer,
+    ca: &FleetCa,
+) -> (Vec<TempDir>, Vec<(ConfigWatcher, Applied)>) {
+    let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut watchers = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        watchers.push(watcher(nats, ca, &format!("gw{}", i + 1), dir.path()).await);
+    }
+    (dirs, watchers)
+}
+
 async fn publisher(nats: &NatsServer) -> ConfigPublisher {
     let client = connect(&NatsSettings::new(nats.url(), "rampart-server-test"), true)
         .await
@@ -219,21 +252,12 @@ async fn revision_published_is_applied_by_three_watchers_and_each_reports_it() {
     let nats = NatsServer::start();
     let server = publisher(&nats).await;
     let ca = fleet_ca();
-    let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut watchers = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        let applied = Arc::new(Mutex::new(Vec::new()));
-        let watcher = ConfigWatcher::start(
-            watcher_settings(&nats, &format!("gw{}", i + 1), dir.path()),
-            gateway_apply(ca.key_pem.clone(), applied.clone()),
-        )
-        .await
-        .unwrap();
+    let (dirs, watchers) = three_watchers(&nats, &ca).await;
+    for (i, (watcher, _)) in watchers.iter().enumerate() {
         watcher.set_load(GatewayLoad {
             active_connections: 10 * (i as u64 + 1),
             ..Default::default()
         });
-        watchers.push((watcher, applied));
     }
 
     let rev = revision(&ca, "[[access]]\naction = \"allow\"\n");
@@ -301,18 +325,7 @@ async fn invalid_revision_is_rejected_by_all_with_its_error_and_the_old_one_stay
     let nats = NatsServer::start();
     let server = publisher(&nats).await;
     let ca = fleet_ca();
-    let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut watchers = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        let applied = Arc::new(Mutex::new(Vec::new()));
-        let watcher = ConfigWatcher::start(
-            watcher_settings(&nats, &format!("gw{}", i + 1), dir.path()),
-            gateway_apply(ca.key_pem.clone(), applied.clone()),
-        )
-        .await
-        .unwrap();
-        watchers.push((watcher, applied));
-    }
+    let (dirs, watchers) = three_watchers(&nats, &ca).await;
     let good = revision(&ca, "[[access]]\naction = \"allow\"\n");
     server.publish(&good).await.unwrap();
     for (watcher, _) in &watchers {
@@ -417,13 +430,7 @@ async fn watcher_restarted_while_nats_is_down_starts_from_its_last_good_revision
     let dir = tempfile::tempdir().unwrap();
     let rev = revision(&ca, "[[access]]\naction = \"allow\"\n");
     {
-        let applied = Arc::new(Mutex::new(Vec::new()));
-        let watcher = ConfigWatcher::start(
-            watcher_settings(&nats, "gw1", dir.path()),
-            gateway_apply(ca.key_pem.clone(), applied),
-        )
-        .await
-        .unwrap();
+        let (watcher, _) = watcher(&nats, &ca, "gw1", dir.path()).await;
         server.publish(&rev).await.unwrap();
         assert!(watcher.wait_applied(&rev.id, Duration::from_secs(20)).await);
     }
@@ -482,18 +489,8 @@ async fn config_propagation_to_three_watchers_p95_within_one_second() {
     let nats = NatsServer::start();
     let server = publisher(&nats).await;
     let ca = fleet_ca();
-    let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut watchers = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        watchers.push(
-            ConfigWatcher::start(
-                watcher_settings(&nats, &format!("gw{}", i + 1), dir.path()),
-                gateway_apply(ca.key_pem.clone(), Arc::new(Mutex::new(Vec::new()))),
-            )
-            .await
-            .unwrap(),
-        );
-    }
+    let (_dirs, watchers) = three_watchers(&nats, &ca).await;
+    let watchers: Vec<ConfigWatcher> = watchers.into_iter().map(|(w, _)| w).collect();
     let rounds = 40;
     let mut times = Vec::with_capacity(rounds);
     for round in 0..rounds {
