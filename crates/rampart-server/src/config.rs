@@ -342,6 +342,8 @@ pub struct Overrides {
     pub tunnel_listen: Option<SocketAddr>,
     /// The gateway role: load the fleet's CA, never create one.
     pub never_create_ca: bool,
+    /// `--pid-file`: written once the listeners are bound (not a setting of the file).
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -359,8 +361,6 @@ pub enum ConfigFileError {
         message: String,
     },
 }
-    /// `--pid-file`: written once the listeners are bound (not a setting of the file).
-    pub pid_file: Option<PathBuf>,
 
 impl RampartConfig {
     /// Reads and parses `path`.

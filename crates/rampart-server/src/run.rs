@@ -138,19 +138,19 @@ pub async fn run(
             shutdown: shutdown.clone(),
         },
         reloader.clone(),
+        handle.clone(),
     )?;
     crate::reload::spawn_watcher(reloader.clone(), shutdown.clone());
     let event_gauges = api::EventGauges::register(&mut registry);
-    let api_listener_metrics =
-        api::listener::ApiListenerMetrics::new(handle.rejected_connections());
-        handle.clone(),
-    let health_and_metrics = api::router(ApiState {
-        registry: Arc::new(registry),
-        gateway: handle.clone(),
     registry.register_collector(Box::new(crate::sink_metrics::SinkMetrics::new(
         pipeline.sinks(),
         pipeline.stats(),
     )));
+    let api_listener_metrics =
+        api::listener::ApiListenerMetrics::new(handle.rejected_connections());
+    let health_and_metrics = api::router(ApiState {
+        registry: Arc::new(registry),
+        gateway: handle.clone(),
         pipeline_stats: pipeline.stats(),
         event_gauges,
         draining: draining.clone(),
@@ -264,6 +264,10 @@ pub async fn run(
         }
     }
 
+    // Every listener is bound: a reader of the pid file finds a process that serves.
+    if let Some(pid_file) = pid_file.as_mut() {
+        pid_file.write()?;
+    }
     tracing::info!(
         proxy = %proxy_addr,
         api = %api_addr,
@@ -280,6 +284,7 @@ pub async fn run(
     tokio::task::spawn_blocking(move || pipeline.close())
         .await
         .ok();
+    drop(pid_file);
     tracing::info!("rampart stopped");
     Ok(())
 }
@@ -309,10 +314,6 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("setting permissions of {}", dir.display()))?;
     }
     Ok(())
-    // Every listener is bound: a reader of the pid file finds a process that serves.
-    if let Some(pid_file) = pid_file.as_mut() {
-        pid_file.write()?;
-    }
 }
 
 /// How SIGTERM/SIGINT stop the process: `draining` at once (`/healthz` answers 503),
@@ -332,12 +333,18 @@ fn spawn_signal_handlers(
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     tokio::spawn(async move {
-    drop(pid_file);
         loop {
             let signal = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
+                // logrotate moved the access log away: write to a new file at its path.
+                _ = usr1.recv() => {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    gateway.reopen_access_log();
+                    continue;
+                }
                 // In its own task: compiling a large policy must not delay SIGTERM.
                 _ = hup.recv() => {
                     let reloader = reloader.clone();
@@ -362,11 +369,3 @@ fn spawn_signal_handlers(
     });
     Ok(())
 }
-    let mut usr1 =
-        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
-                // logrotate moved the access log away: write to a new file at its path.
-                _ = usr1.recv() => {
-                    tracing::info!("SIGUSR1: reopening the access log");
-                    gateway.reopen_access_log();
-                    continue;
-                }
