@@ -6,7 +6,8 @@
 //! dies, so a crash never leaves bodies on disk.
 
 use std::fs::File;
-use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
+use std::io::{self, Cursor, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub(crate) struct Spool {
@@ -32,15 +33,19 @@ impl Spool {
         self.len
     }
 
+    /// Appends `data`. Writes are positioned at the end of what was kept
+    /// (`write_all_at`): readers (`head`, `reader`) move the file's shared
+    /// offset, and a streaming body is read (typed, sent to clamd) between
+    /// two writes.
     pub(crate) fn write(&mut self, data: &[u8]) -> io::Result<()> {
         if self.file.is_none() && self.len + data.len() as u64 > self.threshold {
-            let mut file = tempfile::tempfile_in(&self.dir)?;
-            file.write_all(&self.memory)?;
+            let file = tempfile::tempfile_in(&self.dir)?;
+            file.write_all_at(&self.memory, 0)?;
             self.memory = Vec::new();
             self.file = Some(file);
         }
         match &mut self.file {
-            Some(file) => file.write_all(data)?,
+            Some(file) => file.write_all_at(data, self.len)?,
             None => self.memory.extend_from_slice(data),
         }
         self.len += data.len() as u64;
@@ -161,6 +166,11 @@ mod tests {
         assert_eq!(all, b"0123456789abc");
         assert_eq!(s.head(4).unwrap(), b"0123");
         assert_eq!(s.len(), 13);
+        // A read between two writes moves the file offset; writes still append.
+        s.write(b"def").unwrap();
+        let mut all = Vec::new();
+        s.reader().unwrap().read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"0123456789abcdef");
         // Unlinked at creation: nothing is visible in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
