@@ -1143,3 +1143,171 @@ fn isolation_apply_and_release_latency() {
         );
     }
 }
+
+/// `nft monitor` in `ns`, collecting its lines; ready once it has seen a marker table
+/// the call creates, so nothing after this call is missed.
+fn monitor(topo: &Topology, ns: &str) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "monitor", "tables"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft monitor (nftables)");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        topo.nft_script(
+            ns,
+            "table inet monitor_marker {}\ndelete table inet monitor_marker\n",
+        );
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.contains("monitor_marker") => break,
+            _ if Instant::now() > deadline => panic!("nft monitor never reported its marker"),
+            _ => {}
+        }
+    }
+    while rx.recv_timeout(Duration::from_millis(100)).is_ok() {}
+    (child, rx)
+}
+
+/// A reboot empties the kernel: the boot script (`nft -f <data dir>/isolation.nft`,
+/// what the boot unit runs before the network comes up) brings back exactly the
+/// agent's table; and an agent that starts while the table is missing loads it before
+/// its steering table exists, so no steered connection can pass first.
+#[test]
+fn after_a_reboot_the_boot_script_and_the_agent_start_isolate_before_anything_passes() {
+    if !root_or_skip(
+        "after_a_reboot_the_boot_script_and_the_agent_start_isolate_before_anything_passes",
+    ) {
+        return;
+    }
+    let topo = topology();
+    let dir = TempDir::new("reboot");
+    let ep = topo.endpoint.clone();
+    tcp_echo(&topo.gateway, vec![sock(SERVER4, SERVER_PORT)]);
+    tcp_echo(
+        &topo.origin,
+        vec![sock(ATTACKER4, SHELL_PORT), sock(JUMP4, 22)],
+    );
+    let state = dir.0.clone();
+    let isolated = in_ns(&ep, move || {
+        isolation::isolate(
+            &state,
+            &Isolator::default(),
+            spec(&format!("pass out proto tcp to {JUMP4} port 22\n")),
+            Some("reboot test".into()),
+        )
+    })
+    .expect("isolate");
+    assert_eq!(isolated.state, KernelState::Isolated);
+    let boot_script = isolation::state::boot_script_path(&dir.0);
+    assert!(boot_script.exists(), "isolating writes the boot script");
+
+    // "Reboot": the kernel has no table; until something loads it, the device is open.
+    topo.nft(&ep, &["delete", "table", "inet", "rampart_isolate"]);
+    assert!(
+        tcp_ok(&ep, sock(ATTACKER4, SHELL_PORT)),
+        "open with no table"
+    );
+
+    // The boot unit's command, alone: isolated again, exactly as the agent wants it.
+    let script = boot_script.display().to_string();
+    let out = topo.exec(&ep, "nft", &["-f", &script]);
+    assert!(
+        out.status.success(),
+        "nft -f {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !tcp_ok(&ep, sock(ATTACKER4, SHELL_PORT)),
+        "cut by the boot script"
+    );
+    assert!(
+        tcp_ok(&ep, sock(SERVER4, SERVER_PORT)),
+        "the server stays reachable"
+    );
+    assert!(
+        tcp_ok(&ep, sock(JUMP4, 22)),
+        "the exception is in the boot script"
+    );
+    let state = dir.0.clone();
+    let status = in_ns(&ep, move || isolation::status(&state, &Isolator::default()));
+    assert_eq!(status.expect("status"), IsolationStatus::Isolated);
+
+    // A reboot without the boot unit (or an agent restarted after someone deleted the
+    // table): the agent itself loads the table before its steering table exists.
+    topo.nft(&ep, &["delete", "table", "inet", "rampart_isolate"]);
+    let (mut watcher, events) = monitor(&topo, &ep);
+    let config = rampart_agent::AgentConfig::from_toml(
+        &format!(
+            "data_dir = \"{}\"\n[steering]\nmode = \"transparent\"\n[gateway]\nproxy = \"{SERVER4}:{SERVER_PORT}\"\n[transparent]\ntable = \"rampart_agent_reboot\"\n",
+            dir.0.display()
+        ),
+        "reboot agent.toml",
+    )
+    .expect("agent config");
+    let agent = support::start_agent(Some(&ep), config).expect("agent starts");
+    assert!(
+        !tcp_ok(&ep, sock(ATTACKER4, SHELL_PORT)),
+        "isolated with the agent up"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("Isolation at start: isolated"),
+        "the agent logs the re-applied isolation: {log}"
+    );
+    // Stopping the agent removes its steering table only: isolation stays. (The
+    // test harness deletes the agent's data directory with it.)
+    agent.stop().expect("agent stops");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let lines: Vec<String> = events.try_iter().collect();
+    let position = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with("add table") && l.contains(what))
+            .unwrap_or_else(|| panic!("no `add table ... {what}` in {lines:?}"))
+    };
+    assert!(
+        position("rampart_isolate") < position("rampart_agent_reboot"),
+        "the isolation table comes first: {lines:?}"
+    );
+    // The batch replaces the table in one transaction (`add`, `delete`, `add`): its
+    // last word on the isolation table is an `add`, and nothing came after.
+    let isolation_events: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("rampart_isolate"))
+        .collect();
+    assert!(
+        isolation_events
+            .last()
+            .is_some_and(|l| l.starts_with("add table")),
+        "the isolation table is left in place: {lines:?}"
+    );
+    assert!(
+        !tcp_ok(&ep, sock(ATTACKER4, SHELL_PORT)),
+        "still isolated without the agent"
+    );
+
+    // Release deletes the boot script with the table (isolated again first: the
+    // harness removed the data directory with the agent).
+    let state = dir.0.clone();
+    in_ns(&ep, move || {
+        isolation::isolate(&state, &Isolator::default(), spec(""), None)?;
+        isolation::release(&state, &Isolator::default(), None)
+    })
+    .expect("isolate and release");
+    assert!(!boot_script.exists(), "release deletes the boot script");
+    assert!(tcp_ok(&ep, sock(ATTACKER4, SHELL_PORT)), "released");
+}
