@@ -47,15 +47,11 @@ fi
 FLOWS=${BENCH_FLOWS:-1000}
 ROUNDS=5 # latency samples are taken in interleaved rounds, so load spikes hit every path
 
-log() { printf '[agent-bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+BENCH_NAME=agent-bench
+# shellcheck source=bench/lib.sh
+source "$REPO_DIR/bench/lib.sh"
 
-for tool in curl nginx openssl python3; do
-    command -v "$tool" >/dev/null || die "$tool is not installed (bench/setup.sh installs it)"
-done
+require_tools "bench/setup.sh installs it" curl nginx openssl python3
 for bin in "$RAMPART_BIN" "$GATEWAY_BIN" "$AGENT_BIN"; do
     [[ -x $bin ]] || die "$bin missing: run cargo build --release -p rampart-cli"
 done
@@ -131,10 +127,6 @@ if [[ -n ${BENCH_LINK:-} ]]; then
     log "link: $LINK_NOTE"
 fi
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 start() { # name command... — runs in the background, output to $WORK/name.log
     local name=$1
     shift
@@ -143,23 +135,13 @@ start() { # name command... — runs in the background, output to $WORK/name.log
     PIDS+=("$LAST_PID")
 }
 
-wait_port() { # port pid name [address] — the address is reached from the listener's side
-    local addr=${4:-127.0.0.1} probe=()
-    [[ $3 == agent ]] && probe=("${EP[@]}") || probe=("${NET[@]}")
-    for _ in $(seq 200); do
-        kill -0 "$2" 2>/dev/null || {
-            tail -n 20 "$WORK/$3.log" >&2
-            die "$3 exited during start-up"
-        }
-        timeout 1 "${probe[@]}" bash -c "exec 3<>/dev/tcp/$addr/$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    tail -n 20 "$WORK/$3.log" >&2
-    die "$3 did not listen on $1 within 20 s"
+# The agent listens on the endpoint's side, the rest on the network side: the probe
+# of lib.sh's wait_port runs there.
+bench_wait_port() { # port pid name [address]
+    local -a WAIT_PROBE
+    [[ $3 == agent ]] && WAIT_PROBE=("${EP[@]}") || WAIT_PROBE=("${NET[@]}")
+    wait_port "$@"
 }
-
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 
 # --- origin: nginx, one worker, HTTPS with a throwaway CA --------------------------
 O=$WORK/origin
@@ -168,14 +150,8 @@ head -c 1024 /dev/urandom >"$O/www/1k"
 truncate -s "$BIG_SIZE" "$O/www/big" # sparse: nginx sends zeros from the page cache
 BIG_BYTES=$(stat -c %s "$O/www/big")
 cat "$O/www/big" >/dev/null # page cache warm before the first path is timed
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$O/ca.key" \
-    -out "$O/ca.pem" -days 2 -subj "/CN=Rampart agent bench origin CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$O/origin.key" \
-    -out "$O/origin.csr" -subj "/CN=localhost" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:%s\nextendedKeyUsage=serverAuth\n' "$SERVER_ADDR" >"$O/ext.cnf"
-openssl x509 -req -in "$O/origin.csr" -CA "$O/ca.pem" -CAkey "$O/ca.key" -CAcreateserial \
-    -out "$O/origin.pem" -days 2 -extfile "$O/ext.cnf" 2>/dev/null
+mkca "$O" ca "Rampart agent bench origin CA"
+mkleaf "$O" ca origin "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:$SERVER_ADDR\nextendedKeyUsage=serverAuth"
 HTTPS_PORT=$(free_port)
 HTTP_PORT=$(free_port)
 cat >"$O/nginx.conf" <<EOF
@@ -211,7 +187,7 @@ http {
 EOF
 start origin "${NET[@]}" nginx -c "$O/nginx.conf" -p "$O"
 ORIGIN_PID=$LAST_PID
-wait_port "$HTTPS_PORT" "$LAST_PID" origin "$SERVER_ADDR"
+bench_wait_port "$HTTPS_PORT" "$LAST_PID" origin "$SERVER_ADDR"
 # HTTPS to a port outside the gateway's tls_ports: the gateway splices the tunnel
 # without peeking or decrypting, which is the "steered, non-decrypted flow".
 # An IP literal (the certificate has it as a SAN): no resolver on any path.
@@ -244,9 +220,9 @@ EOF
 printf '%s\n' "${BENCH_GATEWAY_TOML:-}" >>"$G/rampart.toml"
 start gateway "${NET[@]}" "$GATEWAY_BIN" server --config "$G/rampart.toml"
 GW_PID=$LAST_PID
-wait_port "$GW_PORT" "$GW_PID" gateway "$SERVER_ADDR"
-wait_port "$TUNNEL_PORT" "$GW_PID" gateway "$SERVER_ADDR"
-wait_port "$API_PORT" "$GW_PID" gateway "$SERVER_ADDR"
+bench_wait_port "$GW_PORT" "$GW_PID" gateway "$SERVER_ADDR"
+bench_wait_port "$TUNNEL_PORT" "$GW_PID" gateway "$SERVER_ADDR"
+bench_wait_port "$API_PORT" "$GW_PID" gateway "$SERVER_ADDR"
 
 # --- agent: enrolled with a one-time token, local-proxy mode -----------------------
 A=$WORK/agent
@@ -269,7 +245,7 @@ TOKEN=$("$RAMPART_BIN" device token create --user bench --data-dir "$G/data")
 }
 start agent "${EP[@]}" "$AGENT_BIN" agent run --config "$A/agent.toml"
 AGENT_PID=$LAST_PID
-wait_port "$AGENT_PORT" "$AGENT_PID" agent
+bench_wait_port "$AGENT_PORT" "$AGENT_PID" agent
 AGENT_IDLE_KIB=$(rss_kib "$AGENT_PID")
 "${EP[@]}" curl -fsS --max-time 10 -p -x "http://127.0.0.1:$AGENT_PORT" "${CURL_TLS[@]}" -o /dev/null "$URL_1K" ||
     die "a request through the agent failed (see $WORK/agent.log)"
@@ -334,7 +310,6 @@ done
 # Besides the speed, the CPU each process spent on the download (user + system, from
 # /proc; curl's from the shell's `time`): on loopback the paths are CPU-bound, and the
 # CPU per GB says what each part costs whatever else the machine runs.
-cpu_of() { python3 "$REPO_DIR/bench/cputime.py" "$1"; }
 declare -A SPEED CPU_GB
 for path in "${PATHS[@]}"; do SPEED[$path]=0; done
 TIMEFORMAT='%U %S'

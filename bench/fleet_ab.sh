@@ -21,9 +21,10 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$WORK"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BENCH_NAME=fleet-ab
+# shellcheck source=bench/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-wait_port() { for _ in $(seq 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 TCK=$(getconf CLK_TCK)
 
 mkdir -p "$WORK/www"
@@ -94,7 +95,7 @@ $fleet
 CFG
     taskset -c 1 "$BIN" "$role" --config "$d/rampart.toml" 2>"$d/stderr" &
     local pid=$!
-    wait_port "$port" || { echo "$1 did not start:"; cat "$d/stderr"; exit 1; }
+    (wait_port "$port") || { echo "$1 did not start:"; cat "$d/stderr"; exit 1; }
     taskset -c 0 wrk -t1 -c50 -d2s -s "$WORK/abs.lua" "http://127.0.0.1:$port/" >/dev/null
     local c0 c1 n0 n1 out reqs rps
     c0=$(cpu_ticks "$pid"); n0=$(cpu_ticks "$NATS_PID")

@@ -50,9 +50,6 @@ rampart_base=${RAMPART_BASE_BIN:-}
 squid_ssl_dir="$here/.peers/squid-openssl"
 g3proxy_bin=${G3PROXY_BIN:-$here/.peers/g3/g3proxy}
 g3fcgen_bin=${G3FCGEN_BIN:-$here/.peers/g3/g3fcgen}
-for tool in nginx squid clamd c-icap c-icap-client python3 curl openssl; do
-    command -v "$tool" >/dev/null || { echo "$tool is missing (bench/setup.sh; apt-get install -y nginx c-icap libc-icap-mod-virus-scan clamav-daemon squid)" >&2; exit 1; }
-done
 [ -x "$rampart" ] || { echo "$rampart is missing: cargo build --release -p rampart-cli" >&2; exit 1; }
 [ -z "$rampart_base" ] || [ -x "$rampart_base" ] || { echo "RAMPART_BASE_BIN=$rampart_base is not executable" >&2; exit 1; }
 [ -f /usr/lib/x86_64-linux-gnu/c_icap/virus_scan.so ] || { echo "apt-get install -y libc-icap-mod-virus-scan" >&2; exit 1; }
@@ -66,45 +63,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Ports below the ephemeral range, picked free.
-free_port() {
-    python3 -c 'import random,socket
-while True:
-    p=random.randint(20000,30000); s=socket.socket()
-    try: s.bind(("127.0.0.1",p)); s.close(); print(p); break
-    except OSError: pass'
-}
-free_udp_port() {
-    python3 -c 'import socket; s=socket.socket(type=socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-    for _ in $(seq 1 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on $1 ($2)" >&2; exit 1
-}
-cpu_of() { # pid...: CPU seconds of their process trees
-    local total=0 p
-    for p in "$@"; do total=$(awk -v a="$total" -v b="$(python3 "$here/cputime.py" "$p")" 'BEGIN { printf "%.3f", a + b }'); done
-    echo "$total"
-}
+BENCH_NAME=inspect-peer
+WORK=$work
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
+require_tools "bench/setup.sh; apt-get install -y nginx c-icap libc-icap-mod-virus-scan clamav-daemon squid" nginx squid clamd c-icap c-icap-client python3 curl openssl
 
 # TLS material: an origin CA and an interception CA shared by every intercepting proxy.
 tlsdir="$work/tls"
 mkdir -p "$tlsdir"
-mkca() { # name cn
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout "$tlsdir/$1.key" -out "$tlsdir/$1.pem" -days 2 -subj "/CN=$2" \
-        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-}
-mkca origin-ca "inspect bench origin CA"
-mkca mitm-ca "inspect bench interception CA"
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout "$tlsdir/origin.key" -out "$tlsdir/origin.csr" -subj "/CN=localhost" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n' >"$tlsdir/ext.cnf"
-openssl x509 -req -in "$tlsdir/origin.csr" -CA "$tlsdir/origin-ca.pem" -CAkey "$tlsdir/origin-ca.key" \
-    -CAcreateserial -out "$tlsdir/origin.pem" -days 2 -extfile "$tlsdir/ext.cnf" 2>/dev/null
+mkca "$tlsdir" origin-ca "inspect bench origin CA"
+mkca "$tlsdir" mitm-ca "inspect bench interception CA"
+mkleaf "$tlsdir" origin-ca origin 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE'
 
 # Origin: nginx serving a random (incompressible, signature-free) file, plain and TLS.
 mkdir -p "$work/www" "$work/nginx/tmp"
@@ -142,8 +112,8 @@ http {
 EOF
 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" >"$work/nginx/stdout.log" 2>&1 &
 pids+=($!)
-wait_port "$http_port" origin
-wait_port "$https_port" "origin (TLS)"
+wait_port "$http_port" "" origin
+wait_port "$https_port" "" "origin (TLS)"
 if [ "$tls" = 1 ]; then
     url="https://localhost:$https_port/bulk.bin"
 else
@@ -168,7 +138,7 @@ EOF
 clamd -c "$work/clamd/clamd.conf" >/dev/null 2>&1 &
 clamd_pid=$!
 pids+=($clamd_pid)
-wait_port "$clamd_port" clamd
+wait_port "$clamd_port" "" clamd
 
 # c-icap: virus_scan through clamd_mod (clamd reads c-icap's temporary file: zSCAN).
 icap_port=$(free_port)
@@ -202,7 +172,7 @@ EOF
 c-icap -N -f "$work/icap/c-icap.conf" >"$work/icap/stdout.log" 2>&1 &
 icap_pid=$!
 pids+=($icap_pid)
-wait_port "$icap_port" c-icap
+wait_port "$icap_port" "" c-icap
 
 # Squid: RESPMOD to c-icap, no cache; with TLS, ssl_bump from squid-openssl.
 squid_port=$(free_port)
@@ -250,7 +220,7 @@ EOF
     "$squid_bin" -N -f "$work/squid/squid.conf" >/dev/null 2>&1 &
     squid_pid=$!
     pids+=($squid_pid)
-    wait_port "$squid_port" squid
+    wait_port "$squid_port" "" squid
 fi
 
 # g3proxy-mitm (TLS only): interception, no AV engine.
@@ -309,7 +279,7 @@ EOF
         bash "$work/g3/launch.sh" >"$work/g3/stdout.log" 2>&1 &
         g3_pid=$!
         pids+=($g3_pid)
-        wait_port "$g3_port" g3proxy
+        wait_port "$g3_port" "" g3proxy
         sleep 0.5
     else
         echo "no g3proxy at $g3proxy_bin (bench/g3proxy-build.sh): its column is left out" >&2
@@ -354,7 +324,7 @@ EOF
     "$bin" server --config "$dir/rampart.toml" >"$dir/stderr.log" 2>&1 &
     rampart_pid=$!
     pids+=($rampart_pid)
-    wait_port "$port" "rampart $2"
+    wait_port "$port" "" "rampart $2"
     rampart_port=$port
 }
 

@@ -22,14 +22,10 @@ DUR=${BENCH_DURATION:-10}
 FREQ=${PERF_FREQ:-999}
 OUT=${PROFILE_OUT:-$BENCH_DIR/out/profile-$(date -u +%Y%m%dT%H%M%SZ)}
 
-log() { printf '[profile %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-for tool in perf nginx wrk taskset curl python3; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (perf: apt-get install linux-perf)"
-done
+BENCH_NAME=profile
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+require_tools "perf: apt-get install linux-perf; the others: bench/setup.sh" perf nginx wrk taskset curl python3
 [[ -x $RAMPART_BIN ]] || die "no Rampart binary at $RAMPART_BIN (cargo build --release -p rampart-cli)"
 mkdir -p "$OUT"
 
@@ -43,17 +39,6 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-    for _ in $(seq 150); do
-        timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $1 (logs in $WORK)"
-}
 
 HTTP_PORT=$(free_port)
 mkdir -p "$WORK/www" "$WORK/tmp"

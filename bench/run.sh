@@ -36,6 +36,9 @@ set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 # --- parameters --------------------------------------------------------------
@@ -91,16 +94,9 @@ for s in "${SCENARIOS[@]}"; do
     esac
 done
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
 has_peer() { [[ " $PEERS " == *" $1 "* ]]; }
 
-for tool in wrk oha curl openssl nginx taskset python3 timeout setsid; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run bench/setup.sh"
-done
+require_tools "run bench/setup.sh" wrk oha curl openssl nginx taskset python3 timeout setsid
 (($(nproc) >= 2)) || log "warning: fewer than 2 CPUs; pinning cannot separate proxy and load"
 
 # Each proxy holds two descriptors per tunnel; 1,000 tunnels need headroom.
@@ -156,36 +152,10 @@ spawn() {
 
 stop() {
     local pid=$1
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    stop_daemon "$pid"
     local keep=() p
     for p in "${DAEMON_PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
     DAEMON_PIDS=("${keep[@]}")
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-    local port=$1 pid=$2 name=$3
-    for _ in $(seq 150); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$WORK/$name.log" >&2 || true
-            die "$name exited during start-up (log above)"
-        fi
-        if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    tail -n 20 "$WORK/$name.log" >&2 || true
-    die "$name did not listen on $port within 15 s"
 }
 
 record() { # scenario metric target run value [note]
@@ -202,17 +172,10 @@ setup_origin() {
     BIG_BYTES=$(stat -c %s "$d/www/big")
 
     local t="$d/tls"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout "$t/ca.key" -out "$t/ca.pem" -days 2 -subj "/CN=Rampart bench origin CA" \
-        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-        2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout "$t/origin.key" -out "$t/origin.csr" -subj "/CN=localhost" 2>/dev/null
+    mkca "$t" ca "Rampart bench origin CA"
     # keyUsage as public CAs issue it: g3fcgen copies the origin certificate's
     # extensions into the leaf it mints ("mimic") and fails without one.
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n' >"$t/ext.cnf"
-    openssl x509 -req -in "$t/origin.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
-        -out "$t/origin.pem" -days 2 -extfile "$t/ext.cnf" 2>/dev/null
+    mkleaf "$t" ca origin 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE'
     ORIGIN_CA="$t/ca.pem"
     # System roots plus the origin CA, for proxies that read SSL_CERT_FILE.
     cat /etc/ssl/certs/ca-certificates.crt "$ORIGIN_CA" >"$t/bundle.pem" 2>/dev/null ||
@@ -220,10 +183,7 @@ setup_origin() {
     ORIGIN_BUNDLE="$t/bundle.pem"
 
     # A second throwaway CA that intercepting proxies sign their leaves with.
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout "$t/mitm-ca.key" -out "$t/mitm-ca.pem" -days 2 -subj "/CN=Rampart bench interception CA" \
-        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-        2>/dev/null
+    mkca "$t" mitm-ca "Rampart bench interception CA"
     MITM_CA="$t/mitm-ca.pem"
     MITM_KEY="$t/mitm-ca.key"
 
@@ -374,10 +334,6 @@ start_mitmproxy() { # mitmproxy (HTTP proxy, tunnels CONNECT) | mitmproxy-mitm (
     spawn "$name" "$PROXY_CPU" "$MITMDUMP" "${args[@]}"
     PID=$LAST_PID
     wait_port "$PORT" "$PID" "$name"
-}
-
-free_udp_port() {
-    python3 -c 'import socket; s=socket.socket(type=socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 # g3proxy (bytedance/g3), built by bench/g3proxy-build.sh. One tokio worker
@@ -630,7 +586,7 @@ check_target() { # target url [insecure]
 load() { taskset -c "$LOAD_CPU" timeout -k 5 "$@"; }
 
 # CPU seconds used so far by a target's process tree (0 for direct).
-cpu_of() {
+target_cpu() {
     if [[ $1 == direct ]]; then
         echo 0
     else
@@ -779,9 +735,9 @@ scenario_plain() {
                 record plain plain_rps "$t" "$r" fail "check request failed"
                 continue
             fi
-            c0=$(cpu_of "$t")
+            c0=$(target_cpu "$t")
             measure_wrk "$t"
-            c1=$(cpu_of "$t")
+            c1=$(target_cpu "$t")
             v=$VAL
             record plain plain_rps "$t" "$r" "$v" "$NOTE"
             record_cpu plain plain_cpu_us "$t" "$r" "$c0" "$c1" "$WRK_COUNT" 1e6
@@ -813,16 +769,16 @@ scenario_connect() {
                 record connect big_mbps "$t" "$r" fail "check request failed"
                 continue
             fi
-            c0=$(cpu_of "$t")
+            c0=$(target_cpu "$t")
             run_oha "$t" "$URL_S_1K" -c "$CONNS"
-            c1=$(cpu_of "$t")
+            c1=$(target_cpu "$t")
             NOTE+=${tunnel_note[$t]:-}
             record connect https_rps "$t" "$r" "$OHA_RPS" "$NOTE"
             record_cpu connect https_cpu_us "$t" "$r" "$c0" "$c1" "$OHA_OK" 1e6
             log "connect  run $r $t: $OHA_RPS req/s $NOTE"
-            c0=$(cpu_of "$t")
+            c0=$(target_cpu "$t")
             measure_big "$t"
-            c1=$(cpu_of "$t")
+            c1=$(target_cpu "$t")
             v=$VAL
             record connect big_mbps "$t" "$r" "$v" "$NOTE"
             record_cpu connect big_cpu_s_gb "$t" "$r" "$c0" "$c1" "$BIG_GOT" 1e9
@@ -920,17 +876,17 @@ scenario_intercept() {
                 continue
             fi
             if [[ $INTERCEPT_MEASURES == *" keepalive "* ]]; then
-                c0=$(cpu_of "$t")
+                c0=$(target_cpu "$t")
                 run_oha "$t" "$URL_S_1K" -c "$CONNS"
-                c1=$(cpu_of "$t")
+                c1=$(target_cpu "$t")
                 record intercept i_rps_ka "$t" "$r" "$OHA_RPS" "$NOTE"
                 record_cpu intercept i_ka_cpu_us "$t" "$r" "$c0" "$c1" "$OHA_OK" 1e6
                 log "i-keep   run $r $t: $OHA_RPS req/s $NOTE"
             fi
             if [[ $INTERCEPT_MEASURES == *" new "* ]]; then
-                c0=$(cpu_of "$t")
+                c0=$(target_cpu "$t")
                 run_oha "$t" "$URL_S_1K" -c "$CONNS" --disable-keepalive
-                c1=$(cpu_of "$t")
+                c1=$(target_cpu "$t")
                 record intercept i_rps_new "$t" "$r" "$OHA_RPS" "$NOTE"
                 record_cpu intercept i_new_cpu_us "$t" "$r" "$c0" "$c1" "$OHA_OK" 1e6
                 log "i-new    run $r $t: $OHA_RPS req/s $NOTE"
@@ -942,9 +898,9 @@ scenario_intercept() {
                 log "i-p99    run $r $t: $OHA_P99 ms after ${LAT_WARMUP} s warm-up (whole run $OHA_P99_FULL ms) $NOTE"
             fi
             if [[ $INTERCEPT_MEASURES == *" bulk "* ]]; then
-                c0=$(cpu_of "$t")
+                c0=$(target_cpu "$t")
                 measure_big "$t"
-                c1=$(cpu_of "$t")
+                c1=$(target_cpu "$t")
                 v=$VAL
                 record intercept i_big_mbps "$t" "$r" "$v" "$NOTE"
                 record_cpu intercept i_big_cpu_s_gb "$t" "$r" "$c0" "$c1" "$BIG_GOT" 1e9
