@@ -2,6 +2,7 @@
 # Inspection bench (issue 17): one bulk download, repeated, through
 #   direct                      curl straight to the origin (nginx, sendfile)
 #   rampart                     inspection off
+#   rampart+default             type + SHA-256 + archive walk (the default config)
 #   rampart+inspect             type + SHA-256 + archive walk + N YARA rules, no clamd
 #   rampart+inspect+clamd       the same plus clamd (INSTREAM)
 #   squid+c-icap+clamd          Squid RESPMOD to c-icap's virus_scan, clamd_mod
@@ -396,6 +397,9 @@ rampart_columns() { # binary suffix
 enabled = false"
     measure "rampart$sfx, inspection off" "http://127.0.0.1:$rampart_port" 120 "rampart=$rampart_pid"
     mbs[off$sfx]=${mbs["rampart$sfx, inspection off"]}
+    start_rampart "$bin" "default$sfx" "[inspect]
+max_scan_size = $(( (size_mb + 50) * 1024 * 1024 ))"
+    measure "rampart$sfx, type + hash + archive (defaults, no YARA)" "http://127.0.0.1:$rampart_port" 120 "rampart=$rampart_pid"
     start_rampart "$bin" "inspect$sfx" "$inspect_toml"
     measure "rampart$sfx, type + hash + archive + $rules YARA rules" "http://127.0.0.1:$rampart_port" 120 "rampart=$rampart_pid"
     mbs[inspect$sfx]=${mbs["rampart$sfx, type + hash + archive + $rules YARA rules"]}
