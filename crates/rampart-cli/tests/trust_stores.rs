@@ -417,3 +417,47 @@ fn node_and_cargo_pass_trust_verify_through_an_intercepting_rampart_only_after_t
         gw.find_record(|r| r["target"].as_str() == Some(url.as_str()) && r["method"] == "GET");
     assert_eq!(node_request["tls"]["decision"], "decrypt", "{node_request}");
 }
+
+#[test]
+fn trust_verify_local_checks_each_tool_against_a_loopback_origin_signed_by_rampart() {
+    require(&["curl", "python3", "git", "node", "cargo"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = rampart_ca(dir.path());
+    let script = r#"
+        unset SSL_CERT_FILE SSL_CERT_DIR REQUESTS_CA_BUNDLE CURL_CA_BUNDLE PIP_CERT GIT_SSL_CAINFO \
+              NODE_EXTRA_CA_CERTS CARGO_HTTP_CAINFO
+        # A proxy in the environment must not matter: the origin is reached directly.
+        export HTTPS_PROXY=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9
+        if [ "$MODE" = trusted ]; then eval "$("$RAMPART" trust env --data-dir "$DATA")"; fi
+        "$RAMPART" trust verify --local --data-dir "$DATA" --timeout 20
+        echo "exit=$?"
+    "#;
+    let verify = |mode: &str| {
+        text(&run(Command::new("sh")
+            .args(["-c", script])
+            .env("MODE", mode)
+            .env("RAMPART", rampart_bin())
+            .env("DATA", &data)))
+    };
+    let tools = ["curl", "python requests", "pip", "git", "node", "cargo"];
+    let before = verify("untrusted");
+    assert!(
+        before.contains("checking against https://127.0.0.1:"),
+        "{before}"
+    );
+    for tool in tools {
+        assert!(
+            before.contains(&format!("{tool:<16} FAIL")),
+            "{tool}: {before}"
+        );
+    }
+    assert!(before.contains("exit=1"), "{before}");
+    let after = verify("trusted");
+    for tool in tools {
+        assert!(
+            after.contains(&format!("{tool:<16} pass")),
+            "{tool}: {after}"
+        );
+    }
+    assert!(after.contains("exit=0"), "{after}");
+}

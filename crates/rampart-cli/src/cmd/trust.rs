@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::state::DataDirArgs;
+
+#[path = "trust_local_origin.rs"]
+mod local_origin;
 use super::trust_stores::{browser_databases, find_certutil, JavaKeystore, NssDatabase};
 
 /// Bundle file `trust env` maintains inside the data directory.
@@ -29,7 +32,8 @@ enum TrustCommand {
     /// cargo, the AWS CLI and others trust Rampart (writes the bundle if needed).
     Env(EnvArgs),
     /// Make an HTTPS request with each installed tool (curl, Python requests, pip, git,
-    /// node) in the current environment and report pass/fail per tool.
+    /// node, cargo) in the current environment and report pass/fail per tool: to --url
+    /// (through --proxy), or with --local to an origin on 127.0.0.1 signed by Rampart's CA.
     Verify(VerifyArgs),
     /// Add the Rampart CA to trust stores: the Debian/Ubuntu system store
     /// (update-ca-certificates; the default, needs root), a Java keystore (--java) and
@@ -46,6 +50,13 @@ struct VerifyArgs {
     /// environment's proxy settings.
     #[arg(long, value_name = "URL")]
     proxy: Option<String>,
+    /// Check against an HTTPS origin on 127.0.0.1 with a certificate minted from
+    /// Rampart's CA, directly (no proxy, no internet): do the tools trust the CA?
+    /// Reads the CA key, so run it where the server's data dir is readable.
+    #[arg(long, conflicts_with_all = ["url", "proxy"])]
+    local: bool,
+    #[command(flatten)]
+    dir: DataDirArgs,
     /// Seconds each tool may take.
     #[arg(long, value_name = "SECONDS", default_value_t = 20)]
     timeout: u64,
@@ -289,6 +300,7 @@ fn tool_checks(url: &str, proxy: Option<&str>, timeout: u64, scratch: &Path) -> 
             tls_failure: &["SSL", "certificate"],
             reached: &[
                 "failed to get successful HTTP response",
+                "config.json not found in registry",
                 "expected value",
                 "config.json` is not valid",
             ],
@@ -354,9 +366,21 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let scratch = std::env::temp_dir().join(format!("rampart-trust-verify-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let mut failed = 0;
-    let proxy = effective_proxy(args.proxy.as_deref());
+    // --local: the origin lives as long as this process; the tools reach it directly.
+    let (url, proxy) = if args.local {
+        let ca = CertificateAuthority::load(&CaPaths::in_dir(&args.dir.resolve()?))?;
+        let origin = local_origin::LocalOrigin::start(&ca)?;
+        println!(
+            "checking against {} (a certificate from {})",
+            origin.url(),
+            ca.info().subject
+        );
+        (origin.url(), None)
+    } else {
+        (args.url.clone(), effective_proxy(args.proxy.as_deref()))
+    };
     let cargo_home = cargo_home(&scratch)?;
-    for check in tool_checks(&args.url, proxy.as_deref(), args.timeout, &scratch) {
+    for check in tool_checks(&url, proxy.as_deref(), args.timeout, &scratch) {
         let mut cmd = std::process::Command::new(check.program);
         cmd.args(&check.args)
             .stdin(std::process::Stdio::null())
@@ -369,6 +393,20 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 cmd.env(var, proxy);
             }
             cmd.env_remove("NO_PROXY").env_remove("no_proxy");
+        }
+        if args.local {
+            for var in [
+                "HTTPS_PROXY",
+                "https_proxy",
+                "HTTP_PROXY",
+                "http_proxy",
+                "ALL_PROXY",
+                "all_proxy",
+            ] {
+                cmd.env_remove(var);
+            }
+            cmd.env("NO_PROXY", "127.0.0.1")
+                .env("no_proxy", "127.0.0.1");
         }
         let output = match cmd.output() {
             Ok(output) => output,
