@@ -207,7 +207,7 @@ fn three_gateways_behind_haproxy_follow_the_server_share_revocations_and_coachin
             .iter()
             .filter_map(|e| e["unmapped"]["gateway"].as_str())
             .collect();
-        gateways.len() == 3
+        gateways.len() == 3 && ids_by_marker(&seen, "?https-").len() == 9
     });
     assert!(
         all_three,
