@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::support::origin::Origin;
-use super::support::{curl, eventually, rampart_bin, run, Rampart};
+use super::support::{curl, device_token, enroll_agent, eventually, rampart_bin, run, Rampart};
 
 pub const POLICY: &str = r#"
 [lists]
@@ -123,16 +123,7 @@ impl Console {
     /// create`, then `rampart agent enroll` against the API), without running the
     /// agent: the device is in the inventory and offline. Returns its id.
     pub fn enroll_device(&self, user: &str) -> String {
-        let data = self.server.data_dir();
-        let out = run(Command::new(rampart_bin())
-            .args(["device", "token", "create", "--user", user, "--data-dir"])
-            .arg(&data));
-        assert!(
-            out.status.success(),
-            "token create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let token = device_token(&self.server.data_dir(), user, None);
         let dir = self._dir.path().join(format!("agent-{user}"));
         std::fs::create_dir_all(&dir).expect("agent dir");
         let config = dir.join("agent.toml");
@@ -144,31 +135,13 @@ impl Console {
             ),
         )
         .expect("agent config");
-        let out = run(Command::new(rampart_bin())
-            .args([
-                "agent",
-                "enroll",
-                "--server",
-                &self.base(),
-                "--token",
-                &token,
-                "--config",
-            ])
-            .arg(&config));
-        assert!(
-            out.status.success(),
-            "agent enroll: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let enrollment: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("state/enrollment.json")).expect("enrollment.json"),
+        enroll_agent(
+            Command::new(rampart_bin()),
+            &self.base(),
+            &token,
+            &config,
+            &dir.join("state"),
         )
-        .expect("enrollment JSON");
-        enrollment["device_id"]
-            .as_str()
-            .expect("device_id")
-            .to_string()
     }
 
     /// `rampart device ARGS --server API --token T` (the CLI against this server).

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{eventually, free_port, rampart_bin, run, Rampart};
+use super::{device_token, enroll_agent, eventually, free_port, rampart_bin, run, Rampart};
 
 pub struct EnrolledAgent {
     /// The agent's local proxy.
@@ -38,24 +38,7 @@ impl EnrolledAgent {
         extra_toml: &str,
         run_as: Option<(&str, &str)>,
     ) -> EnrolledAgent {
-        let data = gw.data_dir();
-        let out = run(Command::new(rampart_bin()).args([
-            "device",
-            "token",
-            "create",
-            "--user",
-            user,
-            "--groups",
-            groups,
-            "--data-dir",
-            data.to_str().expect("utf-8 path"),
-        ]));
-        assert!(
-            out.status.success(),
-            "token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let token = device_token(&gw.data_dir(), user, Some(groups));
 
         let dir = tempfile::tempdir().expect("tempdir");
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -69,30 +52,13 @@ impl EnrolledAgent {
             ),
         )
         .expect("write agent config");
-        let out = run(Command::new(rampart_bin()).args([
-            "agent",
-            "enroll",
-            "--server",
+        let device = enroll_agent(
+            Command::new(rampart_bin()),
             &format!("http://{}", gw.api),
-            "--token",
             &token,
-            "--config",
-            config.to_str().expect("utf-8 path"),
-        ]));
-        assert!(
-            out.status.success(),
-            "enroll failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            &config,
+            &state,
         );
-        let enrollment: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(state.join("enrollment.json")).expect("enrollment.json"),
-        )
-        .expect("enrollment JSON");
-        let device = enrollment["device_id"]
-            .as_str()
-            .expect("device_id")
-            .to_string();
         let mut command = match run_as {
             None => Command::new(rampart_bin()),
             Some((account, group)) => {

@@ -409,6 +409,54 @@ pub fn events_search(data_dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `rampart device token create --user USER [--groups GROUPS]` on a server's data
+/// dir: the one-time enrollment token.
+pub fn device_token(data_dir: &Path, user: &str, groups: Option<&str>) -> String {
+    let mut command = Command::new(rampart_bin());
+    command.args(["device", "token", "create", "--user", user]);
+    if let Some(groups) = groups {
+        command.args(["--groups", groups]);
+    }
+    let out = run(command.arg("--data-dir").arg(data_dir));
+    assert!(
+        out.status.success(),
+        "token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `rampart agent enroll --server SERVER --token TOKEN --config CONFIG`, run by
+/// `rampart` (a plain `Command::new(rampart_bin())`, or one inside a namespace);
+/// returns the device id the agent wrote to `STATE/enrollment.json`.
+pub fn enroll_agent(
+    mut rampart: Command,
+    server: &str,
+    token: &str,
+    config: &Path,
+    state: &Path,
+) -> String {
+    let out = run(rampart
+        .args([
+            "agent", "enroll", "--server", server, "--token", token, "--config",
+        ])
+        .arg(config));
+    assert!(
+        out.status.success(),
+        "agent enroll: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let enrollment: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(state.join("enrollment.json")).expect("enrollment.json"),
+    )
+    .expect("enrollment JSON");
+    enrollment["device_id"]
+        .as_str()
+        .expect("device_id")
+        .to_string()
+}
+
 /// An Argon2 hash for `[[proxy.users]]`, made by the real `rampart hash-password`.
 pub fn hash_password(password: &str) -> String {
     let mut child = Command::new(rampart_bin())

@@ -19,7 +19,7 @@ use rampart_testkit::netns::{
 pub use rampart_testkit::netns::{enter_netns, in_netns, ip, reachable};
 use rampart_testkit::tls_origin::{openssl_pki, s_server_args};
 
-use super::{events_search, eventually, rampart_bin, run, KillOnDrop};
+use super::{device_token, enroll_agent, events_search, eventually, rampart_bin, run, KillOnDrop};
 
 /// The endpoint's address on the veth pair.
 pub const ENDPOINT_ADDR: &str = "10.78.0.1";
@@ -459,18 +459,7 @@ impl NsAgent {
         steering_toml: &str,
         extra_toml: &str,
     ) -> NsAgent {
-        let out = run(Command::new(rampart_bin())
-            .args([
-                "device", "token", "create", "--user", user, "--groups", groups,
-            ])
-            .arg("--data-dir")
-            .arg(server.data_dir()));
-        assert!(
-            out.status.success(),
-            "token create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let token = device_token(&server.data_dir(), user, Some(groups));
         let state = dir.join("agent-state");
         let config = dir.join("agent.toml");
         std::fs::write(
@@ -481,26 +470,13 @@ impl NsAgent {
             ),
         )
         .expect("write agent.toml");
-        let out = run(pair
-            .command(&pair.endpoint, rampart_bin())
-            .args(["agent", "enroll", "--server"])
-            .arg(format!("http://{}", server.api))
-            .args(["--token", &token, "--config"])
-            .arg(&config));
-        assert!(
-            out.status.success(),
-            "enroll: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let device = enroll_agent(
+            pair.command(&pair.endpoint, rampart_bin()),
+            &format!("http://{}", server.api),
+            &token,
+            &config,
+            &state,
         );
-        let enrollment: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(state.join("enrollment.json")).expect("enrollment.json"),
-        )
-        .expect("enrollment JSON");
-        let device = enrollment["device_id"]
-            .as_str()
-            .expect("device_id")
-            .to_string();
         let stderr = std::fs::File::create(dir.join("agent-stderr.log")).expect("stderr file");
         let child = pair
             .command(&pair.endpoint, rampart_bin())
