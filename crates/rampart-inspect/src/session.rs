@@ -324,6 +324,10 @@ struct QueueState {
     closed: bool,
     /// The session was dropped: the thread stops at once.
     abandoned: bool,
+    /// The thread has ended (returned or panicked): chunks are no longer
+    /// queued and a waiting feeder is released (a panic ends as
+    /// `unscannable: engine-error` at `finish`).
+    gone: bool,
     waiting: Option<Waker>,
 }
 
@@ -347,7 +351,24 @@ impl Queue {
 
 /// The background thread: takes every queued chunk, then returns the
 /// intake for the end of the scan.
+/// Marks the queue `gone` when the thread ends, also by a panic, so that a
+/// feeder waiting in `poll_ready` is never left waiting.
+struct GoneOnExit(Arc<Queue>);
+
+impl Drop for GoneOnExit {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.gone = true;
+        state.chunks.clear();
+        state.queued = 0;
+        if let Some(waker) = state.waiting.take() {
+            waker.wake();
+        }
+    }
+}
+
 fn run_intake(mut intake: Intake, queue: Arc<Queue>, direction: Direction) -> Intake {
+    let _gone = GoneOnExit(queue.clone());
     intake.decide_spooling(direction);
     intake.open_clamd();
     loop {
@@ -497,6 +518,9 @@ impl ScanSession {
             IntakeState::Background(background) => {
                 self.size += chunk.len() as u64;
                 let mut state = background.queue.lock();
+                if state.gone {
+                    return;
+                }
                 state.queued += chunk.len();
                 state.chunks.push_back(chunk);
                 drop(state);
