@@ -1311,3 +1311,188 @@ fn after_a_reboot_the_boot_script_and_the_agent_start_isolate_before_anything_pa
     assert!(!boot_script.exists(), "release deletes the boot script");
     assert!(tcp_ok(&ep, sock(ATTACKER4, SHELL_PORT)), "released");
 }
+
+/// CPU time of this process (the agent's threads and the in-process origin), from
+/// `/proc/self/stat` (user + system, in clock ticks of 10 ms).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
+}
+
+/// An origin on `ORIGIN:80` answering `/small` with 100 bytes and anything else with
+/// 256 MiB, each on a connection of its own (`Connection: close`).
+fn steering_origin(ns: &str) {
+    serve_in(Some(ns), |ready| async move {
+        let listener = tokio::net::TcpListener::bind(sock(ATTACKER4, 80))
+            .await
+            .expect("bind origin");
+        ready.send(()).expect("ready");
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                let small = head[..n].starts_with(b"GET /small");
+                let size: u64 = if small { 100 } else { 256 << 20 };
+                let header = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+                );
+                if stream.write_all(header.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![0u8; 256 * 1024];
+                let mut left = size;
+                while left > 0 {
+                    let n = left.min(chunk.len() as u64) as usize;
+                    if stream.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+}
+
+/// Steering throughput and CPU per request through the agent's transparent steering
+/// (a bypassed host: client → agent → origin) with no isolation ever, after an
+/// isolation was released (state file says released, no table), and with the
+/// isolation table loaded (1,000 exceptions, the origin passed by one of them). Not
+/// part of the suite: `cargo nextest run -p rampart-agent --test isolation_netns
+/// --run-ignored ignored-only steering_cost_of_isolation --no-capture`.
+#[test]
+#[ignore = "measurement: prints steering throughput and CPU per request"]
+fn steering_cost_of_isolation() {
+    if !root_or_skip("steering_cost_of_isolation") {
+        return;
+    }
+    const SMALL: usize = 300;
+    let topo = topology();
+    let ep = topo.endpoint.clone();
+    tcp_echo(&topo.gateway, vec![sock(SERVER4, SERVER_PORT)]);
+    steering_origin(&topo.origin);
+    let dir = support::data_dir("isolation-steering-cost");
+    let config = rampart_agent::AgentConfig::from_toml(
+        &format!(
+            "data_dir = \"{}\"\n[steering]\nmode = \"transparent\"\n[[steering.exceptions]]\nname = \"origin direct\"\nhosts = [\"bulk.test\"]\naction = \"bypass\"\n[gateway]\nproxy = \"{SERVER4}:{SERVER_PORT}\"\n[transparent]\ntable = \"rampart_agent_cost\"\n",
+            dir.display()
+        ),
+        "cost agent.toml",
+    )
+    .expect("agent config");
+    let agent = support::start_agent(Some(&ep), config).expect("agent");
+    let url = |path: &str| format!("http://{ATTACKER4}/{path}");
+    let bulk = |topo: &Topology| -> f64 {
+        let out = topo.exec(
+            &topo.endpoint,
+            "curl",
+            &[
+                "-s",
+                "-m",
+                "60",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{speed_download}",
+                "-H",
+                "Host: bulk.test",
+                &url("bulk"),
+            ],
+        );
+        support::stdout(&out).trim().parse().expect("curl speed")
+    };
+    let small = |topo: &Topology| -> (Duration, Duration) {
+        let mut args: Vec<String> = vec![
+            "-s".into(),
+            "-f".into(),
+            "-H".into(),
+            "Host: bulk.test".into(),
+        ];
+        for _ in 0..SMALL {
+            args.extend(["-o".into(), "/dev/null".into(), url("small")]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (cpu, started) = (process_cpu(), Instant::now());
+        let out = topo.exec(&topo.endpoint, "curl", &args);
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            started.elapsed() / SMALL as u32,
+            (process_cpu() - cpu) / SMALL as u32,
+        )
+    };
+    let table_present = |topo: &Topology| {
+        topo.exec(
+            &topo.endpoint,
+            "nft",
+            &["list", "table", "inet", "rampart_isolate"],
+        )
+        .status
+        .success()
+    };
+    let mut exceptions: String = (0..999)
+        .map(|i| {
+            format!(
+                "pass out proto tcp to 198.{}.{}.0/24 port {}\n",
+                18 + i / 250,
+                i % 250,
+                1024 + i
+            )
+        })
+        .collect();
+    exceptions.push_str(&format!("pass out proto tcp to {ATTACKER4} port 80\n"));
+    // Rounds alternate the states, so load from other work on the host falls on each.
+    const ROUNDS: usize = 4;
+    let labels = [
+        "never isolated, no table",
+        "released, no table",
+        "isolated, 1,000 exceptions, origin passed",
+    ];
+    // Per state: bulk speeds, and (wall, CPU) per small request of each run.
+    type Runs = (Vec<f64>, Vec<(Duration, Duration)>);
+    let mut results: Vec<Runs> = vec![Default::default(); 3];
+    for round in 0..ROUNDS {
+        for (which, result) in results.iter_mut().enumerate() {
+            if which == 0 && round > 0 {
+                continue; // only before the first isolation
+            }
+            let state = dir.clone();
+            let ex = exceptions.clone();
+            let status = in_ns(&ep, move || match which {
+                2 => isolation::isolate(&state, &Isolator::default(), spec(&ex), None)
+                    .map(|r| IsolationStatus::of(None, &r.state)),
+                1 => isolation::release(&state, &Isolator::default(), None),
+                _ => Ok(IsolationStatus::Released),
+            });
+            status.expect("state change");
+            assert_eq!(table_present(&topo), which == 2, "{}", labels[which]);
+            result.0.push(bulk(&topo));
+            result.1.push(small(&topo));
+        }
+    }
+    for (label, (mut bulks, mut smalls)) in labels.iter().zip(results) {
+        bulks.sort_by(f64::total_cmp);
+        smalls.sort();
+        let (wall, cpu) = smalls[smalls.len() / 2];
+        eprintln!(
+            "STEERING COST ({label}): bulk best {:.0} MB/s, median {:.0} MB/s over {} runs; {SMALL} requests, one connection each, median run: {:?} per request, agent+origin CPU {:?} per request",
+            bulks[bulks.len() - 1] / 1e6,
+            bulks[bulks.len() / 2] / 1e6,
+            bulks.len(),
+            wall,
+            cpu
+        );
+    }
+    let state = dir.clone();
+    in_ns(&ep, move || {
+        isolation::release(&state, &Isolator::default(), None)
+    })
+    .expect("release");
+    agent.stop().expect("agent stops");
+}

@@ -143,7 +143,7 @@ impl Isolator {
         };
         let kernel = kernel
             .map_err(|_| IsolationError::ReadBack("the read-back thread panicked".into()))??;
-        let state = compare(kernel.as_ref(), &expected);
+        let state = compare(kernel.as_ref(), expected);
         Ok(ApplyReport {
             state,
             load_time,
