@@ -14,9 +14,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use gateway_inspection_common::{
-    api, gateway, require, sh, Clamd, FileOrigin, H2Origin, CLAMD_MARKER, CLAMD_SIGNATURE,
+    api, files_origins_and_gateway, gateway, require, sh, Clamd, FileOrigin, CLAMD_MARKER,
+    CLAMD_SIGNATURE,
 };
-use https_fixtures::{CertKind, TestPki};
 use support::{curl, eventually, free_port};
 
 /// `curl -w '\n%{http_code} %{http_version}'` through the gateway; the body
@@ -56,14 +56,10 @@ fn clamd_finds_its_signature_plain_and_over_intercepted_http2_and_clamd_down_fai
     .unwrap();
     std::fs::write(root.join("clean.txt"), "nothing to see here\n").unwrap();
     let mut clamd = Clamd::start(dir.path());
-    let pki = TestPki::new(dir.path(), "files", &["files.test"], CertKind::Valid);
-    let plain = FileOrigin::plain(&root);
-    let tls = H2Origin::start(&root, &pki);
-    let gw = gateway(
-        "",
+    let (plain, tls, gw) = files_origins_and_gateway(
+        dir.path(),
+        &root,
         &format!("[inspect.clamav]\naddress = \"{}\"\n", clamd.address()),
-        tls.port,
-        &[&pki.ca_pem],
     );
     let ca = gw.gateway_ca();
     let ca = ca.to_str().unwrap();
@@ -383,14 +379,10 @@ fn encrypted_7z_docx_and_pdf_downloads_are_found_encrypted_and_handled_per_the_a
     let root = dir.path().join("www");
     std::fs::create_dir_all(&root).unwrap();
     encrypted_fixtures(&root);
-    let pki = TestPki::new(dir.path(), "files", &["files.test"], CertKind::Valid);
-    let plain = FileOrigin::plain(&root);
-    let tls = H2Origin::start(&root, &pki);
-    let blocking = gateway(
-        "",
+    let (plain, tls, blocking) = files_origins_and_gateway(
+        dir.path(),
+        &root,
         "[inspect.actions]\nencrypted = \"block\"\n",
-        tls.port,
-        &[&pki.ca_pem],
     );
     for (file, path, rule) in [
         ("data.7z", "data.7z!/report.txt", "7z-encrypted-entry"),

@@ -14,8 +14,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use gateway_inspection_common::{gateway, require, sha256_of, FileOrigin, H2Origin, EICAR};
-use https_fixtures::{CertKind, TestPki};
+use gateway_inspection_common::{
+    files_origins_and_gateway, gateway, require, sha256_of, FileOrigin, EICAR,
+};
 use support::{curl, eventually, free_port, run, Rampart};
 
 const CARD: &str = "4111 1111 1111 1111";
@@ -39,14 +40,10 @@ fn multipart_uploads_name_the_part_file_in_the_finding_plain_and_over_intercepte
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("www");
     std::fs::create_dir_all(&root).unwrap();
-    let pki = TestPki::new(dir.path(), "files", &["files.test"], CertKind::Valid);
-    let plain = FileOrigin::plain(&root);
-    let tls = H2Origin::start(&root, &pki);
-    let gw = gateway(
-        "",
+    let (plain, tls, gw) = files_origins_and_gateway(
+        dir.path(),
+        &root,
         "[inspect.actions]\nsensitive = \"block\"\n",
-        tls.port,
-        &[&pki.ca_pem],
     );
     let ca = gw.gateway_ca();
     let payment = dir.path().join("payment.txt");
@@ -153,11 +150,8 @@ fn dlp_finds_a_luhn_valid_card_in_json_from_python_requests_and_records_only_the
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("www");
     std::fs::create_dir_all(&root).unwrap();
-    let pki = TestPki::new(dir.path(), "files", &["files.test"], CertKind::Valid);
-    let plain = FileOrigin::plain(&root);
-    let tls = H2Origin::start(&root, &pki);
     // Default inspection policy: sensitive uploads are alerted on and pass.
-    let gw = gateway("", "", tls.port, &[&pki.ca_pem]);
+    let (plain, tls, gw) = files_origins_and_gateway(dir.path(), &root, "");
     let ca = gw.gateway_ca();
     for url in [
         format!("http://files.test:{}/orders", plain.port),
@@ -214,14 +208,10 @@ fn uploads_past_memory_threshold_spool_to_the_data_dir_and_a_match_at_their_end_
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("www");
     std::fs::create_dir_all(&root).unwrap();
-    let pki = TestPki::new(dir.path(), "files", &["files.test"], CertKind::Valid);
-    let plain = FileOrigin::plain(&root);
-    let tls = H2Origin::start(&root, &pki);
-    let gw = gateway(
-        "",
+    let (plain, tls, gw) = files_origins_and_gateway(
+        dir.path(),
+        &root,
         "[inspect.actions]\nsensitive = \"block\"\n",
-        tls.port,
-        &[&pki.ca_pem],
     );
     let ca = gw.gateway_ca();
     const LEN: usize = 40 << 20;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rampart_testkit::https_origin::HttpsOrigin;
 use rampart_testkit::python_origin::PythonServer;
 
-use crate::https_fixtures::TestPki;
+use crate::https_fixtures::{CertKind, TestPki};
 use crate::support::{free_port, raw_exchange, run, Rampart};
 
 pub const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
@@ -219,6 +219,21 @@ pub fn gateway(top: &str, extra: &str, tls_port: u16, roots: &[&Path]) -> Rampar
          tls_ports = [443, {tls_port}]\n\
          [resolve]\n\"files.test\" = \"127.0.0.1\"\n{tls}{extra}"
     ))
+}
+
+/// `files.test` served from `root` plain ([`FileOrigin`]) and over HTTPS
+/// ([`H2Origin`], a test PKI written in `dir`), and a gateway with `extra` that
+/// decrypts CONNECTs to the HTTPS origin trusting that PKI.
+pub fn files_origins_and_gateway(
+    dir: &Path,
+    root: &Path,
+    extra: &str,
+) -> (FileOrigin, H2Origin, Rampart) {
+    let pki = TestPki::new(dir, "files", &["files.test"], CertKind::Valid);
+    let plain = FileOrigin::plain(root);
+    let tls = H2Origin::start(root, &pki);
+    let gw = gateway("", extra, tls.port, &[&pki.ca_pem]);
+    (plain, tls, gw)
 }
 
 /// An admin API call on the gateway; (status, JSON body).
