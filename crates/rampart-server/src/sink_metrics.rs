@@ -5,7 +5,7 @@
 //! ```text
 //! rampart_sink_delivered_total{sink="siem"}        events the destination accepted
 //! rampart_sink_failed_total{sink="siem"}           failed delivery attempts (each retried)
-//! rampart_sink_dropped_total{sink="siem"}          events discarded (spool full, or refused as malformed)
+//! rampart_sink_dropped_total{sink="siem"}          events discarded (spool full)
 //! rampart_sink_pending_bytes{sink="siem"}          bytes waiting in the sink's spool
 //! rampart_sink_oldest_pending_seconds{sink="siem"} age of the oldest undelivered event
 //! rampart_event_store_errors_total                 failed store commits
@@ -85,7 +85,7 @@ impl Collector for SinkMetrics {
         family(
             &mut encoder,
             "rampart_sink_dropped",
-            "Events the sink discarded: its spool reached spool_max_size, or the destination refused them as malformed",
+            "Events the sink discarded because its spool reached spool_max_size while the destination was down",
             MetricType::Counter,
             &sinks,
             |s| ConstCounter::new(s.dropped.load(Ordering::Relaxed)),
