@@ -453,6 +453,10 @@ fn trust_verify_local_checks_each_tool_against_a_loopback_origin_signed_by_rampa
     }
     assert!(before.contains("exit=1"), "{before}");
     let after = verify("trusted");
+    assert!(
+        !after.contains("skipped"),
+        "a tool is missing (pip: the python3-pip package): run scripts/install-test-deps.sh\n{after}"
+    );
     for tool in tools {
         assert!(
             after.contains(&format!("{tool:<16} pass")),
