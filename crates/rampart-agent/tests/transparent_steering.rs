@@ -75,12 +75,8 @@ fn curl_is_steered_to_the_gateway_with_its_process_name() {
     start_origin(&topo);
     let agent = start_agent(Some(&topo.endpoint), config("steer-curl", 3128, "")).expect("agent");
 
-    let out = topo.exec(
-        &topo.endpoint,
-        "curl",
-        &["-s", "-m", "5", &format!("http://{ORIGIN_ADDR}/")],
-    );
-    assert_eq!(stdout(&out), "via-gateway", "curl went around the gateway");
+    let out = topo.curl(&[&format!("http://{ORIGIN_ADDR}/")]);
+    assert_eq!(out, "via-gateway", "curl went around the gateway");
 
     // HTTPS: the host comes from the SNI of curl's ClientHello.
     let _ = topo.exec(
@@ -168,23 +164,12 @@ fn block_exception_refuses_and_logs_the_drop() {
     start_origin(&topo);
     let agent = start_agent(Some(&topo.endpoint), config("block", 3128, "")).expect("agent");
 
-    let out = topo.exec(
-        &topo.endpoint,
-        "curl",
-        &[
-            "-s",
-            "-m",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "Host: blocked.example",
-            &format!("http://{ORIGIN_ADDR}/"),
-        ],
-    );
-    assert_eq!(stdout(&out), "403");
+    let out = topo.curl_status(&[
+        "-H",
+        "Host: blocked.example",
+        &format!("http://{ORIGIN_ADDR}/"),
+    ]);
+    assert_eq!(out, "403");
     assert!(records.lock().expect("records").is_empty());
     let log = agent.log();
     assert!(
@@ -274,12 +259,8 @@ fn unreachable_gateway_goes_direct_in_fail_open_mode() {
         with_fail_mode("fail-open", 3999, "open"),
     )
     .expect("agent");
-    let out = topo.exec(
-        &topo.endpoint,
-        "curl",
-        &["-s", "-m", "5", &format!("http://{ORIGIN_ADDR}/")],
-    );
-    assert_eq!(stdout(&out), format!("origin saw {ENDPOINT_TO_ORIGIN}"));
+    let out = topo.curl(&[&format!("http://{ORIGIN_ADDR}/")]);
+    assert_eq!(out, format!("origin saw {ENDPOINT_TO_ORIGIN}"));
     let log = agent.log();
     assert!(
         log.contains(&format!("INFO Bypassing connection from process: curl, host: {ORIGIN_ADDR} (gateway unreachable, fail-open)\n")),
@@ -300,34 +281,14 @@ fn unreachable_gateway_refuses_in_fail_closed_mode_except_the_allowlist() {
         with_fail_mode("fail-closed", 3999, "closed"),
     )
     .expect("agent");
-    let refused = topo.exec(
-        &topo.endpoint,
-        "curl",
-        &[
-            "-s",
-            "-m",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://{ORIGIN_ADDR}/"),
-        ],
-    );
-    assert_eq!(stdout(&refused), "403");
-    let allowed = topo.exec(
-        &topo.endpoint,
-        "curl",
-        &[
-            "-s",
-            "-m",
-            "5",
-            "-H",
-            "Host: allowed.example",
-            &format!("http://{ORIGIN_ADDR}/"),
-        ],
-    );
-    assert_eq!(stdout(&allowed), format!("origin saw {ENDPOINT_TO_ORIGIN}"));
+    let refused = topo.curl_status(&[&format!("http://{ORIGIN_ADDR}/")]);
+    assert_eq!(refused, "403");
+    let allowed = topo.curl(&[
+        "-H",
+        "Host: allowed.example",
+        &format!("http://{ORIGIN_ADDR}/"),
+    ]);
+    assert_eq!(allowed, format!("origin saw {ENDPOINT_TO_ORIGIN}"));
     let log = agent.log();
     assert!(
         log.contains(&format!("WARN Dropping connection from process: curl, host: {ORIGIN_ADDR} (gateway unreachable, fail-closed)\n")),

@@ -70,6 +70,21 @@ impl Topology {
             .expect("ip netns exec")
     }
 
+    /// `curl -s -m 5 ARGS` from the endpoint namespace (steered like any program
+    /// there): its stdout.
+    pub fn curl(&self, args: &[&str]) -> String {
+        let mut all = vec!["-s", "-m", "5"];
+        all.extend_from_slice(args);
+        stdout(&self.exec(&self.endpoint, "curl", &all))
+    }
+
+    /// The HTTP status [`Topology::curl`] gets (`-o /dev/null -w %{http_code}`).
+    pub fn curl_status(&self, args: &[&str]) -> String {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        self.curl(&all)
+    }
+
     /// `nft` inside a namespace, asserting success; returns stdout.
     pub fn nft(&self, ns: &str, args: &[&str]) -> String {
         let out = self.exec(ns, "nft", args);
