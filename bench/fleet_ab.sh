@@ -24,26 +24,9 @@ trap cleanup EXIT
 BENCH_NAME=fleet-ab
 # shellcheck source=bench/lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 TCK=$(getconf CLK_TCK)
 
-mkdir -p "$WORK/www"
-head -c 1024 /dev/urandom >"$WORK/www/1k"
-chmod 755 "$WORK" "$WORK/www"; chmod 644 "$WORK/www/1k"  # nginx workers run unprivileged
-OPORT=$(free_port)
-cat >"$WORK/nginx.conf" <<NG
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$OPORT; root $WORK/www; } }
-NG
-taskset -c 0 nginx -c "$WORK/nginx.conf" -p "$WORK" &
-PIDS+=($!)
-wait_port "$OPORT"
-printf 'wrk.method = "GET"\nwrk.path = "http://127.0.0.1:%s/1k"\nwrk.headers["Host"] = "127.0.0.1:%s"\n' "$OPORT" "$OPORT" >"$WORK/abs.lua"
+start_nginx_1k 0
 
 # The fleet's control plane, on CPU 0 beside the load generator.
 NPORT=$(free_port)

@@ -105,3 +105,30 @@ mkleaf() {
     openssl x509 -req -in "$1/$3.csr" -CA "$1/$2.pem" -CAkey "$1/$2.key" -CAcreateserial \
         -out "$1/$3.pem" -days 2 -extfile "$1/$3.ext" 2>/dev/null
 }
+
+# cpu_ticks PID : user + system clock ticks of one process (getconf CLK_TCK a second).
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+
+# start_nginx_1k CPU : nginx (one worker, pinned to CPU) serving 1 KiB at /1k from
+# $WORK/www on a free port, OPORT; $WORK/abs.lua is a wrk script that sends it as an
+# absolute-form (proxy) request. The pid goes to PIDS (the caller's cleanup stops it).
+start_nginx_1k() {
+    mkdir -p "$WORK/www"
+    head -c 1024 /dev/urandom >"$WORK/www/1k"
+    chmod 755 "$WORK" "$WORK/www"
+    chmod 644 "$WORK/www/1k" # nginx workers run unprivileged
+    OPORT=$(free_port)
+    cat >"$WORK/nginx.conf" <<NG
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$OPORT; root $WORK/www; } }
+NG
+    taskset -c "$1" nginx -c "$WORK/nginx.conf" -p "$WORK" &
+    PIDS+=($!)
+    wait_port "$OPORT"
+    printf 'wrk.method = "GET"\nwrk.path = "http://127.0.0.1:%s/1k"\nwrk.headers["Host"] = "127.0.0.1:%s"\n' "$OPORT" "$OPORT" >"$WORK/abs.lua"
+}

@@ -15,28 +15,12 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+BENCH_NAME=journal-ab
+# shellcheck source=bench/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)/bench/lib.sh"
 TCK=$(getconf CLK_TCK)
 
-mkdir -p "$WORK/www"
-head -c 1024 /dev/urandom >"$WORK/www/1k"
-chmod 755 "$WORK" "$WORK/www"; chmod 644 "$WORK/www/1k"  # nginx workers run unprivileged
-OPORT=$(free_port)
-cat >"$WORK/nginx.conf" <<NG
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$OPORT; root $WORK/www; } }
-NG
-taskset -c 0 nginx -c "$WORK/nginx.conf" -p "$WORK" &
-PIDS+=($!)
-wait_port "$OPORT"
-printf 'wrk.method = "GET"\nwrk.path = "http://127.0.0.1:%s/1k"\nwrk.headers["Host"] = "127.0.0.1:%s"\n' "$OPORT" "$OPORT" >"$WORK/abs.lua"
+start_nginx_1k 0
 
 run() { # journal=true|false
     local d="$WORK/gw-$1-$RANDOM" port api tun
