@@ -6,6 +6,8 @@
 #
 # What each group is for:
 #   base      curl, openssl, git, python3-requests (trust and proxy tests), procps
+#   trust     libnss3-tools (certutil), nodejs, python3-pip, default-jre-headless
+#             (keytool): the tools `rampart trust install|verify` covers
 #   upstream  squid (egress chaining peer), rsyslog (syslog sink)
 #   netns     nftables, iproute2, conntrack, dnsmasq, udhcpc (agent steering and isolation
 #             tests in network namespaces)
@@ -21,6 +23,8 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
   # base
   curl openssl ca-certificates git python3 python3-requests python3-venv procps util-linux
+  # trust
+  libnss3-tools nodejs python3-pip default-jre-headless
   # upstream
   squid rsyslog rsyslog-gnutls
   # netns

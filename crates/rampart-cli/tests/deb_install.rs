@@ -27,6 +27,9 @@ const UNITS: [&str; 3] = [
     "rampart-gateway.service",
     "rampart-agent.service",
 ];
+/// The boot-time oneshot that re-applies an isolated device's nftables batch
+/// (docs/isolation.md, "At boot"); enabled by the package.
+const ISOLATION_UNIT: &str = "rampart-agent-isolation.service";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -336,6 +339,7 @@ fn deb_installs_into_a_fresh_root_and_the_server_unit_command_serves() {
         "./lib/systemd/system/rampart-server.service",
         "./lib/systemd/system/rampart-gateway.service",
         "./lib/systemd/system/rampart-agent.service",
+        "./lib/systemd/system/rampart-agent-isolation.service",
         "./etc/logrotate.d/rampart",
         "./usr/share/bash-completion/completions/rampart",
         "./usr/share/zsh/vendor-completions/_rampart",
@@ -391,6 +395,7 @@ fn deb_installs_into_a_fresh_root_and_the_server_unit_command_serves() {
         "usr/bin/rampart",
         "etc/rampart/rampart.toml",
         "etc/systemd/system/multi-user.target.wants/rampart-server.service",
+        "etc/systemd/system/sysinit.target.wants/rampart-agent-isolation.service",
     ] {
         assert!(
             fs::symlink_metadata(root.join(gone)).is_err(),
@@ -492,6 +497,15 @@ fn check_installed_files(root: &Path) {
     for unit in ["rampart-gateway.service", "rampart-agent.service"] {
         assert!(!wants.join(unit).exists(), "{unit} is enabled by default");
     }
+    // The boot-time isolation unit is enabled (it runs only while an
+    // isolation batch is on disk), from sysinit, before any network.
+    let isolation = root
+        .join("etc/systemd/system/sysinit.target.wants")
+        .join(ISOLATION_UNIT);
+    assert!(
+        fs::read_link(&isolation).is_ok_and(|l| l.ends_with(ISOLATION_UNIT)),
+        "postinst did not enable {ISOLATION_UNIT}"
+    );
 
     // Completions: bash loads its file and completes `rampart`.
     let bash = root.join("usr/share/bash-completion/completions/rampart");
@@ -614,12 +628,13 @@ fn check_units(root: &Path) {
         .arg("-r")
         .arg("/lib/systemd/system/.")
         .arg(&verify_units));
-    for unit in UNITS {
+    for unit in UNITS.iter().chain([&ISOLATION_UNIT]) {
         fs::copy(units.join(unit), verify_units.join(unit)).expect("copy unit");
     }
     for (from, to) in [
         (root.join("usr/bin/rampart"), "usr/bin/rampart"),
         (PathBuf::from("/bin/kill"), "bin/kill"),
+        (PathBuf::from("/usr/sbin/nft"), "usr/sbin/nft"),
     ] {
         let dest = verify_root.path().join(to);
         fs::create_dir_all(dest.parent().expect("parent")).expect("bin dir");
@@ -628,7 +643,8 @@ fn check_units(root: &Path) {
     let out = run(Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(format!("--root={}", verify_root.path().display()))
-        .args(UNITS));
+        .args(UNITS)
+        .arg(ISOLATION_UNIT));
     assert_eq!(text(&out), "", "systemd-analyze verify has warnings");
 
     for (unit, threshold) in [
