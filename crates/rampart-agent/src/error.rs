@@ -54,6 +54,11 @@ pub enum AgentError {
         target: String,
         status: String,
     },
+    /// The persisted state says this device is isolated and the kernel could
+    /// not be made to match: the agent does not start (its unit restarts it),
+    /// so nothing is steered past an isolation that is wanted and not in place.
+    #[error("this device is isolated and the isolation could not be re-applied ({0}); not starting until it can be (check that `nft` runs; release with `rampart agent release` and a break-glass code)")]
+    IsolationNotApplied(String),
     /// Enrollment state is missing, unreadable or inconsistent.
     #[error("enrollment {path}: {message}")]
     Enrollment { path: PathBuf, message: String },

@@ -73,7 +73,7 @@ impl AgentBuilder {
         )?);
         // Before anything is steered, the kernel matches the persisted isolation state:
         // an agent killed while isolated finds its table, a crash mid-release ends it.
-        reapply_isolation(&config.data_dir, &log).await;
+        reapply_isolation(&config.data_dir, &log).await?;
         crate::relay::raise_fd_limit();
         crate::relay::keep_freed_heap();
         let transparent = config.steering.mode == SteeringMode::Transparent;
@@ -323,13 +323,35 @@ impl AgentBuilder {
     }
 }
 
-/// `reapply_at_start` on a blocking thread, logged.
-async fn reapply_isolation(data_dir: &std::path::Path, log: &AgentLog) {
+/// `reapply_at_start` on a blocking thread, logged. A failure while the
+/// device is meant to be isolated stops the start: steering must never come up
+/// around an isolation that is wanted and not in place (fail closed; the
+/// service manager retries). A failure while released is only logged.
+async fn reapply_isolation(data_dir: &std::path::Path, log: &AgentLog) -> Result<(), AgentError> {
     let dir = data_dir.to_path_buf();
     let outcome = tokio::task::spawn_blocking(move || {
         crate::isolation::reapply_at_start(&dir, &crate::isolation::Isolator::default())
     })
     .await;
+    let failure = match &outcome {
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(e.to_string()),
+        Ok(Ok(_)) => None,
+    };
+    if let Some(failure) = failure {
+        let wanted = matches!(
+            crate::isolation::state::load(data_dir),
+            Ok(Some(crate::isolation::IsolationState {
+                desired: crate::isolation::Desired::Isolated { .. },
+                ..
+            }))
+        );
+        if wanted {
+            let err = AgentError::IsolationNotApplied(failure);
+            log.write(Level::Warn, &err.to_string());
+            return Err(err);
+        }
+    }
     match outcome {
         Ok(Ok(Some(o))) => log.write(
             Level::Info,
@@ -348,6 +370,7 @@ async fn reapply_isolation(data_dir: &std::path::Path, log: &AgentLog) {
         ),
         Err(e) => log.write(Level::Warn, &format!("Isolation check at start failed: {e}")),
     }
+    Ok(())
 }
 
 /// How often `status.json` is rewritten.
