@@ -1,5 +1,6 @@
 //! End-to-end tests of `rampart ca ...` and `rampart trust ...`: the real binary, with
 //! openssl, curl, git, pip and Python requests checking its output (loopback only).
+use rampart_testkit::tls_origin::corporate_intermediate;
 use rampart_tls::ca::{der_to_pem, CaPaths, CertificateAuthority};
 use rampart_tls::leaf::LeafNames;
 use std::net::{SocketAddr, TcpStream};
@@ -241,65 +242,13 @@ fn ca_export_writes_pem_and_der_that_openssl_agrees_are_the_same_certificate() {
 fn ca_import_of_an_openssl_intermediate_serves_a_chain_that_verifies_to_the_corporate_root() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(d)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            text(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "root.key",
-        "-out",
-        "root.pem",
-        "-days",
-        "30",
-        "-subj",
+    corporate_intermediate(
+        d,
+        &["rsa:2048"],
         "/CN=Corp Root/O=Corp",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "inter.key",
-        "-out",
-        "inter.csr",
-        "-subj",
         "/CN=Corp Gateway Intermediate/O=Corp",
-    ]);
-    std::fs::write(d.join("ext.cnf"), "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "inter.csr",
-        "-CA",
-        "root.pem",
-        "-CAkey",
-        "root.key",
-        "-CAcreateserial",
-        "-out",
-        "inter.pem",
-        "-days",
-        "20",
-        "-extfile",
-        "ext.cnf",
-    ]);
+        "keyCertSign,cRLSign",
+    );
     // The organisation hands over intermediate + root in one file, root first.
     let bundle = format!(
         "{}{}",

@@ -88,3 +88,82 @@ impl Drop for TlsOrigin {
         let _ = self.child.wait();
     }
 }
+
+/// `openssl ARGS` run in `dir`; panics with its stderr when it fails.
+pub fn openssl_in(dir: &Path, args: &[&str]) {
+    let out = crate::process::run(Command::new("openssl").args(args).current_dir(dir));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An organisation's CA chain made by the openssl CLI in `dir`: a self-signed root
+/// (`root.pem`, `root.key`; `root_key` is what follows `-newkey`, e.g. `["rsa:2048"]`
+/// or `["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]`) and a P-256 intermediate CA it
+/// signs (`inter.pem`, `inter.key`; path length 0, `keyUsage=critical,KEY_USAGE`).
+pub fn corporate_intermediate(
+    dir: &Path,
+    root_key: &[&str],
+    root_subject: &str,
+    inter_subject: &str,
+    key_usage: &str,
+) {
+    let mut root = vec!["req", "-x509", "-newkey"];
+    root.extend_from_slice(root_key);
+    root.extend_from_slice(&[
+        "-nodes",
+        "-keyout",
+        "root.key",
+        "-out",
+        "root.pem",
+        "-days",
+        "30",
+        "-subj",
+        root_subject,
+    ]);
+    openssl_in(dir, &root);
+    openssl_in(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "inter.key",
+            "-out",
+            "inter.csr",
+            "-subj",
+            inter_subject,
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,{key_usage}\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"),
+    )
+    .expect("write ext.cnf");
+    openssl_in(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "inter.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-out",
+            "inter.pem",
+            "-days",
+            "20",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}

@@ -1,5 +1,6 @@
 //! Minted leaves checked by independent TLS stacks: `openssl verify`, and `curl`
 //! talking to `openssl s_server` presenting a minted leaf (loopback only).
+use rampart_testkit::tls_origin::corporate_intermediate;
 use rampart_tls::ca::{der_to_pem, CaOptions, CaPaths, CertificateAuthority};
 use rampart_tls::leaf::LeafNames;
 use std::net::{SocketAddr, TcpStream};
@@ -132,67 +133,13 @@ fn leaf_from_an_imported_intermediate_verifies_against_the_corporate_root() {
     let dir = tempfile::tempdir().unwrap();
     // The corporate root and an intermediate it signed, made by openssl itself.
     let d = dir.path();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(d)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "root.key",
-        "-out",
-        "root.pem",
-        "-days",
-        "30",
-        "-subj",
+    corporate_intermediate(
+        d,
+        &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
         "/CN=Corp Root",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "inter.key",
-        "-out",
-        "inter.csr",
-        "-subj",
         "/CN=Corp Gateway Intermediate",
-    ]);
-    std::fs::write(d.join("ext.cnf"), "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "inter.csr",
-        "-CA",
-        "root.pem",
-        "-CAkey",
-        "root.key",
-        "-CAcreateserial",
-        "-out",
-        "inter.pem",
-        "-days",
-        "20",
-        "-extfile",
-        "ext.cnf",
-    ]);
+        "keyCertSign,cRLSign,digitalSignature",
+    );
     let paths = CaPaths::in_dir(&d.join("data"));
     let ca =
         CertificateAuthority::import(&paths, &d.join("inter.pem"), &d.join("inter.key"), false)
