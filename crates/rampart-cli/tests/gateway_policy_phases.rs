@@ -512,7 +512,8 @@ action = "block"
     let admin = fronted("/admin");
     assert!(admin.ends_with("403"), "{admin}");
     assert!(admin.contains("no evil admin"), "{admin}");
-    let request = gw.find_record(|r| r["target"] == format!("https://ok.test:{port}/admin").as_str());
+    let request =
+        gw.find_record(|r| r["target"] == format!("https://ok.test:{port}/admin").as_str());
     assert_eq!(request["status"], 403, "{request}");
     assert_eq!(request["policy"]["rule"], "no evil admin", "{request}");
     // The tunnel itself was fronting, let through and recorded as such.

@@ -216,7 +216,7 @@ impl FdBudget {
 pub fn refuse_connect(
     shared: &crate::proxy::Shared,
     listener: &'static str,
-    log: crate::proxy::body::FlowLog,
+    log: crate::flow::Flow,
 ) -> http::Response<crate::proxy::body::ProxyBody> {
     static WARNING: RateLimitedWarning = RateLimitedWarning::new();
     shared

@@ -16,6 +16,7 @@ pub mod credential_cache;
 pub mod destination;
 pub mod error;
 pub mod fd_budget;
+pub mod flow;
 pub mod flow_events;
 /// Entry points of the fuzz targets in `fuzz/` (not an API).
 #[doc(hidden)]

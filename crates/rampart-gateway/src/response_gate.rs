@@ -23,9 +23,10 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::flow::Flow;
 use crate::inspection::{self, Judgement};
 use crate::policy_stage::{self, Blocked, FlowFacts};
-use crate::proxy::body::{BodyScan, FlowLog, PolicyRecheck, ProxyBody};
+use crate::proxy::body::{BodyScan, PolicyRecheck, ProxyBody};
 use crate::proxy::{blocked_response, error_response};
 use crate::state::GatewayState;
 
@@ -57,7 +58,7 @@ pub async fn respond(
     held: HeldRequest<'_>,
     pending: bool,
     response: Response<Incoming>,
-    mut log: FlowLog,
+    mut log: Flow,
 ) -> Response<ProxyBody> {
     let (parts, mut body) = response.into_parts();
     // HEAD, 204, 304: nothing to classify or scan; a pending rule on the
@@ -231,7 +232,7 @@ fn policy_blocks(
     state: &GatewayState,
     held: &HeldRequest<'_>,
     inspection: rampart_policy::InspectionFacts<'_>,
-    log: &mut FlowLog,
+    log: &mut Flow,
 ) -> Option<Blocked> {
     policy_stage::response_phase(
         &state.policy,

@@ -26,9 +26,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rampart_inspect::{Inspector, ScanContext, ScanSession, VerdictAction};
 
+use crate::flow::Flow;
 use crate::inspection::{self, FindingRecord, InspectionRecord, Judgement};
 use crate::policy_stage::{self, Blocked};
-use crate::proxy::body::{FlowLog, MeteredBody, ProxyBody};
+use crate::proxy::body::{MeteredBody, ProxyBody};
 use crate::proxy::{blocked_response, error_response};
 use crate::response_gate::HeldRequest;
 use crate::state::GatewayState;
@@ -285,8 +286,8 @@ pub async fn screen(
     pending: bool,
     body: Incoming,
     headers: &http::HeaderMap,
-    mut log: FlowLog,
-) -> Result<(MeteredBody, FlowLog), Response<ProxyBody>> {
+    mut log: Flow,
+) -> Result<(MeteredBody, Flow), Response<ProxyBody>> {
     let upload = match hold(state.inspector.as_ref(), body, headers, held.path).await {
         Ok(upload) => upload,
         Err(e) => {

@@ -41,9 +41,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::access_log::{AccessLog, TlsRecord};
+use crate::flow::Flow;
 use crate::metrics::Metrics;
 use crate::policy_stage::{self, Blocked, FlowFacts};
-use crate::proxy::body::FlowLog;
 use crate::state::GatewayState;
 use rampart_policy::EvalPoint;
 
@@ -281,12 +281,7 @@ impl Tunnel {
 
     /// The connection phase blocked a tunnel that would be decrypted: read the
     /// ClientHello, then serve the block page inside TLS (no origin is contacted).
-    pub async fn run_block_page<C: ClientSide>(
-        self,
-        client: C,
-        blocked: Blocked,
-        log: &mut FlowLog,
-    ) {
+    pub async fn run_block_page<C: ClientSide>(self, client: C, blocked: Blocked, log: &mut Flow) {
         let Some(interception) = self.interception.clone() else {
             return;
         };
@@ -317,7 +312,7 @@ impl Tunnel {
         client: S,
         name: &str,
         blocked: Blocked,
-        log: &mut FlowLog,
+        log: &mut Flow,
     ) {
         log.record.status = 403;
         if log.record.error.is_none() {
@@ -380,7 +375,7 @@ impl Tunnel {
     /// The tunnel will be relayed without decrypting: its URL never comes, so
     /// an access decision left pending at the connection is made now, with the
     /// rules that can still match. `true` when the tunnel may go on.
-    fn settle_access(&self, names: &[&str], log: &mut FlowLog) -> bool {
+    fn settle_access(&self, names: &[&str], log: &mut Flow) -> bool {
         if !self.access_pending {
             return true;
         }
@@ -445,7 +440,7 @@ impl Tunnel {
         mut self,
         client: S,
         origin: TcpStream,
-        log: &mut FlowLog,
+        log: &mut Flow,
     ) -> Handoff<stream::Prefixed<S>> {
         let timeout = self.state.config.limits.header_timeout;
         let (client, is_http) = stream::read_http_start(client, timeout).await;
@@ -478,7 +473,7 @@ impl Tunnel {
         mut self,
         client: C,
         origin: TcpStream,
-        log: &mut FlowLog,
+        log: &mut Flow,
     ) -> Handoff<C::Stream> {
         let Some(interception) = self.interception.clone() else {
             // for_connect never builds a TLS tunnel without interception.
@@ -663,7 +658,7 @@ impl Tunnel {
         Hello { sni, hello }: Hello<'_>,
         mut record: TlsRecord,
         activity: &stream::Activity,
-        log: &mut FlowLog,
+        log: &mut Flow,
     ) {
         let host = host.to_string();
         let origin_config = interception.origin.client_config(&host, &hello.alpn);
@@ -832,7 +827,7 @@ impl Tunnel {
 
 /// Ends a tunnel the gateway refuses after its 200 (the client sees the
 /// connection close), recorded as a 403 with the reason.
-fn refuse_tunnel(log: &mut FlowLog, reason: &str, metric: &str) {
+fn refuse_tunnel(log: &mut Flow, reason: &str, metric: &str) {
     log.record.status = 403;
     log.record.error = Some(reason.to_string());
     log.metrics().error(metric);

@@ -21,8 +21,9 @@ use tokio::sync::Mutex;
 use super::stream::{Activity, Counted};
 use super::{Fronting, FrontingExceptions, Tunnel};
 use crate::access_log::{FlowRecord, ProcessRecord, TlsRecord};
+use crate::flow::Flow;
 use crate::policy_stage::{self, Blocked, FlowFacts};
-use crate::proxy::body::{FlowLog, MeteredBody, ProxyBody};
+use crate::proxy::body::{MeteredBody, ProxyBody};
 use crate::proxy::headers::strip_hop_by_hop;
 use crate::proxy::{blocked_response, coaching_gate, error_response, proceed_response};
 use crate::response_gate::{self, HeldRequest};
@@ -80,7 +81,7 @@ impl Session {
         tunnel: &Tunnel,
         host: &str,
         tls: Option<TlsRecord>,
-        log: Option<&FlowLog>,
+        log: Option<&Flow>,
         flow_id: uuid::Uuid,
     ) -> Self {
         Session {
@@ -136,7 +137,7 @@ impl Session {
         }
     }
 
-    fn flow_log(&self, method: &str, url: String) -> FlowLog {
+    fn flow_log(&self, method: &str, url: String) -> Flow {
         let mut record = FlowRecord::new(self.tunnel_client, method, url);
         record.flow_id = Some(self.flow_id);
         record.user = self.user.clone();
@@ -146,7 +147,7 @@ impl Session {
         record.egress = self.egress.clone();
         record.server = self.server;
         record.tls = self.tls.clone();
-        FlowLog::new(
+        Flow::new(
             record,
             self.access_log.clone(),
             self.metrics.clone(),
@@ -164,7 +165,7 @@ pub(super) async fn serve<S: Io>(
     host: &str,
     tls: TlsRecord,
     activity: &Activity,
-    log: &mut FlowLog,
+    log: &mut Flow,
 ) {
     let h2 = client.get_ref().1.alpn_protocol() == Some(b"h2");
     serve_requests(tunnel, client, origin, h2, host, Some(tls), activity, log).await;
@@ -178,7 +179,7 @@ pub(super) async fn serve_plain<C: Io>(
     origin: TcpStream,
     host: &str,
     activity: &Activity,
-    log: &mut FlowLog,
+    log: &mut Flow,
 ) {
     serve_requests(tunnel, client, origin, false, host, None, activity, log).await;
 }
@@ -192,7 +193,7 @@ async fn serve_requests<C: Io, O: Io>(
     host: &str,
     tls: Option<TlsRecord>,
     activity: &Activity,
-    log: &mut FlowLog,
+    log: &mut Flow,
 ) {
     let origin_io = TokioIo::new(origin);
     let sender = if h2 {
@@ -606,7 +607,7 @@ async fn serve_own_pages<S, F>(
     page_for: F,
 ) where
     S: Io,
-    F: Fn(&Session, &str, &mut FlowLog) -> (BlockPage, StatusCode) + Send + Sync + 'static,
+    F: Fn(&Session, &str, &mut Flow) -> (BlockPage, StatusCode) + Send + Sync + 'static,
 {
     let session = Arc::new(Session::new(tunnel, host, Some(tls), None, flow_id));
     let page_for = Arc::new(page_for);

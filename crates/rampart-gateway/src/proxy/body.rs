@@ -1,20 +1,18 @@
-//! Body wrappers that count bytes as they stream (nothing is buffered), and
-//! the flow log that is written once, when the response body is dropped.
+//! Body wrappers that count bytes as they stream (nothing is buffered); the
+//! response body carries its flow ([`Flow`]) and finishes it with the last byte.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 
-use crate::access_log::{AccessLog, FlowRecord};
-use crate::metrics::Metrics;
+use crate::flow::Flow;
 
 /// A client's request body on its way to the origin, counted: streamed, or
 /// held whole first (an upload that inspection scanned before forwarding),
@@ -119,62 +117,6 @@ impl Body for MeteredBody {
     }
 }
 
-/// One flow's access-log record, written when this value is dropped: after the
-/// last response byte, or when the client goes away mid-body.
-pub struct FlowLog {
-    pub record: FlowRecord,
-    started: Instant,
-    request_bytes: Option<Arc<AtomicU64>>,
-    sink: AccessLog,
-    metrics: Arc<Metrics>,
-    events: Option<rampart_events::EventSender>,
-}
-
-impl FlowLog {
-    pub fn new(
-        record: FlowRecord,
-        sink: AccessLog,
-        metrics: Arc<Metrics>,
-        events: Option<rampart_events::EventSender>,
-    ) -> Self {
-        FlowLog {
-            record,
-            started: Instant::now(),
-            request_bytes: None,
-            sink,
-            metrics,
-            events,
-        }
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Counter the request body wrapper adds to.
-    pub fn request_counter(&mut self) -> Arc<AtomicU64> {
-        self.request_bytes
-            .get_or_insert_with(|| Arc::new(AtomicU64::new(0)))
-            .clone()
-    }
-}
-
-impl Drop for FlowLog {
-    fn drop(&mut self) {
-        if let Some(counter) = &self.request_bytes {
-            self.record.bytes_from_client = counter.load(Ordering::Relaxed);
-        }
-        self.record.duration_ms = self.started.elapsed();
-        self.metrics.record_flow(&self.record);
-        if let Some(events) = &self.events {
-            crate::flow_events::emit(&self.record, events);
-        }
-        let placeholder = FlowRecord::placeholder(self.record.client);
-        let record = std::mem::replace(&mut self.record, placeholder);
-        self.sink.log(record);
-    }
-}
-
 type Inner = Either<Incoming, Either<Full<Bytes>, Empty<Bytes>>>;
 
 pin_project_lite::pin_project! {
@@ -183,7 +125,7 @@ pin_project_lite::pin_project! {
     pub struct ProxyBody {
         #[pin]
         inner: Inner,
-        log: Option<FlowLog>,
+        log: Option<Flow>,
         // Bytes the response phase held to classify the body, sent first.
         held: Option<VecDeque<Bytes>>,
         // A long body scanned while it streams (content inspection).
@@ -229,7 +171,7 @@ impl PolicyRecheck {
     fn blocks(
         &self,
         record: &crate::inspection::InspectionRecord,
-        log: &mut FlowLog,
+        log: &mut Flow,
     ) -> Option<crate::policy_stage::Blocked> {
         let facts = crate::policy_stage::FlowFacts {
             identity: &self.identity,
@@ -322,7 +264,7 @@ impl BodyScan {
     fn poll(
         &mut self,
         mut inner: Pin<&mut Inner>,
-        log: &mut Option<FlowLog>,
+        log: &mut Option<Flow>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
@@ -398,7 +340,7 @@ impl BodyScan {
 }
 
 impl ProxyBody {
-    pub fn origin(inner: Incoming, log: FlowLog) -> Self {
+    pub fn origin(inner: Incoming, log: Flow) -> Self {
         ProxyBody {
             inner: Either::Left(inner),
             log: Some(log),
@@ -409,7 +351,7 @@ impl ProxyBody {
 
     /// An origin's body whose first bytes the response phase held: `held`
     /// goes out first, then `rest` (absent when the body had ended).
-    pub fn held(held: VecDeque<Bytes>, rest: Option<Incoming>, log: FlowLog) -> Self {
+    pub fn held(held: VecDeque<Bytes>, rest: Option<Incoming>, log: Flow) -> Self {
         let inner = match rest {
             Some(rest) => Either::Left(rest),
             None => Either::Right(Either::Right(Empty::new())),
@@ -424,12 +366,7 @@ impl ProxyBody {
 
     /// An origin's body scanned while it streams: `held` (already fed to the
     /// scan) goes out first, then `rest` through the scan.
-    pub fn scanned(
-        held: VecDeque<Bytes>,
-        rest: Incoming,
-        scan: Box<BodyScan>,
-        log: FlowLog,
-    ) -> Self {
+    pub fn scanned(held: VecDeque<Bytes>, rest: Incoming, scan: Box<BodyScan>, log: Flow) -> Self {
         ProxyBody {
             inner: Either::Left(rest),
             log: Some(log),
@@ -438,7 +375,7 @@ impl ProxyBody {
         }
     }
 
-    pub fn full(bytes: impl Into<Bytes>, log: Option<FlowLog>) -> Self {
+    pub fn full(bytes: impl Into<Bytes>, log: Option<Flow>) -> Self {
         ProxyBody {
             inner: Either::Right(Either::Left(Full::new(bytes.into()))),
             log,
@@ -447,7 +384,7 @@ impl ProxyBody {
         }
     }
 
-    pub fn empty(log: Option<FlowLog>) -> Self {
+    pub fn empty(log: Option<Flow>) -> Self {
         ProxyBody {
             inner: Either::Right(Either::Right(Empty::new())),
             log,
@@ -465,7 +402,7 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
+        let mut this = self.project();
         if let Some(held) = this.held.as_mut() {
             if let Some(data) = held.pop_front() {
                 if let Some(log) = this.log.as_mut() {
@@ -478,7 +415,7 @@ impl Body for ProxyBody {
         if let Some(scan) = this.scan.as_mut() {
             return scan.poll(this.inner, this.log, cx);
         }
-        let polled = this.inner.poll_frame(cx);
+        let polled = this.inner.as_mut().poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let (Some(data), Some(log)) = (frame.data_ref(), this.log.as_mut()) {
                 log.record.bytes_to_client += data.len() as u64;
@@ -487,6 +424,19 @@ impl Body for ProxyBody {
         if let (Poll::Ready(Some(Err(e))), Some(log)) = (&polled, this.log.as_mut()) {
             // The status already went out; the log says why the body did not.
             log.record.error = Some(format!("the origin's response body failed: {e}"));
+        }
+        // The finish phase with the body's last frame: the flow's event is
+        // handed on as the last bytes go out, not whenever hyper drops the
+        // body (a connection kept alive may hold it until its next request).
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            if let Some(flow) = this.log.take() {
+                flow.finish();
+            }
         }
         polled
     }

@@ -10,11 +10,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::body::{FlowLog, ProxyBody};
+use super::body::ProxyBody;
 use super::{blocked_response, error_response, Shared};
 use crate::access_log::TlsRecord;
 use crate::config::split_host_port;
 use crate::connector::Connected;
+use crate::flow::Flow;
 use crate::intercept::{stream::Prefixed, Handoff, Replayed, TUNNEL_BYPASS_REASON};
 use crate::policy_stage::{self, Blocked, FlowFacts};
 use crate::relay::{self, RelayEnd};
@@ -49,7 +50,7 @@ pub async fn tunnel(
     state: &GatewayState,
     shared: &Shared,
     identity: &Identity,
-    log: FlowLog,
+    log: Flow,
 ) -> Response<ProxyBody> {
     let options = ConnectOptions {
         check_ports: true,
@@ -70,7 +71,7 @@ pub async fn tunnel_with(
     state: &GatewayState,
     shared: &Shared,
     identity: &Identity,
-    mut log: FlowLog,
+    mut log: Flow,
     options: ConnectOptions,
 ) -> Response<ProxyBody> {
     // RFC 9110 §9.3.6: the target of CONNECT is exactly host:port.
@@ -248,7 +249,8 @@ pub async fn tunnel_with(
             Ok(upgraded) => run_tunnel(upgraded, connected, idle, intercept, &mut log).await,
             Err(e) => log.record.error = Some(format!("client upgrade failed: {e}")),
         }
-        drop(log);
+        log.finish();
+        // After the flow's sockets are closed (they were, with the tunnel).
         drop(descriptors);
     });
     // The tunnel logs itself when it ends, so this response carries no log.
@@ -262,7 +264,7 @@ fn block_inside_tls(
     tunnel: crate::intercept::Tunnel,
     blocked: Blocked,
     shared: &Shared,
-    mut log: FlowLog,
+    mut log: Flow,
 ) -> Response<ProxyBody> {
     log.record.status = 403;
     log.record.error = Some(format!(
@@ -291,7 +293,7 @@ fn block_inside_tls(
             },
             Err(e) => log.record.error = Some(format!("client upgrade failed: {e}")),
         }
-        drop(log);
+        log.finish();
     });
     Response::new(ProxyBody::empty(None))
 }
@@ -301,7 +303,7 @@ async fn run_tunnel(
     connected: Connected,
     idle: std::time::Duration,
     intercept: Option<crate::intercept::Tunnel>,
-    log: &mut FlowLog,
+    log: &mut Flow,
 ) {
     let Connected {
         stream: origin,

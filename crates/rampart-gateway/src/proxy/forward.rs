@@ -8,10 +8,11 @@ use http::uri::{Authority, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::body::{FlowLog, ProxyBody};
+use super::body::ProxyBody;
 use super::{blocked_response, coaching_gate, error_response, headers, proceed_response, Shared};
 use crate::connector::forward::UpstreamConnInfo;
 use crate::error::ConnectError;
+use crate::flow::Flow;
 use crate::policy_stage::{self, FlowFacts};
 use crate::response_gate::{self, HeldRequest};
 use crate::state::GatewayState;
@@ -24,7 +25,7 @@ pub async fn forward(
     state: &GatewayState,
     shared: &Shared,
     identity: &Identity,
-    mut log: FlowLog,
+    mut log: Flow,
 ) -> Response<ProxyBody> {
     let uri = req.uri().clone();
     match uri.scheme() {
@@ -186,12 +187,12 @@ fn set_host(headers: &mut http::HeaderMap, authority: &Authority) {
     }
 }
 
-fn connect_failure(error: ConnectError, log: FlowLog) -> Response<ProxyBody> {
+fn connect_failure(error: ConnectError, log: Flow) -> Response<ProxyBody> {
     tracing::debug!(target = %log.record.target, %error, "connecting for a forwarded request failed");
     error_response(error.status(), &error.to_string(), log, Some(error.kind()))
 }
 
-fn client_failure(error: hyper_util::client::legacy::Error, log: FlowLog) -> Response<ProxyBody> {
+fn client_failure(error: hyper_util::client::legacy::Error, log: Flow) -> Response<ProxyBody> {
     // The connector's own error, if that is what failed, says precisely what went wrong.
     let mut source = error.source();
     while let Some(err) = source {

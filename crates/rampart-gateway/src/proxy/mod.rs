@@ -1,6 +1,7 @@
 //! The HTTP proxy service: one call per request on a client connection.
-//! Phases, in order: admit (source ACL, loop check, authentication) →
-//! CONNECT tunnel or absolute-form forwarding → log (when the flow ends).
+//! Phases, in order (see `crate::flow`): admit ([`admit`]) → CONNECT tunnel
+//! (connection phase, then decrypt or splice) or absolute-form forwarding
+//! (request and response phases) → finish (when the flow ends).
 
 pub mod body;
 mod connect;
@@ -20,9 +21,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::access_log::{AccessLog, FlowRecord};
 use crate::admission::Denied;
+use crate::flow::Flow;
 use crate::metrics::Metrics;
 use crate::state::GatewayState;
-use body::{FlowLog, ProxyBody};
+use body::ProxyBody;
 use rampart_policy::Identity;
 
 /// What every connection of the listener shares.
@@ -62,6 +64,15 @@ pub async fn handle(
     }
     crate::url_redact::strip_userinfo(req.uri_mut());
     let state = shared.state.load_full();
+    if req.method() == Method::OPTIONS
+        && req.uri() == "*"
+        && state.admission.source_allowed(client.ip())
+    {
+        // `OPTIONS *` is about this server itself (RFC 9110 §9.3.7): a
+        // downstream proxy's health check. Answered, never forwarded, and not
+        // a flow: nothing goes anywhere, so nothing is recorded.
+        return Ok(Response::new(ProxyBody::empty(None)));
+    }
     let target = if req.method() == Method::CONNECT {
         req.uri()
             .authority()
@@ -70,60 +81,16 @@ pub async fn handle(
     } else {
         absolute_target(req.uri())
     };
-    let mut log = FlowLog::new(
+    let mut log = Flow::new(
         FlowRecord::new(client, req.method().as_str(), target),
         shared.access_log.clone(),
         shared.metrics.clone(),
         shared.events.clone(),
     );
 
-    let max_head = state.config.limits.max_header_bytes;
-    if crate::head_limit::head_size(&req) > max_head {
-        let reason = format!("request head larger than max_header_bytes ({max_head} bytes)");
-        return Ok(error_response(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            &reason,
-            log,
-            Some("header_too_large"),
-        ));
-    }
-    if !state.admission.source_allowed(client.ip()) {
-        return Ok(deny(
-            StatusCode::FORBIDDEN,
-            "access denied: source address not allowed",
-            log,
-        ));
-    }
-    if headers::is_loop(req.headers(), &state.loop_token) {
-        return Ok(deny(
-            StatusCode::LOOP_DETECTED,
-            "forwarding loop detected (Via)",
-            log,
-        ));
-    }
-    let identity = match state
-        .admission
-        .authenticate(
-            &shared.logins,
-            client.ip(),
-            req.headers().get(header::PROXY_AUTHORIZATION),
-        )
-        .await
-    {
-        Ok(user) => {
-            log.record.user = user.as_ref().map(|u| Arc::from(u.name.as_str()));
-            if let Some(u) = &user {
-                log.record.groups =
-                    crate::policy_stage::record_groups(&state.policy, Some(&u.name), &u.groups);
-            }
-            Identity {
-                user: user.as_ref().map(|u| u.name.clone()),
-                groups: user.map(|u| u.groups.clone()).unwrap_or_default(),
-                device: None,
-                source_ip: Some(crate::admission::canonical_ip(client.ip())),
-            }
-        }
-        Err(failure) => return Ok(auth_required(failure, log)),
+    let identity = match admit(&req, client, &state, &shared, &mut log).await {
+        Ok(identity) => identity,
+        Err(refusal) => return Ok(refusal.respond(log)),
     };
 
     let response = if req.method() == Method::CONNECT {
@@ -132,6 +99,81 @@ pub async fn handle(
         forward::forward(req, &state, &shared, &identity, log).await
     };
     Ok(response)
+}
+
+/// Why the admit phase refused a request.
+pub enum Refusal {
+    HeadTooLarge(usize),
+    SourceNotAllowed,
+    Loop,
+    Authentication(Denied),
+}
+
+impl Refusal {
+    fn respond(self, log: Flow) -> Response<ProxyBody> {
+        match self {
+            Refusal::HeadTooLarge(max_head) => error_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &format!("request head larger than max_header_bytes ({max_head} bytes)"),
+                log,
+                Some("header_too_large"),
+            ),
+            Refusal::SourceNotAllowed => deny(
+                StatusCode::FORBIDDEN,
+                "access denied: source address not allowed",
+                log,
+            ),
+            Refusal::Loop => deny(
+                StatusCode::LOOP_DETECTED,
+                "forwarding loop detected (Via)",
+                log,
+            ),
+            Refusal::Authentication(denied) => auth_required(denied, log),
+        }
+    }
+}
+
+/// The admit phase (see `crate::flow`): the head's size, the source ACL, loop
+/// protection and proxy authentication. Gives the flow its identity, with the
+/// groups its record carries (those of the user list and of the policy's
+/// `[identities]`).
+pub async fn admit(
+    req: &Request<Incoming>,
+    client: SocketAddr,
+    state: &GatewayState,
+    shared: &Shared,
+    log: &mut Flow,
+) -> Result<Identity, Refusal> {
+    let max_head = state.config.limits.max_header_bytes;
+    if crate::head_limit::head_size(req) > max_head {
+        return Err(Refusal::HeadTooLarge(max_head));
+    }
+    if !state.admission.source_allowed(client.ip()) {
+        return Err(Refusal::SourceNotAllowed);
+    }
+    if headers::is_loop(req.headers(), &state.loop_token) {
+        return Err(Refusal::Loop);
+    }
+    let user = state
+        .admission
+        .authenticate(
+            &shared.logins,
+            client.ip(),
+            req.headers().get(header::PROXY_AUTHORIZATION),
+        )
+        .await
+        .map_err(Refusal::Authentication)?;
+    log.record.user = user.as_ref().map(|u| Arc::from(u.name.as_str()));
+    if let Some(u) = &user {
+        log.record.groups =
+            crate::policy_stage::record_groups(&state.policy, Some(&u.name), &u.groups);
+    }
+    Ok(Identity {
+        user: user.as_ref().map(|u| u.name.clone()),
+        groups: user.map(|u| u.groups.clone()).unwrap_or_default(),
+        device: None,
+        source_ip: Some(crate::admission::canonical_ip(client.ip())),
+    })
 }
 
 /// The request target as the log shows it: `Uri`'s `Display` without the
@@ -154,7 +196,7 @@ fn absolute_target(uri: &http::Uri) -> String {
 pub fn error_response(
     status: StatusCode,
     reason: &str,
-    mut log: FlowLog,
+    mut log: Flow,
     metrics_kind: Option<&str>,
 ) -> Response<ProxyBody> {
     log.record.status = status.as_u16();
@@ -182,7 +224,7 @@ pub fn blocked_response(
     blocked: &crate::policy_stage::Blocked,
     accept: Option<&HeaderValue>,
     url: Option<&str>,
-    mut log: FlowLog,
+    mut log: Flow,
 ) -> Response<ProxyBody> {
     let page = rampart_tls::block_page::BlockPage::policy(
         &blocked.rule,
@@ -217,8 +259,8 @@ pub fn coaching_gate(
     identity: &Identity,
     host: &str,
     accept: Option<&HeaderValue>,
-    mut log: FlowLog,
-) -> Result<FlowLog, Box<Response<ProxyBody>>> {
+    mut log: Flow,
+) -> Result<Flow, Box<Response<ProxyBody>>> {
     let subject = crate::coaching::subject(identity);
     if coaching.allowed(&subject, host) {
         if let Some(policy) = log.record.policy.as_mut() {
@@ -262,7 +304,7 @@ pub fn proceed_response(
     identity: &Identity,
     host: &str,
     query: Option<&str>,
-    mut log: FlowLog,
+    mut log: Flow,
 ) -> Response<ProxyBody> {
     let subject = crate::coaching::subject(identity);
     let redeemed = match crate::coaching::token_of(query) {
@@ -302,7 +344,7 @@ fn own_page(
     status: StatusCode,
     content_type: &'static str,
     body: String,
-    log: FlowLog,
+    log: Flow,
 ) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(body, Some(log)));
     *response.status_mut() = status;
@@ -315,11 +357,11 @@ fn own_page(
     response
 }
 
-fn deny(status: StatusCode, reason: &str, log: FlowLog) -> Response<ProxyBody> {
+fn deny(status: StatusCode, reason: &str, log: Flow) -> Response<ProxyBody> {
     error_response(status, reason, log, Some("denied"))
 }
 
-fn auth_required(denied: Denied, log: FlowLog) -> Response<ProxyBody> {
+fn auth_required(denied: Denied, log: Flow) -> Response<ProxyBody> {
     let mut response = error_response(
         StatusCode::PROXY_AUTHENTICATION_REQUIRED,
         denied.failure.reason(),

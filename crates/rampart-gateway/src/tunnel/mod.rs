@@ -37,8 +37,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::{FlowRecord, ProcessRecord};
+use crate::flow::Flow;
 use crate::gateway::GatewayHandle;
-use crate::proxy::body::{FlowLog, ProxyBody};
+use crate::proxy::body::ProxyBody;
 use crate::proxy::{ConnectOptions, Shared};
 
 /// A client that has not finished the TLS handshake by then is dropped.
@@ -600,7 +601,7 @@ async fn flow(
         device: Some(identity.device.clone()),
         source_ip: Some(crate::admission::canonical_ip(peer.ip())),
     };
-    let log = FlowLog::new(
+    let log = Flow::new(
         record,
         shared.access_log.clone(),
         shared.metrics.clone(),
