@@ -59,6 +59,8 @@ work=$(mktemp -d /tmp/inspect-peer.XXXXXX)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    # g3fcgen outlives g3proxy (its launcher's child): stopped by its own pid.
+    [ ! -f "$work/g3/g3fcgen.pid" ] || kill "$(cat "$work/g3/g3fcgen.pid")" 2>/dev/null || true
     wait 2>/dev/null || true
     [ "${BENCH_KEEP:-0}" = 1 ] || rm -rf "$work"
 }
@@ -275,6 +277,7 @@ EOF
         cat > "$work/g3/launch.sh" <<EOF
 #!/usr/bin/env bash
 UDP_LISTEN_ADDR=127.0.0.1:$udp "$g3fcgen_bin" -c "$work/g3/g3fcgen.yaml" &
+echo \$! > "$work/g3/g3fcgen.pid"
 exec "$g3proxy_bin" -c "$work/g3/g3proxy.yaml" -C "$work/g3/ctl" -G inspect-bench
 EOF
         bash "$work/g3/launch.sh" >"$work/g3/stdout.log" 2>&1 &
