@@ -308,7 +308,10 @@ fn hourly_summaries_equal_what_searches_count_per_hour() {
             summed(Metric::Blocks, hour, ""),
             count("type in (http, network) and action = block", hour)
         );
-        assert_eq!(summed(Metric::Alerts, hour, ""), count("type = alert", hour));
+        assert_eq!(
+            summed(Metric::Alerts, hour, ""),
+            count("type = alert", hour)
+        );
     }
     let total: i64 = hourly
         .rows
