@@ -267,6 +267,9 @@ fn the_overview_counts_the_last_day_and_each_number_links_to_its_search() {
     assert!(r.body.contains("<svg class=\"chart\""), "{}", r.body);
     assert!(r.body.contains("<strong>1</strong> blocks"), "{}", r.body);
     assert!(r.body.contains("<strong>1</strong> alerts"), "{}", r.body);
+    // Bypasses per hour and top blocked apps have their places too.
+    assert!(r.body.contains("<strong>0</strong> bypasses"), "{}", r.body);
+    assert!(r.body.contains("Top blocked apps"), "{}", r.body);
     assert!(
         r.body
             .contains("href=\"/events?q=type%20in%20%28http%2C%20network%29%20and%20action%20%3D%20block&amp;range=24h\""),

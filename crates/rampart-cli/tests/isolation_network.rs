@@ -424,6 +424,70 @@ fn device(pair: &NetPair, server: &NsServer, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// The device's console page as an admin sees it: a console user added with
+/// `rampart user add`, then curl in the servers' namespace: the login form's
+/// CSRF token, the login, the page. Cookies are passed by hand: the API here is
+/// plain HTTP beyond loopback, so they carry `Secure` (a TLS proxy is assumed in
+/// front) and curl would not keep them.
+fn console_device_page(pair: &NetPair, server: &NsServer, id: &str) -> String {
+    const PASSWORD: &str = "console-password-1";
+    let mut add = pair
+        .command(&pair.servers, rampart_bin())
+        .args(["user", "add", "root", "--role", "admin", "--data-dir"])
+        .arg(server.data_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("rampart user add");
+    writeln!(add.stdin.take().expect("stdin"), "{PASSWORD}").expect("password");
+    assert!(
+        add.wait().expect("user add").success(),
+        "rampart user add failed"
+    );
+    let base = format!("http://{}", server.api);
+    let curl = |args: &[&str]| -> String {
+        let out = run(pair
+            .command(&pair.servers, "curl")
+            .args(["-sS", "-i", "--max-time", "10"])
+            .args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let cookie = |answer: &str, name: &str| -> String {
+        answer
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .find_map(|l| l.split_once(&format!("{name}=")))
+            .and_then(|(_, v)| v.split(';').next())
+            .map(|v| format!("{name}={}", v.trim()))
+            .unwrap_or_else(|| panic!("no {name} cookie in: {answer}"))
+    };
+    let form = curl(&[&format!("{base}/login")]);
+    let login_csrf = cookie(&form, "rampart_login_csrf");
+    let marker = "name=\"csrf\" value=\"";
+    let csrf = form
+        .split_once(marker)
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(token, _)| token.to_string())
+        .unwrap_or_else(|| panic!("no csrf field in the login form: {form}"));
+    let login = curl(&[
+        "-H",
+        &format!("Cookie: {login_csrf}"),
+        "--data-urlencode",
+        "username=root",
+        "--data-urlencode",
+        &format!("password={PASSWORD}"),
+        "--data-urlencode",
+        &format!("csrf={csrf}"),
+        &format!("{base}/login"),
+    ]);
+    let session = cookie(&login, "rampart_session");
+    curl(&[
+        "-H",
+        &format!("Cookie: {session}"),
+        &format!("{base}/devices/{id}"),
+    ])
+}
+
 fn admin_token(server: &NsServer) -> String {
     std::fs::read_to_string(server.data_dir().join("admin.token"))
         .expect("admin token")
@@ -566,6 +630,14 @@ fn while_isolated_ipv6_and_open_flows_are_cut_dhcp_and_dns_keep_working_and_only
     let view = wait_state(&pair, &server, &agent, "isolated");
     assert!(view["self_test_error"].is_null(), "{view:#}");
     assert_eq!(view["by"], "admin", "{view:#}");
+    // The console shows what the agent confirmed, not only what was asked.
+    let page = console_device_page(&pair, &server, &id);
+    assert!(
+        page.contains("<dd id=\"isolation-state\" class=\"bad\">isolated</dd>"),
+        "{page}"
+    );
+    assert!(page.contains("<dt>Confirmed</dt>"), "{page}");
+    assert!(!page.contains("<dt>Pending</dt>"), "{page}");
 
     // IPv6 is isolated as strictly as IPv4.
     let reach = attacker6_reachable(&pair);

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension};
 
+use super::prepared::SUMMARY;
 use super::schema::{self, INDEXED};
 use crate::field::Field;
 
@@ -37,16 +38,22 @@ pub enum Metric {
     BlockedCategory,
     /// Alerts by user.
     AlertUser,
+    /// Flows that bypassed inspection (on the endpoint or at the gateway).
+    Bypasses,
+    /// Blocked flows by app.
+    BlockedApp,
 }
 
 impl Metric {
-    const ALL: [Metric; 6] = [
+    const ALL: [Metric; 8] = [
         Metric::Requests,
         Metric::Blocks,
         Metric::Alerts,
         Metric::BlockedHost,
         Metric::BlockedCategory,
         Metric::AlertUser,
+        Metric::Bypasses,
+        Metric::BlockedApp,
     ];
 
     fn as_str(self) -> &'static str {
@@ -57,6 +64,8 @@ impl Metric {
             Metric::BlockedHost => "blocked_host",
             Metric::BlockedCategory => "blocked_category",
             Metric::AlertUser => "alert_user",
+            Metric::Bypasses => "bypasses",
+            Metric::BlockedApp => "blocked_app",
         }
     }
 
@@ -85,9 +94,11 @@ pub fn start(conn: &Connection, now_ms: i64) -> rusqlite::Result<()> {
     schema::set_meta(conn, SINCE_KEY, &since.to_string())
 }
 
+/// Where `field` is among the values [`HourlyBuilder::add`] is given.
 fn position(field: Field) -> usize {
     INDEXED
         .iter()
+        .chain(SUMMARY.iter())
         .position(|f| *f == field)
         .unwrap_or(usize::MAX)
 }
@@ -99,9 +110,10 @@ pub struct HourlyBuilder {
 }
 
 impl HourlyBuilder {
-    /// Count an event at `time` with its [`INDEXED`] values.
-    pub fn add<'a>(&mut self, time: i64, indexed: impl Iterator<Item = Option<&'a str>>) {
-        let values: Vec<Option<&str>> = indexed.collect();
+    /// Count an event at `time` with its [`INDEXED`] values followed by its
+    /// [`SUMMARY`] ones (a prepared event's `indexed()` then `summary()`).
+    pub fn add<'a>(&mut self, time: i64, values: impl Iterator<Item = Option<&'a str>>) {
+        let values: Vec<Option<&str>> = values.collect();
         let value = |field: Field| values.get(position(field)).copied().flatten();
         let hour = time.div_euclid(HOUR_MS);
         let mut count = |metric: Metric, key: &str| {
@@ -113,10 +125,16 @@ impl HourlyBuilder {
         match value(Field::Type) {
             Some("http" | "network") => {
                 count(Metric::Requests, "");
+                if value(Field::Bypass).is_some() {
+                    count(Metric::Bypasses, "");
+                }
                 if value(Field::Action) == Some("block") {
                     count(Metric::Blocks, "");
                     if let Some(host) = value(Field::Host) {
                         count(Metric::BlockedHost, host);
+                    }
+                    if let Some(app) = value(Field::App) {
+                        count(Metric::BlockedApp, app);
                     }
                     for c in value(Field::Category)
                         .unwrap_or_default()
@@ -205,12 +223,15 @@ mod tests {
     ) -> Vec<Option<&'a str>> {
         INDEXED
             .iter()
+            .chain(SUMMARY.iter())
             .map(|f| match f {
                 Field::Type => Some(ty),
                 Field::Action => Some(action),
                 Field::Host => Some(host),
                 Field::Category => Some(cat).filter(|c| !c.is_empty()),
                 Field::User => Some(user),
+                Field::App => Some("dropbox").filter(|_| action == "block"),
+                Field::Bypass => Some("client").filter(|_| action == "bypass"),
                 _ => None,
             })
             .collect()
@@ -265,6 +286,17 @@ mod tests {
         assert_eq!(get(t0 + HOUR_MS, Metric::Requests, ""), 1);
         assert_eq!(get(t0 + HOUR_MS, Metric::Alerts, ""), 1);
         assert_eq!(get(t0 + HOUR_MS, Metric::AlertUser, "eve"), 1);
+        assert_eq!(get(t0, Metric::BlockedApp, "dropbox"), 2);
+        b.add(
+            t0 + 4,
+            indexed("network", "bypass", "c.test", "", "u").into_iter(),
+        );
+        b.write(&conn).unwrap();
+        let h2 = read(&conn, t0).unwrap();
+        assert!(h2
+            .rows
+            .iter()
+            .any(|r| r.0 == t0 && r.1 == Metric::Bypasses && r.3 == 1));
         prune(&conn, t0 + HOUR_MS).unwrap();
         let h = read(&conn, 0).unwrap();
         assert!(h.rows.iter().all(|r| r.0 == t0 + HOUR_MS), "{:?}", h.rows);

@@ -20,6 +20,7 @@ use uuid::Uuid;
 use super::columns::Row;
 use super::schema::INDEXED;
 use super::varint;
+use crate::field::Field;
 use crate::flow::FlowEvent;
 
 const ID: std::ops::Range<usize> = 0..16;
@@ -55,7 +56,7 @@ impl PreparedEvent {
         buf.extend_from_slice(row.id().as_bytes());
         buf.extend_from_slice(&row.time().to_le_bytes());
         buf.extend_from_slice(&[0; 4]);
-        for value in indexed_values(row) {
+        for value in indexed_values(row).into_iter().chain(summary_values(row)) {
             match value {
                 Some(text) => {
                     varint::put(&mut buf, text.len() as u64 + 1);
@@ -100,8 +101,17 @@ impl PreparedEvent {
 
     /// The value of each [`INDEXED`] field, in that order.
     pub fn indexed(&self) -> impl Iterator<Item = Option<&str>> {
+        self.header_values().take(INDEXED.len())
+    }
+
+    /// The [`SUMMARY`] fields' values, in that order.
+    pub fn summary(&self) -> impl Iterator<Item = Option<&str>> {
+        self.header_values().skip(INDEXED.len()).take(SUMMARY.len())
+    }
+
+    fn header_values(&self) -> impl Iterator<Item = Option<&str>> {
         let mut r = varint::Reader::new(&self.buf[HEADER..self.doc_at()]);
-        INDEXED.iter().map(move |_| match r.varint() {
+        (0..INDEXED.len() + SUMMARY.len()).map(move |_| match r.varint() {
             Ok(0) | Err(_) => None,
             Ok(n) => r
                 .take(n as usize - 1)
@@ -109,6 +119,14 @@ impl PreparedEvent {
                 .and_then(|b| std::str::from_utf8(b).ok()),
         })
     }
+}
+
+/// Fields the hourly summaries count besides the [`INDEXED`] ones
+/// (`hourly.rs`): kept after them in the prepared header, never posted.
+pub const SUMMARY: [Field; 2] = [Field::App, Field::Bypass];
+
+fn summary_values<R: Row>(row: &R) -> [Option<Cow<'_, str>>; SUMMARY.len()] {
+    std::array::from_fn(|i| text_of(row.column(SUMMARY[i])))
 }
 
 /// The text of each [`INDEXED`] field of a row (numbers as their decimal text).

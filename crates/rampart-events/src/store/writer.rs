@@ -227,7 +227,7 @@ impl StoreWriter {
             inserted += 1;
             segment.push(id, time, event.stored());
             filling.add(seq, time, event.indexed());
-            summary.add(time, event.indexed());
+            summary.add(time, event.indexed().chain(event.summary()));
             if segment.is_full() {
                 write_segment(&tx, segment_first, &mut segment).map_err(wrap)?;
                 segment_first = seq + 1;

@@ -1,5 +1,5 @@
-//! The overview: the last 24 hours at a glance — requests, blocks and alerts
-//! by hour as an SVG chart drawn here, top blocked hosts and categories, top
+//! The overview: the last 24 hours at a glance — requests, blocks, alerts and bypasses
+//! by hour as an SVG chart drawn here, top blocked hosts, apps and categories, top
 //! users by alerts, devices by state. Every number links to the search (or the
 //! device list) that produced it.
 
@@ -23,7 +23,9 @@ struct Figures {
     requests: [u64; 24],
     blocks: [u64; 24],
     alerts: [u64; 24],
+    bypasses: [u64; 24],
     blocked_hosts: HashMap<String, u64>,
+    blocked_apps: HashMap<String, u64>,
     blocked_categories: HashMap<String, u64>,
     alert_users: HashMap<String, u64>,
     /// Set when the store's hourly summaries start inside the window (a store
@@ -49,6 +51,8 @@ impl Figures {
                 Metric::Requests => f.requests[bucket] += count,
                 Metric::Blocks => f.blocks[bucket] += count,
                 Metric::Alerts => f.alerts[bucket] += count,
+                Metric::Bypasses => f.bypasses[bucket] += count,
+                Metric::BlockedApp => tally(&mut f.blocked_apps),
                 Metric::BlockedHost => tally(&mut f.blocked_hosts),
                 Metric::BlockedCategory => tally(&mut f.blocked_categories),
                 Metric::AlertUser => tally(&mut f.alert_users),
@@ -69,7 +73,7 @@ fn quoted(v: &str) -> String {
     format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// Three polylines over 24 hourly buckets, oldest on the left.
+/// Four polylines over 24 hourly buckets, oldest on the left.
 fn chart(f: &Figures) -> Markup {
     let (w, h, pad) = (720.0_f64, 180.0_f64, 24.0_f64);
     let max = f
@@ -77,6 +81,7 @@ fn chart(f: &Figures) -> Markup {
         .iter()
         .chain(f.blocks.iter())
         .chain(f.alerts.iter())
+        .chain(f.bypasses.iter())
         .copied()
         .max()
         .unwrap_or(0)
@@ -102,9 +107,10 @@ fn chart(f: &Figures) -> Markup {
             polyline class="requests" points=(points(&f.requests)) {}
             polyline class="blocks" points=(points(&f.blocks)) {}
             polyline class="alerts" points=(points(&f.alerts)) {}
+            polyline class="bypasses" points=(points(&f.bypasses)) {}
         }
         p.legend {
-            span.requests { "■ requests" } " " span.blocks { "■ blocks" } " " span.alerts { "■ alerts" }
+            span.requests { "■ requests" } " " span.blocks { "■ blocks" } " " span.alerts { "■ alerts" } " " span.bypasses { "■ bypasses" }
         }
     }
 }
@@ -157,6 +163,7 @@ pub async fn overview_page(State(state): State<ConsoleState>, viewer: Viewer) ->
                     a.total href=(search_href("type in (http, network)", "24h")) { strong { (sum(&f.requests)) } " requests" }
                     a.total href=(search_href("type in (http, network) and action = block", "24h")) { strong { (sum(&f.blocks)) } " blocks" }
                     a.total href=(search_href("type = alert", "24h")) { strong { (sum(&f.alerts)) } " alerts" }
+                    a.total href=(search_href("type in (http, network) and bypass in (client, gateway)", "24h")) { strong { (sum(&f.bypasses)) } " bypasses" }
                 }
                 @if let Some(counts) = &devices {
                     div.totals aria-label="Devices" {
@@ -168,6 +175,7 @@ pub async fn overview_page(State(state): State<ConsoleState>, viewer: Viewer) ->
                 (chart(&f))
                 div.tops {
                     (top_table("Top blocked hosts", &top(&f.blocked_hosts, 10), |h| format!("action = block and host = {}", quoted(h))))
+                    (top_table("Top blocked apps", &top(&f.blocked_apps, 10), |a| format!("action = block and app = {}", quoted(a))))
                     (top_table("Top blocked categories", &top(&f.blocked_categories, 10), |c| format!("action = block and category = {}", quoted(c))))
                     (top_table("Top users by alerts", &top(&f.alert_users, 10), |u| format!("type = alert and user = {}", quoted(u))))
                 }
