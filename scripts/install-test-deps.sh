@@ -5,7 +5,8 @@
 # /opt/rampart-test-venv): Debian 12's own python3 refuses system-wide pip.
 #
 # What each group is for:
-#   base      curl, openssl, git, python3-requests (trust and proxy tests), procps
+#   base      curl, openssl, git, python3-requests (trust and proxy tests), python3-yaml
+#             (openapi.yaml check), procps
 #   trust     libnss3-tools (certutil), nodejs, python3-pip, default-jre-headless
 #             (keytool): the tools `rampart trust install|verify` covers
 #   upstream  squid (egress chaining peer), rsyslog (syslog sink)
@@ -22,7 +23,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 packages=(
   # base
-  curl openssl ca-certificates git python3 python3-requests python3-venv procps util-linux
+  curl openssl ca-certificates git python3 python3-requests python3-venv python3-yaml procps util-linux
   # trust
   libnss3-tools nodejs python3-pip default-jre-headless
   # upstream
