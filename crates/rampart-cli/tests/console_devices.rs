@@ -359,3 +359,132 @@ fn the_policy_page_shows_rules_per_stage_and_the_policy_test_cases_pass_or_fail(
     );
     assert!(page.body.contains("expected block"), "{}", page.body);
 }
+
+#[test]
+fn an_admin_creates_an_enrollment_token_and_revokes_a_device_from_the_console_and_an_analyst_cannot(
+) {
+    let c = Console::start();
+    let admin = Client::new(&c.base());
+    admin.login("root", ADMIN_PASSWORD);
+    let analyst = Client::new(&c.base());
+    analyst.login("ana", ANALYST_PASSWORD);
+
+    // The token form is on the devices page for admins only.
+    let page = admin.get("/devices");
+    assert!(
+        page.body.contains("Create enrollment token"),
+        "{}",
+        page.body
+    );
+    let csrf = page.csrf();
+    let analyst_page = analyst.get("/devices");
+    assert!(
+        !analyst_page.body.contains("Create enrollment token"),
+        "{}",
+        analyst_page.body
+    );
+    let r = analyst.post(
+        "/devices/tokens",
+        &[("csrf", &analyst_page_csrf(&analyst)), ("user", "carol")],
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = admin.post("/devices/tokens", &[("user", "carol")]);
+    assert_eq!(r.status, 403, "no CSRF token: {r:?}");
+
+    let r = admin.post(
+        "/devices/tokens",
+        &[
+            ("csrf", &csrf),
+            ("user", "carol"),
+            ("groups", "laptops"),
+            ("hours", "2"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let marker = "<pre id=\"enrollment-token\">";
+    let token = r
+        .body
+        .split_once(marker)
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .map(|(t, _)| t.trim().to_string())
+        .unwrap_or_else(|| panic!("no token on the page: {}", r.body));
+
+    // The token enrolls a real agent (once), as carol in laptops.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[steering]\nmode = \"local-proxy\"\n",
+            dir.path().join("state").display().to_string()
+        ),
+    )
+    .unwrap();
+    let device = support::enroll_agent(
+        std::process::Command::new(support::rampart_bin()),
+        &c.base(),
+        &token,
+        &config,
+        &dir.path().join("state"),
+    );
+    let list = c.device_cmd(&["list"]);
+    let listed = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        listed.contains(&device) && listed.contains("carol"),
+        "{listed}"
+    );
+
+    // Revoke: refused to an analyst, without confirmation or reason; done by an admin.
+    let revoke = format!("/devices/{device}/revoke");
+    let device_page = admin.get(&format!("/devices/{device}"));
+    assert!(
+        device_page.body.contains("Revoke device"),
+        "{}",
+        device_page.body
+    );
+    let csrf = device_page.csrf();
+    let r = analyst.post(
+        &revoke,
+        &[
+            ("csrf", &analyst_page_csrf(&analyst)),
+            ("reason", "x"),
+            ("confirm", "yes"),
+        ],
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = admin.post(&revoke, &[("csrf", &csrf), ("reason", "stolen")]);
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = admin.post(
+        &revoke,
+        &[
+            ("csrf", &csrf),
+            ("reason", "laptop stolen, SEC-124"),
+            ("confirm", "yes"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{r:?}");
+    let page = admin.get(&format!("/devices/{device}"));
+    assert!(page.body.contains("<dt>Revoked</dt>"), "{}", page.body);
+    assert!(!page.body.contains("Revoke device"), "{}", page.body);
+    let revoked = admin.get("/devices?state=revoked");
+    assert!(revoked.body.contains(&device), "{}", revoked.body);
+
+    // Both actions are audit events; the token itself is never in one.
+    let revokes = audit_events(&c, "type = audit and url like revoke", 1);
+    assert!(
+        revokes
+            .iter()
+            .any(|e| e.to_string().contains("laptop stolen")),
+        "{revokes:#?}"
+    );
+    let tokens = audit_events(&c, "type = audit and url like tokens", 1);
+    assert!(
+        tokens.iter().all(|e| !e.to_string().contains(&token)),
+        "an audit event holds the enrollment token: {tokens:#?}"
+    );
+}
+
+/// The CSRF token of an analyst's session (from a page every role can see).
+fn analyst_page_csrf(analyst: &Client) -> String {
+    analyst.get("/policy").csrf()
+}

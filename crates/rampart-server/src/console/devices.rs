@@ -207,6 +207,10 @@ pub async fn list_page(
             }
         }
     };
+    let body = html! {
+        (body)
+        @if viewer.is_admin() { (token_form(&viewer)) }
+    };
     layout::page("Devices", &viewer, "/devices", body).into_response()
 }
 
@@ -320,6 +324,7 @@ pub async fn device_page(
                 }
                 @if viewer.is_admin() {
                     (isolation_form(&viewer, &d.id, row.isolated()))
+                    @if d.revoked_at.is_none() { (revoke_form(&viewer, &d.id)) }
                 }
             }
         }
@@ -396,14 +401,7 @@ async fn change(
         Wanted::Released => ("device.release", "release"),
     };
     let path = format!("/devices/{id}/{verb}");
-    let reason: String = form
-        .reason
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(REASON_MAX)
-        .collect::<String>()
-        .trim()
-        .to_string();
+    let reason = clean_reason(&form.reason);
     let entry = Entry {
         device: Some(&id),
         detail: Some(&reason),
@@ -469,4 +467,204 @@ async fn change(
     let body =
         html! { h1 { "Not done" } p.error role="alert" { (verb) " " (id) " failed: " (message) } };
     (status, layout::page("Not done", &viewer, "/devices", body)).into_response()
+}
+
+/// Revoke a device: its certificate is refused from now on (gateways send
+/// `certificate_revoked`, open tunnels close) and the agent fails closed.
+/// Admin only, CSRF-checked, confirmed and with a reason, audited either way.
+pub async fn revoke(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    UrlPath(id): UrlPath<String>,
+    Form(form): Form<IsolationForm>,
+) -> Response {
+    if let Err(denied) = viewer.check_csrf(form.csrf.as_deref()) {
+        return denied.into_response();
+    }
+    let path = format!("/devices/{id}/revoke");
+    let reason = clean_reason(&form.reason);
+    let entry = Entry {
+        device: Some(&id),
+        detail: Some(&reason),
+        ..Entry::of(&viewer, "device.revoke", &id, &path)
+    };
+    if let Err(denied) = viewer.require_admin() {
+        state.inner.audit.record(entry.denied());
+        return denied.into_response();
+    }
+    if form.confirm != "yes" {
+        return bad_request(
+            &viewer,
+            &id,
+            &format!("Tick the confirmation box to revoke {id}."),
+        );
+    }
+    if reason.is_empty() {
+        return bad_request(
+            &viewer,
+            &id,
+            &format!("Give a reason to revoke {id}: it is kept in the audit trail."),
+        );
+    }
+    let Some(services) = state.devices() else {
+        return not_available(&viewer);
+    };
+    let registry = services.registry.clone();
+    let device = id.clone();
+    let (status, message) =
+        match tokio::task::spawn_blocking(move || registry.revoke(&device)).await {
+            Ok(Ok(true)) => {
+                state.inner.audit.record(entry);
+                let done = format!("{id}: revoked ({reason})");
+                let to = format!("/devices/{}?done={}", urlencode(&id), urlencode(&done));
+                return (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response();
+            }
+            Ok(Ok(false)) => (StatusCode::NOT_FOUND, format!("no device {id}")),
+            Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+    state.inner.audit.record(Entry {
+        outcome: Outcome::Failed,
+        status: status.as_u16(),
+        detail: Some(&message),
+        ..entry
+    });
+    let body =
+        html! { h1 { "Not done" } p.error role="alert" { "revoke " (id) " failed: " (message) } };
+    (status, layout::page("Not done", &viewer, "/devices", body)).into_response()
+}
+
+/// A reason as the audit trail keeps it: no control characters, at most
+/// [`REASON_MAX`] characters, trimmed.
+fn clean_reason(reason: &str) -> String {
+    reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(REASON_MAX)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenForm {
+    csrf: Option<String>,
+    #[serde(default)]
+    user: String,
+    /// Comma-separated.
+    #[serde(default)]
+    groups: String,
+    /// Hours the token stays valid (default 24).
+    #[serde(default)]
+    hours: String,
+}
+
+/// Longest lifetime of an enrollment token made in the console.
+const TOKEN_HOURS_MAX: i64 = 24 * 30;
+
+/// A one-time enrollment token for a new device (the same tokens as
+/// `rampart device token create`), shown once. Admin only, CSRF-checked,
+/// audited without the token itself.
+pub async fn create_token(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    if let Err(denied) = viewer.check_csrf(form.csrf.as_deref()) {
+        return denied.into_response();
+    }
+    let user = form.user.trim().to_string();
+    let groups: Vec<String> = form
+        .groups
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(str::to_string)
+        .collect();
+    let detail = format!("user {user:?}, groups {groups:?}");
+    let entry = Entry {
+        detail: Some(&detail),
+        ..Entry::of(&viewer, "device.token", &user, "/devices/tokens")
+    };
+    if let Err(denied) = viewer.require_admin() {
+        state.inner.audit.record(entry.denied());
+        return denied.into_response();
+    }
+    let hours = match form.hours.trim() {
+        "" => 24,
+        h => match h.parse::<i64>() {
+            Ok(h) if (1..=TOKEN_HOURS_MAX).contains(&h) => h,
+            _ => {
+                return bad_request(
+                    &viewer,
+                    "",
+                    &format!(
+                        "The lifetime is a whole number of hours from 1 to {TOKEN_HOURS_MAX}."
+                    ),
+                )
+            }
+        },
+    };
+    let Some(services) = state.devices() else {
+        return not_available(&viewer);
+    };
+    let registry = services.registry.clone();
+    let (for_user, for_groups) = (user.clone(), groups.clone());
+    let created = tokio::task::spawn_blocking(move || {
+        registry.tokens().create(
+            (!for_user.is_empty()).then_some(for_user.as_str()),
+            &for_groups,
+            hours * 3600,
+        )
+    })
+    .await;
+    match created {
+        Ok(Ok(token)) => {
+            state.inner.audit.record(Entry {
+                status: 200,
+                ..entry
+            });
+            let body = html! {
+                h1 { "Enrollment token" }
+                p { "For " (if user.is_empty() { "a device without a user" } else { &user })
+                    @if !groups.is_empty() { " (groups " (groups.join(", ")) ")" }
+                    ", valid for " (hours) " hours, once. It is shown only now." }
+                pre id="enrollment-token" { (token) }
+                p { "On the device: " code { "sudo rampart agent enroll --server URL --token TOKEN" } " (docs/agent.md)." }
+                p { a href="/devices" { "← Devices" } }
+            };
+            layout::page("Enrollment token", &viewer, "/devices", body).into_response()
+        }
+        Ok(Err(e)) => bad_request(&viewer, "", &e.to_string()),
+        Err(e) => bad_request(&viewer, "", &e.to_string()),
+    }
+}
+
+fn token_form(viewer: &Viewer) -> Markup {
+    html! {
+        form.token method="post" action="/devices/tokens" {
+            h2 { "Enroll a device" }
+            input type="hidden" name="csrf" value=(viewer.session.csrf);
+            label { "User" input name="user" placeholder="alice"; }
+            label { "Groups (comma-separated)" input name="groups" placeholder="engineering, laptops"; }
+            label { "Valid for (hours)" input name="hours" inputmode="numeric" value="24"; }
+            button type="submit" id="create-token" { "Create enrollment token" }
+        }
+    }
+}
+
+fn revoke_form(viewer: &Viewer, device: &str) -> Markup {
+    let warning = "The device's certificate is refused from now on; its agent fails closed until it is enrolled again.";
+    html! {
+        form.revoke method="post" action=(format!("/devices/{}/revoke", urlencode(device)))
+            data-confirm=(format!("Revoke {device}? {warning}")) {
+            h2 { "Revoke this device" }
+            input type="hidden" name="csrf" value=(viewer.session.csrf);
+            label { "Reason (kept in the audit trail)"
+                input name="reason" required maxlength=(REASON_MAX) placeholder="e.g. laptop reported stolen, ticket SEC-124";
+            }
+            label.check { input type="checkbox" name="confirm" value="yes" required; " " (warning) " I confirm." }
+            button type="submit" id="revoke" { "Revoke device" }
+        }
+    }
 }

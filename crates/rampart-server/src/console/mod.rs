@@ -157,6 +157,8 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/devices/{id}", get(devices::device_page))
         .route("/devices/{id}/isolate", post(devices::isolate))
         .route("/devices/{id}/release", post(devices::release))
+        .route("/devices/{id}/revoke", post(devices::revoke))
+        .route("/devices/tokens", post(devices::create_token))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .with_state(state)
