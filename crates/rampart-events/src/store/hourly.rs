@@ -86,10 +86,14 @@ pub fn start(conn: &Connection, now_ms: i64) -> rusqlite::Result<()> {
     if schema::meta(conn, SINCE_KEY)?.is_some() {
         return Ok(());
     }
-    let has_events: bool = conn
+    let in_segments: bool = conn
         .query_row("SELECT EXISTS (SELECT 1 FROM segments)", [], |r| r.get(0))
         .optional()?
         .unwrap_or(false);
+    // Rows of schemas 1–3 are moved into segments without being counted.
+    let legacy = schema::has_table(conn, schema::LEGACY_EVENTS)?
+        && conn.query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))?;
+    let has_events = in_segments || legacy;
     let since = if has_events { now_ms } else { 0 };
     schema::set_meta(conn, SINCE_KEY, &since.to_string())
 }
@@ -235,6 +239,27 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn counting_starts_now_for_a_store_with_older_events_and_at_zero_for_a_new_one() {
+        let since = |legacy_row: bool| {
+            let conn = Connection::open_in_memory().unwrap();
+            schema::create(&conn).unwrap();
+            if legacy_row {
+                conn.execute_batch(
+                    "CREATE TABLE events (seq INTEGER, id BLOB, time INTEGER, doc BLOB);\
+                     INSERT INTO events VALUES (1, x'00', 5, x'00');",
+                )
+                .unwrap();
+            }
+            start(&conn, 1_000).unwrap();
+            // A second start keeps the first answer.
+            start(&conn, 2_000).unwrap();
+            read(&conn, 0).unwrap().since_ms
+        };
+        assert_eq!(since(false), 0);
+        assert_eq!(since(true), 1_000);
     }
 
     #[test]
