@@ -113,8 +113,11 @@ def main():
         # until an agent confirms (this device runs no agent).
         row.get_by_role("link", name=device).click()
         expect(page.locator("h1")).to_contain_text(device)
-        page.get_by_label("Reason").fill("beaconing to a C2 host")
-        page.get_by_role("checkbox").check()
+        # The isolation form: the page also has the revoke form, with its own
+        # reason and confirmation.
+        isolation = page.locator("form.isolation")
+        isolation.get_by_label("Reason").fill("beaconing to a C2 host")
+        isolation.get_by_role("checkbox").check()
         page.get_by_role("button", name="Isolate device").click()
         expect(page.locator("#isolation-desired")).to_have_text("isolated")
         expect(page.locator("#isolation-state")).to_have_text("pending")
@@ -126,8 +129,9 @@ def main():
 
         # Release it.
         page.goto(f"{base}/devices/{device}")
-        page.get_by_label("Reason").fill("false positive")
-        page.get_by_role("checkbox").check()
+        isolation = page.locator("form.isolation")
+        isolation.get_by_label("Reason").fill("false positive")
+        isolation.get_by_role("checkbox").check()
         page.get_by_role("button", name="Release device").click()
         expect(page.locator("#isolation-desired")).to_have_text("released")
         shot(page, out, "10-device-released")
