@@ -253,6 +253,7 @@ async fn handle_entry(shared: &Arc<Shared>, entry: kv::Entry) {
     let id = revision.id.clone();
     if applied_id.as_deref() == Some(id.as_str()) {
         // Same content re-published (or the one applied from disk): nothing to apply.
+        persist(shared, kv_revision, revision);
         shared.status.send_modify(|s| {
             s.state = GatewayState::Applied;
             s.rejected = None;
@@ -260,12 +261,15 @@ async fn handle_entry(shared: &Arc<Shared>, entry: kv::Entry) {
                 a.kv_revision = kv_revision;
             }
         });
-        persist(shared, kv_revision, revision);
         return;
     }
     match apply_blocking(shared, revision.clone()).await {
         Ok(()) => {
             tracing::info!(revision = %id, kv_revision, "configuration revision applied");
+            // On disk before it is reported applied: whoever sees "applied"
+            // (the status bucket, `wait_applied`) may rely on a restart without
+            // NATS serving it.
+            persist(shared, kv_revision, revision);
             shared.status.send_modify(|s| {
                 s.state = GatewayState::Applied;
                 s.rejected = None;
@@ -276,7 +280,6 @@ async fn handle_entry(shared: &Arc<Shared>, entry: kv::Entry) {
                     from_disk: false,
                 });
             });
-            persist(shared, kv_revision, revision);
         }
         Err(error) => reject(shared, id, kv_revision, error),
     }
