@@ -119,6 +119,13 @@ impl Inspector {
         fingerprint_sources(&self.inner.config) != self.inner.sources
     }
 
+    /// Which YARA rules are decided while a download streams and which need
+    /// the whole body (`None` without YARA rules). See docs/inspection.md.
+    #[cfg(feature = "yara")]
+    pub fn yara_plan(&self) -> Option<&crate::yara::YaraPlan> {
+        self.inner.yara.as_ref().map(crate::yara::YaraRules::plan)
+    }
+
     pub fn config(&self) -> &InspectConfig {
         &self.inner.config
     }

@@ -44,6 +44,8 @@ pub use session::{Leftovers, ScanContext, ScanSession};
 pub use verdict::{
     Direction, Engine, EngineTimes, Finding, ScanReport, UnscannableReason, Verdict,
 };
+#[cfg(feature = "yara")]
+pub use yara::{YaraPlan, STREAM_BLOCK as YARA_STREAM_BLOCK};
 
 /// The gateway shares one Inspector across tasks and moves sessions into
 /// `spawn_blocking`.

@@ -154,9 +154,18 @@ impl<'a> Walk<'a> {
         };
         self.check_hashes(&obj, spool, sha256, legacy);
         self.times.hash += t.elapsed();
-        // 4. YARA.
+        // 4. YARA (decided from the streamed presence scan for a body that
+        // streamed: `yara` module).
         let t = Instant::now();
-        self.check_yara(&obj, spool);
+        #[cfg(feature = "yara")]
+        let witness = if depth == 0 {
+            self.streamed.yara.take()
+        } else {
+            None
+        };
+        #[cfg(not(feature = "yara"))]
+        let witness = None;
+        self.check_yara(&obj, spool, witness);
         self.times.yara += t.elapsed();
         // 5. clamd sees the body once: it opens archives itself.
         if depth == 0 {
@@ -286,7 +295,11 @@ impl<'a> Walk<'a> {
             size: spool.len(),
         };
         let t = Instant::now();
-        self.check_yara(&obj, spool);
+        #[cfg(feature = "yara")]
+        let witness = self.streamed.yara.take();
+        #[cfg(not(feature = "yara"))]
+        let witness = None;
+        self.check_yara(&obj, spool, witness);
         self.times.yara += t.elapsed();
         let t = Instant::now();
         self.check_dlp(&obj, spool);
@@ -453,8 +466,15 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// `witness`: what the presence scan found while the body streamed
+    /// (the rules are then decided from it, the spool is not read).
     #[cfg(feature = "yara")]
-    fn check_yara(&mut self, obj: &Object<'_>, spool: &Spool) {
+    fn check_yara(
+        &mut self,
+        obj: &Object<'_>,
+        spool: &Spool,
+        witness: Option<crate::yara::Witness>,
+    ) {
         let Some(rules) = &self.inner.yara else {
             return;
         };
@@ -463,20 +483,25 @@ impl<'a> Walk<'a> {
             self.timed_out(obj, "yara");
             return;
         };
-        let bytes = match spool.bytes() {
-            Ok(b) => b,
-            Err(e) => {
-                self.push_failure(
-                    obj,
-                    UnscannableReason::EngineError,
-                    Engine::Yara,
-                    format!("spool: {e}"),
-                    fail,
-                );
-                return;
-            }
+        let outcome = if let Some(witness) = witness {
+            rules.evaluate(witness, budget)
+        } else {
+            let bytes = match spool.bytes() {
+                Ok(b) => b,
+                Err(e) => {
+                    self.push_failure(
+                        obj,
+                        UnscannableReason::EngineError,
+                        Engine::Yara,
+                        format!("spool: {e}"),
+                        fail,
+                    );
+                    return;
+                }
+            };
+            rules.scan(&bytes, budget)
         };
-        match rules.scan(&bytes, budget) {
+        match outcome {
             crate::yara::YaraOutcome::Matches(names) => {
                 for name in names {
                     self.push(obj, Verdict::Malicious, Engine::Yara, name);
@@ -495,7 +520,7 @@ impl<'a> Walk<'a> {
     }
 
     #[cfg(not(feature = "yara"))]
-    fn check_yara(&mut self, _obj: &Object<'_>, _spool: &Spool) {}
+    fn check_yara(&mut self, _obj: &Object<'_>, _spool: &Spool, _witness: Option<()>) {}
 
     fn check_clamd(&mut self, obj: &Object<'_>, spool: &Spool) {
         let Some(client) = &self.inner.clamd else {

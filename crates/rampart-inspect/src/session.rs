@@ -116,6 +116,10 @@ struct Intake {
     spooling: bool,
     /// Bytes kept for the scan but not spooled (counted as kept).
     unspooled: u64,
+    /// YARA's presence scan of the kept bytes, when the rule set streams
+    /// (background sessions only).
+    #[cfg(feature = "yara")]
+    yara: Option<crate::yara::YaraStream>,
 }
 
 /// The state of a streamed clamd scan of the top-level body.
@@ -147,6 +151,9 @@ pub(crate) struct Streamed {
     /// The body's kept length when its spool holds only its start (the
     /// rest needed no second look).
     pub(crate) kept: Option<u64>,
+    /// The strings YARA found in the kept bytes while they streamed.
+    #[cfg(feature = "yara")]
+    pub(crate) yara: Option<crate::yara::Witness>,
 }
 
 impl Intake {
@@ -167,6 +174,8 @@ impl Intake {
             clamd_time: Duration::ZERO,
             spooling: true,
             unspooled: 0,
+            #[cfg(feature = "yara")]
+            yara: None,
         }
     }
 
@@ -196,6 +205,10 @@ impl Intake {
             self.clamd = ClamdFeed::Off;
         }
         self.send_to_clamd(keep);
+        #[cfg(feature = "yara")]
+        if let Some(yara) = &mut self.yara {
+            yara.feed(keep);
+        }
         Ok(())
     }
 
@@ -225,8 +238,9 @@ impl Intake {
         let dlp_wanted = !self.inner.dlp.is_empty()
             && textual
             && (direction == Direction::Upload || self.inner.config.dlp.downloads);
+        // YARA rereads the body unless its rules are decided while it streams.
         #[cfg(feature = "yara")]
-        let yara = self.inner.yara.is_some();
+        let yara = self.inner.yara.is_some() && self.yara.is_none();
         #[cfg(not(feature = "yara"))]
         let yara = false;
         let reread = file_type.is_archive()
@@ -236,25 +250,39 @@ impl Intake {
         self.spooling = reread;
     }
 
-    /// Opens the streamed clamd scan and sends what was kept so far (the
-    /// held start of the body, in memory or a small spool file).
-    fn open_clamd(&mut self) {
-        let Some(client) = &self.inner.clamd else {
-            return;
-        };
+    /// Starts the engines that take the body as it streams — clamd's
+    /// INSTREAM, YARA's presence scan — and gives them what was kept so far
+    /// (the held start of the body, in memory or a small spool file).
+    fn open_streamed_engines(&mut self) {
         if self.truncated || self.spool_error.is_some() {
             return;
         }
-        let started = Instant::now();
-        self.clamd = match client.instream() {
-            Ok(stream) => ClamdFeed::Open(stream),
-            Err(e) => ClamdFeed::Failed(e),
-        };
+        #[cfg(feature = "yara")]
+        let yara = self.inner.yara.as_ref().and_then(|rules| rules.stream());
+        #[cfg(not(feature = "yara"))]
+        let yara: Option<()> = None;
+        if self.inner.clamd.is_none() && yara.is_none() {
+            return;
+        }
         let kept = self.spool.reader().and_then(|mut r| {
             let mut buf = Vec::new();
             r.read_to_end(&mut buf)?;
             Ok(buf)
         });
+        #[cfg(feature = "yara")]
+        if let (Some(mut yara), Ok(kept)) = (yara, &kept) {
+            // Unreadable start: no stream, the whole-body scan decides.
+            yara.feed(kept);
+            self.yara = Some(yara);
+        }
+        let Some(client) = &self.inner.clamd else {
+            return;
+        };
+        let started = Instant::now();
+        self.clamd = match client.instream() {
+            Ok(stream) => ClamdFeed::Open(stream),
+            Err(e) => ClamdFeed::Failed(e),
+        };
         match kept {
             Ok(kept) => self.send_to_clamd(&kept),
             Err(e) => self.clamd = ClamdFeed::Failed(ClamdError::Io(e)),
@@ -305,6 +333,8 @@ impl Intake {
             legacy,
             clamd,
             kept: (!self.spooling).then(|| self.kept()),
+            #[cfg(feature = "yara")]
+            yara: self.yara.take().map(crate::yara::YaraStream::finish),
         }
     }
 }
@@ -369,8 +399,8 @@ impl Drop for GoneOnExit {
 
 fn run_intake(mut intake: Intake, queue: Arc<Queue>, direction: Direction) -> Intake {
     let _gone = GoneOnExit(queue.clone());
+    intake.open_streamed_engines();
     intake.decide_spooling(direction);
-    intake.open_clamd();
     loop {
         let chunk = {
             let mut state = queue.lock();
@@ -682,7 +712,12 @@ impl ScanSession {
                 fail: None,
             });
             walk.check_hashes_only(&root, file_type, &sha256, self.size);
-            // Rules and DLP still look at the part that was kept.
+            // Rules and DLP still look at the part that was kept (YARA
+            // from what its presence scan found in it, if it streamed).
+            #[cfg(feature = "yara")]
+            {
+                walk.streamed.yara = streamed.yara;
+            }
             walk.scan_prefix(&root, spool, file_type, &sha_hex);
         } else if let Some(boundary) = self.form_boundary() {
             walk.scan_form(&root, spool, &sha256, &boundary);
