@@ -422,6 +422,8 @@ const FORWARD_BATCH: usize = 5000;
 
 /// The forwarder's loop: publish what the store holds after the cursor, then
 /// move the cursor; wait for a commit (or a second) when there is nothing.
+/// Events go out in their stored form, several per JetStream message: the
+/// forwarder neither decodes nor re-renders them.
 fn forward(
     reader: rampart_events::StoreReader,
     mut cursor: PublishCursor,
@@ -429,15 +431,8 @@ fn forward(
     woken: std::sync::mpsc::Receiver<()>,
     runtime: tokio::runtime::Handle,
 ) {
-    let everything = match rampart_events::parse_query("") {
-        Ok(q) => q,
-        Err(e) => {
-            tracing::error!(error = %e, "fleet: events are not forwarded (the empty query does not parse)");
-            return;
-        }
-    };
     loop {
-        let batch = match reader.after(cursor.seq, &everything, FORWARD_BATCH) {
+        let batch = match reader.stored_after(cursor.seq, FORWARD_BATCH) {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::error!(error = %e, "fleet: reading the event store to forward failed; retrying in 1 s");
@@ -451,11 +446,11 @@ fn forward(
                 _ => continue,
             }
         };
-        let events: Vec<rampart_events::Event> = batch.into_iter().map(|(_, e)| e).collect();
-        match runtime.block_on(publisher.publish(&events)) {
+        let stored: Vec<Vec<u8>> = batch.into_iter().map(|(_, s)| s).collect();
+        match runtime.block_on(publisher.publish_stored(&stored)) {
             Ok(_) => cursor.advance(last),
             Err(e) => {
-                tracing::error!(error = %e, events = events.len(),
+                tracing::error!(error = %e, events = stored.len(),
                     "fleet: events could not be published or spooled; retrying in 1 s");
                 std::thread::sleep(Duration::from_secs(1));
             }

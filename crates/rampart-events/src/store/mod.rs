@@ -55,6 +55,13 @@ pub fn decode_stored(stored: &[u8]) -> Result<crate::record::Record, EventsError
     }
 }
 
+/// The OCSF event in a stored form (either kind), as the store's readers
+/// return it: flow records keep the product version that wrote them.
+pub fn decode_stored_event(stored: &[u8]) -> Result<crate::event::Event, EventsError> {
+    doc::decode_event(ValueRef::Blob(stored))
+        .map_err(|e| EventsError::DamagedDocument(e.to_string()))
+}
+
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::ValueRef;

@@ -304,6 +304,41 @@ impl StoreReader {
         Ok(out)
     }
 
+    /// The stored forms (what [`super::decode_stored_event`] reads) of every
+    /// event after `seq`, oldest first, `limit` at most: a forwarder sends
+    /// them on without decoding and re-rendering each event.
+    pub fn stored_after(&self, seq: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, EventsError> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let segments: Vec<(i64, i64)> = tx
+            .prepare_cached(
+                "SELECT seg, events FROM segments WHERE seg + events - 1 > ?1 ORDER BY seg",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([seq], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| self.err(e))?;
+        let mut cache = SegmentCache::default();
+        let mut out = Vec::new();
+        'segments: for (first, count) in segments {
+            let seg = cache
+                .load(&tx, first, count)
+                .map_err(|e| self.scan_err(e))?;
+            for offset in 0..seg.len() {
+                let s = first + offset as i64;
+                if s <= seq {
+                    continue;
+                }
+                out.push((s, seg.stored(offset).unwrap_or_default().to_vec()));
+                if out.len() >= limit {
+                    break 'segments;
+                }
+            }
+        }
+        tx.finish().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
     /// The newest sequence number (0 when empty).
     pub fn last_seq(&self) -> Result<i64, EventsError> {
         writer::max_seq(&self.conn).map_err(|e| self.err(e))

@@ -1,6 +1,8 @@
 //! The server side of events: a durable pull consumer on the events stream
 //! feeding an [`EventSink`] (the PostgreSQL fleet store), acknowledging only
-//! what the sink committed.
+//! what the sink committed. Messages carry several events each
+//! (`event_batch.rs`); the next sink batch is pulled and decoded while the
+//! sink commits the previous one.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -15,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::nats::buckets::{self, EventsStreamSettings};
 use crate::nats::connection::connect;
+use crate::nats::event_batch;
 use crate::nats::{NatsError, NatsSettings, EVENTS_SUBJECT_PREFIX};
 
 /// One event taken from the stream.
@@ -22,10 +25,9 @@ use crate::nats::{NatsError, NatsSettings, EVENTS_SUBJECT_PREFIX};
 pub struct ReceivedEvent {
     /// The gateway that published it (from the subject).
     pub gateway_id: String,
+    /// The event, its `unmapped.gateway` set to `gateway_id`.
     pub event: Event,
-    /// The OCSF JSON document exactly as published (store it without re-rendering).
-    pub json: String,
-    /// Its sequence number in the stream.
+    /// The stream sequence number of the message that carried it.
     pub stream_sequence: u64,
 }
 
@@ -48,8 +50,12 @@ pub struct ConsumerSettings {
     pub nats: NatsSettings,
     /// The durable consumer's name: consumers sharing it share the work.
     pub durable_name: String,
-    /// Events handed to the sink at most per batch.
+    /// Events handed to the sink per batch: messages are taken until they
+    /// hold this many (a batch may exceed it by one message's events).
     pub batch: usize,
+    /// Messages delivered and not yet acknowledged at most (each holds up to
+    /// a publisher's batch of events).
+    pub max_ack_pending: usize,
     /// How long to wait for more events once one arrived, to fill a batch.
     pub linger: Duration,
     /// A delivered event not acknowledged within this time is delivered again.
@@ -66,6 +72,7 @@ impl ConsumerSettings {
             nats: NatsSettings::new(nats_url, "rampart-server-events"),
             durable_name: "rampart-fleet-store".into(),
             batch: 2000,
+            max_ack_pending: 64,
             linger: Duration::from_millis(20),
             ack_wait: Duration::from_secs(60),
             retry_initial: Duration::from_millis(100),
@@ -80,10 +87,13 @@ impl ConsumerSettings {
 pub struct ConsumerStats {
     /// Events the sink committed and that were acknowledged.
     pub committed: u64,
+    /// Sink batches committed.
     pub batches: u64,
+    /// JetStream messages acknowledged (each carries one or more events).
+    pub messages: u64,
     /// Failed sink batches (their events were handed back for redelivery).
     pub sink_failures: u64,
-    /// Deliveries of events delivered before.
+    /// Deliveries of messages delivered before.
     pub redelivered: u64,
     /// Messages that were not events (terminated, never redelivered).
     pub malformed: u64,
@@ -93,6 +103,7 @@ pub struct ConsumerStats {
 struct Counters {
     committed: AtomicU64,
     batches: AtomicU64,
+    messages: AtomicU64,
     sink_failures: AtomicU64,
     redelivered: AtomicU64,
     malformed: AtomicU64,
@@ -128,6 +139,7 @@ impl EventConsumer {
         ConsumerStats {
             committed: c.committed.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
+            messages: c.messages.load(Ordering::Relaxed),
             sink_failures: c.sink_failures.load(Ordering::Relaxed),
             redelivered: c.redelivered.load(Ordering::Relaxed),
             malformed: c.malformed.load(Ordering::Relaxed),
@@ -165,12 +177,13 @@ async fn consume_until_failure<S: EventSink>(
     counters: &Counters,
 ) -> Result<(), NatsError> {
     let stream = buckets::events_stream(js, &settings.stream).await?;
+    let max_ack_pending = settings.max_ack_pending.max(2);
     let config = consumer::pull::Config {
         durable_name: Some(settings.durable_name.clone()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
-        // Enough in flight for a few batches being prefetched while one is committed.
-        max_ack_pending: (settings.batch * 8).max(1000) as i64,
+        // Room for the batch being committed and the next ones being pulled.
+        max_ack_pending: max_ack_pending as i64,
         filter_subject: format!("{EVENTS_SUBJECT_PREFIX}>"),
         ..Default::default()
     };
@@ -178,15 +191,47 @@ async fn consume_until_failure<S: EventSink>(
         .get_or_create_consumer(&settings.durable_name, config)
         .await
         .map_err(|e| NatsError::js(format!("opening consumer {}", settings.durable_name), e))?;
-    let mut messages = consumer
+    let messages = consumer
         .stream()
-        .max_messages_per_batch(settings.batch)
+        .max_messages_per_batch(max_ack_pending / 2)
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
         .messages()
         .await
         .map_err(|e| NatsError::js("pulling events", e))?;
-    let mut backoff = settings.retry_initial;
+    // One decoded batch waits while the sink commits another: decoding (CPU
+    // here) overlaps the database's work.
+    let (ready, mut decoded) = tokio::sync::mpsc::channel::<Decoded>(1);
+    let pull = pull_batches(settings, messages, ready, counters);
+    let commit = async {
+        let mut backoff = settings.retry_initial;
+        while let Some(batch) = decoded.recv().await {
+            if deliver(batch, sink, counters).await {
+                backoff = settings.retry_initial;
+            } else {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(settings.retry_max);
+            }
+        }
+    };
+    let (pulled, ()) = tokio::join!(pull, commit);
+    pulled
+}
+
+/// A sink batch: its events and the messages that carried them.
+struct Decoded {
+    events: Vec<ReceivedEvent>,
+    messages: Vec<jetstream::Message>,
+}
+
+/// Pull messages into sink batches of about `settings.batch` events, decode
+/// them and hand them on; returns when the pull fails (or the committer is gone).
+async fn pull_batches(
+    settings: &ConsumerSettings,
+    mut messages: consumer::pull::Stream,
+    ready: tokio::sync::mpsc::Sender<Decoded>,
+    counters: &Counters,
+) -> Result<(), NatsError> {
     loop {
         // Wait for one message, then take whatever else is already here.
         let first = match messages.next().await {
@@ -194,12 +239,16 @@ async fn consume_until_failure<S: EventSink>(
             Some(Err(e)) => return Err(NatsError::js("pulling events", e)),
             Some(Ok(m)) => m,
         };
+        let mut batch = Decoded {
+            events: Vec::with_capacity(settings.batch),
+            messages: Vec::new(),
+        };
+        decode_into(first, &mut batch, counters).await;
         // Bulk inserts pay per batch: linger a little for a fuller one.
-        let mut batch = vec![first];
         let linger_until = tokio::time::Instant::now() + settings.linger;
-        while batch.len() < settings.batch {
+        while batch.events.len() < settings.batch {
             match tokio::time::timeout_at(linger_until, messages.next()).await {
-                Ok(Some(Ok(m))) => batch.push(m),
+                Ok(Some(Ok(m))) => decode_into(m, &mut batch, counters).await,
                 Ok(Some(Err(e))) => {
                     tracing::debug!(%e, "pull interrupted; committing what arrived");
                     break;
@@ -207,47 +256,43 @@ async fn consume_until_failure<S: EventSink>(
                 Ok(None) | Err(_) => break,
             }
         }
-        if deliver(batch, sink, counters).await {
-            backoff = settings.retry_initial;
-        } else {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(settings.retry_max);
+        if batch.messages.is_empty() {
+            continue;
+        }
+        if ready.send(batch).await.is_err() {
+            return Ok(());
         }
     }
 }
 
-/// Hand one batch to the sink; acknowledge it on success, hand it back on failure.
-async fn deliver<S: EventSink>(
-    batch: Vec<jetstream::Message>,
-    sink: &S,
-    counters: &Counters,
-) -> bool {
-    let mut events = Vec::with_capacity(batch.len());
-    let mut delivered = Vec::with_capacity(batch.len());
-    for message in batch {
-        match decode(&message) {
-            Ok((event, delivery_count)) => {
-                if delivery_count > 1 {
-                    counters.redelivered.fetch_add(1, Ordering::Relaxed);
-                }
-                events.push(event);
-                delivered.push(message);
+/// Decode `message` into `batch`; a message that holds no events is
+/// terminated (never redelivered) and counted.
+async fn decode_into(message: jetstream::Message, batch: &mut Decoded, counters: &Counters) {
+    match decode(&message) {
+        Ok((events, delivery_count)) => {
+            if delivery_count > 1 {
+                counters.redelivered.fetch_add(1, Ordering::Relaxed);
             }
-            Err(reason) => {
-                tracing::error!(subject = %message.subject, %reason, "not an event: discarded");
-                counters.malformed.fetch_add(1, Ordering::Relaxed);
-                if let Err(err) = message.ack_with(AckKind::Term).await {
-                    tracing::warn!(%err, "could not discard a malformed message");
-                }
+            batch.events.extend(events);
+            batch.messages.push(message);
+        }
+        Err(reason) => {
+            tracing::error!(subject = %message.subject, %reason, "not an event: discarded");
+            counters.malformed.fetch_add(1, Ordering::Relaxed);
+            if let Err(err) = message.ack_with(AckKind::Term).await {
+                tracing::warn!(%err, "could not discard a malformed message");
             }
         }
     }
-    if events.is_empty() {
-        return true;
-    }
+}
+
+/// Hand one batch to the sink; acknowledge its messages on success, hand
+/// them back on failure.
+async fn deliver<S: EventSink>(batch: Decoded, sink: &S, counters: &Counters) -> bool {
+    let Decoded { events, messages } = batch;
     match sink.insert_batch(&events).await {
         Ok(_) => {
-            for message in &delivered {
+            for message in &messages {
                 // A lost acknowledgement means one redelivery, which the sink ignores.
                 if let Err(err) = message.ack().await {
                     tracing::warn!(%err, "event acknowledgement not sent");
@@ -256,13 +301,16 @@ async fn deliver<S: EventSink>(
             counters
                 .committed
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
+            counters
+                .messages
+                .fetch_add(messages.len() as u64, Ordering::Relaxed);
             counters.batches.fetch_add(1, Ordering::Relaxed);
             true
         }
         Err(err) => {
             tracing::warn!(%err, events = events.len(), "event sink failed; events will be redelivered");
             counters.sink_failures.fetch_add(1, Ordering::Relaxed);
-            for message in &delivered {
+            for message in &messages {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
             }
             false
@@ -270,26 +318,25 @@ async fn deliver<S: EventSink>(
     }
 }
 
-/// The event, and how many times it has been delivered.
-fn decode(message: &jetstream::Message) -> Result<(ReceivedEvent, i64), String> {
+/// The message's events, and how many times it has been delivered.
+fn decode(message: &jetstream::Message) -> Result<(Vec<ReceivedEvent>, i64), String> {
     let gateway_id = message
         .subject
         .as_str()
         .strip_prefix(EVENTS_SUBJECT_PREFIX)
-        .ok_or("subject outside rampart.events.")?
-        .to_string();
+        .ok_or("subject outside rampart.events.")?;
     let info = message.info().map_err(|e| e.to_string())?;
-    let json = std::str::from_utf8(&message.payload)
-        .map_err(|e| e.to_string())?
-        .to_string();
-    let event = rampart_events::render::parse_line(json.as_bytes())?;
-    Ok((
-        ReceivedEvent {
-            gateway_id,
-            event,
-            json,
-            stream_sequence: info.stream_sequence,
-        },
-        info.delivered,
-    ))
+    let events = event_batch::unpack(&message.payload).map_err(|e| e.to_string())?;
+    let received = events
+        .into_iter()
+        .map(|mut event| {
+            event.unmapped.gateway = Some(gateway_id.to_string());
+            ReceivedEvent {
+                gateway_id: gateway_id.to_string(),
+                event,
+                stream_sequence: info.stream_sequence,
+            }
+        })
+        .collect();
+    Ok((received, info.delivered))
 }

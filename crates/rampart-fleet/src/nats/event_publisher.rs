@@ -1,6 +1,7 @@
-//! The gateway side of events: publish batches to JetStream and wait for the
-//! acknowledgements; spool on disk what NATS did not acknowledge and replay it
-//! in order when NATS is back.
+//! The gateway side of events: publish them to JetStream several per message
+//! (`event_batch.rs`) and wait for the acknowledgements; spool on disk the
+//! batches NATS did not acknowledge and replay them, unchanged and in order,
+//! when NATS is back.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
+use base64::Engine as _;
 use bytes::Bytes;
 use rampart_events::spool::Spool;
 use rampart_events::Event;
@@ -16,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::nats::buckets::{self, EventsStreamSettings};
 use crate::nats::connection::{connect, is_connected};
+use crate::nats::event_batch::{self, Batch, BatchLimits};
 use crate::nats::{validate_gateway_id, NatsError, NatsSettings, EVENTS_SUBJECT_PREFIX};
 
 /// How a gateway publishes its events.
@@ -27,8 +30,10 @@ pub struct PublisherSettings {
     pub data_dir: PathBuf,
     /// Bytes the spool may hold; past it the oldest events are discarded (and counted).
     pub spool_max_bytes: u64,
-    /// Events per replayed batch.
+    /// Spooled messages (batches) sent per replay round.
     pub replay_batch: usize,
+    /// How many events one JetStream message carries at most.
+    pub batch: BatchLimits,
     /// Limits of the stream, should this publisher be the one to create it.
     pub stream: EventsStreamSettings,
 }
@@ -40,7 +45,8 @@ impl PublisherSettings {
             gateway_id: gateway_id.to_string(),
             data_dir,
             spool_max_bytes: 1 << 30,
-            replay_batch: 2000,
+            replay_batch: 16,
+            batch: BatchLimits::default(),
             stream: EventsStreamSettings::default(),
         }
     }
@@ -57,27 +63,50 @@ pub struct PublishOutcome {
     pub spooled: usize,
 }
 
-/// One event ready to send: its id (the `Nats-Msg-Id`) and its OCSF JSON.
+/// The spool keeps one line per unacknowledged batch: `b1 <msg-id>
+/// <base64 payload>` (lines cannot hold the payload's raw bytes). Spools of
+/// gateways before batching hold `<event-id> <OCSF JSON>` lines; those replay
+/// as one-event messages under their event id, as they would have been sent.
+const SPOOL_LINE_V1: &str = "b1";
+
+/// A batch ready to send: its `Nats-Msg-Id` and payload.
 struct Outgoing {
-    id: String,
-    json: Bytes,
+    msg_id: String,
+    batch: Batch,
 }
 
 impl Outgoing {
-    /// The spool line: `<id> <json>` (the id first, so replay needs no JSON parsing).
+    fn new(batch: Batch) -> Outgoing {
+        Outgoing {
+            msg_id: batch.msg_id(),
+            batch,
+        }
+    }
+
     fn spool_line(&self) -> Vec<u8> {
-        let mut line = Vec::with_capacity(self.id.len() + 1 + self.json.len());
-        line.extend_from_slice(self.id.as_bytes());
-        line.push(b' ');
-        line.extend_from_slice(&self.json);
-        line
+        let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&self.batch.payload);
+        format!("{SPOOL_LINE_V1} {} {encoded}", self.msg_id).into_bytes()
     }
 
     fn from_spool_line(line: Vec<u8>) -> Option<Outgoing> {
+        if let Some(rest) = line.strip_prefix(SPOOL_LINE_V1.as_bytes()) {
+            let rest = std::str::from_utf8(rest.strip_prefix(b" ")?).ok()?;
+            let (msg_id, encoded) = rest.split_once(' ')?;
+            let payload = base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(encoded)
+                .ok()?;
+            return Some(Outgoing {
+                msg_id: msg_id.to_string(),
+                batch: Batch::from_payload(Bytes::from(payload)),
+            });
+        }
         let space = line.iter().position(|b| *b == b' ')?;
-        let id = std::str::from_utf8(&line[..space]).ok()?.to_string();
+        let msg_id = std::str::from_utf8(&line[..space]).ok()?.to_string();
         let json = Bytes::from(line).slice(space + 1..);
-        Some(Outgoing { id, json })
+        Some(Outgoing {
+            msg_id,
+            batch: Batch::from_payload(json),
+        })
     }
 }
 
@@ -93,6 +122,7 @@ struct Inner {
     /// Wakes the replayer when something was spooled.
     spooled: Notify,
     replay_batch: usize,
+    batch_limits: BatchLimits,
 }
 
 /// Publishes a gateway's events; dropping it stops the replayer (the spool stays on disk).
@@ -112,8 +142,8 @@ impl EventPublisher {
         let client = connect(&settings.nats, false).await?;
         let js = jetstream::context::ContextBuilder::new()
             .timeout(settings.nats.request_timeout)
-            // Large batches wait for acknowledgement permits rather than fail.
-            .max_ack_inflight(20_000)
+            // Many messages in one call wait for acknowledgement permits rather than fail.
+            .max_ack_inflight(1_000)
             .backpressure_on_inflight(true)
             .build(client.clone());
         let inner = Arc::new(Inner {
@@ -126,21 +156,31 @@ impl EventPublisher {
             sending: tokio::sync::Mutex::new(()),
             spooled: Notify::new(),
             replay_batch: settings.replay_batch.max(1),
+            batch_limits: settings.batch,
         });
         let replayer = tokio::spawn(replay(inner.clone()));
         Ok(EventPublisher { inner, replayer })
     }
 
-    /// Publish a batch and wait for JetStream's acknowledgements. What is not
-    /// acknowledged is spooled (the call still succeeds); an error means the
-    /// spool could not be written either.
+    /// Publish OCSF events (each rendered and compressed into the store's
+    /// stored form first); see [`EventPublisher::publish_stored`].
     pub async fn publish(&self, events: &[Event]) -> Result<PublishOutcome, NatsError> {
-        let outgoing: Vec<Outgoing> = events
-            .iter()
-            .map(|e| Outgoing {
-                id: e.id().to_string(),
-                json: Bytes::from(rampart_events::render::ocsf_line(e)),
-            })
+        let stored: Vec<Vec<u8>> = events.iter().map(event_batch::stored_form).collect();
+        self.publish_stored(&stored).await
+    }
+
+    /// Publish events in the embedded store's stored form (what
+    /// `StoreReader::stored_after` returns), in order, several per message,
+    /// and wait for JetStream's acknowledgements. What is not acknowledged is
+    /// spooled (the call still succeeds); an error means the spool could not
+    /// be written either.
+    pub async fn publish_stored<S: AsRef<[u8]>>(
+        &self,
+        stored: &[S],
+    ) -> Result<PublishOutcome, NatsError> {
+        let outgoing: Vec<Outgoing> = event_batch::pack(stored, self.inner.batch_limits)
+            .into_iter()
+            .map(Outgoing::new)
             .collect();
         let inner = &self.inner;
         let _sending = inner.sending.lock().await;
@@ -150,16 +190,16 @@ impl EventPublisher {
         }
         match inner.send_all(&outgoing).await {
             Ok(duplicates) => Ok(PublishOutcome {
-                acknowledged: outgoing.len(),
+                acknowledged: events_in(&outgoing),
                 duplicates,
                 spooled: 0,
             }),
             Err((first_unacked, err)) => {
                 tracing::warn!(%err, "events not acknowledged by NATS: spooling them");
-                // From the first unacknowledged event on, in order; any later one
+                // From the first unacknowledged batch on, in order; any later one
                 // that did get stored is dropped as a duplicate on replay.
                 let mut outcome = inner.spool_all(&outgoing[first_unacked..])?;
-                outcome.acknowledged = first_unacked;
+                outcome.acknowledged = events_in(&outgoing[..first_unacked]);
                 Ok(outcome)
             }
         }
@@ -175,8 +215,8 @@ impl EventPublisher {
         lock(&self.inner.spool).pending_bytes()
     }
 
-    /// Events discarded because the spool reached its bound (since start).
-    pub fn dropped_events(&self) -> u64 {
+    /// Spooled batches discarded because the spool reached its bound (since start).
+    pub fn dropped_batches(&self) -> u64 {
         lock(&self.inner.spool).dropped_lines()
     }
 
@@ -191,6 +231,10 @@ impl EventPublisher {
         }
         false
     }
+}
+
+fn events_in(outgoing: &[Outgoing]) -> usize {
+    outgoing.iter().map(|o| o.batch.events).sum()
 }
 
 impl Drop for EventPublisher {
@@ -237,20 +281,21 @@ impl Inner {
         Ok(PublishOutcome {
             acknowledged: 0,
             duplicates: 0,
-            spooled: outgoing.len(),
+            spooled: events_in(outgoing),
         })
     }
 
-    /// Send every event, then wait for every acknowledgement. On failure,
-    /// the index of the first event not acknowledged.
+    /// Send every batch, then wait for every acknowledgement: the events in
+    /// batches JetStream already held. On failure, the index of the first
+    /// batch not acknowledged.
     async fn send_all(&self, outgoing: &[Outgoing]) -> Result<usize, (usize, NatsError)> {
         let mut pending = Vec::with_capacity(outgoing.len());
-        for (i, event) in outgoing.iter().enumerate() {
+        for (i, batch) in outgoing.iter().enumerate() {
             let message = PublishMessage::build()
-                .message_id(&event.id)
-                .payload(event.json.clone());
+                .message_id(&batch.msg_id)
+                .payload(batch.batch.payload.clone());
             match self.js.send_publish(self.subject.clone(), message).await {
-                Ok(ack) => pending.push(ack),
+                Ok(ack) => pending.push((ack, batch.batch.events)),
                 Err(e) => {
                     if i == 0 {
                         return Err((0, NatsError::js("publishing events", e)));
@@ -268,17 +313,21 @@ impl Inner {
             .map(|(_, duplicates)| duplicates)
     }
 
-    /// Await acknowledgements in order: `(count acknowledged, duplicates)`,
-    /// or the index of the first failure.
+    /// Await acknowledgements in order: `(batches acknowledged, events in
+    /// duplicate batches)`, or the index of the first failure.
     async fn await_acks(
         &self,
-        pending: Vec<jetstream::context::PublishAckFuture>,
+        pending: Vec<(jetstream::context::PublishAckFuture, usize)>,
     ) -> Result<(usize, usize), (usize, NatsError)> {
         let mut duplicates = 0;
         let total = pending.len();
-        for (i, ack) in pending.into_iter().enumerate() {
+        for (i, (ack, events)) in pending.into_iter().enumerate() {
             match ack.await {
-                Ok(ack) => duplicates += usize::from(ack.duplicate),
+                Ok(ack) => {
+                    if ack.duplicate {
+                        duplicates += events;
+                    }
+                }
                 Err(e) => {
                     if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound {
                         self.stream_ready.store(false, Ordering::Relaxed);

@@ -33,19 +33,22 @@
 //! users, and use TLS to NATS beyond one host.
 //!
 //! # Events
-//! Gateways publish events ([`EventPublisher`]) as their OCSF JSON document
-//! (the same line the embedded store and the sinks use) to
-//! `rampart.events.<gateway-id>` in the stream [`EVENTS_STREAM`], with the
-//! event id as `Nats-Msg-Id` so JetStream drops a re-sent copy within its
-//! duplicate window. Every batch waits for its acknowledgements; what was not
-//! acknowledged (NATS down, timeout) goes to an on-disk spool under the data
-//! dir (`rampart_events::spool::Spool`, the one the sinks use) and is
-//! replayed in order when NATS returns; only acknowledged lines are removed.
-//! The server drains the stream with a durable pull consumer
+//! Gateways publish events ([`EventPublisher`]) to `rampart.events.<gateway-id>`
+//! in the stream [`EVENTS_STREAM`], several per message (up to
+//! [`BatchLimits`]: 1,000 events or 512 KiB), each in the embedded store's
+//! stored form (a gateway forwards what its store holds without decoding
+//! it). A message's `Nats-Msg-Id` is the hash of its payload, so JetStream
+//! drops a batch re-sent unchanged within its duplicate window. Every call
+//! waits for its acknowledgements; the batches not acknowledged (NATS down,
+//! timeout) go to an on-disk spool under the data dir
+//! (`rampart_events::spool::Spool`, the one the sinks use) and are replayed
+//! unchanged and in order when NATS returns; only acknowledged batches are
+//! removed. The server drains the stream with a durable pull consumer
 //! ([`EventConsumer`]) into an [`EventSink`] (the PostgreSQL fleet store),
-//! acknowledging each message only once the sink committed it; a failed batch
-//! is negatively acknowledged and comes back. Delivery is at least once: the
-//! sink must ignore an event id it already holds.
+//! acknowledging each message only once the sink committed its events; a
+//! failed batch is negatively acknowledged and comes back. Delivery is at
+//! least once: the sink must ignore an event id it already holds (events
+//! re-sent in a differently composed batch reach it twice).
 //!
 //! Tested with Debian's `nats-server` 2.9.10 and `async-nats` 0.52 (default
 //! features off: they switch on request fields for servers 2.10 and later).
@@ -56,6 +59,7 @@ mod config_publisher;
 mod config_watcher;
 mod connection;
 mod error;
+mod event_batch;
 mod event_consumer;
 mod event_publisher;
 mod last_good;
@@ -74,6 +78,7 @@ pub use error::NatsError;
 pub use event_consumer::{
     ConsumerSettings, ConsumerStats, EventConsumer, EventSink, ReceivedEvent,
 };
+pub use event_batch::{pack, stored_form, unpack, Batch, BatchError, BatchLimits};
 pub use event_publisher::{EventPublisher, PublishOutcome, PublisherSettings};
 pub use last_good::LastGoodRevision;
 pub use revision::{ConfigRevision, PolicyBundle};
