@@ -174,6 +174,10 @@ pub struct YaraConfig {
     pub rules: Vec<PathBuf>,
     /// Applied when a scan times out.
     pub fail: FailMode,
+    /// Scan long downloads while they stream when every rule allows it
+    /// (docs/inspection.md, "YARA while the body streams"); false: always
+    /// scan the whole body at the end. The verdicts are the same.
+    pub stream: bool,
 }
 
 impl Default for YaraConfig {
@@ -181,6 +185,7 @@ impl Default for YaraConfig {
         YaraConfig {
             rules: Vec::new(),
             fail: FailMode::Closed,
+            stream: true,
         }
     }
 }

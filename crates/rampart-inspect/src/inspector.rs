@@ -88,7 +88,10 @@ impl Inspector {
         let yara = if config.yara.rules.is_empty() {
             None
         } else {
-            Some(crate::yara::YaraRules::compile(&config.yara.rules)?)
+            Some(crate::yara::YaraRules::compile(
+                &config.yara.rules,
+                config.yara.stream,
+            )?)
         };
         #[cfg(not(feature = "yara"))]
         if !config.yara.rules.is_empty() {

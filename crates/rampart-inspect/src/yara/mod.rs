@@ -39,7 +39,7 @@ pub struct YaraPlan {
     pub whole_file: Vec<(String, String)>,
     /// Whether the rule set is scanned while the body streams: only when
     /// no rule needs the whole body (a whole-body scan would read
-    /// everything again anyway).
+    /// everything again anyway) and `inspect.yara.stream` is on.
     pub streams: bool,
 }
 
@@ -49,7 +49,8 @@ pub(crate) enum YaraOutcome {
 }
 
 impl YaraRules {
-    pub(crate) fn compile(files: &[PathBuf]) -> Result<YaraRules, InspectError> {
+    /// `stream`: `inspect.yara.stream` (false: every body is scanned whole).
+    pub(crate) fn compile(files: &[PathBuf], stream: bool) -> Result<YaraRules, InspectError> {
         let mut compiler = boreal::Compiler::new();
         for path in files {
             // boreal's message starts with `file:line:col:`.
@@ -66,7 +67,8 @@ impl YaraRules {
             whole_file: analysis.whole_file.clone(),
             streams: false,
         };
-        let streaming = if analysis.whole_file.is_empty() && !analysis.streamed.is_empty() {
+        let streaming = if stream && analysis.whole_file.is_empty() && !analysis.streamed.is_empty()
+        {
             match compile_presence(&analysis) {
                 Ok(rules) => Some(rules),
                 Err(message) => {
@@ -220,7 +222,7 @@ rule masked { strings: $m = { 7E ~00 ?A B? ~?1 } condition: $m or (alpha_free an
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("rules.yar");
             std::fs::write(&path, RULES).unwrap();
-            let rules = YaraRules::compile(&[path]).unwrap();
+            let rules = YaraRules::compile(&[path], true).unwrap();
             assert!(rules.plan().streams, "{:?}", rules.plan());
             rules
         })
@@ -312,7 +314,7 @@ rule masked { strings: $m = { 7E ~00 ?A B? ~?1 } condition: $m or (alpha_free an
             "rule s { strings: $a = \"x\" condition: $a }\nrule big { condition: filesize > 10 }\n",
         )
         .unwrap();
-        let rules = YaraRules::compile(&[path]).unwrap();
+        let rules = YaraRules::compile(&[path], true).unwrap();
         let plan = rules.plan();
         assert!(!plan.streams);
         assert_eq!(plan.streamed, ["s"]);
