@@ -134,7 +134,10 @@ pub(crate) async fn gateway_statuses(
     js: &jetstream::Context,
 ) -> Result<Vec<GatewayStatus>, NatsError> {
     let store = buckets::key_value(js, STATUS_BUCKET, 1).await?;
-    let keys: Vec<String> = store
+    // A set: the key listing is a consumer over a bucket the gateways keep
+    // writing to, and a heartbeat landing while it runs delivers its key again
+    // (seen with nats-server 2.9 under load: gw1 listed a dozen times).
+    let keys: std::collections::BTreeSet<String> = store
         .keys()
         .await
         .map_err(|e| NatsError::js("listing gateway status keys", e))?
