@@ -362,3 +362,222 @@ fn the_device_timeline_page_needs_a_session_and_lists_the_window() {
         r.body
     );
 }
+
+/// The `href` of the first link marked `rel="next"`, unescaped.
+fn next_href(body: &str) -> String {
+    let end = body
+        .find("rel=\"next\"")
+        .unwrap_or_else(|| panic!("no next-page link in {body}"));
+    let start = body[..end].rfind("href=\"").expect("href before rel") + "href=\"".len();
+    let close = body[start..].find('"').expect("closing quote") + start;
+    body[start..close].replace("&amp;", "&")
+}
+
+#[test]
+fn chosen_columns_fill_the_table_stay_when_paging_and_shape_the_csv_export() {
+    let c = Console::start();
+    // More allowed requests than one page holds, so there is an older page.
+    let port = c._origin.port();
+    let urls: Vec<String> = (0..55)
+        .map(|i| format!("http://ok.test:{port}/page/{i}"))
+        .collect();
+    let mut args: Vec<&str> = Vec::new();
+    for url in &urls {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    support::curl(&c.server.proxy_url(), &args);
+    assert!(
+        support::eventually(std::time::Duration::from_secs(15), || c
+            .server
+            .search_events("host = \"ok.test\"", "json")
+            .len()
+            >= 56),
+        "the requests never reached the store"
+    );
+    let blocked = &c.server.search_events("action = block", "json")[0];
+    let status = blocked["status"].as_i64().expect("blocked request status");
+    let bytes_out = blocked["bytes_out"]
+        .as_i64()
+        .expect("blocked request bytes_out");
+
+    let admin = Client::new(&c.base());
+    admin.login("root", ADMIN_PASSWORD);
+    let cols = "time,host,status,bytes_out,verdict";
+    let page = admin.get_query(
+        "/events",
+        &[("q", "action = block"), ("range", "1h"), ("cols", cols)],
+    );
+    assert_eq!(page.status, 200, "{page:?}");
+    let headers: Vec<&str> = page
+        .body
+        .match_indices("data-col=\"")
+        .map(|(i, m)| {
+            let rest = &page.body[i + m.len()..];
+            &rest[..rest.find('"').expect("quote")]
+        })
+        .collect();
+    // In the order asked, `verdict` read as its field `action`.
+    assert_eq!(headers, ["time", "host", "status", "bytes_out", "action"]);
+    for label in [
+        "Time (UTC)</th>",
+        ">Host</th>",
+        ">Status</th>",
+        ">Bytes out</th>",
+        ">Action</th>",
+    ] {
+        assert!(page.body.contains(label), "{label}: {}", page.body);
+    }
+    for absent in [
+        ">Type</th>",
+        ">User</th>",
+        ">Device</th>",
+        ">Rule</th>",
+        "blocked hosts",
+    ] {
+        assert!(!page.body.contains(absent), "{absent}: {}", page.body);
+    }
+    // The cells: the host links to its search (keeping the columns), numbers
+    // align right, the action is marked for blocks.
+    assert!(
+        page.body.contains(&format!(
+            "<td><a href=\"/events?q=host%20%3D%20%22blocked.test%22&amp;range=1h&amp;cols=time%2Chost%2Cstatus%2Cbytes_out%2Caction\">blocked.test</a></td>"
+        )),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains(&format!("<td class=\"num\">{status}</td><td class=\"num\">{bytes_out}</td><td class=\"action\">block</td>")),
+        "{}",
+        page.body
+    );
+    // The column form shows the choice, ticked, in its order.
+    let ticked: Vec<&str> = page
+        .body
+        .match_indices("name=\"cols\" value=\"")
+        .filter(|(i, _)| {
+            page.body[*i..]
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .contains("checked")
+        })
+        .map(|(i, m)| {
+            let rest = &page.body[i + m.len()..];
+            &rest[..rest.find('"').expect("quote")]
+        })
+        .collect();
+    assert_eq!(ticked, ["time", "host", "status", "bytes_out", "action"]);
+    // The CSV link exports exactly these columns.
+    assert!(
+        page.body
+            .contains("format=csv&amp;cols=time%2Chost%2Cstatus%2Cbytes_out%2Caction\""),
+        "{}",
+        page.body
+    );
+
+    // Paging keeps the columns; the form's checkboxes (repeated `cols`) work too.
+    let first = admin.get_query(
+        "/events",
+        &[
+            ("q", "host = \"ok.test\""),
+            ("range", "1h"),
+            ("cols", "time"),
+            ("cols", "url"),
+            ("cols", "status"),
+        ],
+    );
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.body.matches("<tr>").count(), 1 + 50, "{}", first.body);
+    let next = next_href(&first.body);
+    assert!(next.contains("&cols=time%2Curl%2Cstatus&cursor="), "{next}");
+    let older = admin.get(&next);
+    assert_eq!(older.status, 200, "{older:?}");
+    assert!(older.body.contains("(older page)"), "{}", older.body);
+    assert!(
+        older.body.contains("data-col=\"url\">URL</th>"),
+        "{}",
+        older.body
+    );
+    assert!(!older.body.contains("data-col=\"type\""), "{}", older.body);
+    assert!(older.body.contains("/page/"), "{}", older.body);
+    assert!(
+        older
+            .body
+            .contains("&amp;cols=time%2Curl%2Cstatus\">Newest</a>"),
+        "{}",
+        older.body
+    );
+
+    // The CSV export: exactly the chosen columns, in that order.
+    let csv = admin.get_query(
+        "/events/export",
+        &[
+            ("q", "action = block"),
+            ("format", "csv"),
+            ("cols", "status,host,time"),
+        ],
+    );
+    assert_eq!(csv.status, 200, "{csv:?}");
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(lines[0], "status,host,time", "{}", csv.body);
+    assert_eq!(lines.len(), 2, "{}", csv.body);
+    let row: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(
+        row[..2],
+        [status.to_string().as_str(), "blocked.test"],
+        "{}",
+        csv.body
+    );
+    assert_eq!(
+        row[2],
+        blocked["time"].as_str().expect("time"),
+        "{}",
+        csv.body
+    );
+    // NDJSON stays the full records whatever the columns.
+    let nd = admin.get_query(
+        "/events/export",
+        &[
+            ("q", "action = block"),
+            ("format", "ndjson"),
+            ("cols", "host"),
+        ],
+    );
+    let doc: serde_json::Value = serde_json::from_str(nd.body.trim()).expect("one OCSF document");
+    assert_eq!(doc["class_uid"], 4002, "{}", nd.body);
+}
+
+#[test]
+fn an_unknown_column_is_refused_with_a_readable_message_not_a_server_error() {
+    let c = Console::start();
+    let analyst = Client::new(&c.base());
+    analyst.login("ana", ANALYST_PASSWORD);
+    let r = analyst.get_query("/events", &[("q", ""), ("cols", "time,bytes,user")]);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.body.contains("Not searched: unknown column &quot;bytes&quot; in cols= (did you mean bytes_in or bytes_out?); the columns are time, id,"),
+        "{}",
+        r.body
+    );
+    // The form is still there to fix it, and no rows were searched.
+    assert!(
+        r.body.contains("name=\"cols\" value=\"bytes_in\""),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("<tbody>"), "{}", r.body);
+    let r = analyst.get_query("/alerts", &[("cols", "sevrity")]);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("did you mean severity?"), "{}", r.body);
+    let r = analyst.get_query(
+        "/events/export",
+        &[("format", "csv"), ("cols", "time,xyzzy")],
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.body
+            .starts_with("unknown column \"xyzzy\" in cols=; the columns are time, id,"),
+        "{}",
+        r.body
+    );
+}

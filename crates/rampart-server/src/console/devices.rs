@@ -14,9 +14,9 @@ use serde::Deserialize;
 
 use super::audit::{Entry, Outcome};
 use super::auth::{urlencode, Viewer};
-use super::events::{results_table, search_href};
+use super::events::{results_table, search_href, Shown};
 use super::layout;
-use super::ConsoleState;
+use super::{ConsoleState, DeviceServices};
 use crate::devices::DeviceRecord;
 use crate::isolation::{IsolationServiceError, IsolationView, Request, Wanted};
 
@@ -336,7 +336,7 @@ pub async fn device_page(
         @match &timeline {
             Ok(events) => {
                 p.muted { (events.len()) " events from " (table_time(at - WINDOW_MS)) " to " (table_time(at + WINDOW_MS)) " UTC, oldest first" }
-                @if !events.is_empty() { (results_table(events, "24h", None)) }
+                @if !events.is_empty() { (results_table(events, "24h", &Shown::DEFAULT, None)) }
             }
             Err(e) => p.error role="alert" { "Reading the timeline failed: " (e) },
         }
@@ -384,22 +384,34 @@ fn bad_request(viewer: &Viewer, device: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// Admin only, CSRF-checked, confirmed and with a reason: isolate or release
-/// through the isolation service, audited either way.
-async fn change(
+/// A guarded device action once its guard let it through: the device, the
+/// console user asking and the cleaned reason.
+struct Ask {
+    device: String,
+    by: String,
+    reason: String,
+}
+
+/// What a device action answers: the line the device page shows, or the status
+/// and why it failed.
+type ActionResult = Result<String, (StatusCode, String)>;
+
+/// The guard of every admin action on a device (`verb` is its path segment,
+/// `action` its audit name): the form's CSRF token, the admin role (a refusal is
+/// audited), the ticked confirmation and a reason (`400` without). Then `act`
+/// runs on the blocking pool; either way the audit trail gets the outcome, and
+/// the admin lands back on the device page or on a page saying what failed.
+async fn guarded(
     state: ConsoleState,
     viewer: Viewer,
     id: String,
     form: IsolationForm,
-    wanted: Wanted,
+    (action, verb): (&'static str, &'static str),
+    act: impl FnOnce(DeviceServices, Ask) -> ActionResult + Send + 'static,
 ) -> Response {
     if let Err(denied) = viewer.check_csrf(form.csrf.as_deref()) {
         return denied.into_response();
     }
-    let (action, verb) = match wanted {
-        Wanted::Isolated => ("device.isolate", "isolate"),
-        Wanted::Released => ("device.release", "release"),
-    };
     let path = format!("/devices/{id}/{verb}");
     let reason = clean_reason(&form.reason);
     let entry = Entry {
@@ -428,36 +440,26 @@ async fn change(
     let Some(services) = state.devices() else {
         return not_available(&viewer);
     };
-    let isolation = services.isolation.clone();
-    let (device, by, why) = (id.clone(), viewer.session.user.clone(), reason.clone());
-    let result = tokio::task::spawn_blocking(move || {
-        isolation.set(
-            &device,
-            wanted,
-            Request {
-                reason: Some(why),
-                by,
-                trigger_event: None,
-            },
-        )
-    })
-    .await;
-    let failure = match result {
-        Ok(Ok(change)) => {
+    let services = DeviceServices {
+        registry: services.registry.clone(),
+        isolation: services.isolation.clone(),
+    };
+    let ask = Ask {
+        device: id.clone(),
+        by: viewer.session.user.clone(),
+        reason: reason.clone(),
+    };
+    let result = tokio::task::spawn_blocking(move || act(services, ask))
+        .await
+        .unwrap_or_else(|e| Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())));
+    let (status, message) = match result {
+        Ok(done) => {
             state.inner.audit.record(entry);
-            let done = if change.changed {
-                format!("{id}: {} requested ({reason})", wanted.as_str())
-            } else {
-                format!("{id} was already {}: nothing changed", wanted.as_str())
-            };
             let to = format!("/devices/{}?done={}", urlencode(&id), urlencode(&done));
             return (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response();
         }
-        Ok(Err(e @ IsolationServiceError::NoDevice(_))) => (StatusCode::NOT_FOUND, e.to_string()),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(failure) => failure,
     };
-    let (status, message) = failure;
     state.inner.audit.record(Entry {
         outcome: Outcome::Failed,
         status: status.as_u16(),
@@ -469,69 +471,68 @@ async fn change(
     (status, layout::page("Not done", &viewer, "/devices", body)).into_response()
 }
 
+/// Isolate or release through the isolation service (admin only, guarded).
+async fn change(
+    state: ConsoleState,
+    viewer: Viewer,
+    id: String,
+    form: IsolationForm,
+    wanted: Wanted,
+) -> Response {
+    let names = match wanted {
+        Wanted::Isolated => ("device.isolate", "isolate"),
+        Wanted::Released => ("device.release", "release"),
+    };
+    guarded(state, viewer, id, form, names, move |services, ask| {
+        let request = Request {
+            reason: Some(ask.reason.clone()),
+            by: ask.by,
+            trigger_event: None,
+        };
+        match services.isolation.set(&ask.device, wanted, request) {
+            Ok(change) if change.changed => Ok(format!(
+                "{}: {} requested ({})",
+                ask.device,
+                wanted.as_str(),
+                ask.reason
+            )),
+            Ok(_) => Ok(format!(
+                "{} was already {}: nothing changed",
+                ask.device,
+                wanted.as_str()
+            )),
+            Err(e @ IsolationServiceError::NoDevice(_)) => {
+                Err((StatusCode::NOT_FOUND, e.to_string()))
+            }
+            Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        }
+    })
+    .await
+}
+
 /// Revoke a device: its certificate is refused from now on (gateways send
 /// `certificate_revoked`, open tunnels close) and the agent fails closed.
-/// Admin only, CSRF-checked, confirmed and with a reason, audited either way.
+/// Admin only, guarded like isolation.
 pub async fn revoke(
     State(state): State<ConsoleState>,
     viewer: Viewer,
     UrlPath(id): UrlPath<String>,
     Form(form): Form<IsolationForm>,
 ) -> Response {
-    if let Err(denied) = viewer.check_csrf(form.csrf.as_deref()) {
-        return denied.into_response();
-    }
-    let path = format!("/devices/{id}/revoke");
-    let reason = clean_reason(&form.reason);
-    let entry = Entry {
-        device: Some(&id),
-        detail: Some(&reason),
-        ..Entry::of(&viewer, "device.revoke", &id, &path)
-    };
-    if let Err(denied) = viewer.require_admin() {
-        state.inner.audit.record(entry.denied());
-        return denied.into_response();
-    }
-    if form.confirm != "yes" {
-        return bad_request(
-            &viewer,
-            &id,
-            &format!("Tick the confirmation box to revoke {id}."),
-        );
-    }
-    if reason.is_empty() {
-        return bad_request(
-            &viewer,
-            &id,
-            &format!("Give a reason to revoke {id}: it is kept in the audit trail."),
-        );
-    }
-    let Some(services) = state.devices() else {
-        return not_available(&viewer);
-    };
-    let registry = services.registry.clone();
-    let device = id.clone();
-    let (status, message) =
-        match tokio::task::spawn_blocking(move || registry.revoke(&device)).await {
-            Ok(Ok(true)) => {
-                state.inner.audit.record(entry);
-                let done = format!("{id}: revoked ({reason})");
-                let to = format!("/devices/{}?done={}", urlencode(&id), urlencode(&done));
-                return (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response();
-            }
-            Ok(Ok(false)) => (StatusCode::NOT_FOUND, format!("no device {id}")),
-            Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        };
-    state.inner.audit.record(Entry {
-        outcome: Outcome::Failed,
-        status: status.as_u16(),
-        detail: Some(&message),
-        ..entry
-    });
-    let body =
-        html! { h1 { "Not done" } p.error role="alert" { "revoke " (id) " failed: " (message) } };
-    (status, layout::page("Not done", &viewer, "/devices", body)).into_response()
+    let names = ("device.revoke", "revoke");
+    guarded(
+        state,
+        viewer,
+        id,
+        form,
+        names,
+        |services, ask| match services.registry.revoke(&ask.device) {
+            Ok(true) => Ok(format!("{}: revoked ({})", ask.device, ask.reason)),
+            Ok(false) => Err((StatusCode::NOT_FOUND, format!("no device {}", ask.device))),
+            Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        },
+    )
+    .await
 }
 
 /// A reason as the audit trail keeps it: no control characters, at most

@@ -1,5 +1,8 @@
-//! Event search (the CLI's query language), the event detail with the full
-//! OCSF record, alerts, and export as NDJSON or CSV.
+//! Event search (the CLI's query language) in a table with the columns the user
+//! chose, the event detail with the full OCSF record, alerts, and export as
+//! NDJSON or CSV.
+
+pub mod columns;
 
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, StatusCode};
@@ -15,6 +18,7 @@ use super::audit::{self, Entry};
 use super::auth::{urlencode, Viewer};
 use super::layout;
 use super::ConsoleState;
+use columns::{Column, UnknownColumn, ALERTS_DEFAULT, EVENTS_DEFAULT};
 
 /// Rows per page.
 const PAGE: usize = 50;
@@ -28,16 +32,38 @@ const RANGES: [(&str, i64); 4] = [
     ("7d", 7 * 24 * 3_600_000),
 ];
 
-#[derive(Debug, Default, Deserialize)]
+/// The query string of the search, alerts and export pages. Read from the
+/// pairs rather than derived: `cols` may repeat (one a ticked checkbox).
+#[derive(Debug, Default)]
 pub struct SearchParams {
-    #[serde(default)]
     q: String,
     range: Option<String>,
     cursor: Option<String>,
     format: Option<String>,
+    cols: Vec<String>,
 }
 
 impl SearchParams {
+    fn from_pairs(pairs: Vec<(String, String)>) -> SearchParams {
+        let mut p = SearchParams::default();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "q" => p.q = value,
+                "range" => p.range = Some(value),
+                "cursor" => p.cursor = Some(value),
+                "format" => p.format = Some(value),
+                "cols" => p.cols.push(value),
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// The chosen columns, `None` when the URL names none.
+    fn columns(&self) -> Result<Option<Vec<Column>>, UnknownColumn> {
+        columns::parse_list(self.cols.iter().map(String::as_str))
+    }
+
     fn range(&self) -> (&'static str, i64) {
         RANGES
             .into_iter()
@@ -49,6 +75,12 @@ impl SearchParams {
 /// A link to the search for `q` over `range`.
 pub fn search_href(q: &str, range: &str) -> String {
     format!("/events?q={}&range={}", urlencode(q), urlencode(range))
+}
+
+/// `&cols=…` when the columns are not the page's default, so links keep them.
+fn cols_suffix(cols: Option<&str>) -> String {
+    cols.map(|c| format!("&cols={}", urlencode(c)))
+        .unwrap_or_default()
 }
 
 /// `field = "value"` (numbers bare), quoted as the query language reads it.
@@ -121,43 +153,62 @@ async fn run_search(
     }
 }
 
-fn host_or_url(e: &Event) -> String {
-    if e.event_type() == Some(rampart_events::EventType::Audit) {
-        return e.message.clone().unwrap_or_default();
-    }
-    e.url()
-        .or_else(|| e.host())
-        .map(str::to_string)
-        .or_else(|| e.message.clone())
-        .unwrap_or_default()
-}
-
-/// The alerts page's extra columns: acknowledgements, and the form for admins.
+/// The alerts page's extra column: acknowledgements, and the form for admins.
 pub(super) struct AckColumn {
     acks: std::collections::BTreeMap<String, super::acks::Ack>,
     /// The session's CSRF token when the viewer may acknowledge.
     csrf: Option<String>,
 }
 
-pub(super) fn results_table(events: &[Event], range: &str, ack: Option<&AckColumn>) -> Markup {
+/// What an event table shows: the columns, and the `cols=` value its links
+/// carry (`None` for the page's default columns).
+pub(super) struct Shown<'a> {
+    pub cols: &'a [Column],
+    pub param: Option<&'a str>,
+}
+
+impl Shown<'static> {
+    /// The events page's default columns (device pages and timelines).
+    pub const DEFAULT: Shown<'static> = Shown {
+        cols: &EVENTS_DEFAULT,
+        param: None,
+    };
+}
+
+/// The events as a table of the `shown` columns. The first cell of a row opens
+/// the event; values one pivots on (user, device, host...) link to the search
+/// for them over `range`, keeping the columns.
+pub(super) fn results_table(
+    events: &[Event],
+    range: &str,
+    shown: &Shown,
+    ack: Option<&AckColumn>,
+) -> Markup {
+    let keep = cols_suffix(shown.param);
     html! {
-        table {
-            thead { tr { th { "Time (UTC)" } th { "Type" } th { "Action" } th { "User" } th { "Device" } th { "Host / URL" } th { "Rule" }
-                @if ack.is_some() { th { "Severity" } th { "Acknowledged" } } } }
+        table.events {
+            thead { tr {
+                @for col in shown.cols { th scope="col" class=[col.class()] data-col=(col.name()) { (col.label()) } }
+                @if ack.is_some() { th scope="col" { "Acknowledged" } }
+            } }
             tbody {
                 @for e in events {
                     @let action = Field::Action.text(e).unwrap_or_default();
-                    tr class=(if action == "block" { "block" } else { "" }) {
-                        td { a href=(format!("/events/{}", e.id())) { (table_time(e.time)) } }
-                        td { (Field::Type.text(e).unwrap_or_default()) }
-                        td { (action) }
-                        td { @if let Some(u) = e.user_name() { a href=(search_href(&clause("user", &u.into()), range)) { (u) } } }
-                        td { @if let Some(d) = e.device_name() { a href=(search_href(&clause("device", &d.into()), range)) { (d) } } }
-                        td.wrap { (host_or_url(e)) }
-                        td { (Field::Rule.text(e).unwrap_or_default()) }
+                    tr class=[(action == "block").then_some("block")] {
+                        @for (i, col) in shown.cols.iter().enumerate() {
+                            @let text = col.text(e);
+                            td class=[col.class()] {
+                                @if i == 0 {
+                                    a href=(format!("/events/{}", e.id())) title="Open this event" { (text.as_deref().filter(|t| !t.is_empty()).unwrap_or("event")) }
+                                } @else if let (Some(field), Some(value)) = (col.pivot(), &text) {
+                                    a href=(format!("{}{keep}", search_href(&clause(field.name(), &pivot_value(field, e, value)), range))) { (value) }
+                                } @else {
+                                    (text.unwrap_or_default())
+                                }
+                            }
+                        }
                         @if let Some(ack) = ack {
                             @let id = e.id().to_string();
-                            td { (Field::Severity.text(e).unwrap_or_default()) }
                             td {
                                 @if let Some(a) = ack.acks.get(&id) {
                                     span.ok { "by " (a.by) " at " (a.time) } @if !a.note.is_empty() { ": " (a.note) }
@@ -177,7 +228,19 @@ pub(super) fn results_table(events: &[Event], range: &str, ack: Option<&AckColum
     }
 }
 
-fn search_form(action: &str, q: &str, range: &str, placeholder: &str) -> Markup {
+/// A cell's value as [`clause`] quotes it: integers bare, the rest as text.
+fn pivot_value(field: Field, e: &Event, text: &str) -> serde_json::Value {
+    field
+        .integer(e)
+        .map(serde_json::Value::from)
+        .unwrap_or_else(|| text.into())
+}
+
+/// The query, the range and, folded away, the column choice: every column as a
+/// checkbox, the chosen ones first in their order, so a newly ticked column
+/// joins at the end. Plain GET: the choice lands in the URL as `cols=`.
+fn search_form(action: &str, q: &str, range: &str, placeholder: &str, chosen: &[Column]) -> Markup {
+    let rest = Column::all().filter(|c| !chosen.contains(c));
     html! {
         form.search method="get" action=(action) role="search" {
             label { "Query"
@@ -191,17 +254,60 @@ fn search_form(action: &str, q: &str, range: &str, placeholder: &str) -> Markup 
                 }
             }
             button type="submit" { "Search" }
+            details.cols {
+                summary { "Columns (" (chosen.len()) ")" }
+                fieldset {
+                    legend { "Shown in this order; a column you tick is added at the end" }
+                    @for col in chosen { (column_box(*col, true)) }
+                    @for col in rest { (column_box(col, false)) }
+                }
+                div.cols-actions {
+                    button type="submit" { "Apply columns" }
+                    a href=(format!("{action}?q={}&range={}", urlencode(q), urlencode(range))) { "Default columns" }
+                }
+            }
+        }
+    }
+}
+
+fn column_box(col: Column, checked: bool) -> Markup {
+    html! {
+        label.check title=(format!("cols={}", col.name())) {
+            input type="checkbox" name="cols" value=(col.name()) checked[checked];
+            " " (col.label())
         }
     }
 }
 
 async fn list_page(state: ConsoleState, viewer: Viewer, p: SearchParams, alerts: bool) -> Response {
     let (range, range_ms) = p.range();
-    let (path, title, forced) = if alerts {
-        ("/alerts", "Alerts", Some("type = alert"))
+    let (path, title, forced, default): (_, _, _, &[Column]) = if alerts {
+        ("/alerts", "Alerts", Some("type = alert"), &ALERTS_DEFAULT)
     } else {
-        ("/events", "Events", None)
+        ("/events", "Events", None, &EVENTS_DEFAULT)
     };
+    let placeholder = "user = alice and action = block";
+    let cols = match p.columns() {
+        Ok(cols) => cols.unwrap_or_else(|| default.to_vec()),
+        Err(e) => {
+            let body = html! {
+                h1 { (title) }
+                (search_form(path, &p.q, range, placeholder, default))
+                p.error role="alert" { "Not searched: " (e.to_string()) "." }
+            };
+            return (
+                StatusCode::BAD_REQUEST,
+                layout::page(title, &viewer, path, body),
+            )
+                .into_response();
+        }
+    };
+    let param = (cols != default).then(|| columns::list_param(&cols));
+    let shown = Shown {
+        cols: &cols,
+        param: param.as_deref(),
+    };
+    let keep = cols_suffix(shown.param);
     let outcome = run_search(&state, &p.q, forced, range_ms, p.cursor.as_deref(), PAGE).await;
     let ack = if alerts {
         Some(AckColumn {
@@ -219,9 +325,14 @@ async fn list_page(state: ConsoleState, viewer: Viewer, p: SearchParams, alerts:
         Outcome::QueryError(_) => StatusCode::BAD_REQUEST,
         Outcome::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    let export = format!(
+        "/events/export?q={}&range={range}",
+        urlencode(&combined(&p.q, forced))
+    );
+    let here = format!("{path}?q={}&range={range}{keep}", urlencode(&p.q));
     let body = html! {
         h1 { (title) }
-        (search_form(path, &p.q, range, "user = alice and action = block"))
+        (search_form(path, &p.q, range, placeholder, &cols))
         @match &outcome {
             Outcome::QueryError(text) => pre.error role="alert" { (text) },
             Outcome::Failed(text) => p.error role="alert" { "Search failed: " (text) },
@@ -230,21 +341,21 @@ async fn list_page(state: ConsoleState, viewer: Viewer, p: SearchParams, alerts:
                     (events.len()) " events"
                     @if p.cursor.is_some() { " (older page)" }
                     " · export "
-                    a href=(format!("/events/export?q={}&range={}&format=ndjson", urlencode(&combined(&p.q, forced)), range)) { "NDJSON" }
+                    a href=(format!("{export}&format=ndjson")) title="Every field of each event, one OCSF document a line" { "NDJSON" }
                     " "
-                    a href=(format!("/events/export?q={}&range={}&format=csv", urlencode(&combined(&p.q, forced)), range)) { "CSV" }
+                    a href=(format!("{export}&format=csv&cols={}", urlencode(&columns::list_param(&cols)))) title="The columns of this table" { "CSV" }
                 }
                 @if events.is_empty() {
                     p { "No events match in the last " (range) "." }
                 } @else {
-                    (results_table(events, range, ack.as_ref()))
+                    (results_table(events, range, &shown, ack.as_ref()))
                 }
                 div.pager {
                     @if p.cursor.is_some() {
-                        a href=(format!("{path}?q={}&range={range}", urlencode(&p.q))) { "Newest" }
+                        a href=(here) { "Newest" }
                     }
                     @if let Some(next) = next {
-                        a href=(format!("{path}?q={}&range={range}&cursor={}", urlencode(&p.q), urlencode(next))) rel="next" { "Older →" }
+                        a href=(format!("{here}&cursor={}", urlencode(next))) rel="next" { "Older →" }
                     }
                 }
             }
@@ -264,17 +375,17 @@ fn combined(q: &str, forced: Option<&str>) -> String {
 pub async fn search_page(
     State(state): State<ConsoleState>,
     viewer: Viewer,
-    Query(p): Query<SearchParams>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    list_page(state, viewer, p, false).await
+    list_page(state, viewer, SearchParams::from_pairs(pairs), false).await
 }
 
 pub async fn alerts_page(
     State(state): State<ConsoleState>,
     viewer: Viewer,
-    Query(p): Query<SearchParams>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
-    list_page(state, viewer, p, true).await
+    list_page(state, viewer, SearchParams::from_pairs(pairs), true).await
 }
 
 pub async fn detail_page(
@@ -334,14 +445,21 @@ pub async fn detail_page(
     layout::page("Event", &viewer, "/events", body).into_response()
 }
 
-/// The result of a search as a file: NDJSON (one OCSF document a line) or
-/// CSV (the flat fields), at most `EXPORT_MAX` events, newest first.
+/// The result of a search as a file: NDJSON (one OCSF document a line, whatever
+/// `cols` says) or CSV (the `cols` columns in their order, else the time and
+/// every flat field), at most `EXPORT_MAX` events, newest first.
 pub async fn export(
     State(state): State<ConsoleState>,
     _viewer: Viewer,
-    Query(p): Query<SearchParams>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
+    let p = SearchParams::from_pairs(pairs);
     let (_, range_ms) = p.range();
+    let cols = match p.columns() {
+        Ok(Some(cols)) => cols,
+        Ok(None) => columns::every_flat_field(),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
     let csv = match p.format.as_deref() {
         Some("csv") => true,
         Some("ndjson") | None => false,
@@ -374,7 +492,11 @@ pub async fn export(
     }
     events.truncate(EXPORT_MAX);
     let (body, content_type, name) = if csv {
-        (csv_text(&events), "text/csv; charset=utf-8", "events.csv")
+        (
+            csv_text(&events, &cols),
+            "text/csv; charset=utf-8",
+            "events.csv",
+        )
     } else {
         let mut out = String::new();
         for e in &events {
@@ -397,30 +519,13 @@ pub async fn export(
         .into_response()
 }
 
-fn csv_text(events: &[Event]) -> String {
-    let fields: Vec<Field> = Field::ALL
-        .into_iter()
-        .filter(|f| *f != Field::Reporter)
-        .collect();
-    let mut out = String::from("time");
-    for f in &fields {
-        out.push(',');
-        out.push_str(f.name());
-    }
+/// A header row of the column names, then one row an event.
+fn csv_text(events: &[Event], cols: &[Column]) -> String {
+    let mut out = columns::list_param(cols);
     out.push('\n');
     for e in events {
-        let flat = flat_json(e);
-        out.push_str(&csv_cell(flat["time"].as_str().unwrap_or("")));
-        for f in &fields {
-            out.push(',');
-            let v = &flat[f.name()];
-            let text = match v {
-                serde_json::Value::Null => String::new(),
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            out.push_str(&csv_cell(&text));
-        }
+        let row: Vec<String> = cols.iter().map(|c| csv_cell(&c.csv_text(e))).collect();
+        out.push_str(&row.join(","));
         out.push('\n');
     }
     out
@@ -536,7 +641,7 @@ pub async fn timeline_page(
         Ok(events) => html! {
             h1 { "Device " (p.device) }
             p.muted { (events.len()) " events from " (table_time(at - WINDOW_MS)) " to " (table_time(at + WINDOW_MS)) " UTC, oldest first" }
-            (results_table(&events, "24h", None))
+            (results_table(&events, "24h", &Shown::DEFAULT, None))
         },
         Err(e) => {
             html! { h1 { "Device " (p.device) } p.error role="alert" { "Reading the timeline failed: " (e.to_string()) } }
