@@ -66,6 +66,7 @@ fn login_search_detail_devices_isolation_explain_roles_csrf_and_redirects_work_i
     );
     for shot in [
         "02-events-search.png",
+        "02b-events-columns.png",
         "08-devices.png",
         "09-device-isolated.png",
         "11-audit-events.png",

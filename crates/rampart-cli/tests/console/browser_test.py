@@ -79,6 +79,31 @@ def main():
         expect(rows.first).to_contain_text("blocked hosts")
         shot(page, out, "02-events-search")
 
+        # Choose a column with the keyboard: open "Columns", tick "Bytes out",
+        # apply. The table gets it last, the URL keeps it, the CSV link too.
+        page.locator("details.cols summary").focus()
+        page.keyboard.press("Enter")
+        box = page.get_by_role("checkbox", name="Bytes out")
+        expect(box).to_be_visible()
+        box.focus()
+        page.keyboard.press("Space")
+        expect(box).to_be_checked()
+        page.get_by_role("button", name="Apply columns").click()
+        expect(page).to_have_url(re.compile(r"[?&]cols=bytes_out(&|$)"))
+        headers = page.locator("main table thead th")
+        expect(headers).to_have_count(8)
+        expect(headers.last).to_have_text("Bytes out")
+        expect(rows).to_have_count(1)
+        expect(rows.first.locator("td").last).to_have_text(re.compile(r"^[0-9]+$"))
+        expect(rows.first).to_contain_text("blocked.test")
+        expect(page.get_by_role("link", name="CSV")).to_have_attribute(
+            "href", re.compile(r"cols=time%2Ctype%2Caction%2Cuser%2Cdevice%2Ctarget%2Crule%2Cbytes_out$"))
+        page.locator("details.cols summary").click()
+        shot(page, out, "02b-events-columns")
+        page.emulate_media(color_scheme="dark")
+        shot(page, out, "02c-events-columns-dark")
+        page.emulate_media(color_scheme="light")
+
         # A bad query shows the caret.
         page.locator("input[name=q]").fill("user = alice and")
         page.locator("input[name=q]").press("Enter")
