@@ -41,11 +41,15 @@ pub enum Field {
     BytesOut,
     Severity,
     Alert,
+    /// The fleet gateway that logged the event (`unmapped.gateway`): set by
+    /// the server as it takes events from the fleet's stream; missing in an
+    /// all-in-one store.
+    Gateway,
     Reporter,
 }
 
 impl Field {
-    pub const ALL: [Field; 27] = [
+    pub const ALL: [Field; 28] = [
         Field::Id,
         Field::Flow,
         Field::Type,
@@ -72,6 +76,7 @@ impl Field {
         Field::BytesOut,
         Field::Severity,
         Field::Alert,
+        Field::Gateway,
         Field::Reporter,
     ];
 
@@ -104,6 +109,7 @@ impl Field {
             Field::BytesOut => "bytes_out",
             Field::Severity => "severity",
             Field::Alert => "alert",
+            Field::Gateway => "gateway",
             Field::Reporter => "reporter",
         }
     }
@@ -184,6 +190,7 @@ impl Field {
                 .map(|b| b.at.as_str().to_string()),
             Field::Severity => Some(e.severity.to_ascii_lowercase()),
             Field::Alert => e.alert_id().map(str::to_string),
+            Field::Gateway => e.unmapped.gateway.clone(),
             Field::Reporter => e.metadata.log_provider.clone(),
             Field::DstPort | Field::Status | Field::BytesIn | Field::BytesOut => {
                 self.integer(e).map(|n| n.to_string())

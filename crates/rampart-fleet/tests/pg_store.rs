@@ -332,6 +332,9 @@ const HOSTS: &[&str] = &[
 const CATEGORIES: &[&str] = &["news", "gambling", "Social", "unknown"];
 const PROCESSES: &[&str] = &["curl", "python3", "Chrome"];
 const RULES: &[&str] = &["block news", "allow-all", "Rule*1"];
+/// Fleet gateway ids (`unmapped.gateway`, set by the server); events without
+/// one are what an all-in-one store holds.
+const GATEWAYS: &[&str] = &["gw1", "GW2", "edge-3"];
 
 #[derive(Clone, Debug)]
 struct EventSpec {
@@ -350,6 +353,7 @@ struct EventSpec {
     bytes: u64,
     tls: Option<usize>,
     bypass: Option<bool>,
+    gateway: Option<usize>,
 }
 
 fn pick(pool: &'static [&'static str]) -> impl Strategy<Value = Option<usize>> {
@@ -378,13 +382,14 @@ fn event_spec() -> impl Strategy<Value = EventSpec> {
             0u64..100_000,
             prop::option::of(0..5usize),
             prop::option::of(any::<bool>()),
+            pick(GATEWAYS),
         ),
     )
         .prop_map(
             |(
                 (kind, slot, user, groups, device, host),
                 (category, process, rule, verdict, status),
-                (port, bytes, tls, bypass),
+                (port, bytes, tls, bypass, gateway),
             )| EventSpec {
                 kind,
                 // Ten-minute slots over three days: ties in time happen, and
@@ -403,11 +408,18 @@ fn event_spec() -> impl Strategy<Value = EventSpec> {
                 bytes,
                 tls,
                 bypass,
+                gateway,
             },
         )
 }
 
 fn build(spec: &EventSpec) -> Event {
+    let mut event = build_unstamped(spec);
+    event.unmapped.gateway = spec.gateway.map(|i| GATEWAYS[i].to_string());
+    event
+}
+
+fn build_unstamped(spec: &EventSpec) -> Event {
     let time = BASE_MS + spec.offset_s * 1000;
     let mut s = FlowSummary::new(rampart_events::new_flow_id(), time - 250);
     s.end_ms = time;
@@ -488,6 +500,7 @@ fn leaf() -> impl Strategy<Value = String> {
         ("category", CATEGORIES),
         ("process", PROCESSES),
         ("rule", RULES),
+        ("gateway", GATEWAYS),
     ]);
     let text_value = (
         text_field,
@@ -541,6 +554,9 @@ fn leaf() -> impl Strategy<Value = String> {
         "src_ip like 10.0.0",
         "dst_ip = 192.0.2.1",
         "reporter = gateway",
+        "gateway = gw2",
+        "gateway != edge-3",
+        "gateway in (gw1, edge-3)",
         "alert like \"-\"",
         "flow like \"-7\"",
         "id > \"0\"",

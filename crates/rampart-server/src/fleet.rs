@@ -300,9 +300,12 @@ async fn start_event_consumer(
 ) -> anyhow::Result<rampart_fleet::nats::EventConsumer> {
     let store = Arc::new(connect_store(postgres).await?);
     spawn_partition_upkeep(store.clone(), retention);
+    // The consumer stamps each event with the gateway it came from (the
+    // subject it was published on), so one search over the fleet says which
+    // gateway saw what (`gateway = gw2`).
     let consumer = rampart_fleet::nats::EventConsumer::start(
         rampart_fleet::nats::ConsumerSettings::new(nats),
-        Arc::new(PgSink(store)),
+        store,
     )
     .await
     .with_context(|| format!("consuming the fleet's events from NATS at {nats}"))?;
@@ -351,29 +354,6 @@ fn spawn_partition_upkeep(store: Arc<rampart_fleet::pg::FleetStore>, retention: 
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
     });
-}
-
-struct PgSink(Arc<rampart_fleet::pg::FleetStore>);
-
-impl rampart_fleet::nats::EventSink for PgSink {
-    type Error = rampart_fleet::pg::PgStoreError;
-
-    async fn insert_batch(
-        &self,
-        events: &[rampart_fleet::nats::ReceivedEvent],
-    ) -> Result<usize, Self::Error> {
-        // Stamped with the gateway it came from (the subject it was published
-        // on), so one search over the fleet says which gateway saw what.
-        let batch: Vec<rampart_events::Event> = events
-            .iter()
-            .map(|e| {
-                let mut event = e.event.clone();
-                event.unmapped.gateway = Some(e.gateway_id.clone());
-                event
-            })
-            .collect();
-        self.0.insert_batch(&batch).await.map(|n| n as usize)
-    }
 }
 
 // --------------------------------------------------------------- gateway --

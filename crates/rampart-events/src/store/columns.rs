@@ -148,6 +148,7 @@ fn event_column(f: Field, e: &Event) -> ToSqlOutput<'_> {
         Field::Revision => text(e.policy.as_ref().and_then(|p| p.version.as_deref())),
         Field::Tls => text(e.unmapped.tls_decision.map(|t| t.as_str())),
         Field::Bypass => text(e.unmapped.bypass.as_ref().map(|b| b.at.as_str())),
+        Field::Gateway => text(e.unmapped.gateway.as_deref()),
         Field::Reporter => text(e.metadata.log_provider.as_deref()),
         _ => match f.kind() {
             FieldKind::Integer => integer(f.integer(e)),
@@ -209,6 +210,9 @@ fn flow_column(f: Field, flow: &FlowEvent) -> ToSqlOutput<'_> {
         // Flow events are informational (`Event::new`'s severity), lowercase like the column.
         Field::Severity => text(Some("informational")),
         Field::Reporter => text(Some(&s.reporter)),
+        // A flow record is what the local data path made: the fleet gateway is
+        // stamped on the OCSF event by the server that takes it from the stream.
+        Field::Gateway => owned_text(None),
         Field::Id => owned_text(Some(flow.id.to_string())),
         // Flow events are never findings.
         Field::Alert => owned_text(None),

@@ -226,7 +226,12 @@ mod tests {
 
     #[test]
     fn byte_limit_splits_batches_and_an_oversized_event_goes_alone() {
-        let stored = vec![vec![2u8; 100], vec![2u8; 100], vec![2u8; 5000], vec![2u8; 10]];
+        let stored = vec![
+            vec![2u8; 100],
+            vec![2u8; 100],
+            vec![2u8; 5000],
+            vec![2u8; 10],
+        ];
         let batches = pack(
             &stored,
             BatchLimits {
@@ -273,6 +278,9 @@ mod tests {
         assert!(matches!(unpack(&huge), Err(BatchError::Count { .. })));
         let mut unknown = payload.to_vec();
         unknown[4] = 9;
-        assert!(matches!(unpack(&unknown), Err(BatchError::UnknownFormat(9))));
+        assert!(matches!(
+            unpack(&unknown),
+            Err(BatchError::UnknownFormat(9))
+        ));
     }
 }

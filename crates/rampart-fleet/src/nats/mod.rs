@@ -75,10 +75,10 @@ pub use config_publisher::{ConfigPublisher, PublishedRevision};
 pub use config_watcher::{ConfigWatcher, WatcherSettings};
 pub use connection::{connect, validate_gateway_id, NatsSettings};
 pub use error::NatsError;
+pub use event_batch::{pack, stored_form, unpack, Batch, BatchError, BatchLimits};
 pub use event_consumer::{
     ConsumerSettings, ConsumerStats, EventConsumer, EventSink, ReceivedEvent,
 };
-pub use event_batch::{pack, stored_form, unpack, Batch, BatchError, BatchLimits};
 pub use event_publisher::{EventPublisher, PublishOutcome, PublisherSettings};
 pub use last_good::LastGoodRevision;
 pub use revision::{ConfigRevision, PolicyBundle};

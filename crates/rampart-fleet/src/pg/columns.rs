@@ -57,11 +57,12 @@ pub fn column(field: Field) -> Column {
         Field::Severity => Column::Text("severity"),
         Field::Alert => Column::Text("alert"),
         Field::Reporter => Column::Text("reporter"),
+        Field::Gateway => Column::Text("gateway"),
     }
 }
 
 /// The lowercased text columns, in table order.
-pub const TEXT_FIELDS: [Field; 21] = [
+pub const TEXT_FIELDS: [Field; 22] = [
     Field::Flow,
     Field::Type,
     Field::Action,
@@ -83,6 +84,7 @@ pub const TEXT_FIELDS: [Field; 21] = [
     Field::Severity,
     Field::Alert,
     Field::Reporter,
+    Field::Gateway,
 ];
 
 /// The integer columns, in table order.

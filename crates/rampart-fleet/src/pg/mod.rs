@@ -163,13 +163,21 @@ impl FleetStore {
     /// already stored is skipped, so a redelivered batch adds nothing).
     /// Events keep the batch's order among themselves.
     pub async fn insert_batch(&self, events: &[Event]) -> Result<u64, PgStoreError> {
-        if events.is_empty() {
-            return Ok(0);
-        }
+        self.insert_events(events).await
+    }
+
+    /// [`FleetStore::insert_batch`] from borrowed events.
+    pub async fn insert_events<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Result<u64, PgStoreError> {
         let rows = events
-            .iter()
+            .into_iter()
             .map(PreparedRow::new)
             .collect::<Result<Vec<_>, _>>()?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
         let days: BTreeSet<i64> = rows
             .iter()
             .filter_map(|r| partition::day_of(r.time))
@@ -333,5 +341,21 @@ impl FleetStore {
     ) -> Result<Vec<String>, PgStoreError> {
         self.drop_partitions_before(now_ms.saturating_sub(i64::from(days) * DAY_MS))
             .await
+    }
+}
+
+/// The fleet store as the events consumer's sink (what the server runs in
+/// fleet mode): a batch is committed in one transaction, and events whose id
+/// is stored already are skipped, so redelivered messages and events re-sent
+/// in another batch are stored once.
+impl crate::nats::EventSink for FleetStore {
+    type Error = PgStoreError;
+
+    async fn insert_batch(
+        &self,
+        events: &[crate::nats::ReceivedEvent],
+    ) -> Result<usize, PgStoreError> {
+        let new = self.insert_events(events.iter().map(|r| &r.event)).await?;
+        Ok(usize::try_from(new).unwrap_or(usize::MAX))
     }
 }
