@@ -51,11 +51,14 @@
 # /usr/local/share/ca-certificates (an egress proxy that re-signs TLS) and apt
 # settings that mention Check-Valid-Until (a snapshot mirror).
 #
-# FRESH_CARGO_ENV adds variables to the root's environment, e.g.
-# FRESH_CARGO_ENV='CARGO_PROFILE_DEV_DEBUG=line-tables-only CARGO_INCREMENTAL=0'
-# when the disk cannot hold a default debug build of every test binary
-# (docs/development.md gives the sizes). Each phase first checks that
-# FRESH_MIN_FREE_GB (default 15 for bootstrap, 5 for later phases) is free.
+# Disk: a default debug build of every test binary takes tens of GB (each links
+# all its dependencies with full debug info). FRESH_LEAN=1 fits the proof into
+# about 10 GB: test binaries without debug info and without incremental state
+# (CARGO_PROFILE_DEV_DEBUG=0 CARGO_INCREMENTAL=0), the release build deleted
+# once the server phase is done (the tests run the debug binary) and the debug
+# build deleted before fuzz-smoke. FRESH_CARGO_ENV adds any other variables to
+# the root's environment. Each phase first checks that FRESH_MIN_FREE_GB
+# (default 15 for bootstrap, 5 for later phases) is free.
 #
 # Logs go to $FRESH_LOGS (default: $FRESH_ROOT.logs), one file per phase.
 set -euo pipefail
@@ -103,8 +106,10 @@ unmount_leftovers() {
 ns_pid=
 cleanup() {
   local status=$?
+  # unshare ignores SIGTERM while it waits; SIGKILL it, and --kill-child takes
+  # the namespace's PID 1, hence every process in the root, with it.
   if [[ -n $ns_pid ]] && kill -0 "$ns_pid" 2>/dev/null; then
-    kill "$ns_pid" 2>/dev/null || true
+    kill -KILL "$ns_pid" 2>/dev/null || true
   fi
   # The mounts live in the namespace and vanish with it; anything left is a bug.
   if [[ -d $root ]] && [[ -n $(mounts_under_root) ]]; then
@@ -292,6 +297,10 @@ phase_server() {
 # README command 2. install-test-deps.sh (apt, PyPI, cargo install) and the
 # crate downloads share the host's network; the test run itself is isolated.
 phase_tests() {
+  if [[ ${FRESH_LEAN:-} == 1 ]]; then
+    rm -rf "$root$clone/target/release"
+    FRESH_CARGO_ENV="CARGO_PROFILE_DEV_DEBUG=0 CARGO_INCREMENTAL=0 ${FRESH_CARGO_ENV:-}"
+  fi
   run_phase install-test-deps host "
     cd $clone
     bash scripts/install-test-deps.sh
@@ -302,6 +311,7 @@ phase_tests() {
     cd $clone
     cargo nextest run --workspace --profile ci
   "
+  [[ ${FRESH_LEAN:-} == 1 ]] && rm -rf "$root$clone/target/debug"
   run_phase fuzz-smoke isolated "
     cd $clone
     scripts/fuzz-smoke.sh
@@ -311,7 +321,7 @@ phase_tests() {
 # `run 'COMMAND'`: one command in the root with the host's network (e.g. the
 # README's first command before prereqs, to see what a bare Debian lacks).
 phase_run() {
-  run_phase run host "cd $clone && $run_command"
+  run_phase "${FRESH_RUN_LOG:-run}" host "cd $clone && $run_command"
 }
 
 phase_shell() {
