@@ -37,6 +37,15 @@
 # Env: BENCH_SIZE_MB (200), BENCH_RUNS (3), BENCH_YARA_RULES (100),
 #      BENCH_PEER_TIMEOUT (20 s, per Squid-stack download), RAMPART_BIN,
 #      RAMPART_BASE_BIN, BENCH_TLS (0), BENCH_KEEP (1: keep the work dir).
+#
+# BENCH_AB=1: only Rampart, interleaved — three instances of RAMPART_BIN
+# (inspection off; type + hash + archive + N YARA rules scanned while the
+# body streams; the same with `[inspect.yara] stream = false`, the whole
+# body scanned at the end), one download through each per round for
+# BENCH_ROUNDS rounds (8), the order rotating every round, so that the
+# host's load falls on all three alike. Prints every download, the medians,
+# the per-round ratios to "off", CPU s/GB of each instance and the median
+# scan time (access log). No peers, no clamd.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -53,7 +62,8 @@ g3proxy_bin=${G3PROXY_BIN:-$here/.peers/g3/g3proxy}
 g3fcgen_bin=${G3FCGEN_BIN:-$here/.peers/g3/g3fcgen}
 [ -x "$rampart" ] || { echo "$rampart is missing: cargo build --release -p rampart-cli" >&2; exit 1; }
 [ -z "$rampart_base" ] || [ -x "$rampart_base" ] || { echo "RAMPART_BASE_BIN=$rampart_base is not executable" >&2; exit 1; }
-[ -f /usr/lib/x86_64-linux-gnu/c_icap/virus_scan.so ] || { echo "apt-get install -y libc-icap-mod-virus-scan" >&2; exit 1; }
+ab=${BENCH_AB:-0}
+[ "$ab" = 1 ] || [ -f /usr/lib/x86_64-linux-gnu/c_icap/virus_scan.so ] || { echo "apt-get install -y libc-icap-mod-virus-scan" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/inspect-peer.XXXXXX)
 pids=()
@@ -70,7 +80,11 @@ BENCH_NAME=inspect-peer
 WORK=$work
 # shellcheck source=bench/lib.sh
 source "$here/lib.sh"
-require_tools "bench/setup.sh; apt-get install -y nginx c-icap libc-icap-mod-virus-scan clamav-daemon squid" nginx squid clamd c-icap c-icap-client python3 curl openssl
+if [ "$ab" = 1 ]; then
+    require_tools "apt-get install -y nginx" nginx python3 curl openssl
+else
+    require_tools "bench/setup.sh; apt-get install -y nginx c-icap libc-icap-mod-virus-scan clamav-daemon squid" nginx squid clamd c-icap c-icap-client python3 curl openssl
+fi
 
 # TLS material: an origin CA and an interception CA shared by every intercepting proxy.
 tlsdir="$work/tls"
@@ -123,6 +137,8 @@ else
     url="http://127.0.0.1:$http_port/bulk.bin"
 fi
 
+# The peers (clamd, c-icap, Squid, g3proxy): not in the interleaved A/B mode.
+if [ "$ab" != 1 ]; then
 # clamd with a test-only database.
 mkdir -p "$work/clamd/db"
 printf 'Rampart.Bench.Marker:0:*:%s\n' "$(printf RAMPART-BENCH-MARKER | od -An -tx1 | tr -d ' \n')" > "$work/clamd/db/bench.ndb"
@@ -290,6 +306,8 @@ EOF
     fi
 fi
 
+fi # the peers
+
 # YARA rules: N rules with marker strings that never occur in random data.
 for i in $(seq 1 "$rules"); do
     printf 'rule bench_%d { strings: $a = "RAMPART-BENCH-RULE-%06d-A" $b = { 52 42 %02x 52 42 4d 41 52 4b } condition: $a or $b }\n' "$i" "$i" "$((i % 256))"
@@ -383,6 +401,72 @@ inspect_toml="[inspect]
 max_scan_size = $(( (size_mb + 50) * 1024 * 1024 ))
 [inspect.yara]
 rules = [\"$work/rules.yar\"]"
+# Interleaved A/B (BENCH_AB=1): see the header.
+if [ "$ab" = 1 ]; then
+    rounds=${BENCH_ROUNDS:-8}
+    names=(off streamed whole)
+    declare -A ports cpids
+    start_rampart "$rampart" ab-off "[inspect]
+enabled = false"
+    ports[off]=$rampart_port; cpids[off]=$rampart_pid
+    start_rampart "$rampart" ab-streamed "$inspect_toml"
+    ports[streamed]=$rampart_port; cpids[streamed]=$rampart_pid
+    start_rampart "$rampart" ab-whole "$inspect_toml
+stream = false"
+    ports[whole]=$rampart_port; cpids[whole]=$rampart_pid
+    declare -A cpu0 speeds
+    for n in "${names[@]}"; do
+        download "http://127.0.0.1:${ports[$n]}" 120 warm
+        cpu0[$n]=$(cpu_of "${cpids[$n]}")
+        speeds[$n]=""
+    done
+    echo "## Interleaved A/B: $([ "$tls" = 1 ] && echo "intercepted HTTPS" || echo "plain HTTP"), ${size_mb} MiB, $rules YARA rules, $rounds rounds (load average at start: $(cut -d' ' -f1-3 /proc/loadavg))"
+    echo
+    echo "| round | order | off MB/s | streamed MB/s | whole MB/s | streamed/off | whole/off |"
+    echo "|---|---|---|---|---|---|---|"
+    for r in $(seq 1 "$rounds"); do
+        # Rotate the order: each instance is first, second and third alike.
+        shift_by=$(( (r - 1) % 3 ))
+        order=("${names[@]:$shift_by}" "${names[@]:0:$shift_by}")
+        declare -A this
+        for n in "${order[@]}"; do
+            v=$(download "http://127.0.0.1:${ports[$n]}" 120)
+            [ "$v" != FAILED ] || { echo "download through $n FAILED" >&2; exit 1; }
+            this[$n]=$v
+            speeds[$n]+="$v "
+        done
+        awk -v r="$r" -v o="${order[*]}" -v a="${this[off]}" -v b="${this[streamed]}" -v c="${this[whole]}" \
+            'BEGIN { printf "| %d | %s | %.0f | %.0f | %.0f | %.2f | %.2f |\n", r, o, a/1e6, b/1e6, c/1e6, b/a, c/a }'
+    done
+    med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END { if (NR % 2) m = a[(NR+1)/2]; else m = (a[NR/2] + a[NR/2+1]) / 2; printf "%.0f", m/1e6 }'; }
+    gb=$(awk -v n="$rounds" -v s="$size_mb" 'BEGIN { printf "%.4f", n * s / 1024 }')
+    sleep 1
+    echo
+    echo "| instance | median MB/s | CPU s/GB | median scan_ms after the last byte (access log) |"
+    echo "|---|---|---|---|"
+    for n in "${names[@]}"; do
+        cpu=$(awk -v a="$(cpu_of "${cpids[$n]}")" -v b="${cpu0[$n]}" -v g="$gb" 'BEGIN { printf "%.2f", (a - b) / g }')
+        scan=$(python3 - "$work/ab-$n/data/access.log" <<'PY'
+import json, statistics, sys
+ms = []
+try:
+    for line in open(sys.argv[1]):
+        insp = json.loads(line).get("inspection")
+        if insp and insp.get("size", 0) >= 10 * 1024 * 1024:
+            ms.append(insp.get("scan_ms", 0))
+except FileNotFoundError:
+    pass
+print(f"{statistics.median(ms):.0f} ({len(ms)} scans)" if ms else "n/a")
+PY
+)
+        echo "| $n | $(med "${speeds[$n]}") | $cpu | $scan |"
+    done
+    echo
+    echo "- streamed/off (medians): $(awk -v a="$(med "${speeds[streamed]}")" -v b="$(med "${speeds[off]}")" 'BEGIN { printf "%.2f", a / b }') (target ≥ 0.6); whole/off: $(awk -v a="$(med "${speeds[whole]}")" -v b="$(med "${speeds[off]}")" 'BEGIN { printf "%.2f", a / b }')"
+    echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    exit 0
+fi
+
 clamd_toml="[inspect]
 max_scan_size = $(( (size_mb + 50) * 1024 * 1024 ))
 scan_timeout = \"300s\"

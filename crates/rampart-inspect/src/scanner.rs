@@ -483,23 +483,22 @@ impl<'a> Walk<'a> {
             self.timed_out(obj, "yara");
             return;
         };
-        let outcome = if let Some(witness) = witness {
-            rules.evaluate(witness, budget)
-        } else {
-            let bytes = match spool.bytes() {
-                Ok(b) => b,
-                Err(e) => {
-                    self.push_failure(
-                        obj,
-                        UnscannableReason::EngineError,
-                        Engine::Yara,
-                        format!("spool: {e}"),
-                        fail,
-                    );
-                    return;
-                }
-            };
-            rules.scan(&bytes, budget)
+        let outcome = match witness {
+            Some(witness) => rules.decide(witness, || spool.bytes(), budget),
+            None => spool.bytes().map(|bytes| rules.scan(&bytes, budget)),
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.push_failure(
+                    obj,
+                    UnscannableReason::EngineError,
+                    Engine::Yara,
+                    format!("spool: {e}"),
+                    fail,
+                );
+                return;
+            }
         };
         match outcome {
             crate::yara::YaraOutcome::Matches(names) => {

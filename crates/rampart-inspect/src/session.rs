@@ -240,7 +240,11 @@ impl Intake {
             && (direction == Direction::Upload || self.inner.config.dlp.downloads);
         // YARA rereads the body unless its rules are decided while it streams.
         #[cfg(feature = "yara")]
-        let yara = self.inner.yara.is_some() && self.yara.is_none();
+        let yara = match (&self.inner.yara, &self.yara) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(rules), Some(_)) => rules.streamed_body_needs_rereading(),
+        };
         #[cfg(not(feature = "yara"))]
         let yara = false;
         let reread = file_type.is_archive()

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use boreal_parser::expression::{Expression, ExpressionKind, ForSelection};
+use boreal_parser::expression::{Expression, ExpressionKind, ForIterator, ForSelection};
 use boreal_parser::file::YaraFileComponent;
 use boreal_parser::hex_string::{Mask, Token};
 use boreal_parser::rule::{Rule, VariableDeclaration, VariableDeclarationValue};
@@ -51,11 +51,30 @@ pub(crate) struct Plan {
     pub(crate) presence_rules: usize,
     /// Longest possible occurrence of any streamed string.
     pub(crate) longest: usize,
+    /// The rules that need the whole body, with every rule they depend on,
+    /// every global rule and the files' imports, as YARA source for a
+    /// scanner of their own (empty when every rule streams). `None` when it
+    /// could not be cut from the files: the whole set is then scanned whole.
+    pub(crate) whole_file_source: Option<String>,
+}
+
+/// A rule with its source text (from the end of what came before it to
+/// its closing brace).
+struct SourcedRule {
+    rule: Rule,
+    source: Option<String>,
+}
+
+/// Everything read from the rule files.
+#[derive(Default)]
+struct RuleFiles {
+    rules: Vec<SourcedRule>,
+    imports: Vec<String>,
 }
 
 /// Analyses the rule files (already compiled successfully by boreal).
 pub(crate) fn analyse(files: &[PathBuf]) -> Plan {
-    let mut rules = Vec::new();
+    let mut rules = RuleFiles::default();
     for path in files {
         if let Err(reason) = collect_rules(path, 0, &mut rules) {
             // Cannot happen for files boreal compiled; if it does, nothing
@@ -72,55 +91,96 @@ pub(crate) fn analyse(files: &[PathBuf]) -> Plan {
 /// Analyses rules given as source text (tests).
 #[cfg(test)]
 pub(crate) fn analyse_source(source: &str) -> Plan {
-    match boreal_parser::parse(source) {
-        Ok(file) => {
-            let rules: Vec<Rule> = file
-                .components
-                .into_iter()
-                .filter_map(|c| match c {
-                    YaraFileComponent::Rule(r) => Some(*r),
-                    _ => None,
-                })
-                .collect();
-            classify(&rules)
-        }
+    let mut rules = RuleFiles::default();
+    match add_source(source, None, 0, &mut rules) {
+        Ok(()) => classify(&rules),
         Err(e) => Plan {
-            whole_file: vec![("*".to_owned(), format!("{e:?}"))],
+            whole_file: vec![("*".to_owned(), e)],
             ..Plan::default()
         },
     }
 }
 
-fn collect_rules(path: &Path, depth: usize, out: &mut Vec<Rule>) -> Result<(), String> {
+fn collect_rules(path: &Path, depth: usize, out: &mut RuleFiles) -> Result<(), String> {
     if depth > MAX_INCLUDE_DEPTH {
         return Err(format!("{}: includes nested too deep", path.display()));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file =
-        boreal_parser::parse(&text).map_err(|_| format!("{}: does not parse", path.display()))?;
+    add_source(&text, Some(path), depth, out)
+}
+
+fn add_source(
+    text: &str,
+    path: Option<&Path>,
+    depth: usize,
+    out: &mut RuleFiles,
+) -> Result<(), String> {
+    let name = || path.map_or_else(|| "rules".to_owned(), |p| p.display().to_string());
+    let file = boreal_parser::parse(text).map_err(|_| format!("{}: does not parse", name()))?;
+    // Where the text of the next rule starts: only blanks, comments and the
+    // rule's own `private`/`global` lie between one component and the next.
+    let mut from = 0;
     for component in file.components {
         match component {
-            YaraFileComponent::Rule(rule) => out.push(*rule),
+            YaraFileComponent::Rule(rule) => {
+                let end = rule_end(text, rule.condition.span.end);
+                let source = end.and_then(|end| text.get(from..end)).map(str::to_owned);
+                from = end.unwrap_or(text.len());
+                out.rules.push(SourcedRule {
+                    rule: *rule,
+                    source,
+                });
+            }
             // Resolved as boreal's compiler does: relative to the including file.
             YaraFileComponent::Include(include) => {
+                from = include.span.end;
+                let Some(path) = path else {
+                    return Err("an include outside a file".to_owned());
+                };
                 let target = path.parent().unwrap_or(path).join(&include.path);
                 let target = target
                     .canonicalize()
                     .map_err(|e| format!("{}: {e}", target.display()))?;
                 collect_rules(&target, depth + 1, out)?;
             }
-            YaraFileComponent::Import(_) => {}
+            YaraFileComponent::Import(import) => {
+                from = import.span.end;
+                if !out.imports.contains(&import.name) {
+                    out.imports.push(import.name);
+                }
+            }
         }
     }
     Ok(())
 }
 
-fn classify(rules: &[Rule]) -> Plan {
+/// The offset just past the `}` that closes a rule whose condition ends at
+/// `condition_end` (only blanks and comments may come between).
+fn rule_end(text: &str, condition_end: usize) -> Option<usize> {
+    let mut at = condition_end;
+    loop {
+        let rest = text.get(at..)?;
+        let trimmed = rest.trim_start();
+        at += rest.len() - trimmed.len();
+        if trimmed.starts_with('}') {
+            return Some(at + 1);
+        } else if let Some(comment) = trimmed.strip_prefix("//") {
+            at += 2 + comment.find('\n').unwrap_or(comment.len());
+        } else if let Some(comment) = trimmed.strip_prefix("/*") {
+            at += 2 + comment.find("*/")? + 2;
+        } else {
+            return None;
+        }
+    }
+}
+
+fn classify(files: &RuleFiles) -> Plan {
+    let rules: Vec<&Rule> = files.rules.iter().map(|r| &r.rule).collect();
     let mut plan = Plan::default();
     // Rule name → whether it streams; rules may only name earlier rules.
     let mut streams: HashMap<&str, bool> = HashMap::new();
     let mut order: Vec<&str> = Vec::new();
-    for rule in rules {
+    for rule in rules.iter().copied() {
         let verdict = rule_streams(rule, &streams, &order);
         streams.insert(&rule.name, verdict.is_ok());
         order.push(&rule.name);
@@ -142,7 +202,156 @@ fn classify(rules: &[Rule]) -> Plan {
             Err(reason) => plan.whole_file.push((rule.name.clone(), reason)),
         }
     }
+    // A global rule gates every rule: one that needs the whole body makes
+    // the whole set need it.
+    let needs_whole = |plan: &Plan, name: &str| plan.whole_file.iter().any(|(n, _)| n == name);
+    if let Some(global) = rules
+        .iter()
+        .find(|r| r.is_global && needs_whole(&plan, &r.name))
+    {
+        let reason = format!("global rule {} needs the whole body", global.name);
+        for name in std::mem::take(&mut plan.streamed) {
+            plan.whole_file.push((name, reason.clone()));
+        }
+        plan.presence_source.clear();
+        plan.presence_rules = 0;
+        plan.longest = 0;
+    }
+    plan.whole_file_source = whole_file_source(files, &plan);
     plan
+}
+
+/// The source of the rules that need the whole body, the rules they depend
+/// on (transitively) and every global rule, in file order, after the imports.
+fn whole_file_source(files: &RuleFiles, plan: &Plan) -> Option<String> {
+    if plan.whole_file.is_empty() {
+        return Some(String::new());
+    }
+    let mut wanted: Vec<bool> = files
+        .rules
+        .iter()
+        .map(|r| r.rule.is_global || plan.whole_file.iter().any(|(n, _)| *n == r.rule.name))
+        .collect();
+    // A rule only names earlier rules: one backwards pass takes every
+    // dependency, however deep.
+    for i in (0..files.rules.len()).rev() {
+        if !wanted[i] {
+            continue;
+        }
+        let mut names = Vec::new();
+        referenced_rules(&files.rules[i].rule.condition, &mut names);
+        for (j, earlier) in files.rules[..i].iter().enumerate() {
+            let named = names.iter().any(|(name, wildcard)| {
+                if *wildcard {
+                    earlier.rule.name.starts_with(name.as_str())
+                } else {
+                    earlier.rule.name == *name
+                }
+            });
+            if named {
+                wanted[j] = true;
+            }
+        }
+    }
+    let mut source = String::new();
+    for import in &files.imports {
+        let _ = writeln!(source, "import \"{import}\"");
+    }
+    for (rule, wanted) in files.rules.iter().zip(wanted) {
+        if wanted {
+            source.push_str(rule.source.as_deref()?);
+            source.push('\n');
+        }
+    }
+    Some(source)
+}
+
+/// Names (and `name*` wildcards) a condition may use to refer to rules:
+/// every identifier and every rule set element.
+fn referenced_rules(e: &Expression, out: &mut Vec<(String, bool)>) {
+    visit(e, &mut |e| match &e.expr {
+        ExpressionKind::Identifier(id) => out.push((id.name.clone(), false)),
+        ExpressionKind::ForRules { set, .. } => {
+            for element in &set.elements {
+                out.push((element.name.clone(), element.is_wildcard));
+            }
+        }
+        _ => {}
+    });
+}
+
+/// Calls `f` on `e` and on every expression inside it.
+fn visit(e: &Expression, f: &mut dyn FnMut(&Expression)) {
+    f(e);
+    let mut children: Vec<&Expression> = Vec::new();
+    match &e.expr {
+        ExpressionKind::ReadInteger { addr, .. } => children.push(addr),
+        ExpressionKind::CountInRange { from, to, .. }
+        | ExpressionKind::VariableIn { from, to, .. }
+        | ExpressionKind::ForIn { from, to, .. } => children.extend([&**from, &**to]),
+        ExpressionKind::Offset {
+            occurence_number, ..
+        }
+        | ExpressionKind::Length {
+            occurence_number, ..
+        } => children.push(occurence_number),
+        ExpressionKind::Neg(a)
+        | ExpressionKind::BitwiseNot(a)
+        | ExpressionKind::Not(a)
+        | ExpressionKind::Defined(a)
+        | ExpressionKind::Matches(a, _) => children.push(a),
+        ExpressionKind::Add(a, b)
+        | ExpressionKind::Sub(a, b)
+        | ExpressionKind::Mul(a, b)
+        | ExpressionKind::Div(a, b)
+        | ExpressionKind::Mod(a, b)
+        | ExpressionKind::BitwiseXor(a, b)
+        | ExpressionKind::BitwiseAnd(a, b)
+        | ExpressionKind::BitwiseOr(a, b)
+        | ExpressionKind::ShiftLeft(a, b)
+        | ExpressionKind::ShiftRight(a, b)
+        | ExpressionKind::Eq(a, b)
+        | ExpressionKind::NotEq(a, b)
+        | ExpressionKind::IEquals(a, b)
+        | ExpressionKind::Cmp {
+            left: a, right: b, ..
+        }
+        | ExpressionKind::Contains {
+            haystack: a,
+            needle: b,
+            ..
+        }
+        | ExpressionKind::StartsWith {
+            expr: a, prefix: b, ..
+        }
+        | ExpressionKind::EndsWith {
+            expr: a, suffix: b, ..
+        } => children.extend([&**a, &**b]),
+        ExpressionKind::And(all) | ExpressionKind::Or(all) => children.extend(all.iter()),
+        ExpressionKind::VariableAt { offset, .. } | ExpressionKind::ForAt { offset, .. } => {
+            children.push(offset)
+        }
+        ExpressionKind::For {
+            selection, body, ..
+        } => {
+            if let ForSelection::Expr { expr, .. } = selection {
+                children.push(expr);
+            }
+            children.extend(body.as_deref());
+        }
+        ExpressionKind::ForIdentifiers { body, iterator, .. } => {
+            children.push(body);
+            match iterator {
+                ForIterator::Range { from, to } => children.extend([&**from, &**to]),
+                ForIterator::List(list) => children.extend(list.iter()),
+                ForIterator::Identifier(_) => {}
+            }
+        }
+        _ => {}
+    }
+    for child in children {
+        visit(child, f);
+    }
 }
 
 /// `Ok(longest string occurrence)` when the rule streams, else why not.
