@@ -1,26 +1,32 @@
 //! The access log: one line per proxied request or tunnel, as JSON lines (the
 //! default) or in Squid's native format so existing Squid tooling keeps
-//! working. The data path only hands a finished `FlowRecord` to a bounded
-//! channel; a writer task formats and writes, so a slow disk never stalls
-//! proxying (records beyond the channel's capacity, and records whose write
-//! failed, are counted as dropped). The file rotates by size and age and is
-//! reopened on request (`file`).
+//! working. A flow's finish phase formats its line straight from the flow's
+//! record into a shared buffer (`line`: no serde, no allocation); a writer
+//! thread swaps the buffer out on a timer and writes it with one `write(2)`,
+//! so a slow disk never stalls proxying and handing a line over wakes no
+//! thread (lines beyond the buffer's bound, and lines whose write failed, are
+//! counted as dropped). The file rotates by size and age and is reopened on
+//! request (`file`).
 
 mod file;
+mod line;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::config::{AccessLogConfig, AccessLogFormat};
 
-/// Records waiting to be written before new ones are counted as dropped.
-const QUEUE_CAPACITY: usize = 64 * 1024;
+/// Bytes of lines waiting to be written before new ones are counted as
+/// dropped (about 100,000 lines: seconds of a stalled disk at full load).
+const MAX_PENDING_BYTES: usize = 32 << 20;
+
+/// What the pending buffer and the writer's batch start with.
+const BUFFER_CAPACITY: usize = 64 << 10;
 
 /// How often the writer thread drains the queue: records reach the file within this.
 const WRITE_INTERVAL: Duration = Duration::from_millis(50);
@@ -195,61 +201,70 @@ impl FlowRecord {
         }
     }
 
-    /// An empty record to leave behind when the real one is taken (no id generated).
-    pub(crate) fn placeholder(client: SocketAddr) -> Self {
-        let mut record = FlowRecord::new(client, "", String::new());
-        record.id = uuid::Uuid::nil();
-        record
-    }
-
     /// One JSON object, no trailing newline.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self)
-            .unwrap_or_else(|e| format!("{{\"error\":\"unserialisable record: {e}\"}}"))
+        let mut out = Vec::with_capacity(512);
+        line::write_json(self, &mut out);
+        out.pop();
+        // The writer copies `str`s and writes ASCII around them.
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// Squid's native format (`logformat squid`):
     /// `time elapsed client code/status bytes method URL user hierarchy/peer type`.
     pub fn to_squid(&self) -> String {
-        let secs = self
-            .time
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let code = match (self.status, self.error.is_some()) {
-            (403 | 407, _) => "TCP_DENIED",
-            (_, true) if self.status >= 500 => "TCP_MISS_ABORTED",
-            _ if self.method == "CONNECT" => "TCP_TUNNEL",
-            _ => "TCP_MISS",
-        };
-        let hierarchy = match (&self.egress, &self.server) {
-            (Some(e), Some(server)) if e.starts_with("direct") => {
-                format!("HIER_DIRECT/{}", server.ip())
-            }
-            (Some(_), Some(server)) => format!("FIRSTUP_PARENT/{}", server.ip()),
-            _ => "HIER_NONE/-".to_string(),
-        };
-        format!(
-            "{secs:.3} {elapsed:>6} {client} {code}/{status:03} {bytes} {method} {url} {user} {hierarchy} {ctype}",
-            elapsed = self.duration_ms.as_millis(),
-            client = self.client.ip(),
-            status = self.status,
-            bytes = self.bytes_to_client,
-            method = self.method,
-            url = self.target,
-            user = self.user.as_deref().unwrap_or("-"),
-            ctype = self.content_type.as_deref().unwrap_or("-"),
-        )
+        let mut out = Vec::with_capacity(256);
+        line::write_squid(self, &mut out);
+        out.pop();
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
 /// The sending side, cloned into every flow.
 #[derive(Clone)]
 pub struct AccessLog {
-    sender: Option<mpsc::Sender<FlowRecord>>,
+    /// `None` when access logging is disabled.
+    pending: Option<Arc<Pending>>,
     dropped: Arc<AtomicU64>,
     /// Set by [`AccessLog::reopen`]; the writer reopens the file at its next tick.
     reopen: Arc<AtomicBool>,
+}
+
+/// Lines formatted by the data path and not yet written: the writer thread
+/// swaps the buffer out every [`WRITE_INTERVAL`]. A flow formats its line on
+/// its own thread and copies it in under the lock (a few hundred bytes, no
+/// allocation once the buffer has grown), so handing a line over costs no
+/// channel, no wake-up and no cross-thread free.
+struct Pending {
+    lines: Mutex<Lines>,
+    format: AccessLogFormat,
+}
+
+#[derive(Default)]
+struct Lines {
+    bytes: Vec<u8>,
+    records: u64,
+}
+
+impl Pending {
+    /// Appends one formatted line; false when the buffer is at its bound
+    /// (the disk has stalled for a while) or the lock is poisoned.
+    fn append(&self, line: &[u8]) -> bool {
+        let Ok(mut lines) = self.lines.lock() else {
+            return false;
+        };
+        if lines.bytes.len() + line.len() > MAX_PENDING_BYTES {
+            return false;
+        }
+        lines.bytes.extend_from_slice(line);
+        lines.records += 1;
+        true
+    }
+}
+
+thread_local! {
+    /// Each proxy thread's line being formatted (its capacity reused).
+    static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
 }
 
 /// Where the writer thread puts lines.
@@ -277,7 +292,7 @@ impl AccessLog {
     /// A log that discards everything (access logging disabled).
     pub fn disabled() -> Self {
         AccessLog {
-            sender: None,
+            pending: None,
             dropped: Arc::new(AtomicU64::new(0)),
             reopen: Arc::new(AtomicBool::new(false)),
         }
@@ -289,7 +304,7 @@ impl AccessLog {
         self.reopen.store(true, Ordering::SeqCst);
     }
 
-    /// Opens the destination and starts the writer task.
+    /// Opens the destination and starts the writer thread.
     pub fn start(config: &AccessLogConfig, data_dir: &std::path::Path) -> std::io::Result<Self> {
         if !config.enabled {
             return Ok(Self::disabled());
@@ -306,8 +321,14 @@ impl AccessLog {
                 file::Rotation::from_config(config),
             )?)
         };
-        let format = config.format;
-        let (sender, mut receiver) = mpsc::channel::<FlowRecord>(QUEUE_CAPACITY);
+        let pending = Arc::new(Pending {
+            lines: Mutex::new(Lines {
+                bytes: Vec::with_capacity(BUFFER_CAPACITY),
+                records: 0,
+            }),
+            format: config.format,
+        });
+        let writer_pending = pending.clone();
         let dropped = Arc::new(AtomicU64::new(0));
         let writer_dropped = dropped.clone();
         let reopen = Arc::new(AtomicBool::new(false));
@@ -316,58 +337,82 @@ impl AccessLog {
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                let mut batch = Vec::with_capacity(64 * 1024);
+                let mut batch = Vec::with_capacity(BUFFER_CAPACITY);
                 let mut failing = false;
-                // Poll on a short timer instead of sleeping in `blocking_recv`:
-                // a parked receiver costs the data path a futex wake-up (and a
-                // context switch on a pinned CPU) for every request it logs.
+                // Wake on a short timer, never per line: the data path only
+                // appends to the shared buffer.
                 loop {
                     std::thread::sleep(WRITE_INTERVAL);
                     if writer_reopen.swap(false, Ordering::SeqCst) {
                         out.reopen();
                     }
-                    let mut closed = false;
-                    let mut records = 0u64;
-                    loop {
-                        match receiver.try_recv() {
-                            Ok(record) => {
-                                let line = match format {
-                                    AccessLogFormat::Json => record.to_json(),
-                                    AccessLogFormat::Squid => record.to_squid(),
-                                };
-                                batch.extend_from_slice(line.as_bytes());
-                                batch.push(b'\n');
-                                records += 1;
-                            }
-                            Err(mpsc::error::TryRecvError::Empty) => break,
-                            Err(mpsc::error::TryRecvError::Disconnected) => {
-                                closed = true;
-                                break;
-                            }
-                        }
-                    }
+                    let records = {
+                        let Ok(mut lines) = writer_pending.lines.lock() else {
+                            return;
+                        };
+                        std::mem::swap(&mut lines.bytes, &mut batch);
+                        std::mem::take(&mut lines.records)
+                    };
                     if records > 0 {
                         let written = out.write_batch(&batch);
                         failing = account(&writer_dropped, records, written, failing);
-                        batch.clear();
                     }
-                    if closed {
+                    batch.clear();
+                    if batch.capacity() > 4 * BUFFER_CAPACITY {
+                        // A burst grew it: don't keep megabytes for the next tick.
+                        batch = Vec::with_capacity(BUFFER_CAPACITY);
+                    }
+                    // Every `AccessLog` is gone (the gateway stopped): the last
+                    // lines are written, nothing more can come.
+                    if Arc::strong_count(&writer_pending) == 1 {
+                        let rest = writer_pending
+                            .lines
+                            .lock()
+                            .map(|mut l| (std::mem::take(&mut l.bytes), l.records))
+                            .unwrap_or_default();
+                        if rest.1 > 0 {
+                            let written = out.write_batch(&rest.0);
+                            account(&writer_dropped, rest.1, written, failing);
+                        }
                         return;
                     }
                 }
             })?;
         Ok(AccessLog {
-            sender: Some(sender),
+            pending: Some(pending),
             dropped,
             reopen,
         })
     }
 
-    pub fn log(&self, record: FlowRecord) {
-        if let Some(sender) = &self.sender {
-            if sender.try_send(record).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Appends the flow's line to the pending buffer; the writer thread writes
+    /// it within [`WRITE_INTERVAL`]. A line that would grow the buffer past
+    /// [`MAX_PENDING_BYTES`] (the disk has stalled for a while) is counted as
+    /// dropped instead.
+    pub fn log(&self, record: &FlowRecord) {
+        let Some(pending) = &self.pending else {
+            return;
+        };
+        // Formatted outside the lock into this thread's scratch buffer, so
+        // proxy threads hold the lock only for a copy of a few hundred bytes.
+        let appended = LINE.try_with(|scratch| {
+            let Ok(mut line) = scratch.try_borrow_mut() else {
+                return false;
+            };
+            line.clear();
+            match pending.format {
+                AccessLogFormat::Json => line::write_json(record, &mut line),
+                AccessLogFormat::Squid => line::write_squid(record, &mut line),
             }
+            let appended = pending.append(&line);
+            if line.capacity() > 64 << 10 {
+                // A rare huge line (many findings): don't keep its buffer.
+                *line = Vec::with_capacity(1024);
+            }
+            appended
+        });
+        if !appended.unwrap_or(false) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -466,6 +511,80 @@ mod tests {
         assert!(!account(&dropped, 1, write_batch(&mut ok, b"f\n"), failing));
         assert_eq!(dropped.load(Ordering::Relaxed), 5);
         assert_eq!(ok, b"f\n");
+    }
+
+    /// Lines handed over by several threads reach the file whole, each once,
+    /// within a few write intervals; the last ones are written when the log
+    /// is dropped (the gateway stops).
+    #[test]
+    fn lines_from_several_threads_reach_the_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        for format in [AccessLogFormat::Json, AccessLogFormat::Squid] {
+            let config = AccessLogConfig {
+                path: format!("{format:?}.log"),
+                format,
+                ..AccessLogConfig::default()
+            };
+            let log = AccessLog::start(&config, dir.path()).unwrap();
+            let threads: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let log = log.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..500u64 {
+                            let mut r = record();
+                            r.bytes_to_client = t * 1000 + i;
+                            log.log(&r);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            drop(log);
+            let path = dir.path().join(&config.path);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let mut text = String::new();
+            while std::time::Instant::now() < deadline {
+                text = std::fs::read_to_string(&path).unwrap();
+                if text.lines().count() >= 2000 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let mut seen: Vec<u64> = text
+                .lines()
+                .map(|line| match format {
+                    AccessLogFormat::Json => {
+                        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                        v["bytes_to_client"].as_u64().unwrap()
+                    }
+                    AccessLogFormat::Squid => {
+                        line.split_whitespace().nth(4).unwrap().parse().unwrap()
+                    }
+                })
+                .collect();
+            seen.sort_unstable();
+            let expected: Vec<u64> = (0..4u64)
+                .flat_map(|t| (0..500u64).map(move |i| t * 1000 + i))
+                .collect();
+            assert_eq!(seen, expected, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_buffer_refuses_lines() {
+        let pending = Pending {
+            lines: Mutex::new(Lines::default()),
+            format: AccessLogFormat::Json,
+        };
+        let line = vec![b'x'; 1 << 20];
+        let mut taken = 0;
+        while pending.append(&line) {
+            taken += 1;
+        }
+        assert_eq!(taken, MAX_PENDING_BYTES >> 20);
+        assert_eq!(pending.lines.lock().unwrap().records, taken as u64);
     }
 
     #[test]
