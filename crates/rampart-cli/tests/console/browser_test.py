@@ -180,6 +180,13 @@ def main():
         expect(rows.filter(has_text="device.isolate")).to_contain_text("beaconing to a C2 host")
         shot(page, out, "11-audit-events")
 
+        # The device page's timeline (5 minutes either side of now) has them too.
+        page.goto(f"{base}/devices/{device}")
+        timeline = page.locator("main table.events tbody tr")
+        expect(timeline.filter(has_text="device.isolate").first).to_be_visible()
+        expect(timeline.filter(has_text="device.release").first).to_be_visible()
+        shot(page, out, "11b-device-timeline")
+
         # Explain, the same text as `rampart policy explain`.
         page.get_by_role("link", name="Policy").click()
         page.get_by_label("URL").fill("http://blocked.test/")
