@@ -6,11 +6,14 @@
 //!                                                        └──► overflow spool ───┘   └──► sink spools ──► sink threads
 //! ```
 //!
-//! `send` is a non-blocking channel push. The drainer only moves events: to the
-//! writer when it keeps up, to the on-disk overflow spool when it does not, so
-//! the in-memory queue stays short even when SQLite stalls. The writer gathers
-//! what arrives for up to [`COMMIT_WINDOW`] and commits it as one transaction
-//! (group commit), then hands the same rendered JSON to each sink's spool.
+//! `send` is a non-blocking channel push that wakes no thread. The drainer only
+//! moves events: to the writer when it keeps up (gathered for up to
+//! [`HANDOFF_INTERVAL`] while the gateway is busy, so the writer wakes a few
+//! times per commit, not once per drain tick), to the on-disk overflow spool
+//! when it does not, so the in-memory queue stays short even when SQLite
+//! stalls. The writer gathers what arrives for up to [`COMMIT_WINDOW`] and
+//! commits it as one transaction (group commit), then hands the same rendered
+//! JSON to each sink's spool.
 //!
 //! Crash safety: the drainer runs every [`JOURNAL_INTERVAL`] and first appends
 //! what it took to the write-ahead journal (`journal.rs`, one `write(2)`), so
@@ -62,9 +65,15 @@ const JOURNAL_INTERVAL: Duration = Duration::from_millis(1);
 /// waking every millisecond on an idle gateway. The first `send` after that
 /// pays one wake-up; under load the drainer never parks.
 const IDLE_POLLS: u32 = 8;
-/// Batches in flight between drainer and writer (one per drain tick; the
+/// Batches in flight between drainer and writer (one per hand-off; the
 /// writer takes them while it gathers); beyond this the drainer spills.
 const BATCH_SLOTS: usize = 64;
+/// How long the drainer gathers journaled batches before handing them to the
+/// writer while the gateway is busy. The writer gathers for [`COMMIT_WINDOW`]
+/// anyway, and the journal (not this hand-off) is what keeps events safe, so
+/// handing over every drain tick would only wake the writer a thousand times a
+/// second (a futex wake-up and a context switch on the proxy's CPU each).
+const HANDOFF_INTERVAL: Duration = Duration::from_millis(50);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
@@ -331,6 +340,7 @@ impl Pipeline {
             journal_failed_at: None,
             sinks: sinks.clone(),
             btx,
+            gathered: None,
             in_flight: in_flight.clone(),
             spool: spool.clone(),
             stats: stats.clone(),
@@ -593,7 +603,11 @@ struct Drainer {
     /// While any sink runs, every event is rendered as OCSF JSON.
     sinks: Arc<Sinks>,
     btx: SyncSender<Batch>,
-    /// Events handed to the writer and not yet committed (or spilled by it).
+    /// Journaled batches gathered for the writer (see [`HANDOFF_INTERVAL`]),
+    /// and when the first of them came.
+    gathered: Option<(Batch, Instant)>,
+    /// Events handed to the writer (or gathered for it) and not yet committed
+    /// (or spilled).
     in_flight: Arc<AtomicUsize>,
     spool: Arc<Mutex<Spool>>,
     stats: Arc<PipelineStats>,
@@ -605,6 +619,15 @@ impl Drainer {
         let mut saturated = false;
         let mut empty_polls = 0u32;
         loop {
+            // Hand over what was gathered once it is old enough, or before
+            // this thread may park (an idle tick: nothing else would come to
+            // push it out), or at close.
+            let due = self.gathered.as_ref().is_some_and(|(b, since)| {
+                empty_polls > 0 || b.len() >= MAX_BATCH || since.elapsed() >= HANDOFF_INTERVAL
+            });
+            if due || self.closing.load(Ordering::SeqCst) {
+                self.hand_over();
+            }
             // Poll on a short timer rather than parking in `recv`: a parked
             // receiver makes every `send` on the data path pay a futex wake-up.
             // With the journal, park only once the gateway is idle.
@@ -662,21 +685,36 @@ impl Drainer {
                 let n = batch.len();
                 let mut batch = Batch::encode(batch, self.sinks.is_active());
                 batch.journal_end = self.journal(&batch);
+                // Gathered events count as in flight: the bound holds for
+                // everything in memory between the queue and the store.
                 if self.in_flight.load(Ordering::Relaxed) + n > MAX_IN_FLIGHT {
                     self.spill(batch);
                 } else {
                     self.in_flight.fetch_add(n, Ordering::Relaxed);
-                    match self.btx.try_send(batch) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
-                            self.in_flight.fetch_sub(n, Ordering::Relaxed);
-                            self.spill(b)
-                        }
+                    match self.gathered.as_mut() {
+                        Some((pending, _)) => pending.append(batch),
+                        None => self.gathered = Some((batch, Instant::now())),
                     }
                 }
             } else if closing {
                 self.finish();
                 return;
+            }
+        }
+    }
+
+    /// Give the gathered batches (already counted in `in_flight`) to the
+    /// writer, or to the spool when it has no room.
+    fn hand_over(&mut self) {
+        let Some((batch, _)) = self.gathered.take() else {
+            return;
+        };
+        let n = batch.len();
+        match self.btx.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
+                self.in_flight.fetch_sub(n, Ordering::Relaxed);
+                self.spill(b)
             }
         }
     }
@@ -701,8 +739,10 @@ impl Drainer {
         }
     }
 
-    /// On close: make the journal durable (the sync thread may stop first).
+    /// On close: hand over what was gathered and make the journal durable
+    /// (the sync thread may stop first).
     fn finish(&mut self) {
+        self.hand_over();
         if let Some(journal) = self.journal.as_mut() {
             sync_journal(&journal.syncer());
         }

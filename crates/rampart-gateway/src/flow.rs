@@ -73,9 +73,9 @@ impl Flow {
 
     /// The finish phase: the flow's duration and request bytes go into its
     /// record, which is counted in the metrics, handed to the event pipeline
-    /// (in the journal, i.e. in the kernel, when the call returns) and
-    /// written as the access line. Called as soon as the flow is known to be complete, so the
-    /// event is on its way no later than the answer's last bytes.
+    /// (its journal writes it within about a millisecond) and written as the
+    /// access line. Called as soon as the flow is known to be complete, so
+    /// the event is on its way no later than the answer's last bytes.
     pub fn finish(mut self) {
         self.write();
     }
@@ -90,9 +90,9 @@ impl Flow {
         self.record.duration_ms = self.started.elapsed();
         self.metrics.record_flow(&self.record);
         // Both outputs are written here, on the flow's own thread, from the
-        // one record: the event in its stored form (journaled as it is handed
-        // over) and the access line (into the log's pending buffer). Neither
-        // wakes a thread; the record's strings are freed where they were made.
+        // one record: the event in its stored form (queued for the journal)
+        // and the access line (into the log's pending buffer). Neither wakes
+        // a thread; the record's strings are freed where they were made.
         if let Some(events) = &self.events {
             crate::flow_events::emit(&self.record, events);
         }

@@ -451,7 +451,14 @@ mod tests {
             "b.example:443".into(),
         );
         assert_eq!(fast_line(&plain), serde_line(&plain));
-        for t in [0, 999, 1_000, 1_700_000_000_000, 1_700_000_000_001, 253_402_300_799_999] {
+        for t in [
+            0,
+            999,
+            1_000,
+            1_700_000_000_000,
+            1_700_000_000_001,
+            253_402_300_799_999,
+        ] {
             let mut r = plain.clone();
             r.time = UNIX_EPOCH + Duration::from_millis(t);
             assert_eq!(fast_line(&r), serde_line(&r), "time {t}");
