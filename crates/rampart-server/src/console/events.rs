@@ -210,6 +210,12 @@ pub(super) fn results_table(
                         @if let Some(ack) = ack {
                             @let id = e.id().to_string();
                             td {
+                                // An alert's context in one click: what its
+                                // device did five minutes either side.
+                                @if let Some(device) = e.device_name() {
+                                    a.context href=(format!("/timeline?device={}&at={}", urlencode(device), e.time)) title="The device's activity 5 minutes before and after this alert" { "Device ±5 min" }
+                                    " "
+                                }
                                 @if let Some(a) = ack.acks.get(&id) {
                                     span.ok { "by " (a.by) " at " (a.time) } @if !a.note.is_empty() { ": " (a.note) }
                                 } @else if let Some(csrf) = &ack.csrf {
@@ -558,6 +564,23 @@ mod tests {
         assert_eq!(
             clause("status", &serde_json::Value::from(403)),
             "status = 403"
+        );
+    }
+
+    #[test]
+    fn an_alert_row_opens_its_devices_activity_around_it_in_one_click() {
+        let alert: Event = serde_json::from_str(include_str!(
+            "../../../rampart-events/tests/golden/detection_finding.json"
+        ))
+        .expect("the golden alert parses");
+        let ack = AckColumn {
+            acks: Default::default(),
+            csrf: None,
+        };
+        let html = results_table(&[alert], "24h", &Shown::DEFAULT, Some(&ack)).into_string();
+        assert!(
+            html.contains("href=\"/timeline?device=laptop-042&amp;at=1763900300000\""),
+            "{html}"
         );
     }
 
