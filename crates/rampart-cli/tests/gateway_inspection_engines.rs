@@ -434,3 +434,109 @@ fn encrypted_7z_docx_and_pdf_downloads_are_found_encrypted_and_handled_per_the_a
     }
     alerts_containing(&alerting, "Encrypted content allowed");
 }
+
+/// Rules that all stream (`docs/inspection.md`, "YARA while the body
+/// streams"): a marker alone, and two halves that must both occur.
+const STREAMING_RULES: &str = "rule Rampart_Stream_Marker { strings: $m = \"RAMPART-STREAM-YARA-MARKER\" condition: $m }\n\
+rule Rampart_Stream_Pair { strings: $a = \"PAIR-HALF-ONE\" $b = { 50 41 49 52 [0-2] 54 57 4F } condition: $a and $b }\n";
+
+/// `len` bytes of noise with `plants` written at their offsets.
+fn noise_file(path: &Path, len: usize, plants: &[(usize, &[u8])]) {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    data[0] = 0;
+    for (at, plant) in plants {
+        data[*at..*at + plant.len()].copy_from_slice(plant);
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn yara_rules_decided_while_a_long_download_streams_cut_it_plain_and_over_intercepted_http2_and_clean_ones_pass_whole(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    // rampart_inspect::YARA_STREAM_BLOCK: the size of the blocks YARA scans.
+    let block = 256 * 1024;
+    let len = 6 * 1024 * 1024;
+    // The marker across a scan block boundary; the pair's halves megabytes
+    // apart, the second across another boundary.
+    noise_file(
+        &root.join("marker.bin"),
+        len,
+        &[(9 * block - 11, b"RAMPART-STREAM-YARA-MARKER")],
+    );
+    noise_file(
+        &root.join("pair.bin"),
+        len,
+        &[
+            (100_000, b"PAIR-HALF-ONE"),
+            (17 * block - 3, b"PAIR\x00TWO"),
+        ],
+    );
+    noise_file(
+        &root.join("half.bin"),
+        len,
+        &[(17 * block - 3, b"PAIR\x00TWO")],
+    );
+    let rules = dir.path().join("streaming.yar");
+    std::fs::write(&rules, STREAMING_RULES).unwrap();
+    let (plain, tls, gw) = files_origins_and_gateway(
+        dir.path(),
+        &root,
+        &format!(
+            "[inspect.yara]\nrules = [{:?}]\n",
+            rules.display().to_string()
+        ),
+    );
+    let ca = gw.gateway_ca();
+    let ca = ca.to_str().unwrap();
+    let out = dir.path().join("out.bin");
+    let cases = [
+        (format!("http://files.test:{}", plain.port), vec![]),
+        (
+            format!("https://files.test:{}", tls.port),
+            vec!["--http2", "--cacert", ca],
+        ),
+    ];
+    for (base, extra) in &cases {
+        for (file, rule) in [
+            ("marker.bin", Some("Rampart_Stream_Marker")),
+            ("pair.bin", Some("Rampart_Stream_Pair")),
+            ("half.bin", None),
+        ] {
+            let url = format!("{base}/{file}");
+            let _ = std::fs::remove_file(&out);
+            let mut args = vec!["-sS", "-o", out.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            args.push(&url);
+            let (code, _, err) = curl(&gw.proxy_url(), &args);
+            let got = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            let record = gw.find_record(|r| r["target"] == url.as_str());
+            match rule {
+                Some(rule) => {
+                    assert_ne!(code, 0, "{url}: a malicious long download completed: {err}");
+                    assert!(got < len as u64, "{url}: {got} of {len} bytes delivered");
+                    assert_eq!(record["inspection"]["verdict"], "malicious", "{record}");
+                    let finding = &record["inspection"]["findings"][0];
+                    assert_eq!(finding["engine"], "yara", "{record}");
+                    assert_eq!(finding["rule"], rule, "{record}");
+                }
+                None => {
+                    assert_eq!(code, 0, "{url}: {err}");
+                    assert_eq!(got, len as u64, "{url}");
+                    assert_eq!(record["inspection"]["verdict"], "clean", "{record}");
+                    assert_eq!(record["inspection"]["size"], len, "{record}");
+                }
+            }
+        }
+    }
+}

@@ -1,7 +1,8 @@
-//! YARA while a download streams (`ScanSession::stream_in_background`): a
-//! rule set that allows it is scanned block by block as the body arrives,
-//! and its verdicts equal those of the whole-body scan of the same bytes —
-//! markers planted across the scan's block boundaries, random chunking.
+//! YARA while a download streams (`ScanSession::stream_in_background`): the
+//! rules that allow it are scanned block by block as the body arrives (the
+//! others scan the whole body at the end), and the verdicts equal those of
+//! the whole-body scan of the same bytes — markers planted across the
+//! scan's block boundaries, random chunking.
 #![cfg(feature = "yara")]
 
 mod common;
@@ -129,28 +130,38 @@ fn a_marker_split_across_every_block_boundary_offset_is_found_while_streaming() 
 }
 
 #[test]
-fn a_rule_set_with_a_whole_body_rule_is_scanned_whole_with_the_same_verdicts() {
+fn in_a_mixed_rule_set_the_presence_rules_stream_and_the_others_scan_the_whole_body() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let rules = write(
         d,
         "mixed.yar",
         b"rule marker { strings: $a = \"RAMPART-STREAM-MARKER\" condition: $a }\n\
-          rule big { strings: $a = \"RAMPART\" condition: #a > 1 and filesize > 100KB }\n",
+          rule big { strings: $a = \"RAMPART\" condition: #a > 1 and filesize > 100KB }\n\
+          rule both { condition: big and marker }\n",
     );
     let insp = inspector(d, |c| {
         c.memory_threshold = 64 * 1024;
         c.yara.rules = vec![rules];
     });
     let plan = insp.yara_plan().unwrap();
-    assert!(!plan.streams);
+    assert!(plan.streams, "{plan:?}");
     assert_eq!(plan.streamed, ["marker"]);
-    assert_eq!(plan.whole_file[0].0, "big");
+    let whole: Vec<&str> = plan.whole_file.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(whole, ["big", "both"]);
     let mut body = noise(YARA_STREAM_BLOCK * 2, 3);
     body[300_000..300_021].copy_from_slice(PLANTS[0]);
+    let report = streamed(&insp, &body, 64 * 1024, &[10_000]);
+    assert_eq!(rules_found(&report), ["marker"], "{report:#?}");
     body[400_000..400_021].copy_from_slice(PLANTS[0]);
     let report = streamed(&insp, &body, 64 * 1024, &[10_000]);
-    assert_eq!(rules_found(&report), ["big", "marker"], "{report:#?}");
+    assert_eq!(
+        rules_found(&report),
+        ["big", "both", "marker"],
+        "{report:#?}"
+    );
+    let whole = insp.scan_bytes(ScanContext::download(), &body);
+    assert_eq!(rules_found(&report), rules_found(&whole));
 }
 
 #[test]
