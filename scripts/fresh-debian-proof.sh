@@ -103,6 +103,13 @@ unmount_leftovers() {
   done
 }
 
+# Only delete what debootstrap made (its marker dir while it runs, ours once
+# done) or an empty directory: FRESH_ROOT may be mistyped.
+is_ours_or_empty() {
+  [[ ! -e $root ]] || [[ -e $root/.debootstrap-complete || -d $root/debootstrap ]] ||
+    [[ -d $root && -z $(ls -A "$root") ]]
+}
+
 ns_pid=
 cleanup() {
   local status=$?
@@ -196,7 +203,8 @@ phase_bootstrap() {
   security=${security:-http://deb.debian.org/debian-security}
   if [[ ! -e $root/.debootstrap-complete ]]; then
     [[ -n $(mounts_under_root) ]] && die "mounts under $root: $(mounts_under_root | tr '\n' ' ')"
-    rm -rf "$root"
+    is_ours_or_empty || die "$root exists and is not a root this script made; choose another FRESH_ROOT"
+    rm -rf --one-file-system "$root"
     say "debootstrap bookworm (minbase) from $mirror into $root"
     nice -n 19 debootstrap --variant=minbase bookworm "$root" "$mirror"
     touch "$root/.debootstrap-complete"
@@ -330,6 +338,7 @@ phase_shell() {
 
 phase_remove() {
   [[ -d $root ]] || { say "$root does not exist"; return 0; }
+  is_ours_or_empty || die "$root is not a root this script made; not deleting it"
   unmount_leftovers
   [[ -z $(mounts_under_root) ]] || die "still mounted under $root, not deleting: $(mounts_under_root | tr '\n' ' ')"
   rm -rf --one-file-system "$root"
