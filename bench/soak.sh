@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Soak (issue 16, item 8): SOAK_SECONDS (3600 by default) of mixed traffic through
+# one `rampart server` — plain HTTP, intercepted HTTPS, spliced tunnels, blocked
+# requests and 1 MiB intercepted downloads, a fifth of them on new connections —
+# with the server's RSS, descriptors, threads and the load's counters sampled every
+# SOAK_SAMPLE seconds into a CSV, then judged: after the warm-up (SOAK_WARMUP s),
+# RSS and descriptors must stay flat (the last quarter's mean within SOAK_RSS_SLACK
+# percent of the first quarter's, descriptors never above the warm-up's maximum plus
+# the load's own connections) and no request may fail.
+#
+#   bash bench/soak.sh                       # one hour, 100 req/s
+#   SOAK_SECONDS=600 SOAK_RATE=200 bash bench/soak.sh
+#
+# Needs nginx, openssl, python3 with `requests` (Debian's python3-requests, which
+# scripts/install-test-deps.sh installs) and a release build (cargo build --release -p
+# rampart-cli) or RAMPART_BIN. Everything runs on loopback; the work directory
+# (kept with BENCH_KEEP=1) holds the CSV and the logs.
+set -euo pipefail
+BENCH_NAME=soak
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RAMPART_BIN=${RAMPART_BIN:-$ROOT/target/release/rampart}
+SECONDS_TOTAL=${SOAK_SECONDS:-3600}
+RATE=${SOAK_RATE:-100}
+SAMPLE=${SOAK_SAMPLE:-10}
+WARMUP=${SOAK_WARMUP:-300}
+RSS_SLACK=${SOAK_RSS_SLACK:-10}
+PYTHON=${SOAK_PYTHON:-python3}
+[[ -x $RAMPART_BIN ]] || die "no Rampart binary at $RAMPART_BIN (cargo build --release -p rampart-cli)"
+require_tools "apt-get install nginx openssl" nginx openssl
+"$PYTHON" -c 'import requests' 2>/dev/null || die "$PYTHON has no requests module (apt-get install python3-requests)"
+((WARMUP < SECONDS_TOTAL)) || die "SOAK_WARMUP ($WARMUP s) must be shorter than SOAK_SECONDS ($SECONDS_TOTAL s)"
+
+WORK=$(mktemp -d /tmp/rampart-soak.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do stop_daemon "$pid"; done
+    if [[ ${BENCH_KEEP:-0} == 1 || $rc != 0 ]]; then
+        log "work directory kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# --- origin: nginx, HTTP and HTTPS, a 1 KiB and a 1 MiB object -------------------
+O="$WORK/origin"
+mkdir -p "$O/www" "$O/tls" "$O/tmp"
+head -c 1024 /dev/urandom >"$O/www/1k"
+head -c 1048576 /dev/urandom >"$O/www/1m"
+chmod -R a+rX "$O/www"
+mkca "$O/tls" ca "Rampart soak origin CA"
+mkleaf "$O/tls" ca origin 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE'
+HTTP_PORT=$(free_port)
+HTTPS_PORT=$(free_port)
+cat >"$O/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $O/nginx.pid;
+error_log $O/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $O/tmp/body;
+    proxy_temp_path $O/tmp/proxy;
+    fastcgi_temp_path $O/tmp/fastcgi;
+    uwsgi_temp_path $O/tmp/uwsgi;
+    scgi_temp_path $O/tmp/scgi;
+    server {
+        listen 127.0.0.1:$HTTP_PORT;
+        listen 127.0.0.1:$HTTPS_PORT ssl;
+        ssl_certificate $O/tls/origin.pem;
+        ssl_certificate_key $O/tls/origin.key;
+        root $O/www;
+    }
+}
+EOF
+setsid nginx -c "$O/nginx.conf" -p "$O" >"$WORK/origin.log" 2>&1 &
+PIDS+=($!)
+wait_port "$HTTP_PORT" "${PIDS[-1]}" origin
+wait_port "$HTTPS_PORT" "${PIDS[-1]}" origin
+
+# --- Rampart: interception for localhost, 127.0.0.1 spliced, one block rule ------
+R="$WORK/rampart"
+mkdir -p "$R/data"
+PROXY_PORT=$(free_port)
+API_PORT=$(free_port)
+cat >"$R/policy.toml" <<'EOF'
+[[access]]
+id = "soak-block"
+when = { hosts = ["blocked.soak.test"] }
+action = "block"
+EOF
+cat >"$R/rampart.toml" <<EOF
+data_dir = "$R/data"
+policy = "$R/policy.toml"
+
+[proxy]
+listen = "127.0.0.1:$PROXY_PORT"
+connect_ports = ["443", "1025-65535"]
+tls_ports = [443, $HTTPS_PORT]
+allow_loopback_destinations = true
+
+[tls]
+extra_roots = ["$O/tls/ca.pem"]
+do_not_decrypt = ["127.0.0.1"]
+
+[api]
+listen = "127.0.0.1:$API_PORT"
+
+[tunnel]
+listen = "127.0.0.1:$(free_port)"
+
+[access_log]
+enabled = true
+EOF
+"$RAMPART_BIN" ca init --data-dir "$R/data" >"$WORK/ca-init.log" 2>&1 || die "rampart ca init: $(cat "$WORK/ca-init.log")"
+setsid "$RAMPART_BIN" server --config "$R/rampart.toml" >"$WORK/rampart.log" 2>&1 &
+RAMPART_PID=$!
+PIDS+=("$RAMPART_PID")
+wait_port "$PROXY_PORT" "$RAMPART_PID" rampart
+for _ in $(seq 100); do
+    curl -sf --max-time 1 -o /dev/null "http://127.0.0.1:$API_PORT/healthz" && break
+    sleep 0.1
+done
+curl -sf --max-time 5 -o /dev/null -x "http://127.0.0.1:$PROXY_PORT" "http://127.0.0.1:$HTTP_PORT/1k" ||
+    die "a plain request through Rampart failed (log: $WORK/rampart.log)"
+
+# --- load and sampling -------------------------------------------------------------
+"$PYTHON" "$(dirname "$0")/soak_load.py" \
+    --proxy "http://127.0.0.1:$PROXY_PORT" \
+    --plain "http://127.0.0.1:$HTTP_PORT/1k" \
+    --intercepted "https://localhost:$HTTPS_PORT/1k" \
+    --tunnel "https://127.0.0.1:$HTTPS_PORT/1k" \
+    --big "https://localhost:$HTTPS_PORT/1m" \
+    --blocked "http://blocked.soak.test/" \
+    --proxy-ca "$R/data/ca.pem" --origin-ca "$O/tls/ca.pem" \
+    --rate "$RATE" --seconds "$SECONDS_TOTAL" --report "$SAMPLE" \
+    >"$WORK/load.jsonl" 2>"$WORK/load.err" &
+LOAD_PID=$!
+PIDS+=("$LOAD_PID")
+log "soak: ${SECONDS_TOTAL} s at $RATE req/s; Rampart pid $RAMPART_PID, work dir $WORK"
+
+CSV="$WORK/samples.csv"
+echo "elapsed_s,rss_kib,fds,threads,cpu_s" >"$CSV"
+start=$(date +%s)
+while kill -0 "$LOAD_PID" 2>/dev/null; do
+    kill -0 "$RAMPART_PID" 2>/dev/null || die "Rampart exited during the soak (log: $WORK/rampart.log)"
+    now=$(date +%s)
+    fds=$(find "/proc/$RAMPART_PID/fd" -mindepth 1 -maxdepth 1 | wc -l)
+    threads=$(awk '/^Threads:/ {print $2}' "/proc/$RAMPART_PID/status")
+    echo "$((now - start)),$(rss_kib "$RAMPART_PID"),$fds,$threads,$(python3 "$BENCH_LIB_DIR/cputime.py" "$RAMPART_PID")" >>"$CSV"
+    sleep "$SAMPLE"
+done
+wait "$LOAD_PID" || die "the load generator failed: $(tail -n 5 "$WORK/load.err")"
+
+# --- verdict -------------------------------------------------------------------------
+python3 - "$CSV" "$WORK/load.jsonl" "$WARMUP" "$RSS_SLACK" <<'EOF'
+import csv, json, sys
+csv_path, load_path, warmup, slack = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(open(csv_path))]
+after = [r for r in rows if r["elapsed_s"] >= warmup]
+if len(after) < 8:
+    sys.exit(f"only {len(after)} samples after the warm-up: run longer")
+q = len(after) // 4
+first, last = after[:q], after[-q:]
+mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)
+rss_first, rss_last = mean(first, "rss_kib"), mean(last, "rss_kib")
+growth = 100.0 * (rss_last - rss_first) / rss_first
+warm_fds = max(r["fds"] for r in rows if r["elapsed_s"] < warmup)
+max_fds = max(r["fds"] for r in after)
+counts = json.loads(open(load_path).read().strip().splitlines()[-1])
+ok = sum(v["ok"] for k, v in counts.items() if k != "t")
+bad = sum(v["bad"] for k, v in counts.items() if k != "t")
+cpu = rows[-1]["cpu_s"] - rows[0]["cpu_s"]
+print(f"samples: {len(rows)} ({len(after)} after the {warmup:.0f} s warm-up)")
+print(f"requests: {ok} ok, {bad} failed; per kind: " + ", ".join(f"{k} {v['ok']}/{v['ok'] + v['bad']}" for k, v in counts.items() if k != "t"))
+print(f"RSS after warm-up: min {min(r['rss_kib'] for r in after) / 1024:.1f} MiB, max {max(r['rss_kib'] for r in after) / 1024:.1f} MiB; "
+      f"first quarter {rss_first / 1024:.1f} MiB, last quarter {rss_last / 1024:.1f} MiB ({growth:+.1f} %)")
+print(f"descriptors: warm-up max {warm_fds:.0f}, after max {max_fds:.0f}, last {after[-1]['fds']:.0f}; threads last {after[-1]['threads']:.0f}")
+print(f"server CPU: {cpu:.1f} s over the soak ({1e6 * cpu / max(ok + bad, 1):.0f} µs per request)")
+failed = []
+if bad:
+    failed.append(f"{bad} requests failed")
+if growth > slack:
+    failed.append(f"RSS grew {growth:.1f} % (> {slack:.0f} %)")
+# Each load worker holds at most one proxy connection (plus one being replaced).
+if max_fds > warm_fds + 16:
+    failed.append(f"descriptors rose from {warm_fds:.0f} to {max_fds:.0f}")
+if failed:
+    sys.exit("soak FAILED: " + "; ".join(failed))
+print("soak passed: RSS and descriptors flat, no failed request")
+EOF
