@@ -30,6 +30,8 @@ require_tools "perf: apt-get install linux-perf; the others: bench/setup.sh" per
 mkdir -p "$OUT"
 
 WORK=$(mktemp -d /tmp/rampart-profile.XXXXXX)
+# nginx's worker (www-data) must read the origin's files: mktemp makes the directory 0700.
+chmod 755 "$WORK"
 PIDS=()
 cleanup() {
     local p
@@ -98,7 +100,7 @@ wrk.method = "GET"
 wrk.path = "$URL"
 wrk.headers["Host"] = "127.0.0.1:$HTTP_PORT"
 EOF
-curl -sS --max-time 5 -o /dev/null -x "http://127.0.0.1:$PORT" "$URL" || die "request through Rampart failed"
+curl -fsS --max-time 5 -o /dev/null -x "http://127.0.0.1:$PORT" "$URL" || die "request through Rampart failed"
 # Warm-up: connections, caches, the event store's first commits.
 taskset -c 0 wrk -t1 -c50 -d2s -s "$WORK/absolute.lua" "http://127.0.0.1:$PORT/" >/dev/null
 
