@@ -116,6 +116,23 @@ impl GatewayState {
                     key: "inspect".into(),
                     reason: e.to_string(),
                 })?;
+            if let Some(plan) = inspector.yara_plan() {
+                // Which rules are decided while a body streams and which wait
+                // for the whole body, once per (re)load: the latter hold the
+                // last chunk of a long download for a full scan.
+                let whole: Vec<String> = plan
+                    .whole_file
+                    .iter()
+                    .map(|(rule, why)| format!("{rule}: {why}"))
+                    .collect();
+                tracing::info!(
+                    streamed = plan.streamed.len(),
+                    whole_body = whole.len(),
+                    streams = plan.streams,
+                    whole_body_rules = ?whole,
+                    "yara rules compiled"
+                );
+            }
             Some(Arc::new(inspector))
         };
         let loop_token = format!("rampart/{instance_id}");
