@@ -439,9 +439,9 @@ fn chosen_columns_fill_the_table_stay_when_paging_and_shape_the_csv_export() {
     // The cells: the host links to its search (keeping the columns), numbers
     // align right, the action is marked for blocks.
     assert!(
-        page.body.contains(&format!(
+        page.body.contains(
             "<td><a href=\"/events?q=host%20%3D%20%22blocked.test%22&amp;range=1h&amp;cols=time%2Chost%2Cstatus%2Cbytes_out%2Caction\">blocked.test</a></td>"
-        )),
+        ),
         "{}",
         page.body
     );
