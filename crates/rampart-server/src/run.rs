@@ -200,6 +200,9 @@ pub async fn run(
         );
         let api = health_and_metrics
             .merge(api::events::router(events_api))
+            .merge(api::tokens::routes::router(
+                api::tokens::routes::TokensApiState::new(&config.data_dir, admin_token.clone()),
+            ))
             .merge(api::policy::router(api::policy::PolicyApiState {
                 reloader: reloader.clone(),
                 admin_token,

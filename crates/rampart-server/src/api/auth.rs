@@ -6,7 +6,8 @@
 //! actions).
 //!
 //! - `admin`: every call;
-//! - `analyst`: reads (`GET`, `HEAD`) only;
+//! - `analyst`: reads (`GET`, `HEAD`) only, but not the token list (`/api/v1/tokens`
+//!   is admin-only);
 //! - `enroll`: `POST /api/v1/devices/tokens` only (one-time enrollment tokens).
 //!
 //! Behind the gate the routes' own checks see a per-process internal token, never
@@ -86,6 +87,11 @@ impl ApiAuth {
     }
 }
 
+/// What a route did, for the audit event of its call (e.g. the token it created): a
+/// route puts it in its response's extensions.
+#[derive(Debug, Clone)]
+pub struct AuditDetail(pub String);
+
 /// Whether `path` is behind the gate.
 fn guarded(path: &str) -> bool {
     path.starts_with("/api/") && path != "/api/v1/enroll"
@@ -93,7 +99,11 @@ fn guarded(path: &str) -> bool {
 
 /// The narrowest scope that allows `method path` (admin allows everything).
 pub fn scope_needed(method: &Method, path: &str) -> Scope {
-    if method == Method::GET || method == Method::HEAD {
+    // Managing tokens, listing included, is for admins: who holds which scope is
+    // not for an analyst to read.
+    if path == "/api/v1/tokens" || path.starts_with("/api/v1/tokens/") {
+        Scope::Admin
+    } else if method == Method::GET || method == Method::HEAD {
         Scope::Analyst
     } else if method == Method::POST && path == "/api/v1/devices/tokens" {
         Scope::Enroll
@@ -204,6 +214,8 @@ async fn gate(State(auth): State<ApiAuth>, mut req: Request, next: Next) -> Resp
     if let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", auth.inner.internal)) {
         req.headers_mut().insert(header::AUTHORIZATION, value);
     }
+    // Routes that act on the caller's own identity (a token revoking itself) see it.
+    req.extensions_mut().insert(principal.clone());
     let resp = next.run(req).await;
     let status = resp.status();
     let outcome = if status.is_success() || status.is_redirection() {
@@ -211,7 +223,8 @@ async fn gate(State(auth): State<ApiAuth>, mut req: Request, next: Next) -> Resp
     } else {
         Outcome::Failed
     };
-    auth.audit(&call, Some(&principal), status, outcome, None);
+    let detail = resp.extensions().get::<AuditDetail>().map(|d| d.0.clone());
+    auth.audit(&call, Some(&principal), status, outcome, detail.as_deref());
     resp
 }
 
@@ -236,7 +249,11 @@ impl Call {
         match self.method {
             Method::GET | Method::HEAD => (2, "Read"),
             Method::DELETE => (4, "Delete"),
-            Method::POST if self.path == "/api/v1/devices/tokens" => (1, "Create"),
+            Method::POST
+                if self.path == "/api/v1/devices/tokens" || self.path == "/api/v1/tokens" =>
+            {
+                (1, "Create")
+            }
             _ => (3, "Update"),
         }
     }
@@ -328,6 +345,8 @@ mod tests {
         assert_eq!(post("/api/v1/policy/reload"), Scope::Admin);
         assert_eq!(post("/api/v1/devices/tokens"), Scope::Enroll);
         assert_eq!(post("/api/v1/devices/laptop/isolate"), Scope::Admin);
+        assert_eq!(get("/api/v1/tokens"), Scope::Admin);
+        assert_eq!(post("/api/v1/tokens/tok_1/revoke"), Scope::Admin);
         assert!(allows(Scope::Admin, Scope::Enroll));
         assert!(allows(Scope::Analyst, Scope::Analyst));
         assert!(!allows(Scope::Analyst, Scope::Admin));

@@ -1,9 +1,16 @@
 //! Scoped API tokens: `<data dir>/api-tokens.json` (mode 0600), written by
-//! `rampart token create|revoke` and read by the server on every API call, so a
-//! revoked token fails at once, without a restart.
+//! `rampart token create|revoke` on the server's machine and by the API's
+//! `/api/v1/tokens` routes ([`routes`]), both through this one [`TokenStore`], and
+//! read by the server on every API call, so a revoked token fails at once, without a
+//! restart.
 //!
 //! Only a SHA-256 of each secret is stored; the secret is shown once, at creation.
-//! The data dir's `admin.token` keeps working as a token of scope `admin`.
+//! A revoked token stays in the file with its revocation time (it never
+//! authenticates again), so revoking it twice answers what it is instead of "unknown".
+//! The data dir's `admin.token` keeps working as a token of scope `admin`; it is not
+//! in the store and cannot be revoked (rotate the file instead).
+
+pub mod routes;
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -73,6 +80,10 @@ pub enum TokenError {
     NameTaken(String),
     #[error("no token with id or name {0:?} (see `rampart token list`)")]
     NotFound(String),
+    #[error("the name {ADMIN_FILE_TOKEN:?} belongs to the data dir's admin token file; pick another --name")]
+    ReservedName,
+    #[error("the data dir's {ADMIN_FILE_TOKEN} is not a scoped token and cannot be revoked: rotate it instead (remove DATA_DIR/{ADMIN_FILE_TOKEN} and restart the server, which writes a new one)")]
+    AdminFile,
     #[error("{path}: mode {mode:o} lets other users read the API tokens; run `chmod 600 {path}`")]
     Permissions { path: PathBuf, mode: u32 },
     #[error("{path}: {message}")]
@@ -94,6 +105,49 @@ pub struct TokenRecord {
     pub sha256: String,
     /// Unix seconds.
     pub created: i64,
+    /// Unix seconds; a revoked token never authenticates again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<i64>,
+}
+
+impl TokenRecord {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.is_some()
+    }
+
+    /// What may be shown of it (`token list`, the API): never the hash.
+    pub fn view(&self) -> TokenView {
+        TokenView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            scope: self.scope,
+            created: rampart_events::render::time_text(self.created * 1000),
+            revoked: self
+                .revoked
+                .map(|at| rampart_events::render::time_text(at * 1000)),
+        }
+    }
+}
+
+/// A token as `rampart token list` and `GET /api/v1/tokens` show it: no secret, no hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub scope: Scope,
+    /// RFC 3339, UTC.
+    pub created: String,
+    /// RFC 3339, UTC; absent while the token is valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<String>,
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub record: TokenRecord,
+    /// `false` when the token was revoked already (the first revocation time is kept).
+    pub changed: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -179,12 +233,16 @@ impl TokenStore {
     /// The principal whose secret is `given`, if any.
     pub fn authenticate(&self, given: &str) -> Result<Option<Principal>, TokenError> {
         let wanted = digest(given);
-        Ok(self.list()?.iter().find_map(|t| {
-            rampart_events::token::matches(&t.sha256, &wanted).then(|| Principal {
-                name: t.name.clone(),
-                scope: t.scope,
-            })
-        }))
+        Ok(self
+            .list()?
+            .iter()
+            .filter(|t| !t.is_revoked())
+            .find_map(|t| {
+                rampart_events::token::matches(&t.sha256, &wanted).then(|| Principal {
+                    name: t.name.clone(),
+                    scope: t.scope,
+                })
+            }))
     }
 
     /// Creates a token; returns its record and its secret (shown once, never stored).
@@ -200,6 +258,11 @@ impl TokenStore {
         if !valid_name(&name) {
             return Err(TokenError::InvalidName(name));
         }
+        if name == ADMIN_FILE_TOKEN {
+            // Audit events name the admin file's token so: a scoped token must not
+            // pass for it.
+            return Err(TokenError::ReservedName);
+        }
         let mut secret_bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut secret_bytes);
         let secret = format!(
@@ -212,13 +275,15 @@ impl TokenStore {
             scope,
             sha256: digest(&secret),
             created: time::OffsetDateTime::now_utc().unix_timestamp(),
+            revoked: None,
         };
-        let _guard = lock(&self.write_lock);
+        let _guard = self.lock_for_write()?;
         let mut file = self.read()?;
+        // A revoked token's name may be given again; ids are never reused as names.
         if file
             .tokens
             .iter()
-            .any(|t| t.name == record.name || t.id == record.name)
+            .any(|t| (t.name == record.name && !t.is_revoked()) || t.id == record.name)
         {
             return Err(TokenError::NameTaken(record.name));
         }
@@ -227,20 +292,71 @@ impl TokenStore {
         Ok((record, secret))
     }
 
-    /// Removes the token with this id or name; returns it.
-    pub fn revoke(&self, id_or_name: &str) -> Result<TokenRecord, TokenError> {
-        let _guard = lock(&self.write_lock);
+    /// The token with this id or name: the valid one when a revoked token had the
+    /// same name, else the most recently revoked.
+    pub fn find(&self, id_or_name: &str) -> Result<TokenRecord, TokenError> {
+        if id_or_name == ADMIN_FILE_TOKEN {
+            return Err(TokenError::AdminFile);
+        }
+        let file = self.read()?;
+        find_in(&file.tokens, id_or_name)
+            .map(|index| file.tokens[index].clone())
+            .ok_or_else(|| TokenError::NotFound(id_or_name.to_string()))
+    }
+
+    /// Revokes the token with this id or name (see [`TokenStore::find`]). Revoking a
+    /// revoked token changes nothing and says so.
+    pub fn revoke(&self, id_or_name: &str) -> Result<Revocation, TokenError> {
+        if id_or_name == ADMIN_FILE_TOKEN {
+            return Err(TokenError::AdminFile);
+        }
+        let _guard = self.lock_for_write()?;
         let mut file = self.read()?;
-        let Some(index) = file
-            .tokens
-            .iter()
-            .position(|t| t.id == id_or_name || t.name == id_or_name)
-        else {
+        let Some(index) = find_in(&file.tokens, id_or_name) else {
             return Err(TokenError::NotFound(id_or_name.to_string()));
         };
-        let removed = file.tokens.remove(index);
+        let record = &mut file.tokens[index];
+        if record.is_revoked() {
+            return Ok(Revocation {
+                record: record.clone(),
+                changed: false,
+            });
+        }
+        record.revoked = Some(time::OffsetDateTime::now_utc().unix_timestamp());
+        let record = record.clone();
         self.write(&file)?;
-        Ok(removed)
+        Ok(Revocation {
+            record,
+            changed: true,
+        })
+    }
+
+    /// Serialises read-modify-write cycles: between threads of this process (the
+    /// mutex) and between processes, the server's API and `rampart token` on the same
+    /// data dir (an exclusive `flock` on `api-tokens.json.lock`), so neither loses the
+    /// other's change.
+    fn lock_for_write(&self) -> Result<WriteGuard<'_>, TokenError> {
+        let thread = lock(&self.write_lock);
+        let lock_path = self.path.with_extension("json.lock");
+        let io = |source| TokenError::Io {
+            path: lock_path.clone(),
+            source,
+        };
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io)?;
+        file.lock().map_err(io)?;
+        Ok(WriteGuard {
+            _process: file,
+            _thread: thread,
+        })
     }
 
     fn read(&self) -> Result<TokenFile, TokenError> {
@@ -289,6 +405,26 @@ impl TokenStore {
             .map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)
     }
+}
+
+/// Held while the store is rewritten; dropping the file releases the `flock`.
+struct WriteGuard<'a> {
+    _process: std::fs::File,
+    _thread: std::sync::MutexGuard<'a, ()>,
+}
+
+/// Index of the token `id_or_name` names: an id, else the valid token of that name,
+/// else the last revoked one of that name.
+fn find_in(tokens: &[TokenRecord], id_or_name: &str) -> Option<usize> {
+    tokens
+        .iter()
+        .position(|t| t.id == id_or_name)
+        .or_else(|| {
+            tokens
+                .iter()
+                .position(|t| t.name == id_or_name && !t.is_revoked())
+        })
+        .or_else(|| tokens.iter().rposition(|t| t.name == id_or_name))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -352,6 +488,58 @@ mod tests {
             store.revoke("nothing"),
             Err(TokenError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn revoking_twice_answers_the_first_revocation_and_the_name_can_be_given_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        let (first, secret) = store.create(Scope::Analyst, Some("soc")).unwrap();
+        let once = store.revoke("soc").unwrap();
+        assert!(once.changed);
+        let revoked_at = once.record.revoked.unwrap();
+        let twice = store.revoke(&first.id).unwrap();
+        assert_eq!(
+            (twice.changed, twice.record.revoked),
+            (false, Some(revoked_at))
+        );
+        assert_eq!(store.authenticate(&secret).unwrap(), None);
+        // Still listed, as revoked; its name is free for a new token.
+        let (second, _) = store.create(Scope::Analyst, Some("soc")).unwrap();
+        assert_eq!(store.list().unwrap().len(), 2);
+        assert_eq!(store.find("soc").unwrap().id, second.id);
+        assert!(store.find(&first.id).unwrap().view().revoked.is_some());
+        assert!(store.revoke("soc").unwrap().changed);
+        assert_eq!(store.find("soc").unwrap().id, second.id, "the last revoked");
+    }
+
+    #[test]
+    fn the_admin_file_token_is_neither_a_name_nor_revocable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        assert!(matches!(
+            store.create(Scope::Admin, Some(ADMIN_FILE_TOKEN)),
+            Err(TokenError::ReservedName)
+        ));
+        let refused = store.revoke(ADMIN_FILE_TOKEN).unwrap_err();
+        assert!(matches!(refused, TokenError::AdminFile));
+        assert!(refused.to_string().contains("rotate it"), "{refused}");
+    }
+
+    #[test]
+    fn a_file_written_before_revocation_existed_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        let old = r#"{"tokens":[{"id":"tok_0a","name":"ops","scope":"admin","sha256":"00","created":1}]}"#;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(store.path())
+            .and_then(|mut f| f.write_all(old.as_bytes()))
+            .unwrap();
+        let tokens = store.list().unwrap();
+        assert_eq!((tokens[0].name.as_str(), tokens[0].revoked), ("ops", None));
     }
 
     #[test]
