@@ -94,20 +94,21 @@ enum TokenCommand {
     },
 }
 
-/// Local data dir, or a running server (`--server URL --token T`).
+/// Local data dir, or a running server (`--server URL --token T`); `rampart token`
+/// uses it too.
 #[derive(Debug, clap::Args)]
-struct Source {
+pub(super) struct Source {
     #[command(flatten)]
-    dir: DataDirArgs,
+    pub(super) dir: DataDirArgs,
     /// API base URL of a running server, e.g. http://127.0.0.1:8080.
     #[arg(long, value_name = "URL", requires = "token")]
-    server: Option<String>,
+    pub(super) server: Option<String>,
     /// Admin token of that server (`<data dir>/admin.token`).
     #[arg(long, value_name = "T", env = "RAMPART_TOKEN")]
-    token: Option<String>,
+    pub(super) token: Option<String>,
     /// Extra CA file to trust for an https:// server.
     #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
+    pub(super) ca_file: Option<PathBuf>,
 }
 
 fn parse_ttl(text: &str) -> Result<i64, String> {
@@ -154,7 +155,14 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn call(source: &Source, method: &str, path: &str, body: &str) -> anyhow::Result<Vec<u8>> {
+/// One API call to `--server`; the body of a 2xx answer, else an error with the
+/// server's answer.
+pub(super) fn call(
+    source: &Source,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<Vec<u8>> {
     let (Some(server), Some(token)) = (&source.server, &source.token) else {
         bail!("--server needs --token");
     };
@@ -180,7 +188,7 @@ fn call(source: &Source, method: &str, path: &str, body: &str) -> anyhow::Result
         tls.as_ref(),
     )
     .map_err(|e| anyhow::anyhow!("{base}: {e}"))?;
-    if response.status != 200 {
+    if !(200..300).contains(&response.status) {
         bail!(
             "{base} answered {}: {}",
             response.status,

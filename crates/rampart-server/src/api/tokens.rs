@@ -142,6 +142,14 @@ pub struct TokenView {
     pub revoked: Option<String>,
 }
 
+/// The answer of `GET /api/v1/tokens`, and of `rampart token list --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+    /// Whether the data dir holds an `admin.token` (always, on a running server).
+    pub admin_token_file: bool,
+}
+
 /// What a revocation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {

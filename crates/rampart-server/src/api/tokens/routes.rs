@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
-use super::{Principal, Scope, TokenError, TokenStore, TokenView};
+use super::{Principal, Scope, TokenError, TokenList, TokenStore};
 use crate::api::auth::AuditDetail;
 
 #[derive(Clone)]
@@ -123,9 +123,12 @@ async fn list(
     let store = state.store.clone();
     match blocking(move || store.list()).await {
         Ok(tokens) => {
-            let tokens: Vec<TokenView> = tokens.iter().map(|t| t.view()).collect();
             // The data dir's admin.token always exists on a running server.
-            Json(serde_json::json!({ "tokens": tokens, "admin_token_file": true })).into_response()
+            Json(TokenList {
+                tokens: tokens.iter().map(|t| t.view()).collect(),
+                admin_token_file: true,
+            })
+            .into_response()
         }
         Err(refused) => refused,
     }
