@@ -17,9 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rampart_policy::{MatchedObject, Stage};
 use serde::Serialize;
 
 use crate::config::{AccessLogConfig, AccessLogFormat};
+use crate::decision::{PolicyAction, TlsDecision};
 
 /// Bytes of lines waiting to be written before new ones are counted as
 /// dropped (about 100,000 lines: seconds of a stalled disk at full load).
@@ -98,10 +100,9 @@ pub struct FlowRecord {
 }
 
 /// What the gateway saw and decided about a TLS connection.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TlsRecord {
-    /// `decrypt`, `do-not-decrypt` or `not-tls`.
-    pub decision: &'static str,
+    pub decision: TlsDecision,
     /// Why, e.g. `default`, `tls.do_not_decrypt *.bank.example`, `policy rule "banks"`.
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,6 +119,21 @@ pub struct TlsRecord {
     /// Set when the client rejected Rampart's certificate (a certificate-pinning client).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pinned_client: Option<String>,
+}
+
+impl TlsRecord {
+    /// A record of `decision` for `reason`, the facts (SNI, version...) still unknown.
+    pub fn new(decision: TlsDecision, reason: String) -> Self {
+        TlsRecord {
+            decision,
+            reason,
+            sni: None,
+            version: None,
+            alpn: None,
+            origin_problem: None,
+            pinned_client: None,
+        }
+    }
 }
 
 /// The endpoint process behind an agent tunnel flow (the agent's metadata headers).
@@ -142,12 +158,16 @@ pub struct ProcessRecord {
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyRecord {
     pub revision: Arc<str>,
-    pub stage: &'static str,
+    /// `access` or `decryption`.
+    #[serde(serialize_with = "crate::decision::serialize_stage")]
+    pub stage: Stage,
     pub rule_id: Arc<str>,
     pub rule: Arc<str>,
-    pub action: &'static str,
-    /// Matched objects, e.g. `category news`, `group engineering`.
-    pub matched: Vec<String>,
+    pub action: PolicyAction,
+    /// The objects the rule matched, as the policy returned them; written as
+    /// `category news`, `group engineering`.
+    #[serde(serialize_with = "crate::decision::serialize_matched")]
+    pub matched: Vec<MatchedObject>,
     /// `user-alert` only: the user had proceeded past the coaching page, so the request passed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub proceeded: bool,

@@ -5,14 +5,18 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rampart_events::{
     AlertSpec, EventSender, FlowEvent, FlowKind, FlowSummary, Severity, TlsDecision, Verdict,
 };
+use rampart_inspect::VerdictAction;
+use rampart_policy::{AccessAction, MatchedObject, ObjectKind};
 use uuid::Uuid;
 
 use crate::access_log::FlowRecord;
+use crate::decision::PolicyAction;
 
 thread_local! {
     /// The last flow event this thread built, refilled in place for the next
@@ -104,25 +108,24 @@ fn alerts(record: &FlowRecord, is_tunnel: bool) -> Vec<AlertSpec> {
             out.push(inspection_alert(record, inspection));
         }
     }
-    if let Some(policy) = &record.policy {
-        if matches!(policy.action, "alert" | "user-alert") {
-            let title = match (policy.action, policy.proceeded) {
-                ("user-alert", true) => format!("User proceeded past coaching: {}", policy.rule),
-                ("user-alert", false) => format!("Coaching page shown: {}", policy.rule),
-                _ => format!("Policy alert: {}", policy.rule),
-            };
-            out.push(AlertSpec {
-                title,
-                desc: Some(format!(
-                    "{} {} matched {}",
-                    record.method,
-                    record.target,
-                    policy.matched.join(", ")
-                )),
-                severity: Severity::Medium,
-                types: vec!["policy".to_string()],
-            });
+    if let Some(policy) = record.policy.as_ref().filter(|p| p.action.is_alert()) {
+        let user_alert = policy.action == PolicyAction::Access(AccessAction::UserAlert);
+        let title = match (user_alert, policy.proceeded) {
+            (true, true) => format!("User proceeded past coaching: {}", policy.rule),
+            (true, false) => format!("Coaching page shown: {}", policy.rule),
+            _ => format!("Policy alert: {}", policy.rule),
+        };
+        let mut desc = format!("{} {} matched ", record.method, record.target);
+        for (i, m) in policy.matched.iter().enumerate() {
+            let separator = if i > 0 { ", " } else { "" };
+            let _ = write!(desc, "{separator}{m}");
         }
+        out.push(AlertSpec {
+            title,
+            desc: Some(desc),
+            severity: Severity::Medium,
+            types: vec!["policy".to_string()],
+        });
     }
     out
 }
@@ -142,9 +145,9 @@ fn inspection_alert(
         _ => ("Unscannable content", Severity::Medium),
     };
     let done = match inspection.action {
-        "block" => "blocked",
-        "alert" => "allowed",
-        _ => "recorded",
+        VerdictAction::Block => "blocked",
+        VerdictAction::Alert => "allowed",
+        VerdictAction::Allow => "recorded",
     };
     let first = inspection.findings.first();
     let place = first
@@ -266,36 +269,36 @@ fn fill(s: &mut FlowSummary, record: &FlowRecord) {
     *tls_decision = tls.map(|tls| {
         if tls.pinned_client.is_some() || (tls.origin_problem.is_some() && record.status == 502) {
             TlsDecision::Failed
-        } else if tls.decision == "decrypt" {
-            TlsDecision::Decrypt
-        } else if tls.decision == "do-not-decrypt" {
-            TlsDecision::DoNotDecrypt
         } else {
-            TlsDecision::Plaintext
+            match tls.decision {
+                crate::decision::TlsDecision::Decrypt => TlsDecision::Decrypt,
+                crate::decision::TlsDecision::DoNotDecrypt => TlsDecision::DoNotDecrypt,
+                crate::decision::TlsDecision::NotTls | crate::decision::TlsDecision::Fronting => {
+                    TlsDecision::Plaintext
+                }
+            }
         }
     });
     let policy = record.policy.as_ref();
     *verdict = match policy.map(|p| p.action) {
-        Some("block") => Verdict::Block,
-        Some("alert" | "user-alert") => Verdict::Alert,
+        Some(PolicyAction::Access(AccessAction::Block)) => Verdict::Block,
+        Some(action) if action.is_alert() => Verdict::Alert,
         // The gateway's own refusals are blocks too: admission (ACL,
         // authentication, ports, destinations), malformed or oversized
         // requests, loops, fronting, inspection.
         _ if matches!(record.status, 400 | 403 | 407 | 413 | 421 | 431 | 508) => Verdict::Block,
         _ => Verdict::Allow,
     };
-    set(stage, policy.map(|p| p.stage));
+    set(stage, policy.map(|p| p.stage.as_str()));
     set(rule_id, policy.map(|p| &*p.rule_id));
     set(rule_name, policy.map(|p| &*p.rule));
     set(policy_revision, policy.map(|p| &*p.revision));
     let policy_matched = policy.map_or(&[][..], |p| p.matched.as_slice());
-    set_all(matched, policy_matched.iter().map(String::as_str));
+    set_all_text(matched, policy_matched);
+    // Taken from the typed objects: a category's (or app's) name, never parsed out of text.
     set_all(
         categories,
-        policy_matched.iter().filter_map(|m| {
-            m.strip_prefix("category ")
-                .or_else(|| m.strip_prefix("custom-category "))
-        }),
+        crate::decision::categories(policy_matched).map(|m| &*m.name),
     );
     // The app the deciding rules matched (the access rule first, then the decryption rule).
     set(
@@ -305,7 +308,8 @@ fn fill(s: &mut FlowSummary, record: &FlowRecord) {
             .iter()
             .chain(record.decryption.iter())
             .flat_map(|p| p.matched.iter())
-            .find_map(|m| m.strip_prefix("app ")),
+            .find(|m| m.kind == ObjectKind::App)
+            .map(|m| &*m.name),
     );
 }
 
@@ -335,6 +339,21 @@ fn set_all<'a>(list: &mut Vec<String>, values: impl Iterator<Item = &'a str>) {
         n += 1;
     }
     list.truncate(n);
+}
+
+/// `list = the text of each matched object` (`category news`), written into
+/// the strings already there.
+fn set_all_text(list: &mut Vec<String>, values: &[MatchedObject]) {
+    list.truncate(values.len());
+    for (i, m) in values.iter().enumerate() {
+        match list.get_mut(i) {
+            Some(buf) => {
+                buf.clear();
+                let _ = write!(buf, "{m}");
+            }
+            None => list.push(m.to_string()),
+        }
+    }
 }
 
 /// The host of an absolute URL or of a `host:port` CONNECT target.
@@ -384,7 +403,7 @@ mod tests {
             ..ProcessRecord::default()
         });
         r.tls = Some(TlsRecord {
-            decision: "decrypt",
+            decision: crate::decision::TlsDecision::Decrypt,
             reason: "default".into(),
             sni: Some("bank.example".into()),
             version: Some("TLSv1.3".into()),
@@ -394,11 +413,20 @@ mod tests {
         });
         r.policy = Some(PolicyRecord {
             revision: Arc::from("r7"),
-            stage: "access",
+            stage: rampart_policy::Stage::Access,
             rule_id: Arc::from("3"),
             rule: Arc::from("banks"),
-            action: "alert",
-            matched: vec!["category finance".into(), "app bank".into()],
+            action: PolicyAction::Access(AccessAction::Alert),
+            matched: vec![
+                MatchedObject {
+                    kind: ObjectKind::Category,
+                    name: Arc::from("finance"),
+                },
+                MatchedObject {
+                    kind: ObjectKind::App,
+                    name: Arc::from("bank"),
+                },
+            ],
             proceeded: false,
             skipped: Vec::new(),
         });
@@ -425,7 +453,10 @@ mod tests {
         let mut reused = filled(&rich);
         assert_eq!(reused.user.as_deref(), Some("alice"));
         assert_eq!(reused.categories, vec!["finance".to_string()]);
+        assert_eq!(reused.matched, vec!["category finance", "app bank"]);
         assert_eq!(reused.app.as_deref(), Some("bank"));
+        assert_eq!(reused.verdict, Verdict::Alert);
+        assert_eq!(reused.stage.as_deref(), Some("access"));
         assert!(reused.bypass.is_some());
         assert_eq!(reused.tls_decision, Some(TlsDecision::Failed));
         fill(&mut reused, &plain);
@@ -435,6 +466,49 @@ mod tests {
         assert_eq!(reused.host.as_deref(), Some("a.example"));
         fill(&mut reused, &rich);
         assert_eq!(reused, filled(&rich));
+    }
+
+    /// The event's categories and app come from the typed matched objects:
+    /// custom categories count, a list or host named like a category does not.
+    #[test]
+    fn categories_and_app_come_from_the_matched_objects_kinds() {
+        let mut r = rich_record();
+        let object = |kind, name: &str| MatchedObject {
+            kind,
+            name: Arc::from(name),
+        };
+        if let Some(policy) = r.policy.as_mut() {
+            policy.action = PolicyAction::Access(AccessAction::Block);
+            policy.matched = vec![
+                object(ObjectKind::List, "category news"),
+                object(ObjectKind::CustomCategory, "partners"),
+                object(ObjectKind::Category, "news"),
+            ];
+        }
+        r.decryption = Some(PolicyRecord {
+            stage: rampart_policy::Stage::Decryption,
+            action: PolicyAction::Decryption(rampart_policy::DecryptionAction::DoNotDecrypt),
+            matched: vec![object(ObjectKind::App, "dropbox")],
+            ..r.policy.clone().unwrap()
+        });
+        let s = filled(&r);
+        assert_eq!(s.categories, vec!["partners", "news"]);
+        assert_eq!(
+            s.matched,
+            vec![
+                "list category news",
+                "custom-category partners",
+                "category news"
+            ]
+        );
+        assert_eq!(s.app.as_deref(), Some("dropbox"));
+        assert_eq!(s.verdict, Verdict::Block);
+        let alert = alerts(&rich_record(), true);
+        let policy_alert = alert.iter().find(|a| a.types == ["policy"]).unwrap();
+        assert_eq!(
+            policy_alert.desc.as_deref(),
+            Some("CONNECT bank.example:443 matched category finance, app bank")
+        );
     }
 
     #[test]

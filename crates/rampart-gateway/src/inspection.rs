@@ -13,6 +13,7 @@ use std::time::Duration;
 use rampart_inspect::{
     Inspector, ScanContext, ScanReport, ScanSession, Verdict, VerdictAction, VerdictActions,
 };
+use rampart_policy::ObjectKind;
 use serde::Serialize;
 
 /// One finding of a scan, as the access log and events show it.
@@ -50,8 +51,8 @@ pub struct InspectionRecord {
     pub file_name: Option<String>,
     pub sha256: String,
     pub size: u64,
-    /// `block`, `alert` or `allow`.
-    pub action: &'static str,
+    /// What the gateway did with the body: written `block`, `alert` or `allow`.
+    pub action: VerdictAction,
     /// Why: `inspect.actions.malicious`, a policy rule, or an engine's fail mode.
     pub decided_by: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -101,7 +102,7 @@ pub fn policy_decided_verdict(record: &crate::access_log::FlowRecord) -> bool {
     record.policy.as_ref().is_some_and(|p| {
         p.matched
             .iter()
-            .any(|m| m.starts_with("verdict ") || m.starts_with("dlp "))
+            .any(|m| matches!(m.kind, ObjectKind::Verdict | ObjectKind::Dlp))
     })
 }
 
@@ -171,11 +172,7 @@ pub fn judge(
             file_name,
             sha256: report.sha256.clone(),
             size: report.size,
-            action: match action {
-                VerdictAction::Block => "block",
-                VerdictAction::Alert => "alert",
-                VerdictAction::Allow => "allow",
-            },
+            action,
             decided_by,
             findings,
             scan_ms: report.scan_time.as_millis() as u64,
@@ -268,7 +265,11 @@ pub fn timed_out(
             file_name,
             sha256: String::new(),
             size,
-            action: if block { "block" } else { "alert" },
+            action: if block {
+                VerdictAction::Block
+            } else {
+                VerdictAction::Alert
+            },
             decided_by: "inspect.hold_timeout".into(),
             findings: Vec::new(),
             scan_ms: 0,
@@ -325,6 +326,6 @@ mod tests {
         let report = inspector.scan_bytes(ScanContext::download(), b"hello");
         let j = judge(&report, &VerdictActions::default(), "download", None);
         assert!(!j.block);
-        assert_eq!(j.record.action, "allow");
+        assert_eq!(j.record.action, VerdictAction::Allow);
     }
 }

@@ -13,6 +13,7 @@ pub mod coaching;
 pub mod config;
 pub mod connector;
 pub mod credential_cache;
+pub mod decision;
 pub mod destination;
 pub mod error;
 pub mod fd_budget;

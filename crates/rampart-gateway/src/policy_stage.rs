@@ -16,11 +16,12 @@ use std::sync::Arc;
 
 use rampart_policy::{
     AccessAction, ConnectionFacts, Decision, DecryptionAction, Egress, EvalPoint, Identity,
-    InspectionFacts, ObjectKind, Outcome, Policy, Process, RequestFacts, ResponseFacts,
+    InspectionFacts, Outcome, Policy, Process, RequestFacts, ResponseFacts, Stage,
 };
 
 use crate::access_log::{FlowRecord, PolicyRecord};
 use crate::connector::EgressChoice;
+use crate::decision::PolicyAction;
 
 /// What the policy phases know about a flow before its requests.
 #[derive(Debug, Clone, Copy)]
@@ -82,7 +83,7 @@ pub struct StageResult {
     pub egress: EgressChoice,
     /// The decryption decision when a rule (not the stage default) made it:
     /// the action and the rule's name. Only the connection phase sets it.
-    pub decryption: Option<(DecryptionAction, String)>,
+    pub decryption: Option<(DecryptionAction, Arc<str>)>,
     /// Access is undecided until a later phase: the caller must run it, and
     /// must not treat this as an allow.
     pub pending: bool,
@@ -107,32 +108,29 @@ pub fn connection_phase(
         Outcome::Decided(d) => egress_choice(d),
         Outcome::Pending { .. } => EgressChoice::Default,
     };
-    let (access, pending) = match &verdict.access {
-        Outcome::Decided(d) => (apply_access(policy, d, &verdict.skipped, record), false),
-        Outcome::Pending { .. } => {
-            record_pending(policy, &verdict.access, record);
+    let (access, pending) = match verdict.access {
+        Outcome::Decided(d) => (apply_access(policy, d, verdict.skipped, record), false),
+        pending => {
+            record_pending(policy, &pending, record);
             (AccessResult::default(), true)
         }
     };
-    if !verdict.decryption.default {
-        let d = &verdict.decryption;
+    let d = verdict.decryption;
+    let decryption = (!d.default).then(|| (d.action, d.rule_name.clone()));
+    if !d.default {
+        // The decision's matched objects move into the record as they are:
+        // they are rendered to text only when the flow's line and event are written.
         record.decryption = Some(PolicyRecord {
-            revision: policy.revision().into(),
-            stage: "decryption",
-            rule_id: d.rule_id.clone(),
-            rule: d.rule_name.clone(),
-            action: d.action.as_str(),
-            matched: d.matched.iter().map(|m| m.to_string()).collect(),
+            revision: policy.revision_shared().clone(),
+            stage: Stage::Decryption,
+            rule_id: d.rule_id,
+            rule: d.rule_name,
+            action: PolicyAction::Decryption(d.action),
+            matched: d.matched,
             proceeded: false,
             skipped: Vec::new(),
         });
     }
-    let decryption = (!verdict.decryption.default).then(|| {
-        (
-            verdict.decryption.action,
-            verdict.decryption.rule_name.to_string(),
-        )
-    });
     StageResult {
         // A coaching page cannot be shown inside a tunnel: at the connection
         // user-alert passes like alert, and is recorded as user-alert. A
@@ -172,10 +170,10 @@ fn request_phase_on(
         path,
     };
     let verdict = policy.evaluate_request_until(&request, facts.last);
-    let (access, pending) = match &verdict.access {
-        Outcome::Decided(d) => (apply_access(policy, d, &verdict.skipped, record), false),
-        Outcome::Pending { .. } => {
-            record_pending(policy, &verdict.access, record);
+    let (access, pending) = match verdict.access {
+        Outcome::Decided(d) => (apply_access(policy, d, verdict.skipped, record), false),
+        pending => {
+            record_pending(policy, &pending, record);
             (AccessResult::default(), true)
         }
     };
@@ -222,7 +220,7 @@ fn response_phase_on(
         inspection,
     };
     let decision = policy.evaluate_response(&response);
-    let access = apply_access(policy, &decision, &[], record);
+    let access = apply_access(policy, decision, Vec::new(), record);
     StageResult {
         blocked: access.blocked,
         coach: access.coach,
@@ -295,13 +293,13 @@ fn record_pending(policy: &Policy, outcome: &Outcome<AccessAction>, record: &mut
     } = outcome
     {
         record.policy = Some(PolicyRecord {
-            revision: policy.revision().into(),
-            stage: "access",
+            revision: policy.revision_shared().clone(),
+            stage: Stage::Access,
             rule_id: rule_id.clone(),
             rule: rule_name.clone(),
             action: match until {
-                EvalPoint::Response => "pending-response",
-                _ => "pending-url",
+                EvalPoint::Response => PolicyAction::PendingResponse,
+                _ => PolicyAction::PendingUrl,
             },
             matched: Vec::new(),
             proceeded: false,
@@ -316,31 +314,21 @@ struct AccessResult {
     coach: Option<Blocked>,
 }
 
+/// Records an access decision in the flow (its matched objects and skipped
+/// rules moved in, not copied) and says what the data path must do.
 fn apply_access(
     policy: &Policy,
-    decision: &Decision<AccessAction>,
-    skipped: &[Arc<str>],
+    decision: Decision<AccessAction>,
+    skipped: Vec<Arc<str>>,
     record: &mut FlowRecord,
 ) -> AccessResult {
-    record.policy = Some(PolicyRecord {
-        revision: policy.revision().into(),
-        stage: "access",
-        rule_id: decision.rule_id.clone(),
-        rule: decision.rule_name.clone(),
-        action: decision.action.as_str(),
-        matched: decision.matched.iter().map(|m| m.to_string()).collect(),
-        proceeded: false,
-        skipped: skipped.to_vec(),
-    });
     let rule = || Blocked {
         rule: decision.rule_name.clone(),
-        category: decision
-            .matched
-            .iter()
-            .find(|m| matches!(m.kind, ObjectKind::Category | ObjectKind::CustomCategory))
+        category: crate::decision::categories(&decision.matched)
+            .next()
             .map(|m| m.name.clone()),
     };
-    match decision.action {
+    let result = match decision.action {
         AccessAction::Block => AccessResult {
             blocked: Some(rule()),
             coach: None,
@@ -351,7 +339,18 @@ fn apply_access(
         },
         // Alert allows and is recorded (the event store turns it into a finding).
         AccessAction::Allow | AccessAction::Alert => AccessResult::default(),
-    }
+    };
+    record.policy = Some(PolicyRecord {
+        revision: policy.revision_shared().clone(),
+        stage: Stage::Access,
+        rule_id: decision.rule_id,
+        rule: decision.rule_name,
+        action: PolicyAction::Access(decision.action),
+        matched: decision.matched,
+        proceeded: false,
+        skipped,
+    });
+    result
 }
 
 fn egress_choice(decision: &Decision<Egress>) -> EgressChoice {

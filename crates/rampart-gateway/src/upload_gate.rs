@@ -378,11 +378,7 @@ fn too_large(action: VerdictAction, name: Option<String>, held: u64, limit: u64)
             file_name: name.clone(),
             sha256: String::new(),
             size: held,
-            action: match action {
-                VerdictAction::Block => "block",
-                VerdictAction::Alert => "alert",
-                VerdictAction::Allow => "allow",
-            },
+            action,
             decided_by: "inspect.actions.unscannable".into(),
             findings: vec![FindingRecord {
                 verdict: "unscannable",

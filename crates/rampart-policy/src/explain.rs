@@ -186,7 +186,7 @@ impl Policy {
             stages.push(e);
         }
         Explanation {
-            revision: self.revision.clone(),
+            revision: self.revision.to_string(),
             host: conn.host.map(|h| normalize_host(h).into_owned()),
             destination: self.destination_matches(conn.host, Some(facts.path)),
             stages,

@@ -128,7 +128,8 @@ pub struct PolicyStats {
 /// A compiled policy. Cheap to share (`Arc<Policy>`); evaluation never does I/O.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    pub(crate) revision: String,
+    /// Shared: every flow record of the gateway carries it.
+    pub(crate) revision: Arc<str>,
     pub(crate) objects: Vec<Object>,
     pub(crate) targets: Vec<Target>,
     pub(crate) domains: DomainIndex,
@@ -307,6 +308,12 @@ impl Policy {
 
     /// A stable hash of the policy text and every category file it loaded.
     pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    /// [`Policy::revision`] as a shared string, for records that keep it
+    /// (one per request in the gateway) without copying it.
+    pub fn revision_shared(&self) -> &Arc<str> {
         &self.revision
     }
 
@@ -1316,7 +1323,8 @@ impl<'d> Compiler<'d> {
 
     fn finish(mut self, hasher: Sha256) -> Policy {
         let digest = hasher.finalize();
-        self.policy.revision = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let revision: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        self.policy.revision = revision.into();
         self.policy.domains.shrink();
         self.policy.targets.shrink_to_fit();
         self.policy

@@ -12,6 +12,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rampart_policy::MatchedObject;
+
 use super::{FlowRecord, PolicyRecord, ProcessRecord, TlsRecord};
 
 /// Appends `record` as one JSON object and a newline.
@@ -94,15 +96,15 @@ fn write_policy(p: &PolicyRecord, out: &mut Vec<u8>) {
     o.key("revision");
     o.str(&p.revision);
     o.key("stage");
-    o.str(p.stage);
+    o.str(p.stage.as_str());
     o.key("rule_id");
     o.str(&p.rule_id);
     o.key("rule");
     o.str(&p.rule);
     o.key("action");
-    o.str(p.action);
+    o.str(p.action.as_str());
     o.key("matched");
-    o.str_array(p.matched.iter().map(String::as_str));
+    o.matched_array(&p.matched);
     if p.proceeded {
         o.key("proceeded");
         o.out.extend_from_slice(b"true");
@@ -135,7 +137,7 @@ fn write_process(p: &ProcessRecord, out: &mut Vec<u8>) {
 fn write_tls(t: &TlsRecord, out: &mut Vec<u8>) {
     let mut o = Object::open(out);
     o.key("decision");
-    o.str(t.decision);
+    o.str(t.decision.as_str());
     o.key("reason");
     o.str(&t.reason);
     o.opt_str("sni", t.sni.as_deref());
@@ -212,6 +214,23 @@ impl<'a> Object<'a> {
         }
         self.out.push(b']');
     }
+
+    /// Matched objects as their text, `"category news"`, written from the
+    /// typed object (the kind's name needs no escaping, the object's name may).
+    fn matched_array(&mut self, matched: &[MatchedObject]) {
+        self.out.push(b'[');
+        for (i, m) in matched.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            self.out.push(b'"');
+            self.out.extend_from_slice(m.kind.as_str().as_bytes());
+            self.out.push(b' ');
+            write_escaped_content(&m.name, self.out);
+            self.out.push(b'"');
+        }
+        self.out.push(b']');
+    }
 }
 
 /// A JSON string: `"` and `\` escaped, control characters as `serde_json`
@@ -219,6 +238,12 @@ impl<'a> Object<'a> {
 /// else, UTF-8 included, copied as is. Runs of plain bytes are copied whole.
 pub(crate) fn write_escaped(value: &str, out: &mut Vec<u8>) {
     out.push(b'"');
+    write_escaped_content(value, out);
+    out.push(b'"');
+}
+
+/// The inside of a JSON string, escaped as [`write_escaped`] does, without the quotes.
+fn write_escaped_content(value: &str, out: &mut Vec<u8>) {
     let bytes = value.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -244,7 +269,6 @@ pub(crate) fn write_escaped(value: &str, out: &mut Vec<u8>) {
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 thread_local! {
@@ -343,7 +367,10 @@ pub(crate) fn write_squid(record: &FlowRecord, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::access_log::FlowRecord;
+    use crate::decision::{PolicyAction, TlsDecision};
     use crate::inspection::{FindingRecord, InspectionRecord};
+    use rampart_inspect::VerdictAction;
+    use rampart_policy::{AccessAction, DecryptionAction, ObjectKind, Stage};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -383,7 +410,7 @@ mod tests {
             file_name: Some("a\"b.zip".into()),
             sha256: "00".repeat(32),
             size: 10,
-            action: "block",
+            action: VerdictAction::Block,
             decided_by: "inspect.actions.malicious".into(),
             findings: vec![FindingRecord {
                 verdict: "malicious",
@@ -402,21 +429,33 @@ mod tests {
         });
         r.policy = Some(PolicyRecord {
             revision: Arc::from("r7"),
-            stage: "access",
+            stage: Stage::Access,
             rule_id: Arc::from("3"),
             rule: Arc::from("no \"news\""),
-            action: "user-alert",
-            matched: vec!["category news".into()],
+            action: PolicyAction::Access(AccessAction::UserAlert),
+            matched: vec![
+                MatchedObject {
+                    kind: ObjectKind::Category,
+                    name: Arc::from("news"),
+                },
+                MatchedObject {
+                    kind: ObjectKind::List,
+                    name: Arc::from("a\"b\\c\u{1}é"),
+                },
+            ],
             proceeded: true,
             skipped: vec![Arc::from("paths")],
         });
         r.decryption = Some(PolicyRecord {
             revision: Arc::from("r7"),
-            stage: "decryption",
+            stage: Stage::Decryption,
             rule_id: Arc::from("1"),
             rule: Arc::from("apps"),
-            action: "do-not-decrypt",
-            matched: Vec::new(),
+            action: PolicyAction::Decryption(DecryptionAction::DoNotDecrypt),
+            matched: vec![MatchedObject {
+                kind: ObjectKind::App,
+                name: Arc::from("dropbox"),
+            }],
             proceeded: false,
             skipped: Vec::new(),
         });
@@ -430,7 +469,7 @@ mod tests {
             steering: Some("steer".into()),
         });
         r.tls = Some(TlsRecord {
-            decision: "decrypt",
+            decision: TlsDecision::Decrypt,
             reason: "default".into(),
             sni: Some("a.example".into()),
             version: Some("TLSv1.3".into()),

@@ -41,6 +41,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::access_log::{AccessLog, TlsRecord};
+use crate::decision::TlsDecision;
 use crate::flow::Flow;
 use crate::metrics::Metrics;
 use crate::policy_stage::{self, Blocked, FlowFacts};
@@ -115,7 +116,7 @@ pub struct Tunnel {
     pub port: u16,
     /// The policy's decryption decision when a rule (not the stage default) decided:
     /// the action and the rule's name.
-    pub policy_decision: Option<(DecryptionAction, String)>,
+    pub policy_decision: Option<(DecryptionAction, Arc<str>)>,
     pub access_log: AccessLog,
     pub metrics: Arc<Metrics>,
     pub events: Option<rampart_events::EventSender>,
@@ -207,7 +208,7 @@ impl Tunnel {
         client: SocketAddr,
         host: &str,
         port: u16,
-        policy_decision: Option<(DecryptionAction, String)>,
+        policy_decision: Option<(DecryptionAction, Arc<str>)>,
         shared: &crate::proxy::Shared,
     ) -> Option<Tunnel> {
         if !state.config.proxy.tls_ports.contains(port) {
@@ -323,10 +324,8 @@ impl Tunnel {
             log.metrics().error("blocked");
         }
         let record = TlsRecord {
-            decision: "decrypt",
-            reason: "block page".into(),
             sni: Some(name.to_string()),
-            ..Default::default()
+            ..TlsRecord::new(TlsDecision::Decrypt, "block page".into())
         };
         log.record.tls = Some(record.clone());
         let config = match LeafNames::for_host(name) {
@@ -486,11 +485,7 @@ impl Tunnel {
             Err(e) if e.is_not_tls() => {
                 // Non-TLS on a TLS port (e.g. a plain protocol tunnelled through 443):
                 // passed through untouched, or closed when configured, and recorded.
-                log.record.tls = Some(TlsRecord {
-                    decision: "not-tls",
-                    reason: e.to_string(),
-                    ..Default::default()
-                });
+                log.record.tls = Some(TlsRecord::new(TlsDecision::NotTls, e.to_string()));
                 if self.state.config.proxy.refuse_non_tls {
                     log.record.error =
                         Some("non-TLS traffic on a TLS port refused (proxy.refuse_non_tls)".into());
@@ -508,11 +503,10 @@ impl Tunnel {
             }
             Err(PeekError::Timeout { .. }) => {
                 // A server-speaks-first protocol: nothing to decide on.
-                log.record.tls = Some(TlsRecord {
-                    decision: "not-tls",
-                    reason: "no ClientHello from the client".into(),
-                    ..Default::default()
-                });
+                log.record.tls = Some(TlsRecord::new(
+                    TlsDecision::NotTls,
+                    "no ClientHello from the client".into(),
+                ));
                 if !self.settle_access(&[&self.host], log) {
                     return Handoff::Done;
                 }
@@ -543,11 +537,9 @@ impl Tunnel {
                 host, self.connect_host
             );
             log.record.tls = Some(TlsRecord {
-                decision: "fronting",
-                reason: reason.clone(),
                 sni: sni.clone(),
                 version: offered_version(&hello),
-                ..Default::default()
+                ..TlsRecord::new(TlsDecision::Fronting, reason.clone())
             });
             if self
                 .state
@@ -600,12 +592,15 @@ impl Tunnel {
                 return Handoff::Done;
             }
         }
+        let decision = if decrypt {
+            TlsDecision::Decrypt
+        } else {
+            TlsDecision::DoNotDecrypt
+        };
         let mut record = TlsRecord {
-            decision: if decrypt { "decrypt" } else { "do-not-decrypt" },
-            reason,
             sni: sni.clone(),
             version: offered_version(&hello),
-            ..Default::default()
+            ..TlsRecord::new(decision, reason)
         };
         if fronting {
             record.reason = format!("{}; fronting allowed (tls.fronting = alert)", record.reason);

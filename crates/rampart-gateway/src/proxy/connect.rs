@@ -15,6 +15,7 @@ use super::{blocked_response, error_response, Shared};
 use crate::access_log::TlsRecord;
 use crate::config::split_host_port;
 use crate::connector::Connected;
+use crate::decision::TlsDecision;
 use crate::flow::Flow;
 use crate::intercept::{stream::Prefixed, Handoff, Replayed, TUNNEL_BYPASS_REASON};
 use crate::policy_stage::{self, Blocked, FlowFacts};
@@ -236,11 +237,10 @@ pub async fn tunnel_with(
     if options.tunnel_bypass && intercept.is_none() {
         // Not a TLS port (or interception off): nothing is peeked, but the
         // decision is still the agent's and is recorded as such.
-        log.record.tls = Some(TlsRecord {
-            decision: "do-not-decrypt",
-            reason: TUNNEL_BYPASS_REASON.into(),
-            ..Default::default()
-        });
+        log.record.tls = Some(TlsRecord::new(
+            TlsDecision::DoNotDecrypt,
+            TUNNEL_BYPASS_REASON.into(),
+        ));
     }
     // Awaiting the upgrade inside the service would deadlock: hyper completes it
     // only after this response is written.
