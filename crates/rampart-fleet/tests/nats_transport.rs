@@ -16,6 +16,7 @@ use rampart_fleet::nats::{
     GatewayState, LastGoodRevision, NatsSettings, PolicyBundle, PublisherSettings, ReceivedEvent,
     WatcherSettings, EVENTS_STREAM,
 };
+use rampart_testkit::eventually_async;
 use rampart_testkit::nats::NatsServer;
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -123,24 +124,6 @@ async fn publisher(nats: &NatsServer) -> ConfigPublisher {
         .await
         .expect("server connects to NATS");
     ConfigPublisher::new(client).await.expect("config buckets")
-}
-
-/// Poll `check` every 20 ms until it returns true; panic with `what` after `timeout`.
-/// Timeouts here are generous on purpose: CI runs this beside the whole suite
-/// on 2 CPUs, where one NATS round trip has taken seconds.
-async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn event(n: usize) -> Event {
@@ -271,7 +254,7 @@ async fn revision_published_is_applied_by_three_watchers_and_each_reports_it() {
         );
         assert_eq!(*applied.lock().unwrap(), vec![rev.id.clone()]);
     }
-    eventually(
+    eventually_async(
         Duration::from_secs(20),
         "three gateways report the revision",
         || async {
@@ -398,7 +381,7 @@ async fn invalid_revision_is_rejected_by_all_with_its_error_and_the_old_one_stay
         foreign.ca,
     );
     server.publish(&foreign).await.unwrap();
-    eventually(
+    eventually_async(
         Duration::from_secs(20),
         "three gateways refuse the unknown CA key",
         || async {
@@ -463,7 +446,7 @@ async fn watcher_restarted_while_nats_is_down_starts_from_its_last_good_revision
     // NATS comes back: the watcher reconnects by itself and reports in.
     nats.restart();
     let server = publisher(&nats).await;
-    eventually(
+    eventually_async(
         Duration::from_secs(20),
         "the restarted gateway reports after NATS returns",
         || async {
@@ -533,7 +516,7 @@ async fn events_published_while_nats_is_stopped_are_spooled_and_arrive_exactly_o
     let all = events(3000);
 
     let publisher = event_publisher(&nats, "gw1", data.path()).await;
-    eventually(Duration::from_secs(20), "publisher connected", || async {
+    eventually_async(Duration::from_secs(20), "publisher connected", || async {
         publisher.connected()
     })
     .await;
@@ -557,7 +540,7 @@ async fn events_published_while_nats_is_stopped_are_spooled_and_arrive_exactly_o
         publisher.drained(Duration::from_secs(15)).await,
         "spool not replayed"
     );
-    eventually(
+    eventually_async(
         Duration::from_secs(15),
         "all 3000 events reach the sink",
         || async { sink.distinct() == 3000 },
@@ -581,7 +564,7 @@ async fn failing_sink_gets_events_redelivered_and_finally_stores_every_id_once()
     assert!(publisher.drained(Duration::from_secs(20)).await);
     let sink = Arc::new(TestSink::failing(6));
     let consumer = consumer(&nats, sink.clone()).await;
-    eventually(
+    eventually_async(
         Duration::from_secs(20),
         "all 1500 events stored after the sink recovers",
         || async { sink.distinct() == 1500 },
@@ -605,7 +588,7 @@ async fn batch_published_twice_is_kept_once_by_jetstream_and_stored_once() {
     let publisher = event_publisher(&nats, "gw3", data.path()).await;
     let batch = events(200);
     // Connected first, so that both publishes go straight to NATS.
-    eventually(Duration::from_secs(20), "publisher connected", || async {
+    eventually_async(Duration::from_secs(20), "publisher connected", || async {
         publisher.connected()
     })
     .await;
@@ -635,7 +618,7 @@ async fn batch_published_twice_is_kept_once_by_jetstream_and_stored_once() {
 
     let sink = Arc::new(TestSink::default());
     let _consumer = consumer(&nats, sink.clone()).await;
-    eventually(Duration::from_secs(20), "200 events stored", || async {
+    eventually_async(Duration::from_secs(20), "200 events stored", || async {
         sink.distinct() == 200
     })
     .await;
@@ -670,7 +653,7 @@ async fn events_throughput_from_three_publishers_to_the_consumer() {
     for (i, dir) in dirs.iter().enumerate() {
         let p = event_publisher(&nats, &format!("gw{}", i + 1), dir.path()).await;
         // Connected and stream ready before the clock starts.
-        eventually(Duration::from_secs(20), "publisher connected", || async {
+        eventually_async(Duration::from_secs(20), "publisher connected", || async {
             p.connected()
         })
         .await;
@@ -699,7 +682,7 @@ async fn events_throughput_from_three_publishers_to_the_consumer() {
     }
     let published = start.elapsed();
     let expected = total / 3 * 3 + warmup;
-    eventually(Duration::from_secs(120), "every event consumed", || async {
+    eventually_async(Duration::from_secs(120), "every event consumed", || async {
         sink.distinct() >= expected
     })
     .await;

@@ -16,7 +16,7 @@ pub mod tls_origin;
 
 pub use curl::{curl, curl_status, Curl, CurlReply};
 pub use http::{http_get_body, http_get_status, raw_exchange, raw_exchange_until_close};
-pub use process::{eventually, have, require, run, sh, KillOnDrop};
+pub use process::{eventually, eventually_async, have, require, run, sh, KillOnDrop};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 

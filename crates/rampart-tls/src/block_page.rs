@@ -92,29 +92,14 @@ impl BlockPage {
     /// The plain-text body.
     pub fn text(&self) -> String {
         let mut out = format!("{}\n{}\n\n", self.title, self.reason);
-        for (label, value) in self.facts() {
-            // Control characters would let a URL forge extra lines.
-            let clean: String = value
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect();
-            let _ = writeln!(out, "{label}: {clean}");
-        }
+        write_fact_lines(&mut out, &self.facts());
         out.push_str("\nQuote the event ID when asking your administrator about this.\n");
         out
     }
 
     /// The HTML body.
     pub fn html(&self) -> String {
-        let mut rows = String::new();
-        for (label, value) in self.facts() {
-            let _ = write!(
-                rows,
-                "<tr><th>{}</th><td>{}</td></tr>",
-                escape_html(label),
-                escape_html(value)
-            );
-        }
+        let rows = fact_rows_html(&self.facts());
         format!(
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -147,6 +132,32 @@ pub fn wants_html(accept: Option<&str>) -> bool {
                 .is_some_and(|q| q <= 0.0)
         })
     })
+}
+
+/// `Label: value` lines of a page's facts for its plain-text body. Control
+/// characters become spaces: a URL must not forge extra lines.
+pub fn write_fact_lines(out: &mut String, facts: &[(&str, &str)]) {
+    for (label, value) in facts {
+        let clean: String = value
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let _ = writeln!(out, "{label}: {clean}");
+    }
+}
+
+/// A page's facts as escaped HTML table rows.
+pub fn fact_rows_html(facts: &[(&str, &str)]) -> String {
+    let mut rows = String::new();
+    for (label, value) in facts {
+        let _ = write!(
+            rows,
+            "<tr><th>{}</th><td>{}</td></tr>",
+            escape_html(label),
+            escape_html(value)
+        );
+    }
+    rows
 }
 
 /// Escapes the five HTML-significant characters.
