@@ -298,13 +298,7 @@ impl CoachingPage<'_> {
 
     pub fn text(&self) -> String {
         let mut out = format!("Caution: check before you continue\n{}\n\n", self.reason());
-        for (label, value) in self.facts() {
-            let clean: String = value
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect();
-            let _ = writeln!(out, "{label}: {clean}");
-        }
+        rampart_tls::block_page::write_fact_lines(&mut out, &self.facts());
         let _ = writeln!(
             out,
             "\nTo proceed anyway, open this link (through the proxy) within its lifetime:\nProceed: {}",
@@ -315,15 +309,7 @@ impl CoachingPage<'_> {
 
     pub fn html(&self) -> String {
         use rampart_tls::block_page::escape_html;
-        let mut rows = String::new();
-        for (label, value) in self.facts() {
-            let _ = write!(
-                rows,
-                "<tr><th>{}</th><td>{}</td></tr>",
-                escape_html(label),
-                escape_html(value)
-            );
-        }
+        let rows = rampart_tls::block_page::fact_rows_html(&self.facts());
         format!(
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
