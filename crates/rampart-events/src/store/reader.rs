@@ -269,45 +269,35 @@ impl StoreReader {
         query: &Query,
         limit: usize,
     ) -> Result<Vec<(i64, Event)>, EventsError> {
-        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
-        let segments: Vec<(i64, i64)> = tx
-            .prepare_cached(
-                "SELECT seg, events FROM segments WHERE seg + events - 1 > ?1 ORDER BY seg",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map([seq], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(|e| self.err(e))?;
-        let mut cache = SegmentCache::default();
-        let mut out = Vec::new();
-        'segments: for (first, count) in segments {
-            let seg = cache
-                .load(&tx, first, count)
-                .map_err(|e| self.scan_err(e))?;
-            for offset in 0..seg.len() {
-                let s = first + offset as i64;
-                if s <= seq {
-                    continue;
-                }
-                let rec = scan::record(&seg, offset, s).map_err(|e| self.scan_err(e))?;
-                if query.matches(&rec) {
-                    let stored = seg.stored(offset).unwrap_or_default();
-                    out.push((s, self.decode(stored)?));
-                    if out.len() >= limit {
-                        break 'segments;
-                    }
-                }
+        self.walk_after(seq, limit, |seg, offset, s| {
+            let rec = scan::record(seg, offset, s).map_err(|e| self.scan_err(e))?;
+            if !query.matches(&rec) {
+                return Ok(None);
             }
-        }
-        tx.finish().map_err(|e| self.err(e))?;
-        Ok(out)
+            self.decode(seg.stored(offset).unwrap_or_default())
+                .map(Some)
+        })
     }
 
     /// The stored forms (what [`super::decode_stored_event`] reads) of every
     /// event after `seq`, oldest first, `limit` at most: a forwarder sends
     /// them on without decoding and re-rendering each event.
     pub fn stored_after(&self, seq: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, EventsError> {
+        self.walk_after(seq, limit, |seg, offset, _| {
+            Ok(Some(seg.stored(offset).unwrap_or_default().to_vec()))
+        })
+    }
+
+    /// Walks the events stored after `seq` in order, in one read transaction,
+    /// and keeps what `take` returns for each (with its sequence number) until
+    /// `limit` are kept: the one walk behind [`Self::after`] and
+    /// [`Self::stored_after`], which differ only in what they keep.
+    fn walk_after<T>(
+        &self,
+        seq: i64,
+        limit: usize,
+        mut take: impl FnMut(&segment::Segment, usize, i64) -> Result<Option<T>, EventsError>,
+    ) -> Result<Vec<(i64, T)>, EventsError> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
         let segments: Vec<(i64, i64)> = tx
             .prepare_cached(
@@ -329,9 +319,11 @@ impl StoreReader {
                 if s <= seq {
                     continue;
                 }
-                out.push((s, seg.stored(offset).unwrap_or_default().to_vec()));
-                if out.len() >= limit {
-                    break 'segments;
+                if let Some(kept) = take(&seg, offset, s)? {
+                    out.push((s, kept));
+                    if out.len() >= limit {
+                        break 'segments;
+                    }
                 }
             }
         }
