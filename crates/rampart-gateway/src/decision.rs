@@ -102,6 +102,15 @@ pub(crate) fn serialize_stage<S: Serializer>(stage: &Stage, s: S) -> Result<S::O
     s.serialize_str(stage.as_str())
 }
 
+/// A value as its `Display` text, for `#[serde(serialize_with)]`: an
+/// inspection verdict with its reason (`unscannable: too-large`), a direction.
+pub(crate) fn serialize_as_text<T: fmt::Display, S: Serializer>(
+    value: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
 /// Matched objects as their text (`category news`), for `#[serde(serialize_with)]`.
 pub(crate) fn serialize_matched<S: Serializer>(
     matched: &[MatchedObject],

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rampart_events::{
     AlertSpec, EventSender, FlowEvent, FlowKind, FlowSummary, Severity, TlsDecision, Verdict,
 };
-use rampart_inspect::VerdictAction;
+use rampart_inspect::{Verdict as InspectVerdict, VerdictAction};
 use rampart_policy::{AccessAction, MatchedObject, ObjectKind};
 use uuid::Uuid;
 
@@ -136,13 +136,15 @@ fn inspection_alert(
     record: &FlowRecord,
     inspection: &crate::inspection::InspectionRecord,
 ) -> AlertSpec {
-    let verdict = inspection.verdict.as_str();
-    let kind = verdict.split(':').next().unwrap_or(verdict);
-    let (what, severity) = match kind {
-        "malicious" => ("Malware", Severity::High),
-        "sensitive" => ("Sensitive data", Severity::High),
-        "encrypted" => ("Encrypted content", Severity::Medium),
-        _ => ("Unscannable content", Severity::Medium),
+    let verdict = inspection.verdict;
+    let kind = verdict.as_str();
+    let (what, severity) = match verdict {
+        InspectVerdict::Malicious => ("Malware", Severity::High),
+        InspectVerdict::Sensitive => ("Sensitive data", Severity::High),
+        InspectVerdict::Encrypted => ("Encrypted content", Severity::Medium),
+        InspectVerdict::Unscannable(_) | InspectVerdict::Clean => {
+            ("Unscannable content", Severity::Medium)
+        }
     };
     let done = match inspection.action {
         VerdictAction::Block => "blocked",

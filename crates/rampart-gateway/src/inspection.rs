@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_inspect::{
-    Inspector, ScanContext, ScanReport, ScanSession, Verdict, VerdictAction, VerdictActions,
+    Inspector, ScanContext, ScanReport, ScanSession, UnscannableReason, Verdict, VerdictAction,
+    VerdictActions,
 };
-use rampart_policy::ObjectKind;
+use rampart_policy::{Direction, ObjectKind};
 use serde::Serialize;
 
 /// One finding of a scan, as the access log and events show it.
@@ -43,9 +44,12 @@ pub struct FindingRecord {
 #[derive(Debug, Clone, Serialize)]
 pub struct InspectionRecord {
     /// `download` or `upload`.
-    pub direction: &'static str,
-    /// The worst finding's verdict (`clean` without findings), e.g. `unscannable: too-large`.
-    pub verdict: String,
+    #[serde(serialize_with = "crate::decision::serialize_as_text")]
+    pub direction: Direction,
+    /// The worst finding's verdict (`clean` without findings), written with
+    /// its reason when unscannable, e.g. `unscannable: too-large`.
+    #[serde(serialize_with = "crate::decision::serialize_as_text")]
+    pub verdict: Verdict,
     pub file_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_name: Option<String>,
@@ -66,7 +70,7 @@ pub struct InspectionRecord {
 impl InspectionRecord {
     /// True when the finding deserves a Detection Finding (anything but clean).
     pub fn is_finding(&self) -> bool {
-        self.verdict != "clean"
+        self.verdict != Verdict::Clean
     }
 
     /// Every verdict among the findings (`clean` when none), for the policy's
@@ -119,7 +123,7 @@ pub struct Judgement {
 pub fn judge(
     report: &ScanReport,
     actions: &VerdictActions,
-    direction: &'static str,
+    direction: Direction,
     file_name: Option<String>,
 ) -> Judgement {
     let (action, decided_by) = match report.verdict {
@@ -167,7 +171,7 @@ pub fn judge(
         block: action == VerdictAction::Block,
         record: InspectionRecord {
             direction,
-            verdict: report.verdict.to_string(),
+            verdict: report.verdict,
             file_type: report.file_type.name(),
             file_name,
             sha256: report.sha256.clone(),
@@ -251,7 +255,7 @@ pub async fn finish(
 /// The record of a scan that did not finish within `inspect.hold_timeout`.
 pub fn timed_out(
     actions: &VerdictActions,
-    direction: &'static str,
+    direction: Direction,
     file_name: Option<String>,
     size: u64,
 ) -> Judgement {
@@ -260,7 +264,7 @@ pub fn timed_out(
         block,
         record: InspectionRecord {
             direction,
-            verdict: "unscannable: timeout".into(),
+            verdict: Verdict::Unscannable(UnscannableReason::Timeout),
             file_type: "unknown",
             file_name,
             sha256: String::new(),
@@ -319,12 +323,22 @@ mod tests {
         let inspector = Inspector::new(Default::default()).unwrap();
         let eicar = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
         let report = inspector.scan_bytes(ScanContext::download(), eicar);
-        let j = judge(&report, &VerdictActions::default(), "download", None);
+        let j = judge(
+            &report,
+            &VerdictActions::default(),
+            Direction::Download,
+            None,
+        );
         assert!(j.block, "{:?}", j.record);
-        assert_eq!(j.record.verdict, "malicious");
+        assert_eq!(j.record.verdict, Verdict::Malicious);
         assert!(block_reason(&j.record).starts_with("threat protection: malicious"));
         let report = inspector.scan_bytes(ScanContext::download(), b"hello");
-        let j = judge(&report, &VerdictActions::default(), "download", None);
+        let j = judge(
+            &report,
+            &VerdictActions::default(),
+            Direction::Download,
+            None,
+        );
         assert!(!j.block);
         assert_eq!(j.record.action, VerdictAction::Allow);
     }

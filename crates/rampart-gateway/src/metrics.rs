@@ -236,16 +236,16 @@ impl Metrics {
             .into_iter()
             .flatten()
         {
-            let verdict = ins.verdict.split(':').next().unwrap_or("").to_string();
+            let verdict = ins.verdict.as_str().to_string();
             self.inspect_scans
                 .get_or_create(&ScanLabels {
-                    direction: ins.direction,
+                    direction: ins.direction.as_str(),
                     verdict,
                 })
                 .inc();
             self.inspect_bytes
                 .get_or_create(&ScanDirectionLabels {
-                    direction: ins.direction,
+                    direction: ins.direction.as_str(),
                 })
                 .inc_by(ins.size);
             for f in &ins.findings {

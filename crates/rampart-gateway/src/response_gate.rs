@@ -22,6 +22,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use rampart_policy::Direction;
 
 use crate::flow::Flow;
 use crate::inspection::{self, Judgement};
@@ -134,12 +135,12 @@ pub async fn respond(
                         Some(report) => inspection::judge(
                             &report,
                             &inspector.config().actions,
-                            "download",
+                            Direction::Download,
                             name,
                         ),
                         None => inspection::timed_out(
                             &inspector.config().actions,
-                            "download",
+                            Direction::Download,
                             name,
                             size,
                         ),

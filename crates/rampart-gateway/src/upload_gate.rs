@@ -24,7 +24,10 @@ use bytes::Bytes;
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use rampart_inspect::{Inspector, ScanContext, ScanSession, VerdictAction};
+use rampart_inspect::{
+    Inspector, ScanContext, ScanSession, UnscannableReason, Verdict, VerdictAction,
+};
+use rampart_policy::Direction;
 
 use crate::flow::Flow;
 use crate::inspection::{self, FindingRecord, InspectionRecord, Judgement};
@@ -262,8 +265,8 @@ pub async fn hold(
     let kept_len = session.kept_len();
     let judgement = if ended {
         match inspection::finish(inspector, session, timeout).await {
-            Some(report) => inspection::judge(&report, actions, "upload", name),
-            None => inspection::timed_out(actions, "upload", name, read),
+            Some(report) => inspection::judge(&report, actions, Direction::Upload, name),
+            None => inspection::timed_out(actions, Direction::Upload, name, read),
         }
     } else {
         too_large(actions.unscannable, name, read, limit)
@@ -372,8 +375,8 @@ fn too_large(action: VerdictAction, name: Option<String>, held: u64, limit: u64)
     Judgement {
         block,
         record: InspectionRecord {
-            direction: "upload",
-            verdict: "unscannable: too-large".into(),
+            direction: Direction::Upload,
+            verdict: Verdict::Unscannable(UnscannableReason::TooLarge),
             file_type: "unknown",
             file_name: name.clone(),
             sha256: String::new(),

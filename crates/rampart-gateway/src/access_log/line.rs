@@ -404,8 +404,10 @@ mod tests {
         r.content_type = Some("text/html; charset=\"utf-8\"".into());
         r.file_type = Some("pdf");
         r.inspection = Some(InspectionRecord {
-            direction: "download",
-            verdict: "malicious".into(),
+            direction: rampart_policy::Direction::Download,
+            verdict: rampart_inspect::Verdict::Unscannable(
+                rampart_inspect::UnscannableReason::Bomb,
+            ),
             file_type: "zip",
             file_name: Some("a\"b.zip".into()),
             sha256: "00".repeat(32),

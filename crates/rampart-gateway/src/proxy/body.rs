@@ -255,8 +255,18 @@ impl BodyScan {
             let size = session.size();
             let actions = inspector.config().actions.clone();
             match crate::inspection::finish(&inspector, session, timeout).await {
-                Some(report) => crate::inspection::judge(&report, &actions, "download", name),
-                None => crate::inspection::timed_out(&actions, "download", name, size),
+                Some(report) => crate::inspection::judge(
+                    &report,
+                    &actions,
+                    rampart_policy::Direction::Download,
+                    name,
+                ),
+                None => crate::inspection::timed_out(
+                    &actions,
+                    rampart_policy::Direction::Download,
+                    name,
+                    size,
+                ),
             }
         }));
     }
