@@ -149,19 +149,7 @@ fn syslog_over_tls_verifies_the_collector_and_delivers() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("collector.pem");
     std::fs::write(&ca, cert.cert.pem()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let server_config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
-                    .unwrap(),
-            )
-            .unwrap(),
-    );
+    let server_config = collector_tls(&cert);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -201,19 +189,7 @@ fn syslog_over_tls_verifies_the_collector_and_delivers() {
 #[test]
 fn syslog_over_tls_refuses_an_untrusted_collector() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let server_config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
-                    .unwrap(),
-            )
-            .unwrap(),
-    );
+    let server_config = collector_tls(&cert);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -491,4 +467,21 @@ fn sinks_added_changed_and_removed_while_running_lose_nothing() {
     assert_eq!(ndjson_ids(&second).len(), written);
     assert!(ndjson_ids(&second).is_disjoint(&after_first));
     pipeline.close();
+}
+
+/// A TLS collector's server configuration with `cert` (self-signed).
+fn collector_tls(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+                    .unwrap(),
+            )
+            .unwrap(),
+    )
 }
