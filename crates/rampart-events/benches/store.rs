@@ -153,9 +153,15 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let base = rampart_events::now_ms() - SPAN_MS;
     let chunk = 8192u64;
+    // The writer's page cache (`[events] page_cache`), to compare sizes.
+    let page_cache = std::env::var("RAMPART_BENCH_PAGE_CACHE_MIB")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(rampart_events::store::DEFAULT_PAGE_CACHE_BYTES, |m| m << 20);
 
     // 1. The store alone: batched transactions from one writer.
     let mut w = StoreWriter::open(&db_path(dir.path()), false).unwrap();
+    w.set_page_cache(page_cache).unwrap();
     // The pipeline's background checkpointer, as in production.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ckpt = {
@@ -274,6 +280,7 @@ fn main() {
         pdir.path(),
         &EventsConfig {
             max_age: None,
+            page_cache: rampart_events::config::ByteSize(page_cache),
             ..Default::default()
         },
     )
@@ -317,6 +324,7 @@ fn main() {
         rdir.path(),
         &EventsConfig {
             max_age: None,
+            page_cache: rampart_events::config::ByteSize(page_cache),
             ..Default::default()
         },
     )

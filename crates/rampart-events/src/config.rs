@@ -36,6 +36,10 @@ pub struct EventsConfig {
     /// fsync every commit (survives power loss, slower); without it a commit
     /// survives a crash of the process but not of the machine.
     pub full_sync: bool,
+    /// Memory the store writer's SQLite page cache may hold. It fills with
+    /// the pages the writer touches, so the gateway's resident memory grows
+    /// with the database until it reaches this; then it stays flat.
+    pub page_cache: ByteSize,
     /// Disk the overflow spool may use when the store falls behind.
     pub spool_max_size: ByteSize,
     /// Write every event to the write-ahead journal (`DATA_DIR/journal/`)
@@ -57,6 +61,7 @@ impl Default for EventsConfig {
             max_age: Some(Duration::from_secs(30 * 86_400)),
             max_size: None,
             full_sync: false,
+            page_cache: ByteSize(crate::store::DEFAULT_PAGE_CACHE_BYTES),
             spool_max_size: ByteSize(1 << 30),
             journal: true,
             fsync_interval: Duration::from_secs(1),
@@ -244,6 +249,12 @@ impl EventsConfig {
         if self.queue_size == 0 {
             return Err("events.queue_size must be at least 1".into());
         }
+        if self.page_cache.0 < crate::store::MIN_PAGE_CACHE_BYTES {
+            return Err(format!(
+                "events.page_cache = {} bytes is below 1MiB: the writer would reread its index pages on every insert (use e.g. \"16MiB\")",
+                self.page_cache.0
+            ));
+        }
         if self.fsync_interval < Duration::from_millis(10) {
             return Err(format!(
                 "events.fsync_interval = {:?} is below 10ms: every fsync would stall the disk (use e.g. \"1s\")",
@@ -362,6 +373,18 @@ batch_size = 100
         assert_eq!(s.query, "action = block");
         assert_eq!(s.retry_max, Duration::from_secs(30));
         assert_eq!(c.sinks[3].batch_size, 100);
+    }
+
+    #[test]
+    fn page_cache_parses_defaults_to_16_mib_and_refuses_below_1_mib() {
+        let root: Root = toml::from_str("[events]\npage_cache = \"64MiB\"\n").unwrap();
+        assert_eq!(root.events.page_cache, ByteSize(64 << 20));
+        root.events.validate().unwrap();
+        let root: Root = toml::from_str("[events]\nqueue_size = 10\n").unwrap();
+        assert_eq!(root.events.page_cache, ByteSize(16 << 20));
+        let root: Root = toml::from_str("[events]\npage_cache = \"512KiB\"\n").unwrap();
+        let err = root.events.validate().unwrap_err();
+        assert!(err.contains("events.page_cache"), "{err}");
     }
 
     #[test]

@@ -292,6 +292,7 @@ impl Pipeline {
         // Upgrading a store an older version wrote can take a while: the
         // writer thread does it (`prepare`) while events queue and spill.
         let writer = StoreWriter::open_unprepared(&db, config.full_sync)?;
+        writer.set_page_cache(config.page_cache.0)?;
         // Opened before anything is appended: what the last run left is
         // replayed by the writer, and this run writes a fresh segment.
         let (journal, recovery) = if config.journal {

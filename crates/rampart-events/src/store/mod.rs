@@ -30,7 +30,9 @@ pub use columns::Row;
 pub use prepared::PreparedEvent;
 pub use reader::{Cursor, Page, SearchRequest, StoreReader};
 pub use reader_pool::ReaderPool;
-pub use writer::{Checkpointer, RetentionReport, StoreWriter};
+pub use writer::{
+    Checkpointer, RetentionReport, StoreWriter, DEFAULT_PAGE_CACHE_BYTES, MIN_PAGE_CACHE_BYTES,
+};
 
 /// The stored form of an event's JSON document, for [`PreparedEvent::new`].
 pub fn encode_doc(json: &str) -> Vec<u8> {

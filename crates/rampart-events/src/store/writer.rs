@@ -19,6 +19,17 @@ use crate::event::Event;
 /// Segments deleted per retention transaction, so one pass never holds the write lock long.
 const RETENTION_CHUNK: i64 = 256;
 
+/// The writer's page cache unless `[events] page_cache` says otherwise. The
+/// writer's working set is small (the right edges of the segment and index
+/// b-trees, the postings of the block being filled, the hourly rows of the
+/// current hour), but SQLite keeps every page it touched until the cache is
+/// full, so the cap, not the working set, decides how much memory a gateway
+/// holds once its database is larger than the cap.
+pub const DEFAULT_PAGE_CACHE_BYTES: u64 = 16 << 20;
+
+/// Below this the writer would reread its own index pages on every insert.
+pub const MIN_PAGE_CACHE_BYTES: u64 = 1 << 20;
+
 pub struct StoreWriter {
     conn: Connection,
     path: PathBuf,
@@ -90,21 +101,48 @@ impl StoreWriter {
         // auto_vacuum has to be set before WAL and before the table exists.
         schema::create(&conn).map_err(store_err)?;
         schema::configure(&conn, full_sync).map_err(store_err)?;
-        // A large page cache keeps the postings and segment index pages hot, and
-        // fewer, larger checkpoints mean fewer fsyncs.
-        conn.pragma_update(None, "cache_size", -262_144)
-            // Checkpoints (and their fsyncs) run on the checkpointer's connection, off
-            // the insert path; this bound (1 GiB of WAL) is only a safety net.
-            .and_then(|_| conn.pragma_update(None, "wal_autocheckpoint", 262_144))
+        // Checkpoints (and their fsyncs) run on the checkpointer's connection, off
+        // the insert path; this bound (1 GiB of WAL) is only a safety net.
+        conn.pragma_update(None, "wal_autocheckpoint", 262_144)
             .and_then(|_| conn.pragma_update(None, "journal_size_limit", 256i64 << 20))
             .map_err(store_err)?;
         conn.set_prepared_statement_cache_capacity(32);
-        Ok(StoreWriter {
+        let w = StoreWriter {
             conn,
             path: path.to_path_buf(),
             filling: None,
             prepared: false,
-        })
+        };
+        w.set_page_cache(DEFAULT_PAGE_CACHE_BYTES)?;
+        Ok(w)
+    }
+
+    /// Cap the writer's SQLite page cache at `bytes` (rounded down to whole
+    /// KiB, at least [`MIN_PAGE_CACHE_BYTES`]). Pages beyond the cap are
+    /// evicted least recently used first; a smaller cap frees memory at once.
+    pub fn set_page_cache(&self, bytes: u64) -> Result<(), EventsError> {
+        let kib = (bytes.max(MIN_PAGE_CACHE_BYTES) / 1024).min(i64::MAX as u64) as i64;
+        // A negative cache_size is a size in KiB rather than a number of pages.
+        self.conn
+            .pragma_update(None, "cache_size", -kib)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The page cache's cap in bytes, as SQLite has it (`PRAGMA cache_size`).
+    pub fn page_cache(&self) -> Result<u64, EventsError> {
+        let size: i64 = self
+            .conn
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if size < 0 {
+            return Ok(size.unsigned_abs() * 1024);
+        }
+        // A positive value counts pages.
+        let page: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(size as u64 * page.max(0) as u64)
     }
 
     /// Bring the store up to date before the first insert (once; inserts call
@@ -598,5 +636,27 @@ impl BlockPostings {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_cache_is_applied_to_the_writer_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = StoreWriter::open(&dir.path().join("events.db"), false).unwrap();
+        assert_eq!(w.page_cache().unwrap(), DEFAULT_PAGE_CACHE_BYTES);
+        w.set_page_cache(64 << 20).unwrap();
+        let pragma: i64 = w
+            .conn
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(pragma, -65_536, "cache_size in KiB, negative");
+        assert_eq!(w.page_cache().unwrap(), 64 << 20);
+        // Below the floor: the floor.
+        w.set_page_cache(4096).unwrap();
+        assert_eq!(w.page_cache().unwrap(), MIN_PAGE_CACHE_BYTES);
     }
 }
