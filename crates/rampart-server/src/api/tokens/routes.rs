@@ -57,12 +57,13 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-/// The caller, when the gate let the call through; else the answer to give.
+/// The caller, when the gate let the call through (an admin token); `None` when the
+/// route was reached any other way.
 fn caller(
     state: &TokensApiState,
     headers: &HeaderMap,
     principal: Option<Extension<Principal>>,
-) -> Result<Principal, Response> {
+) -> Option<Principal> {
     let internal = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -72,12 +73,18 @@ fn caller(
             crate::api::devices::constant_time_eq(t.as_bytes(), state.admin_token.as_bytes())
         });
     match principal {
-        Some(Extension(principal)) if internal && principal.scope == Scope::Admin => Ok(principal),
-        _ => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "admin bearer token required".into(),
-        )),
+        Some(Extension(principal)) if internal && principal.scope == Scope::Admin => {
+            Some(principal)
+        }
+        _ => None,
     }
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "admin bearer token required".into(),
+    )
 }
 
 /// The answer to a store error: what the client did wrong, or 500.
@@ -117,8 +124,8 @@ async fn list(
     headers: HeaderMap,
     principal: Option<Extension<Principal>>,
 ) -> Response {
-    if let Err(refused) = caller(&state, &headers, principal) {
-        return refused;
+    if caller(&state, &headers, principal).is_none() {
+        return unauthorized();
     }
     let store = state.store.clone();
     match blocking(move || store.list()).await {
@@ -148,8 +155,8 @@ async fn create(
     principal: Option<Extension<Principal>>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(refused) = caller(&state, &headers, principal) {
-        return refused;
+    if caller(&state, &headers, principal).is_none() {
+        return unauthorized();
     }
     let request: CreateRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -190,9 +197,8 @@ async fn revoke(
     principal: Option<Extension<Principal>>,
     Path(id): Path<String>,
 ) -> Response {
-    let principal = match caller(&state, &headers, principal) {
-        Ok(principal) => principal,
-        Err(refused) => return refused,
+    let Some(principal) = caller(&state, &headers, principal) else {
+        return unauthorized();
     };
     let store = state.store.clone();
     let result = blocking(move || {
