@@ -1385,25 +1385,8 @@ fn steering_cost_of_isolation() {
     .expect("agent config");
     let agent = support::start_agent(Some(&ep), config).expect("agent");
     let url = |path: &str| format!("http://{ATTACKER4}/{path}");
-    let bulk = |topo: &Topology| -> f64 {
-        let out = topo.exec(
-            &topo.endpoint,
-            "curl",
-            &[
-                "-s",
-                "-m",
-                "60",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{speed_download}",
-                "-H",
-                "Host: bulk.test",
-                &url("bulk"),
-            ],
-        );
-        support::stdout(&out).trim().parse().expect("curl speed")
-    };
+    let bulk = |topo: &Topology| -> f64 { topo.download_speed(&url("bulk")) };
+
     let small = |topo: &Topology| -> (Duration, Duration) {
         let mut args: Vec<String> = vec![
             "-s".into(),

@@ -80,23 +80,7 @@ async fn bulk(listener: TcpListener) {
 }
 
 fn download_speed(topo: &Topology, port: u16) -> f64 {
-    let out = topo.exec(
-        &topo.endpoint,
-        "curl",
-        &[
-            "-s",
-            "-m",
-            "60",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{speed_download}",
-            "-H",
-            "Host: bulk.test",
-            &format!("http://{ORIGIN_ADDR}:{port}/"),
-        ],
-    );
-    stdout(&out).trim().parse().expect("speed")
+    topo.download_speed(&format!("http://{ORIGIN_ADDR}:{port}/"))
 }
 
 #[test]

@@ -78,6 +78,29 @@ impl Topology {
         stdout(&self.exec(&self.endpoint, "curl", &all))
     }
 
+    /// Bytes per second of one download of `url` from the endpoint namespace
+    /// (`Host: bulk.test`, up to 60 s), as curl measures it.
+    #[allow(dead_code)] // used by the measurement tests only
+    pub fn download_speed(&self, url: &str) -> f64 {
+        let out = self.exec(
+            &self.endpoint,
+            "curl",
+            &[
+                "-s",
+                "-m",
+                "60",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{speed_download}",
+                "-H",
+                "Host: bulk.test",
+                url,
+            ],
+        );
+        stdout(&out).trim().parse().expect("curl's download speed")
+    }
+
     /// The HTTP status [`Topology::curl`] gets (`-o /dev/null -w %{http_code}`).
     pub fn curl_status(&self, args: &[&str]) -> String {
         let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
