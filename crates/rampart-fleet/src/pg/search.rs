@@ -57,25 +57,32 @@ fn add_range(cond: &mut Condition, from_ms: Option<i64>, to_ms: Option<i64>) {
     }
 }
 
+/// The statement of a search page of `limit` events (one more is read to
+/// know whether another page follows) and its parameters.
+fn search_statement(req: &SearchRequest, limit: usize) -> (String, Condition) {
+    let mut cond = Condition::new(1);
+    add_range(&mut cond, req.from_ms, req.to_ms);
+    if let Some(c) = req.cursor {
+        let t = cond.bind(Box::new(c.time), "bigint");
+        let s = cond.bind(Box::new(c.seq), "bigint");
+        cond.and(&format!("(event_time, seq) < ({t}, {s})"));
+    }
+    add_query(&mut cond, &req.query);
+    let n = cond.bind(Box::new(limit as i64 + 1), "bigint");
+    let statement = format!(
+        "SELECT doc, event_time, seq FROM {EVENTS} WHERE {} ORDER BY event_time DESC, seq DESC LIMIT {n}",
+        cond.text()
+    );
+    (statement, cond)
+}
+
 impl FleetStore {
     /// Events matching `req`, newest first, a page at a time (`limit`
     /// clamped to 1..=10,000; `next_cursor` while more may follow). `from_ms`
     /// is inclusive, `to_ms` exclusive.
     pub async fn search(&self, req: &SearchRequest) -> Result<Page, PgStoreError> {
         let limit = req.limit.clamp(1, MAX_PAGE);
-        let mut cond = Condition::new(1);
-        add_range(&mut cond, req.from_ms, req.to_ms);
-        if let Some(c) = req.cursor {
-            let t = cond.bind(Box::new(c.time), "bigint");
-            let s = cond.bind(Box::new(c.seq), "bigint");
-            cond.and(&format!("(event_time, seq) < ({t}, {s})"));
-        }
-        add_query(&mut cond, &req.query);
-        let n = cond.bind(Box::new(limit as i64 + 1), "bigint");
-        let statement = format!(
-            "SELECT doc, event_time, seq FROM {EVENTS} WHERE {} ORDER BY event_time DESC, seq DESC LIMIT {n}",
-            cond.text()
-        );
+        let (statement, cond) = search_statement(req, limit);
         let client = self.client().await?;
         let rows = client
             .query(&statement, &cond.refs())
@@ -97,6 +104,24 @@ impl FleetStore {
             events: rows.iter().map(event_of).collect::<Result<_, _>>()?,
             next_cursor,
         })
+    }
+
+    /// The plan PostgreSQL chooses for [`FleetStore::search`] of `req`
+    /// (`EXPLAIN`, text format, one line per node): which indexes a search
+    /// reads, for the tests that guard them and for an operator puzzled by a
+    /// slow search.
+    pub async fn explain_search(&self, req: &SearchRequest) -> Result<String, PgStoreError> {
+        let (statement, cond) = search_statement(req, req.limit.clamp(1, MAX_PAGE));
+        let client = self.client().await?;
+        let rows = client
+            .query(&format!("EXPLAIN {statement}"), &cond.refs())
+            .await
+            .map_err(sql("explaining a search"))?;
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<_, String>(0).unwrap_or_default())
+            .collect();
+        Ok(lines.join("\n"))
     }
 
     /// How many events match `query` in `[from_ms, to_ms)`.
