@@ -90,7 +90,7 @@ impl Serialize for TlsDecision {
     }
 }
 
-/// The category (built-in or custom) among a rule's matched objects, if any.
+/// The categories (built-in and custom) among a rule's matched objects.
 pub fn categories(matched: &[MatchedObject]) -> impl Iterator<Item = &MatchedObject> {
     matched
         .iter()
