@@ -53,12 +53,18 @@
 # 100 MiB random file (BENCH_CONC_FLOWS, BENCH_SIZE_MB) through one Rampart with
 # type + hash + archive + N YARA rules (no clamd), then, with BENCH_CONC_ZIP_MB
 # (25; 0 leaves it out), the same count of downloads of a stored zip of that
-# size (an archive is spooled whole: the archive walk reads it after the end).
+# size (an archive is spooled whole: the archive walk reads it after the end;
+# BENCH_CONC_RANDOM=0 runs the zip alone).
 # One curl with --parallel, bodies to /dev/null, each checked for 200 and the
 # full size. Rampart's VmRSS and VmHWM (/proc/PID/status) and the bytes of its
 # open spool files (unlinked at creation: summed over /proc/PID/fd) are sampled
+# (VmRSS split into RssAnon and RssFile: a spool mapped for YARA or an archive
+# counts as file-backed pages, which the kernel can drop)
 # every BENCH_SAMPLE_S (0.5) s into WORK/concurrent-*.tsv; the report gives the
-# peaks (target: RSS <= 300 MiB), wall time, throughput and CPU s/GB.
+# peaks (target: RSS <= 300 MiB), wall time, throughput and CPU s/GB. Rampart
+# inherits the environment: MALLOC_MMAP_THRESHOLD_=131072 in front of the
+# command shows the same binary with glibc's mmap threshold fixed (see
+# bench/RESULTS.md, issue 17, 200 concurrent downloads).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -523,14 +529,15 @@ def spooled():
     return size, blocks, files
 t0 = time.monotonic()
 with open(out, "w") as f:
-    f.write("t_s\tvmrss_kib\tvmhwm_kib\tspool_bytes\tspool_allocated_bytes\tspool_files\n")
+    f.write("t_s\tvmrss_kib\tvmhwm_kib\trss_anon_kib\trss_file_kib\tspool_bytes\tspool_allocated_bytes\tspool_files\n")
     while not os.path.exists(stop):
         try:
             rss, hwm = status("VmRSS"), status("VmHWM")
+            anon, file = status("RssAnon"), status("RssFile")
             size, blocks, files = spooled()
         except OSError:
             break  # the process is gone
-        f.write(f"{time.monotonic() - t0:.2f}\t{rss}\t{hwm}\t{size}\t{blocks}\t{files}\n")
+        f.write(f"{time.monotonic() - t0:.2f}\t{rss}\t{hwm}\t{anon}\t{file}\t{size}\t{blocks}\t{files}\n")
         f.flush()
         time.sleep(period)
 PY
@@ -565,7 +572,7 @@ total = int(ok) * int(size)
 gb = total / 1e9
 mib = lambda kib: kib / 1024
 print(f"| {name} | {ok}/{flows} | {wall:.1f} | {total / wall / 1e6:.0f} | "
-      f"{mib(peak('vmrss_kib')):.0f} | {mib(int(hwm_end)):.0f} | "
+      f"{mib(peak('vmrss_kib')):.0f} | {mib(peak('rss_anon_kib')):.0f} | {mib(peak('rss_file_kib')):.0f} | {mib(int(hwm_end)):.0f} | "
       f"{peak('spool_bytes') / 2**20:.0f} ({peak('spool_files')} files) | "
       f"{(float(c1) - float(c0)) / gb if gb else 0:.2f} | {len(rows)} |")
 PY
@@ -574,9 +581,9 @@ PY
     echo
     echo "Rampart at rest after a warm-up download: VmRSS $((rest_rss / 1024)) MiB."
     echo
-    echo "| body | complete | wall s | MB/s (all flows) | peak VmRSS MiB (sampled) | VmHWM MiB (kernel peak, cumulative) | peak spool MiB | Rampart CPU s/GB | samples |"
-    echo "|---|---|---|---|---|---|---|---|---|"
-    conc_run "random-${size_mb}MiB" bulk.bin "$((size_mb * 1024 * 1024))"
+    echo "| body | complete | wall s | MB/s (all flows) | peak VmRSS MiB (sampled) | of it anonymous | of it file-backed (mapped spool, binary) | VmHWM MiB (kernel peak, cumulative) | peak spool MiB | Rampart CPU s/GB | samples |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    [ "${BENCH_CONC_RANDOM:-1}" = 0 ] || conc_run "random-${size_mb}MiB" bulk.bin "$((size_mb * 1024 * 1024))"
     if [ "$zip_mb" -gt 0 ]; then
         conc_run "zip-${zip_mb}MiB" bulk.zip "$(stat -c %s "$work/www/bulk.zip")"
     fi
