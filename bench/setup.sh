@@ -30,6 +30,7 @@ fi
 apt_pkgs=(squid tinyproxy wrk curl openssl python3 python3-venv python3-pip util-linux procps
     capnproto libssl-dev pkg-config # bench/g3proxy-build.sh (g3proxy, g3fcgen)
     clamav-daemon c-icap libc-icap-mod-virus-scan # bench/inspect_peer.sh (Squid + c-icap + clamd)
+    zip # bench/inspect_peer.sh concurrent (the stored-zip downloads)
     nats-server linux-perf) # bench/fleet_ab.sh (fleet mode; PERF=1 profiles)
 # nginx-light is enough (core HTTP + SSL); accept full nginx if it is already there.
 if ! command -v nginx >/dev/null 2>&1; then
