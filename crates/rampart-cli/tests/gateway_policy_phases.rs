@@ -240,6 +240,27 @@ fn a_pinned_app_sni_cannot_open_an_uninspected_tunnel_to_another_destination() {
             .contains("names www.dropbox.com but the CONNECT is for evil.test"),
         "{record}"
     );
+    // The event says so too: an analyst finds it with `tls = fronting`.
+    let id = record["id"].as_str().unwrap().to_string();
+    let mut found = None;
+    rampart_testkit::eventually(std::time::Duration::from_secs(10), || {
+        found = gw
+            .search_events("tls = fronting", "json")
+            .into_iter()
+            .find(|e| e["id"] == id.as_str() || e["flow"] == id.as_str());
+        found.is_some()
+    });
+    let event = found.unwrap_or_else(|| {
+        panic!(
+            "the fronting tunnel's event (record {id}), found by tls = fronting; all events: {:#?}",
+            gw.search_events("", "json")
+        )
+    });
+    assert_eq!(
+        (&event["tls"], &event["action"]),
+        (&"fronting".into(), &"block".into()),
+        "{event}"
+    );
     // The same CONNECT with its own name is decrypted as usual.
     let ca = gw.gateway_ca();
     let out = s_client(&gw, &connect, "evil.test", &ca);

@@ -228,15 +228,20 @@ pub enum TlsDecision {
     Plaintext,
     /// The client refused our certificate (often a pinned app) or the origin failed verification.
     Failed,
+    /// The ClientHello's SNI named another site than the CONNECT target
+    /// (domain fronting): blocked, or let through by `tls.fronting = "alert"`
+    /// or an exception.
+    Fronting,
 }
 
 impl TlsDecision {
-    pub const ALL: [TlsDecision; 5] = [
+    pub const ALL: [TlsDecision; 6] = [
         TlsDecision::Decrypt,
         TlsDecision::DoNotDecrypt,
         TlsDecision::Bypass,
         TlsDecision::Plaintext,
         TlsDecision::Failed,
+        TlsDecision::Fronting,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -246,6 +251,7 @@ impl TlsDecision {
             TlsDecision::Bypass => "bypass",
             TlsDecision::Plaintext => "plaintext",
             TlsDecision::Failed => "failed",
+            TlsDecision::Fronting => "fronting",
         }
     }
 }

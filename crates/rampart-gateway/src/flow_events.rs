@@ -275,9 +275,8 @@ fn fill(s: &mut FlowSummary, record: &FlowRecord) {
             match tls.decision {
                 crate::decision::TlsDecision::Decrypt => TlsDecision::Decrypt,
                 crate::decision::TlsDecision::DoNotDecrypt => TlsDecision::DoNotDecrypt,
-                crate::decision::TlsDecision::NotTls | crate::decision::TlsDecision::Fronting => {
-                    TlsDecision::Plaintext
-                }
+                crate::decision::TlsDecision::NotTls => TlsDecision::Plaintext,
+                crate::decision::TlsDecision::Fronting => TlsDecision::Fronting,
             }
         }
     });
