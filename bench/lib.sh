@@ -109,6 +109,22 @@ mkleaf() {
 # cpu_ticks PID : user + system clock ticks of one process (getconf CLK_TCK a second).
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
+# bench_workdir NAME : WORK, a fresh directory nginx's unprivileged workers can
+# read (mktemp makes it 0700), and PIDS, the daemons to stop; at exit each of them
+# is stopped (stop_daemon) and WORK removed.
+bench_workdir() {
+    WORK=$(mktemp -d "/tmp/rampart-$1.XXXXXX")
+    chmod 755 "$WORK"
+    PIDS=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do stop_daemon "$p"; done
+    rm -rf "$WORK"
+}
+
 # start_nginx_1k CPU : nginx (one worker, pinned to CPU) serving 1 KiB at /1k from
 # $WORK/www on a free port, OPORT; $WORK/abs.lua is a wrk script that sends it as an
 # absolute-form (proxy) request. The pid goes to PIDS (the caller's cleanup stops it).

@@ -33,42 +33,9 @@ DUR=${BENCH_DURATION:-6}
 RUNS=${BENCH_RUNS:-3}
 for b in "$RAMPART_A" "$RAMPART_B"; do [[ -x $b ]] || die "no Rampart binary at $b"; done
 
-WORK=$(mktemp -d /tmp/rampart-logging-ab.XXXXXX)
-# nginx's worker (www-data) must read the origin's files: mktemp makes the directory 0700.
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-    sleep 0.5
-    for p in "${PIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-HTTP_PORT=$(free_port)
-mkdir -p "$WORK/www" "$WORK/tmp"
-head -c 1024 /dev/urandom >"$WORK/www/1k"
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path $WORK/tmp/body;
-    proxy_temp_path $WORK/tmp/proxy;
-    fastcgi_temp_path $WORK/tmp/fastcgi;
-    uwsgi_temp_path $WORK/tmp/uwsgi;
-    scgi_temp_path $WORK/tmp/scgi;
-    server { listen 127.0.0.1:$HTTP_PORT; root $WORK/www; }
-}
-EOF
-setsid taskset -c 0 nginx -c "$WORK/nginx.conf" -p "$WORK" >"$WORK/nginx.log" 2>&1 &
-PIDS+=($!)
-wait_port "$HTTP_PORT"
+bench_workdir logging-ab
+start_nginx_1k 0
+HTTP_PORT=$OPORT
 URL="http://127.0.0.1:$HTTP_PORT/1k"
 
 declare -A PORT=() PID=()
