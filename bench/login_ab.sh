@@ -16,8 +16,8 @@
 #
 # Environment: RAMPART_BIN (target/release/rampart), BENCH_AB_ROUNDS (4),
 # BENCH_DURATION (s per load; 7), BENCH_PROXY_CPU (1), BENCH_LOAD_CPU (0),
-# BENCH_PERF=1 (after the rounds, `perf record -g` the auth configuration under
-# each load; reports in the output directory).
+# BENCH_PERF=1 (after the rounds, `perf record -g` each configuration under each
+# load; reports in the output directory; BENCH_AB_ROUNDS=0 for the profiles only).
 #
 # Output: the Markdown table on stdout (medians, auth/noauth of the medians and
 # of each round, every round's figures, the load average); progress on stderr;
@@ -192,17 +192,19 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 if [[ ${BENCH_PERF:-0} == 1 ]]; then
     require_tools "apt-get install -y linux-perf" perf
-    start_proxy auth
-    warm_up auth
-    for measure in keepalive new; do
-        perf record -g -o "$OUT/perf-auth-$measure.data" -p "$PROXY_PID" -- sleep "$DUR" >/dev/null 2>&1 &
-        perf_pid=$!
-        if [[ $measure == keepalive ]]; then keepalive auth perf; else newconn auth perf; fi
-        wait "$perf_pid" || true
-        perf report -i "$OUT/perf-auth-$measure.data" --no-children --percent-limit 0.7 --stdio \
-            >"$OUT/perf-auth-$measure.txt" 2>/dev/null || true
+    for label in "${LABELS[@]}"; do
+        start_proxy "$label"
+        warm_up "$label"
+        for measure in keepalive new; do
+            perf record -g -o "$OUT/perf-$label-$measure.data" -p "$PROXY_PID" -- sleep "$DUR" >/dev/null 2>&1 &
+            perf_pid=$!
+            if [[ $measure == keepalive ]]; then keepalive "$label" perf; else newconn "$label" perf; fi
+            wait "$perf_pid" || true
+            perf report -i "$OUT/perf-$label-$measure.data" --no-children --percent-limit 0.05 --stdio -g none \
+                >"$OUT/perf-$label-$measure.txt" 2>/dev/null || true
+        done
+        stop_proxy
     done
-    stop_proxy
 fi
 
 python3 - "$OUT/results.tsv" "$LOAD_START" "$LOAD_END" "${LOADS%, }" <<'EOF' | tee "$OUT/table.md"
@@ -224,7 +226,7 @@ units = {"rps": "req/s", "cpu_us": "proxy CPU µs/req"}
 for measure in ("keepalive", "new"):
     for metric in ("rps", "cpu_us"):
         per = fig.get((measure, metric))
-        if not per:
+        if not per or len(per) < 2:
             continue
         a, b = per["noauth"], per["auth"]
         ma, mb = statistics.median(a.values()), statistics.median(b.values())
