@@ -206,11 +206,12 @@ mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)
 mib = lambda kib: kib / 1024
 cap_kib = cache_mib * 1024
 # The most the writer's page cache can hold at a sample: every page of the
-# database (its newest pages may still be in the WAL), up to the cap. Below the
-# cap, the anonymous RSS grew 1.19-1.25 MiB per MiB of database in the soaks of
-# bench/RESULTS.md (SQLite's page headers, the allocator's rounding), hence 1.25.
+# database (its newest pages may still be in the WAL), up to the cap. Each cached
+# page costs more than its size: the anonymous RSS grew 1.19-1.25 MiB per MiB of
+# cached database in the soaks of bench/RESULTS.md (SQLite's page headers, the
+# allocator's rounding), hence 1.25, for a full cache as for a filling one.
 for r in rows:
-    r["cache"] = min(cap_kib, 1.25 * (r["db_kib"] + r["wal_kib"]))
+    r["cache"] = 1.25 * min(cap_kib, r["db_kib"] + r["wal_kib"])
 
 
 def judge(rs, allow_cache):
