@@ -21,10 +21,21 @@
 # The file-backed RSS is reported beside it, not judged: the binary's mapped pages
 # (the store does not mmap its database).
 #
+# With SOAK_SEARCH_EVERY=SECONDS, bench/soak_search.py reads the store the whole
+# time as an analyst would: every SECONDS a round of API searches with the admin
+# token (a query with a `since` span or a `from`/`to` range, the next page by
+# cursor, an event by id, alerts) and console pages with a session (overview,
+# events search, an event, a device timeline, alerts; an NDJSON export every
+# sixth round), SOAK_SEARCH_PARALLEL (4) at a time, so both reader pools and
+# their page caches are in the soak. Every answer must be 200 (a console page
+# without an error on it) and the searches for the load's own hosts must find
+# events: a failed search fails the soak like a failed request.
+#
 #   bash bench/soak.sh                       # one hour, 100 req/s
 #   SOAK_SECONDS=600 SOAK_RATE=200 bash bench/soak.sh
 #   SOAK_PAGE_CACHE_MIB=256 bash bench/soak.sh   # the writer's page cache capped at 256 MiB
 #   SOAK_EVENTS_ENABLED=0 bash bench/soak.sh     # no event store at all
+#   SOAK_SEARCH_EVERY=10 bash bench/soak.sh      # with console and API searches
 #
 # Needs nginx, openssl, python3 with `requests` (Debian's python3-requests, which
 # scripts/install-test-deps.sh installs) and a release build (cargo build --release -p
@@ -47,9 +58,12 @@ PYTHON=${SOAK_PYTHON:-python3}
 DEFAULT_PAGE_CACHE_MIB=16
 PAGE_CACHE_MIB=${SOAK_PAGE_CACHE_MIB:-}
 EVENTS_ENABLED=${SOAK_EVENTS_ENABLED:-1}
+SEARCH_EVERY=${SOAK_SEARCH_EVERY:-0}
+SEARCH_PARALLEL=${SOAK_SEARCH_PARALLEL:-4}
 [[ -x $RAMPART_BIN ]] || die "no Rampart binary at $RAMPART_BIN (cargo build --release -p rampart-cli)"
 require_tools "apt-get install nginx openssl" nginx openssl
 "$PYTHON" -c 'import requests' 2>/dev/null || die "$PYTHON has no requests module (apt-get install python3-requests)"
+[[ $SEARCH_EVERY == 0 || $EVENTS_ENABLED == 1 ]] || die "SOAK_SEARCH_EVERY needs the event store (SOAK_EVENTS_ENABLED=1)"
 ((WARMUP < SECONDS_TOTAL)) || die "SOAK_WARMUP ($WARMUP s) must be shorter than SOAK_SECONDS ($SECONDS_TOTAL s)"
 
 WORK=$(mktemp -d /tmp/rampart-soak.XXXXXX)
@@ -149,6 +163,12 @@ elif [[ -n $PAGE_CACHE_MIB ]]; then
     echo "page_cache = \"${PAGE_CACHE_MIB}MiB\"" >>"$R/rampart.toml"
 fi
 "$RAMPART_BIN" ca init --data-dir "$R/data" >"$WORK/ca-init.log" 2>&1 || die "rampart ca init: $(cat "$WORK/ca-init.log")"
+CONSOLE_USER=soak
+CONSOLE_PASSWORD=$(head -c 18 /dev/urandom | base64)
+if [[ $SEARCH_EVERY != 0 ]]; then
+    printf '%s\n' "$CONSOLE_PASSWORD" | "$RAMPART_BIN" user add "$CONSOLE_USER" --role analyst --data-dir "$R/data" \
+        >"$WORK/user-add.log" 2>&1 || die "rampart user add: $(cat "$WORK/user-add.log")"
+fi
 setsid "$RAMPART_BIN" server --config "$R/rampart.toml" >"$WORK/rampart.log" 2>&1 &
 RAMPART_PID=$!
 PIDS+=("$RAMPART_PID")
@@ -173,7 +193,18 @@ curl -sf --max-time 5 -o /dev/null -x "http://127.0.0.1:$PROXY_PORT" "http://127
     >"$WORK/load.jsonl" 2>"$WORK/load.err" &
 LOAD_PID=$!
 PIDS+=("$LOAD_PID")
-log "soak: ${SECONDS_TOTAL} s at $RATE req/s; Rampart pid $RAMPART_PID, work dir $WORK"
+SEARCH_PID=
+if [[ $SEARCH_EVERY != 0 ]]; then
+    "$PYTHON" "$(dirname "$0")/soak_search.py" \
+        --api "http://127.0.0.1:$API_PORT" --token-file "$R/data/admin.token" \
+        --console-user "$CONSOLE_USER" --console-password "$CONSOLE_PASSWORD" \
+        --expect-host localhost --expect-host 127.0.0.1 \
+        --every "$SEARCH_EVERY" --parallel "$SEARCH_PARALLEL" --seconds "$SECONDS_TOTAL" --report "$SAMPLE" \
+        >"$WORK/search.jsonl" 2>"$WORK/search.err" &
+    SEARCH_PID=$!
+    PIDS+=("$SEARCH_PID")
+fi
+log "soak: ${SECONDS_TOTAL} s at $RATE req/s${SEARCH_PID:+, searches every $SEARCH_EVERY s}; Rampart pid $RAMPART_PID, work dir $WORK"
 
 CSV="$WORK/samples.csv"
 echo "elapsed_s,rss_kib,anon_kib,file_kib,fds,threads,cpu_s,db_kib,wal_kib,load1" >"$CSV"
@@ -192,12 +223,16 @@ while kill -0 "$LOAD_PID" 2>/dev/null; do
     sleep "$SAMPLE"
 done
 wait "$LOAD_PID" || die "the load generator failed: $(tail -n 5 "$WORK/load.err")"
+if [[ -n $SEARCH_PID ]]; then
+    wait "$SEARCH_PID" || die "the searches failed to run: $(tail -n 5 "$WORK/search.err")"
+fi
 
 # --- verdict -------------------------------------------------------------------------
 if [[ $EVENTS_ENABLED == 0 ]]; then cache_mib=0; else cache_mib=${PAGE_CACHE_MIB:-$DEFAULT_PAGE_CACHE_MIB}; fi
-python3 - "$CSV" "$WORK/load.jsonl" "$WARMUP" "$RSS_SLACK" "$cache_mib" <<'EOF'
+python3 - "$CSV" "$WORK/load.jsonl" "$WARMUP" "$RSS_SLACK" "$cache_mib" "${SEARCH_PID:+$WORK/search.jsonl}" <<'EOF'
 import csv, json, sys
 csv_path, load_path, warmup, slack, cache_mib = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+search_path = sys.argv[6]
 rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(open(csv_path))]
 after = [r for r in rows if r["elapsed_s"] >= warmup]
 if len(after) < 8:
@@ -247,6 +282,21 @@ print(f"server CPU: {cpu:.1f} s over the soak ({1e6 * cpu / max(ok + bad, 1):.0f
 failed = []
 if bad:
     failed.append(f"{bad} requests failed")
+if search_path:
+    lines = open(search_path).read().strip().splitlines()
+    if not lines:
+        sys.exit("soak FAILED: the searches reported nothing")
+    s = json.loads(lines[-1])
+    total = s["all"]
+    print(f"searches: {s['rounds']} rounds, {total['ok']} ok, {total['bad']} failed; latency p50 {total['p50_ms']:.0f} ms, "
+          f"p95 {total['p95_ms']:.0f} ms, p99 {total['p99_ms']:.0f} ms, max {total['max_ms']:.0f} ms")
+    for k, v in s.items():
+        if isinstance(v, dict) and k != "all":
+            print(f"  {k}: {v['ok']}/{v['ok'] + v['bad']} ok, p50 {v['p50_ms']:.0f} ms, p95 {v['p95_ms']:.0f} ms, max {v['max_ms']:.0f} ms")
+    if total["bad"]:
+        failed.append(f"{total['bad']} searches failed")
+    if not total["ok"]:
+        failed.append("no search succeeded")
 if growth > allowed:
     failed.append(f"anonymous RSS grew {growth:.1f} % (> {allowed:.1f} %)")
 if len(full) >= 8:
@@ -263,5 +313,5 @@ if max_fds > warm_fds + 16:
     failed.append(f"descriptors rose from {warm_fds:.0f} to {max_fds:.0f}")
 if failed:
     sys.exit("soak FAILED: " + "; ".join(failed))
-print("soak passed: memory (beyond the page cache) and descriptors flat, no failed request")
+print("soak passed: memory (beyond the page cache) and descriptors flat, no failed request" + (", no failed search" if search_path else ""))
 EOF
