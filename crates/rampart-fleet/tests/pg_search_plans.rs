@@ -3,6 +3,7 @@
 //! SQL change that falls back to reading every row of the range fails here
 //! rather than on a 10M-event store (bench: `tests/pg_search_scale.rs`).
 
+use rampart_events::event::Verdict;
 use rampart_events::{parse_query, Event, FlowEvent, FlowKind, FlowSummary, SearchRequest};
 use rampart_fleet::pg::{FleetStore, DAY_MS};
 use rampart_testkit::postgres::{Mode, Postgres};
@@ -17,6 +18,13 @@ fn event(i: i64, gateway: &str) -> Event {
     s.host = Some(format!("host{}.example", i % 300));
     s.url = Some(format!("https://host{}.example/", i % 300));
     s.status = Some(200);
+    // One event in twenty blocked, one in a hundred alerted (as on a real
+    // fleet: most traffic is allowed), for every user alike.
+    s.verdict = match (i / 50) % 100 {
+        0..=4 => Verdict::Block,
+        5 => Verdict::Alert,
+        _ => Verdict::Allow,
+    };
     let mut e = FlowEvent::new(FlowKind::Http, s).event();
     e.unmapped.gateway = Some(gateway.to_string());
     e
@@ -27,7 +35,7 @@ async fn analysed_store(pg: &Postgres) -> FleetStore {
         .await
         .expect("connect to the test PostgreSQL");
     // 20,000 events over one day from three busy gateways; one event in a
-    // thousand from a fourth.
+    // thousand from a fourth. Each of the 50 users has ~20 blocked events.
     let events: Vec<Event> = (0..20_000)
         .map(|i| {
             let gateway = if i % 1000 == 7 {
@@ -95,4 +103,50 @@ async fn a_search_for_a_rare_or_absent_gateway_reads_the_gateway_index_not_every
         .events
         .iter()
         .all(|e| e.unmapped.gateway.as_deref() == Some("gw-canary")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_for_a_users_blocked_events_reads_the_index_of_events_not_allowed() {
+    let pg = Postgres::start(Mode::Fast);
+    let store = analysed_store(&pg).await;
+    for query in [
+        "user = user7 and action = block",
+        "action = Block and user = USER7",
+        "user = user7 and action = alert",
+        "user = user7 and verdict = block",
+    ] {
+        let plan = store
+            .explain_search(&request(query))
+            .await
+            .expect("explain");
+        assert!(
+            plan.contains("_user_name_action_event_time_seq_idx"),
+            "{query}: the plan does not use the index of events not allowed:\n{plan}"
+        );
+        assert!(
+            !plan.contains("Seq Scan"),
+            "{query}: the plan reads the whole partition:\n{plan}"
+        );
+    }
+    // The index holds no allowed event: a search for them must not use it,
+    // and must still find them.
+    let allowed = request("user = user7 and action = allow");
+    let plan = store.explain_search(&allowed).await.expect("explain");
+    assert!(
+        !plan.contains("_user_name_action_event_time_seq_idx"),
+        "a search for allowed events reads the index that lacks them:\n{plan}"
+    );
+    assert_eq!(store.search(&allowed).await.expect("search").events.len(), 100);
+
+    // Every blocked event of the user, newest first, and nothing else.
+    let req = request("user = user7 and action = block");
+    let page = store.search(&req).await.expect("search");
+    let expected = store
+        .count(&req.query, req.from_ms, req.to_ms)
+        .await
+        .expect("count");
+    assert_eq!(expected, 20, "user7's blocked events in the store");
+    assert_eq!(page.events.len() as u64, expected);
+    assert!(page.events.windows(2).all(|w| w[0].time >= w[1].time));
+    assert!(page.events.iter().all(|e| req.query.matches(e)));
 }
