@@ -12,6 +12,14 @@
 //! with the default method and the CPU it took in this process and in
 //! PostgreSQL, then the p50/p95/p99 latency of a user + one-day search and of a
 //! device's one-hour timeline.
+//!
+//! `index_insert_cost` (also ignored) measures what each secondary index
+//! costs an insert:
+//!
+//! ```text
+//! cargo test --release -p rampart-fleet --test pg_bench index_insert_cost -- --ignored --nocapture
+//! RAMPART_PG_INDEX_COST_EVENTS=100000 RAMPART_PG_INDEX_COST_ROUNDS=3 cargo test ...   # per run, rounds
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +53,11 @@ impl Rng {
 /// Event `i` of `total`, spread evenly over the ten days; a realistic HTTP
 /// event as the gateway makes it (user, groups, device, URL, category, rule).
 fn event(rng: &mut Rng, i: u64, total: u64) -> Event {
-    let time = START_MS + (i as i64) * (DAYS * DAY_MS) / total as i64;
+    event_at(rng, START_MS + (i as i64) * (DAYS * DAY_MS) / total as i64)
+}
+
+/// A realistic HTTP event ending at `time`, one in twenty blocked.
+fn event_at(rng: &mut Rng, time: i64) -> Event {
     let user = rng.below(USERS);
     let mut s = FlowSummary::new(rampart_events::new_flow_id(), time - 120);
     s.end_ms = time;
@@ -286,6 +298,159 @@ fn fleet_store_ingest_and_search_figures() {
             times.push(t.elapsed());
         }
         report("device timeline, one whole day", times);
+    });
+}
+
+/// The index sets compared by `index_insert_cost`: a name and the indexes
+/// beyond schema 2's (which every set has).
+const INDEX_SETS: [(&str, &[&str]); 4] = [
+    ("schema 2 (no gateway index)", &[]),
+    ("schema 3 (+ gateway)", &[GATEWAY_INDEX]),
+    (
+        "schema 4 (+ gateway, + user/action of events not allowed)",
+        &[GATEWAY_INDEX, USER_NOT_ALLOWED_INDEX],
+    ),
+    (
+        "schema 3 + user/action of every event (the alternative)",
+        &[GATEWAY_INDEX, USER_ACTION_ALL_INDEX],
+    ),
+];
+const GATEWAY_INDEX: &str = "rampart_events_gateway";
+const USER_NOT_ALLOWED_INDEX: &str = "rampart_events_user_not_allowed";
+const USER_ACTION_ALL_INDEX: &str = "rampart_events_user_action_all";
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
+
+/// Insert cost of the secondary indexes, the sets of [`INDEX_SETS`] taking
+/// turns in one run (the order reversed every other round, so a drift of the
+/// host's load or of the partition's size favours none). Every run appends
+/// its events, a day's traffic from 2,000 users as the gateways send it, to
+/// the same daily partition, as a day of ingest does: it grows to
+/// rounds × sets × events rows. Between runs the indexes of the next set are
+/// created or dropped (not timed). Per run: events/s inside `insert_batch`,
+/// and CPU per event of this process (the store's insert path, which is
+/// what the server's consumer runs per event after decoding) and of
+/// PostgreSQL (postmaster and backends, WAL writer and checkpointer
+/// included).
+#[test]
+#[ignore = "measurement: run with --ignored --nocapture (a few minutes)"]
+fn index_insert_cost() {
+    let per_run = env_u64("RAMPART_PG_INDEX_COST_EVENTS", 100_000);
+    let rounds = env_u64("RAMPART_PG_INDEX_COST_ROUNDS", 3);
+    let runs = rounds * INDEX_SETS.len() as u64;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pg = Postgres::start(Mode::Durable);
+    rt.block_on(async {
+        let store = connect(&pg, InsertMethod::default()).await;
+        let client = pg_client(&pg).await;
+        // The definitions of the indexes compared, from the schema itself.
+        let mut defs: Vec<(String, String)> = client
+            .query(
+                "SELECT c.relname::text, replace(pg_get_indexdef(i.indexrelid), ' ON ONLY ', ' ON ') FROM pg_index i \
+                 JOIN pg_class c ON c.oid = i.indexrelid \
+                 WHERE i.indrelid = 'rampart_events'::regclass AND c.relname = ANY($1)",
+                &[&vec![GATEWAY_INDEX, USER_NOT_ALLOWED_INDEX]],
+            )
+            .await
+            .expect("index definitions")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(defs.len(), 2, "schema 4 has the gateway and user/action indexes: {defs:?}");
+        defs.push((
+            USER_ACTION_ALL_INDEX.to_string(),
+            format!("CREATE INDEX {USER_ACTION_ALL_INDEX} ON rampart_events (user_name, action, event_time, seq)"),
+        ));
+        let mut present: Vec<&str> = vec![GATEWAY_INDEX, USER_NOT_ALLOWED_INDEX];
+        let mut rng = Rng(23);
+        // The runs share one day: run k writes the k-th slice of it, in time order.
+        let slice_ms = DAY_MS / runs as i64;
+        let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); INDEX_SETS.len()];
+        let mut run = 0i64;
+        for round in 0..rounds {
+            let mut order: Vec<usize> = (0..INDEX_SETS.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for set in order {
+                let (set_name, wanted) = INDEX_SETS[set];
+                for name in present.clone() {
+                    if !wanted.contains(&name) {
+                        client.batch_execute(&format!("DROP INDEX {name}")).await.expect("drop index");
+                        present.retain(|p| *p != name);
+                    }
+                }
+                for name in wanted {
+                    if !present.contains(name) {
+                        let (_, def) = defs.iter().find(|(n, _)| n == name).expect("a known index");
+                        client.batch_execute(def).await.expect("create index");
+                        present.push(name);
+                    }
+                }
+                client.batch_execute("CHECKPOINT").await.expect("checkpoint");
+                let from = START_MS + run * slice_ms;
+                let events: Vec<Event> = (0..per_run)
+                    .map(|k| event_at(&mut rng, from + k as i64 * slice_ms / per_run as i64))
+                    .collect();
+                let (c0, s0) = (cpu_seconds(std::process::id()), postgres_cpu(pg.pid()));
+                let t = Instant::now();
+                for batch in events.chunks(BATCH) {
+                    let new = store.insert_batch(batch).await.expect("insert");
+                    assert_eq!(new, batch.len() as u64);
+                }
+                let secs = t.elapsed().as_secs_f64();
+                let client_us = (cpu_seconds(std::process::id()) - c0) / per_run as f64 * 1e6;
+                let server_us = (postgres_cpu(pg.pid()) - s0) / per_run as f64 * 1e6;
+                let rate = per_run as f64 / secs;
+                println!(
+                    "round {round} {set_name}: {per_run} events in {secs:.1} s, {rate:.0} events/s; CPU per event: store client {client_us:.1} µs, PostgreSQL {server_us:.1} µs"
+                );
+                results[set].push((rate, client_us, server_us));
+                run += 1;
+            }
+        }
+        let rows: i64 = client
+            .query_one("SELECT count(*) FROM rampart_events", &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(rows as u64, runs * per_run);
+        println!("medians over {rounds} rounds of {per_run} events (partition grew to {rows} rows):");
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        for (set, r) in results.iter().enumerate() {
+            println!(
+                "  {}: {:.0} events/s; CPU per event: store client {:.1} µs, PostgreSQL {:.1} µs",
+                INDEX_SETS[set].0,
+                median(r.iter().map(|x| x.0).collect()),
+                median(r.iter().map(|x| x.1).collect()),
+                median(r.iter().map(|x| x.2).collect()),
+            );
+        }
+        // The indexes' sizes at the end (the last set's).
+        for name in &present {
+            let bytes: i64 = client
+                .query_one(
+                    "SELECT coalesce(sum(pg_relation_size(inhrelid)), 0)::bigint FROM pg_inherits WHERE inhparent = $1::text::regclass",
+                    &[name],
+                )
+                .await
+                .expect("index size")
+                .get(0);
+            println!("  index {name}: {:.1} MB for {rows} rows", bytes as f64 / 1e6);
+        }
     });
 }
 

@@ -9,7 +9,7 @@
 //!
 //! PostgreSQL 15 runs with the bench settings (`Mode::Durable`: fsync on,
 //! 2 GB shared buffers) in a temporary directory (`TMPDIR` to move it; the
-//! load stops if the disk holding it falls under 13 GiB free).
+//! load stops if the disk holding it falls under 15 GiB free).
 //!
 //! The store's own insert path writes ~8,000 events/s on this host (over 20
 //! minutes for 10M), so the rows are generated inside PostgreSQL: two template
@@ -47,10 +47,11 @@ const HOSTS: i64 = 20_000;
 /// Three busy gateways share the traffic; this one logged one event in a
 /// thousand (a gateway just added, or one mostly drained).
 const RARE_GATEWAY: &str = "gw-canary";
-/// The load stops before the disk holding the database falls below this.
-const MIN_FREE_BYTES: u64 = 25 << 29; // 12.5 GiB
-/// Schema 3's index, built after the first round of gateway searches.
-const GATEWAY_INDEX: &str = "rampart_events_gateway";
+/// The load stops before the disk holding the database falls below this
+/// (other work shares the disk).
+const MIN_FREE_BYTES: u64 = 15 << 30;
+/// Schema 4's index, built after the first round of searches.
+const USER_ACTION_INDEX: &str = "rampart_events_user_not_allowed";
 
 /// Sentinels in the template events, replaced in every copy: lowercase
 /// words that neither the document's fixed text nor a generated value holds.
@@ -314,51 +315,178 @@ async fn measure_timeline(
     report(name, times, found);
 }
 
-/// The `gateway` searches: a busy gateway, the rare one, and one with no
-/// event in the range (retired, or a typo), as the console runs them.
-async fn measure_gateway_searches(store: &FleetStore, rng: &mut Rng, end: i64) {
+/// Whether a measurement finds the store's pages in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cache {
+    /// PostgreSQL's buffers and the page cache hold what earlier runs read.
+    Warm,
+    /// Just after [`go_cold`]: the searches read the disk, as on a store much
+    /// larger than memory (repeated runs warm it a little, so few runs).
+    Cold,
+}
+
+/// A set of measurements: which indexes the store has, warm or cold.
+struct Phase<'a> {
+    indexes: &'a str,
+    cache: Cache,
+}
+
+impl Phase<'_> {
+    fn name(&self, search: &str) -> String {
+        let cache = match self.cache {
+            Cache::Warm => "warm",
+            Cache::Cold => "cold",
+        };
+        format!("[{}, {cache}] {search}", self.indexes)
+    }
+
+    /// Runs of a search measured `warm_runs` times when warm.
+    fn runs(&self, warm_runs: usize) -> usize {
+        match self.cache {
+            Cache::Warm => warm_runs,
+            Cache::Cold => (warm_runs / 3).max(5),
+        }
+    }
+}
+
+/// Which searches a phase measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Searches {
+    /// Every search the console and the CLI run (the issue's targets).
+    All,
+    /// Only those an index of (user, action) changes.
+    UserAction,
+}
+
+/// The one measurement loop, warm or cold: every search as the console and
+/// the CLI run them (newest 100 first), each event checked against its query.
+async fn measure_searches(
+    store: &FleetStore,
+    rng: &mut Rng,
+    end: i64,
+    phase: &Phase<'_>,
+    searches: Searches,
+) {
+    let user = |rng: &mut Rng| format!("user{}@corp.example", rng.below(USERS));
+    if searches == Searches::All {
+        measure_search(
+            store,
+            &phase.name("user + one day, limit 100"),
+            phase.runs(300),
+            || {
+                let day = rng.below(days());
+                (
+                    format!("user = \"{}\"", user(rng)),
+                    START_MS + day * DAY_MS,
+                    START_MS + (day + 1) * DAY_MS,
+                )
+            },
+        )
+        .await;
+    }
     measure_search(
         store,
-        "gateway = gwN (a third of the events) + last 24 h, limit 100",
-        100,
+        &phase.name("user + action = block, whole range, limit 100"),
+        phase.runs(150),
         || {
             (
-                format!("gateway = gw{}", 1 + rng.below(3)),
+                format!("user = \"{}\" and action = block", user(rng)),
+                START_MS,
+                end,
+            )
+        },
+    )
+    .await;
+    measure_search(
+        store,
+        &phase.name("user + action = block, last 24 h, limit 100"),
+        phase.runs(150),
+        || {
+            (
+                format!("user = \"{}\" and action = block", user(rng)),
                 end - DAY_MS,
                 end,
             )
         },
     )
     .await;
-    measure_search(store, "gateway = gwN + last 7 days, limit 100", 100, || {
-        (
-            format!("gateway = gw{}", 1 + rng.below(3)),
-            end - 7 * DAY_MS,
-            end,
-        )
-    })
+    measure_search(
+        store,
+        &phase.name("user + action = allow, whole range, limit 100"),
+        phase.runs(60),
+        || {
+            (
+                format!("user = \"{}\" and action = allow", user(rng)),
+                START_MS,
+                end,
+            )
+        },
+    )
+    .await;
+    if searches == Searches::UserAction {
+        return;
+    }
+    let gateway = |rng: &mut Rng| format!("gateway = gw{}", 1 + rng.below(3));
+    measure_search(
+        store,
+        &phase.name("gateway = gwN (a third of the events) + last 24 h, limit 100"),
+        phase.runs(100),
+        || (gateway(rng), end - DAY_MS, end),
+    )
     .await;
     measure_search(
         store,
-        "gateway = gw-canary (0.1 %) + last 24 h, limit 100",
-        20,
+        &phase.name("gateway = gwN + last 7 days, limit 100"),
+        phase.runs(100),
+        || (gateway(rng), end - 7 * DAY_MS, end),
+    )
+    .await;
+    measure_search(
+        store,
+        &phase.name("gateway = gw-canary (0.1 %) + last 24 h, limit 100"),
+        phase.runs(20),
         || (format!("gateway = {RARE_GATEWAY}"), end - DAY_MS, end),
     )
     .await;
     measure_search(
         store,
-        "gateway = gw-canary + last 7 days, limit 100",
-        10,
+        &phase.name("gateway = gw-canary + last 7 days, limit 100"),
+        phase.runs(10),
         || (format!("gateway = {RARE_GATEWAY}"), end - 7 * DAY_MS, end),
     )
     .await;
     measure_empty(
         store,
-        "gateway = gw-retired (none) + last 24 h, limit 100",
+        &phase.name("gateway = gw-retired (none) + last 24 h, limit 100"),
         5,
         "gateway = gw-retired",
         end - DAY_MS,
         end,
+    )
+    .await;
+    let device = |rng: &mut Rng| format!("device-{:05}", rng.below(DEVICES));
+    measure_timeline(
+        store,
+        &phase.name("device timeline ±1 h"),
+        phase.runs(300),
+        || {
+            let around = START_MS + rng.below(days() * DAY_MS);
+            (device(rng), around - 3_600_000, around + 3_600_000)
+        },
+    )
+    .await;
+    measure_timeline(
+        store,
+        &phase.name("device timeline, one whole day"),
+        phase.runs(100),
+        || {
+            let day = rng.below(days());
+            (
+                device(rng),
+                START_MS + day * DAY_MS,
+                START_MS + (day + 1) * DAY_MS - 1,
+            )
+        },
     )
     .await;
 }
@@ -389,22 +517,77 @@ async fn measure_empty(
     report(name, times, 0);
 }
 
-async fn explain_gateway_searches(client: &tokio_postgres::Client, end: i64) {
-    for (title, gw, from) in [
-        ("gateway busy, 24 h", "gw2", end - DAY_MS),
-        ("gateway rare, 7 days", RARE_GATEWAY, end - 7 * DAY_MS),
-        ("gateway absent, 24 h", "gw-retired", end - DAY_MS),
+/// The plans of the user + action searches, as the store runs them.
+async fn explain_user_action_searches(client: &tokio_postgres::Client, end: i64) {
+    for (title, action, from) in [
+        ("user + block, whole range", "block", START_MS),
+        ("user + block, 24 h", "block", end - DAY_MS),
+        ("user + allow, whole range", "allow", START_MS),
     ] {
         explain(
             client,
             title,
             &format!(
                 "SELECT doc, event_time, seq FROM rampart_events WHERE event_time >= {from} AND event_time < {end} \
-                 AND (gateway = '{gw}') ORDER BY event_time DESC, seq DESC LIMIT 101"
+                 AND ((user_name = 'user17@corp.example' AND action = '{action}')) ORDER BY event_time DESC, seq DESC LIMIT 101"
             ),
         )
         .await;
     }
+}
+
+/// Build an index (its `CREATE INDEX` statement) and analyse, timed; print
+/// its size.
+async fn build_index(
+    client: &tokio_postgres::Client,
+    data_dir: &std::path::Path,
+    name: &str,
+    def: &str,
+) {
+    assert!(
+        free_bytes(data_dir) > MIN_FREE_BYTES,
+        "stopping before building {name}: under 15 GiB free"
+    );
+    let t = Instant::now();
+    client.batch_execute(def).await.expect("create index");
+    let built = t.elapsed().as_secs_f64();
+    let bytes: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(pg_relation_size(inhrelid)), 0)::bigint FROM pg_inherits WHERE inhparent = $1::text::regclass",
+            &[&name],
+        )
+        .await
+        .expect("index size")
+        .get(0);
+    println!(
+        "index {name}: built in {built:.1} s, {:.0} MB",
+        bytes as f64 / 1e6
+    );
+}
+
+/// PostgreSQL restarted (its buffers empty) and the database's files
+/// dropped from the page cache, so the next searches read the disk.
+async fn go_cold(
+    pg: &mut Postgres,
+    store: FleetStore,
+    client: tokio_postgres::Client,
+) -> (FleetStore, tokio_postgres::Client) {
+    client
+        .batch_execute("CHECKPOINT")
+        .await
+        .expect("checkpoint");
+    drop(store);
+    drop(client);
+    pg.stop();
+    let evicted = evict_from_page_cache(pg.dir());
+    pg.restart();
+    println!(
+        "cold: PostgreSQL restarted, {:.1} GB of its files dropped from the page cache",
+        evicted as f64 / 1e9
+    );
+    let store = FleetStore::connect(&pg.url()).await.expect("reconnect");
+    let client = pg_client(pg).await;
+    (store, client)
 }
 
 async fn pg_client(pg: &Postgres) -> tokio_postgres::Client {
@@ -449,12 +632,12 @@ fn fleet_search_latency_at_scale() {
     rt.block_on(async {
         let mut config = FleetStoreConfig::new(pg.url());
         config.insert_method = InsertMethod::Copy;
-        let store = FleetStore::connect_with(config).await.expect("connect");
+        let mut store = FleetStore::connect_with(config).await.expect("connect");
         store
             .ensure_partitions(START_MS, START_MS + days() * DAY_MS)
             .await
             .expect("partitions");
-        let client = pg_client(&pg).await;
+        let mut client = pg_client(&pg).await;
 
         // 1. The templates, written by the store, kept aside, removed from the events.
         let lean = std::env::var("RAMPART_PG_SCALE_DOC").is_ok_and(|v| v == "lean");
@@ -564,31 +747,13 @@ fn fleet_search_latency_at_scale() {
             "load: {total} rows in {load_secs:.0} s ({:.0} rows/s, SQL generation, primary key maintained)",
             total as f64 / load_secs
         );
-        // The gateway index (schema 3) is built last, after the gateway
-        // searches ran without it: the figures before and after.
-        let (gateway_index, indexes): (Vec<_>, Vec<_>) = indexes
+        // Schema 4's index is built after the searches ran without it:
+        // the figures before and after.
+        let (user_action_index, indexes): (Vec<_>, Vec<_>) = indexes
             .into_iter()
-            .partition(|(name, _)| name == GATEWAY_INDEX);
+            .partition(|(name, _)| name == USER_ACTION_INDEX);
         for (name, def) in &indexes {
-            assert!(
-                free_bytes(&data_dir) > MIN_FREE_BYTES,
-                "stopping before building {name}: under 12.5 GiB free"
-            );
-            let t = Instant::now();
-            client.batch_execute(def).await.expect("create index");
-            let bytes: i64 = client
-                .query_one(
-                    "SELECT coalesce(sum(pg_relation_size(inhrelid)), 0)::bigint FROM pg_inherits WHERE inhparent = $1::text::regclass",
-                    &[name],
-                )
-                .await
-                .expect("index size")
-                .get(0);
-            println!(
-                "index {name}: built in {:.1} s, {:.0} MB",
-                t.elapsed().as_secs_f64(),
-                bytes as f64 / 1e6
-            );
+            build_index(&client, &data_dir, name, def).await;
         }
         let t = Instant::now();
         // ANALYZE, not VACUUM: a vacuum would rewrite every page of the
@@ -632,115 +797,56 @@ fn fleet_search_latency_at_scale() {
             .get(0);
         assert_eq!(leftover, 0, "generated documents still hold a sentinel");
 
-        // 3. Searches as the console and the CLI run them: newest 100 first.
+        // 3. Every search with the indexes of schema 3, warm then cold.
         let end = START_MS + days() * DAY_MS;
         let mut rng = Rng(99);
-        measure_search(&store, "user + one day, limit 100", 300, || {
-            let day = rng.below(days());
-            (
-                format!("user = \"user{}@corp.example\"", rng.below(USERS)),
-                START_MS + day * DAY_MS,
-                START_MS + (day + 1) * DAY_MS,
-            )
-        })
-        .await;
-        measure_search(&store, "user + action = block, whole range, limit 100", 300, || {
-            (
-                format!("user = \"user{}@corp.example\" and action = block", rng.below(USERS)),
-                START_MS,
-                end,
-            )
-        })
-        .await;
-        measure_gateway_searches(&store, &mut rng, end).await;
+        explain_user_action_searches(&client, end).await;
+        let schema_3 = "schema 3";
+        for cache in [Cache::Warm, Cache::Cold] {
+            if cache == Cache::Cold {
+                (store, client) = go_cold(&mut pg, store, client).await;
+            }
+            let phase = Phase { indexes: schema_3, cache };
+            measure_searches(&store, &mut rng, end, &phase, Searches::All).await;
+        }
 
-        // 4. Device timelines: one hour either side of a random moment, a whole day.
-        measure_timeline(&store, "device timeline ±1 h", 300, || {
-            let around = START_MS + rng.below(days() * DAY_MS);
-            (
-                format!("device-{:05}", rng.below(DEVICES)),
-                around - 3_600_000,
-                around + 3_600_000,
-            )
-        })
+        // 4. The alternative to schema 4's partial index: one over every
+        // event, allowed ones too (serves `action = allow` as well, at the
+        // price of a B-tree entry per event). Measured, then dropped.
+        let alternative = "rampart_events_user_action_all";
+        build_index(
+            &client,
+            &data_dir,
+            alternative,
+            &format!("CREATE INDEX {alternative} ON rampart_events (user_name, action, event_time, seq); ANALYZE rampart_events"),
+        )
         .await;
-        measure_timeline(&store, "device timeline, one whole day", 100, || {
-            let day = rng.below(days());
-            (
-                format!("device-{:05}", rng.below(DEVICES)),
-                START_MS + day * DAY_MS,
-                START_MS + (day + 1) * DAY_MS - 1,
-            )
-        })
-        .await;
-
-        // 5. The gateway searches' plans without their index, then with it.
-        explain_gateway_searches(&client, end).await;
-        let (name, def) = gateway_index
-            .first()
-            .expect("schema 3 has an index on gateway");
-        let t = Instant::now();
+        explain_user_action_searches(&client, end).await;
+        for cache in [Cache::Warm, Cache::Cold] {
+            if cache == Cache::Cold {
+                (store, client) = go_cold(&mut pg, store, client).await;
+            }
+            let phase = Phase { indexes: "schema 3 + (user, action) of every event", cache };
+            measure_searches(&store, &mut rng, end, &phase, Searches::UserAction).await;
+        }
         client
-            .batch_execute(&format!("{def}; ANALYZE rampart_events"))
+            .batch_execute(&format!("DROP INDEX {alternative}"))
             .await
-            .expect("gateway index");
-        println!(
-            "index {name} (schema 3): built in {:.1} s (with ANALYZE); the gateway searches again:",
-            t.elapsed().as_secs_f64()
-        );
-        measure_gateway_searches(&store, &mut rng, end).await;
-        explain_gateway_searches(&client, end).await;
+            .expect("drop the alternative index");
 
-        // 6. Cold: PostgreSQL restarted (its buffers empty) and the
-        // database's files dropped from the page cache, so the searches read
-        // the disk as on a store much larger than memory.
-        client.batch_execute("CHECKPOINT").await.expect("checkpoint");
-        drop(store);
-        drop(client);
-        pg.stop();
-        let evicted = evict_from_page_cache(&data_dir);
-        pg.restart();
-        println!(
-            "cold: PostgreSQL restarted, {:.1} GB of its files dropped from the page cache",
-            evicted as f64 / 1e9
-        );
-        let store = FleetStore::connect(&pg.url()).await.expect("reconnect");
-        measure_search(&store, "cold: user + one day, limit 100", 100, || {
-            let day = rng.below(days());
-            (
-                format!("user = \"user{}@corp.example\"", rng.below(USERS)),
-                START_MS + day * DAY_MS,
-                START_MS + (day + 1) * DAY_MS,
-            )
-        })
-        .await;
-        measure_timeline(&store, "cold: device timeline ±1 h", 100, || {
-            let around = START_MS + rng.below(days() * DAY_MS);
-            (
-                format!("device-{:05}", rng.below(DEVICES)),
-                around - 3_600_000,
-                around + 3_600_000,
-            )
-        })
-        .await;
-        measure_timeline(&store, "cold: device timeline, one whole day", 50, || {
-            let day = rng.below(days());
-            (
-                format!("device-{:05}", rng.below(DEVICES)),
-                START_MS + day * DAY_MS,
-                START_MS + (day + 1) * DAY_MS - 1,
-            )
-        })
-        .await;
-        measure_search(&store, "cold: user + action = block, whole range, limit 100", 50, || {
-            (
-                format!("user = \"user{}@corp.example\" and action = block", rng.below(USERS)),
-                START_MS,
-                end,
-            )
-        })
-        .await;
-        measure_gateway_searches(&store, &mut rng, end).await;
+        // 5. Schema 4: its index of the events not allowed, then every search again.
+        let (name, def) = user_action_index
+            .first()
+            .expect("schema 4 has an index of the events not allowed");
+        build_index(&client, &data_dir, name, &format!("{def}; ANALYZE rampart_events")).await;
+        explain_user_action_searches(&client, end).await;
+        for cache in [Cache::Warm, Cache::Cold] {
+            if cache == Cache::Cold {
+                (store, client) = go_cold(&mut pg, store, client).await;
+            }
+            let phase = Phase { indexes: "schema 4", cache };
+            measure_searches(&store, &mut rng, end, &phase, Searches::All).await;
+        }
     });
     drop(pg);
 }
