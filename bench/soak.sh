@@ -29,7 +29,9 @@
 # sixth round), SOAK_SEARCH_PARALLEL (4) at a time, so both reader pools and
 # their page caches are in the soak. Every answer must be 200 (a console page
 # without an error on it) and the searches for the load's own hosts must find
-# events: a failed search fails the soak like a failed request.
+# events: a failed search fails the soak like a failed request. SOAK_SEARCH_TAIL=1
+# also follows every HTTP event with `rampart events tail --server` and fails the
+# soak if the tail missed a stored event or printed one twice.
 #
 #   bash bench/soak.sh                       # one hour, 100 req/s
 #   SOAK_SECONDS=600 SOAK_RATE=200 bash bench/soak.sh
@@ -60,6 +62,7 @@ PAGE_CACHE_MIB=${SOAK_PAGE_CACHE_MIB:-}
 EVENTS_ENABLED=${SOAK_EVENTS_ENABLED:-1}
 SEARCH_EVERY=${SOAK_SEARCH_EVERY:-0}
 SEARCH_PARALLEL=${SOAK_SEARCH_PARALLEL:-4}
+SEARCH_TAIL=${SOAK_SEARCH_TAIL:-}
 [[ -x $RAMPART_BIN ]] || die "no Rampart binary at $RAMPART_BIN (cargo build --release -p rampart-cli)"
 require_tools "apt-get install nginx openssl" nginx openssl
 "$PYTHON" -c 'import requests' 2>/dev/null || die "$PYTHON has no requests module (apt-get install python3-requests)"
@@ -200,6 +203,7 @@ if [[ $SEARCH_EVERY != 0 ]]; then
         --console-user "$CONSOLE_USER" --console-password "$CONSOLE_PASSWORD" \
         --expect-host localhost --expect-host 127.0.0.1 \
         --every "$SEARCH_EVERY" --parallel "$SEARCH_PARALLEL" --seconds "$SECONDS_TOTAL" --report "$SAMPLE" \
+        ${SEARCH_TAIL:+--tail-bin "$RAMPART_BIN"} \
         >"$WORK/search.jsonl" 2>"$WORK/search.err" &
     SEARCH_PID=$!
     PIDS+=("$SEARCH_PID")
@@ -291,8 +295,10 @@ if search_path:
     print(f"searches: {s['rounds']} rounds, {total['ok']} ok, {total['bad']} failed; latency p50 {total['p50_ms']:.0f} ms, "
           f"p95 {total['p95_ms']:.0f} ms, p99 {total['p99_ms']:.0f} ms, max {total['max_ms']:.0f} ms")
     for k, v in s.items():
-        if isinstance(v, dict) and k != "all":
+        if isinstance(v, dict) and k not in ("all", "tail"):
             print(f"  {k}: {v['ok']}/{v['ok'] + v['bad']} ok, p50 {v['p50_ms']:.0f} ms, p95 {v['p95_ms']:.0f} ms, max {v['max_ms']:.0f} ms")
+    if "tail" in s:
+        print(f"  tail: {s['tail']}")
     if total["bad"]:
         failed.append(f"{total['bad']} searches failed")
     if not total["ok"]:

@@ -14,6 +14,11 @@ console's) open and keep several readers and their page caches:
   `--export-every` rounds the NDJSON export of the last 15 minutes (up to
   10,000 events).
 
+With `--tail-bin`, `rampart events tail --server` (the real CLI, which polls the
+API every 500 ms from the newest event time it has seen) follows every HTTP event
+the whole time; at the end its ids are compared with the store's for the same
+span: an event the tail missed or printed twice is a failure.
+
 Every answer must be 200 (a console page also without an error paragraph, and
 not a redirect to the login form); searches that must find events once traffic
 has run for a minute (the soak's own hosts) must not come back empty. Each such
@@ -25,7 +30,9 @@ import argparse
 import concurrent.futures
 import datetime
 import json
+import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -55,11 +62,13 @@ class Counters:
         self.lock = threading.Lock()
         self.kinds: dict = {}
 
-    def record(self, kind: str, ok: bool, ms: float, why: str = "") -> None:
+    def record(self, kind: str, ok: bool, ms, why: str = "") -> None:
+        """ms None: a check, not a request (no latency)."""
         with self.lock:
             k = self.kinds.setdefault(kind, {"ok": 0, "bad": 0, "ms": []})
             k["ok" if ok else "bad"] += 1
-            k["ms"].append(ms)
+            if ms is not None:
+                k["ms"].append(ms)
         if not ok:
             print(f"{rfc3339(time.time())} {kind}: {why}", file=sys.stderr, flush=True)
 
@@ -257,6 +266,83 @@ class Searcher:
             self.console("console_event", f"/events/{m.group(1)}", {})
 
 
+class Tail:
+    """`rampart events tail QUERY --server` as a child, its JSON lines counted."""
+
+    QUERY = "type = http"
+
+    def __init__(self, binary: str, base: str, token: str) -> None:
+        self.base = base
+        self.token = token
+        self.started_ms = int(time.time() * 1000)
+        self.ids: list = []
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            [binary, "events", "tail", self.QUERY, "--last", "0", "--format", "json", "--server", base],
+            env={**os.environ, "RAMPART_TOKEN": token},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.reader = threading.Thread(target=self.read, daemon=True)
+        self.reader.start()
+
+    def read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                uid = json.loads(line).get("id")
+            except ValueError:
+                uid = None
+            with self.lock:
+                self.ids.append(uid)
+
+    def finish(self, counters: Counters) -> dict:
+        """Stops the tail once the store has caught up, and compares its ids with
+        the store's over [start + 5 s, stop - 5 s] (the edges are racy by nature)."""
+        time.sleep(5)
+        alive = self.proc.poll() is None
+        stopped_ms = int(time.time() * 1000)
+        time.sleep(2)
+        self.proc.terminate()
+        try:
+            _, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        self.reader.join(timeout=10)
+        lo, hi = self.started_ms + 5000, stopped_ms - 5000
+        stored = set()
+        cursor = None
+        session = requests.Session()
+        while True:
+            params = {"q": self.QUERY, "from": rfc3339(lo / 1000), "to": rfc3339(hi / 1000), "limit": 1000}
+            if cursor:
+                params["cursor"] = cursor
+            r = session.get(f"{self.base}/api/v1/events", params=params,
+                            headers={"Authorization": f"Bearer {self.token}"}, timeout=120)
+            if r.status_code != 200:
+                counters.record("tail_check", False, None, f"listing the store: status {r.status_code}")
+                return {"printed": len(self.ids), "error": f"status {r.status_code}"}
+            doc = r.json()
+            stored.update(e["metadata"]["uid"] for e in doc["events"] if lo <= e["time"] < hi)
+            cursor = doc.get("next_cursor")
+            if not cursor:
+                break
+        with self.lock:
+            printed = list(self.ids)
+        seen = set(printed)
+        missed = stored - seen
+        twice = len(printed) - len(seen)
+        ok = alive and not missed and not twice and bool(stored)
+        why = (f"tail {'ran' if alive else 'EXITED: ' + err.strip()[-300:]}; "
+               f"{len(missed)} of {len(stored)} stored events missed, {twice} printed twice")
+        counters.record("tail_check", ok, None, why)
+        return {"printed": len(printed), "stored_in_span": len(stored), "missed": len(missed),
+                "printed_twice": twice, "alive_to_the_end": alive,
+                "missed_sample": sorted(missed)[:5]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--api", required=True, help="http://127.0.0.1:PORT (the server's API listener)")
@@ -270,9 +356,11 @@ def main() -> int:
     ap.add_argument("--export-every", type=int, default=6, help="an NDJSON export every N rounds")
     ap.add_argument("--seconds", type=float, default=3600.0)
     ap.add_argument("--report", type=float, default=10.0)
+    ap.add_argument("--tail-bin", help="the rampart binary: follow the events with `rampart events tail --server`")
     args = ap.parse_args()
 
     searcher = Searcher(args)
+    tail = Tail(args.tail_bin, searcher.base, searcher.token) if args.tail_bin else None
     stop_at = time.monotonic() + args.seconds
     next_round = time.monotonic()
     next_report = time.monotonic() + args.report
@@ -292,7 +380,8 @@ def main() -> int:
                 time.sleep(min(next_round, next_report, stop_at) - now)
             if time.monotonic() > next_round + args.every:
                 next_round = time.monotonic()  # a round ran long: do not bunch up
-    print(json.dumps({"t": time.time(), "rounds": rounds, **searcher.counters.snapshot()}), flush=True)
+    extra = {"tail": tail.finish(searcher.counters)} if tail else {}
+    print(json.dumps({"t": time.time(), "rounds": rounds, **extra, **searcher.counters.snapshot()}), flush=True)
     return 0
 
 
