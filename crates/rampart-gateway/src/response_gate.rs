@@ -14,7 +14,9 @@
 //! one). Allowed: the held bytes go out first, then the rest streams.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,6 +54,10 @@ pub fn needed(state: &GatewayState, pending: bool) -> bool {
 /// Bytes held to classify a body when only a file-type rule needs them.
 const SNIFF_HOLD: usize = rampart_inspect::SNIFF_LEN;
 
+/// Bytes held of a body declared longer than `inspect.memory_threshold`:
+/// enough for the scan to type it (ISO images included) before it streams.
+const LONG_BODY_HOLD: usize = rampart_inspect::ISO_SNIFF_LEN;
+
 /// Holds `response` as the phase needs, decides, and answers with the block
 /// page or the response (held bytes first).
 pub async fn respond(
@@ -74,6 +80,10 @@ pub async fn respond(
     }
     let inspector = state.inspector.clone();
     let limit = match &inspector {
+        // A body whose declared length is past the hold cannot end within
+        // it: it streams anyway, so only the bytes that type it are held
+        // (not memory_threshold of them per flow while the hold lasts).
+        Some(i) if body.size_hint().lower() > i.config().memory_threshold => LONG_BODY_HOLD,
         Some(i) => (i.config().memory_threshold as usize).max(SNIFF_HOLD),
         None => SNIFF_HOLD,
     };
@@ -92,7 +102,10 @@ pub async fn respond(
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         if let Some((session, _)) = scan.as_mut() {
-                            session.feed(&data).map_err(|e| e.to_string())?;
+                            // Shared with `prefix`, not copied.
+                            session
+                                .feed_shared(data.clone())
+                                .map_err(|e| e.to_string())?;
                         }
                         have += data.len();
                         prefix.push_back(data);
@@ -108,7 +121,15 @@ pub async fn respond(
         }
         Ok(())
     };
-    match tokio::time::timeout(hold_timeout, read).await {
+    // A small response's body usually came with its head: then it is held
+    // without arming the hold timer.
+    let mut read = std::pin::pin!(read);
+    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+    let held_in_time = match first {
+        Poll::Ready(outcome) => Ok(outcome),
+        Poll::Pending => tokio::time::timeout(hold_timeout, read).await,
+    };
+    match held_in_time {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             let reason = format!("the origin's response body failed while it was held: {e}");
@@ -197,12 +218,7 @@ pub async fn respond(
     }
 
     // A long body: the type is known from its first bytes; the verdict comes at its end.
-    let head: Vec<u8> = prefix
-        .iter()
-        .flat_map(|b| b.iter().copied())
-        .take(SNIFF_HOLD)
-        .collect();
-    let file_type = rampart_inspect::sniff(&head).name();
+    let file_type = rampart_inspect::sniff(&head_of(&prefix)).name();
     log.record.file_type = Some(file_type);
     if pending && inspector.is_none() {
         // Not scanned: the type is all the response phase will ever know.
@@ -246,12 +262,21 @@ fn policy_blocks(
     .blocked
 }
 
+/// The first [`SNIFF_HOLD`] bytes of the held chunks.
+fn head_of(prefix: &VecDeque<Bytes>) -> Vec<u8> {
+    let mut head = Vec::with_capacity(SNIFF_HOLD);
+    for chunk in prefix {
+        let want = SNIFF_HOLD - head.len();
+        if want == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..want.min(chunk.len())]);
+    }
+    head
+}
+
 fn sniff(prefix: &VecDeque<Bytes>) -> &'static str {
-    let head: Vec<u8> = prefix
-        .iter()
-        .flat_map(|b| b.iter().copied())
-        .take(SNIFF_HOLD)
-        .collect();
+    let head = head_of(prefix);
     // An empty body has no type: rules on file types cannot match it.
     if head.is_empty() {
         return "empty";

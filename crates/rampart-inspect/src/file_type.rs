@@ -253,7 +253,7 @@ pub fn sniff(prefix: &[u8]) -> FileType {
     }
     // PDF after the binary formats: readers accept `%PDF` anywhere in the
     // first KiB, so a header hidden behind junk is still a PDF to us.
-    if infer::archive::is_pdf(prefix) {
+    if is_pdf(prefix) {
         return FileType::Pdf;
     }
     if prefix.starts_with(b"#!") {
@@ -305,6 +305,17 @@ fn is_tar(prefix: &[u8]) -> bool {
         .sum();
     sum == stored
 }
+
+/// `%PDF` within the first KiB (as `infer::archive::is_pdf`, which tries
+/// every offset one by one: a cost on every small text response typed).
+fn is_pdf(prefix: &[u8]) -> bool {
+    let searched = &prefix[..prefix.len().min(PDF_SEARCH_LIMIT)];
+    memchr::memmem::find(searched, b"%PDF").is_some()
+}
+
+/// Acrobat accepts the PDF header anywhere in the first 1024 bytes
+/// (PDF Reference 1.4, H.3.4.1).
+const PDF_SEARCH_LIMIT: usize = 1024;
 
 fn is_iso(prefix: &[u8]) -> bool {
     prefix.get(ISO_MAGIC_OFFSET..ISO_SNIFF_LEN) == Some(ISO_MAGIC)

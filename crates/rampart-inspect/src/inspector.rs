@@ -22,7 +22,8 @@ pub struct Inspector {
 
 pub(crate) struct Inner {
     pub(crate) config: InspectConfig,
-    pub(crate) spool_dir: PathBuf,
+    /// Shared by every spool (no copy of the path per body).
+    pub(crate) spool_dir: Arc<Path>,
     pub(crate) hashes: HashLists,
     #[cfg(feature = "yara")]
     pub(crate) yara: Option<crate::yara::YaraRules>,
@@ -102,7 +103,7 @@ impl Inspector {
         Ok(Inspector {
             inner: Arc::new(Inner {
                 config,
-                spool_dir,
+                spool_dir: Arc::from(spool_dir),
                 hashes,
                 #[cfg(feature = "yara")]
                 yara,

@@ -33,6 +33,9 @@ pub(crate) struct Walk<'a> {
     /// Engine results the session computed while the body streamed: used
     /// for the top-level object instead of reading its spool again.
     pub(crate) streamed: Streamed,
+    /// The top-level object's type and hex SHA-256 when the session already
+    /// computed them (taken by the depth-0 `scan_object`).
+    pub(crate) root: Option<(FileType, String)>,
 }
 
 /// Facts about the object being scanned, for findings.
@@ -55,6 +58,7 @@ impl<'a> Walk<'a> {
             findings: Vec::new(),
             times: EngineTimes::default(),
             streamed: Streamed::default(),
+            root: None,
         }
     }
 
@@ -112,17 +116,24 @@ impl<'a> Walk<'a> {
 
     /// Scans one complete object held in `spool`.
     pub(crate) fn scan_object(&mut self, path: &str, spool: &Spool, sha256: &[u8; 32], depth: u32) {
-        let head = spool.head(ISO_SNIFF_LEN).unwrap_or_default();
         // A streamed body whose spool holds only its start: its full length.
-        let kept = if depth == 0 {
-            self.streamed.kept.take()
+        let (kept, known) = if depth == 0 {
+            (self.streamed.kept.take(), self.root.take())
         } else {
-            None
+            (None, None)
         };
+        let (file_type, sha256_hex) = known.unwrap_or_else(|| {
+            (
+                spool
+                    .with_head(ISO_SNIFF_LEN, sniff)
+                    .unwrap_or(FileType::Unknown),
+                hex::encode(sha256),
+            )
+        });
         let obj = Object {
             path,
-            file_type: sniff(&head),
-            sha256: hex::encode(sha256),
+            file_type,
+            sha256: sha256_hex,
             size: kept.unwrap_or_else(|| spool.len()),
         };
         // 1. Archives.

@@ -114,6 +114,9 @@ struct Intake {
     /// bytes (see [`Intake::decide_spooling`]): the rest is hashed and sent
     /// to clamd but not written to the spool.
     spooling: bool,
+    /// Whether [`Intake::decide_spooling`] has seen enough of the body to
+    /// decide (a streaming body's first chunks may be shorter than the sniff).
+    spooling_decided: bool,
     /// Bytes kept for the scan but not spooled (counted as kept).
     unspooled: u64,
     /// YARA's presence scan of the kept bytes, when the rule set streams
@@ -173,13 +176,30 @@ impl Intake {
             clamd: ClamdFeed::Off,
             clamd_time: Duration::ZERO,
             spooling: true,
+            spooling_decided: false,
             unspooled: 0,
             #[cfg(feature = "yara")]
             yara: None,
         }
     }
 
+    /// Takes a chunk the caller keeps: copied into the spool.
     fn take(&mut self, chunk: &[u8]) -> Result<(), InspectError> {
+        self.take_with(chunk, |spool, keep| spool.write(&chunk[..keep]))
+    }
+
+    /// Takes a shared chunk: kept by reference while the spool is in memory.
+    fn take_shared(&mut self, chunk: &Bytes) -> Result<(), InspectError> {
+        self.take_with(chunk, |spool, keep| spool.push(chunk.slice(..keep)))
+    }
+
+    /// Hashes `chunk` and keeps its first `keep` bytes that fit under
+    /// `max_scan_size` with `keep_into` (when spooling).
+    fn take_with(
+        &mut self,
+        chunk: &[u8],
+        keep_into: impl FnOnce(&mut Spool, usize) -> std::io::Result<()>,
+    ) -> Result<(), InspectError> {
         // The hash covers every byte, also past the cap, so hash lists still
         // recognise a file too large to scan.
         self.hasher.update(chunk);
@@ -195,7 +215,7 @@ impl Intake {
         let keep = &chunk[..chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
         if !self.spooling {
             self.unspooled += keep.len() as u64;
-        } else if let Err(e) = self.spool.write(keep) {
+        } else if let Err(e) = keep_into(&mut self.spool, keep.len()) {
             self.spool_error = Some(e.to_string());
             return Err(InspectError::Spool(e));
         }
@@ -227,9 +247,10 @@ impl Intake {
         let Ok(head) = self.spool.head(ISO_SNIFF_LEN) else {
             return;
         };
-        if head.len() < ISO_SNIFF_LEN {
+        if head.len() < ISO_SNIFF_LEN && !self.truncated {
             return;
         }
+        self.spooling_decided = true;
         let file_type = sniff(&head);
         let textual = matches!(
             file_type,
@@ -268,52 +289,60 @@ impl Intake {
         if self.inner.clamd.is_none() && yara.is_none() {
             return;
         }
-        let kept = self.spool.reader().and_then(|mut r| {
-            let mut buf = Vec::new();
-            r.read_to_end(&mut buf)?;
-            Ok(buf)
-        });
         #[cfg(feature = "yara")]
-        if let (Some(mut yara), Ok(kept)) = (yara, &kept) {
-            // Unreadable start: no stream, the whole-body scan decides.
-            yara.feed(kept);
-            self.yara = Some(yara);
+        let mut yara = yara;
+        if let Some(client) = &self.inner.clamd {
+            let started = Instant::now();
+            self.clamd = match client.instream() {
+                Ok(stream) => ClamdFeed::Open(stream),
+                Err(e) => ClamdFeed::Failed(e),
+            };
+            self.clamd_time += started.elapsed();
         }
-        let Some(client) = &self.inner.clamd else {
-            return;
-        };
-        let started = Instant::now();
-        self.clamd = match client.instream() {
-            Ok(stream) => ClamdFeed::Open(stream),
-            Err(e) => ClamdFeed::Failed(e),
-        };
-        match kept {
-            Ok(kept) => self.send_to_clamd(&kept),
-            Err(e) => self.clamd = ClamdFeed::Failed(ClamdError::Io(e)),
+        // The kept start goes to the engines a block at a time: no copy of
+        // the whole of it (up to memory_threshold) per flow.
+        let mut block = vec![0u8; KEPT_BLOCK.min(self.spool.len() as usize).max(1)];
+        let max = self.clamd_max();
+        let (clamd, clamd_time) = (&mut self.clamd, &mut self.clamd_time);
+        let fed = self.spool.reader().and_then(|mut r| loop {
+            let n = r.read(&mut block)?;
+            if n == 0 {
+                return Ok(());
+            }
+            #[cfg(feature = "yara")]
+            if let Some(yara) = &mut yara {
+                yara.feed(&block[..n]);
+            }
+            send_to_clamd(clamd, clamd_time, max, &block[..n]);
+        });
+        match fed {
+            Ok(()) => {
+                #[cfg(feature = "yara")]
+                {
+                    self.yara = yara;
+                }
+            }
+            // Unreadable start: no YARA stream (the whole-body scan
+            // decides), and clamd's scan fails as an engine error.
+            Err(e) => {
+                if !matches!(self.clamd, ClamdFeed::Off) {
+                    self.clamd = ClamdFeed::Failed(ClamdError::Io(e));
+                }
+            }
         }
-        self.clamd_time += started.elapsed();
     }
 
     fn send_to_clamd(&mut self, data: &[u8]) {
-        let ClamdFeed::Open(stream) = &mut self.clamd else {
-            return;
-        };
-        let max = self
-            .inner
+        let max = self.clamd_max();
+        send_to_clamd(&mut self.clamd, &mut self.clamd_time, max, data);
+    }
+
+    fn clamd_max(&self) -> u64 {
+        self.inner
             .config
             .clamav
             .as_ref()
-            .map_or(u64::MAX, |c| c.max_stream_size);
-        if stream.sent() + data.len() as u64 > max {
-            // Dropping the connection ends clamd's side of the scan.
-            self.clamd = ClamdFeed::TooLarge;
-            return;
-        }
-        let started = Instant::now();
-        if let Err(e) = stream.send(data) {
-            self.clamd = ClamdFeed::Failed(e);
-        }
-        self.clamd_time += started.elapsed();
+            .map_or(u64::MAX, |c| c.max_stream_size)
     }
 
     /// Ends the streamed engines: clamd's stream (its answer is read later),
@@ -343,6 +372,24 @@ impl Intake {
     }
 }
 
+/// Sends `data` on the streamed clamd scan, if one is open; past `max`
+/// bytes the stream is dropped (the end reports `too-large`).
+fn send_to_clamd(clamd: &mut ClamdFeed, time: &mut Duration, max: u64, data: &[u8]) {
+    let ClamdFeed::Open(stream) = clamd else {
+        return;
+    };
+    if stream.sent() + data.len() as u64 > max {
+        // Dropping the connection ends clamd's side of the scan.
+        *clamd = ClamdFeed::TooLarge;
+        return;
+    }
+    let started = Instant::now();
+    if let Err(e) = stream.send(data) {
+        *clamd = ClamdFeed::Failed(e);
+    }
+    *time += started.elapsed();
+}
+
 /// Chunks queued for the background thread, with the waker of a feeder
 /// waiting for room.
 struct Queue {
@@ -364,6 +411,10 @@ struct QueueState {
     gone: bool,
     waiting: Option<Waker>,
 }
+
+/// Block in which the kept start of a body is handed to the streamed
+/// engines when the background thread starts.
+const KEPT_BLOCK: usize = 64 * 1024;
 
 /// Most bytes queued for the background thread per body: past this the
 /// feeder waits ([`ScanSession::poll_ready`]), so memory per flow stays
@@ -405,6 +456,14 @@ fn run_intake(mut intake: Intake, queue: Arc<Queue>, direction: Direction) -> In
     let _gone = GoneOnExit(queue.clone());
     intake.open_streamed_engines();
     intake.decide_spooling(direction);
+    // A body streamed in the background is longer than memory_threshold:
+    // what it keeps goes to the file at once rather than first filling (and
+    // pinning the gateway's chunks in) memory up to the threshold.
+    if intake.spool_error.is_none() {
+        if let Err(e) = intake.spool.spill() {
+            intake.spool_error = Some(e.to_string());
+        }
+    }
     loop {
         let chunk = {
             let mut state = queue.lock();
@@ -428,7 +487,10 @@ fn run_intake(mut intake: Intake, queue: Arc<Queue>, direction: Direction) -> In
             }
         };
         // A spool failure is recorded in the intake and reported at the end.
-        let _ = intake.take(&chunk);
+        let _ = intake.take_shared(&chunk);
+        if !intake.spooling_decided {
+            intake.decide_spooling(direction);
+        }
     }
 }
 
@@ -543,17 +605,25 @@ impl ScanSession {
     /// background session queues it without copying. Check
     /// [`ScanSession::poll_ready`] before reading the next chunk.
     pub fn feed_bytes(&mut self, chunk: Bytes) {
+        // A spool failure is recorded in the session and reported by finish.
+        let _ = self.feed_shared(chunk);
+    }
+
+    /// [`ScanSession::feed_bytes`], telling the caller when an inline
+    /// session could not spool the chunk (as [`ScanSession::feed`] does).
+    /// While the spool is in memory the chunk is kept by reference: the
+    /// caller's held copy of the body is the only one.
+    pub fn feed_shared(&mut self, chunk: Bytes) -> Result<(), InspectError> {
         match &mut self.intake {
             IntakeState::Inline(intake) => {
                 self.size += chunk.len() as u64;
-                // A spool failure is recorded in the intake and reported by finish.
-                let _ = intake.take(&chunk);
+                return intake.take_shared(&chunk);
             }
             IntakeState::Background(background) => {
                 self.size += chunk.len() as u64;
                 let mut state = background.queue.lock();
                 if state.gone {
-                    return;
+                    return Ok(());
                 }
                 state.queued += chunk.len();
                 state.chunks.push_back(chunk);
@@ -562,6 +632,7 @@ impl ScanSession {
             }
             IntakeState::Lost(_) => self.size += chunk.len() as u64,
         }
+        Ok(())
     }
 
     /// Ready when the session takes another chunk without going past its
@@ -679,8 +750,9 @@ impl ScanSession {
         let sha_hex = hex::encode(sha256);
         let root = root_name(&self.context);
         let spool = &intake.spool;
-        let head = spool.head(ISO_SNIFF_LEN).unwrap_or_default();
-        let file_type = sniff(&head);
+        let file_type = spool
+            .with_head(ISO_SNIFF_LEN, sniff)
+            .unwrap_or(FileType::Unknown);
         let mut walk = Walk::new(&self.inner, self.context.direction, started);
         walk.times.clamav += intake.clamd_time;
         if let Some(message) = &intake.spool_error {
@@ -727,6 +799,8 @@ impl ScanSession {
             walk.scan_form(&root, spool, &sha256, &boundary);
         } else {
             walk.streamed = streamed;
+            // Typed and hex-encoded once for the report and the top-level object.
+            walk.root = Some((file_type, sha_hex.clone()));
             walk.scan_object(&root, spool, &sha256, 0);
         }
         let times = walk.times;

@@ -210,3 +210,94 @@ fn a_streamed_body_keeps_its_spool_only_when_an_engine_reads_it_again() {
     assert_eq!(report.verdict, Verdict::Encrypted, "{report:#?}");
     assert_eq!(report.size, pdf.len() as u64);
 }
+
+/// What the gateway does with a download whose declared length is past
+/// `memory_threshold`: it holds only the first bytes (`ISO_SNIFF_LEN` or
+/// less, as chunks come), so the background thread decides whether to keep
+/// spooling once enough of the body has arrived, not from the start alone.
+#[test]
+fn a_streamed_body_held_shorter_than_the_sniff_is_decided_once_enough_arrived() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "eicar.com", EICAR);
+    write(d, "filler.bin", &noise(1024 * 1024));
+    run(
+        d,
+        "zip",
+        &["-q", "-0", "bundle.zip", "filler.bin", "eicar.com"],
+    );
+    let zip = common::read(d, "bundle.zip");
+    let insp = inspector(d, |c| c.memory_threshold = 64 * 1024);
+    for held in [0, 1000, rampart_inspect::ISO_SNIFF_LEN] {
+        // An archive is walked at the end: every byte must have been kept.
+        let report = streamed(&insp, "bundle.zip", &zip, held, 3000);
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.container_path == "bundle.zip!/eicar.com"),
+            "held {held}: {report:#?}"
+        );
+        // A PDF is read again for /Encrypt.
+        let mut pdf = b"%PDF-1.7\n".to_vec();
+        pdf.extend_from_slice(&vec![b' '; 2 * 1024 * 1024]);
+        pdf.extend_from_slice(b"\ntrailer\n<< /Root 1 0 R /Encrypt 5 0 R >>\n%%EOF\n");
+        let report = streamed(&insp, "e.pdf", &pdf, held, 7000);
+        assert_eq!(
+            report.verdict,
+            Verdict::Encrypted,
+            "held {held}: {report:#?}"
+        );
+        // Noise: the same digest, size and type as inline.
+        let body = noise(3 * 1024 * 1024 + 5);
+        let inline = insp.scan_bytes(ScanContext::download(), &body);
+        let report = streamed(&insp, "n.bin", &body, held, 5000);
+        assert_eq!(report.verdict, Verdict::Clean, "held {held}: {report:#?}");
+        assert_eq!(report.sha256, inline.sha256);
+        assert_eq!(report.size, inline.size);
+        assert_eq!(report.file_type, inline.file_type);
+    }
+}
+
+/// The gateway's held chunks are fed by reference (`feed_shared`): the
+/// verdict and digest are those of the same bytes fed as one copy.
+#[test]
+fn chunks_fed_by_reference_get_the_verdict_of_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let insp = inspector(dir.path(), |c| c.memory_threshold = 64 * 1024);
+    let body = EICAR.to_vec();
+    for chunk in [7, 1, EICAR.len()] {
+        let mut session = insp.session(ScanContext::download().with_file_name("e.com"));
+        for piece in body.chunks(chunk) {
+            session.feed_shared(Bytes::copy_from_slice(piece)).unwrap();
+        }
+        let report = session.finish();
+        let copy = insp.scan_bytes(ScanContext::download().with_file_name("e.com"), &body);
+        assert_eq!(report.verdict, Verdict::Malicious, "{report:#?}");
+        assert_eq!(report.sha256, copy.sha256);
+        assert_eq!(report.file_type, copy.file_type);
+    }
+    // Past the threshold in memory, the shared chunks spill to the file:
+    // a zip read back from it is still walked.
+    let d = dir.path();
+    write(d, "eicar.com", EICAR);
+    write(d, "filler.bin", &noise(200 * 1024));
+    run(
+        d,
+        "zip",
+        &["-q", "-0", "small.zip", "filler.bin", "eicar.com"],
+    );
+    let zip = common::read(d, "small.zip");
+    let mut session = insp.session(ScanContext::download().with_file_name("small.zip"));
+    for piece in zip.chunks(10_000) {
+        session.feed_shared(Bytes::copy_from_slice(piece)).unwrap();
+    }
+    let report = session.finish();
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.container_path == "small.zip!/eicar.com"),
+        "{report:#?}"
+    );
+}
