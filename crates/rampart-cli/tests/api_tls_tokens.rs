@@ -14,9 +14,10 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use support::api::{api_call, curl_direct, rampart_cli, require_curl, succeeded};
 use support::{eventually, free_port, rampart_bin, run, Rampart};
 
 /// A `rampart server` whose API listens where a test says (the harness's own waits
@@ -90,48 +91,19 @@ impl Drop for Server {
     }
 }
 
-/// curl's exit code, the HTTP status and the body.
-fn curl(args: &[&str]) -> (i32, u16, String) {
-    let out = run(Command::new("curl")
-        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
-        .args(args));
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (
-        out.status.code().unwrap_or(-1),
-        code.trim().parse().unwrap_or(0),
-        body.to_string(),
+/// One API call with a bearer token (a POST carries `{}`): status and JSON body.
+fn call(api: SocketAddr, method: &str, path: &str, token: &str) -> (u16, serde_json::Value) {
+    api_call(
+        api,
+        method,
+        path,
+        Some(token),
+        (method == "POST").then_some("{}"),
     )
 }
 
-/// One API call with a bearer token over plain HTTP: status and JSON body.
-fn call(api: SocketAddr, method: &str, path: &str, token: &str) -> (u16, serde_json::Value) {
-    let auth = format!("Authorization: Bearer {token}");
-    let url = format!("http://{api}{path}");
-    let mut args = vec!["-X", method, "-H", &auth, &url];
-    if method == "POST" {
-        args.extend(["-H", "Content-Type: application/json", "--data", "{}"]);
-    }
-    let (exit, status, body) = curl(&args);
-    assert_eq!(exit, 0, "curl {method} {path} failed");
-    (status, serde_json::from_str(&body).unwrap_or_default())
-}
-
-fn rampart(args: &[&str]) -> Output {
-    run(Command::new(rampart_bin()).args(args))
-}
-
-fn stdout_of(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "rampart failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn token_create(data: &Path, scope: &str, name: &str) -> String {
-    let secret = stdout_of(&rampart(&[
+    let secret = succeeded(&rampart_cli(&[
         "token",
         "create",
         "--scope",
@@ -147,7 +119,7 @@ fn token_create(data: &Path, scope: &str, name: &str) -> String {
 
 /// The CA fingerprint as `rampart ca show` prints it.
 fn ca_sha256(data: &Path) -> String {
-    let shown = stdout_of(&rampart(&[
+    let shown = succeeded(&rampart_cli(&[
         "ca",
         "show",
         "--data-dir",
@@ -160,13 +132,6 @@ fn ca_sha256(data: &Path) -> String {
         .unwrap_or_else(|| panic!("no sha256 line in:\n{shown}"))
 }
 
-fn require_curl() {
-    assert!(
-        Command::new("curl").arg("--version").output().is_ok(),
-        "curl is missing: run scripts/install-test-deps.sh"
-    );
-}
-
 #[test]
 fn api_beyond_localhost_serves_https_with_a_minted_certificate_reused_after_restart() {
     require_curl();
@@ -175,26 +140,26 @@ fn api_beyond_localhost_serves_https_with_a_minted_certificate_reused_after_rest
     let server = Server::start(dir.path(), "127.0.0.2", "tls_names = [\"rampart.test\"]\n");
     let ca = server.data().join("ca.pem");
     let ca_arg = ca.to_str().unwrap();
-    let (exit, status, body) = curl(&["--cacert", ca_arg, &server.url("/healthz")]);
+    let (exit, status, body) = curl_direct(&["--cacert", ca_arg, &server.url("/healthz")]);
     assert_eq!((exit, status, body.trim()), (0, 200, "ok"));
     // The tls_names name is on the certificate too.
     let resolve = format!("rampart.test:{}:127.0.0.2", server.api.port());
     let by_name = format!("https://rampart.test:{}/healthz", server.api.port());
-    let (exit, status, _) = curl(&["--cacert", ca_arg, "--resolve", &resolve, &by_name]);
+    let (exit, status, _) = curl_direct(&["--cacert", ca_arg, "--resolve", &resolve, &by_name]);
     assert_eq!((exit, status), (0, 200));
     // Without the CA, curl refuses the certificate (60: peer certificate not verified).
-    let (exit, _, _) = curl(&[&server.url("/healthz")]);
+    let (exit, _, _) = curl_direct(&[&server.url("/healthz")]);
     assert_eq!(
         exit, 60,
         "curl without --cacert must refuse the certificate"
     );
     // Plain HTTP gets no answer from a TLS listener.
-    let (_, status, _) = curl(&[&format!("http://{}/healthz", server.api)]);
+    let (_, status, _) = curl_direct(&[&format!("http://{}/healthz", server.api)]);
     assert_ne!(status, 200);
     // The admin token works over HTTPS; the console's cookies are Secure.
     let admin = std::fs::read_to_string(server.data().join("admin.token")).unwrap();
     let auth = format!("Authorization: Bearer {}", admin.trim());
-    let (exit, status, _) = curl(&[
+    let (exit, status, _) = curl_direct(&[
         "--cacert",
         ca_arg,
         "-H",
@@ -226,7 +191,7 @@ fn api_beyond_localhost_serves_https_with_a_minted_certificate_reused_after_rest
         cert_before,
         "the minted certificate is reused across restarts"
     );
-    let (exit, status, _) = curl(&["--cacert", ca_arg, &server.url("/healthz")]);
+    let (exit, status, _) = curl_direct(&["--cacert", ca_arg, &server.url("/healthz")]);
     assert_eq!((exit, status), (0, 200));
 }
 
@@ -263,7 +228,8 @@ fn an_operator_certificate_is_served_from_tls_cert_and_tls_key_even_on_localhost
         "127.0.0.1",
         &format!("tls_cert = {:?}\ntls_key = {:?}\n", cert, key),
     );
-    let (exit, status, _) = curl(&["--cacert", ca.to_str().unwrap(), &server.url("/healthz")]);
+    let (exit, status, _) =
+        curl_direct(&["--cacert", ca.to_str().unwrap(), &server.url("/healthz")]);
     assert_eq!((exit, status), (0, 200));
     assert!(
         !server.data().join("api-tls.pem").exists(),
@@ -294,7 +260,7 @@ fn each_token_scope_is_allowed_and_refused_where_it_should_be_and_revocation_is_
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
         0o600
     );
-    let listed = stdout_of(&rampart(&[
+    let listed = succeeded(&rampart_cli(&[
         "token",
         "list",
         "--data-dir",
@@ -348,7 +314,7 @@ fn each_token_scope_is_allowed_and_refused_where_it_should_be_and_revocation_is_
     // admin (scoped, and the admin.token file with a lower-case scheme): everything.
     assert_eq!(call(api, "POST", "/api/v1/policy/reload", &admin).0, 200);
     assert_eq!(call(api, "GET", "/api/v1/events", &admin).0, 200);
-    let (_, status, _) = curl(&[
+    let (_, status, _) = curl_direct(&[
         "-H",
         &format!("Authorization: bearer {}", admin_file.trim()),
         &format!("http://{api}/api/v1/policy/status"),
@@ -356,12 +322,12 @@ fn each_token_scope_is_allowed_and_refused_where_it_should_be_and_revocation_is_
     assert_eq!(status, 200);
 
     // No token or a wrong one: 401.
-    let (_, status, _) = curl(&[&format!("http://{api}/api/v1/events")]);
+    let (_, status, _) = curl_direct(&[&format!("http://{api}/api/v1/events")]);
     assert_eq!(status, 401);
     assert_eq!(call(api, "GET", "/api/v1/events", "rmps_wrong").0, 401);
 
     // Revoked by name: refused at the very next call, no restart.
-    let revoked = stdout_of(&rampart(&[
+    let revoked = succeeded(&rampart_cli(&[
         "token",
         "revoke",
         "soc",
@@ -374,9 +340,7 @@ fn each_token_scope_is_allowed_and_refused_where_it_should_be_and_revocation_is_
     assert_eq!(call(api, "GET", "/api/v1/events", &admin).0, 200);
 
     // Every call is an audit event: who, what, outcome.
-    let mut audit = Vec::new();
-    let found = eventually(Duration::from_secs(15), || {
-        audit = gw.search_events("type = audit", "json");
+    gw.wait_for_audit("audit events missing", |audit| {
         let has = |user: &str, method: &str, path: &str, action: &str| {
             audit.iter().any(|e| {
                 e["user"] == user
@@ -391,15 +355,6 @@ fn each_token_scope_is_allowed_and_refused_where_it_should_be_and_revocation_is_
             && has("mdm", "POST", "/api/v1/devices/tokens", "allow")
             && has("soc", "GET", "/api/v1/events", "allow")
     });
-    assert!(
-        found,
-        "audit events missing; found:\n{}",
-        audit
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
 }
 
 #[test]
@@ -409,7 +364,7 @@ fn enrollment_over_https_pins_the_ca_and_refuses_a_wrong_pin_before_sending_the_
     let server = Server::start(dir.path(), "127.0.0.2", "");
     let data = server.data();
     let data_arg = data.to_str().unwrap();
-    let token = stdout_of(&rampart(&[
+    let token = succeeded(&rampart_cli(&[
         "device",
         "token",
         "create",
@@ -463,7 +418,7 @@ fn enrollment_over_https_pins_the_ca_and_refuses_a_wrong_pin_before_sending_the_
     assert_eq!(enrollment["user"], "alice");
 
     // The CA certificate as the pin works too (another token, another agent dir).
-    let token2 = stdout_of(&rampart(&[
+    let token2 = succeeded(&rampart_cli(&[
         "device",
         "token",
         "create",

@@ -10,53 +10,8 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::process::{Command, Output};
-use std::time::Duration;
-
-use support::{eventually, rampart_bin, run, Rampart};
-
-fn require_curl() {
-    assert!(
-        Command::new("curl").arg("--version").output().is_ok(),
-        "curl is missing: run scripts/install-test-deps.sh"
-    );
-}
-
-/// One API call with curl: the status and the JSON answer (`Null` when it is not JSON).
-fn api(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (u16, serde_json::Value) {
-    let url = format!("http://{addr}{path}");
-    let mut command = Command::new("curl");
-    command.args([
-        "-sS",
-        "--max-time",
-        "20",
-        "-w",
-        "\n%{http_code}",
-        "-X",
-        method,
-    ]);
-    if let Some(token) = token {
-        command.args(["-H", &format!("Authorization: Bearer {token}")]);
-    }
-    if let Some(body) = body {
-        command.args(["-H", "Content-Type: application/json", "--data", body]);
-    }
-    let out = run(command.arg(&url));
-    assert!(out.status.success(), "curl {method} {url} failed: {out:?}");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or_default(),
-    )
-}
+use support::api::{api_call, rampart_cli, require_curl, succeeded};
+use support::Rampart;
 
 fn admin_file_token(gw: &Rampart) -> String {
     std::fs::read_to_string(gw.data_dir().join("admin.token"))
@@ -65,46 +20,17 @@ fn admin_file_token(gw: &Rampart) -> String {
         .to_string()
 }
 
-fn rampart(args: &[&str]) -> Output {
-    run(Command::new(rampart_bin()).args(args))
-}
-
-fn succeeded(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "rampart failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Waits for an audit event of `user` whose message holds every one of `parts`.
 fn audit_event(gw: &Rampart, user: &str, parts: &[&str]) -> serde_json::Value {
-    let mut audit = Vec::new();
-    let mut found = None;
-    eventually(Duration::from_secs(15), || {
-        audit = gw.search_events("type = audit", "json");
-        found = audit
-            .iter()
-            .find(|e| {
-                e["user"] == user
-                    && e["message"]
-                        .as_str()
-                        .is_some_and(|m| parts.iter().all(|p| m.contains(p)))
-            })
-            .cloned();
-        found.is_some()
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "no audit event of {user:?} with {parts:?}; found:\n{}",
-            audit
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })
+    let is_it = |e: &serde_json::Value| {
+        e["user"] == user
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| parts.iter().all(|p| m.contains(p)))
+    };
+    let what = format!("no audit event of {user:?} with {parts:?}");
+    let audit = gw.wait_for_audit(&what, |audit| audit.iter().any(is_it));
+    audit.into_iter().find(is_it).expect("checked by the wait")
 }
 
 #[test]
@@ -113,9 +39,10 @@ fn admins_manage_tokens_over_the_api_analysts_cannot_and_revocation_is_immediate
     let gw = Rampart::start("");
     let api_addr = gw.api;
     let admin_file = admin_file_token(&gw);
-    let post =
-        |path: &str, token: &str, body: &str| api(api_addr, "POST", path, Some(token), Some(body));
-    let get = |path: &str, token: &str| api(api_addr, "GET", path, Some(token), None);
+    let post = |path: &str, token: &str, body: &str| {
+        api_call(api_addr, "POST", path, Some(token), Some(body))
+    };
+    let get = |path: &str, token: &str| api_call(api_addr, "GET", path, Some(token), None);
 
     // The admin file's token creates an analyst token and a scoped admin token.
     let (status, soc) = post(
@@ -195,7 +122,7 @@ fn admins_manage_tokens_over_the_api_analysts_cannot_and_revocation_is_immediate
             ("POST", revoke_ops.as_str()),
         ] {
             let body = (method == "POST").then_some(r#"{"scope": "admin"}"#);
-            let (status, answer) = api(api_addr, method, path, Some(token), body);
+            let (status, answer) = api_call(api_addr, method, path, Some(token), body);
             assert_eq!(status, 403, "{scope} {method} {path}: {answer}");
             assert_eq!(answer["scope_needed"], "admin", "{answer}");
             let message = answer["error"].as_str().unwrap_or("");
@@ -206,7 +133,10 @@ fn admins_manage_tokens_over_the_api_analysts_cannot_and_revocation_is_immediate
         }
     }
     // No token, or a wrong one: 401.
-    assert_eq!(api(api_addr, "GET", "/api/v1/tokens", None, None).0, 401);
+    assert_eq!(
+        api_call(api_addr, "GET", "/api/v1/tokens", None, None).0,
+        401
+    );
     assert_eq!(get("/api/v1/tokens", "rmps_wrong").0, 401);
     assert_eq!(
         get("/api/v1/devices", &admin).0,
@@ -351,7 +281,7 @@ fn token_commands_with_server_go_through_the_api() {
         let mut all: Vec<&str> = vec!["token"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--server", remote[0], remote[1]]);
-        rampart(&all)
+        rampart_cli(&all)
     };
 
     // Create: the secret on stdout, once; it works at once.
@@ -361,7 +291,7 @@ fn token_commands_with_server_go_through_the_api() {
     let note = String::from_utf8_lossy(&out.stderr);
     assert!(note.contains("name ci, scope analyst"), "{note}");
     assert_eq!(
-        api(gw.api, "GET", "/api/v1/events", Some(&secret), None).0,
+        api_call(gw.api, "GET", "/api/v1/events", Some(&secret), None).0,
         200
     );
 
@@ -378,7 +308,7 @@ fn token_commands_with_server_go_through_the_api() {
     let listed: serde_json::Value =
         serde_json::from_str(&succeeded(&with_server(&["list", "--json"]))).unwrap();
     assert_eq!(listed["tokens"][0]["name"], "ci", "{listed}");
-    let local = succeeded(&rampart(&[
+    let local = succeeded(&rampart_cli(&[
         "token",
         "list",
         "--data-dir",
@@ -390,13 +320,13 @@ fn token_commands_with_server_go_through_the_api() {
     );
 
     // A token without the admin scope is refused, and the command says why.
-    let out = rampart(&[
+    let out = rampart_cli(&[
         "token", "create", "--scope", "admin", "--server", &server, "--token", &secret,
     ]);
     assert!(!out.status.success());
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(why.contains("403") && why.contains("scope admin"), "{why}");
-    let out = rampart(&[
+    let out = rampart_cli(&[
         "token",
         "list",
         "--server",
@@ -414,7 +344,7 @@ fn token_commands_with_server_go_through_the_api() {
         "{said}"
     );
     assert_eq!(
-        api(gw.api, "GET", "/api/v1/events", Some(&secret), None).0,
+        api_call(gw.api, "GET", "/api/v1/events", Some(&secret), None).0,
         401
     );
     let said = succeeded(&with_server(&["revoke", "ci"]));

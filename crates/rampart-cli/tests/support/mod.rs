@@ -4,6 +4,7 @@
 // Each test binary uses the part it needs (re-exports included).
 #![allow(dead_code, unused_imports)]
 
+pub mod api;
 pub mod enrolled_agent;
 pub mod netns;
 pub mod squid;
@@ -233,6 +234,31 @@ impl Rampart {
     /// gateway's store, one document per line.
     pub fn search_events(&self, query: &str, format: &str) -> Vec<serde_json::Value> {
         events_search(&self.data_dir(), &[query, "--format", format])
+    }
+
+    /// Waits up to 15 s for the stored audit events to satisfy `done` and
+    /// returns them; fails the test naming `what`, with every audit event
+    /// found, when they never do.
+    pub fn wait_for_audit(
+        &self,
+        what: &str,
+        mut done: impl FnMut(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut audit = Vec::new();
+        let ok = eventually(Duration::from_secs(15), || {
+            audit = self.search_events("type = audit", "json");
+            done(&audit)
+        });
+        assert!(
+            ok,
+            "{what}; audit events found:\n{}",
+            audit
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        audit
     }
 
     /// The gateway's interception CA, exported with `rampart ca export`.
