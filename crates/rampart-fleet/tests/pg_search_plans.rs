@@ -136,7 +136,10 @@ async fn a_search_for_a_users_blocked_events_reads_the_index_of_events_not_allow
         !plan.contains("_user_name_action_event_time_seq_idx"),
         "a search for allowed events reads the index that lacks them:\n{plan}"
     );
-    assert_eq!(store.search(&allowed).await.expect("search").events.len(), 100);
+    assert_eq!(
+        store.search(&allowed).await.expect("search").events.len(),
+        100
+    );
 
     // Every blocked event of the user, newest first, and nothing else.
     let req = request("user = user7 and action = block");

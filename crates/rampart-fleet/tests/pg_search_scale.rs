@@ -18,9 +18,14 @@
 //! `INSERT ... SELECT` copies of a template with the user, groups, device,
 //! host, URL path, gateway, time and id substituted alike in the columns and
 //! in the JSON document. The secondary indexes are dropped before the load
-//! and built after it, each timed. Then every measured query runs a few
-//! hundred times with random parameters through `FleetStore`, and each
-//! returned event is checked against the query in memory.
+//! and built after it, each timed, but schema 4's. Then one measurement loop
+//! (`measure_searches`: every search a few hundred times with random
+//! parameters through `FleetStore`, each returned event checked against the
+//! query in memory) runs warm and cold (PostgreSQL restarted, its files
+//! dropped from the page cache) three times: with schema 3's indexes, with an
+//! index of user and action over every event (the alternative, user + action
+//! searches only, then dropped), and with schema 4's index of the events not
+//! allowed.
 
 use std::time::{Duration, Instant};
 
