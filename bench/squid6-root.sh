@@ -18,7 +18,7 @@
 #       service start (no daemon runs in the root; the bench starts Squid).
 #   bench/.peers/squid6/in-root CMD ARGS...: runs CMD from the root in a
 #       private mount namespace (unshare -m) with the host's network (same
-#       network namespace: loopback is shared), /proc, /dev, and every
+#       network namespace: loopback is shared), /etc/hosts, /proc, /dev, and every
 #       directory named in SQUID6_BIND (space-separated absolute paths, e.g. the
 #       bench's work dir) bind-mounted at the same path, so the paths in
 #       squid.conf mean the same inside and out. It execs, so the pid the
@@ -68,10 +68,9 @@ fi
 # No service may start in the root: a postinst that would start Squid gets 101.
 printf '#!/bin/sh\nexit 101\n' > "$squid6_root/usr/sbin/policy-rc.d"
 chmod 755 "$squid6_root/usr/sbin/policy-rc.d"
-# The bench's origin is https://localhost:PORT: Squid resolves it from /etc/hosts.
-printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$squid6_root/etc/hosts"
 
-if [ ! -x "$squid6_root/usr/sbin/squid" ]; then
+# (Not `-x usr/sbin/squid`: it links to /etc/alternatives, which only resolves inside.)
+if ! in_root dpkg-query -W -f '${Status}' squid-openssl 2>/dev/null | grep -q 'install ok installed'; then
     log "installing squid-openssl in the root"
     in_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
     in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends squid-openssl
@@ -85,13 +84,16 @@ mkdir -p "$wrapper_dir"
 cat > "$wrapper_dir/in-root" <<EOF
 #!/bin/sh
 # Written by bench/squid6-root.sh: runs CMD from the trixie root $squid6_root
-# with the host's network, /proc, /dev and the directories in \$SQUID6_BIND
+# with the host's network, /etc/hosts, /proc, /dev and the directories in \$SQUID6_BIND
 # bind-mounted at the same paths. Execs: the caller's pid is CMD's pid.
 [ \$# -gt 0 ] || { echo "usage: \$0 CMD [ARGS...]" >&2; exit 2; }
 exec unshare -m --propagation private sh -c '
     root=\$1; shift
     mount -t proc proc "\$root/proc" || exit 1
     mount --rbind /dev "\$root/dev" || exit 1
+    # Names as on the host: the bench origin is https://localhost:PORT, and the
+    # hosts file of a fresh root may add ::1 for localhost, where nothing listens.
+    mount --bind /etc/hosts "\$root/etc/hosts" || exit 1
     for dir in \${SQUID6_BIND:-}; do
         case "\$dir" in /*) ;; *) echo "SQUID6_BIND: \$dir is not an absolute path" >&2; exit 1 ;; esac
         mkdir -p "\$root\$dir" && mount --bind "\$dir" "\$root\$dir" || exit 1
