@@ -227,19 +227,40 @@ pids+=($icap_pid)
 wait_port "$icap_port" "" c-icap
 
 # Squid: RESPMOD to c-icap, no cache; with TLS, ssl_bump from squid-openssl.
+# Squid 6.x from a Debian 13 root (bench/squid6-root.sh) when it is there,
+# unless BENCH_SQUID6=0: Debian 12's 5.7 stalls RESPMOD bodies (bug 5352,
+# below) and Debian 12 has no 6.x. BENCH_SQUID6=1 makes the root required.
 squid_port=$(free_port)
 squid_bin=squid
+squid6_dir="$here/.peers/squid6"
+squid6=0
+if [ "${BENCH_SQUID6:-auto}" != 0 ] && [ -x "$squid6_dir/squid" ]; then
+    squid6=1
+    squid_bin="$squid6_dir/squid"
+    # The chrooted Squid sees the work dir at the same path (its config, CA, logs).
+    export SQUID6_BIND="$work"
+elif [ "${BENCH_SQUID6:-auto}" = 1 ]; then
+    die "BENCH_SQUID6=1 but $squid6_dir/squid is missing: run bench/squid6-root.sh"
+fi
 mkdir -p "$work/squid"
 chmod 777 "$work/squid"
 squid_http_port="http_port 127.0.0.1:$squid_port"
 squid_bump=""
 if [ "$tls" = 1 ]; then
-    if [ -x "$squid_ssl_dir/usr/sbin/squid" ]; then
-        squid_bin="$squid_ssl_dir/usr/sbin/squid"
-        "$squid_ssl_dir/usr/lib/squid/security_file_certgen" -c -s "$work/squid/ssl_db" -M 16MB >/dev/null
+    if [ "$squid6" = 1 ] || [ -x "$squid_ssl_dir/usr/sbin/squid" ]; then
+        # The helper's path as Squid sees it, and the command that runs it from here.
+        squid_certgen="$squid_ssl_dir/usr/lib/squid/security_file_certgen"
+        squid_certgen_cmd=$squid_certgen
+        if [ "$squid6" = 1 ]; then
+            squid_certgen=/usr/lib/squid/security_file_certgen
+            squid_certgen_cmd="$squid6_dir/security_file_certgen"
+        else
+            squid_bin="$squid_ssl_dir/usr/sbin/squid"
+        fi
+        "$squid_certgen_cmd" -c -s "$work/squid/ssl_db" -M 16MB >/dev/null
         cat "$tlsdir/mitm-ca.pem" "$tlsdir/mitm-ca.key" > "$work/squid/ca.pem"
         squid_http_port="http_port 127.0.0.1:$squid_port ssl-bump generate-host-certificates=on dynamic_cert_mem_cache_size=16MB tls-cert=$work/squid/ca.pem"
-        squid_bump="sslcrtd_program $squid_ssl_dir/usr/lib/squid/security_file_certgen -s $work/squid/ssl_db -M 16MB
+        squid_bump="sslcrtd_program $squid_certgen -s $work/squid/ssl_db -M 16MB
 sslcrtd_children 4 startup=1 idle=1
 acl step1 at_step SslBump1
 ssl_bump peek step1
@@ -251,6 +272,19 @@ tls_outgoing_options cafile=$tlsdir/origin-ca.pem"
     fi
 fi
 squid_pid=""
+# Squid 5.7 stalls a RESPMOD body for good when its 64 KiB buffer to the ICAP
+# service fills while the origin has more to send (Squid bug 5352: the read
+# it had scheduled finds no room and is never rescheduled; fixed in Squid 6/7,
+# not in Debian 12's 5.7). c-icap holds the body until it has scanned it, so on
+# loopback every bulk download hit it at once: the first 64 KiB header read and
+# the wait for c-icap's 100 Continue to a preview filled the buffer. Without a
+# preview and with reads of 4 KiB, only a moment when c-icap lags more than
+# 60 KiB stalls the body; such downloads are counted as failed. Squid 6 runs
+# with its defaults.
+squid_stall_workaround=""
+[ "$squid6" = 1 ] || squid_stall_workaround="icap_preview_enable off
+reply_header_max_size 4 KB
+read_ahead_gap 4 KB"
 if [ -n "$squid_bin" ]; then
     cat > "$work/squid/squid.conf" <<EOF
 $squid_http_port
@@ -268,17 +302,7 @@ adaptation_access av allow all
 pinger_enable off
 dns_nameservers 127.0.0.1
 shutdown_lifetime 1 seconds
-# Squid 5.7 stalls a RESPMOD body for good when its 64 KiB buffer to the ICAP
-# service fills while the origin has more to send (Squid bug 5352: the read
-# it had scheduled finds no room and is never rescheduled; fixed in Squid 6/7,
-# not in Debian 12's 5.7). c-icap holds the body until it has scanned it, so on
-# loopback every bulk download hit it at once: the first 64 KiB header read and
-# the wait for c-icap's 100 Continue to a preview filled the buffer. Without a
-# preview and with reads of 4 KiB, only a moment when c-icap lags more than
-# 60 KiB stalls the body; such downloads are counted as failed.
-icap_preview_enable off
-reply_header_max_size 4 KB
-read_ahead_gap 4 KB
+$squid_stall_workaround
 EOF
     chown -R proxy:proxy "$work/squid" 2>/dev/null || true
     "$squid_bin" -N -f "$work/squid/squid.conf" >/dev/null 2>&1 &
@@ -713,6 +737,7 @@ squid_label=none
 if [ -n "$squid_pid" ]; then
     squid_label="squid + c-icap virus_scan + clamd"
     [ "$tls" != 1 ] || squid_label="squid ssl-bump + c-icap virus_scan + clamd"
+    squid_label+=" (squid $("$squid_bin" -v | awk 'NR == 1 { print $4 }'))"
     measure "$squid_label" "http://127.0.0.1:$squid_port" "$peer_timeout" \
         "squid=$squid_pid" "c-icap=$icap_pid" "clamd=$clamd_pid"
 fi
