@@ -70,14 +70,16 @@ printf '#!/bin/sh\nexit 101\n' > "$squid6_root/usr/sbin/policy-rc.d"
 chmod 755 "$squid6_root/usr/sbin/policy-rc.d"
 
 # (Not `-x usr/sbin/squid`: it links to /etc/alternatives, which only resolves inside.)
-if ! in_root dpkg-query -W -f '${Status}' squid-openssl 2>/dev/null | grep -q 'install ok installed'; then
+if [ "$(in_root dpkg-query -W -f '${Status}' squid-openssl 2>/dev/null || true)" != "install ok installed" ]; then
     log "installing squid-openssl in the root"
     in_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
     in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends squid-openssl
     in_root apt-get clean
     rm -rf "$squid6_root/var/lib/apt/lists/"*
 fi
-in_root /usr/sbin/squid -v | grep -q -- '--with-openssl' ||
+# Read whole before matching: grep -q quitting early would fail the pipe (pipefail).
+squid_build=$(in_root /usr/sbin/squid -v)
+grep -q -- '--with-openssl' <<<"$squid_build" ||
     die "the root's squid is not built with OpenSSL (expected Debian's squid-openssl)"
 
 mkdir -p "$wrapper_dir"
