@@ -353,7 +353,7 @@ def main() -> int:
                     help="a destination host the load uses (searched for; must have events)")
     ap.add_argument("--every", type=float, default=10.0, help="seconds between rounds")
     ap.add_argument("--parallel", type=int, default=4, help="requests of a round at the same time")
-    ap.add_argument("--export-every", type=int, default=6, help="an NDJSON export every N rounds")
+    ap.add_argument("--export-every", type=int, default=6, help="an NDJSON export every N rounds (0: none)")
     ap.add_argument("--seconds", type=float, default=3600.0)
     ap.add_argument("--report", type=float, default=10.0)
     ap.add_argument("--tail-bin", help="the rampart binary: follow the events with `rampart events tail --server`")
@@ -367,7 +367,8 @@ def main() -> int:
     rounds = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel) as pool:
         while time.monotonic() < stop_at:
-            searcher.round(rounds, pool, export=rounds % args.export_every == args.export_every - 1)
+            searcher.round(rounds, pool,
+                           export=args.export_every > 0 and rounds % args.export_every == args.export_every - 1)
             rounds += 1
             next_round += args.every
             while True:
