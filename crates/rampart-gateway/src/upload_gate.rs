@@ -173,8 +173,10 @@ impl Holding {
     /// Feeds `data` to the scan and keeps it where the body is held.
     fn take(&mut self, session: &mut ScanSession, data: Bytes) -> Result<(), UploadError> {
         let kept_before = session.kept_len();
+        // Shared with `memory` below while the scan's spool is in memory:
+        // the upload is held once, not twice.
         session
-            .feed(&data)
+            .feed_shared(data.clone())
             .map_err(|e| UploadError::Spool(e.to_string()))?;
         self.read += data.len() as u64;
         if self.file.is_none() {
