@@ -456,7 +456,10 @@ mod tests {
             "rampart_bytes_total{direction=\"origin_to_client\"} 1061",
             "rampart_inspect_bytes_total{direction=\"download\"} 0",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
         }
     }
 }
