@@ -27,7 +27,7 @@
 # the two ways every bulk download filled it (the preview wait, the 64 KiB first
 # read); a download that still stalls (c-icap lagging by 60 KiB at some moment)
 # fails after BENCH_PEER_TIMEOUT and is counted as failed in its row. See
-# bench/RESULTS.md, "Issue 17: 200 concurrent downloads; the Squid + c-icap peer".
+# bench/notes/31-issue-17-200-concurrent-downloads-the-squid-c-i.md.
 # The clamd_mod warning "clamd_get_versions: ... Can not parse response" is not
 # a fault (ClamAV answers without a database version with a test-only database).
 #

@@ -7,8 +7,8 @@
 # bookworm-backports) stalls a RESPMOD body for good once its 64 KiB buffer
 # towards the ICAP service is full while the origin has more to send (Squid bug
 # 5352, fixed upstream in Squid >= 6.10). On this host almost every ssl_bump +
-# ICAP bulk download stalled (bench/RESULTS.md, "Issue 17: 200 concurrent
-# downloads; the Squid + c-icap peer"). Debian 13 ships a fixed 6.x; installing
+# ICAP bulk download stalled (see
+# bench/notes/31-issue-17-200-concurrent-downloads-the-squid-c-i.md). Debian 13 ships a fixed 6.x; installing
 # it on the Debian 12 host would replace the `squid` the gateway's tests use, so
 # it lives in its own root instead and the host's packages stay untouched.
 #

@@ -87,8 +87,7 @@ UPDATE rampart_events SET gateway = lower(doc->'unmapped'->>'gateway')
 /// row of the range: with a day of 1M events (a 10M-event, ten-day
 /// store's partition), a gateway with none in the last 24 hours took 1.7 s (a
 /// parallel sequential scan), one with 0.1 % of the events 170 ms; with
-/// this index 0.4 and 3 ms (bench/RESULTS.md, "Issue 20: fleet search at
-/// 10M rows"). Ordered like the user, device and host indexes, so the newest
+/// this index 0.4 and 3 ms (bench/notes/29-issue-20-fleet-search-at-10m-rows-2026-12-07-22.md). Ordered like the user, device and host indexes, so the newest
 /// events of any gateway come straight from it. On an existing store it is
 /// built when a server of this version first connects (inserts wait
 /// meanwhile: ~5 s per million events measured here).
