@@ -33,12 +33,15 @@
 #
 # Needs: nginx, squid, clamd, c-icap (+ libc-icap-mod-virus-scan), python3,
 # curl, openssl; target/release/rampart (cargo build --release -p rampart-cli);
-# with BENCH_TLS=1 also bench/.peers/squid-openssl (bench/setup.sh) and
-# bench/.peers/g3 (bench/g3proxy-build.sh); a missing peer is reported and
-# its column left out.
+# with BENCH_TLS=1 also Squid 6 from bench/squid6-root.sh (preferred: Debian
+# 12's Squid 5.7 stalls ICAP bodies, bug 5352) or bench/.peers/squid-openssl
+# (bench/setup.sh), and bench/.peers/g3 (bench/g3proxy-build.sh); a missing
+# peer is reported and its column left out.
 # Env: BENCH_SIZE_MB (200), BENCH_RUNS (3), BENCH_YARA_RULES (100),
 #      BENCH_PEER_TIMEOUT (20 s, per Squid-stack download), RAMPART_BIN,
-#      RAMPART_BASE_BIN, BENCH_TLS (0), BENCH_KEEP (1: keep the work dir).
+#      RAMPART_BASE_BIN, BENCH_TLS (0), BENCH_KEEP (1: keep the work dir),
+#      BENCH_SQUID6 (unset: Squid 6 from bench/squid6-root.sh when present;
+#      0: Debian 12's 5.7; 1: Squid 6 required).
 #
 # BENCH_AB=1: only Rampart, interleaved — three instances of RAMPART_BIN
 # (inspection off; type + hash + archive + N YARA rules scanned while the
