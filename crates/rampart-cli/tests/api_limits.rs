@@ -265,3 +265,75 @@ fn a_stalled_api_request_body_is_closed_after_the_idle_timeout() {
     );
     assert_eq!(http_get_status(gw.api, "/healthz"), Some(200));
 }
+
+/// Sends one `GET /healthz` on `stream` and reads its answer (the API answers
+/// with a Content-Length): the status line, or what the read saw instead.
+fn healthz_on(stream: &mut TcpStream) -> String {
+    use std::io::Write;
+    if let Err(e) = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") {
+        return format!("write failed: {e}");
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return format!("closed after {:?}", String::from_utf8_lossy(&answer)),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => return format!("read failed: {e}"),
+        }
+        let text = String::from_utf8_lossy(&answer);
+        if text.contains("\r\n\r\n") && text.ends_with("ok\n") {
+            return text.lines().next().unwrap_or_default().to_string();
+        }
+    }
+}
+
+/// Reads once: what the read gave (`Ok(0)`: the server closed) and how long it took.
+fn until_closed(stream: &mut TcpStream) -> (std::io::Result<usize>, Duration) {
+    let started = std::time::Instant::now();
+    let read = stream.read(&mut [0u8; 256]);
+    (read, started.elapsed())
+}
+
+/// The soak's finding: `header_timeout` was also the keep-alive wait, so a
+/// client polling every `header_timeout` lost a request whenever it sent just
+/// as the server closed. Now a kept-alive connection waits `keepalive_timeout`
+/// for its next request, while a head that has started must still be
+/// complete within `header_timeout`, on a new and on a kept-alive connection.
+#[test]
+fn a_kept_alive_api_connection_waits_for_the_next_request_longer_than_a_head_may_take() {
+    use std::io::Write;
+    let gw = Rampart::start("[api]\nheader_timeout = \"1s\"\nkeepalive_timeout = \"3s\"\n");
+    let mut stream = TcpStream::connect(gw.api).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(healthz_on(&mut stream), "HTTP/1.1 200 OK");
+    // Idle for longer than the header timeout, then the next request: answered.
+    std::thread::sleep(Duration::from_millis(1_600));
+    assert_eq!(healthz_on(&mut stream), "HTTP/1.1 200 OK");
+    // Half a head on the kept-alive connection: cut after the header timeout.
+    // (After a pause: the server counts the wait from when it is done with the
+    // answer, a moment after the client has read it.)
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let (read, waited) = until_closed(&mut stream);
+    assert!(
+        matches!(read, Ok(0))
+            && waited >= Duration::from_millis(900)
+            && waited < Duration::from_secs(3),
+        "half a head: {read:?} after {waited:?}"
+    );
+    // A connection left idle after its answer is closed after keepalive_timeout.
+    let mut idle = TcpStream::connect(gw.api).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(healthz_on(&mut idle), "HTTP/1.1 200 OK");
+    let (read, waited) = until_closed(&mut idle);
+    assert!(
+        matches!(read, Ok(0))
+            && waited >= Duration::from_millis(2_800)
+            && waited < Duration::from_secs(6),
+        "idle kept-alive connection: {read:?} after {waited:?}"
+    );
+}

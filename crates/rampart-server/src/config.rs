@@ -165,9 +165,15 @@ pub struct ApiConfig {
     #[serde(deserialize_with = "api_max_connections_per_source")]
     pub max_connections_per_source: usize,
     /// Time to send a complete request head, counted from the accept or from the
-    /// end of the previous response (so it also bounds an idle keep-alive wait).
+    /// first byte of a kept-alive connection's next request.
     #[serde(deserialize_with = "api_header_timeout")]
     pub header_timeout: HumanDuration,
+    /// How long a kept-alive connection may wait for its next request to start.
+    /// Longer than common poll periods and not a round multiple of them, so a
+    /// client polling every 10, 15, 30 or 60 s does not send just as the server
+    /// closes the connection.
+    #[serde(deserialize_with = "api_keepalive_timeout")]
+    pub keepalive_timeout: HumanDuration,
     /// A connection on which no byte moves either way for this long is closed (a
     /// stalled body upload, a client that stopped reading its response).
     #[serde(deserialize_with = "api_idle_timeout")]
@@ -198,6 +204,7 @@ impl Default for ApiConfig {
             max_connections: 512,
             max_connections_per_source: 64,
             header_timeout: HumanDuration(Duration::from_secs(10)),
+            keepalive_timeout: HumanDuration(Duration::from_secs(75)),
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             max_header_bytes: 16 * 1024,
             max_headers: 100,
@@ -229,6 +236,7 @@ checked! {
     api_max_body_bytes: "api.max_body_bytes", usize, at_least_one;
     api_max_header_bytes: "api.max_header_bytes", usize, header_bytes;
     api_header_timeout: "api.header_timeout", HumanDuration, api_timeout;
+    api_keepalive_timeout: "api.keepalive_timeout", HumanDuration, api_timeout;
     api_idle_timeout: "api.idle_timeout", HumanDuration, api_timeout;
 }
 
@@ -502,6 +510,7 @@ mod tests {
         let cfg = RampartConfig::parse("", Path::new("x.toml")).unwrap();
         assert_eq!(cfg.api.max_connections, 512);
         assert_eq!(cfg.api.header_timeout.0, Duration::from_secs(10));
+        assert_eq!(cfg.api.keepalive_timeout.0, Duration::from_secs(75));
         let cfg = RampartConfig::parse(
             "[api]\nmax_connections = 10\nheader_timeout = \"2s\"\n",
             Path::new("x.toml"),

@@ -5,7 +5,9 @@
 //!   client address; a connection over it gets a best-effort `503` and is closed
 //!   at once, counted in `rampart_connections_rejected_total{listener="api",reason}`;
 //! - a header timeout (slowloris: a half-sent request head holds a descriptor only
-//!   that long) and an idle timeout (no byte either way);
+//!   that long), a longer wait for the next request on a kept-alive connection,
+//!   and an idle timeout (no byte either way while a request is served):
+//!   `activity.rs`;
 //! - caps on the request head (`431`) and body (`413`).
 //!
 //! Warnings about refusals and accept errors are rate-limited: a flood is one
@@ -16,12 +18,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
@@ -35,12 +33,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use rampart_gateway::metrics::RejectedLabels;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::activity::{Activity, Tracked, TrackedBody, Waits};
 use crate::config::ApiConfig;
 
 /// The answer to a connection over the budget, written without waiting (a
@@ -252,10 +251,7 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let activity = Activity::new();
-    let tracked = Tracked {
-        inner: stream,
-        activity: activity.clone(),
-    };
+    let tracked = Tracked::new(stream, activity.clone());
     let Some(acceptor) = tls else {
         return serve_http(tracked, activity, peer, router, limits, shutdown).await;
     };
@@ -292,9 +288,12 @@ async fn serve_http<S>(
 {
     let io = TokioIo::new(stream);
     let max_body = limits.max_body_bytes;
+    let in_service = activity.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let router = router.clone();
+        let activity = in_service.clone();
         async move {
+            activity.serving();
             let too_large = req
                 .headers()
                 .get(header::CONTENT_LENGTH)
@@ -307,26 +306,33 @@ async fn serve_http<S>(
             // A chunked body is cut off at the cap as it streams (axum answers 413).
             let mut req = req.map(|body| axum::body::Body::new(Limited::new(body, max_body)));
             req.extensions_mut().insert(ConnectInfo(peer));
-            router.oneshot(req).await
+            let response = router.oneshot(req).await?;
+            Ok(response.map(|body| axum::body::Body::new(TrackedBody::new(body, activity))))
         }
     });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout.0)
+        // The waits for a head and between requests are `Activity`'s (hyper's
+        // one timeout covered both, so polling clients lost requests).
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .keep_alive(true);
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
-    let idle = limits.idle_timeout.0;
+    let waits = Waits {
+        header: limits.header_timeout.0,
+        keepalive: limits.keepalive_timeout.0,
+        idle: limits.idle_timeout.0,
+    };
     let mut draining = false;
     let result = loop {
         tokio::select! {
             result = connection.as_mut() => break result,
-            _ = tokio::time::sleep(activity.until_idle(idle)) => {
-                if activity.idle_for() >= idle {
-                    tracing::debug!(%peer, ?idle, "API connection closed: idle timeout");
+            _ = tokio::time::sleep(activity.until_next_check(&waits)) => {
+                if let Some(what) = activity.expired(&waits) {
+                    tracing::debug!(%peer, "API connection closed: {what}");
                     return;
                 }
             }
@@ -349,97 +355,6 @@ fn payload_too_large(max_body: usize) -> axum::response::Response {
         format!("request body larger than {max_body} bytes ([api] max_body_bytes)\n"),
     )
         .into_response()
-}
-
-/// When bytes last moved on a connection, in milliseconds since it opened.
-#[derive(Clone)]
-struct Activity {
-    opened: Instant,
-    last_ms: Arc<AtomicU64>,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            opened: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    fn touch(&self) {
-        let now = self.opened.elapsed().as_millis() as u64;
-        self.last_ms.store(now, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.opened.elapsed().saturating_sub(last)
-    }
-
-    /// How long until the connection has been idle for `idle`, if nothing moves.
-    fn until_idle(&self, idle: Duration) -> Duration {
-        idle.saturating_sub(self.idle_for())
-            .max(Duration::from_millis(10))
-    }
-}
-
-/// A stream that records [`Activity`] on every byte read or written.
-struct Tracked {
-    inner: TcpStream,
-    activity: Activity,
-}
-
-impl AsyncRead for Tracked {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        poll
-    }
-}
-
-impl AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        poll
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        poll
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

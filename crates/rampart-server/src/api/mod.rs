@@ -1,6 +1,7 @@
 //! The API listener: health, Prometheus metrics, and the versioned `/api/v1`
 //! routes of each concern (mounted here as they are built).
 
+mod activity;
 pub mod auth;
 pub mod events;
 pub mod isolation;
