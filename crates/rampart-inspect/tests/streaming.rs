@@ -75,10 +75,9 @@ fn a_streamed_body_gets_the_inline_verdict_and_digest() {
     );
 }
 
-#[test]
-fn a_streamed_zip_is_walked_and_md5_feeds_match_without_a_second_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// `bundle.zip` in `d`: EICAR stored (no compression) after 1 MiB of noise, so
+/// the finding sits past the first chunks of a streamed body.
+fn stored_zip_with_eicar(d: &std::path::Path) -> Vec<u8> {
     write(d, "eicar.com", EICAR);
     write(d, "filler.bin", &noise(1024 * 1024));
     run(
@@ -86,7 +85,14 @@ fn a_streamed_zip_is_walked_and_md5_feeds_match_without_a_second_pass() {
         "zip",
         &["-q", "-0", "bundle.zip", "filler.bin", "eicar.com"],
     );
-    let zip = common::read(d, "bundle.zip");
+    common::read(d, "bundle.zip")
+}
+
+#[test]
+fn a_streamed_zip_is_walked_and_md5_feeds_match_without_a_second_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let zip = stored_zip_with_eicar(d);
     let sample = noise(700_000);
     let list = write(
         d,
@@ -219,14 +225,7 @@ fn a_streamed_body_keeps_its_spool_only_when_an_engine_reads_it_again() {
 fn a_streamed_body_held_shorter_than_the_sniff_is_decided_once_enough_arrived() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(d, "eicar.com", EICAR);
-    write(d, "filler.bin", &noise(1024 * 1024));
-    run(
-        d,
-        "zip",
-        &["-q", "-0", "bundle.zip", "filler.bin", "eicar.com"],
-    );
-    let zip = common::read(d, "bundle.zip");
+    let zip = stored_zip_with_eicar(d);
     let insp = inspector(d, |c| c.memory_threshold = 64 * 1024);
     for held in [0, 1000, rampart_inspect::ISO_SNIFF_LEN] {
         // An archive is walked at the end: every byte must have been kept.
